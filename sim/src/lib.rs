@@ -1,0 +1,1 @@
+//! Proxmox VE and felhom hub simulators for felhom-agent's tests and demo.

@@ -1,0 +1,2 @@
+//! Configuration: the JSON file, the `FELHOM_AGENT_*` environment overlay, defaults
+//! and mode-aware validation.

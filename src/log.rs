@@ -1,0 +1,224 @@
+//! Leveled logfmt lines on stderr: `ts=2026-11-22T10:00:00Z level=info msg="..." k=v`.
+//!
+//! One line per event, written with a single `write_all` so threads never interleave.
+//! Values are quoted when they need it and control characters are escaped, so a
+//! hostile string (a Proxmox error text, a hub answer) cannot forge a second line.
+//! Secrets never reach this module: they are [`crate::secret::Secret`]s, which format as
+//! `<redacted>`.
+//!
+//! Use the macros: `crate::info!("report sent", guests = n, hub = url)`.
+
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::time::{Clock, SystemClock};
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// The agent cannot do what it was asked; an operator should look.
+    Error = 1,
+    /// Something is wrong or risky but the agent carries on.
+    Warn = 2,
+    /// Normal operation worth a line.
+    Info = 3,
+    /// Detail for troubleshooting.
+    Debug = 4,
+}
+
+impl Level {
+    /// The level's name as written in the `level=` field and accepted in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+
+    /// Parses `error`, `warn`, `info` or `debug`.
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "error" => Some(Level::Error),
+            "warn" => Some(Level::Warn),
+            "info" => Some(Level::Info),
+            "debug" => Some(Level::Debug),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static TAPS: Mutex<Vec<Arc<Mutex<Vec<u8>>>>> = Mutex::new(Vec::new());
+
+/// Sets the most verbose level that is written.
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Whether a line at `level` would be written.
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// Adds a buffer that receives a copy of every line written from now on (tests scan
+/// it, e.g. for leaked secrets). Lines still go to stderr.
+pub fn tap() -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    if let Ok(mut taps) = TAPS.lock() {
+        taps.push(buf.clone());
+    }
+    buf
+}
+
+fn needs_quotes(v: &str) -> bool {
+    v.is_empty()
+        || v.chars()
+            .any(|c| c == ' ' || c == '=' || c == '"' || c == '\\' || c.is_control())
+}
+
+/// Appends `v` as a logfmt value: bare when safe, else quoted with `\"`, `\\`, `\n`,
+/// `\r`, `\t` and `\u{..}` escapes.
+pub fn push_value(out: &mut String, v: &str) {
+    if !needs_quotes(v) {
+        out.push_str(v);
+        return;
+    }
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Formats one line (without writing it); exposed for tests of the format.
+pub fn format_line(
+    ts: crate::time::Timestamp,
+    level: Level,
+    msg: &str,
+    fields: &[(&str, &dyn fmt::Display)],
+) -> String {
+    let mut line = String::with_capacity(96);
+    let _ = write!(line, "ts={ts} level={level} msg=");
+    push_value(&mut line, msg);
+    for (k, v) in fields {
+        line.push(' ');
+        line.push_str(k);
+        line.push('=');
+        push_value(&mut line, &v.to_string());
+    }
+    line.push('\n');
+    line
+}
+
+/// Writes one line if `level` is enabled. Prefer the macros.
+pub fn emit(level: Level, msg: &str, fields: &[(&str, &dyn fmt::Display)]) {
+    if !enabled(level) {
+        return;
+    }
+    let line = format_line(SystemClock.now(), level, msg, fields);
+    // A failed write to stderr has nowhere to be reported; the line is dropped.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    if let Ok(taps) = TAPS.lock() {
+        for t in taps.iter() {
+            if let Ok(mut b) = t.lock() {
+                b.extend_from_slice(line.as_bytes());
+            }
+        }
+    }
+}
+
+/// Logs at error level: `error!("msg", key = value, ...)`.
+#[macro_export]
+macro_rules! error {
+    ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
+        $crate::log::emit($crate::log::Level::Error, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+    };
+}
+
+/// Logs at warn level: `warn!("msg", key = value, ...)`.
+#[macro_export]
+macro_rules! warn {
+    ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
+        $crate::log::emit($crate::log::Level::Warn, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+    };
+}
+
+/// Logs at info level: `info!("msg", key = value, ...)`.
+#[macro_export]
+macro_rules! info {
+    ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
+        $crate::log::emit($crate::log::Level::Info, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+    };
+}
+
+/// Logs at debug level: `debug!("msg", key = value, ...)`.
+#[macro_export]
+macro_rules! debug {
+    ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
+        $crate::log::emit($crate::log::Level::Debug, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    #[test]
+    fn line_format_and_quoting() {
+        let n = 3;
+        let text = "CT is locked (backup)\nTASK ERROR: x=\"y\"";
+        let line = format_line(
+            Timestamp(0),
+            Level::Warn,
+            "task failed",
+            &[("vmid", &n), ("why", &text), ("empty", &"")],
+        );
+        assert_eq!(
+            line,
+            "ts=1970-01-01T00:00:00Z level=warn msg=\"task failed\" vmid=3 \
+             why=\"CT is locked (backup)\\nTASK ERROR: x=\\\"y\\\"\" empty=\"\"\n"
+        );
+        assert_eq!(
+            line.matches('\n').count(),
+            1,
+            "a value cannot start a new line"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut s = String::new();
+        push_value(&mut s, "a\u{1b}[31mb");
+        assert_eq!(s, "\"a\\u{1b}[31mb\"");
+    }
+
+    #[test]
+    fn levels_parse_and_order() {
+        for l in [Level::Error, Level::Warn, Level::Info, Level::Debug] {
+            assert_eq!(Level::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(Level::parse("verbose"), None);
+        assert!(Level::Error < Level::Debug);
+    }
+}

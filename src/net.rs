@@ -1,0 +1,1 @@
+//! The one place that builds TLS configurations and HTTP agents.

@@ -1,0 +1,1 @@
+//! The Proxmox VE API client and the fenced privileged backend.

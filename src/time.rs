@@ -1,0 +1,359 @@
+//! Wall-clock time as whole UTC seconds: RFC 3339 parsing and formatting, and a
+//! [`Clock`] that production reads from the system and tests set by hand.
+//!
+//! Only what the agent needs: signed-op windows, journal and log timestamps. Sub-second
+//! digits are accepted on input and dropped; output is always `YYYY-MM-DDTHH:MM:SSZ`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Seconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+/// Why a string is not an RFC 3339 timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// Byte offset in the input where parsing failed.
+    pub offset: usize,
+    /// What was expected there.
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not an RFC 3339 timestamp: expected {} at byte {}",
+            self.expected, self.offset
+        )
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+// Days from 1970-01-01 to the given civil date (proleptic Gregorian); Howard Hinnant's
+// algorithm, exact over the whole i64 range we accept (years 0000..=9999).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if is_leap(y) => 29,
+        _ => 28,
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn digits(&mut self, n: usize, expected: &'static str) -> Result<i64, ParseError> {
+        let mut v: i64 = 0;
+        for _ in 0..n {
+            match self.b.get(self.pos) {
+                Some(c) if c.is_ascii_digit() => {
+                    v = v * 10 + i64::from(c - b'0');
+                    self.pos += 1;
+                }
+                _ => {
+                    return Err(ParseError {
+                        offset: self.pos,
+                        expected,
+                    });
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    fn byte(&mut self, accept: &[u8], expected: &'static str) -> Result<u8, ParseError> {
+        match self.b.get(self.pos) {
+            Some(c) if accept.contains(c) => {
+                self.pos += 1;
+                Ok(*c)
+            }
+            _ => Err(ParseError {
+                offset: self.pos,
+                expected,
+            }),
+        }
+    }
+
+    fn range(
+        &self,
+        v: i64,
+        lo: i64,
+        hi: i64,
+        at: usize,
+        expected: &'static str,
+    ) -> Result<i64, ParseError> {
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ParseError {
+                offset: at,
+                expected,
+            })
+        }
+    }
+}
+
+impl Timestamp {
+    /// Parses RFC 3339 (`2026-11-22T10:00:00Z`, `...T10:00:00.5+01:00`, `t`/`z` allowed).
+    pub fn parse_rfc3339(s: &str) -> Result<Timestamp, ParseError> {
+        let mut c = Cursor {
+            b: s.as_bytes(),
+            pos: 0,
+        };
+        let year = c.digits(4, "a 4-digit year")?;
+        c.byte(b"-", "'-'")?;
+        let at = c.pos;
+        let month = c.digits(2, "a 2-digit month")?;
+        let month = c.range(month, 1, 12, at, "a month 01-12")?;
+        c.byte(b"-", "'-'")?;
+        let at = c.pos;
+        let day = c.digits(2, "a 2-digit day")?;
+        let day = c.range(
+            day,
+            1,
+            days_in_month(year, month),
+            at,
+            "a day within the month",
+        )?;
+        c.byte(b"Tt", "'T'")?;
+        let at = c.pos;
+        let hour = c.digits(2, "a 2-digit hour")?;
+        let hour = c.range(hour, 0, 23, at, "an hour 00-23")?;
+        c.byte(b":", "':'")?;
+        let at = c.pos;
+        let minute = c.digits(2, "2-digit minutes")?;
+        let minute = c.range(minute, 0, 59, at, "minutes 00-59")?;
+        c.byte(b":", "':'")?;
+        let at = c.pos;
+        let second = c.digits(2, "2-digit seconds")?;
+        // A leap second (60) is folded into the next second's start.
+        let second = c.range(second, 0, 60, at, "seconds 00-60")?;
+        if c.b.get(c.pos) == Some(&b'.') {
+            c.pos += 1;
+            let start = c.pos;
+            while c.b.get(c.pos).is_some_and(u8::is_ascii_digit) {
+                c.pos += 1;
+            }
+            if c.pos == start {
+                return Err(ParseError {
+                    offset: c.pos,
+                    expected: "fraction digits",
+                });
+            }
+        }
+        let offset_secs = match c.byte(b"Zz+-", "'Z' or a +hh:mm offset")? {
+            b'Z' | b'z' => 0,
+            sign => {
+                let at = c.pos;
+                let oh = c.digits(2, "2-digit offset hours")?;
+                let oh = c.range(oh, 0, 23, at, "offset hours 00-23")?;
+                c.byte(b":", "':'")?;
+                let at = c.pos;
+                let om = c.digits(2, "2-digit offset minutes")?;
+                let om = c.range(om, 0, 59, at, "offset minutes 00-59")?;
+                let v = oh * 3600 + om * 60;
+                if sign == b'-' { -v } else { v }
+            }
+        };
+        if c.pos != c.b.len() {
+            return Err(ParseError {
+                offset: c.pos,
+                expected: "end of input",
+            });
+        }
+        let days = days_from_civil(year, month, day);
+        Ok(Timestamp(
+            days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs,
+        ))
+    }
+
+    /// Formats as `YYYY-MM-DDTHH:MM:SSZ`.
+    pub fn to_rfc3339(self) -> String {
+        self.to_string()
+    }
+
+    /// Seconds since the epoch.
+    pub fn unix(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days = self.0.div_euclid(86_400);
+        let secs = self.0.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            (secs / 60) % 60,
+            secs % 60
+        )
+    }
+}
+
+/// A source of the current time. Production uses [`SystemClock`]; tests use
+/// [`ManualClock`] so windows and expiries are decided without sleeping.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let secs = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            // A clock set before 1970 is reported as negative seconds.
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        Timestamp(secs)
+    }
+}
+
+/// A clock tests set and advance by hand; clones share the same time.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    /// A clock reading `t`.
+    pub fn new(t: Timestamp) -> Self {
+        ManualClock(Arc::new(AtomicI64::new(t.0)))
+    }
+
+    /// Sets the time.
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t.0, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward (or back, with a negative number) by `secs`.
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_instants() {
+        assert_eq!(
+            Timestamp::parse_rfc3339("1970-01-01T00:00:00Z").unwrap(),
+            Timestamp(0)
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-22T10:00:00Z").unwrap(),
+            Timestamp(1_795_341_600)
+        );
+        assert_eq!(Timestamp(1_795_341_600).to_string(), "2026-11-22T10:00:00Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("2000-02-29T23:59:59Z")
+                .unwrap()
+                .to_string(),
+            "2000-02-29T23:59:59Z"
+        );
+        assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn offsets_fractions_and_case() {
+        let z = Timestamp::parse_rfc3339("2026-11-22T10:00:00Z").unwrap();
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-22T11:00:00+01:00").unwrap(),
+            z
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-22T05:30:00-04:30").unwrap(),
+            z
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-22t10:00:00.999z").unwrap(),
+            z
+        );
+    }
+
+    #[test]
+    fn rejects_with_offset_of_the_fault() {
+        let cases = [
+            ("2026-13-01T00:00:00Z", 5),
+            ("2026-02-29T00:00:00Z", 8),
+            ("2026-11-22 10:00:00Z", 10),
+            ("2026-11-22T24:00:00Z", 11),
+            ("2026-11-22T10:00:00", 19),
+            ("2026-11-22T10:00:00Zjunk", 20),
+            ("2026-11-22T10:00:00.Z", 20),
+            ("", 0),
+        ];
+        for (input, offset) in cases {
+            let err = Timestamp::parse_rfc3339(input).unwrap_err();
+            assert_eq!(err.offset, offset, "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn round_trip_over_four_centuries() {
+        let mut t = -2_208_988_800; // 1900-01-01
+        while t < 10_413_792_000 {
+            // 2300-01-01
+            let s = Timestamp(t).to_string();
+            assert_eq!(Timestamp::parse_rfc3339(&s).unwrap(), Timestamp(t), "{s}");
+            t += 86_400 * 7 + 3_601;
+        }
+    }
+
+    #[test]
+    fn manual_clock_is_shared_by_clones() {
+        let c = ManualClock::new(Timestamp(100));
+        let d = c.clone();
+        c.advance(5);
+        assert_eq!(d.now(), Timestamp(105));
+        d.set(Timestamp(7));
+        assert_eq!(c.now(), Timestamp(7));
+    }
+}
