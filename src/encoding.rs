@@ -58,7 +58,7 @@ fn hex_val(b: u8) -> Option<u8> {
 /// Decodes hex (either case). The input must have an even length.
 pub fn hex_decode(s: &str) -> Result<Vec<u8>, DecodeError> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(DecodeError::InvalidLength(b.len()));
     }
     let mut out = Vec::with_capacity(b.len() / 2);
@@ -119,7 +119,7 @@ fn b64_val(b: u8) -> Option<u32> {
 /// wrapped text strip line breaks first and keep the offsets they report honest.
 pub fn base64_decode(s: &str) -> Result<Vec<u8>, DecodeError> {
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(DecodeError::InvalidLength(b.len()));
     }
     let mut out = Vec::with_capacity(b.len() / 4 * 3);
