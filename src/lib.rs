@@ -19,4 +19,5 @@ pub mod log;
 pub mod net;
 pub mod proxmox;
 pub mod secret;
+pub mod shutdown;
 pub mod time;
