@@ -1,15 +1,539 @@
-//! The command line: a hand-written parser and the dispatch to each mode.
+//! The command line: a hand-written parser into [`Command`], and the dispatch to each
+//! mode. Output goes to the writers `main` hands in (stdout for results, stderr for
+//! errors), never straight to the process's streams, so every mode runs in tests too.
+//!
+//! Exit codes: 0 ok; 1 the check or run failed (a refused signature, a failed
+//! selftest, a runtime failure); 2 usage or configuration error.
 
 use std::ffi::OsString;
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Runs the command line `args` (without the program name) and returns the exit code.
-pub fn main(args: Vec<OsString>) -> ExitCode {
-    match args.first().and_then(|a| a.to_str()) {
-        Some("version" | "--version") => {
-            println!("felhom-agent {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+use crate::config::{self, Config, Mode};
+
+/// Version string: `FELHOM_BUILD_VERSION` at build time, else the crate version.
+pub const VERSION: &str = match option_env!("FELHOM_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the check or run failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Which selftest to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelftestKind {
+    /// Read-only health report against Proxmox.
+    Read,
+    /// A reversible mutation round trip on one guest.
+    Task,
+    /// One collect + report to the hub.
+    Hub,
+    /// No network: signature known-answer tests, config, state files.
+    Offline,
+}
+
+impl SelftestKind {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(SelftestKind::Read),
+            "task" => Some(SelftestKind::Task),
+            "hub" => Some(SelftestKind::Hub),
+            "offline" => Some(SelftestKind::Offline),
+            _ => None,
         }
-        _ => ExitCode::from(2),
+    }
+
+    /// The config mode this selftest validates for.
+    pub fn mode(self) -> Mode {
+        match self {
+            SelftestKind::Read => Mode::SelftestRead,
+            SelftestKind::Task => Mode::SelftestTask,
+            SelftestKind::Hub => Mode::SelftestHub,
+            SelftestKind::Offline => Mode::SelftestOffline,
+        }
+    }
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `run`: the daemon (also when no command is given).
+    Run {
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `selftest [read|task|hub|offline]`.
+    Selftest {
+        /// Which one (default `read`).
+        kind: SelftestKind,
+        /// The guest for `task`.
+        vmid: Option<u32>,
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `verify --blob FILE --sig FILE`.
+    Verify {
+        /// The signed op blob.
+        blob: PathBuf,
+        /// The armored signature.
+        sig: PathBuf,
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `plan`: a dry run of the next reconcile pass.
+    Plan {
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `journal [--in-flight] [--tail N]`.
+    Journal {
+        /// Only ops without a terminal record.
+        in_flight: bool,
+        /// Only the last N ops.
+        tail: Option<usize>,
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `version` / `--version`.
+    Version,
+    /// `help` / `--help`.
+    Help,
+}
+
+/// A command line that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The text `help` prints.
+pub const HELP: &str = "\
+felhom-agent — the felhom host agent for Proxmox VE
+
+Usage:
+  felhom-agent [run] [--config PATH]
+      The daemon: report to the hub, reconcile guests, wait for SIGTERM.
+  felhom-agent selftest [read|task|hub|offline] [--vmid N] [--config PATH]
+      read     read-only report: version, nodes, node status, guests, storage
+      task     reversible round trip on guest N (snapshot, rollback, delete snapshot,
+               description marker write and restore); needs --vmid
+      hub      one host report to the hub; prints the report and the hub's answer
+      offline  no network: signature known-answer tests, config, state files
+  felhom-agent verify --blob FILE --sig FILE [--config PATH]
+      Check a signed op against the configured signers and host; burns no nonce.
+  felhom-agent plan [--config PATH]
+      Dry run: what the next reconcile pass would do, and the gate's word on it.
+  felhom-agent journal [--in-flight] [--tail N] [--config PATH]
+      The op history from the journal, read-only (safe while the daemon runs).
+  felhom-agent version | --version
+  felhom-agent help | --help
+
+--selftest[=MODE] is accepted as an alias of `selftest MODE`.
+--config defaults to /etc/felhom-agent/agent.json.
+Exit codes: 0 ok, 1 the check or run failed, 2 usage or configuration error.
+";
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(format!("{} (see `felhom-agent help`)", msg.into()))
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
+    let mut words = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        match a.to_str() {
+            Some(s) => words.push(s.to_owned()),
+            None => return Err(usage(format!("argument {} is not valid UTF-8", i + 1))),
+        }
+    }
+    let mut it = words.into_iter().peekable();
+
+    // The command word, or the Go agent's `--selftest[=MODE]` spelling.
+    let mut command: Option<String> = None;
+    let mut selftest_kind: Option<String> = None;
+    match it.peek().map(String::as_str) {
+        Some("--selftest") => {
+            it.next();
+            command = Some("selftest".into());
+        }
+        Some(w) if w.starts_with("--selftest=") => {
+            selftest_kind = Some(w["--selftest=".len()..].to_owned());
+            command = Some("selftest".into());
+            it.next();
+        }
+        Some("--version") => {
+            it.next();
+            command = Some("version".into());
+        }
+        Some("--help" | "-h") => {
+            it.next();
+            command = Some("help".into());
+        }
+        Some(w) if !w.starts_with('-') => command = it.next(),
+        _ => {}
+    }
+    let command = command.unwrap_or_else(|| "run".into());
+    if command == "selftest"
+        && selftest_kind.is_none()
+        && let Some(w) = it.peek().filter(|w| !w.starts_with('-'))
+    {
+        selftest_kind = Some(w.clone());
+        it.next();
+    }
+
+    let mut config: Option<PathBuf> = None;
+    let mut vmid: Option<u32> = None;
+    let mut blob: Option<PathBuf> = None;
+    let mut sig: Option<PathBuf> = None;
+    let mut in_flight = false;
+    let mut tail: Option<usize> = None;
+
+    while let Some(word) = it.next() {
+        let (flag, inline) = match word.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (word.clone(), None),
+        };
+        let allowed: &[&str] = match command.as_str() {
+            "run" | "plan" => &["--config"],
+            "selftest" => &["--config", "--vmid"],
+            "verify" => &["--config", "--blob", "--sig"],
+            "journal" => &["--config", "--in-flight", "--tail"],
+            _ => &[],
+        };
+        if !flag.starts_with('-') {
+            return Err(usage(format!(
+                "unexpected argument {word:?} for `{command}`"
+            )));
+        }
+        if !allowed.contains(&flag.as_str()) {
+            return Err(usage(format!("`{command}` does not take {flag}")));
+        }
+        if flag == "--in-flight" {
+            if inline.is_some() {
+                return Err(usage("--in-flight takes no value"));
+            }
+            in_flight = true;
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .ok_or_else(|| usage(format!("{flag} needs a value")))?,
+        };
+        if value.is_empty() {
+            return Err(usage(format!("{flag} needs a value")));
+        }
+        let dup = |set: bool| {
+            if set {
+                Err(usage(format!("{flag} given twice")))
+            } else {
+                Ok(())
+            }
+        };
+        match flag.as_str() {
+            "--config" => {
+                dup(config.is_some())?;
+                config = Some(PathBuf::from(value));
+            }
+            "--vmid" => {
+                dup(vmid.is_some())?;
+                let n: u32 = value.parse().map_err(|_| {
+                    usage(format!(
+                        "--vmid must be a guest id (100-999999999), got {value:?}"
+                    ))
+                })?;
+                if !(100..=999_999_999).contains(&n) {
+                    return Err(usage(format!(
+                        "--vmid must be a guest id (100-999999999), got {n}"
+                    )));
+                }
+                vmid = Some(n);
+            }
+            "--blob" => {
+                dup(blob.is_some())?;
+                blob = Some(PathBuf::from(value));
+            }
+            "--sig" => {
+                dup(sig.is_some())?;
+                sig = Some(PathBuf::from(value));
+            }
+            "--tail" => {
+                dup(tail.is_some())?;
+                tail =
+                    Some(value.parse().map_err(|_| {
+                        usage(format!("--tail must be a whole number, got {value:?}"))
+                    })?);
+            }
+            _ => return Err(usage(format!("`{command}` does not take {flag}"))),
+        }
+    }
+
+    let config = config.unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    match command.as_str() {
+        "run" => Ok(Command::Run { config }),
+        "selftest" => {
+            let kind = match selftest_kind.as_deref() {
+                None | Some("") => SelftestKind::Read,
+                Some(k) => SelftestKind::parse(k).ok_or_else(|| {
+                    usage(format!(
+                        "unknown selftest {k:?} (want read, task, hub or offline)"
+                    ))
+                })?,
+            };
+            if kind == SelftestKind::Task && vmid.is_none() {
+                return Err(usage(
+                    "`selftest task` mutates a guest and needs --vmid N to say which",
+                ));
+            }
+            if kind != SelftestKind::Task && vmid.is_some() {
+                return Err(usage("--vmid is only for `selftest task`"));
+            }
+            Ok(Command::Selftest { kind, vmid, config })
+        }
+        "verify" => Ok(Command::Verify {
+            blob: blob.ok_or_else(|| usage("`verify` needs --blob FILE"))?,
+            sig: sig.ok_or_else(|| usage("`verify` needs --sig FILE"))?,
+            config,
+        }),
+        "plan" => Ok(Command::Plan { config }),
+        "journal" => Ok(Command::Journal {
+            in_flight,
+            tail,
+            config,
+        }),
+        "version" => Ok(Command::Version),
+        "help" => Ok(Command::Help),
+        other => Err(usage(format!("unknown command {other:?}"))),
+    }
+}
+
+/// Loads the config for `mode`, logging its warnings and applying its log level.
+/// A failure is printed to `err` and turned into exit code 2.
+pub fn load_config(path: &std::path::Path, mode: Mode, err: &mut dyn Write) -> Result<Config, u8> {
+    match Config::load(path, &config::process_env(), mode) {
+        Ok(cfg) => {
+            crate::log::set_level(cfg.log_level);
+            for w in &cfg.warnings {
+                crate::warn!("configuration", problem = w);
+            }
+            Ok(cfg)
+        }
+        Err(e) => {
+            let _ = writeln!(err, "felhom-agent: configuration error: {e}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+/// Runs a command line; returns the exit code. `out` gets results, `err` errors.
+pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let command = match parse(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "felhom-agent: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    match command {
+        Command::Version => {
+            let _ = writeln!(out, "felhom-agent {VERSION}");
+            EXIT_OK
+        }
+        Command::Help => {
+            let _ = out.write_all(HELP.as_bytes());
+            EXIT_OK
+        }
+        other => {
+            let _ = writeln!(err, "felhom-agent: {other:?} is not part of this build yet");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// The binary's entry point: runs `args` against the process's stdout and stderr.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let code = run(&args, &mut stdout.lock(), &mut stderr.lock());
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Command, UsageError> {
+        parse(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    fn cfg(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn default_is_run_with_the_default_config() {
+        assert_eq!(
+            p(&[]).unwrap(),
+            Command::Run {
+                config: cfg(config::DEFAULT_CONFIG_PATH)
+            }
+        );
+        assert_eq!(
+            p(&["--config", "/x.json"]).unwrap(),
+            Command::Run {
+                config: cfg("/x.json")
+            }
+        );
+        assert_eq!(
+            p(&["run", "--config=/y.json"]).unwrap(),
+            Command::Run {
+                config: cfg("/y.json")
+            }
+        );
+    }
+
+    #[test]
+    fn selftest_forms_and_the_go_alias() {
+        let read = Command::Selftest {
+            kind: SelftestKind::Read,
+            vmid: None,
+            config: cfg(config::DEFAULT_CONFIG_PATH),
+        };
+        assert_eq!(p(&["selftest"]).unwrap(), read);
+        assert_eq!(p(&["selftest", "read"]).unwrap(), read);
+        assert_eq!(p(&["--selftest"]).unwrap(), read);
+        assert_eq!(p(&["--selftest=read"]).unwrap(), read);
+        assert_eq!(
+            p(&["--selftest=task", "--vmid", "105", "--config", "/c"]).unwrap(),
+            Command::Selftest {
+                kind: SelftestKind::Task,
+                vmid: Some(105),
+                config: cfg("/c")
+            }
+        );
+        assert_eq!(
+            p(&["selftest", "offline"]).unwrap(),
+            Command::Selftest {
+                kind: SelftestKind::Offline,
+                vmid: None,
+                config: cfg(config::DEFAULT_CONFIG_PATH)
+            }
+        );
+    }
+
+    #[test]
+    fn selftest_task_refuses_to_run_without_vmid() {
+        let e = p(&["selftest", "task"]).unwrap_err().to_string();
+        assert!(e.contains("needs --vmid"), "{e}");
+        assert!(p(&["selftest", "read", "--vmid", "100"]).is_err());
+        assert!(p(&["selftest", "task", "--vmid", "99"]).is_err());
+        assert!(p(&["selftest", "task", "--vmid", "abc"]).is_err());
+        assert!(
+            p(&["selftest", "bogus"])
+                .unwrap_err()
+                .0
+                .contains("unknown selftest")
+        );
+    }
+
+    #[test]
+    fn verify_plan_journal() {
+        assert_eq!(
+            p(&["verify", "--blob", "b.json", "--sig", "b.sig"]).unwrap(),
+            Command::Verify {
+                blob: cfg("b.json"),
+                sig: cfg("b.sig"),
+                config: cfg(config::DEFAULT_CONFIG_PATH)
+            }
+        );
+        assert!(
+            p(&["verify", "--blob", "b.json"])
+                .unwrap_err()
+                .0
+                .contains("--sig")
+        );
+        assert_eq!(
+            p(&["plan", "--config", "/c"]).unwrap(),
+            Command::Plan { config: cfg("/c") }
+        );
+        assert_eq!(
+            p(&["journal", "--in-flight", "--tail", "20"]).unwrap(),
+            Command::Journal {
+                in_flight: true,
+                tail: Some(20),
+                config: cfg(config::DEFAULT_CONFIG_PATH)
+            }
+        );
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["frobnicate"], "unknown command \"frobnicate\""),
+            (&["run", "--vmid", "100"], "`run` does not take --vmid"),
+            (&["run", "extra"], "unexpected argument \"extra\""),
+            (&["--config"], "--config needs a value"),
+            (
+                &["--config", "/a", "--config", "/b"],
+                "--config given twice",
+            ),
+            (&["journal", "--tail", "x"], "--tail must be a whole number"),
+            (
+                &["journal", "--in-flight=yes"],
+                "--in-flight takes no value",
+            ),
+            (
+                &["version", "--config", "/a"],
+                "`version` does not take --config",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = p(args).unwrap_err().0;
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn version_and_help_print_to_out_and_exit_0() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            run(&[OsString::from("--version")], &mut out, &mut err),
+            EXIT_OK
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("felhom-agent {VERSION}\n")
+        );
+        let mut out = Vec::new();
+        assert_eq!(run(&[OsString::from("help")], &mut out, &mut err), EXIT_OK);
+        let help = String::from_utf8(out).unwrap();
+        for cmd in [
+            "run", "selftest", "verify", "plan", "journal", "version", "help",
+        ] {
+            assert!(
+                help.contains(&format!("felhom-agent {cmd}")) || help.contains(&format!("[{cmd}]")),
+                "{cmd}"
+            );
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            run(&[OsString::from("nope")], &mut out, &mut err),
+            EXIT_USAGE
+        );
+        assert!(String::from_utf8(err).unwrap().contains("unknown command"));
     }
 }
