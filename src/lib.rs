@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod config;
 pub mod encoding;
+pub mod hub;
 pub mod log;
 pub mod net;
 pub mod proxmox;
