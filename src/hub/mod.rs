@@ -8,11 +8,13 @@
 //! engine. Nothing here mutates Proxmox, and the hub's bearer key never leaves the
 //! client's request header: not in an error, a log line or a `Debug`.
 
+pub mod client;
 pub mod collect;
 pub mod envelope;
 pub mod poller;
 pub mod report;
 
+pub use client::{ClientError, HubClient, HubClientOptions, SetupError};
 pub use collect::{AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit};
 pub use envelope::{ControlEnvelope, EnvelopeError};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
