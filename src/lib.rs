@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod encoding;
 pub mod hub;
 pub mod log;

@@ -7,11 +7,14 @@
 //! - [`http`]: the HTTP/1.1-over-TLS server core (threads, rustls, a small parser),
 //!   knowing nothing about Proxmox, so every simulator can stand on it.
 //! - [`pve`]: the Proxmox VE API simulator ([`ProxmoxSim`]).
+//! - [`hub`]: the felhom hub simulator ([`HubSim`]).
 
 pub mod clock;
 pub mod http;
+pub mod hub;
 pub mod pve;
 
+pub use hub::{DEFAULT_HUB_KEY, HubRequest, HubSim, HubSimBuilder};
 pub use pve::{
     CertChoice, DEFAULT_NODE, DEFAULT_TASK_DURATION, DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault,
     FaultKind, GuestSeed, ProxmoxSim, ProxmoxSimBuilder, RecordedRequest,
