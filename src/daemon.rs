@@ -34,7 +34,7 @@ use crate::shutdown::Shutdown;
 /// How long stopping workers get after the shutdown before `run` returns anyway; a
 /// worker still inside a network call is abandoned (the calls it makes are reads or
 /// journaled, so the next start picks up where it left off).
-pub const STOP_GRACE: Duration = Duration::from_millis(1500);
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the main thread checks that every worker is still alive.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
@@ -361,5 +361,48 @@ fn reload_log_level(config_path: &Path) {
             "configuration re-read on SIGHUP failed; keeping the log level",
             error = e
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_worker_that_ends_is_noticed_and_stuck_ones_are_named_at_the_deadline() {
+        let mut w = Workers::new();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        w.spawn("quick", || {}).unwrap();
+        w.spawn("stuck", move || {
+            let _ = release_rx.recv();
+        })
+        .unwrap();
+        while w.first_finished().is_none() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(w.first_finished(), Some("quick"));
+        let left = w.join_until(Instant::now() + Duration::from_millis(50));
+        assert_eq!(left, ["stuck"]);
+        drop(release_tx);
+    }
+
+    #[test]
+    fn workers_that_stop_in_time_are_all_joined() {
+        let shutdown = Shutdown::new();
+        let mut w = Workers::new();
+        for name in ["a", "b"] {
+            let s = shutdown.clone();
+            w.spawn(name, move || {
+                s.sleep(Duration::from_secs(600));
+            })
+            .unwrap();
+        }
+        assert_eq!(w.first_finished(), None);
+        shutdown.trigger();
+        assert!(
+            w.join_until(Instant::now() + Duration::from_secs(60))
+                .is_empty()
+        );
     }
 }
