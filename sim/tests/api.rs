@@ -497,6 +497,21 @@ fn async_config_put_answers_a_upid_and_applies_at_task_end() {
     assert_eq!(decode_upid(&upid).unwrap()[4], "vzconfig");
     assert_eq!(wait_task(&sim, &upid)["exitstatus"], "OK");
     assert_eq!(sim.guest_config(100).unwrap()["cores"], 6);
+
+    // The per-key privilege can fail inside the task; the change then never lands.
+    sim.deny_at_task_time("/vms/100", "VM.Config.Memory");
+    let r = call(
+        &sim,
+        "PUT",
+        "/nodes/pve/lxc/100/config",
+        Some("memory=2048"),
+    );
+    let upid = r.data().as_str().unwrap().to_string();
+    assert_eq!(
+        wait_task(&sim, &upid)["exitstatus"],
+        "Permission check failed (/vms/100, VM.Config.Memory)"
+    );
+    assert_eq!(sim.guest_config(100).unwrap()["memory"], 512);
 }
 
 #[test]

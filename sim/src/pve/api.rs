@@ -610,9 +610,14 @@ fn config_put(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
         }
         return Ok(Answer::data(Value::Null));
     }
+    let failure = set
+        .iter()
+        .map(|(k, _)| k)
+        .chain(&delete)
+        .find_map(|k| st.check_in_task(&vms(vmid), &[config_key_priv(k)]));
     let effect = Effect::Config { vmid, set, delete };
     let mut spec = TaskSpec::new("vzconfig", vmid.to_string(), effect);
-    spec.failure = st.check_in_task(&vms(vmid), &CONFIG_PRIVS);
+    spec.failure = failure;
     upid(st.spawn(spec))
 }
 
