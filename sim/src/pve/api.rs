@@ -1293,7 +1293,7 @@ fn valid_upid(upid: &str) -> bool {
         return false;
     };
     let parts: Vec<&str> = body.split(':').collect();
-    let [node, pid, pstart, start, kind, _id, user] = parts.as_slice() else {
+    let [node, pid, pstart, start, kind, id, user] = parts.as_slice() else {
         return false;
     };
     let hex = |s: &str, lo: usize, hi: usize| {
@@ -1315,7 +1315,7 @@ fn valid_upid(upid: &str) -> bool {
         && hex(start, 8, 8)
         && !kind.is_empty()
         && field(kind)
-        && field(_id)
+        && field(id)
         && !user.is_empty()
         && field(user)
 }
