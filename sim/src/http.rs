@@ -371,6 +371,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handler: Arc<dyn Hand
             return;
         }
         let Ok(stream) = stream else {
+            // Out of descriptors or a reset before accept: back off instead of spinning.
+            thread::sleep(Duration::from_millis(10));
             continue;
         };
         let Ok(clone) = stream.try_clone() else {

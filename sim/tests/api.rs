@@ -497,6 +497,21 @@ fn async_config_put_answers_a_upid_and_applies_at_task_end() {
     assert_eq!(decode_upid(&upid).unwrap()[4], "vzconfig");
     assert_eq!(wait_task(&sim, &upid)["exitstatus"], "OK");
     assert_eq!(sim.guest_config(100).unwrap()["cores"], 6);
+
+    // The per-key privilege can fail inside the task; the change then never lands.
+    sim.deny_at_task_time("/vms/100", "VM.Config.Memory");
+    let r = call(
+        &sim,
+        "PUT",
+        "/nodes/pve/lxc/100/config",
+        Some("memory=2048"),
+    );
+    let upid = r.data().as_str().unwrap().to_string();
+    assert_eq!(
+        wait_task(&sim, &upid)["exitstatus"],
+        "Permission check failed (/vms/100, VM.Config.Memory)"
+    );
+    assert_eq!(sim.guest_config(100).unwrap()["memory"], 512);
 }
 
 #[test]
@@ -773,4 +788,62 @@ fn storage_endpoints() {
     assert_eq!(r.json()["errors"], json!({"storage": "No such storage."}));
     let lvm = get(&sim, "/nodes/pve/storage/local-lvm/content").data();
     assert_eq!(lvm[0]["volid"], "local-lvm:vm-100-disk-0");
+}
+
+#[test]
+fn concurrent_clients_each_get_consistent_answers() {
+    let sim = sim_with(
+        (100..108)
+            .map(|id| GuestSeed::new(id, &format!("ct{id}")))
+            .collect(),
+    );
+    std::thread::scope(|s| {
+        for id in 100..108u32 {
+            let sim = &sim;
+            s.spawn(move || {
+                let mut c = common::conn(sim);
+                for cores in 1..=10 {
+                    let body = format!("cores={cores}");
+                    let r = c
+                        .call(
+                            "PUT",
+                            &format!("/api2/json/nodes/pve/lxc/{id}/config"),
+                            Some(("application/x-www-form-urlencoded", body.as_bytes())),
+                        )
+                        .unwrap();
+                    assert_eq!(r.status, 200);
+                    let r = c
+                        .call(
+                            "GET",
+                            &format!("/api2/json/nodes/pve/lxc/{id}/config"),
+                            None,
+                        )
+                        .unwrap();
+                    assert_eq!(r.data()["cores"], cores);
+                }
+            });
+        }
+    });
+    assert_eq!(sim.requests().len(), 8 * 20);
+    assert!((100..108).all(|id| sim.guest_config(id).unwrap()["cores"] == 10));
+}
+
+#[test]
+fn config_of_a_snapshot_and_node_audit() {
+    let sim = sim_with(vec![GuestSeed::new(100, "web").cores(2)]);
+    let upid = post(&sim, "/nodes/pve/lxc/100/snapshot", "snapname=s1");
+    wait_task(&sim, &upid);
+    call(&sim, "PUT", "/nodes/pve/lxc/100/config", Some("cores=6"));
+    let snap = get(&sim, "/nodes/pve/lxc/100/config?snapshot=s1").data();
+    assert_eq!(snap["cores"], 2);
+    assert!(snap["snaptime"].is_u64());
+    assert_eq!(get(&sim, "/nodes/pve/lxc/100/config").data()["cores"], 6);
+    let r = get(&sim, "/nodes/pve/lxc/100/config?snapshot=nope");
+    assert_eq!(r.reason, "snapshot 'nope' does not exist");
+    assert!(sim.guest_conf_text(100).unwrap().contains("\n[s1]\n"));
+
+    sim.deny("/nodes/pve", "Sys.Audit");
+    let r = get(&sim, "/nodes/pve/status");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.reason, "Permission check failed (/nodes/pve, Sys.Audit)");
 }

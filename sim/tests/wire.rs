@@ -400,3 +400,97 @@ fn requests_record_decoded_paths_query_and_form() {
     sim.clear_requests();
     assert!(sim.requests().is_empty());
 }
+
+fn raw_request(sim: &ProxmoxSim, head_and_body: &str) -> common::Conn {
+    let mut c = connect(sim.port(), None).unwrap();
+    c.send_raw(
+        head_and_body
+            .replace("{AUTH}", &sim.token_header())
+            .as_bytes(),
+    )
+    .unwrap();
+    c
+}
+
+#[test]
+fn chunked_bodies_are_decoded() {
+    let sim = sim_with(vec![GuestSeed::new(100, "web")]);
+    let mut c = raw_request(
+        &sim,
+        "PUT /api2/json/nodes/pve/lxc/100/config HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\ncores\r\n2;ext=1\r\n=5\r\n0\r\nTrailer: x\r\n\r\n",
+    );
+    let r = c.recv().unwrap();
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(sim.guest_config(100).unwrap()["cores"], 5);
+    // The connection stays usable after a chunked request.
+    let r = c.call("GET", &format!("{API}/version"), None);
+    // No Authorization on this helper's own requests: the answer is a 401, on the same socket.
+    assert_eq!(r.unwrap().status, 401);
+}
+
+#[test]
+fn expect_continue_gets_an_interim_100() {
+    let sim = sim_with(vec![GuestSeed::new(100, "web")]);
+    let mut c = raw_request(
+        &sim,
+        "PUT /api2/json/nodes/pve/lxc/100/config HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let interim = c.recv().unwrap();
+    assert_eq!(interim.status, 100);
+    c.send_raw(b"cores=6").unwrap();
+    assert_eq!(c.recv().unwrap().status, 200);
+    assert_eq!(sim.guest_config(100).unwrap()["cores"], 6);
+}
+
+#[test]
+fn oversized_requests_are_refused_before_the_handler() {
+    let sim = sim_with(vec![]);
+    let mut c = raw_request(
+        &sim,
+        "POST /api2/json/nodes/pve/vzdump HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+    );
+    assert_eq!(c.recv().unwrap().status, 413);
+    assert!(c.is_closed());
+    let big = format!(
+        "GET /api2/json/version HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(felhom_sim::http::MAX_HEAD + 1)
+    );
+    let mut c = raw_request(&sim, &big);
+    assert_eq!(c.recv().unwrap().status, 431);
+    let mut c = raw_request(
+        &sim,
+        "GET /api2/json/version HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    );
+    assert_eq!(c.recv().unwrap().status, 400);
+    assert!(sim.requests().is_empty());
+}
+
+#[test]
+fn http_1_0_is_answered_then_closed() {
+    let sim = sim_with(vec![]);
+    let mut c = raw_request(
+        &sim,
+        "GET /api2/json/version HTTP/1.0\r\nAuthorization: {AUTH}\r\n\r\n",
+    );
+    let r = c.recv().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(c.is_closed());
+}
+
+#[test]
+fn paths_outside_the_api_are_501_after_auth() {
+    let sim = sim_with(vec![]);
+    let r = conn(&sim)
+        .call("GET", "/pve2/ext6/ext-all.js", None)
+        .unwrap();
+    assert_eq!(r.status, 501);
+    assert_eq!(
+        r.reason,
+        "Method 'GET /pve2/ext6/ext-all.js' not implemented"
+    );
+    assert_eq!(sim.requests()[0].path, "/pve2/ext6/ext-all.js");
+}

@@ -610,9 +610,14 @@ fn config_put(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
         }
         return Ok(Answer::data(Value::Null));
     }
+    let failure = set
+        .iter()
+        .map(|(k, _)| k)
+        .chain(&delete)
+        .find_map(|k| st.check_in_task(&vms(vmid), &[config_key_priv(k)]));
     let effect = Effect::Config { vmid, set, delete };
     let mut spec = TaskSpec::new("vzconfig", vmid.to_string(), effect);
-    spec.failure = st.check_in_task(&vms(vmid), &CONFIG_PRIVS);
+    spec.failure = failure;
     upid(st.spawn(spec))
 }
 
@@ -1288,7 +1293,7 @@ fn valid_upid(upid: &str) -> bool {
         return false;
     };
     let parts: Vec<&str> = body.split(':').collect();
-    let [node, pid, pstart, start, kind, _id, user] = parts.as_slice() else {
+    let [node, pid, pstart, start, kind, id, user] = parts.as_slice() else {
         return false;
     };
     let hex = |s: &str, lo: usize, hi: usize| {
@@ -1310,7 +1315,7 @@ fn valid_upid(upid: &str) -> bool {
         && hex(start, 8, 8)
         && !kind.is_empty()
         && field(kind)
-        && field(_id)
+        && field(id)
         && !user.is_empty()
         && field(user)
 }

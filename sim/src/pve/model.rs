@@ -284,7 +284,7 @@ impl Guest {
             .filter(|_| self.running)
             .map_or(0, |s| s.elapsed().as_secs());
         let r = self.running;
-        let mut row = json!({
+        let Value::Object(mut row) = json!({
             "vmid": self.vmid,
             "type": "lxc",
             "status": if r { "running" } else { "stopped" },
@@ -302,23 +302,22 @@ impl Guest {
             "netin": if r { 1_048_576 } else { 0 },
             "netout": if r { 524_288 } else { 0 },
             "uptime": uptime,
-        });
-        if let Some(obj) = row.as_object_mut() {
-            if r {
-                obj.insert("pid".into(), Value::from(self.pid));
-            }
-            if let Some(lock) = self.lock() {
-                obj.insert("lock".into(), Value::String(lock.to_string()));
-            }
-            if let Some(tags) = self.conf.get("tags") {
-                obj.insert("tags".into(), Value::String(tags.clone()));
-            }
-            if self.conf.get("template").is_some_and(|t| t == "1") {
-                obj.insert("template".into(), Value::from(1));
-            }
-            return obj.clone();
+        }) else {
+            return Map::new();
+        };
+        if r {
+            row.insert("pid".into(), Value::from(self.pid));
         }
-        Map::new()
+        if let Some(lock) = self.lock() {
+            row.insert("lock".into(), Value::String(lock.to_string()));
+        }
+        if let Some(tags) = self.conf.get("tags") {
+            row.insert("tags".into(), Value::String(tags.clone()));
+        }
+        if self.conf.get("template").is_some_and(|t| t == "1") {
+            row.insert("template".into(), Value::from(1));
+        }
+        row
     }
 
     /// Applies a validated config change: `set` pairs, then `delete` keys.
@@ -767,7 +766,7 @@ impl State {
                 status.lines().next().unwrap_or_default()
             ));
             let effect = match spec.effect {
-                fresh @ Effect::Restore { fresh: true, .. } => fresh,
+                restore @ Effect::Restore { fresh: true, .. } => restore,
                 _ => Effect::None,
             };
             (status, spec.lock, effect)

@@ -177,6 +177,12 @@ impl Conn {
         self.tls.flush()
     }
 
+    /// Sends these bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.tls.write_all(bytes)?;
+        self.tls.flush()
+    }
+
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
         match self.tls.read(&mut chunk) {
