@@ -1,6 +1,7 @@
-//! Server trust over real loopback TLS against the simulator: a SHA-256 pin, a CA
-//! file, the system bundle, and the explicit insecure mode; a refused handshake is a
-//! typed, never-sent error and no request reaches the server.
+//! `net` over real loopback TLS against the simulator. Server trust: a SHA-256 pin, a
+//! CA file, the system bundle, and the explicit insecure mode; a refused handshake is
+//! a typed, never-sent error and no request reaches the server. And the HTTP rules
+//! every client inherits: no redirects, error statuses as readable answers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -185,4 +186,35 @@ fn an_unusable_ca_file_is_refused_at_construction() {
     let e = Client::new(o).unwrap_err();
     assert!(matches!(e, Error::Trust(_)), "{e:?}");
     assert!(e.to_string().contains("no-such-ca.crt"), "{e}");
+}
+
+#[test]
+fn redirects_are_not_followed_and_error_statuses_are_answers() {
+    let sim = ProxmoxSim::builder().start();
+    let pin = Sha256Pin::parse(&sim.fingerprint()).unwrap();
+    let http = HttpClient::new(&HttpOptions::new(TlsTrust::Pin(pin))).unwrap();
+    let url = format!("{}/api2/json/version", sim.url());
+    sim.inject(Fault::new(
+        Some("GET"),
+        "/version",
+        FaultKind::Status {
+            code: 302,
+            message: "Found".into(),
+        },
+    ));
+    let answer = http.send(Request::new(Method::Get, url.clone())).unwrap();
+    assert_eq!(answer.status, 302);
+    let e = answer.into_success().unwrap_err();
+    assert_eq!((e.status, e.reason.as_str()), (302, "Found"));
+    assert!(e.body_excerpt.contains("Found"), "{e}");
+    assert_eq!(sim.requests().len(), 1, "the redirect was not followed");
+
+    let secret = Secret::new(sim.token_header());
+    let ok = http
+        .send(Request::new(Method::Get, url).secret_header("authorization", &secret))
+        .unwrap()
+        .into_success()
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    assert!(String::from_utf8(ok.body).unwrap().starts_with("{\"data\""));
 }
