@@ -395,7 +395,7 @@ fn set_config_synchronous_and_asynchronous_both_succeed() {
 fn wait_task_running_then_ok() {
     let sim = ProxmoxSim::builder()
         .guest(GuestSeed::new(100, "web"))
-        .task_duration(Duration::from_millis(150))
+        .task_duration(Duration::from_millis(500))
         .start();
     let c = client(&sim);
     let upid = c.start(100).unwrap();
