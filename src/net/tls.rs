@@ -547,8 +547,15 @@ fn classify_handshake_error(e: io::Error) -> ConnectFailure {
                 },
             }
         }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            TlsFailure::Untrusted {
+                detail:
+                    "issuer not trusted (self-signed, or signed by a CA outside the trust store)"
+                        .to_string(),
+            }
+        }
         rustls::Error::InvalidCertificate(c) => TlsFailure::Untrusted {
-            detail: format!("{c:?}"),
+            detail: c.to_string(),
         },
         other => TlsFailure::Handshake {
             detail: other.to_string(),

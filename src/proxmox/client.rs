@@ -220,7 +220,8 @@ impl Client {
         &self.token_id
     }
 
-    fn scrub(&self, text: String) -> String {
+    /// Replaces the token secret, should the server ever echo it, by `<redacted>`.
+    pub(super) fn scrub(&self, text: String) -> String {
         let secret = self.token_secret.expose();
         if !secret.is_empty() && text.contains(secret) {
             text.replace(secret, REDACTED)

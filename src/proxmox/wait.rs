@@ -233,19 +233,22 @@ impl Client {
                 );
                 Ok(TaskOutcome::Warnings { count, log_tail })
             }
-            TaskExit::Failed(exitstatus) => Err(WaitError::Failed(Box::new(TaskError {
-                upid: upid.clone(),
-                privilege: Privilege::parse(&exitstatus),
-                log_tail: self.tail_or_note(upid),
-                exitstatus,
-            }))),
+            TaskExit::Failed(exitstatus) => {
+                let exitstatus = self.scrub(exitstatus);
+                Err(WaitError::Failed(Box::new(TaskError {
+                    upid: upid.clone(),
+                    privilege: Privilege::parse(&exitstatus),
+                    log_tail: self.tail_or_note(upid),
+                    exitstatus,
+                })))
+            }
         }
     }
 
     /// The log tail; a failure to read it must not hide the task's result.
     fn tail_or_note(&self, upid: &Upid) -> Vec<String> {
         match self.task_log_tail(upid, LOG_TAIL_LINES) {
-            Ok(lines) => lines,
+            Ok(lines) => lines.into_iter().map(|l| self.scrub(l)).collect(),
             Err(e) => {
                 crate::warn!("cannot read task log", upid = upid, error = e);
                 Vec::new()
