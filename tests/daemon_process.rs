@@ -43,11 +43,24 @@ impl Drop for Agent {
 
 impl Agent {
     fn start(name: &str, pve: &ProxmoxSim, hub: &HubSim) -> Agent {
+        Agent::start_with(name, pve, hub, |_| {})
+    }
+
+    /// Starts the agent on the standard config after `edit` has changed it.
+    fn start_with(
+        name: &str,
+        pve: &ProxmoxSim,
+        hub: &HubSim,
+        edit: impl FnOnce(&mut Value),
+    ) -> Agent {
         let dir = std::env::temp_dir().join(format!("felhom-daemon-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("agent.json");
         write_config(&config, pve, hub, "info");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&config, v.to_string()).unwrap();
         let stderr = File::create(dir.join("stderr.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
             .args(["run", "--config"])
@@ -79,6 +92,15 @@ impl Agent {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Whether the process is alive, without needing `&mut` (signal 0 probes it).
+    fn running_now(&self) -> bool {
+        Command::new("kill")
+            .args(["-0", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Sends `sig` and polls until the process exits; returns its status and how long
     /// it took, or panics after `PATIENCE`.
     fn stop_with(&mut self, sig: &str) -> (ExitStatus, Duration) {
@@ -97,12 +119,34 @@ impl Agent {
         }
     }
 
+    /// Waits for `n` accepted reports; fails at once, with the log, if the agent exits.
+    fn wait_for_reports(&mut self, hub: &HubSim, n: usize) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let reports = hub.wait_for_reports(n, Duration::from_millis(100));
+            if reports.len() >= n || start.elapsed() > PATIENCE {
+                return reports;
+            }
+            self.assert_running();
+        }
+    }
+
+    /// Fails, with the log, if the agent has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the agent exited ({status}):\n{}", self.log());
+        }
+    }
+
     /// Waits until the log contains `text`.
     fn wait_for_log(&self, text: &str) -> bool {
         let start = Instant::now();
         while start.elapsed() < PATIENCE {
             if self.log().contains(text) {
                 return true;
+            }
+            if !self.running_now() {
+                return self.log().contains(text);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -152,7 +196,7 @@ fn sims() -> (ProxmoxSim, HubSim) {
 fn the_daemon_posts_reports_the_hub_accepts_and_exits_0_on_sigterm_within_2s() {
     let (pve, hub) = sims();
     let mut agent = Agent::start("reports", &pve, &hub);
-    let reports = hub.wait_for_reports(2, PATIENCE);
+    let reports = agent.wait_for_reports(&hub, 2);
     assert!(reports.len() >= 2, "two rounds reported:\n{}", agent.log());
     for r in &reports {
         assert_eq!(r["host_id"], "pve-a");
@@ -192,7 +236,7 @@ fn sigint_also_stops_the_daemon_cleanly() {
     let (pve, hub) = sims();
     let mut agent = Agent::start("sigint", &pve, &hub);
     assert!(
-        !hub.wait_for_reports(1, PATIENCE).is_empty(),
+        !agent.wait_for_reports(&hub, 1).is_empty(),
         "{}",
         agent.log()
     );
@@ -214,6 +258,7 @@ fn sigterm_during_a_slow_hub_call_still_exits_0_within_2s() {
     let mut agent = Agent::start("slow", &pve, &hub);
     let start = Instant::now();
     while hub.requests().is_empty() {
+        agent.assert_running();
         assert!(start.elapsed() < PATIENCE, "{}", agent.log());
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -230,6 +275,7 @@ fn the_hub_down_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
     let mut agent = Agent::start("hubdown", &pve, &hub);
     let start = Instant::now();
     while hub.requests().len() < 3 {
+        agent.assert_running();
         assert!(
             start.elapsed() < PATIENCE,
             "three attempts while down:\n{}",
@@ -247,7 +293,7 @@ fn the_hub_down_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
         "waits grow while the hub stays down: {gaps:?}"
     );
     hub.clear_faults();
-    let reports = hub.wait_for_reports(1, PATIENCE);
+    let reports = agent.wait_for_reports(&hub, 1);
     assert_eq!(reports.len(), 1, "reported again once the hub is back");
     assert!(
         agent.wait_for_log("hub report succeeded again"),
@@ -263,7 +309,7 @@ fn sighup_rereads_the_log_level_and_keeps_it_when_the_config_is_broken() {
     let (pve, hub) = sims();
     let mut agent = Agent::start("sighup", &pve, &hub);
     assert!(
-        !hub.wait_for_reports(1, PATIENCE).is_empty(),
+        !agent.wait_for_reports(&hub, 1).is_empty(),
         "{}",
         agent.log()
     );
@@ -298,28 +344,19 @@ fn sighup_rereads_the_log_level_and_keeps_it_when_the_config_is_broken() {
 #[test]
 fn insecure_tls_is_warned_at_start() {
     let (pve, hub) = sims();
-    let mut agent = Agent::start("insecure", &pve, &hub);
-    let _ = agent.stop_with("TERM");
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&agent.config).unwrap()).unwrap();
-    v["proxmox"]["tls"] = json!({"insecure_skip_verify": true});
-    std::fs::write(&agent.config, v.to_string()).unwrap();
-    let stderr = File::create(agent.dir.join("stderr.log")).unwrap();
-    agent.child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
-        .args(["run", "--config"])
-        .arg(&agent.config)
-        .env(DEBUG_SECOND_ENV, SECOND_MS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+    let mut agent = Agent::start_with("insecure", &pve, &hub, |v| {
+        v["proxmox"]["tls"] = json!({"insecure_skip_verify": true});
+    });
+    assert!(!agent.wait_for_reports(&hub, 1).is_empty());
+    let log = agent.log();
     assert!(
-        agent.wait_for_log("verification is disabled"),
-        "{}",
-        agent.log()
+        log.contains("verification is disabled") && log.contains("section=proxmox"),
+        "{log}"
     );
-    assert!(agent.log().contains("section=proxmox"));
-    assert!(!hub.wait_for_reports(2, PATIENCE).is_empty());
+    assert!(
+        !log.contains("section=hub"),
+        "only the insecure section is named"
+    );
     let (status, _) = agent.stop_with("TERM");
     assert_eq!(status.code(), Some(0));
 }
