@@ -150,8 +150,8 @@ impl ControlEnvelope {
         })
     }
 
-    /// The envelope as the hub would send it (for printing); an absent interval is
-    /// `null`.
+    /// The envelope as the agent understood it, for printing: the interval already
+    /// clamped, `null` when the hub did not send one.
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "poll_interval_seconds": self.poll_interval_seconds,
