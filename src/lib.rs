@@ -14,7 +14,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod encoding;
+pub mod hub;
 pub mod log;
 pub mod net;
 pub mod proxmox;

@@ -1,1 +1,21 @@
 //! Proxmox VE and felhom hub simulators for felhom-agent's tests and demo.
+//!
+//! Owns the loopback HTTPS servers the agent's integration tests and README demo run
+//! against. Test and demo code only: a dev-dependency of the agent, never part of its
+//! release binary, and it never reaches beyond 127.0.0.1.
+//!
+//! - [`http`]: the HTTP/1.1-over-TLS server core (threads, rustls, a small parser),
+//!   knowing nothing about Proxmox, so every simulator can stand on it.
+//! - [`pve`]: the Proxmox VE API simulator ([`ProxmoxSim`]).
+//! - [`hub`]: the felhom hub simulator ([`HubSim`]).
+
+pub mod clock;
+pub mod http;
+pub mod hub;
+pub mod pve;
+
+pub use hub::{DEFAULT_HUB_KEY, HubRequest, HubSim, HubSimBuilder};
+pub use pve::{
+    CertChoice, DEFAULT_NODE, DEFAULT_TASK_DURATION, DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault,
+    FaultKind, GuestSeed, ProxmoxSim, ProxmoxSimBuilder, RecordedRequest,
+};

@@ -1,1 +1,32 @@
-//! The Proxmox VE API client and the fenced privileged backend.
+//! The Proxmox VE side of the agent: the API client and the fenced privileged backend.
+//!
+//! [`Client`] owns every conversation with the Proxmox API of the node the agent runs
+//! on: token authentication, typed reads, mutations that answer a task id ([`Upid`])
+//! or (config writes) nothing, [`Client::wait_task`], and errors classified for the
+//! callers' policies ([`ApiError`], [`TaskError`], [`Error::never_sent`]). It never
+//! spawns a process.
+//!
+//! [`privileged`] owns the few root operations the API cannot do, through an argv
+//! runner with strictly validated arguments. It never opens a socket. `tests/fence.rs`
+//! reads the sources of both to hold that line.
+
+mod client;
+mod decode;
+mod error;
+pub mod privileged;
+mod types;
+mod upid;
+mod validate;
+mod wait;
+
+pub use client::{Client, ClientOptions};
+pub use decode::DecodeError;
+pub use error::{ApiError, Error, Privilege, is_transient_text};
+pub use types::{
+    BackupMode, Compression, ConfigChange, CpuInfo, FsUsage, Guest, GuestConfig, MemoryUsage, Node,
+    NodeStatus, RunState, Snapshot, Storage, StorageStatus, TaskExit, TaskFilter, TaskLog,
+    TaskLogLine, TaskSource, TaskState, TaskStatus, TaskSummary, Version, Volume, VzdumpOutcome,
+};
+pub use upid::{Upid, UpidError};
+pub use validate::{InvalidArgument, VMID_RANGE};
+pub use wait::{LOG_TAIL_LINES, TaskError, TaskOutcome, WaitError, WaitOptions};

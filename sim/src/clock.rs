@@ -1,0 +1,100 @@
+//! Wall-clock helpers for the simulators: epoch seconds and the two date shapes they print.
+//!
+//! Owns the UTC calendar arithmetic the simulators need (HTTP `Date` headers, vzdump archive
+//! names). It must never be used for durations: those use `Instant`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch, now.
+pub fn epoch_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A UTC calendar date and time of day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Civil {
+    /// Full year, e.g. 2024.
+    pub year: i64,
+    /// 1..=12.
+    pub month: u32,
+    /// 1..=31.
+    pub day: u32,
+    /// 0..=23.
+    pub hour: u32,
+    /// 0..=59.
+    pub minute: u32,
+    /// 0..=59.
+    pub second: u32,
+    /// 0 = Sunday .. 6 = Saturday.
+    pub weekday: u32,
+}
+
+/// Splits epoch seconds into a UTC calendar date (Howard Hinnant's days-to-civil).
+pub fn civil(epoch: u64) -> Civil {
+    let days = (epoch / 86_400) as i64;
+    let secs = (epoch % 86_400) as u32;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Civil {
+        year,
+        month,
+        day,
+        hour: secs / 3600,
+        minute: secs / 60 % 60,
+        second: secs % 60,
+        // 1970-01-01 was a Thursday.
+        weekday: ((days + 4).rem_euclid(7)) as u32,
+    }
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, the IMF-fixdate of RFC 9110.
+pub fn http_date(epoch: u64) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let c = civil(epoch);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[c.weekday as usize % 7],
+        c.day,
+        MONTHS[(c.month as usize + 11) % 12],
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
+    )
+}
+
+/// `2024_05_01-10_00_00`, the stamp in vzdump archive names (UTC here; PVE uses local time).
+pub fn vzdump_stamp(epoch: u64) -> String {
+    let c = civil(epoch);
+    format!(
+        "{:04}_{:02}_{:02}-{:02}_{:02}_{:02}",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_dates() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(vzdump_stamp(1_714_557_600), "2024_05_01-10_00_00");
+        // Leap day.
+        assert_eq!(vzdump_stamp(1_709_164_800), "2024_02_29-00_00_00");
+    }
+}

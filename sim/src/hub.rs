@@ -1,0 +1,522 @@
+//! The felhom hub simulator: `POST /api/v1/host-report` over HTTPS on loopback.
+//!
+//! It checks the bearer key (401), validates each report against the contract file
+//! `vectors/host-report.golden.json` (400 naming every missing or extra field), records
+//! the reports it accepts, and answers each with a control envelope — scripted ones
+//! first, then a default. Faults use the Proxmox simulator's [`Fault`]/[`FaultKind`]
+//! (500s, delays, garbage, dropped connections), matched on the request path.
+//!
+//! Test and demo code: it never reaches beyond 127.0.0.1 and never ships in the agent.
+//! It owns no contract of its own: the golden file is the single source of the shape.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::http::{self, Body, Delivery, Request, Response};
+use crate::pve::{CertChoice, Fault, FaultKind};
+
+/// The bearer key accepted unless the builder sets another. Test material only.
+pub const DEFAULT_HUB_KEY: &str = "hubkey-7c1e4b9a-2f60-4d8e-9a35-b04f6e21d7c8";
+
+/// The report endpoint.
+pub const REPORT_PATH: &str = "/api/v1/host-report";
+
+/// The contract every report is checked against.
+pub const CONTRACT: &str = include_str!("../../vectors/host-report.golden.json");
+
+/// Fields the contract allows to be left out, as `path` patterns (`[]` for any index).
+pub const OPTIONAL_FIELDS: &[&str] = &["guests[].spec"];
+
+/// The envelope answered when no scripted one is queued.
+pub fn default_envelope() -> Value {
+    json!({
+        "poll_interval_seconds": 300,
+        "blocked": false,
+        "desired_generation": 0,
+        "has_signed_ops": false
+    })
+}
+
+/// One request as the hub simulator received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubRequest {
+    /// The method.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The `Authorization` header as sent.
+    pub authorization: Option<String>,
+    /// The body as sent.
+    pub body: Vec<u8>,
+    /// When it arrived.
+    pub at: Instant,
+    /// The status answered; 0 when the connection was dropped without an answer.
+    pub status: u16,
+}
+
+#[derive(Debug)]
+struct State {
+    key: String,
+    envelopes: VecDeque<Value>,
+    default_envelope: Value,
+    faults: VecDeque<Fault>,
+    requests: Vec<HubRequest>,
+    reports: Vec<Value>,
+}
+
+impl State {
+    fn take_fault(&mut self, method: &str, path: &str) -> Option<FaultKind> {
+        let i = self.faults.iter().position(|f| {
+            f.times > 0
+                && f.method.as_deref().is_none_or(|m| m == method)
+                && path.starts_with(&f.path_prefix)
+        })?;
+        let fault = self.faults.get_mut(i)?;
+        fault.times -= 1;
+        let kind = fault.kind.clone();
+        if fault.times == 0 {
+            self.faults.remove(i);
+        }
+        Some(kind)
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    accepted: Condvar,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Configures and starts a [`HubSim`].
+#[derive(Debug, Clone)]
+pub struct HubSimBuilder {
+    key: String,
+    cert: CertChoice,
+    default_envelope: Value,
+}
+
+impl Default for HubSimBuilder {
+    fn default() -> Self {
+        HubSimBuilder {
+            key: DEFAULT_HUB_KEY.to_string(),
+            cert: CertChoice::CaSigned,
+            default_envelope: default_envelope(),
+        }
+    }
+}
+
+impl HubSimBuilder {
+    /// The one bearer key accepted.
+    pub fn key(mut self, key: &str) -> Self {
+        self.key = key.to_string();
+        self
+    }
+
+    /// The certificate presented (default [`CertChoice::CaSigned`], as a real hub has a
+    /// CA-issued one; trust it with `vectors/tls/ca.crt`).
+    pub fn cert(mut self, c: CertChoice) -> Self {
+        self.cert = c;
+        self
+    }
+
+    /// The envelope answered when none is scripted (default [`default_envelope`]).
+    pub fn default_envelope(mut self, envelope: Value) -> Self {
+        self.default_envelope = envelope;
+        self
+    }
+
+    /// Binds 127.0.0.1 on an ephemeral port and starts serving.
+    ///
+    /// # Panics
+    /// If the socket cannot be bound or the committed certificates do not load (test
+    /// code: nothing useful can happen without them).
+    pub fn start(self) -> HubSim {
+        #[allow(clippy::expect_used)]
+        let tls = http::tls_config(self.cert.cert_pem(), key_pem(self.cert))
+            .expect("the committed test certificates load");
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                key: self.key,
+                envelopes: VecDeque::new(),
+                default_envelope: self.default_envelope,
+                faults: VecDeque::new(),
+                requests: Vec::new(),
+                reports: Vec::new(),
+            }),
+            accepted: Condvar::new(),
+        });
+        let handler_inner = Arc::clone(&inner);
+        #[allow(clippy::expect_used)]
+        let server = http::Server::start(tls, move |req: &Request| handle(&handler_inner, req))
+            .expect("binding 127.0.0.1:0 succeeds");
+        HubSim {
+            inner,
+            server: Some(server),
+            cert: self.cert,
+        }
+    }
+}
+
+fn key_pem(c: CertChoice) -> &'static [u8] {
+    match c {
+        CertChoice::SelfSigned => include_bytes!("../../vectors/tls/pve-self.key"),
+        CertChoice::CaSigned => include_bytes!("../../vectors/tls/ca-leaf.key"),
+        CertChoice::Other => include_bytes!("../../vectors/tls/other-self.key"),
+    }
+}
+
+/// A running hub simulator. Dropping it (or [`HubSim::shutdown`]) stops the server.
+pub struct HubSim {
+    inner: Arc<Inner>,
+    server: Option<http::Server>,
+    cert: CertChoice,
+}
+
+impl std::fmt::Debug for HubSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubSim")
+            .field("url", &self.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubSim {
+    /// A builder with the defaults: [`DEFAULT_HUB_KEY`], the CA-signed certificate, the
+    /// default envelope.
+    pub fn builder() -> HubSimBuilder {
+        HubSimBuilder::default()
+    }
+
+    /// Starts a hub simulator with the defaults.
+    pub fn start() -> HubSim {
+        HubSimBuilder::default().start()
+    }
+
+    /// `https://127.0.0.1:PORT` (no path; the agent appends [`REPORT_PATH`]).
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port())
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.server.as_ref().map_or(0, |s| s.addr().port())
+    }
+
+    /// The bearer key it accepts.
+    pub fn key(&self) -> String {
+        self.inner.lock().key.clone()
+    }
+
+    /// The SHA-256 fingerprint of the served certificate, `AB:CD:…`.
+    pub fn fingerprint(&self) -> String {
+        self.cert.fingerprint()
+    }
+
+    /// Queues an envelope for the next accepted report (scripted envelopes are answered
+    /// in order, then the default again). Any JSON is sent as is, so tests can script
+    /// unknown fields or wrong types.
+    pub fn script_envelope(&self, envelope: Value) {
+        self.inner.lock().envelopes.push_back(envelope);
+    }
+
+    /// Queues a fault; the first matching requests get it (path prefix on the request
+    /// path, e.g. `/api/v1/host-report`, or `""` for every request).
+    pub fn inject(&self, fault: Fault) {
+        self.inner.lock().faults.push_back(fault);
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.inner.lock().faults.clear();
+    }
+
+    /// Every request, in arrival order.
+    pub fn requests(&self) -> Vec<HubRequest> {
+        self.inner.lock().requests.clone()
+    }
+
+    /// The reports it accepted, in arrival order.
+    pub fn reports(&self) -> Vec<Value> {
+        self.inner.lock().reports.clone()
+    }
+
+    /// Waits until at least `n` reports have been accepted or `timeout` passes; returns
+    /// the reports accepted so far either way.
+    pub fn wait_for_reports(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let guard = self.inner.lock();
+        let (guard, _) = self
+            .inner
+            .accepted
+            .wait_timeout_while(guard, timeout, |st| st.reports.len() < n)
+            .unwrap_or_else(PoisonError::into_inner);
+        guard.reports.clone()
+    }
+
+    /// Stops the server and closes every connection.
+    pub fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+fn json_answer(status: u16, reason: &str, body: &Value) -> Response {
+    Response::new(status, reason)
+        .with_header("Content-Type", "application/json")
+        .with_body(body.to_string())
+}
+
+fn handle(inner: &Inner, req: &Request) -> Response {
+    let mut st = inner.lock();
+    let path = req.raw_path().to_string();
+    let index = st.requests.len();
+    st.requests.push(HubRequest {
+        method: req.method.clone(),
+        path: path.clone(),
+        authorization: req.header("Authorization").map(str::to_string),
+        body: req.body.clone(),
+        at: Instant::now(),
+        status: 0,
+    });
+    // Faults act before authentication: trouble between the agent and the hub.
+    let response = match st.take_fault(&req.method, &path) {
+        None => process(&mut st, req, &path),
+        Some(FaultKind::Status { code, message }) => {
+            let reason = message.lines().next().unwrap_or_default().to_string();
+            json_answer(code, &reason, &json!({ "error": message })).with_delivery(Delivery::Normal)
+        }
+        Some(FaultKind::Delay(d)) => process(&mut st, req, &path).with_delivery(Delivery::Delay(d)),
+        Some(FaultKind::DropMidBody) => {
+            process(&mut st, req, &path).with_delivery(Delivery::DropMidBody)
+        }
+        Some(FaultKind::DropConnection) => {
+            Response::new(0, "dropped").with_delivery(Delivery::DropConnection)
+        }
+        Some(FaultKind::Garbage) => Response::new(200, "OK")
+            .with_header("Content-Type", "application/json")
+            .with_body("<html><body><h1>502 Bad Gateway</h1></body></html>\n"),
+        Some(FaultKind::Oversized(len)) => {
+            let mut r = Response::new(200, "OK").with_header("Content-Type", "application/json");
+            r.body = Body::Filler {
+                prefix: b"{\"poll_interval_seconds\":300,\"pad\":\"".to_vec(),
+                fill: b'x',
+                len,
+                suffix: b"\"}".to_vec(),
+            };
+            r
+        }
+    };
+    if let Some(rec) = st.requests.get_mut(index) {
+        rec.status = if response.delivery == Delivery::DropConnection {
+            0
+        } else {
+            response.status
+        };
+    }
+    if (200..300).contains(&response.status) && response.delivery != Delivery::DropConnection {
+        inner.accepted.notify_all();
+    }
+    response
+}
+
+fn process(st: &mut State, req: &Request, path: &str) -> Response {
+    if path != REPORT_PATH {
+        return json_answer(404, "Not Found", &json!({ "error": "no such endpoint" }));
+    }
+    if req.method != "POST" {
+        return json_answer(405, "Method Not Allowed", &json!({ "error": "use POST" }))
+            .with_header("Allow", "POST");
+    }
+    let expected = format!("Bearer {}", st.key);
+    // The key is compared, never echoed.
+    if req.header("Authorization") != Some(expected.as_str()) {
+        return json_answer(
+            401,
+            "Unauthorized",
+            &json!({ "error": "invalid bearer key" }),
+        )
+        .with_header("WWW-Authenticate", "Bearer");
+    }
+    let report: Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_answer(
+                400,
+                "Bad Request",
+                &json!({ "error": format!("report is not JSON: {e}") }),
+            );
+        }
+    };
+    let problems = validate_report(&report);
+    if !problems.is_empty() {
+        return json_answer(
+            400,
+            "Bad Request",
+            &json!({ "error": "report does not match the contract", "problems": problems }),
+        );
+    }
+    st.reports.push(report);
+    let envelope = st
+        .envelopes
+        .pop_front()
+        .unwrap_or_else(|| st.default_envelope.clone());
+    json_answer(200, "OK", &envelope)
+}
+
+/// Checks a report against [`CONTRACT`]; returns one line per problem, each naming the
+/// field's path (`guests[0].spec.cores: missing`, `host.kernel: not in the contract`,
+/// `backups: must be an array, got null`). Empty when the report conforms.
+///
+/// Objects must have exactly the contract's keys (except [`OPTIONAL_FIELDS`], which may
+/// be absent); every element of an array is checked against the contract's first
+/// element (an array the contract shows empty must be empty); a scalar must have the
+/// contract's JSON type or be `null`.
+pub fn validate_report(report: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    match serde_json::from_str::<Value>(CONTRACT) {
+        Ok(contract) => check(report, &contract, "", "", &mut problems),
+        Err(e) => problems.push(format!("the contract file is not JSON: {e}")),
+    }
+    problems
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// `path` names the place for messages (`guests[0].spec`); `pattern` the same place
+/// with indices blanked (`guests[].spec`) for [`OPTIONAL_FIELDS`].
+fn check(got: &Value, want: &Value, path: &str, pattern: &str, problems: &mut Vec<String>) {
+    let name = if path.is_empty() { "report" } else { path };
+    match want {
+        Value::Object(w) => {
+            let Value::Object(g) = got else {
+                problems.push(format!("{name}: must be an object, got {}", kind(got)));
+                return;
+            };
+            for (k, wv) in w {
+                let (p, pat) = (join(path, k), join(pattern, k));
+                match g.get(k) {
+                    Some(gv) => check(gv, wv, &p, &pat, problems),
+                    None if OPTIONAL_FIELDS.contains(&pat.as_str()) => {}
+                    None => problems.push(format!("{p}: missing")),
+                }
+            }
+            for k in g.keys().filter(|k| !w.contains_key(*k)) {
+                problems.push(format!("{}: not in the contract", join(path, k)));
+            }
+        }
+        Value::Array(w) => {
+            let Value::Array(g) = got else {
+                problems.push(format!("{name}: must be an array, got {}", kind(got)));
+                return;
+            };
+            match w.first() {
+                Some(w0) => {
+                    for (i, gv) in g.iter().enumerate() {
+                        check(
+                            gv,
+                            w0,
+                            &format!("{path}[{i}]"),
+                            &format!("{pattern}[]"),
+                            problems,
+                        );
+                    }
+                }
+                None if !g.is_empty() => problems.push(format!(
+                    "{name}: must be empty (the contract defines no element shape)"
+                )),
+                None => {}
+            }
+        }
+        Value::Null => {
+            if got.is_object() || got.is_array() {
+                problems.push(format!("{name}: must be a scalar, got {}", kind(got)));
+            }
+        }
+        scalar => {
+            if !got.is_null() && kind(got) != kind(scalar) {
+                problems.push(format!(
+                    "{name}: must be {}, got {}",
+                    kind(scalar),
+                    kind(got)
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contract() -> Value {
+        serde_json::from_str(CONTRACT).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_contract_itself_conforms() {
+        assert_eq!(validate_report(&contract()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn missing_extra_and_mistyped_fields_are_named() {
+        let mut r = contract();
+        let top = r.as_object_mut().map(|o| {
+            o.remove("host_id");
+            o.insert("kernel".into(), json!("6.8"));
+            o.insert("backups".into(), Value::Null);
+        });
+        assert!(top.is_some());
+        r["guests"][0]["spec"]
+            .as_object_mut()
+            .map(|o| o.remove("cores"));
+        r["host"]["load"]["avg1"] = json!("0.12");
+        r["restore_tests"] = json!([{"x": 1}]);
+        let p = validate_report(&r);
+        for want in [
+            "host_id: missing",
+            "kernel: not in the contract",
+            "backups: must be an array, got null",
+            "guests[0].spec.cores: missing",
+            "host.load.avg1: must be a number, got a string",
+            "restore_tests: must be empty",
+        ] {
+            assert!(p.iter().any(|l| l.starts_with(want)), "{want} not in {p:?}");
+        }
+    }
+
+    #[test]
+    fn spec_may_be_absent_and_nullable_scalars_may_be_null() {
+        let mut r = contract();
+        r["guests"][0].as_object_mut().map(|o| o.remove("spec"));
+        r["backups"][0]["notes"] = Value::Null;
+        r["guests"] = json!([r["guests"][0].clone(), r["guests"][0].clone()]);
+        assert_eq!(validate_report(&r), Vec::<String>::new());
+        r["host"].as_object_mut().map(|o| o.remove("cpu"));
+        assert_eq!(validate_report(&r), vec!["host.cpu: missing".to_string()]);
+    }
+}

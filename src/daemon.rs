@@ -1,0 +1,408 @@
+//! The daemon: wires the configuration into clients and long-running loops, and owns
+//! their shutdown.
+//!
+//! `run` builds the Proxmox client, the hub client and the cloudflared probe, starts
+//! each loop as a named worker thread sharing one [`Shutdown`], and waits. SIGTERM or
+//! SIGINT triggers the shutdown; the workers are joined within a grace period and `run`
+//! returns `Ok` (exit 0). A second SIGTERM/SIGINT while stopping exits at once with
+//! code 1. SIGHUP re-reads the log level from the configuration file (on error the old
+//! level stays and the reason is logged). More loops (the reconcile engine) join by
+//! being spawned on the same [`Workers`].
+//!
+//! Signals are handled through `signal-hook`'s self-pipe, so no code of ours runs in a
+//! signal handler and none of it is `unsafe`. The daemon never mutates Proxmox itself:
+//! it only starts the loops that may.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use signal_hook::SigId;
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::{self, Config, Mode};
+use crate::hub::collect::{AuditTail, NoAudit};
+use crate::hub::live::{self, LiveSetupError};
+use crate::hub::poller::Poller;
+use crate::shutdown::Shutdown;
+
+/// How long stopping workers get after the shutdown before `run` returns anyway; a
+/// worker still inside a network call is abandoned (the calls it makes are reads or
+/// journaled, so the next start picks up where it left off).
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// How often the main thread checks that every worker is still alive.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Debug builds only: makes one second of the poll schedule last this many
+/// milliseconds, so process tests see several rounds without waiting minutes.
+pub const DEBUG_SECOND_ENV: &str = "FELHOM_DEBUG_SECOND_MS";
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Building the clients from the configuration failed (bad pin, unreadable CA file,
+    /// missing section or key).
+    Setup(LiveSetupError),
+    /// The signal handlers or their wake-up pipe could not be installed.
+    Signals(io::Error),
+    /// A worker thread could not be started.
+    Spawn {
+        /// The worker's name.
+        name: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A worker ended while no shutdown was asked for (it panicked).
+    WorkerDied {
+        /// The worker's name.
+        name: String,
+    },
+}
+
+impl DaemonError {
+    /// Whether the failure is in the configuration (exit 2) rather than at run time
+    /// (exit 1).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, DaemonError::Setup(_))
+    }
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonError::Setup(e) => write!(f, "daemon setup failed: {e}"),
+            DaemonError::Signals(e) => write!(f, "installing signal handlers failed: {e}"),
+            DaemonError::Spawn { name, source } => {
+                write!(f, "starting worker {name} failed: {source}")
+            }
+            DaemonError::WorkerDied { name } => {
+                write!(f, "worker {name} stopped unexpectedly")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DaemonError::Setup(e) => Some(e),
+            DaemonError::Signals(e) => Some(e),
+            DaemonError::Spawn { source, .. } => Some(source),
+            DaemonError::WorkerDied { .. } => None,
+        }
+    }
+}
+
+/// The daemon's long-running threads, each named, all sharing one [`Shutdown`].
+#[derive(Debug, Default)]
+pub struct Workers {
+    threads: Vec<(String, JoinHandle<()>)>,
+}
+
+impl Workers {
+    /// No workers yet.
+    pub fn new() -> Self {
+        Workers::default()
+    }
+
+    /// Starts `body` on a thread named `name`. The body must return once the shared
+    /// shutdown fires.
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        let handle = thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(body)
+            .map_err(|source| DaemonError::Spawn {
+                name: name.to_owned(),
+                source,
+            })?;
+        self.threads.push((name.to_owned(), handle));
+        Ok(())
+    }
+
+    /// The name of a worker that has already ended, if any.
+    pub fn first_finished(&self) -> Option<&str> {
+        self.threads
+            .iter()
+            .find(|(_, h)| h.is_finished())
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Joins every worker that ends before `deadline`; returns the names of those that
+    /// did not (they are left running and die with the process).
+    pub fn join_until(self, deadline: Instant) -> Vec<String> {
+        let mut pending = self.threads;
+        while !pending.is_empty() && Instant::now() < deadline {
+            let (done, rest): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|(_, h)| h.is_finished());
+            for (name, h) in done {
+                if h.join().is_err() {
+                    crate::error!("worker panicked while stopping", worker = name);
+                }
+            }
+            pending = rest;
+            if !pending.is_empty() {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        pending.into_iter().map(|(n, _)| n).collect()
+    }
+}
+
+/// How long one second of the poll schedule lasts: always one second in a release
+/// build; a debug build honours [`DEBUG_SECOND_ENV`].
+fn schedule_second() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(DEBUG_SECOND_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+    {
+        crate::warn!(
+            "debug build: poll schedule seconds shortened",
+            second_ms = ms
+        );
+        return Duration::from_millis(ms);
+    }
+    Duration::from_secs(1)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP for the
+/// log level. The audit tail is empty until the audit log exists.
+pub fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
+    run_with(cfg, config_path, Arc::new(NoAudit))
+}
+
+/// [`run`] with the source of the report's `audit_tail`.
+pub fn run_with(
+    cfg: &Config,
+    config_path: &Path,
+    audit: Arc<dyn AuditTail>,
+) -> Result<(), DaemonError> {
+    let shutdown = Shutdown::new();
+    let signals = SignalWatcher::install(shutdown.clone(), config_path.to_owned())
+        .map_err(DaemonError::Signals)?;
+    let result = serve(cfg, &shutdown, audit);
+    shutdown.trigger();
+    signals.close();
+    result
+}
+
+/// Starts the workers and waits for the shutdown; the caller owns the signals.
+pub fn serve(
+    cfg: &Config,
+    shutdown: &Shutdown,
+    audit: Arc<dyn AuditTail>,
+) -> Result<(), DaemonError> {
+    crate::info!(
+        "felhom-agent starting",
+        version = crate::cli::VERSION,
+        host_id = cfg.host_id,
+        pid = std::process::id()
+    );
+    live::warn_insecure_tls(cfg);
+    let round = live::hub_round(cfg, audit).map_err(DaemonError::Setup)?;
+    let poll_seconds = cfg.hub.as_ref().map_or(300, |h| h.poll_seconds);
+
+    let mut workers = Workers::new();
+    let s = shutdown.clone();
+    let second = schedule_second();
+    workers.spawn("hub-poller", move || {
+        Poller::new(round, s, poll_seconds)
+            .with_second(second)
+            .run();
+    })?;
+    crate::info!("felhom-agent running", workers = "hub-poller");
+
+    let mut outcome = Ok(());
+    while !shutdown.sleep(WATCH_INTERVAL) {
+        if let Some(name) = workers.first_finished() {
+            crate::error!("worker stopped unexpectedly; shutting down", worker = name);
+            outcome = Err(DaemonError::WorkerDied {
+                name: name.to_owned(),
+            });
+            shutdown.trigger();
+            break;
+        }
+    }
+    crate::info!("felhom-agent stopping");
+    let stuck = workers.join_until(Instant::now() + STOP_GRACE);
+    if !stuck.is_empty() {
+        crate::warn!(
+            "workers still busy after the grace period; leaving them",
+            workers = stuck.join(",")
+        );
+    }
+    crate::info!("felhom-agent stopped");
+    outcome
+}
+
+/// Watches SIGTERM, SIGINT and SIGHUP on a thread of its own, woken through a
+/// self-pipe that `signal-hook` writes from the handler.
+struct SignalWatcher {
+    ids: Vec<SigId>,
+    stop: Arc<AtomicBool>,
+    wake: UnixStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SignalWatcher {
+    fn install(shutdown: Shutdown, config_path: PathBuf) -> io::Result<SignalWatcher> {
+        let (mut reader, writer) = UnixStream::pair()?;
+        let term = Arc::new(AtomicBool::new(false));
+        let hup = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ids = Vec::new();
+        let mut register = || -> io::Result<()> {
+            for sig in [SIGTERM, SIGINT] {
+                // Order matters: the exit is armed by the flag the next line sets, so
+                // only a second signal exits at once.
+                ids.push(signal_hook::flag::register_conditional_shutdown(
+                    sig,
+                    1,
+                    Arc::clone(&term),
+                )?);
+                ids.push(signal_hook::flag::register(sig, Arc::clone(&term))?);
+                ids.push(signal_hook::low_level::pipe::register(
+                    sig,
+                    writer.try_clone()?,
+                )?);
+            }
+            ids.push(signal_hook::flag::register(SIGHUP, Arc::clone(&hup))?);
+            ids.push(signal_hook::low_level::pipe::register(
+                SIGHUP,
+                writer.try_clone()?,
+            )?);
+            Ok(())
+        };
+        if let Err(e) = register() {
+            for id in ids {
+                signal_hook::low_level::unregister(id);
+            }
+            return Err(e);
+        }
+        let thread_stop = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            crate::error!("signal pipe failed; signals now ignored", error = e);
+                            break;
+                        }
+                    }
+                    if thread_stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if term.load(Ordering::SeqCst) && !shutdown.is_triggered() {
+                        crate::info!("termination signal received; stopping");
+                        shutdown.trigger();
+                    }
+                    if hup.swap(false, Ordering::SeqCst) {
+                        reload_log_level(&config_path);
+                    }
+                }
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                for id in ids {
+                    signal_hook::low_level::unregister(id);
+                }
+                return Err(e);
+            }
+        };
+        Ok(SignalWatcher {
+            ids,
+            stop,
+            wake: writer,
+            thread: Some(thread),
+        })
+    }
+
+    /// Removes the handlers and stops the watcher thread.
+    fn close(mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        // The watcher is blocked reading the pipe; one byte wakes it to see `stop`.
+        if self.wake.write_all(&[0]).is_ok()
+            && let Some(t) = self.thread.take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// SIGHUP: re-reads the configuration for its log level; on error keeps the old one.
+fn reload_log_level(config_path: &Path) {
+    match Config::load(config_path, &config::process_env(), Mode::Run) {
+        Ok(cfg) => {
+            crate::log::set_level(cfg.log_level);
+            crate::info!("configuration re-read on SIGHUP", log_level = cfg.log_level);
+        }
+        Err(e) => crate::warn!(
+            "configuration re-read on SIGHUP failed; keeping the log level",
+            error = e
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_worker_that_ends_is_noticed_and_stuck_ones_are_named_at_the_deadline() {
+        let mut w = Workers::new();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        w.spawn("quick", || {}).unwrap();
+        w.spawn("stuck", move || {
+            let _ = release_rx.recv();
+        })
+        .unwrap();
+        while w.first_finished().is_none() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(w.first_finished(), Some("quick"));
+        let left = w.join_until(Instant::now() + Duration::from_millis(50));
+        assert_eq!(left, ["stuck"]);
+        drop(release_tx);
+    }
+
+    #[test]
+    fn workers_that_stop_in_time_are_all_joined() {
+        let shutdown = Shutdown::new();
+        let mut w = Workers::new();
+        for name in ["a", "b"] {
+            let s = shutdown.clone();
+            w.spawn(name, move || {
+                s.sleep(Duration::from_secs(600));
+            })
+            .unwrap();
+        }
+        assert_eq!(w.first_finished(), None);
+        shutdown.trigger();
+        assert!(
+            w.join_until(Instant::now() + Duration::from_secs(60))
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The hub client: `POST {url}/api/v1/host-report` with `Authorization: Bearer KEY`,
+//! answered by a [`ControlEnvelope`].
+//!
+//! TLS goes through [`crate::net`] (system bundle, CA file or pin; verification is
+//! always on unless `insecure_skip_verify` was chosen by name). The bearer key lives in
+//! a [`Secret`] and is exposed only as the header is written: it is never in an error,
+//! a log line or a `Debug`, and if a hub echoes it back in an error answer it is cut
+//! out before the answer becomes an [`HttpError`]. This client never retries; the
+//! poller owns the schedule.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::envelope::{ControlEnvelope, EnvelopeError};
+use super::report::HostReport;
+use crate::config::{HubConfig, TlsChoice};
+use crate::net::{
+    EXCERPT_LIMIT, HttpClient, HttpError, HttpOptions, Method, PinError, Request, Sha256Pin,
+    TlsTrust, TransportError, TrustError, excerpt,
+};
+use crate::secret::{REDACTED, Secret};
+
+/// The path of the report endpoint under the hub's base URL.
+pub const REPORT_PATH: &str = "/api/v1/host-report";
+
+/// The shortest tail of a phrase taken for a cut-off copy of the key.
+const MIN_PARTIAL: usize = 4;
+
+/// The largest envelope read from the hub.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
+/// How to reach the hub.
+#[derive(Clone)]
+pub struct HubClientOptions {
+    /// Base URL, `https://HOST[:PORT][/PATH]`.
+    pub url: String,
+    /// The bearer key.
+    pub api_key: Secret,
+    /// How the hub's certificate is judged.
+    pub trust: TlsTrust,
+    /// Time allowed for a whole request.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for HubClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubClientOptions")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key)
+            .field("trust", &self.trust.describe())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Why a hub client could not be built.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The configuration has no `hub` section (the mode needs one).
+    NoHubSection,
+    /// The hub key is missing or empty.
+    MissingKey,
+    /// The URL is not `https://HOST[:PORT][/PATH]`.
+    Url {
+        /// The URL as configured.
+        url: String,
+    },
+    /// The configured fingerprint is not a SHA-256 pin.
+    Pin(PinError),
+    /// The trust choice could not become a TLS configuration (e.g. unreadable CA file).
+    Trust(TrustError),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::NoHubSection => f.write_str("hub: section is missing"),
+            SetupError::MissingKey => f.write_str("hub.api_key: no key configured"),
+            SetupError::Url { url } => {
+                write!(
+                    f,
+                    "hub.url: must be https://HOST[:PORT][/PATH], got {url:?}"
+                )
+            }
+            SetupError::Pin(e) => write!(f, "hub.tls.fingerprint_sha256: {e}"),
+            SetupError::Trust(e) => write!(f, "hub.tls: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SetupError::Pin(e) => Some(e),
+            SetupError::Trust(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why one report did not get a usable envelope back.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The report could not be serialized (a bug; nothing was sent).
+    Encode(serde_json::Error),
+    /// No complete answer: connect, TLS, timeout, broken connection, oversized body.
+    Transport(TransportError),
+    /// The hub answered with a status other than 2xx (401 for a wrong key, 400 for a
+    /// report it rejects, 5xx when it is unwell).
+    Http(HttpError),
+    /// The hub answered 2xx but the body is not a control envelope.
+    Envelope(EnvelopeError),
+}
+
+impl ClientError {
+    /// The HTTP status when the hub answered with an error status.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Http(e) => Some(e.status),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Encode(e) => write!(f, "host report could not be encoded: {e}"),
+            ClientError::Transport(e) => write!(f, "hub unreachable: {e}"),
+            ClientError::Http(e) => write!(f, "hub refused the report: {e}"),
+            ClientError::Envelope(e) => write!(f, "hub answer unusable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Encode(e) => Some(e),
+            ClientError::Transport(e) => Some(e),
+            ClientError::Http(e) => Some(e),
+            ClientError::Envelope(e) => Some(e),
+        }
+    }
+}
+
+/// Turns a configured trust choice into a `net` trust.
+pub fn trust_of(choice: &TlsChoice) -> Result<TlsTrust, PinError> {
+    Ok(match choice {
+        TlsChoice::Pin(text) => TlsTrust::Pin(Sha256Pin::parse(text)?),
+        TlsChoice::CaFile(path) => TlsTrust::CaFile(PathBuf::from(path)),
+        TlsChoice::SystemBundle => TlsTrust::SystemBundle,
+        TlsChoice::InsecureSkipVerify => TlsTrust::InsecureSkipVerify,
+    })
+}
+
+/// Posts host reports to the hub.
+pub struct HubClient {
+    http: HttpClient,
+    endpoint: String,
+    authorization: Secret,
+    key: Secret,
+    trust: TlsTrust,
+}
+
+impl fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubClient")
+            .field("endpoint", &self.endpoint)
+            .field("authorization", &self.authorization)
+            .field("trust", &self.trust.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubClient {
+    /// Builds the client (a CA file is read now).
+    pub fn new(options: HubClientOptions) -> Result<HubClient, SetupError> {
+        if options.api_key.is_empty() {
+            return Err(SetupError::MissingKey);
+        }
+        let base = options.url.trim_end_matches('/');
+        let has_host = base
+            .strip_prefix("https://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+        if !has_host || base.contains(['?', '#', '@']) || base.chars().any(char::is_whitespace) {
+            return Err(SetupError::Url { url: options.url });
+        }
+        let mut http_options = HttpOptions::new(options.trust.clone());
+        http_options.timeout = options.timeout;
+        http_options.connect_timeout = options.timeout.min(Duration::from_secs(10));
+        http_options.max_body = MAX_ANSWER_BYTES;
+        http_options.max_idle_per_host = 1;
+        let http = HttpClient::new(&http_options).map_err(SetupError::Trust)?;
+        Ok(HubClient {
+            http,
+            endpoint: format!("{base}{REPORT_PATH}"),
+            authorization: Secret::new(format!("Bearer {}", options.api_key.expose())),
+            key: options.api_key,
+            trust: options.trust,
+        })
+    }
+
+    /// Builds the client from the `hub` section of the configuration.
+    pub fn from_config(hub: &HubConfig) -> Result<HubClient, SetupError> {
+        let api_key = hub.api_key.clone().ok_or(SetupError::MissingKey)?;
+        HubClient::new(HubClientOptions {
+            url: hub.url.clone(),
+            api_key,
+            trust: trust_of(&hub.tls).map_err(SetupError::Pin)?,
+            timeout: Duration::from_secs(hub.timeout_seconds),
+        })
+    }
+
+    /// The full URL reports go to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The trust in force, for the start-up warning.
+    pub fn trust(&self) -> &TlsTrust {
+        &self.trust
+    }
+
+    /// Posts one report and parses the hub's answer.
+    pub fn post_report(&self, report: &HostReport) -> Result<ControlEnvelope, ClientError> {
+        let body = serde_json::to_vec(report).map_err(ClientError::Encode)?;
+        let request = Request::new(Method::Post, self.endpoint.clone())
+            .header("accept", "application/json")
+            .secret_header("authorization", &self.authorization)
+            .json(body);
+        let response = self.http.send(request).map_err(ClientError::Transport)?;
+        if !response.is_success() {
+            let key = self.key.expose().as_bytes();
+            // Scrub before excerpting, so the cut cannot leave part of the key behind.
+            let body = replace_bytes(&response.body, key, REDACTED.as_bytes());
+            return Err(ClientError::Http(HttpError {
+                status: response.status,
+                reason: scrub_reason(&response.reason, self.key.expose()),
+                body_excerpt: excerpt(&body, EXCERPT_LIMIT),
+            }));
+        }
+        ControlEnvelope::parse(&response.body).map_err(ClientError::Envelope)
+    }
+}
+
+/// `haystack` with every occurrence of `needle` replaced by `with`.
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    if needle.is_empty() {
+        return haystack.to_vec();
+    }
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The reason phrase with the key cut out, including a key cut short at the end of an
+/// already bounded phrase (at least [`MIN_PARTIAL`] characters of it, so an ordinary
+/// word that happens to end like the key's first letter is left alone).
+fn scrub_reason(reason: &str, key: &str) -> String {
+    if key.is_empty() {
+        return reason.to_owned();
+    }
+    let mut out = reason.replace(key, REDACTED);
+    let tail = (MIN_PARTIAL.min(key.len())..key.len())
+        .rev()
+        .filter(|n| key.is_char_boundary(*n))
+        .find(|n| out.ends_with(&key[..*n]));
+    if let Some(n) = tail {
+        out.truncate(out.len() - n);
+        out.push_str(REDACTED);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_cut_out_of_echoed_text() {
+        assert_eq!(
+            replace_bytes(b"bad key k3y-abc, k3y-abc!", b"k3y-abc", b"<redacted>"),
+            b"bad key <redacted>, <redacted>!"
+        );
+        assert_eq!(
+            scrub_reason("Unauthorized k3y-abc", "k3y-abc"),
+            "Unauthorized <redacted>"
+        );
+        assert_eq!(
+            scrub_reason("Unauthorized k3y-a", "k3y-abc"),
+            "Unauthorized <redacted>",
+            "a key cut short at the end is still cut out"
+        );
+        assert_eq!(scrub_reason("Unauthorized", "d3y-abc"), "Unauthorized");
+    }
+}

@@ -1,0 +1,329 @@
+//! The live wiring of the hub loop: the real Proxmox client as the collector's
+//! [`HostReader`], `systemctl is-active cloudflared` through the privileged runner as
+//! its [`CloudflaredProbe`], and the construction of both clients from the
+//! configuration. Shared by the daemon and `selftest hub`.
+//!
+//! Only reads happen here: the reader calls read endpoints of the Proxmox client and
+//! the probe runs one read-only `systemctl` query.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::client::{ClientError, HubClient, SetupError, trust_of};
+use super::collect::{
+    AuditTail, CloudflaredProbe, CollectError, Collector, GuestRow, HostReader, ReadError,
+    StorageRow, VolumeRow,
+};
+use super::report::{CpuMetrics, HostMetrics, LoadAverage, Usage};
+use super::round::HubRound;
+use crate::config::{Config, ProxmoxConfig, TlsChoice};
+use crate::net::{PinError, TlsTrust};
+use crate::proxmox::privileged::{Privileged, Programs, SystemRunner};
+use crate::proxmox::{self, Client, ClientOptions};
+use crate::time::SystemClock;
+
+/// The unit whose state the report carries.
+pub const CLOUDFLARED_UNIT: &str = "cloudflared";
+
+/// How long the cloudflared probe may take before it counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Proxmox client as the collector reads it.
+#[derive(Debug, Clone)]
+pub struct ProxmoxReader(pub Client);
+
+fn boxed(e: proxmox::Error) -> ReadError {
+    Box::new(e)
+}
+
+impl HostReader for ProxmoxReader {
+    fn node(&self) -> String {
+        self.0.node().to_owned()
+    }
+
+    fn host_metrics(&self) -> Result<HostMetrics, ReadError> {
+        let s = self.0.node_status().map_err(boxed)?;
+        let cpus = s
+            .cpuinfo
+            .as_ref()
+            .and_then(|c| c.cpus)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0);
+        Ok(HostMetrics {
+            node: self.node(),
+            pve_version: s.pve_version().unwrap_or(&s.pveversion).to_owned(),
+            uptime_seconds: s.uptime,
+            cpu: CpuMetrics { usage: s.cpu, cpus },
+            memory: Usage {
+                total_bytes: s.memory.total,
+                used_bytes: s.memory.used,
+            },
+            rootfs: Usage {
+                total_bytes: s.rootfs.total,
+                used_bytes: s.rootfs.used,
+            },
+            load: LoadAverage {
+                avg1: s.loadavg[0],
+                avg5: s.loadavg[1],
+                avg15: s.loadavg[2],
+            },
+        })
+    }
+
+    fn guests(&self) -> Result<Vec<GuestRow>, ReadError> {
+        let list = self.0.list_lxc().map_err(boxed)?;
+        Ok(list
+            .into_iter()
+            .map(|g| GuestRow {
+                vmid: g.vmid,
+                name: g.name,
+                status: Some(g.status.as_str().to_owned()),
+                max_memory_bytes: g.maxmem,
+                max_disk_bytes: g.maxdisk,
+                // A fractional `cpus` is a CPU limit, not a core count.
+                cpus: g
+                    .cpus
+                    .filter(|c| c.fract() == 0.0 && *c >= 1.0 && *c <= f64::from(u32::MAX))
+                    .map(|c| c as u32),
+            })
+            .collect())
+    }
+
+    fn guest_cores(&self, vmid: u32) -> Result<Option<u32>, ReadError> {
+        Ok(self.0.guest_config(vmid).map_err(boxed)?.cores)
+    }
+
+    fn storages(&self) -> Result<Vec<StorageRow>, ReadError> {
+        let list = self.0.node_storage().map_err(boxed)?;
+        Ok(list
+            .into_iter()
+            .map(|s| StorageRow {
+                storage: s.storage,
+                kind: s.kind,
+                content: s.content,
+                active: s.active,
+                enabled: s.enabled,
+                shared: s.shared,
+                total_bytes: s.total,
+                used_bytes: s.used,
+                avail_bytes: s.avail,
+            })
+            .collect())
+    }
+
+    fn backup_content(&self, storage: &str) -> Result<Vec<VolumeRow>, ReadError> {
+        let list = self
+            .0
+            .storage_content(storage, Some("backup"))
+            .map_err(boxed)?;
+        Ok(list
+            .into_iter()
+            .map(|v| VolumeRow {
+                volid: v.volid,
+                content: v.content,
+                format: v.format,
+                size_bytes: v.size,
+                ctime: v.ctime.and_then(|t| i64::try_from(t).ok()),
+                vmid: v.vmid,
+                notes: v.notes,
+                protected: v.protected,
+                // The Proxmox client does not decode PBS verification state yet.
+                verification: None,
+            })
+            .collect())
+    }
+}
+
+/// `systemctl is-active cloudflared` through the privileged backend's runner.
+#[derive(Debug)]
+pub struct SystemctlProbe(Privileged<SystemRunner>);
+
+impl SystemctlProbe {
+    /// The probe on the host's `systemctl`, with a short timeout.
+    pub fn new() -> Self {
+        let runner = SystemRunner {
+            timeout: PROBE_TIMEOUT,
+            max_output: 4096,
+        };
+        SystemctlProbe(Privileged::with_programs(runner, Programs::detect()))
+    }
+}
+
+impl Default for SystemctlProbe {
+    fn default() -> Self {
+        SystemctlProbe::new()
+    }
+}
+
+impl CloudflaredProbe for SystemctlProbe {
+    fn is_active(&self) -> Result<String, ReadError> {
+        self.0
+            .service_is_active(CLOUDFLARED_UNIT)
+            .map_err(|e| Box::new(e) as ReadError)
+    }
+}
+
+/// The hub loop's round on the live clients.
+pub type LiveRound = HubRound<ProxmoxReader, SystemctlProbe>;
+
+/// Why the live clients could not be built from the configuration.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LiveSetupError {
+    /// The configuration has no `proxmox` section.
+    NoProxmoxSection,
+    /// The `proxmox` section has no token secret.
+    NoTokenSecret,
+    /// `proxmox.tls.fingerprint_sha256` is not a SHA-256 pin.
+    ProxmoxPin(PinError),
+    /// The Proxmox client refused its options or trust (e.g. unreadable CA file).
+    Proxmox(proxmox::Error),
+    /// The hub client could not be built.
+    Hub(SetupError),
+}
+
+impl fmt::Display for LiveSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LiveSetupError::NoProxmoxSection => f.write_str("proxmox: section is missing"),
+            LiveSetupError::NoTokenSecret => {
+                f.write_str("proxmox.token_secret: no token secret configured")
+            }
+            LiveSetupError::ProxmoxPin(e) => write!(f, "proxmox.tls.fingerprint_sha256: {e}"),
+            LiveSetupError::Proxmox(e) => e.fmt(f),
+            LiveSetupError::Hub(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LiveSetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LiveSetupError::ProxmoxPin(e) => Some(e),
+            LiveSetupError::Proxmox(e) => Some(e),
+            LiveSetupError::Hub(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Builds the Proxmox client from the `proxmox` section.
+pub fn proxmox_client(cfg: &ProxmoxConfig) -> Result<Client, LiveSetupError> {
+    let secret = cfg
+        .token_secret
+        .clone()
+        .ok_or(LiveSetupError::NoTokenSecret)?;
+    let trust: TlsTrust = trust_of(&cfg.tls).map_err(LiveSetupError::ProxmoxPin)?;
+    let mut options = ClientOptions::new(&cfg.url, &cfg.node, &cfg.token_id, secret, trust);
+    options.timeout = Duration::from_secs(cfg.timeout_seconds);
+    options.connect_timeout = options.timeout.min(Duration::from_secs(10));
+    Client::new(options).map_err(LiveSetupError::Proxmox)
+}
+
+/// Logs, for each section that turns certificate verification off, the warning the
+/// operator must see at every start.
+pub fn warn_insecure_tls(cfg: &Config) {
+    let sections = [
+        ("proxmox", cfg.proxmox.as_ref().map(|p| &p.tls)),
+        ("hub", cfg.hub.as_ref().map(|h| &h.tls)),
+    ];
+    for (section, tls) in sections {
+        if tls == Some(&TlsChoice::InsecureSkipVerify)
+            && let Some(text) = TlsTrust::InsecureSkipVerify.warning()
+        {
+            crate::warn!(text, section = section);
+        }
+    }
+}
+
+/// Builds the hub loop's round from the configuration: the Proxmox reader, the
+/// cloudflared probe, `audit` for the audit tail, and the hub client.
+pub fn hub_round(cfg: &Config, audit: Arc<dyn AuditTail>) -> Result<LiveRound, LiveSetupError> {
+    let proxmox = cfg
+        .proxmox
+        .as_ref()
+        .ok_or(LiveSetupError::NoProxmoxSection)?;
+    let hub = cfg
+        .hub
+        .as_ref()
+        .ok_or(LiveSetupError::Hub(SetupError::NoHubSection))?;
+    let reader = ProxmoxReader(proxmox_client(proxmox)?);
+    let client = HubClient::from_config(hub).map_err(LiveSetupError::Hub)?;
+    let collector = Collector::new(
+        cfg.host_id.clone(),
+        crate::cli::VERSION,
+        reader,
+        SystemctlProbe::new(),
+        audit,
+        Arc::new(SystemClock),
+    );
+    Ok(HubRound::new(collector, client))
+}
+
+/// Why `selftest hub` failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SelftestError {
+    /// The clients could not be built from the configuration.
+    Setup(LiveSetupError),
+    /// No report could be collected.
+    Collect(CollectError),
+    /// The hub did not accept the report (it was printed first).
+    Report(ClientError),
+    /// Writing the output failed.
+    Output(std::io::Error),
+}
+
+impl SelftestError {
+    /// Whether the failure is in the configuration (exit 2) rather than the check
+    /// itself (exit 1).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, SelftestError::Setup(_))
+    }
+}
+
+impl fmt::Display for SelftestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SelftestError::Setup(e) => write!(f, "selftest hub: {e}"),
+            SelftestError::Collect(e) => write!(f, "selftest hub: {e}"),
+            SelftestError::Report(e) => write!(f, "selftest hub: {e}"),
+            SelftestError::Output(e) => write!(f, "selftest hub: writing output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SelftestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SelftestError::Setup(e) => Some(e),
+            SelftestError::Collect(e) => Some(e),
+            SelftestError::Report(e) => Some(e),
+            SelftestError::Output(e) => Some(e),
+        }
+    }
+}
+
+/// `selftest hub`: one collect and one report; prints the report, then the hub's
+/// envelope, as pretty JSON under a heading each.
+pub fn selftest_hub(cfg: &Config, out: &mut dyn Write) -> Result<(), SelftestError> {
+    warn_insecure_tls(cfg);
+    let audit: Arc<dyn AuditTail> = Arc::new(super::collect::NoAudit);
+    let round = hub_round(cfg, audit).map_err(SelftestError::Setup)?;
+    let report = round.collect().map_err(SelftestError::Collect)?;
+    let pretty = serde_json::to_string_pretty(&report)
+        .map_err(|e| SelftestError::Report(ClientError::Encode(e)))?;
+    writeln!(out, "host report:\n{pretty}").map_err(SelftestError::Output)?;
+    let envelope = round.send(&report).map_err(SelftestError::Report)?;
+    let pretty = serde_json::to_string_pretty(&envelope.to_json())
+        .map_err(|e| SelftestError::Report(ClientError::Encode(e)))?;
+    writeln!(
+        out,
+        "control envelope from {}:\n{pretty}",
+        round.client().endpoint()
+    )
+    .map_err(SelftestError::Output)?;
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The host report: the wire contract between this agent and the hub.
+//!
+//! Field names here are frozen by `vectors/host-report.golden.json`; a test fails on any
+//! drift, and the hub simulator validates every report it receives against the same file.
+//! This module only defines and serializes the shape. It never gathers data (that is
+//! [`super::collect`]) and never talks to the network.
+//!
+//! Shape rules the hub relies on: every collection is a JSON array, never `null`; a
+//! guest's `spec` is omitted (not `null`) when the agent could not read it; every other
+//! field is always present, `null` where a value may legitimately be unknown.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// One report: everything the hub learns about a host in one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostReport {
+    /// This host's identity (the config's `host_id`); the hub keys its records on it.
+    pub host_id: String,
+    /// The agent's version string.
+    pub agent_version: String,
+    /// When the report was collected, RFC 3339 UTC.
+    #[serde(with = "rfc3339")]
+    pub reported_at: Timestamp,
+    /// Host metrics from the node's status.
+    pub host: HostMetrics,
+    /// The node's LXC guests, sorted by vmid.
+    pub guests: Vec<GuestReport>,
+    /// The Cloudflare tunnel daemon's state on the host.
+    pub cloudflared: CloudflaredStatus,
+    /// The node's storages as Proxmox reports them.
+    pub storage_targets: Vec<StorageTarget>,
+    /// Backup volumes on non-PBS storages (vzdump archives).
+    pub backups: Vec<BackupVolume>,
+    /// Results of restore tests. Always empty: the agent does not run restore tests
+    /// yet, and the element shape is defined when it does (the type has no values).
+    pub restore_tests: Vec<RestoreTest>,
+    /// Container snapshots held on Proxmox Backup Server storages.
+    pub pbs_snapshots: Vec<PbsSnapshot>,
+    /// The most recent gate decisions from the audit log, oldest first.
+    pub audit_tail: Vec<AuditEntry>,
+}
+
+/// Host metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostMetrics {
+    /// The node name as Proxmox knows it.
+    pub node: String,
+    /// The Proxmox VE manager version, e.g. `9.2.11`.
+    pub pve_version: String,
+    /// Seconds since the node booted.
+    pub uptime_seconds: u64,
+    /// CPU use and count.
+    pub cpu: CpuMetrics,
+    /// Memory in bytes.
+    pub memory: Usage,
+    /// The root filesystem in bytes.
+    pub rootfs: Usage,
+    /// Load averages (Proxmox sends them as strings; here they are numbers).
+    pub load: LoadAverage,
+}
+
+/// CPU use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuMetrics {
+    /// Fraction of all host CPUs busy, 0.0 to 1.0.
+    pub usage: f64,
+    /// Logical CPUs on the host.
+    pub cpus: u32,
+}
+
+/// Capacity and use of a resource, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Total capacity.
+    pub total_bytes: u64,
+    /// In use.
+    pub used_bytes: u64,
+}
+
+/// The 1, 5 and 15 minute load averages.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoadAverage {
+    /// One minute.
+    pub avg1: f64,
+    /// Five minutes.
+    pub avg5: f64,
+    /// Fifteen minutes.
+    pub avg15: f64,
+}
+
+/// A guest's run state on the wire: exactly one of three words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestStatus {
+    /// Proxmox says `running`.
+    Running,
+    /// Proxmox says `stopped`.
+    Stopped,
+    /// Proxmox said nothing, or something else.
+    Unknown,
+}
+
+impl GuestStatus {
+    /// Maps Proxmox's status text; anything but `running`/`stopped` is `Unknown`.
+    pub fn from_proxmox(s: &str) -> Self {
+        match s {
+            "running" => GuestStatus::Running,
+            "stopped" => GuestStatus::Stopped,
+            _ => GuestStatus::Unknown,
+        }
+    }
+}
+
+/// One LXC guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestReport {
+    /// The guest id.
+    pub vmid: u32,
+    /// Its name (hostname), or `CT<vmid>` as Proxmox shows a guest without one.
+    pub name: String,
+    /// Its run state.
+    pub status: GuestStatus,
+    /// Its resources; absent when the agent could not read its config this round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<GuestSpec>,
+}
+
+/// A guest's resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSpec {
+    /// CPU cores from the guest config.
+    pub cores: u32,
+    /// Memory limit in bytes.
+    pub memory_bytes: u64,
+    /// Root disk size in bytes.
+    pub disk_bytes: u64,
+}
+
+/// The `cloudflared` service's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudflaredStatus {
+    /// A `systemctl is-active` word (`active`, `inactive`, `failed`, `activating`,
+    /// `deactivating`, `reloading`, `maintenance`, `refreshing`), or `unknown` when the
+    /// probe failed or answered something else.
+    pub status: String,
+}
+
+/// One storage of the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageTarget {
+    /// Storage id, e.g. `local`.
+    pub storage: String,
+    /// Storage type, e.g. `dir`, `zfspool`, `pbs`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Content types it holds, e.g. `["backup", "vztmpl"]`, sorted.
+    pub content: Vec<String>,
+    /// Whether it is active on this node.
+    pub active: bool,
+    /// Whether it is enabled.
+    pub enabled: bool,
+    /// Whether it is shared between nodes.
+    pub shared: bool,
+    /// Capacity in bytes; `null` when Proxmox does not report it (inactive storage).
+    pub total_bytes: Option<u64>,
+    /// Used bytes; `null` when not reported.
+    pub used_bytes: Option<u64>,
+    /// Available bytes; `null` when not reported.
+    pub avail_bytes: Option<u64>,
+}
+
+/// A backup archive on a non-PBS storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupVolume {
+    /// The storage it is on.
+    pub storage: String,
+    /// Proxmox's volume id, e.g. `local:backup/vzdump-lxc-100-2024_05_01-10_00_00.tar.zst`.
+    pub volid: String,
+    /// The guest it backs up; `null` if Proxmox does not say.
+    pub vmid: Option<u32>,
+    /// Archive format, e.g. `tar.zst`.
+    pub format: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Creation time; `null` if Proxmox does not say.
+    #[serde(with = "opt_rfc3339")]
+    pub created_at: Option<Timestamp>,
+    /// Protected from pruning.
+    pub protected: bool,
+    /// The first line of its notes; `null` when it has none.
+    pub notes: Option<String>,
+}
+
+/// A container snapshot on a Proxmox Backup Server storage (`format: "pbs-ct"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PbsSnapshot {
+    /// The PBS storage it is on.
+    pub storage: String,
+    /// Proxmox's volume id, e.g. `pbs:backup/ct/100/2024-05-01T10:00:00Z`.
+    pub volid: String,
+    /// The guest it backs up; `null` if Proxmox does not say.
+    pub vmid: Option<u32>,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Creation time; `null` if Proxmox does not say.
+    #[serde(with = "opt_rfc3339")]
+    pub created_at: Option<Timestamp>,
+    /// Protected from pruning.
+    pub protected: bool,
+    /// The last verification's state (`ok`, `failed`); `null` if never verified.
+    pub verification: Option<String>,
+    /// The first line of its notes; `null` when it has none.
+    pub notes: Option<String>,
+}
+
+/// A restore test result. The agent runs no restore tests yet, so this type has no
+/// values and `restore_tests` is always `[]`; the shape is defined with the feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestoreTest {}
+
+/// One gate decision from the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When the decision was made.
+    #[serde(with = "rfc3339")]
+    pub at: Timestamp,
+    /// The operation, e.g. `guest_destroy`, `set_config`.
+    pub op: String,
+    /// The guest it targets; `null` for host-wide operations.
+    pub guest_id: Option<String>,
+    /// The gate's word, e.g. `allowed`, `pending_signature`, `refused`.
+    pub decision: String,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// The signer's advisory key id when a signature was presented.
+    pub key_id: Option<String>,
+}
+
+/// How many audit entries a report carries at most.
+pub const AUDIT_TAIL_LEN: usize = 50;
+
+/// Serializes a [`Timestamp`] as an RFC 3339 string.
+mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::time::Timestamp;
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(t)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`rfc3339`] for an optional timestamp (`null` when absent).
+mod opt_rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::time::Timestamp;
+
+    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(t),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => Timestamp::parse_rfc3339(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_status_maps_only_two_words() {
+        assert_eq!(GuestStatus::from_proxmox("running"), GuestStatus::Running);
+        assert_eq!(GuestStatus::from_proxmox("stopped"), GuestStatus::Stopped);
+        for other in ["", "Running", "paused", "unknown"] {
+            assert_eq!(GuestStatus::from_proxmox(other), GuestStatus::Unknown);
+        }
+        assert_eq!(
+            serde_json::to_string(&GuestStatus::Unknown).unwrap(),
+            "\"unknown\""
+        );
+    }
+
+    #[test]
+    fn spec_is_omitted_not_null() {
+        let g = GuestReport {
+            vmid: 100,
+            name: "web".into(),
+            status: GuestStatus::Running,
+            spec: None,
+        };
+        let v = serde_json::to_value(&g).unwrap();
+        assert!(v.get("spec").is_none(), "{v}");
+    }
+}

@@ -1,1 +1,0 @@
-//! The one place that builds TLS configurations and HTTP agents.

@@ -1,0 +1,258 @@
+//! Waiting for a dispatched task: poll its status with backoff until it stops, then
+//! judge its exit status. A wait never dispatches anything; it can be abandoned
+//! (timeout, shutdown) and resumed later with the same UPID.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::client::Client;
+use super::error::{Error, Privilege, is_transient_text};
+use super::types::TaskExit;
+use super::upid::Upid;
+use crate::shutdown::Shutdown;
+
+/// How many log lines a failed or warning task carries.
+pub const LOG_TAIL_LINES: u64 = 20;
+
+/// Polling schedule of [`Client::wait_task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitOptions {
+    /// Delay after the first poll.
+    pub initial: Duration,
+    /// The delay doubles up to this.
+    pub cap: Duration,
+    /// Give up (the task may still run) after this long.
+    pub timeout: Duration,
+}
+
+impl Default for WaitOptions {
+    /// 1 s doubling to 5 s, for up to an hour (restores and backups are long).
+    fn default() -> Self {
+        WaitOptions {
+            initial: Duration::from_secs(1),
+            cap: Duration::from_secs(5),
+            timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A task that ended successfully.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// Exit status `OK`.
+    Ok,
+    /// Exit status `WARNINGS: n`: success; the warnings were logged.
+    Warnings {
+        /// How many.
+        count: u32,
+        /// The end of the task log.
+        log_tail: Vec<String>,
+    },
+}
+
+/// A task that ended with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    /// The task.
+    pub upid: Upid,
+    /// Its exit status text.
+    pub exitstatus: String,
+    /// The privilege named, when it failed a permission check while running.
+    pub privilege: Option<Privilege>,
+    /// The last lines of its log (empty if the log could not be read).
+    pub log_tail: Vec<String>,
+}
+
+impl TaskError {
+    /// Whether the failure passes by itself (a lock held by a running backup, a lock
+    /// wait that timed out), so the same action may be dispatched again later.
+    pub fn is_transient(&self) -> bool {
+        is_transient_text(&self.exitstatus)
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "task {} failed: {}",
+            self.upid,
+            crate::net::excerpt(self.exitstatus.as_bytes(), 512)
+        )
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// Why [`Client::wait_task`] returned without a successful outcome.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The task stopped with an error.
+    Failed(Box<TaskError>),
+    /// The wait ran out of time; the task may still be running. Re-attach later with
+    /// the same UPID.
+    Timeout {
+        /// The task.
+        upid: Upid,
+        /// How long the wait lasted.
+        waited: Duration,
+        /// The last status read failure, if polls were failing.
+        last_error: Option<Box<Error>>,
+    },
+    /// Shutdown was signalled; the task may still be running.
+    Shutdown {
+        /// The task.
+        upid: Upid,
+    },
+    /// Reading the task status failed in a way retrying will not fix (no such task,
+    /// permission denied, an unreadable answer).
+    Status {
+        /// The task.
+        upid: Upid,
+        /// What failed.
+        source: Box<Error>,
+    },
+}
+
+impl WaitError {
+    /// The task waited for.
+    pub fn upid(&self) -> &Upid {
+        match self {
+            WaitError::Failed(e) => &e.upid,
+            WaitError::Timeout { upid, .. }
+            | WaitError::Shutdown { upid }
+            | WaitError::Status { upid, .. } => upid,
+        }
+    }
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitError::Failed(e) => write!(f, "{e}"),
+            WaitError::Timeout {
+                upid,
+                waited,
+                last_error,
+            } => {
+                write!(
+                    f,
+                    "task {upid} still not finished after {}s",
+                    waited.as_secs()
+                )?;
+                if let Some(e) = last_error {
+                    write!(f, " (last status read failed: {e})")?;
+                }
+                Ok(())
+            }
+            WaitError::Shutdown { upid } => {
+                write!(f, "stopped waiting for task {upid}: shutting down")
+            }
+            WaitError::Status { upid, source } => {
+                write!(f, "cannot read status of task {upid}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for WaitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WaitError::Failed(e) => Some(e.as_ref()),
+            WaitError::Status { source, .. } => Some(source.as_ref()),
+            WaitError::Timeout {
+                last_error: Some(e),
+                ..
+            } => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl Client {
+    /// Waits for a task to stop: polls its status at once, then after `initial`,
+    /// doubling to `cap`, until `timeout`. `OK` and `WARNINGS: n` are success (the
+    /// warnings are logged with the log tail); any other exit status is a
+    /// [`TaskError`] with the privilege it names and the log tail. Transient status
+    /// read failures are retried within the timeout. A shutdown ends the wait at once.
+    pub fn wait_task(
+        &self,
+        upid: &Upid,
+        options: &WaitOptions,
+        shutdown: &Shutdown,
+    ) -> Result<TaskOutcome, WaitError> {
+        let started = Instant::now();
+        let deadline = started + options.timeout;
+        let mut delay = options.initial;
+        loop {
+            if shutdown.is_triggered() {
+                return Err(WaitError::Shutdown { upid: upid.clone() });
+            }
+            let last_error = match self.task_status(upid) {
+                Ok(status) => match status.exit() {
+                    Some(exit) => return self.judge(upid, exit),
+                    None => None,
+                },
+                Err(e) if e.is_transient() => {
+                    crate::debug!("task status read failed, retrying", upid = upid, error = e);
+                    Some(Box::new(e))
+                }
+                Err(e) => {
+                    return Err(WaitError::Status {
+                        upid: upid.clone(),
+                        source: Box::new(e),
+                    });
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitError::Timeout {
+                    upid: upid.clone(),
+                    waited: now - started,
+                    last_error,
+                });
+            }
+            if shutdown.sleep(delay.min(deadline - now)) {
+                return Err(WaitError::Shutdown { upid: upid.clone() });
+            }
+            delay = (delay * 2).min(options.cap.max(options.initial));
+        }
+    }
+
+    fn judge(&self, upid: &Upid, exit: TaskExit) -> Result<TaskOutcome, WaitError> {
+        match exit {
+            TaskExit::Ok => Ok(TaskOutcome::Ok),
+            TaskExit::Warnings(count) => {
+                let log_tail = self.tail_or_note(upid);
+                crate::warn!(
+                    "task finished with warnings",
+                    upid = upid,
+                    warnings = count,
+                    log_tail = log_tail.join("\n")
+                );
+                Ok(TaskOutcome::Warnings { count, log_tail })
+            }
+            TaskExit::Failed(exitstatus) => {
+                let exitstatus = self.scrub(exitstatus);
+                Err(WaitError::Failed(Box::new(TaskError {
+                    upid: upid.clone(),
+                    privilege: Privilege::parse(&exitstatus),
+                    log_tail: self.tail_or_note(upid),
+                    exitstatus,
+                })))
+            }
+        }
+    }
+
+    /// The log tail; a failure to read it must not hide the task's result.
+    fn tail_or_note(&self, upid: &Upid) -> Vec<String> {
+        match self.task_log_tail(upid, LOG_TAIL_LINES) {
+            Ok(lines) => lines.into_iter().map(|l| self.scrub(l)).collect(),
+            Err(e) => {
+                crate::warn!("cannot read task log", upid = upid, error = e);
+                Vec::new()
+            }
+        }
+    }
+}

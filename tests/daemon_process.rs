@@ -1,0 +1,362 @@
+//! The daemon as a process: the real binary (`felhom-agent run`) against the Proxmox
+//! and hub simulators. It posts reports the hub accepts, exits 0 within 2 s of SIGTERM
+//! or SIGINT, re-reads its log level on SIGHUP, and rides out a hub that is down for a
+//! while.
+//!
+//! The binary's debug build honours `FELHOM_DEBUG_SECOND_MS`, which shortens each
+//! second of the poll schedule, so several rounds (60 s apart on the schedule) happen
+//! within a test; the release build ignores it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use felhom_agent::daemon::DEBUG_SECOND_ENV;
+use felhom_sim::{DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};
+use serde_json::{Value, json};
+
+/// How long one schedule second lasts in these tests.
+const SECOND_MS: &str = "20";
+/// Generous bound for things that should happen within a few schedule rounds.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running agent; killed if a test ends without stopping it.
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Agent {
+    fn start(name: &str, pve: &ProxmoxSim, hub: &HubSim) -> Agent {
+        Agent::start_with(name, pve, hub, |_| {})
+    }
+
+    /// Starts the agent on the standard config after `edit` has changed it.
+    fn start_with(
+        name: &str,
+        pve: &ProxmoxSim,
+        hub: &HubSim,
+        edit: impl FnOnce(&mut Value),
+    ) -> Agent {
+        let dir = std::env::temp_dir().join(format!("felhom-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("agent.json");
+        write_config(&config, pve, hub, "info");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&config, v.to_string()).unwrap();
+        let stderr = File::create(dir.join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env(DEBUG_SECOND_ENV, SECOND_MS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the agent binary starts");
+        Agent { child, dir, config }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} delivered");
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Whether the process is alive, without needing `&mut` (signal 0 probes it).
+    fn running_now(&self) -> bool {
+        Command::new("kill")
+            .args(["-0", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Sends `sig` and polls until the process exits; returns its status and how long
+    /// it took, or panics after `PATIENCE`.
+    fn stop_with(&mut self, sig: &str) -> (ExitStatus, Duration) {
+        let sent = Instant::now();
+        self.signal(sig);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, sent.elapsed());
+            }
+            assert!(
+                sent.elapsed() < PATIENCE,
+                "still running long after {sig}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for `n` accepted reports; fails at once, with the log, if the agent exits.
+    fn wait_for_reports(&mut self, hub: &HubSim, n: usize) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let reports = hub.wait_for_reports(n, Duration::from_millis(100));
+            if reports.len() >= n || start.elapsed() > PATIENCE {
+                return reports;
+            }
+            self.assert_running();
+        }
+    }
+
+    /// Fails, with the log, if the agent has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the agent exited ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Waits until the log contains `text`.
+    fn wait_for_log(&self, text: &str) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < PATIENCE {
+            if self.log().contains(text) {
+                return true;
+            }
+            if !self.running_now() {
+                return self.log().contains(text);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+fn write_config(path: &PathBuf, pve: &ProxmoxSim, hub: &HubSim, level: &str) {
+    let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
+    let v = json!({
+        "host_id": "pve-a",
+        "log": {"level": level},
+        "proxmox": {
+            "url": pve.url(),
+            "node": pve.node(),
+            "token_id": "felhom-agent@pve!agent",
+            "token_secret": DEFAULT_TOKEN_SECRET,
+            "tls": {"fingerprint_sha256": pve.fingerprint()},
+            "timeout_seconds": 5
+        },
+        "hub": {
+            "url": hub.url(),
+            "api_key": hub.key(),
+            "poll_seconds": 60,
+            "timeout_seconds": 2,
+            "tls": {"ca_file": ca}
+        }
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn sims() -> (ProxmoxSim, HubSim) {
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(true).cores(2))
+        .guest(GuestSeed::new(101, "db"))
+        .start();
+    // The hub asks for the shortest interval, so rounds come every 60 schedule seconds.
+    let hub = HubSim::builder()
+        .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
+            "desired_generation": 0, "has_signed_ops": false}))
+        .start();
+    (pve, hub)
+}
+
+#[test]
+fn the_daemon_posts_reports_the_hub_accepts_and_exits_0_on_sigterm_within_2s() {
+    let (pve, hub) = sims();
+    let mut agent = Agent::start("reports", &pve, &hub);
+    let reports = agent.wait_for_reports(&hub, 2);
+    assert!(reports.len() >= 2, "two rounds reported:\n{}", agent.log());
+    for r in &reports {
+        assert_eq!(r["host_id"], "pve-a");
+        let ids: Vec<&Value> = r["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| &g["vmid"])
+            .collect();
+        assert_eq!(ids, [&json!(100), &json!(101)]);
+        assert_eq!(r["guests"][0]["status"], "running");
+    }
+    assert!(
+        hub.requests().iter().all(|q| q.status == 200),
+        "every request was accepted by the contract check"
+    );
+    assert!(agent.running());
+    let (status, took) = agent.stop_with("TERM");
+    println!("SIGTERM to exit: {took:?}");
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let log = agent.log();
+    assert!(log.contains("msg=\"felhom-agent stopped\""), "{log}");
+    assert!(!log.contains(&hub.key()), "the hub key is not logged");
+    assert!(
+        !log.contains(DEFAULT_TOKEN_SECRET),
+        "the token is not logged"
+    );
+    assert!(
+        pve.mutations().is_empty(),
+        "the hub loop only reads Proxmox"
+    );
+}
+
+#[test]
+fn sigint_also_stops_the_daemon_cleanly() {
+    let (pve, hub) = sims();
+    let mut agent = Agent::start("sigint", &pve, &hub);
+    assert!(
+        !agent.wait_for_reports(&hub, 1).is_empty(),
+        "{}",
+        agent.log()
+    );
+    let (status, took) = agent.stop_with("INT");
+    println!("SIGINT to exit: {took:?}");
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn sigterm_during_a_slow_hub_call_still_exits_0_within_2s() {
+    let (pve, hub) = sims();
+    // The hub holds its answer longer than the grace period; the agent must not wait.
+    hub.inject(Fault::new(
+        None,
+        "/api/v1/host-report",
+        FaultKind::Delay(Duration::from_secs(20)),
+    ));
+    let mut agent = Agent::start("slow", &pve, &hub);
+    let start = Instant::now();
+    while hub.requests().is_empty() {
+        agent.assert_running();
+        assert!(start.elapsed() < PATIENCE, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, took) = agent.stop_with("TERM");
+    println!("SIGTERM to exit during a hung call: {took:?}");
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn the_hub_down_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
+    let (pve, hub) = sims();
+    hub.inject(Fault::new(None, "", FaultKind::DropConnection).times(usize::MAX));
+    let mut agent = Agent::start("hubdown", &pve, &hub);
+    let start = Instant::now();
+    while hub.requests().len() < 3 {
+        agent.assert_running();
+        assert!(
+            start.elapsed() < PATIENCE,
+            "three attempts while down:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(agent.running(), "still running while the hub is down");
+    assert!(hub.reports().is_empty());
+    let attempts: Vec<Instant> = hub.requests().iter().map(|r| r.at).collect();
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("gaps between attempts while down: {gaps:?}");
+    assert!(
+        gaps[1] > gaps[0],
+        "waits grow while the hub stays down: {gaps:?}"
+    );
+    hub.clear_faults();
+    let reports = agent.wait_for_reports(&hub, 1);
+    assert_eq!(reports.len(), 1, "reported again once the hub is back");
+    assert!(
+        agent.wait_for_log("hub report succeeded again"),
+        "{}",
+        agent.log()
+    );
+    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+#[test]
+fn sighup_rereads_the_log_level_and_keeps_it_when_the_config_is_broken() {
+    let (pve, hub) = sims();
+    let mut agent = Agent::start("sighup", &pve, &hub);
+    assert!(
+        !agent.wait_for_reports(&hub, 1).is_empty(),
+        "{}",
+        agent.log()
+    );
+    assert!(!agent.log().contains("level=debug"), "info level at start");
+    write_config(&agent.config, &pve, &hub, "debug");
+    agent.signal("HUP");
+    assert!(
+        agent.wait_for_log("log_level=debug"),
+        "reload logged:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.wait_for_log("level=debug msg=\"hub report sent\""),
+        "debug lines appear after the reload:\n{}",
+        agent.log()
+    );
+    std::fs::write(&agent.config, "{ not json").unwrap();
+    agent.signal("HUP");
+    assert!(
+        agent.wait_for_log("re-read on SIGHUP failed; keeping the log level"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.running(),
+        "a broken config on SIGHUP does not stop the agent"
+    );
+    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+#[test]
+fn insecure_tls_is_warned_at_start() {
+    let (pve, hub) = sims();
+    let mut agent = Agent::start_with("insecure", &pve, &hub, |v| {
+        v["proxmox"]["tls"] = json!({"insecure_skip_verify": true});
+    });
+    assert!(!agent.wait_for_reports(&hub, 1).is_empty());
+    let log = agent.log();
+    assert!(
+        log.contains("verification is disabled") && log.contains("section=proxmox"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("section=hub"),
+        "only the insecure section is named"
+    );
+    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,592 @@
+//! The host-report contract (golden file) and the collector's partial-failure policy,
+//! against in-memory fakes of the Proxmox reader, the cloudflared probe and the audit
+//! provider.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use felhom_agent::hub::collect::{
+    AuditTail, CloudflaredProbe, CollectError, Collector, GuestRow, HostReader, NoAudit, ReadError,
+    StorageRow, VolumeRow,
+};
+use felhom_agent::hub::report::{
+    AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage, Usage,
+};
+use felhom_agent::time::{ManualClock, Timestamp};
+use serde_json::Value;
+
+const GOLDEN: &str = include_str!("../vectors/host-report.golden.json");
+
+fn fail(what: &str) -> ReadError {
+    format!("simulated failure: {what}").into()
+}
+
+/// A node whose every read can be made to fail.
+#[derive(Default)]
+struct FakeNode {
+    node_fails: bool,
+    guests_fail: bool,
+    storages_fail: bool,
+    guests: Vec<GuestRow>,
+    cores: HashMap<u32, Option<u32>>,
+    config_fails: BTreeSet<u32>,
+    storages: Vec<StorageRow>,
+    content: HashMap<String, Vec<VolumeRow>>,
+    content_fails: BTreeSet<String>,
+    content_reads: Mutex<Vec<String>>,
+}
+
+fn metrics() -> HostMetrics {
+    HostMetrics {
+        node: "pve".into(),
+        pve_version: "9.2.11".into(),
+        uptime_seconds: 873_421,
+        cpu: CpuMetrics {
+            usage: 0.0412,
+            cpus: 8,
+        },
+        memory: Usage {
+            total_bytes: 34_359_738_368,
+            used_bytes: 9_663_676_416,
+        },
+        rootfs: Usage {
+            total_bytes: 100_861_726_720,
+            used_bytes: 14_495_514_624,
+        },
+        load: LoadAverage {
+            avg1: 0.12,
+            avg5: 0.1,
+            avg15: 0.05,
+        },
+    }
+}
+
+impl HostReader for FakeNode {
+    fn node(&self) -> String {
+        "pve".into()
+    }
+    fn host_metrics(&self) -> Result<HostMetrics, ReadError> {
+        if self.node_fails {
+            return Err(fail("node status"));
+        }
+        Ok(metrics())
+    }
+    fn guests(&self) -> Result<Vec<GuestRow>, ReadError> {
+        if self.guests_fail {
+            return Err(fail("guest list"));
+        }
+        Ok(self.guests.clone())
+    }
+    fn guest_cores(&self, vmid: u32) -> Result<Option<u32>, ReadError> {
+        if self.config_fails.contains(&vmid) {
+            return Err(fail("guest config"));
+        }
+        Ok(self.cores.get(&vmid).copied().flatten())
+    }
+    fn storages(&self) -> Result<Vec<StorageRow>, ReadError> {
+        if self.storages_fail {
+            return Err(fail("storages"));
+        }
+        Ok(self.storages.clone())
+    }
+    fn backup_content(&self, storage: &str) -> Result<Vec<VolumeRow>, ReadError> {
+        self.content_reads.lock().unwrap().push(storage.to_owned());
+        if self.content_fails.contains(storage) {
+            return Err(fail("content"));
+        }
+        Ok(self.content.get(storage).cloned().unwrap_or_default())
+    }
+}
+
+struct Probe(Result<&'static str, &'static str>);
+
+impl CloudflaredProbe for Probe {
+    fn is_active(&self) -> Result<String, ReadError> {
+        self.0.map(str::to_owned).map_err(fail)
+    }
+}
+
+fn guest(vmid: u32, name: &str, status: Option<&str>) -> GuestRow {
+    GuestRow {
+        vmid,
+        name: Some(name.into()),
+        status: status.map(Into::into),
+        max_memory_bytes: Some(536_870_912),
+        max_disk_bytes: Some(8_589_934_592),
+        cpus: Some(2),
+    }
+}
+
+fn storage(name: &str, kind: &str, content: &[&str]) -> StorageRow {
+    StorageRow {
+        storage: name.into(),
+        kind: kind.into(),
+        content: content.iter().map(|s| s.to_string()).collect(),
+        active: true,
+        enabled: true,
+        shared: false,
+        total_bytes: Some(100_861_726_720),
+        used_bytes: Some(14_495_514_624),
+        avail_bytes: Some(81_191_329_792),
+    }
+}
+
+fn ts(s: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(s).unwrap()
+}
+
+/// The node behind the golden file: one guest, one dir storage with a backup, one PBS
+/// storage with a container snapshot (and a VM snapshot that is not reported).
+fn golden_node() -> FakeNode {
+    let mut n = FakeNode {
+        guests: vec![guest(100, "web", Some("running"))],
+        storages: vec![
+            StorageRow {
+                shared: true,
+                total_bytes: Some(4_398_046_511_104),
+                used_bytes: Some(1_099_511_627_776),
+                avail_bytes: Some(3_298_534_883_328),
+                ..storage("pbs", "pbs", &["backup"])
+            },
+            storage("local", "dir", &["vztmpl", "iso", "backup"]),
+        ],
+        ..FakeNode::default()
+    };
+    n.cores.insert(100, Some(2));
+    n.content.insert(
+        "local".into(),
+        vec![VolumeRow {
+            volid: "local:backup/vzdump-lxc-100-2026_11_21-02_00_00.tar.zst".into(),
+            content: "backup".into(),
+            format: "tar.zst".into(),
+            size_bytes: 734_003_200,
+            ctime: Some(ts("2026-11-21T02:00:00Z").0),
+            vmid: Some(100),
+            notes: Some("web nightly".into()),
+            protected: false,
+            verification: None,
+        }],
+    );
+    n.content.insert(
+        "pbs".into(),
+        vec![
+            VolumeRow {
+                volid: "pbs:backup/vm/300/2026-11-21T03:00:00Z".into(),
+                content: "backup".into(),
+                format: "pbs-vm".into(),
+                size_bytes: 1,
+                ctime: Some(0),
+                vmid: Some(300),
+                ..VolumeRow::default()
+            },
+            VolumeRow {
+                volid: "pbs:backup/ct/100/2026-11-21T03:00:00Z".into(),
+                content: "backup".into(),
+                format: "pbs-ct".into(),
+                size_bytes: 812_646_400,
+                ctime: Some(ts("2026-11-21T03:00:00Z").0),
+                vmid: Some(100),
+                notes: None,
+                protected: true,
+                verification: Some("ok".into()),
+            },
+        ],
+    );
+    n
+}
+
+fn audit_entry() -> AuditEntry {
+    AuditEntry {
+        at: ts("2026-11-22T09:58:12Z"),
+        op: "guest_destroy".into(),
+        guest_id: Some("105".into()),
+        decision: "pending_signature".into(),
+        reason: "destructive operation without a verified signature".into(),
+        key_id: None,
+    }
+}
+
+fn collector(
+    node: FakeNode,
+    probe: Probe,
+    audit: Arc<dyn AuditTail>,
+) -> Collector<FakeNode, Probe> {
+    let clock = ManualClock::new(ts("2026-11-22T10:00:00Z"));
+    Collector::new("pve-a", "0.1.0", node, probe, audit, Arc::new(clock))
+}
+
+fn one_audit_entry() -> Arc<dyn AuditTail> {
+    Arc::new(|_n: usize| Ok::<_, ReadError>(vec![audit_entry()]))
+}
+
+fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
+    collector(node, Probe(Ok("active")), one_audit_entry())
+}
+
+fn golden_collector() -> Collector<FakeNode, Probe> {
+    golden_collector_with(golden_node())
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Every object in `got` has exactly the keys of the object at the same place in
+/// `want`; arrays are compared element-wise against `want`'s first element.
+fn same_shape(path: &str, got: &Value, want: &Value, problems: &mut Vec<String>) {
+    match (got, want) {
+        (Value::Object(g), Value::Object(w)) => {
+            let (gk, wk) = (keys(got), keys(want));
+            for k in wk.difference(&gk) {
+                problems.push(format!("{path}.{k}: missing"));
+            }
+            for k in gk.difference(&wk) {
+                problems.push(format!("{path}.{k}: not in the golden file"));
+            }
+            for (k, gv) in g {
+                if let Some(wv) = w.get(k) {
+                    same_shape(&format!("{path}.{k}"), gv, wv, problems);
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(w)) => {
+            if let Some(w0) = w.first() {
+                for (i, gv) in g.iter().enumerate() {
+                    same_shape(&format!("{path}[{i}]"), gv, w0, problems);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn golden_file_round_trips_byte_for_byte() {
+    let report: HostReport = serde_json::from_str(GOLDEN).expect("golden parses as a HostReport");
+    let again = serde_json::to_string_pretty(&report).unwrap() + "\n";
+    assert_eq!(again, GOLDEN, "serializing the golden report changes it");
+}
+
+#[test]
+fn the_contract_field_names_are_frozen() {
+    // The wire contract, written out a third time on purpose: changing a field means
+    // changing the type, the golden file and this list together.
+    let golden: Value = serde_json::from_str(GOLDEN).unwrap();
+    let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        keys(&golden),
+        set(&[
+            "host_id",
+            "agent_version",
+            "reported_at",
+            "host",
+            "guests",
+            "cloudflared",
+            "storage_targets",
+            "backups",
+            "restore_tests",
+            "pbs_snapshots",
+            "audit_tail",
+        ])
+    );
+    assert_eq!(
+        keys(&golden["host"]),
+        set(&[
+            "node",
+            "pve_version",
+            "uptime_seconds",
+            "cpu",
+            "memory",
+            "rootfs",
+            "load"
+        ])
+    );
+    assert_eq!(keys(&golden["host"]["cpu"]), set(&["usage", "cpus"]));
+    assert_eq!(
+        keys(&golden["host"]["load"]),
+        set(&["avg1", "avg5", "avg15"])
+    );
+    for usage in ["memory", "rootfs"] {
+        assert_eq!(
+            keys(&golden["host"][usage]),
+            set(&["total_bytes", "used_bytes"])
+        );
+    }
+    assert_eq!(
+        keys(&golden["guests"][0]),
+        set(&["vmid", "name", "status", "spec"])
+    );
+    assert_eq!(
+        keys(&golden["guests"][0]["spec"]),
+        set(&["cores", "memory_bytes", "disk_bytes"])
+    );
+}
+
+#[test]
+fn a_collected_report_has_exactly_the_golden_shape_and_values() {
+    let report = golden_collector().collect().unwrap();
+    let got = serde_json::to_value(&report).unwrap();
+    let want: Value = serde_json::from_str(GOLDEN).unwrap();
+    let mut problems = Vec::new();
+    same_shape("report", &got, &want, &mut problems);
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The golden node's data reproduces the golden file exactly.
+    assert_eq!(got, want);
+}
+
+#[test]
+fn empty_collections_are_arrays_never_null() {
+    let node = FakeNode::default();
+    let report = collector(node, Probe(Ok("inactive")), Arc::new(NoAudit))
+        .collect()
+        .unwrap();
+    let v = serde_json::to_value(&report).unwrap();
+    for field in [
+        "guests",
+        "storage_targets",
+        "backups",
+        "restore_tests",
+        "pbs_snapshots",
+        "audit_tail",
+    ] {
+        assert_eq!(v[field], Value::Array(Vec::new()), "{field}");
+    }
+    let text = serde_json::to_string(&report).unwrap();
+    assert!(!text.contains("null"), "{text}");
+}
+
+#[test]
+fn spec_is_omitted_when_unknown_and_present_when_known() {
+    let mut node = golden_node();
+    node.guests.push(GuestRow {
+        vmid: 101,
+        name: Some("db".into()),
+        status: Some("stopped".into()),
+        max_memory_bytes: None,
+        max_disk_bytes: Some(1),
+        cpus: Some(1),
+    });
+    let report = collector(node, Probe(Ok("active")), Arc::new(NoAudit))
+        .collect()
+        .unwrap();
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(
+        v["guests"][0]["spec"],
+        serde_json::json!({"cores": 2, "memory_bytes": 536870912u64, "disk_bytes": 8589934592u64})
+    );
+    assert!(
+        v["guests"][1].get("spec").is_none(),
+        "unknown memory: spec omitted, not null: {}",
+        v["guests"][1]
+    );
+}
+
+// ---- partial-failure policy, case by case ----
+
+#[test]
+fn node_status_failing_means_no_report() {
+    let node = FakeNode {
+        node_fails: true,
+        ..golden_node()
+    };
+    let err = golden_collector_with(node).collect().unwrap_err();
+    assert!(matches!(err, CollectError::NodeStatus(_)), "{err:?}");
+    assert!(err.to_string().contains("node status"), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn guest_list_failing_means_no_report() {
+    let node = FakeNode {
+        guests_fail: true,
+        ..golden_node()
+    };
+    let err = golden_collector_with(node).collect().unwrap_err();
+    assert!(matches!(err, CollectError::Guests(_)), "{err:?}");
+}
+
+#[test]
+fn one_guest_config_failing_keeps_its_status_and_drops_only_its_spec() {
+    let mut node = golden_node();
+    node.guests = vec![
+        guest(102, "c", Some("running")),
+        guest(100, "a", Some("running")),
+        guest(101, "b", Some("stopped")),
+    ];
+    node.cores = HashMap::from([(100, Some(2)), (101, Some(4)), (102, Some(1))]);
+    node.config_fails.insert(101);
+    let report = golden_collector_with(node).collect().unwrap();
+    let ids: Vec<u32> = report.guests.iter().map(|g| g.vmid).collect();
+    assert_eq!(ids, [100, 101, 102], "sorted by vmid, none dropped");
+    let b = &report.guests[1];
+    assert_eq!(b.status, GuestStatus::Stopped, "status kept");
+    assert_eq!(b.spec, None, "only the spec is lost");
+    assert_eq!(
+        report.guests[0].spec,
+        Some(GuestSpec {
+            cores: 2,
+            memory_bytes: 536_870_912,
+            disk_bytes: 8_589_934_592
+        })
+    );
+    assert_eq!(report.guests[2].spec.map(|s| s.cores), Some(1));
+}
+
+#[test]
+fn empty_or_odd_status_reads_unknown() {
+    let mut node = golden_node();
+    node.guests = vec![
+        guest(100, "a", None),
+        guest(101, "b", Some("")),
+        guest(102, "c", Some("paused")),
+        guest(103, "d", Some("running")),
+    ];
+    let report = golden_collector_with(node).collect().unwrap();
+    let statuses: Vec<GuestStatus> = report.guests.iter().map(|g| g.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            GuestStatus::Unknown,
+            GuestStatus::Unknown,
+            GuestStatus::Unknown,
+            GuestStatus::Running
+        ]
+    );
+}
+
+#[test]
+fn cores_fall_back_to_the_effective_count_when_the_config_leaves_them_unset() {
+    let mut node = golden_node();
+    node.cores.insert(100, None);
+    node.guests[0].cpus = Some(8);
+    let report = golden_collector_with(node).collect().unwrap();
+    assert_eq!(report.guests[0].spec.map(|s| s.cores), Some(8));
+}
+
+#[test]
+fn a_guest_without_a_name_is_shown_as_proxmox_shows_it() {
+    let mut node = golden_node();
+    node.guests[0].name = None;
+    let report = golden_collector_with(node).collect().unwrap();
+    assert_eq!(report.guests[0].name, "CT100");
+}
+
+#[test]
+fn cloudflared_probe_failure_or_odd_answer_reads_unknown() {
+    for (probe, want) in [
+        (Probe(Ok("active")), "active"),
+        (Probe(Ok("inactive\n")), "inactive"),
+        (Probe(Ok("failed")), "failed"),
+        (Probe(Ok("")), "unknown"),
+        (Probe(Ok("Active; rm -rf /")), "unknown"),
+        (Probe(Err("systemctl timed out")), "unknown"),
+    ] {
+        let report = collector(golden_node(), probe, Arc::new(NoAudit))
+            .collect()
+            .unwrap();
+        assert_eq!(report.cloudflared.status, want);
+    }
+}
+
+#[test]
+fn storage_list_failing_empties_storage_collections_only() {
+    let node = FakeNode {
+        storages_fail: true,
+        ..golden_node()
+    };
+    let report = golden_collector_with(node).collect().unwrap();
+    assert!(report.storage_targets.is_empty());
+    assert!(report.backups.is_empty());
+    assert!(report.pbs_snapshots.is_empty());
+    assert_eq!(report.guests.len(), 1, "the rest of the report is intact");
+    assert_eq!(report.audit_tail.len(), 1);
+}
+
+#[test]
+fn one_storage_content_failing_drops_only_its_volumes() {
+    let mut node = golden_node();
+    node.content_fails.insert("local".into());
+    let report = golden_collector_with(node).collect().unwrap();
+    assert_eq!(report.storage_targets.len(), 2, "storages still listed");
+    assert!(report.backups.is_empty(), "local's backups left out");
+    assert_eq!(report.pbs_snapshots.len(), 1, "pbs unaffected");
+}
+
+#[test]
+fn content_is_read_only_from_active_enabled_backup_storages() {
+    let mut node = golden_node();
+    node.storages
+        .push(storage("images", "zfspool", &["images", "rootdir"]));
+    let mut off = storage("offline", "dir", &["backup"]);
+    off.active = false;
+    off.total_bytes = None;
+    node.storages.push(off);
+    let mut disabled = storage("disabled", "nfs", &["backup"]);
+    disabled.enabled = false;
+    node.storages.push(disabled);
+    let c = golden_collector_with(node);
+    let report = c.collect().unwrap();
+    let mut reads = c.reader().content_reads.lock().unwrap().clone();
+    reads.sort();
+    assert_eq!(reads, ["local", "pbs"]);
+    assert_eq!(report.storage_targets.len(), 5);
+    let offline = report
+        .storage_targets
+        .iter()
+        .find(|s| s.storage == "offline")
+        .unwrap();
+    assert_eq!(offline.total_bytes, None, "unknown capacity stays null");
+}
+
+#[test]
+fn pbs_storages_yield_container_snapshots_and_others_yield_backups() {
+    let report = golden_collector().collect().unwrap();
+    assert_eq!(report.backups.len(), 1);
+    assert_eq!(report.backups[0].storage, "local");
+    assert_eq!(
+        report.pbs_snapshots.len(),
+        1,
+        "the pbs-vm volume is not reported"
+    );
+    assert_eq!(report.pbs_snapshots[0].vmid, Some(100));
+    assert_eq!(report.pbs_snapshots[0].verification.as_deref(), Some("ok"));
+}
+
+#[test]
+fn audit_tail_failure_is_empty_and_an_oversized_tail_keeps_the_newest_50() {
+    let failing = collector(
+        golden_node(),
+        Probe(Ok("active")),
+        Arc::new(|_n: usize| Err::<Vec<AuditEntry>, ReadError>(fail("audit"))),
+    );
+    assert!(failing.collect().unwrap().audit_tail.is_empty());
+
+    let asked = Arc::new(Mutex::new(0usize));
+    let seen = asked.clone();
+    let many = collector(
+        golden_node(),
+        Probe(Ok("active")),
+        Arc::new(move |n: usize| {
+            *seen.lock().unwrap() = n;
+            Ok::<_, ReadError>(
+                (0..70)
+                    .map(|i| AuditEntry {
+                        at: Timestamp(i),
+                        ..audit_entry()
+                    })
+                    .collect(),
+            )
+        }),
+    );
+    let tail = many.collect().unwrap().audit_tail;
+    assert_eq!(*asked.lock().unwrap(), 50);
+    assert_eq!(tail.len(), 50);
+    assert_eq!(tail[0].at, Timestamp(20));
+    assert_eq!(tail[49].at, Timestamp(69));
+}
