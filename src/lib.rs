@@ -20,4 +20,5 @@ pub mod net;
 pub mod proxmox;
 pub mod secret;
 pub mod shutdown;
+pub mod store;
 pub mod time;
