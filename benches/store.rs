@@ -42,6 +42,7 @@ fn main() {
             std::env::temp_dir().join(format!("felhom-bench-{}", std::process::id()))
         });
     std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     println!("directory: {}", dir.display());
     let p = dir.join("bench.log");
 

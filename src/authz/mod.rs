@@ -3,6 +3,7 @@
 //! `ssh-keygen -Y sign -n felhom-op-v1`; [`Verifier::verify`] accepts it only if every
 //! stage of the locked pipeline passes, **in this order** (the order is load-bearing):
 //!
+//! 0. size caps on the inputs (blob 64 KiB, signature 16 KiB) — `Malformed`
 //! 1. parse the armor and the SSHSIG blob (strict; see [`sshsig`]) — `Malformed`
 //! 2. namespace is exactly [`NAMESPACE`] — `Namespace`
 //! 3. parse the public key: key type and signature algorithm policy — `Malformed`
