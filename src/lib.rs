@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -22,4 +23,5 @@ pub mod net;
 pub mod proxmox;
 pub mod secret;
 pub mod shutdown;
+pub mod store;
 pub mod time;

@@ -1,0 +1,218 @@
+//! The op blob: the exact JSON bytes an operator signed, parsed only **after** the
+//! signature over those bytes verified. Strict: unknown fields, duplicate keys, a
+//! nonce under 128 bits, bad timestamps and an over-long window are `Malformed`.
+//!
+//! It never re-serializes the blob: the bytes that were verified are the bytes parsed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+
+use super::AuthzError;
+use crate::encoding::{base64_decode, hex_decode};
+use crate::time::Timestamp;
+
+/// Largest blob accepted, in bytes.
+pub const MAX_BLOB_BYTES: usize = 64 * 1024;
+/// Longest validity window (`expires_at - not_before`) accepted, in seconds.
+pub const MAX_WINDOW_SECONDS: i64 = 24 * 3600;
+/// Fewest nonce bytes accepted (128 bits).
+pub const MIN_NONCE_BYTES: usize = 16;
+/// Longest nonce string accepted.
+pub const MAX_NONCE_CHARS: usize = 128;
+
+/// The parsed blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpBlob {
+    /// Operation name, e.g. `guest_destroy`.
+    pub op: String,
+    /// The host the op is for; must equal this host's `host_id`.
+    pub host_id: String,
+    /// The guest the op is for, when it is about one.
+    pub guest_id: Option<String>,
+    /// Operation parameters: a JSON object of strings (absent = empty).
+    pub params: BTreeMap<String, String>,
+    /// The key id the operator claims (advisory).
+    pub key_id: String,
+    /// The nonce, as written.
+    pub nonce: String,
+    /// Start of validity.
+    pub not_before: Timestamp,
+    /// End of validity.
+    pub expires_at: Timestamp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    op: String,
+    host_id: String,
+    #[serde(default)]
+    guest_id: Option<String>,
+    #[serde(default)]
+    params: Params,
+    key_id: String,
+    nonce: String,
+    not_before: String,
+    expires_at: String,
+}
+
+#[derive(Default)]
+struct Params(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Params;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Params, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate params key {k:?}"
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(Params(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn malformed(detail: impl Into<String>) -> AuthzError {
+    AuthzError::Malformed(detail.into())
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<(), AuthzError> {
+    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+        return Err(malformed(format!(
+            "blob: {field} must be 1-{max} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Decoded length of a nonce given in hex or standard base64, if it is either.
+pub fn nonce_bytes(nonce: &str) -> Option<usize> {
+    let hex = hex_decode(nonce).ok().map(|b| b.len());
+    let b64 = base64_decode(nonce).ok().map(|b| b.len());
+    hex.max(b64)
+}
+
+impl OpBlob {
+    /// Parses the verified bytes. Every refusal is [`AuthzError::Malformed`].
+    pub fn parse(bytes: &[u8]) -> Result<OpBlob, AuthzError> {
+        let w: Wire = serde_json::from_slice(bytes).map_err(|e| malformed(format!("blob: {e}")))?;
+        check_text("op", &w.op, 64)?;
+        check_text("host_id", &w.host_id, 253)?;
+        if let Some(g) = &w.guest_id {
+            check_text("guest_id", g, 64)?;
+        }
+        check_text("key_id", &w.key_id, 64)?;
+        for (k, v) in &w.params.0 {
+            check_text("params key", k, 64)?;
+            if v.len() > 4096 || v.chars().any(char::is_control) {
+                return Err(malformed(format!(
+                    "blob: params[{k:?}] must be at most 4096 bytes without control characters"
+                )));
+            }
+        }
+        if w.nonce.len() > MAX_NONCE_CHARS {
+            return Err(malformed(format!(
+                "blob: nonce longer than {MAX_NONCE_CHARS} characters"
+            )));
+        }
+        match nonce_bytes(&w.nonce) {
+            Some(n) if n >= MIN_NONCE_BYTES => {}
+            Some(n) => {
+                return Err(malformed(format!(
+                    "blob: nonce is {} bits, at least {} required",
+                    n * 8,
+                    MIN_NONCE_BYTES * 8
+                )));
+            }
+            None => return Err(malformed("blob: nonce is neither hex nor base64")),
+        }
+        let ts = |field: &str, v: &str| {
+            Timestamp::parse_rfc3339(v).map_err(|e| malformed(format!("blob: {field}: {e}")))
+        };
+        let not_before = ts("not_before", &w.not_before)?;
+        let expires_at = ts("expires_at", &w.expires_at)?;
+        let window = expires_at.0.saturating_sub(not_before.0);
+        if window <= 0 {
+            return Err(malformed("blob: expires_at is not after not_before"));
+        }
+        if window > MAX_WINDOW_SECONDS {
+            return Err(malformed(format!(
+                "blob: validity window of {window} s exceeds the {MAX_WINDOW_SECONDS} s maximum"
+            )));
+        }
+        Ok(OpBlob {
+            op: w.op,
+            host_id: w.host_id,
+            guest_id: w.guest_id,
+            params: w.params.0,
+            key_id: w.key_id,
+            nonce: w.nonce,
+            not_before,
+            expires_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONCE: &str = "6f1c0e5a9b3d47e28c1f0a9d3b5e7c21";
+
+    fn blob(extra: &str, nonce: &str, nbf: &str, exp: &str) -> String {
+        format!(
+            r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"105","params":{{"purge":"1"{extra}}},"key_id":"k","nonce":"{nonce}","not_before":"{nbf}","expires_at":"{exp}"}}"#
+        )
+    }
+
+    #[test]
+    fn parses_a_good_blob() {
+        let b = blob("", NONCE, "2030-01-01T00:00:00Z", "2030-01-01T01:00:00Z");
+        let op = OpBlob::parse(b.as_bytes()).unwrap();
+        assert_eq!(op.params["purge"], "1");
+        assert_eq!(op.guest_id.as_deref(), Some("105"));
+        assert_eq!(op.expires_at.0 - op.not_before.0, 3600);
+    }
+
+    #[test]
+    fn refuses_duplicates_short_nonces_and_bad_windows() {
+        let t0 = "2030-01-01T00:00:00Z";
+        let cases = [
+            blob(r#","purge":"2""#, NONCE, t0, "2030-01-01T01:00:00Z"),
+            blob("", "0123456789abcdef", t0, "2030-01-01T01:00:00Z"),
+            blob("", "not a nonce!", t0, "2030-01-01T01:00:00Z"),
+            blob("", NONCE, t0, t0),
+            blob("", NONCE, t0, "2030-01-02T00:00:01Z"),
+            blob("", NONCE, "yesterday", "2030-01-01T01:00:00Z"),
+            blob(r#","x":1"#, NONCE, t0, "2030-01-01T01:00:00Z"),
+            format!(
+                r#"{{"op":"a","op":"b",{}"#,
+                &blob("", NONCE, t0, "2030-01-01T01:00:00Z")[1..]
+            ),
+        ];
+        for c in cases {
+            assert!(
+                matches!(OpBlob::parse(c.as_bytes()), Err(AuthzError::Malformed(_))),
+                "{c}"
+            );
+        }
+        // base64 nonce of 16 bytes is fine; exactly 24 h is fine.
+        let b = blob("", "q83vASNFZ4mrze8BI0VniQ==", t0, "2030-01-02T00:00:00Z");
+        assert!(OpBlob::parse(b.as_bytes()).is_ok());
+    }
+}

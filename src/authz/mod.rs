@@ -1,0 +1,450 @@
+//! Signed operations: the verifier that stands between the hub and a destructive
+//! change. An operator signs the exact bytes of a JSON op blob with
+//! `ssh-keygen -Y sign -n felhom-op-v1`; [`Verifier::verify`] accepts it only if every
+//! stage of the locked pipeline passes, **in this order** (the order is load-bearing):
+//!
+//! 0. size caps on the inputs (blob 64 KiB, signature 16 KiB) — `Malformed`
+//! 1. parse the armor and the SSHSIG blob (strict; see [`sshsig`]) — `Malformed`
+//! 2. namespace is exactly [`NAMESPACE`] — `Namespace`
+//! 3. parse the public key: key type and signature algorithm policy — `Malformed`
+//! 4. allow-list by **key material**, never by `key_id` — `UnknownSigner`
+//! 5. crypto verify with the **trusted** key over the **raw received bytes**, and user
+//!    presence for hardware keys — `BadSignature`
+//! 6. parse the blob (only now) — `Malformed`
+//! 7. target: `host_id` byte-equal to this host's — `Target`
+//! 8. time window with bounded skew — `Expired`, `NotYetValid`
+//! 9. hardware-key counter (strict mode) — `Replay`
+//! 10. record the nonce **last** — `Replay` (a store error also reads as `Replay`)
+//!
+//! A refusal before step 10 burns nothing. This module never executes an op, never
+//! re-serializes a blob, never trusts the key embedded in a signature and never writes
+//! durable state itself (the [`FileNonceStore`] does, through [`crate::store`]).
+
+pub mod blob;
+pub mod config;
+pub mod nonce;
+pub mod selftest;
+pub mod sshsig;
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+
+pub use blob::OpBlob;
+pub use config::{AuthzConfig, ConfigError, Role, Signer, SignerEntry};
+pub use nonce::{FileNonceStore, Freshness, MemoryNonceStore, NonceStore, NonceStoreError};
+pub use selftest::{Check, offline_selftest};
+pub use sshsig::SkAssertion;
+
+use crate::time::{Clock, Timestamp};
+
+/// The SSHSIG namespace of felhom operations. A constant: never caller-supplied.
+pub const NAMESPACE: &str = "felhom-op-v1";
+
+/// Why a signed op was refused. Each variant carries a detail for the audit log; match
+/// on the variant, print [`AuthzError::code`] for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthzError {
+    /// The input is not acceptable as such: the armor or SSHSIG blob (size, block, base64,
+    /// magic, version ≠ 1, reserved non-empty, hash algorithm), a refused key type or
+    /// signature algorithm (DSA, certificate, webauthn, `ssh-rsa`, RSA < 2048 bits,
+    /// mismatch), or — after the signature verified — a blob that is not a valid op
+    /// (JSON, unknown or duplicate fields, nonce < 128 bits, bad times, window over
+    /// 24 h or not positive: a blob that can never be valid whatever the clock says).
+    Malformed(String),
+    /// The signature's namespace is not [`NAMESPACE`].
+    Namespace(String),
+    /// The signing key is not in the allow-list (compared by key material).
+    UnknownSigner(String),
+    /// The signature does not verify with the allow-listed key over the received bytes,
+    /// or a hardware-key signature lacks user presence.
+    BadSignature(String),
+    /// The op is for another host.
+    Target(String),
+    /// `expires_at` plus the allowed skew is past.
+    Expired(String),
+    /// `not_before` minus the allowed skew is still ahead.
+    NotYetValid(String),
+    /// The nonce was already used; or the nonce store cannot answer (fail safe); or, in
+    /// `sk_counter_strict` mode, the hardware key's counter did not increase.
+    Replay(String),
+}
+
+impl AuthzError {
+    /// The snake_case name printed by `felhom-agent verify` and written to the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthzError::Malformed(_) => "malformed",
+            AuthzError::Namespace(_) => "namespace",
+            AuthzError::UnknownSigner(_) => "unknown_signer",
+            AuthzError::BadSignature(_) => "bad_signature",
+            AuthzError::Target(_) => "target",
+            AuthzError::Expired(_) => "expired",
+            AuthzError::NotYetValid(_) => "not_yet_valid",
+            AuthzError::Replay(_) => "replay",
+        }
+    }
+
+    /// The detail for the audit log.
+    pub fn detail(&self) -> &str {
+        match self {
+            AuthzError::Malformed(d)
+            | AuthzError::Namespace(d)
+            | AuthzError::UnknownSigner(d)
+            | AuthzError::BadSignature(d)
+            | AuthzError::Target(d)
+            | AuthzError::Expired(d)
+            | AuthzError::NotYetValid(d)
+            | AuthzError::Replay(d) => d,
+        }
+    }
+}
+
+impl fmt::Display for AuthzError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.detail())
+    }
+}
+
+impl std::error::Error for AuthzError {}
+
+/// The allow-list entry that verified an op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchedSigner {
+    /// The configured key id (not the blob's claim).
+    pub key_id: String,
+    /// The configured role.
+    pub role: Role,
+    /// `SHA256:...` fingerprint of the key.
+    pub fingerprint: String,
+}
+
+/// What a hardware-key signature asserted, and what the counter check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkCheck {
+    /// Authenticator flags (user presence is always set on a verified op).
+    pub flags: u8,
+    /// The signature counter.
+    pub counter: u32,
+    /// The highest counter seen for this key before this op, if any.
+    pub highest_seen: Option<u32>,
+    /// The counter was not above `highest_seen`: a possible cloned authenticator, or
+    /// ops signed in one order and verified in another. The gate audits it.
+    pub counter_not_increasing: bool,
+}
+
+/// An op whose signature, target, window and nonce all passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedOp {
+    /// Operation name.
+    pub op: String,
+    /// This host's id (equal to the configured one).
+    pub host_id: String,
+    /// The guest, when the op names one.
+    pub guest_id: Option<String>,
+    /// Parameters: the blob's `params` object (string values), sorted by key.
+    pub params: BTreeMap<String, String>,
+    /// The `key_id` the blob claims (advisory; may differ from the signer's).
+    pub key_id: String,
+    /// The nonce, as written in the blob.
+    pub nonce: String,
+    /// Start of validity.
+    pub not_before: Timestamp,
+    /// End of validity.
+    pub expires_at: Timestamp,
+    /// The allow-listed signer that verified.
+    pub signer: MatchedSigner,
+    /// Present for hardware-key (`sk-*`) signatures.
+    pub sk: Option<SkCheck>,
+}
+
+fn push_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+impl VerifiedOp {
+    /// A stable, readable `name: value` form, one field per line, control characters
+    /// escaped (the blob is operator-controlled but still outside input).
+    pub fn to_lines(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &str| {
+            out.push_str(k);
+            out.push_str(": ");
+            push_escaped(&mut out, v);
+            out.push('\n');
+        };
+        line("op", &self.op);
+        line("host_id", &self.host_id);
+        line("guest_id", self.guest_id.as_deref().unwrap_or("-"));
+        for (k, v) in &self.params {
+            line(&format!("param.{}", k.escape_debug()), v);
+        }
+        line("key_id", &self.key_id);
+        line("signer", &self.signer.key_id);
+        line("signer_role", self.signer.role.as_str());
+        line("signer_fingerprint", &self.signer.fingerprint);
+        line("nonce", &self.nonce);
+        line("not_before", &self.not_before.to_rfc3339());
+        line("expires_at", &self.expires_at.to_rfc3339());
+        if let Some(sk) = &self.sk {
+            line("sk_flags", &format!("0x{:02x}", sk.flags));
+            line("sk_counter", &sk.counter.to_string());
+            if sk.counter_not_increasing {
+                line(
+                    "sk_counter_warning",
+                    &format!(
+                        "not above the highest seen ({})",
+                        sk.highest_seen.unwrap_or_default()
+                    ),
+                );
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for VerifiedOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_lines())
+    }
+}
+
+/// The verifier's tunables (from [`AuthzConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Accepted clock difference in seconds, both ways.
+    pub max_clock_skew_seconds: u64,
+    /// Refuse a hardware-key counter that did not increase.
+    pub sk_counter_strict: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_clock_skew_seconds: config::DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+            sk_counter_strict: false,
+        }
+    }
+}
+
+/// The locked verification pipeline for one host.
+pub struct Verifier {
+    signers: Vec<Signer>,
+    host_id: String,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    nonces: Arc<dyn NonceStore>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("host_id", &self.host_id)
+            .field("signers", &self.signers.len())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier for `host_id` with validated signers.
+    pub fn new(
+        signers: Vec<Signer>,
+        host_id: impl Into<String>,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        nonces: Arc<dyn NonceStore>,
+    ) -> Verifier {
+        Verifier {
+            signers,
+            host_id: host_id.into(),
+            policy,
+            clock,
+            nonces,
+        }
+    }
+
+    /// Validates `cfg` and builds the verifier for `host_id`.
+    pub fn from_config(
+        cfg: &AuthzConfig,
+        host_id: &str,
+        clock: Arc<dyn Clock>,
+        nonces: Arc<dyn NonceStore>,
+    ) -> Result<Verifier, ConfigError> {
+        if host_id.is_empty() {
+            return Err(ConfigError {
+                field: "host_id".into(),
+                reason: "empty: the verifier needs this host's id".into(),
+            });
+        }
+        let signers = cfg.validate()?;
+        let policy = Policy {
+            max_clock_skew_seconds: cfg.max_clock_skew_seconds,
+            sk_counter_strict: cfg.sk_counter_strict,
+        };
+        Ok(Verifier::new(signers, host_id, policy, clock, nonces))
+    }
+
+    /// The allow-list.
+    pub fn signers(&self) -> &[Signer] {
+        &self.signers
+    }
+
+    /// Runs the pipeline (see the module doc) over the exact received `blob` bytes and
+    /// the armored signature.
+    pub fn verify(&self, blob: &[u8], armored: &str) -> Result<VerifiedOp, AuthzError> {
+        if blob.len() > blob::MAX_BLOB_BYTES {
+            return Err(AuthzError::Malformed(format!(
+                "blob is {} bytes, over the {}-byte cap",
+                blob.len(),
+                blob::MAX_BLOB_BYTES
+            )));
+        }
+        // 1–3: armor, namespace, key and algorithm policy.
+        let sig = sshsig::parse(armored, NAMESPACE)?;
+        // 4: allow-list by key material.
+        let signer = self
+            .signers
+            .iter()
+            .find(|s| s.public_key.key_data() == sig.public_key())
+            .ok_or_else(|| {
+                AuthzError::UnknownSigner(format!(
+                    "key {} is not an allow-listed signer",
+                    sig.public_key().fingerprint(ssh_key::HashAlg::Sha256)
+                ))
+            })?;
+        // 5: crypto with the trusted key over the raw bytes.
+        let sk = sshsig::verify_with(&signer.public_key, NAMESPACE, blob, &sig)?;
+        // 6: only now parse what was verified.
+        let op = OpBlob::parse(blob)?;
+        // 7: target.
+        if op.host_id != self.host_id {
+            return Err(AuthzError::Target(format!(
+                "op is for host {:?}, this is {:?}",
+                op.host_id, self.host_id
+            )));
+        }
+        // 8: time window.
+        let now = self.clock.now();
+        let skew = i64::try_from(self.policy.max_clock_skew_seconds).unwrap_or(i64::MAX);
+        if now.0 < op.not_before.0.saturating_sub(skew) {
+            return Err(AuthzError::NotYetValid(format!(
+                "valid from {} (skew {skew} s), now {now}",
+                op.not_before
+            )));
+        }
+        if now.0 >= op.expires_at.0.saturating_add(skew) {
+            return Err(AuthzError::Expired(format!(
+                "expired at {} (skew {skew} s), now {now}",
+                op.expires_at
+            )));
+        }
+        // 9: hardware-key counter.
+        let sk = match sk {
+            None => None,
+            Some(a) => {
+                let highest = self
+                    .nonces
+                    .highest_sk_counter(&signer.fingerprint)
+                    .map_err(|e| AuthzError::Replay(format!("fail safe: {e}")))?;
+                let regressed = highest.is_some_and(|h| a.counter <= h);
+                if regressed {
+                    let h = highest.unwrap_or_default();
+                    if self.policy.sk_counter_strict {
+                        return Err(AuthzError::Replay(format!(
+                            "hardware key {} counter {} not above the highest seen {h} \
+                             (possible cloned authenticator; sk_counter_strict)",
+                            signer.fingerprint, a.counter
+                        )));
+                    }
+                    crate::warn!(
+                        "hardware key counter did not increase: possible cloned authenticator",
+                        key_id = signer.key_id,
+                        fingerprint = signer.fingerprint,
+                        counter = a.counter,
+                        highest_seen = h
+                    );
+                }
+                Some(SkCheck {
+                    flags: a.flags,
+                    counter: a.counter,
+                    highest_seen: highest,
+                    counter_not_increasing: regressed,
+                })
+            }
+        };
+        // 10: the nonce, last.
+        let counter = sk.map(|s| (signer.fingerprint.as_str(), s.counter));
+        match self
+            .nonces
+            .seen_or_record(&op.nonce, op.expires_at, counter)
+        {
+            Ok(Freshness::Fresh) => {}
+            Ok(Freshness::Seen) => {
+                return Err(AuthzError::Replay(format!(
+                    "nonce {:?} was already used",
+                    op.nonce
+                )));
+            }
+            Err(e) => return Err(AuthzError::Replay(format!("fail safe: {e}"))),
+        }
+        if op.key_id != signer.key_id {
+            crate::warn!(
+                "signed op claims another key_id than its signer (advisory only)",
+                claimed = op.key_id,
+                signer = signer.key_id
+            );
+        }
+        Ok(VerifiedOp {
+            op: op.op,
+            host_id: op.host_id,
+            guest_id: op.guest_id,
+            params: op.params,
+            key_id: op.key_id,
+            nonce: op.nonce,
+            not_before: op.not_before,
+            expires_at: op.expires_at,
+            signer: MatchedSigner {
+                key_id: signer.key_id.clone(),
+                role: signer.role,
+                fingerprint: signer.fingerprint.clone(),
+            },
+            sk,
+        })
+    }
+}
+
+/// Runs the whole pipeline for `felhom-agent verify` with a memory nonce store, so
+/// nothing is burned. The CLI validates `cfg` first (exit 2 on a bad config); if it was
+/// not, an invalid config refuses as `UnknownSigner` naming the config error.
+pub fn verify_offline(
+    cfg: &AuthzConfig,
+    host_id: &str,
+    blob: &[u8],
+    armored: &str,
+    clock: &dyn Clock,
+) -> Result<VerifiedOp, AuthzError> {
+    struct At(Timestamp);
+    impl Clock for At {
+        fn now(&self) -> Timestamp {
+            self.0
+        }
+    }
+    let v = Verifier::from_config(
+        cfg,
+        host_id,
+        Arc::new(At(clock.now())),
+        Arc::new(MemoryNonceStore::new()),
+    )
+    .map_err(|e| AuthzError::UnknownSigner(format!("signer configuration invalid: {e}")))?;
+    v.verify(blob, armored)
+}
