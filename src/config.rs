@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::authz::{AuthzConfig, Role, SignerEntry};
 use crate::log::Level;
+use crate::net::{Sha256Pin, TlsTrust};
 use crate::secret::Secret;
 
 /// Where the daemon looks for its configuration when `--config` is not given.
@@ -210,20 +212,6 @@ fn env_name(path: &str) -> String {
     )
 }
 
-/// How to trust a server's certificate, as configured (turned into a `net` trust by
-/// the caller).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsChoice {
-    /// Pin the SHA-256 of the leaf certificate (the text as configured; `net` parses it).
-    Pin(String),
-    /// Trust the CA certificates in this PEM file.
-    CaFile(PathBuf),
-    /// Trust the system bundle.
-    SystemBundle,
-    /// No verification at all: only when `insecure_skip_verify` is set, warned every start.
-    InsecureSkipVerify,
-}
-
 /// The `proxmox` section.
 #[derive(Debug, Clone)]
 pub struct ProxmoxConfig {
@@ -238,7 +226,7 @@ pub struct ProxmoxConfig {
     /// Where the secret came from, for `redacted()`.
     pub token_secret_file: Option<PathBuf>,
     /// Certificate trust.
-    pub tls: TlsChoice,
+    pub tls: TlsTrust,
     /// Per-request timeout.
     pub timeout_seconds: u64,
 }
@@ -257,29 +245,7 @@ pub struct HubConfig {
     /// Per-request timeout.
     pub timeout_seconds: u64,
     /// Certificate trust (system bundle unless set).
-    pub tls: TlsChoice,
-}
-
-/// One `authz.signers[]` entry as written (checked by the authz module).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignerEntry {
-    /// Advisory name, for audit.
-    pub key_id: String,
-    /// `operational` or `recovery`.
-    pub role: String,
-    /// An `authorized_keys` line.
-    pub public_key: String,
-}
-
-/// The `authz` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthzSection {
-    /// Allowed clock difference when checking a signed op's window.
-    pub max_clock_skew_seconds: u64,
-    /// Refuse a hardware-key signature whose counter did not increase.
-    pub sk_counter_strict: bool,
-    /// The allow-listed operator keys.
-    pub signers: Vec<SignerEntry>,
+    pub tls: TlsTrust,
 }
 
 /// The `reconcile` section.
@@ -305,7 +271,7 @@ pub struct Config {
     /// The hub section, if present.
     pub hub: Option<HubConfig>,
     /// The authz section, if present.
-    pub authz: Option<AuthzSection>,
+    pub authz: Option<AuthzConfig>,
     /// The reconcile section (defaults when absent).
     pub reconcile: ReconcileConfig,
     /// Problems worth a warning that do not stop the agent (e.g. a readable secret file).
@@ -626,7 +592,7 @@ fn check_token_id(field: &str, s: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn tls_choice(r: &Reader<'_>, section: &str) -> Result<TlsChoice, ConfigError> {
+fn tls_choice(r: &Reader<'_>, section: &str) -> Result<TlsTrust, ConfigError> {
     let fp_path = format!("{section}.tls.fingerprint_sha256");
     let ca_path = format!("{section}.tls.ca_file");
     let insecure_path = format!("{section}.tls.insecure_skip_verify");
@@ -642,10 +608,12 @@ fn tls_choice(r: &Reader<'_>, section: &str) -> Result<TlsChoice, ConfigError> {
             insecure_path,
             "cannot be combined with fingerprint_sha256 or ca_file",
         )),
-        (Some(fp), None, false) => Ok(TlsChoice::Pin(fp)),
-        (None, Some(ca), false) => Ok(TlsChoice::CaFile(PathBuf::from(ca))),
-        (None, None, true) => Ok(TlsChoice::InsecureSkipVerify),
-        (None, None, false) => Ok(TlsChoice::SystemBundle),
+        (Some(fp), None, false) => Sha256Pin::parse(&fp)
+            .map(TlsTrust::Pin)
+            .map_err(|e| field_err(fp_path, e.to_string())),
+        (None, Some(ca), false) => Ok(TlsTrust::CaFile(PathBuf::from(ca))),
+        (None, None, true) => Ok(TlsTrust::InsecureSkipVerify),
+        (None, None, false) => Ok(TlsTrust::SystemBundle),
     }
 }
 
@@ -746,21 +714,22 @@ fn signers(r: &Reader<'_>) -> Result<Vec<SignerEntry>, ConfigError> {
                 )),
             }
         };
-        let entry = SignerEntry {
-            key_id: get("key_id")?,
-            role: get("role")?,
-            public_key: get("public_key")?,
+        let key_id = get("key_id")?;
+        let role = match get("role")?.as_str() {
+            "operational" => Role::Operational,
+            "recovery" => Role::Recovery,
+            other => {
+                return Err(field_err(
+                    format!("{at}.role"),
+                    format!("must be \"operational\" or \"recovery\", got {other:?}"),
+                ));
+            }
         };
-        if !matches!(entry.role.as_str(), "operational" | "recovery") {
-            return Err(field_err(
-                format!("{at}.role"),
-                format!(
-                    "must be \"operational\" or \"recovery\", got {:?}",
-                    entry.role
-                ),
-            ));
-        }
-        out.push(entry);
+        out.push(SignerEntry {
+            key_id,
+            role,
+            public_key: get("public_key")?,
+        });
     }
     Ok(out)
 }
@@ -899,11 +868,16 @@ impl Config {
         };
 
         let authz = if r.has_section("authz") {
-            Some(AuthzSection {
+            let section = AuthzConfig {
                 max_clock_skew_seconds: r.int("authz.max_clock_skew_seconds", 120, 0, 3600)?,
                 sk_counter_strict: r.bool("authz.sk_counter_strict")?,
                 signers: signers(&r)?,
-            })
+            };
+            // The authz module owns what a valid signer is (key types, sizes, duplicates).
+            section
+                .validate()
+                .map_err(|e| field_err(e.field, e.reason))?;
+            Some(section)
         } else {
             None
         };
@@ -938,11 +912,11 @@ impl Config {
     /// `<redacted>` (a secret file's path is shown; it is not secret).
     pub fn redacted(&self) -> String {
         use serde_json::json;
-        let tls = |t: &TlsChoice| match t {
-            TlsChoice::Pin(p) => json!({"fingerprint_sha256": p}),
-            TlsChoice::CaFile(f) => json!({"ca_file": f.display().to_string()}),
-            TlsChoice::SystemBundle => json!({"system_bundle": true}),
-            TlsChoice::InsecureSkipVerify => json!({"insecure_skip_verify": true}),
+        let tls = |t: &TlsTrust| match t {
+            TlsTrust::Pin(p) => json!({"fingerprint_sha256": p.to_string()}),
+            TlsTrust::CaFile(f) => json!({"ca_file": f.display().to_string()}),
+            TlsTrust::SystemBundle => json!({"system_bundle": true}),
+            TlsTrust::InsecureSkipVerify => json!({"insecure_skip_verify": true}),
         };
         let secret = |s: &Option<Secret>| s.as_ref().map(|_| crate::secret::REDACTED);
         let v = json!({
@@ -970,7 +944,7 @@ impl Config {
                 "max_clock_skew_seconds": a.max_clock_skew_seconds,
                 "sk_counter_strict": a.sk_counter_strict,
                 "signers": a.signers.iter().map(|s| json!({
-                    "key_id": s.key_id, "role": s.role, "public_key": s.public_key,
+                    "key_id": s.key_id, "role": s.role.as_str(), "public_key": s.public_key,
                 })).collect::<Vec<_>>(),
             })),
             "reconcile": {
@@ -987,6 +961,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const PIN: &str = "0B:9F:FE:ED:3A:31:26:BC:FB:D3:C1:AA:8F:90:EF:F5:A0:47:04:96:79:0B:4D:19:ED:EA:3D:99:26:B2:A1:C6";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILegkWonGBmXh5jeLDN8tuep67C4kAWq6lYQK3C5cpaf ops";
+
     fn full() -> Value {
         json!({
             "host_id": "pve-a",
@@ -997,7 +975,7 @@ mod tests {
                 "node": "pve-a",
                 "token_id": "felhom-agent@pve!agent",
                 "token_secret": "s3cr3t-token-value",
-                "tls": {"fingerprint_sha256": "AB:CD", "ca_file": null, "insecure_skip_verify": false},
+                "tls": {"fingerprint_sha256": PIN, "ca_file": null, "insecure_skip_verify": false},
                 "timeout_seconds": 30
             },
             "hub": {
@@ -1010,7 +988,7 @@ mod tests {
             "authz": {
                 "max_clock_skew_seconds": 120,
                 "sk_counter_strict": false,
-                "signers": [{"key_id": "ops-2026", "role": "operational", "public_key": "ssh-ed25519 AAAA ops"}]
+                "signers": [{"key_id": "ops-2026", "role": "operational", "public_key": KEY}]
             },
             "reconcile": {"desired_file": null, "max_parallel": 4}
         })
@@ -1026,9 +1004,9 @@ mod tests {
         assert_eq!(c.host_id, "pve-a");
         assert_eq!(c.log_level, Level::Debug);
         let p = c.proxmox.unwrap();
-        assert_eq!(p.tls, TlsChoice::Pin("AB:CD".into()));
+        assert_eq!(p.tls, TlsTrust::Pin(Sha256Pin::parse(PIN).unwrap()));
         assert_eq!(p.token_secret.unwrap().expose(), "s3cr3t-token-value");
-        assert_eq!(c.hub.unwrap().tls, TlsChoice::SystemBundle);
+        assert_eq!(c.hub.unwrap().tls, TlsTrust::SystemBundle);
         assert_eq!(c.authz.unwrap().signers[0].key_id, "ops-2026");
         assert_eq!(c.reconcile.max_parallel, 4);
     }
@@ -1055,6 +1033,16 @@ mod tests {
                 "/proxmox/url",
                 json!(8006),
                 "proxmox.url: must be a string, got a number",
+            ),
+            (
+                "/proxmox/tls/fingerprint_sha256",
+                json!("AB:CD"),
+                "proxmox.tls.fingerprint_sha256: ",
+            ),
+            (
+                "/authz/signers/0/public_key",
+                json!("ssh-ed25519 AAAA ops"),
+                "authz.signers[0].public_key: ",
             ),
             (
                 "/proxmox/node",
@@ -1252,7 +1240,7 @@ mod tests {
         let p = c.proxmox.unwrap();
         assert_eq!(p.token_secret.unwrap().expose(), "from-env");
         assert_eq!(p.timeout_seconds, 7);
-        assert_eq!(p.tls, TlsChoice::InsecureSkipVerify);
+        assert_eq!(p.tls, TlsTrust::InsecureSkipVerify);
         assert!(c.authz.unwrap().signers.is_empty());
         assert_eq!(
             c.reconcile.desired_file.unwrap(),

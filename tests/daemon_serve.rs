@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use felhom_agent::config::{Config, Mode, TlsChoice};
+use felhom_agent::config::{Config, Mode};
 use felhom_agent::daemon::{DaemonError, serve};
 use felhom_agent::hub::collect::NoAudit;
+use felhom_agent::net::TlsTrust;
 use felhom_agent::shutdown::Shutdown;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
@@ -65,7 +66,7 @@ fn clients_that_cannot_be_built_are_a_configuration_error() {
     let hub = HubSim::start();
     let mut cfg = config(&pve, &hub);
     if let Some(h) = cfg.hub.as_mut() {
-        h.tls = TlsChoice::CaFile("/nonexistent/hub-ca.pem".into());
+        h.tls = TlsTrust::CaFile("/nonexistent/hub-ca.pem".into());
     }
     let e = serve(&cfg, &Shutdown::new(), Arc::new(NoAudit)).unwrap_err();
     assert!(matches!(e, DaemonError::Setup(_)), "{e:?}");

@@ -200,9 +200,9 @@ fn selftest_hub_fails_on_a_refusing_hub_after_printing_the_report() {
     );
     let mut bad = config(&pve, &hub);
     if let Some(p) = bad.proxmox.as_mut() {
-        p.tls = felhom_agent::config::TlsChoice::Pin("not-a-pin".into());
+        p.tls = felhom_agent::net::TlsTrust::CaFile("/nonexistent/pve-ca.pem".into());
     }
     let e = selftest_hub(&bad, &mut Vec::new()).unwrap_err();
     assert!(e.is_configuration(), "{e}");
-    assert!(e.to_string().contains("fingerprint_sha256"), "{e}");
+    assert!(e.to_string().contains("/nonexistent/pve-ca.pem"), "{e}");
 }

@@ -9,15 +9,14 @@
 //! poller owns the schedule.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::envelope::{ControlEnvelope, EnvelopeError};
 use super::report::HostReport;
-use crate::config::{HubConfig, TlsChoice};
+use crate::config::HubConfig;
 use crate::net::{
-    EXCERPT_LIMIT, HttpClient, HttpError, HttpOptions, Method, PinError, Request, Sha256Pin,
-    TlsTrust, TransportError, TrustError, excerpt,
+    EXCERPT_LIMIT, HttpClient, HttpError, HttpOptions, Method, Request, TlsTrust, TransportError,
+    TrustError, excerpt,
 };
 use crate::secret::{REDACTED, Secret};
 
@@ -67,8 +66,6 @@ pub enum SetupError {
         /// The URL as configured.
         url: String,
     },
-    /// The configured fingerprint is not a SHA-256 pin.
-    Pin(PinError),
     /// The trust choice could not become a TLS configuration (e.g. unreadable CA file).
     Trust(TrustError),
 }
@@ -84,7 +81,6 @@ impl fmt::Display for SetupError {
                     "hub.url: must be https://HOST[:PORT][/PATH], got {url:?}"
                 )
             }
-            SetupError::Pin(e) => write!(f, "hub.tls.fingerprint_sha256: {e}"),
             SetupError::Trust(e) => write!(f, "hub.tls: {e}"),
         }
     }
@@ -93,7 +89,6 @@ impl fmt::Display for SetupError {
 impl std::error::Error for SetupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SetupError::Pin(e) => Some(e),
             SetupError::Trust(e) => Some(e),
             _ => None,
         }
@@ -145,16 +140,6 @@ impl std::error::Error for ClientError {
             ClientError::Envelope(e) => Some(e),
         }
     }
-}
-
-/// Turns a configured trust choice into a `net` trust.
-pub fn trust_of(choice: &TlsChoice) -> Result<TlsTrust, PinError> {
-    Ok(match choice {
-        TlsChoice::Pin(text) => TlsTrust::Pin(Sha256Pin::parse(text)?),
-        TlsChoice::CaFile(path) => TlsTrust::CaFile(PathBuf::from(path)),
-        TlsChoice::SystemBundle => TlsTrust::SystemBundle,
-        TlsChoice::InsecureSkipVerify => TlsTrust::InsecureSkipVerify,
-    })
 }
 
 /// Posts host reports to the hub.
@@ -210,7 +195,7 @@ impl HubClient {
         HubClient::new(HubClientOptions {
             url: hub.url.clone(),
             api_key,
-            trust: trust_of(&hub.tls).map_err(SetupError::Pin)?,
+            trust: hub.tls.clone(),
             timeout: Duration::from_secs(hub.timeout_seconds),
         })
     }

@@ -11,15 +11,15 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{ClientError, HubClient, SetupError, trust_of};
+use super::client::{ClientError, HubClient, SetupError};
 use super::collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, GuestRow, HostReader, ReadError,
     StorageRow, VolumeRow,
 };
 use super::report::{CpuMetrics, HostMetrics, LoadAverage, Usage};
 use super::round::HubRound;
-use crate::config::{Config, ProxmoxConfig, TlsChoice};
-use crate::net::{PinError, TlsTrust};
+use crate::config::{Config, ProxmoxConfig};
+use crate::net::TlsTrust;
 use crate::proxmox::privileged::{Privileged, Programs, SystemRunner};
 use crate::proxmox::{self, Client, ClientOptions};
 use crate::time::SystemClock;
@@ -176,8 +176,6 @@ pub enum LiveSetupError {
     NoProxmoxSection,
     /// The `proxmox` section has no token secret.
     NoTokenSecret,
-    /// `proxmox.tls.fingerprint_sha256` is not a SHA-256 pin.
-    ProxmoxPin(PinError),
     /// The Proxmox client refused its options or trust (e.g. unreadable CA file).
     Proxmox(proxmox::Error),
     /// The hub client could not be built.
@@ -191,7 +189,6 @@ impl fmt::Display for LiveSetupError {
             LiveSetupError::NoTokenSecret => {
                 f.write_str("proxmox.token_secret: no token secret configured")
             }
-            LiveSetupError::ProxmoxPin(e) => write!(f, "proxmox.tls.fingerprint_sha256: {e}"),
             LiveSetupError::Proxmox(e) => e.fmt(f),
             LiveSetupError::Hub(e) => e.fmt(f),
         }
@@ -201,7 +198,6 @@ impl fmt::Display for LiveSetupError {
 impl std::error::Error for LiveSetupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            LiveSetupError::ProxmoxPin(e) => Some(e),
             LiveSetupError::Proxmox(e) => Some(e),
             LiveSetupError::Hub(e) => Some(e),
             _ => None,
@@ -215,7 +211,7 @@ pub fn proxmox_client(cfg: &ProxmoxConfig) -> Result<Client, LiveSetupError> {
         .token_secret
         .clone()
         .ok_or(LiveSetupError::NoTokenSecret)?;
-    let trust: TlsTrust = trust_of(&cfg.tls).map_err(LiveSetupError::ProxmoxPin)?;
+    let trust: TlsTrust = cfg.tls.clone();
     let mut options = ClientOptions::new(&cfg.url, &cfg.node, &cfg.token_id, secret, trust);
     options.timeout = Duration::from_secs(cfg.timeout_seconds);
     options.connect_timeout = options.timeout.min(Duration::from_secs(10));
@@ -230,7 +226,7 @@ pub fn warn_insecure_tls(cfg: &Config) {
         ("hub", cfg.hub.as_ref().map(|h| &h.tls)),
     ];
     for (section, tls) in sections {
-        if tls == Some(&TlsChoice::InsecureSkipVerify)
+        if tls == Some(&TlsTrust::InsecureSkipVerify)
             && let Some(text) = TlsTrust::InsecureSkipVerify.warning()
         {
             crate::warn!(text, section = section);
