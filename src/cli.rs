@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::{self, Config, Mode};
@@ -357,18 +357,181 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             let _ = out.write_all(HELP.as_bytes());
             EXIT_OK
         }
-        other => {
-            let _ = writeln!(err, "felhom-agent: {other:?} is not part of this build yet");
+        Command::Run { config } => {
+            let cfg = match load_config(&config, Mode::Run, err) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::daemon::run(&cfg, &config) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    crate::error!("daemon stopped", error = e);
+                    let _ = writeln!(err, "felhom-agent: {e}");
+                    if e.is_configuration() {
+                        EXIT_USAGE
+                    } else {
+                        EXIT_FAILED
+                    }
+                }
+            }
+        }
+        Command::Selftest { kind, vmid, config } => selftest(kind, vmid, &config, out, err),
+        Command::Verify { blob, sig, config } => verify(&blob, &sig, &config, out, err),
+        Command::Plan { .. } | Command::Journal { .. } => {
+            let _ = writeln!(
+                err,
+                "felhom-agent: `plan` and `journal` come with the reconcile engine, which this build does not have yet"
+            );
             EXIT_USAGE
+        }
+    }
+}
+
+fn selftest(
+    kind: SelftestKind,
+    vmid: Option<u32>,
+    config: &Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let cfg = match load_config(config, kind.mode(), err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let passed = match kind {
+        SelftestKind::Hub => match crate::hub::selftest_hub(&cfg, out) {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = writeln!(err, "felhom-agent: {e}");
+                if e.is_configuration() {
+                    return EXIT_USAGE;
+                }
+                false
+            }
+        },
+        SelftestKind::Offline => {
+            let state = &cfg.state_dir;
+            let files: Vec<PathBuf> = ["journal.log", "nonces.log", "audit.log"]
+                .iter()
+                .map(|f| state.join(f))
+                .collect();
+            let checks = crate::authz::offline_selftest(cfg.authz.as_ref(), Some(state), &files);
+            let _ = writeln!(out, "selftest offline (no network)");
+            for c in &checks {
+                let mark = if c.ok { "ok  " } else { "FAIL" };
+                let _ = writeln!(out, "{mark}  {:<28} {}", c.name, c.detail);
+            }
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            if failed == 0 {
+                let _ = writeln!(out, "selftest offline: passed");
+            } else {
+                let _ = writeln!(out, "selftest offline: {failed} check(s) failed");
+            }
+            failed == 0
+        }
+        SelftestKind::Read | SelftestKind::Task => {
+            let Some(pcfg) = cfg.proxmox.as_ref() else {
+                let _ = writeln!(
+                    err,
+                    "felhom-agent: configuration error: proxmox: section is missing"
+                );
+                return EXIT_USAGE;
+            };
+            let client = match crate::hub::live::proxmox_client(pcfg) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writeln!(err, "felhom-agent: configuration error: {e}");
+                    return EXIT_USAGE;
+                }
+            };
+            if let Some(w) = pcfg.tls.warning() {
+                crate::warn!(w, section = "proxmox");
+            }
+            match (kind, vmid) {
+                (SelftestKind::Task, Some(vmid)) => crate::selftest::task(
+                    &client,
+                    vmid,
+                    &crate::selftest::task_wait_options(),
+                    &crate::shutdown::Shutdown::new(),
+                    out,
+                ),
+                _ => crate::selftest::read(&client, out),
+            }
+        }
+    };
+    if passed { EXIT_OK } else { EXIT_FAILED }
+}
+
+/// Largest blob or signature file `verify` reads.
+const MAX_VERIFY_INPUT: u64 = 1 << 20;
+
+fn read_input(path: &Path, what: &str, err: &mut dyn Write) -> Result<Vec<u8>, u8> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let r =
+        std::fs::File::open(path).and_then(|f| f.take(MAX_VERIFY_INPUT + 1).read_to_end(&mut buf));
+    match r {
+        Ok(_) if buf.len() as u64 > MAX_VERIFY_INPUT => {
+            let _ = writeln!(
+                err,
+                "felhom-agent: {what} {}: larger than {MAX_VERIFY_INPUT} bytes",
+                path.display()
+            );
+            Err(EXIT_USAGE)
+        }
+        Ok(_) => Ok(buf),
+        Err(e) => {
+            let _ = writeln!(err, "felhom-agent: {what} {}: {e}", path.display());
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+fn verify(blob: &Path, sig: &Path, config: &Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let cfg = match load_config(config, Mode::Verify, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(authz) = cfg.authz.as_ref() else {
+        let _ = writeln!(
+            err,
+            "felhom-agent: configuration error: authz.signers: `verify` needs at least one signer"
+        );
+        return EXIT_USAGE;
+    };
+    let blob = match read_input(blob, "--blob", err) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let sig = match read_input(sig, "--sig", err) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let Ok(sig) = String::from_utf8(sig) else {
+        let _ = writeln!(out, "refused: malformed");
+        let _ = writeln!(out, "detail: the signature file is not UTF-8 text");
+        return EXIT_FAILED;
+    };
+    match crate::authz::verify_offline(authz, &cfg.host_id, &blob, &sig, &crate::time::SystemClock)
+    {
+        Ok(op) => {
+            let _ = writeln!(out, "verified (no nonce burned)");
+            let _ = write!(out, "{}", op.to_lines());
+            EXIT_OK
+        }
+        Err(e) => {
+            let _ = writeln!(out, "refused: {}", e.code());
+            let _ = writeln!(out, "detail: {}", e.detail().escape_debug());
+            EXIT_FAILED
         }
     }
 }
 
 /// The binary's entry point: runs `args` against the process's stdout and stderr.
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    let code = run(&args, &mut stdout.lock(), &mut stderr.lock());
+    // Unlocked handles: holding the stderr lock for the whole run would block every
+    // other thread's log line while the daemon runs.
+    let code = run(&args, &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }
 

@@ -22,6 +22,7 @@ pub mod log;
 pub mod net;
 pub mod proxmox;
 pub mod secret;
+pub mod selftest;
 pub mod shutdown;
 pub mod store;
 pub mod time;

@@ -1,0 +1,337 @@
+//! The Proxmox selftests: `selftest read` (a read-only health report) and
+//! `selftest task --vmid N` (a reversible round trip of mutations on one guest).
+//!
+//! Each step prints one line, `ok` or `FAIL`, with what it saw, so an operator can
+//! run it on a fresh host and see which privilege or endpoint is missing. `task`
+//! restores what it changed, even when a later step fails, and says so when it could
+//! not. Nothing here touches the agent's state directory.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::time::Duration;
+
+use crate::proxmox::{Client, ConfigChange, RunState, TaskOutcome, Upid, WaitError, WaitOptions};
+use crate::shutdown::Shutdown;
+use crate::time::{Clock, SystemClock};
+
+/// The prefix of the snapshot and description marker `selftest task` writes.
+pub const MARKER_PREFIX: &str = "felhom-selftest";
+
+/// Counts failures while printing one line per step.
+struct Report<'a> {
+    out: &'a mut dyn Write,
+    failures: usize,
+}
+
+impl Report<'_> {
+    fn ok(&mut self, step: &str, detail: impl Display) {
+        let _ = writeln!(self.out, "ok    {step:<18} {detail}");
+    }
+
+    fn fail(&mut self, step: &str, detail: impl Display) {
+        self.failures += 1;
+        let _ = writeln!(self.out, "FAIL  {step:<18} {detail}");
+    }
+
+    fn check<T, E: Display>(
+        &mut self,
+        step: &str,
+        r: Result<T, E>,
+        show: impl FnOnce(&T) -> String,
+    ) -> Option<T> {
+        match r {
+            Ok(v) => {
+                let d = show(&v);
+                self.ok(step, d);
+                Some(v)
+            }
+            Err(e) => {
+                self.fail(step, e);
+                None
+            }
+        }
+    }
+}
+
+/// `selftest read`: version, nodes, node status, guests, storage. Returns whether every
+/// read succeeded.
+pub fn read(client: &Client, out: &mut dyn Write) -> bool {
+    let mut r = Report { out, failures: 0 };
+    let _ = writeln!(
+        r.out,
+        "selftest read against {} (node {})",
+        client.api_url(),
+        client.node()
+    );
+    r.check("version", client.version(), |v| {
+        format!("pve {} (release {})", v.version, v.release)
+    });
+    r.check("nodes", client.nodes(), |nodes| {
+        let names: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{} ({})", n.node, n.status))
+            .collect();
+        names.join(", ")
+    });
+    r.check("node status", client.node_status(), |s| {
+        format!(
+            "{} uptime {}s load {:.2} {:.2} {:.2} memory {}/{} MiB",
+            s.pve_version().unwrap_or("pve ?"),
+            s.uptime,
+            s.loadavg[0],
+            s.loadavg[1],
+            s.loadavg[2],
+            s.memory.used / (1 << 20),
+            s.memory.total / (1 << 20)
+        )
+    });
+    r.check("guests", client.list_lxc(), |guests| {
+        let running = guests
+            .iter()
+            .filter(|g| g.status == RunState::Running)
+            .count();
+        let mut ids: Vec<u32> = guests.iter().map(|g| g.vmid).collect();
+        ids.sort_unstable();
+        let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+        format!(
+            "{} LXC guests, {running} running [{}]",
+            guests.len(),
+            ids.join(" ")
+        )
+    });
+    r.check("storage", client.node_storage(), |st| {
+        let names: Vec<String> = st
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({}{})",
+                    s.storage,
+                    s.kind,
+                    if s.active { "" } else { ", inactive" }
+                )
+            })
+            .collect();
+        names.join(", ")
+    });
+    let failures = r.failures;
+    let _ = writeln!(
+        r.out,
+        "{}",
+        if failures == 0 {
+            "selftest read: passed".to_owned()
+        } else {
+            format!("selftest read: {failures} step(s) failed")
+        }
+    );
+    failures == 0
+}
+
+/// How `task` waits for each Proxmox task.
+pub fn task_wait_options() -> WaitOptions {
+    WaitOptions {
+        initial: Duration::from_millis(250),
+        cap: Duration::from_secs(5),
+        timeout: Duration::from_secs(600),
+    }
+}
+
+fn wait(
+    client: &Client,
+    upid: &Upid,
+    opts: &WaitOptions,
+    shutdown: &Shutdown,
+) -> Result<String, WaitError> {
+    match client.wait_task(upid, opts, shutdown)? {
+        TaskOutcome::Ok => Ok(format!("{} OK", upid.task_type())),
+        TaskOutcome::Warnings { count, .. } => {
+            Ok(format!("{} OK with {count} warning(s)", upid.task_type()))
+        }
+    }
+}
+
+/// The description as written, without the trailing newline Proxmox adds on read.
+pub fn description_as_written(read_back: &str) -> &str {
+    read_back.strip_suffix('\n').unwrap_or(read_back)
+}
+
+/// `selftest task --vmid N`: snapshot → rollback → delete snapshot, then a description
+/// marker write → verify → restore the original (or delete the key) → verify.
+/// Returns whether every step succeeded.
+pub fn task(
+    client: &Client,
+    vmid: u32,
+    opts: &WaitOptions,
+    shutdown: &Shutdown,
+    out: &mut dyn Write,
+) -> bool {
+    let mut r = Report { out, failures: 0 };
+    let now = SystemClock.now();
+    let _ = writeln!(
+        r.out,
+        "selftest task on guest {vmid} via {} (node {})",
+        client.api_url(),
+        client.node()
+    );
+
+    // Snapshot round trip. Each step only runs if the one before it succeeded, and the
+    // snapshot is deleted whenever it was created.
+    let snap = format!("{MARKER_PREFIX}-{}", now.unix());
+    let created = r
+        .check(
+            "snapshot",
+            client.snapshot(vmid, &snap, Some("felhom-agent selftest")),
+            |u| format!("{snap}: {u}"),
+        )
+        .and_then(|u| r.check("  wait", wait(client, &u, opts, shutdown), String::clone));
+    if created.is_some() {
+        if let Some(u) = r.check("rollback", client.rollback(vmid, &snap), |u| u.to_string()) {
+            r.check("  wait", wait(client, &u, opts, shutdown), String::clone);
+        }
+        if let Some(u) = r.check(
+            "delete snapshot",
+            client.delete_snapshot(vmid, &snap),
+            |u| u.to_string(),
+        ) {
+            r.check("  wait", wait(client, &u, opts, shutdown), String::clone);
+        }
+    }
+
+    // Description round trip: remember the original, write a marker, restore.
+    let original = r.check("read config", client.guest_config(vmid), |c| {
+        format!(
+            "description {}",
+            if c.description.is_some() {
+                "present"
+            } else {
+                "absent"
+            }
+        )
+    });
+    if let Some(original) = original {
+        let marker = format!("{MARKER_PREFIX} {now}");
+        let write = ConfigChange {
+            set: vec![("description".into(), marker.clone())],
+            delete: Vec::new(),
+            digest: None,
+        };
+        if set_and_verify(
+            client,
+            vmid,
+            &write,
+            Some(&marker),
+            opts,
+            shutdown,
+            &mut r,
+            "write marker",
+        ) {
+            let restore = match &original.description {
+                Some(d) => ConfigChange {
+                    set: vec![("description".into(), description_as_written(d).to_owned())],
+                    delete: Vec::new(),
+                    digest: None,
+                },
+                None => ConfigChange {
+                    set: Vec::new(),
+                    delete: vec!["description".into()],
+                    digest: None,
+                },
+            };
+            let want = original.description.as_deref().map(description_as_written);
+            if !set_and_verify(
+                client, vmid, &restore, want, opts, shutdown, &mut r, "restore",
+            ) {
+                let _ = writeln!(
+                    r.out,
+                    "      guest {vmid} still carries the marker description; restore it by hand"
+                );
+            }
+        }
+    }
+
+    let failures = r.failures;
+    let _ = writeln!(
+        r.out,
+        "{}",
+        if failures == 0 {
+            "selftest task: passed".to_owned()
+        } else {
+            format!("selftest task: {failures} step(s) failed")
+        }
+    );
+    failures == 0
+}
+
+/// Applies `change` (sync or async), then reads the config back and checks the
+/// description is `want` (absent when `None`).
+#[allow(clippy::too_many_arguments)]
+fn set_and_verify(
+    client: &Client,
+    vmid: u32,
+    change: &ConfigChange,
+    want: Option<&str>,
+    opts: &WaitOptions,
+    shutdown: &Shutdown,
+    r: &mut Report<'_>,
+    step: &str,
+) -> bool {
+    let applied = match client.set_config(vmid, change) {
+        Ok(None) => {
+            r.ok(step, "applied synchronously");
+            true
+        }
+        Ok(Some(upid)) => {
+            r.ok(step, format!("task {upid}"));
+            r.check("  wait", wait(client, &upid, opts, shutdown), String::clone)
+                .is_some()
+        }
+        Err(e) => {
+            r.fail(step, e);
+            false
+        }
+    };
+    if !applied {
+        return false;
+    }
+    match client.guest_config(vmid) {
+        Ok(c) => {
+            let got = c.description.as_deref().map(description_as_written);
+            if got == want {
+                r.ok(
+                    "  verify",
+                    format!(
+                        "description {}",
+                        if want.is_some() {
+                            "as written"
+                        } else {
+                            "absent"
+                        }
+                    ),
+                );
+                true
+            } else {
+                r.fail(
+                    "  verify",
+                    format!("description is {got:?}, expected {want:?}"),
+                );
+                false
+            }
+        }
+        Err(e) => {
+            r.fail("  verify", e);
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn description_newline_is_the_only_thing_stripped() {
+        assert_eq!(description_as_written("web\n"), "web");
+        assert_eq!(description_as_written("web"), "web");
+        assert_eq!(description_as_written("a\nb\n"), "a\nb");
+        assert_eq!(description_as_written("web\n\n"), "web\n");
+    }
+}
