@@ -14,8 +14,10 @@ use crate::proxmox::{Client, ConfigChange, RunState, TaskOutcome, Upid, WaitErro
 use crate::shutdown::Shutdown;
 use crate::time::{Clock, SystemClock};
 
-/// The prefix of the snapshot and description marker `selftest task` writes.
+/// The prefix of the description marker `selftest task` writes.
 pub const MARKER_PREFIX: &str = "felhom-selftest";
+/// The prefix of its snapshot (a pve-configid: letters, digits, `_`).
+pub const SNAPSHOT_PREFIX: &str = "felhom_selftest_";
 
 /// Counts failures while printing one line per step.
 struct Report<'a> {
@@ -175,7 +177,7 @@ pub fn task(
 
     // Snapshot round trip. Each step only runs if the one before it succeeded, and the
     // snapshot is deleted whenever it was created.
-    let snap = format!("{MARKER_PREFIX}-{}", now.unix());
+    let snap = format!("{SNAPSHOT_PREFIX}{}", now.unix());
     let created = r
         .check(
             "snapshot",

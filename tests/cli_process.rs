@@ -1,0 +1,526 @@
+//! The command line as an operator runs it: the real binary as a child process,
+//! against the Proxmox simulator over loopback TLS, with signatures minted by the
+//! real `ssh-keygen` at test time. Every run's output is kept and scanned for the
+//! token secret at the end of each test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use felhom_agent::time::{Clock, SystemClock, Timestamp};
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_felhom-agent");
+const ED25519_PUB: &str = include_str!("../vectors/sshsig/keys/ed25519.pub");
+const OTHER_PUB: &str = include_str!("../vectors/sshsig/keys/other-ed25519.pub");
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!(
+            "felhom-cli-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Dir(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the agent; returns the output and remembers it for the secret scan.
+fn agent(args: &[&str], seen: &mut Vec<String>) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("FELHOM_AGENT_HOST_ID")
+        .output()
+        .expect("the agent binary runs");
+    seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    seen.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_no_secret(seen: &[String]) {
+    for s in seen {
+        assert!(
+            !s.contains(DEFAULT_TOKEN_SECRET),
+            "the token secret leaked into:\n{s}"
+        );
+    }
+}
+
+fn sim() -> ProxmoxSim {
+    ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(true).description("web"))
+        .guest(GuestSeed::new(101, "db"))
+        .task_duration(std::time::Duration::from_millis(40))
+        .start()
+}
+
+/// A config for the simulator, with the token secret in a 0600 file as systemd
+/// credentials would deliver it.
+fn write_config(dir: &Dir, sim: &ProxmoxSim, pin: &str) -> PathBuf {
+    let secret = dir.path("pve-token");
+    std::fs::write(&secret, format!("{DEFAULT_TOKEN_SECRET}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = json!({
+        "host_id": "pve-a",
+        "state_dir": dir.path("state").display().to_string(),
+        "proxmox": {
+            "url": sim.url(),
+            "node": sim.node(),
+            "token_id": "felhom-agent@pve!agent",
+            "token_secret_file": secret.display().to_string(),
+            "tls": {"fingerprint_sha256": pin},
+            "timeout_seconds": 5
+        },
+        "authz": {"signers": [
+            {"key_id": "ops-2026", "role": "operational", "public_key": ED25519_PUB.trim()}
+        ]}
+    });
+    write_json(dir, "agent.json", &cfg)
+}
+
+fn write_json(dir: &Dir, name: &str, v: &Value) -> PathBuf {
+    let p = dir.path(name);
+    std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn selftest_read_reports_every_read_and_exits_0() {
+    let sim = sim();
+    let dir = Dir::new("read");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let mut seen = Vec::new();
+    let out = agent(
+        &["selftest", "read", "--config", cfg.to_str().unwrap()],
+        &mut seen,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for step in ["version", "nodes", "node status", "guests", "storage"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(step)),
+            "no ok line for {step}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("2 LXC guests, 1 running [100 101]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("selftest read: passed"));
+    assert!(sim.mutations().is_empty(), "selftest read mutated nothing");
+    // The Go agent's spelling runs the same selftest.
+    let alias = agent(
+        &["--selftest=read", "--config", cfg.to_str().unwrap()],
+        &mut seen,
+    );
+    assert_eq!(alias.status.code(), Some(0));
+    assert_no_secret(&seen);
+}
+
+#[test]
+fn selftest_read_with_the_wrong_pin_fails_every_step_and_exits_1() {
+    let sim = sim();
+    let dir = Dir::new("pin");
+    let other = felhom_sim::CertChoice::Other.fingerprint();
+    let cfg = write_config(&dir, &sim, &other);
+    let mut seen = Vec::new();
+    let out = agent(
+        &["selftest", "read", "--config", cfg.to_str().unwrap()],
+        &mut seen,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  version"), "{stdout}");
+    assert!(
+        stdout.contains("selftest read: 5 step(s) failed"),
+        "{stdout}"
+    );
+    assert!(
+        sim.requests().is_empty(),
+        "nothing was sent to a server whose pin did not match"
+    );
+    assert_no_secret(&seen);
+}
+
+#[test]
+fn selftest_task_round_trips_and_leaves_the_guest_as_it_was() {
+    let sim = sim();
+    let dir = Dir::new("task");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let before = sim.guest_config(100).unwrap();
+    let mut seen = Vec::new();
+    let out = agent(
+        &[
+            "selftest",
+            "task",
+            "--vmid",
+            "100",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &mut seen,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("selftest task: passed"), "{stdout}");
+    assert!(
+        sim.snapshots(100).is_empty(),
+        "the selftest snapshot was deleted"
+    );
+    let after = sim.guest_config(100).unwrap();
+    assert_eq!(
+        after.get("description"),
+        before.get("description"),
+        "description restored"
+    );
+    let muts: Vec<(String, String)> = sim
+        .mutations()
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    let n = sim.node();
+    let want_prefixes = [
+        ("POST", format!("/nodes/{n}/lxc/100/snapshot")),
+        (
+            "POST",
+            format!("/nodes/{n}/lxc/100/snapshot/felhom_selftest_"),
+        ),
+        (
+            "DELETE",
+            format!("/nodes/{n}/lxc/100/snapshot/felhom_selftest_"),
+        ),
+        ("PUT", format!("/nodes/{n}/lxc/100/config")),
+        ("PUT", format!("/nodes/{n}/lxc/100/config")),
+    ];
+    assert_eq!(muts.len(), want_prefixes.len(), "{muts:?}");
+    for ((m, p), (wm, wp)) in muts.iter().zip(want_prefixes.iter()) {
+        assert_eq!(m, wm);
+        assert!(p.starts_with(wp.as_str()), "{p} vs {wp}");
+    }
+    assert_no_secret(&seen);
+}
+
+#[test]
+fn selftest_task_on_a_guest_without_description_deletes_the_marker_key() {
+    let sim = sim();
+    let dir = Dir::new("task-del");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    assert!(sim.guest_config(101).unwrap().get("description").is_none());
+    let mut seen = Vec::new();
+    let out = agent(
+        &[
+            "selftest",
+            "task",
+            "--vmid",
+            "101",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &mut seen,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(sim.guest_config(101).unwrap().get("description").is_none());
+    let last = sim.mutations().pop().unwrap();
+    assert!(
+        last.form
+            .iter()
+            .any(|(k, v)| k == "delete" && v == "description"),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn selftest_task_refused_by_proxmox_exits_1_and_changes_nothing() {
+    let sim = sim();
+    sim.deny("/vms/100", "VM.Snapshot");
+    sim.deny("/vms/100", "VM.Config.Options");
+    let dir = Dir::new("task-denied");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let before = sim.guest_config(100).unwrap();
+    let mut seen = Vec::new();
+    let out = agent(
+        &[
+            "selftest",
+            "task",
+            "--vmid",
+            "100",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &mut seen,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  snapshot"), "{stdout}");
+    assert!(stdout.contains("Permission check failed"), "{stdout}");
+    assert_eq!(
+        sim.guest_config(100).unwrap().get("description"),
+        before.get("description")
+    );
+    assert!(sim.snapshots(100).is_empty());
+}
+
+#[test]
+fn usage_and_configuration_errors_exit_2_and_name_the_problem() {
+    let sim = sim();
+    let dir = Dir::new("usage");
+    let mut seen = Vec::new();
+    let out = agent(&["selftest", "task"], &mut seen);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("needs --vmid"));
+
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["proxmox"]["url"] = json!("http://127.0.0.1:8006");
+    let bad = write_json(&dir, "bad.json", &v);
+    let out = agent(
+        &["selftest", "read", "--config", bad.to_str().unwrap()],
+        &mut seen,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("proxmox.url: must be https://HOST[:PORT], got \"http://127.0.0.1:8006\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let missing = agent(
+        &["selftest", "read", "--config", "/nonexistent/agent.json"],
+        &mut seen,
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("/nonexistent/agent.json"));
+    assert!(sim.requests().is_empty());
+    assert_no_secret(&seen);
+}
+
+/// Signs `blob` with the test ed25519 key through the real ssh-keygen.
+fn sign(dir: &Dir, name: &str, blob: &[u8], namespace: &str) -> PathBuf {
+    let key = dir.path("signing-key");
+    if !key.exists() {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/sshsig/keys/ed25519"),
+            &key,
+        )
+        .unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let file = dir.path(name);
+    std::fs::write(&file, blob).unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", namespace, "-f"])
+        .arg(&key)
+        .arg(&file)
+        .status()
+        .expect("ssh-keygen is installed");
+    assert!(st.success());
+    dir.path(&format!("{name}.sig"))
+}
+
+fn op_blob(host: &str, nonce: &str) -> Vec<u8> {
+    let now = SystemClock.now().unix();
+    format!(
+        r#"{{"op":"guest_destroy","host_id":"{host}","guest_id":"105","params":{{"purge":"1"}},"key_id":"ops-2026","nonce":"{nonce}","not_before":"{}","expires_at":"{}"}}"#,
+        Timestamp(now - 60),
+        Timestamp(now + 3600)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn verify_prints_the_op_or_the_typed_refusal_and_burns_no_nonce() {
+    let sim = sim();
+    let dir = Dir::new("verify");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let cfg = cfg.to_str().unwrap();
+    let mut seen = Vec::new();
+
+    let blob = op_blob("pve-a", "0123456789abcdef0123456789abcdef");
+    let sig = sign(&dir, "op.json", &blob, "felhom-op-v1");
+    let b = dir.path("op.json");
+    let args = [
+        "verify",
+        "--blob",
+        b.to_str().unwrap(),
+        "--sig",
+        sig.to_str().unwrap(),
+        "--config",
+        cfg,
+    ];
+    for _ in 0..2 {
+        let out = agent(&args, &mut seen);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        assert!(
+            stdout.starts_with("verified (no nonce burned)\n"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("guest_destroy"), "{stdout}");
+        assert!(stdout.contains("ops-2026"), "{stdout}");
+    }
+
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "wrong-host.json",
+            op_blob("pve-b", "1123456789abcdef0123456789abcdef"),
+            "felhom-op-v1",
+            "target",
+        ),
+        (
+            "wrong-ns.json",
+            op_blob("pve-a", "2123456789abcdef0123456789abcdef"),
+            "file",
+            "namespace",
+        ),
+    ];
+    for (name, blob, ns, code) in cases {
+        let sig = sign(&dir, name, &blob, ns);
+        let b = dir.path(name);
+        let out = agent(
+            &[
+                "verify",
+                "--blob",
+                b.to_str().unwrap(),
+                "--sig",
+                sig.to_str().unwrap(),
+                "--config",
+                cfg,
+            ],
+            &mut seen,
+        );
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(
+            text(&out.stdout).starts_with(&format!("refused: {code}\n")),
+            "{name}: {}",
+            text(&out.stdout)
+        );
+    }
+
+    // A blob changed after signing: crypto fails over the raw bytes.
+    let tampered = dir.path("tampered.json");
+    std::fs::write(
+        &tampered,
+        String::from_utf8(blob)
+            .unwrap()
+            .replace("\"105\"", "\"106\""),
+    )
+    .unwrap();
+    let out = agent(
+        &[
+            "verify",
+            "--blob",
+            tampered.to_str().unwrap(),
+            "--sig",
+            sig.to_str().unwrap(),
+            "--config",
+            cfg,
+        ],
+        &mut seen,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).starts_with("refused: bad_signature\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A signer the config does not list.
+    let mut v: Value = serde_json::from_slice(&std::fs::read(cfg).unwrap()).unwrap();
+    v["authz"]["signers"][0]["public_key"] = json!(OTHER_PUB.trim());
+    let other_cfg = write_json(&dir, "other.json", &v);
+    let out = agent(
+        &[
+            "verify",
+            "--blob",
+            b.to_str().unwrap(),
+            "--sig",
+            sig.to_str().unwrap(),
+            "--config",
+            other_cfg.to_str().unwrap(),
+        ],
+        &mut seen,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).starts_with("refused: unknown_signer\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A signer line that is not a key is a configuration error naming the entry.
+    v["authz"]["signers"][0]["public_key"] = json!("ssh-ed25519 not-base64 x");
+    let bad_cfg = write_json(&dir, "bad-signer.json", &v);
+    let out = agent(
+        &[
+            "verify",
+            "--blob",
+            b.to_str().unwrap(),
+            "--sig",
+            sig.to_str().unwrap(),
+            "--config",
+            bad_cfg.to_str().unwrap(),
+        ],
+        &mut seen,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("authz.signers[0].public_key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(sim.requests().is_empty(), "verify never talks to Proxmox");
+    assert_no_secret(&seen);
+}
+
+#[test]
+fn selftest_offline_passes_on_a_clean_state_dir_and_fails_on_a_loose_one() {
+    let sim = sim();
+    let dir = Dir::new("offline");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let state = dir.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut seen = Vec::new();
+    let out = agent(
+        &["selftest", "offline", "--config", cfg.to_str().unwrap()],
+        &mut seen,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("selftest offline: passed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = agent(
+        &["selftest", "offline", "--config", cfg.to_str().unwrap()],
+        &mut seen,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("FAIL"));
+    assert!(sim.requests().is_empty(), "offline means no network");
+    assert_no_secret(&seen);
+}
