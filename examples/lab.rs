@@ -1,0 +1,262 @@
+//! The lab: the agent end to end against the bundled Proxmox and hub simulators.
+//!
+//!     cargo run --example lab
+//!
+//! It starts both simulators on loopback (real HTTPS), writes a config into a temp
+//! directory, and runs the real `felhom-agent` binary as child processes: the Proxmox
+//! selftests, an operator's signed op checked offline, one hub report, and the daemon
+//! itself until SIGTERM. Each step prints a plain line; any surprise exits non-zero.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use felhom_agent::time::{Clock, SystemClock, Timestamp};
+use felhom_sim::{CertChoice, DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use serde_json::json;
+
+fn say(line: impl AsRef<str>) {
+    println!("lab: {}", line.as_ref());
+}
+
+fn fail(why: impl AsRef<str>) -> ExitCode {
+    eprintln!("lab: FAILED: {}", why.as_ref());
+    ExitCode::FAILURE
+}
+
+/// Builds the agent binary with the same profile as this example and returns its path.
+fn agent_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/examples/lab → target/<profile>/felhom-agent
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "--bin", "felhom-agent"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let st = build.status().map_err(|e| format!("cargo build: {e}"))?;
+    if !st.success() {
+        return Err("cargo build --bin felhom-agent failed".into());
+    }
+    Ok(profile_dir.join("felhom-agent"))
+}
+
+fn run(bin: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .expect("the agent binary runs")
+}
+
+fn indent(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let bin = match agent_binary() {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let dir = std::env::temp_dir().join(format!("felhom-lab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    for d in [&dir, &dir.join("state")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let code = lab(&bin, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    code
+}
+
+fn lab(bin: &Path, dir: &Path) -> ExitCode {
+    let pve = ProxmoxSim::builder()
+        .guest(
+            GuestSeed::new(100, "web")
+                .running(true)
+                .cores(2)
+                .description("web"),
+        )
+        .guest(GuestSeed::new(101, "db").cores(4).memory_mib(2048))
+        .guest(GuestSeed::new(102, "scratch"))
+        .backup(100, "2026_11_21-03_00_00")
+        .task_duration(Duration::from_millis(150))
+        .start();
+    let hub = HubSim::start();
+    say(format!(
+        "Proxmox simulator at {} (node {}, 3 guests)",
+        pve.url(),
+        pve.node()
+    ));
+    say(format!("hub simulator at {}", hub.url()));
+
+    let secret = dir.join("pve-token");
+    std::fs::write(&secret, DEFAULT_TOKEN_SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = dir.join("hub-key");
+    std::fs::write(&key, hub.key()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ca = dir.join("hub-ca.pem");
+    std::fs::write(&ca, CertChoice::ca_pem()).unwrap();
+    let signer_pub = include_str!("../vectors/sshsig/keys/ed25519.pub").trim();
+    let config = json!({
+        "host_id": "pve-a",
+        "state_dir": dir.join("state").display().to_string(),
+        "log": {"level": "info"},
+        "proxmox": {
+            "url": pve.url(), "node": pve.node(), "token_id": "felhom-agent@pve!agent",
+            "token_secret_file": secret.display().to_string(),
+            "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 10
+        },
+        "hub": {
+            "url": hub.url(), "api_key_file": key.display().to_string(),
+            "poll_seconds": 60, "timeout_seconds": 10,
+            "tls": {"ca_file": ca.display().to_string()}
+        },
+        "authz": {"signers": [{"key_id": "ops-2026", "role": "operational", "public_key": signer_pub}]}
+    });
+    let cfg_path = dir.join("agent.json");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    say(format!(
+        "config written to {cfg} (secrets in 0600 files, Proxmox pinned by SHA-256)"
+    ));
+
+    // 1. Read-only selftest.
+    let out = run(bin, &["selftest", "read", "--config", cfg]);
+    print!("{}", indent(&out.stdout));
+    if out.status.code() != Some(0) {
+        return fail(format!("selftest read exited {:?}", out.status.code()));
+    }
+    say("selftest read passed: every read endpoint decoded");
+
+    // 2. Reversible mutation round trip on guest 100.
+    let out = run(bin, &["selftest", "task", "--vmid", "100", "--config", cfg]);
+    print!("{}", indent(&out.stdout));
+    if out.status.code() != Some(0) {
+        return fail(format!("selftest task exited {:?}", out.status.code()));
+    }
+    if !pve.snapshots(100).is_empty() {
+        return fail("selftest task left a snapshot behind");
+    }
+    say(format!(
+        "selftest task passed: {} mutations, guest 100 left as it was",
+        pve.mutations().len()
+    ));
+
+    // 3. An operator signs a destroy; the agent checks it offline (burns no nonce).
+    let now = SystemClock.now().unix();
+    let blob = format!(
+        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"102","params":{{"purge":"1"}},"key_id":"ops-2026","nonce":"9f86d081884c7d659a2feaa0c55ad015","not_before":"{}","expires_at":"{}"}}"#,
+        Timestamp(now - 60),
+        Timestamp(now + 1800)
+    );
+    let blob_path = dir.join("destroy-102.json");
+    std::fs::write(&blob_path, &blob).unwrap();
+    let signing_key = dir.join("operator-key");
+    std::fs::write(&signing_key, include_str!("../vectors/sshsig/keys/ed25519")).unwrap();
+    std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+        .arg(&signing_key)
+        .arg(&blob_path)
+        .stderr(Stdio::null())
+        .status();
+    match signed {
+        Ok(s) if s.success() => {}
+        _ => return fail("ssh-keygen -Y sign failed (is openssh-client installed?)"),
+    }
+    let sig = format!("{}.sig", blob_path.display());
+    let blob_arg = blob_path.display().to_string();
+    let out = run(
+        bin,
+        &[
+            "verify", "--blob", &blob_arg, "--sig", &sig, "--config", cfg,
+        ],
+    );
+    print!("{}", indent(&out.stdout));
+    if out.status.code() != Some(0) {
+        return fail("a freshly signed op was refused");
+    }
+    std::fs::write(&blob_path, blob.replace("\"102\"", "\"101\"")).unwrap();
+    let out = run(
+        bin,
+        &[
+            "verify", "--blob", &blob_arg, "--sig", &sig, "--config", cfg,
+        ],
+    );
+    print!("{}", indent(&out.stdout));
+    if out.status.code() != Some(1) {
+        return fail("a tampered op was not refused");
+    }
+    say("verify: the signed destroy verified; the same signature over a changed guest was refused");
+
+    // 4. One host report to the hub.
+    let out = run(bin, &["selftest", "hub", "--config", cfg]);
+    if out.status.code() != Some(0) {
+        print!("{}", indent(&out.stderr));
+        return fail("selftest hub failed");
+    }
+    say(format!(
+        "selftest hub: the hub accepted a report of {} guests",
+        pve.guest_ids().len()
+    ));
+
+    // 5. The daemon: reports at once, then runs until SIGTERM.
+    let reports_before = hub.reports().len();
+    let mut child = Command::new(bin)
+        .args(["run", "--config", cfg])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the daemon starts");
+    let got = hub.wait_for_reports(reports_before + 1, Duration::from_secs(20));
+    if got.len() <= reports_before {
+        let _ = child.kill();
+        return fail("the daemon did not report within 20 s");
+    }
+    say("daemon: first report accepted by the hub (next one after the hub's interval)");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let asked = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if asked.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            return fail("the daemon did not stop within 5 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut log);
+    }
+    print!("{}", indent(log.as_bytes()));
+    if status.code() != Some(0) {
+        return fail(format!("the daemon exited {:?} on SIGTERM", status.code()));
+    }
+    if log.contains(DEFAULT_TOKEN_SECRET) || log.contains(&hub.key()) {
+        return fail("a secret appeared in the daemon's log");
+    }
+    say(format!(
+        "daemon: SIGTERM → exit 0 after {} ms; no secret in its log",
+        asked.elapsed().as_millis()
+    ));
+    say("all steps passed");
+    ExitCode::SUCCESS
+}
