@@ -224,6 +224,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     let got = hub.wait_for_reports(reports_before + 1, Duration::from_secs(20));
     if got.len() <= reports_before {
         let _ = child.kill();
+        let _ = child.wait();
         return fail("the daemon did not report within 20 s");
     }
     say("daemon: first report accepted by the hub (next one after the hub's interval)");
@@ -237,6 +238,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         }
         if asked.elapsed() > Duration::from_secs(5) {
             let _ = child.kill();
+            let _ = child.wait();
             return fail("the daemon did not stop within 5 s of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(20));
