@@ -6,4 +6,5 @@
 //! executes a destructive change without the gate's verified signature, and nothing in
 //! it mutates Proxmox outside the queue.
 
+pub mod desired;
 pub mod queue;
