@@ -53,6 +53,9 @@ pub struct Spec {
     pub cores: Option<u32>,
     /// Memory in bytes (Proxmox stores MiB; see [`crate::reconcile::plan`]).
     pub memory_bytes: Option<u64>,
+    /// Root disk size in bytes: accepted because the hub's spec carries it, but never
+    /// reconciled (growing a disk is a separate, one-way operation).
+    pub disk_bytes: Option<u64>,
 }
 
 /// What is wanted of one guest; `None` leaves a field unmanaged.
@@ -236,7 +239,7 @@ fn guest(v: &Value, path: &str) -> Result<DesiredGuest, Invalid> {
 
 fn spec(v: &Value, path: &str) -> Result<Spec, Invalid> {
     let o = object(v, path)?;
-    only_keys(o, path, &["cores", "memory_bytes"])?;
+    only_keys(o, path, &["cores", "memory_bytes", "disk_bytes"])?;
     let cores = match present(o, "cores") {
         None => None,
         Some(c) => Some(
@@ -257,9 +260,19 @@ fn spec(v: &Value, path: &str) -> Result<Spec, Invalid> {
             )
         })?),
     };
+    let disk_bytes = match present(o, "disk_bytes") {
+        None => None,
+        Some(d) => Some(d.as_u64().ok_or_else(|| {
+            invalid(
+                &format!("{path}.disk_bytes"),
+                "must be a non-negative integer",
+            )
+        })?),
+    };
     Ok(Spec {
         cores,
         memory_bytes,
+        disk_bytes,
     })
 }
 
@@ -545,7 +558,8 @@ mod tests {
             g.spec,
             Some(Spec {
                 cores: Some(4),
-                memory_bytes: Some(1 << 30)
+                memory_bytes: Some(1 << 30),
+                disk_bytes: None,
             })
         );
         assert_eq!(g.description.as_deref(), Some("web"));

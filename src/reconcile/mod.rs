@@ -7,4 +7,6 @@
 //! it mutates Proxmox outside the queue.
 
 pub mod desired;
+pub mod normalize;
+pub mod plan;
 pub mod queue;
