@@ -11,6 +11,7 @@ pub mod audit;
 pub mod classify;
 pub mod desired;
 pub mod gate;
+pub mod jobs;
 pub mod journal;
 pub mod normalize;
 pub mod plan;
