@@ -16,3 +16,4 @@ pub mod journal;
 pub mod normalize;
 pub mod plan;
 pub mod queue;
+pub mod recover;
