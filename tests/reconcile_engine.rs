@@ -360,3 +360,68 @@ fn run_wakes_on_a_desired_change_and_ends_on_shutdown() {
     t.join().unwrap().unwrap();
     r.queue.close();
 }
+
+#[test]
+fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
+    use felhom_agent::config::{Config, Mode};
+    use felhom_agent::reconcile::engine::plan_report;
+    let sim = lab_sim(true);
+    let dir = tempdir("plan");
+    let desired_file = dir.join("desired.json");
+    std::fs::write(
+        &desired_file,
+        br#"{"generation":7,"guests":[
+            {"vmid":100,"run":"running","description":"web"},
+            {"vmid":101,"run":"running","spec":{"cores":2,"memory_bytes":1073741825}},
+            {"vmid":102,"description":"cache"},
+            {"vmid":150,"run":"running"}]}"#,
+    )
+    .unwrap();
+    let state_dir = dir.join("state");
+    let cfg = Config::from_value(
+        &serde_json::json!({
+            "host_id": "pve-a",
+            "state_dir": state_dir,
+            "proxmox": {
+                "url": sim.url(), "node": sim.node(),
+                "token_id": DEFAULT_TOKEN_ID, "token_secret": DEFAULT_TOKEN_SECRET,
+                "tls": {"fingerprint_sha256": sim.fingerprint()}
+            },
+            "reconcile": {"desired_file": desired_file}
+        }),
+        Mode::Plan,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let summary = plan_report(&cfg, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(summary.allowed, 2, "{text}");
+    assert!(summary.refused.is_empty());
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("desired generation 7"), "{text}");
+    assert!(
+        lines[1].contains("100")
+            && lines[1].contains("start")
+            && lines[1].contains("allowed (benign)"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("set_config") && lines[2].contains("cores=2, memory=1025"),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains("150") && lines[3].contains("provisioning"),
+        "{text}"
+    );
+    assert!(lines[4].ends_with("nothing was executed"), "{text}");
+    assert!(
+        !lines.iter().any(|l| l.trim_start().starts_with("102 ")),
+        "description round-trip is not drift: {text}"
+    );
+    assert!(
+        sim.mutations().is_empty(),
+        "plan mutated: {:?}",
+        sim.mutations()
+    );
+    assert!(!state_dir.exists(), "plan wrote into the state dir");
+}

@@ -750,3 +750,213 @@ impl Job {
         }
     }
 }
+
+/// Why `felhom-agent plan` could not show a plan.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PlanReportError {
+    /// The configuration lacks what a plan needs (the `proxmox` section, its secret).
+    Setup(crate::hub::live::LiveSetupError),
+    /// The desired state could not be read.
+    Desired(DesiredError),
+    /// The guest list could not be read from Proxmox.
+    ListGuests(proxmox::Error),
+    /// The journal snapshot the gate reads could not be made.
+    Journal(String),
+    /// Writing the report failed.
+    Output(std::io::Error),
+}
+
+impl fmt::Display for PlanReportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanReportError::Setup(e) => write!(f, "plan: {e}"),
+            PlanReportError::Desired(e) => write!(f, "plan: {e}"),
+            PlanReportError::ListGuests(e) => write!(f, "plan: cannot list guests: {e}"),
+            PlanReportError::Journal(why) => write!(f, "plan: journal snapshot: {why}"),
+            PlanReportError::Output(e) => write!(f, "plan: cannot write the report: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PlanReportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PlanReportError::Setup(e) => Some(e),
+            PlanReportError::Desired(e) => Some(e),
+            PlanReportError::ListGuests(e) => Some(e),
+            PlanReportError::Output(e) => Some(e),
+            PlanReportError::Journal(_) => None,
+        }
+    }
+}
+
+/// What `felhom-agent plan` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSummary {
+    /// The plan.
+    pub plan: Plan,
+    /// Actions the gate would allow.
+    pub allowed: usize,
+    /// Actions the gate would refuse (with its code).
+    pub refused: Vec<(u32, String)>,
+}
+
+/// The desired state as the daemon would read it: the file when one is configured,
+/// else nothing managed.
+pub fn configured_provider(cfg: &crate::config::Config) -> Arc<dyn DesiredProvider> {
+    match &cfg.reconcile.desired_file {
+        Some(path) => Arc::new(super::desired::FileProvider::new(path)),
+        None => Arc::new(super::desired::EmptyProvider),
+    }
+}
+
+/// `felhom-agent plan`: reads desired and actual state, and writes each action the
+/// next pass would take with the gate's word on it ([`Gate::dry_run`]: no signature
+/// verified, no nonce burnt, nothing audited). Executes nothing and writes nothing in
+/// the state directory: the gate reads a private copy of the journal.
+pub fn plan_report(
+    cfg: &crate::config::Config,
+    out: &mut dyn std::io::Write,
+) -> Result<PlanSummary, PlanReportError> {
+    let section = cfg.proxmox.as_ref().ok_or(PlanReportError::Setup(
+        crate::hub::live::LiveSetupError::NoProxmoxSection,
+    ))?;
+    let client = crate::hub::live::proxmox_client(section).map_err(PlanReportError::Setup)?;
+    let desired = configured_provider(cfg)
+        .desired()
+        .map_err(PlanReportError::Desired)?;
+    let actual =
+        read_actual(&client, cfg.reconcile.max_parallel).map_err(PlanReportError::ListGuests)?;
+    let planned = plan(&desired, &actual, &Normalizers::default());
+
+    let snapshot = JournalSnapshot::take(&cfg.state_dir.join("journal.log"))?;
+    let in_flight: HashMap<u32, String> = snapshot
+        .journal
+        .in_flight()
+        .into_iter()
+        .map(|r| (r.vmid, r.op_id))
+        .collect();
+    let gate = Gate::new(
+        cfg.host_id.clone(),
+        None,
+        Arc::clone(&snapshot.journal),
+        Arc::clone(&snapshot.audit),
+    );
+
+    let w = |out: &mut dyn std::io::Write, line: String| {
+        writeln!(out, "{line}").map_err(PlanReportError::Output)
+    };
+    w(
+        out,
+        format!(
+            "desired generation {}: {} managed guest(s); {} guest(s) on node {}",
+            desired.generation,
+            desired.guests.len(),
+            actual.guests.len(),
+            section.node
+        ),
+    )?;
+    let mut allowed = 0;
+    let mut refused = Vec::new();
+    for a in &planned.actions {
+        let word = match gate.dry_run(&intent_for(&cfg.host_id, a)) {
+            Decision::Allowed { reason, .. } => {
+                allowed += 1;
+                format!("allowed ({})", reason.code())
+            }
+            Decision::Refused { reason } => {
+                refused.push((a.vmid, reason.code().to_owned()));
+                format!("refused ({})", reason.code())
+            }
+        };
+        let mut line = format!(
+            "{:>6}  {:<10}  {word}  {}",
+            a.vmid,
+            a.kind.as_str(),
+            a.reason
+        );
+        if !a.params.is_empty() {
+            let params: Vec<String> = a
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.escape_debug()))
+                .collect();
+            line.push_str(&format!("  [{}]", params.join(", ")));
+        }
+        if let Some(op) = in_flight.get(&a.vmid) {
+            line.push_str(&format!("  (deferred: op {op} in flight)"));
+        }
+        w(out, line)?;
+    }
+    for s in &planned.skipped {
+        w(out, format!("{:>6}  {:<10}  {}", s.vmid, "skip", s.why))?;
+    }
+    w(
+        out,
+        format!(
+            "{} action(s) planned: {allowed} allowed, {} refused; nothing was executed",
+            planned.actions.len(),
+            refused.len()
+        ),
+    )?;
+    Ok(PlanSummary {
+        plan: planned,
+        allowed,
+        refused,
+    })
+}
+
+/// A private copy of the journal (and an empty audit log) in a temporary directory, so
+/// the dry-run gate can read provenance and damage without touching the state dir.
+struct JournalSnapshot {
+    dir: std::path::PathBuf,
+    journal: Arc<Journal>,
+    audit: Arc<super::audit::AuditLog>,
+}
+
+impl JournalSnapshot {
+    fn take(live: &std::path::Path) -> Result<JournalSnapshot, PlanReportError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("felhom-plan-{}-{nanos}", std::process::id()));
+        let fail = |what: &str, e: &dyn fmt::Display| {
+            PlanReportError::Journal(format!("{what} {}: {e}", dir.display()))
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| fail("cannot create", &e))?;
+        let snapshot = (|| {
+            let copy = dir.join("journal.log");
+            match std::fs::copy(live, &copy) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail("cannot copy the journal into", &e)),
+            }
+            let journal = Journal::open(&copy).map_err(|e| fail("cannot open the copy in", &e))?;
+            let audit = super::audit::AuditLog::open(&dir.join("audit.log"))
+                .map_err(|e| fail("cannot open a scratch audit log in", &e))?;
+            Ok((Arc::new(journal), Arc::new(audit)))
+        })();
+        match snapshot {
+            Ok((journal, audit)) => Ok(JournalSnapshot {
+                dir,
+                journal,
+                audit,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for JournalSnapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
