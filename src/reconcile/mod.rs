@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod classify;
 pub mod desired;
+pub mod engine;
 pub mod gate;
 pub mod jobs;
 pub mod journal;
