@@ -21,6 +21,7 @@ pub mod hub;
 pub mod log;
 pub mod net;
 pub mod proxmox;
+pub mod reconcile;
 pub mod secret;
 pub mod selftest;
 pub mod shutdown;

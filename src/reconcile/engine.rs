@@ -1,0 +1,962 @@
+//! The reconcile engine: one pass reads desired and actual state, plans, passes each
+//! action through the gate, and runs it on the guest's queue lane with every step
+//! journaled; [`Engine::run`] repeats passes on the poll cadence.
+//!
+//! The order inside an action is load-bearing: the `started` record is durable before
+//! the mutation is sent; the UPID is journaled (`task_running`) before the wait; the
+//! terminal record comes last. A synchronous config write is success. A failed action
+//! is counted and backs its guest off; other guests go on. A journal write that fails
+//! ends the pass with [`EngineError::Journal`] (the process must exit: the kernel may
+//! have dropped the dirty pages). The engine never mutates Proxmox outside the queue,
+//! never re-dispatches an op that is still in flight, and never runs an action the
+//! gate refused.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::classify::{Intent, OpClass};
+use super::desired::{DesiredError, DesiredProvider};
+use super::gate::{Decision, Gate};
+use super::journal::{Journal, JournalError, JournalRecord, OpState};
+use super::normalize::Normalizers;
+use super::plan::{Action, ActionKind, ActualGuest, ActualState, Plan, plan};
+use super::queue::{Queue, SubmitError};
+use crate::hub::poller::SharedEnvelope;
+use crate::proxmox::{self, Client, ConfigChange, TaskOutcome, Upid, WaitError, WaitOptions};
+use crate::shutdown::Shutdown;
+use crate::time::{Clock, SystemClock};
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// This host's id (the gate's and the signed ops' `host_id`).
+    pub host_id: String,
+    /// Parallel config reads (mutations are bounded by the queue).
+    pub max_parallel: usize,
+    /// How task waits poll.
+    pub wait: WaitOptions,
+    /// First back-off of a guest after a failed action; doubles per failure.
+    pub backoff_initial: Duration,
+    /// The longest back-off.
+    pub backoff_cap: Duration,
+    /// How often [`Engine::run`] looks for a desired-state change between passes.
+    pub check_every: Duration,
+    /// The pass interval when no hub envelope says otherwise.
+    pub default_interval: Duration,
+}
+
+impl EngineOptions {
+    /// Defaults: 4 parallel reads, standard task waits, back-off 30 s doubling to
+    /// 15 min, a change check every second, a pass every 300 s.
+    pub fn new(host_id: impl Into<String>) -> Self {
+        EngineOptions {
+            host_id: host_id.into(),
+            max_parallel: 4,
+            wait: WaitOptions::default(),
+            backoff_initial: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(900),
+            check_every: Duration::from_secs(1),
+            default_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a pass could not run (per-action failures are not errors; see [`PassReport`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The desired state could not be had (no good version yet).
+    Desired(DesiredError),
+    /// The guest list could not be read from Proxmox.
+    ListGuests(proxmox::Error),
+    /// A journal write failed: the process must exit non-zero and replay on restart.
+    Journal {
+        /// The op whose step could not be recorded.
+        op_id: String,
+        /// What failed.
+        source: JournalError,
+    },
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Desired(e) => write!(f, "reconcile pass: {e}"),
+            EngineError::ListGuests(e) => write!(f, "reconcile pass: cannot list guests: {e}"),
+            EngineError::Journal { op_id, source } => {
+                write!(f, "reconcile: cannot journal op {op_id}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EngineError::Desired(e) => Some(e),
+            EngineError::ListGuests(e) => Some(e),
+            EngineError::Journal { source, .. } => Some(source),
+        }
+    }
+}
+
+/// How one action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied (task OK, task with warnings, or a synchronous config write).
+    Applied,
+    /// The gate refused it; nothing was sent.
+    Refused {
+        /// The refusal code (`pending_signature`, ...).
+        code: String,
+    },
+    /// Not sent: the guest is backing off after earlier failures, an op for it is
+    /// still in flight, an earlier action for it failed in this pass, or the hub asked
+    /// to hold mutations.
+    Deferred {
+        /// Why.
+        why: String,
+    },
+    /// Sent (or tried) and failed.
+    Failed {
+        /// Whether it should pass by itself (lock, timeout, 5xx).
+        transient: bool,
+        /// What failed.
+        error: String,
+    },
+    /// Sent, but the wait ended (timeout, shutdown) before the task did: the op stays
+    /// in flight in the journal for recovery to resolve.
+    Unresolved {
+        /// The task.
+        upid: String,
+        /// Why the wait ended.
+        why: String,
+    },
+}
+
+/// One action of a pass and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionResult {
+    /// The action.
+    pub action: Action,
+    /// Its journal op id, when it got that far.
+    pub op_id: Option<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// The desired state's generation.
+    pub generation: u64,
+    /// The plan.
+    pub plan: Plan,
+    /// Each planned action, in plan order, with its outcome.
+    pub results: Vec<ActionResult>,
+    /// Guests whose config could not be read (their spec was not compared).
+    pub unreadable: Vec<u32>,
+}
+
+impl PassReport {
+    fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.results.iter().filter(|r| f(&r.outcome)).count()
+    }
+
+    /// Actions applied.
+    pub fn applied(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Applied))
+    }
+
+    /// Actions that failed or are unresolved.
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Failed { .. } | Outcome::Unresolved { .. }))
+    }
+
+    /// Actions the gate refused.
+    pub fn refused(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Refused { .. }))
+    }
+
+    /// Actions not sent this pass.
+    pub fn deferred(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Deferred { .. }))
+    }
+}
+
+/// Per-guest back-off after failed actions.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// The reconcile engine. Share it behind an `Arc`; passes do not overlap.
+pub struct Engine {
+    client: Client,
+    queue: Queue,
+    gate: Arc<Gate>,
+    journal: Arc<Journal>,
+    provider: Arc<dyn DesiredProvider>,
+    norm: Arc<Normalizers>,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+    envelope: Option<SharedEnvelope>,
+    opts: EngineOptions,
+    backoff: Mutex<HashMap<u32, Backoff>>,
+    pass_lock: Mutex<()>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("host_id", &self.opts.host_id)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The gate's vocabulary for a planned action.
+pub fn intent_for(host_id: &str, action: &Action) -> Intent {
+    let class = match action.kind {
+        ActionKind::SetConfig => OpClass::SetConfig,
+        ActionKind::Start => OpClass::Start,
+        ActionKind::Stop => OpClass::Stop,
+    };
+    let mut intent = Intent::new(class, host_id, Some(action.vmid.to_string()));
+    intent.params = action.params.clone();
+    intent
+}
+
+/// Reads the guest list, then every guest's config with up to `max_parallel` reads at
+/// once. A config that cannot be read leaves that guest's `config` `None`.
+pub fn read_actual(client: &Client, max_parallel: usize) -> Result<ActualState, proxmox::Error> {
+    let listed = client.list_lxc()?;
+    let next = AtomicUsize::new(0);
+    let configs: Mutex<BTreeMap<u32, Option<proxmox::GuestConfig>>> = Mutex::new(BTreeMap::new());
+    let workers = max_parallel.clamp(1, listed.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(g) = listed.get(i) else { break };
+                    let cfg = match client.guest_config(g.vmid) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            crate::warn!(
+                                "guest config unreadable; its spec is not reconciled this pass",
+                                vmid = g.vmid,
+                                error = e
+                            );
+                            None
+                        }
+                    };
+                    relock(&configs).insert(g.vmid, cfg);
+                }
+            });
+        }
+    });
+    let mut configs = configs.into_inner().unwrap_or_else(|p| p.into_inner());
+    let guests = listed
+        .into_iter()
+        .map(|g| {
+            let config = configs.remove(&g.vmid).flatten();
+            let actual = ActualGuest {
+                vmid: g.vmid,
+                status: g.status,
+                lock: g.lock,
+                template: g.template,
+                config,
+            };
+            (g.vmid, actual)
+        })
+        .collect();
+    Ok(ActualState { guests })
+}
+
+impl Engine {
+    /// An engine mutating through `queue` (shared with every other mutation source),
+    /// deciding with `gate` and journaling to `journal`.
+    pub fn new(
+        client: Client,
+        queue: Queue,
+        gate: Arc<Gate>,
+        journal: Arc<Journal>,
+        provider: Arc<dyn DesiredProvider>,
+        shutdown: Shutdown,
+        opts: EngineOptions,
+    ) -> Engine {
+        Engine {
+            client,
+            queue,
+            gate,
+            journal,
+            provider,
+            norm: Arc::new(Normalizers::default()),
+            clock: Arc::new(SystemClock),
+            shutdown,
+            envelope: None,
+            opts,
+            backoff: Mutex::new(HashMap::new()),
+            pass_lock: Mutex::new(()),
+        }
+    }
+
+    /// Uses `norm` instead of the default normalizers.
+    pub fn with_normalizers(mut self, norm: Normalizers) -> Engine {
+        self.norm = Arc::new(norm);
+        self
+    }
+
+    /// Uses `clock` for journal timestamps.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Engine {
+        self.clock = clock;
+        self
+    }
+
+    /// Follows the hub's envelope: its poll interval paces [`Engine::run`], a new
+    /// `desired_generation` wakes it, and `blocked` holds every mutation.
+    pub fn with_envelope(mut self, envelope: SharedEnvelope) -> Engine {
+        self.envelope = Some(envelope);
+        self
+    }
+
+    /// Guests backing off now, with their consecutive failures.
+    pub fn backing_off(&self) -> Vec<(u32, u32)> {
+        let now = Instant::now();
+        let mut v: Vec<_> = relock(&self.backoff)
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(vmid, b)| (*vmid, b.failures))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn held(&self) -> bool {
+        self.envelope
+            .as_ref()
+            .and_then(SharedEnvelope::get)
+            .is_some_and(|e| e.blocked)
+    }
+
+    /// Runs one pass: desired + actual → plan → gate → queue → journal, waiting for
+    /// every dispatched action. Per-action failures are in the report.
+    pub fn pass(&self) -> Result<PassReport, EngineError> {
+        let _one_at_a_time = relock(&self.pass_lock);
+        let desired = self.provider.desired().map_err(EngineError::Desired)?;
+        let actual =
+            read_actual(&self.client, self.opts.max_parallel).map_err(EngineError::ListGuests)?;
+        let unreadable = actual
+            .guests
+            .values()
+            .filter(|g| g.config.is_none())
+            .map(|g| g.vmid)
+            .collect();
+        let planned = plan(&desired, &actual, &self.norm);
+        let in_flight: HashMap<u32, String> = self
+            .journal
+            .in_flight()
+            .into_iter()
+            .map(|r| (r.vmid, r.op_id))
+            .collect();
+        let held = self.held();
+        let now = Instant::now();
+        let failed_this_pass = Arc::new(Mutex::new(HashSet::new()));
+
+        enum Slot {
+            Done(ActionResult),
+            Queued(
+                super::queue::JobHandle<Result<ActionResult, EngineError>>,
+                Action,
+            ),
+        }
+        let mut slots = Vec::with_capacity(planned.actions.len());
+        for action in &planned.actions {
+            let deferred = |why: String| {
+                Slot::Done(ActionResult {
+                    action: action.clone(),
+                    op_id: None,
+                    outcome: Outcome::Deferred { why },
+                })
+            };
+            if held {
+                slots.push(deferred("the hub asked to hold mutations".into()));
+                continue;
+            }
+            if let Some(op) = in_flight.get(&action.vmid) {
+                slots.push(deferred(format!("op {op} is still in flight")));
+                continue;
+            }
+            if let Some(b) = relock(&self.backoff).get(&action.vmid)
+                && b.until > now
+            {
+                slots.push(deferred(format!(
+                    "backing off after {} failure(s), {}s left",
+                    b.failures,
+                    (b.until - now).as_secs()
+                )));
+                continue;
+            }
+            let intent = intent_for(&self.opts.host_id, action);
+            if let Decision::Refused { reason } = self.gate.authorize(&intent, None) {
+                crate::error!(
+                    "gate refused a planned action",
+                    vmid = action.vmid,
+                    action = action.kind,
+                    refusal = reason.code()
+                );
+                slots.push(Slot::Done(ActionResult {
+                    action: action.clone(),
+                    op_id: None,
+                    outcome: Outcome::Refused {
+                        code: reason.code().to_owned(),
+                    },
+                }));
+                continue;
+            }
+            let job = Job {
+                client: self.client.clone(),
+                journal: Arc::clone(&self.journal),
+                clock: Arc::clone(&self.clock),
+                shutdown: self.shutdown.clone(),
+                wait: self.opts.wait,
+                failed_this_pass: Arc::clone(&failed_this_pass),
+                action: action.clone(),
+            };
+            match self.queue.submit(action.vmid, move || job.run()) {
+                Ok(h) => slots.push(Slot::Queued(h, action.clone())),
+                Err(e) => {
+                    let why = match e {
+                        SubmitError::Closed => "the queue is closed (shutting down)".to_owned(),
+                        other => other.to_string(),
+                    };
+                    slots.push(deferred(why));
+                }
+            }
+        }
+
+        let mut results = Vec::with_capacity(slots.len());
+        let mut fatal = None;
+        for slot in slots {
+            let r = match slot {
+                Slot::Done(r) => r,
+                Slot::Queued(h, action) => match h.wait() {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        fatal.get_or_insert(e);
+                        continue;
+                    }
+                    Err(p) => ActionResult {
+                        action,
+                        op_id: None,
+                        outcome: Outcome::Failed {
+                            transient: false,
+                            error: p.to_string(),
+                        },
+                    },
+                },
+            };
+            self.account(&r);
+            results.push(r);
+        }
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        let report = PassReport {
+            generation: desired.generation,
+            plan: planned,
+            results,
+            unreadable,
+        };
+        if !report.results.is_empty() {
+            crate::info!(
+                "reconcile pass done",
+                generation = report.generation,
+                planned = report.plan.actions.len(),
+                applied = report.applied(),
+                failed = report.failed(),
+                refused = report.refused(),
+                deferred = report.deferred()
+            );
+        }
+        Ok(report)
+    }
+
+    /// Updates the guest's back-off from an action's outcome.
+    fn account(&self, r: &ActionResult) {
+        let vmid = r.action.vmid;
+        let mut backoff = relock(&self.backoff);
+        match &r.outcome {
+            Outcome::Applied => {
+                backoff.remove(&vmid);
+            }
+            Outcome::Failed { .. } | Outcome::Unresolved { .. } => {
+                let failures = backoff.get(&vmid).map_or(0, |b| b.failures) + 1;
+                let shift = failures.saturating_sub(1).min(16);
+                let delay = self
+                    .opts
+                    .backoff_initial
+                    .saturating_mul(1 << shift)
+                    .min(self.opts.backoff_cap);
+                backoff.insert(
+                    vmid,
+                    Backoff {
+                        failures,
+                        until: Instant::now() + delay,
+                    },
+                );
+                crate::warn!(
+                    "guest backs off after a failed action",
+                    vmid = vmid,
+                    failures = failures,
+                    seconds = delay.as_secs()
+                );
+            }
+            Outcome::Refused { .. } | Outcome::Deferred { .. } => {}
+        }
+    }
+
+    /// Runs passes until shutdown: one at once, then one per interval (the hub's poll
+    /// interval when an envelope is followed), and one at once when the desired state
+    /// changes. A failed pass is logged and retried next interval; a journal failure
+    /// ends the loop with the error (the caller exits non-zero).
+    pub fn run(&self) -> Result<(), EngineError> {
+        let mut generation = self.hub_generation();
+        while !self.shutdown.is_triggered() {
+            match self.pass() {
+                Ok(_) => {}
+                Err(e @ EngineError::Journal { .. }) => {
+                    crate::error!("reconcile stops: journal write failed", error = e);
+                    return Err(e);
+                }
+                Err(e) => crate::warn!("reconcile pass failed", error = e),
+            }
+            let due = Instant::now() + self.interval();
+            loop {
+                let left = due.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                if self.shutdown.sleep(left.min(self.opts.check_every)) {
+                    return Ok(());
+                }
+                if self.provider.changed() {
+                    crate::info!("desired state changed: reconciling now");
+                    break;
+                }
+                let now_gen = self.hub_generation();
+                if now_gen != generation {
+                    generation = now_gen;
+                    crate::info!(
+                        "hub desired generation changed: reconciling now",
+                        generation = now_gen
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn hub_generation(&self) -> u64 {
+        self.envelope
+            .as_ref()
+            .and_then(SharedEnvelope::get)
+            .map_or(0, |e| e.desired_generation)
+    }
+
+    fn interval(&self) -> Duration {
+        self.envelope
+            .as_ref()
+            .and_then(SharedEnvelope::get)
+            .and_then(|e| e.poll_interval_seconds)
+            .map_or(self.opts.default_interval, Duration::from_secs)
+    }
+}
+
+/// One action as it runs on its guest's lane.
+struct Job {
+    client: Client,
+    journal: Arc<Journal>,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+    wait: WaitOptions,
+    failed_this_pass: Arc<Mutex<HashSet<u32>>>,
+    action: Action,
+}
+
+impl Job {
+    fn record(&self, rec: &JournalRecord) -> Result<(), EngineError> {
+        self.journal
+            .append(rec)
+            .map_err(|source| EngineError::Journal {
+                op_id: rec.op_id.clone(),
+                source,
+            })
+    }
+
+    fn result(&self, op_id: Option<String>, outcome: Outcome) -> ActionResult {
+        if !matches!(outcome, Outcome::Applied) {
+            relock(&self.failed_this_pass).insert(self.action.vmid);
+        }
+        ActionResult {
+            action: self.action.clone(),
+            op_id,
+            outcome,
+        }
+    }
+
+    fn run(self) -> Result<ActionResult, EngineError> {
+        let a = &self.action;
+        if relock(&self.failed_this_pass).contains(&a.vmid) {
+            return Ok(ActionResult {
+                action: a.clone(),
+                op_id: None,
+                outcome: Outcome::Deferred {
+                    why: "an earlier action for this guest failed in this pass".into(),
+                },
+            });
+        }
+        let class = intent_for("", a).class;
+        let op_id = self.journal.new_op_id(&format!("{}-{}", a.kind, a.vmid));
+        let mut started = JournalRecord::started(&op_id, a.vmid, class, self.clock.now());
+        started.params = a.params.clone();
+        // Durable before anything reaches Proxmox.
+        self.record(&started)?;
+
+        let sent = match a.kind {
+            ActionKind::SetConfig => self.client.set_config(
+                a.vmid,
+                &ConfigChange {
+                    set: a
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    delete: Vec::new(),
+                    digest: a.digest.clone(),
+                },
+            ),
+            ActionKind::Start => self.client.start(a.vmid).map(Some),
+            ActionKind::Stop => self.client.stop(a.vmid).map(Some),
+        };
+        let upid = match sent {
+            Ok(upid) => upid,
+            Err(e) => {
+                let transient = e.is_transient();
+                let mut rec = started.step(OpState::Failed, self.clock.now());
+                rec.detail = Some(e.to_string());
+                self.record(&rec)?;
+                crate::warn!(
+                    "reconcile action failed",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    action = a.kind,
+                    transient = transient,
+                    error = e
+                );
+                let outcome = Outcome::Failed {
+                    transient,
+                    error: e.to_string(),
+                };
+                return Ok(self.result(Some(op_id), outcome));
+            }
+        };
+        let Some(upid) = upid else {
+            // A synchronous config write: applied when the PUT answered.
+            self.record(&started.step(OpState::Succeeded, self.clock.now()))?;
+            crate::info!(
+                "reconcile action applied",
+                op_id = op_id,
+                vmid = a.vmid,
+                action = a.kind,
+                reason = a.reason
+            );
+            return Ok(self.result(Some(op_id), Outcome::Applied));
+        };
+        let mut running = started.step(OpState::TaskRunning, self.clock.now());
+        running.upid = Some(upid.to_string());
+        // The UPID is durable before the wait, so a crash mid-wait re-attaches to it.
+        self.record(&running)?;
+        self.finish(&op_id, &running, &upid)
+    }
+
+    fn finish(
+        &self,
+        op_id: &str,
+        running: &JournalRecord,
+        upid: &Upid,
+    ) -> Result<ActionResult, EngineError> {
+        let a = &self.action;
+        match self.client.wait_task(upid, &self.wait, &self.shutdown) {
+            Ok(outcome) => {
+                let mut rec = running.step(OpState::Succeeded, self.clock.now());
+                if let TaskOutcome::Warnings { count, .. } = outcome {
+                    rec.detail = Some(format!("task ended with {count} warning(s)"));
+                }
+                self.record(&rec)?;
+                crate::info!(
+                    "reconcile action applied",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    action = a.kind,
+                    reason = a.reason
+                );
+                Ok(self.result(Some(op_id.to_owned()), Outcome::Applied))
+            }
+            Err(WaitError::Failed(task)) => {
+                let mut rec = running.step(OpState::Failed, self.clock.now());
+                rec.detail = Some(task.to_string());
+                self.record(&rec)?;
+                crate::warn!(
+                    "reconcile task failed",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    action = a.kind,
+                    transient = task.is_transient(),
+                    error = task
+                );
+                let outcome = Outcome::Failed {
+                    transient: task.is_transient(),
+                    error: task.to_string(),
+                };
+                Ok(self.result(Some(op_id.to_owned()), outcome))
+            }
+            Err(e) => {
+                // Timeout, shutdown or an unreadable status: the task may still run.
+                // Leave the op in flight; it is re-attached, never re-sent.
+                crate::warn!(
+                    "stopped waiting for a reconcile task; it stays in flight",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    upid = upid,
+                    error = e
+                );
+                let outcome = Outcome::Unresolved {
+                    upid: upid.to_string(),
+                    why: e.to_string(),
+                };
+                Ok(self.result(Some(op_id.to_owned()), outcome))
+            }
+        }
+    }
+}
+
+/// Why `felhom-agent plan` could not show a plan.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PlanReportError {
+    /// The configuration lacks what a plan needs (the `proxmox` section, its secret).
+    Setup(crate::hub::live::LiveSetupError),
+    /// The desired state could not be read.
+    Desired(DesiredError),
+    /// The guest list could not be read from Proxmox.
+    ListGuests(proxmox::Error),
+    /// The journal snapshot the gate reads could not be made.
+    Journal(String),
+    /// Writing the report failed.
+    Output(std::io::Error),
+}
+
+impl fmt::Display for PlanReportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanReportError::Setup(e) => write!(f, "plan: {e}"),
+            PlanReportError::Desired(e) => write!(f, "plan: {e}"),
+            PlanReportError::ListGuests(e) => write!(f, "plan: cannot list guests: {e}"),
+            PlanReportError::Journal(why) => write!(f, "plan: journal snapshot: {why}"),
+            PlanReportError::Output(e) => write!(f, "plan: cannot write the report: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PlanReportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PlanReportError::Setup(e) => Some(e),
+            PlanReportError::Desired(e) => Some(e),
+            PlanReportError::ListGuests(e) => Some(e),
+            PlanReportError::Output(e) => Some(e),
+            PlanReportError::Journal(_) => None,
+        }
+    }
+}
+
+/// What `felhom-agent plan` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSummary {
+    /// The plan.
+    pub plan: Plan,
+    /// Actions the gate would allow.
+    pub allowed: usize,
+    /// Actions the gate would refuse (with its code).
+    pub refused: Vec<(u32, String)>,
+}
+
+/// The desired state as the daemon would read it: the file when one is configured,
+/// else nothing managed.
+pub fn configured_provider(cfg: &crate::config::Config) -> Arc<dyn DesiredProvider> {
+    match &cfg.reconcile.desired_file {
+        Some(path) => Arc::new(super::desired::FileProvider::new(path)),
+        None => Arc::new(super::desired::EmptyProvider),
+    }
+}
+
+/// `felhom-agent plan`: reads desired and actual state, and writes each action the
+/// next pass would take with the gate's word on it ([`Gate::dry_run`]: no signature
+/// verified, no nonce burnt, nothing audited). Executes nothing and writes nothing in
+/// the state directory: the gate reads a private copy of the journal.
+pub fn plan_report(
+    cfg: &crate::config::Config,
+    out: &mut dyn std::io::Write,
+) -> Result<PlanSummary, PlanReportError> {
+    let section = cfg.proxmox.as_ref().ok_or(PlanReportError::Setup(
+        crate::hub::live::LiveSetupError::NoProxmoxSection,
+    ))?;
+    let client = crate::hub::live::proxmox_client(section).map_err(PlanReportError::Setup)?;
+    let desired = configured_provider(cfg)
+        .desired()
+        .map_err(PlanReportError::Desired)?;
+    let actual =
+        read_actual(&client, cfg.reconcile.max_parallel).map_err(PlanReportError::ListGuests)?;
+    let planned = plan(&desired, &actual, &Normalizers::default());
+
+    let snapshot = JournalSnapshot::take(&cfg.state_dir.join("journal.log"))?;
+    let in_flight: HashMap<u32, String> = snapshot
+        .journal
+        .in_flight()
+        .into_iter()
+        .map(|r| (r.vmid, r.op_id))
+        .collect();
+    let gate = Gate::new(
+        cfg.host_id.clone(),
+        None,
+        Arc::clone(&snapshot.journal),
+        Arc::clone(&snapshot.audit),
+    );
+
+    let w = |out: &mut dyn std::io::Write, line: String| {
+        writeln!(out, "{line}").map_err(PlanReportError::Output)
+    };
+    w(
+        out,
+        format!(
+            "desired generation {}: {} managed guest(s); {} guest(s) on node {}",
+            desired.generation,
+            desired.guests.len(),
+            actual.guests.len(),
+            section.node
+        ),
+    )?;
+    let mut allowed = 0;
+    let mut refused = Vec::new();
+    for a in &planned.actions {
+        let word = match gate.dry_run(&intent_for(&cfg.host_id, a)) {
+            Decision::Allowed { reason, .. } => {
+                allowed += 1;
+                format!("allowed ({})", reason.code())
+            }
+            Decision::Refused { reason } => {
+                refused.push((a.vmid, reason.code().to_owned()));
+                format!("refused ({})", reason.code())
+            }
+        };
+        let mut line = format!(
+            "{:>6}  {:<10}  {word}  {}",
+            a.vmid,
+            a.kind.as_str(),
+            a.reason
+        );
+        if !a.params.is_empty() {
+            let params: Vec<String> = a
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.escape_debug()))
+                .collect();
+            line.push_str(&format!("  [{}]", params.join(", ")));
+        }
+        if let Some(op) = in_flight.get(&a.vmid) {
+            line.push_str(&format!("  (deferred: op {op} in flight)"));
+        }
+        w(out, line)?;
+    }
+    for s in &planned.skipped {
+        w(out, format!("{:>6}  {:<10}  {}", s.vmid, "skip", s.why))?;
+    }
+    w(
+        out,
+        format!(
+            "{} action(s) planned: {allowed} allowed, {} refused; nothing was executed",
+            planned.actions.len(),
+            refused.len()
+        ),
+    )?;
+    Ok(PlanSummary {
+        plan: planned,
+        allowed,
+        refused,
+    })
+}
+
+/// A private copy of the journal (and an empty audit log) in a temporary directory, so
+/// the dry-run gate can read provenance and damage without touching the state dir.
+struct JournalSnapshot {
+    dir: std::path::PathBuf,
+    journal: Arc<Journal>,
+    audit: Arc<super::audit::AuditLog>,
+}
+
+impl JournalSnapshot {
+    fn take(live: &std::path::Path) -> Result<JournalSnapshot, PlanReportError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("felhom-plan-{}-{nanos}", std::process::id()));
+        let fail = |what: &str, e: &dyn fmt::Display| {
+            PlanReportError::Journal(format!("{what} {}: {e}", dir.display()))
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| fail("cannot create", &e))?;
+        let snapshot = (|| {
+            let copy = dir.join("journal.log");
+            match std::fs::copy(live, &copy) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail("cannot copy the journal into", &e)),
+            }
+            let journal = Journal::open(&copy).map_err(|e| fail("cannot open the copy in", &e))?;
+            let audit = super::audit::AuditLog::open(&dir.join("audit.log"))
+                .map_err(|e| fail("cannot open a scratch audit log in", &e))?;
+            Ok((Arc::new(journal), Arc::new(audit)))
+        })();
+        match snapshot {
+            Ok((journal, audit)) => Ok(JournalSnapshot {
+                dir,
+                journal,
+                audit,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for JournalSnapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,420 @@
+//! The reversibility gate: every action passes here before it may run.
+//!
+//! This module owns the policy that turns an [`Intent`] (and, for destructive ones, a
+//! signed op) into a [`Decision`]: benign by class or by the agent's own journaled
+//! provenance → allowed unsigned; destructive → only with a verified signature whose
+//! signer's role covers the op and whose blob names exactly this action. It records every
+//! decision in the audit log and the log. It never executes anything, never reads
+//! provenance from an intent's params, and never allows a destructive op while the
+//! journal or the nonce store is damaged.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::authz::{self, Role};
+use crate::hub::report::AuditEntry;
+use crate::reconcile::audit::AuditLog;
+use crate::reconcile::classify::{Class, Intent, OpClass, Provenance, classify};
+use crate::reconcile::journal::Journal;
+use crate::time::{Clock, SystemClock};
+
+/// An operator-signed op as received: the exact blob bytes and the armored SSHSIG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedOp {
+    /// The blob exactly as signed (never re-serialized).
+    pub blob: Vec<u8>,
+    /// The `-----BEGIN SSH SIGNATURE-----` armor.
+    pub signature: String,
+}
+
+/// The gate's word on one intent.
+// One decision per action, moved once: boxing the verified op would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The action may run.
+    Allowed {
+        /// Why.
+        reason: AllowReason,
+        /// The verified signed op, for [`AllowReason::Signed`].
+        verified: Option<authz::VerifiedOp>,
+    },
+    /// The action must not run.
+    Refused {
+        /// Why.
+        reason: Refusal,
+    },
+}
+
+impl Decision {
+    /// Whether the action may run.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allowed { .. })
+    }
+
+    /// The refusal, if refused.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Decision::Refused { reason } => Some(reason),
+            Decision::Allowed { .. } => None,
+        }
+    }
+}
+
+/// Why an action was allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowReason {
+    /// The class cannot lose data (start, stop, set config).
+    Benign,
+    /// It destroys only what the journal says the agent itself made.
+    AgentProvenance,
+    /// A verified, role-scoped signature bound to exactly this action.
+    Signed,
+}
+
+impl AllowReason {
+    /// `benign`, `agent_provenance` or `signed`.
+    pub fn code(self) -> &'static str {
+        match self {
+            AllowReason::Benign => "benign",
+            AllowReason::AgentProvenance => "agent_provenance",
+            AllowReason::Signed => "signed",
+        }
+    }
+}
+
+/// Why an action was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Destructive and no signed op was presented (or no signer is configured).
+    PendingSignature,
+    /// The signature verified but its signer's role does not cover this op.
+    RoleDenied,
+    /// The signature verified but the blob names another op, host, guest or params.
+    BindingMismatch,
+    /// The verifier refused the signed op.
+    Rejected(authz::AuthzError),
+    /// Destructive while the journal or the nonce store is damaged, or the decision
+    /// could not be audited.
+    StateDamaged,
+}
+
+impl Refusal {
+    /// The snake_case word operators and the audit log see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::PendingSignature => "pending_signature",
+            Refusal::RoleDenied => "role_denied",
+            Refusal::BindingMismatch => "binding_mismatch",
+            Refusal::Rejected(e) => e.code(),
+            Refusal::StateDamaged => "state_damaged",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Rejected(e) => write!(f, "signature rejected: {e}"),
+            other => f.write_str(other.code()),
+        }
+    }
+}
+
+/// Reports whether a store the gate depends on (the nonce store) is damaged.
+pub type HealthProbe = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The gate for one host.
+pub struct Gate {
+    host_id: String,
+    verifier: Option<authz::Verifier>,
+    journal: Arc<Journal>,
+    audit: Arc<AuditLog>,
+    clock: Arc<dyn Clock>,
+    nonce_health: Option<HealthProbe>,
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("host_id", &self.host_id)
+            .field("verifier", &self.verifier.is_some())
+            .finish()
+    }
+}
+
+/// What the classifier and the state checks say before any signature is looked at.
+enum Pre {
+    Allow(AllowReason),
+    Refuse(Refusal, String),
+    NeedsSignature,
+}
+
+impl Gate {
+    /// A gate for `host_id`. With no verifier (no signers configured) only benign and
+    /// agent-internal actions are ever allowed.
+    pub fn new(
+        host_id: String,
+        verifier: Option<authz::Verifier>,
+        journal: Arc<Journal>,
+        audit: Arc<AuditLog>,
+    ) -> Gate {
+        Gate {
+            host_id,
+            verifier,
+            journal,
+            audit,
+            clock: Arc::new(SystemClock),
+            nonce_health: None,
+        }
+    }
+
+    /// Uses `clock` for audit timestamps.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Gate {
+        self.clock = clock;
+        self
+    }
+
+    /// Consults `probe` before every destructive decision: `Some(why)` means the nonce
+    /// store is damaged and destructive actions are refused (`state_damaged`).
+    pub fn with_nonce_health(mut self, probe: HealthProbe) -> Gate {
+        self.nonce_health = Some(probe);
+        self
+    }
+
+    /// The host this gate decides for.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// The journal the gate reads provenance from.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    fn damage(&self) -> Option<String> {
+        if let Some(d) = self.journal.damaged() {
+            return Some(format!("journal damaged: {d}"));
+        }
+        self.nonce_health
+            .as_ref()
+            .and_then(|p| p())
+            .map(|d| format!("nonce store damaged: {d}"))
+    }
+
+    fn pre(&self, intent: &Intent) -> Pre {
+        let damage = self.damage();
+        // Provenance from a damaged journal is not trusted.
+        let provenance: Option<Provenance> = match (&intent.class, intent.vmid(), &damage) {
+            (OpClass::GuestDestroy, Some(vmid), None) => self
+                .journal
+                .provenance(vmid, intent.params.get("txn").map(String::as_str)),
+            _ => None,
+        };
+        match classify(intent, provenance) {
+            Class::Benign => Pre::Allow(AllowReason::Benign),
+            Class::BenignByProvenance(_) => Pre::Allow(AllowReason::AgentProvenance),
+            Class::Destructive => match damage {
+                Some(d) => Pre::Refuse(Refusal::StateDamaged, d),
+                None => Pre::NeedsSignature,
+            },
+        }
+    }
+
+    /// Decides on `intent`, verifying `signed` when the intent is destructive (which
+    /// burns its nonce), and records the decision in the audit log and the log.
+    pub fn authorize(&self, intent: &Intent, signed: Option<&SignedOp>) -> Decision {
+        let (decision, why) = match self.pre(intent) {
+            Pre::Allow(r) => (
+                Decision::Allowed {
+                    reason: r,
+                    verified: None,
+                },
+                r.code().to_string(),
+            ),
+            Pre::Refuse(r, why) => (Decision::Refused { reason: r }, why),
+            Pre::NeedsSignature => self.check_signed(intent, signed),
+        };
+        self.record(intent, decision, why)
+    }
+
+    fn check_signed(&self, intent: &Intent, signed: Option<&SignedOp>) -> (Decision, String) {
+        let refuse = |r: Refusal, why: String| (Decision::Refused { reason: r }, why);
+        let (Some(verifier), Some(signed)) = (&self.verifier, signed) else {
+            let why = if self.verifier.is_none() {
+                "destructive and no signer is configured"
+            } else {
+                "destructive and unsigned"
+            };
+            return refuse(Refusal::PendingSignature, why.into());
+        };
+        let v = match verifier.verify(&signed.blob, &signed.signature) {
+            Ok(v) => v,
+            Err(e) => {
+                let why = e.detail().to_string();
+                return refuse(Refusal::Rejected(e), why);
+            }
+        };
+        if let Some(field) = binding_mismatch(intent, &v) {
+            return refuse(
+                Refusal::BindingMismatch,
+                format!("signed op differs from the action in {field}"),
+            );
+        }
+        if !role_allows(v.signer.role, intent) {
+            return refuse(
+                Refusal::RoleDenied,
+                format!(
+                    "a {} signer may not authorize {}",
+                    v.signer.role.as_str(),
+                    intent.class
+                ),
+            );
+        }
+        (
+            Decision::Allowed {
+                reason: AllowReason::Signed,
+                verified: Some(v),
+            },
+            "signed".into(),
+        )
+    }
+
+    fn record(&self, intent: &Intent, decision: Decision, why: String) -> Decision {
+        let key_id = match &decision {
+            Decision::Allowed {
+                verified: Some(v), ..
+            } => Some(v.key_id.clone()),
+            _ => None,
+        };
+        let word = match &decision {
+            Decision::Allowed { .. } => "allowed",
+            Decision::Refused { reason } => reason.code(),
+        };
+        let entry = AuditEntry {
+            at: self.clock.now(),
+            op: intent.class.as_str().to_string(),
+            guest_id: intent.guest_id.clone(),
+            decision: word.to_string(),
+            reason: why.clone(),
+            key_id: key_id.clone(),
+        };
+        let guest = intent.guest_id.as_deref().unwrap_or("-");
+        if let Err(e) = self.audit.record(&entry) {
+            crate::error!(
+                "gate decision could not be audited",
+                op = intent.class,
+                guest = guest,
+                error = e
+            );
+            // An unaudited destructive action must not run.
+            if let Decision::Allowed {
+                reason: AllowReason::Signed | AllowReason::AgentProvenance,
+                ..
+            } = decision
+            {
+                return Decision::Refused {
+                    reason: Refusal::StateDamaged,
+                };
+            }
+        }
+        match &decision {
+            Decision::Allowed { .. } => crate::info!(
+                "gate allowed",
+                op = intent.class,
+                guest = guest,
+                reason = why,
+                key_id = key_id.as_deref().unwrap_or("-")
+            ),
+            Decision::Refused { reason } => crate::warn!(
+                "gate refused",
+                op = intent.class,
+                guest = guest,
+                decision = reason.code(),
+                reason = why
+            ),
+        }
+        decision
+    }
+
+    /// What [`Gate::authorize`] would say without a signature, for `felhom-agent plan`:
+    /// classifies and checks state, never verifies (so burns no nonce), never audits.
+    pub fn dry_run(&self, intent: &Intent) -> Decision {
+        match self.pre(intent) {
+            Pre::Allow(r) => Decision::Allowed {
+                reason: r,
+                verified: None,
+            },
+            Pre::Refuse(r, _) => Decision::Refused { reason: r },
+            Pre::NeedsSignature => Decision::Refused {
+                reason: Refusal::PendingSignature,
+            },
+        }
+    }
+}
+
+/// The first field in which the signed op differs from the intent, if any.
+fn binding_mismatch(intent: &Intent, v: &authz::VerifiedOp) -> Option<&'static str> {
+    if v.op != intent.class.as_str() {
+        Some("op")
+    } else if v.host_id != intent.host_id {
+        Some("host_id")
+    } else if v.guest_id != intent.guest_id {
+        Some("guest_id")
+    } else if v.params != intent.params {
+        Some("params")
+    } else {
+        None
+    }
+}
+
+/// Recovery keys rotate signers and nothing else; operational keys do everything else
+/// and only a planned rotation.
+fn role_allows(role: Role, intent: &Intent) -> bool {
+    let rotation = intent.class == OpClass::RotateSigners;
+    match role {
+        Role::Recovery => rotation,
+        Role::Operational => {
+            !rotation || intent.params.get("mode").map(String::as_str) == Some("planned")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(class: OpClass, params: &[(&str, &str)]) -> Intent {
+        let mut i = Intent::new(class, "pve-a", Some("105".into()));
+        for (k, v) in params {
+            i.params.insert((*k).into(), (*v).into());
+        }
+        i
+    }
+
+    #[test]
+    fn roles_scope_what_a_signer_may_authorize() {
+        let destroy = intent(OpClass::GuestDestroy, &[]);
+        let planned = intent(OpClass::RotateSigners, &[("mode", "planned")]);
+        let emergency = intent(OpClass::RotateSigners, &[("mode", "emergency")]);
+        assert!(role_allows(Role::Operational, &destroy));
+        assert!(role_allows(Role::Operational, &planned));
+        assert!(!role_allows(Role::Operational, &emergency));
+        assert!(!role_allows(Role::Recovery, &destroy));
+        assert!(role_allows(Role::Recovery, &emergency));
+        assert!(role_allows(Role::Recovery, &planned));
+    }
+
+    #[test]
+    fn refusal_codes_are_snake_case_words() {
+        assert_eq!(Refusal::PendingSignature.code(), "pending_signature");
+        assert_eq!(Refusal::RoleDenied.code(), "role_denied");
+        assert_eq!(Refusal::BindingMismatch.code(), "binding_mismatch");
+        assert_eq!(Refusal::StateDamaged.code(), "state_damaged");
+        assert_eq!(
+            Refusal::Rejected(authz::AuthzError::Replay("x".into())).code(),
+            "replay"
+        );
+    }
+}

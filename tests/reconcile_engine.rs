@@ -1,0 +1,427 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The engine against the Proxmox simulator over loopback TLS: drift fixed, a second
+//! pass does nothing, one guest's failure leaves the others converging, every step is
+//! journaled, and the run loop wakes on a desired-state change and on shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use felhom_agent::net::{Sha256Pin, TlsTrust};
+use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::reconcile::desired::{
+    DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
+};
+use felhom_agent::reconcile::engine::{Engine, EngineOptions, Outcome};
+use felhom_agent::reconcile::gate::Gate;
+use felhom_agent::reconcile::journal::{Journal, OpState};
+use felhom_agent::reconcile::plan::ActionKind;
+use felhom_agent::reconcile::queue::Queue;
+use felhom_agent::secret::Secret;
+use felhom_agent::shutdown::Shutdown;
+use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim};
+
+fn tempdir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "felhom-engine-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    d
+}
+
+fn client(sim: &ProxmoxSim) -> Client {
+    let mut o = ClientOptions::new(
+        sim.url(),
+        sim.node(),
+        DEFAULT_TOKEN_ID,
+        Secret::new(DEFAULT_TOKEN_SECRET),
+        TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
+    );
+    o.timeout = Duration::from_secs(10);
+    Client::new(o).unwrap()
+}
+
+struct Rig {
+    engine: Arc<Engine>,
+    journal_path: PathBuf,
+    provider: Arc<StaticProvider>,
+    shutdown: Shutdown,
+    queue: Queue,
+}
+
+fn rig(sim: &ProxmoxSim, name: &str, desired: DesiredState) -> Rig {
+    let dir = tempdir(name);
+    let journal_path = dir.join("journal.log");
+    let journal = Arc::new(Journal::open(&journal_path).unwrap());
+    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let provider = Arc::new(StaticProvider::new(desired));
+    let shutdown = Shutdown::new();
+    let queue = Queue::new(4);
+    let mut opts = EngineOptions::new("pve-a");
+    opts.wait = WaitOptions {
+        initial: Duration::from_millis(10),
+        cap: Duration::from_millis(40),
+        timeout: Duration::from_secs(20),
+    };
+    opts.check_every = Duration::from_millis(10);
+    opts.default_interval = Duration::from_secs(3600);
+    let engine = Engine::new(
+        client(sim),
+        queue.clone(),
+        gate,
+        journal,
+        Arc::clone(&provider) as Arc<dyn DesiredProvider>,
+        shutdown.clone(),
+        opts,
+    );
+    Rig {
+        engine: Arc::new(engine),
+        journal_path,
+        provider,
+        shutdown,
+        queue,
+    }
+}
+
+fn spec(cores: Option<u32>, memory_bytes: Option<u64>) -> Option<Spec> {
+    Some(Spec {
+        cores,
+        memory_bytes,
+        disk_bytes: None,
+    })
+}
+
+fn lab_sim(sync_config: bool) -> ProxmoxSim {
+    ProxmoxSim::builder()
+        .guest(
+            GuestSeed::new(100, "web")
+                .running(false)
+                .cores(2)
+                .description("web"),
+        )
+        .guest(
+            GuestSeed::new(101, "db")
+                .running(true)
+                .cores(1)
+                .memory_mib(512),
+        )
+        .guest(
+            GuestSeed::new(102, "cache")
+                .running(true)
+                .description("cache"),
+        )
+        .guest(GuestSeed::new(103, "unmanaged").running(true))
+        .task_duration(Duration::from_millis(30))
+        .sync_config_put(sync_config)
+        .start()
+}
+
+fn lab_desired() -> DesiredState {
+    DesiredState::from_guests(
+        7,
+        [
+            DesiredGuest {
+                run: Some(Run::Running),
+                description: Some("web".into()),
+                ..DesiredGuest::new(100)
+            },
+            DesiredGuest {
+                run: Some(Run::Running),
+                // Not MiB-aligned: must still converge in one pass.
+                spec: spec(Some(2), Some((1 << 30) + 1)),
+                ..DesiredGuest::new(101)
+            },
+            DesiredGuest {
+                // Proxmox hands this back as "cache\n": not drift.
+                description: Some("cache".into()),
+                ..DesiredGuest::new(102)
+            },
+            // Desired but absent: provisioning, not planned.
+            DesiredGuest {
+                run: Some(Run::Running),
+                ..DesiredGuest::new(150)
+            },
+        ],
+    )
+}
+
+#[test]
+fn drift_is_fixed_and_a_second_pass_does_nothing() {
+    let sim = lab_sim(true);
+    let r = rig(&sim, "drift", lab_desired());
+    let report = r.engine.pass().unwrap();
+    let done: Vec<_> = report
+        .results
+        .iter()
+        .map(|x| (x.action.vmid, x.action.kind, x.outcome.clone()))
+        .collect();
+    assert_eq!(
+        done,
+        vec![
+            (100, ActionKind::Start, Outcome::Applied),
+            (101, ActionKind::SetConfig, Outcome::Applied),
+        ],
+        "{report:#?}"
+    );
+    assert_eq!(report.generation, 7);
+    assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
+    let cfg = sim.guest_config(101).unwrap();
+    assert_eq!(cfg["cores"], serde_json::json!(2));
+    assert_eq!(cfg["memory"], serde_json::json!(1025));
+    // Nothing was sent for the description round-trip, the unmanaged guest or 150.
+    let touched: Vec<String> = sim.mutations().iter().map(|m| m.path.clone()).collect();
+    assert_eq!(touched.len(), 2, "{touched:?}");
+    assert!(
+        touched
+            .iter()
+            .all(|p| !p.contains("/102/") && !p.contains("/103/"))
+    );
+
+    sim.clear_requests();
+    let again = r.engine.pass().unwrap();
+    assert!(again.plan.is_empty(), "{:?}", again.plan);
+    assert!(again.results.is_empty());
+    assert!(
+        sim.mutations().is_empty(),
+        "second pass mutated: {:?}",
+        sim.mutations()
+    );
+
+    // Each op is journaled started → (task_running) → succeeded; none in flight.
+    let view = Journal::open_read_only(&r.journal_path).unwrap();
+    assert!(view.in_flight().is_empty());
+    let start_op = report.results[0].op_id.clone().unwrap();
+    let states: Vec<OpState> = view
+        .history()
+        .iter()
+        .filter(|x| x.op_id == start_op)
+        .map(|x| x.state)
+        .collect();
+    assert_eq!(
+        states,
+        [OpState::Started, OpState::TaskRunning, OpState::Succeeded]
+    );
+    let running = view
+        .history()
+        .iter()
+        .find(|x| x.op_id == start_op && x.state == OpState::TaskRunning)
+        .unwrap();
+    assert!(running.upid.as_deref().unwrap().starts_with("UPID:"));
+    // The synchronous config write goes straight from started to succeeded.
+    let cfg_op = report.results[1].op_id.clone().unwrap();
+    let latest = view.latest(&cfg_op).unwrap();
+    assert_eq!(latest.state, OpState::Succeeded);
+    assert_eq!(latest.upid, None);
+    assert_eq!(latest.params.get("cores").map(String::as_str), Some("2"));
+    r.queue.close();
+}
+
+#[test]
+fn async_config_writes_wait_for_their_task() {
+    let sim = lab_sim(false);
+    let r = rig(&sim, "async", lab_desired());
+    let report = r.engine.pass().unwrap();
+    assert_eq!(report.applied(), 2, "{report:#?}");
+    let cfg_op = report.results[1].op_id.clone().unwrap();
+    let view = Journal::open_read_only(&r.journal_path).unwrap();
+    let latest = view.latest(&cfg_op).unwrap();
+    assert_eq!(latest.state, OpState::Succeeded);
+    assert!(
+        latest.upid.is_some(),
+        "the config task's UPID was journaled"
+    );
+    assert_eq!(
+        sim.guest_config(101).unwrap()["cores"],
+        serde_json::json!(2)
+    );
+    assert!(r.engine.pass().unwrap().plan.is_empty());
+    r.queue.close();
+}
+
+#[test]
+fn one_guest_failing_does_not_stop_the_others_and_backs_off() {
+    let sim = lab_sim(true);
+    // Guest 100's start fails inside the task (permission checked at run time).
+    sim.deny_at_task_time("/vms/100", "VM.PowerMgmt");
+    let r = rig(&sim, "isolate", lab_desired());
+    let report = r.engine.pass().unwrap();
+    assert_eq!(report.applied(), 1, "{report:#?}");
+    assert_eq!(report.failed(), 1);
+    let failed = &report.results[0];
+    assert_eq!(failed.action.vmid, 100);
+    assert!(
+        matches!(&failed.outcome, Outcome::Failed { transient: false, error } if error.contains("VM.PowerMgmt")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        sim.guest_config(101).unwrap()["cores"],
+        serde_json::json!(2)
+    );
+    assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
+    let view = Journal::open_read_only(&r.journal_path).unwrap();
+    let latest = view.latest(failed.op_id.as_deref().unwrap()).unwrap();
+    assert_eq!(latest.state, OpState::Failed);
+    assert!(latest.detail.unwrap().contains("VM.PowerMgmt"));
+
+    // The failed guest backs off: the next pass does not send it again.
+    assert_eq!(r.engine.backing_off(), vec![(100, 1)]);
+    sim.clear_requests();
+    let next = r.engine.pass().unwrap();
+    assert_eq!(next.deferred(), 1, "{next:#?}");
+    assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
+    r.queue.close();
+}
+
+#[test]
+fn a_transient_answer_is_counted_as_transient() {
+    let sim = lab_sim(true);
+    sim.inject(Fault::new(
+        Some("POST"),
+        "/nodes/pve/lxc/100/status/start",
+        FaultKind::Status {
+            code: 500,
+            message: "CT 100 is locked (backup)".into(),
+        },
+    ));
+    let r = rig(&sim, "transient", lab_desired());
+    let report = r.engine.pass().unwrap();
+    let first = &report.results[0];
+    assert!(
+        matches!(
+            first.outcome,
+            Outcome::Failed {
+                transient: true,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert_eq!(report.applied(), 1, "the other guest still converged");
+    r.queue.close();
+}
+
+#[test]
+fn a_later_action_of_a_failed_guest_is_not_sent() {
+    let sim = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(false).cores(1))
+        .task_duration(Duration::from_millis(30))
+        .start();
+    sim.deny("/vms/100", "VM.Config.CPU");
+    let desired = DesiredState::from_guests(
+        1,
+        [DesiredGuest {
+            run: Some(Run::Running),
+            spec: spec(Some(4), None),
+            ..DesiredGuest::new(100)
+        }],
+    );
+    let r = rig(&sim, "ordered", desired);
+    let report = r.engine.pass().unwrap();
+    assert!(matches!(report.results[0].outcome, Outcome::Failed { .. }));
+    assert!(
+        matches!(report.results[1].outcome, Outcome::Deferred { .. }),
+        "{report:#?}"
+    );
+    assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
+    r.queue.close();
+}
+
+#[test]
+fn run_wakes_on_a_desired_change_and_ends_on_shutdown() {
+    let sim = lab_sim(true);
+    let r = rig(&sim, "run", DesiredState::default());
+    let engine = Arc::clone(&r.engine);
+    let t = std::thread::spawn(move || engine.run());
+    // The interval is an hour: only the change can bring the next pass.
+    r.provider.set(DesiredState::from_guests(
+        2,
+        [DesiredGuest {
+            run: Some(Run::Running),
+            ..DesiredGuest::new(100)
+        }],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.guest_status(100).as_deref() != Some("running") {
+        assert!(
+            Instant::now() < deadline,
+            "the change never woke the engine"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    r.shutdown.trigger();
+    t.join().unwrap().unwrap();
+    r.queue.close();
+}
+
+#[test]
+fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
+    use felhom_agent::config::{Config, Mode};
+    use felhom_agent::reconcile::engine::plan_report;
+    let sim = lab_sim(true);
+    let dir = tempdir("plan");
+    let desired_file = dir.join("desired.json");
+    std::fs::write(
+        &desired_file,
+        br#"{"generation":7,"guests":[
+            {"vmid":100,"run":"running","description":"web"},
+            {"vmid":101,"run":"running","spec":{"cores":2,"memory_bytes":1073741825}},
+            {"vmid":102,"description":"cache"},
+            {"vmid":150,"run":"running"}]}"#,
+    )
+    .unwrap();
+    let state_dir = dir.join("state");
+    let cfg = Config::from_value(
+        &serde_json::json!({
+            "host_id": "pve-a",
+            "state_dir": state_dir,
+            "proxmox": {
+                "url": sim.url(), "node": sim.node(),
+                "token_id": DEFAULT_TOKEN_ID, "token_secret": DEFAULT_TOKEN_SECRET,
+                "tls": {"fingerprint_sha256": sim.fingerprint()}
+            },
+            "reconcile": {"desired_file": desired_file}
+        }),
+        Mode::Plan,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let summary = plan_report(&cfg, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(summary.allowed, 2, "{text}");
+    assert!(summary.refused.is_empty());
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("desired generation 7"), "{text}");
+    assert!(
+        lines[1].contains("100")
+            && lines[1].contains("start")
+            && lines[1].contains("allowed (benign)"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("set_config") && lines[2].contains("cores=2, memory=1025"),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains("150") && lines[3].contains("provisioning"),
+        "{text}"
+    );
+    assert!(lines[4].ends_with("nothing was executed"), "{text}");
+    assert!(
+        !lines.iter().any(|l| l.trim_start().starts_with("102 ")),
+        "description round-trip is not drift: {text}"
+    );
+    assert!(
+        sim.mutations().is_empty(),
+        "plan mutated: {:?}",
+        sim.mutations()
+    );
+    assert!(!state_dir.exists(), "plan wrote into the state dir");
+}
