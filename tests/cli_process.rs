@@ -524,3 +524,120 @@ fn selftest_offline_passes_on_a_clean_state_dir_and_fails_on_a_loose_one() {
     assert!(sim.requests().is_empty(), "offline means no network");
     assert_no_secret(&seen);
 }
+
+#[test]
+fn plan_prints_the_next_pass_and_the_gate_word_and_executes_nothing() {
+    let sim = sim();
+    let dir = Dir::new("plan");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let desired = write_json(
+        &dir,
+        "desired.json",
+        &json!({"generation": 3, "guests": [
+            {"vmid": 100, "spec": {"cores": 4}, "description": "web"},
+            {"vmid": 101, "run": "running"}
+        ]}),
+    );
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["reconcile"] = json!({"desired_file": desired.display().to_string()});
+    let cfg = write_json(&dir, "agent-plan.json", &v);
+    let mut seen = Vec::new();
+    let out = agent(&["plan", "--config", cfg.to_str().unwrap()], &mut seen);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("desired generation 3"), "{stdout}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("allowed (benign)"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "cores for 100, start for 101 — the description is not drift:\n{stdout}"
+    );
+    assert!(
+        lines[0].contains("100") && lines[1].contains("101"),
+        "{stdout}"
+    );
+    assert!(sim.mutations().is_empty(), "plan executes nothing");
+    assert!(
+        !dir.path("state").join("journal.log").exists(),
+        "plan writes no journal"
+    );
+    assert_no_secret(&seen);
+}
+
+#[test]
+fn journal_reads_the_history_without_writing_and_flags_damage() {
+    use felhom_agent::reconcile::classify::OpClass;
+    use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
+    let sim = sim();
+    let dir = Dir::new("journal");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let cfg = cfg.to_str().unwrap();
+    let mut seen = Vec::new();
+    let out = agent(&["journal", "--config", cfg], &mut seen);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).starts_with("no journal at "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let state = dir.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = state.join("journal.log");
+    {
+        let j = Journal::open(&path).unwrap();
+        let t = Timestamp(1_795_341_600);
+        let a = JournalRecord::started("start-101-1", 101, OpClass::Start, t);
+        j.append(&a).unwrap();
+        j.append(&a.step(OpState::Succeeded, t)).unwrap();
+        j.append(&JournalRecord::started(
+            "set_config-100-2",
+            100,
+            OpClass::SetConfig,
+            t,
+        ))
+        .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let out = agent(&["journal", "--config", cfg], &mut seen);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("start-101-1") && stdout.contains("succeeded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 record(s)"), "{stdout}");
+    let out = agent(&["journal", "--in-flight", "--config", cfg], &mut seen);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("set_config-100-2") && !stdout.contains("start-101-1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 record(s)"), "{stdout}");
+    let out = agent(&["journal", "--tail", "1", "--config", cfg], &mut seen);
+    assert!(text(&out.stdout).contains("1 record(s)"));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "journal wrote nothing"
+    );
+
+    // Flip one byte inside the first record: the command reports damage and exits 1,
+    // and still writes nothing.
+    let mut bad = before.clone();
+    let i = bad.iter().position(|&b| b == b'1').unwrap();
+    bad[i] = b'7';
+    std::fs::write(&path, &bad).unwrap();
+    let out = agent(&["journal", "--config", cfg], &mut seen);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("DAMAGED"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), bad);
+}
