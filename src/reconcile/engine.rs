@@ -9,7 +9,8 @@
 //! ends the pass with [`EngineError::Journal`] (the process must exit: the kernel may
 //! have dropped the dirty pages). The engine never mutates Proxmox outside the queue,
 //! never re-dispatches an op that is still in flight, and never runs an action the
-//! gate refused.
+//! gate refused. [`plan_report`] is the library side of `felhom-agent plan`: the same
+//! reads and plan, the gate's dry-run word, nothing executed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -223,14 +224,22 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The gate's vocabulary for a planned action.
-pub fn intent_for(host_id: &str, action: &Action) -> Intent {
-    let class = match action.kind {
+/// The op class of a planned action.
+pub fn class_of(kind: ActionKind) -> OpClass {
+    match kind {
         ActionKind::SetConfig => OpClass::SetConfig,
         ActionKind::Start => OpClass::Start,
         ActionKind::Stop => OpClass::Stop,
-    };
-    let mut intent = Intent::new(class, host_id, Some(action.vmid.to_string()));
+    }
+}
+
+/// The gate's vocabulary for a planned action.
+pub fn intent_for(host_id: &str, action: &Action) -> Intent {
+    let mut intent = Intent::new(
+        class_of(action.kind),
+        host_id,
+        Some(action.vmid.to_string()),
+    );
     intent.params = action.params.clone();
     intent
 }
@@ -626,7 +635,7 @@ impl Job {
                 },
             });
         }
-        let class = intent_for("", a).class;
+        let class = class_of(a.kind);
         let op_id = self.journal.new_op_id(&format!("{}-{}", a.kind, a.vmid));
         let mut started = JournalRecord::started(&op_id, a.vmid, class, self.clock.now());
         started.params = a.params.clone();
