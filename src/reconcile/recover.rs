@@ -1,0 +1,204 @@
+//! Recover: at startup, before any mutation, resolve every op the journal left in
+//! flight (the agent stopped or crashed mid-operation).
+//!
+//! This module owns that resolution: an op with a UPID is judged by its task (waiting
+//! while it still runs); an op without one is looked up in the node's task list by vmid,
+//! task type and start time before it is declared failed. It only reads Proxmox and
+//! appends to the journal: it never dispatches, and so never re-executes anything — a
+//! destructive op needs a fresh signature to run again.
+
+use std::fmt;
+
+use crate::proxmox::{Client, TaskFilter, TaskSource, Upid, WaitError, WaitOptions};
+use crate::reconcile::classify::OpClass;
+use crate::reconcile::journal::{Journal, JournalError, JournalRecord, OpState};
+use crate::shutdown::Shutdown;
+use crate::time::Clock;
+
+/// How far before an op's `started` record its task may claim to have started (the
+/// journal and Proxmox read the same host clock; this absorbs second rounding).
+const START_SLACK_SECS: i64 = 5;
+
+/// What Recover did with each in-flight op.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoverReport {
+    /// Ops whose task ended successfully (now journaled `succeeded`).
+    pub succeeded: Vec<String>,
+    /// Ops whose task failed or that never reached Proxmox (now journaled `failed`).
+    pub failed: Vec<String>,
+    /// Ops left in flight, with why (the wait timed out, shutdown, Proxmox unreadable).
+    pub unresolved: Vec<(String, String)>,
+}
+
+/// Why Recover stopped.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RecoverError {
+    /// A journal append failed (fatal: exit non-zero, the restart recovers again).
+    Journal(JournalError),
+}
+
+impl fmt::Display for RecoverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoverError::Journal(e) => write!(f, "recover: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RecoverError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecoverError::Journal(e) => Some(e),
+        }
+    }
+}
+
+impl From<JournalError> for RecoverError {
+    fn from(e: JournalError) -> Self {
+        RecoverError::Journal(e)
+    }
+}
+
+/// The Proxmox task type an op of `class` runs as, when it runs as a task.
+pub fn task_type(class: &OpClass) -> Option<&'static str> {
+    match class {
+        OpClass::Start => Some("vzstart"),
+        OpClass::Stop => Some("vzstop"),
+        OpClass::SetConfig => Some("vzconfig"),
+        OpClass::GuestDestroy => Some("vzdestroy"),
+        OpClass::RestoreOverwrite => Some("vzrestore"),
+        _ => None,
+    }
+}
+
+/// Resolves every in-flight op in `journal` against `client`.
+pub fn recover(
+    journal: &Journal,
+    client: &Client,
+    wait: &WaitOptions,
+    shutdown: &Shutdown,
+    clock: &dyn Clock,
+) -> Result<RecoverReport, RecoverError> {
+    let mut report = RecoverReport::default();
+    for rec in journal.in_flight() {
+        let upid = match rec.upid.as_deref().map(Upid::parse) {
+            Some(Ok(u)) => Some(u),
+            Some(Err(e)) => {
+                finish(
+                    journal,
+                    &rec,
+                    OpState::Failed,
+                    format!("journaled UPID unreadable: {e}"),
+                    clock,
+                    &mut report,
+                )?;
+                continue;
+            }
+            None => match find_task(client, &rec) {
+                Ok(Some(u)) => {
+                    let mut running = rec.step(OpState::TaskRunning, clock.now());
+                    running.upid = Some(u.as_str().to_string());
+                    running.detail = Some("task found in the node's task list".into());
+                    journal.append(&running)?;
+                    Some(u)
+                }
+                Ok(None) => None,
+                Err(why) => {
+                    crate::warn!(
+                        "recover: task list unreadable",
+                        op_id = rec.op_id,
+                        error = why
+                    );
+                    report.unresolved.push((rec.op_id.clone(), why));
+                    continue;
+                }
+            },
+        };
+        let Some(upid) = upid else {
+            finish(
+                journal,
+                &rec,
+                OpState::Failed,
+                "no task found: the op never reached Proxmox; not re-executed".into(),
+                clock,
+                &mut report,
+            )?;
+            continue;
+        };
+        let mut rec = rec;
+        rec.upid = Some(upid.as_str().to_string());
+        match client.wait_task(&upid, wait, shutdown) {
+            Ok(_) => finish(
+                journal,
+                &rec,
+                OpState::Succeeded,
+                "recovered: task ended OK".into(),
+                clock,
+                &mut report,
+            )?,
+            Err(WaitError::Failed(e)) => finish(
+                journal,
+                &rec,
+                OpState::Failed,
+                format!("recovered: task failed: {}", e.exitstatus),
+                clock,
+                &mut report,
+            )?,
+            Err(e) => {
+                crate::warn!("recover: op left in flight", op_id = rec.op_id, error = e);
+                report.unresolved.push((rec.op_id.clone(), e.to_string()));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn finish(
+    journal: &Journal,
+    rec: &JournalRecord,
+    state: OpState,
+    detail: String,
+    clock: &dyn Clock,
+    report: &mut RecoverReport,
+) -> Result<(), RecoverError> {
+    let mut done = rec.step(state, clock.now());
+    done.detail = Some(detail.clone());
+    journal.append(&done)?;
+    crate::info!(
+        "recover: op resolved",
+        op_id = rec.op_id,
+        state = state.as_str(),
+        detail = detail
+    );
+    match state {
+        OpState::Succeeded => report.succeeded.push(rec.op_id.clone()),
+        _ => report.failed.push(rec.op_id.clone()),
+    }
+    Ok(())
+}
+
+/// The earliest task of the op's type on its guest that started no earlier than the op.
+fn find_task(client: &Client, rec: &JournalRecord) -> Result<Option<Upid>, String> {
+    let Some(kind) = task_type(&rec.class) else {
+        return Ok(None);
+    };
+    let since = rec.at.unix().saturating_sub(START_SLACK_SECS).max(0);
+    let filter = TaskFilter {
+        vmid: Some(rec.vmid),
+        task_type: Some(kind.to_string()),
+        since: u64::try_from(since).ok(),
+        source: TaskSource::All,
+        ..TaskFilter::default()
+    };
+    let tasks = client.list_tasks(&filter).map_err(|e| e.to_string())?;
+    Ok(tasks
+        .into_iter()
+        .filter(|t| {
+            t.task_type == kind
+                && t.id == rec.vmid.to_string()
+                && i64::try_from(t.starttime).is_ok_and(|s| s >= since)
+        })
+        .min_by_key(|t| t.starttime)
+        .map(|t| t.upid))
+}

@@ -1,0 +1,185 @@
+//! Recover against the Proxmox simulator: every in-flight op the journal left behind is
+//! resolved from Proxmox's own task records, and nothing is dispatched again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use felhom_agent::net::{Sha256Pin, TlsTrust};
+use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::reconcile::classify::OpClass;
+use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
+use felhom_agent::reconcile::recover::recover;
+use felhom_agent::secret::Secret;
+use felhom_agent::shutdown::Shutdown;
+use felhom_agent::time::{Clock, SystemClock};
+use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
+
+fn tempdir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "felhom-recover-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+fn client(sim: &ProxmoxSim) -> Client {
+    let mut o = ClientOptions::new(
+        sim.url(),
+        sim.node(),
+        DEFAULT_TOKEN_ID,
+        Secret::new(DEFAULT_TOKEN_SECRET),
+        TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
+    );
+    o.timeout = Duration::from_secs(10);
+    Client::new(o).unwrap()
+}
+
+fn wait() -> WaitOptions {
+    WaitOptions {
+        initial: Duration::from_millis(10),
+        cap: Duration::from_millis(50),
+        timeout: Duration::from_secs(20),
+    }
+}
+
+struct Setup {
+    sim: ProxmoxSim,
+    client: Client,
+    journal: Journal,
+    path: PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let sim = ProxmoxSim::builder()
+        .guest(GuestSeed::new(105, "db").running(false))
+        .guest(GuestSeed::new(106, "web").running(true))
+        .task_duration(Duration::from_millis(10))
+        .start();
+    let path = tempdir(name).join("journal.log");
+    Setup {
+        client: client(&sim),
+        sim,
+        journal: Journal::open(&path).unwrap(),
+        path,
+    }
+}
+
+impl Setup {
+    /// Reopens the journal as a restarted agent would, and recovers.
+    fn restart_and_recover(&mut self) -> felhom_agent::reconcile::recover::RecoverReport {
+        self.journal = Journal::open(&self.path).unwrap();
+        let before = self.sim.mutations().len();
+        let r = recover(
+            &self.journal,
+            &self.client,
+            &wait(),
+            &Shutdown::new(),
+            &SystemClock,
+        )
+        .unwrap();
+        assert_eq!(
+            self.sim.mutations().len(),
+            before,
+            "recover dispatches nothing"
+        );
+        assert!(self.journal.in_flight().is_empty(), "{r:?}");
+        drop(Journal::open(&self.path).unwrap());
+        assert!(Journal::open(&self.path).unwrap().in_flight().is_empty());
+        r
+    }
+}
+
+fn started(j: &Journal, class: OpClass, vmid: u32) -> JournalRecord {
+    let r = JournalRecord::started(
+        j.new_op_id(&format!("{class}-{vmid}")),
+        vmid,
+        class,
+        SystemClock.now(),
+    );
+    j.append(&r).unwrap();
+    r
+}
+
+#[test]
+fn a_task_left_running_is_waited_for() {
+    let mut s = setup("running");
+    s.sim.set_task_duration(Duration::from_millis(400));
+    let r = started(&s.journal, OpClass::Start, 105);
+    let upid = s.client.start(105).unwrap();
+    let mut running = r.step(OpState::TaskRunning, SystemClock.now());
+    running.upid = Some(upid.as_str().into());
+    s.journal.append(&running).unwrap();
+    // The agent dies here, the task still running.
+    let report = s.restart_and_recover();
+    assert_eq!(report.succeeded, vec![r.op_id.clone()]);
+    assert_eq!(s.sim.guest_status(105).as_deref(), Some("running"));
+    assert_eq!(
+        s.journal.latest(&r.op_id).unwrap().state,
+        OpState::Succeeded
+    );
+}
+
+#[test]
+fn a_finished_task_is_judged_by_its_exit_status() {
+    let mut s = setup("finished");
+    let ok = started(&s.journal, OpClass::Stop, 106);
+    let u = s.client.stop(106).unwrap();
+    let mut rec = ok.step(OpState::TaskRunning, SystemClock.now());
+    rec.upid = Some(u.as_str().into());
+    s.journal.append(&rec).unwrap();
+    s.client.wait_task(&u, &wait(), &Shutdown::new()).unwrap();
+
+    s.sim.fail_next_task("startup for container '105' failed");
+    let bad = started(&s.journal, OpClass::Start, 105);
+    let u = s.client.start(105).unwrap();
+    let mut rec = bad.step(OpState::TaskRunning, SystemClock.now());
+    rec.upid = Some(u.as_str().into());
+    s.journal.append(&rec).unwrap();
+
+    let report = s.restart_and_recover();
+    assert_eq!(report.succeeded, vec![ok.op_id.clone()]);
+    assert_eq!(report.failed, vec![bad.op_id.clone()]);
+    let b = s.journal.latest(&bad.op_id).unwrap();
+    assert_eq!(b.state, OpState::Failed);
+    assert!(b.detail.unwrap().contains("failed"));
+}
+
+#[test]
+fn no_upid_but_the_task_exists_is_found_in_the_task_list() {
+    let mut s = setup("found");
+    // A start of another guest must not be taken for this op.
+    let other = s.client.stop(106).unwrap();
+    let r = started(&s.journal, OpClass::Start, 105);
+    // Dispatched, then the agent died before journaling the UPID.
+    let upid = s.client.start(105).unwrap();
+    let report = s.restart_and_recover();
+    assert_eq!(report.succeeded, vec![r.op_id.clone()]);
+    let last = s.journal.latest(&r.op_id).unwrap();
+    assert_eq!(last.upid.as_deref(), Some(upid.as_str()));
+    assert_ne!(last.upid.as_deref(), Some(other.as_str()));
+    assert_eq!(s.sim.guest_status(105).as_deref(), Some("running"));
+}
+
+#[test]
+fn no_upid_and_no_task_is_failed_and_never_re_executed() {
+    let mut s = setup("none");
+    let destroy = started(&s.journal, OpClass::GuestDestroy, 105);
+    let start = started(&s.journal, OpClass::Start, 105);
+    let report = s.restart_and_recover();
+    assert_eq!(
+        report.failed,
+        vec![destroy.op_id.clone(), start.op_id.clone()]
+    );
+    assert!(s.sim.mutations().is_empty(), "nothing dispatched");
+    assert_eq!(s.sim.guest_ids(), vec![105, 106]);
+    let d = s.journal.latest(&destroy.op_id).unwrap();
+    assert_eq!(d.state, OpState::Failed);
+    assert!(d.detail.unwrap().contains("not re-executed"));
+}
