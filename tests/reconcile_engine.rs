@@ -14,13 +14,14 @@ use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::desired::{
     DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
 };
-use felhom_agent::reconcile::engine::{Engine, EngineOptions, Outcome};
+use felhom_agent::reconcile::engine::{Engine, EngineError, EngineOptions, Outcome};
 use felhom_agent::reconcile::gate::Gate;
 use felhom_agent::reconcile::journal::{Journal, OpState};
 use felhom_agent::reconcile::plan::ActionKind;
 use felhom_agent::reconcile::queue::Queue;
 use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
+use felhom_agent::store::{FaultOp, FaultyIo, Io};
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim};
 
 fn tempdir(name: &str) -> PathBuf {
@@ -57,9 +58,21 @@ struct Rig {
 }
 
 fn rig(sim: &ProxmoxSim, name: &str, desired: DesiredState) -> Rig {
+    rig_with_io(sim, name, desired, None)
+}
+
+fn rig_with_io(
+    sim: &ProxmoxSim,
+    name: &str,
+    desired: DesiredState,
+    io: Option<Arc<dyn Io>>,
+) -> Rig {
     let dir = tempdir(name);
     let journal_path = dir.join("journal.log");
-    let journal = Arc::new(Journal::open(&journal_path).unwrap());
+    let journal = Arc::new(match io {
+        Some(io) => Journal::open_with(&journal_path, io).unwrap(),
+        None => Journal::open(&journal_path).unwrap(),
+    });
     let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
     let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
     let provider = Arc::new(StaticProvider::new(desired));
@@ -424,4 +437,41 @@ fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
         sim.mutations()
     );
     assert!(!state_dir.exists(), "plan wrote into the state dir");
+}
+
+#[test]
+fn nothing_is_sent_when_the_started_record_cannot_be_made_durable() {
+    // Learn how many syncs opening a fresh journal takes, then fail the next one: the
+    // fsync of the first `started` record.
+    let probe = Arc::new(FaultyIo::new(FaultOp::Sync, u64::MAX, false));
+    let probe_dir = tempdir("probe");
+    Journal::open_with(
+        &probe_dir.join("journal.log"),
+        Arc::clone(&probe) as Arc<dyn Io>,
+    )
+    .unwrap();
+    let opening_syncs = probe.counts().1;
+
+    let sim = lab_sim(true);
+    let io = Arc::new(FaultyIo::new(FaultOp::Sync, opening_syncs + 1, true));
+    let desired = DesiredState::from_guests(
+        1,
+        [DesiredGuest {
+            run: Some(Run::Running),
+            ..DesiredGuest::new(100)
+        }],
+    );
+    let r = rig_with_io(&sim, "fsync", desired, Some(io as Arc<dyn Io>));
+    let err = r.engine.pass().unwrap_err();
+    assert!(matches!(err, EngineError::Journal { .. }), "{err}");
+    assert!(
+        sim.mutations().is_empty(),
+        "dispatched without a durable record: {:?}",
+        sim.mutations()
+    );
+    assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
+    // The run loop stops on it, so the daemon can exit non-zero.
+    assert!(matches!(r.engine.run(), Err(EngineError::Journal { .. })));
+    assert!(sim.mutations().is_empty());
+    r.queue.close();
 }
