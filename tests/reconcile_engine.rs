@@ -475,3 +475,64 @@ fn nothing_is_sent_when_the_started_record_cannot_be_made_durable() {
     assert!(sim.mutations().is_empty());
     r.queue.close();
 }
+
+#[test]
+fn reconciler_opens_in_order_and_recovers_before_the_first_pass() {
+    use felhom_agent::config::{Config, Mode};
+    use felhom_agent::reconcile::classify::OpClass;
+    use felhom_agent::reconcile::engine::Reconciler;
+    use felhom_agent::reconcile::journal::JournalRecord;
+    use felhom_agent::time::{Clock, SystemClock};
+    use std::os::unix::fs::PermissionsExt;
+
+    let sim = lab_sim(true);
+    let dir = tempdir("reconciler");
+    let state_dir = dir.join("state");
+    let desired_file = dir.join("desired.json");
+    std::fs::write(
+        &desired_file,
+        br#"{"generation":3,"guests":[{"vmid":100,"run":"running"}]}"#,
+    )
+    .unwrap();
+    // A previous run started guest 100 and died while its task ran.
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let c = client(&sim);
+    let upid = c.start(100).unwrap();
+    {
+        let j = Journal::open(&state_dir.join("journal.log")).unwrap();
+        let op = j.new_op_id("start-100");
+        let started = JournalRecord::started(&op, 100, OpClass::Start, SystemClock.now());
+        j.append(&started).unwrap();
+        let mut running = started.step(OpState::TaskRunning, SystemClock.now());
+        running.upid = Some(upid.to_string());
+        j.append(&running).unwrap();
+    }
+    let cfg = Config::from_value(
+        &serde_json::json!({
+            "host_id": "pve-a",
+            "state_dir": state_dir,
+            "proxmox": {
+                "url": sim.url(), "node": sim.node(),
+                "token_id": DEFAULT_TOKEN_ID, "token_secret": DEFAULT_TOKEN_SECRET,
+                "tls": {"fingerprint_sha256": sim.fingerprint()}
+            },
+            "reconcile": {"desired_file": desired_file, "max_parallel": 2}
+        }),
+        Mode::Plan,
+    )
+    .unwrap();
+    let shutdown = Shutdown::new();
+    let r = Reconciler::open(&cfg, client(&sim), &shutdown, None).unwrap();
+    assert_eq!(r.recovered.succeeded.len(), 1, "{:?}", r.recovered);
+    assert!(r.journal.in_flight().is_empty());
+    let mode = std::fs::metadata(&state_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert_eq!(r.queue.max_parallel(), 2);
+
+    // The recovered start is not sent again: the guest already runs.
+    let before = sim.mutations().len();
+    let report = r.engine.pass().unwrap();
+    assert!(report.plan.is_empty(), "{:?}", report.plan);
+    assert_eq!(sim.mutations().len(), before, "something ran twice");
+    r.queue.close();
+}

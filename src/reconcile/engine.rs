@@ -969,3 +969,200 @@ impl Drop for JournalSnapshot {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Why reconcile could not be set up at startup.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The state directory could not be created or secured.
+    StateDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The journal could not be opened.
+    Journal(JournalError),
+    /// The audit log could not be opened.
+    Audit(super::audit::AuditError),
+    /// The configured signers are not valid.
+    Signers(crate::authz::ConfigError),
+    /// Recovering in-flight ops failed (a journal write): exit non-zero.
+    Recover(super::recover::RecoverError),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::StateDir { dir, source } => {
+                write!(f, "state_dir {}: {source}", dir.display())
+            }
+            SetupError::Journal(e) => write!(f, "journal: {e}"),
+            SetupError::Audit(e) => write!(f, "audit log: {e}"),
+            SetupError::Signers(e) => write!(f, "authz.signers: {e}"),
+            SetupError::Recover(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SetupError::StateDir { source, .. } => Some(source),
+            SetupError::Journal(e) => Some(e),
+            SetupError::Audit(e) => Some(e),
+            SetupError::Signers(e) => Some(e),
+            SetupError::Recover(e) => Some(e),
+        }
+    }
+}
+
+/// Reconcile opened in the startup order of the design: state dir → journal → audit
+/// log → nonce store and verifier (when signers are configured) → gate → queue →
+/// **Recover** → engine. Nothing has been mutated when [`Reconciler::open`] returns
+/// except what Recover journaled; the daemon then runs `engine.run()` on a worker
+/// and calls `queue.close()` after the workers stopped.
+pub struct Reconciler {
+    /// The journal (shared by the engine, the gate and signed jobs).
+    pub journal: Arc<Journal>,
+    /// The audit log (also the host report's `audit_tail`).
+    pub audit: Arc<super::audit::AuditLog>,
+    /// The gate every mutation passes.
+    pub gate: Arc<Gate>,
+    /// The queue every mutation runs on.
+    pub queue: Queue,
+    /// Signed jobs through the same gate and queue (no destructive executor wired).
+    pub jobs: super::jobs::SignedJobs,
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// What Recover did with the ops left in flight.
+    pub recovered: super::recover::RecoverReport,
+}
+
+impl fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("engine", &self.engine)
+            .field("recovered", &self.recovered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reconciler {
+    /// Opens everything under `cfg.state_dir` and recovers in-flight ops through
+    /// `client` before returning. `envelope`, when given, paces the engine (see
+    /// [`Engine::with_envelope`]).
+    pub fn open(
+        cfg: &crate::config::Config,
+        client: Client,
+        shutdown: &Shutdown,
+        envelope: Option<SharedEnvelope>,
+    ) -> Result<Reconciler, SetupError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = &cfg.state_dir;
+        let dir_err = |source| SetupError::StateDir {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+
+        let journal =
+            Arc::new(Journal::open(&dir.join("journal.log")).map_err(SetupError::Journal)?);
+        if let Some(why) = journal.damaged() {
+            crate::error!(
+                "journal damaged: destructive operations refused until an operator looks",
+                damage = why
+            );
+        }
+        let audit = Arc::new(
+            super::audit::AuditLog::open(&dir.join("audit.log")).map_err(SetupError::Audit)?,
+        );
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+        let mut nonce_damage: Option<String> = None;
+        let verifier = match &cfg.authz {
+            Some(authz) if !authz.signers.is_empty() => {
+                let path = dir.join("nonces.log");
+                let store =
+                    match crate::authz::FileNonceStore::open(&path, authz.max_clock_skew_seconds) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            nonce_damage = Some(e.to_string());
+                            crate::authz::FileNonceStore::open_fail_safe(
+                                &path,
+                                authz.max_clock_skew_seconds,
+                            )
+                        }
+                    };
+                Some(
+                    crate::authz::Verifier::from_config(
+                        authz,
+                        &cfg.host_id,
+                        Arc::clone(&clock),
+                        Arc::new(store),
+                    )
+                    .map_err(SetupError::Signers)?,
+                )
+            }
+            _ => {
+                crate::info!("no signers configured: only benign operations will run");
+                None
+            }
+        };
+        let mut gate = Gate::new(
+            cfg.host_id.clone(),
+            verifier,
+            Arc::clone(&journal),
+            Arc::clone(&audit),
+        );
+        if let Some(why) = nonce_damage {
+            gate = gate.with_nonce_health(Arc::new(move || Some(why.clone())));
+        }
+        let gate = Arc::new(gate);
+        let queue = Queue::new(cfg.reconcile.max_parallel);
+
+        let mut opts = EngineOptions::new(cfg.host_id.clone());
+        opts.max_parallel = cfg.reconcile.max_parallel;
+        if let Some(hub) = &cfg.hub {
+            opts.default_interval = Duration::from_secs(hub.poll_seconds);
+        }
+        let recovered =
+            super::recover::recover(&journal, &client, &opts.wait, shutdown, clock.as_ref())
+                .map_err(SetupError::Recover)?;
+        if !recovered.unresolved.is_empty() {
+            crate::warn!(
+                "ops still in flight after recovery: their guests wait until they resolve",
+                ops = recovered.unresolved.len()
+            );
+        }
+
+        let mut engine = Engine::new(
+            client,
+            queue.clone(),
+            Arc::clone(&gate),
+            Arc::clone(&journal),
+            configured_provider(cfg),
+            shutdown.clone(),
+            opts,
+        )
+        .with_clock(clock);
+        if let Some(e) = envelope {
+            engine = engine.with_envelope(e);
+        }
+        let jobs = super::jobs::SignedJobs::new(Arc::clone(&gate), Arc::new(queue.clone()));
+        Ok(Reconciler {
+            journal,
+            audit,
+            gate,
+            queue,
+            jobs,
+            engine: Arc::new(engine),
+            recovered,
+        })
+    }
+}
