@@ -536,3 +536,74 @@ fn reconciler_opens_in_order_and_recovers_before_the_first_pass() {
     assert_eq!(sim.mutations().len(), before, "something ran twice");
     r.queue.close();
 }
+
+#[test]
+fn a_wait_that_ends_early_is_reattached_never_resent() {
+    let sim = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(false))
+        .task_duration(Duration::from_millis(400))
+        .start();
+    let desired = DesiredState::from_guests(
+        1,
+        [DesiredGuest {
+            run: Some(Run::Running),
+            ..DesiredGuest::new(100)
+        }],
+    );
+    let mut r = rig(&sim, "reattach", desired);
+    // Rebuild the engine with a wait far shorter than the task.
+    let dir = tempdir("reattach-2");
+    let journal_path = dir.join("journal.log");
+    let journal = Arc::new(Journal::open(&journal_path).unwrap());
+    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let mut opts = EngineOptions::new("pve-a");
+    opts.wait = WaitOptions {
+        initial: Duration::from_millis(5),
+        cap: Duration::from_millis(10),
+        timeout: Duration::from_millis(30),
+    };
+    r.engine = Arc::new(Engine::new(
+        client(&sim),
+        r.queue.clone(),
+        gate,
+        Arc::clone(&journal),
+        Arc::clone(&r.provider) as Arc<dyn DesiredProvider>,
+        r.shutdown.clone(),
+        opts,
+    ));
+    let first = r.engine.pass().unwrap();
+    assert!(
+        matches!(first.results[0].outcome, Outcome::Unresolved { .. }),
+        "{first:#?}"
+    );
+    let op = first.results[0].op_id.clone().unwrap();
+    assert_eq!(journal.latest(&op).unwrap().state, OpState::TaskRunning);
+
+    // Later passes wait for the same task until it ends; the guest is never started twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let applied = loop {
+        let p = r.engine.pass().unwrap();
+        assert!(
+            p.results
+                .iter()
+                .all(|x| matches!(x.outcome, Outcome::Deferred { .. })),
+            "{p:#?}"
+        );
+        if let Some(done) = p.reattached.iter().find(|x| x.outcome == Outcome::Applied) {
+            break done.clone();
+        }
+        assert!(Instant::now() < deadline, "the task never resolved");
+    };
+    assert_eq!(applied.op_id.as_deref(), Some(op.as_str()));
+    assert_eq!(journal.latest(&op).unwrap().state, OpState::Succeeded);
+    assert!(journal.in_flight().is_empty());
+    let starts = sim
+        .mutations()
+        .iter()
+        .filter(|m| m.path.ends_with("/status/start"))
+        .count();
+    assert_eq!(starts, 1, "the start was sent again");
+    assert!(r.engine.pass().unwrap().plan.is_empty());
+    r.queue.close();
+}

@@ -129,7 +129,8 @@ pub enum Outcome {
         error: String,
     },
     /// Sent, but the wait ended (timeout, shutdown) before the task did: the op stays
-    /// in flight in the journal for recovery to resolve.
+    /// in flight in the journal. The next pass waits for the same task again (after a
+    /// shutdown, Recover does at the next start); it is never sent twice.
     Unresolved {
         /// The task.
         upid: String,
@@ -160,6 +161,9 @@ pub struct PassReport {
     pub results: Vec<ActionResult>,
     /// Guests whose config could not be read (their spec was not compared).
     pub unreadable: Vec<u32>,
+    /// Tasks of earlier passes whose wait had ended early, waited for again (never
+    /// re-sent), with how they ended this time.
+    pub reattached: Vec<ActionResult>,
 }
 
 impl PassReport {
@@ -208,7 +212,16 @@ pub struct Engine {
     envelope: Option<SharedEnvelope>,
     opts: EngineOptions,
     backoff: Mutex<HashMap<u32, Backoff>>,
+    unresolved: Arc<Mutex<Vec<Pending>>>,
     pass_lock: Mutex<()>,
+}
+
+/// A task this engine dispatched whose wait ended before the task did.
+#[derive(Debug, Clone)]
+struct Pending {
+    action: Action,
+    running: JournalRecord,
+    upid: Upid,
 }
 
 impl fmt::Debug for Engine {
@@ -315,6 +328,7 @@ impl Engine {
             envelope: None,
             opts,
             backoff: Mutex::new(HashMap::new()),
+            unresolved: Arc::new(Mutex::new(Vec::new())),
             pass_lock: Mutex::new(()),
         }
     }
@@ -361,6 +375,7 @@ impl Engine {
     /// every dispatched action. Per-action failures are in the report.
     pub fn pass(&self) -> Result<PassReport, EngineError> {
         let _one_at_a_time = relock(&self.pass_lock);
+        let reattached = self.reattach()?;
         let desired = self.provider.desired().map_err(EngineError::Desired)?;
         let actual =
             read_actual(&self.client, self.opts.max_parallel).map_err(EngineError::ListGuests)?;
@@ -439,6 +454,7 @@ impl Engine {
                 shutdown: self.shutdown.clone(),
                 wait: self.opts.wait,
                 failed_this_pass: Arc::clone(&failed_this_pass),
+                unresolved: Arc::clone(&self.unresolved),
                 action: action.clone(),
             };
             match self.queue.submit(action.vmid, move || job.run()) {
@@ -485,6 +501,7 @@ impl Engine {
             plan: planned,
             results,
             unreadable,
+            reattached,
         };
         if !report.results.is_empty() {
             crate::info!(
@@ -498,6 +515,50 @@ impl Engine {
             );
         }
         Ok(report)
+    }
+
+    /// Waits again, each on its guest's lane, for the tasks whose wait ended early in
+    /// an earlier pass; journals how they ended. Never sends anything.
+    fn reattach(&self) -> Result<Vec<ActionResult>, EngineError> {
+        let pending = std::mem::take(&mut *relock(&self.unresolved));
+        let mut handles = Vec::new();
+        for p in pending {
+            let job = Job {
+                client: self.client.clone(),
+                journal: Arc::clone(&self.journal),
+                clock: Arc::clone(&self.clock),
+                shutdown: self.shutdown.clone(),
+                wait: self.opts.wait,
+                failed_this_pass: Arc::new(Mutex::new(HashSet::new())),
+                unresolved: Arc::clone(&self.unresolved),
+                action: p.action.clone(),
+            };
+            crate::info!(
+                "waiting again for a reconcile task",
+                op_id = p.running.op_id,
+                upid = p.upid
+            );
+            let vmid = p.action.vmid;
+            match self.queue.submit(vmid, move || {
+                job.finish(&p.running.op_id, &p.running, &p.upid)
+            }) {
+                Ok(h) => handles.push(h),
+                // Shutting down: the op stays in flight for Recover at the next start.
+                Err(_) => break,
+            }
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            match h.wait() {
+                Ok(Ok(r)) => {
+                    self.account(&r);
+                    out.push(r);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(p) => crate::error!("re-attached wait panicked", error = p),
+            }
+        }
+        Ok(out)
     }
 
     /// Updates the guest's back-off from an action's outcome.
@@ -600,6 +661,7 @@ struct Job {
     shutdown: Shutdown,
     wait: WaitOptions,
     failed_this_pass: Arc<Mutex<HashSet<u32>>>,
+    unresolved: Arc<Mutex<Vec<Pending>>>,
     action: Action,
 }
 
@@ -754,6 +816,13 @@ impl Job {
                     upid: upid.to_string(),
                     why: e.to_string(),
                 };
+                if !matches!(e, WaitError::Shutdown { .. }) {
+                    relock(&self.unresolved).push(Pending {
+                        action: a.clone(),
+                        running: running.clone(),
+                        upid: upid.clone(),
+                    });
+                }
                 Ok(self.result(Some(op_id.to_owned()), outcome))
             }
         }
