@@ -14,13 +14,14 @@ use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::desired::{
     DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
 };
-use felhom_agent::reconcile::engine::{Engine, EngineOptions, Outcome};
+use felhom_agent::reconcile::engine::{Engine, EngineError, EngineOptions, Outcome};
 use felhom_agent::reconcile::gate::Gate;
 use felhom_agent::reconcile::journal::{Journal, OpState};
 use felhom_agent::reconcile::plan::ActionKind;
 use felhom_agent::reconcile::queue::Queue;
 use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
+use felhom_agent::store::{FaultOp, FaultyIo, Io};
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim};
 
 fn tempdir(name: &str) -> PathBuf {
@@ -57,9 +58,21 @@ struct Rig {
 }
 
 fn rig(sim: &ProxmoxSim, name: &str, desired: DesiredState) -> Rig {
+    rig_with_io(sim, name, desired, None)
+}
+
+fn rig_with_io(
+    sim: &ProxmoxSim,
+    name: &str,
+    desired: DesiredState,
+    io: Option<Arc<dyn Io>>,
+) -> Rig {
     let dir = tempdir(name);
     let journal_path = dir.join("journal.log");
-    let journal = Arc::new(Journal::open(&journal_path).unwrap());
+    let journal = Arc::new(match io {
+        Some(io) => Journal::open_with(&journal_path, io).unwrap(),
+        None => Journal::open(&journal_path).unwrap(),
+    });
     let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
     let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
     let provider = Arc::new(StaticProvider::new(desired));
@@ -424,4 +437,173 @@ fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
         sim.mutations()
     );
     assert!(!state_dir.exists(), "plan wrote into the state dir");
+}
+
+#[test]
+fn nothing_is_sent_when_the_started_record_cannot_be_made_durable() {
+    // Learn how many syncs opening a fresh journal takes, then fail the next one: the
+    // fsync of the first `started` record.
+    let probe = Arc::new(FaultyIo::new(FaultOp::Sync, u64::MAX, false));
+    let probe_dir = tempdir("probe");
+    Journal::open_with(
+        &probe_dir.join("journal.log"),
+        Arc::clone(&probe) as Arc<dyn Io>,
+    )
+    .unwrap();
+    let opening_syncs = probe.counts().1;
+
+    let sim = lab_sim(true);
+    let io = Arc::new(FaultyIo::new(FaultOp::Sync, opening_syncs + 1, true));
+    let desired = DesiredState::from_guests(
+        1,
+        [DesiredGuest {
+            run: Some(Run::Running),
+            ..DesiredGuest::new(100)
+        }],
+    );
+    let r = rig_with_io(&sim, "fsync", desired, Some(io as Arc<dyn Io>));
+    let err = r.engine.pass().unwrap_err();
+    assert!(matches!(err, EngineError::Journal { .. }), "{err}");
+    assert!(
+        sim.mutations().is_empty(),
+        "dispatched without a durable record: {:?}",
+        sim.mutations()
+    );
+    assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
+    // The run loop stops on it, so the daemon can exit non-zero.
+    assert!(matches!(r.engine.run(), Err(EngineError::Journal { .. })));
+    assert!(sim.mutations().is_empty());
+    r.queue.close();
+}
+
+#[test]
+fn reconciler_opens_in_order_and_recovers_before_the_first_pass() {
+    use felhom_agent::config::{Config, Mode};
+    use felhom_agent::reconcile::classify::OpClass;
+    use felhom_agent::reconcile::engine::Reconciler;
+    use felhom_agent::reconcile::journal::JournalRecord;
+    use felhom_agent::time::{Clock, SystemClock};
+    use std::os::unix::fs::PermissionsExt;
+
+    let sim = lab_sim(true);
+    let dir = tempdir("reconciler");
+    let state_dir = dir.join("state");
+    let desired_file = dir.join("desired.json");
+    std::fs::write(
+        &desired_file,
+        br#"{"generation":3,"guests":[{"vmid":100,"run":"running"}]}"#,
+    )
+    .unwrap();
+    // A previous run started guest 100 and died while its task ran.
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let c = client(&sim);
+    let upid = c.start(100).unwrap();
+    {
+        let j = Journal::open(&state_dir.join("journal.log")).unwrap();
+        let op = j.new_op_id("start-100");
+        let started = JournalRecord::started(&op, 100, OpClass::Start, SystemClock.now());
+        j.append(&started).unwrap();
+        let mut running = started.step(OpState::TaskRunning, SystemClock.now());
+        running.upid = Some(upid.to_string());
+        j.append(&running).unwrap();
+    }
+    let cfg = Config::from_value(
+        &serde_json::json!({
+            "host_id": "pve-a",
+            "state_dir": state_dir,
+            "proxmox": {
+                "url": sim.url(), "node": sim.node(),
+                "token_id": DEFAULT_TOKEN_ID, "token_secret": DEFAULT_TOKEN_SECRET,
+                "tls": {"fingerprint_sha256": sim.fingerprint()}
+            },
+            "reconcile": {"desired_file": desired_file, "max_parallel": 2}
+        }),
+        Mode::Plan,
+    )
+    .unwrap();
+    let shutdown = Shutdown::new();
+    let r = Reconciler::open(&cfg, client(&sim), &shutdown, None).unwrap();
+    assert_eq!(r.recovered.succeeded.len(), 1, "{:?}", r.recovered);
+    assert!(r.journal.in_flight().is_empty());
+    let mode = std::fs::metadata(&state_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert_eq!(r.queue.max_parallel(), 2);
+
+    // The recovered start is not sent again: the guest already runs.
+    let before = sim.mutations().len();
+    let report = r.engine.pass().unwrap();
+    assert!(report.plan.is_empty(), "{:?}", report.plan);
+    assert_eq!(sim.mutations().len(), before, "something ran twice");
+    r.queue.close();
+}
+
+#[test]
+fn a_wait_that_ends_early_is_reattached_never_resent() {
+    let sim = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(false))
+        .task_duration(Duration::from_millis(400))
+        .start();
+    let desired = DesiredState::from_guests(
+        1,
+        [DesiredGuest {
+            run: Some(Run::Running),
+            ..DesiredGuest::new(100)
+        }],
+    );
+    let mut r = rig(&sim, "reattach", desired);
+    // Rebuild the engine with a wait far shorter than the task.
+    let dir = tempdir("reattach-2");
+    let journal_path = dir.join("journal.log");
+    let journal = Arc::new(Journal::open(&journal_path).unwrap());
+    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let mut opts = EngineOptions::new("pve-a");
+    opts.wait = WaitOptions {
+        initial: Duration::from_millis(5),
+        cap: Duration::from_millis(10),
+        timeout: Duration::from_millis(30),
+    };
+    r.engine = Arc::new(Engine::new(
+        client(&sim),
+        r.queue.clone(),
+        gate,
+        Arc::clone(&journal),
+        Arc::clone(&r.provider) as Arc<dyn DesiredProvider>,
+        r.shutdown.clone(),
+        opts,
+    ));
+    let first = r.engine.pass().unwrap();
+    assert!(
+        matches!(first.results[0].outcome, Outcome::Unresolved { .. }),
+        "{first:#?}"
+    );
+    let op = first.results[0].op_id.clone().unwrap();
+    assert_eq!(journal.latest(&op).unwrap().state, OpState::TaskRunning);
+
+    // Later passes wait for the same task until it ends; the guest is never started twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let applied = loop {
+        let p = r.engine.pass().unwrap();
+        assert!(
+            p.results
+                .iter()
+                .all(|x| matches!(x.outcome, Outcome::Deferred { .. })),
+            "{p:#?}"
+        );
+        if let Some(done) = p.reattached.iter().find(|x| x.outcome == Outcome::Applied) {
+            break done.clone();
+        }
+        assert!(Instant::now() < deadline, "the task never resolved");
+    };
+    assert_eq!(applied.op_id.as_deref(), Some(op.as_str()));
+    assert_eq!(journal.latest(&op).unwrap().state, OpState::Succeeded);
+    assert!(journal.in_flight().is_empty());
+    let starts = sim
+        .mutations()
+        .iter()
+        .filter(|m| m.path.ends_with("/status/start"))
+        .count();
+    assert_eq!(starts, 1, "the start was sent again");
+    assert!(r.engine.pass().unwrap().plan.is_empty());
+    r.queue.close();
 }

@@ -9,7 +9,8 @@
 //! ends the pass with [`EngineError::Journal`] (the process must exit: the kernel may
 //! have dropped the dirty pages). The engine never mutates Proxmox outside the queue,
 //! never re-dispatches an op that is still in flight, and never runs an action the
-//! gate refused.
+//! gate refused. [`plan_report`] is the library side of `felhom-agent plan`: the same
+//! reads and plan, the gate's dry-run word, nothing executed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -128,7 +129,8 @@ pub enum Outcome {
         error: String,
     },
     /// Sent, but the wait ended (timeout, shutdown) before the task did: the op stays
-    /// in flight in the journal for recovery to resolve.
+    /// in flight in the journal. The next pass waits for the same task again (after a
+    /// shutdown, Recover does at the next start); it is never sent twice.
     Unresolved {
         /// The task.
         upid: String,
@@ -159,6 +161,9 @@ pub struct PassReport {
     pub results: Vec<ActionResult>,
     /// Guests whose config could not be read (their spec was not compared).
     pub unreadable: Vec<u32>,
+    /// Tasks of earlier passes whose wait had ended early, waited for again (never
+    /// re-sent), with how they ended this time.
+    pub reattached: Vec<ActionResult>,
 }
 
 impl PassReport {
@@ -207,7 +212,16 @@ pub struct Engine {
     envelope: Option<SharedEnvelope>,
     opts: EngineOptions,
     backoff: Mutex<HashMap<u32, Backoff>>,
+    unresolved: Arc<Mutex<Vec<Pending>>>,
     pass_lock: Mutex<()>,
+}
+
+/// A task this engine dispatched whose wait ended before the task did.
+#[derive(Debug, Clone)]
+struct Pending {
+    action: Action,
+    running: JournalRecord,
+    upid: Upid,
 }
 
 impl fmt::Debug for Engine {
@@ -223,14 +237,22 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The gate's vocabulary for a planned action.
-pub fn intent_for(host_id: &str, action: &Action) -> Intent {
-    let class = match action.kind {
+/// The op class of a planned action.
+pub fn class_of(kind: ActionKind) -> OpClass {
+    match kind {
         ActionKind::SetConfig => OpClass::SetConfig,
         ActionKind::Start => OpClass::Start,
         ActionKind::Stop => OpClass::Stop,
-    };
-    let mut intent = Intent::new(class, host_id, Some(action.vmid.to_string()));
+    }
+}
+
+/// The gate's vocabulary for a planned action.
+pub fn intent_for(host_id: &str, action: &Action) -> Intent {
+    let mut intent = Intent::new(
+        class_of(action.kind),
+        host_id,
+        Some(action.vmid.to_string()),
+    );
     intent.params = action.params.clone();
     intent
 }
@@ -306,6 +328,7 @@ impl Engine {
             envelope: None,
             opts,
             backoff: Mutex::new(HashMap::new()),
+            unresolved: Arc::new(Mutex::new(Vec::new())),
             pass_lock: Mutex::new(()),
         }
     }
@@ -352,6 +375,7 @@ impl Engine {
     /// every dispatched action. Per-action failures are in the report.
     pub fn pass(&self) -> Result<PassReport, EngineError> {
         let _one_at_a_time = relock(&self.pass_lock);
+        let reattached = self.reattach()?;
         let desired = self.provider.desired().map_err(EngineError::Desired)?;
         let actual =
             read_actual(&self.client, self.opts.max_parallel).map_err(EngineError::ListGuests)?;
@@ -430,6 +454,7 @@ impl Engine {
                 shutdown: self.shutdown.clone(),
                 wait: self.opts.wait,
                 failed_this_pass: Arc::clone(&failed_this_pass),
+                unresolved: Arc::clone(&self.unresolved),
                 action: action.clone(),
             };
             match self.queue.submit(action.vmid, move || job.run()) {
@@ -476,6 +501,7 @@ impl Engine {
             plan: planned,
             results,
             unreadable,
+            reattached,
         };
         if !report.results.is_empty() {
             crate::info!(
@@ -489,6 +515,50 @@ impl Engine {
             );
         }
         Ok(report)
+    }
+
+    /// Waits again, each on its guest's lane, for the tasks whose wait ended early in
+    /// an earlier pass; journals how they ended. Never sends anything.
+    fn reattach(&self) -> Result<Vec<ActionResult>, EngineError> {
+        let pending = std::mem::take(&mut *relock(&self.unresolved));
+        let mut handles = Vec::new();
+        for p in pending {
+            let job = Job {
+                client: self.client.clone(),
+                journal: Arc::clone(&self.journal),
+                clock: Arc::clone(&self.clock),
+                shutdown: self.shutdown.clone(),
+                wait: self.opts.wait,
+                failed_this_pass: Arc::new(Mutex::new(HashSet::new())),
+                unresolved: Arc::clone(&self.unresolved),
+                action: p.action.clone(),
+            };
+            crate::info!(
+                "waiting again for a reconcile task",
+                op_id = p.running.op_id,
+                upid = p.upid
+            );
+            let vmid = p.action.vmid;
+            match self.queue.submit(vmid, move || {
+                job.finish(&p.running.op_id, &p.running, &p.upid)
+            }) {
+                Ok(h) => handles.push(h),
+                // Shutting down: the op stays in flight for Recover at the next start.
+                Err(_) => break,
+            }
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            match h.wait() {
+                Ok(Ok(r)) => {
+                    self.account(&r);
+                    out.push(r);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(p) => crate::error!("re-attached wait panicked", error = p),
+            }
+        }
+        Ok(out)
     }
 
     /// Updates the guest's back-off from an action's outcome.
@@ -591,6 +661,7 @@ struct Job {
     shutdown: Shutdown,
     wait: WaitOptions,
     failed_this_pass: Arc<Mutex<HashSet<u32>>>,
+    unresolved: Arc<Mutex<Vec<Pending>>>,
     action: Action,
 }
 
@@ -626,7 +697,7 @@ impl Job {
                 },
             });
         }
-        let class = intent_for("", a).class;
+        let class = class_of(a.kind);
         let op_id = self.journal.new_op_id(&format!("{}-{}", a.kind, a.vmid));
         let mut started = JournalRecord::started(&op_id, a.vmid, class, self.clock.now());
         started.params = a.params.clone();
@@ -745,6 +816,13 @@ impl Job {
                     upid: upid.to_string(),
                     why: e.to_string(),
                 };
+                if !matches!(e, WaitError::Shutdown { .. }) {
+                    relock(&self.unresolved).push(Pending {
+                        action: a.clone(),
+                        running: running.clone(),
+                        upid: upid.clone(),
+                    });
+                }
                 Ok(self.result(Some(op_id.to_owned()), outcome))
             }
         }
@@ -958,5 +1036,202 @@ impl JournalSnapshot {
 impl Drop for JournalSnapshot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Why reconcile could not be set up at startup.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The state directory could not be created or secured.
+    StateDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The journal could not be opened.
+    Journal(JournalError),
+    /// The audit log could not be opened.
+    Audit(super::audit::AuditError),
+    /// The configured signers are not valid.
+    Signers(crate::authz::ConfigError),
+    /// Recovering in-flight ops failed (a journal write): exit non-zero.
+    Recover(super::recover::RecoverError),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::StateDir { dir, source } => {
+                write!(f, "state_dir {}: {source}", dir.display())
+            }
+            SetupError::Journal(e) => write!(f, "journal: {e}"),
+            SetupError::Audit(e) => write!(f, "audit log: {e}"),
+            SetupError::Signers(e) => write!(f, "authz.signers: {e}"),
+            SetupError::Recover(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SetupError::StateDir { source, .. } => Some(source),
+            SetupError::Journal(e) => Some(e),
+            SetupError::Audit(e) => Some(e),
+            SetupError::Signers(e) => Some(e),
+            SetupError::Recover(e) => Some(e),
+        }
+    }
+}
+
+/// Reconcile opened in the startup order of the design: state dir → journal → audit
+/// log → nonce store and verifier (when signers are configured) → gate → queue →
+/// **Recover** → engine. Nothing has been mutated when [`Reconciler::open`] returns
+/// except what Recover journaled; the daemon then runs `engine.run()` on a worker
+/// and calls `queue.close()` after the workers stopped.
+pub struct Reconciler {
+    /// The journal (shared by the engine, the gate and signed jobs).
+    pub journal: Arc<Journal>,
+    /// The audit log (also the host report's `audit_tail`).
+    pub audit: Arc<super::audit::AuditLog>,
+    /// The gate every mutation passes.
+    pub gate: Arc<Gate>,
+    /// The queue every mutation runs on.
+    pub queue: Queue,
+    /// Signed jobs through the same gate and queue (no destructive executor wired).
+    pub jobs: super::jobs::SignedJobs,
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// What Recover did with the ops left in flight.
+    pub recovered: super::recover::RecoverReport,
+}
+
+impl fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("engine", &self.engine)
+            .field("recovered", &self.recovered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reconciler {
+    /// Opens everything under `cfg.state_dir` and recovers in-flight ops through
+    /// `client` before returning. `envelope`, when given, paces the engine (see
+    /// [`Engine::with_envelope`]).
+    pub fn open(
+        cfg: &crate::config::Config,
+        client: Client,
+        shutdown: &Shutdown,
+        envelope: Option<SharedEnvelope>,
+    ) -> Result<Reconciler, SetupError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = &cfg.state_dir;
+        let dir_err = |source| SetupError::StateDir {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+
+        let journal =
+            Arc::new(Journal::open(&dir.join("journal.log")).map_err(SetupError::Journal)?);
+        if let Some(why) = journal.damaged() {
+            crate::error!(
+                "journal damaged: destructive operations refused until an operator looks",
+                damage = why
+            );
+        }
+        let audit = Arc::new(
+            super::audit::AuditLog::open(&dir.join("audit.log")).map_err(SetupError::Audit)?,
+        );
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+        let mut nonce_damage: Option<String> = None;
+        let verifier = match &cfg.authz {
+            Some(authz) if !authz.signers.is_empty() => {
+                let path = dir.join("nonces.log");
+                let store =
+                    match crate::authz::FileNonceStore::open(&path, authz.max_clock_skew_seconds) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            nonce_damage = Some(e.to_string());
+                            crate::authz::FileNonceStore::open_fail_safe(
+                                &path,
+                                authz.max_clock_skew_seconds,
+                            )
+                        }
+                    };
+                Some(
+                    crate::authz::Verifier::from_config(
+                        authz,
+                        &cfg.host_id,
+                        Arc::clone(&clock),
+                        Arc::new(store),
+                    )
+                    .map_err(SetupError::Signers)?,
+                )
+            }
+            _ => {
+                crate::info!("no signers configured: only benign operations will run");
+                None
+            }
+        };
+        let mut gate = Gate::new(
+            cfg.host_id.clone(),
+            verifier,
+            Arc::clone(&journal),
+            Arc::clone(&audit),
+        );
+        if let Some(why) = nonce_damage {
+            gate = gate.with_nonce_health(Arc::new(move || Some(why.clone())));
+        }
+        let gate = Arc::new(gate);
+        let queue = Queue::new(cfg.reconcile.max_parallel);
+
+        let mut opts = EngineOptions::new(cfg.host_id.clone());
+        opts.max_parallel = cfg.reconcile.max_parallel;
+        if let Some(hub) = &cfg.hub {
+            opts.default_interval = Duration::from_secs(hub.poll_seconds);
+        }
+        let recovered =
+            super::recover::recover(&journal, &client, &opts.wait, shutdown, clock.as_ref())
+                .map_err(SetupError::Recover)?;
+        if !recovered.unresolved.is_empty() {
+            crate::warn!(
+                "ops still in flight after recovery: their guests wait until they resolve",
+                ops = recovered.unresolved.len()
+            );
+        }
+
+        let mut engine = Engine::new(
+            client,
+            queue.clone(),
+            Arc::clone(&gate),
+            Arc::clone(&journal),
+            configured_provider(cfg),
+            shutdown.clone(),
+            opts,
+        )
+        .with_clock(clock);
+        if let Some(e) = envelope {
+            engine = engine.with_envelope(e);
+        }
+        let jobs = super::jobs::SignedJobs::new(Arc::clone(&gate), Arc::new(queue.clone()));
+        Ok(Reconciler {
+            journal,
+            audit,
+            gate,
+            queue,
+            jobs,
+            engine: Arc::new(engine),
+            recovered,
+        })
     }
 }

@@ -205,7 +205,8 @@ impl Queue {
     }
 
     /// Queues `job` on the lane of `vmid`; it runs after every job submitted earlier
-    /// for the same guest. Fails once [`Queue::close`] was called.
+    /// for the same guest. Fails once [`Queue::close`] was called. A job must not wait
+    /// for a later job of its own guest: that one runs only after it returns.
     pub fn submit<T: Send + 'static>(
         &self,
         vmid: u32,
@@ -261,7 +262,8 @@ impl Queue {
     }
 
     /// Stops taking jobs, lets every lane run what is already queued, and waits for
-    /// the lanes to end. Idempotent.
+    /// the lanes to end. Idempotent. Call it from outside the queue: a job that closes
+    /// its own queue would wait for its own lane.
     pub fn close(&self) {
         let lanes: Vec<Lane> = {
             let mut st = relock(&self.inner.state);

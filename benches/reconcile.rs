@@ -1,0 +1,136 @@
+//! A reconcile pass over 1 000 guests with 5 ms of simulated Proxmox latency per
+//! request: parallel config reads (the queue's bound) against one at a time, and the
+//! HTTP requests a pass costs, with no drift and with every guest drifting.
+//!
+//! `cargo bench --bench reconcile` (release profile). Prints a table; asserts nothing.
+//! Measured on the 2-core build machine: no drift 7.2 s sequential vs 1.6 s with 4
+//! parallel reads (4.6x) and 0.76 s with 8 (9.5x); 1 001 requests per pass (the list,
+//! then one config read per guest); every guest drifting adds one PUT each (2 001).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use felhom_agent::net::{Sha256Pin, TlsTrust};
+use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::reconcile::desired::{DesiredGuest, DesiredState, Spec, StaticProvider};
+use felhom_agent::reconcile::engine::{Engine, EngineOptions};
+use felhom_agent::reconcile::gate::Gate;
+use felhom_agent::reconcile::journal::Journal;
+use felhom_agent::reconcile::queue::Queue;
+use felhom_agent::secret::Secret;
+use felhom_agent::shutdown::Shutdown;
+use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim};
+
+const GUESTS: u32 = 1000;
+const LATENCY: Duration = Duration::from_millis(5);
+
+fn engine(sim: &ProxmoxSim, parallel: usize, desired: DesiredState, tag: &str) -> Engine {
+    let dir = std::env::temp_dir().join(format!("felhom-bench-rec-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
+    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let mut o = ClientOptions::new(
+        sim.url(),
+        sim.node(),
+        DEFAULT_TOKEN_ID,
+        Secret::new(DEFAULT_TOKEN_SECRET),
+        TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
+    );
+    // Keep one idle connection per reader, so a pass does not re-handshake.
+    o.max_idle_per_host = parallel.max(1);
+    let mut opts = EngineOptions::new("pve-a");
+    opts.max_parallel = parallel;
+    opts.wait = WaitOptions {
+        initial: Duration::from_millis(5),
+        cap: Duration::from_millis(20),
+        timeout: Duration::from_secs(60),
+    };
+    Engine::new(
+        Client::new(o).unwrap(),
+        Queue::new(parallel),
+        gate,
+        journal,
+        Arc::new(StaticProvider::new(desired)),
+        Shutdown::new(),
+        opts,
+    )
+}
+
+fn sim() -> ProxmoxSim {
+    let mut b = ProxmoxSim::builder().task_duration(Duration::from_millis(10));
+    for vmid in 100..100 + GUESTS {
+        b = b.guest(
+            GuestSeed::new(vmid, &format!("ct{vmid}"))
+                .running(true)
+                .cores(2),
+        );
+    }
+    let sim = b.start();
+    sim.inject(Fault::new(None, "/", FaultKind::Delay(LATENCY)).times(usize::MAX));
+    sim
+}
+
+fn desired(cores: u32) -> DesiredState {
+    DesiredState::from_guests(
+        1,
+        (100..100 + GUESTS).map(|vmid| DesiredGuest {
+            spec: Some(Spec {
+                cores: Some(cores),
+                memory_bytes: None,
+                disk_bytes: None,
+            }),
+            ..DesiredGuest::new(vmid)
+        }),
+    )
+}
+
+/// One pass: (seconds, HTTP requests, actions applied).
+fn pass(sim: &ProxmoxSim, e: &Engine) -> (f64, usize, usize) {
+    sim.clear_requests();
+    let t = Instant::now();
+    let r = e.pass().unwrap();
+    (t.elapsed().as_secs_f64(), sim.requests().len(), r.applied())
+}
+
+fn main() {
+    // One line per applied action would drown the table.
+    felhom_agent::log::set_level(felhom_agent::log::Level::Warn);
+    println!(
+        "reconcile pass: {GUESTS} guests, {} ms per Proxmox request",
+        LATENCY.as_millis()
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>8}",
+        "case", "seconds", "requests", "applied"
+    );
+    let s = sim();
+    let mut seq_time = 0.0;
+    for parallel in [1usize, 4, 8] {
+        let e = engine(&s, parallel, desired(2), &format!("idle{parallel}"));
+        pass(&s, &e); // warm the connections
+        let (secs, reqs, applied) = pass(&s, &e);
+        if parallel == 1 {
+            seq_time = secs;
+        }
+        println!(
+            "{:<34} {secs:>9.3} {reqs:>9} {applied:>8}   {:.2}x vs sequential",
+            format!("no drift, {parallel} parallel read(s)"),
+            seq_time / secs
+        );
+    }
+    // Every guest drifts: reads, then one config PUT per guest on the queue (sync).
+    for (parallel, cores) in [(1usize, 3u32), (4, 4)] {
+        let e = engine(&s, parallel, desired(cores), &format!("drift{parallel}"));
+        let (secs, reqs, applied) = pass(&s, &e);
+        println!(
+            "{:<34} {secs:>9.3} {reqs:>9} {applied:>8}",
+            format!("all drift (cores), {parallel} parallel")
+        );
+    }
+}
