@@ -86,8 +86,31 @@ fn needs_quotes(v: &str) -> bool {
             .any(|c| c == ' ' || c == '=' || c == '"' || c == '\\' || c.is_control())
 }
 
-/// Appends `v` as a logfmt value: bare when safe, else quoted with `\"`, `\\`, `\n`,
-/// `\r`, `\t` and `\u{..}` escapes.
+/// Appends `c`, escaping a backslash and every control character (`\n`, `\r`, `\t` by
+/// name, others as `\u{..}`), so outside text can neither start a new line nor drive a
+/// terminal. The one escaper for log values, error excerpts and printed signed ops.
+pub fn push_escaped_char(out: &mut String, c: char) {
+    match c {
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if c.is_control() => {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+/// Appends `s` with [`push_escaped_char`] applied to every character.
+pub fn push_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        push_escaped_char(out, c);
+    }
+}
+
+/// Appends `v` as a logfmt value: bare when safe, else quoted, with `\"` and the
+/// escapes of [`push_escaped_char`].
 pub fn push_value(out: &mut String, v: &str) {
     if !needs_quotes(v) {
         out.push_str(v);
@@ -95,16 +118,10 @@ pub fn push_value(out: &mut String, v: &str) {
     }
     out.push('"');
     for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
+        if c == '"' {
+            out.push_str("\\\"");
+        } else {
+            push_escaped_char(out, c);
         }
     }
     out.push('"');
@@ -211,6 +228,14 @@ mod tests {
         let mut s = String::new();
         push_value(&mut s, "a\u{1b}[31mb");
         assert_eq!(s, "\"a\\u{1b}[31mb\"");
+    }
+
+    #[test]
+    fn escaping_outside_text_keeps_it_on_one_line() {
+        let mut s = String::new();
+        push_escaped(&mut s, "a\\b\nc\r\td\u{7}\"e\"");
+        assert_eq!(s, "a\\\\b\\nc\\r\\td\\u{7}\"e\"");
+        assert!(!s.contains('\n'));
     }
 
     #[test]

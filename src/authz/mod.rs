@@ -27,7 +27,7 @@ pub mod selftest;
 pub mod sshsig;
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
 
 pub use blob::OpBlob;
@@ -159,18 +159,6 @@ pub struct VerifiedOp {
     pub sk: Option<SkCheck>,
 }
 
-fn push_escaped(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-}
-
 impl VerifiedOp {
     /// A stable, readable `name: value` form, one field per line, control characters
     /// escaped (the blob is operator-controlled but still outside input).
@@ -179,7 +167,7 @@ impl VerifiedOp {
         let mut line = |k: &str, v: &str| {
             out.push_str(k);
             out.push_str(": ");
-            push_escaped(&mut out, v);
+            crate::log::push_escaped(&mut out, v);
             out.push('\n');
         };
         line("op", &self.op);

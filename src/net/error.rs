@@ -187,18 +187,7 @@ pub fn excerpt(bytes: &[u8], limit: usize) -> String {
     let head = &bytes[..bytes.len().min(limit)];
     let text = String::from_utf8_lossy(head);
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
+    crate::log::push_escaped(&mut out, &text);
     if cut {
         // A multi-byte character split by the cut decodes as U+FFFD; drop it.
         if out.ends_with('\u{fffd}') {
