@@ -58,6 +58,8 @@ impl Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("agent.json");
         write_config(&config, pve, hub, "info");
+        // Tests run as root: state goes in the test's own directory, never the default.
+        std::fs::create_dir_all(dir.join("state")).unwrap();
         let mut v: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
         edit(&mut v);
         std::fs::write(&config, v.to_string()).unwrap();
@@ -154,10 +156,13 @@ impl Agent {
     }
 }
 
+/// Writes the standard config next to `path`; its state directory is `state/` beside it.
 fn write_config(path: &PathBuf, pve: &ProxmoxSim, hub: &HubSim, level: &str) {
     let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
+    let state = path.parent().unwrap().join("state");
     let v = json!({
         "host_id": "pve-a",
+        "state_dir": state,
         "log": {"level": level},
         "proxmox": {
             "url": pve.url(),
