@@ -310,19 +310,7 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     }
     crate::info!("felhom-agent running", workers = names.join(","));
 
-    let mut outcome = Ok(());
-    while !shutdown.sleep(WATCH_INTERVAL) {
-        if let Some(name) = workers.first_finished() {
-            let reported = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
-                name: name.to_owned(),
-            });
-            crate::error!("worker stopped; shutting down", worker = name, error = e);
-            outcome = Err(e);
-            shutdown.trigger();
-            break;
-        }
-    }
+    let outcome = watch(&workers, shutdown, &failure);
     crate::info!("felhom-agent stopping");
     let deadline = Instant::now() + STOP_GRACE;
     let stuck = workers.join_until(deadline);
@@ -335,6 +323,23 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     drain_queue(&reconciler, deadline);
     crate::info!("felhom-agent stopped");
     outcome
+}
+
+/// Waits for the shutdown while every worker lives. A worker that ends first triggers
+/// the shutdown; its reported failure (or [`DaemonError::WorkerDied`]) is returned.
+fn watch(workers: &Workers, shutdown: &Shutdown, failure: &Failure) -> Result<(), DaemonError> {
+    while !shutdown.sleep(WATCH_INTERVAL) {
+        if let Some(name) = workers.first_finished() {
+            let reported = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
+                name: name.to_owned(),
+            });
+            crate::error!("worker stopped; shutting down", worker = name, error = e);
+            shutdown.trigger();
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Closes the queue (what is queued still runs: every job's wait returns at once on
@@ -520,6 +525,139 @@ mod tests {
         let left = w.join_until(Instant::now() + Duration::from_millis(50));
         assert_eq!(left, ["stuck"]);
         drop(release_tx);
+    }
+
+    #[test]
+    fn a_worker_that_reports_a_failure_ends_the_watch_with_that_failure() {
+        let shutdown = Shutdown::new();
+        let failure: Failure = Arc::new(Mutex::new(None));
+        let mut w = Workers::new();
+        let slot = Arc::clone(&failure);
+        w.spawn("reconcile", move || {
+            report_failure(
+                &slot,
+                DaemonError::NonceStore(NonceStoreError::Unavailable("disk gone".into())),
+            );
+        })
+        .unwrap();
+        let e = watch(&w, &shutdown, &failure).unwrap_err();
+        assert!(matches!(e, DaemonError::NonceStore(_)), "{e:?}");
+        assert!(!e.is_configuration(), "a runtime failure: exit 1");
+        assert!(shutdown.is_triggered(), "the others are told to stop");
+    }
+
+    #[test]
+    fn a_worker_that_ends_silently_is_reported_by_name() {
+        let shutdown = Shutdown::new();
+        let mut w = Workers::new();
+        w.spawn("hub-poller", || {}).unwrap();
+        let e = watch(&w, &shutdown, &Arc::new(Mutex::new(None))).unwrap_err();
+        assert!(
+            matches!(&e, DaemonError::WorkerDied { name } if name == "hub-poller"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_watch_returns_ok_on_shutdown() {
+        let shutdown = Shutdown::new();
+        let mut w = Workers::new();
+        let s = shutdown.clone();
+        w.spawn("loop", move || {
+            s.sleep(Duration::from_secs(600));
+        })
+        .unwrap();
+        shutdown.trigger();
+        assert!(watch(&w, &shutdown, &Arc::new(Mutex::new(None))).is_ok());
+    }
+
+    fn temp_store(name: &str, io: Arc<dyn crate::store::Io>) -> (PathBuf, FileNonceStore) {
+        let dir =
+            std::env::temp_dir().join(format!("felhom-daemon-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = FileNonceStore::open_with(dir.join("nonces.log"), 0, io).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn nonce_compaction_runs_at_start_and_drops_only_expired_nonces() {
+        use crate::authz::NonceStore;
+        use crate::time::{ManualClock, Timestamp};
+        let (dir, store) = temp_store("compact", Arc::new(crate::store::OsIo));
+        let now = Timestamp(1_800_000_000);
+        store
+            .seen_or_record("old", Timestamp(now.0 - 10), None)
+            .unwrap();
+        store
+            .seen_or_record("new", Timestamp(now.0 + 600), None)
+            .unwrap();
+        let shutdown = Shutdown::new();
+        shutdown.trigger();
+        // Already shut down: exactly the round at start runs.
+        compact_nonces(
+            &store,
+            &shutdown,
+            &ManualClock::new(now),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(store.len(), 1, "the expired nonce is gone");
+        let reopened = FileNonceStore::open(dir.join("nonces.log"), 0).unwrap();
+        assert_eq!(reopened.len(), 1, "and gone from the file");
+        assert_eq!(
+            reopened
+                .seen_or_record("new", Timestamp(now.0 + 600), None)
+                .unwrap(),
+            crate::authz::Freshness::Seen,
+            "the live nonce survives compaction"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_compaction_that_poisons_the_nonce_store_ends_the_worker_with_the_error() {
+        use crate::store::{FaultOp, FaultyIo};
+        use crate::time::{ManualClock, Timestamp};
+        // Opening a new file costs two syncs; the third is the compaction's fsync of
+        // the old file, whose failure is fatal (never retried).
+        let io = Arc::new(FaultyIo::new(FaultOp::Sync, 3, false));
+        let (dir, store) = temp_store("poison", io);
+        let shutdown = Shutdown::new();
+        shutdown.trigger();
+        let clock = ManualClock::new(Timestamp(1_800_000_000));
+        let r = compact_nonces(&store, &shutdown, &clock, Duration::from_secs(3600));
+        assert!(matches!(r, Err(NonceStoreError::Store(_))), "{r:?}");
+        assert!(store.unavailable().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_compaction_that_failed_before_the_rename_is_only_logged() {
+        use crate::authz::NonceStore;
+        use crate::store::{FaultOp, FaultyIo};
+        use crate::time::{ManualClock, Timestamp};
+        // The fourth sync is the new file's, before the rename: the old file stays.
+        let io = Arc::new(FaultyIo::new(FaultOp::Sync, 4, false));
+        let (dir, store) = temp_store("retry", Arc::clone(&io) as Arc<dyn crate::store::Io>);
+        let shutdown = Shutdown::new();
+        shutdown.trigger();
+        let clock = ManualClock::new(Timestamp(1_800_000_000));
+        let r = compact_nonces(&store, &shutdown, &clock, Duration::from_secs(3600));
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            io.counts().1,
+            4,
+            "the compaction stopped at its failed fsync"
+        );
+        assert_eq!(store.unavailable(), None, "the store still works");
+        assert_eq!(
+            store
+                .seen_or_record("n1", Timestamp(1_800_000_600), None)
+                .unwrap(),
+            crate::authz::Freshness::Fresh
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
