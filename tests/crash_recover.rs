@@ -3,7 +3,7 @@
 //! resolves the op from the journaled UPID (Recover) before any mutation — the journal
 //! ends with no op in flight, the op `succeeded`, and the simulator saw exactly one
 //! start POST. The same holds when the kill lands while Recover itself is waiting on
-//! that task.
+//! that task, and a SIGTERM during that wait exits 0 without resolving anything.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -296,5 +296,31 @@ fn sigkill_while_recover_waits_on_the_task_then_restart_still_recovers_it_once()
     assert_eq!(still.op_id, op.op_id);
     assert_eq!(still.upid, op.upid);
     assert_eq!(lab.start_posts(VMID), 1, "Recover sends nothing");
+    restart_and_check_recovered(&lab, &op);
+}
+
+#[test]
+fn sigterm_while_recover_waits_exits_0_and_leaves_the_op_in_flight_for_the_next_start() {
+    let lab = Lab::new("termrecover");
+    let op = kill_mid_task(&lab);
+    let want = format!(
+        "/nodes/{}/tasks/{}/status",
+        lab.pve.node(),
+        op.upid.as_deref().unwrap()
+    );
+    let seen_before = lab.pve.requests().len();
+    let agent = lab.start_agent();
+    lab.wait_until("Recover polling the task", || {
+        lab.pve.requests()[seen_before..]
+            .iter()
+            .any(|r| r.method == "GET" && r.path == want)
+    });
+    // A shutdown ends Recover's wait early: the op is neither failed nor re-sent.
+    agent.stop(&lab);
+    let still = lab
+        .in_flight_with_upid()
+        .expect("an interrupted wait resolves nothing");
+    assert_eq!(still.op_id, op.op_id);
+    assert_eq!(lab.start_posts(VMID), 1);
     restart_and_check_recovered(&lab, &op);
 }
