@@ -1,0 +1,326 @@
+//! Crash recovery of the real daemon process: killed with SIGKILL while a start task it
+//! sent still runs in the Proxmox simulator, restarted on the same state directory, it
+//! resolves the op from the journaled UPID (Recover) before any mutation — the journal
+//! ends with no op in flight, the op `succeeded`, and the simulator saw exactly one
+//! start POST. The same holds when the kill lands while Recover itself is waiting on
+//! that task, and a SIGTERM during that wait exits 0 without resolving anything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use felhom_agent::daemon::DEBUG_SECOND_ENV;
+use felhom_agent::reconcile::classify::OpClass;
+use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use serde_json::{Value, json};
+
+/// How long each simulated task runs: long enough to kill the daemon (twice) mid-task.
+const TASK: Duration = Duration::from_secs(4);
+/// Generous bound for anything the daemon should do within a few seconds.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The guest whose start is interrupted.
+const VMID: u32 = 100;
+
+/// One test's directory: config, desired state, state dir and the agents' logs.
+struct Lab {
+    dir: PathBuf,
+    pve: ProxmoxSim,
+    _hub: HubSim,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    fn new(name: &str) -> Lab {
+        let dir = std::env::temp_dir().join(format!("felhom-crash-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pve = ProxmoxSim::builder()
+            .guest(GuestSeed::new(VMID, "web"))
+            .guest(GuestSeed::new(101, "db").cores(1))
+            .task_duration(TASK)
+            .start();
+        let hub = HubSim::start();
+        let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
+        let config = json!({
+            "host_id": "pve-a",
+            "state_dir": dir.join("state"),
+            "proxmox": {
+                "url": pve.url(), "node": pve.node(),
+                "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
+                "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
+            },
+            "hub": {"url": hub.url(), "api_key": hub.key(), "timeout_seconds": 2,
+                "tls": {"ca_file": ca}},
+            "reconcile": {"desired_file": dir.join("desired.json")}
+        });
+        let path = dir.join("agent.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let lab = Lab {
+            dir,
+            pve,
+            _hub: hub,
+        };
+        lab.desire(json!({"generation": 1, "guests": [{"vmid": VMID, "run": "running"}]}));
+        lab
+    }
+
+    fn desire(&self, desired: Value) {
+        // Written aside and renamed, so the daemon never reads half a file.
+        let tmp = self.dir.join("desired.json.tmp");
+        std::fs::write(&tmp, desired.to_string()).unwrap();
+        std::fs::rename(&tmp, self.dir.join("desired.json")).unwrap();
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join("state").join("journal.log")
+    }
+
+    /// The journal as on disk now, read without writing (safe while an agent runs).
+    fn journal(&self) -> Option<JournalView> {
+        Journal::open_read_only(&self.journal_path()).ok()
+    }
+
+    /// Every log line of every agent started in this lab.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn start_agent(&self) -> Agent {
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("stderr.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
+            .args(["run", "--config"])
+            .arg(self.dir.join("agent.json"))
+            .env(DEBUG_SECOND_ENV, "20")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the agent binary starts");
+        Agent { child }
+    }
+
+    /// The start POSTs the simulator saw for `vmid`.
+    fn start_posts(&self, vmid: u32) -> usize {
+        let path = format!("/nodes/{}/lxc/{vmid}/status/start", self.pve.node());
+        self.pve
+            .mutations()
+            .iter()
+            .filter(|m| m.method == "POST" && m.path == path)
+            .count()
+    }
+
+    /// Polls `check` until it holds; fails with the agents' log after `PATIENCE`.
+    fn wait_until(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "waited for {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The one op the journal holds in flight, once its UPID is journaled.
+    fn in_flight_with_upid(&self) -> Option<JournalRecord> {
+        let view = self.journal()?;
+        let in_flight = view.in_flight();
+        match in_flight.as_slice() {
+            [op] if op.upid.is_some() => Some(op.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A running agent; killed if the test ends without stopping it.
+struct Agent {
+    child: Child,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Agent {
+    fn signal(&mut self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} delivered");
+    }
+
+    /// SIGKILL: no handler runs, nothing is flushed or closed.
+    fn kill_9(mut self) {
+        self.signal("KILL");
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), None, "ended by the signal, not an exit");
+    }
+
+    fn stop(mut self, lab: &Lab) {
+        self.signal("TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert_eq!(status.code(), Some(0), "{}", lab.log());
+                return;
+            }
+            assert!(start.elapsed() < PATIENCE, "{}", lab.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Starts the agent and SIGKILLs it once the start task runs and its UPID is durable;
+/// returns the op the journal holds in flight.
+fn kill_mid_task(lab: &Lab) -> JournalRecord {
+    let agent = lab.start_agent();
+    lab.wait_until("the start POST", || lab.start_posts(VMID) == 1);
+    lab.wait_until("the UPID journaled", || lab.in_flight_with_upid().is_some());
+    agent.kill_9();
+    let op = lab
+        .in_flight_with_upid()
+        .expect("still in flight after the kill");
+    assert_eq!(op.vmid, VMID);
+    assert_eq!(op.class, OpClass::Start);
+    assert_eq!(op.state, OpState::TaskRunning);
+    assert!(
+        op.upid.as_deref().is_some_and(|u| u.starts_with("UPID:")),
+        "{op:?}"
+    );
+    assert_eq!(
+        lab.pve.guest_status(VMID).as_deref(),
+        Some("stopped"),
+        "the kill came before the task ended"
+    );
+    op
+}
+
+/// Restarts on the same state and checks the op resolved once, without a re-send; a
+/// second guest's drift, desired only now, proves the engine passed after Recover.
+fn restart_and_check_recovered(lab: &Lab, op: &JournalRecord) {
+    lab.desire(json!({"generation": 2, "guests": [
+        {"vmid": VMID, "run": "running"},
+        {"vmid": 101, "spec": {"cores": 2}}
+    ]}));
+    let agent = lab.start_agent();
+    lab.wait_until("the op resolved in the journal", || {
+        lab.journal()
+            .and_then(|j| j.latest(&op.op_id))
+            .is_some_and(|r| r.state.is_terminal())
+    });
+    lab.wait_until("an engine pass after Recover", || {
+        lab.pve
+            .guest_config(101)
+            .and_then(|c| c.get("cores").cloned())
+            == Some(json!(2))
+    });
+    agent.stop(lab);
+
+    let view = lab.journal().expect("the journal reads");
+    assert_eq!(view.damaged(), None);
+    assert!(
+        view.in_flight().is_empty(),
+        "nothing left in flight: {:?}",
+        view.in_flight()
+    );
+    let done = view.latest(&op.op_id).unwrap();
+    assert_eq!(done.state, OpState::Succeeded, "{done:?}");
+    assert_eq!(done.upid, op.upid, "resolved through the journaled task");
+    assert_eq!(
+        lab.start_posts(VMID),
+        1,
+        "the start was sent once, never again"
+    );
+    assert_eq!(lab.pve.guest_status(VMID).as_deref(), Some("running"));
+    let starts = view
+        .history()
+        .iter()
+        .filter(|r| r.vmid == VMID && r.state == OpState::Started)
+        .count();
+    assert_eq!(starts, 1, "one op for the guest in the journal");
+    assert!(
+        lab.log().contains("msg=\"recover: op resolved\""),
+        "{}",
+        lab.log()
+    );
+}
+
+#[test]
+fn sigkill_while_a_task_runs_then_restart_recovers_it_without_running_it_twice() {
+    let lab = Lab::new("midtask");
+    let op = kill_mid_task(&lab);
+    restart_and_check_recovered(&lab, &op);
+}
+
+#[test]
+fn sigkill_while_recover_waits_on_the_task_then_restart_still_recovers_it_once() {
+    let lab = Lab::new("inrecover");
+    let op = kill_mid_task(&lab);
+    let status_path = |upid: &str| format!("/nodes/{}/tasks/{upid}/status", lab.pve.node());
+    let want = status_path(op.upid.as_deref().unwrap());
+    let seen_before = lab.pve.requests().len();
+    let agent = lab.start_agent();
+    lab.wait_until("Recover polling the task", || {
+        lab.pve.requests()[seen_before..]
+            .iter()
+            .any(|r| r.method == "GET" && r.path == want)
+    });
+    agent.kill_9();
+    let still = lab
+        .in_flight_with_upid()
+        .expect("Recover was interrupted: the op is still in flight");
+    assert_eq!(still.op_id, op.op_id);
+    assert_eq!(still.upid, op.upid);
+    assert_eq!(lab.start_posts(VMID), 1, "Recover sends nothing");
+    restart_and_check_recovered(&lab, &op);
+}
+
+#[test]
+fn sigterm_while_recover_waits_exits_0_and_leaves_the_op_in_flight_for_the_next_start() {
+    let lab = Lab::new("termrecover");
+    let op = kill_mid_task(&lab);
+    let want = format!(
+        "/nodes/{}/tasks/{}/status",
+        lab.pve.node(),
+        op.upid.as_deref().unwrap()
+    );
+    let seen_before = lab.pve.requests().len();
+    let agent = lab.start_agent();
+    lab.wait_until("Recover polling the task", || {
+        lab.pve.requests()[seen_before..]
+            .iter()
+            .any(|r| r.method == "GET" && r.path == want)
+    });
+    // A shutdown ends Recover's wait early: the op is neither failed nor re-sent.
+    agent.stop(&lab);
+    let still = lab
+        .in_flight_with_upid()
+        .expect("an interrupted wait resolves nothing");
+    assert_eq!(still.op_id, op.op_id);
+    assert_eq!(lab.start_posts(VMID), 1);
+    restart_and_check_recovered(&lab, &op);
+}
