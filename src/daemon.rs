@@ -1,35 +1,45 @@
-//! The daemon: wires the configuration into clients and long-running loops, and owns
-//! their shutdown.
+//! The daemon: wires the configuration into clients, the reconciler and the
+//! long-running loops, and owns their shutdown.
 //!
-//! `run` builds the Proxmox client, the hub client and the cloudflared probe, starts
-//! each loop as a named worker thread sharing one [`Shutdown`], and waits. SIGTERM or
-//! SIGINT triggers the shutdown; the workers are joined within a grace period and `run`
-//! returns `Ok` (exit 0). A second SIGTERM/SIGINT while stopping exits at once with
-//! code 1. SIGHUP re-reads the log level from the configuration file (on error the old
-//! level stays and the reason is logged). More loops (the reconcile engine) join by
-//! being spawned on the same [`Workers`].
+//! [`serve`] follows the design's startup order: the Proxmox client and the hub poller
+//! (whose envelope paces the engine) are built, then [`Reconciler::open`] opens the state
+//! directory, journal, audit log, nonce store, gate and queue and runs **Recover** —
+//! all before any worker starts, so nothing is mutated before every op left in flight
+//! by an earlier process is resolved. Then the workers run on named threads sharing one
+//! [`Shutdown`]: `hub-poller` (its reports carry the audit log's last decisions),
+//! `reconcile` (the engine's loop) and, with signers configured, `nonce-compact`.
+//! SIGTERM or SIGINT triggers the shutdown: the loops stop, the queue drains, the
+//! workers are joined within a grace period and `run` returns `Ok` (exit 0). A second
+//! SIGTERM/SIGINT while stopping exits at once with code 1. SIGHUP re-reads the log
+//! level from the configuration file (on error the old level stays and the reason is
+//! logged). A journal write that fails ends the reconcile worker and the daemon exits
+//! non-zero: the restart replays from disk.
 //!
 //! Signals are handled through `signal-hook`'s self-pipe, so no code of ours runs in a
 //! signal handler and none of it is `unsafe`. The daemon never mutates Proxmox itself:
-//! it only starts the loops that may.
+//! every mutation goes through the reconciler's gate and queue.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use signal_hook::SigId;
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
+use crate::authz::{FileNonceStore, NonceStoreError};
 use crate::config::{self, Config, Mode};
-use crate::hub::collect::{AuditTail, NoAudit};
+use crate::hub::collect::{AuditTail, ReadError};
 use crate::hub::live::{self, LiveSetupError};
 use crate::hub::poller::Poller;
+use crate::hub::report::AuditEntry;
+use crate::reconcile::engine::{EngineError, Reconciler, SetupError};
 use crate::shutdown::Shutdown;
+use crate::time::{Clock, SystemClock};
 
 /// How long stopping workers get after the shutdown before `run` returns anyway; a
 /// worker still inside a network call is abandoned (the calls it makes are reads or
@@ -38,6 +48,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the main thread checks that every worker is still alive.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often the nonce store drops nonces past their expiry (and once at start).
+pub const NONCE_COMPACT_EVERY: Duration = Duration::from_secs(3600);
 
 /// Debug builds only: makes one second of the poll schedule last this many
 /// milliseconds, so process tests see several rounds without waiting minutes.
@@ -50,6 +63,15 @@ pub enum DaemonError {
     /// Building the clients from the configuration failed (bad pin, unreadable CA file,
     /// missing section or key).
     Setup(LiveSetupError),
+    /// The reconciler could not be set up at startup (state directory, journal, audit
+    /// log or signers), or Recover could not journal what it resolved.
+    Reconcile(SetupError),
+    /// The reconcile loop stopped because a journal write failed; the restart replays
+    /// the journal from disk.
+    Engine(EngineError),
+    /// Compacting the nonce store failed and poisoned it (a failed fsync is never
+    /// retried); the restart replays it from disk.
+    NonceStore(NonceStoreError),
     /// The signal handlers or their wake-up pipe could not be installed.
     Signals(io::Error),
     /// A worker thread could not be started.
@@ -70,7 +92,10 @@ impl DaemonError {
     /// Whether the failure is in the configuration (exit 2) rather than at run time
     /// (exit 1).
     pub fn is_configuration(&self) -> bool {
-        matches!(self, DaemonError::Setup(_))
+        matches!(
+            self,
+            DaemonError::Setup(_) | DaemonError::Reconcile(SetupError::Signers(_))
+        )
     }
 }
 
@@ -78,6 +103,9 @@ impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DaemonError::Setup(e) => write!(f, "daemon setup failed: {e}"),
+            DaemonError::Reconcile(e) => write!(f, "reconcile setup failed: {e}"),
+            DaemonError::Engine(e) => e.fmt(f),
+            DaemonError::NonceStore(e) => write!(f, "nonce store compaction: {e}"),
             DaemonError::Signals(e) => write!(f, "installing signal handlers failed: {e}"),
             DaemonError::Spawn { name, source } => {
                 write!(f, "starting worker {name} failed: {source}")
@@ -93,6 +121,9 @@ impl std::error::Error for DaemonError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DaemonError::Setup(e) => Some(e),
+            DaemonError::Reconcile(e) => Some(e),
+            DaemonError::Engine(e) => Some(e),
+            DaemonError::NonceStore(e) => Some(e),
             DaemonError::Signals(e) => Some(e),
             DaemonError::Spawn { source, .. } => Some(source),
             DaemonError::WorkerDied { .. } => None,
@@ -178,32 +209,43 @@ fn schedule_second() -> Duration {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP for the
-/// log level. The audit tail is empty until the audit log exists.
+/// log level.
 pub fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
-    run_with(cfg, config_path, Arc::new(NoAudit))
-}
-
-/// [`run`] with the source of the report's `audit_tail`.
-pub fn run_with(
-    cfg: &Config,
-    config_path: &Path,
-    audit: Arc<dyn AuditTail>,
-) -> Result<(), DaemonError> {
     let shutdown = Shutdown::new();
     let signals = SignalWatcher::install(shutdown.clone(), config_path.to_owned())
         .map_err(DaemonError::Signals)?;
-    let result = serve(cfg, &shutdown, audit);
+    let result = serve(cfg, &shutdown);
     shutdown.trigger();
     signals.close();
     result
 }
 
-/// Starts the workers and waits for the shutdown; the caller owns the signals.
-pub fn serve(
-    cfg: &Config,
-    shutdown: &Shutdown,
-    audit: Arc<dyn AuditTail>,
-) -> Result<(), DaemonError> {
+/// The report's audit tail, bound to the reconciler's audit log once it is open. The
+/// poller is built before the reconciler (the engine follows the poller's envelope)
+/// but runs only after, so every report sees the log.
+#[derive(Default)]
+struct LateAudit(OnceLock<Arc<dyn AuditTail>>);
+
+impl AuditTail for LateAudit {
+    fn last(&self, n: usize) -> Result<Vec<AuditEntry>, ReadError> {
+        match self.0.get() {
+            Some(tail) => tail.last(n),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The first fatal error a worker reported before it ended.
+type Failure = Arc<Mutex<Option<DaemonError>>>;
+
+fn report_failure(slot: &Failure, e: DaemonError) {
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    slot.get_or_insert(e);
+}
+
+/// Sets up the reconciler (Recover included), starts the workers and waits for the
+/// shutdown; the caller owns the signals.
+pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     crate::info!(
         "felhom-agent starting",
         version = crate::cli::VERSION,
@@ -211,40 +253,133 @@ pub fn serve(
         pid = std::process::id()
     );
     live::warn_insecure_tls(cfg);
-    let round = live::hub_round(cfg, audit).map_err(DaemonError::Setup)?;
+    let proxmox = cfg
+        .proxmox
+        .as_ref()
+        .ok_or(LiveSetupError::NoProxmoxSection)
+        .and_then(live::proxmox_client)
+        .map_err(DaemonError::Setup)?;
+    let audit = Arc::new(LateAudit::default());
+    let round = live::hub_round(cfg, Arc::clone(&audit) as Arc<dyn AuditTail>)
+        .map_err(DaemonError::Setup)?;
     let poll_seconds = cfg.hub.as_ref().map_or(300, |h| h.poll_seconds);
+    let mut poller =
+        Poller::new(round, shutdown.clone(), poll_seconds).with_second(schedule_second());
 
+    crate::info!(
+        "opening reconcile state and recovering ops left in flight",
+        state_dir = cfg.state_dir.display()
+    );
+    let reconciler = Reconciler::open(cfg, proxmox, shutdown, Some(poller.envelope()))
+        .map_err(DaemonError::Reconcile)?;
+    let recovered = &reconciler.recovered;
+    crate::info!(
+        "recover finished",
+        succeeded = recovered.succeeded.len(),
+        failed = recovered.failed.len(),
+        unresolved = recovered.unresolved.len()
+    );
+    if audit
+        .0
+        .set(Arc::clone(&reconciler.audit) as Arc<dyn AuditTail>)
+        .is_err()
+    {
+        crate::warn!("audit tail was already bound; keeping the first");
+    }
+
+    let failure: Failure = Arc::new(Mutex::new(None));
     let mut workers = Workers::new();
-    let s = shutdown.clone();
-    let second = schedule_second();
-    workers.spawn("hub-poller", move || {
-        Poller::new(round, s, poll_seconds)
-            .with_second(second)
-            .run();
+    let mut names = vec!["hub-poller", "reconcile"];
+    workers.spawn("hub-poller", move || poller.run())?;
+    let engine = Arc::clone(&reconciler.engine);
+    let slot = Arc::clone(&failure);
+    workers.spawn("reconcile", move || {
+        if let Err(e) = engine.run() {
+            report_failure(&slot, DaemonError::Engine(e));
+        }
     })?;
-    crate::info!("felhom-agent running", workers = "hub-poller");
+    if let Some(store) = reconciler.nonces.clone() {
+        let s = shutdown.clone();
+        let slot = Arc::clone(&failure);
+        workers.spawn("nonce-compact", move || {
+            if let Err(e) = compact_nonces(&store, &s, &SystemClock, NONCE_COMPACT_EVERY) {
+                report_failure(&slot, DaemonError::NonceStore(e));
+            }
+        })?;
+        names.push("nonce-compact");
+    }
+    crate::info!("felhom-agent running", workers = names.join(","));
 
     let mut outcome = Ok(());
     while !shutdown.sleep(WATCH_INTERVAL) {
         if let Some(name) = workers.first_finished() {
-            crate::error!("worker stopped unexpectedly; shutting down", worker = name);
-            outcome = Err(DaemonError::WorkerDied {
+            let reported = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
                 name: name.to_owned(),
             });
+            crate::error!("worker stopped; shutting down", worker = name, error = e);
+            outcome = Err(e);
             shutdown.trigger();
             break;
         }
     }
     crate::info!("felhom-agent stopping");
-    let stuck = workers.join_until(Instant::now() + STOP_GRACE);
+    let deadline = Instant::now() + STOP_GRACE;
+    let stuck = workers.join_until(deadline);
     if !stuck.is_empty() {
         crate::warn!(
             "workers still busy after the grace period; leaving them",
             workers = stuck.join(",")
         );
     }
+    drain_queue(&reconciler, deadline);
     crate::info!("felhom-agent stopped");
     outcome
+}
+
+/// Closes the queue (what is queued still runs: every job's wait returns at once on
+/// the shutdown) and waits for its lanes until `deadline`.
+fn drain_queue(reconciler: &Reconciler, deadline: Instant) {
+    let queue = reconciler.queue.clone();
+    let mut drain = Workers::new();
+    if drain.spawn("queue-drain", move || queue.close()).is_err() {
+        crate::warn!("could not start the queue drain; queued jobs die with the process");
+        return;
+    }
+    if !drain
+        .join_until(deadline.max(Instant::now() + STOP_GRACE / 2))
+        .is_empty()
+    {
+        crate::warn!("queue still draining after the grace period; leaving it");
+    }
+}
+
+/// Compacts `store` now and then every `every` until the shutdown. A compaction that
+/// left the store poisoned (a failed fsync, never retried) is returned: the daemon must
+/// exit and replay from disk. Any other failure (the temp file could not be written)
+/// changed nothing and is retried at the next round.
+pub fn compact_nonces(
+    store: &FileNonceStore,
+    shutdown: &Shutdown,
+    clock: &dyn Clock,
+    every: Duration,
+) -> Result<(), NonceStoreError> {
+    loop {
+        if store.unavailable().is_none() {
+            match store.compact(clock.now()) {
+                Ok(stats) => crate::info!(
+                    "nonce store compacted",
+                    kept = stats.kept,
+                    pruned = stats.pruned
+                ),
+                Err(e) if store.unavailable().is_some() => return Err(e),
+                Err(e) => crate::warn!("nonce store compaction failed; retried later", error = e),
+            }
+        }
+        if shutdown.sleep(every) {
+            return Ok(());
+        }
+    }
 }
 
 /// Watches SIGTERM, SIGINT and SIGHUP on a thread of its own, woken through a

@@ -1,7 +1,8 @@
 //! The daemon as a process: the real binary (`felhom-agent run`) against the Proxmox
 //! and hub simulators. It posts reports the hub accepts, exits 0 within 2 s of SIGTERM
-//! or SIGINT, re-reads its log level on SIGHUP, and rides out a hub that is down for a
-//! while.
+//! or SIGINT, re-reads its log level on SIGHUP, rides out a hub that is down for a
+//! while, and with a desired-state file fixes drift through the gate, whose decisions
+//! the next reports carry.
 //!
 //! The binary's debug build honours `FELHOM_DEBUG_SECOND_MS`, which shortens each
 //! second of the poll schedule, so several rounds (60 s apart on the schedule) happen
@@ -58,6 +59,8 @@ impl Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("agent.json");
         write_config(&config, pve, hub, "info");
+        // Tests run as root: state goes in the test's own directory, never the default.
+        std::fs::create_dir_all(dir.join("state")).unwrap();
         let mut v: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
         edit(&mut v);
         std::fs::write(&config, v.to_string()).unwrap();
@@ -154,10 +157,13 @@ impl Agent {
     }
 }
 
+/// Writes the standard config next to `path`; its state directory is `state/` beside it.
 fn write_config(path: &PathBuf, pve: &ProxmoxSim, hub: &HubSim, level: &str) {
     let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
+    let state = path.parent().unwrap().join("state");
     let v = json!({
         "host_id": "pve-a",
+        "state_dir": state,
         "log": {"level": level},
         "proxmox": {
             "url": pve.url(),
@@ -359,4 +365,118 @@ fn insecure_tls_is_warned_at_start() {
     );
     let (status, _) = agent.stop_with("TERM");
     assert_eq!(status.code(), Some(0));
+}
+
+/// Polls `check` until it holds; fails with the agent's log after `PATIENCE`.
+fn wait_until(agent: &mut Agent, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        agent.assert_running();
+        assert!(
+            start.elapsed() < PATIENCE,
+            "waited for {what}:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn with_a_desired_state_file_the_daemon_fixes_drift_and_reports_the_gate_decisions() {
+    let pve = ProxmoxSim::builder()
+        .guest(
+            GuestSeed::new(100, "web")
+                .running(true)
+                .cores(2)
+                .description("web"),
+        )
+        .guest(GuestSeed::new(101, "db"))
+        .start();
+    let hub = HubSim::builder()
+        .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
+            "desired_generation": 0, "has_signed_ops": false}))
+        .start();
+    let mut agent = Agent::start_with("desired", &pve, &hub, |v| {
+        let file = PathBuf::from(v["state_dir"].as_str().unwrap())
+            .parent()
+            .unwrap()
+            .join("desired.json");
+        // The description reads back as "web\n" from Proxmox: not drift.
+        let desired = json!({"generation": 1, "guests": [
+            {"vmid": 100, "run": "running", "spec": {"cores": 4}, "description": "web"},
+            {"vmid": 101, "run": "running"}
+        ]});
+        std::fs::write(&file, desired.to_string()).unwrap();
+        v["reconcile"] = json!({"desired_file": file});
+    });
+    wait_until(&mut agent, "guest 101 running", || {
+        pve.guest_status(101).as_deref() == Some("running")
+    });
+    wait_until(&mut agent, "guest 100 at 4 cores", || {
+        pve.guest_config(100).and_then(|c| c.get("cores").cloned()) == Some(json!(4))
+    });
+    // A report made after both decisions carries them in its audit tail.
+    let mut tail = Vec::new();
+    wait_until(
+        &mut agent,
+        "a report whose audit tail has both decisions",
+        || {
+            tail = hub
+                .reports()
+                .last()
+                .map(|r| r["audit_tail"].as_array().unwrap().clone())
+                .unwrap_or_default();
+            tail.len() >= 2
+        },
+    );
+    let decisions: Vec<(String, String, String)> = tail
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_owned(),
+                e["guest_id"].as_str().unwrap_or("").to_owned(),
+                e["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        decisions.contains(&("set_config".into(), "100".into(), "allowed".into())),
+        "{decisions:?}"
+    );
+    assert!(
+        decisions.contains(&("start".into(), "101".into(), "allowed".into())),
+        "{decisions:?}"
+    );
+    // Different guests run in parallel: compare as a set.
+    let mut mutations: Vec<(String, String)> = pve
+        .mutations()
+        .into_iter()
+        .map(|m| (m.method, m.path))
+        .collect();
+    mutations.sort();
+    let node = pve.node();
+    assert_eq!(
+        mutations,
+        [
+            (
+                "POST".to_owned(),
+                format!("/nodes/{node}/lxc/101/status/start")
+            ),
+            ("PUT".to_owned(), format!("/nodes/{node}/lxc/100/config")),
+        ],
+        "one config write and one start, nothing else"
+    );
+    let put = pve
+        .mutations()
+        .into_iter()
+        .find(|m| m.method == "PUT")
+        .unwrap();
+    assert!(
+        put.form.iter().all(|(k, _)| k != "description"),
+        "the description's trailing newline is not drift: {:?}",
+        put.form
+    );
+    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    assert!(agent.log().contains("msg=\"felhom-agent stopped\""));
 }

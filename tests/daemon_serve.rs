@@ -1,26 +1,47 @@
-//! The daemon's lifecycle in process (no signals): it reports through its worker
-//! until the shared shutdown fires, then returns `Ok`; a configuration it cannot build
-//! clients from is a setup error before anything starts.
+//! The daemon's lifecycle in process (no signals): it opens its state directory, reports
+//! through its worker until the shared shutdown fires, then returns `Ok`; a
+//! configuration it cannot build clients from, or a state directory it cannot use, is
+//! a setup error before anything starts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use felhom_agent::config::{Config, Mode};
 use felhom_agent::daemon::{DaemonError, serve};
-use felhom_agent::hub::collect::NoAudit;
 use felhom_agent::net::TlsTrust;
+use felhom_agent::reconcile::engine::SetupError;
 use felhom_agent::shutdown::Shutdown;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 
-fn config(pve: &ProxmoxSim, hub: &HubSim) -> Config {
+/// A fresh state directory for one test, removed when dropped.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(name: &str) -> StateDir {
+        let dir = std::env::temp_dir().join(format!("felhom-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StateDir(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The config for these sims; its state directory is `state` (tests run as root:
+/// nothing may go to the default).
+fn config(pve: &ProxmoxSim, hub: &HubSim, state: &Path) -> Config {
     let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
     Config::from_value(
         &json!({
             "host_id": "pve-a",
+            "state_dir": state,
             "proxmox": {
                 "url": pve.url(), "node": pve.node(),
                 "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
@@ -39,12 +60,13 @@ fn serve_reports_at_once_and_returns_ok_when_shut_down() {
         .guest(GuestSeed::new(100, "web"))
         .start();
     let hub = HubSim::start();
-    let cfg = config(&pve, &hub);
+    let state = StateDir::new("reports");
+    let cfg = config(&pve, &hub, &state.0);
     let shutdown = Shutdown::new();
     let (tx, rx) = mpsc::channel();
     let s = shutdown.clone();
     std::thread::spawn(move || {
-        let _ = tx.send(serve(&cfg, &s, Arc::new(NoAudit)));
+        let _ = tx.send(serve(&cfg, &s));
     });
     let reports = hub.wait_for_reports(1, Duration::from_secs(30));
     assert_eq!(reports.len(), 1, "the first report goes out at once");
@@ -58,17 +80,53 @@ fn serve_reports_at_once_and_returns_ok_when_shut_down() {
         1,
         "the next report is 300 s away; none after the shutdown"
     );
+    for file in ["journal.log", "audit.log"] {
+        assert!(
+            state.0.join(file).is_file(),
+            "{file} is opened in the configured state_dir"
+        );
+    }
+    assert!(
+        pve.mutations().is_empty(),
+        "nothing desired, nothing mutated"
+    );
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_used_stops_the_start_before_any_report() {
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web"))
+        .start();
+    let hub = HubSim::start();
+    let state = StateDir::new("notadir");
+    // A plain file where the directory should be.
+    std::fs::write(&state.0, b"not a directory").unwrap();
+    let cfg = config(&pve, &hub, &state.0);
+    let e = serve(&cfg, &Shutdown::new()).unwrap_err();
+    assert!(
+        matches!(e, DaemonError::Reconcile(SetupError::StateDir { .. })),
+        "{e:?}"
+    );
+    assert!(!e.is_configuration(), "a runtime failure: exit 1");
+    assert!(
+        e.to_string().contains(&state.0.display().to_string()),
+        "{e}"
+    );
+    assert!(hub.requests().is_empty(), "no worker started");
+    assert!(pve.mutations().is_empty());
+    let _ = std::fs::remove_file(&state.0);
 }
 
 #[test]
 fn clients_that_cannot_be_built_are_a_configuration_error() {
     let pve = ProxmoxSim::builder().start();
     let hub = HubSim::start();
-    let mut cfg = config(&pve, &hub);
+    let state = StateDir::new("badca");
+    let mut cfg = config(&pve, &hub, &state.0);
     if let Some(h) = cfg.hub.as_mut() {
         h.tls = TlsTrust::CaFile("/nonexistent/hub-ca.pem".into());
     }
-    let e = serve(&cfg, &Shutdown::new(), Arc::new(NoAudit)).unwrap_err();
+    let e = serve(&cfg, &Shutdown::new()).unwrap_err();
     assert!(matches!(e, DaemonError::Setup(_)), "{e:?}");
     assert!(e.is_configuration());
     assert!(e.to_string().contains("/nonexistent/hub-ca.pem"), "{e}");

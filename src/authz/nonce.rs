@@ -234,6 +234,20 @@ impl FileNonceStore {
             .map_err(|e| NonceStoreError::Unavailable(e.clone()))
     }
 
+    /// Why the store cannot record nonces, if it cannot: it could not be opened
+    /// (damaged file, I/O error), or a write or fsync failed since and poisoned it.
+    /// `None` while it works. The gate refuses destructive actions while this is `Some`.
+    pub fn unavailable(&self) -> Option<String> {
+        match &self.store {
+            Err(why) => Some(why.clone()),
+            Ok(store) if store.is_poisoned() => Some(format!(
+                "{}: poisoned by an earlier write or fsync failure",
+                store.path().display()
+            )),
+            Ok(_) => None,
+        }
+    }
+
     /// Nonces currently remembered.
     pub fn len(&self) -> usize {
         lock(&self.index).nonces.len()
@@ -309,5 +323,59 @@ impl NonceStore for FileNonceStore {
             ix.raise(k, c);
         }
         Ok(Freshness::Fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FaultOp, FaultyIo};
+
+    fn tempdir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("felhom-nonce-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    const EXPIRY: Timestamp = Timestamp(2_000_000_000);
+
+    #[test]
+    fn a_working_store_is_available() {
+        let dir = tempdir("ok");
+        let s = FileNonceStore::open(dir.join("nonces.log"), 120).unwrap();
+        assert_eq!(s.unavailable(), None);
+        s.seen_or_record("aa", EXPIRY, None).unwrap();
+        assert_eq!(s.unavailable(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_damaged_at_open_says_why_and_where() {
+        let dir = tempdir("damaged");
+        let path = dir.join("nonces.log");
+        // Garbage before the last line is damage inside the file, not a torn tail.
+        std::fs::write(&path, b"not a record\nnor this\n").unwrap();
+        let s = FileNonceStore::open_fail_safe(&path, 120);
+        let why = s.unavailable().expect("a damaged store is unavailable");
+        assert!(why.contains("nonces.log"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_fsync_makes_a_store_unavailable_from_then_on() {
+        let dir = tempdir("poisoned");
+        // Opening a new file costs two syncs; the third is the first record's.
+        let io = Arc::new(FaultyIo::new(FaultOp::Sync, 3, false));
+        let s = FileNonceStore::open_with(dir.join("nonces.log"), 120, io).unwrap();
+        assert_eq!(s.unavailable(), None);
+        assert!(s.seen_or_record("aa", EXPIRY, None).is_err());
+        let why = s.unavailable().expect("poisoned after the failed fsync");
+        assert!(why.contains("poisoned"), "{why}");
+        // The fault was one-shot: the store stays unavailable anyway (never retried).
+        assert!(s.seen_or_record("bb", EXPIRY, None).is_err());
+        assert!(s.unavailable().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1106,6 +1106,9 @@ pub struct Reconciler {
     pub engine: Arc<Engine>,
     /// What Recover did with the ops left in flight.
     pub recovered: super::recover::RecoverReport,
+    /// The durable nonce store behind the verifier (`None` without signers); the
+    /// daemon compacts it.
+    pub nonces: Option<Arc<crate::authz::FileNonceStore>>,
 }
 
 impl fmt::Debug for Reconciler {
@@ -1153,27 +1156,22 @@ impl Reconciler {
         );
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-        let mut nonce_damage: Option<String> = None;
+        let mut nonces: Option<Arc<crate::authz::FileNonceStore>> = None;
         let verifier = match &cfg.authz {
             Some(authz) if !authz.signers.is_empty() => {
-                let path = dir.join("nonces.log");
-                let store =
-                    match crate::authz::FileNonceStore::open(&path, authz.max_clock_skew_seconds) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            nonce_damage = Some(e.to_string());
-                            crate::authz::FileNonceStore::open_fail_safe(
-                                &path,
-                                authz.max_clock_skew_seconds,
-                            )
-                        }
-                    };
+                // A store that cannot be opened refuses every op (logged by the call);
+                // its health below keeps the gate refusing destructive actions too.
+                let store = Arc::new(crate::authz::FileNonceStore::open_fail_safe(
+                    dir.join("nonces.log"),
+                    authz.max_clock_skew_seconds,
+                ));
+                nonces = Some(Arc::clone(&store));
                 Some(
                     crate::authz::Verifier::from_config(
                         authz,
                         &cfg.host_id,
                         Arc::clone(&clock),
-                        Arc::new(store),
+                        store,
                     )
                     .map_err(SetupError::Signers)?,
                 )
@@ -1189,8 +1187,9 @@ impl Reconciler {
             Arc::clone(&journal),
             Arc::clone(&audit),
         );
-        if let Some(why) = nonce_damage {
-            gate = gate.with_nonce_health(Arc::new(move || Some(why.clone())));
+        if let Some(store) = &nonces {
+            let store = Arc::clone(store);
+            gate = gate.with_nonce_health(Arc::new(move || store.unavailable()));
         }
         let gate = Arc::new(gate);
         let queue = Queue::new(cfg.reconcile.max_parallel);
@@ -1232,6 +1231,7 @@ impl Reconciler {
             jobs,
             engine: Arc::new(engine),
             recovered,
+            nonces,
         })
     }
 }
