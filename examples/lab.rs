@@ -4,8 +4,10 @@
 //!
 //! It starts both simulators on loopback (real HTTPS), writes a config into a temp
 //! directory, and runs the real `felhom-agent` binary as child processes: the Proxmox
-//! selftests, an operator's signed op checked offline, one hub report, and the daemon
-//! itself until SIGTERM. Each step prints a plain line; any surprise exits non-zero.
+//! selftests, an operator's signed op checked offline, one hub report, then the daemon
+//! with a desired-state file: drift fixed, an unsigned destroy held, the same destroy
+//! signed with a freshly minted key executed once, its replay refused. Each step prints
+//! a plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -110,6 +112,28 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     let ca = dir.join("hub-ca.pem");
     std::fs::write(&ca, CertChoice::ca_pem()).unwrap();
     let signer_pub = include_str!("../vectors/sshsig/keys/ed25519.pub").trim();
+    // A freshly minted operator key, allow-listed below next to the committed one.
+    let fresh_key = dir.join("fresh-operator");
+    let minted = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "lab-operator", "-f"])
+        .arg(&fresh_key)
+        .stderr(Stdio::null())
+        .status();
+    if !minted.is_ok_and(|s| s.success()) {
+        return fail("ssh-keygen -t ed25519 failed (is openssh-client installed?)");
+    }
+    let fresh_pub = std::fs::read_to_string(dir.join("fresh-operator.pub")).unwrap();
+    let desired = dir.join("desired.json");
+    // The description reads back from Proxmox as "web\n": not drift.
+    std::fs::write(
+        &desired,
+        json!({"generation": 1, "guests": [
+            {"vmid": 100, "run": "running", "spec": {"cores": 4}, "description": "web"},
+            {"vmid": 101, "run": "running"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
     let config = json!({
         "host_id": "pve-a",
         "state_dir": dir.join("state").display().to_string(),
@@ -124,7 +148,11 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
             "poll_seconds": 60, "timeout_seconds": 10,
             "tls": {"ca_file": ca.display().to_string()}
         },
-        "authz": {"signers": [{"key_id": "ops-2026", "role": "operational", "public_key": signer_pub}]}
+        "authz": {"signers": [
+            {"key_id": "ops-2026", "role": "operational", "public_key": signer_pub},
+            {"key_id": "lab-fresh", "role": "operational", "public_key": fresh_pub.trim()}
+        ]},
+        "reconcile": {"desired_file": desired.display().to_string()}
     });
     let cfg_path = dir.join("agent.json");
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
@@ -214,51 +242,202 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         pve.guest_ids().len()
     ));
 
-    // 5. The daemon: reports at once, then runs until SIGTERM.
-    let reports_before = hub.reports().len();
-    let mut child = Command::new(bin)
-        .args(["run", "--config", cfg])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the daemon starts");
-    let got = hub.wait_for_reports(reports_before + 1, Duration::from_secs(20));
-    if got.len() <= reports_before {
-        let _ = child.kill();
-        let _ = child.wait();
-        return fail("the daemon did not report within 20 s");
-    }
-    say("daemon: first report accepted by the hub (next one after the hub's interval)");
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let asked = Instant::now();
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break st;
-        }
-        if asked.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return fail("the daemon did not stop within 5 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // 5. The daemon with a desired-state file, an unsigned destroy waiting at the hub.
+    let now = SystemClock.now().unix();
+    let destroy = format!(
+        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"102","params":{{"purge":"1"}},"key_id":"lab-fresh","nonce":"4b2f0c1d9e8a7b6c5d4e3f2a1b0c9d8e","not_before":"{}","expires_at":"{}"}}"#,
+        Timestamp(now - 60),
+        Timestamp(now + 1800)
+    );
+    hub.queue_signed_op(destroy.as_bytes(), None);
+    let audit = dir.join("state").join("audit.log");
+    let audited = |word: &str| {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .matches(&format!("\"decision\":\"{word}\""))
+            .count()
     };
-    let mut log = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut log);
+    let deletes = || {
+        pve.mutations()
+            .iter()
+            .filter(|m| m.method == "DELETE" && m.path.ends_with("/lxc/102"))
+            .count()
+    };
+    let mutations_before = pve.mutations().len();
+    let reports_before = hub.reports().len();
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("a report accepted", || hub.reports().len() > reports_before) {
+        return fail(daemon.stop_with_log("the daemon did not report within 20 s"));
     }
-    print!("{}", indent(log.as_bytes()));
-    if status.code() != Some(0) {
-        return fail(format!("the daemon exited {:?} on SIGTERM", status.code()));
+    say("daemon: first report accepted by the hub");
+    if !daemon.wait("drift fixed", || {
+        pve.guest_status(101).as_deref() == Some("running")
+            && pve.guest_config(100).and_then(|c| c.get("cores").cloned()) == Some(json!(4))
+    }) {
+        return fail(daemon.stop_with_log("drift was not fixed within 20 s"));
     }
+    let config_writes: Vec<_> = pve
+        .mutations()
+        .into_iter()
+        .skip(mutations_before)
+        .filter(|m| m.method == "PUT")
+        .collect();
+    if config_writes.len() != 1
+        || config_writes[0]
+            .form
+            .iter()
+            .any(|(k, _)| k == "description")
+    {
+        return fail(daemon.stop_with_log("expected one config write without the description"));
+    }
+    say(
+        "reconcile: guest 101 started, guest 100 set to 4 cores; the description's newline was not drift",
+    );
+    if !daemon.wait("pending_signature audited", || {
+        audited("pending_signature") == 1
+    }) {
+        return fail(daemon.stop_with_log("the unsigned destroy was not held"));
+    }
+    if deletes() != 0 || !pve.guest_ids().contains(&102) {
+        return fail(daemon.stop_with_log("the unsigned destroy reached Proxmox"));
+    }
+    say(
+        "signed ops: the destroy of guest 102 without a signature is held: pending_signature, no DELETE",
+    );
+    if let Err(e) = daemon.stop() {
+        return fail(e);
+    }
+
+    // 6. The same destroy signed with the freshly minted key: executed once.
+    let blob_path = dir.join("destroy-102-fresh.json");
+    std::fs::write(&blob_path, &destroy).unwrap();
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+        .arg(&fresh_key)
+        .arg(&blob_path)
+        .stderr(Stdio::null())
+        .status();
+    if !signed.is_ok_and(|s| s.success()) {
+        return fail("ssh-keygen -Y sign with the fresh key failed");
+    }
+    let sig = std::fs::read_to_string(format!("{}.sig", blob_path.display())).unwrap();
+    hub.queue_signed_op(destroy.as_bytes(), Some(&sig));
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("guest 102 destroyed", || {
+        !pve.guest_ids().contains(&102) && audited("executed") == 1
+    }) {
+        return fail(daemon.stop_with_log("the signed destroy did not run"));
+    }
+    if deletes() != 1 {
+        return fail(daemon.stop_with_log(format!("expected one DELETE, saw {}", deletes())));
+    }
+    say(
+        "signed ops: the same destroy signed with a fresh key is accepted and executed once (one DELETE, guest 102 gone)",
+    );
+
+    // 7. Its replay: delivered again, skipped by the applied nonce.
+    hub.queue_signed_op(destroy.as_bytes(), Some(&sig));
+    let before = hub.reports().len();
+    // The next report announces it; SIGTERM and restart makes that report at once.
+    if let Err(e) = daemon.stop() {
+        return fail(e);
+    }
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("replay handled", || {
+        hub.reports().len() > before && audited("skipped") == 1
+    }) {
+        return fail(daemon.stop_with_log("the replay was not refused"));
+    }
+    if deletes() != 1 {
+        return fail(daemon.stop_with_log("the replay reached Proxmox"));
+    }
+    say("signed ops: the replay is refused (nonce already applied), still one DELETE");
+    let log = match daemon.stop() {
+        Ok(log) => log,
+        Err(e) => return fail(e),
+    };
     if log.contains(DEFAULT_TOKEN_SECRET) || log.contains(&hub.key()) {
         return fail("a secret appeared in the daemon's log");
     }
-    say(format!(
-        "daemon: SIGTERM → exit 0 after {} ms; no secret in its log",
-        asked.elapsed().as_millis()
-    ));
+    say("daemon: SIGTERM → exit 0 each time; no secret in its log");
     say("all steps passed");
     ExitCode::SUCCESS
+}
+
+/// The daemon as a child process.
+struct Daemon {
+    child: std::process::Child,
+}
+
+impl Daemon {
+    fn start(bin: &Path, cfg: &str) -> Result<Daemon, String> {
+        Command::new(bin)
+            .args(["run", "--config", cfg])
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(|child| Daemon { child })
+            .map_err(|e| format!("the daemon did not start: {e}"))
+    }
+
+    /// Polls `done` for up to 20 s; `false` if it never held or the daemon exited.
+    fn wait(&mut self, _what: &str, mut done: impl FnMut() -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if done() {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    /// SIGTERM, wait up to 5 s for exit 0; the daemon's log on success.
+    fn stop(mut self) -> Result<String, String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let asked = Instant::now();
+        let status = loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                break st;
+            }
+            if asked.elapsed() > Duration::from_secs(5) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err("the daemon did not stop within 5 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut log = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut log);
+        }
+        if status.code() != Some(0) {
+            print!("{}", indent(log.as_bytes()));
+            return Err(format!("the daemon exited {:?} on SIGTERM", status.code()));
+        }
+        Ok(log)
+    }
+
+    /// Stops the daemon, prints its log, and returns `why` for [`fail`].
+    fn stop_with_log(self, why: impl Into<String>) -> String {
+        match self.stop() {
+            Ok(log) => print!("{}", indent(log.as_bytes())),
+            Err(e) => eprintln!("lab: also: {e}"),
+        }
+        why.into()
+    }
 }

@@ -37,7 +37,10 @@ use crate::hub::collect::{AuditTail, ReadError};
 use crate::hub::live::{self, LiveSetupError};
 use crate::hub::poller::Poller;
 use crate::hub::report::AuditEntry;
+use crate::hub::signed_ops::{self, Announcement, Announcing, SignedOpsClient, SignedOpsRunner};
+use crate::proxmox::WaitOptions;
 use crate::reconcile::engine::{EngineError, Reconciler, SetupError};
+use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor, SignedJobs};
 use crate::shutdown::Shutdown;
 use crate::time::{Clock, SystemClock};
 
@@ -86,6 +89,8 @@ pub enum DaemonError {
         /// The worker's name.
         name: String,
     },
+    /// The signed-ops worker stopped: a journal append failed while carrying an op.
+    SignedOps(signed_ops::RoundError),
 }
 
 impl DaemonError {
@@ -113,6 +118,7 @@ impl fmt::Display for DaemonError {
             DaemonError::WorkerDied { name } => {
                 write!(f, "worker {name} stopped unexpectedly")
             }
+            DaemonError::SignedOps(e) => e.fmt(f),
         }
     }
 }
@@ -127,6 +133,7 @@ impl std::error::Error for DaemonError {
             DaemonError::Signals(e) => Some(e),
             DaemonError::Spawn { source, .. } => Some(source),
             DaemonError::WorkerDied { .. } => None,
+            DaemonError::SignedOps(e) => Some(e),
         }
     }
 }
@@ -262,6 +269,8 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     let audit = Arc::new(LateAudit::default());
     let round = live::hub_round(cfg, Arc::clone(&audit) as Arc<dyn AuditTail>)
         .map_err(DaemonError::Setup)?;
+    let announcement = Announcement::new();
+    let round = Announcing::new(round, announcement.clone());
     let poll_seconds = cfg.hub.as_ref().map_or(300, |h| h.poll_seconds);
     let mut poller =
         Poller::new(round, shutdown.clone(), poll_seconds).with_second(schedule_second());
@@ -307,6 +316,38 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
             }
         })?;
         names.push("nonce-compact");
+    }
+    if let Some(hub) = &cfg.hub {
+        let client = SignedOpsClient::from_config(hub)
+            .map_err(|e| DaemonError::Setup(LiveSetupError::Hub(e)))?;
+        let proxmox = cfg
+            .proxmox
+            .as_ref()
+            .ok_or(LiveSetupError::NoProxmoxSection)
+            .and_then(live::proxmox_client)
+            .map_err(DaemonError::Setup)?;
+        let executor: Arc<dyn DestructiveExecutor> = Arc::new(ProxmoxExecutor::new(
+            Arc::new(proxmox),
+            WaitOptions::default(),
+            shutdown.clone(),
+        ));
+        let jobs = SignedJobs::new(
+            Arc::clone(&reconciler.gate),
+            Arc::new(reconciler.queue.clone()),
+        );
+        let runner = SignedOpsRunner::new(
+            jobs,
+            Arc::clone(&reconciler.gate),
+            Arc::clone(&reconciler.audit),
+            Some(executor),
+        );
+        let (s, slot) = (shutdown.clone(), Arc::clone(&failure));
+        workers.spawn("signed-ops", move || {
+            if let Err(e) = signed_ops::run_worker(&runner, &client, &announcement, &s) {
+                report_failure(&slot, DaemonError::SignedOps(e));
+            }
+        })?;
+        names.push("signed-ops");
     }
     crate::info!("felhom-agent running", workers = names.join(","));
 

@@ -1,10 +1,13 @@
-//! The felhom hub simulator: `POST /api/v1/host-report` over HTTPS on loopback.
+//! The felhom hub simulator: `POST /api/v1/host-report` and `GET /api/v1/signed-ops`
+//! over HTTPS on loopback.
 //!
 //! It checks the bearer key (401), validates each report against the contract file
 //! `vectors/host-report.golden.json` (400 naming every missing or extra field), records
 //! the reports it accepts, and answers each with a control envelope — scripted ones
 //! first, then a default. Faults use the Proxmox simulator's [`Fault`]/[`FaultKind`]
-//! (500s, delays, garbage, dropped connections), matched on the request path.
+//! (500s, delays, garbage, dropped connections), matched on the request path. Signed ops
+//! queued by a test are announced by `has_signed_ops` and handed over once, each blob as
+//! base64 of its exact bytes.
 //!
 //! Test and demo code: it never reaches beyond 127.0.0.1 and never ships in the agent.
 //! It owns no contract of its own: the golden file is the single source of the shape.
@@ -23,6 +26,9 @@ pub const DEFAULT_HUB_KEY: &str = "hubkey-7c1e4b9a-2f60-4d8e-9a35-b04f6e21d7c8";
 
 /// The report endpoint.
 pub const REPORT_PATH: &str = "/api/v1/host-report";
+
+/// The endpoint that hands queued signed ops to the agent.
+pub const SIGNED_OPS_PATH: &str = "/api/v1/signed-ops";
 
 /// The contract every report is checked against.
 pub const CONTRACT: &str = include_str!("../../vectors/host-report.golden.json");
@@ -65,6 +71,8 @@ struct State {
     faults: VecDeque<Fault>,
     requests: Vec<HubRequest>,
     reports: Vec<Value>,
+    signed_ops: Vec<Value>,
+    next_op: u64,
 }
 
 impl State {
@@ -150,6 +158,8 @@ impl HubSimBuilder {
                 faults: VecDeque::new(),
                 requests: Vec::new(),
                 reports: Vec::new(),
+                signed_ops: Vec::new(),
+                next_op: 1,
             }),
             accepted: Condvar::new(),
         });
@@ -231,6 +241,33 @@ impl HubSim {
     /// path, e.g. `/api/v1/host-report`, or `""` for every request).
     pub fn inject(&self, fault: Fault) {
         self.inner.lock().faults.push_back(fault);
+    }
+
+    /// Queues a signed op for the agent and returns its id: `blob` travels as base64 of
+    /// exactly these bytes, `signature` as the armored SSHSIG or `null`. Every envelope
+    /// says `has_signed_ops: true` while any op is queued; one authenticated
+    /// `GET` [`SIGNED_OPS_PATH`] hands over all queued ops and empties the queue (the hub
+    /// delivers each op once; queue it again to deliver it again).
+    pub fn queue_signed_op(&self, blob: &[u8], signature: Option<&str>) -> String {
+        let mut st = self.inner.lock();
+        let id = format!("op-{}", st.next_op);
+        st.next_op += 1;
+        st.signed_ops.push(json!({
+            "id": id,
+            "blob_b64": base64(blob),
+            "signature": signature,
+        }));
+        id
+    }
+
+    /// Queues one raw entry of the `ops` array as is, so tests can send malformed ones.
+    pub fn queue_signed_op_raw(&self, entry: Value) {
+        self.inner.lock().signed_ops.push(entry);
+    }
+
+    /// Signed ops queued and not yet fetched.
+    pub fn pending_signed_ops(&self) -> usize {
+        self.inner.lock().signed_ops.len()
     }
 
     /// Drops every queued fault.
@@ -328,12 +365,18 @@ fn handle(inner: &Inner, req: &Request) -> Response {
 }
 
 fn process(st: &mut State, req: &Request, path: &str) -> Response {
-    if path != REPORT_PATH {
-        return json_answer(404, "Not Found", &json!({ "error": "no such endpoint" }));
-    }
-    if req.method != "POST" {
-        return json_answer(405, "Method Not Allowed", &json!({ "error": "use POST" }))
-            .with_header("Allow", "POST");
+    let allowed = match path {
+        REPORT_PATH => "POST",
+        SIGNED_OPS_PATH => "GET",
+        _ => return json_answer(404, "Not Found", &json!({ "error": "no such endpoint" })),
+    };
+    if req.method != allowed {
+        return json_answer(
+            405,
+            "Method Not Allowed",
+            &json!({ "error": format!("use {allowed}") }),
+        )
+        .with_header("Allow", allowed);
     }
     let expected = format!("Bearer {}", st.key);
     // The key is compared, never echoed.
@@ -344,6 +387,10 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
             &json!({ "error": "invalid bearer key" }),
         )
         .with_header("WWW-Authenticate", "Bearer");
+    }
+    if path == SIGNED_OPS_PATH {
+        let ops = std::mem::take(&mut st.signed_ops);
+        return json_answer(200, "OK", &json!({ "ops": ops }));
     }
     let report: Value = match serde_json::from_slice(&req.body) {
         Ok(v) => v,
@@ -364,11 +411,38 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
         );
     }
     st.reports.push(report);
-    let envelope = st
+    let mut envelope = st
         .envelopes
         .pop_front()
         .unwrap_or_else(|| st.default_envelope.clone());
+    if !st.signed_ops.is_empty()
+        && let Some(obj) = envelope.as_object_mut()
+    {
+        obj.insert("has_signed_ops".into(), Value::Bool(true));
+    }
     json_answer(200, "OK", &envelope)
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as the hub sends signed blobs.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Checks a report against [`CONTRACT`]; returns one line per problem, each naming the
@@ -475,6 +549,22 @@ mod tests {
 
     fn contract() -> Value {
         serde_json::from_str(CONTRACT).unwrap_or_default()
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"", ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(base64(input), want);
+        }
     }
 
     #[test]

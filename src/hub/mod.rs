@@ -15,6 +15,7 @@ pub mod live;
 pub mod poller;
 pub mod report;
 pub mod round;
+pub mod signed_ops;
 
 pub use client::{ClientError, HubClient, HubClientOptions, SetupError};
 pub use collect::{AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit};

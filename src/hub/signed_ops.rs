@@ -1,0 +1,741 @@
+//! Signed operations delivered by the hub: fetch, parse, and hand each to the gate.
+//!
+//! When a control envelope says `has_signed_ops: true`, the agent fetches
+//! `GET {hub}/api/v1/signed-ops` with the same bearer key and TLS trust as the report.
+//! The answer is `{"ops":[{"id":"…","blob_b64":"…","signature":"<armored SSHSIG>"|null}]}`.
+//! The blob travels as base64 of the **exact signed bytes**, so no JSON layer between
+//! the operator and the verifier can re-serialize what was signed. Unknown fields are
+//! tolerated; an entry that is not usable is skipped with a log line naming its index
+//! and why, and the others go on. At most [`MAX_OPS`] entries are taken per fetch;
+//! blobs, signatures and ids are capped in size.
+//!
+//! Each op's blob is parsed **unverified**, only to build the [`Intent`] it asks for;
+//! then [`SignedJobs::run_signed_job`] decides: the nonce dedupe, the gate (which
+//! verifies the signature over the raw bytes and binds it to that intent), the journal
+//! and the executor. An op delivered without a signature goes to the gate unsigned —
+//! a destructive one is held as `pending_signature` — and is never executed by this
+//! channel. Every outcome reaches the audit log (so the next report's `audit_tail`
+//! shows it) and a log line.
+//!
+//! This module never executes anything itself, never trusts a field of a blob before
+//! the verifier has checked it, and never lets the bearer key into an error, a log line
+//! or a `Debug`. A journal failure ends the worker, so the daemon exits non-zero.
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::client::{HubClientOptions, SetupError};
+use super::envelope::ControlEnvelope;
+use super::poller::Reporter;
+use super::report::AuditEntry;
+use crate::authz::OpBlob;
+use crate::config::HubConfig;
+use crate::encoding::base64_decode;
+use crate::net::{
+    EXCERPT_LIMIT, HttpClient, HttpError, HttpOptions, Method, Request, TransportError, excerpt,
+};
+use crate::reconcile::audit::AuditLog;
+use crate::reconcile::classify::{Intent, OpClass};
+use crate::reconcile::gate::{Decision, Gate, SignedOp};
+use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
+use crate::secret::{REDACTED, Secret};
+use crate::shutdown::Shutdown;
+use crate::time::{Clock, SystemClock};
+
+/// The path of the signed-ops endpoint under the hub's base URL.
+pub const SIGNED_OPS_PATH: &str = "/api/v1/signed-ops";
+
+/// The most entries taken from one answer; the rest are skipped (the hub may send them
+/// again).
+pub const MAX_OPS: usize = 32;
+
+/// The largest decoded blob accepted, in bytes.
+pub const MAX_BLOB_BYTES: usize = 8 * 1024;
+
+/// The largest armored signature accepted, in bytes (an RSA-8192 SSHSIG is under 2 KiB).
+pub const MAX_SIGNATURE_BYTES: usize = 16 * 1024;
+
+/// The longest op id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// The largest answer read from the hub.
+const MAX_ANSWER_BYTES: u64 = 2 * 1024 * 1024;
+
+/// The shortest tail of the key that is cut when a reason phrase ends with it.
+const MIN_PARTIAL: usize = 4;
+
+/// One op as the hub delivered it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeliveredOp {
+    /// The hub's id for the op (for log lines only; never trusted).
+    pub id: String,
+    /// The exact signed bytes.
+    pub blob: Vec<u8>,
+    /// The armored SSHSIG, or `None` when the hub has no signature yet.
+    pub signature: Option<String>,
+}
+
+impl fmt::Debug for DeliveredOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeliveredOp")
+            .field("id", &self.id)
+            .field("blob", &excerpt(&self.blob, EXCERPT_LIMIT))
+            .field("signed", &self.signature.is_some())
+            .finish()
+    }
+}
+
+/// An entry of the answer that was not usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedEntry {
+    /// Its index in the `ops` array.
+    pub index: usize,
+    /// Why it was skipped, naming the field.
+    pub why: String,
+}
+
+/// A parsed answer: the usable ops and the skipped entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedOps {
+    /// The usable ops, in the hub's order.
+    pub ops: Vec<DeliveredOp>,
+    /// The entries that were skipped, in the hub's order.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// Why a fetch produced no list of ops.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No complete answer: connect, TLS, timeout, broken connection, oversized body.
+    Transport(TransportError),
+    /// The hub answered with a status other than 2xx (401 for a wrong key).
+    Http(HttpError),
+    /// The body is not JSON.
+    Syntax(serde_json::Error),
+    /// The body is JSON but not `{"ops":[…]}`.
+    Shape {
+        /// What is wrong, naming the field.
+        problem: String,
+    },
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Transport(e) => write!(f, "signed ops: hub unreachable: {e}"),
+            FetchError::Http(e) => write!(f, "signed ops: hub refused the fetch: {e}"),
+            FetchError::Syntax(e) => write!(f, "signed ops: answer is not JSON: {e}"),
+            FetchError::Shape { problem } => write!(f, "signed ops: answer {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FetchError::Transport(e) => Some(e),
+            FetchError::Http(e) => Some(e),
+            FetchError::Syntax(e) => Some(e),
+            FetchError::Shape { .. } => None,
+        }
+    }
+}
+
+/// Parses the hub's answer. Fails only when the whole answer is unusable; a bad entry
+/// is reported in [`ParsedOps::skipped`] and the others are kept.
+pub fn parse_ops(body: &[u8]) -> Result<ParsedOps, FetchError> {
+    let v: Value = serde_json::from_slice(body).map_err(FetchError::Syntax)?;
+    let Value::Object(obj) = v else {
+        return Err(FetchError::Shape {
+            problem: "must be a JSON object".into(),
+        });
+    };
+    let entries = match obj.get("ops") {
+        None | Some(Value::Null) => return Ok(ParsedOps::default()),
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(FetchError::Shape {
+                problem: "field ops must be an array".into(),
+            });
+        }
+    };
+    let mut parsed = ParsedOps::default();
+    for (index, entry) in entries.iter().enumerate() {
+        if index >= MAX_OPS {
+            parsed.skipped.push(SkippedEntry {
+                index,
+                why: format!("more than {MAX_OPS} ops in one answer"),
+            });
+            continue;
+        }
+        match parse_entry(entry) {
+            Ok(op) => parsed.ops.push(op),
+            Err(why) => parsed.skipped.push(SkippedEntry { index, why }),
+        }
+    }
+    Ok(parsed)
+}
+
+fn parse_entry(entry: &Value) -> Result<DeliveredOp, String> {
+    let Value::Object(e) = entry else {
+        return Err("must be an object".into());
+    };
+    let id = match e.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_BYTES => {
+            if s.chars().any(char::is_control) {
+                return Err("id holds control characters".into());
+            }
+            s.clone()
+        }
+        Some(Value::String(_)) => {
+            return Err(format!("id must be 1 to {MAX_ID_BYTES} bytes"));
+        }
+        _ => return Err("id must be a string".into()),
+    };
+    let Some(Value::String(b64)) = e.get("blob_b64") else {
+        return Err(format!("op {id}: blob_b64 must be a string"));
+    };
+    if b64.len() > MAX_BLOB_BYTES.div_ceil(3) * 4 {
+        return Err(format!(
+            "op {id}: blob_b64 longer than a {MAX_BLOB_BYTES}-byte blob"
+        ));
+    }
+    let blob = base64_decode(b64).map_err(|err| format!("op {id}: blob_b64: {err}"))?;
+    if blob.is_empty() {
+        return Err(format!("op {id}: blob_b64 is empty"));
+    }
+    let signature = match e.get("signature") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() > MAX_SIGNATURE_BYTES => {
+            return Err(format!(
+                "op {id}: signature longer than {MAX_SIGNATURE_BYTES} bytes"
+            ));
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(format!("op {id}: signature must be a string or null")),
+    };
+    Ok(DeliveredOp {
+        id,
+        blob,
+        signature,
+    })
+}
+
+/// The intent a blob asks for, read **without** verifying it: the gate binds the
+/// verified blob to this intent, so a lie here can only cause a refusal.
+pub fn intent_for(blob: &[u8]) -> Result<Intent, crate::authz::AuthzError> {
+    let b = OpBlob::parse(blob)?;
+    let mut intent = Intent::new(OpClass::parse(&b.op), b.host_id, b.guest_id);
+    intent.params = b.params;
+    Ok(intent)
+}
+
+/// Fetches signed ops from the hub.
+pub struct SignedOpsClient {
+    http: HttpClient,
+    endpoint: String,
+    authorization: Secret,
+    key: Secret,
+}
+
+impl fmt::Debug for SignedOpsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedOpsClient")
+            .field("endpoint", &self.endpoint)
+            .field("authorization", &self.authorization)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignedOpsClient {
+    /// Builds the client (a CA file is read now). The URL rules are the report
+    /// client's.
+    pub fn new(options: HubClientOptions) -> Result<SignedOpsClient, SetupError> {
+        if options.api_key.is_empty() {
+            return Err(SetupError::MissingKey);
+        }
+        let base = options.url.trim_end_matches('/');
+        let has_host = base
+            .strip_prefix("https://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+        if !has_host || base.contains(['?', '#', '@']) || base.chars().any(char::is_whitespace) {
+            return Err(SetupError::Url { url: options.url });
+        }
+        let mut http_options = HttpOptions::new(options.trust.clone());
+        http_options.timeout = options.timeout;
+        http_options.connect_timeout = options.timeout.min(Duration::from_secs(10));
+        http_options.max_body = MAX_ANSWER_BYTES;
+        http_options.max_idle_per_host = 1;
+        let http = HttpClient::new(&http_options).map_err(SetupError::Trust)?;
+        Ok(SignedOpsClient {
+            http,
+            endpoint: format!("{base}{SIGNED_OPS_PATH}"),
+            authorization: Secret::new(format!("Bearer {}", options.api_key.expose())),
+            key: options.api_key,
+        })
+    }
+
+    /// Builds the client from the `hub` section of the configuration.
+    pub fn from_config(hub: &HubConfig) -> Result<SignedOpsClient, SetupError> {
+        let api_key = hub.api_key.clone().ok_or(SetupError::MissingKey)?;
+        SignedOpsClient::new(HubClientOptions {
+            url: hub.url.clone(),
+            api_key,
+            trust: hub.tls.clone(),
+            timeout: Duration::from_secs(hub.timeout_seconds),
+        })
+    }
+
+    /// The full URL ops are fetched from.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Fetches and parses the queued ops.
+    pub fn fetch(&self) -> Result<ParsedOps, FetchError> {
+        let request = Request::new(Method::Get, self.endpoint.clone())
+            .header("accept", "application/json")
+            .secret_header("authorization", &self.authorization);
+        let response = self.http.send(request).map_err(FetchError::Transport)?;
+        if !response.is_success() {
+            let key = self.key.expose();
+            let body = String::from_utf8_lossy(&response.body).replace(key, REDACTED);
+            return Err(FetchError::Http(HttpError {
+                status: response.status,
+                reason: scrub(&response.reason, key),
+                body_excerpt: excerpt(body.as_bytes(), EXCERPT_LIMIT),
+            }));
+        }
+        parse_ops(&response.body)
+    }
+}
+
+/// `text` with `key` cut out, including a copy cut short at the end of the (already
+/// bounded) text, at least [`MIN_PARTIAL`] characters of it.
+fn scrub(text: &str, key: &str) -> String {
+    if key.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = text.replace(key, REDACTED);
+    let partial = (MIN_PARTIAL.min(key.len())..key.len())
+        .rev()
+        .filter(|n| key.is_char_boundary(*n))
+        .find(|n| out.ends_with(&key[..*n]));
+    if let Some(n) = partial {
+        out.truncate(out.len() - n);
+        out.push_str(REDACTED);
+    }
+    out
+}
+
+/// What became of one delivered op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpOutcome {
+    /// It went through [`SignedJobs::run_signed_job`] (or, unsigned, the gate alone
+    /// refused it) with this outcome.
+    Job(JobOutcome),
+    /// It arrived unsigned and the gate would allow it (benign, or the agent's own
+    /// guest), but this channel executes signed ops only: nothing ran.
+    UnsignedNotRun,
+    /// Its blob does not parse, so no intent could be built; nothing ran.
+    Unparseable {
+        /// Why, naming the field.
+        why: String,
+    },
+}
+
+impl OpOutcome {
+    /// The word the audit log and the log use.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OpOutcome::Job(JobOutcome::Skipped) => "skipped",
+            OpOutcome::Job(JobOutcome::Refused(r)) => r.code(),
+            OpOutcome::Job(JobOutcome::Executed { .. }) => "executed",
+            OpOutcome::Job(JobOutcome::NotExecuted { .. }) => "not_executed",
+            OpOutcome::Job(JobOutcome::Failed { .. }) => "failed",
+            OpOutcome::UnsignedNotRun => "not_executed",
+            OpOutcome::Unparseable { .. } => "malformed",
+        }
+    }
+}
+
+/// What one fetch-and-run round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundSummary {
+    /// Each usable op's hub id and outcome, in the hub's order.
+    pub outcomes: Vec<(String, OpOutcome)>,
+    /// The entries skipped before they reached the gate.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// Runs delivered ops through the signed-job path of one reconciler.
+pub struct SignedOpsRunner {
+    jobs: SignedJobs,
+    gate: Arc<Gate>,
+    audit: Arc<AuditLog>,
+    executor: Option<Arc<dyn DestructiveExecutor>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for SignedOpsRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedOpsRunner")
+            .field("jobs", &self.jobs)
+            .field("executor", &self.executor.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignedOpsRunner {
+    /// A runner on `jobs` (built on `gate`), auditing outcomes to `audit` (the log the
+    /// gate writes to), executing through `executor` (`None`: authorized ops are
+    /// journaled as not executed).
+    pub fn new(
+        jobs: SignedJobs,
+        gate: Arc<Gate>,
+        audit: Arc<AuditLog>,
+        executor: Option<Arc<dyn DestructiveExecutor>>,
+    ) -> SignedOpsRunner {
+        SignedOpsRunner {
+            jobs,
+            gate,
+            audit,
+            executor,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` for audit timestamps.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> SignedOpsRunner {
+        self.clock = clock;
+        self
+    }
+
+    /// Carries one op through the gate and, if allowed and signed, the executor.
+    /// `Err` only for what must stop the agent (a journal failure) or a queue that is
+    /// closed or a job that panicked.
+    pub fn handle(&self, op: &DeliveredOp) -> Result<OpOutcome, JobError> {
+        let intent = match intent_for(&op.blob) {
+            Ok(i) => i,
+            Err(e) => {
+                let why = e.to_string();
+                crate::warn!(
+                    "signed op skipped: blob does not parse",
+                    hub_op = op.id,
+                    error = why
+                );
+                return Ok(OpOutcome::Unparseable { why });
+            }
+        };
+        let outcome = match &op.signature {
+            Some(signature) => {
+                let signed = SignedOp {
+                    blob: op.blob.clone(),
+                    signature: signature.clone(),
+                };
+                OpOutcome::Job(
+                    self.jobs
+                        .run_signed_job(&intent, &signed, self.executor.clone())?,
+                )
+            }
+            // The gate records its own decision; an unsigned op never runs here.
+            None => match self.gate.authorize(&intent, None) {
+                Decision::Refused { reason } => OpOutcome::Job(JobOutcome::Refused(reason)),
+                Decision::Allowed { .. } => OpOutcome::UnsignedNotRun,
+            },
+        };
+        self.report(op, &intent, &outcome);
+        Ok(outcome)
+    }
+
+    /// Logs the outcome and audits what the gate did not already audit.
+    fn report(&self, op: &DeliveredOp, intent: &Intent, outcome: &OpOutcome) {
+        let guest = intent.guest_id.as_deref().unwrap_or("-");
+        let reason = match outcome {
+            OpOutcome::Job(JobOutcome::Refused(r)) => {
+                crate::warn!(
+                    "signed op refused",
+                    hub_op = op.id,
+                    op = intent.class,
+                    guest = guest,
+                    decision = r.code()
+                );
+                return;
+            }
+            OpOutcome::Job(JobOutcome::Skipped) => "its nonce was already applied".to_string(),
+            OpOutcome::Job(JobOutcome::Executed { op_id }) => format!("executed as {op_id}"),
+            OpOutcome::Job(JobOutcome::NotExecuted { op_id }) => {
+                format!("authorized as {op_id}; no executor is wired")
+            }
+            OpOutcome::Job(JobOutcome::Failed { op_id, detail }) => {
+                format!("{op_id} failed: {detail}")
+            }
+            OpOutcome::UnsignedNotRun => {
+                "delivered unsigned; the signed-ops channel runs signed ops only".to_string()
+            }
+            OpOutcome::Unparseable { why } => why.clone(),
+        };
+        crate::info!(
+            "signed op handled",
+            hub_op = op.id,
+            op = intent.class,
+            guest = guest,
+            outcome = outcome.code(),
+            reason = reason
+        );
+        let entry = AuditEntry {
+            at: self.clock.now(),
+            op: intent.class.as_str().to_string(),
+            guest_id: intent.guest_id.clone(),
+            decision: outcome.code().to_string(),
+            reason,
+            key_id: None,
+        };
+        if let Err(e) = self.audit.record(&entry) {
+            crate::error!(
+                "signed op outcome could not be audited",
+                hub_op = op.id,
+                error = e
+            );
+        }
+    }
+
+    /// Fetches the queued ops and handles each in the hub's order. A skipped entry is
+    /// logged with its index and why.
+    pub fn run_round(&self, client: &SignedOpsClient) -> Result<RoundSummary, RoundError> {
+        let parsed = client.fetch().map_err(RoundError::Fetch)?;
+        for s in &parsed.skipped {
+            crate::warn!("signed op entry skipped", index = s.index, reason = s.why);
+        }
+        let mut summary = RoundSummary {
+            outcomes: Vec::with_capacity(parsed.ops.len()),
+            skipped: parsed.skipped,
+        };
+        for op in &parsed.ops {
+            let outcome = self.handle(op).map_err(RoundError::Job)?;
+            summary.outcomes.push((op.id.clone(), outcome));
+        }
+        Ok(summary)
+    }
+}
+
+/// Why a round stopped.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RoundError {
+    /// The fetch failed; nothing was handled (tried again on the next announcement).
+    Fetch(FetchError),
+    /// A job could not be carried through; ops after it were not handled.
+    Job(JobError),
+}
+
+impl RoundError {
+    /// Whether the agent must stop: a journal append failed, so what is on disk is no
+    /// longer known.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RoundError::Job(JobError::Journal(_)))
+    }
+}
+
+impl fmt::Display for RoundError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoundError::Fetch(e) => e.fmt(f),
+            RoundError::Job(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for RoundError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RoundError::Fetch(e) => Some(e),
+            RoundError::Job(e) => Some(e),
+        }
+    }
+}
+
+/// The announcement that the hub has ops: set by the report loop, taken by the worker.
+#[derive(Debug, Clone, Default)]
+pub struct Announcement(Arc<(Mutex<bool>, Condvar)>);
+
+impl Announcement {
+    /// A fresh announcement, not raised.
+    pub fn new() -> Announcement {
+        Announcement::default()
+    }
+
+    /// Raises it and wakes the worker.
+    pub fn raise(&self) {
+        let (lock, cv) = &*self.0;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        cv.notify_all();
+    }
+
+    /// Waits up to `d` for it to be raised; lowers it and returns `true` if it was.
+    pub fn take(&self, d: Duration) -> bool {
+        let (lock, cv) = &*self.0;
+        let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut raised, _) = cv
+            .wait_timeout_while(guard, d, |r| !*r)
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *raised, false)
+    }
+}
+
+/// A [`Reporter`] that raises an [`Announcement`] whenever the hub's envelope says it
+/// has signed ops, and otherwise passes the round through unchanged.
+#[derive(Debug)]
+pub struct Announcing<R> {
+    inner: R,
+    announcement: Announcement,
+}
+
+impl<R: Reporter> Announcing<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R, announcement: Announcement) -> Announcing<R> {
+        Announcing {
+            inner,
+            announcement,
+        }
+    }
+}
+
+impl<R: Reporter> Reporter for Announcing<R> {
+    type Error = R::Error;
+
+    fn round(&mut self) -> Result<ControlEnvelope, R::Error> {
+        let envelope = self.inner.round()?;
+        if envelope.has_signed_ops {
+            self.announcement.raise();
+        }
+        Ok(envelope)
+    }
+}
+
+/// How often the worker looks at the shutdown signal while no op is announced.
+const WORKER_TICK: Duration = Duration::from_millis(200);
+
+/// The worker: on each announcement, one fetch-and-run round; until shutdown, or a
+/// fatal error (returned, so the daemon stops and exits non-zero).
+pub fn run_worker(
+    runner: &SignedOpsRunner,
+    client: &SignedOpsClient,
+    announcement: &Announcement,
+    shutdown: &Shutdown,
+) -> Result<(), RoundError> {
+    while !shutdown.is_triggered() {
+        if !announcement.take(WORKER_TICK) || shutdown.is_triggered() {
+            continue;
+        }
+        match runner.run_round(client) {
+            Ok(summary) => crate::info!(
+                "signed ops round done",
+                handled = summary.outcomes.len(),
+                skipped = summary.skipped.len()
+            ),
+            Err(e) if e.is_fatal() => {
+                crate::error!("signed ops worker stopping", error = e);
+                return Err(e);
+            }
+            Err(e) => crate::warn!("signed ops round failed", error = e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::base64_encode;
+
+    #[test]
+    fn good_entries_are_kept_and_bad_ones_skipped_by_index() {
+        let body = serde_json::json!({
+            "ops": [
+                {"id": "a", "blob_b64": base64_encode(b"{\"x\":1}\n"), "signature": "SIG", "extra": 1},
+                {"id": "b", "blob_b64": "not base64!", "signature": null},
+                {"blob_b64": base64_encode(b"x")},
+                "a string",
+                {"id": "c", "blob_b64": base64_encode(b"y"), "signature": 7},
+                {"id": "d", "blob_b64": base64_encode(b"z")},
+            ],
+            "next": "tolerated"
+        })
+        .to_string();
+        let p = parse_ops(body.as_bytes()).unwrap();
+        assert_eq!(
+            p.ops,
+            vec![
+                DeliveredOp {
+                    id: "a".into(),
+                    blob: b"{\"x\":1}\n".to_vec(),
+                    signature: Some("SIG".into())
+                },
+                DeliveredOp {
+                    id: "d".into(),
+                    blob: b"z".to_vec(),
+                    signature: None
+                },
+            ]
+        );
+        let idx: Vec<usize> = p.skipped.iter().map(|s| s.index).collect();
+        assert_eq!(idx, vec![1, 2, 3, 4]);
+        assert!(p.skipped[0].why.contains("blob_b64"), "{:?}", p.skipped);
+        assert!(p.skipped[1].why.contains("id"), "{:?}", p.skipped);
+        assert!(p.skipped[3].why.contains("signature"), "{:?}", p.skipped);
+    }
+
+    #[test]
+    fn caps_hold() {
+        let big = base64_encode(&vec![b'a'; MAX_BLOB_BYTES + 3]);
+        let many: Vec<Value> = (0..MAX_OPS + 2)
+            .map(|i| serde_json::json!({"id": format!("o{i}"), "blob_b64": "eA=="}))
+            .collect();
+        let p = parse_ops(serde_json::json!({ "ops": many }).to_string().as_bytes()).unwrap();
+        assert_eq!(p.ops.len(), MAX_OPS);
+        assert_eq!(p.skipped.len(), 2);
+        let p = parse_ops(
+            serde_json::json!({"ops": [{"id": "x", "blob_b64": big}, {"id": "y".repeat(200), "blob_b64": "eA=="}]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(p.ops.is_empty());
+        assert!(p.skipped[0].why.contains("longer"), "{:?}", p.skipped);
+        assert!(p.skipped[1].why.contains("id must be"), "{:?}", p.skipped);
+    }
+
+    #[test]
+    fn unusable_answers_are_typed() {
+        assert!(matches!(parse_ops(b"<html>"), Err(FetchError::Syntax(_))));
+        assert!(matches!(parse_ops(b"[]"), Err(FetchError::Shape { .. })));
+        assert!(matches!(
+            parse_ops(br#"{"ops":{}}"#),
+            Err(FetchError::Shape { .. })
+        ));
+        assert_eq!(parse_ops(br#"{"ops":null}"#).unwrap(), ParsedOps::default());
+    }
+
+    #[test]
+    fn the_key_is_scrubbed_from_reasons() {
+        assert_eq!(scrub("bad k3y-abcdef", "k3y-abcdef"), "bad <redacted>");
+        assert_eq!(scrub("bad k3y-ab", "k3y-abcdef"), "bad <redacted>");
+        assert_eq!(scrub("Unauthorized", "k3y-abcdef"), "Unauthorized");
+    }
+
+    #[test]
+    fn an_announcement_is_taken_once() {
+        let a = Announcement::new();
+        assert!(!a.take(Duration::ZERO));
+        a.raise();
+        a.raise();
+        assert!(a.take(Duration::ZERO));
+        assert!(!a.take(Duration::ZERO));
+    }
+}

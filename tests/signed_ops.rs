@@ -1,0 +1,395 @@
+//! Signed ops delivered by the hub simulator, carried through the real verifier, gate,
+//! journal and Proxmox executor against the Proxmox simulator. Signatures are minted by
+//! the real `ssh-keygen -Y sign -n felhom-op-v1` with `vectors/sshsig/keys/ed25519`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Role, SignerEntry, Verifier};
+use felhom_agent::hub::HubClientOptions;
+use felhom_agent::hub::signed_ops::{
+    Announcement, Announcing, DeliveredOp, FetchError, OpOutcome, RoundError, SignedOpsClient,
+    SignedOpsRunner, run_worker,
+};
+use felhom_agent::hub::{ControlEnvelope, Reporter};
+use felhom_agent::net::{Sha256Pin, TlsTrust};
+use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::reconcile::classify::Intent;
+use felhom_agent::reconcile::gate::{Gate, Refusal};
+use felhom_agent::reconcile::jobs::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
+use felhom_agent::reconcile::journal::{Journal, JournalError};
+use felhom_agent::reconcile::queue::Queue;
+use felhom_agent::secret::Secret;
+use felhom_agent::shutdown::Shutdown;
+use felhom_agent::time::{Clock, ManualClock, SystemClock, Timestamp};
+use felhom_sim::{
+    DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim, SIGNED_OPS_PATH,
+};
+use serde_json::json;
+
+fn tempdir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "felhom-signedops-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
+fn nonce() -> String {
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{:016x}{:016x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst) + 0x5167_0000
+    )
+}
+
+/// A destroy blob for `guest` on `host`, valid around now.
+fn destroy_blob(host: &str, guest: &str) -> Vec<u8> {
+    let now = SystemClock.now().unix();
+    // Written by hand (trailing newline, key order of our choosing): the exact bytes
+    // must survive the trip, not a re-serialization of them.
+    format!(
+        "{{\"op\":\"guest_destroy\",\"host_id\":\"{host}\",\"guest_id\":\"{guest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
+        nonce(),
+        Timestamp(now - 60),
+        Timestamp(now + 1800)
+    )
+    .into_bytes()
+}
+
+/// Signs `blob` with the real `ssh-keygen -Y sign`, from a 0600 copy of the test key.
+fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
+    let key = dir.join("operator-key");
+    if !key.exists() {
+        fs::copy("vectors/sshsig/keys/ed25519", &key).unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let n = nonce();
+    let msg = dir.join(format!("blob-{n}.json"));
+    fs::write(&msg, blob).unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+        .arg(&key)
+        .arg(&msg)
+        .stderr(Stdio::null())
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(st.success(), "ssh-keygen -Y sign failed");
+    fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
+}
+
+/// Counts executions and delegates to the real Proxmox executor.
+struct Counting {
+    inner: ProxmoxExecutor,
+    calls: AtomicUsize,
+}
+
+impl DestructiveExecutor for Counting {
+    fn execute(
+        &self,
+        intent: &Intent,
+        on_task: &mut dyn FnMut(&str) -> Result<(), JournalError>,
+    ) -> Result<(), String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.execute(intent, on_task)
+    }
+}
+
+struct Lab {
+    dir: PathBuf,
+    pve: ProxmoxSim,
+    hub: HubSim,
+    audit: Arc<AuditLog>,
+    runner: SignedOpsRunner,
+    client: SignedOpsClient,
+    exec: Arc<Counting>,
+}
+
+fn hub_options(hub: &HubSim, key: &str) -> HubClientOptions {
+    HubClientOptions {
+        url: hub.url(),
+        api_key: Secret::new(key),
+        trust: TlsTrust::Pin(Sha256Pin::parse(&hub.fingerprint()).unwrap()),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn lab(name: &str) -> Lab {
+    let dir = tempdir(name);
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(105, "customer-db").running(false))
+        .guest(GuestSeed::new(106, "customer-web").running(false))
+        .task_duration(Duration::from_millis(20))
+        .start();
+    let hub = HubSim::start();
+    let clock = ManualClock::new(SystemClock.now());
+    let cfg = AuthzConfig {
+        signers: vec![SignerEntry {
+            key_id: "ops-2026".into(),
+            role: Role::Operational,
+            public_key: fs::read_to_string("vectors/sshsig/keys/ed25519.pub").unwrap(),
+        }],
+        ..AuthzConfig::default()
+    };
+    let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
+    let verifier = Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces).unwrap();
+    let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
+    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+    let gate = Arc::new(
+        Gate::new("pve-a".into(), Some(verifier), journal, audit.clone())
+            .with_clock(Arc::new(clock.clone())),
+    );
+    let jobs =
+        SignedJobs::new(gate.clone(), Arc::new(Queue::new(4))).with_clock(Arc::new(clock.clone()));
+    let mut o = ClientOptions::new(
+        pve.url(),
+        pve.node(),
+        DEFAULT_TOKEN_ID,
+        Secret::new(DEFAULT_TOKEN_SECRET),
+        TlsTrust::Pin(Sha256Pin::parse(&pve.fingerprint()).unwrap()),
+    );
+    o.timeout = Duration::from_secs(10);
+    let wait = WaitOptions {
+        initial: Duration::from_millis(10),
+        cap: Duration::from_millis(20),
+        timeout: Duration::from_secs(10),
+    };
+    let exec = Arc::new(Counting {
+        inner: ProxmoxExecutor::new(Arc::new(Client::new(o).unwrap()), wait, Shutdown::new()),
+        calls: AtomicUsize::new(0),
+    });
+    let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
+    let runner = SignedOpsRunner::new(jobs, gate, audit.clone(), Some(as_exec))
+        .with_clock(Arc::new(clock.clone()));
+    let client = SignedOpsClient::new(hub_options(&hub, &hub.key())).unwrap();
+    Lab {
+        dir,
+        pve,
+        hub,
+        audit,
+        runner,
+        client,
+        exec,
+    }
+}
+
+impl Lab {
+    fn deletes(&self) -> usize {
+        self.pve
+            .mutations()
+            .iter()
+            .filter(|m| m.method == "DELETE")
+            .count()
+    }
+
+    /// One fetch-and-run round; the single outcome it produced.
+    fn deliver_one(&self) -> OpOutcome {
+        let s = self.runner.run_round(&self.client).unwrap();
+        assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+        assert_eq!(s.outcomes.len(), 1, "{:?}", s.outcomes);
+        s.outcomes.into_iter().next().unwrap().1
+    }
+
+    fn audit_words(&self) -> Vec<String> {
+        self.audit
+            .tail(50)
+            .into_iter()
+            .map(|e| format!("{} {}", e.decision, e.guest_id.unwrap_or_default()))
+            .collect()
+    }
+}
+
+#[test]
+fn unsigned_is_held_signed_runs_once_replay_is_skipped_wrong_host_refused() {
+    let l = lab("matrix");
+    let blob = destroy_blob("pve-a", "105");
+
+    // Unsigned: held, nothing sent to Proxmox.
+    l.hub.queue_signed_op(&blob, None);
+    assert_eq!(
+        l.deliver_one(),
+        OpOutcome::Job(JobOutcome::Refused(Refusal::PendingSignature))
+    );
+    assert_eq!(l.deletes(), 0);
+    assert_eq!(l.exec.calls.load(Ordering::SeqCst), 0);
+    assert!(l.pve.guest_ids().contains(&105));
+
+    // The same bytes signed: executed once, the guest is gone.
+    let sig = ssh_keygen_sign(&l.dir, &blob);
+    l.hub.queue_signed_op(&blob, Some(&sig));
+    assert!(
+        matches!(l.deliver_one(), OpOutcome::Job(JobOutcome::Executed { .. })),
+        "signed destroy must execute"
+    );
+    assert_eq!(l.deletes(), 1);
+    assert_eq!(l.exec.calls.load(Ordering::SeqCst), 1);
+    assert!(!l.pve.guest_ids().contains(&105));
+
+    // Delivered again: skipped by the journal's applied nonce, no second DELETE.
+    l.hub.queue_signed_op(&blob, Some(&sig));
+    assert_eq!(l.deliver_one(), OpOutcome::Job(JobOutcome::Skipped));
+    assert_eq!(l.deletes(), 1);
+    assert_eq!(l.exec.calls.load(Ordering::SeqCst), 1);
+
+    // Signed for another host: the verifier's typed rejection, nothing sent.
+    let other = destroy_blob("pve-b", "106");
+    let sig = ssh_keygen_sign(&l.dir, &other);
+    l.hub.queue_signed_op(&other, Some(&sig));
+    match l.deliver_one() {
+        OpOutcome::Job(JobOutcome::Refused(Refusal::Rejected(AuthzError::Target(_)))) => {}
+        other => panic!("expected a target rejection, got {other:?}"),
+    }
+    assert_eq!(l.deletes(), 1);
+    assert!(l.pve.guest_ids().contains(&106));
+
+    // A signature over other bytes (guest swapped after signing): refused, nothing sent.
+    let swapped = String::from_utf8(destroy_blob("pve-a", "106")).unwrap();
+    let sig = ssh_keygen_sign(&l.dir, swapped.as_bytes());
+    let tampered = swapped.replace("\"106\"", "\"105\"");
+    l.hub.queue_signed_op(tampered.as_bytes(), Some(&sig));
+    match l.deliver_one() {
+        OpOutcome::Job(JobOutcome::Refused(Refusal::Rejected(AuthzError::BadSignature(_)))) => {}
+        other => panic!("expected a bad signature, got {other:?}"),
+    }
+    assert_eq!(l.deletes(), 1);
+
+    // The audit tail (what the next report carries) has each decision, in order.
+    let words = l.audit_words();
+    assert_eq!(
+        words,
+        vec![
+            "pending_signature 105",
+            "allowed 105",
+            "executed 105",
+            "skipped 105",
+            "target 106",
+            "bad_signature 105",
+        ],
+        "{words:?}"
+    );
+}
+
+#[test]
+fn malformed_entries_are_skipped_by_index_and_the_rest_still_run() {
+    let l = lab("malformed");
+    l.hub
+        .queue_signed_op_raw(json!({"id": "bad-b64", "blob_b64": "@@@", "signature": null}));
+    l.hub.queue_signed_op_raw(json!({"blob_b64": "eA=="}));
+    l.hub.queue_signed_op(b"{not json", None);
+    let blob = destroy_blob("pve-a", "106");
+    let sig = ssh_keygen_sign(&l.dir, &blob);
+    l.hub.queue_signed_op(&blob, Some(&sig));
+    let s = l.runner.run_round(&l.client).unwrap();
+    let idx: Vec<usize> = s.skipped.iter().map(|e| e.index).collect();
+    assert_eq!(idx, vec![0, 1]);
+    assert_eq!(s.outcomes.len(), 2);
+    assert!(matches!(s.outcomes[0].1, OpOutcome::Unparseable { .. }));
+    assert!(matches!(
+        s.outcomes[1].1,
+        OpOutcome::Job(JobOutcome::Executed { .. })
+    ));
+    assert_eq!(l.deletes(), 1);
+    assert!(!l.pve.guest_ids().contains(&106));
+}
+
+#[test]
+fn a_wrong_key_gets_401_and_the_queue_is_kept() {
+    let l = lab("key");
+    let blob = destroy_blob("pve-a", "105");
+    l.hub.queue_signed_op(&blob, None);
+    let bad = SignedOpsClient::new(hub_options(&l.hub, "wrong-key-123456")).unwrap();
+    match bad.fetch() {
+        Err(FetchError::Http(e)) => {
+            assert_eq!(e.status, 401);
+            assert!(!e.to_string().contains("wrong-key-123456"));
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    assert_eq!(l.hub.pending_signed_ops(), 1);
+    let got = l.client.fetch().unwrap();
+    assert_eq!(
+        got.ops,
+        vec![DeliveredOp {
+            id: got.ops[0].id.clone(),
+            blob,
+            signature: None
+        }]
+    );
+    assert_eq!(l.hub.pending_signed_ops(), 0);
+    let fetches = l
+        .hub
+        .requests()
+        .iter()
+        .filter(|r| r.path == SIGNED_OPS_PATH && r.method == "GET")
+        .count();
+    assert_eq!(fetches, 2);
+}
+
+/// A reporter that answers the hub's envelope as the real round would.
+struct Fixed(ControlEnvelope);
+
+impl Reporter for Fixed {
+    type Error = std::io::Error;
+    fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
+        Ok(self.0)
+    }
+}
+
+#[test]
+fn an_envelope_with_signed_ops_wakes_the_worker_which_runs_them() {
+    let l = lab("worker");
+    let blob = destroy_blob("pve-a", "105");
+    let sig = ssh_keygen_sign(&l.dir, &blob);
+    l.hub.queue_signed_op(&blob, Some(&sig));
+
+    let announcement = Announcement::new();
+    let mut quiet = Announcing::new(Fixed(ControlEnvelope::default()), announcement.clone());
+    quiet.round().unwrap();
+    assert!(!announcement.take(Duration::ZERO), "no ops announced");
+
+    let shutdown = Shutdown::new();
+    let Lab {
+        runner,
+        client,
+        pve,
+        exec,
+        ..
+    } = l;
+    let (a, s) = (announcement.clone(), shutdown.clone());
+    let worker = std::thread::spawn(move || run_worker(&runner, &client, &a, &s));
+    let mut loud = Announcing::new(
+        Fixed(ControlEnvelope {
+            has_signed_ops: true,
+            ..ControlEnvelope::default()
+        }),
+        announcement,
+    );
+    loud.round().unwrap();
+    // Waits on the outcome; the deadline only keeps a broken worker from hanging CI.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pve.guest_ids().contains(&105) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never ran the op"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    shutdown.trigger();
+    let r: Result<(), RoundError> = worker.join().unwrap();
+    assert!(r.is_ok());
+    assert_eq!(exec.calls.load(Ordering::SeqCst), 1);
+}
