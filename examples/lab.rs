@@ -6,8 +6,9 @@
 //! directory, and runs the real `felhom-agent` binary as child processes: the Proxmox
 //! selftests, an operator's signed op checked offline, one hub report, then the daemon
 //! with a desired-state file: drift fixed, an unsigned destroy held, the same destroy
-//! signed with a freshly minted key executed once, its replay refused. Each step prints
-//! a plain line; any surprise exits non-zero.
+//! signed with a freshly minted key executed once, its replay refused, and a kill -9
+//! while a task runs recovered on restart without re-sending it. Each step prints a
+//! plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::time::{Clock, SystemClock, Timestamp};
 use felhom_sim::{CertChoice, DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
@@ -361,11 +363,81 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail(daemon.stop_with_log("the replay reached Proxmox"));
     }
     say("signed ops: the replay is refused (nonce already applied), still one DELETE");
-    let log = match daemon.stop() {
+    let mut logs = match daemon.stop() {
         Ok(log) => log,
         Err(e) => return fail(e),
     };
-    if log.contains(DEFAULT_TOKEN_SECRET) || log.contains(&hub.key()) {
+
+    // 8. kill -9 while a task runs: the restart's Recover finishes it, nothing runs twice.
+    pve.set_task_duration(Duration::from_secs(2));
+    std::fs::write(
+        &desired,
+        json!({"generation": 2, "guests": [
+            {"vmid": 100, "run": "running", "spec": {"cores": 4}, "description": "web"},
+            {"vmid": 101, "run": "stopped"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let journal = dir.join("state").join("journal.log");
+    let in_flight = || {
+        Journal::open_read_only(&journal)
+            .map(|view| view.in_flight())
+            .unwrap_or_default()
+    };
+    let stops = || {
+        pve.mutations()
+            .iter()
+            .filter(|m| m.method == "POST" && m.path.ends_with("/lxc/101/status/stop"))
+            .count()
+    };
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("the stop task running, its UPID journaled", || {
+        stops() == 1 && matches!(in_flight().as_slice(), [op] if op.upid.is_some())
+    }) {
+        return fail(daemon.stop_with_log("the stop of guest 101 never got in flight"));
+    }
+    logs.push_str(&daemon.kill_9());
+    let held = in_flight();
+    if held.len() != 1 || pve.guest_status(101).as_deref() != Some("running") {
+        return fail("expected the stop in flight and guest 101 still running after kill -9");
+    }
+    say(format!(
+        "kill -9: the daemon killed while guest 101's stop task runs ({} in flight, UPID journaled)",
+        held[0].op_id
+    ));
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("the stop recovered", || {
+        pve.guest_status(101).as_deref() == Some("stopped") && in_flight().is_empty()
+    }) {
+        return fail(daemon.stop_with_log("Recover did not resolve the stop"));
+    }
+    match daemon.stop() {
+        Ok(log) => logs.push_str(&log),
+        Err(e) => return fail(e),
+    }
+    if stops() != 1 {
+        return fail(format!("expected one stop POST, saw {}", stops()));
+    }
+    let out = run(bin, &["journal", "--in-flight", "--config", cfg]);
+    if out.status.code() != Some(0) {
+        print!("{}", indent(&out.stderr));
+        return fail("felhom-agent journal --in-flight failed");
+    }
+    say(format!(
+        "restart: Recover resolved the stop from its journaled UPID; guest 101 stopped, one stop POST; `journal --in-flight`: {}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+    ));
+    if logs.contains(DEFAULT_TOKEN_SECRET) || logs.contains(&hub.key()) {
         return fail("a secret appeared in the daemon's log");
     }
     say("daemon: SIGTERM → exit 0 each time; no secret in its log");
@@ -430,6 +502,18 @@ impl Daemon {
             return Err(format!("the daemon exited {:?} on SIGTERM", status.code()));
         }
         Ok(log)
+    }
+
+    /// SIGKILL: no handler runs; returns what the daemon logged before it.
+    fn kill_9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut log = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut log);
+        }
+        log
     }
 
     /// Stops the daemon, prints its log, and returns `why` for [`fail`].
