@@ -142,28 +142,32 @@ impl std::error::Error for ClientError {
     }
 }
 
-/// Posts host reports to the hub.
-pub struct HubClient {
+/// One authenticated endpoint on the hub: its HTTP agent, full URL and bearer key.
+/// The report client and the signed-ops client are each one of these, so the URL
+/// rules, the TLS setup and the scrubbing of an echoed key live in one place.
+pub(crate) struct HubEndpoint {
     http: HttpClient,
-    endpoint: String,
+    url: String,
     authorization: Secret,
     key: Secret,
-    trust: TlsTrust,
 }
 
-impl fmt::Debug for HubClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HubClient")
-            .field("endpoint", &self.endpoint)
-            .field("authorization", &self.authorization)
-            .field("trust", &self.trust.describe())
-            .finish_non_exhaustive()
-    }
+/// Why a request to a [`HubEndpoint`] got no 2xx answer.
+pub(crate) enum EndpointError {
+    /// No complete answer.
+    Transport(TransportError),
+    /// A status other than 2xx; the key is already cut out of reason and body.
+    Http(HttpError),
 }
 
-impl HubClient {
-    /// Builds the client (a CA file is read now).
-    pub fn new(options: HubClientOptions) -> Result<HubClient, SetupError> {
+impl HubEndpoint {
+    /// Checks the base URL, reads the trust (a CA file is read now) and builds the
+    /// agent for `{url}{path}`, answers capped at `max_body` bytes.
+    pub(crate) fn new(
+        options: &HubClientOptions,
+        path: &str,
+        max_body: u64,
+    ) -> Result<HubEndpoint, SetupError> {
         if options.api_key.is_empty() {
             return Err(SetupError::MissingKey);
         }
@@ -172,37 +176,102 @@ impl HubClient {
             .strip_prefix("https://")
             .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
         if !has_host || base.contains(['?', '#', '@']) || base.chars().any(char::is_whitespace) {
-            return Err(SetupError::Url { url: options.url });
+            return Err(SetupError::Url {
+                url: options.url.clone(),
+            });
         }
         let mut http_options = HttpOptions::new(options.trust.clone());
         http_options.timeout = options.timeout;
         http_options.connect_timeout = options.timeout.min(Duration::from_secs(10));
-        http_options.max_body = MAX_ANSWER_BYTES;
+        http_options.max_body = max_body;
         http_options.max_idle_per_host = 1;
         let http = HttpClient::new(&http_options).map_err(SetupError::Trust)?;
-        Ok(HubClient {
+        Ok(HubEndpoint {
             http,
-            endpoint: format!("{base}{REPORT_PATH}"),
+            url: format!("{base}{path}"),
             authorization: Secret::new(format!("Bearer {}", options.api_key.expose())),
-            key: options.api_key,
+            key: options.api_key.clone(),
+        })
+    }
+
+    /// The full URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends `method` (with a JSON body when given) and returns the 2xx answer's body.
+    pub(crate) fn send(
+        &self,
+        method: Method,
+        json: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, EndpointError> {
+        let mut request = Request::new(method, self.url.clone())
+            .header("accept", "application/json")
+            .secret_header("authorization", &self.authorization);
+        if let Some(body) = json {
+            request = request.json(body);
+        }
+        let response = self.http.send(request).map_err(EndpointError::Transport)?;
+        if !response.is_success() {
+            let key = self.key.expose();
+            // Scrub before excerpting, so the cut cannot leave part of the key behind.
+            let body = replace_bytes(&response.body, key.as_bytes(), REDACTED.as_bytes());
+            return Err(EndpointError::Http(HttpError {
+                status: response.status,
+                reason: scrub_reason(&response.reason, key),
+                body_excerpt: excerpt(&body, EXCERPT_LIMIT),
+            }));
+        }
+        Ok(response.body)
+    }
+}
+
+impl HubClientOptions {
+    /// The options the `hub` section of the configuration gives.
+    pub fn from_config(hub: &HubConfig) -> Result<HubClientOptions, SetupError> {
+        Ok(HubClientOptions {
+            url: hub.url.clone(),
+            api_key: hub.api_key.clone().ok_or(SetupError::MissingKey)?,
+            trust: hub.tls.clone(),
+            timeout: Duration::from_secs(hub.timeout_seconds),
+        })
+    }
+}
+
+/// Posts host reports to the hub.
+pub struct HubClient {
+    endpoint: HubEndpoint,
+    trust: TlsTrust,
+}
+
+impl fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubClient")
+            .field("endpoint", &self.endpoint.url)
+            .field("authorization", &self.endpoint.authorization)
+            .field("trust", &self.trust.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubClient {
+    /// Builds the client (a CA file is read now).
+    pub fn new(options: HubClientOptions) -> Result<HubClient, SetupError> {
+        let endpoint = HubEndpoint::new(&options, REPORT_PATH, MAX_ANSWER_BYTES)?;
+        Ok(HubClient {
+            endpoint,
             trust: options.trust,
         })
     }
 
     /// Builds the client from the `hub` section of the configuration.
     pub fn from_config(hub: &HubConfig) -> Result<HubClient, SetupError> {
-        let api_key = hub.api_key.clone().ok_or(SetupError::MissingKey)?;
-        HubClient::new(HubClientOptions {
-            url: hub.url.clone(),
-            api_key,
-            trust: hub.tls.clone(),
-            timeout: Duration::from_secs(hub.timeout_seconds),
-        })
+        HubClient::new(HubClientOptions::from_config(hub)?)
     }
 
     /// The full URL reports go to.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        self.endpoint.url()
     }
 
     /// The trust in force, for the start-up warning.
@@ -213,22 +282,14 @@ impl HubClient {
     /// Posts one report and parses the hub's answer.
     pub fn post_report(&self, report: &HostReport) -> Result<ControlEnvelope, ClientError> {
         let body = serde_json::to_vec(report).map_err(ClientError::Encode)?;
-        let request = Request::new(Method::Post, self.endpoint.clone())
-            .header("accept", "application/json")
-            .secret_header("authorization", &self.authorization)
-            .json(body);
-        let response = self.http.send(request).map_err(ClientError::Transport)?;
-        if !response.is_success() {
-            let key = self.key.expose().as_bytes();
-            // Scrub before excerpting, so the cut cannot leave part of the key behind.
-            let body = replace_bytes(&response.body, key, REDACTED.as_bytes());
-            return Err(ClientError::Http(HttpError {
-                status: response.status,
-                reason: scrub_reason(&response.reason, self.key.expose()),
-                body_excerpt: excerpt(&body, EXCERPT_LIMIT),
-            }));
-        }
-        ControlEnvelope::parse(&response.body).map_err(ClientError::Envelope)
+        let answer = self
+            .endpoint
+            .send(Method::Post, Some(body))
+            .map_err(|e| match e {
+                EndpointError::Transport(e) => ClientError::Transport(e),
+                EndpointError::Http(e) => ClientError::Http(e),
+            })?;
+        ControlEnvelope::parse(&answer).map_err(ClientError::Envelope)
     }
 }
 

@@ -27,21 +27,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::client::{HubClientOptions, SetupError};
+use super::client::{EndpointError, HubClientOptions, HubEndpoint, SetupError};
 use super::envelope::ControlEnvelope;
 use super::poller::Reporter;
 use super::report::AuditEntry;
 use crate::authz::OpBlob;
 use crate::config::HubConfig;
 use crate::encoding::base64_decode;
-use crate::net::{
-    EXCERPT_LIMIT, HttpClient, HttpError, HttpOptions, Method, Request, TransportError, excerpt,
-};
+use crate::net::{EXCERPT_LIMIT, HttpError, Method, TransportError, excerpt};
 use crate::reconcile::audit::AuditLog;
 use crate::reconcile::classify::{Intent, OpClass};
 use crate::reconcile::gate::{Decision, Gate, SignedOp};
 use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
-use crate::secret::{REDACTED, Secret};
+use crate::secret::REDACTED;
 use crate::shutdown::Shutdown;
 use crate::time::{Clock, SystemClock};
 
@@ -63,9 +61,6 @@ pub const MAX_ID_BYTES: usize = 128;
 
 /// The largest answer read from the hub.
 const MAX_ANSWER_BYTES: u64 = 2 * 1024 * 1024;
-
-/// The shortest tail of the key that is cut when a reason phrase ends with it.
-const MIN_PARTIAL: usize = 4;
 
 /// One op as the hub delivered it.
 #[derive(Clone, PartialEq, Eq)]
@@ -236,17 +231,14 @@ pub fn intent_for(blob: &[u8]) -> Result<Intent, crate::authz::AuthzError> {
 
 /// Fetches signed ops from the hub.
 pub struct SignedOpsClient {
-    http: HttpClient,
-    endpoint: String,
-    authorization: Secret,
-    key: Secret,
+    endpoint: HubEndpoint,
 }
 
 impl fmt::Debug for SignedOpsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignedOpsClient")
-            .field("endpoint", &self.endpoint)
-            .field("authorization", &self.authorization)
+            .field("endpoint", &self.endpoint.url())
+            .field("authorization", &REDACTED)
             .finish_non_exhaustive()
     }
 }
@@ -255,81 +247,29 @@ impl SignedOpsClient {
     /// Builds the client (a CA file is read now). The URL rules are the report
     /// client's.
     pub fn new(options: HubClientOptions) -> Result<SignedOpsClient, SetupError> {
-        if options.api_key.is_empty() {
-            return Err(SetupError::MissingKey);
-        }
-        let base = options.url.trim_end_matches('/');
-        let has_host = base
-            .strip_prefix("https://")
-            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
-        if !has_host || base.contains(['?', '#', '@']) || base.chars().any(char::is_whitespace) {
-            return Err(SetupError::Url { url: options.url });
-        }
-        let mut http_options = HttpOptions::new(options.trust.clone());
-        http_options.timeout = options.timeout;
-        http_options.connect_timeout = options.timeout.min(Duration::from_secs(10));
-        http_options.max_body = MAX_ANSWER_BYTES;
-        http_options.max_idle_per_host = 1;
-        let http = HttpClient::new(&http_options).map_err(SetupError::Trust)?;
         Ok(SignedOpsClient {
-            http,
-            endpoint: format!("{base}{SIGNED_OPS_PATH}"),
-            authorization: Secret::new(format!("Bearer {}", options.api_key.expose())),
-            key: options.api_key,
+            endpoint: HubEndpoint::new(&options, SIGNED_OPS_PATH, MAX_ANSWER_BYTES)?,
         })
     }
 
     /// Builds the client from the `hub` section of the configuration.
     pub fn from_config(hub: &HubConfig) -> Result<SignedOpsClient, SetupError> {
-        let api_key = hub.api_key.clone().ok_or(SetupError::MissingKey)?;
-        SignedOpsClient::new(HubClientOptions {
-            url: hub.url.clone(),
-            api_key,
-            trust: hub.tls.clone(),
-            timeout: Duration::from_secs(hub.timeout_seconds),
-        })
+        SignedOpsClient::new(HubClientOptions::from_config(hub)?)
     }
 
     /// The full URL ops are fetched from.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        self.endpoint.url()
     }
 
     /// Fetches and parses the queued ops.
     pub fn fetch(&self) -> Result<ParsedOps, FetchError> {
-        let request = Request::new(Method::Get, self.endpoint.clone())
-            .header("accept", "application/json")
-            .secret_header("authorization", &self.authorization);
-        let response = self.http.send(request).map_err(FetchError::Transport)?;
-        if !response.is_success() {
-            let key = self.key.expose();
-            let body = String::from_utf8_lossy(&response.body).replace(key, REDACTED);
-            return Err(FetchError::Http(HttpError {
-                status: response.status,
-                reason: scrub(&response.reason, key),
-                body_excerpt: excerpt(body.as_bytes(), EXCERPT_LIMIT),
-            }));
-        }
-        parse_ops(&response.body)
+        let answer = self.endpoint.send(Method::Get, None).map_err(|e| match e {
+            EndpointError::Transport(e) => FetchError::Transport(e),
+            EndpointError::Http(e) => FetchError::Http(e),
+        })?;
+        parse_ops(&answer)
     }
-}
-
-/// `text` with `key` cut out, including a copy cut short at the end of the (already
-/// bounded) text, at least [`MIN_PARTIAL`] characters of it.
-fn scrub(text: &str, key: &str) -> String {
-    if key.is_empty() {
-        return text.to_owned();
-    }
-    let mut out = text.replace(key, REDACTED);
-    let partial = (MIN_PARTIAL.min(key.len())..key.len())
-        .rev()
-        .filter(|n| key.is_char_boundary(*n))
-        .find(|n| out.ends_with(&key[..*n]));
-    if let Some(n) = partial {
-        out.truncate(out.len() - n);
-        out.push_str(REDACTED);
-    }
-    out
 }
 
 /// What became of one delivered op.
@@ -720,13 +660,6 @@ mod tests {
             Err(FetchError::Shape { .. })
         ));
         assert_eq!(parse_ops(br#"{"ops":null}"#).unwrap(), ParsedOps::default());
-    }
-
-    #[test]
-    fn the_key_is_scrubbed_from_reasons() {
-        assert_eq!(scrub("bad k3y-abcdef", "k3y-abcdef"), "bad <redacted>");
-        assert_eq!(scrub("bad k3y-ab", "k3y-abcdef"), "bad <redacted>");
-        assert_eq!(scrub("Unauthorized", "k3y-abcdef"), "Unauthorized");
     }
 
     #[test]
