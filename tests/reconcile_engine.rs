@@ -607,3 +607,68 @@ fn a_wait_that_ends_early_is_reattached_never_resent() {
     assert!(r.engine.pass().unwrap().plan.is_empty());
     r.queue.close();
 }
+
+#[test]
+fn a_guest_dropped_from_the_desired_state_is_an_unsigned_destroy_held_pending_signature() {
+    let sim = lab_sim(true);
+    let r = rig(&sim, "destroy-delta", lab_desired());
+    let first = r.engine.pass().unwrap();
+    assert!(
+        first.destroy_deltas.is_empty(),
+        "no earlier state: no delta"
+    );
+
+    // Generation 8 drops 101 (exists) and 150 (never existed): a destroy delta for 101.
+    let mut dropped = lab_desired();
+    dropped.generation = 8;
+    dropped.guests.remove(&101);
+    dropped.guests.remove(&150);
+    r.provider.set(dropped.clone());
+    let mutations_before = sim.mutations().len();
+    let second = r.engine.pass().unwrap();
+    assert_eq!(
+        second.destroy_deltas,
+        vec![(101, "pending_signature".to_owned())],
+        "{second:#?}"
+    );
+    assert_eq!(
+        sim.mutations().len(),
+        mutations_before,
+        "nothing was sent for the dropped guest: {:?}",
+        sim.mutations()
+    );
+    assert!(sim.guest_ids().contains(&101), "the guest still exists");
+    let audit_path = r.journal_path.with_file_name("audit.log");
+    let held = || {
+        std::fs::read_to_string(&audit_path)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.contains(r#""decision":"pending_signature""#)
+                    && l.contains("guest_destroy")
+                    && l.contains(r#""101""#)
+            })
+            .count()
+    };
+    assert_eq!(held(), 1, "the gate's refusal is in the audit log");
+
+    // The same state again: decided once, not re-audited every pass.
+    let third = r.engine.pass().unwrap();
+    assert!(third.destroy_deltas.is_empty(), "{third:#?}");
+    assert_eq!(held(), 1);
+
+    // Desired again, then dropped again: a new delta, gated again.
+    r.provider.set(lab_desired());
+    r.engine.pass().unwrap();
+    r.provider.set(dropped);
+    let again = r.engine.pass().unwrap();
+    assert_eq!(
+        again.destroy_deltas,
+        vec![(101, "pending_signature".to_owned())]
+    );
+    assert_eq!(held(), 2);
+    assert!(
+        !sim.mutations().iter().any(|m| m.method == "DELETE"),
+        "no destroy ever reached Proxmox"
+    );
+}

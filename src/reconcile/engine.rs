@@ -12,7 +12,7 @@
 //! gate refused. [`plan_report`] is the library side of `felhom-agent plan`: the same
 //! reads and plan, the gate's dry-run word, nothing executed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -164,6 +164,11 @@ pub struct PassReport {
     /// Tasks of earlier passes whose wait had ended early, waited for again (never
     /// re-sent), with how they ended this time.
     pub reattached: Vec<ActionResult>,
+    /// Destroy deltas first seen this pass: guests the previous desired state managed,
+    /// the new one dropped, and Proxmox still has. Each went to the gate as an unsigned
+    /// `guest_destroy` and is never executed by reconcile; the code is the gate's word
+    /// (`pending_signature` unless the journal shows the guest is the agent's own).
+    pub destroy_deltas: Vec<(u32, String)>,
 }
 
 impl PassReport {
@@ -214,6 +219,10 @@ pub struct Engine {
     backoff: Mutex<HashMap<u32, Backoff>>,
     unresolved: Arc<Mutex<Vec<Pending>>>,
     pass_lock: Mutex<()>,
+    /// The guests the last desired state managed, to see which a new one drops.
+    last_managed: Mutex<Option<BTreeSet<u32>>>,
+    /// Destroy deltas already gated (and audited), so each is decided once.
+    gated_deltas: Mutex<BTreeSet<u32>>,
 }
 
 /// A task this engine dispatched whose wait ended before the task did.
@@ -330,6 +339,8 @@ impl Engine {
             backoff: Mutex::new(HashMap::new()),
             unresolved: Arc::new(Mutex::new(Vec::new())),
             pass_lock: Mutex::new(()),
+            last_managed: Mutex::new(None),
+            gated_deltas: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -386,6 +397,7 @@ impl Engine {
             .map(|g| g.vmid)
             .collect();
         let planned = plan(&desired, &actual, &self.norm);
+        let destroy_deltas = self.gate_destroy_deltas(&desired, &actual);
         let in_flight: HashMap<u32, String> = self
             .journal
             .in_flight()
@@ -502,6 +514,7 @@ impl Engine {
             results,
             unreadable,
             reattached,
+            destroy_deltas,
         };
         if !report.results.is_empty() {
             crate::info!(
@@ -515,6 +528,48 @@ impl Engine {
             );
         }
         Ok(report)
+    }
+
+    /// A guest the previous desired state managed and the new one drops, while Proxmox
+    /// still has it, reads as a destroy: the plan never acts on it, but the gate hears
+    /// it, unsigned, so the refusal (`pending_signature`) is audited where the hub and
+    /// the operator see it. Nothing is ever sent for it; a destroy only runs as an
+    /// operator-signed op. Each drop is gated once; a guest desired again is forgotten.
+    fn gate_destroy_deltas(
+        &self,
+        desired: &super::desired::DesiredState,
+        actual: &ActualState,
+    ) -> Vec<(u32, String)> {
+        let managed: BTreeSet<u32> = desired.guests.keys().copied().collect();
+        let previous = relock(&self.last_managed).replace(managed.clone());
+        let mut gated = relock(&self.gated_deltas);
+        gated.retain(|vmid| !managed.contains(vmid) && actual.guests.contains_key(vmid));
+        let Some(previous) = previous else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for &vmid in previous.difference(&managed) {
+            if !actual.guests.contains_key(&vmid) || !gated.insert(vmid) {
+                continue;
+            }
+            let intent = Intent::new(
+                OpClass::GuestDestroy,
+                self.opts.host_id.clone(),
+                Some(vmid.to_string()),
+            );
+            let code = match self.gate.authorize(&intent, None) {
+                Decision::Refused { reason } => reason.code().to_owned(),
+                Decision::Allowed { .. } => "allowed_not_planned".to_owned(),
+            };
+            crate::warn!(
+                "desired state dropped a guest that still exists; reconcile never destroys it",
+                vmid = vmid,
+                generation = desired.generation,
+                gate = code
+            );
+            out.push((vmid, code));
+        }
+        out
     }
 
     /// Waits again, each on its guest's lane, for the tasks whose wait ended early in
