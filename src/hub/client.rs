@@ -125,6 +125,10 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Encode(e) => write!(f, "host report could not be encoded: {e}"),
             ClientError::Transport(e) => write!(f, "hub unreachable: {e}"),
+            ClientError::Http(e) if e.status == 401 => write!(
+                f,
+                "hub refused the report: {e} (the hub does not accept the configured hub.api_key)"
+            ),
             ClientError::Http(e) => write!(f, "hub refused the report: {e}"),
             ClientError::Envelope(e) => write!(f, "hub answer unusable: {e}"),
         }

@@ -17,15 +17,26 @@ use super::report::HostReport;
 pub enum RoundError {
     /// No report could be built (node status or guest list unreadable); nothing sent.
     Collect(CollectError),
-    /// The report was built but the hub did not accept it.
-    Report(ClientError),
+    /// The report was built but the hub did not accept it: unreachable, an error
+    /// status (401 for a key it does not accept), or an answer that is no envelope.
+    Report {
+        /// The URL the report was posted to.
+        endpoint: String,
+        /// What went wrong.
+        source: ClientError,
+    },
 }
 
 impl fmt::Display for RoundError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RoundError::Collect(e) => write!(f, "no report this round: {e}"),
-            RoundError::Report(e) => e.fmt(f),
+            // A transport error already names the method and URL.
+            RoundError::Report {
+                source: source @ ClientError::Transport(_),
+                ..
+            } => source.fmt(f),
+            RoundError::Report { endpoint, source } => write!(f, "POST {endpoint}: {source}"),
         }
     }
 }
@@ -34,7 +45,7 @@ impl std::error::Error for RoundError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             RoundError::Collect(e) => Some(e),
-            RoundError::Report(e) => Some(e),
+            RoundError::Report { source, .. } => Some(source),
         }
     }
 }
@@ -78,12 +89,52 @@ impl<R: HostReader, P: CloudflaredProbe> Reporter for HubRound<R, P> {
 
     fn round(&mut self) -> Result<ControlEnvelope, RoundError> {
         let report = self.collect().map_err(RoundError::Collect)?;
-        let envelope = self.send(&report).map_err(RoundError::Report)?;
+        let envelope = self.send(&report).map_err(|source| RoundError::Report {
+            endpoint: self.client.endpoint().to_owned(),
+            source,
+        })?;
         crate::debug!(
             "host report accepted",
             guests = report.guests.len(),
             backups = report.backups.len()
         );
         Ok(envelope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{HttpError, TransportError};
+
+    fn report(source: ClientError) -> String {
+        RoundError::Report {
+            endpoint: "https://hub.example/api/v1/host-report".into(),
+            source,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_refused_report_names_the_endpoint_once() {
+        let refused = report(ClientError::Http(HttpError {
+            status: 401,
+            reason: "Unauthorized".into(),
+            body_excerpt: String::new(),
+        }));
+        assert_eq!(
+            refused,
+            "POST https://hub.example/api/v1/host-report: hub refused the report: \
+             HTTP 401 Unauthorized (the hub does not accept the configured hub.api_key)"
+        );
+        let unreachable = report(ClientError::Transport(TransportError::Timeout {
+            target: "POST https://hub.example/api/v1/host-report".into(),
+            phase: crate::net::TimeoutPhase::Exchange,
+        }));
+        assert_eq!(
+            unreachable.matches("https://hub.example").count(),
+            1,
+            "{unreachable}"
+        );
     }
 }

@@ -159,6 +159,18 @@ impl Error {
         }
     }
 
+    /// Whether the request may have been carried out although no usable answer came
+    /// back: the connection broke or timed out after the request went out, or a 2xx
+    /// answer could not be read. A mutation that failed this way has to be judged by
+    /// reading the state again, never by assuming it did not happen.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Error::Transport(t) => !t.never_sent(),
+            Error::Decode { .. } => true,
+            Error::Option { .. } | Error::Trust(_) | Error::Argument(_) | Error::Api(_) => false,
+        }
+    }
+
     /// Whether the same call may succeed later without any change on our side
     /// (network trouble, a transient API answer). Says nothing about whether a
     /// mutation was processed: see [`Error::never_sent`].
@@ -256,6 +268,55 @@ mod tests {
             None
         );
         assert_eq!(Privilege::parse("CT is locked (backup)"), None);
+    }
+
+    #[test]
+    fn only_a_lost_or_unreadable_answer_leaves_the_outcome_unknown() {
+        let target = || "POST https://h/api2/json/x".to_string();
+        let transport = |t| Error::Transport(t);
+        assert!(
+            transport(TransportError::Io {
+                target: target(),
+                source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            })
+            .outcome_unknown()
+        );
+        assert!(
+            transport(TransportError::Timeout {
+                target: target(),
+                phase: crate::net::TimeoutPhase::Exchange,
+            })
+            .outcome_unknown()
+        );
+        assert!(
+            !transport(TransportError::Timeout {
+                target: target(),
+                phase: crate::net::TimeoutPhase::Connect,
+            })
+            .outcome_unknown()
+        );
+        assert!(
+            Error::Decode {
+                method: Method::Post,
+                path: "/x".into(),
+                detail: DecodeError {
+                    field: "body".into(),
+                    expected: "JSON",
+                    found: "<html>".into(),
+                },
+            }
+            .outcome_unknown()
+        );
+        let refused = ApiError {
+            method: Method::Post,
+            path: "/x".into(),
+            status: 500,
+            message: "CT is locked (backup)".into(),
+            errors: BTreeMap::new(),
+            privilege: None,
+            transient: true,
+        };
+        assert!(!Error::Api(Box::new(refused)).outcome_unknown());
     }
 
     #[test]

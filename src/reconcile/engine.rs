@@ -217,13 +217,18 @@ pub struct Engine {
     envelope: Option<SharedEnvelope>,
     opts: EngineOptions,
     backoff: Mutex<HashMap<u32, Backoff>>,
+    backoff_clock: BackoffClock,
     unresolved: Arc<Mutex<Vec<Pending>>>,
     pass_lock: Mutex<()>,
     /// The guests the last desired state managed, to see which a new one drops.
     last_managed: Mutex<Option<BTreeSet<u32>>>,
     /// Destroy deltas already gated (and audited), so each is decided once.
     gated_deltas: Mutex<BTreeSet<u32>>,
+    skips: Mutex<BTreeMap<u32, String>>,
 }
+
+/// The monotonic time back-off deadlines are measured on.
+pub type BackoffClock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 /// A task this engine dispatched whose wait ended before the task did.
 #[derive(Debug, Clone)]
@@ -337,10 +342,12 @@ impl Engine {
             envelope: None,
             opts,
             backoff: Mutex::new(HashMap::new()),
+            backoff_clock: Arc::new(Instant::now),
             unresolved: Arc::new(Mutex::new(Vec::new())),
             pass_lock: Mutex::new(()),
             last_managed: Mutex::new(None),
             gated_deltas: Mutex::new(BTreeSet::new()),
+            skips: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -356,6 +363,13 @@ impl Engine {
         self
     }
 
+    /// Measures back-off deadlines on `now` instead of [`Instant::now`], so a test can
+    /// step time and count the retries a back-off allows.
+    pub fn with_backoff_clock(mut self, now: BackoffClock) -> Engine {
+        self.backoff_clock = now;
+        self
+    }
+
     /// Follows the hub's envelope: its poll interval paces [`Engine::run`], a new
     /// `desired_generation` wakes it, and `blocked` holds every mutation.
     pub fn with_envelope(mut self, envelope: SharedEnvelope) -> Engine {
@@ -365,7 +379,7 @@ impl Engine {
 
     /// Guests backing off now, with their consecutive failures.
     pub fn backing_off(&self) -> Vec<(u32, u32)> {
-        let now = Instant::now();
+        let now = (self.backoff_clock)();
         let mut v: Vec<_> = relock(&self.backoff)
             .iter()
             .filter(|(_, b)| b.until > now)
@@ -398,6 +412,7 @@ impl Engine {
             .collect();
         let planned = plan(&desired, &actual, &self.norm);
         let destroy_deltas = self.gate_destroy_deltas(&desired, &actual);
+        self.log_skips(&planned);
         let in_flight: HashMap<u32, String> = self
             .journal
             .in_flight()
@@ -405,7 +420,7 @@ impl Engine {
             .map(|r| (r.vmid, r.op_id))
             .collect();
         let held = self.held();
-        let now = Instant::now();
+        let now = (self.backoff_clock)();
         let failed_this_pass = Arc::new(Mutex::new(HashSet::new()));
 
         enum Slot {
@@ -616,6 +631,24 @@ impl Engine {
         Ok(out)
     }
 
+    /// Logs each desired guest the plan leaves alone (locked, absent, config
+    /// unreadable) when it starts being skipped or its reason changes, so a guest
+    /// stuck behind a stale lock is visible without a line every pass.
+    fn log_skips(&self, planned: &Plan) {
+        let mut last = relock(&self.skips);
+        let now: BTreeMap<u32, String> = planned
+            .skipped
+            .iter()
+            .map(|s| (s.vmid, s.why.clone()))
+            .collect();
+        for (vmid, why) in &now {
+            if last.get(vmid) != Some(why) {
+                crate::info!("guest left alone by reconcile", vmid = vmid, why = why);
+            }
+        }
+        *last = now;
+    }
+
     /// Updates the guest's back-off from an action's outcome.
     fn account(&self, r: &ActionResult) {
         let vmid = r.action.vmid;
@@ -624,6 +657,8 @@ impl Engine {
             Outcome::Applied => {
                 backoff.remove(&vmid);
             }
+            // A wait cut short by the shutdown says nothing about the guest.
+            Outcome::Unresolved { .. } if self.shutdown.is_triggered() => {}
             Outcome::Failed { .. } | Outcome::Unresolved { .. } => {
                 let failures = backoff.get(&vmid).map_or(0, |b| b.failures) + 1;
                 let shift = failures.saturating_sub(1).min(16);
@@ -636,7 +671,7 @@ impl Engine {
                     vmid,
                     Backoff {
                         failures,
-                        until: Instant::now() + delay,
+                        until: (self.backoff_clock)() + delay,
                     },
                 );
                 crate::warn!(
@@ -788,6 +823,7 @@ impl Job {
                     vmid = a.vmid,
                     action = a.kind,
                     transient = transient,
+                    may_have_run = e.outcome_unknown(),
                     error = e
                 );
                 let outcome = Outcome::Failed {
