@@ -82,6 +82,7 @@ pub fn recover(
 ) -> Result<RecoverReport, RecoverError> {
     let mut report = RecoverReport::default();
     for rec in journal.in_flight() {
+        crate::faultpoint::reached("recover:before-resolve");
         let upid = match rec.upid.as_deref().map(Upid::parse) {
             Some(Ok(u)) => Some(u),
             Some(Err(e)) => {
@@ -101,6 +102,7 @@ pub fn recover(
                     running.upid = Some(u.as_str().to_string());
                     running.detail = Some("task found in the node's task list".into());
                     journal.append(&running)?;
+                    crate::faultpoint::reached("recover:after-found");
                     Some(u)
                 }
                 Ok(None) => None,
