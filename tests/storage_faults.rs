@@ -71,7 +71,7 @@ enum Kind {
 const KINDS: [Kind; 3] = [Kind::Journal, Kind::Nonces, Kind::Audit];
 
 enum Opened {
-    Journal(Journal),
+    Journal(Box<Journal>),
     Nonces(FileNonceStore),
     Audit(AuditLog),
 }
@@ -113,9 +113,9 @@ impl Kind {
 
     fn open(self, path: &Path, io: Arc<dyn Io>) -> Result<Opened, String> {
         Ok(match self {
-            Kind::Journal => {
-                Opened::Journal(Journal::open_with(path, io).map_err(|e| e.to_string())?)
-            }
+            Kind::Journal => Opened::Journal(Box::new(
+                Journal::open_with(path, io).map_err(|e| e.to_string())?,
+            )),
             Kind::Nonces => {
                 Opened::Nonces(FileNonceStore::open_with(path, 120, io).map_err(|e| e.to_string())?)
             }
@@ -695,7 +695,9 @@ mod binary {
     struct Lab {
         dir: PathBuf,
         pve: ProxmoxSim,
-        _hub: HubSim,
+        hub: HubSim,
+        /// The signed destroy of guest 105 queued at the hub, when there is one.
+        signed: Option<(Intent, SignedOp)>,
     }
 
     impl Drop for Lab {
@@ -708,14 +710,30 @@ mod binary {
         /// Guest 100 stopped and desired running; no signers, so the only stores are
         /// the journal and the audit log and their fsyncs come in a fixed order.
         fn new() -> Lab {
+            Lab::build(false)
+        }
+
+        /// Signers configured, nothing desired, and a signed destroy of guest 105
+        /// queued at the hub: the nonce store takes part.
+        fn with_signed_destroy() -> Lab {
+            Lab::build(true)
+        }
+
+        fn build(signed: bool) -> Lab {
             let dir = tempdir("bin");
             let pve = ProxmoxSim::builder()
                 .guest(GuestSeed::new(100, "web"))
+                .guest(GuestSeed::new(105, "customer-db"))
                 .task_duration(Duration::from_millis(100))
                 .start();
-            let hub = HubSim::start();
+            // The shortest interval the agent adopts: a signed op queued after the
+            // first report is announced by the next one soon after.
+            let hub = HubSim::builder()
+                .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
+                    "desired_generation": 0, "has_signed_ops": false}))
+                .start();
             let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-            let config = json!({
+            let mut config = json!({
                 "host_id": "pve-a",
                 "state_dir": dir.join("state"),
                 "proxmox": {
@@ -727,18 +745,41 @@ mod binary {
                     "tls": {"ca_file": ca}},
                 "reconcile": {"desired_file": dir.join("desired.json")}
             });
+            let desired = if signed {
+                let signer = fs::read_to_string(format!(
+                    "{}/vectors/sshsig/keys/ed25519.pub",
+                    env!("CARGO_MANIFEST_DIR")
+                ))
+                .unwrap();
+                config["authz"] = json!({"signers": [
+                    {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
+                ]});
+                json!({"generation": 1, "guests": []})
+            } else {
+                json!({"generation": 1, "guests": [{"vmid": 100, "run": "running"}]})
+            };
             fs::write(dir.join("agent.json"), config.to_string()).unwrap();
             fs::set_permissions(dir.join("agent.json"), fs::Permissions::from_mode(0o600)).unwrap();
-            fs::write(
-                dir.join("desired.json"),
-                json!({"generation": 1, "guests": [{"vmid": 100, "run": "running"}]}).to_string(),
-            )
-            .unwrap();
+            fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
+            let signed = signed.then(|| destroy_op(&dir, 105));
             Lab {
                 dir,
                 pve,
-                _hub: hub,
+                hub,
+                signed,
             }
+        }
+
+        fn queue_signed_op(&self) {
+            if let Some((_, op)) = &self.signed {
+                self.hub.queue_signed_op(&op.blob, Some(&op.signature));
+            }
+        }
+
+        fn audit_has(&self, decision: &str) -> bool {
+            fs::read_to_string(self.dir.join("state").join("audit.log"))
+                .unwrap_or_default()
+                .contains(&format!("\"decision\":\"{decision}\""))
         }
 
         fn log(&self) -> String {
@@ -789,16 +830,21 @@ mod binary {
             }
         }
 
-        /// Restarts without the fault: the guest ends up running with nothing in
-        /// flight, SIGTERM exits 0, the start was sent once, and the files replay
-        /// clean.
+        /// Restarts without the fault: the guest ends up running (or, with the
+        /// signed destroy, its replay is refused) with nothing in flight, SIGTERM exits
+        /// 0, nothing was sent twice, and the files replay clean.
         fn restart_and_check(&self) {
             let ups = |lab: &Lab| lab.log().matches("msg=\"felhom-agent running\"").count();
             let before = ups(self);
+            self.queue_signed_op();
             let mut child = self.start(None);
             let start = Instant::now();
+            let done = |lab: &Lab| match lab.signed {
+                None => lab.pve.guest_status(100).as_deref() == Some("running"),
+                Some(_) => lab.audit_has("replay"),
+            };
             while !(ups(self) > before
-                && self.pve.guest_status(100).as_deref() == Some("running")
+                && done(self)
                 && self.journal().is_some_and(|j| j.in_flight().is_empty()))
             {
                 assert!(
@@ -816,7 +862,12 @@ mod binary {
                 .success();
             assert!(ok);
             assert_eq!(self.wait_exit(&mut child).code(), Some(0), "{}", self.log());
-            assert_eq!(self.starts(), 1, "the start was sent once, ever");
+            if self.signed.is_none() {
+                assert_eq!(self.starts(), 1, "the start was sent once, ever");
+            } else {
+                assert_eq!(deletes(&self.pve), 0, "the burnt op never ran");
+                assert!(self.pve.guest_ids().contains(&105));
+            }
             let view = self.journal().unwrap();
             assert_eq!(view.damaged(), None);
             assert!(view.in_flight().is_empty());
@@ -864,5 +915,37 @@ mod binary {
     #[test]
     fn a_failed_fsync_of_the_upid_exits_1_and_the_restart_resolves_the_task_once() {
         failed_sync_exits_non_zero(&TASK_RUNNING_SYNC.to_string(), 1);
+    }
+
+    /// With signers, syncs 1 to 6 open the journal, the audit log and the nonce store,
+    /// and 7 to 9 are the nonce compaction at start; the signed op is queued only after
+    /// it, so the 10th is the fsync of its nonce. It fails: the verifier refuses the op
+    /// (a nonce store that cannot answer reads as a replay), the daemon notices the
+    /// poisoned store and exits 1, and the destroy never runs.
+    #[test]
+    fn a_failed_fsync_of_a_nonce_exits_1_and_nothing_is_destroyed() {
+        let lab = Lab::with_signed_destroy();
+        let mut child = lab.start(Some("10"));
+        let start = Instant::now();
+        while !lab.log().contains("msg=\"nonce store compacted\"") {
+            assert!(child.try_wait().unwrap().is_none(), "{}", lab.log());
+            assert!(start.elapsed() < PATIENCE, "{}", lab.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lab.queue_signed_op();
+        let status = lab.wait_exit(&mut child);
+        let log = lab.log();
+        assert_eq!(status.code(), Some(1), "exit 1, not a crash:\n{log}");
+        assert!(
+            log.contains("op=fsync") && log.contains("nonces.log"),
+            "the nonce's fsync failed:\n{log}"
+        );
+        assert!(
+            log.contains("msg=\"a durable store failed; shutting down\""),
+            "{log}"
+        );
+        assert_eq!(deletes(&lab.pve), 0, "{log}");
+        assert!(!lab.audit_has("allowed"), "never authorized:\n{log}");
+        lab.restart_and_check();
     }
 }
