@@ -11,8 +11,8 @@
 //!   named by [`PAUSE_MARKER_ENV`] (written and fsync'd) and then sleeps forever on the
 //!   calling thread, so the parent test can SIGKILL it at exactly that point;
 //! * [`FAIL_SYNC_AT_ENV`] = `N` or `N:forever`: every [`crate::store::Store`] of the
-//!   process runs on one shared [`FaultyIo`], so the process's N-th fsync fails (once,
-//!   or that one and every later one);
+//!   process runs on one shared [`crate::store::FaultyIo`], so the process's N-th
+//!   fsync fails (once, or that one and every later one);
 //! * [`JOURNAL_COMPACT_AT_ENV`] = `N`: the journal is compacted at start once it holds
 //!   more than `N` records, instead of [`crate::reconcile::journal::COMPACT_AT_START`].
 //!
