@@ -6,6 +6,17 @@
 //! feature `fault-points` — the default, and always in a release build — every function
 //! here is an inline no-op and the environment is never read.
 //!
+//! The points, by name:
+//!
+//! | point | where |
+//! |---|---|
+//! | `benign:after-started`, `signed:after-started` | the op's `started` record is durable; nothing sent yet |
+//! | `benign:after-post`, `signed:after-post` | Proxmox accepted the request; its UPID is not journaled yet |
+//! | `benign:after-upid`, `signed:after-upid` | the `task_running` record with the UPID is durable |
+//! | `benign:after-wait`, `signed:after-wait` | the task ended; the terminal record is not written yet |
+//! | `journal:compact-before-rename`, `nonces:compact-before-rename` | a compaction's temp file is written and fsync'd; the rename has not happened |
+//! | `recover:after-found` | Recover found the task of an op that had no UPID and journaled it |
+//!
 //! With the feature, and only when the test's environment asks for it:
 //! * [`PAUSE_AT_ENV`] equal to a point's name: the process writes that name to the file
 //!   named by [`PAUSE_MARKER_ENV`] (written and fsync'd) and then sleeps forever on the

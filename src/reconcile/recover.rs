@@ -82,7 +82,6 @@ pub fn recover(
 ) -> Result<RecoverReport, RecoverError> {
     let mut report = RecoverReport::default();
     for rec in journal.in_flight() {
-        crate::faultpoint::reached("recover:before-resolve");
         let upid = match rec.upid.as_deref().map(Upid::parse) {
             Some(Ok(u)) => Some(u),
             Some(Err(e)) => {
