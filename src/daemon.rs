@@ -12,8 +12,9 @@
 //! workers are joined within a grace period and `run` returns `Ok` (exit 0). A second
 //! SIGTERM/SIGINT while stopping exits at once with code 1. SIGHUP re-reads the log
 //! level from the configuration file (on error the old level stays and the reason is
-//! logged). A journal write that fails ends the reconcile worker and the daemon exits
-//! non-zero: the restart replays from disk.
+//! logged). A journal write that fails ends the reconcile worker, and a nonce store
+//! poisoned by a failed write or fsync is noticed by the watch: either way the daemon
+//! exits non-zero and the restart replays from disk.
 //!
 //! Signals are handled through `signal-hook`'s self-pipe, so no code of ours runs in a
 //! signal handler and none of it is `unsafe`. The daemon never mutates Proxmox itself:
@@ -351,7 +352,18 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     }
     crate::info!("felhom-agent running", workers = names.join(","));
 
-    let outcome = watch(&workers, shutdown, &failure);
+    // A nonce store that worked at start and stops working was poisoned by a failed
+    // write or fsync: exit so the restart replays it from disk (one that could not be
+    // opened at start keeps refusing signed ops and is not a reason to stop).
+    let nonces = reconciler
+        .nonces
+        .clone()
+        .filter(|store| store.unavailable().is_none());
+    let health = move || {
+        let why = nonces.as_ref()?.unavailable()?;
+        Some(DaemonError::NonceStore(NonceStoreError::Unavailable(why)))
+    };
+    let outcome = watch(&workers, shutdown, &failure, &health);
     crate::info!("felhom-agent stopping");
     let deadline = Instant::now() + STOP_GRACE;
     let stuck = workers.join_until(deadline);
@@ -366,10 +378,21 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     outcome
 }
 
-/// Waits for the shutdown while every worker lives. A worker that ends first triggers
-/// the shutdown; its reported failure (or [`DaemonError::WorkerDied`]) is returned.
-fn watch(workers: &Workers, shutdown: &Shutdown, failure: &Failure) -> Result<(), DaemonError> {
+/// Waits for the shutdown while every worker lives and `health` finds nothing wrong. A
+/// worker that ends first triggers the shutdown; its reported failure (or
+/// [`DaemonError::WorkerDied`]) is returned; so is what `health` reports.
+fn watch(
+    workers: &Workers,
+    shutdown: &Shutdown,
+    failure: &Failure,
+    health: &dyn Fn() -> Option<DaemonError>,
+) -> Result<(), DaemonError> {
     while !shutdown.sleep(WATCH_INTERVAL) {
+        if let Some(e) = health() {
+            crate::error!("a durable store failed; shutting down", error = e);
+            shutdown.trigger();
+            return Err(e);
+        }
         if let Some(name) = workers.first_finished() {
             let reported = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
             let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
@@ -581,7 +604,7 @@ mod tests {
             );
         })
         .unwrap();
-        let e = watch(&w, &shutdown, &failure).unwrap_err();
+        let e = watch(&w, &shutdown, &failure, &|| None).unwrap_err();
         assert!(matches!(e, DaemonError::NonceStore(_)), "{e:?}");
         assert!(!e.is_configuration(), "a runtime failure: exit 1");
         assert!(shutdown.is_triggered(), "the others are told to stop");
@@ -592,11 +615,51 @@ mod tests {
         let shutdown = Shutdown::new();
         let mut w = Workers::new();
         w.spawn("hub-poller", || {}).unwrap();
-        let e = watch(&w, &shutdown, &Arc::new(Mutex::new(None))).unwrap_err();
+        let e = watch(&w, &shutdown, &Arc::new(Mutex::new(None)), &|| None).unwrap_err();
         assert!(
             matches!(&e, DaemonError::WorkerDied { name } if name == "hub-poller"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_nonce_store_poisoned_while_running_ends_the_watch_with_its_error() {
+        use crate::authz::NonceStore;
+        use crate::store::{FaultOp, FaultyIo};
+        use crate::time::Timestamp;
+        // Opening a new file costs two syncs; the third is the first nonce's.
+        let io = Arc::new(FaultyIo::new(FaultOp::Sync, 3, false));
+        let (dir, store) = temp_store("watch", io);
+        let store = Arc::new(store);
+        let shutdown = Shutdown::new();
+        let mut w = Workers::new();
+        let s = shutdown.clone();
+        w.spawn("loop", move || {
+            s.sleep(Duration::from_secs(600));
+        })
+        .unwrap();
+        let probe = Arc::clone(&store);
+        let health = move || {
+            let why = probe.unavailable()?;
+            Some(DaemonError::NonceStore(NonceStoreError::Unavailable(why)))
+        };
+        assert!(
+            store
+                .seen_or_record("n1", Timestamp(1_800_000_600), None)
+                .is_err()
+        );
+        let e = watch(&w, &shutdown, &Arc::new(Mutex::new(None)), &health).unwrap_err();
+        assert!(
+            matches!(&e, DaemonError::NonceStore(NonceStoreError::Unavailable(why)) if why.contains("poisoned")),
+            "{e:?}"
+        );
+        assert!(!e.is_configuration(), "a runtime failure: exit 1");
+        assert!(shutdown.is_triggered(), "the workers are told to stop");
+        assert!(
+            w.join_until(Instant::now() + Duration::from_secs(60))
+                .is_empty()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -609,7 +672,7 @@ mod tests {
         })
         .unwrap();
         shutdown.trigger();
-        assert!(watch(&w, &shutdown, &Arc::new(Mutex::new(None))).is_ok());
+        assert!(watch(&w, &shutdown, &Arc::new(Mutex::new(None)), &|| None).is_ok());
     }
 
     fn temp_store(name: &str, io: Arc<dyn crate::store::Io>) -> (PathBuf, FileNonceStore) {

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod encoding;
+pub mod faultpoint;
 pub mod hub;
 pub mod log;
 pub mod net;

@@ -713,6 +713,8 @@ impl Store {
         mode: SyncMode,
         mut visit: impl FnMut(u64, &[u8]) -> Result<(), String>,
     ) -> Result<Store, StoreError> {
+        #[cfg(feature = "fault-points")]
+        let io = crate::faultpoint::store_io(io);
         let path = path.as_ref().to_path_buf();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -996,6 +998,7 @@ impl Store {
             let f = self.io.create_truncate(&tmp).map_err(ioerr("create"))?;
             f.write_all(&buf).map_err(ioerr("write"))?;
             f.sync_data().map_err(ioerr("fsync"))?;
+            crate::faultpoint::reached_in(&self.path, "compact-before-rename");
             self.io.rename(&tmp, &self.path).map_err(ioerr("rename"))
         })();
         if let Err(e) = written {

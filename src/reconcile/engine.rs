@@ -793,6 +793,7 @@ impl Job {
         started.params = a.params.clone();
         // Durable before anything reaches Proxmox.
         self.record(&started)?;
+        crate::faultpoint::reached("benign:after-started");
 
         let sent = match a.kind {
             ActionKind::SetConfig => self.client.set_config(
@@ -811,7 +812,10 @@ impl Job {
             ActionKind::Stop => self.client.stop(a.vmid).map(Some),
         };
         let upid = match sent {
-            Ok(upid) => upid,
+            Ok(upid) => {
+                crate::faultpoint::reached("benign:after-post");
+                upid
+            }
             Err(e) => {
                 let transient = e.is_transient();
                 let mut rec = started.step(OpState::Failed, self.clock.now());
@@ -849,6 +853,7 @@ impl Job {
         running.upid = Some(upid.to_string());
         // The UPID is durable before the wait, so a crash mid-wait re-attaches to it.
         self.record(&running)?;
+        crate::faultpoint::reached("benign:after-upid");
         self.finish(&op_id, &running, &upid)
     }
 
@@ -861,6 +866,7 @@ impl Job {
         let a = &self.action;
         match self.client.wait_task(upid, &self.wait, &self.shutdown) {
             Ok(outcome) => {
+                crate::faultpoint::reached("benign:after-wait");
                 let mut rec = running.step(OpState::Succeeded, self.clock.now());
                 if let TaskOutcome::Warnings { count, .. } = outcome {
                     rec.detail = Some(format!("task ended with {count} warning(s)"));
@@ -1177,8 +1183,38 @@ impl std::error::Error for SetupError {
     }
 }
 
-/// Reconcile opened in the startup order of the design: state dir → journal → audit
-/// log → nonce store and verifier (when signers are configured) → gate → queue →
+/// Keeps the journal bounded: compacts it at start, before Recover (in-flight ops are
+/// kept), once it holds more than [`super::journal::COMPACT_AT_START`] records. A
+/// compaction that failed before the new file replaced the old one changed nothing and
+/// is only logged; one that poisoned the journal stops the start.
+fn compact_journal_at_start(journal: &Journal, clock: &dyn Clock) -> Result<(), SetupError> {
+    let threshold = crate::faultpoint::journal_compact_at(super::journal::COMPACT_AT_START);
+    let before = journal.records();
+    match journal.compact_if_over(threshold, clock.now()) {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            crate::info!(
+                "journal compacted at start",
+                records_before = before,
+                records_after = journal.records()
+            );
+            Ok(())
+        }
+        Err(JournalError::Store(crate::store::StoreError::Io { op, path, source })) => {
+            crate::warn!(
+                "journal compaction at start failed; the old file stays in use",
+                op = op,
+                path = path.display(),
+                error = source
+            );
+            Ok(())
+        }
+        Err(e) => Err(SetupError::Journal(e)),
+    }
+}
+
+/// Reconcile opened in the startup order of the design: state dir → journal (compacted
+/// when large) → audit log → nonce store and verifier (when signers are configured) → gate → queue →
 /// **Recover** → engine. Nothing has been mutated when [`Reconciler::open`] returns
 /// except what Recover journaled; the daemon then runs `engine.run()` on a worker
 /// and calls `queue.close()` after the workers stopped.
@@ -1242,10 +1278,11 @@ impl Reconciler {
                 damage = why
             );
         }
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        compact_journal_at_start(&journal, clock.as_ref())?;
         let audit = Arc::new(
             super::audit::AuditLog::open(&dir.join("audit.log")).map_err(SetupError::Audit)?,
         );
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
         let mut nonces: Option<Arc<crate::authz::FileNonceStore>> = None;
         let verifier = match &cfg.authz {

@@ -161,6 +161,7 @@ impl SignedJobs {
         let intent = intent.clone();
         let job = move || -> Result<JobOutcome, JournalError> {
             journal.append(&rec)?;
+            crate::faultpoint::reached("signed:after-started");
             let op_id = rec.op_id.clone();
             let Some(exec) = executor else {
                 let mut done = rec.step(OpState::Failed, clock.now());
@@ -177,9 +178,11 @@ impl SignedJobs {
                 let mut running = rec.step(OpState::TaskRunning, clock.now());
                 running.upid = Some(u.to_string());
                 journal.append(&running)?;
+                crate::faultpoint::reached("signed:after-upid");
                 upid = Some(u.to_string());
                 Ok(())
             });
+            crate::faultpoint::reached("signed:after-wait");
             let mut done = rec.step(
                 if res.is_ok() {
                     OpState::Succeeded
@@ -253,6 +256,7 @@ impl DestructiveExecutor for ProxmoxExecutor {
             .client
             .destroy(vmid, purge, false)
             .map_err(|e| format!("destroy {vmid}: {e}"))?;
+        crate::faultpoint::reached("signed:after-post");
         on_task(upid.as_str()).map_err(|e| format!("journal: {e}"))?;
         self.client
             .wait_task(&upid, &self.wait, &self.shutdown)

@@ -26,6 +26,11 @@ use crate::reconcile::classify::{OpClass, Provenance};
 use crate::store::{Io, OsIo, Store, StoreError, SyncMode, replay_bytes};
 use crate::time::Timestamp;
 
+/// Above this many records the journal is compacted when the daemon starts (see
+/// [`Journal::compact_if_over`]). Replay is cheap (`benches/journal.rs` reopens 100 000
+/// records in about a third of a second), so the file is rewritten only now and then.
+pub const COMPACT_AT_START: u64 = 10_000;
+
 /// Where an op is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -548,6 +553,17 @@ impl Journal {
         Ok(())
     }
 
+    /// [`Journal::compact`] when the file holds more than `threshold` records; returns
+    /// whether it compacted. A failure before the new file replaced the old one leaves
+    /// the journal usable ([`StoreError::Io`]); one after it poisons the journal.
+    pub fn compact_if_over(&self, threshold: u64, now: Timestamp) -> Result<bool, JournalError> {
+        if self.store.records() <= threshold {
+            return Ok(false);
+        }
+        self.compact(now)?;
+        Ok(true)
+    }
+
     /// A fresh op id, unique in this journal across restarts: `"{prefix}-{seq}"`.
     pub fn new_op_id(&self, prefix: &str) -> String {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
@@ -631,5 +647,35 @@ pub(crate) mod opt_rfc3339 {
                 .map_err(serde::de::Error::custom),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacts_at_start_only_over_the_threshold_and_keeps_what_is_in_flight() {
+        let dir = std::env::temp_dir().join(format!("felhom-journal-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("journal.log");
+        let j = Journal::open(&path).unwrap();
+        let t = Timestamp(1_800_000_000);
+        let done = JournalRecord::started("start-100-1", 100, OpClass::Start, t);
+        j.append(&done).unwrap();
+        j.append(&done.step(OpState::Succeeded, t)).unwrap();
+        let open = JournalRecord::started("stop-101-2", 101, OpClass::Stop, t);
+        j.append(&open).unwrap();
+        assert!(!j.compact_if_over(3, t).unwrap(), "3 records: not over 3");
+        assert_eq!(j.records(), 3);
+        assert!(j.compact_if_over(2, t).unwrap());
+        // The seq floor and the op still in flight; the finished op is dropped.
+        assert_eq!(j.records(), 2);
+        let reopened = Journal::open(&path).unwrap();
+        assert_eq!(reopened.in_flight(), vec![open]);
+        assert_eq!(reopened.latest("start-100-1"), None);
+        assert_eq!(reopened.new_op_id("x"), "x-3", "op ids keep counting");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

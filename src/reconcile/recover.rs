@@ -101,6 +101,7 @@ pub fn recover(
                     running.upid = Some(u.as_str().to_string());
                     running.detail = Some("task found in the node's task list".into());
                     journal.append(&running)?;
+                    crate::faultpoint::reached("recover:after-found");
                     Some(u)
                 }
                 Ok(None) => None,

@@ -1,0 +1,681 @@
+//! The crash matrix: the real binary, built with the `fault-points` feature, is paused
+//! at one lifecycle point (`FELHOM_FAULT_PAUSE_AT`), SIGKILLed there, and restarted on
+//! the same state directory without the pause, against the Proxmox and hub simulators.
+//!
+//! Two paths: a benign action (start a stopped guest the desired-state file wants
+//! running) and a signed destructive job (a destroy signed by the real `ssh-keygen`,
+//! delivered through the hub's signed-ops endpoint). The points: after `started` is
+//! durable, after the Proxmox request returned but before the UPID is journaled, after
+//! the UPID is journaled, after the task ended but before the terminal record; in the
+//! middle of a journal compaction and of a nonce-store compaction (temp file written and
+//! fsync'd, before the rename), each with an op left in flight; and, compound, a second
+//! SIGKILL inside Recover after it found and journaled the task of an op that had none.
+//!
+//! After the last restart every case asserts: Recover left no op in flight and the op
+//! ended as its point implies; the simulator saw no mutation twice (per method and
+//! path); a replay of the signed op is refused (no second DELETE; the audit says
+//! `skipped` or `replay`); and every store file replays clean (`selftest offline`, and
+//! reopening each store through the crate).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use felhom_agent::authz::FileNonceStore;
+use felhom_agent::authz::{Freshness, NonceStore};
+use felhom_agent::daemon::DEBUG_SECOND_ENV;
+use felhom_agent::faultpoint::{JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV};
+use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::reconcile::classify::OpClass;
+use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
+use felhom_agent::time::{Clock, SystemClock, Timestamp};
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use serde_json::{Value, json};
+
+/// Bound for anything the agent should do within a few schedule rounds.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The guest the benign path starts.
+const BENIGN_VMID: u32 = 100;
+/// The guest the signed path destroys.
+const SIGNED_VMID: u32 = 105;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Benign,
+    Signed,
+}
+
+impl Flow {
+    fn prefix(self) -> &'static str {
+        match self {
+            Flow::Benign => "benign",
+            Flow::Signed => "signed",
+        }
+    }
+
+    fn vmid(self) -> u32 {
+        match self {
+            Flow::Benign => BENIGN_VMID,
+            Flow::Signed => SIGNED_VMID,
+        }
+    }
+
+    fn class(self) -> OpClass {
+        match self {
+            Flow::Benign => OpClass::Start,
+            Flow::Signed => OpClass::GuestDestroy,
+        }
+    }
+}
+
+struct Lab {
+    dir: PathBuf,
+    pve: ProxmoxSim,
+    hub: HubSim,
+    flow: Flow,
+    runs: AtomicU64,
+    /// The signed op's exact bytes, signature and nonce (signed flow only).
+    signed: Option<(Vec<u8>, String, String)>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nonce() -> String {
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{:016x}{:016x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst) + 0xc4a5_0000
+    )
+}
+
+/// Signs `blob` with the real `ssh-keygen -Y sign`, from a 0600 copy of the test key.
+fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
+    let key = dir.join("operator-key");
+    fs::copy(
+        format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
+        &key,
+    )
+    .unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let msg = dir.join("blob.json");
+    fs::write(&msg, blob).unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+        .arg(&key)
+        .arg(&msg)
+        .stderr(Stdio::null())
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(st.success(), "ssh-keygen -Y sign failed");
+    fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
+}
+
+impl Lab {
+    fn new(name: &str, flow: Flow) -> Lab {
+        let dir = std::env::temp_dir().join(format!("felhom-cm-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let pve = ProxmoxSim::builder()
+            .guest(GuestSeed::new(BENIGN_VMID, "web"))
+            .guest(GuestSeed::new(SIGNED_VMID, "customer-db"))
+            .task_duration(Duration::from_millis(150))
+            .start();
+        // The shortest interval the agent adopts, so the next round (and its
+        // announcement of signed ops) comes soon.
+        let hub = HubSim::builder()
+            .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
+                "desired_generation": 0, "has_signed_ops": false}))
+            .start();
+        let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
+        let signer = fs::read_to_string(format!(
+            "{}/vectors/sshsig/keys/ed25519.pub",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let config = json!({
+            "host_id": "pve-a",
+            "state_dir": dir.join("state"),
+            "proxmox": {
+                "url": pve.url(), "node": pve.node(),
+                "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
+                "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
+            },
+            "hub": {"url": hub.url(), "api_key": hub.key(), "poll_seconds": 60,
+                "timeout_seconds": 5, "tls": {"ca_file": ca}},
+            "authz": {"signers": [
+                {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
+            ]},
+            "reconcile": {"desired_file": dir.join("desired.json")}
+        });
+        let path = dir.join("agent.json");
+        fs::write(&path, config.to_string()).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let desired = match flow {
+            Flow::Benign => json!({"generation": 1, "guests": [
+                {"vmid": BENIGN_VMID, "run": "running"}
+            ]}),
+            Flow::Signed => json!({"generation": 1, "guests": []}),
+        };
+        fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
+        let signed = (flow == Flow::Signed).then(|| {
+            let now = SystemClock.now().unix();
+            let n = nonce();
+            let blob = format!(
+                "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{SIGNED_VMID}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{n}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
+                Timestamp(now - 60),
+                Timestamp(now + 1800)
+            )
+            .into_bytes();
+            let sig = ssh_keygen_sign(&dir, &blob);
+            (blob, sig, n)
+        });
+        let lab = Lab {
+            dir,
+            pve,
+            hub,
+            flow,
+            runs: AtomicU64::new(0),
+            signed,
+        };
+        lab.queue_signed_op();
+        lab
+    }
+
+    /// Queues the signed destroy at the hub (again, for a replay).
+    fn queue_signed_op(&self) {
+        if let Some((blob, sig, _)) = &self.signed {
+            self.hub.queue_signed_op(blob, Some(sig));
+        }
+    }
+
+    /// How many agents of this lab got as far as running their workers.
+    fn ups(&self) -> usize {
+        self.log().matches("msg=\"felhom-agent running\"").count()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn journal(&self) -> Option<JournalView> {
+        Journal::open_read_only(&self.state().join("journal.log")).ok()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Starts the agent; with `pause`, it stops for good at that point. `env` is added.
+    fn start(&self, pause: Option<&str>, env: &[(&str, &str)]) -> Agent {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let marker = self.dir.join(format!("paused-{n}"));
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("stderr.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_felhom-agent"));
+        cmd.args(["run", "--config"])
+            .arg(self.dir.join("agent.json"))
+            .env(DEBUG_SECOND_ENV, "10")
+            .env_remove(PAUSE_AT_ENV)
+            .env_remove(JOURNAL_COMPACT_AT_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if let Some(p) = pause {
+            cmd.env(PAUSE_AT_ENV, p).env(PAUSE_MARKER_ENV, &marker);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Agent {
+            up_before: self.ups(),
+            child: cmd.spawn().expect("the agent binary starts"),
+            marker,
+        }
+    }
+
+    /// Runs the agent until it pauses at `point`, then SIGKILLs it there.
+    fn kill_at(&self, point: &str, env: &[(&str, &str)]) {
+        let mut agent = self.start(Some(point), env);
+        let start = Instant::now();
+        loop {
+            if fs::read_to_string(&agent.marker).is_ok_and(|m| m == point) {
+                break;
+            }
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                panic!(
+                    "the agent exited ({status}) before {point}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "never paused at {point}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        agent.kill_9();
+    }
+
+    fn wait_until(&self, agent: &mut Agent, what: &str, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                panic!(
+                    "the agent exited ({status}) waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "waited for {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The one op of this flow's guest in flight now.
+    fn in_flight_op(&self) -> JournalRecord {
+        let view = self.journal().expect("the journal reads");
+        let ops: Vec<JournalRecord> = view
+            .in_flight()
+            .into_iter()
+            .filter(|r| r.vmid == self.flow.vmid())
+            .collect();
+        assert_eq!(ops.len(), 1, "one op in flight: {ops:?}\n{}", self.log());
+        assert_eq!(ops[0].class, self.flow.class());
+        ops[0].clone()
+    }
+
+    /// Audit decisions for the flow's guest, oldest first.
+    fn audit_decisions(&self) -> Vec<String> {
+        let text = fs::read_to_string(self.state().join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["data"]["guest_id"] == json!(self.flow.vmid().to_string()))
+            .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    fn mutation_counts(&self) -> HashMap<(String, String), usize> {
+        let mut counts = HashMap::new();
+        for m in self.pve.mutations() {
+            *counts.entry((m.method, m.path)).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn starts(&self) -> usize {
+        let path = format!("/nodes/{}/lxc/{BENIGN_VMID}/status/start", self.pve.node());
+        self.mutation_counts()
+            .get(&("POST".to_owned(), path))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn destroys(&self) -> usize {
+        let path = format!("/nodes/{}/lxc/{SIGNED_VMID}", self.pve.node());
+        self.mutation_counts()
+            .get(&("DELETE".to_owned(), path))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The last start: no pause, the signed op delivered again (a replay). Waits until
+    /// nothing is in flight and the flow's end state is reached, stops the agent with
+    /// SIGTERM (exit 0), and checks everything the matrix promises. `reached` says
+    /// whether the interrupted op had reached Proxmox.
+    fn finish(&self, op: &JournalRecord, reached: bool, env: &[(&str, &str)]) {
+        self.queue_signed_op();
+        let mut agent = self.start(None, env);
+        self.wait_until(&mut agent, "the op resolved and nothing in flight", || {
+            self.journal().is_some_and(|j| {
+                j.in_flight().is_empty()
+                    && j.latest(&op.op_id).is_some_and(|r| r.state.is_terminal())
+            })
+        });
+        let replay_word = if reached { "skipped" } else { "replay" };
+        match self.flow {
+            Flow::Benign => self.wait_until(&mut agent, "the guest running", || {
+                self.pve.guest_status(BENIGN_VMID).as_deref() == Some("running")
+                    && self.journal().is_some_and(|j| j.in_flight().is_empty())
+            }),
+            Flow::Signed => self.wait_until(&mut agent, "the replay handled", || {
+                self.audit_decisions().last().map(String::as_str) == Some(replay_word)
+            }),
+        }
+        agent.stop(self);
+
+        // Recover left nothing in flight; the op ended as its point implies.
+        let view = self.journal().expect("the journal reads");
+        assert_eq!(view.damaged(), None);
+        assert!(view.in_flight().is_empty(), "{:?}", view.in_flight());
+        let done = view.latest(&op.op_id).unwrap();
+        let want = if reached {
+            OpState::Succeeded
+        } else {
+            OpState::Failed
+        };
+        assert_eq!(done.state, want, "{done:?}\n{}", self.log());
+        if reached {
+            assert!(done.upid.is_some(), "resolved through its task: {done:?}");
+        }
+
+        // No mutation dispatched twice.
+        for (k, n) in self.mutation_counts() {
+            assert_eq!(n, 1, "{k:?} dispatched {n} times");
+        }
+        match self.flow {
+            Flow::Benign => {
+                assert_eq!(self.starts(), 1, "one start, ever");
+                assert_eq!(
+                    self.pve.guest_status(BENIGN_VMID).as_deref(),
+                    Some("running")
+                );
+                // An op that never reached Proxmox is failed; the engine then starts
+                // the guest as a new op, which is the one start the simulator saw.
+                assert_eq!(ops_for(&view, BENIGN_VMID), if reached { 1 } else { 2 });
+            }
+            Flow::Signed => {
+                assert_eq!(self.destroys(), usize::from(reached));
+                assert_eq!(
+                    self.pve.guest_ids().contains(&SIGNED_VMID),
+                    !reached,
+                    "the guest is gone exactly when the one destroy ran"
+                );
+                let decisions = self.audit_decisions();
+                assert_eq!(
+                    decisions.iter().filter(|d| *d == "allowed").count(),
+                    1,
+                    "authorized once: {decisions:?}"
+                );
+                assert_eq!(decisions.last().map(String::as_str), Some(replay_word));
+                assert_eq!(ops_for(&view, SIGNED_VMID), 1, "one signed job, ever");
+            }
+        }
+        self.check_files_replay_clean();
+    }
+
+    /// One more start that compacts the journal first: the applied op's nonce survived
+    /// the compaction, so its replay is skipped again and nothing is sent.
+    fn replay_after_compaction(&self) {
+        let skipped = |lab: &Lab| {
+            lab.audit_decisions()
+                .iter()
+                .filter(|d| *d == "skipped")
+                .count()
+        };
+        let before = skipped(self);
+        self.queue_signed_op();
+        let mut agent = self.start(None, &[(JOURNAL_COMPACT_AT_ENV, "0")]);
+        self.wait_until(&mut agent, "the replay skipped again", || {
+            skipped(self) == before + 1
+        });
+        agent.stop(self);
+        assert!(
+            self.log().contains("msg=\"journal compacted at start\""),
+            "{}",
+            self.log()
+        );
+        assert_eq!(self.destroys(), 1, "still one destroy");
+        self.check_files_replay_clean();
+    }
+
+    /// `selftest offline` passes, and each store reopens through the crate.
+    fn check_files_replay_clean(&self) {
+        let out = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
+            .args(["selftest", "offline", "--config"])
+            .arg(self.dir.join("agent.json"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        for f in ["journal.log", "nonces.log", "audit.log"] {
+            let line = text
+                .lines()
+                .find(|l| l.contains(&format!("/{f} ")))
+                .unwrap_or_default();
+            assert!(line.contains("chain verified"), "{f}: {text}");
+            assert!(
+                !self.state().join(format!("{f}.compact.tmp")).exists(),
+                "a compaction temp file was left: {f}"
+            );
+        }
+        let journal = Journal::open(&self.state().join("journal.log")).unwrap();
+        assert_eq!(journal.damaged(), None);
+        assert!(journal.in_flight().is_empty());
+        AuditLog::open(&self.state().join("audit.log")).unwrap();
+        let nonces = FileNonceStore::open(self.state().join("nonces.log"), 120).unwrap();
+        if let Some((_, _, n)) = &self.signed {
+            assert_eq!(
+                nonces
+                    .seen_or_record(n, Timestamp(SystemClock.now().unix() + 1800), None)
+                    .unwrap(),
+                Freshness::Seen,
+                "the signed op's nonce is still burnt"
+            );
+        }
+    }
+}
+
+/// Distinct ops for `vmid` in the journal's history (a compaction keeps an op's latest
+/// record only, so its `started` line may be gone).
+fn ops_for(view: &JournalView, vmid: u32) -> usize {
+    let mut ids: Vec<&str> = view
+        .history()
+        .iter()
+        .filter(|r| r.vmid == vmid)
+        .map(|r| r.op_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len()
+}
+
+struct Agent {
+    child: Child,
+    marker: PathBuf,
+    /// [`Lab::ups`] when it was started.
+    up_before: usize,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Agent {
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} delivered");
+    }
+
+    fn kill_9(mut self) {
+        self.signal("KILL");
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), None, "ended by the signal, not an exit");
+    }
+
+    /// SIGTERM once the agent is up (before its handlers are installed SIGTERM's
+    /// default action would kill it), then expects exit 0.
+    fn stop(mut self, lab: &Lab) {
+        let before = self.up_before;
+        lab.wait_until(&mut self, "the agent running", || lab.ups() > before);
+        self.signal("TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert_eq!(status.code(), Some(0), "{}", lab.log());
+                return;
+            }
+            assert!(start.elapsed() < PATIENCE, "{}", lab.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Kills the flow's op at `{flow}:{point}`; checks what the journal holds then.
+fn kill_in_lifecycle(lab: &Lab, point: &str) -> JournalRecord {
+    lab.kill_at(&format!("{}:{point}", lab.flow.prefix()), &[]);
+    let op = lab.in_flight_op();
+    let (state, upid) = match point {
+        "after-started" | "after-post" => (OpState::Started, false),
+        _ => (OpState::TaskRunning, true),
+    };
+    assert_eq!(op.state, state, "{op:?}");
+    assert_eq!(op.upid.is_some(), upid, "{op:?}");
+    if lab.flow == Flow::Signed {
+        assert!(op.idempotency_key.is_some(), "the nonce rides on the op");
+    }
+    let sent = match lab.flow {
+        Flow::Benign => lab.starts(),
+        Flow::Signed => lab.destroys(),
+    };
+    assert_eq!(sent, usize::from(point != "after-started"), "{point}");
+    op
+}
+
+fn lifecycle_case(name: &str, flow: Flow, point: &str) {
+    let lab = Lab::new(name, flow);
+    let op = kill_in_lifecycle(&lab, point);
+    lab.finish(&op, point != "after-started", &[]);
+}
+
+/// An op left in flight, then a SIGKILL in the middle of a compaction of `store`.
+fn compaction_case(name: &str, flow: Flow, store: &str) {
+    let lab = Lab::new(name, flow);
+    let op = kill_in_lifecycle(&lab, "after-upid");
+    // Journal compaction runs at start once the file is over the threshold; 0 makes
+    // it run on every start. The nonce store compacts at every start anyway.
+    let compact_always: &[(&str, &str)] = match store {
+        "journal" => &[(JOURNAL_COMPACT_AT_ENV, "0")],
+        _ => &[],
+    };
+    lab.kill_at(&format!("{store}:compact-before-rename"), compact_always);
+    let file = lab.state().join(format!("{store}.log"));
+    assert!(
+        lab.state()
+            .join(format!("{store}.log.compact.tmp"))
+            .exists(),
+        "the kill came after the temp file was written"
+    );
+    felhom_agent::store::verify_file(&file).expect("the old file is intact");
+    if store == "journal" {
+        let still = lab.in_flight_op();
+        assert_eq!(still.op_id, op.op_id, "the journal still holds the op");
+    }
+    // With the journal, the last start compacts it for real (the in-flight op is kept
+    // for Recover).
+    lab.finish(&op, true, compact_always);
+    if store == "journal" && flow == Flow::Signed {
+        lab.replay_after_compaction();
+    }
+}
+
+/// An op killed before its UPID was journaled; the next start's Recover finds the task
+/// in the node's task list, journals it, and is killed there too.
+fn recover_case(name: &str, flow: Flow) {
+    let lab = Lab::new(name, flow);
+    let op = kill_in_lifecycle(&lab, "after-post");
+    lab.kill_at("recover:after-found", &[]);
+    let found = lab.in_flight_op();
+    assert_eq!(found.op_id, op.op_id);
+    assert_eq!(found.state, OpState::TaskRunning);
+    assert!(found.upid.is_some(), "Recover journaled the task it found");
+    lab.finish(&op, true, &[]);
+}
+
+#[test]
+fn benign_killed_after_started() {
+    lifecycle_case("b-started", Flow::Benign, "after-started");
+}
+
+#[test]
+fn benign_killed_after_post_before_upid() {
+    lifecycle_case("b-post", Flow::Benign, "after-post");
+}
+
+#[test]
+fn benign_killed_after_upid_journaled() {
+    lifecycle_case("b-upid", Flow::Benign, "after-upid");
+}
+
+#[test]
+fn benign_killed_after_task_ended_before_terminal_record() {
+    lifecycle_case("b-wait", Flow::Benign, "after-wait");
+}
+
+#[test]
+fn signed_killed_after_started() {
+    lifecycle_case("s-started", Flow::Signed, "after-started");
+}
+
+#[test]
+fn signed_killed_after_post_before_upid() {
+    lifecycle_case("s-post", Flow::Signed, "after-post");
+}
+
+#[test]
+fn signed_killed_after_upid_journaled() {
+    lifecycle_case("s-upid", Flow::Signed, "after-upid");
+}
+
+#[test]
+fn signed_killed_after_task_ended_before_terminal_record() {
+    lifecycle_case("s-wait", Flow::Signed, "after-wait");
+}
+
+#[test]
+fn benign_in_flight_then_killed_mid_journal_compaction() {
+    compaction_case("b-jcompact", Flow::Benign, "journal");
+}
+
+#[test]
+fn signed_in_flight_then_killed_mid_journal_compaction() {
+    compaction_case("s-jcompact", Flow::Signed, "journal");
+}
+
+#[test]
+fn benign_in_flight_then_killed_mid_nonce_compaction() {
+    compaction_case("b-ncompact", Flow::Benign, "nonces");
+}
+
+#[test]
+fn signed_in_flight_then_killed_mid_nonce_compaction() {
+    compaction_case("s-ncompact", Flow::Signed, "nonces");
+}
+
+#[test]
+fn benign_killed_again_inside_recover() {
+    recover_case("b-recover", Flow::Benign);
+}
+
+#[test]
+fn signed_killed_again_inside_recover() {
+    recover_case("s-recover", Flow::Signed);
+}
