@@ -92,6 +92,12 @@ pub enum DaemonError {
     },
     /// The signed-ops worker stopped: a journal append failed while carrying an op.
     SignedOps(signed_ops::RoundError),
+    /// A write or fsync of the audit log failed and poisoned it (never retried): no
+    /// decision can be recorded any more; the restart replays it from disk.
+    AuditPoisoned {
+        /// The audit log.
+        path: std::path::PathBuf,
+    },
 }
 
 impl DaemonError {
@@ -120,6 +126,11 @@ impl fmt::Display for DaemonError {
                 write!(f, "worker {name} stopped unexpectedly")
             }
             DaemonError::SignedOps(e) => e.fmt(f),
+            DaemonError::AuditPoisoned { path } => write!(
+                f,
+                "audit log {}: a write or fsync failed; no decision can be recorded",
+                path.display()
+            ),
         }
     }
 }
@@ -133,7 +144,7 @@ impl std::error::Error for DaemonError {
             DaemonError::NonceStore(e) => Some(e),
             DaemonError::Signals(e) => Some(e),
             DaemonError::Spawn { source, .. } => Some(source),
-            DaemonError::WorkerDied { .. } => None,
+            DaemonError::WorkerDied { .. } | DaemonError::AuditPoisoned { .. } => None,
             DaemonError::SignedOps(e) => Some(e),
         }
     }
@@ -352,14 +363,21 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     }
     crate::info!("felhom-agent running", workers = names.join(","));
 
-    // A nonce store that worked at start and stops working was poisoned by a failed
-    // write or fsync: exit so the restart replays it from disk (one that could not be
+    // An audit log, or a nonce store that worked at start, that stops working was
+    // poisoned by a failed write or fsync: exit so the restart replays it from disk (one that could not be
     // opened at start keeps refusing signed ops and is not a reason to stop).
     let nonces = reconciler
         .nonces
         .clone()
         .filter(|store| store.unavailable().is_none());
+    let audit_log = Arc::clone(&reconciler.audit);
+    let audit_path = cfg.state_dir.join("audit.log");
     let health = move || {
+        if audit_log.is_poisoned() {
+            return Some(DaemonError::AuditPoisoned {
+                path: audit_path.clone(),
+            });
+        }
         let why = nonces.as_ref()?.unavailable()?;
         Some(DaemonError::NonceStore(NonceStoreError::Unavailable(why)))
     };

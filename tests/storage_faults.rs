@@ -918,6 +918,36 @@ mod binary {
         failed_sync_exits_non_zero(&TASK_RUNNING_SYNC.to_string(), 1);
     }
 
+    /// Sync 5 is the gate's audit entry for the start: it fails, the audit log is
+    /// poisoned, and the daemon stops with exit 1 naming it (whether the benign start
+    /// got out first is a race, so only "at most once" is asserted); the restart
+    /// replays every file clean and the start is sent once in all.
+    #[test]
+    fn a_failed_fsync_of_the_audit_log_exits_1_and_the_restart_replays_clean() {
+        let lab = Lab::new();
+        let mut child = lab.start(Some("5"));
+        let status = lab.wait_exit(&mut child);
+        let log = lab.log();
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "exit 1, not a crash:
+{log}"
+        );
+        assert!(
+            log.contains("op=fsync") && log.contains("audit.log"),
+            "the audit entry's fsync failed:
+{log}"
+        );
+        assert!(
+            log.contains("no decision can be recorded"),
+            "the daemon names the poisoned audit log:
+{log}"
+        );
+        assert!(lab.starts() <= 1, "{log}");
+        lab.restart_and_check();
+    }
+
     /// With signers, syncs 1 to 6 open the journal, the audit log and the nonce store,
     /// and 7 to 9 are the nonce compaction at start; the signed op is queued only after
     /// it, so the 10th is the fsync of its nonce. It fails: the verifier refuses the op

@@ -85,6 +85,12 @@ impl AuditLog {
         })
     }
 
+    /// Whether a failed write or fsync has poisoned the log: every later record fails,
+    /// so the daemon stops and the restart replays it from disk.
+    pub fn is_poisoned(&self) -> bool {
+        self.store.is_poisoned()
+    }
+
     /// Appends `entry`; `Ok` once durable.
     pub fn record(&self, entry: &AuditEntry) -> Result<(), AuditError> {
         self.store.append(entry).map_err(AuditError::Store)?;
