@@ -287,12 +287,27 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     let mut poller =
         Poller::new(round, shutdown.clone(), poll_seconds).with_second(schedule_second());
 
+    // The poller only reads, so it reports while Recover waits on a task left in flight
+    // (which can take as long as that task): the hub keeps hearing from the host. The
+    // audit tail joins its reports once the reconciler has opened the audit log.
+    let failure: Failure = Arc::new(Mutex::new(None));
+    let mut workers = Workers::new();
+    let mut names = vec!["hub-poller", "reconcile"];
+    let envelope = poller.envelope();
+    workers.spawn("hub-poller", move || poller.run())?;
+
     crate::info!(
         "opening reconcile state and recovering ops left in flight",
         state_dir = cfg.state_dir.display()
     );
-    let reconciler = Reconciler::open(cfg, proxmox, shutdown, Some(poller.envelope()))
-        .map_err(DaemonError::Reconcile)?;
+    let reconciler = match Reconciler::open(cfg, proxmox, shutdown, Some(envelope)) {
+        Ok(r) => r,
+        Err(e) => {
+            shutdown.trigger();
+            workers.join_until(Instant::now() + STOP_GRACE);
+            return Err(DaemonError::Reconcile(e));
+        }
+    };
     let recovered = &reconciler.recovered;
     crate::info!(
         "recover finished",
@@ -308,10 +323,6 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
         crate::warn!("audit tail was already bound; keeping the first");
     }
 
-    let failure: Failure = Arc::new(Mutex::new(None));
-    let mut workers = Workers::new();
-    let mut names = vec!["hub-poller", "reconcile"];
-    workers.spawn("hub-poller", move || poller.run())?;
     let engine = Arc::clone(&reconciler.engine);
     let slot = Arc::clone(&failure);
     workers.spawn("reconcile", move || {

@@ -30,7 +30,7 @@ const VMID: u32 = 100;
 struct Lab {
     dir: PathBuf,
     pve: ProxmoxSim,
-    _hub: HubSim,
+    hub: HubSim,
 }
 
 impl Drop for Lab {
@@ -66,11 +66,7 @@ impl Lab {
         let path = dir.join("agent.json");
         std::fs::write(&path, config.to_string()).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let lab = Lab {
-            dir,
-            pve,
-            _hub: hub,
-        };
+        let lab = Lab { dir, pve, hub };
         lab.desire(json!({"generation": 1, "guests": [{"vmid": VMID, "run": "running"}]}));
         lab
     }
@@ -309,12 +305,24 @@ fn sigterm_while_recover_waits_exits_0_and_leaves_the_op_in_flight_for_the_next_
         op.upid.as_deref().unwrap()
     );
     let seen_before = lab.pve.requests().len();
+    let reports_before = lab.hub.reports().len();
+    let log_before = lab.log().len();
     let agent = lab.start_agent();
     lab.wait_until("Recover polling the task", || {
         lab.pve.requests()[seen_before..]
             .iter()
             .any(|r| r.method == "GET" && r.path == want)
     });
+    // The hub hears from the host while Recover still waits: reports only read.
+    lab.wait_until("a report during Recover", || {
+        lab.hub.reports().len() > reports_before
+    });
+    assert!(
+        lab.in_flight_with_upid().is_some()
+            && !lab.log()[log_before..].contains("recover finished"),
+        "the report came while Recover was still waiting:\n{}",
+        lab.log()
+    );
     // A shutdown ends Recover's wait early: the op is neither failed nor re-sent.
     agent.stop(&lab);
     let still = lab

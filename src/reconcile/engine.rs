@@ -30,6 +30,10 @@ use crate::proxmox::{self, Client, ConfigChange, TaskOutcome, Upid, WaitError, W
 use crate::shutdown::Shutdown;
 use crate::time::{Clock, SystemClock};
 
+/// How long one pass waits for a task it sent (start, stop and config tasks take
+/// seconds; a lock wait can take minutes) before leaving it in flight for the next pass.
+pub const PASS_TASK_WAIT: Duration = Duration::from_secs(120);
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -37,7 +41,9 @@ pub struct EngineOptions {
     pub host_id: String,
     /// Parallel config reads (mutations are bounded by the queue).
     pub max_parallel: usize,
-    /// How task waits poll.
+    /// How a pass waits for the tasks it sent. The timeout bounds how long one slow
+    /// task can hold a pass (and so every other guest): a task still running then stays
+    /// in flight and is waited for again by the next pass, never re-sent.
     pub wait: WaitOptions,
     /// First back-off of a guest after a failed action; doubles per failure.
     pub backoff_initial: Duration,
@@ -50,13 +56,17 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
-    /// Defaults: 4 parallel reads, standard task waits, back-off 30 s doubling to
-    /// 15 min, a change check every second, a pass every 300 s.
+    /// Defaults: 4 parallel reads, task waits polling 1 s → 5 s for at most
+    /// [`PASS_TASK_WAIT`] per pass, back-off 30 s doubling to 15 min, a change check
+    /// every second, a pass every 300 s.
     pub fn new(host_id: impl Into<String>) -> Self {
         EngineOptions {
             host_id: host_id.into(),
             max_parallel: 4,
-            wait: WaitOptions::default(),
+            wait: WaitOptions {
+                timeout: PASS_TASK_WAIT,
+                ..WaitOptions::default()
+            },
             backoff_initial: Duration::from_secs(30),
             backoff_cap: Duration::from_secs(900),
             check_every: Duration::from_secs(1),
@@ -1328,7 +1338,15 @@ impl Reconciler {
             opts.default_interval = Duration::from_secs(hub.poll_seconds);
         }
         let recovered =
-            super::recover::recover(&journal, &client, &opts.wait, shutdown, clock.as_ref())
+            // Recover may wait the full hour a restore or backup can take: nothing else
+            // mutates until it is done, and the hub poller already runs meanwhile.
+            super::recover::recover(
+                &journal,
+                &client,
+                &WaitOptions::default(),
+                shutdown,
+                clock.as_ref(),
+            )
                 .map_err(SetupError::Recover)?;
         if !recovered.unresolved.is_empty() {
             crate::warn!(
