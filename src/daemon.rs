@@ -279,8 +279,12 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
         .and_then(live::proxmox_client)
         .map_err(DaemonError::Setup)?;
     let audit = Arc::new(LateAudit::default());
-    let round = live::hub_round(cfg, Arc::clone(&audit) as Arc<dyn AuditTail>)
-        .map_err(DaemonError::Setup)?;
+    let round = live::hub_round_with(
+        cfg,
+        proxmox.clone(),
+        Arc::clone(&audit) as Arc<dyn AuditTail>,
+    )
+    .map_err(DaemonError::Setup)?;
     let announcement = Announcement::new();
     let round = Announcing::new(round, announcement.clone());
     let poll_seconds = cfg.hub.as_ref().map_or(300, |h| h.poll_seconds);
@@ -300,7 +304,7 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
         "opening reconcile state and recovering ops left in flight",
         state_dir = cfg.state_dir.display()
     );
-    let reconciler = match Reconciler::open(cfg, proxmox, shutdown, Some(envelope)) {
+    let reconciler = match Reconciler::open(cfg, proxmox.clone(), shutdown, Some(envelope)) {
         Ok(r) => r,
         Err(e) => {
             shutdown.trigger();
@@ -343,12 +347,6 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     if let Some(hub) = &cfg.hub {
         let client = SignedOpsClient::from_config(hub)
             .map_err(|e| DaemonError::Setup(LiveSetupError::Hub(e)))?;
-        let proxmox = cfg
-            .proxmox
-            .as_ref()
-            .ok_or(LiveSetupError::NoProxmoxSection)
-            .and_then(live::proxmox_client)
-            .map_err(DaemonError::Setup)?;
         let executor: Arc<dyn DestructiveExecutor> = Arc::new(ProxmoxExecutor::new(
             Arc::new(proxmox),
             WaitOptions::default(),

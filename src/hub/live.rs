@@ -241,11 +241,21 @@ pub fn hub_round(cfg: &Config, audit: Arc<dyn AuditTail>) -> Result<LiveRound, L
         .proxmox
         .as_ref()
         .ok_or(LiveSetupError::NoProxmoxSection)?;
+    hub_round_with(cfg, proxmox_client(proxmox)?, audit)
+}
+
+/// [`hub_round`] reading through `proxmox`, a client the caller already has (the
+/// daemon shares one, and so its connections, between all its workers).
+pub fn hub_round_with(
+    cfg: &Config,
+    proxmox: Client,
+    audit: Arc<dyn AuditTail>,
+) -> Result<LiveRound, LiveSetupError> {
     let hub = cfg
         .hub
         .as_ref()
         .ok_or(LiveSetupError::Hub(SetupError::NoHubSection))?;
-    let reader = ProxmoxReader(proxmox_client(proxmox)?);
+    let reader = ProxmoxReader(proxmox);
     let client = HubClient::from_config(hub).map_err(LiveSetupError::Hub)?;
     let collector = Collector::new(
         cfg.host_id.clone(),
