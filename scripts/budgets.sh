@@ -30,6 +30,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 failures=()
 fail() {
   echo "BUDGET BREACH: $*" >&2
@@ -53,7 +54,7 @@ needed=$(readelf -dW "$bin" | grep -c '(NEEDED)' || true)
 kind=$(readelf -hW "$bin" | awk '/Type:/ {print $2}')
 printf 'static   ELF type %s, INTERP headers %d, NEEDED entries %d\n' "$kind" "$interp" "$needed"
 if [ "$interp" -ne 0 ]; then
-  fail static "binary has a program interpreter: $(readelf -pW .interp "$bin" 2>/dev/null | grep -o '/[^ ]*' | head -1)"
+  fail static "binary has a program interpreter: $(readelf -lW "$bin" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')"
 fi
 if [ "$needed" -ne 0 ]; then
   fail static "binary needs shared libraries: $(readelf -dW "$bin" | grep '(NEEDED)' | tr -s ' ' | cut -d' ' -f6 | tr '\n' ' ')"
@@ -143,7 +144,7 @@ if [ ${#unexplained[@]} -ne 0 ]; then
 fi
 
 if [ ${#failures[@]} -ne 0 ]; then
-  echo "FAIL: budgets breached: ${failures[*]}" >&2
+  echo "FAIL: budgets breached: $(printf '%s\n' "${failures[@]}" | sort -u | tr '\n' ' ')" >&2
   exit 1
 fi
 echo "ok: all budgets hold"
