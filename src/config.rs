@@ -742,8 +742,39 @@ impl Config {
         mode: Mode,
     ) -> Result<Config, ConfigError> {
         let bytes = read_capped(path)?;
-        let mut root: Value = serde_json::from_slice(&bytes).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
+        let (mut cfg, file_holds_secret) = Config::parse(&bytes, path, env, mode)?;
+        if file_holds_secret && mode_bits(path).is_some_and(|m| m & 0o077 != 0) {
+            cfg.warnings.push(format!(
+                "{} holds a secret and is readable by group or others; chmod 600 it",
+                path.display()
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates the bytes of a config file as [`Config::load`] does once it
+    /// has read them: JSON syntax (the error names `origin`), unknown fields, the `env`
+    /// overlay, defaults and the checks for `mode`. Secret files the document names are
+    /// read when the mode needs them; the file-permission warning is `load`'s alone.
+    pub fn from_slice(
+        bytes: &[u8],
+        origin: &Path,
+        env: &BTreeMap<String, String>,
+        mode: Mode,
+    ) -> Result<Config, ConfigError> {
+        Config::parse(bytes, origin, env, mode).map(|(cfg, _)| cfg)
+    }
+
+    /// [`Config::from_slice`], and whether the document itself (not the environment)
+    /// holds a secret inline.
+    fn parse(
+        bytes: &[u8],
+        origin: &Path,
+        env: &BTreeMap<String, String>,
+        mode: Mode,
+    ) -> Result<(Config, bool), ConfigError> {
+        let mut root: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
             line: e.line(),
             column: e.column(),
             message: e.to_string(),
@@ -755,14 +786,7 @@ impl Config {
                 .is_some_and(|s| !s.is_empty())
         });
         apply_env(&mut root, env)?;
-        let mut cfg = Config::from_value(&root, mode)?;
-        if file_holds_secret && mode_bits(path).is_some_and(|m| m & 0o077 != 0) {
-            cfg.warnings.push(format!(
-                "{} holds a secret and is readable by group or others; chmod 600 it",
-                path.display()
-            ));
-        }
-        Ok(cfg)
+        Ok((Config::from_value(&root, mode)?, file_holds_secret))
     }
 
     /// Validates an already-parsed (and env-overlaid) JSON document for `mode`.
@@ -1370,5 +1394,28 @@ mod tests {
             .to_string();
         assert!(missing.contains("nope.json"), "{missing}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn from_slice_validates_like_load_and_names_the_origin() {
+        let origin = Path::new("from-memory.json");
+        let env = BTreeMap::new();
+        let doc = full().to_string();
+        let c = Config::from_slice(doc.as_bytes(), origin, &env, Mode::Run).unwrap();
+        assert_eq!(c.host_id, "pve-a");
+        let e = Config::from_slice(b"{\n oops", origin, &env, Mode::Verify).unwrap_err();
+        match &e {
+            ConfigError::Syntax { path, line: 2, .. } => assert_eq!(path, origin),
+            other => panic!("{other:?}"),
+        }
+        // The env overlay applies, and an unknown variable is refused as in `load`.
+        let env: BTreeMap<String, String> =
+            [("FELHOM_AGENT_HOST_ID".to_string(), "pve-b".to_string())].into();
+        let c = Config::from_slice(doc.as_bytes(), origin, &env, Mode::Run).unwrap();
+        assert_eq!(c.host_id, "pve-b");
+        let env: BTreeMap<String, String> =
+            [("FELHOM_AGENT_NOPE".to_string(), "1".to_string())].into();
+        let e = Config::from_slice(doc.as_bytes(), origin, &env, Mode::Run).unwrap_err();
+        assert!(matches!(e, ConfigError::Env { .. }), "{e}");
     }
 }

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::answer::{self, Envelope};
 use super::decode::{self, DecodeError, Obj};
 use super::error::{ApiError, Error, Privilege, is_transient_text};
 use super::types::{
     BackupMode, Compression, ConfigChange, Guest, GuestConfig, Node, NodeStatus, Snapshot, Storage,
-    StorageStatus, TaskFilter, TaskLog, TaskLogLine, TaskSource, TaskStatus, TaskSummary, Version,
-    Volume, VzdumpOutcome,
+    StorageStatus, TaskFilter, TaskLog, TaskSource, TaskStatus, TaskSummary, Version, Volume,
+    VzdumpOutcome,
 };
 use super::upid::Upid;
 use super::validate::{self, check};
@@ -118,12 +119,6 @@ fn api_path(segments: &[&str]) -> ApiPath {
         display.push_str(s);
     }
     ApiPath { encoded, display }
-}
-
-/// A successful answer: `data` and, for paged lists, `total`.
-struct Envelope {
-    data: Value,
-    total: Option<u64>,
 }
 
 fn flag(b: bool) -> String {
@@ -264,71 +259,37 @@ impl Client {
                 &response,
             ))));
         }
-        let bad = |found: String, expected: &'static str| Error::Decode {
+        answer::envelope(&response.body).map_err(|problem| Error::Decode {
             method,
             path: path.display.clone(),
             detail: DecodeError {
                 field: "body".to_string(),
-                expected,
-                found,
+                expected: problem.expected(),
+                found: self.scrub(problem.found(&response.body)),
             },
-        };
-        let value: Value = serde_json::from_slice(&response.body).map_err(|e| {
-            bad(
-                self.scrub(format!("{} ({e})", excerpt(&response.body, 64))),
-                "JSON",
-            )
-        })?;
-        let Value::Object(mut envelope) = value else {
-            return Err(bad(
-                self.scrub(excerpt(&response.body, 64)),
-                "an object {\"data\": ...}",
-            ));
-        };
-        let Some(data) = envelope.remove("data") else {
-            return Err(bad(
-                self.scrub(excerpt(&response.body, 64)),
-                "an object with a \"data\" field",
-            ));
-        };
-        let total = envelope.get("total").and_then(decode::as_u64);
-        Ok(Envelope { data, total })
+        })
     }
 
     fn api_error(&self, method: Method, path: &str, response: &Response) -> ApiError {
-        let body: Option<Value> = serde_json::from_slice(&response.body).ok();
-        let object = body.as_ref().and_then(Value::as_object);
-        let raw_message = object
-            .and_then(|o| o.get("message"))
-            .and_then(Value::as_str)
-            .map(|m| m.trim_end().to_string())
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| {
-                if response.reason.is_empty() {
-                    format!("HTTP {}", response.status)
-                } else {
-                    response.reason.clone()
-                }
-            });
+        let body = answer::error_body(&response.body);
+        let raw_message = body.message.unwrap_or_else(|| {
+            if response.reason.is_empty() {
+                format!("HTTP {}", response.status)
+            } else {
+                response.reason.clone()
+            }
+        });
         let raw_message = self.scrub(raw_message);
-        let errors = object
-            .and_then(|o| o.get("errors"))
-            .and_then(Value::as_object)
-            .map(|errs| {
-                errs.iter()
-                    .map(|(k, v)| {
-                        let text = v
-                            .as_str()
-                            .map(String::from)
-                            .unwrap_or_else(|| v.to_string());
-                        (
-                            excerpt(k.as_bytes(), 64),
-                            excerpt(self.scrub(text).as_bytes(), 256),
-                        )
-                    })
-                    .collect()
+        let errors = body
+            .errors
+            .into_iter()
+            .map(|(k, text)| {
+                (
+                    excerpt(k.as_bytes(), 64),
+                    excerpt(self.scrub(text).as_bytes(), 256),
+                )
             })
-            .unwrap_or_default();
+            .collect();
         let status = response.status;
         ApiError {
             method,
@@ -364,7 +325,7 @@ impl Client {
         f: impl Fn(&Obj<'_>) -> Result<T, DecodeError>,
     ) -> Result<T, Error> {
         let env = self.call(Method::Get, &path, params)?;
-        let r = Obj::new(&env.data, "data").and_then(|o| f(&o));
+        let r = answer::one(&env.data, f);
         self.decoded(Method::Get, &path, r)
     }
 
@@ -380,11 +341,7 @@ impl Client {
     }
 
     fn expect_upid(&self, method: Method, path: &ApiPath, data: &Value) -> Result<Upid, Error> {
-        let r = data
-            .as_str()
-            .and_then(|s| Upid::parse(s).ok())
-            .ok_or_else(|| decode::wrong("data".to_string(), "a task id (UPID)", Some(data)));
-        self.decoded(method, path, r)
+        self.decoded(method, path, answer::upid(data))
     }
 
     fn task(
@@ -521,13 +478,7 @@ impl Client {
                 pair("limit", limit.to_string()),
             ],
         )?;
-        let lines = decode::list(&env.data, "data", |o| {
-            Ok(TaskLogLine {
-                n: o.u64("n")?,
-                text: o.string("t")?,
-            })
-        });
-        let lines = self.decoded(Method::Get, &path, lines)?;
+        let lines = self.decoded(Method::Get, &path, answer::task_log_lines(&env.data))?;
         Ok(TaskLog {
             lines,
             total: env.total,

@@ -10,6 +10,7 @@
 //! runner with strictly validated arguments. It never opens a socket. `tests/fence.rs`
 //! reads the sources of both to hold that line.
 
+mod answer;
 mod client;
 mod decode;
 mod error;
@@ -19,6 +20,7 @@ mod upid;
 mod validate;
 mod wait;
 
+pub use answer::{Answer, decode_answer};
 pub use client::{Client, ClientOptions};
 pub use decode::DecodeError;
 pub use error::{ApiError, Error, Privilege, is_transient_text};
