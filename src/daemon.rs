@@ -1,20 +1,21 @@
 //! The daemon: wires the configuration into clients, the reconciler and the
 //! long-running loops, and owns their shutdown.
 //!
-//! [`serve`] follows the design's startup order: the Proxmox client and the hub poller
-//! (whose envelope paces the engine) are built, then [`Reconciler::open`] opens the state
-//! directory, journal, audit log, nonce store, gate and queue and runs **Recover** —
-//! all before any worker starts, so nothing is mutated before every op left in flight
-//! by an earlier process is resolved. Then the workers run on named threads sharing one
-//! [`Shutdown`]: `hub-poller` (its reports carry the audit log's last decisions),
-//! `reconcile` (the engine's loop) and, with signers configured, `nonce-compact`.
+//! [`serve`] follows the design's startup order: one Proxmox client (shared by every
+//! worker) and the hub poller are built and the poller starts (it only reads, so the hub
+//! keeps hearing from the host while Recover waits); then [`Reconciler::open`] opens the
+//! state directory, journal, audit log, nonce store, gate and queue and runs **Recover**
+//! before any mutating worker starts, so nothing is mutated before every op left in
+//! flight by an earlier process is resolved. Then the workers run on named threads
+//! sharing one [`Shutdown`]: `reconcile` (the engine's loop), `journal-compact`, with
+//! signers `nonce-compact`, and with a hub `signed-ops`.
 //! SIGTERM or SIGINT triggers the shutdown: the loops stop, the queue drains, the
 //! workers are joined within a grace period and `run` returns `Ok` (exit 0). A second
 //! SIGTERM/SIGINT while stopping exits at once with code 1. SIGHUP re-reads the log
 //! level from the configuration file (on error the old level stays and the reason is
-//! logged). A journal write that fails ends the reconcile worker, and a nonce store
-//! poisoned by a failed write or fsync is noticed by the watch: either way the daemon
-//! exits non-zero and the restart replays from disk.
+//! logged). A journal write that fails ends the worker that wrote it, and an audit log or
+//! nonce store poisoned by a failed write or fsync is noticed by the watch: either way
+//! the daemon exits non-zero and the restart replays from disk.
 //!
 //! Signals are handled through `signal-hook`'s self-pipe, so no code of ours runs in a
 //! signal handler and none of it is `unsafe`. The daemon never mutates Proxmox itself:
@@ -40,8 +41,11 @@ use crate::hub::poller::Poller;
 use crate::hub::report::AuditEntry;
 use crate::hub::signed_ops::{self, Announcement, Announcing, SignedOpsClient, SignedOpsRunner};
 use crate::proxmox::WaitOptions;
-use crate::reconcile::engine::{EngineError, Reconciler, SetupError};
+use crate::reconcile::engine::{
+    EngineError, Reconciler, SetupError, compact_journal, journal_compact_threshold,
+};
 use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor, SignedJobs};
+use crate::reconcile::journal::{Journal, JournalError};
 use crate::shutdown::Shutdown;
 use crate::time::{Clock, SystemClock};
 
@@ -55,6 +59,10 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How often the nonce store drops nonces past their expiry (and once at start).
 pub const NONCE_COMPACT_EVERY: Duration = Duration::from_secs(3600);
+
+/// How often a running daemon compacts the journal when it has grown past
+/// [`crate::reconcile::journal::COMPACT_AT_START`] records (the start compacts too).
+pub const JOURNAL_COMPACT_EVERY: Duration = Duration::from_secs(3600);
 
 /// Debug builds only: makes one second of the poll schedule last this many
 /// milliseconds, so process tests see several rounds without waiting minutes.
@@ -92,6 +100,9 @@ pub enum DaemonError {
     },
     /// The signed-ops worker stopped: a journal append failed while carrying an op.
     SignedOps(signed_ops::RoundError),
+    /// Compacting the journal while running failed after the new file replaced the old
+    /// one, poisoning it; the restart replays it from disk.
+    Journal(JournalError),
     /// A write or fsync of the audit log failed and poisoned it (never retried): no
     /// decision can be recorded any more; the restart replays it from disk.
     AuditPoisoned {
@@ -126,6 +137,7 @@ impl fmt::Display for DaemonError {
                 write!(f, "worker {name} stopped unexpectedly")
             }
             DaemonError::SignedOps(e) => e.fmt(f),
+            DaemonError::Journal(e) => write!(f, "journal compaction: {e}"),
             DaemonError::AuditPoisoned { path } => write!(
                 f,
                 "audit log {}: a write or fsync failed; no decision can be recorded",
@@ -146,6 +158,7 @@ impl std::error::Error for DaemonError {
             DaemonError::Spawn { source, .. } => Some(source),
             DaemonError::WorkerDied { .. } | DaemonError::AuditPoisoned { .. } => None,
             DaemonError::SignedOps(e) => Some(e),
+            DaemonError::Journal(e) => Some(e),
         }
     }
 }
@@ -334,6 +347,20 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
             report_failure(&slot, DaemonError::Engine(e));
         }
     })?;
+    let journal = Arc::clone(&reconciler.journal);
+    let (s, slot) = (shutdown.clone(), Arc::clone(&failure));
+    workers.spawn("journal-compact", move || {
+        if let Err(e) = compact_journal_every(
+            &journal,
+            journal_compact_threshold(),
+            &s,
+            &SystemClock,
+            JOURNAL_COMPACT_EVERY,
+        ) {
+            report_failure(&slot, DaemonError::Journal(e));
+        }
+    })?;
+    names.push("journal-compact");
     if let Some(store) = reconciler.nonces.clone() {
         let s = shutdown.clone();
         let slot = Arc::clone(&failure);
@@ -476,6 +503,22 @@ pub fn compact_nonces(
             return Ok(());
         }
     }
+}
+
+/// Waits `every`, compacts the journal when it holds more than `threshold` records, and again,
+/// until the shutdown (the start already compacted it). A compaction that poisoned the
+/// journal is returned: the daemon must exit and replay from disk.
+pub fn compact_journal_every(
+    journal: &Journal,
+    threshold: u64,
+    shutdown: &Shutdown,
+    clock: &dyn Clock,
+    every: Duration,
+) -> Result<(), JournalError> {
+    while !shutdown.sleep(every) {
+        compact_journal(journal, threshold, clock)?;
+    }
+    Ok(())
 }
 
 /// Watches SIGTERM, SIGINT and SIGHUP on a thread of its own, woken through a
@@ -709,6 +752,59 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let store = FileNonceStore::open_with(dir.join("nonces.log"), 0, io).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn a_running_daemon_compacts_a_grown_journal_and_keeps_what_is_in_flight() {
+        use crate::reconcile::classify::OpClass;
+        use crate::reconcile::journal::{JournalRecord, OpState};
+        use crate::time::{ManualClock, Timestamp};
+        let dir =
+            std::env::temp_dir().join(format!("felhom-daemon-unit-jc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
+        let at = Timestamp(1_800_000_000);
+        for i in 0..5 {
+            let mut r = JournalRecord::started(format!("start-{i}"), 100 + i, OpClass::Start, at);
+            journal.append(&r).unwrap();
+            r.state = OpState::Succeeded;
+            journal.append(&r).unwrap();
+        }
+        let running = JournalRecord::started("stop-7", 107, OpClass::Stop, at);
+        journal.append(&running).unwrap();
+        assert_eq!(journal.records(), 11);
+
+        let shutdown = Shutdown::new();
+        let (j, s) = (Arc::clone(&journal), shutdown.clone());
+        let worker = std::thread::spawn(move || {
+            compact_journal_every(&j, 4, &s, &ManualClock::new(at), Duration::from_millis(5))
+        });
+        let start = Instant::now();
+        while journal.records() >= 11 && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shutdown.trigger();
+        assert!(worker.join().unwrap().is_ok(), "ends Ok on shutdown");
+        assert!(
+            journal.records() < 11,
+            "compacted while running: {} records",
+            journal.records()
+        );
+        let in_flight: Vec<_> = journal.in_flight().into_iter().map(|r| r.op_id).collect();
+        assert_eq!(
+            in_flight,
+            vec!["stop-7".to_owned()],
+            "the op in flight is kept"
+        );
+        drop(journal);
+        let reopened = Journal::open(&dir.join("journal.log")).unwrap();
+        assert!(
+            reopened.damaged().is_none(),
+            "the compacted file replays clean"
+        );
+        assert_eq!(reopened.in_flight().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

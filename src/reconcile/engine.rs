@@ -1193,33 +1193,44 @@ impl std::error::Error for SetupError {
     }
 }
 
-/// Keeps the journal bounded: compacts it at start, before Recover (in-flight ops are
-/// kept), once it holds more than [`super::journal::COMPACT_AT_START`] records. A
-/// compaction that failed before the new file replaced the old one changed nothing and
-/// is only logged; one that poisoned the journal stops the start.
-fn compact_journal_at_start(journal: &Journal, clock: &dyn Clock) -> Result<(), SetupError> {
-    let threshold = crate::faultpoint::journal_compact_at(super::journal::COMPACT_AT_START);
+/// The journal size, in records, above which it is compacted:
+/// [`super::journal::COMPACT_AT_START`] (a test build with fault points may lower it).
+pub fn journal_compact_threshold() -> u64 {
+    crate::faultpoint::journal_compact_at(super::journal::COMPACT_AT_START)
+}
+
+/// Keeps the journal bounded: compacts it (in-flight ops and unexpired applied keys are
+/// kept) once it holds more than `threshold` records. The
+/// reconciler calls it at start, before Recover; the daemon again every
+/// [`crate::daemon::JOURNAL_COMPACT_EVERY`]. A compaction that failed before the new file
+/// replaced the old one changed nothing: it is logged and `Ok(false)` returned. One that
+/// poisoned the journal is the error: the daemon must stop and replay from disk.
+pub fn compact_journal(
+    journal: &Journal,
+    threshold: u64,
+    clock: &dyn Clock,
+) -> Result<bool, JournalError> {
     let before = journal.records();
     match journal.compact_if_over(threshold, clock.now()) {
-        Ok(false) => Ok(()),
+        Ok(false) => Ok(false),
         Ok(true) => {
             crate::info!(
-                "journal compacted at start",
+                "journal compacted",
                 records_before = before,
                 records_after = journal.records()
             );
-            Ok(())
+            Ok(true)
         }
         Err(JournalError::Store(crate::store::StoreError::Io { op, path, source })) => {
             crate::warn!(
-                "journal compaction at start failed; the old file stays in use",
+                "journal compaction failed; the old file stays in use",
                 op = op,
                 path = path.display(),
                 error = source
             );
-            Ok(())
+            Ok(false)
         }
-        Err(e) => Err(SetupError::Journal(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -1289,7 +1300,8 @@ impl Reconciler {
             );
         }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        compact_journal_at_start(&journal, clock.as_ref())?;
+        compact_journal(&journal, journal_compact_threshold(), clock.as_ref())
+            .map_err(SetupError::Journal)?;
         let audit = Arc::new(
             super::audit::AuditLog::open(&dir.join("audit.log")).map_err(SetupError::Audit)?,
         );
