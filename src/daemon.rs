@@ -516,7 +516,7 @@ pub fn compact_journal_every(
     every: Duration,
 ) -> Result<(), JournalError> {
     while !shutdown.sleep(every) {
-        compact_journal(journal, threshold, clock)?;
+        compact_journal(journal, threshold, clock, "running")?;
     }
     Ok(())
 }

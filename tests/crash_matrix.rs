@@ -429,7 +429,7 @@ impl Lab {
         });
         agent.stop(self);
         assert!(
-            self.log().contains("msg=\"journal compacted at start\""),
+            self.log().contains("msg=\"journal compacted\" at=start"),
             "{}",
             self.log()
         );

@@ -18,6 +18,7 @@ const API_FILES: &[&str] = &[
     "src/net/http.rs",
     "src/net/tls.rs",
     "src/proxmox/mod.rs",
+    "src/proxmox/answer.rs",
     "src/proxmox/client.rs",
     "src/proxmox/decode.rs",
     "src/proxmox/error.rs",

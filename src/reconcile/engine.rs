@@ -1205,10 +1205,13 @@ pub fn journal_compact_threshold() -> u64 {
 /// [`crate::daemon::JOURNAL_COMPACT_EVERY`]. A compaction that failed before the new file
 /// replaced the old one changed nothing: it is logged and `Ok(false)` returned. One that
 /// poisoned the journal is the error: the daemon must stop and replay from disk.
+/// `at` names the caller in the log line (`at=start` or `at=running`), so an operator
+/// (and the crash tests) can tell the start's compaction from the worker's.
 pub fn compact_journal(
     journal: &Journal,
     threshold: u64,
     clock: &dyn Clock,
+    at: &'static str,
 ) -> Result<bool, JournalError> {
     let before = journal.records();
     match journal.compact_if_over(threshold, clock.now()) {
@@ -1216,6 +1219,7 @@ pub fn compact_journal(
         Ok(true) => {
             crate::info!(
                 "journal compacted",
+                at = at,
                 records_before = before,
                 records_after = journal.records()
             );
@@ -1224,6 +1228,7 @@ pub fn compact_journal(
         Err(JournalError::Store(crate::store::StoreError::Io { op, path, source })) => {
             crate::warn!(
                 "journal compaction failed; the old file stays in use",
+                at = at,
                 op = op,
                 path = path.display(),
                 error = source
@@ -1300,8 +1305,13 @@ impl Reconciler {
             );
         }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        compact_journal(&journal, journal_compact_threshold(), clock.as_ref())
-            .map_err(SetupError::Journal)?;
+        compact_journal(
+            &journal,
+            journal_compact_threshold(),
+            clock.as_ref(),
+            "start",
+        )
+        .map_err(SetupError::Journal)?;
         let audit = Arc::new(
             super::audit::AuditLog::open(&dir.join("audit.log")).map_err(SetupError::Audit)?,
         );
