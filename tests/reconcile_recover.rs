@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions, Upid, WaitOptions};
+use felhom_agent::proxmox::{Client, ClientOptions, ConfigChange, Upid, WaitOptions};
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
 use felhom_agent::reconcile::recover::recover;
@@ -252,4 +252,52 @@ fn no_upid_and_only_decoys_in_the_task_list_is_failed_never_reached() {
     assert_eq!(last.state, OpState::Failed);
     assert_eq!(last.upid, None, "a decoy was taken for the op's task");
     assert!(last.detail.unwrap().contains("never reached Proxmox"));
+}
+
+fn started_config(j: &Journal, vmid: u32, params: &[(&str, &str)]) -> JournalRecord {
+    let mut r = JournalRecord::started(
+        j.new_op_id(&format!("set_config-{vmid}")),
+        vmid,
+        OpClass::SetConfig,
+        SystemClock.now(),
+    );
+    for (k, v) in params {
+        r.params.insert((*k).into(), (*v).into());
+    }
+    j.append(&r).unwrap();
+    r
+}
+
+#[test]
+fn a_sync_config_change_without_a_task_is_judged_by_the_guests_config() {
+    let mut s = setup("sync-config");
+    let params = [("cores", "4"), ("description", "web")];
+    // Killed after the synchronous PUT answered, before `succeeded` was journaled.
+    let landed = started_config(&s.journal, 105, &params);
+    let change = ConfigChange {
+        set: params
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect(),
+        ..ConfigChange::default()
+    };
+    assert_eq!(s.client.set_config(105, &change).unwrap(), None, "sync PUT");
+    // Killed before the PUT was sent: the config does not have its values.
+    let lost = started_config(&s.journal, 106, &[("cores", "6"), ("memory", "512")]);
+
+    let report = s.restart_and_recover();
+    assert_eq!(report.succeeded, vec![landed.op_id.clone()], "{report:?}");
+    assert_eq!(report.failed, vec![lost.op_id.clone()], "{report:?}");
+    let ok = s.journal.latest(&landed.op_id).unwrap();
+    assert_eq!(ok.state, OpState::Succeeded);
+    assert!(ok.detail.unwrap().contains("synchronous"));
+    let bad = s.journal.latest(&lost.op_id).unwrap();
+    assert_eq!(bad.state, OpState::Failed);
+    let detail = bad.detail.unwrap();
+    assert!(detail.starts_with("outcome unknown"), "{detail}");
+    assert!(
+        detail.contains("cores"),
+        "names the key that differs: {detail}"
+    );
+    assert!(!detail.contains("never reached"), "{detail}");
 }
