@@ -672,3 +672,68 @@ fn a_guest_dropped_from_the_desired_state_is_an_unsigned_destroy_held_pending_si
         "no destroy ever reached Proxmox"
     );
 }
+
+#[test]
+fn a_pass_reads_guest_configs_in_parallel_under_the_global_bound() {
+    const BOUND: usize = 3;
+    // The simulator holds each config answer this long: a read is in flight from its
+    // arrival until at least HOLD later, and a reader's next read arrives only after
+    // that answer. So reads whose hold windows overlap were in flight at once, and
+    // one reader's windows never overlap each other. Counted, not timed.
+    const HOLD: Duration = Duration::from_millis(250);
+    let mut b = ProxmoxSim::builder();
+    for vmid in 100..109 {
+        b = b.guest(GuestSeed::new(vmid, &format!("ct{vmid}")).cores(2));
+    }
+    let sim = b.start();
+    let prefix = format!("/nodes/{}/lxc/", sim.node());
+    sim.inject(Fault::new(Some("GET"), &prefix, FaultKind::Delay(HOLD)).times(usize::MAX));
+    let dir = tempdir("parallel-reads");
+    let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
+    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let desired = DesiredState::from_guests(
+        1,
+        (100..109).map(|vmid| DesiredGuest {
+            spec: spec(Some(2), None),
+            ..DesiredGuest::new(vmid)
+        }),
+    );
+    let mut opts = EngineOptions::new("pve-a");
+    opts.max_parallel = BOUND;
+    let engine = Engine::new(
+        client(&sim),
+        Queue::new(BOUND),
+        gate,
+        journal,
+        Arc::new(StaticProvider::new(desired)),
+        Shutdown::new(),
+        opts,
+    );
+    let report = engine.pass().unwrap();
+    assert!(report.plan.actions.is_empty(), "{report:#?}");
+    assert!(report.unreadable.is_empty(), "{report:#?}");
+
+    let arrivals: Vec<Instant> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/config"))
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(arrivals.len(), 9, "one config read per guest");
+    let in_flight_at = |t: Instant| {
+        arrivals
+            .iter()
+            .filter(|a| **a <= t && t < **a + HOLD)
+            .count()
+    };
+    let most = arrivals.iter().map(|t| in_flight_at(*t)).max().unwrap();
+    assert!(
+        most > 1,
+        "config reads were sequential (at most {most} at once)"
+    );
+    assert!(
+        most <= BOUND,
+        "{most} config reads at once, above the bound {BOUND}"
+    );
+}

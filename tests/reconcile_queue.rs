@@ -2,8 +2,8 @@
 //! The per-guest queue: ordering, parallelism, the global bound, drain, close, panics.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use felhom_agent::reconcile::queue::{JobHandle, Queue, SubmitError};
 
@@ -21,6 +21,60 @@ impl Gauge {
     }
     fn leave(&self) {
         self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A reusable rendezvous for `n` jobs, like `std::sync::Barrier` but with a watchdog:
+/// a job that waits longer than [`WATCHDOG`] gets `Err`, so lanes serialized by a
+/// regression fail the test with a message instead of hanging CI. The watchdog is not
+/// a timing assertion: a working queue meets it in microseconds.
+struct Rendezvous {
+    n: usize,
+    /// Jobs waiting now, the generation, and whether a watchdog already fired (then
+    /// every later arrival fails at once instead of waiting out its own watchdog).
+    state: Mutex<(usize, u64, bool)>,
+    cv: Condvar,
+}
+
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+impl Rendezvous {
+    fn new(n: usize) -> Arc<Self> {
+        Arc::new(Rendezvous {
+            n,
+            state: Mutex::new((0, 0, false)),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Waits until `n` jobs arrived; `Ok(true)` for the one that completed the group.
+    fn arrive(&self) -> Result<bool, String> {
+        let deadline = Instant::now() + WATCHDOG;
+        let mut st = self.state.lock().unwrap();
+        if st.2 {
+            return Err("deadlock: jobs were serialized (an earlier rendezvous timed out)".into());
+        }
+        let generation = st.1;
+        st.0 += 1;
+        if st.0 == self.n {
+            *st = (0, generation + 1, false);
+            self.cv.notify_all();
+            return Ok(true);
+        }
+        while st.1 == generation {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.0 -= 1;
+                st.2 = true;
+                return Err(format!(
+                    "deadlock: jobs were serialized (only {} of {} ran at once for {WATCHDOG:?})",
+                    st.0 + 1,
+                    self.n
+                ));
+            }
+            st = self.cv.wait_timeout(st, left).unwrap().0;
+        }
+        Ok(false)
     }
 }
 
@@ -53,51 +107,45 @@ fn same_guest_runs_one_at_a_time_in_submit_order() {
 
 #[test]
 fn different_guests_run_in_parallel() {
-    // Each job waits for the other: serialized lanes would deadlock here.
+    // Each job waits for the other: serialized lanes would deadlock here, and the
+    // rendezvous's watchdog turns that into a failure.
     let q = Queue::new(2);
-    let barrier = Arc::new(Barrier::new(2));
+    let meet = Rendezvous::new(2);
     let a = {
-        let b = Arc::clone(&barrier);
-        q.submit(100, move || {
-            b.wait();
-            "a"
-        })
-        .unwrap()
+        let m = Arc::clone(&meet);
+        q.submit(100, move || m.arrive().map(|_| "a")).unwrap()
     };
     let b = {
-        let b = Arc::clone(&barrier);
-        q.submit(101, move || {
-            b.wait();
-            "b"
-        })
-        .unwrap()
+        let m = Arc::clone(&meet);
+        q.submit(101, move || m.arrive().map(|_| "b")).unwrap()
     };
-    assert_eq!(a.wait().unwrap(), "a");
-    assert_eq!(b.wait().unwrap(), "b");
+    assert_eq!(a.wait().unwrap(), Ok("a"));
+    assert_eq!(b.wait().unwrap(), Ok("b"));
 }
 
 #[test]
 fn global_bound_holds_across_guests() {
-    // Every job waits until three run at once: a bound below 3 would deadlock, and
-    // the gauge shows it never goes above 3.
+    // Every job waits until three run at once: a bound below 3 would deadlock (the
+    // watchdog fails it), and the gauge shows it never goes above 3.
     let q = Queue::new(3);
     let gauge = Arc::new(Gauge::default());
-    let barrier = Arc::new(Barrier::new(3));
+    let meet = Rendezvous::new(3);
     let handles: Vec<_> = (0..12u32)
         .map(|i| {
             let gauge = Arc::clone(&gauge);
-            let barrier = Arc::clone(&barrier);
+            let meet = Arc::clone(&meet);
             q.submit(200 + i, move || {
                 gauge.enter();
-                barrier.wait();
+                let met = meet.arrive();
                 std::thread::sleep(Duration::from_millis(2));
                 gauge.leave();
+                met.map(|_| ())
             })
             .unwrap()
         })
         .collect();
     for h in handles {
-        h.wait().unwrap();
+        h.wait().unwrap().unwrap();
     }
     assert_eq!(gauge.max.load(Ordering::SeqCst), 3);
 }
@@ -143,11 +191,12 @@ fn a_panicking_job_fails_only_itself() {
     assert!(err.message.contains("job exploded"), "{err}");
     assert_eq!(after.wait().unwrap(), 3, "the lane went on after the panic");
     // The panic gave its permit back: both permits are usable.
-    let barrier = Arc::new(Barrier::new(2));
-    let (b1, b2) = (Arc::clone(&barrier), Arc::clone(&barrier));
-    let x = q.submit(8, move || b1.wait().is_leader()).unwrap();
-    let y = q.submit(9, move || b2.wait().is_leader()).unwrap();
-    assert_ne!(x.wait().unwrap(), y.wait().unwrap());
+    let meet = Rendezvous::new(2);
+    let (m1, m2) = (Arc::clone(&meet), Arc::clone(&meet));
+    let x = q.submit(8, move || m1.arrive()).unwrap();
+    let y = q.submit(9, move || m2.arrive()).unwrap();
+    let (x, y) = (x.wait().unwrap().unwrap(), y.wait().unwrap().unwrap());
+    assert_ne!(x, y, "exactly one job completes the rendezvous");
 }
 
 #[test]

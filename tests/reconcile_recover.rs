@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::proxmox::{Client, ClientOptions, ConfigChange, Upid, WaitOptions};
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
 use felhom_agent::reconcile::recover::recover;
@@ -182,4 +182,122 @@ fn no_upid_and_no_task_is_failed_and_never_re_executed() {
     let d = s.journal.latest(&destroy.op_id).unwrap();
     assert_eq!(d.state, OpState::Failed);
     assert!(d.detail.unwrap().contains("not re-executed"));
+}
+
+/// Waits for `upid` to end OK.
+fn done(s: &Setup, upid: &Upid) {
+    s.client.wait_task(upid, &wait(), &Shutdown::new()).unwrap();
+}
+
+/// Tasks the lookup must not take for a `start` of 105 journaled after them, each
+/// differing from the right task in exactly one way, and each starting earlier than
+/// any task the op itself could have started (so the earliest-first pick would take
+/// it if its filter were gone):
+/// - `vzstart` of 107, in the op's window: another vmid;
+/// - `vzstop` of 105, in the op's window: another type;
+/// - `vzstart` of 105 a minute before the op: too early.
+///
+/// Returns the op's journal record; `dispatch` runs between the record and the
+/// window decoys (the op's own start, when the test has one).
+fn seed_decoys(s: &Setup, dispatch: impl FnOnce(&Setup)) -> JournalRecord {
+    // The simulator lists every task whatever the query asks: only the agent's own
+    // filtering can tell these apart.
+    s.sim.task_list_filters(false);
+    s.sim.add_guest(GuestSeed::new(107, "decoy").running(false));
+    let early = s.client.start(105).unwrap();
+    done(s, &early);
+    let early_stop = s.client.stop(105).unwrap();
+    done(s, &early_stop);
+    s.sim.backdate_task(early.as_str(), 60).unwrap();
+    s.sim.backdate_task(early_stop.as_str(), 60).unwrap();
+
+    let r = started(&s.journal, OpClass::Start, 105);
+    dispatch(s);
+    // In the window the lookup allows (from 5 s before the op), yet earlier than
+    // anything the op started: backdated 4 s.
+    let other_vmid = s.client.start(107).unwrap();
+    done(s, &other_vmid);
+    s.sim.backdate_task(other_vmid.as_str(), 4).unwrap();
+    s.sim.set_running(105, true);
+    let other_type = s.client.stop(105).unwrap();
+    done(s, &other_type);
+    s.sim.backdate_task(other_type.as_str(), 4).unwrap();
+    s.sim.set_running(105, false);
+    s.sim.clear_requests();
+    r
+}
+
+#[test]
+fn no_upid_the_lookup_needs_vmid_type_and_start_time_to_pick_the_right_task() {
+    let mut s = setup("decoys");
+    let mut real: Option<String> = None;
+    let r = seed_decoys(&s, |s| {
+        let u = s.client.start(105).unwrap();
+        done(s, &u);
+        real = Some(u.as_str().to_string());
+    });
+    let report = s.restart_and_recover();
+    assert_eq!(report.succeeded, vec![r.op_id.clone()], "{report:?}");
+    let last = s.journal.latest(&r.op_id).unwrap();
+    assert_eq!(last.upid, real, "a decoy was taken for the op's task");
+}
+
+#[test]
+fn no_upid_and_only_decoys_in_the_task_list_is_failed_never_reached() {
+    let mut s = setup("only-decoys");
+    let r = seed_decoys(&s, |_| {});
+    let report = s.restart_and_recover();
+    assert_eq!(report.failed, vec![r.op_id.clone()], "{report:?}");
+    let last = s.journal.latest(&r.op_id).unwrap();
+    assert_eq!(last.state, OpState::Failed);
+    assert_eq!(last.upid, None, "a decoy was taken for the op's task");
+    assert!(last.detail.unwrap().contains("never reached Proxmox"));
+}
+
+fn started_config(j: &Journal, vmid: u32, params: &[(&str, &str)]) -> JournalRecord {
+    let mut r = JournalRecord::started(
+        j.new_op_id(&format!("set_config-{vmid}")),
+        vmid,
+        OpClass::SetConfig,
+        SystemClock.now(),
+    );
+    for (k, v) in params {
+        r.params.insert((*k).into(), (*v).into());
+    }
+    j.append(&r).unwrap();
+    r
+}
+
+#[test]
+fn a_sync_config_change_without_a_task_is_judged_by_the_guests_config() {
+    let mut s = setup("sync-config");
+    let params = [("cores", "4"), ("description", "web")];
+    // Killed after the synchronous PUT answered, before `succeeded` was journaled.
+    let landed = started_config(&s.journal, 105, &params);
+    let change = ConfigChange {
+        set: params
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect(),
+        ..ConfigChange::default()
+    };
+    assert_eq!(s.client.set_config(105, &change).unwrap(), None, "sync PUT");
+    // Killed before the PUT was sent: the config does not have its values.
+    let lost = started_config(&s.journal, 106, &[("cores", "6"), ("memory", "512")]);
+
+    let report = s.restart_and_recover();
+    assert_eq!(report.succeeded, vec![landed.op_id.clone()], "{report:?}");
+    assert_eq!(report.failed, vec![lost.op_id.clone()], "{report:?}");
+    let ok = s.journal.latest(&landed.op_id).unwrap();
+    assert_eq!(ok.state, OpState::Succeeded);
+    assert!(ok.detail.unwrap().contains("synchronous"));
+    let bad = s.journal.latest(&lost.op_id).unwrap();
+    assert_eq!(bad.state, OpState::Failed);
+    let detail = bad.detail.unwrap();
+    assert!(detail.starts_with("outcome unknown"), "{detail}");
+    assert!(
+        detail.contains("cores"),
+        "names the key that differs: {detail}"
+    );
+    assert!(!detail.contains("never reached"), "{detail}");
 }

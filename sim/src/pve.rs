@@ -578,6 +578,26 @@ impl ProxmoxSim {
         self.state().next_failure = Some(exitstatus.to_string());
     }
 
+    /// With `false`, `GET /nodes/{n}/tasks` ignores its `vmid`, `typefilter`, `since`
+    /// and `until` filters and lists every task: a client must filter what it gets.
+    pub fn task_list_filters(&self, on: bool) {
+        self.state().task_list_unfiltered = !on;
+    }
+
+    /// Moves task `upid`'s start `secs` into the past (its `starttime` and the start
+    /// field of its UPID, which stay equal as on a real host); returns the new UPID.
+    /// `None` when no such task exists.
+    pub fn backdate_task(&self, upid: &str, secs: u64) -> Option<String> {
+        let mut st = self.state();
+        let t = st.tasks.iter_mut().find(|t| t.upid == upid)?;
+        t.starttime = t.starttime.saturating_sub(secs);
+        let mut fields: Vec<String> = t.upid.split(':').map(str::to_string).collect();
+        // UPID:node:pid:pstart:starttime:type:id:user: — field 4 is the start time.
+        *fields.get_mut(4)? = format!("{:08X}", t.starttime);
+        t.upid = fields.join(":");
+        Some(t.upid.clone())
+    }
+
     /// Every task, oldest first, as task-status objects.
     pub fn tasks(&self) -> Vec<Value> {
         let st = self.state();

@@ -3,15 +3,20 @@
 //!
 //! This module owns that resolution: an op with a UPID is judged by its task (waiting
 //! while it still runs); an op without one is looked up in the node's task list by vmid,
-//! task type and start time before it is declared failed. It only reads Proxmox and
+//! task type and start time before it is declared failed — except a config change,
+//! which Proxmox usually applies synchronously without a task: that one is judged by
+//! the guest's config as it is now. It only reads Proxmox and
 //! appends to the journal: it never dispatches, and so never re-executes anything — a
 //! destructive op needs a fresh signature to run again.
 
 use std::fmt;
 
-use crate::proxmox::{Client, TaskFilter, TaskSource, Upid, WaitError, WaitOptions};
+use std::collections::BTreeMap;
+
+use crate::proxmox::{Client, GuestConfig, TaskFilter, TaskSource, Upid, WaitError, WaitOptions};
 use crate::reconcile::classify::OpClass;
 use crate::reconcile::journal::{Journal, JournalError, JournalRecord, OpState};
+use crate::reconcile::normalize::Normalizers;
 use crate::shutdown::Shutdown;
 use crate::time::Clock;
 
@@ -24,7 +29,8 @@ const START_SLACK_SECS: i64 = 5;
 pub struct RecoverReport {
     /// Ops whose task ended successfully (now journaled `succeeded`).
     pub succeeded: Vec<String>,
-    /// Ops whose task failed or that never reached Proxmox (now journaled `failed`).
+    /// Ops whose task failed, that never reached Proxmox, or (a config change without
+    /// a task) whose values the guest's config does not show (now journaled `failed`).
     pub failed: Vec<String>,
     /// Ops left in flight, with why (the wait timed out, shutdown, Proxmox unreadable).
     pub unresolved: Vec<(String, String)>,
@@ -117,14 +123,15 @@ pub fn recover(
             },
         };
         let Some(upid) = upid else {
-            finish(
-                journal,
-                &rec,
-                OpState::Failed,
-                "no task found: the op never reached Proxmox; not re-executed".into(),
-                clock,
-                &mut report,
-            )?;
+            let (state, detail) = if rec.class == OpClass::SetConfig {
+                judge_sync_config(client, &rec)
+            } else {
+                (
+                    OpState::Failed,
+                    "no task found: the op never reached Proxmox; not re-executed".into(),
+                )
+            };
+            finish(journal, &rec, state, detail, clock, &mut report)?;
             continue;
         };
         let mut rec = rec;
@@ -177,6 +184,66 @@ fn finish(
         _ => report.failed.push(rec.op_id.clone()),
     }
     Ok(())
+}
+
+/// A config change with neither a UPID nor a task: Proxmox applies most config writes
+/// synchronously and leaves no task, so whether the PUT landed can only be read from the
+/// guest's config now. Its values all there → succeeded; otherwise (or unreadable) →
+/// failed with the outcome called unknown. Never re-sent: the next pass re-plans from the
+/// config it reads.
+fn judge_sync_config(client: &Client, rec: &JournalRecord) -> (OpState, String) {
+    const UNKNOWN: &str = "outcome unknown: a synchronous config change leaves no task";
+    const REPLAN: &str = "not re-sent; the next pass re-plans from the guest's config";
+    if rec.params.is_empty() {
+        return (
+            OpState::Failed,
+            format!("{UNKNOWN} and the journal holds no params to compare; {REPLAN}"),
+        );
+    }
+    match client.guest_config(rec.vmid) {
+        Ok(cfg) => match first_difference(&cfg, &rec.params) {
+            None => (
+                OpState::Succeeded,
+                "recovered: no task (a synchronous config change leaves none), and the \
+                 guest's config has every value the op set"
+                    .into(),
+            ),
+            Some(key) => (
+                OpState::Failed,
+                format!("{UNKNOWN}, and the guest's {key} is not the op's value; {REPLAN}"),
+            ),
+        },
+        Err(e) => (
+            OpState::Failed,
+            format!("{UNKNOWN}, and the guest's config is unreadable ({e}); {REPLAN}"),
+        ),
+    }
+}
+
+/// The first key in `params` whose value the guest's config does not have.
+fn first_difference<'a>(
+    cfg: &GuestConfig,
+    params: &'a BTreeMap<String, String>,
+) -> Option<&'a str> {
+    let norm = Normalizers::default();
+    params
+        .iter()
+        .find(|(key, want)| {
+            let have: Option<String> = match key.as_str() {
+                "cores" => cfg.cores.map(|v| v.to_string()),
+                "memory" => cfg.memory_mib.map(|v| v.to_string()),
+                "swap" => cfg.swap_mib.map(|v| v.to_string()),
+                "description" => cfg.description.clone(),
+                "hostname" => cfg.hostname.clone(),
+                other => cfg.other.get(other).map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                }),
+            };
+            // An absent key never matches, even a value that normalizes to empty.
+            have.is_none_or(|have| !norm.equal(key, want, Some(&have)))
+        })
+        .map(|(key, _)| key.as_str())
 }
 
 /// The earliest task of the op's type on its guest that started no earlier than the op.

@@ -1408,6 +1408,7 @@ fn task_list(st: &State, p: &Params) -> ApiResult {
     let source = p.get("source").unwrap_or("archive");
     let vmid = p.int("vmid");
     let (user, tokenid) = st.user_and_token();
+    let raw = st.task_list_unfiltered;
     let mut rows: Vec<(u64, usize, Value)> = st
         .tasks
         .iter()
@@ -1417,10 +1418,10 @@ fn task_list(st: &State, p: &Params) -> ApiResult {
             "all" => true,
             _ => !t.running(),
         })
-        .filter(|(_, t)| vmid.is_none_or(|v| t.id == v.to_string()))
-        .filter(|(_, t)| p.get("typefilter").is_none_or(|f| t.kind == f))
-        .filter(|(_, t)| p.int("since").is_none_or(|s| t.starttime as i64 >= s))
-        .filter(|(_, t)| p.int("until").is_none_or(|u| t.starttime as i64 <= u))
+        .filter(|(_, t)| raw || vmid.is_none_or(|v| t.id == v.to_string()))
+        .filter(|(_, t)| raw || p.get("typefilter").is_none_or(|f| t.kind == f))
+        .filter(|(_, t)| raw || p.int("since").is_none_or(|s| t.starttime as i64 >= s))
+        .filter(|(_, t)| raw || p.int("until").is_none_or(|u| t.starttime as i64 <= u))
         .filter(|(_, t)| !p.flag("errors") || (!t.running() && t.exitstatus != "OK"))
         .map(|(i, t)| {
             (

@@ -616,6 +616,9 @@ pub(crate) struct State {
     pub next_warnings: Option<u32>,
     pub next_failure: Option<String>,
     pub sync_config_put: bool,
+    /// `GET /nodes/{n}/tasks` ignores vmid, typefilter, since and until (a client's
+    /// own filtering must then do the work).
+    pub task_list_unfiltered: bool,
     pub auth_delay: Duration,
     pub requests: Vec<RecordedRequest>,
     pub fingerprint: String,
@@ -680,6 +683,7 @@ impl State {
             next_warnings: None,
             next_failure: None,
             sync_config_put,
+            task_list_unfiltered: false,
             auth_delay,
             requests: Vec::new(),
             fingerprint,
