@@ -172,6 +172,7 @@ fn selftest_task_round_trips_and_leaves_the_guest_as_it_was() {
     let dir = Dir::new("task");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
     let before = sim.guest_config(100).unwrap();
+    assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
     let mut seen = Vec::new();
     let out = agent(
         &[
@@ -197,6 +198,20 @@ fn selftest_task_round_trips_and_leaves_the_guest_as_it_was() {
         before.get("description"),
         "description restored"
     );
+    // Proxmox stopped the running guest to roll it back; the selftest asked for it
+    // to be started again.
+    assert_eq!(
+        sim.guest_status(100).as_deref(),
+        Some("running"),
+        "the guest runs as it did before:\n{stdout}"
+    );
+    let rollback = sim
+        .mutations()
+        .into_iter()
+        .find(|r| r.path.ends_with("/rollback"))
+        .expect("a rollback was sent");
+    assert_eq!(rollback.form, [("start".to_string(), "1".to_string())]);
+    assert!(stdout.contains("run state"), "{stdout}");
     let muts: Vec<(String, String)> = sim
         .mutations()
         .iter()
@@ -244,6 +259,17 @@ fn selftest_task_on_a_guest_without_description_deletes_the_marker_key() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(sim.guest_config(101).unwrap().get("description").is_none());
+    assert_eq!(
+        sim.guest_status(101).as_deref(),
+        Some("stopped"),
+        "a stopped guest is not started by the rollback"
+    );
+    let rollback = sim
+        .mutations()
+        .into_iter()
+        .find(|r| r.path.ends_with("/rollback"))
+        .expect("a rollback was sent");
+    assert_eq!(rollback.form, [("start".to_string(), "0".to_string())]);
     let last = sim.mutations().pop().unwrap();
     assert!(
         last.form

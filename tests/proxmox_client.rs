@@ -236,15 +236,33 @@ fn mutations_send_the_right_method_path_and_params() {
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0].name, "pre_upgrade");
 
-    let upid = c.rollback(100, "pre_upgrade").unwrap();
+    // Proxmox stops a running guest before it rolls back; `start` brings it back.
+    assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
+    let upid = c.rollback(100, "pre_upgrade", true).unwrap();
     assert_eq!(upid.task_type(), "vzrollback");
     let r = last_mutation(&sim);
     assert_eq!(
         (r.method.as_str(), r.path.as_str()),
         ("POST", "/nodes/pve/lxc/100/snapshot/pre_upgrade/rollback")
     );
-    assert!(r.form.is_empty());
+    assert_eq!(form(&r), [("start", "1")]);
     wait_ok(&c, &upid);
+    let log = c.task_log_tail(&upid, 50).unwrap();
+    assert!(
+        log.iter().any(|l| l == "stopping CT 100"),
+        "the rollback stopped the guest first: {log:?}"
+    );
+    assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
+
+    let upid = c.rollback(100, "pre_upgrade", false).unwrap();
+    let r = last_mutation(&sim);
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/nodes/pve/lxc/100/snapshot/pre_upgrade/rollback")
+    );
+    assert_eq!(form(&r), [("start", "0")]);
+    wait_ok(&c, &upid);
+    assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
 
     let upid = c.delete_snapshot(100, "pre_upgrade").unwrap();
     assert_eq!(upid.task_type(), "vzdelsnapshot");
@@ -271,7 +289,12 @@ fn mutations_send_the_right_method_path_and_params() {
 
     let upid = c.stop(100).unwrap();
     assert_eq!(upid.task_type(), "vzstop");
-    assert_eq!(last_mutation(&sim).path, "/nodes/pve/lxc/100/status/stop");
+    let r = last_mutation(&sim);
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/nodes/pve/lxc/100/status/stop")
+    );
+    assert!(r.form.is_empty() && r.query.is_empty(), "{r:?}");
     wait_ok(&c, &upid);
     assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
 
@@ -387,6 +410,13 @@ fn set_config_synchronous_and_asynchronous_both_succeed() {
         .set_config(100, &change)
         .unwrap()
         .expect("an async PUT answers a task");
+    let r = last_mutation(&async_sim);
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("PUT", "/nodes/pve/lxc/100/config")
+    );
+    assert_eq!(form(&r), [("memory", "2048")]);
+    assert!(r.query.is_empty(), "a PUT sends its parameters in the body");
     wait_ok(&c, &upid);
     assert_eq!(c.guest_config(100).unwrap().memory_mib, Some(2048));
 }
