@@ -131,6 +131,29 @@ fn non_2xx_answers_are_http_errors_with_status_and_message() {
 }
 
 #[test]
+fn a_redirect_is_an_http_error_and_is_not_followed() {
+    let sim = HubSim::start();
+    // A 307 keeps the method and body: a client that followed it would post the
+    // report to the very endpoint that accepts it.
+    sim.inject(Fault::new(
+        Some("POST"),
+        REPORT,
+        FaultKind::Redirect {
+            code: 307,
+            location: format!("{}{REPORT}", sim.url()),
+        },
+    ));
+    let e = client(&sim).post_report(&report()).unwrap_err();
+    match &e {
+        ClientError::Http(h) => assert_eq!(h.status, 307, "{h}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.requests().len(), 1, "the redirect was not followed");
+    assert!(sim.reports().is_empty());
+    assert!(!e.to_string().contains(&sim.key()), "{e}");
+}
+
+#[test]
 fn the_simulator_names_the_field_a_report_is_missing() {
     let sim = HubSim::start();
     let http = HttpClient::new(&HttpOptions::new(TlsTrust::CaFile(ca_file()))).unwrap();

@@ -330,6 +330,10 @@ fn handle(inner: &Inner, req: &Request) -> Response {
             let reason = message.lines().next().unwrap_or_default().to_string();
             json_answer(code, &reason, &json!({ "error": message })).with_delivery(Delivery::Normal)
         }
+        Some(FaultKind::Redirect { code, location }) => Response::new(code, "Found")
+            .with_header("Location", &location)
+            .with_header("Content-Type", "text/html")
+            .with_body(format!("<html><body>Found: {location}</body></html>\n")),
         Some(FaultKind::Delay(d)) => process(&mut st, req, &path).with_delivery(Delivery::Delay(d)),
         Some(FaultKind::DropMidBody) => {
             process(&mut st, req, &path).with_delivery(Delivery::DropMidBody)
