@@ -436,15 +436,28 @@ fn wait_task_running_then_ok() {
         c.wait_task(&upid, &fast(), &Shutdown::new()).unwrap(),
         TaskOutcome::Ok
     );
-    let polls = sim
+    let polls: Vec<_> = sim
         .requests()
-        .iter()
+        .into_iter()
         .filter(|r| r.path.contains("/tasks/") && r.path.ends_with("/status"))
-        .count();
+        .map(|r| r.at)
+        .collect();
+    // The first is the test's own read; the wait's polls follow.
+    let waits = &polls[1..];
     assert!(
-        polls >= 2,
-        "the wait polled until the task stopped ({polls})"
+        waits.len() >= 3,
+        "the wait polled until the task stopped ({})",
+        waits.len()
     );
+    // Each gap is at least the schedule's delay (a sleep never ends early, so this
+    // lower bound cannot be flaky): 10, 20, 40, 40 ms...
+    for (gap, want) in waits
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .zip(fast().delays())
+    {
+        assert!(gap >= want, "polled after {gap:?}, the schedule says {want:?}");
+    }
     let done = c.task_status(&upid).unwrap();
     assert_eq!(done.exit(), Some(TaskExit::Ok));
     assert_eq!(done.upid, upid);
