@@ -707,10 +707,7 @@ fn signers(r: &Reader<'_>) -> Result<Vec<SignerEntry>, ConfigError> {
                 format!("must be an object, got {}", type_name(item)),
             ));
         };
-        if let Some(k) = obj
-            .keys()
-            .find(|k| !SIGNER_FIELDS.contains(&k.as_str()))
-        {
+        if let Some(k) = obj.keys().find(|k| !SIGNER_FIELDS.contains(&k.as_str())) {
             return Err(field_err(format!("{at}.{k}"), "unknown field"));
         }
         let get = |k: &str| -> Result<String, ConfigError> {

@@ -711,7 +711,9 @@ fn selftest_hub_prints_the_report_and_the_envelope_and_exits_0() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
 
     // Both documents are printed as JSON after their headings.
-    let report_at = stdout.find("host report:\n").expect("the report is printed");
+    let report_at = stdout
+        .find("host report:\n")
+        .expect("the report is printed");
     let envelope_at = stdout
         .find("control envelope from ")
         .expect("the envelope is printed");
@@ -753,9 +755,15 @@ fn selftest_hub_refused_by_the_hub_exits_1_and_leaks_no_key() {
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stdout.contains("host report:"), "collected before sending: {stdout}");
+    assert!(
+        stdout.contains("host report:"),
+        "collected before sending: {stdout}"
+    );
     assert!(!stdout.contains("control envelope"), "{stdout}");
-    assert!(stderr.contains("401"), "the refusal names the status: {stderr}");
+    assert!(
+        stderr.contains("401"),
+        "the refusal names the status: {stderr}"
+    );
     let reqs = hub.requests();
     assert_eq!(reqs.len(), 1, "one attempt");
     assert_eq!(

@@ -127,7 +127,10 @@ impl Credentials {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        for (name, value) in [("pve-token", "example-token-secret"), ("hub-key", "example-key")] {
+        for (name, value) in [
+            ("pve-token", "example-token-secret"),
+            ("hub-key", "example-key"),
+        ] {
             let p = dir.join(name);
             std::fs::write(&p, format!("{value}\n")).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -179,8 +182,8 @@ fn the_example_config_loads_for_the_daemon() {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLE ops@felhom",
     );
     assert_ne!(placeholder, EXAMPLE_CONFIG);
-    let e = Config::from_slice(placeholder.as_bytes(), origin, &creds.env(), Mode::Run)
-        .unwrap_err();
+    let e =
+        Config::from_slice(placeholder.as_bytes(), origin, &creds.env(), Mode::Run).unwrap_err();
     assert!(e.to_string().contains("authz.signers[0]"), "{e}");
 }
 
@@ -235,7 +238,10 @@ fn the_example_config_and_the_readme_name_every_field() {
     let mut schema: Vec<String> = field_paths().map(str::to_owned).collect();
     in_example.sort();
     schema.sort();
-    assert_eq!(in_example, schema, "the example has every field, and no other");
+    assert_eq!(
+        in_example, schema,
+        "the example has every field, and no other"
+    );
     let signer = cfg["authz"]["signers"][0].as_object().unwrap();
     let mut keys: Vec<&str> = signer.keys().map(String::as_str).collect();
     keys.sort_unstable();

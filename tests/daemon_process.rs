@@ -403,7 +403,11 @@ fn insecure_hub_tls_is_warned_at_every_start() {
     };
     // The hub's certificate is not trusted by anything in this config: only the
     // insecure mode lets the reports through.
-    assert!(!agent.wait_for_reports(&hub, 1).is_empty(), "{}", agent.log());
+    assert!(
+        !agent.wait_for_reports(&hub, 1).is_empty(),
+        "{}",
+        agent.log()
+    );
     assert_eq!(warnings(&agent.log()), 1, "{}", agent.log());
     assert!(
         !agent.log().contains("section=proxmox"),

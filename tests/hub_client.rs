@@ -206,7 +206,11 @@ fn the_simulator_refuses_null_required_scalars_and_unknown_status_words() {
         let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
         let problems: Vec<String> = body["problems"]
             .as_array()
-            .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         (resp.status, problems)
     };

@@ -451,12 +451,11 @@ fn wait_task_running_then_ok() {
     );
     // Each gap is at least the schedule's delay (a sleep never ends early, so this
     // lower bound cannot be flaky): 10, 20, 40, 40 ms...
-    for (gap, want) in waits
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .zip(fast().delays())
-    {
-        assert!(gap >= want, "polled after {gap:?}, the schedule says {want:?}");
+    for (gap, want) in waits.windows(2).map(|w| w[1] - w[0]).zip(fast().delays()) {
+        assert!(
+            gap >= want,
+            "polled after {gap:?}, the schedule says {want:?}"
+        );
     }
     let done = c.task_status(&upid).unwrap();
     assert_eq!(done.exit(), Some(TaskExit::Ok));

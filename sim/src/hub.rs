@@ -659,16 +659,21 @@ mod tests {
 
     /// The contract's value at a pattern (first element for `[]`).
     fn at<'a>(v: &'a Value, pattern: &str) -> Option<&'a Value> {
-        pattern.split('.').try_fold(v, |v, seg| match seg.strip_suffix("[]") {
-            Some(k) => v.get(k)?.get(0),
-            None => v.get(seg),
-        })
+        pattern
+            .split('.')
+            .try_fold(v, |v, seg| match seg.strip_suffix("[]") {
+                Some(k) => v.get(k)?.get(0),
+                None => v.get(seg),
+            })
     }
 
     #[test]
     fn every_nullable_and_enum_pattern_names_a_contract_scalar() {
         let c = contract();
-        for p in NULLABLE_FIELDS.iter().chain(ENUM_FIELDS.iter().map(|(p, _)| p)) {
+        for p in NULLABLE_FIELDS
+            .iter()
+            .chain(ENUM_FIELDS.iter().map(|(p, _)| p))
+        {
             let v = at(&c, p).unwrap_or_else(|| panic!("{p} is not in the contract"));
             assert!(!v.is_object() && !v.is_array(), "{p} is not a scalar");
         }

@@ -825,7 +825,10 @@ mod tests {
             name(c.snapshot(100, "current", None).unwrap_err()),
             "snapshot"
         );
-        assert_eq!(name(c.rollback(100, "../x", false).unwrap_err()), "snapshot");
+        assert_eq!(
+            name(c.rollback(100, "../x", false).unwrap_err()),
+            "snapshot"
+        );
         assert_eq!(
             name(
                 c.restore_lxc(100, "/etc/passwd", "local", false)

@@ -309,7 +309,10 @@ mod tests {
         };
         let got: Vec<Duration> = o.delays().take(6).collect();
         assert_eq!(got, secs(&[0.25, 0.5, 1.0, 2.0, 3.0, 3.0]));
-        assert_eq!(o.next_delay(Duration::from_millis(1500)), Duration::from_secs(3));
+        assert_eq!(
+            o.next_delay(Duration::from_millis(1500)),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]
