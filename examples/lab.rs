@@ -173,6 +173,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     say("selftest read passed: every read endpoint decoded");
 
     // 2. Reversible mutation round trip on guest 100.
+    let run_state = pve.guest_status(100);
     let out = run(bin, &["selftest", "task", "--vmid", "100", "--config", cfg]);
     print!("{}", indent(&out.stdout));
     if out.status.code() != Some(0) {
@@ -180,6 +181,12 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     }
     if !pve.snapshots(100).is_empty() {
         return fail("selftest task left a snapshot behind");
+    }
+    if pve.guest_status(100) != run_state {
+        return fail(format!(
+            "selftest task left guest 100 {:?}, it was {run_state:?}",
+            pve.guest_status(100)
+        ));
     }
     say(format!(
         "selftest task passed: {} mutations, guest 100 left as it was",

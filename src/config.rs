@@ -205,6 +205,16 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("reconcile.max_parallel", Kind::Int),
 ];
 
+/// The fields of one `authz.signers[]` entry.
+pub const SIGNER_FIELDS: &[&str] = &["key_id", "role", "public_key"];
+
+/// Every leaf the config knows, as a dotted path (`hub.tls.ca_file`), in schema order;
+/// `authz.signers` is one leaf whose entries have [`SIGNER_FIELDS`]. The example config
+/// and the README are checked against this list.
+pub fn field_paths() -> impl Iterator<Item = &'static str> {
+    SCHEMA.iter().map(|(path, _)| *path)
+}
+
 fn env_name(path: &str) -> String {
     format!(
         "{ENV_PREFIX}{}",
@@ -697,10 +707,7 @@ fn signers(r: &Reader<'_>) -> Result<Vec<SignerEntry>, ConfigError> {
                 format!("must be an object, got {}", type_name(item)),
             ));
         };
-        if let Some(k) = obj
-            .keys()
-            .find(|k| !matches!(k.as_str(), "key_id" | "role" | "public_key"))
-        {
+        if let Some(k) = obj.keys().find(|k| !SIGNER_FIELDS.contains(&k.as_str())) {
             return Err(field_err(format!("{at}.{k}"), "unknown field"));
         }
         let get = |k: &str| -> Result<String, ConfigError> {

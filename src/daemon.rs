@@ -253,8 +253,9 @@ pub fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
 }
 
 /// The report's audit tail, bound to the reconciler's audit log once it is open. The
-/// poller is built before the reconciler (the engine follows the poller's envelope)
-/// but runs only after, so every report sees the log.
+/// poller starts before `Reconciler::open` (the engine follows its envelope, and the hub
+/// keeps hearing from the host while Recover waits on a task), so the reports sent until
+/// the reconciler has opened carry an empty `audit_tail`.
 #[derive(Default)]
 struct LateAudit(OnceLock<Arc<dyn AuditTail>>);
 

@@ -156,8 +156,9 @@ pub fn description_as_written(read_back: &str) -> &str {
     read_back.strip_suffix('\n').unwrap_or(read_back)
 }
 
-/// `selftest task --vmid N`: snapshot → rollback → delete snapshot, then a description
-/// marker write → verify → restore the original (or delete the key) → verify.
+/// `selftest task --vmid N`: snapshot → rollback (starting the guest again if it ran)
+/// → delete snapshot, then a description marker write → verify → restore the original
+/// (or delete the key) → verify.
 /// Returns whether every step succeeded.
 pub fn task(
     client: &Client,
@@ -176,18 +177,39 @@ pub fn task(
     );
 
     // Snapshot round trip. Each step only runs if the one before it succeeded, and the
-    // snapshot is deleted whenever it was created.
+    // snapshot is deleted whenever it was created. Proxmox stops a running guest
+    // before it rolls back, so the run state is read first (without it the round trip
+    // is skipped: it could leave a running guest stopped) and restored by the rollback.
+    let before = r.check("run state", client.guest_status(vmid), |g| {
+        g.status.to_string()
+    });
     let snap = format!("{SNAPSHOT_PREFIX}{}", now.unix());
-    let created = r
-        .check(
+    let created = before.as_ref().and_then(|_| {
+        r.check(
             "snapshot",
             client.snapshot(vmid, &snap, Some("felhom-agent selftest")),
             |u| format!("{snap}: {u}"),
         )
-        .and_then(|u| r.check("  wait", wait(client, &u, opts, shutdown), String::clone));
-    if created.is_some() {
-        if let Some(u) = r.check("rollback", client.rollback(vmid, &snap), |u| u.to_string()) {
-            r.check("  wait", wait(client, &u, opts, shutdown), String::clone);
+        .and_then(|u| r.check("  wait", wait(client, &u, opts, shutdown), String::clone))
+    });
+    if let (Some(before), Some(_)) = (&before, created) {
+        let start = before.status == RunState::Running;
+        if let Some(u) = r.check("rollback", client.rollback(vmid, &snap, start), |u| {
+            format!("{u} (start={start})")
+        }) && r
+            .check("  wait", wait(client, &u, opts, shutdown), String::clone)
+            .is_some()
+        {
+            match client.guest_status(vmid) {
+                Ok(g) if g.status == before.status => {
+                    r.ok("  run state", format!("{} as before", g.status));
+                }
+                Ok(g) => r.fail(
+                    "  run state",
+                    format!("{}, was {} before the rollback", g.status, before.status),
+                ),
+                Err(e) => r.fail("  run state", e),
+            }
         }
         if let Some(u) = r.check(
             "delete snapshot",

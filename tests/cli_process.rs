@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use felhom_agent::time::{Clock, SystemClock, Timestamp};
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_felhom-agent");
@@ -172,6 +172,7 @@ fn selftest_task_round_trips_and_leaves_the_guest_as_it_was() {
     let dir = Dir::new("task");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
     let before = sim.guest_config(100).unwrap();
+    assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
     let mut seen = Vec::new();
     let out = agent(
         &[
@@ -197,6 +198,20 @@ fn selftest_task_round_trips_and_leaves_the_guest_as_it_was() {
         before.get("description"),
         "description restored"
     );
+    // Proxmox stopped the running guest to roll it back; the selftest asked for it
+    // to be started again.
+    assert_eq!(
+        sim.guest_status(100).as_deref(),
+        Some("running"),
+        "the guest runs as it did before:\n{stdout}"
+    );
+    let rollback = sim
+        .mutations()
+        .into_iter()
+        .find(|r| r.path.ends_with("/rollback"))
+        .expect("a rollback was sent");
+    assert_eq!(rollback.form, [("start".to_string(), "1".to_string())]);
+    assert!(stdout.contains("run state"), "{stdout}");
     let muts: Vec<(String, String)> = sim
         .mutations()
         .iter()
@@ -244,6 +259,17 @@ fn selftest_task_on_a_guest_without_description_deletes_the_marker_key() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(sim.guest_config(101).unwrap().get("description").is_none());
+    assert_eq!(
+        sim.guest_status(101).as_deref(),
+        Some("stopped"),
+        "a stopped guest is not started by the rollback"
+    );
+    let rollback = sim
+        .mutations()
+        .into_iter()
+        .find(|r| r.path.ends_with("/rollback"))
+        .expect("a rollback was sent");
+    assert_eq!(rollback.form, [("start".to_string(), "0".to_string())]);
     let last = sim.mutations().pop().unwrap();
     assert!(
         last.form
@@ -640,4 +666,112 @@ fn journal_reads_the_history_without_writing_and_flags_damage() {
         text(&out.stdout)
     );
     assert_eq!(std::fs::read(&path).unwrap(), bad);
+}
+
+/// [`write_config`] plus a hub section trusting the simulators' CA, the bearer key in a
+/// 0600 file as systemd credentials deliver it.
+fn write_hub_config(dir: &Dir, sim: &ProxmoxSim, hub: &HubSim, key: &str) -> PathBuf {
+    let cfg_path = write_config(dir, sim, &sim.fingerprint());
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    let key_file = dir.path("hub-key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cfg["hub"] = json!({
+        "url": hub.url(),
+        "api_key_file": key_file.display().to_string(),
+        "timeout_seconds": 5,
+        "tls": {"ca_file": format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"))}
+    });
+    write_json(dir, "agent.json", &cfg)
+}
+
+fn assert_no_hub_key(seen: &[String], keys: &[&str]) {
+    for s in seen {
+        for k in keys {
+            assert!(!s.contains(k), "a hub key leaked into:\n{s}");
+        }
+    }
+}
+
+#[test]
+fn selftest_hub_prints_the_report_and_the_envelope_and_exits_0() {
+    let sim = sim();
+    let hub = HubSim::builder()
+        .default_envelope(json!({"poll_interval_seconds": 120, "blocked": false,
+            "desired_generation": 3, "has_signed_ops": false}))
+        .start();
+    let dir = Dir::new("hub");
+    let cfg = write_hub_config(&dir, &sim, &hub, &hub.key());
+    let mut seen = Vec::new();
+    let out = agent(
+        &["selftest", "hub", "--config", cfg.to_str().unwrap()],
+        &mut seen,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+
+    // Both documents are printed as JSON after their headings.
+    let report_at = stdout
+        .find("host report:\n")
+        .expect("the report is printed");
+    let envelope_at = stdout
+        .find("control envelope from ")
+        .expect("the envelope is printed");
+    assert!(report_at < envelope_at, "{stdout}");
+    let report: Value =
+        serde_json::from_str(&stdout[report_at + "host report:\n".len()..envelope_at]).unwrap();
+    assert_eq!(report["host_id"], "pve-a");
+    let vmids: Vec<&Value> = report["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| &g["vmid"])
+        .collect();
+    assert_eq!(vmids, [&json!(100), &json!(101)]);
+    let envelope_json = stdout[envelope_at..].split_once('\n').unwrap().1;
+    let envelope: Value = serde_json::from_str(envelope_json).unwrap();
+    assert_eq!(envelope["poll_interval_seconds"], 120);
+    assert_eq!(envelope["desired_generation"], 3);
+
+    // The hub accepted exactly the report that was printed.
+    let accepted = hub.reports();
+    assert_eq!(accepted, [report], "one report, the one printed");
+    assert!(sim.mutations().is_empty(), "selftest hub mutates nothing");
+    assert_no_secret(&seen);
+    assert_no_hub_key(&seen, &[&hub.key()]);
+}
+
+#[test]
+fn selftest_hub_refused_by_the_hub_exits_1_and_leaks_no_key() {
+    let sim = sim();
+    let hub = HubSim::start();
+    let dir = Dir::new("hub-401");
+    let wrong = "hubkey-wrong-0000-1111-2222-333344445555";
+    let cfg = write_hub_config(&dir, &sim, &hub, wrong);
+    let mut seen = Vec::new();
+    let out = agent(
+        &["selftest", "hub", "--config", cfg.to_str().unwrap()],
+        &mut seen,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("host report:"),
+        "collected before sending: {stdout}"
+    );
+    assert!(!stdout.contains("control envelope"), "{stdout}");
+    assert!(
+        stderr.contains("401"),
+        "the refusal names the status: {stderr}"
+    );
+    let reqs = hub.requests();
+    assert_eq!(reqs.len(), 1, "one attempt");
+    assert_eq!(
+        reqs[0].authorization.as_deref(),
+        Some(format!("Bearer {wrong}").as_str()),
+        "the key from the file was sent"
+    );
+    assert!(hub.reports().is_empty());
+    assert_no_secret(&seen);
+    assert_no_hub_key(&seen, &[wrong, &hub.key()]);
 }

@@ -68,6 +68,10 @@ fn the_credentials_are_the_files_the_example_config_reads() {
         format!("{dir}pve-token")
     );
     assert_eq!(cfg["hub"]["api_key_file"], format!("{dir}hub-key"));
+    assert!(
+        cfg["proxmox"]["token_secret"].is_null() && cfg["hub"]["api_key"].is_null(),
+        "the example keeps no secret inline"
+    );
     assert_eq!(
         cfg["state_dir"], "/var/lib/felhom-agent",
         "the writable path is the configured state dir"
@@ -106,4 +110,150 @@ fn systemd_analyze_verify_accepts_the_unit() {
         !stderr.contains("felhom-agent.service"),
         "verify warned about the unit: {stderr}"
     );
+}
+
+/// The example's secret files as systemd would deliver them: 0600 files under a
+/// private temp dir, named through the environment overlay (the document is used as
+/// shipped).
+struct Credentials(std::path::PathBuf);
+
+impl Credentials {
+    fn new() -> Credentials {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "felhom-example-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, value) in [
+            ("pve-token", "example-token-secret"),
+            ("hub-key", "example-key"),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("{value}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Credentials(dir)
+    }
+
+    fn env(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("FELHOM_AGENT_PROXMOX_TOKEN_SECRET_FILE", "pve-token"),
+            ("FELHOM_AGENT_HUB_API_KEY_FILE", "hub-key"),
+        ]
+        .into_iter()
+        .map(|(k, f)| (k.to_owned(), self.0.join(f).display().to_string()))
+        .collect()
+    }
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_example_config_loads_for_the_daemon() {
+    use felhom_agent::config::{Config, Mode};
+    use felhom_agent::net::TlsTrust;
+    let creds = Credentials::new();
+    let origin = Path::new("configs/agent.example.json");
+    let cfg = Config::from_slice(EXAMPLE_CONFIG.as_bytes(), origin, &creds.env(), Mode::Run)
+        .unwrap_or_else(|e| panic!("the example config does not load: {e}"));
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert_eq!(cfg.host_id, "pve-a");
+    let pve = cfg.proxmox.as_ref().expect("a proxmox section");
+    assert!(matches!(pve.tls, TlsTrust::Pin(_)), "{:?}", pve.tls);
+    let hub = cfg.hub.as_ref().expect("a hub section");
+    assert!(matches!(hub.tls, TlsTrust::SystemBundle), "{:?}", hub.tls);
+    let authz = cfg.authz.as_ref().expect("an authz section");
+    assert_eq!(authz.signers.len(), 1);
+    assert!(
+        authz.signers[0].public_key.contains("EXAMPLE"),
+        "the example signer says it is an example"
+    );
+
+    // The check is real: the placeholder the example once carried is refused.
+    let placeholder = EXAMPLE_CONFIG.replace(
+        &authz.signers[0].public_key,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLE ops@felhom",
+    );
+    assert_ne!(placeholder, EXAMPLE_CONFIG);
+    let e =
+        Config::from_slice(placeholder.as_bytes(), origin, &creds.env(), Mode::Run).unwrap_err();
+    assert!(e.to_string().contains("authz.signers[0]"), "{e}");
+}
+
+#[test]
+fn the_example_signer_is_no_key_whose_private_half_is_in_the_repository() {
+    let cfg: serde_json::Value = serde_json::from_str(EXAMPLE_CONFIG).unwrap();
+    let example = cfg["authz"]["signers"][0]["public_key"].as_str().unwrap();
+    let blob = example.split_whitespace().nth(1).unwrap();
+    let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors");
+    let mut stack = vec![keys];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                assert!(
+                    !text.contains(blob),
+                    "{} holds the example signer: anyone with the repository could sign ops \
+                     for a host that keeps the example",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+/// Every leaf of the config, as `section.field` paths.
+fn leaves(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, child) in map {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if child.is_object() {
+                leaves(child, &path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_example_config_and_the_readme_name_every_field() {
+    use felhom_agent::config::{SIGNER_FIELDS, field_paths};
+    let cfg: serde_json::Value = serde_json::from_str(EXAMPLE_CONFIG).unwrap();
+    let mut in_example = Vec::new();
+    leaves(&cfg, "", &mut in_example);
+    let mut schema: Vec<String> = field_paths().map(str::to_owned).collect();
+    in_example.sort();
+    schema.sort();
+    assert_eq!(
+        in_example, schema,
+        "the example has every field, and no other"
+    );
+    let signer = cfg["authz"]["signers"][0].as_object().unwrap();
+    let mut keys: Vec<&str> = signer.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut want = SIGNER_FIELDS.to_vec();
+    want.sort_unstable();
+    assert_eq!(keys, want, "the example signer has every signer field");
+
+    const README: &str = include_str!("../README.md");
+    for f in field_paths() {
+        assert!(
+            README.contains(&format!("`{f}`")) || README.contains(&format!("`{f}[]`")),
+            "README's configuration reference does not name `{f}`"
+        );
+    }
 }

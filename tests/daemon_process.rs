@@ -104,6 +104,25 @@ impl Agent {
             .is_ok_and(|s| s.success())
     }
 
+    /// Starts the agent again on the same config and state directory (after it has
+    /// exited), its stderr appended to the same log.
+    fn restart(&mut self) {
+        assert!(!self.running(), "restart only a stopped agent");
+        let stderr = File::options()
+            .append(true)
+            .open(self.dir.join("stderr.log"))
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env(DEBUG_SECOND_ENV, SECOND_MS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the agent binary starts again");
+    }
+
     /// Sends `sig` and polls until the process exits; returns its status and how long
     /// it took, or panics after `PATIENCE`.
     fn stop_with(&mut self, sig: &str) -> (ExitStatus, Duration) {
@@ -363,6 +382,45 @@ fn insecure_tls_is_warned_at_start() {
         !log.contains("section=hub"),
         "only the insecure section is named"
     );
+    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn insecure_hub_tls_is_warned_at_every_start() {
+    let (pve, hub) = sims();
+    let mut agent = Agent::start_with("insecure-hub", &pve, &hub, |v| {
+        v["hub"]["tls"] = json!({"insecure_skip_verify": true});
+    });
+    let warnings = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("level=warn")
+                    && l.contains("verification is disabled")
+                    && l.contains("section=hub")
+            })
+            .count()
+    };
+    // The hub's certificate is not trusted by anything in this config: only the
+    // insecure mode lets the reports through.
+    assert!(
+        !agent.wait_for_reports(&hub, 1).is_empty(),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(warnings(&agent.log()), 1, "{}", agent.log());
+    assert!(
+        !agent.log().contains("section=proxmox"),
+        "only the insecure section is named"
+    );
+    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0));
+
+    // A restart on the same config and state warns again: nothing remembers it.
+    let before = hub.reports().len();
+    agent.restart();
+    assert!(agent.wait_for_reports(&hub, before + 1).len() > before);
+    assert_eq!(warnings(&agent.log()), 2, "{}", agent.log());
     let (status, _) = agent.stop_with("TERM");
     assert_eq!(status.code(), Some(0));
 }

@@ -131,6 +131,29 @@ fn non_2xx_answers_are_http_errors_with_status_and_message() {
 }
 
 #[test]
+fn a_redirect_is_an_http_error_and_is_not_followed() {
+    let sim = HubSim::start();
+    // A 307 keeps the method and body: a client that followed it would post the
+    // report to the very endpoint that accepts it.
+    sim.inject(Fault::new(
+        Some("POST"),
+        REPORT,
+        FaultKind::Redirect {
+            code: 307,
+            location: format!("{}{REPORT}", sim.url()),
+        },
+    ));
+    let e = client(&sim).post_report(&report()).unwrap_err();
+    match &e {
+        ClientError::Http(h) => assert_eq!(h.status, 307, "{h}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.requests().len(), 1, "the redirect was not followed");
+    assert!(sim.reports().is_empty());
+    assert!(!e.to_string().contains(&sim.key()), "{e}");
+}
+
+#[test]
 fn the_simulator_names_the_field_a_report_is_missing() {
     let sim = HubSim::start();
     let http = HttpClient::new(&HttpOptions::new(TlsTrust::CaFile(ca_file()))).unwrap();
@@ -163,6 +186,66 @@ fn the_simulator_names_the_field_a_report_is_missing() {
         ]
     );
     assert!(sim.reports().is_empty());
+}
+
+#[test]
+fn the_simulator_refuses_null_required_scalars_and_unknown_status_words() {
+    let sim = HubSim::start();
+    let http = HttpClient::new(&HttpOptions::new(TlsTrust::CaFile(ca_file()))).unwrap();
+    let post = |report: &Value| {
+        let resp = http
+            .send(
+                Request::new(Method::Post, format!("{}{REPORT}", sim.url()))
+                    .secret_header(
+                        "authorization",
+                        &Secret::new(format!("Bearer {}", sim.key())),
+                    )
+                    .json(report.to_string().into_bytes()),
+            )
+            .unwrap();
+        let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+        let problems: Vec<String> = body["problems"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (resp.status, problems)
+    };
+    let golden: Value = serde_json::from_str(GOLDEN).unwrap();
+    for (pointer, field) in [
+        ("/host_id", "host_id"),
+        ("/guests/0/vmid", "guests[0].vmid"),
+        ("/guests/0/status", "guests[0].status"),
+    ] {
+        let mut bad = golden.clone();
+        *bad.pointer_mut(pointer).unwrap() = Value::Null;
+        let (status, problems) = post(&bad);
+        assert_eq!(status, 400, "{field}");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("{field}: must be ")) && problems[0].contains("null"),
+            "{problems:?}"
+        );
+    }
+    let mut bad = golden.clone();
+    bad["guests"][0]["status"] = json!("paused");
+    let (status, problems) = post(&bad);
+    assert_eq!(status, 400);
+    assert_eq!(
+        problems,
+        ["guests[0].status: must be one of running, stopped, unknown, got \"paused\""]
+    );
+    assert!(sim.reports().is_empty());
+
+    // What the contract lets be null still passes: a never-verified PBS snapshot.
+    let mut ok = golden;
+    ok["pbs_snapshots"][0]["verification"] = Value::Null;
+    ok["audit_tail"][0]["guest_id"] = Value::Null;
+    assert_eq!(post(&ok), (200, Vec::new()));
+    assert_eq!(sim.reports().len(), 1);
 }
 
 #[test]

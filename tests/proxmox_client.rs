@@ -236,15 +236,33 @@ fn mutations_send_the_right_method_path_and_params() {
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0].name, "pre_upgrade");
 
-    let upid = c.rollback(100, "pre_upgrade").unwrap();
+    // Proxmox stops a running guest before it rolls back; `start` brings it back.
+    assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
+    let upid = c.rollback(100, "pre_upgrade", true).unwrap();
     assert_eq!(upid.task_type(), "vzrollback");
     let r = last_mutation(&sim);
     assert_eq!(
         (r.method.as_str(), r.path.as_str()),
         ("POST", "/nodes/pve/lxc/100/snapshot/pre_upgrade/rollback")
     );
-    assert!(r.form.is_empty());
+    assert_eq!(form(&r), [("start", "1")]);
     wait_ok(&c, &upid);
+    let log = c.task_log_tail(&upid, 50).unwrap();
+    assert!(
+        log.iter().any(|l| l == "stopping CT 100"),
+        "the rollback stopped the guest first: {log:?}"
+    );
+    assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
+
+    let upid = c.rollback(100, "pre_upgrade", false).unwrap();
+    let r = last_mutation(&sim);
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/nodes/pve/lxc/100/snapshot/pre_upgrade/rollback")
+    );
+    assert_eq!(form(&r), [("start", "0")]);
+    wait_ok(&c, &upid);
+    assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
 
     let upid = c.delete_snapshot(100, "pre_upgrade").unwrap();
     assert_eq!(upid.task_type(), "vzdelsnapshot");
@@ -271,7 +289,12 @@ fn mutations_send_the_right_method_path_and_params() {
 
     let upid = c.stop(100).unwrap();
     assert_eq!(upid.task_type(), "vzstop");
-    assert_eq!(last_mutation(&sim).path, "/nodes/pve/lxc/100/status/stop");
+    let r = last_mutation(&sim);
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/nodes/pve/lxc/100/status/stop")
+    );
+    assert!(r.form.is_empty() && r.query.is_empty(), "{r:?}");
     wait_ok(&c, &upid);
     assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
 
@@ -387,6 +410,13 @@ fn set_config_synchronous_and_asynchronous_both_succeed() {
         .set_config(100, &change)
         .unwrap()
         .expect("an async PUT answers a task");
+    let r = last_mutation(&async_sim);
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("PUT", "/nodes/pve/lxc/100/config")
+    );
+    assert_eq!(form(&r), [("memory", "2048")]);
+    assert!(r.query.is_empty(), "a PUT sends its parameters in the body");
     wait_ok(&c, &upid);
     assert_eq!(c.guest_config(100).unwrap().memory_mib, Some(2048));
 }
@@ -406,15 +436,27 @@ fn wait_task_running_then_ok() {
         c.wait_task(&upid, &fast(), &Shutdown::new()).unwrap(),
         TaskOutcome::Ok
     );
-    let polls = sim
+    let polls: Vec<_> = sim
         .requests()
-        .iter()
+        .into_iter()
         .filter(|r| r.path.contains("/tasks/") && r.path.ends_with("/status"))
-        .count();
+        .map(|r| r.at)
+        .collect();
+    // The first is the test's own read; the wait's polls follow.
+    let waits = &polls[1..];
     assert!(
-        polls >= 2,
-        "the wait polled until the task stopped ({polls})"
+        waits.len() >= 3,
+        "the wait polled until the task stopped ({})",
+        waits.len()
     );
+    // Each gap is at least the schedule's delay (a sleep never ends early, so this
+    // lower bound cannot be flaky): 10, 20, 40, 40 ms...
+    for (gap, want) in waits.windows(2).map(|w| w[1] - w[0]).zip(fast().delays()) {
+        assert!(
+            gap >= want,
+            "polled after {gap:?}, the schedule says {want:?}"
+        );
+    }
     let done = c.task_status(&upid).unwrap();
     assert_eq!(done.exit(), Some(TaskExit::Ok));
     assert_eq!(done.upid, upid);

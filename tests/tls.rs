@@ -194,22 +194,35 @@ fn redirects_are_not_followed_and_error_statuses_are_answers() {
     let pin = Sha256Pin::parse(&sim.fingerprint()).unwrap();
     let http = HttpClient::new(&HttpOptions::new(TlsTrust::Pin(pin))).unwrap();
     let url = format!("{}/api2/json/version", sim.url());
-    sim.inject(Fault::new(
-        Some("GET"),
-        "/version",
-        FaultKind::Status {
-            code: 302,
-            message: "Found".into(),
-        },
-    ));
-    let answer = http.send(Request::new(Method::Get, url.clone())).unwrap();
-    assert_eq!(answer.status, 302);
-    let e = answer.into_success().unwrap_err();
-    assert_eq!((e.status, e.reason.as_str()), (302, "Found"));
-    assert!(e.body_excerpt.contains("Found"), "{e}");
-    assert_eq!(sim.requests().len(), 1, "the redirect was not followed");
+    // The redirect points at a real endpoint of the same simulator that answers 200,
+    // so a client that followed it would show up in the recorded requests.
+    let target = format!("{}/api2/json/nodes", sim.url());
+    for code in [301, 302, 303, 307, 308] {
+        sim.inject(Fault::new(
+            Some("GET"),
+            "/version",
+            FaultKind::Redirect {
+                code,
+                location: target.clone(),
+            },
+        ));
+        let answer = http.send(Request::new(Method::Get, url.clone())).unwrap();
+        assert_eq!(answer.status, code);
+        let e = answer.into_success().unwrap_err();
+        assert_eq!((e.status, e.reason.as_str()), (code, "Found"), "{e}");
+        assert!(e.body_excerpt.contains("Found"), "{e}");
+    }
+    let seen: Vec<String> = sim.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(seen, ["/version"; 5], "no redirect was followed");
 
+    // The target is real: asked directly, it answers 200.
     let secret = Secret::new(sim.token_header());
+    let nodes = http
+        .send(Request::new(Method::Get, target).secret_header("authorization", &secret))
+        .unwrap();
+    assert_eq!(nodes.status, 200);
+    assert_eq!(sim.requests().last().unwrap().path, "/nodes");
+
     let ok = http
         .send(Request::new(Method::Get, url).secret_header("authorization", &secret))
         .unwrap()

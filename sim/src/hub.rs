@@ -36,6 +36,43 @@ pub const CONTRACT: &str = include_str!("../../vectors/host-report.golden.json")
 /// Fields the contract allows to be left out, as `path` patterns (`[]` for any index).
 pub const OPTIONAL_FIELDS: &[&str] = &["guests[].spec"];
 
+/// Scalars the contract allows to be `null` (what Proxmox may not say, or what does not
+/// apply: an inactive storage's sizes, a never-verified PBS snapshot, a host-wide audit
+/// entry's guest). Every other scalar must be present with the contract's type.
+pub const NULLABLE_FIELDS: &[&str] = &[
+    "storage_targets[].total_bytes",
+    "storage_targets[].used_bytes",
+    "storage_targets[].avail_bytes",
+    "backups[].vmid",
+    "backups[].created_at",
+    "backups[].notes",
+    "pbs_snapshots[].vmid",
+    "pbs_snapshots[].created_at",
+    "pbs_snapshots[].verification",
+    "pbs_snapshots[].notes",
+    "audit_tail[].guest_id",
+    "audit_tail[].key_id",
+];
+
+/// Strings the contract limits to a fixed set of words.
+pub const ENUM_FIELDS: &[(&str, &[&str])] = &[
+    ("guests[].status", &["running", "stopped", "unknown"]),
+    (
+        "cloudflared.status",
+        &[
+            "active",
+            "inactive",
+            "failed",
+            "activating",
+            "deactivating",
+            "reloading",
+            "maintenance",
+            "refreshing",
+            "unknown",
+        ],
+    ),
+];
+
 /// The envelope answered when no scripted one is queued.
 pub fn default_envelope() -> Value {
     json!({
@@ -330,6 +367,10 @@ fn handle(inner: &Inner, req: &Request) -> Response {
             let reason = message.lines().next().unwrap_or_default().to_string();
             json_answer(code, &reason, &json!({ "error": message })).with_delivery(Delivery::Normal)
         }
+        Some(FaultKind::Redirect { code, location }) => Response::new(code, "Found")
+            .with_header("Location", &location)
+            .with_header("Content-Type", "text/html")
+            .with_body(format!("<html><body>Found: {location}</body></html>\n")),
         Some(FaultKind::Delay(d)) => process(&mut st, req, &path).with_delivery(Delivery::Delay(d)),
         Some(FaultKind::DropMidBody) => {
             process(&mut st, req, &path).with_delivery(Delivery::DropMidBody)
@@ -452,7 +493,8 @@ fn base64(bytes: &[u8]) -> String {
 /// Objects must have exactly the contract's keys (except [`OPTIONAL_FIELDS`], which may
 /// be absent); every element of an array is checked against the contract's first
 /// element (an array the contract shows empty must be empty); a scalar must have the
-/// contract's JSON type or be `null`.
+/// contract's JSON type, may be `null` only where [`NULLABLE_FIELDS`] says so, and must
+/// be one of the words [`ENUM_FIELDS`] lists for it.
 pub fn validate_report(report: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     match serde_json::from_str::<Value>(CONTRACT) {
@@ -532,11 +574,27 @@ fn check(got: &Value, want: &Value, path: &str, pattern: &str, problems: &mut Ve
             }
         }
         scalar => {
-            if !got.is_null() && kind(got) != kind(scalar) {
+            if got.is_null() {
+                if !NULLABLE_FIELDS.contains(&pattern) {
+                    problems.push(format!(
+                        "{name}: must be {}, got null (the field is not nullable)",
+                        kind(scalar)
+                    ));
+                }
+            } else if kind(got) != kind(scalar) {
                 problems.push(format!(
                     "{name}: must be {}, got {}",
                     kind(scalar),
                     kind(got)
+                ));
+            } else if let (Some(word), Some((_, words))) = (
+                got.as_str(),
+                ENUM_FIELDS.iter().find(|(p, _)| *p == pattern),
+            ) && !words.contains(&word)
+            {
+                problems.push(format!(
+                    "{name}: must be one of {}, got {word:?}",
+                    words.join(", ")
                 ));
             }
         }
@@ -599,11 +657,86 @@ mod tests {
         }
     }
 
+    /// The contract's value at a pattern (first element for `[]`).
+    fn at<'a>(v: &'a Value, pattern: &str) -> Option<&'a Value> {
+        pattern
+            .split('.')
+            .try_fold(v, |v, seg| match seg.strip_suffix("[]") {
+                Some(k) => v.get(k)?.get(0),
+                None => v.get(seg),
+            })
+    }
+
+    #[test]
+    fn every_nullable_and_enum_pattern_names_a_contract_scalar() {
+        let c = contract();
+        for p in NULLABLE_FIELDS
+            .iter()
+            .chain(ENUM_FIELDS.iter().map(|(p, _)| p))
+        {
+            let v = at(&c, p).unwrap_or_else(|| panic!("{p} is not in the contract"));
+            assert!(!v.is_object() && !v.is_array(), "{p} is not a scalar");
+        }
+        for (p, words) in ENUM_FIELDS {
+            let v = at(&c, p).and_then(Value::as_str);
+            assert!(v.is_some_and(|w| words.contains(&w)), "{p}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn required_scalars_may_not_be_null() {
+        for (pointer, field) in [
+            ("/host_id", "host_id"),
+            ("/guests/0/vmid", "guests[0].vmid"),
+            ("/guests/0/status", "guests[0].status"),
+            ("/guests/0/name", "guests[0].name"),
+            ("/host/cpu/usage", "host.cpu.usage"),
+            ("/cloudflared/status", "cloudflared.status"),
+            ("/backups/0/size_bytes", "backups[0].size_bytes"),
+            ("/storage_targets/1/active", "storage_targets[1].active"),
+            ("/audit_tail/0/decision", "audit_tail[0].decision"),
+        ] {
+            let mut r = contract();
+            if let Some(v) = r.pointer_mut(pointer) {
+                *v = Value::Null;
+            }
+            let p = validate_report(&r);
+            assert_eq!(p.len(), 1, "{field}: {p:?}");
+            assert!(
+                p[0].starts_with(&format!("{field}: must be ")) && p[0].contains("got null"),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn guest_and_cloudflared_status_are_words_from_the_contract() {
+        let mut r = contract();
+        for w in ["running", "stopped", "unknown"] {
+            r["guests"][0]["status"] = json!(w);
+            assert_eq!(validate_report(&r), Vec::<String>::new(), "{w}");
+        }
+        r["guests"][0]["status"] = json!("paused");
+        r["cloudflared"]["status"] = json!("up");
+        let mut p = validate_report(&r);
+        p.sort();
+        assert_eq!(
+            p,
+            [
+                "cloudflared.status: must be one of active, inactive, failed, activating, \
+                 deactivating, reloading, maintenance, refreshing, unknown, got \"up\"",
+                "guests[0].status: must be one of running, stopped, unknown, got \"paused\""
+            ]
+        );
+    }
+
     #[test]
     fn spec_may_be_absent_and_nullable_scalars_may_be_null() {
         let mut r = contract();
         r["guests"][0].as_object_mut().map(|o| o.remove("spec"));
-        r["backups"][0]["notes"] = Value::Null;
+        for (section, field) in NULLABLE_FIELDS.iter().filter_map(|p| p.split_once("[].")) {
+            r[section][0][field] = Value::Null;
+        }
         r["guests"] = json!([r["guests"][0].clone(), r["guests"][0].clone()]);
         assert_eq!(validate_report(&r), Vec::<String>::new());
         r["host"].as_object_mut().map(|o| o.remove("cpu"));

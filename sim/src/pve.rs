@@ -212,6 +212,16 @@ pub enum FaultKind {
         /// e.g. `CT is locked (backup)`.
         message: String,
     },
+    /// Answer this 3xx status with `Location: <location>` instead of processing the
+    /// request, as a misconfigured proxy in front of pveproxy might. Point `location` at
+    /// a path of this simulator that answers 200: the recorded requests then show
+    /// whether a client followed it.
+    Redirect {
+        /// e.g. 302 or 307.
+        code: u16,
+        /// An absolute URL or a path, sent verbatim.
+        location: String,
+    },
     /// Process the request at once (its effect lands now) but hold the answer this long:
     /// a client that times out must assume the request was carried out.
     Delay(Duration),

@@ -611,8 +611,10 @@ impl Client {
     }
 
     /// `POST .../lxc/{vmid}/snapshot/{name}/rollback`. Proxmox stops a running
-    /// container first; whether the snapshot exists is checked inside the task.
-    pub fn rollback(&self, vmid: u32, name: &str) -> Result<Upid, Error> {
+    /// container first and leaves it stopped unless `start` asks it to start the
+    /// container once the rollback succeeded; whether the snapshot exists is checked
+    /// inside the task.
+    pub fn rollback(&self, vmid: u32, name: &str, start: bool) -> Result<Upid, Error> {
         let id = Self::vmid_str(vmid)?;
         check("snapshot", name, validate::snapshot_name)?;
         self.task(
@@ -620,7 +622,7 @@ impl Client {
             api_path(&[
                 "nodes", &self.node, "lxc", &id, "snapshot", name, "rollback",
             ]),
-            vec![],
+            vec![pair("start", flag(start))],
         )
     }
 
@@ -823,7 +825,10 @@ mod tests {
             name(c.snapshot(100, "current", None).unwrap_err()),
             "snapshot"
         );
-        assert_eq!(name(c.rollback(100, "../x").unwrap_err()), "snapshot");
+        assert_eq!(
+            name(c.rollback(100, "../x", false).unwrap_err()),
+            "snapshot"
+        );
         assert_eq!(
             name(
                 c.restore_lxc(100, "/etc/passwd", "local", false)

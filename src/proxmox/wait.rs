@@ -36,6 +36,30 @@ impl Default for WaitOptions {
     }
 }
 
+/// The shortest delay between polls, so a zero `initial` cannot spin on the API.
+pub const MIN_POLL_DELAY: Duration = Duration::from_millis(1);
+
+impl WaitOptions {
+    /// The delay before the first poll after the immediate one: `initial`.
+    pub fn first_delay(&self) -> Duration {
+        self.initial.max(MIN_POLL_DELAY)
+    }
+
+    /// The delay after one of `current`: doubled, at most `cap` (a cap below
+    /// `initial` keeps the delay at `initial`), never below [`MIN_POLL_DELAY`].
+    pub fn next_delay(&self, current: Duration) -> Duration {
+        current
+            .saturating_mul(2)
+            .min(self.cap.max(self.initial))
+            .max(MIN_POLL_DELAY)
+    }
+
+    /// The delays between polls, in order (endless; the timeout ends the wait).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + '_ {
+        std::iter::successors(Some(self.first_delay()), |d| Some(self.next_delay(*d)))
+    }
+}
+
 /// A task that ended successfully.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskOutcome {
@@ -184,7 +208,7 @@ impl Client {
     ) -> Result<TaskOutcome, WaitError> {
         let started = Instant::now();
         let deadline = started + options.timeout;
-        let mut delay = options.initial;
+        let mut delays = options.delays();
         loop {
             if shutdown.is_triggered() {
                 return Err(WaitError::Shutdown { upid: upid.clone() });
@@ -213,10 +237,11 @@ impl Client {
                     last_error,
                 });
             }
+            // `delays` never ends; the fallback is only for the type.
+            let delay = delays.next().unwrap_or(options.cap);
             if shutdown.sleep(delay.min(deadline - now)) {
                 return Err(WaitError::Shutdown { upid: upid.clone() });
             }
-            delay = (delay * 2).min(options.cap.max(options.initial));
         }
     }
 
@@ -254,5 +279,69 @@ impl Client {
                 Vec::new()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(v: &[f64]) -> Vec<Duration> {
+        v.iter().map(|s| Duration::from_secs_f64(*s)).collect()
+    }
+
+    #[test]
+    fn the_default_schedule_is_1s_doubling_to_a_5s_cap() {
+        let d = WaitOptions::default();
+        assert_eq!(d.initial, Duration::from_secs(1));
+        assert_eq!(d.cap, Duration::from_secs(5));
+        assert_eq!(d.timeout, Duration::from_secs(3600));
+        let got: Vec<Duration> = d.delays().take(7).collect();
+        assert_eq!(got, secs(&[1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]));
+    }
+
+    #[test]
+    fn the_schedule_is_tunable() {
+        let o = WaitOptions {
+            initial: Duration::from_millis(250),
+            cap: Duration::from_secs(3),
+            timeout: Duration::from_secs(60),
+        };
+        let got: Vec<Duration> = o.delays().take(6).collect();
+        assert_eq!(got, secs(&[0.25, 0.5, 1.0, 2.0, 3.0, 3.0]));
+        assert_eq!(
+            o.next_delay(Duration::from_millis(1500)),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn a_cap_below_initial_holds_initial_and_zero_never_spins() {
+        let o = WaitOptions {
+            initial: Duration::from_secs(2),
+            cap: Duration::from_secs(1),
+            timeout: Duration::from_secs(60),
+        };
+        let got: Vec<Duration> = o.delays().take(3).collect();
+        assert_eq!(got, secs(&[2.0, 2.0, 2.0]));
+
+        let zero = WaitOptions {
+            initial: Duration::ZERO,
+            cap: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        };
+        assert!(zero.delays().take(3).all(|d| d == MIN_POLL_DELAY));
+    }
+
+    #[test]
+    fn a_huge_cap_saturates_instead_of_overflowing() {
+        let o = WaitOptions {
+            initial: Duration::MAX / 2 + Duration::from_secs(1),
+            cap: Duration::MAX,
+            timeout: Duration::MAX,
+        };
+        let got: Vec<Duration> = o.delays().take(3).collect();
+        assert_eq!(got[1], Duration::MAX);
+        assert_eq!(got[2], Duration::MAX);
     }
 }

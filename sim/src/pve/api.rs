@@ -112,6 +112,10 @@ pub(crate) fn handle(state: &Mutex<State>, req: &Request) -> Response {
         Some(FaultKind::Status { code, message }) => {
             error_response(&ApiError::status(code, message))
         }
+        Some(FaultKind::Redirect { code, location }) => base(code, "Found")
+            .with_header("Location", &location)
+            .with_header("Content-Type", "text/html;charset=UTF-8")
+            .with_body(format!("<html><body>Found: {location}</body></html>\n")),
         Some(FaultKind::Delay(d)) => process(&mut st, &inc).with_delivery(Delivery::Delay(d)),
         Some(FaultKind::DropMidBody) => process(&mut st, &inc).with_delivery(Delivery::DropMidBody),
         Some(FaultKind::DropConnection) => {
