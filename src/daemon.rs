@@ -43,6 +43,7 @@ use crate::hub::signed_ops::{self, Announcement, Announcing, SignedOpsClient, Si
 use crate::proxmox::WaitOptions;
 use crate::reconcile::engine::{
     EngineError, Reconciler, SetupError, compact_journal, journal_compact_threshold,
+    prepare_state_dir,
 };
 use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor, SignedJobs};
 use crate::reconcile::journal::{Journal, JournalError};
@@ -308,6 +309,8 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     // The poller only reads, so it reports while Recover waits on a task left in flight
     // (which can take as long as that task): the hub keeps hearing from the host. The
     // audit tail joins its reports once the reconciler has opened the audit log.
+    // A state directory that cannot be used is a failed start, before any worker runs.
+    prepare_state_dir(&cfg.state_dir).map_err(DaemonError::Reconcile)?;
     let failure: Failure = Arc::new(Mutex::new(None));
     let mut workers = Workers::new();
     let mut names = vec!["hub-poller", "reconcile"];

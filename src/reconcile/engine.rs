@@ -1193,6 +1193,23 @@ impl std::error::Error for SetupError {
     }
 }
 
+/// Creates the state directory when missing and sets it 0700: the first step of
+/// [`Reconciler::open`], and the daemon's check before it starts any worker, so a state
+/// directory that cannot be used stops the start before the hub hears anything.
+pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), SetupError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir_err = |source| SetupError::StateDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)
+}
+
 /// The journal size, in records, above which it is compacted:
 /// [`super::journal::COMPACT_AT_START`] (a test build with fault points may lower it).
 pub fn journal_compact_threshold() -> u64 {
@@ -1283,18 +1300,8 @@ impl Reconciler {
         shutdown: &Shutdown,
         envelope: Option<SharedEnvelope>,
     ) -> Result<Reconciler, SetupError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let dir = &cfg.state_dir;
-        let dir_err = |source| SetupError::StateDir {
-            dir: dir.clone(),
-            source,
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(dir_err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        prepare_state_dir(dir)?;
 
         let journal =
             Arc::new(Journal::open(&dir.join("journal.log")).map_err(SetupError::Journal)?);
