@@ -14,7 +14,7 @@ use felhom_agent::time::{ManualClock, Timestamp};
 use sha2::{Digest as _, Sha256};
 use ssh_key::private::Ed25519Keypair;
 use ssh_key::public::{KeyData, SkEd25519};
-use ssh_key::{Algorithm, HashAlg, LineEnding, PublicKey, Signature, SshSig};
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, Signature, SshSig};
 
 const V: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sshsig");
 const OSSH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/openssh-sshsig");
@@ -90,6 +90,17 @@ fn code(r: Result<felhom_agent::authz::VerifiedOp, AuthzError>) -> &'static str 
     }
 }
 
+/// Signs `blob` in-process with the vector key `name` (ed25519 or ecdsa: ssh-key 0.6.7
+/// cannot sign with RSA) under namespace `ns`; the same SSHSIG `ssh-keygen -Y sign`
+/// makes (ed25519 is deterministic).
+fn mint(name: &str, ns: &str, blob: &[u8]) -> String {
+    let key = PrivateKey::from_openssh(read(format!("{V}/keys/{name}"))).unwrap();
+    key.sign(ns, HashAlg::Sha512, blob)
+        .unwrap()
+        .to_pem(LineEnding::LF)
+        .unwrap()
+}
+
 #[test]
 fn every_key_type_verifies_from_a_real_ssh_keygen_vector() {
     let cases = [
@@ -138,87 +149,206 @@ fn each_stage_rejects_with_its_own_error_when_everything_else_is_valid() {
     let mut tampered = valid.clone();
     let at = tampered.windows(3).position(|w| w == b"105").unwrap();
     tampered[at + 2] = b'6';
-    let cases: Vec<(&str, Vec<u8>, String, &str)> = vec![
+    // (what, blob, signature, code, a part of the detail that says why): the detail
+    // proves each case is refused for what it breaks, not for another reason.
+    let cases: Vec<(&str, Vec<u8>, String, &str, &str)> = vec![
         (
             "wrong namespace",
             valid.clone(),
             sig("op-valid.ed25519.wrong-namespace"),
             "namespace",
+            "signature namespace \"felhom-op-v2\"",
         ),
         (
             "namespace `file`",
             valid.clone(),
             sig("op-valid.ed25519.namespace-file"),
             "namespace",
+            "signature namespace \"file\"",
         ),
         (
             "unknown key",
             valid.clone(),
             sig("op-valid.other-ed25519"),
             "unknown_signer",
+            "is not an allow-listed signer",
         ),
         (
             "tampered blob",
             tampered,
             sig("op-valid.ed25519"),
             "bad_signature",
+            "signature does not verify",
         ),
         (
             "tampered signature",
             valid.clone(),
             text(format!("{V}/neg/tampered-signature.sig")),
             "bad_signature",
+            "signature does not verify",
         ),
         (
             "wrong host",
             blob("op-wrong-host"),
             sig("op-wrong-host.ed25519"),
             "target",
+            "op is for host \"pve-b\", this is \"pve-a\"",
         ),
         (
             "expired",
             blob("op-expired"),
             sig("op-expired.ed25519"),
             "expired",
+            "expired at 2020-01-01T01:00:00Z",
         ),
         (
             "not yet valid",
             blob("op-not-yet-valid"),
             sig("op-not-yet-valid.ed25519"),
             "not_yet_valid",
+            "valid from 2040-01-01T00:00:00Z",
         ),
         (
             "window over 24 h",
             blob("op-long-window"),
             sig("op-long-window.ed25519"),
             "malformed",
+            "blob: validity window of 86401 s exceeds the 86400 s maximum",
         ),
         (
             "nonce under 128 bits",
             blob("op-short-nonce"),
             sig("op-short-nonce.ed25519"),
             "malformed",
+            "blob: nonce is 64 bits (read as hex), at least 128 required",
         ),
         (
             "unknown blob field",
             blob("op-unknown-field"),
             sig("op-unknown-field.ed25519"),
             "malformed",
+            "unknown field `extra`",
         ),
         (
             "blob not JSON",
             blob("op-not-json"),
             sig("op-not-json.ed25519"),
             "malformed",
+            "blob: expected",
         ),
     ];
-    for (what, b, s, want) in cases {
-        assert_eq!(code(v.verify(&b, &s)), want, "{what}");
+    for (what, b, s, want, why) in cases {
+        match v.verify(&b, &s) {
+            Err(e) => {
+                assert_eq!(e.code(), want, "{what}: {e}");
+                assert!(e.detail().contains(why), "{what}: {e}");
+            }
+            Ok(op) => panic!("{what}: verified {op:?}"),
+        }
     }
     // None of those burned the nonce they carried: the valid op still verifies once.
     assert_eq!(code(v.verify(&valid, &sig("op-valid.ed25519"))), "ok");
     assert_eq!(code(v.verify(&valid, &sig("op-valid.ed25519"))), "replay");
     assert_eq!(code(v.verify(&valid, &sig("op-valid.rsa-3072"))), "replay");
+}
+
+/// Two stages broken at once: the earlier stage's error wins. Each part is first shown
+/// to be refused on its own with its own code, so the pair would report the later
+/// stage's code if the pipeline ran in another order.
+#[test]
+fn when_two_stages_fail_the_earlier_stage_wins() {
+    let other_blobs_sig = sig("op-valid.ed25519");
+    let expired_by_unknown = mint("other-ed25519", NAMESPACE, &blob("op-expired"));
+    let unknown_wrong_ns = mint("other-ed25519", "felhom-op-v2", &blob("op-valid"));
+    let wrong_host_expired = String::from_utf8(blob("op-expired"))
+        .unwrap()
+        .replace("pve-a", "pve-b")
+        .into_bytes();
+    let wrong_host_expired_sig = mint("ed25519", NAMESPACE, &wrong_host_expired);
+    // (what, earlier alone, later alone, both) — each as (blob, signature, code).
+    type Case = (Vec<u8>, String, &'static str);
+    let cases: Vec<(&str, Case, Case, Case)> = vec![
+        (
+            "crypto before target",
+            (blob("op-valid"), sig("op-expired.ed25519"), "bad_signature"),
+            (blob("op-wrong-host"), sig("op-wrong-host.ed25519"), "target"),
+            (blob("op-wrong-host"), other_blobs_sig.clone(), "bad_signature"),
+        ),
+        (
+            "crypto before blob parse",
+            (blob("op-valid"), sig("op-expired.ed25519"), "bad_signature"),
+            (blob("op-not-json"), sig("op-not-json.ed25519"), "malformed"),
+            (blob("op-not-json"), other_blobs_sig.clone(), "bad_signature"),
+        ),
+        (
+            "allow-list before time",
+            (blob("op-valid"), sig("op-valid.other-ed25519"), "unknown_signer"),
+            (blob("op-expired"), sig("op-expired.ed25519"), "expired"),
+            (blob("op-expired"), expired_by_unknown, "unknown_signer"),
+        ),
+        (
+            "namespace before allow-list",
+            (
+                blob("op-valid"),
+                sig("op-valid.ed25519.wrong-namespace"),
+                "namespace",
+            ),
+            (blob("op-valid"), sig("op-valid.other-ed25519"), "unknown_signer"),
+            (blob("op-valid"), unknown_wrong_ns, "namespace"),
+        ),
+        (
+            "target before time",
+            (blob("op-wrong-host"), sig("op-wrong-host.ed25519"), "target"),
+            (blob("op-expired"), sig("op-expired.ed25519"), "expired"),
+            (wrong_host_expired, wrong_host_expired_sig, "target"),
+        ),
+    ];
+    for (what, earlier, later, both) in cases {
+        for (part, (b, s, want)) in [("earlier alone", earlier), ("later alone", later)] {
+            assert_eq!(code(verifier().verify(&b, &s)), want, "{what}: {part}");
+        }
+        let (b, s, want) = both;
+        assert_eq!(code(verifier().verify(&b, &s)), want, "{what}: both");
+    }
+
+    // Time before nonce: op-expired carries op-valid's nonce. Once that nonce is burned,
+    // the expired blob is still refused as expired, not as a replay.
+    let v = verifier();
+    assert_eq!(code(v.verify(&blob("op-valid"), &sig("op-valid.ed25519"))), "ok");
+    assert_eq!(code(v.verify(&blob("op-valid"), &sig("op-valid.ed25519"))), "replay");
+    let nonce = |name: &str| {
+        let j: serde_json::Value = serde_json::from_slice(&blob(name)).unwrap();
+        j["nonce"].as_str().unwrap().to_string()
+    };
+    assert_eq!(nonce("op-expired"), nonce("op-valid"));
+    assert_eq!(
+        code(v.verify(&blob("op-expired"), &sig("op-expired.ed25519"))),
+        "expired"
+    );
+}
+
+#[test]
+fn a_hex_nonce_under_128_bits_is_refused_even_when_it_parses_as_base64() {
+    let v = verifier();
+    for (nonce, bits) in [
+        ("0123456789abcdef01234567", 96),
+        ("0123456789abcdef0123456789ab", 112),
+    ] {
+        let b = op_with_nonce(nonce);
+        match v.verify(&b, &mint("ed25519", NAMESPACE, &b)) {
+            Err(AuthzError::Malformed(d)) => assert_eq!(
+                d,
+                format!("blob: nonce is {bits} bits (read as hex), at least 128 required")
+            ),
+            other => panic!("{nonce}: {other:?}"),
+        }
+    }
+    // 32 hex digits, and 24 base64 characters (16 bytes) with non-hex ones, verify.
+    for nonce in ["0123456789abcdef0123456789abcdef", "q83vASNFZ4mrze8BI0VniQ=="] {
+        let b = op_with_nonce(nonce);
+        let op = v.verify(&b, &mint("ed25519", NAMESPACE, &b)).unwrap();
+        assert_eq!(op.nonce, nonce);
+    }
 }
 
 #[test]
