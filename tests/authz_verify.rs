@@ -10,6 +10,10 @@ use felhom_agent::authz::{
     AuthzConfig, AuthzError, MemoryNonceStore, NAMESPACE, Policy, Role, Signer, SignerEntry,
     Verifier, verify_offline,
 };
+use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::reconcile::classify::{Intent, OpClass};
+use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, Refusal, SignedOp};
+use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::time::{ManualClock, Timestamp};
 use sha2::{Digest as _, Sha256};
 use ssh_key::private::Ed25519Keypair;
@@ -608,6 +612,95 @@ fn hardware_key_needs_user_presence() {
         v.verify(&op_with_nonce("00000000000000000000000000000002"), &forged),
         Err(AuthzError::BadSignature(_))
     ));
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("felhom-authz-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The gate writes a possible cloned authenticator into the audit record of the allowed
+/// decision (non-strict), and the strict refusal with its reason; a counter that
+/// increases leaves the record plain. Read back from the file after a reopen.
+#[test]
+fn a_hardware_key_counter_that_does_not_increase_is_in_the_audit_log() {
+    for strict in [false, true] {
+        let dir = tempdir(if strict { "sk-audit-strict" } else { "sk-audit" });
+        let m1 = op_with_nonce("00000000000000000000000000000031");
+        let m2 = op_with_nonce("00000000000000000000000000000032");
+        let m3 = op_with_nonce("00000000000000000000000000000033");
+        let (s1, line) = mint_sk(4, &m1, 0x01, 100);
+        let (s2, _) = mint_sk(4, &m2, 0x01, 90);
+        let (s3, _) = mint_sk(4, &m3, 0x01, 101);
+        let fp = PublicKey::from_openssh(&line)
+            .unwrap()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
+        let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+        let gate = Gate::new(
+            "pve-a".into(),
+            Some(sk_verifier(&line, strict)),
+            journal,
+            audit.clone(),
+        )
+        .with_clock(Arc::new(ManualClock::new(NOW)));
+        let mut intent = Intent::new(OpClass::GuestDestroy, "pve-a", Some("105".into()));
+        intent.params.insert("purge".into(), "1".into());
+        let run = |blob: &[u8], signature: &str| {
+            gate.authorize(
+                &intent,
+                Some(&SignedOp {
+                    blob: blob.to_vec(),
+                    signature: signature.to_string(),
+                }),
+            )
+        };
+        let allowed = |d: &Decision| {
+            matches!(
+                d,
+                Decision::Allowed {
+                    reason: AllowReason::Signed,
+                    ..
+                }
+            )
+        };
+        assert!(allowed(&run(&m1, &s1)));
+        let d2 = run(&m2, &s2);
+        assert!(allowed(&run(&m3, &s3)));
+        drop(gate);
+        drop(audit);
+
+        let tail = AuditLog::open(&dir.join("audit.log")).unwrap().tail(10);
+        assert_eq!(tail.len(), 3, "{tail:?}");
+        let warning = format!(
+            "sk_counter_not_increasing: signer \"fido-1\" ({fp}) counter 90, highest seen \
+             100: possible cloned authenticator"
+        );
+        for e in [&tail[0], &tail[2]] {
+            assert_eq!((e.decision.as_str(), e.reason.as_str()), ("allowed", "signed"));
+        }
+        if strict {
+            match d2.refusal() {
+                Some(Refusal::Rejected(AuthzError::Replay(_))) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(tail[1].decision, "replay");
+            assert_eq!(
+                tail[1].reason,
+                format!("{warning}; refused (sk_counter_strict)")
+            );
+            assert_eq!(tail[1].key_id, None);
+        } else {
+            assert!(allowed(&d2), "{d2:?}");
+            assert_eq!(tail[1].decision, "allowed");
+            assert_eq!(tail[1].reason, format!("signed; {warning}"));
+            assert_eq!(tail[1].key_id.as_deref(), Some("ops-2026"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 #[test]
