@@ -276,18 +276,34 @@ fn when_two_stages_fail_the_earlier_stage_wins() {
         (
             "crypto before target",
             (blob("op-valid"), sig("op-expired.ed25519"), "bad_signature"),
-            (blob("op-wrong-host"), sig("op-wrong-host.ed25519"), "target"),
-            (blob("op-wrong-host"), other_blobs_sig.clone(), "bad_signature"),
+            (
+                blob("op-wrong-host"),
+                sig("op-wrong-host.ed25519"),
+                "target",
+            ),
+            (
+                blob("op-wrong-host"),
+                other_blobs_sig.clone(),
+                "bad_signature",
+            ),
         ),
         (
             "crypto before blob parse",
             (blob("op-valid"), sig("op-expired.ed25519"), "bad_signature"),
             (blob("op-not-json"), sig("op-not-json.ed25519"), "malformed"),
-            (blob("op-not-json"), other_blobs_sig.clone(), "bad_signature"),
+            (
+                blob("op-not-json"),
+                other_blobs_sig.clone(),
+                "bad_signature",
+            ),
         ),
         (
             "allow-list before time",
-            (blob("op-valid"), sig("op-valid.other-ed25519"), "unknown_signer"),
+            (
+                blob("op-valid"),
+                sig("op-valid.other-ed25519"),
+                "unknown_signer",
+            ),
             (blob("op-expired"), sig("op-expired.ed25519"), "expired"),
             (blob("op-expired"), expired_by_unknown, "unknown_signer"),
         ),
@@ -298,12 +314,20 @@ fn when_two_stages_fail_the_earlier_stage_wins() {
                 sig("op-valid.ed25519.wrong-namespace"),
                 "namespace",
             ),
-            (blob("op-valid"), sig("op-valid.other-ed25519"), "unknown_signer"),
+            (
+                blob("op-valid"),
+                sig("op-valid.other-ed25519"),
+                "unknown_signer",
+            ),
             (blob("op-valid"), unknown_wrong_ns, "namespace"),
         ),
         (
             "target before time",
-            (blob("op-wrong-host"), sig("op-wrong-host.ed25519"), "target"),
+            (
+                blob("op-wrong-host"),
+                sig("op-wrong-host.ed25519"),
+                "target",
+            ),
             (blob("op-expired"), sig("op-expired.ed25519"), "expired"),
             (wrong_host_expired, wrong_host_expired_sig, "target"),
         ),
@@ -319,8 +343,14 @@ fn when_two_stages_fail_the_earlier_stage_wins() {
     // Time before nonce: op-expired carries op-valid's nonce. Once that nonce is burned,
     // the expired blob is still refused as expired, not as a replay.
     let v = verifier();
-    assert_eq!(code(v.verify(&blob("op-valid"), &sig("op-valid.ed25519"))), "ok");
-    assert_eq!(code(v.verify(&blob("op-valid"), &sig("op-valid.ed25519"))), "replay");
+    assert_eq!(
+        code(v.verify(&blob("op-valid"), &sig("op-valid.ed25519"))),
+        "ok"
+    );
+    assert_eq!(
+        code(v.verify(&blob("op-valid"), &sig("op-valid.ed25519"))),
+        "replay"
+    );
     let nonce = |name: &str| {
         let j: serde_json::Value = serde_json::from_slice(&blob(name)).unwrap();
         j["nonce"].as_str().unwrap().to_string()
@@ -349,7 +379,10 @@ fn a_hex_nonce_under_128_bits_is_refused_even_when_it_parses_as_base64() {
         }
     }
     // 32 hex digits, and 24 base64 characters (16 bytes) with non-hex ones, verify.
-    for nonce in ["0123456789abcdef0123456789abcdef", "q83vASNFZ4mrze8BI0VniQ=="] {
+    for nonce in [
+        "0123456789abcdef0123456789abcdef",
+        "q83vASNFZ4mrze8BI0VniQ==",
+    ] {
         let b = op_with_nonce(nonce);
         let op = v.verify(&b, &mint("ed25519", NAMESPACE, &b)).unwrap();
         assert_eq!(op.nonce, nonce);
@@ -633,7 +666,12 @@ fn mint_sk_ecdsa(msg: &[u8], flags: u8, counter: u32) -> (String, String) {
     authn.extend_from_slice(&Sha256::digest(&signed));
     // ssh-key signs with SHA-256 for P-256 and encodes mpint r | mpint s, the inner
     // form of an sk-ecdsa signature; the authenticator appends flags and counter.
-    let inner: Signature = private.key_data().ecdsa().unwrap().try_sign(&authn).unwrap();
+    let inner: Signature = private
+        .key_data()
+        .ecdsa()
+        .unwrap()
+        .try_sign(&authn)
+        .unwrap();
     // ssh-key 0.6.7 encodes an sk-ecdsa signature with its flags and counter inside the
     // signature string (it splits the trailer off only for sk-ed25519), which no decoder
     // reads back; so the SSHSIG blob is framed here, as OpenSSH's sshsig.c writes it.
@@ -662,7 +700,10 @@ fn mint_sk_ecdsa(msg: &[u8], flags: u8, counter: u32) -> (String, String) {
 fn hardware_ecdsa_key_needs_user_presence() {
     let msg = op_with_nonce("00000000000000000000000000000021");
     let (no_touch, line) = mint_sk_ecdsa(&msg, 0x04, 5); // user verified, not present
-    assert!(line.starts_with("sk-ecdsa-sha2-nistp256@openssh.com "), "{line}");
+    assert!(
+        line.starts_with("sk-ecdsa-sha2-nistp256@openssh.com "),
+        "{line}"
+    );
     let v = sk_verifier(&line, false);
     match v.verify(&msg, &no_touch) {
         Err(AuthzError::BadSignature(d)) => {
@@ -714,7 +755,11 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 #[test]
 fn a_hardware_key_counter_that_does_not_increase_is_in_the_audit_log() {
     for strict in [false, true] {
-        let dir = tempdir(if strict { "sk-audit-strict" } else { "sk-audit" });
+        let dir = tempdir(if strict {
+            "sk-audit-strict"
+        } else {
+            "sk-audit"
+        });
         let m1 = op_with_nonce("00000000000000000000000000000031");
         let m2 = op_with_nonce("00000000000000000000000000000032");
         let m3 = op_with_nonce("00000000000000000000000000000033");
@@ -767,7 +812,10 @@ fn a_hardware_key_counter_that_does_not_increase_is_in_the_audit_log() {
              100: possible cloned authenticator"
         );
         for e in [&tail[0], &tail[2]] {
-            assert_eq!((e.decision.as_str(), e.reason.as_str()), ("allowed", "signed"));
+            assert_eq!(
+                (e.decision.as_str(), e.reason.as_str()),
+                ("allowed", "signed")
+            );
         }
         if strict {
             match d2.refusal() {

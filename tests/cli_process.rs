@@ -551,13 +551,19 @@ fn selftest_offline_reports_an_invalid_signer_on_its_checklist() {
     assert!(line.contains("authz.signers[0].public_key"), "{line}");
     // Only that line failed: the known-answer tests and the state dir still pass.
     assert_eq!(stdout.matches("FAIL").count(), 1, "{stdout}");
-    assert!(stdout.contains("selftest offline: 1 check(s) failed"), "{stdout}");
+    assert!(
+        stdout.contains("selftest offline: 1 check(s) failed"),
+        "{stdout}"
+    );
     // `verify` with the same config still refuses to run (exit 2).
     let out = agent(
         &[
             "verify",
             "--blob",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sshsig/blobs/op-valid.json"),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/vectors/sshsig/blobs/op-valid.json"
+            ),
             "--sig",
             concat!(
                 env!("CARGO_MANIFEST_DIR"),

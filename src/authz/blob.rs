@@ -277,7 +277,11 @@ mod tests {
             nonce_bytes("q83vASNFZ4mrze8BI0VniQ=="),
             Some((16, NonceEncoding::Base64))
         );
-        for ok in [NONCE, "q83vASNFZ4mrze8BI0VniQ==", "0123456789abcdef0123456789abcdeX"] {
+        for ok in [
+            NONCE,
+            "q83vASNFZ4mrze8BI0VniQ==",
+            "0123456789abcdef0123456789abcdeX",
+        ] {
             let b = blob("", ok, "2030-01-01T00:00:00Z", "2030-01-01T01:00:00Z");
             assert!(OpBlob::parse(b.as_bytes()).is_ok(), "{ok}");
         }

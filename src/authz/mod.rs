@@ -367,12 +367,7 @@ impl Verifier {
                     if self.policy.sk_counter_strict {
                         return Err(AuthzError::Replay(format!(
                             "{}; refused (sk_counter_strict)",
-                            sk_counter_detail(
-                                &signer.key_id,
-                                &signer.fingerprint,
-                                a.counter,
-                                h
-                            )
+                            sk_counter_detail(&signer.key_id, &signer.fingerprint, a.counter, h)
                         )));
                     }
                     crate::warn!(
