@@ -10,11 +10,16 @@ use felhom_agent::authz::{
     AuthzConfig, AuthzError, MemoryNonceStore, NAMESPACE, Policy, Role, Signer, SignerEntry,
     Verifier, verify_offline,
 };
+use felhom_agent::encoding::base64_decode;
+use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::reconcile::classify::{Intent, OpClass};
+use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, Refusal, SignedOp};
+use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::time::{ManualClock, Timestamp};
 use sha2::{Digest as _, Sha256};
 use ssh_key::private::Ed25519Keypair;
-use ssh_key::public::{KeyData, SkEd25519};
-use ssh_key::{Algorithm, HashAlg, LineEnding, PublicKey, Signature, SshSig};
+use ssh_key::public::{EcdsaPublicKey, KeyData, SkEcdsaSha2NistP256, SkEd25519};
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, Signature, SshSig};
 
 const V: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sshsig");
 const OSSH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/openssh-sshsig");
@@ -90,6 +95,17 @@ fn code(r: Result<felhom_agent::authz::VerifiedOp, AuthzError>) -> &'static str 
     }
 }
 
+/// Signs `blob` in-process with the vector key `name` (ed25519 or ecdsa: ssh-key 0.6.7
+/// cannot sign with RSA) under namespace `ns`; the same SSHSIG `ssh-keygen -Y sign`
+/// makes (ed25519 is deterministic).
+fn mint(name: &str, ns: &str, blob: &[u8]) -> String {
+    let key = PrivateKey::from_openssh(read(format!("{V}/keys/{name}"))).unwrap();
+    key.sign(ns, HashAlg::Sha512, blob)
+        .unwrap()
+        .to_pem(LineEnding::LF)
+        .unwrap()
+}
+
 #[test]
 fn every_key_type_verifies_from_a_real_ssh_keygen_vector() {
     let cases = [
@@ -138,87 +154,239 @@ fn each_stage_rejects_with_its_own_error_when_everything_else_is_valid() {
     let mut tampered = valid.clone();
     let at = tampered.windows(3).position(|w| w == b"105").unwrap();
     tampered[at + 2] = b'6';
-    let cases: Vec<(&str, Vec<u8>, String, &str)> = vec![
+    // (what, blob, signature, code, a part of the detail that says why): the detail
+    // proves each case is refused for what it breaks, not for another reason.
+    let cases: Vec<(&str, Vec<u8>, String, &str, &str)> = vec![
         (
             "wrong namespace",
             valid.clone(),
             sig("op-valid.ed25519.wrong-namespace"),
             "namespace",
+            "signature namespace \"felhom-op-v2\"",
         ),
         (
             "namespace `file`",
             valid.clone(),
             sig("op-valid.ed25519.namespace-file"),
             "namespace",
+            "signature namespace \"file\"",
         ),
         (
             "unknown key",
             valid.clone(),
             sig("op-valid.other-ed25519"),
             "unknown_signer",
+            "is not an allow-listed signer",
         ),
         (
             "tampered blob",
             tampered,
             sig("op-valid.ed25519"),
             "bad_signature",
+            "signature does not verify",
         ),
         (
             "tampered signature",
             valid.clone(),
             text(format!("{V}/neg/tampered-signature.sig")),
             "bad_signature",
+            "signature does not verify",
         ),
         (
             "wrong host",
             blob("op-wrong-host"),
             sig("op-wrong-host.ed25519"),
             "target",
+            "op is for host \"pve-b\", this is \"pve-a\"",
         ),
         (
             "expired",
             blob("op-expired"),
             sig("op-expired.ed25519"),
             "expired",
+            "expired at 2020-01-01T01:00:00Z",
         ),
         (
             "not yet valid",
             blob("op-not-yet-valid"),
             sig("op-not-yet-valid.ed25519"),
             "not_yet_valid",
+            "valid from 2040-01-01T00:00:00Z",
         ),
         (
             "window over 24 h",
             blob("op-long-window"),
             sig("op-long-window.ed25519"),
             "malformed",
+            "blob: validity window of 86401 s exceeds the 86400 s maximum",
         ),
         (
             "nonce under 128 bits",
             blob("op-short-nonce"),
             sig("op-short-nonce.ed25519"),
             "malformed",
+            "blob: nonce is 64 bits (read as hex), at least 128 required",
         ),
         (
             "unknown blob field",
             blob("op-unknown-field"),
             sig("op-unknown-field.ed25519"),
             "malformed",
+            "unknown field `extra`",
         ),
         (
             "blob not JSON",
             blob("op-not-json"),
             sig("op-not-json.ed25519"),
             "malformed",
+            "blob: expected",
         ),
     ];
-    for (what, b, s, want) in cases {
-        assert_eq!(code(v.verify(&b, &s)), want, "{what}");
+    for (what, b, s, want, why) in cases {
+        match v.verify(&b, &s) {
+            Err(e) => {
+                assert_eq!(e.code(), want, "{what}: {e}");
+                assert!(e.detail().contains(why), "{what}: {e}");
+            }
+            Ok(op) => panic!("{what}: verified {op:?}"),
+        }
     }
     // None of those burned the nonce they carried: the valid op still verifies once.
     assert_eq!(code(v.verify(&valid, &sig("op-valid.ed25519"))), "ok");
     assert_eq!(code(v.verify(&valid, &sig("op-valid.ed25519"))), "replay");
     assert_eq!(code(v.verify(&valid, &sig("op-valid.rsa-3072"))), "replay");
+}
+
+/// Two stages broken at once: the earlier stage's error wins. Each part is first shown
+/// to be refused on its own with its own code, so the pair would report the later
+/// stage's code if the pipeline ran in another order.
+#[test]
+fn when_two_stages_fail_the_earlier_stage_wins() {
+    let other_blobs_sig = sig("op-valid.ed25519");
+    let expired_by_unknown = mint("other-ed25519", NAMESPACE, &blob("op-expired"));
+    let unknown_wrong_ns = mint("other-ed25519", "felhom-op-v2", &blob("op-valid"));
+    let wrong_host_expired = String::from_utf8(blob("op-expired"))
+        .unwrap()
+        .replace("pve-a", "pve-b")
+        .into_bytes();
+    let wrong_host_expired_sig = mint("ed25519", NAMESPACE, &wrong_host_expired);
+    // (what, earlier alone, later alone, both) — each as (blob, signature, code).
+    type Case = (Vec<u8>, String, &'static str);
+    let cases: Vec<(&str, Case, Case, Case)> = vec![
+        (
+            "crypto before target",
+            (blob("op-valid"), sig("op-expired.ed25519"), "bad_signature"),
+            (
+                blob("op-wrong-host"),
+                sig("op-wrong-host.ed25519"),
+                "target",
+            ),
+            (
+                blob("op-wrong-host"),
+                other_blobs_sig.clone(),
+                "bad_signature",
+            ),
+        ),
+        (
+            "crypto before blob parse",
+            (blob("op-valid"), sig("op-expired.ed25519"), "bad_signature"),
+            (blob("op-not-json"), sig("op-not-json.ed25519"), "malformed"),
+            (
+                blob("op-not-json"),
+                other_blobs_sig.clone(),
+                "bad_signature",
+            ),
+        ),
+        (
+            "allow-list before time",
+            (
+                blob("op-valid"),
+                sig("op-valid.other-ed25519"),
+                "unknown_signer",
+            ),
+            (blob("op-expired"), sig("op-expired.ed25519"), "expired"),
+            (blob("op-expired"), expired_by_unknown, "unknown_signer"),
+        ),
+        (
+            "namespace before allow-list",
+            (
+                blob("op-valid"),
+                sig("op-valid.ed25519.wrong-namespace"),
+                "namespace",
+            ),
+            (
+                blob("op-valid"),
+                sig("op-valid.other-ed25519"),
+                "unknown_signer",
+            ),
+            (blob("op-valid"), unknown_wrong_ns, "namespace"),
+        ),
+        (
+            "target before time",
+            (
+                blob("op-wrong-host"),
+                sig("op-wrong-host.ed25519"),
+                "target",
+            ),
+            (blob("op-expired"), sig("op-expired.ed25519"), "expired"),
+            (wrong_host_expired, wrong_host_expired_sig, "target"),
+        ),
+    ];
+    for (what, earlier, later, both) in cases {
+        for (part, (b, s, want)) in [("earlier alone", earlier), ("later alone", later)] {
+            assert_eq!(code(verifier().verify(&b, &s)), want, "{what}: {part}");
+        }
+        let (b, s, want) = both;
+        assert_eq!(code(verifier().verify(&b, &s)), want, "{what}: both");
+    }
+
+    // Time before nonce: op-expired carries op-valid's nonce. Once that nonce is burned,
+    // the expired blob is still refused as expired, not as a replay.
+    let v = verifier();
+    assert_eq!(
+        code(v.verify(&blob("op-valid"), &sig("op-valid.ed25519"))),
+        "ok"
+    );
+    assert_eq!(
+        code(v.verify(&blob("op-valid"), &sig("op-valid.ed25519"))),
+        "replay"
+    );
+    let nonce = |name: &str| {
+        let j: serde_json::Value = serde_json::from_slice(&blob(name)).unwrap();
+        j["nonce"].as_str().unwrap().to_string()
+    };
+    assert_eq!(nonce("op-expired"), nonce("op-valid"));
+    assert_eq!(
+        code(v.verify(&blob("op-expired"), &sig("op-expired.ed25519"))),
+        "expired"
+    );
+}
+
+#[test]
+fn a_hex_nonce_under_128_bits_is_refused_even_when_it_parses_as_base64() {
+    let v = verifier();
+    for (nonce, bits) in [
+        ("0123456789abcdef01234567", 96),
+        ("0123456789abcdef0123456789ab", 112),
+    ] {
+        let b = op_with_nonce(nonce);
+        match v.verify(&b, &mint("ed25519", NAMESPACE, &b)) {
+            Err(AuthzError::Malformed(d)) => assert_eq!(
+                d,
+                format!("blob: nonce is {bits} bits (read as hex), at least 128 required")
+            ),
+            other => panic!("{nonce}: {other:?}"),
+        }
+    }
+    // 32 hex digits, and 24 base64 characters (16 bytes) with non-hex ones, verify.
+    for nonce in [
+        "0123456789abcdef0123456789abcdef",
+        "q83vASNFZ4mrze8BI0VniQ==",
+    ] {
+        let b = op_with_nonce(nonce);
+        let op = v.verify(&b, &mint("ed25519", NAMESPACE, &b)).unwrap();
+        assert_eq!(op.nonce, nonce);
+    }
 }
 
 #[test]
@@ -478,6 +646,196 @@ fn hardware_key_needs_user_presence() {
         v.verify(&op_with_nonce("00000000000000000000000000000002"), &forged),
         Err(AuthzError::BadSignature(_))
     ));
+}
+
+/// An sk-ecdsa-sha2-nistp256 SSHSIG over `msg`, as a FIDO authenticator would make it:
+/// ECDSA P-256/SHA-256 over SHA256(app) | flags | counter | SHA256(signed data), by the
+/// vector key `ecdsa-p256` standing in for the authenticator's.
+fn mint_sk_ecdsa(msg: &[u8], flags: u8, counter: u32) -> (String, String) {
+    use ed25519_dalek::ed25519::signature::Signer as _;
+    let private = PrivateKey::from_openssh(read(format!("{V}/keys/ecdsa-p256"))).unwrap();
+    let KeyData::Ecdsa(EcdsaPublicKey::NistP256(point)) = private.public_key().key_data() else {
+        panic!("ecdsa-p256 is not a P-256 key");
+    };
+    let key = KeyData::SkEcdsaSha2NistP256(SkEcdsaSha2NistP256::new(*point, "ssh:"));
+    let signed = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, msg).unwrap();
+    let mut authn = Vec::new();
+    authn.extend_from_slice(&Sha256::digest(b"ssh:"));
+    authn.push(flags);
+    authn.extend_from_slice(&counter.to_be_bytes());
+    authn.extend_from_slice(&Sha256::digest(&signed));
+    // ssh-key signs with SHA-256 for P-256 and encodes mpint r | mpint s, the inner
+    // form of an sk-ecdsa signature; the authenticator appends flags and counter.
+    let inner: Signature = private
+        .key_data()
+        .ecdsa()
+        .unwrap()
+        .try_sign(&authn)
+        .unwrap();
+    // ssh-key 0.6.7 encodes an sk-ecdsa signature with its flags and counter inside the
+    // signature string (it splits the trailer off only for sk-ed25519), which no decoder
+    // reads back; so the SSHSIG blob is framed here, as OpenSSH's sshsig.c writes it.
+    fn string(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&u32::try_from(b.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    let line = PublicKey::new(key, "fido-ecdsa").to_openssh().unwrap();
+    let key_blob = base64_decode(line.split(' ').nth(1).unwrap()).unwrap();
+    let mut sig = Vec::new();
+    string(&mut sig, b"sk-ecdsa-sha2-nistp256@openssh.com");
+    string(&mut sig, inner.as_bytes());
+    sig.push(flags);
+    sig.extend_from_slice(&counter.to_be_bytes());
+    let mut b = b"SSHSIG".to_vec();
+    b.extend_from_slice(&1u32.to_be_bytes());
+    string(&mut b, &key_blob);
+    string(&mut b, NAMESPACE.as_bytes());
+    string(&mut b, b"");
+    string(&mut b, b"sha512");
+    string(&mut b, &sig);
+    (sshsig::armor(&b), line)
+}
+
+#[test]
+fn hardware_ecdsa_key_needs_user_presence() {
+    let msg = op_with_nonce("00000000000000000000000000000021");
+    let (no_touch, line) = mint_sk_ecdsa(&msg, 0x04, 5); // user verified, not present
+    assert!(
+        line.starts_with("sk-ecdsa-sha2-nistp256@openssh.com "),
+        "{line}"
+    );
+    let v = sk_verifier(&line, false);
+    match v.verify(&msg, &no_touch) {
+        Err(AuthzError::BadSignature(d)) => {
+            assert_eq!(
+                d,
+                "hardware key signature without user presence (flags 0x04)"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The signature itself was good: the refusal was the flag, and it burned nothing.
+    let s = sshsig::parse(&no_touch, NAMESPACE).unwrap();
+    assert!(
+        PublicKey::from_openssh(&line)
+            .unwrap()
+            .verify(NAMESPACE, &msg, &s)
+            .is_ok()
+    );
+    let (touched, _) = mint_sk_ecdsa(&msg, 0x01, 6);
+    let op = v.verify(&msg, &touched).unwrap();
+    let sk = op.sk.unwrap();
+    assert_eq!((sk.flags, sk.counter, sk.highest_seen), (0x01, 6, None));
+    assert_eq!(op.signer.key_id, "fido-1");
+    // The presence flag is signed: setting it after the fact breaks the signature.
+    let msg2 = op_with_nonce("00000000000000000000000000000022");
+    let (no_touch2, _) = mint_sk_ecdsa(&msg2, 0x00, 7);
+    let forged = sshsig::armor(&{
+        let mut b = sshsig::dearmor(&no_touch2).unwrap();
+        let n = b.len();
+        b[n - 5] = 0x01;
+        b
+    });
+    match v.verify(&msg2, &forged) {
+        Err(AuthzError::BadSignature(d)) => assert!(d.contains("does not verify"), "{d}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("felhom-authz-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The gate writes a possible cloned authenticator into the audit record of the allowed
+/// decision (non-strict), and the strict refusal with its reason; a counter that
+/// increases leaves the record plain. Read back from the file after a reopen.
+#[test]
+fn a_hardware_key_counter_that_does_not_increase_is_in_the_audit_log() {
+    for strict in [false, true] {
+        let dir = tempdir(if strict {
+            "sk-audit-strict"
+        } else {
+            "sk-audit"
+        });
+        let m1 = op_with_nonce("00000000000000000000000000000031");
+        let m2 = op_with_nonce("00000000000000000000000000000032");
+        let m3 = op_with_nonce("00000000000000000000000000000033");
+        let (s1, line) = mint_sk(4, &m1, 0x01, 100);
+        let (s2, _) = mint_sk(4, &m2, 0x01, 90);
+        let (s3, _) = mint_sk(4, &m3, 0x01, 101);
+        let fp = PublicKey::from_openssh(&line)
+            .unwrap()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
+        let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+        let gate = Gate::new(
+            "pve-a".into(),
+            Some(sk_verifier(&line, strict)),
+            journal,
+            audit.clone(),
+        )
+        .with_clock(Arc::new(ManualClock::new(NOW)));
+        let mut intent = Intent::new(OpClass::GuestDestroy, "pve-a", Some("105".into()));
+        intent.params.insert("purge".into(), "1".into());
+        let run = |blob: &[u8], signature: &str| {
+            gate.authorize(
+                &intent,
+                Some(&SignedOp {
+                    blob: blob.to_vec(),
+                    signature: signature.to_string(),
+                }),
+            )
+        };
+        let allowed = |d: &Decision| {
+            matches!(
+                d,
+                Decision::Allowed {
+                    reason: AllowReason::Signed,
+                    ..
+                }
+            )
+        };
+        assert!(allowed(&run(&m1, &s1)));
+        let d2 = run(&m2, &s2);
+        assert!(allowed(&run(&m3, &s3)));
+        drop(gate);
+        drop(audit);
+
+        let tail = AuditLog::open(&dir.join("audit.log")).unwrap().tail(10);
+        assert_eq!(tail.len(), 3, "{tail:?}");
+        let warning = format!(
+            "sk_counter_not_increasing: signer \"fido-1\" ({fp}) counter 90, highest seen \
+             100: possible cloned authenticator"
+        );
+        for e in [&tail[0], &tail[2]] {
+            assert_eq!(
+                (e.decision.as_str(), e.reason.as_str()),
+                ("allowed", "signed")
+            );
+        }
+        if strict {
+            match d2.refusal() {
+                Some(Refusal::Rejected(AuthzError::Replay(_))) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(tail[1].decision, "replay");
+            assert_eq!(
+                tail[1].reason,
+                format!("{warning}; refused (sk_counter_strict)")
+            );
+            assert_eq!(tail[1].key_id, None);
+        } else {
+            assert!(allowed(&d2), "{d2:?}");
+            assert_eq!(tail[1].decision, "allowed");
+            assert_eq!(tail[1].reason, format!("signed; {warning}"));
+            assert_eq!(tail[1].key_id.as_deref(), Some("ops-2026"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 #[test]

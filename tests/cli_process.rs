@@ -552,6 +552,64 @@ fn selftest_offline_passes_on_a_clean_state_dir_and_fails_on_a_loose_one() {
 }
 
 #[test]
+fn selftest_offline_reports_an_invalid_signer_on_its_checklist() {
+    let sim = sim();
+    let dir = Dir::new("offline-bad-signer");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let state = dir.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["authz"]["signers"][0]["public_key"] = json!("ssh-ed25519 not-base64 x");
+    let cfg = write_json(&dir, "agent.json", &v);
+    let mut seen = Vec::new();
+    let out = agent(
+        &["selftest", "offline", "--config", cfg.to_str().unwrap()],
+        &mut seen,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("config: authz"))
+        .unwrap_or_else(|| panic!("no config line: {stdout}"));
+    assert!(line.starts_with("FAIL"), "{line}");
+    assert!(line.contains("authz.signers[0].public_key"), "{line}");
+    // Only that line failed: the known-answer tests and the state dir still pass.
+    assert_eq!(stdout.matches("FAIL").count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("selftest offline: 1 check(s) failed"),
+        "{stdout}"
+    );
+    // `verify` with the same config still refuses to run (exit 2).
+    let out = agent(
+        &[
+            "verify",
+            "--blob",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/vectors/sshsig/blobs/op-valid.json"
+            ),
+            "--sig",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/vectors/sshsig/sigs/op-valid.ed25519.sig"
+            ),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &mut seen,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("authz.signers[0].public_key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_secret(&seen);
+}
+
+#[test]
 fn plan_prints_the_next_pass_and_the_gate_word_and_executes_nothing() {
     let sim = sim();
     let dir = Dir::new("plan");

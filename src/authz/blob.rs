@@ -100,11 +100,39 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), AuthzError> {
     Ok(())
 }
 
-/// Decoded length of a nonce given in hex or standard base64, if it is either.
-pub fn nonce_bytes(nonce: &str) -> Option<usize> {
-    let hex = hex_decode(nonce).ok().map(|b| b.len());
-    let b64 = base64_decode(nonce).ok().map(|b| b.len());
-    hex.max(b64)
+/// How a nonce string was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceEncoding {
+    /// Hex digits (also valid base64 when its length is a multiple of 4).
+    Hex,
+    /// Standard base64 with padding, containing a non-hex character or of a length
+    /// that is not even.
+    Base64,
+}
+
+impl NonceEncoding {
+    /// `hex` or `base64`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NonceEncoding::Hex => "hex",
+            NonceEncoding::Base64 => "base64",
+        }
+    }
+}
+
+/// Decoded length of a nonce given in hex or standard base64, and how it was read.
+///
+/// Hex digits are a subset of the base64 alphabet, so a hex string whose length is a
+/// multiple of 4 also decodes as base64, to 1.5× as many bytes: 24 hex digits (96
+/// bits) would read as 18 base64 bytes. A string that is valid hex is therefore
+/// counted as hex, the smaller of the two, so entropy is never overstated.
+pub fn nonce_bytes(nonce: &str) -> Option<(usize, NonceEncoding)> {
+    if let Ok(b) = hex_decode(nonce) {
+        return Some((b.len(), NonceEncoding::Hex));
+    }
+    base64_decode(nonce)
+        .ok()
+        .map(|b| (b.len(), NonceEncoding::Base64))
 }
 
 impl OpBlob {
@@ -131,11 +159,12 @@ impl OpBlob {
             )));
         }
         match nonce_bytes(&w.nonce) {
-            Some(n) if n >= MIN_NONCE_BYTES => {}
-            Some(n) => {
+            Some((n, _)) if n >= MIN_NONCE_BYTES => {}
+            Some((n, enc)) => {
                 return Err(malformed(format!(
-                    "blob: nonce is {} bits, at least {} required",
+                    "blob: nonce is {} bits (read as {}), at least {} required",
                     n * 8,
+                    enc.as_str(),
                     MIN_NONCE_BYTES * 8
                 )));
             }
@@ -214,5 +243,52 @@ mod tests {
         // base64 nonce of 16 bytes is fine; exactly 24 h is fine.
         let b = blob("", "q83vASNFZ4mrze8BI0VniQ==", t0, "2030-01-02T00:00:00Z");
         assert!(OpBlob::parse(b.as_bytes()).is_ok());
+    }
+
+    fn nonce_refusal(nonce: &str) -> String {
+        let b = blob("", nonce, "2030-01-01T00:00:00Z", "2030-01-01T01:00:00Z");
+        match OpBlob::parse(b.as_bytes()) {
+            Err(AuthzError::Malformed(d)) => d,
+            other => panic!("{nonce}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hex_nonce_counts_as_hex_even_when_it_also_decodes_as_base64() {
+        // 24 and 28 hex digits are valid base64 too (18 and 21 bytes); as hex they are
+        // 96 and 112 bits, under the floor.
+        for (nonce, bits) in [
+            ("0123456789abcdef01234567", 96),
+            ("0123456789abcdef0123456789ab", 112),
+            ("0123456789ABCDEF0123456789AB", 112),
+        ] {
+            assert!(base64_decode(nonce).unwrap().len() >= MIN_NONCE_BYTES);
+            assert_eq!(nonce_bytes(nonce), Some((bits / 8, NonceEncoding::Hex)));
+            let d = nonce_refusal(nonce);
+            assert_eq!(
+                d,
+                format!("blob: nonce is {bits} bits (read as hex), at least 128 required"),
+                "{nonce}"
+            );
+        }
+        // 32 hex digits: 128 bits. 24 base64 characters with a non-hex one: 16 bytes.
+        assert_eq!(nonce_bytes(NONCE), Some((16, NonceEncoding::Hex)));
+        assert_eq!(
+            nonce_bytes("q83vASNFZ4mrze8BI0VniQ=="),
+            Some((16, NonceEncoding::Base64))
+        );
+        for ok in [
+            NONCE,
+            "q83vASNFZ4mrze8BI0VniQ==",
+            "0123456789abcdef0123456789abcdeX",
+        ] {
+            let b = blob("", ok, "2030-01-01T00:00:00Z", "2030-01-01T01:00:00Z");
+            assert!(OpBlob::parse(b.as_bytes()).is_ok(), "{ok}");
+        }
+        // Short base64 is still measured as base64.
+        assert_eq!(
+            nonce_refusal("q83vASNFZ4mrze8B"),
+            "blob: nonce is 96 bits (read as base64), at least 128 required"
+        );
     }
 }

@@ -130,7 +130,8 @@ pub struct SkCheck {
     /// The highest counter seen for this key before this op, if any.
     pub highest_seen: Option<u32>,
     /// The counter was not above `highest_seen`: a possible cloned authenticator, or
-    /// ops signed in one order and verified in another. The gate audits it.
+    /// ops signed in one order and verified in another. The gate writes
+    /// [`VerifiedOp::sk_counter_warning`] into the audit record of the decision.
     pub counter_not_increasing: bool,
 }
 
@@ -186,17 +187,24 @@ impl VerifiedOp {
         if let Some(sk) = &self.sk {
             line("sk_flags", &format!("0x{:02x}", sk.flags));
             line("sk_counter", &sk.counter.to_string());
-            if sk.counter_not_increasing {
-                line(
-                    "sk_counter_warning",
-                    &format!(
-                        "not above the highest seen ({})",
-                        sk.highest_seen.unwrap_or_default()
-                    ),
-                );
-            }
+        }
+        if let Some(w) = self.sk_counter_warning() {
+            line("sk_counter_warning", &w);
         }
         out
+    }
+
+    /// For a hardware-key op whose counter was not above the highest seen for its key
+    /// (non-strict mode): the audit detail naming the signer, the counter and the
+    /// highest seen, starting with `sk_counter_not_increasing`. `None` otherwise.
+    pub fn sk_counter_warning(&self) -> Option<String> {
+        let sk = self.sk.as_ref().filter(|s| s.counter_not_increasing)?;
+        Some(sk_counter_detail(
+            &self.signer.key_id,
+            &self.signer.fingerprint,
+            sk.counter,
+            sk.highest_seen.unwrap_or_default(),
+        ))
     }
 }
 
@@ -204,6 +212,15 @@ impl fmt::Display for VerifiedOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_lines())
     }
+}
+
+/// The one wording of a hardware-key counter that did not increase, for the audit log
+/// (allowed with a warning, or refused in strict mode) and the log.
+fn sk_counter_detail(key_id: &str, fingerprint: &str, counter: u32, highest: u32) -> String {
+    format!(
+        "sk_counter_not_increasing: signer {key_id:?} ({fingerprint}) counter {counter}, \
+         highest seen {highest}: possible cloned authenticator"
+    )
 }
 
 /// The verifier's tunables (from [`AuthzConfig`]).
@@ -349,9 +366,8 @@ impl Verifier {
                     let h = highest.unwrap_or_default();
                     if self.policy.sk_counter_strict {
                         return Err(AuthzError::Replay(format!(
-                            "hardware key {} counter {} not above the highest seen {h} \
-                             (possible cloned authenticator; sk_counter_strict)",
-                            signer.fingerprint, a.counter
+                            "{}; refused (sk_counter_strict)",
+                            sk_counter_detail(&signer.key_id, &signer.fingerprint, a.counter, h)
                         )));
                     }
                     crate::warn!(

@@ -289,6 +289,77 @@ mod tests {
         assert_eq!(rsa_bits(&n), 2047);
     }
 
+    fn key(openssh: &str) -> KeyData {
+        PublicKey::from_openssh(openssh).unwrap().key_data().clone()
+    }
+
+    /// Every branch of `check_algorithm`, on real public keys and algorithms built
+    /// directly: ssh-key 0.6.7 refuses an `ssh-rsa` signature at decode, so only a
+    /// direct call proves our own refusal holds if a later version lets it through.
+    #[test]
+    fn check_algorithm_accepts_only_the_algorithm_the_key_implies() {
+        use ssh_key::EcdsaCurve::{NistP256, NistP384, NistP521};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors");
+        let read = |p: &str| std::fs::read_to_string(format!("{dir}/{p}")).unwrap();
+        let ed = key(&read("sshsig/keys/ed25519.pub"));
+        let p256 = key(&read("sshsig/keys/ecdsa-p256.pub"));
+        let p384 = key(&read("sshsig/keys/ecdsa-p384.pub"));
+        let p521 = key(&read("sshsig/keys/ecdsa-p521.pub"));
+        let rsa = key(&read("sshsig/keys/rsa-2048.pub"));
+        let sk_ed = key(&read("openssh-sshsig/ed25519_sk.pub"));
+        let sk_ec = key(&read("openssh-sshsig/ecdsa_sk.pub"));
+        assert!(matches!(sk_ed, KeyData::SkEd25519(_)));
+        assert!(matches!(sk_ec, KeyData::SkEcdsaSha2NistP256(_)));
+        let ecdsa = |curve| Algorithm::Ecdsa { curve };
+        let rsa_alg = |hash| Algorithm::Rsa { hash };
+
+        let accepted = [
+            (&ed, Algorithm::Ed25519),
+            (&sk_ed, Algorithm::SkEd25519),
+            (&sk_ec, Algorithm::SkEcdsaSha2NistP256),
+            (&p256, ecdsa(NistP256)),
+            (&p384, ecdsa(NistP384)),
+            (&p521, ecdsa(NistP521)),
+            (&rsa, rsa_alg(Some(HashAlg::Sha256))),
+            (&rsa, rsa_alg(Some(HashAlg::Sha512))),
+        ];
+        for (k, alg) in &accepted {
+            assert_eq!(check_algorithm(k, alg), Ok(()), "{} / {alg}", k.algorithm());
+        }
+
+        // ssh-rsa (SHA-1): refused by name, not as a mere mismatch.
+        let e = check_algorithm(&rsa, &rsa_alg(None)).unwrap_err();
+        assert_eq!(e, "ssh-rsa (SHA-1) signatures are refused");
+
+        let mismatched = [
+            // ECDSA on another curve than the key's.
+            (&p256, ecdsa(NistP384)),
+            (&p384, ecdsa(NistP256)),
+            (&p521, ecdsa(NistP256)),
+            (&p256, ecdsa(NistP521)),
+            // Plain vs hardware key, both ways.
+            (&ed, Algorithm::SkEd25519),
+            (&sk_ed, Algorithm::Ed25519),
+            (&p256, Algorithm::SkEcdsaSha2NistP256),
+            (&sk_ec, ecdsa(NistP256)),
+            (&sk_ed, Algorithm::SkEcdsaSha2NistP256),
+            // Across families.
+            (&ed, rsa_alg(Some(HashAlg::Sha512))),
+            (&rsa, Algorithm::Ed25519),
+            (&p256, Algorithm::Ed25519),
+        ];
+        for (k, alg) in &mismatched {
+            let e = check_algorithm(k, alg).unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "signature algorithm {alg} does not match key type {}",
+                    k.algorithm()
+                )
+            );
+        }
+    }
+
     #[test]
     fn armor_requires_one_block_and_clean_lines() {
         let good = armor(b"SSHSIG");

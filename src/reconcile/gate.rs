@@ -272,12 +272,19 @@ impl Gate {
                 ),
             );
         }
+        // A possible cloned authenticator is allowed (non-strict mode) but must reach
+        // the audit log, not only stderr: it rides in the reason so every existing
+        // reader of the record (report tail, hub) sees it without a format change.
+        let why = match v.sk_counter_warning() {
+            Some(w) => format!("signed; {w}"),
+            None => "signed".into(),
+        };
         (
             Decision::Allowed {
                 reason: AllowReason::Signed,
                 verified: Some(v),
             },
-            "signed".into(),
+            why,
         )
     }
 
