@@ -24,8 +24,13 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(inner.matches(BEGIN).count(), 1, "accepted two BEGIN lines");
         assert_eq!(inner.matches(END).count(), 1, "accepted two END lines");
         assert!(text.len() <= sshsig::MAX_ARMOR_BYTES, "accepted over the cap");
-        let again = sshsig::dearmor(&sshsig::armor(bytes)).expect("canonical armor decodes");
-        assert_eq!(&again, bytes, "re-armored bytes differ");
+        // Canonical 70-column lines can be longer than the input's wrapping, so the
+        // round trip is checked where the canonical text is itself under the cap.
+        let canonical = sshsig::armor(bytes);
+        if canonical.len() <= sshsig::MAX_ARMOR_BYTES {
+            let again = sshsig::dearmor(&canonical).expect("canonical armor decodes");
+            assert_eq!(&again, bytes, "re-armored bytes differ");
+        }
     }
     match sshsig::parse(text, NAMESPACE) {
         Ok(sig) => {
