@@ -98,7 +98,9 @@ impl<'a> Op<'a> {
             .collect();
         serde_json::to_vec(&serde_json::json!({
             "op": self.op, "host_id": self.host, "guest_id": self.guest, "params": params,
-            "key_id": "ops-2026", "nonce": self.nonce,
+            // Not a configured id: the audit must name the signer found by key
+            // material, never what the blob claims.
+            "key_id": "claimed-in-blob", "nonce": self.nonce,
             "not_before": Timestamp(self.expires - 7200).to_rfc3339(),
             "expires_at": Timestamp(self.expires).to_rfc3339(),
         }))
@@ -566,6 +568,13 @@ fn valid_op_executes_once_and_its_replay_is_refused_across_restart() {
             .tail(50)
             .iter()
             .any(|e| e.decision == "allowed" && e.key_id.as_deref() == Some("ops-2026"))
+    );
+    assert!(
+        a.audit
+            .tail(50)
+            .iter()
+            .all(|e| e.key_id.as_deref() != Some("claimed-in-blob")),
+        "the blob's claimed key_id reached the audit log"
     );
 }
 

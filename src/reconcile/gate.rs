@@ -290,9 +290,11 @@ impl Gate {
 
     fn record(&self, intent: &Intent, decision: Decision, why: String) -> Decision {
         let key_id = match &decision {
+            // The configured signer's id, found by key material: the blob's own
+            // `key_id` is only the operator's claim and never goes to the audit log.
             Decision::Allowed {
                 verified: Some(v), ..
-            } => Some(v.key_id.clone()),
+            } => Some(v.signer.key_id.clone()),
             _ => None,
         };
         let word = match &decision {
