@@ -330,6 +330,45 @@ fn the_hub_down_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
 }
 
 #[test]
+fn the_hub_port_closed_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
+    let (pve, hub) = sims();
+    let mut agent = Agent::start("hubclosed", &pve, &hub);
+    assert_eq!(agent.wait_for_reports(&hub, 1).len(), 1, "{}", agent.log());
+    let port = hub.port();
+    // The hub goes away: nothing listens on its port, so connections are refused.
+    hub.shutdown();
+    let start = Instant::now();
+    while agent.log().matches("hub round failed").count() < 2 {
+        agent.assert_running();
+        assert!(
+            start.elapsed() < PATIENCE,
+            "two refused rounds while the hub is down:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        agent.running(),
+        "still running while the hub's port is closed"
+    );
+    // The same hub (key, certificate) comes back on the same port.
+    let back = HubSim::builder()
+        .port(port)
+        .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
+            "desired_generation": 0, "has_signed_ops": false}))
+        .start();
+    let reports = agent.wait_for_reports(&back, 1);
+    assert_eq!(reports.len(), 1, "reported again once the hub is back");
+    assert!(
+        agent.wait_for_log("hub report succeeded again"),
+        "{}",
+        agent.log()
+    );
+    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+#[test]
 fn sighup_rereads_the_log_level_and_keeps_it_when_the_config_is_broken() {
     let (pve, hub) = sims();
     let mut agent = Agent::start("sighup", &pve, &hub);

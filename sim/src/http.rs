@@ -295,7 +295,17 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds an ephemeral port on 127.0.0.1 and starts accepting connections.
     pub fn start(tls: Arc<ServerConfig>, handler: impl Handler) -> io::Result<Server> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Server::start_on(0, tls, handler)
+    }
+
+    /// Binds 127.0.0.1:`port` (0: an ephemeral one) and starts accepting connections;
+    /// a fixed port lets a test bring a server back where a client expects it.
+    pub fn start_on(
+        port: u16,
+        tls: Arc<ServerConfig>,
+        handler: impl Handler,
+    ) -> io::Result<Server> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             stopping: Mutex::new(false),

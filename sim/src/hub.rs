@@ -146,6 +146,7 @@ pub struct HubSimBuilder {
     key: String,
     cert: CertChoice,
     default_envelope: Value,
+    port: u16,
 }
 
 impl Default for HubSimBuilder {
@@ -154,6 +155,7 @@ impl Default for HubSimBuilder {
             key: DEFAULT_HUB_KEY.to_string(),
             cert: CertChoice::CaSigned,
             default_envelope: default_envelope(),
+            port: 0,
         }
     }
 }
@@ -175,6 +177,13 @@ impl HubSimBuilder {
     /// The envelope answered when none is scripted (default [`default_envelope`]).
     pub fn default_envelope(mut self, envelope: Value) -> Self {
         self.default_envelope = envelope;
+        self
+    }
+
+    /// Listens on 127.0.0.1:`port` instead of an ephemeral port: a hub brought back
+    /// where an agent already points (a closed port in between is a hub that is down).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
         self
     }
 
@@ -202,8 +211,10 @@ impl HubSimBuilder {
         });
         let handler_inner = Arc::clone(&inner);
         #[allow(clippy::expect_used)]
-        let server = http::Server::start(tls, move |req: &Request| handle(&handler_inner, req))
-            .expect("binding 127.0.0.1:0 succeeds");
+        let server = http::Server::start_on(self.port, tls, move |req: &Request| {
+            handle(&handler_inner, req)
+        })
+        .expect("binding the hub simulator's 127.0.0.1 port succeeds");
         HubSim {
             inner,
             server: Some(server),
