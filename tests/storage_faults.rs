@@ -15,6 +15,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::pinned_client as client;
+
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -29,8 +32,7 @@ use felhom_agent::authz::{
     SignerEntry, Verifier,
 };
 use felhom_agent::hub::report::AuditEntry;
-use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::audit::{AuditError, AuditLog};
 use felhom_agent::reconcile::classify::{Intent, OpClass};
 use felhom_agent::reconcile::gate::{Gate, Refusal, SignedOp};
@@ -40,11 +42,10 @@ use felhom_agent::reconcile::jobs::{
 use felhom_agent::reconcile::journal::{Journal, JournalError, JournalRecord, OpState};
 use felhom_agent::reconcile::queue::Queue;
 use felhom_agent::reconcile::recover::recover;
-use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::store::{FaultOp, FaultyIo, Io, OsIo, Store, StoreError};
 use felhom_agent::time::{Clock, SystemClock, Timestamp};
-use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
 use serde_json::Value;
 
 fn tempdir(name: &str) -> PathBuf {
@@ -342,18 +343,6 @@ fn destroy_op(dir: &Path, guest: u32) -> (Intent, SignedOp) {
     let signature = ssh_keygen_sign(dir, &blob);
     let intent = felhom_agent::hub::signed_ops::intent_for(&blob).unwrap();
     (intent, SignedOp { blob, signature })
-}
-
-fn client(sim: &ProxmoxSim) -> Client {
-    let mut o = ClientOptions::new(
-        sim.url(),
-        sim.node(),
-        DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
-    );
-    o.timeout = Duration::from_secs(10);
-    Client::new(o).unwrap()
 }
 
 fn fast_wait() -> WaitOptions {
