@@ -209,12 +209,46 @@ fn sims() -> (ProxmoxSim, HubSim) {
         .guest(GuestSeed::new(100, "web").running(true).cores(2))
         .guest(GuestSeed::new(101, "db"))
         .start();
-    // The hub asks for the shortest interval, so rounds come every 60 schedule seconds.
-    let hub = HubSim::builder()
+    (pve, hub_sim(0))
+}
+
+/// A hub simulator on `port` (0: any) asking for the shortest interval, so rounds come
+/// every 60 schedule seconds.
+fn hub_sim(port: u16) -> HubSim {
+    HubSim::builder()
+        .port(port)
         .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
             "desired_generation": 0, "has_signed_ops": false}))
-        .start();
-    (pve, hub)
+        .start()
+}
+
+/// Waits, while the hub is down, until `enough` holds; the daemon must stay up meanwhile.
+fn wait_while_hub_down(agent: &mut Agent, what: &str, enough: impl Fn(&Agent) -> bool) {
+    let start = Instant::now();
+    while !enough(agent) {
+        agent.assert_running();
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{what} while the hub is down:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(agent.running(), "still running while the hub is down");
+}
+
+/// Once the hub is back: one more report reaches it, the recovery is logged, and
+/// SIGTERM still ends the daemon with 0.
+fn reports_again_then_stops(mut agent: Agent, hub: &HubSim) {
+    let reports = agent.wait_for_reports(hub, 1);
+    assert_eq!(reports.len(), 1, "reported again once the hub is back");
+    assert!(
+        agent.wait_for_log("hub report succeeded again"),
+        "{}",
+        agent.log()
+    );
+    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
 }
 
 #[test]
@@ -298,17 +332,7 @@ fn the_hub_down_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
     let (pve, hub) = sims();
     hub.inject(Fault::new(None, "", FaultKind::DropConnection).times(usize::MAX));
     let mut agent = Agent::start("hubdown", &pve, &hub);
-    let start = Instant::now();
-    while hub.requests().len() < 3 {
-        agent.assert_running();
-        assert!(
-            start.elapsed() < PATIENCE,
-            "three attempts while down:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(agent.running(), "still running while the hub is down");
+    wait_while_hub_down(&mut agent, "three attempts", |_| hub.requests().len() >= 3);
     assert!(hub.reports().is_empty());
     let attempts: Vec<Instant> = hub.requests().iter().map(|r| r.at).collect();
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
@@ -318,15 +342,7 @@ fn the_hub_down_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
         "waits grow while the hub stays down: {gaps:?}"
     );
     hub.clear_faults();
-    let reports = agent.wait_for_reports(&hub, 1);
-    assert_eq!(reports.len(), 1, "reported again once the hub is back");
-    assert!(
-        agent.wait_for_log("hub report succeeded again"),
-        "{}",
-        agent.log()
-    );
-    let (status, _) = agent.stop_with("TERM");
-    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    reports_again_then_stops(agent, &hub);
 }
 
 #[test]
@@ -337,35 +353,12 @@ fn the_hub_port_closed_for_a_while_does_not_stop_the_daemon_and_it_reports_again
     let port = hub.port();
     // The hub goes away: nothing listens on its port, so connections are refused.
     hub.shutdown();
-    let start = Instant::now();
-    while agent.log().matches("hub round failed").count() < 2 {
-        agent.assert_running();
-        assert!(
-            start.elapsed() < PATIENCE,
-            "two refused rounds while the hub is down:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        agent.running(),
-        "still running while the hub's port is closed"
-    );
+    wait_while_hub_down(&mut agent, "two refused rounds", |a| {
+        a.log().matches("hub round failed").count() >= 2
+    });
     // The same hub (key, certificate) comes back on the same port.
-    let back = HubSim::builder()
-        .port(port)
-        .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-            "desired_generation": 0, "has_signed_ops": false}))
-        .start();
-    let reports = agent.wait_for_reports(&back, 1);
-    assert_eq!(reports.len(), 1, "reported again once the hub is back");
-    assert!(
-        agent.wait_for_log("hub report succeeded again"),
-        "{}",
-        agent.log()
-    );
-    let (status, _) = agent.stop_with("TERM");
-    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    let back = hub_sim(port);
+    reports_again_then_stops(agent, &back);
 }
 
 #[test]
