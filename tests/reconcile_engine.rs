@@ -3,13 +3,15 @@
 //! pass does nothing, one guest's failure leaves the others converging, every step is
 //! journaled, and the run loop wakes on a desired-state change and on shutdown.
 
+mod common;
+use common::pinned_client as client;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::desired::{
     DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
@@ -19,7 +21,6 @@ use felhom_agent::reconcile::gate::Gate;
 use felhom_agent::reconcile::journal::{Journal, OpState};
 use felhom_agent::reconcile::plan::ActionKind;
 use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::store::{FaultOp, FaultyIo, Io};
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim};
@@ -35,18 +36,6 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     d
-}
-
-fn client(sim: &ProxmoxSim) -> Client {
-    let mut o = ClientOptions::new(
-        sim.url(),
-        sim.node(),
-        DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
-    );
-    o.timeout = Duration::from_secs(10);
-    Client::new(o).unwrap()
 }
 
 struct Rig {

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::pinned_client as proxmox_client;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +18,7 @@ use felhom_agent::authz::{
 };
 use felhom_agent::hub::AuditTail;
 use felhom_agent::hub::signed_ops::{DeliveredOp, OpOutcome, SignedOpsRunner};
-use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions, ConfigChange, WaitOptions};
+use felhom_agent::proxmox::{ConfigChange, WaitOptions};
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::{Intent, OpClass};
 use felhom_agent::reconcile::desired::{
@@ -27,10 +29,9 @@ use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, Refusal, Signed
 use felhom_agent::reconcile::jobs::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
 use felhom_agent::reconcile::journal::{Journal, JournalError, OpState};
 use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::time::{ManualClock, Timestamp};
-use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
+use felhom_sim::{GuestSeed, ProxmoxSim};
 use ssh_key::{HashAlg, LineEnding, PrivateKey};
 
 const KEYS: &str = "vectors/sshsig/keys";
@@ -150,18 +151,6 @@ struct Agent {
     queue: Arc<Queue>,
     exec: Arc<Counting>,
     desired: Arc<StaticProvider>,
-}
-
-fn proxmox_client(sim: &ProxmoxSim) -> Client {
-    let mut o = ClientOptions::new(
-        sim.url(),
-        sim.node(),
-        DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
-    );
-    o.timeout = Duration::from_secs(10);
-    Client::new(o).unwrap()
 }
 
 fn wait_options() -> WaitOptions {

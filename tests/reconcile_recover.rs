@@ -3,20 +3,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::pinned_client as client;
+
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions, ConfigChange, Upid, WaitOptions};
+use felhom_agent::proxmox::{Client, ConfigChange, Upid, WaitOptions};
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
 use felhom_agent::reconcile::recover::recover;
-use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::time::{Clock, SystemClock};
-use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
+use felhom_sim::{GuestSeed, ProxmoxSim};
 
 fn tempdir(name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -27,18 +28,6 @@ fn tempdir(name: &str) -> PathBuf {
     ));
     let _ = fs::remove_dir_all(&d);
     d
-}
-
-fn client(sim: &ProxmoxSim) -> Client {
-    let mut o = ClientOptions::new(
-        sim.url(),
-        sim.node(),
-        DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
-    );
-    o.timeout = Duration::from_secs(10);
-    Client::new(o).unwrap()
 }
 
 fn wait() -> WaitOptions {
