@@ -123,7 +123,11 @@ fn pbs_snapshots_report_their_verification_state_live() {
     };
     assert_eq!(
         r["pbs_snapshots"],
-        json!([snap(21, json!("ok")), snap(22, json!("failed")), snap(23, Value::Null)])
+        json!([
+            snap(21, json!("ok")),
+            snap(22, json!("failed")),
+            snap(23, Value::Null)
+        ])
     );
     // The vzdump archive stays a backup; PBS snapshots are not counted twice.
     let backups = r["backups"].as_array().unwrap();

@@ -171,8 +171,16 @@ fn pbs_content_decodes_its_verification_state() {
     assert_eq!(
         seen,
         [
-            ("pbs:backup/ct/100/2024-05-01T10:00:00Z", "pbs-ct", Some("ok")),
-            ("pbs:backup/ct/100/2024-05-02T10:00:00Z", "pbs-ct", Some("failed")),
+            (
+                "pbs:backup/ct/100/2024-05-01T10:00:00Z",
+                "pbs-ct",
+                Some("ok")
+            ),
+            (
+                "pbs:backup/ct/100/2024-05-02T10:00:00Z",
+                "pbs-ct",
+                Some("failed")
+            ),
             ("pbs:backup/ct/100/2024-05-03T10:00:00Z", "pbs-ct", None),
         ]
     );

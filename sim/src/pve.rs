@@ -368,11 +368,15 @@ impl ProxmoxSimBuilder {
             state.storages.push(Storage::pbs(PBS_STORAGE));
         }
         for (vmid, time, verification) in &self.pbs_backups {
-            let guest = state.guests.get(vmid).cloned().unwrap_or_else(|| {
-                Guest::from_seed(&GuestSeed::new(*vmid, &format!("ct{vmid}")))
-            });
+            let guest =
+                state.guests.get(vmid).cloned().unwrap_or_else(|| {
+                    Guest::from_seed(&GuestSeed::new(*vmid, &format!("ct{vmid}")))
+                });
             // `2024-05-01T10:00:00Z` read as the vzdump stamp `2024-05-01-10_00_00`.
-            let as_stamp = time.trim_end_matches('Z').replace('T', "-").replace(':', "_");
+            let as_stamp = time
+                .trim_end_matches('Z')
+                .replace('T', "-")
+                .replace(':', "_");
             let mut b = Backup::pbs(
                 &guest,
                 PBS_STORAGE,

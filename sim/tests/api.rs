@@ -696,7 +696,10 @@ fn pbs_snapshots_are_listed_as_pbsplugin_lists_them() {
     assert_eq!(rows[0]["volid"], "pbs:backup/ct/100/2024-05-01T10:00:00Z");
     assert_eq!(rows[0]["format"], "pbs-ct");
     assert_eq!(rows[0]["ctime"], 1_714_557_600u64);
-    assert!(rows[0].get("subtype").is_none(), "PBSPlugin sets no subtype");
+    assert!(
+        rows[0].get("subtype").is_none(),
+        "PBSPlugin sets no subtype"
+    );
     assert_eq!(rows[0]["verification"]["state"], "ok");
     assert!(
         rows[0]["verification"]["upid"]
@@ -716,7 +719,10 @@ fn pbs_snapshots_are_listed_as_pbsplugin_lists_them() {
     let rows = get(&sim, "/nodes/pve/storage/pbs/content").data();
     let new = rows.as_array().unwrap().last().unwrap();
     assert!(
-        new["volid"].as_str().unwrap().starts_with("pbs:backup/ct/100/"),
+        new["volid"]
+            .as_str()
+            .unwrap()
+            .starts_with("pbs:backup/ct/100/"),
         "{new}"
     );
     assert_eq!(new["format"], "pbs-ct");

@@ -927,7 +927,8 @@ mod tests {
 
     #[test]
     fn pbs_verification_state() {
-        let upid = "UPID:pbs:000004D2:0000162E:00000000:66324F00:verificationjob:store1\\x3av-1:root@pam:";
+        let upid =
+            "UPID:pbs:000004D2:0000162E:00000000:66324F00:verificationjob:store1\\x3av-1:root@pam:";
         let row = |verification: Value| {
             json!([{"volid": "pbs:backup/ct/100/2024-05-01T10:00:00Z", "content": "backup",
                     "format": "pbs-ct", "size": 1234, "ctime": 1714557600, "vmid": 100,
