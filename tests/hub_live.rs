@@ -101,6 +101,49 @@ fn a_live_round_reports_the_simulated_host_and_the_hub_accepts_it() {
 }
 
 #[test]
+fn pbs_snapshots_report_their_verification_state_live() {
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").disk_gib(8))
+        .backup(100, "2026_11_21-02_00_00")
+        .pbs_backup(100, "2026-11-21T03:00:00Z", Some("ok"))
+        .pbs_backup(100, "2026-11-22T03:00:00Z", Some("failed"))
+        .pbs_backup(100, "2026-11-23T03:00:00Z", None)
+        .start();
+    let hub = HubSim::start();
+    let mut round = hub_round(&config(&pve, &hub), Arc::new(NoAudit)).unwrap();
+    round.round().unwrap();
+    let reports = hub.reports();
+    assert_eq!(reports.len(), 1, "accepted by the contract check");
+    let r = &reports[0];
+    let snap = |day: u32, verification: Value| {
+        json!({"storage": "pbs", "volid": format!("pbs:backup/ct/100/2026-11-{day}T03:00:00Z"),
+               "vmid": 100, "size_bytes": (8u64 << 30) / 8 + 12_345,
+               "created_at": format!("2026-11-{day}T03:00:00Z"), "protected": false,
+               "verification": verification, "notes": null})
+    };
+    assert_eq!(
+        r["pbs_snapshots"],
+        json!([
+            snap(21, json!("ok")),
+            snap(22, json!("failed")),
+            snap(23, Value::Null)
+        ])
+    );
+    // The vzdump archive stays a backup; PBS snapshots are not counted twice.
+    let backups = r["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(backups[0]["storage"], "local");
+    let pbs = r["storage_targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["storage"] == "pbs")
+        .unwrap();
+    assert_eq!(pbs["type"], "pbs");
+    assert!(pve.mutations().is_empty());
+}
+
+#[test]
 fn one_guest_config_failing_live_keeps_its_status_and_drops_its_spec() {
     let (pve, hub) = (pve(), HubSim::start());
     let mut round = hub_round(&config(&pve, &hub), Arc::new(NoAudit)).unwrap();

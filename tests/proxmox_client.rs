@@ -148,6 +148,47 @@ fn every_read_decodes() {
 }
 
 #[test]
+fn pbs_content_decodes_its_verification_state() {
+    let sim = ProxmoxSim::builder()
+        .pbs_backup(100, "2024-05-01T10:00:00Z", Some("ok"))
+        .pbs_backup(100, "2024-05-02T10:00:00Z", Some("failed"))
+        .pbs_backup(100, "2024-05-03T10:00:00Z", None)
+        .start();
+    let c = client(&sim);
+    let pbs = c.list_storage().unwrap();
+    assert!(pbs.iter().any(|s| s.storage == "pbs" && s.kind == "pbs"));
+    let rows = c.storage_content("pbs", Some("backup")).unwrap();
+    let seen: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .map(|v| {
+            (
+                v.volid.as_str(),
+                v.format.as_str(),
+                v.verification.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "pbs:backup/ct/100/2024-05-01T10:00:00Z",
+                "pbs-ct",
+                Some("ok")
+            ),
+            (
+                "pbs:backup/ct/100/2024-05-02T10:00:00Z",
+                "pbs-ct",
+                Some("failed")
+            ),
+            ("pbs:backup/ct/100/2024-05-03T10:00:00Z", "pbs-ct", None),
+        ]
+    );
+    assert_eq!(rows[0].ctime, Some(1_714_557_600));
+    assert_eq!(rows[0].subtype, None);
+}
+
+#[test]
 fn mutations_send_the_right_method_path_and_params() {
     let sim = sim();
     let c = client(&sim);

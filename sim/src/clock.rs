@@ -1,7 +1,7 @@
-//! Wall-clock helpers for the simulators: epoch seconds and the two date shapes they print.
+//! Wall-clock helpers for the simulators: epoch seconds and the date shapes they print.
 //!
 //! Owns the UTC calendar arithmetic the simulators need (HTTP `Date` headers, vzdump archive
-//! names). It must never be used for durations: those use `Instant`.
+//! names, Proxmox Backup Server snapshot times). It must never be used for durations: those use `Instant`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -85,6 +85,16 @@ pub fn vzdump_stamp(epoch: u64) -> String {
     )
 }
 
+/// `2024-05-01T10:00:00Z`, the snapshot time in a PBS volid (`strftime("%FT%TZ", gmtime)`
+/// in pve-storage's PBSPlugin `print_volid`).
+pub fn pbs_stamp(epoch: u64) -> String {
+    let c = civil(epoch);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +106,6 @@ mod tests {
         assert_eq!(vzdump_stamp(1_714_557_600), "2024_05_01-10_00_00");
         // Leap day.
         assert_eq!(vzdump_stamp(1_709_164_800), "2024_02_29-00_00_00");
+        assert_eq!(pbs_stamp(1_714_557_600), "2024-05-01T10:00:00Z");
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::http;
-use model::{Backup, Guest, State};
+use model::{Backup, Guest, State, Storage};
 
 /// The node name unless the builder sets another.
 pub const DEFAULT_NODE: &str = "pve";
@@ -245,6 +245,7 @@ pub struct ProxmoxSimBuilder {
     secret: String,
     guests: Vec<GuestSeed>,
     backups: Vec<(u32, String)>,
+    pbs_backups: Vec<(u32, String, Option<String>)>,
     cert: CertChoice,
     task_duration: Duration,
     sync_config_put: bool,
@@ -259,6 +260,7 @@ impl Default for ProxmoxSimBuilder {
             secret: DEFAULT_TOKEN_SECRET.to_string(),
             guests: Vec::new(),
             backups: Vec::new(),
+            pbs_backups: Vec::new(),
             cert: CertChoice::SelfSigned,
             task_duration: DEFAULT_TASK_DURATION,
             sync_config_put: true,
@@ -293,6 +295,17 @@ impl ProxmoxSimBuilder {
     /// is the seeded guest's if there is one, else a default guest's.
     pub fn backup(mut self, vmid: u32, stamp: &str) -> Self {
         self.backups.push((vmid, stamp.to_string()));
+        self
+    }
+
+    /// Adds a snapshot of guest `vmid` on the Proxmox Backup Server storage `pbs` (type
+    /// `pbs`, listed only once a snapshot is seeded), taken at `time`
+    /// (`2024-05-01T10:00:00Z`): `pbs:backup/ct/VMID/TIME`, format `pbs-ct`.
+    /// `verification` is the last verify job's state (`ok`, `failed`), listed as PBS
+    /// does (`{"state": …, "upid": …}`); `None` leaves the row without it (never verified).
+    pub fn pbs_backup(mut self, vmid: u32, time: &str, verification: Option<&str>) -> Self {
+        self.pbs_backups
+            .push((vmid, time.to_string(), verification.map(str::to_string)));
         self
     }
 
@@ -351,6 +364,28 @@ impl ProxmoxSimBuilder {
             b.ctime = stamp_epoch(stamp).unwrap_or(b.ctime);
             state.backups.push(b);
         }
+        if !self.pbs_backups.is_empty() && state.storage(PBS_STORAGE).is_none() {
+            state.storages.push(Storage::pbs(PBS_STORAGE));
+        }
+        for (vmid, time, verification) in &self.pbs_backups {
+            let guest =
+                state.guests.get(vmid).cloned().unwrap_or_else(|| {
+                    Guest::from_seed(&GuestSeed::new(*vmid, &format!("ct{vmid}")))
+                });
+            // `2024-05-01T10:00:00Z` read as the vzdump stamp `2024-05-01-10_00_00`.
+            let as_stamp = time
+                .trim_end_matches('Z')
+                .replace('T', "-")
+                .replace(':', "_");
+            let mut b = Backup::pbs(
+                &guest,
+                PBS_STORAGE,
+                stamp_epoch(&as_stamp).unwrap_or(state.boot_uptime),
+            );
+            b.volid = format!("{PBS_STORAGE}:backup/ct/{vmid}/{time}");
+            b.verification.clone_from(verification);
+            state.backups.push(b);
+        }
         let inner = Arc::new(Inner {
             state: Mutex::new(state),
         });
@@ -366,6 +401,9 @@ impl ProxmoxSimBuilder {
         }
     }
 }
+
+/// The storage that [`ProxmoxSimBuilder::pbs_backup`] seeds snapshots in.
+const PBS_STORAGE: &str = "pbs";
 
 /// Parses a vzdump stamp back to epoch seconds (UTC) for a seeded backup's `ctime`.
 fn stamp_epoch(stamp: &str) -> Option<u64> {

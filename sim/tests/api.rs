@@ -673,6 +673,68 @@ fn seeded_backups_are_listed_and_a_failed_fresh_restore_leaves_nothing() {
 }
 
 #[test]
+fn pbs_snapshots_are_listed_as_pbsplugin_lists_them() {
+    let sim = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web"))
+        .pbs_backup(100, "2024-05-01T10:00:00Z", Some("ok"))
+        .pbs_backup(100, "2024-05-02T10:00:00Z", Some("failed"))
+        .pbs_backup(100, "2024-05-03T10:00:00Z", None)
+        .start();
+    let storages = get(&sim, "/storage").data();
+    let pbs = storages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["storage"] == "pbs")
+        .unwrap();
+    assert_eq!(pbs["type"], "pbs");
+    assert_eq!(pbs["content"], "backup");
+    assert!(pbs.get("path").is_none() && pbs["datastore"] == "store1");
+    let rows = get(&sim, "/nodes/pve/storage/pbs/content?content=backup").data();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["volid"], "pbs:backup/ct/100/2024-05-01T10:00:00Z");
+    assert_eq!(rows[0]["format"], "pbs-ct");
+    assert_eq!(rows[0]["ctime"], 1_714_557_600u64);
+    assert!(
+        rows[0].get("subtype").is_none(),
+        "PBSPlugin sets no subtype"
+    );
+    assert_eq!(rows[0]["verification"]["state"], "ok");
+    assert!(
+        rows[0]["verification"]["upid"]
+            .as_str()
+            .unwrap()
+            .starts_with("UPID:pbs:")
+    );
+    assert_eq!(rows[1]["verification"]["state"], "failed");
+    assert!(rows[2].get("verification").is_none(), "never verified");
+    // Seeds without PBS keep the two default storages.
+    let plain = ProxmoxSim::builder().start();
+    assert_eq!(get(&plain, "/storage").data().as_array().unwrap().len(), 2);
+
+    // vzdump onto the PBS storage makes a snapshot there, never verified yet.
+    let upid = post(&sim, "/nodes/pve/vzdump", "vmid=100&storage=pbs");
+    assert_eq!(wait_task(&sim, &upid)["exitstatus"], "OK");
+    let rows = get(&sim, "/nodes/pve/storage/pbs/content").data();
+    let new = rows.as_array().unwrap().last().unwrap();
+    assert!(
+        new["volid"]
+            .as_str()
+            .unwrap()
+            .starts_with("pbs:backup/ct/100/"),
+        "{new}"
+    );
+    assert_eq!(new["format"], "pbs-ct");
+    assert!(new.get("verification").is_none());
+    assert!(
+        task_log(&sim, &upid)
+            .iter()
+            .any(|l| l.starts_with("INFO: creating Proxmox Backup Server archive 'ct/100/"))
+    );
+}
+
+#[test]
 fn vzdump_permission_is_checked_in_the_task() {
     let sim = sim_with(vec![GuestSeed::new(100, "web")]);
     sim.deny("/vms/100", "VM.Backup");

@@ -129,8 +129,7 @@ impl HostReader for ProxmoxReader {
                 vmid: v.vmid,
                 notes: v.notes,
                 protected: v.protected,
-                // The Proxmox client does not decode PBS verification state yet.
-                verification: None,
+                verification: v.verification,
             })
             .collect())
     }

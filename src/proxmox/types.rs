@@ -496,6 +496,9 @@ pub struct Volume {
     pub protected: bool,
     /// Bytes in use (thin volumes).
     pub used: Option<u64>,
+    /// For Proxmox Backup Server snapshots: the last verification's `state` (`ok`,
+    /// `failed`); `None` when never verified.
+    pub verification: Option<String>,
 }
 
 impl Volume {
@@ -511,6 +514,11 @@ impl Volume {
             notes: o.opt_string("notes")?,
             protected: o.flag("protected")?,
             used: o.opt_u64("used")?,
+            // PBS hands over `{"state": "ok", "upid": "..."}`; only the state is reported.
+            verification: match o.opt_obj("verification")? {
+                Some(v) => v.opt_string("state")?,
+                None => None,
+            },
         })
     }
 }
@@ -803,6 +811,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use crate::proxmox::decode::list;
+
     fn obj<T>(v: Value, f: impl Fn(&Obj<'_>) -> Result<T, DecodeError>) -> Result<T, DecodeError> {
         f(&Obj::new(&v, "data")?)
     }
@@ -912,6 +922,33 @@ mod tests {
         assert_eq!(vol.size, 123_456);
         assert_eq!(vol.vmid, Some(100));
         assert!(vol.protected);
+        assert_eq!(vol.verification, None);
+    }
+
+    #[test]
+    fn pbs_verification_state() {
+        let upid =
+            "UPID:pbs:000004D2:0000162E:00000000:66324F00:verificationjob:store1\\x3av-1:root@pam:";
+        let row = |verification: Value| {
+            json!([{"volid": "pbs:backup/ct/100/2024-05-01T10:00:00Z", "content": "backup",
+                    "format": "pbs-ct", "size": 1234, "ctime": 1714557600, "vmid": 100,
+                    "verification": verification}])
+        };
+        let one = |v: Value| list(&v, "data", Volume::decode).map(|mut l| l.remove(0));
+        let ok = one(row(json!({"state": "ok", "upid": upid}))).unwrap();
+        assert_eq!(ok.format, "pbs-ct");
+        assert_eq!(ok.verification.as_deref(), Some("ok"));
+        let failed = one(row(json!({"state": "failed", "upid": upid}))).unwrap();
+        assert_eq!(failed.verification.as_deref(), Some("failed"));
+        assert_eq!(one(row(Value::Null)).unwrap().verification, None);
+        assert_eq!(one(row(json!({"upid": upid}))).unwrap().verification, None);
+
+        let e = one(row(json!("ok"))).unwrap_err();
+        assert_eq!(e.field, "data[0].verification");
+        assert_eq!(e.expected, "an object");
+        let e = one(row(json!({"state": ["ok"], "upid": upid}))).unwrap_err();
+        assert_eq!(e.field, "data[0].verification.state");
+        assert_eq!(e.expected, "a string");
     }
 
     #[test]

@@ -1088,7 +1088,12 @@ fn vzdump(st: &mut State, p: &Params) -> ApiResult {
             errors.push(line);
             continue;
         }
-        let mut b = Backup::of(g, &storage, now, ext);
+        let pbs = target.kind == "pbs";
+        let mut b = if pbs {
+            Backup::pbs(g, &storage, now)
+        } else {
+            Backup::of(g, &storage, now, ext)
+        };
         b.notes = p.get("notes-template").map(|t| {
             t.replace("{{guestname}}", &g.name())
                 .replace("{{vmid}}", &id.to_string())
@@ -1100,10 +1105,17 @@ fn vzdump(st: &mut State, p: &Params) -> ApiResult {
             if g.running { "running" } else { "stopped" }
         ));
         log.push(format!("INFO: CT Name: {}", g.name()));
-        log.push(format!(
-            "INFO: creating vzdump archive '/var/lib/vz/dump/{}'",
-            b.file_name()
-        ));
+        log.push(if pbs {
+            format!(
+                "INFO: creating Proxmox Backup Server archive 'ct/{id}/{}'",
+                clock::pbs_stamp(now)
+            )
+        } else {
+            format!(
+                "INFO: creating vzdump archive '/var/lib/vz/dump/{}'",
+                b.file_name()
+            )
+        });
         log.push(format!("INFO: Total bytes written: {}", b.size * 3));
         log.push(format!("INFO: archive file size: {}MB", b.size >> 20));
         log.push(format!("INFO: Finished Backup of VM {id} (00:00:01)"));
@@ -1164,6 +1176,13 @@ fn storage_index(st: &State, p: &Params) -> ApiResult {
             });
             if let Some(obj) = row.as_object_mut() {
                 match s.path {
+                    // pve-storage's PBSPlugin options: the server and datastore it reaches.
+                    None if s.kind == "pbs" => {
+                        obj.insert("server".into(), Value::String("192.0.2.10".into()));
+                        obj.insert("datastore".into(), Value::String("store1".into()));
+                        obj.insert("username".into(), Value::String("pve@pbs".into()));
+                        obj.insert("prune-backups".into(), Value::String("keep-all=1".into()));
+                    }
                     Some(path) => {
                         obj.insert("path".into(), Value::String(path.into()));
                         obj.insert("prune-backups".into(), Value::String("keep-all=1".into()));
@@ -1257,9 +1276,22 @@ fn storage_content(st: &State, p: &mut Params, name: &str) -> ApiResult {
             "size": b.size,
             "ctime": b.ctime,
             "vmid": b.vmid,
-            "subtype": "lxc",
         });
-        if let (Some(notes), Some(obj)) = (&b.notes, row.as_object_mut()) {
+        let Some(obj) = row.as_object_mut() else {
+            continue;
+        };
+        // PBSPlugin's list_volumes sets no subtype and passes verification through as
+        // PBS reports it: the state and the verify task's (PBS) UPID.
+        if !b.is_pbs() {
+            obj.insert("subtype".into(), Value::String("lxc".into()));
+        }
+        if let Some(state) = &b.verification {
+            obj.insert(
+                "verification".into(),
+                json!({"state": state, "upid": pbs_verify_upid(b.ctime)}),
+            );
+        }
+        if let Some(notes) = &b.notes {
             let first = notes.lines().next().unwrap_or_default();
             obj.insert("notes".into(), Value::String(first.to_string()));
         }
@@ -1286,6 +1318,15 @@ fn storage_content(st: &State, p: &mut Params, name: &str) -> ApiResult {
         }));
     }
     Ok(Answer::data(Value::Array(rows)))
+}
+
+/// A PBS verify job's UPID, an hour after the snapshot: PBS's own UPID shape (task id
+/// field, `\x3a`-escaped worker id), not PVE's.
+fn pbs_verify_upid(ctime: u64) -> String {
+    format!(
+        "UPID:pbs:000004D2:0000162E:00000000:{:08X}:verificationjob:store1\\x3av\\x2d0001:root@pam:",
+        ctime.saturating_add(3600)
+    )
 }
 
 /// The decode regex of pve-common's UPID.pm, written out.

@@ -374,6 +374,21 @@ pub(crate) struct Storage {
     pub base_used: u64,
 }
 
+impl Storage {
+    /// A Proxmox Backup Server datastore attached as storage `name` (type `pbs`, backups
+    /// only, no local path).
+    pub fn pbs(name: &str) -> Storage {
+        Storage {
+            name: name.to_string(),
+            kind: "pbs",
+            content: "backup",
+            path: None,
+            total: 2048 * GIB,
+            base_used: 0,
+        }
+    }
+}
+
 /// A backup archive in a storage.
 #[derive(Debug, Clone)]
 pub(crate) struct Backup {
@@ -384,6 +399,9 @@ pub(crate) struct Backup {
     pub size: u64,
     pub format: String,
     pub notes: Option<String>,
+    /// PBS snapshots only: the last verification's state (`ok`, `failed`); `None` when
+    /// never verified.
+    pub verification: Option<String>,
     /// The guest's config at backup time; a restore brings it back.
     pub conf: BTreeMap<String, String>,
     pub description: Vec<String>,
@@ -409,9 +427,29 @@ impl Backup {
             size: guest.disk_bytes() / 8 + 12_345,
             format,
             notes: None,
+            verification: None,
             conf,
             description: guest.description.clone(),
         }
+    }
+
+    /// A snapshot of `guest` in the PBS storage `storage`, as pve-storage's PBSPlugin
+    /// names it: `STORAGE:backup/ct/VMID/2024-05-01T10:00:00Z`, format `pbs-ct`.
+    pub fn pbs(guest: &Guest, storage: &str, ctime: u64) -> Backup {
+        let mut b = Backup::of(guest, storage, ctime, ".zst");
+        b.volid = format!(
+            "{storage}:backup/ct/{}/{}",
+            guest.vmid,
+            clock::pbs_stamp(ctime)
+        );
+        b.format = "pbs-ct".to_string();
+        b
+    }
+
+    /// Whether it lives on a Proxmox Backup Server (listed without `subtype`, with
+    /// `verification`).
+    pub fn is_pbs(&self) -> bool {
+        self.format.starts_with("pbs-")
     }
 
     pub fn file_name(&self) -> &str {
