@@ -24,8 +24,8 @@
 //! * [`FAIL_SYNC_AT_ENV`] = `N` or `N:forever`: every [`crate::store::Store`] of the
 //!   process runs on one shared [`crate::store::FaultyIo`], so the process's N-th
 //!   fsync fails (once, or that one and every later one);
-//! * [`JOURNAL_COMPACT_AT_ENV`] = `N`: the journal is compacted at start once it holds
-//!   more than `N` records, instead of [`crate::reconcile::journal::COMPACT_AT_START`].
+//! * [`JOURNAL_COMPACT_AT_ENV`] = `N`: the journal is compacted (at start and by the
+//!   running worker) once it holds more than `N` records, instead of [`crate::reconcile::journal::COMPACT_OVER`].
 //!
 //! The variables are named `FELHOM_FAULT_*`, not `FELHOM_AGENT_*`: the configuration
 //! rejects every unknown `FELHOM_AGENT_*` variable, and these are not configuration.
@@ -47,8 +47,8 @@ pub const PAUSE_AT_ENV: &str = "FELHOM_FAULT_PAUSE_AT";
 pub const PAUSE_MARKER_ENV: &str = "FELHOM_FAULT_PAUSE_MARKER";
 /// `N` or `N:forever`: fail the process's N-th fsync (feature `fault-points` only).
 pub const FAIL_SYNC_AT_ENV: &str = "FELHOM_FAULT_FAIL_SYNC_AT";
-/// The journal's record count above which it is compacted at start (feature
-/// `fault-points` only).
+/// The journal's record count above which it is compacted, at start and while running
+/// (feature `fault-points` only).
 pub const JOURNAL_COMPACT_AT_ENV: &str = "FELHOM_FAULT_JOURNAL_COMPACT_AT";
 
 /// Marks `point` as reached: pauses the process there for good when the test asked for

@@ -1211,9 +1211,9 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), SetupError> {
 }
 
 /// The journal size, in records, above which it is compacted:
-/// [`super::journal::COMPACT_AT_START`] (a test build with fault points may lower it).
+/// [`super::journal::COMPACT_OVER`] (a test build with fault points may lower it).
 pub fn journal_compact_threshold() -> u64 {
-    crate::faultpoint::journal_compact_at(super::journal::COMPACT_AT_START)
+    crate::faultpoint::journal_compact_at(super::journal::COMPACT_OVER)
 }
 
 /// Keeps the journal bounded: compacts it (in-flight ops and unexpired applied keys are
