@@ -1,7 +1,7 @@
 //! Configuration: the JSON file, the `FELHOM_AGENT_*` environment overlay, defaults,
 //! secrets from files, and validation that depends on the mode being run.
 //!
-//! The file is walked field by field against [`SCHEMA`] rather than handed to a serde
+//! The file is walked field by field against `SCHEMA` rather than handed to a serde
 //! derive, so every error names the full path of the field and why it is wrong
 //! (`proxmox.url: must be https://HOST[:PORT], got "http://pve"`), and an unknown
 //! field anywhere is an error rather than silently ignored. Every leaf can be

@@ -46,7 +46,7 @@ impl WaitOptions {
     }
 
     /// The delay after one of `current`: doubled, at most `cap` (a cap below
-    /// `initial` keeps the delay at `initial`), never below [`MIN_POLL_DELAY`].
+    /// `initial` keeps the delay at `initial`), never below `MIN_POLL_DELAY` (1 ms).
     pub fn next_delay(&self, current: Duration) -> Duration {
         current
             .saturating_mul(2)
