@@ -45,7 +45,7 @@ use felhom_agent::reconcile::recover::recover;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::store::{FaultOp, FaultyIo, Io, OsIo, Store, StoreError};
 use felhom_agent::time::{Clock, SystemClock, Timestamp};
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
+use felhom_sim::{GuestSeed, ProxmoxSim};
 use serde_json::Value;
 
 fn tempdir(name: &str) -> PathBuf {
@@ -677,7 +677,7 @@ mod binary {
     use felhom_agent::daemon::DEBUG_SECOND_ENV;
     use felhom_agent::faultpoint::FAIL_SYNC_AT_ENV;
     use felhom_agent::reconcile::journal::JournalView;
-    use felhom_sim::HubSim;
+    use felhom_sim::{DEFAULT_TOKEN_SECRET, HubSim};
     use serde_json::json;
 
     const PATIENCE: Duration = Duration::from_secs(30);
