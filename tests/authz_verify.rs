@@ -570,16 +570,23 @@ fn raw_ed25519_sign(seed: u8, msg: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// An sk-ssh-ed25519 SSHSIG over `msg`, as a FIDO authenticator would make it.
-fn mint_sk(seed: u8, msg: &[u8], flags: u8, counter: u32) -> (String, String) {
-    let kp = Ed25519Keypair::from_seed(&[seed; 32]);
-    let key = KeyData::SkEd25519(SkEd25519::new(kp.public, "ssh:"));
+/// What a FIDO authenticator signs for an `sk-*` SSHSIG over `msg` (application
+/// `ssh:`): SHA256(application) | flags | counter | SHA256(SSHSIG signed data).
+fn sk_authenticator_data(msg: &[u8], flags: u8, counter: u32) -> Vec<u8> {
     let signed = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, msg).unwrap();
     let mut authn = Vec::new();
     authn.extend_from_slice(&Sha256::digest(b"ssh:"));
     authn.push(flags);
     authn.extend_from_slice(&counter.to_be_bytes());
     authn.extend_from_slice(&Sha256::digest(&signed));
+    authn
+}
+
+/// An sk-ssh-ed25519 SSHSIG over `msg`, as a FIDO authenticator would make it.
+fn mint_sk(seed: u8, msg: &[u8], flags: u8, counter: u32) -> (String, String) {
+    let kp = Ed25519Keypair::from_seed(&[seed; 32]);
+    let key = KeyData::SkEd25519(SkEd25519::new(kp.public, "ssh:"));
+    let authn = sk_authenticator_data(msg, flags, counter);
     let mut data = raw_ed25519_sign(seed, &authn);
     data.push(flags);
     data.extend_from_slice(&counter.to_be_bytes());
@@ -658,12 +665,7 @@ fn mint_sk_ecdsa(msg: &[u8], flags: u8, counter: u32) -> (String, String) {
         panic!("ecdsa-p256 is not a P-256 key");
     };
     let key = KeyData::SkEcdsaSha2NistP256(SkEcdsaSha2NistP256::new(*point, "ssh:"));
-    let signed = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, msg).unwrap();
-    let mut authn = Vec::new();
-    authn.extend_from_slice(&Sha256::digest(b"ssh:"));
-    authn.push(flags);
-    authn.extend_from_slice(&counter.to_be_bytes());
-    authn.extend_from_slice(&Sha256::digest(&signed));
+    let authn = sk_authenticator_data(msg, flags, counter);
     // ssh-key signs with SHA-256 for P-256 and encodes mpint r | mpint s, the inner
     // form of an sk-ecdsa signature; the authenticator appends flags and counter.
     let inner: Signature = private
