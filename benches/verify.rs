@@ -33,7 +33,7 @@ const GOAL: f64 = 1.2;
 
 fn blob(i: usize) -> Vec<u8> {
     format!(
-        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"105","params":{{"purge":"1"}},"key_id":"bench","nonce":"{i:032x}","not_before":"2030-01-01T00:00:00Z","expires_at":"2030-01-01T01:00:00Z"}}"#
+        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"105","guest_digest":"9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1","params":{{"purge":"1"}},"key_id":"bench","nonce":"{i:032x}","not_before":"2030-01-01T00:00:00Z","expires_at":"2030-01-01T01:00:00Z"}}"#
     )
     .into_bytes()
 }

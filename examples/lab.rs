@@ -193,10 +193,14 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         pve.mutations().len()
     ));
 
-    // 3. An operator signs a destroy; the agent checks it offline (burns no nonce).
+    // 3. An operator signs a destroy of guest 102 as it is now (its config digest);
+    // the agent checks it offline (burns no nonce).
     let now = SystemClock.now().unix();
+    let Some(digest_102) = pve.guest_digest(102) else {
+        return fail("the simulator has no guest 102");
+    };
     let blob = format!(
-        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"102","params":{{"purge":"1"}},"key_id":"ops-2026","nonce":"9f86d081884c7d659a2feaa0c55ad015","not_before":"{}","expires_at":"{}"}}"#,
+        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"102","guest_digest":"{digest_102}","params":{{"purge":"1"}},"key_id":"ops-2026","nonce":"9f86d081884c7d659a2feaa0c55ad015","not_before":"{}","expires_at":"{}"}}"#,
         Timestamp(now - 60),
         Timestamp(now + 1800)
     );
@@ -216,6 +220,8 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         _ => return fail("ssh-keygen -Y sign failed (is openssh-client installed?)"),
     }
     let sig = format!("{}.sig", blob_path.display());
+    // The hub holds this signature back; step 8 delivers it after the vmid was reused.
+    let held_sig = std::fs::read_to_string(&sig).unwrap_or_default();
     let blob_arg = blob_path.display().to_string();
     let out = run(
         bin,
@@ -254,7 +260,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     // 5. The daemon with a desired-state file, an unsigned destroy waiting at the hub.
     let now = SystemClock.now().unix();
     let destroy = format!(
-        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"102","params":{{"purge":"1"}},"key_id":"lab-fresh","nonce":"4b2f0c1d9e8a7b6c5d4e3f2a1b0c9d8e","not_before":"{}","expires_at":"{}"}}"#,
+        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"102","guest_digest":"{digest_102}","params":{{"purge":"1"}},"key_id":"lab-fresh","nonce":"4b2f0c1d9e8a7b6c5d4e3f2a1b0c9d8e","not_before":"{}","expires_at":"{}"}}"#,
         Timestamp(now - 60),
         Timestamp(now + 1800)
     );
@@ -320,7 +326,22 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail(e);
     }
 
-    // 6. The same destroy signed with the freshly minted key: executed once.
+    // 6. The same destroy signed with the freshly minted key: executed once. The operator
+    // signs for the digest the host report shows for guest 102.
+    let reported_digest = hub.reports().last().and_then(|r| {
+        r["guests"]
+            .as_array()?
+            .iter()
+            .find(|g| g["vmid"] == 102)?
+            .get("digest")?
+            .as_str()
+            .map(str::to_owned)
+    });
+    if reported_digest.as_deref() != Some(digest_102.as_str()) {
+        return fail(format!(
+            "the report shows guest 102's digest as {reported_digest:?}, not {digest_102}"
+        ));
+    }
     let blob_path = dir.join("destroy-102-fresh.json");
     std::fs::write(&blob_path, &destroy).unwrap();
     let signed = Command::new("ssh-keygen")
@@ -347,7 +368,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail(daemon.stop_with_log(format!("expected one DELETE, saw {}", deletes())));
     }
     say(
-        "signed ops: the same destroy signed with a fresh key is accepted and executed once (one DELETE, guest 102 gone)",
+        "signed ops: the same destroy signed with a fresh key for the digest the report shows is executed once (one DELETE, guest 102 gone)",
     );
 
     // 7. Its replay: delivered again, skipped by the applied nonce.
@@ -375,7 +396,30 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         Err(e) => return fail(e),
     };
 
-    // 8. kill -9 while a task runs: the restart's Recover finishes it, nothing runs twice.
+    // 8. Proxmox reuses vmids: 102 goes to a new customer, and the hub delivers the
+    // destroy of the old 102 it held back since step 3. Signed for the old guest's
+    // digest, it is refused guest_changed and the new guest survives.
+    pve.add_guest(GuestSeed::new(102, "new-customer").running(false));
+    hub.queue_signed_op(blob.as_bytes(), Some(&held_sig));
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("the held destroy refused", || audited("guest_changed") == 1) {
+        return fail(daemon.stop_with_log("the held destroy of a reused vmid was not refused"));
+    }
+    if deletes() != 1 || !pve.guest_ids().contains(&102) {
+        return fail(daemon.stop_with_log("the held destroy reached the new guest 102"));
+    }
+    say(
+        "signed ops: vmid 102 reused by a new guest; the held destroy of the old one is refused guest_changed, no DELETE",
+    );
+    match daemon.stop() {
+        Ok(log) => logs.push_str(&log),
+        Err(e) => return fail(e),
+    }
+
+    // 9. kill -9 while a task runs: the restart's Recover finishes it, nothing runs twice.
     pve.set_task_duration(Duration::from_secs(2));
     std::fs::write(
         &desired,

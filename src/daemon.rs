@@ -392,7 +392,7 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
             jobs,
             Arc::clone(&reconciler.gate),
             Arc::clone(&reconciler.audit),
-            Some(executor),
+            executor,
         );
         let (s, slot) = (shutdown.clone(), Arc::clone(&failure));
         workers.spawn("signed-ops", move || {

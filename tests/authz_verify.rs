@@ -13,7 +13,7 @@ use felhom_agent::authz::{
 use felhom_agent::encoding::base64_decode;
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::{Intent, OpClass};
-use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, Refusal, SignedOp};
+use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, GuestNow, Refusal, SignedOp};
 use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::time::{ManualClock, Timestamp};
 use sha2::{Digest as _, Sha256};
@@ -601,6 +601,9 @@ fn mint_sk(seed: u8, msg: &[u8], flags: u8, counter: u32) -> (String, String) {
     (s.to_pem(LineEnding::LF).unwrap(), line)
 }
 
+/// The `guest_digest` of the vector blobs (`vectors/sshsig/gen.sh`).
+const VECTOR_DIGEST: &str = "9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1";
+
 fn op_with_nonce(nonce: &str) -> Vec<u8> {
     String::from_utf8(blob("op-valid"))
         .unwrap()
@@ -790,6 +793,10 @@ fn a_hardware_key_counter_that_does_not_increase_is_in_the_audit_log() {
                     blob: blob.to_vec(),
                     signature: signature.to_string(),
                 }),
+                &GuestNow::Present {
+                    digest: Some(VECTOR_DIGEST.into()),
+                    protected: false,
+                },
             )
         };
         let allowed = |d: &Decision| {
@@ -910,7 +917,8 @@ fn printable_form_is_stable_lines() {
     assert_eq!(
         op.to_lines(),
         format!(
-            "op: guest_destroy\nhost_id: pve-a\nguest_id: 105\nparam.purge: 1\nkey_id: ops-2026\n\
+            "op: guest_destroy\nhost_id: pve-a\nguest_id: 105\nguest_digest: {VECTOR_DIGEST}\n\
+             param.purge: 1\nkey_id: ops-2026\n\
              signer: ops-2026\nsigner_role: operational\nsigner_fingerprint: {fp}\n\
              nonce: 6f1c0e5a9b3d47e28c1f0a9d3b5e7c21\nnot_before: 2030-01-01T00:00:00Z\n\
              expires_at: 2030-01-01T01:00:00Z\n"

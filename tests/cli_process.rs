@@ -370,7 +370,7 @@ fn sign(dir: &Dir, name: &str, blob: &[u8], namespace: &str) -> PathBuf {
 fn op_blob(host: &str, nonce: &str) -> Vec<u8> {
     let now = SystemClock.now().unix();
     format!(
-        r#"{{"op":"guest_destroy","host_id":"{host}","guest_id":"105","params":{{"purge":"1"}},"key_id":"ops-2026","nonce":"{nonce}","not_before":"{}","expires_at":"{}"}}"#,
+        r#"{{"op":"guest_destroy","host_id":"{host}","guest_id":"105","guest_digest":"9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1","params":{{"purge":"1"}},"key_id":"ops-2026","nonce":"{nonce}","not_before":"{}","expires_at":"{}"}}"#,
         Timestamp(now - 60),
         Timestamp(now + 3600)
     )

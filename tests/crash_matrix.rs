@@ -172,8 +172,9 @@ impl Lab {
         let signed = (flow == Flow::Signed).then(|| {
             let now = SystemClock.now().unix();
             let n = nonce();
+            let digest = pve.guest_digest(SIGNED_VMID).expect("the guest to destroy exists");
             let blob = format!(
-                "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{SIGNED_VMID}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{n}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
+                "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{SIGNED_VMID}\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{n}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
                 Timestamp(now - 60),
                 Timestamp(now + 1800)
             )

@@ -74,9 +74,11 @@ fn a_live_round_reports_the_simulated_host_and_the_hub_accepts_it() {
         r["guests"],
         json!([
             {"vmid": 100, "name": "web", "status": "running",
-             "spec": {"cores": 2, "memory_bytes": 1u64 << 30, "disk_bytes": 8u64 << 30}},
+             "spec": {"cores": 2, "memory_bytes": 1u64 << 30, "disk_bytes": 8u64 << 30},
+             "digest": pve.guest_digest(100).unwrap()},
             {"vmid": 101, "name": "db", "status": "stopped",
-             "spec": {"cores": 4, "memory_bytes": 2u64 << 30, "disk_bytes": 16u64 << 30}},
+             "spec": {"cores": 4, "memory_bytes": 2u64 << 30, "disk_bytes": 16u64 << 30},
+             "digest": pve.guest_digest(101).unwrap()},
         ])
     );
     let backups = r["backups"].as_array().unwrap();

@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use felhom_agent::hub::collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, GuestRow, HostReader, NoAudit, ReadError,
-    StorageRow, VolumeRow,
+    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
+    NoAudit, ReadError, StorageRow, VolumeRow,
 };
 use felhom_agent::hub::report::{
     AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage, Usage,
@@ -31,6 +31,7 @@ struct FakeNode {
     storages_fail: bool,
     guests: Vec<GuestRow>,
     cores: HashMap<u32, Option<u32>>,
+    digests: HashMap<u32, String>,
     config_fails: BTreeSet<u32>,
     storages: Vec<StorageRow>,
     content: HashMap<String, Vec<VolumeRow>>,
@@ -79,11 +80,14 @@ impl HostReader for FakeNode {
         }
         Ok(self.guests.clone())
     }
-    fn guest_cores(&self, vmid: u32) -> Result<Option<u32>, ReadError> {
+    fn guest_config(&self, vmid: u32) -> Result<GuestConfigRow, ReadError> {
         if self.config_fails.contains(&vmid) {
             return Err(fail("guest config"));
         }
-        Ok(self.cores.get(&vmid).copied().flatten())
+        Ok(GuestConfigRow {
+            cores: self.cores.get(&vmid).copied().flatten(),
+            digest: self.digests.get(&vmid).cloned(),
+        })
     }
     fn storages(&self) -> Result<Vec<StorageRow>, ReadError> {
         if self.storages_fail {
@@ -155,6 +159,8 @@ fn golden_node() -> FakeNode {
         ..FakeNode::default()
     };
     n.cores.insert(100, Some(2));
+    n.digests
+        .insert(100, "2a3f6c1e9b0d4c8a7e5f1b2c3d4e5f60718293a4".into());
     n.content.insert(
         "local".into(),
         vec![VolumeRow {
@@ -320,7 +326,7 @@ fn the_contract_field_names_are_frozen() {
     }
     assert_eq!(
         keys(&golden["guests"][0]),
-        set(&["vmid", "name", "status", "spec"])
+        set(&["vmid", "name", "status", "spec", "digest"])
     );
     assert_eq!(
         keys(&golden["guests"][0]["spec"]),
@@ -427,6 +433,7 @@ fn one_guest_config_failing_keeps_its_status_and_drops_only_its_spec() {
     let b = &report.guests[1];
     assert_eq!(b.status, GuestStatus::Stopped, "status kept");
     assert_eq!(b.spec, None, "only the spec is lost");
+    assert_eq!(b.digest, None, "and the digest");
     assert_eq!(
         report.guests[0].spec,
         Some(GuestSpec {

@@ -5,16 +5,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::CountingExecutor;
 use common::pinned_client as proxmox_client;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{
-    AuthzConfig, AuthzError, FileNonceStore, NAMESPACE, Role, SignerEntry, Verifier,
+    AuthzConfig, AuthzError, FileNonceStore, NAMESPACE, NonceStore, Role, SignerEntry, Verifier,
 };
 use felhom_agent::hub::AuditTail;
 use felhom_agent::hub::signed_ops::{DeliveredOp, OpOutcome, SignedOpsRunner};
@@ -25,9 +27,9 @@ use felhom_agent::reconcile::desired::{
     DesiredGuest, DesiredProvider, DesiredState, StaticProvider,
 };
 use felhom_agent::reconcile::engine::{Engine, EngineOptions};
-use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, Refusal, SignedOp};
+use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, GuestNow, Refusal, SignedOp};
 use felhom_agent::reconcile::jobs::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
-use felhom_agent::reconcile::journal::{Journal, JournalError, OpState};
+use felhom_agent::reconcile::journal::{Journal, OpState};
 use felhom_agent::reconcile::queue::Queue;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::time::{ManualClock, Timestamp};
@@ -74,9 +76,26 @@ struct Op<'a> {
     op: &'a str,
     host: &'a str,
     guest: &'a str,
+    /// The config digest the operator saw; by default the seeded guest's.
+    digest: String,
     params: &'a [(&'a str, &'a str)],
     expires: i64,
     nonce: String,
+}
+
+/// The config digest of a guest of [`sim`] as seeded (every simulator in this file
+/// starts from the same seeds, so it is the same in each).
+fn seed_digest(guest: &str) -> String {
+    static DIGESTS: OnceLock<(String, String)> = OnceLock::new();
+    let (d105, d106) = DIGESTS.get_or_init(|| {
+        let s = sim();
+        (s.guest_digest(105).unwrap(), s.guest_digest(106).unwrap())
+    });
+    match guest {
+        "105" => d105.clone(),
+        "106" => d106.clone(),
+        other => panic!("no seeded guest {other}"),
+    }
 }
 
 impl<'a> Op<'a> {
@@ -85,6 +104,7 @@ impl<'a> Op<'a> {
             op: "guest_destroy",
             host: "pve-a",
             guest,
+            digest: seed_digest(guest),
             params: &[("purge", "1")],
             expires: NOW + 3600,
             nonce: nonce(),
@@ -98,7 +118,8 @@ impl<'a> Op<'a> {
             .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
             .collect();
         serde_json::to_vec(&serde_json::json!({
-            "op": self.op, "host_id": self.host, "guest_id": self.guest, "params": params,
+            "op": self.op, "host_id": self.host, "guest_id": self.guest,
+            "guest_digest": self.digest, "params": params,
             // Not a configured id: the audit must name the signer found by key
             // material, never what the blob claims.
             "key_id": "claimed-in-blob", "nonce": self.nonce,
@@ -121,23 +142,6 @@ fn destroy_intent(guest: &str) -> Intent {
     i
 }
 
-/// Counts executions and delegates to the real Proxmox executor.
-struct Counting {
-    inner: ProxmoxExecutor,
-    calls: AtomicUsize,
-}
-
-impl DestructiveExecutor for Counting {
-    fn execute(
-        &self,
-        intent: &Intent,
-        on_task: &mut dyn FnMut(&str) -> Result<(), JournalError>,
-    ) -> Result<(), String> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.execute(intent, on_task)
-    }
-}
-
 /// One agent's reconcile state on a state dir; `restart` reopens it all from disk.
 struct Agent {
     dir: PathBuf,
@@ -149,7 +153,8 @@ struct Agent {
     /// The hub's path: what `SignedOpsRunner` does with a delivered op.
     runner: SignedOpsRunner,
     queue: Arc<Queue>,
-    exec: Arc<Counting>,
+    exec: Arc<CountingExecutor>,
+    nonces: Arc<FileNonceStore>,
     desired: Arc<StaticProvider>,
 }
 
@@ -179,7 +184,8 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
         ..AuthzConfig::default()
     };
     let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
-    let verifier = Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces).unwrap();
+    let verifier =
+        Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces.clone()).unwrap();
     let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
     let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
     let gate = Arc::new(
@@ -193,20 +199,17 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
     );
     let queue = Arc::new(Queue::new(4));
     let jobs = SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone()));
-    let exec = Arc::new(Counting {
-        inner: ProxmoxExecutor::new(
-            Arc::new(proxmox_client(sim)),
-            wait_options(),
-            Shutdown::new(),
-        ),
-        calls: AtomicUsize::new(0),
-    });
+    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
+        Arc::new(proxmox_client(sim)),
+        wait_options(),
+        Shutdown::new(),
+    )));
     let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
     let runner = SignedOpsRunner::new(
         SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone())),
         gate.clone(),
         audit.clone(),
-        Some(as_exec),
+        as_exec,
     )
     .with_clock(Arc::new(clock.clone()));
     Agent {
@@ -219,6 +222,7 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
         runner,
         queue,
         exec,
+        nonces,
         desired: Arc::new(StaticProvider::new(DesiredState::default())),
     }
 }
@@ -226,9 +230,7 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
 impl Agent {
     fn run(&self, intent: &Intent, signed: &SignedOp) -> JobOutcome {
         let exec: Arc<dyn DestructiveExecutor> = self.exec.clone();
-        self.jobs
-            .run_signed_job(intent, signed, Some(exec))
-            .unwrap()
+        self.jobs.run_signed_job(intent, signed, exec).unwrap()
     }
 
     /// Delivers `blob` (with `signature`, if any) the way the hub's signed-ops channel
@@ -262,6 +264,11 @@ impl Agent {
         )
     }
 
+    /// Whether the verifier burned `nonce`.
+    fn burned(&self, nonce: &str) -> bool {
+        self.nonces.is_recorded(nonce).unwrap()
+    }
+
     fn restart(self, sim: &ProxmoxSim) -> Agent {
         let dir = self.dir.clone();
         drop(self);
@@ -286,9 +293,11 @@ fn refused(outcome: JobOutcome) -> Refusal {
 
 /// Asserts that a refused case left no trace of execution: the executor was never
 /// called, the simulator saw no mutation, both guests are still there, nothing was
-/// journaled, and the last audited decision is the refusal's code (the report's tail).
+/// journaled, no nonce was burned, and the last audited decision is the refusal's
+/// code (the report's tail).
 fn assert_nothing_ran(a: &Agent, sim: &ProxmoxSim, r: &Refusal) {
-    assert_eq!(a.exec.calls.load(Ordering::SeqCst), 0, "executor called");
+    assert_eq!(a.exec.calls(), 0, "executor called");
+    assert!(a.nonces.is_empty(), "a refusal burned a nonce");
     assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
     assert_eq!(sim.guest_ids(), vec![105, 106]);
     assert!(a.journal.in_flight().is_empty());
@@ -419,24 +428,191 @@ fn matrix_tampered_blob_under_a_good_signature_is_rejected() {
 }
 
 #[test]
-fn matrix_replay_across_restart_is_rejected() {
+fn a_refusal_burns_no_nonce_so_the_same_signature_runs_for_its_own_action() {
     let sim = sim();
     let a = open_agent(&tempdir("replay"), &sim);
-    // Verified (nonce burned) but bound to another guest: refused, nothing applied.
-    let signed = Op::destroy("106").signed_by("ed25519");
+    // Verified, but bound to another guest: refused, nothing burned.
+    let op = Op::destroy("106");
+    let signed = op.signed_by("ed25519");
     assert_eq!(
         refused(a.run(&destroy_intent("105"), &signed)),
         Refusal::BindingMismatch
     );
-    // The same signature, now for the action it names: the burned nonce survives the
-    // restart, so it is a replay, not an execution.
+    assert!(!a.burned(&op.nonce));
+    // The same signature, after a restart, for the action it names: it runs once.
     let a = a.restart(&sim);
-    let r = refused(a.run(&destroy_intent("106"), &signed));
-    assert!(
-        matches!(r, Refusal::Rejected(AuthzError::Replay(_))),
-        "{r:?}"
+    assert!(matches!(
+        a.run(&destroy_intent("106"), &signed),
+        JobOutcome::Executed { .. }
+    ));
+    assert!(a.burned(&op.nonce), "burned once it ran");
+    assert_eq!(sim.guest_ids(), vec![105]);
+    // And never again, across another restart.
+    let a = a.restart(&sim);
+    assert_eq!(a.run(&destroy_intent("106"), &signed), JobOutcome::Skipped);
+    assert_eq!(sim.mutations().len(), 1, "one DELETE");
+}
+
+#[test]
+fn a_role_refusal_burns_no_nonce_so_the_same_blob_signed_by_the_right_key_runs() {
+    let sim = sim();
+    let a = open_agent(&tempdir("rolenonce"), &sim);
+    let op = Op::destroy("105");
+    assert_eq!(
+        refused(a.run(&destroy_intent("105"), &op.signed_by("ecdsa-p256"))),
+        Refusal::RoleDenied
     );
+    assert!(!a.burned(&op.nonce));
+    assert!(matches!(
+        a.run(&destroy_intent("105"), &op.signed_by("ed25519")),
+        JobOutcome::Executed { .. }
+    ));
+    assert_eq!(sim.guest_ids(), vec![106]);
+}
+
+#[test]
+fn a_reused_vmid_is_guest_changed_and_the_held_signature_destroys_nothing() {
+    let sim = sim();
+    let a = open_agent(&tempdir("reuse"), &sim);
+    // The operator signs the destroy of 105 as it is now; the hub holds it back.
+    let held = Op::destroy("105");
+    let signed = held.signed_by("ed25519");
+    // Meanwhile 105 is destroyed by other means and the number goes to a new customer.
+    assert!(sim.remove_guest(105));
+    sim.add_guest(GuestSeed::new(105, "new-customer").cores(2));
+    assert_ne!(sim.guest_digest(105).unwrap(), held.digest);
+    let r = refused(a.run(&destroy_intent("105"), &signed));
+    assert_eq!(r, Refusal::GuestChanged);
     assert_nothing_ran(&a, &sim, &r);
+    assert!(
+        sim.guest_config(105).is_some(),
+        "the new guest is still there"
+    );
+    let audited = a.audit.tail(1);
+    assert!(audited[0].reason.contains(&held.digest), "{audited:?}");
+    // Only a signature over the new guest's digest removes the new guest.
+    let mut fresh = Op::destroy("105");
+    fresh.digest = sim.guest_digest(105).unwrap();
+    assert!(matches!(
+        a.run(&destroy_intent("105"), &fresh.signed_by("ed25519")),
+        JobOutcome::Executed { .. }
+    ));
+    assert_eq!(sim.guest_ids(), vec![106]);
+}
+
+#[test]
+fn a_config_changed_between_signing_and_delivery_is_guest_changed() {
+    let sim = sim();
+    let a = open_agent(&tempdir("changed"), &sim);
+    let op = Op::destroy("105");
+    let signed = op.signed_by("ed25519");
+    let cores = sim.guest_config(105).unwrap()["cores"].to_string();
+    sim.set_config_value(105, "cores", Some("8"));
+    let r = refused(a.run(&destroy_intent("105"), &signed));
+    assert_eq!(r, Refusal::GuestChanged);
+    assert_nothing_ran(&a, &sim, &r);
+    // Changed back, the digest is the signed one again and the op runs.
+    sim.set_config_value(105, "cores", Some(&cores));
+    assert_eq!(sim.guest_digest(105).unwrap(), op.digest);
+    assert!(matches!(
+        a.run(&destroy_intent("105"), &signed),
+        JobOutcome::Executed { .. }
+    ));
+}
+
+#[test]
+fn a_guest_gone_before_delivery_is_guest_changed() {
+    let sim = sim();
+    let a = open_agent(&tempdir("gone"), &sim);
+    let signed = Op::destroy("105").signed_by("ed25519");
+    assert!(sim.remove_guest(105));
+    let r = refused(a.run(&destroy_intent("105"), &signed));
+    assert_eq!(r, Refusal::GuestChanged);
+    assert_eq!(a.exec.calls(), 0);
+    assert!(sim.mutations().is_empty());
+    assert!(a.nonces.is_empty());
+    assert!(a.audit.tail(1)[0].reason.contains("no longer exists"));
+}
+
+#[test]
+fn a_protected_guest_is_refused_before_any_request() {
+    let sim = sim();
+    sim.set_config_value(105, "protection", Some("1"));
+    let a = open_agent(&tempdir("protected"), &sim);
+    let mut op = Op::destroy("105");
+    op.digest = sim.guest_digest(105).unwrap();
+    sim.clear_requests();
+    let r = refused(a.run(&destroy_intent("105"), &op.signed_by("ed25519")));
+    assert_eq!(r, Refusal::Protected);
+    assert_nothing_ran(&a, &sim, &r);
+    let sent: Vec<_> = sim.requests().into_iter().map(|q| q.method).collect();
+    assert!(
+        sent.iter().all(|m| m == "GET"),
+        "only the config read went out: {sent:?}"
+    );
+}
+
+#[test]
+fn unprotect_signed_clears_the_flag_as_its_own_journaled_step_then_destroys() {
+    let sim = sim();
+    sim.set_config_value(105, "protection", Some("1"));
+    let a = open_agent(&tempdir("unprotect"), &sim);
+    let mut op = Op::destroy("105");
+    op.digest = sim.guest_digest(105).unwrap();
+    op.params = &[("purge", "1"), ("unprotect", "1")];
+    let mut intent = destroy_intent("105");
+    intent.params.insert("unprotect".into(), "1".into());
+    let destroy_id = match a.run(&intent, &op.signed_by("ed25519")) {
+        JobOutcome::Executed { op_id } => op_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(sim.guest_ids(), vec![106]);
+    let m = sim.mutations();
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert_eq!(
+        (m[0].method.as_str(), m[0].path.as_str()),
+        ("PUT", "/nodes/pve/lxc/105/config")
+    );
+    let form = |k: &str| {
+        m[0].form
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(form("protection").as_deref(), Some("0"), "{:?}", m[0].form);
+    assert_eq!(form("digest"), Some(op.digest.clone()), "{:?}", m[0].form);
+    assert_eq!(
+        (m[1].method.as_str(), m[1].path.as_str()),
+        ("DELETE", "/nodes/pve/lxc/105")
+    );
+    let view = Journal::open_read_only(&a.dir.join("journal.log")).unwrap();
+    let unprotect = view
+        .history()
+        .iter()
+        .rev()
+        .find(|r| r.op_id.starts_with("unprotect-105"))
+        .expect("the unprotect step was journaled");
+    assert_eq!(unprotect.state, OpState::Succeeded);
+    assert_eq!(
+        unprotect.params.get("protection").map(String::as_str),
+        Some("0")
+    );
+    assert_eq!(
+        a.journal.latest(&destroy_id).unwrap().state,
+        OpState::Succeeded
+    );
+}
+
+#[test]
+fn an_op_no_executor_carries_is_unknown_op_and_burns_nothing() {
+    let r = matrix_case("unknownop", |a| {
+        let mut op = Op::destroy("105");
+        op.op = "storage_wipe";
+        let mut intent = destroy_intent("105");
+        intent.class = OpClass::StorageWipe;
+        a.run(&intent, &op.signed_by("ed25519"))
+    });
+    assert_eq!(r, Refusal::UnknownOp);
 }
 
 /// The tag a hub (or anyone with API access) can put on a guest to call it scratch.
@@ -490,7 +666,7 @@ fn matrix_hub_supplied_scratch_tag_is_pending_signature() {
     );
     assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
     assert_eq!(sim.guest_ids(), vec![105, 106]);
-    assert_eq!(a.exec.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(a.exec.calls(), 0);
 }
 
 #[test]
@@ -504,7 +680,7 @@ fn journal_scratch_record_makes_the_same_destroy_benign_but_the_hub_path_still_r
     intent.params.insert("tags".into(), HUB_SCRATCH_TAG.into());
     // The agent's own journaled record is what counts.
     a.journal.tag_scratch(105, Timestamp(NOW)).unwrap();
-    match a.gate.authorize(&intent, None) {
+    match a.gate.authorize(&intent, None, &GuestNow::NotRead) {
         Decision::Allowed { reason, .. } => assert_eq!(reason, AllowReason::AgentProvenance),
         other => panic!("{other:?}"),
     }
@@ -512,7 +688,7 @@ fn journal_scratch_record_makes_the_same_destroy_benign_but_the_hub_path_still_r
     // destroy delivered unsigned runs nothing.
     assert_eq!(a.deliver(&op.blob(), None), OpOutcome::UnsignedNotRun);
     assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
-    assert_eq!(a.exec.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(a.exec.calls(), 0);
     // And a guest the desired state drops reads as allowed, yet is never planned.
     let engine = a.engine(&sim, &[105, 106]);
     engine.pass().unwrap();
@@ -550,7 +726,7 @@ fn valid_op_executes_once_and_its_replay_is_refused_across_restart() {
     assert_eq!(a.run(&intent, &signed), JobOutcome::Skipped);
     let a = a.restart(&sim);
     assert_eq!(a.run(&intent, &signed), JobOutcome::Skipped);
-    assert_eq!(a.exec.calls.load(Ordering::SeqCst), 0, "not after restart");
+    assert_eq!(a.exec.calls(), 0, "not after restart");
     assert_eq!(sim.mutations().len(), 1, "executed exactly once");
     assert!(
         a.audit
@@ -568,25 +744,6 @@ fn valid_op_executes_once_and_its_replay_is_refused_across_restart() {
 }
 
 #[test]
-fn without_an_executor_an_authorized_op_is_journaled_but_not_applied() {
-    let sim = sim();
-    let a = open_agent(&tempdir("noexec"), &sim);
-    let op = Op::destroy("105");
-    let out = a
-        .jobs
-        .run_signed_job(&destroy_intent("105"), &op.signed_by("ed25519"), None)
-        .unwrap();
-    let JobOutcome::NotExecuted { op_id } = out else {
-        panic!("{out:?}")
-    };
-    let rec = a.journal.latest(&op_id).unwrap();
-    assert_eq!(rec.state, OpState::Failed);
-    assert_eq!(rec.idempotency_key.as_deref(), Some(op.nonce.as_str()));
-    assert!(!a.journal.already_applied(&op.nonce));
-    assert!(sim.mutations().is_empty());
-}
-
-#[test]
 fn a_failed_execution_is_journaled_failed_and_not_applied() {
     let sim = sim();
     let a = open_agent(&tempdir("fail"), &sim);
@@ -599,6 +756,14 @@ fn a_failed_execution_is_journaled_failed_and_not_applied() {
     assert_eq!(a.journal.latest(&op_id).unwrap().state, OpState::Failed);
     assert!(!a.journal.already_applied(&op.nonce));
     assert_eq!(sim.guest_ids(), vec![105, 106]);
+    // The nonce was burned before the dispatch: the same signature cannot try again.
+    assert!(a.burned(&op.nonce));
+    let r = refused(a.run(&destroy_intent("105"), &op.signed_by("ed25519")));
+    assert!(
+        matches!(r, Refusal::Rejected(AuthzError::Replay(_))),
+        "{r:?}"
+    );
+    assert_eq!(sim.mutations().len(), 1, "one DELETE, the failed one");
 }
 
 #[test]
@@ -637,7 +802,11 @@ fn damaged_journal_refuses_destructive_but_allows_benign() {
         Some(&Refusal::StateDamaged)
     );
     let start = Intent::new(OpClass::Start, "pve-a", Some("105".into()));
-    assert!(a.gate.authorize(&start, None).is_allowed());
+    assert!(
+        a.gate
+            .authorize(&start, None, &GuestNow::NotRead)
+            .is_allowed()
+    );
     assert!(sim.mutations().is_empty());
     // The nonce was not burned: the refusal came before verification.
     fs::remove_file(dir.join("journal.log.damaged")).unwrap();
@@ -657,11 +826,12 @@ fn damaged_nonce_store_refuses_destructive() {
     let journal = a.journal.clone();
     let gate = Gate::new("pve-a".into(), None, journal, a.audit.clone()).with_nonce_health(probe);
     assert_eq!(
-        gate.authorize(&destroy_intent("105"), None).refusal(),
+        gate.authorize(&destroy_intent("105"), None, &GuestNow::NotRead)
+            .refusal(),
         Some(&Refusal::StateDamaged)
     );
     let stop = Intent::new(OpClass::Stop, "pve-a", Some("105".into()));
-    assert!(gate.authorize(&stop, None).is_allowed());
+    assert!(gate.authorize(&stop, None, &GuestNow::NotRead).is_allowed());
 }
 
 #[test]

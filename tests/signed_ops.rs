@@ -4,12 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::CountingExecutor;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Role, SignerEntry, Verifier};
@@ -22,10 +25,9 @@ use felhom_agent::hub::{ControlEnvelope, Reporter};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
 use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::classify::Intent;
 use felhom_agent::reconcile::gate::{Gate, Refusal};
 use felhom_agent::reconcile::jobs::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
-use felhom_agent::reconcile::journal::{Journal, JournalError};
+use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::reconcile::queue::Queue;
 use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
@@ -57,13 +59,14 @@ fn nonce() -> String {
     )
 }
 
-/// A destroy blob for `guest` on `host`, valid around now.
-fn destroy_blob(host: &str, guest: &str) -> Vec<u8> {
+/// A destroy blob for `guest` (whose config digest the operator saw as `digest`) on
+/// `host`, valid around now.
+fn destroy_blob(host: &str, guest: &str, digest: &str) -> Vec<u8> {
     let now = SystemClock.now().unix();
     // Written by hand (trailing newline, key order of our choosing): the exact bytes
     // must survive the trip, not a re-serialization of them.
     format!(
-        "{{\"op\":\"guest_destroy\",\"host_id\":\"{host}\",\"guest_id\":\"{guest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
+        "{{\"op\":\"guest_destroy\",\"host_id\":\"{host}\",\"guest_id\":\"{guest}\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
         nonce(),
         Timestamp(now - 60),
         Timestamp(now + 1800)
@@ -92,23 +95,6 @@ fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
     fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
 }
 
-/// Counts executions and delegates to the real Proxmox executor.
-struct Counting {
-    inner: ProxmoxExecutor,
-    calls: AtomicUsize,
-}
-
-impl DestructiveExecutor for Counting {
-    fn execute(
-        &self,
-        intent: &Intent,
-        on_task: &mut dyn FnMut(&str) -> Result<(), JournalError>,
-    ) -> Result<(), String> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.execute(intent, on_task)
-    }
-}
-
 struct Lab {
     dir: PathBuf,
     pve: ProxmoxSim,
@@ -116,7 +102,7 @@ struct Lab {
     audit: Arc<AuditLog>,
     runner: SignedOpsRunner,
     client: SignedOpsClient,
-    exec: Arc<Counting>,
+    exec: Arc<CountingExecutor>,
 }
 
 fn hub_options(hub: &HubSim, key: &str) -> HubClientOptions {
@@ -168,12 +154,13 @@ fn lab(name: &str) -> Lab {
         cap: Duration::from_millis(20),
         timeout: Duration::from_secs(10),
     };
-    let exec = Arc::new(Counting {
-        inner: ProxmoxExecutor::new(Arc::new(Client::new(o).unwrap()), wait, Shutdown::new()),
-        calls: AtomicUsize::new(0),
-    });
+    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
+        Arc::new(Client::new(o).unwrap()),
+        wait,
+        Shutdown::new(),
+    )));
     let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
-    let runner = SignedOpsRunner::new(jobs, gate, audit.clone(), Some(as_exec))
+    let runner = SignedOpsRunner::new(jobs, gate, audit.clone(), as_exec)
         .with_clock(Arc::new(clock.clone()));
     let client = SignedOpsClient::new(hub_options(&hub, &hub.key())).unwrap();
     Lab {
@@ -188,6 +175,15 @@ fn lab(name: &str) -> Lab {
 }
 
 impl Lab {
+    /// A destroy of `guest` on `host`, signed for the guest's config as it is now.
+    fn destroy_blob(&self, host: &str, guest: &str) -> Vec<u8> {
+        let digest = self
+            .pve
+            .guest_digest(guest.parse().unwrap())
+            .unwrap_or_else(|| "0".repeat(40));
+        destroy_blob(host, guest, &digest)
+    }
+
     fn deletes(&self) -> usize {
         self.pve
             .mutations()
@@ -216,7 +212,7 @@ impl Lab {
 #[test]
 fn unsigned_is_held_signed_runs_once_replay_is_skipped_wrong_host_refused() {
     let l = lab("matrix");
-    let blob = destroy_blob("pve-a", "105");
+    let blob = l.destroy_blob("pve-a", "105");
 
     // Unsigned: held, nothing sent to Proxmox.
     l.hub.queue_signed_op(&blob, None);
@@ -225,7 +221,7 @@ fn unsigned_is_held_signed_runs_once_replay_is_skipped_wrong_host_refused() {
         OpOutcome::Job(JobOutcome::Refused(Refusal::PendingSignature))
     );
     assert_eq!(l.deletes(), 0);
-    assert_eq!(l.exec.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(l.exec.calls(), 0);
     assert!(l.pve.guest_ids().contains(&105));
 
     // The same bytes signed: executed once, the guest is gone.
@@ -236,17 +232,17 @@ fn unsigned_is_held_signed_runs_once_replay_is_skipped_wrong_host_refused() {
         "signed destroy must execute"
     );
     assert_eq!(l.deletes(), 1);
-    assert_eq!(l.exec.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(l.exec.calls(), 1);
     assert!(!l.pve.guest_ids().contains(&105));
 
     // Delivered again: skipped by the journal's applied nonce, no second DELETE.
     l.hub.queue_signed_op(&blob, Some(&sig));
     assert_eq!(l.deliver_one(), OpOutcome::Job(JobOutcome::Skipped));
     assert_eq!(l.deletes(), 1);
-    assert_eq!(l.exec.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(l.exec.calls(), 1);
 
     // Signed for another host: the verifier's typed rejection, nothing sent.
-    let other = destroy_blob("pve-b", "106");
+    let other = l.destroy_blob("pve-b", "106");
     let sig = ssh_keygen_sign(&l.dir, &other);
     l.hub.queue_signed_op(&other, Some(&sig));
     match l.deliver_one() {
@@ -257,7 +253,7 @@ fn unsigned_is_held_signed_runs_once_replay_is_skipped_wrong_host_refused() {
     assert!(l.pve.guest_ids().contains(&106));
 
     // A signature over other bytes (guest swapped after signing): refused, nothing sent.
-    let swapped = String::from_utf8(destroy_blob("pve-a", "106")).unwrap();
+    let swapped = String::from_utf8(l.destroy_blob("pve-a", "106")).unwrap();
     let sig = ssh_keygen_sign(&l.dir, swapped.as_bytes());
     let tampered = swapped.replace("\"106\"", "\"105\"");
     l.hub.queue_signed_op(tampered.as_bytes(), Some(&sig));
@@ -290,7 +286,7 @@ fn malformed_entries_are_skipped_by_index_and_the_rest_still_run() {
         .queue_signed_op_raw(json!({"id": "bad-b64", "blob_b64": "@@@", "signature": null}));
     l.hub.queue_signed_op_raw(json!({"blob_b64": "eA=="}));
     l.hub.queue_signed_op(b"{not json", None);
-    let blob = destroy_blob("pve-a", "106");
+    let blob = l.destroy_blob("pve-a", "106");
     let sig = ssh_keygen_sign(&l.dir, &blob);
     l.hub.queue_signed_op(&blob, Some(&sig));
     let s = l.runner.run_round(&l.client).unwrap();
@@ -309,7 +305,7 @@ fn malformed_entries_are_skipped_by_index_and_the_rest_still_run() {
 #[test]
 fn a_wrong_key_gets_401_and_the_queue_is_kept() {
     let l = lab("key");
-    let blob = destroy_blob("pve-a", "105");
+    let blob = l.destroy_blob("pve-a", "105");
     l.hub.queue_signed_op(&blob, None);
     let bad = SignedOpsClient::new(hub_options(&l.hub, "wrong-key-123456")).unwrap();
     match bad.fetch() {
@@ -352,7 +348,7 @@ impl Reporter for Fixed {
 #[test]
 fn an_envelope_with_signed_ops_wakes_the_worker_which_runs_them() {
     let l = lab("worker");
-    let blob = destroy_blob("pve-a", "105");
+    let blob = l.destroy_blob("pve-a", "105");
     let sig = ssh_keygen_sign(&l.dir, &blob);
     l.hub.queue_signed_op(&blob, Some(&sig));
 
@@ -391,5 +387,5 @@ fn an_envelope_with_signed_ops_wakes_the_worker_which_runs_them() {
     shutdown.trigger();
     let r: Result<(), RoundError> = worker.join().unwrap();
     assert!(r.is_ok());
-    assert_eq!(exec.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(exec.calls(), 1);
 }

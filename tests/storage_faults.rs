@@ -16,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::CountingExecutor;
 use common::pinned_client as client;
 
 use std::fs;
@@ -24,7 +25,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{
@@ -331,10 +332,12 @@ fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
     fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
 }
 
-fn destroy_op(dir: &Path, guest: u32) -> (Intent, SignedOp) {
+/// A destroy of `guest` signed for its config as `sim` has it now.
+fn destroy_op(sim: &ProxmoxSim, dir: &Path, guest: u32) -> (Intent, SignedOp) {
+    let digest = sim.guest_digest(guest).unwrap_or_else(|| "0".repeat(40));
     let now = SystemClock.now().unix();
     let blob = format!(
-        "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{guest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
+        "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{guest}\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
         nonce(),
         Timestamp(now - 60),
         Timestamp(now + 1800)
@@ -353,29 +356,12 @@ fn fast_wait() -> WaitOptions {
     }
 }
 
-/// Counts executions and delegates to the real Proxmox executor.
-struct Counting {
-    inner: ProxmoxExecutor,
-    calls: AtomicUsize,
-}
-
-impl DestructiveExecutor for Counting {
-    fn execute(
-        &self,
-        intent: &Intent,
-        on_task: &mut dyn FnMut(&str) -> Result<(), JournalError>,
-    ) -> Result<(), String> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.execute(intent, on_task)
-    }
-}
-
 /// A gate and signed jobs on the files in `dir`, the journal and audit log on the
 /// given I/O, the nonce store on the real file system.
 struct Rig {
     gate: Arc<Gate>,
     jobs: SignedJobs,
-    exec: Arc<Counting>,
+    exec: Arc<CountingExecutor>,
 }
 
 fn rig(sim: &ProxmoxSim, dir: &Path, journal_io: Arc<dyn Io>, audit_io: Arc<dyn Io>) -> Rig {
@@ -397,17 +383,18 @@ fn rig(sim: &ProxmoxSim, dir: &Path, journal_io: Arc<dyn Io>, audit_io: Arc<dyn 
     let audit = Arc::new(AuditLog::open_with(&dir.join("audit.log"), audit_io).unwrap());
     let gate = Arc::new(Gate::new("pve-a".into(), Some(verifier), journal, audit));
     let jobs = SignedJobs::new(Arc::clone(&gate), Arc::new(Queue::new(2)));
-    let exec = Arc::new(Counting {
-        inner: ProxmoxExecutor::new(Arc::new(client(sim)), fast_wait(), Shutdown::new()),
-        calls: AtomicUsize::new(0),
-    });
+    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
+        Arc::new(client(sim)),
+        fast_wait(),
+        Shutdown::new(),
+    )));
     Rig { gate, jobs, exec }
 }
 
 impl Rig {
     fn run(&self, intent: &Intent, op: &SignedOp) -> Result<JobOutcome, JobError> {
         let exec: Arc<dyn DestructiveExecutor> = self.exec.clone();
-        self.jobs.run_signed_job(intent, op, Some(exec))
+        self.jobs.run_signed_job(intent, op, exec)
     }
 }
 
@@ -452,13 +439,13 @@ fn signed_destroy_on_a_failing_journal(fault: JournalFault) {
             "the fault hits here"
         );
     }
-    let (intent, signed) = destroy_op(&dir, 105);
+    let (intent, signed) = destroy_op(&sim, &dir, 105);
     let res = r.run(&intent, &signed);
     assert!(
         matches!(res, Err(JobError::Journal(_))),
         "{fault:?}: {res:?}"
     );
-    assert_eq!(r.exec.calls.load(Ordering::SeqCst), 0, "{fault:?}");
+    assert_eq!(r.exec.calls(), 0, "{fault:?}");
     assert_eq!(deletes(&sim), 0, "{fault:?}: no DELETE reached Proxmox");
     assert!(sim.guest_ids().contains(&105));
     drop(r);
@@ -516,12 +503,12 @@ fn no_destroy_runs_when_the_gate_cannot_audit_its_decision() {
         false,
     ));
     let r = rig(&sim, &dir, Arc::new(OsIo), io as Arc<dyn Io>);
-    let (intent, signed) = destroy_op(&dir, 105);
+    let (intent, signed) = destroy_op(&sim, &dir, 105);
     assert_eq!(
         r.run(&intent, &signed).unwrap(),
         JobOutcome::Refused(Refusal::StateDamaged)
     );
-    assert_eq!(r.exec.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(r.exec.calls(), 0);
     assert_eq!(deletes(&sim), 0);
     assert!(r.gate.journal().in_flight().is_empty(), "nothing journaled");
     let _ = fs::remove_dir_all(&dir);
@@ -751,7 +738,7 @@ mod binary {
             fs::write(dir.join("agent.json"), config.to_string()).unwrap();
             fs::set_permissions(dir.join("agent.json"), fs::Permissions::from_mode(0o600)).unwrap();
             fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
-            let signed = signed.then(|| destroy_op(&dir, 105));
+            let signed = signed.then(|| destroy_op(&pve, &dir, 105));
             Lab {
                 dir,
                 pve,

@@ -4,7 +4,8 @@
 //! version 1 with an empty reserved field and a sha256/sha512 hash; the key and
 //! algorithm policy never passes DSA, small RSA or `ssh-rsa`; an accepted op blob has a
 //! nonce of at least 128 bits (a string of hex digits counts as hex), a validity
-//! window of at most 24 h, and non-empty fields without control characters.
+//! window of at most 24 h, non-empty fields without control characters, and a
+//! `guest_digest` of lower-case hex exactly when it names a guest.
 #![no_main]
 
 use felhom_agent::authz::{OpBlob, sshsig};
@@ -56,6 +57,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(op) = OpBlob::parse(data) {
         assert!(clean(&op.op) && clean(&op.host_id) && clean(&op.key_id));
         assert!(op.guest_id.as_deref().is_none_or(clean));
+        assert_eq!(
+            op.guest_id.is_some(),
+            op.guest_digest.is_some(),
+            "a guest named without its digest, or a digest without a guest"
+        );
+        assert!(op.guest_digest.as_deref().is_none_or(|d| {
+            (1..=64).contains(&d.len()) && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        }));
         assert!(
             nonce_bits(&op.nonce) >= 128,
             "nonce {:?} of under 128 bits accepted",

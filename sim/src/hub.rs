@@ -34,7 +34,7 @@ pub const SIGNED_OPS_PATH: &str = "/api/v1/signed-ops";
 pub const CONTRACT: &str = include_str!("../../vectors/host-report.golden.json");
 
 /// Fields the contract allows to be left out, as `path` patterns (`[]` for any index).
-pub const OPTIONAL_FIELDS: &[&str] = &["guests[].spec"];
+pub const OPTIONAL_FIELDS: &[&str] = &["guests[].spec", "guests[].digest"];
 
 /// Scalars the contract allows to be `null` (what Proxmox may not say, or what does not
 /// apply: an inactive storage's sizes, a never-verified PBS snapshot, a host-wide audit

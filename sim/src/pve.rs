@@ -587,6 +587,22 @@ impl ProxmoxSim {
         }
     }
 
+    /// Sets (`Some`) or removes (`None`) one key of the guest's config behind the agent's
+    /// back, as another administrator would (e.g. `protection` to `1`): its digest changes.
+    pub fn set_config_value(&self, vmid: u32, key: &str, value: Option<&str>) {
+        if let Some(g) = self.state().guests.get_mut(&vmid) {
+            match value {
+                Some(v) => g.conf.insert(key.into(), v.into()),
+                None => g.conf.remove(key),
+            };
+        }
+    }
+
+    /// The guest's config `digest`, as `GET …/config` returns it.
+    pub fn guest_digest(&self, vmid: u32) -> Option<String> {
+        self.state().guests.get(&vmid).map(Guest::digest)
+    }
+
     /// Denies `privilege` (or `*` for all) on ACL `path` and below: requests that need it
     /// get `403 Permission check failed (PATH, PRIV)`; list rows needing it disappear;
     /// checks PVE makes inside the worker (vzdump's `VM.Backup`) fail the task instead.

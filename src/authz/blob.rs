@@ -1,6 +1,7 @@
 //! The op blob: the exact JSON bytes an operator signed, parsed only **after** the
 //! signature over those bytes verified. Strict: unknown fields, duplicate keys, a
-//! nonce under 128 bits, bad timestamps and an over-long window are `Malformed`.
+//! nonce under 128 bits, bad timestamps, an over-long window and a `guest_id` without
+//! the `guest_digest` that binds it to one configuration of that guest are `Malformed`.
 //!
 //! It never re-serializes the blob: the bytes that were verified are the bytes parsed.
 
@@ -14,6 +15,9 @@ use super::AuthzError;
 use crate::encoding::{base64_decode, hex_decode};
 use crate::time::Timestamp;
 
+/// Longest `guest_digest` accepted: Proxmox sends a SHA-1 (40 hex digits); 64 leaves
+/// room for a SHA-256 should it change.
+pub const MAX_DIGEST_CHARS: usize = 64;
 /// Largest blob accepted, in bytes.
 pub const MAX_BLOB_BYTES: usize = 64 * 1024;
 /// Longest validity window (`expires_at - not_before`) accepted, in seconds.
@@ -32,6 +36,9 @@ pub struct OpBlob {
     pub host_id: String,
     /// The guest the op is for, when it is about one.
     pub guest_id: Option<String>,
+    /// The Proxmox config `digest` of that guest as the operator saw it: present exactly
+    /// when `guest_id` is. Proxmox reuses vmids, so the id alone does not name a guest.
+    pub guest_digest: Option<String>,
     /// Operation parameters: a JSON object of strings (absent = empty).
     pub params: BTreeMap<String, String>,
     /// The key id the operator claims (advisory).
@@ -51,6 +58,8 @@ struct Wire {
     host_id: String,
     #[serde(default)]
     guest_id: Option<String>,
+    #[serde(default)]
+    guest_digest: Option<String>,
     #[serde(default)]
     params: Params,
     key_id: String,
@@ -100,6 +109,20 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), AuthzError> {
     Ok(())
 }
 
+/// A config digest as Proxmox prints it: 1 to [`MAX_DIGEST_CHARS`] lower-case hex
+/// digits. Compared byte for byte with the guest's, so no other spelling is accepted.
+fn check_digest(d: &str) -> Result<(), AuthzError> {
+    if d.is_empty()
+        || d.len() > MAX_DIGEST_CHARS
+        || !d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(malformed(format!(
+            "blob: guest_digest must be 1-{MAX_DIGEST_CHARS} lower-case hex digits"
+        )));
+    }
+    Ok(())
+}
+
 /// How a nonce string was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceEncoding {
@@ -143,6 +166,17 @@ impl OpBlob {
         check_text("host_id", &w.host_id, 253)?;
         if let Some(g) = &w.guest_id {
             check_text("guest_id", g, 64)?;
+        }
+        match (&w.guest_id, &w.guest_digest) {
+            (Some(_), None) => {
+                return Err(malformed(
+                    "blob: guest_digest is required with guest_id (the guest's config digest \
+                     as the operator saw it)",
+                ));
+            }
+            (None, Some(_)) => return Err(malformed("blob: guest_digest without guest_id")),
+            (Some(_), Some(d)) => check_digest(d)?,
+            (None, None) => {}
         }
         check_text("key_id", &w.key_id, 64)?;
         for (k, v) in &w.params.0 {
@@ -188,6 +222,7 @@ impl OpBlob {
             op: w.op,
             host_id: w.host_id,
             guest_id: w.guest_id,
+            guest_digest: w.guest_digest,
             params: w.params.0,
             key_id: w.key_id,
             nonce: w.nonce,
@@ -202,10 +237,11 @@ mod tests {
     use super::*;
 
     const NONCE: &str = "6f1c0e5a9b3d47e28c1f0a9d3b5e7c21";
+    const DIGEST: &str = "0123456789abcdef0123456789abcdef01234567";
 
     fn blob(extra: &str, nonce: &str, nbf: &str, exp: &str) -> String {
         format!(
-            r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"105","params":{{"purge":"1"{extra}}},"key_id":"k","nonce":"{nonce}","not_before":"{nbf}","expires_at":"{exp}"}}"#
+            r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"105","guest_digest":"{DIGEST}","params":{{"purge":"1"{extra}}},"key_id":"k","nonce":"{nonce}","not_before":"{nbf}","expires_at":"{exp}"}}"#
         )
     }
 
@@ -215,6 +251,7 @@ mod tests {
         let op = OpBlob::parse(b.as_bytes()).unwrap();
         assert_eq!(op.params["purge"], "1");
         assert_eq!(op.guest_id.as_deref(), Some("105"));
+        assert_eq!(op.guest_digest.as_deref(), Some(DIGEST));
         assert_eq!(op.expires_at.0 - op.not_before.0, 3600);
     }
 
@@ -290,5 +327,24 @@ mod tests {
             nonce_refusal("q83vASNFZ4mrze8B"),
             "blob: nonce is 96 bits (read as base64), at least 128 required"
         );
+    }
+
+    #[test]
+    fn a_guest_is_named_with_its_digest_or_not_at_all() {
+        let good = blob("", NONCE, "2030-01-01T00:00:00Z", "2030-01-01T01:00:00Z");
+        let refusal = |b: &str| match OpBlob::parse(b.as_bytes()) {
+            Err(AuthzError::Malformed(d)) => d,
+            other => panic!("{b}: {other:?}"),
+        };
+        let without = good.replace(&format!(r#""guest_digest":"{DIGEST}","#), "");
+        assert!(refusal(&without).contains("guest_digest is required"));
+        let host_wide = without.replace(r#""guest_id":"105","#, "");
+        assert_eq!(OpBlob::parse(host_wide.as_bytes()).unwrap().guest_id, None);
+        let orphan = good.replace(r#""guest_id":"105","#, "");
+        assert!(refusal(&orphan).contains("guest_digest without guest_id"));
+        for bad in ["", "ABCDEF", "12 34", &"a".repeat(MAX_DIGEST_CHARS + 1)] {
+            let b = good.replace(DIGEST, bad);
+            assert!(refusal(&b).contains("guest_digest must be"), "{bad:?}");
+        }
     }
 }

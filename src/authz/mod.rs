@@ -13,10 +13,14 @@
 //! 6. parse the blob (only now) — `Malformed`
 //! 7. target: `host_id` byte-equal to this host's — `Target`
 //! 8. time window with bounded skew — `Expired`, `NotYetValid`
-//! 9. hardware-key counter (strict mode) — `Replay`
+//! 9. hardware-key counter (strict mode), and a nonce already recorded — `Replay`
 //! 10. record the nonce **last** — `Replay` (a store error also reads as `Replay`)
 //!
-//! A refusal before step 10 burns nothing. This module never executes an op, never
+//! Steps 0–9 are [`Verifier::check`]; step 10 is [`Verifier::consume`], a separate call,
+//! because the gate has checks of its own that must also pass before a nonce is burned:
+//! the signer's role, the binding to the action, and — right before dispatch — the
+//! guest's config digest and its protection flag. [`Verifier::verify`] runs both at once
+//! where there is nothing in between. A refusal before step 10 burns nothing. This module never executes an op, never
 //! re-serializes a blob, never trusts the key embedded in a signature and never writes
 //! durable state itself (the [`FileNonceStore`] does, through [`crate::store`]).
 
@@ -144,6 +148,8 @@ pub struct VerifiedOp {
     pub host_id: String,
     /// The guest, when the op names one.
     pub guest_id: Option<String>,
+    /// The guest's config digest the operator signed for (present with `guest_id`).
+    pub guest_digest: Option<String>,
     /// Parameters: the blob's `params` object (string values), sorted by key.
     pub params: BTreeMap<String, String>,
     /// The `key_id` the blob claims (advisory; may differ from the signer's).
@@ -174,6 +180,7 @@ impl VerifiedOp {
         line("op", &self.op);
         line("host_id", &self.host_id);
         line("guest_id", self.guest_id.as_deref().unwrap_or("-"));
+        line("guest_digest", self.guest_digest.as_deref().unwrap_or("-"));
         for (k, v) in &self.params {
             line(&format!("param.{}", k.escape_debug()), v);
         }
@@ -304,9 +311,18 @@ impl Verifier {
         &self.signers
     }
 
-    /// Runs the pipeline (see the module doc) over the exact received `blob` bytes and
-    /// the armored signature.
+    /// Runs the whole pipeline (see the module doc) over the exact received `blob`
+    /// bytes and the armored signature: [`Verifier::check`], then
+    /// [`Verifier::consume`].
     pub fn verify(&self, blob: &[u8], armored: &str) -> Result<VerifiedOp, AuthzError> {
+        let op = self.check(blob, armored)?;
+        self.consume(&op)?;
+        Ok(op)
+    }
+
+    /// Steps 0–9 of the pipeline: everything but recording the nonce. Burns nothing; a
+    /// nonce that is already recorded is refused here as `Replay` (a read, no write).
+    pub fn check(&self, blob: &[u8], armored: &str) -> Result<VerifiedOp, AuthzError> {
         if blob.len() > blob::MAX_BLOB_BYTES {
             return Err(AuthzError::Malformed(format!(
                 "blob is {} bytes, over the {}-byte cap",
@@ -386,19 +402,11 @@ impl Verifier {
                 })
             }
         };
-        // 10: the nonce, last.
-        let counter = sk.map(|s| (signer.fingerprint.as_str(), s.counter));
-        match self
-            .nonces
-            .seen_or_record(&op.nonce, op.expires_at, counter)
-        {
-            Ok(Freshness::Fresh) => {}
-            Ok(Freshness::Seen) => {
-                return Err(AuthzError::Replay(format!(
-                    "nonce {:?} was already used",
-                    op.nonce
-                )));
-            }
+        // A nonce already burned is refused now, before the caller does any work for it;
+        // `consume` checks again atomically with the write.
+        match self.nonces.is_recorded(&op.nonce) {
+            Ok(false) => {}
+            Ok(true) => return Err(replayed(&op.nonce)),
             Err(e) => return Err(AuthzError::Replay(format!("fail safe: {e}"))),
         }
         if op.key_id != signer.key_id {
@@ -412,6 +420,7 @@ impl Verifier {
             op: op.op,
             host_id: op.host_id,
             guest_id: op.guest_id,
+            guest_digest: op.guest_digest,
             params: op.params,
             key_id: op.key_id,
             nonce: op.nonce,
@@ -425,6 +434,26 @@ impl Verifier {
             sk,
         })
     }
+
+    /// Step 10: records the nonce of an op [`Verifier::check`] passed (with its
+    /// hardware-key counter), durably before it returns. `Replay` when the nonce was
+    /// recorded meanwhile or the store cannot answer (fail safe). Call it only once every
+    /// other check passed, immediately before the op is executed.
+    pub fn consume(&self, op: &VerifiedOp) -> Result<(), AuthzError> {
+        let counter = op.sk.map(|s| (op.signer.fingerprint.as_str(), s.counter));
+        match self
+            .nonces
+            .seen_or_record(&op.nonce, op.expires_at, counter)
+        {
+            Ok(Freshness::Fresh) => Ok(()),
+            Ok(Freshness::Seen) => Err(replayed(&op.nonce)),
+            Err(e) => Err(AuthzError::Replay(format!("fail safe: {e}"))),
+        }
+    }
+}
+
+fn replayed(nonce: &str) -> AuthzError {
+    AuthzError::Replay(format!("nonce {nonce:?} was already used"))
 }
 
 /// Runs the whole pipeline for `felhom-agent verify` with a memory nonce store, so

@@ -63,6 +63,9 @@ pub trait NonceStore: Send + Sync {
     /// The highest counter recorded for the hardware key with this fingerprint.
     fn highest_sk_counter(&self, key_fingerprint: &str) -> Result<Option<u32>, NonceStoreError>;
 
+    /// Whether `nonce` is recorded. A read: records nothing.
+    fn is_recorded(&self, nonce: &str) -> Result<bool, NonceStoreError>;
+
     /// Records `nonce` (valid until `expires_at`) unless already recorded, and with it
     /// raises the key's highest counter to `sk_counter` when given — one atomic record.
     fn seen_or_record(
@@ -106,6 +109,10 @@ impl MemoryNonceStore {
 impl NonceStore for MemoryNonceStore {
     fn highest_sk_counter(&self, key: &str) -> Result<Option<u32>, NonceStoreError> {
         Ok(lock(&self.index).counters.get(key).copied())
+    }
+
+    fn is_recorded(&self, nonce: &str) -> Result<bool, NonceStoreError> {
+        Ok(lock(&self.index).nonces.contains_key(nonce))
     }
 
     fn seen_or_record(
@@ -296,6 +303,11 @@ impl NonceStore for FileNonceStore {
     fn highest_sk_counter(&self, key: &str) -> Result<Option<u32>, NonceStoreError> {
         self.store()?;
         Ok(lock(&self.index).counters.get(key).copied())
+    }
+
+    fn is_recorded(&self, nonce: &str) -> Result<bool, NonceStoreError> {
+        self.store()?;
+        Ok(lock(&self.index).nonces.contains_key(nonce))
     }
 
     fn seen_or_record(

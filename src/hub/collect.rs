@@ -7,7 +7,7 @@
 //! - node status or the guest list unreadable → [`CollectError`], no report this round
 //!   (a report without them would tell the hub the host has no guests);
 //! - one guest's config unreadable → that guest keeps its run status and loses only its
-//!   `spec`;
+//!   `spec` and `digest`;
 //! - a status other than `running`/`stopped` (including none) → `unknown`;
 //! - the cloudflared probe failing → `unknown`;
 //! - storages, one storage's content, or the audit tail unreadable → that collection
@@ -44,6 +44,15 @@ pub struct GuestRow {
     pub max_disk_bytes: Option<u64>,
     /// Proxmox's effective CPU count (`cpus`) when it is a whole number.
     pub cpus: Option<u32>,
+}
+
+/// What the collector reads from one guest's config.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestConfigRow {
+    /// `cores`, when the config sets it.
+    pub cores: Option<u32>,
+    /// The config `digest`: what an operator signs a destructive op on this guest for.
+    pub digest: Option<String>,
 }
 
 /// One row of the node's storage list.
@@ -100,8 +109,8 @@ pub trait HostReader {
     fn host_metrics(&self) -> Result<HostMetrics, ReadError>;
     /// The node's LXC guests, in any order.
     fn guests(&self) -> Result<Vec<GuestRow>, ReadError>;
-    /// The `cores` of a guest's config (`None` when the config does not set it).
-    fn guest_cores(&self, vmid: u32) -> Result<Option<u32>, ReadError>;
+    /// The parts of a guest's config the report carries.
+    fn guest_config(&self, vmid: u32) -> Result<GuestConfigRow, ReadError>;
     /// The node's storages.
     fn storages(&self) -> Result<Vec<StorageRow>, ReadError>;
     /// The backup volumes of one storage.
@@ -265,15 +274,15 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
         rows.into_iter()
             .map(|row| {
                 let status = GuestStatus::from_proxmox(row.status.as_deref().unwrap_or(""));
-                let spec = match self.reader.guest_cores(row.vmid) {
-                    Ok(cores) => spec_of(&row, cores),
+                let (spec, digest) = match self.reader.guest_config(row.vmid) {
+                    Ok(c) => (spec_of(&row, c.cores), c.digest),
                     Err(e) => {
                         crate::warn!(
                             "guest config unreadable; reporting it without spec",
                             vmid = row.vmid,
                             error = e
                         );
-                        None
+                        (None, None)
                     }
                 };
                 GuestReport {
@@ -284,6 +293,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                         .unwrap_or_else(|| format!("CT{}", row.vmid)),
                     status,
                     spec,
+                    digest,
                 }
             })
             .collect()

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use super::client::{ClientError, HubClient, SetupError};
 use super::collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, GuestRow, HostReader, ReadError,
-    StorageRow, VolumeRow,
+    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
+    ReadError, StorageRow, VolumeRow,
 };
 use super::report::{CpuMetrics, HostMetrics, LoadAverage, Usage};
 use super::round::HubRound;
@@ -91,8 +91,12 @@ impl HostReader for ProxmoxReader {
             .collect())
     }
 
-    fn guest_cores(&self, vmid: u32) -> Result<Option<u32>, ReadError> {
-        Ok(self.0.guest_config(vmid).map_err(boxed)?.cores)
+    fn guest_config(&self, vmid: u32) -> Result<GuestConfigRow, ReadError> {
+        let c = self.0.guest_config(vmid).map_err(boxed)?;
+        Ok(GuestConfigRow {
+            cores: c.cores,
+            digest: c.digest,
+        })
     }
 
     fn storages(&self) -> Result<Vec<StorageRow>, ReadError> {

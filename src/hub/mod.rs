@@ -18,7 +18,9 @@ pub mod round;
 pub mod signed_ops;
 
 pub use client::{ClientError, HubClient, HubClientOptions, SetupError};
-pub use collect::{AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit};
+pub use collect::{
+    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, HostReader, NoAudit,
+};
 pub use envelope::{ControlEnvelope, EnvelopeError};
 pub use live::{LiveSetupError, SelftestError, hub_round, selftest_hub};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};

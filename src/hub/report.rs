@@ -125,6 +125,10 @@ pub struct GuestReport {
     /// Its resources; absent when the agent could not read its config this round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<GuestSpec>,
+    /// Its Proxmox config `digest`, the value an operator puts in a signed op's
+    /// `guest_digest`; absent when the agent could not read its config this round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// A guest's resources.
@@ -298,14 +302,16 @@ mod tests {
     }
 
     #[test]
-    fn spec_is_omitted_not_null() {
+    fn spec_and_digest_are_omitted_not_null() {
         let g = GuestReport {
             vmid: 100,
             name: "web".into(),
             status: GuestStatus::Running,
             spec: None,
+            digest: None,
         };
         let v = serde_json::to_value(&g).unwrap();
         assert!(v.get("spec").is_none(), "{v}");
+        assert!(v.get("digest").is_none(), "{v}");
     }
 }

@@ -37,7 +37,7 @@ use crate::encoding::base64_decode;
 use crate::net::{EXCERPT_LIMIT, HttpError, Method, TransportError, excerpt};
 use crate::reconcile::audit::AuditLog;
 use crate::reconcile::classify::{Intent, OpClass};
-use crate::reconcile::gate::{Decision, Gate, SignedOp};
+use crate::reconcile::gate::{Decision, Gate, GuestNow, SignedOp};
 use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
 use crate::secret::REDACTED;
 use crate::shutdown::Shutdown;
@@ -296,7 +296,6 @@ impl OpOutcome {
             OpOutcome::Job(JobOutcome::Skipped) => "skipped",
             OpOutcome::Job(JobOutcome::Refused(r)) => r.code(),
             OpOutcome::Job(JobOutcome::Executed { .. }) => "executed",
-            OpOutcome::Job(JobOutcome::NotExecuted { .. }) => "not_executed",
             OpOutcome::Job(JobOutcome::Failed { .. }) => "failed",
             OpOutcome::UnsignedNotRun => "not_executed",
             OpOutcome::Unparseable { .. } => "malformed",
@@ -318,7 +317,7 @@ pub struct SignedOpsRunner {
     jobs: SignedJobs,
     gate: Arc<Gate>,
     audit: Arc<AuditLog>,
-    executor: Option<Arc<dyn DestructiveExecutor>>,
+    executor: Arc<dyn DestructiveExecutor>,
     clock: Arc<dyn Clock>,
 }
 
@@ -326,20 +325,18 @@ impl fmt::Debug for SignedOpsRunner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignedOpsRunner")
             .field("jobs", &self.jobs)
-            .field("executor", &self.executor.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl SignedOpsRunner {
     /// A runner on `jobs` (built on `gate`), auditing outcomes to `audit` (the log the
-    /// gate writes to), executing through `executor` (`None`: authorized ops are
-    /// journaled as not executed).
+    /// gate writes to), executing through `executor`.
     pub fn new(
         jobs: SignedJobs,
         gate: Arc<Gate>,
         audit: Arc<AuditLog>,
-        executor: Option<Arc<dyn DestructiveExecutor>>,
+        executor: Arc<dyn DestructiveExecutor>,
     ) -> SignedOpsRunner {
         SignedOpsRunner {
             jobs,
@@ -378,13 +375,14 @@ impl SignedOpsRunner {
                     blob: op.blob.clone(),
                     signature: signature.clone(),
                 };
-                OpOutcome::Job(
-                    self.jobs
-                        .run_signed_job(&intent, &signed, self.executor.clone())?,
-                )
+                OpOutcome::Job(self.jobs.run_signed_job(
+                    &intent,
+                    &signed,
+                    Arc::clone(&self.executor),
+                )?)
             }
             // The gate records its own decision; an unsigned op never runs here.
-            None => match self.gate.authorize(&intent, None) {
+            None => match self.gate.authorize(&intent, None, &GuestNow::NotRead) {
                 Decision::Refused { reason } => OpOutcome::Job(JobOutcome::Refused(reason)),
                 Decision::Allowed { .. } => OpOutcome::UnsignedNotRun,
             },
@@ -409,9 +407,6 @@ impl SignedOpsRunner {
             }
             OpOutcome::Job(JobOutcome::Skipped) => "its nonce was already applied".to_string(),
             OpOutcome::Job(JobOutcome::Executed { op_id }) => format!("executed as {op_id}"),
-            OpOutcome::Job(JobOutcome::NotExecuted { op_id }) => {
-                format!("authorized as {op_id}; no executor is wired")
-            }
             OpOutcome::Job(JobOutcome::Failed { op_id, detail }) => {
                 format!("{op_id} failed: {detail}")
             }

@@ -353,6 +353,17 @@ impl GuestConfig {
         })
     }
 
+    /// Whether `protection: 1` is set: Proxmox then refuses to remove the guest or its
+    /// volumes, and the agent's gate refuses destructive ops on it.
+    pub fn protected(&self) -> bool {
+        match self.other.get("protection") {
+            Some(Value::Number(n)) => n.as_u64() == Some(1),
+            Some(Value::String(s)) => s == "1",
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        }
+    }
+
     /// The root disk size in bytes, from `size=` in `rootfs` (e.g.
     /// `local-lvm:vm-100-disk-0,size=8G`).
     pub fn rootfs_bytes(&self) -> Option<u64> {

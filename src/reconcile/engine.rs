@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::classify::{Intent, OpClass};
 use super::desired::{DesiredError, DesiredProvider};
-use super::gate::{Decision, Gate};
+use super::gate::{Decision, Gate, GuestNow};
 use super::journal::{Journal, JournalError, JournalRecord, OpState};
 use super::normalize::Normalizers;
 use super::plan::{Action, ActionKind, ActualGuest, ActualState, Plan, plan};
@@ -468,7 +468,9 @@ impl Engine {
                 continue;
             }
             let intent = intent_for(&self.opts.host_id, action);
-            if let Decision::Refused { reason } = self.gate.authorize(&intent, None) {
+            if let Decision::Refused { reason } =
+                self.gate.authorize(&intent, None, &GuestNow::NotRead)
+            {
                 crate::error!(
                     "gate refused a planned action",
                     vmid = action.vmid,
@@ -582,7 +584,7 @@ impl Engine {
                 self.opts.host_id.clone(),
                 Some(vmid.to_string()),
             );
-            let code = match self.gate.authorize(&intent, None) {
+            let code = match self.gate.authorize(&intent, None, &GuestNow::NotRead) {
                 Decision::Refused { reason } => reason.code().to_owned(),
                 Decision::Allowed { .. } => "allowed_not_planned".to_owned(),
             };

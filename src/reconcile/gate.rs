@@ -1,12 +1,15 @@
 //! The reversibility gate: every action passes here before it may run.
 //!
 //! This module owns the policy that turns an [`Intent`] (and, for destructive ones, a
-//! signed op) into a [`Decision`]: benign by class or by the agent's own journaled
-//! provenance → allowed unsigned; destructive → only with a verified signature whose
-//! signer's role covers the op and whose blob names exactly this action. It records every
-//! decision in the audit log and the log. It never executes anything, never reads
-//! provenance from an intent's params, and never allows a destructive op while the
-//! journal or the nonce store is damaged.
+//! signed op and the guest as it is right before dispatch) into a [`Decision`]: benign
+//! by class or by the agent's own journaled provenance → allowed unsigned; destructive →
+//! only with a verified signature whose signer's role covers the op, whose blob names
+//! exactly this action, and whose `guest_digest` is the guest's config digest **now**
+//! (Proxmox reuses vmids); a protected guest only when the signed params say
+//! `unprotect`. The nonce is burned last, once every check passed, so no refusal burns
+//! it. It records every decision in the audit log and the log. It never executes
+//! anything, never reads provenance from an intent's params, and never allows a
+//! destructive op while the journal or the nonce store is damaged.
 
 use std::fmt;
 use std::sync::Arc;
@@ -83,12 +86,51 @@ impl AllowReason {
     }
 }
 
+/// The guest an action names, as read immediately before dispatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestNow {
+    /// Nothing was read: the action names no guest, or this is a dry run. A signed op
+    /// that names a guest is refused on this (`guest_changed`): fail closed.
+    NotRead,
+    /// Proxmox says no guest with that vmid exists.
+    Gone,
+    /// The config could not be read (refused as `guest_changed`: fail closed).
+    Unreadable(String),
+    /// The guest's config as it is now.
+    Present {
+        /// The config `digest`.
+        digest: Option<String>,
+        /// `protection: 1`: Proxmox refuses to remove it, and so does the gate.
+        protected: bool,
+    },
+}
+
+impl GuestNow {
+    /// Whether the guest is there and has `protection: 1`.
+    pub fn is_protected(&self) -> bool {
+        matches!(
+            self,
+            GuestNow::Present {
+                protected: true,
+                ..
+            }
+        )
+    }
+}
+
 /// Why an action was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
     /// Destructive and no signed op was presented (or no signer is configured).
     PendingSignature,
+    /// The guest the op was signed for is gone, or its config digest is no longer the
+    /// one signed (another guest under a reused vmid, or a changed config).
+    GuestChanged,
+    /// The guest has `protection: 1` and the signed params do not say `unprotect`.
+    Protected,
+    /// No executor here carries this kind of op.
+    UnknownOp,
     /// The signature verified but its signer's role does not cover this op.
     RoleDenied,
     /// The signature verified but the blob names another op, host, guest or params.
@@ -105,6 +147,9 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::PendingSignature => "pending_signature",
+            Refusal::GuestChanged => "guest_changed",
+            Refusal::Protected => "protected",
+            Refusal::UnknownOp => "unknown_op",
             Refusal::RoleDenied => "role_denied",
             Refusal::BindingMismatch => "binding_mismatch",
             Refusal::Rejected(e) => e.code(),
@@ -222,10 +267,23 @@ impl Gate {
         }
     }
 
-    /// Decides on `intent`, verifying `signed` when the intent is destructive (which
-    /// burns its nonce), and records the decision in the audit log and the log.
-    pub fn authorize(&self, intent: &Intent, signed: Option<&SignedOp>) -> Decision {
+    /// Decides on `intent` and records the decision in the audit log and the log.
+    /// `guest` is the guest as read immediately before dispatch (run this on the
+    /// guest's queue lane, so nothing of ours changes it in between). A destructive
+    /// intent needs `signed`; its nonce is burned only when the decision is `Allowed`.
+    pub fn authorize(
+        &self,
+        intent: &Intent,
+        signed: Option<&SignedOp>,
+        guest: &GuestNow,
+    ) -> Decision {
         let (decision, why) = match self.pre(intent) {
+            Pre::Allow(AllowReason::AgentProvenance) if guest.is_protected() => (
+                Decision::Refused {
+                    reason: Refusal::Protected,
+                },
+                "the guest has protection: 1".to_string(),
+            ),
             Pre::Allow(r) => (
                 Decision::Allowed {
                     reason: r,
@@ -234,12 +292,23 @@ impl Gate {
                 r.code().to_string(),
             ),
             Pre::Refuse(r, why) => (Decision::Refused { reason: r }, why),
-            Pre::NeedsSignature => self.check_signed(intent, signed),
+            Pre::NeedsSignature => self.check_signed(intent, signed, guest),
         };
         self.record(intent, decision, why)
     }
 
-    fn check_signed(&self, intent: &Intent, signed: Option<&SignedOp>) -> (Decision, String) {
+    /// Records a refusal found outside the gate's own checks (an op no executor here
+    /// carries) in the audit log and the log, like every other decision.
+    pub fn refuse(&self, intent: &Intent, reason: Refusal, why: String) -> Decision {
+        self.record(intent, Decision::Refused { reason }, why)
+    }
+
+    fn check_signed(
+        &self,
+        intent: &Intent,
+        signed: Option<&SignedOp>,
+        guest: &GuestNow,
+    ) -> (Decision, String) {
         let refuse = |r: Refusal, why: String| (Decision::Refused { reason: r }, why);
         let (Some(verifier), Some(signed)) = (&self.verifier, signed) else {
             let why = if self.verifier.is_none() {
@@ -249,7 +318,7 @@ impl Gate {
             };
             return refuse(Refusal::PendingSignature, why.into());
         };
-        let v = match verifier.verify(&signed.blob, &signed.signature) {
+        let v = match verifier.check(&signed.blob, &signed.signature) {
             Ok(v) => v,
             Err(e) => {
                 let why = e.detail().to_string();
@@ -271,6 +340,20 @@ impl Gate {
                     intent.class
                 ),
             );
+        }
+        if let Some(why) = guest_changed(&v, guest) {
+            return refuse(Refusal::GuestChanged, why);
+        }
+        if guest.is_protected() && v.params.get("unprotect").map(String::as_str) != Some("1") {
+            return refuse(
+                Refusal::Protected,
+                "the guest has protection: 1 and the signed params do not say unprotect".into(),
+            );
+        }
+        // Every check passed: only now is the nonce burned.
+        if let Err(e) = verifier.consume(&v) {
+            let why = e.detail().to_string();
+            return refuse(Refusal::Rejected(e), why);
         }
         // A possible cloned authenticator is allowed (non-strict mode) but must reach
         // the audit log, not only stderr: it rides in the reason so every existing
@@ -363,6 +446,30 @@ impl Gate {
     }
 }
 
+/// Why the guest is not the one the op was signed for, if it is not. Only ops that
+/// name a guest are bound to one.
+fn guest_changed(v: &authz::VerifiedOp, guest: &GuestNow) -> Option<String> {
+    let (Some(id), Some(signed)) = (&v.guest_id, &v.guest_digest) else {
+        return None;
+    };
+    match guest {
+        GuestNow::Present {
+            digest: Some(now), ..
+        } if now == signed => None,
+        GuestNow::Present {
+            digest: Some(now), ..
+        } => Some(format!(
+            "guest {id}: config digest is {now}, the op was signed for {signed}"
+        )),
+        GuestNow::Present { digest: None, .. } => {
+            Some(format!("guest {id}: Proxmox sent no config digest"))
+        }
+        GuestNow::Gone => Some(format!("guest {id} no longer exists")),
+        GuestNow::Unreadable(e) => Some(format!("guest {id}: config could not be read: {e}")),
+        GuestNow::NotRead => Some(format!("guest {id}: config not read before dispatch")),
+    }
+}
+
 /// The first field in which the signed op differs from the intent, if any.
 fn binding_mismatch(intent: &Intent, v: &authz::VerifiedOp) -> Option<&'static str> {
     if v.op != intent.class.as_str() {
@@ -418,6 +525,9 @@ mod tests {
     #[test]
     fn refusal_codes_are_snake_case_words() {
         assert_eq!(Refusal::PendingSignature.code(), "pending_signature");
+        assert_eq!(Refusal::GuestChanged.code(), "guest_changed");
+        assert_eq!(Refusal::Protected.code(), "protected");
+        assert_eq!(Refusal::UnknownOp.code(), "unknown_op");
         assert_eq!(Refusal::RoleDenied.code(), "role_denied");
         assert_eq!(Refusal::BindingMismatch.code(), "binding_mismatch");
         assert_eq!(Refusal::StateDamaged.code(), "state_damaged");

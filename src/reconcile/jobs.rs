@@ -1,8 +1,11 @@
 //! Signed jobs: one operator-signed operation, from receipt to journaled outcome.
 //!
-//! This module owns the order of a signed job — dedupe by the op's nonce, the gate, the
-//! journal around an injected [`DestructiveExecutor`], marking the nonce applied on
-//! success — and runs the execution on the guest's queue lane. It never executes
+//! This module owns the order of a signed job — dedupe by the op's nonce, then, on the
+//! guest's queue lane and so serialized with every other mutation of that guest: read
+//! the guest as it is now, the gate (signature, role, binding, the guest's digest and
+//! protection, and only then the nonce), clearing `protection` as a journaled step of
+//! its own when the signed params ask for it, and the journal around an injected
+//! [`DestructiveExecutor`], marking the nonce applied on success. It never executes
 //! anything the gate refused, never executes before the `started` record is durable,
 //! and never marks an op applied that did not succeed.
 
@@ -10,25 +13,37 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::authz::OpBlob;
-use crate::proxmox::{Client, Upid, WaitOptions};
+use crate::proxmox::{Client, ConfigChange, Upid, WaitOptions};
 use crate::reconcile::classify::{Intent, OpClass};
-use crate::reconcile::gate::{Decision, Gate, Refusal, SignedOp};
-use crate::reconcile::journal::{JournalError, JournalRecord, OpState};
+use crate::reconcile::gate::{Decision, Gate, GuestNow, Refusal, SignedOp};
+use crate::reconcile::journal::{Journal, JournalError, JournalRecord, OpState};
 use crate::reconcile::queue::{JobPanicked, Queue, QueueClosed};
 use crate::shutdown::Shutdown;
 use crate::time::{Clock, SystemClock};
 
-/// Performs an authorized destructive op. Injected so the daemon decides what is wired
+/// Hands a task's UPID to the journal as soon as Proxmox accepted it.
+pub type OnTask<'a> = dyn FnMut(&str) -> Result<(), JournalError> + 'a;
+
+/// Performs authorized destructive ops. Injected so the daemon decides what is wired
 /// and tests can count executions.
 pub trait DestructiveExecutor: Send + Sync {
+    /// Whether this executor carries ops of `class`; any other is refused `unknown_op`
+    /// before anything is checked or burned.
+    fn carries(&self, class: &OpClass) -> bool;
+
+    /// The guest as it is now (its config digest and protection flag), read
+    /// immediately before the gate decides and the op is dispatched.
+    fn guest_now(&self, vmid: u32) -> GuestNow;
+
+    /// Clears the guest's `protection` flag, on the condition that its config still has
+    /// `digest` (Proxmox refuses the write otherwise). `on_task` as for
+    /// [`DestructiveExecutor::execute`], when the write runs as a task.
+    fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String>;
+
     /// Executes `intent`. Call `on_task` with the task's UPID as soon as Proxmox accepted
     /// it (before waiting), so a crash mid-task leaves the UPID in the journal; if it
     /// fails, stop and return the error. `Err` is a sentence saying what failed.
-    fn execute(
-        &self,
-        intent: &Intent,
-        on_task: &mut dyn FnMut(&str) -> Result<(), JournalError>,
-    ) -> Result<(), String>;
+    fn execute(&self, intent: &Intent, on_task: &mut OnTask<'_>) -> Result<(), String>;
 }
 
 /// How a signed job ended (a refusal is an outcome, not an error).
@@ -36,19 +51,15 @@ pub trait DestructiveExecutor: Send + Sync {
 pub enum JobOutcome {
     /// The op's nonce was already applied: nothing done, success.
     Skipped,
-    /// The gate refused it; nothing executed, nothing journaled.
+    /// The gate refused it; nothing executed, nothing journaled, no nonce burned.
     Refused(Refusal),
     /// Executed and succeeded; the nonce is marked applied.
     Executed {
         /// The journal's op id.
         op_id: String,
     },
-    /// Authorized but no executor is wired: journaled as failed, not applied.
-    NotExecuted {
-        /// The journal's op id.
-        op_id: String,
-    },
-    /// Executed and failed; journaled, not applied.
+    /// Executed (or its `unprotect` step) and failed; journaled, not applied. The nonce
+    /// is burned: a retry needs a fresh signature.
     Failed {
         /// The journal's op id.
         op_id: String,
@@ -120,19 +131,18 @@ impl SignedJobs {
         self
     }
 
-    /// Runs one signed job: dedupe by nonce, gate, then journal and execute on the
-    /// guest's lane. `executor: None` → authorized but not executed (journaled failed).
+    /// Runs one signed job: dedupe by nonce, then on the guest's lane: read the guest,
+    /// the gate, the `unprotect` step if asked for, and the op, each journaled.
     pub fn run_signed_job(
         &self,
         intent: &Intent,
         signed: &SignedOp,
-        executor: Option<Arc<dyn DestructiveExecutor>>,
+        executor: Arc<dyn DestructiveExecutor>,
     ) -> Result<JobOutcome, JobError> {
-        let journal = self.gate.journal().clone();
         // The nonce is read without trusting the blob: a hit only skips work, and a key
         // is marked applied only after a verified op succeeded.
         if let Ok(blob) = OpBlob::parse(&signed.blob)
-            && journal.already_applied(&blob.nonce)
+            && self.gate.journal().already_applied(&blob.nonce)
         {
             crate::info!(
                 "signed op already applied; skipped",
@@ -141,11 +151,82 @@ impl SignedJobs {
             );
             return Ok(JobOutcome::Skipped);
         }
-        let verified = match self.gate.authorize(intent, Some(signed)) {
+        let vmid = intent.vmid().unwrap_or(0);
+        let run = SignedRun {
+            gate: Arc::clone(&self.gate),
+            clock: Arc::clone(&self.clock),
+            intent: intent.clone(),
+            signed: signed.clone(),
+            executor,
+        };
+        let handle = self
+            .queue
+            .submit(vmid, move || run.run())
+            .map_err(JobError::Queue)?;
+        handle
+            .wait()
+            .map_err(JobError::Panicked)?
+            .map_err(JobError::Journal)
+    }
+}
+
+/// One signed job on its lane.
+struct SignedRun {
+    gate: Arc<Gate>,
+    clock: Arc<dyn Clock>,
+    intent: Intent,
+    signed: SignedOp,
+    executor: Arc<dyn DestructiveExecutor>,
+}
+
+impl SignedRun {
+    fn run(self) -> Result<JobOutcome, JournalError> {
+        let intent = &self.intent;
+        if !self.executor.carries(&intent.class) {
+            let why = format!("no executor here carries {}", intent.class);
+            if let Decision::Refused { reason } = self.gate.refuse(intent, Refusal::UnknownOp, why)
+            {
+                return Ok(JobOutcome::Refused(reason));
+            }
+        }
+        // Read right before the decision, on the lane: nothing of ours changes the guest
+        // between this read and the dispatch.
+        let guest = match (&intent.guest_id, intent.vmid()) {
+            (None, _) => GuestNow::NotRead,
+            (Some(_), Some(vmid)) => self.executor.guest_now(vmid),
+            (Some(g), None) => GuestNow::Unreadable(format!("guest_id {g:?} is not a vmid")),
+        };
+        let verified = match self.gate.authorize(intent, Some(&self.signed), &guest) {
             Decision::Refused { reason } => return Ok(JobOutcome::Refused(reason)),
             Decision::Allowed { verified, .. } => verified,
         };
+        let journal = Arc::clone(self.gate.journal());
         let vmid = intent.vmid().unwrap_or(0);
+        // The gate allowed a protected guest only because the signed params say
+        // `unprotect`: clearing the flag is its own journaled op, conditional on the
+        // digest the operator signed for.
+        if let GuestNow::Present {
+            protected: true,
+            digest: Some(digest),
+        } = &guest
+        {
+            let mut rec = JournalRecord::started(
+                journal.new_op_id(&format!("unprotect-{vmid}")),
+                vmid,
+                OpClass::SetConfig,
+                self.clock.now(),
+            );
+            rec.params.insert("protection".into(), "0".into());
+            let res = self.step(&journal, &rec, |on_task| {
+                self.executor.unprotect(vmid, digest, on_task)
+            })?;
+            if let Err(detail) = res {
+                return Ok(JobOutcome::Failed {
+                    op_id: rec.op_id,
+                    detail,
+                });
+            }
+        }
         let mut rec = JournalRecord::started(
             journal.new_op_id(&format!("{}-{vmid}", intent.class)),
             vmid,
@@ -157,60 +238,56 @@ impl SignedJobs {
             rec.idempotency_key = Some(v.nonce.clone());
             rec.expires_at = Some(v.expires_at);
         }
-        let clock = self.clock.clone();
-        let intent = intent.clone();
-        let job = move || -> Result<JobOutcome, JournalError> {
-            journal.append(&rec)?;
-            crate::faultpoint::reached("signed:after-started");
-            let op_id = rec.op_id.clone();
-            let Some(exec) = executor else {
-                let mut done = rec.step(OpState::Failed, clock.now());
-                done.detail = Some("authorized but not executed: no executor is wired".into());
-                journal.append(&done)?;
-                crate::warn!(
-                    "signed op authorized but not executed: no executor",
-                    op_id = op_id
-                );
-                return Ok(JobOutcome::NotExecuted { op_id });
-            };
-            let mut upid: Option<String> = None;
-            let res = exec.execute(&intent, &mut |u: &str| {
-                let mut running = rec.step(OpState::TaskRunning, clock.now());
-                running.upid = Some(u.to_string());
-                journal.append(&running)?;
-                crate::faultpoint::reached("signed:after-upid");
-                upid = Some(u.to_string());
-                Ok(())
-            });
-            crate::faultpoint::reached("signed:after-wait");
-            let mut done = rec.step(
-                if res.is_ok() {
-                    OpState::Succeeded
-                } else {
-                    OpState::Failed
-                },
-                clock.now(),
-            );
-            done.upid = upid;
-            match res {
-                Ok(()) => {
-                    journal.append(&done)?;
-                    crate::info!("signed op executed", op_id = op_id);
-                    Ok(JobOutcome::Executed { op_id })
-                }
-                Err(detail) => {
-                    done.detail = Some(detail.clone());
-                    journal.append(&done)?;
-                    crate::warn!("signed op failed", op_id = op_id, detail = detail);
-                    Ok(JobOutcome::Failed { op_id, detail })
-                }
+        let res = self.step(&journal, &rec, |on_task| {
+            self.executor.execute(intent, on_task)
+        })?;
+        let op_id = rec.op_id;
+        match res {
+            Ok(()) => {
+                crate::info!("signed op executed", op_id = op_id);
+                Ok(JobOutcome::Executed { op_id })
             }
-        };
-        let handle = self.queue.submit(vmid, job).map_err(JobError::Queue)?;
-        handle
-            .wait()
-            .map_err(JobError::Panicked)?
-            .map_err(JobError::Journal)
+            Err(detail) => {
+                crate::warn!("signed op failed", op_id = op_id, detail = detail);
+                Ok(JobOutcome::Failed { op_id, detail })
+            }
+        }
+    }
+
+    /// Journals `rec` started, runs `act` (which journals its UPID through `on_task`),
+    /// and journals the outcome. `Err` only for a journal failure.
+    fn step(
+        &self,
+        journal: &Journal,
+        rec: &JournalRecord,
+        act: impl FnOnce(&mut OnTask<'_>) -> Result<(), String>,
+    ) -> Result<Result<(), String>, JournalError> {
+        journal.append(rec)?;
+        crate::faultpoint::reached("signed:after-started");
+        let mut upid: Option<String> = None;
+        let res = act(&mut |u: &str| {
+            let mut running = rec.step(OpState::TaskRunning, self.clock.now());
+            running.upid = Some(u.to_string());
+            journal.append(&running)?;
+            crate::faultpoint::reached("signed:after-upid");
+            upid = Some(u.to_string());
+            Ok(())
+        });
+        crate::faultpoint::reached("signed:after-wait");
+        let mut done = rec.step(
+            if res.is_ok() {
+                OpState::Succeeded
+            } else {
+                OpState::Failed
+            },
+            self.clock.now(),
+        );
+        done.upid = upid;
+        if let Err(detail) = &res {
+            done.detail = Some(detail.clone());
+        }
+        journal.append(&done)?;
+        Ok(res)
     }
 }
 
@@ -240,11 +317,42 @@ impl ProxmoxExecutor {
 }
 
 impl DestructiveExecutor for ProxmoxExecutor {
-    fn execute(
-        &self,
-        intent: &Intent,
-        on_task: &mut dyn FnMut(&str) -> Result<(), JournalError>,
-    ) -> Result<(), String> {
+    fn carries(&self, class: &OpClass) -> bool {
+        *class == OpClass::GuestDestroy
+    }
+
+    fn guest_now(&self, vmid: u32) -> GuestNow {
+        match self.client.guest_config(vmid) {
+            Ok(cfg) => GuestNow::Present {
+                protected: cfg.protected(),
+                digest: cfg.digest,
+            },
+            Err(e) if e.api().is_some_and(|a| a.guest_missing()) => GuestNow::Gone,
+            Err(e) => GuestNow::Unreadable(e.to_string()),
+        }
+    }
+
+    fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        let change = ConfigChange {
+            set: vec![("protection".into(), "0".into())],
+            delete: Vec::new(),
+            digest: Some(digest.to_string()),
+        };
+        let upid = self
+            .client
+            .set_config(vmid, &change)
+            .map_err(|e| format!("unprotect {vmid}: {e}"))?;
+        let Some(upid) = upid else {
+            return Ok(());
+        };
+        on_task(upid.as_str()).map_err(|e| format!("journal: {e}"))?;
+        self.client
+            .wait_task(&upid, &self.wait, &self.shutdown)
+            .map(|_| ())
+            .map_err(|e| format!("unprotect {vmid}: {e}"))
+    }
+
+    fn execute(&self, intent: &Intent, on_task: &mut OnTask<'_>) -> Result<(), String> {
         if intent.class != OpClass::GuestDestroy {
             return Err(format!("no executor for {}", intent.class));
         }

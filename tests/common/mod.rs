@@ -2,10 +2,14 @@
 //! `mod common;`). Not every test file uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::{Client, ClientOptions};
+use felhom_agent::reconcile::classify::{Intent, OpClass};
+use felhom_agent::reconcile::gate::GuestNow;
+use felhom_agent::reconcile::jobs::{DestructiveExecutor, OnTask, ProxmoxExecutor};
 use felhom_agent::secret::Secret;
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
 
@@ -21,4 +25,42 @@ pub fn pinned_client(sim: &ProxmoxSim) -> Client {
     );
     o.timeout = Duration::from_secs(10);
     Client::new(o).unwrap()
+}
+
+/// The real Proxmox executor, counting the ops it was asked to execute (the reads and
+/// the `unprotect` step are not counted: they are not the destructive op).
+pub struct CountingExecutor {
+    inner: ProxmoxExecutor,
+    calls: AtomicUsize,
+}
+
+impl CountingExecutor {
+    /// Counts around `inner`.
+    pub fn new(inner: ProxmoxExecutor) -> Self {
+        CountingExecutor {
+            inner,
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many ops `execute` was called for.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl DestructiveExecutor for CountingExecutor {
+    fn carries(&self, class: &OpClass) -> bool {
+        self.inner.carries(class)
+    }
+    fn guest_now(&self, vmid: u32) -> GuestNow {
+        self.inner.guest_now(vmid)
+    }
+    fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        self.inner.unprotect(vmid, digest, on_task)
+    }
+    fn execute(&self, intent: &Intent, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.execute(intent, on_task)
+    }
 }

@@ -9,18 +9,21 @@
 #   ok/      armor variants that must still verify (CRLF, other widths, whitespace)
 #
 # Times are fixed and far from now: tests use a ManualClock at 2030-01-01T00:30:00Z.
-# Re-running replaces every file; the tests read whatever is committed.
+# Re-running replaces every blob and signature; keys are made once and kept (configs and
+# tests pin them), so delete keys/ to mint new ones. The tests read whatever is committed.
 set -euo pipefail
 cd "$(dirname "$0")"
-rm -rf keys blobs sigs neg ok
+rm -rf blobs sigs neg ok
 mkdir -p keys blobs sigs neg ok
 
 NS=felhom-op-v1
 VALID_NONCE=6f1c0e5a9b3d47e28c1f0a9d3b5e7c21
+# The config digest of guest 105 as the operator saw it (any 40 hex digits will do here).
+DIGEST=9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1
 
 blob() { # name host nonce not_before expires_at [extra]
-  printf '{"op":"guest_destroy","host_id":"%s","guest_id":"105","params":{"purge":"1"},"key_id":"ops-2026","nonce":"%s","not_before":"%s","expires_at":"%s"%s}' \
-    "$2" "$3" "$4" "$5" "${6:-}" > "blobs/$1.json"
+  printf '{"op":"guest_destroy","host_id":"%s","guest_id":"105","guest_digest":"%s","params":{"purge":"1"},"key_id":"ops-2026","nonce":"%s","not_before":"%s","expires_at":"%s"%s}' \
+    "$2" "$DIGEST" "$3" "$4" "$5" "${6:-}" > "blobs/$1.json"
 }
 blob op-valid          pve-a "$VALID_NONCE" 2030-01-01T00:00:00Z 2030-01-01T01:00:00Z
 blob op-base64-nonce   pve-a "q83vASNFZ4mrze8BI0VniQ==" 2030-01-01T00:00:00Z 2030-01-01T01:00:00Z
@@ -32,7 +35,7 @@ blob op-short-nonce    pve-a "0123456789abcdef" 2030-01-01T00:00:00Z 2030-01-01T
 blob op-unknown-field  pve-a "$VALID_NONCE" 2030-01-01T00:00:00Z 2030-01-01T01:00:00Z ',"extra":"x"'
 printf 'this is not JSON' > blobs/op-not-json.json
 
-key() { ssh-keygen -q -t "$2" ${3:+-b "$3"} -N '' -C "felhom test $1" -f "keys/$1"; }
+key() { [ -f "keys/$1" ] || ssh-keygen -q -t "$2" ${3:+-b "$3"} -N '' -C "felhom test $1" -f "keys/$1"; }
 key ed25519 ed25519
 key ecdsa-p256 ecdsa 256
 key ecdsa-p384 ecdsa 384
@@ -43,6 +46,8 @@ key rsa-1024 rsa 1024
 key other-ed25519 ed25519
 key ca-ed25519 ed25519
 if ! key dsa dsa 2>/dev/null; then echo "ssh-keygen has no DSA: skipping dsa vectors" >&2; fi
+# A checkout does not keep 0600, and ssh-keygen refuses a private key others can read.
+for k in keys/*; do case $k in *.pub) ;; *) chmod 600 "$k" ;; esac; done
 
 sign() { # blob key out [extra ssh-keygen args...]
   local b=$1 k=$2 out=$3; shift 3
