@@ -316,3 +316,32 @@ fn offline_selftest_runs_the_known_answer_tests_and_inspects_the_state_dir() {
     let d = check(&checks, "state dir");
     assert!(!d.ok && d.detail.contains("0755"), "{d:?}");
 }
+
+#[test]
+fn check_burns_nothing_and_consume_burns_the_nonce_once() {
+    let dir = tempdir("check-consume");
+    let path = dir.join("nonces.log");
+    let store = Arc::new(FileNonceStore::open(&path, 120).unwrap());
+    let v = verifier(store.clone());
+    // `check` passes as often as asked and records nothing, on disk or in memory.
+    let op = v.check(&blob(), &sig()).unwrap();
+    v.check(&blob(), &sig()).unwrap();
+    assert!(store.is_empty());
+    assert!(!store.is_recorded(&op.nonce).unwrap());
+    // `consume` records it durably, once.
+    v.consume(&op).unwrap();
+    assert!(matches!(v.consume(&op), Err(AuthzError::Replay(_))));
+    // From then on `check` refuses it as a replay, also after a restart.
+    assert!(matches!(
+        v.check(&blob(), &sig()),
+        Err(AuthzError::Replay(_))
+    ));
+    drop(v);
+    drop(store);
+    let reopened = Arc::new(FileNonceStore::open(&path, 120).unwrap());
+    assert!(reopened.is_recorded(&op.nonce).unwrap());
+    assert!(matches!(
+        verifier(reopened).check(&blob(), &sig()),
+        Err(AuthzError::Replay(_))
+    ));
+}
