@@ -389,3 +389,31 @@ fn an_envelope_with_signed_ops_wakes_the_worker_which_runs_them() {
     assert!(r.is_ok());
     assert_eq!(exec.calls(), 1);
 }
+
+#[test]
+fn a_destroy_the_hub_held_back_past_a_vmid_reuse_is_guest_changed_and_deletes_nothing() {
+    let l = lab("reuse");
+    // Signed for 105 as it is now; the hub holds it back.
+    let blob = l.destroy_blob("pve-a", "105");
+    let sig = ssh_keygen_sign(&l.dir, &blob);
+    // 105 goes away by other means and the number goes to a new customer.
+    assert!(l.pve.remove_guest(105));
+    l.pve
+        .add_guest(GuestSeed::new(105, "new-customer").running(false));
+    l.hub.queue_signed_op(&blob, Some(&sig));
+    assert_eq!(
+        l.deliver_one(),
+        OpOutcome::Job(JobOutcome::Refused(Refusal::GuestChanged))
+    );
+    assert_eq!(l.deletes(), 0);
+    assert_eq!(l.exec.calls(), 0);
+    assert!(l.pve.guest_ids().contains(&105), "the new guest is kept");
+    assert_eq!(l.audit_words(), vec!["guest_changed 105"]);
+    // Delivered again, it is refused again — never a replay, because nothing burned it.
+    l.hub.queue_signed_op(&blob, Some(&sig));
+    assert_eq!(
+        l.deliver_one(),
+        OpOutcome::Job(JobOutcome::Refused(Refusal::GuestChanged))
+    );
+    assert_eq!(l.deletes(), 0);
+}
