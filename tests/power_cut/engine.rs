@@ -247,6 +247,13 @@ fn mint_destroy(sim: &ProxmoxSim, vmid: u32) -> (Intent, SignedOp) {
     (intent, SignedOp { blob, signature })
 }
 
+fn digest(sim: &ProxmoxSim) -> String {
+    sim.guest_config(DOOMED).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn destroy_sim() -> ProxmoxSim {
     ProxmoxSim::builder()
         .guest(GuestSeed::new(DOOMED, "customer-db"))
@@ -259,6 +266,8 @@ fn destroy_sim() -> ProxmoxSim {
 struct SignedDestroy {
     intent: Intent,
     op: SignedOp,
+    /// The config digest of the guest the operator saw when signing.
+    digest: String,
     /// After each restart: the destroy ran before the cut, ran once on redelivery, or
     /// never ran (its nonce was burnt: a fresh signature is needed).
     ran: Mutex<[u64; 3]>,
@@ -271,6 +280,7 @@ impl SignedDestroy {
         SignedDestroy {
             intent,
             op,
+            digest: digest(&sim),
             ran: Mutex::new([0; 3]),
         }
     }
@@ -317,7 +327,13 @@ impl Scenario for SignedDestroy {
     }
 
     fn world(&self) -> Lab {
-        Lab::new("signed", destroy_sim())
+        let sim = destroy_sim();
+        assert_eq!(
+            digest(&sim),
+            self.digest,
+            "each world holds the guest as signed"
+        );
+        Lab::new("signed", sim)
     }
 
     fn run(&self, lab: &mut Lab, io: Arc<dyn Io>) -> Result<(), String> {
