@@ -66,8 +66,12 @@ use sha2::{Digest as _, Sha256};
 use crate::encoding::{hex_decode, hex_encode};
 
 mod file_io;
+#[cfg(feature = "fault-points")]
+mod powercut;
 
 pub use file_io::{DurableFile, FaultOp, FaultyIo, Io, OsIo};
+#[cfg(feature = "fault-points")]
+pub use powercut::{CutMode, CutPoint, CutReport, PointOp, PowerCutIo};
 
 /// Why a store operation failed.
 #[derive(Debug)]

@@ -1,0 +1,471 @@
+//! Scenarios (3) to (6): the stores' own file operations — a journal compaction, a nonce
+//! compaction, the audit log's rotation, and a restart over a torn tail — each on files
+//! that already hold records.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use felhom_agent::authz::{FileNonceStore, Freshness, NonceStore};
+use felhom_agent::hub::report::AuditEntry;
+use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::reconcile::classify::{OpClass, Provenance};
+use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
+use felhom_agent::shutdown::Shutdown;
+use felhom_agent::store::{Io, Store, SyncMode};
+use felhom_agent::time::Timestamp;
+use felhom_sim::{GuestSeed, ProxmoxSim};
+
+use super::{
+    AUDIT, JOURNAL, Lab, NONCES, Scenario, assert_files_clean, client, err, exercise, fast_wait,
+    now, replay_clean, tempdir,
+};
+
+// ---------------------------------------------------------------------------------
+// (3) A journal compaction, between two appends.
+
+/// A fact the journal must keep, acknowledged during the run.
+#[derive(Debug, Clone)]
+enum Fact {
+    /// This record is the op's latest (or an earlier step of what is latest now).
+    Op(JournalRecord),
+    /// The guest is tagged as the agent's scratch.
+    Scratch(u32),
+}
+
+struct JournalWorld {
+    lab: Lab,
+    /// The op left in flight before the run, its task finished in Proxmox.
+    in_flight: JournalRecord,
+    acked: Vec<Fact>,
+}
+
+const APPLIED_KEY: &str = "applied-before";
+const NEW_KEY: &str = "applied-during";
+
+struct JournalCompaction;
+
+impl Scenario for JournalCompaction {
+    type World = JournalWorld;
+    fn name(&self) -> &'static str {
+        "journal_compaction"
+    }
+
+    fn world(&self) -> JournalWorld {
+        let sim = ProxmoxSim::builder()
+            .guest(GuestSeed::new(102, "app").running(false))
+            .task_duration(Duration::from_millis(10))
+            .start();
+        let lab = Lab::new("jcompact", sim);
+        let j = Journal::open(&lab.path(JOURNAL)).unwrap();
+        let t = now();
+        let later = Timestamp(t.0 + 3600);
+        // Finished ops, which a compaction drops.
+        let r = JournalRecord::started(j.new_op_id("start-100"), 100, OpClass::Start, t);
+        j.append(&r).unwrap();
+        j.append(&r.step(OpState::Succeeded, t)).unwrap();
+        let r = JournalRecord::started(j.new_op_id("stop-101"), 101, OpClass::Stop, t);
+        j.append(&r).unwrap();
+        j.append(&r.step(OpState::Failed, t)).unwrap();
+        // A signed op applied: its key is kept until it expires.
+        let mut r = JournalRecord::started(
+            j.new_op_id("guest_destroy-107"),
+            107,
+            OpClass::GuestDestroy,
+            t,
+        );
+        r.idempotency_key = Some(APPLIED_KEY.into());
+        r.expires_at = Some(later);
+        j.append(&r).unwrap();
+        j.append(&r.step(OpState::Succeeded, t)).unwrap();
+        // Provenance.
+        j.record_guest_created(120, "txn-1", t).unwrap();
+        j.tag_scratch(130, t).unwrap();
+        // In flight: dispatched, UPID journaled, the task done by the time of the restart.
+        let c = client(&lab.sim);
+        let upid = c.start(102).unwrap();
+        c.wait_task(&upid, &fast_wait(), &Shutdown::new()).unwrap();
+        let r = JournalRecord::started(j.new_op_id("start-102"), 102, OpClass::Start, t);
+        j.append(&r).unwrap();
+        let mut running = r.step(OpState::TaskRunning, t);
+        running.upid = Some(upid.to_string());
+        j.append(&running).unwrap();
+        JournalWorld {
+            lab,
+            in_flight: running,
+            acked: Vec::new(),
+        }
+    }
+
+    fn run(&self, w: &mut JournalWorld, io: Arc<dyn Io>) -> Result<(), String> {
+        let j = Journal::open_with(&w.lab.path(JOURNAL), io).map_err(err)?;
+        let t = now();
+        let mut a = JournalRecord::started(
+            j.new_op_id("guest_destroy-108"),
+            108,
+            OpClass::GuestDestroy,
+            t,
+        );
+        a.idempotency_key = Some(NEW_KEY.into());
+        a.expires_at = Some(Timestamp(t.0 + 3600));
+        j.append(&a).map_err(err)?;
+        w.acked.push(Fact::Op(a.clone()));
+        j.compact(t).map_err(err)?;
+        let b = a.step(OpState::Succeeded, t);
+        j.append(&b).map_err(err)?;
+        w.acked.push(Fact::Op(b));
+        j.tag_scratch(140, t).map_err(err)?;
+        w.acked.push(Fact::Scratch(140));
+        Ok(())
+    }
+
+    fn restart_and_check(&self, w: JournalWorld, what: &str) {
+        replay_clean(&w.lab.path(JOURNAL), what);
+        let j = Journal::open(&w.lab.path(JOURNAL)).unwrap();
+        assert_eq!(j.damaged(), None, "{what}");
+        // What the journal held before the run, compacted or not.
+        assert!(j.already_applied(APPLIED_KEY), "{what}");
+        assert_eq!(
+            j.provenance(120, Some("txn-1")),
+            Some(Provenance::CreatedInTransaction),
+            "{what}"
+        );
+        assert_eq!(
+            j.provenance(130, None),
+            Some(Provenance::AgentScratch),
+            "{what}"
+        );
+        assert_eq!(
+            j.latest(&w.in_flight.op_id).as_ref(),
+            Some(&w.in_flight),
+            "{what}"
+        );
+        // What the run acknowledged.
+        let rank = |s: OpState| match s {
+            OpState::Started => 0,
+            OpState::TaskRunning => 1,
+            OpState::Succeeded | OpState::Failed => 2,
+        };
+        // Ids 1 to 4 are the ops from before the run; the run's op is 5.
+        let mut min_next = 5;
+        for fact in &w.acked {
+            match fact {
+                Fact::Op(r) => {
+                    let got = j.latest(&r.op_id);
+                    let got = got.unwrap_or_else(|| panic!("{what}: {} lost", r.op_id));
+                    assert!(rank(got.state) >= rank(r.state), "{what}: {got:?} < {r:?}");
+                    if r.state == OpState::Succeeded {
+                        assert_eq!(got, *r, "{what}");
+                        assert!(j.already_applied(NEW_KEY), "{what}");
+                    }
+                    min_next = 6;
+                }
+                Fact::Scratch(vmid) => assert_eq!(
+                    j.provenance(*vmid, None),
+                    Some(Provenance::AgentScratch),
+                    "{what}"
+                ),
+            }
+        }
+        // Op ids are never handed out twice, though the compaction dropped finished ops.
+        let next = j.new_op_id("x");
+        let n: u64 = next.rsplit('-').next().unwrap().parse().unwrap();
+        assert!(n >= min_next, "{what}: op id {next} reused");
+        drop(j);
+        let (journal, _audit) = w.lab.restart(what);
+        assert_eq!(
+            journal.latest(&w.in_flight.op_id).unwrap().state,
+            OpState::Succeeded,
+            "{what}"
+        );
+        drop(journal);
+        assert_files_clean(&w.lab.dir, what);
+    }
+}
+
+#[test]
+fn a_journal_compaction_survives_a_power_cut_at_every_point() {
+    exercise(&JournalCompaction);
+}
+
+// ---------------------------------------------------------------------------------
+// (4) A nonce compaction, between two recorded nonces.
+
+const SK_KEY: &str = "SHA256:power-cut-test-key";
+
+struct NonceWorld {
+    dir: PathBuf,
+    /// Nonces recorded before the run and not yet expired, which every restart must
+    /// still know.
+    live: Vec<String>,
+    acked: Vec<String>,
+}
+
+impl Drop for NonceWorld {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct NonceCompaction;
+
+impl Scenario for NonceCompaction {
+    type World = NonceWorld;
+    fn name(&self) -> &'static str {
+        "nonce_compaction"
+    }
+
+    fn world(&self) -> NonceWorld {
+        let dir = tempdir("ncompact");
+        let s = FileNonceStore::open(dir.join(NONCES), 120).unwrap();
+        let t = now().0;
+        for (nonce, expires, sk) in [
+            ("expired-1", t - 3600, None),
+            ("live-1", t + 3600, None),
+            ("expired-2", t - 3600, None),
+            ("live-2", t + 3600, Some((SK_KEY, 7))),
+        ] {
+            assert_eq!(
+                s.seen_or_record(nonce, Timestamp(expires), sk).unwrap(),
+                Freshness::Fresh
+            );
+        }
+        NonceWorld {
+            dir,
+            live: vec!["live-1".into(), "live-2".into()],
+            acked: Vec::new(),
+        }
+    }
+
+    fn run(&self, w: &mut NonceWorld, io: Arc<dyn Io>) -> Result<(), String> {
+        let s = FileNonceStore::open_with(w.dir.join(NONCES), 120, io).map_err(err)?;
+        let expires = Timestamp(now().0 + 3600);
+        let mut record = |nonce: &str| match s.seen_or_record(nonce, expires, None) {
+            Ok(Freshness::Fresh) => {
+                w.acked.push(nonce.into());
+                Ok(())
+            }
+            other => Err(format!("{nonce}: {other:?}")),
+        };
+        record("during-1")?;
+        let stats = s.compact(now()).map_err(err)?;
+        if stats.pruned != 2 {
+            return Err(format!("{stats:?}"));
+        }
+        record("during-2")
+    }
+
+    fn restart_and_check(&self, w: NonceWorld, what: &str) {
+        replay_clean(&w.dir.join(NONCES), what);
+        let s = FileNonceStore::open(w.dir.join(NONCES), 120).unwrap();
+        for nonce in w.live.iter().chain(&w.acked) {
+            assert_eq!(
+                s.seen_or_record(nonce, Timestamp(now().0 + 3600), None)
+                    .unwrap(),
+                Freshness::Seen,
+                "{what}: {nonce} could be replayed"
+            );
+        }
+        assert_eq!(s.highest_sk_counter(SK_KEY).unwrap(), Some(7), "{what}");
+        drop(s);
+        assert_files_clean(&w.dir, what);
+    }
+}
+
+#[test]
+fn a_nonce_compaction_survives_a_power_cut_at_every_point() {
+    exercise(&NonceCompaction);
+}
+
+// ---------------------------------------------------------------------------------
+// (5) The audit log's rotation.
+
+fn audit_entry(reason: &str) -> AuditEntry {
+    AuditEntry {
+        at: Timestamp(1_800_000_000),
+        op: "start".into(),
+        guest_id: Some("100".into()),
+        decision: "allowed".into(),
+        reason: reason.into(),
+        key_id: None,
+    }
+}
+
+/// Entries a rotation keeps in the live file.
+const AUDIT_KEEP: usize = 4;
+
+/// The audit log's rotation, the part under the cut: an entry recorded, the rotation,
+/// an entry recorded; `acked` gets each entry whose append returned `Ok`. The audit log
+/// has no rotation of its own here, so this compacts `audit.log` through the store to
+/// its last [`AUDIT_KEEP`] entries: the same rename over the live file. Once `AuditLog`
+/// rotates, call its rotation here instead.
+fn audit_rotation_step(
+    path: &Path,
+    io: Arc<dyn Io>,
+    acked: &mut Vec<AuditEntry>,
+) -> Result<(), String> {
+    let mut entries: Vec<AuditEntry> = Vec::new();
+    let store = Store::open_with(path, io, SyncMode::GroupCommit, |_, data| {
+        entries.push(serde_json::from_slice(data).map_err(err)?);
+        Ok(())
+    })
+    .map_err(err)?;
+    let first = audit_entry("during-1");
+    store.append(&first).map_err(err)?;
+    acked.push(first.clone());
+    entries.push(first);
+    store
+        .compact(entries[entries.len() - AUDIT_KEEP..].to_vec())
+        .map_err(err)?;
+    let second = audit_entry("during-2");
+    store.append(&second).map_err(err)?;
+    acked.push(second);
+    Ok(())
+}
+
+struct AuditWorld {
+    dir: PathBuf,
+    /// Entries from before the run that the rotation keeps.
+    kept: Vec<AuditEntry>,
+    acked: Vec<AuditEntry>,
+}
+
+impl Drop for AuditWorld {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct AuditRotation;
+
+impl Scenario for AuditRotation {
+    type World = AuditWorld;
+    fn name(&self) -> &'static str {
+        "audit_rotation"
+    }
+
+    fn world(&self) -> AuditWorld {
+        let dir = tempdir("audit");
+        let a = AuditLog::open(&dir.join(AUDIT)).unwrap();
+        let before: Vec<AuditEntry> = (1..=6)
+            .map(|i| audit_entry(&format!("before-{i}")))
+            .collect();
+        for e in &before {
+            a.record(e).unwrap();
+        }
+        AuditWorld {
+            dir,
+            kept: before[before.len() + 1 - AUDIT_KEEP..].to_vec(),
+            acked: Vec::new(),
+        }
+    }
+
+    fn run(&self, w: &mut AuditWorld, io: Arc<dyn Io>) -> Result<(), String> {
+        audit_rotation_step(&w.dir.join(AUDIT), io, &mut w.acked)
+    }
+
+    fn restart_and_check(&self, w: AuditWorld, what: &str) {
+        replay_clean(&w.dir.join(AUDIT), what);
+        let a = AuditLog::open(&w.dir.join(AUDIT)).unwrap();
+        let found = a.tail(usize::MAX);
+        // Every entry that must be there, in order (others may sit between them).
+        let mut rest = found.iter();
+        for want in w.kept.iter().chain(&w.acked) {
+            assert!(
+                rest.any(|e| e == want),
+                "{what}: {:?} lost or out of order in {found:?}",
+                want.reason
+            );
+        }
+        drop(a);
+        assert_files_clean(&w.dir, what);
+    }
+}
+
+#[test]
+fn an_audit_rotation_survives_a_power_cut_at_every_point() {
+    exercise(&AuditRotation);
+}
+
+// ---------------------------------------------------------------------------------
+// (6) A restart that is itself cut: the journal reopened over a torn last line and a
+// compaction temp file an earlier crash left, then one append.
+
+const TORN: &[u8] = b"{\"seq\":3,\"prev\":\"00";
+
+struct ReopenWorld {
+    dir: PathBuf,
+    before: Vec<JournalRecord>,
+    acked: Vec<JournalRecord>,
+}
+
+impl Drop for ReopenWorld {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct ReopenAfterCrash;
+
+impl Scenario for ReopenAfterCrash {
+    type World = ReopenWorld;
+    fn name(&self) -> &'static str {
+        "reopen_after_crash"
+    }
+
+    fn world(&self) -> ReopenWorld {
+        let dir = tempdir("reopen");
+        let path = dir.join(JOURNAL);
+        let j = Journal::open(&path).unwrap();
+        let t = now();
+        let r = JournalRecord::started(j.new_op_id("start-100"), 100, OpClass::Start, t);
+        let done = r.step(OpState::Failed, t);
+        j.append(&r).unwrap();
+        j.append(&done).unwrap();
+        drop(j);
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(TORN).unwrap();
+        fs::write(
+            dir.join(format!("{JOURNAL}.compact.tmp")),
+            b"half a compaction",
+        )
+        .unwrap();
+        ReopenWorld {
+            dir,
+            before: vec![done],
+            acked: Vec::new(),
+        }
+    }
+
+    fn run(&self, w: &mut ReopenWorld, io: Arc<dyn Io>) -> Result<(), String> {
+        let j = Journal::open_with(&w.dir.join(JOURNAL), io).map_err(err)?;
+        let r = JournalRecord::started(j.new_op_id("stop-101"), 101, OpClass::Stop, now());
+        j.append(&r).map_err(err)?;
+        w.acked.push(r);
+        Ok(())
+    }
+
+    fn restart_and_check(&self, w: ReopenWorld, what: &str) {
+        replay_clean(&w.dir.join(JOURNAL), what);
+        let j = Journal::open(&w.dir.join(JOURNAL)).unwrap();
+        assert_eq!(j.damaged(), None, "{what}");
+        for r in w.before.iter().chain(&w.acked) {
+            assert_eq!(j.latest(&r.op_id).as_ref(), Some(r), "{what}");
+        }
+        drop(j);
+        // The torn bytes are kept aside, never dropped.
+        let broken = fs::read(w.dir.join(format!("{JOURNAL}.broken"))).unwrap();
+        assert!(
+            broken.windows(TORN.len()).any(|b| b == TORN),
+            "{what}: the torn tail was not kept"
+        );
+        assert_files_clean(&w.dir, what);
+    }
+}
+
+#[test]
+fn a_restart_over_a_torn_tail_survives_a_power_cut_at_every_point() {
+    exercise(&ReopenAfterCrash);
+}
