@@ -556,7 +556,7 @@ impl SignedOpsRunner {
     fn audit_skipped(&self, skipped: &[SkippedEntry]) {
         let mut over = skipped.iter().filter(|s| s.over_limit);
         if let Some(first) = over.next() {
-            let last = over.last().unwrap_or(first);
+            let last = over.next_back().unwrap_or(first);
             let count = last.index - first.index + 1;
             crate::warn!(
                 "signed op entries over the limit skipped",
