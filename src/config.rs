@@ -33,6 +33,14 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/felhom-agent";
 pub const ENV_PREFIX: &str = "FELHOM_AGENT_";
 /// Largest config or secret file read, in bytes.
 const MAX_FILE_BYTES: u64 = 1 << 20;
+/// `audit.max_bytes` when not set: 16 MiB.
+pub const AUDIT_MAX_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+/// The smallest `audit.max_bytes`, 1 MiB: room for every pending entry a rotation
+/// carries (64 capped entries, each under 13 KiB even when every byte needs a JSON
+/// escape) and for the decisions a rotation is meant to keep.
+pub const AUDIT_MAX_BYTES_MIN: u64 = 1024 * 1024;
+/// The largest `audit.max_bytes`, 1 GiB.
+pub const AUDIT_MAX_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
 /// What the agent is about to do; decides which sections are required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +287,7 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
-            max_bytes: crate::reconcile::audit::DEFAULT_MAX_BYTES,
+            max_bytes: AUDIT_MAX_BYTES_DEFAULT,
         }
     }
 }
@@ -952,16 +960,13 @@ impl Config {
             max_parallel: usize::try_from(r.int("reconcile.max_parallel", 4, 1, 64)?).unwrap_or(4),
         };
 
-        let audit = {
-            use crate::reconcile::audit::{DEFAULT_MAX_BYTES, MAX_MAX_BYTES, MIN_MAX_BYTES};
-            AuditConfig {
-                max_bytes: r.int(
-                    "audit.max_bytes",
-                    DEFAULT_MAX_BYTES,
-                    MIN_MAX_BYTES,
-                    MAX_MAX_BYTES,
-                )?,
-            }
+        let audit = AuditConfig {
+            max_bytes: r.int(
+                "audit.max_bytes",
+                AUDIT_MAX_BYTES_DEFAULT,
+                AUDIT_MAX_BYTES_MIN,
+                AUDIT_MAX_BYTES_MAX,
+            )?,
         };
 
         Ok(Config {

@@ -56,16 +56,12 @@ pub use crate::hub::report::{AUDIT_STRING_MAX, PENDING_SIGNATURES_MAX};
 /// Entries kept in memory for [`AuditLog::tail`]; the report needs 50.
 pub const TAIL_KEPT: usize = 200;
 
-/// The default `audit.max_bytes`: 16 MiB.
-pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
-
-/// The smallest `audit.max_bytes`: 1 MiB, room for every carried pending entry (64
-/// capped entries, each under 13 KiB even when every byte needs a JSON escape) plus
-/// the decisions a rotation is meant to keep.
-pub const MIN_MAX_BYTES: u64 = 1024 * 1024;
-
-/// The largest `audit.max_bytes`: 1 GiB.
-pub const MAX_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// The default `audit.max_bytes` (16 MiB), its floor (1 MiB) and its ceiling (1 GiB);
+/// the configuration owns them.
+pub use crate::config::{
+    AUDIT_MAX_BYTES_DEFAULT as DEFAULT_MAX_BYTES, AUDIT_MAX_BYTES_MAX as MAX_MAX_BYTES,
+    AUDIT_MAX_BYTES_MIN as MIN_MAX_BYTES,
+};
 
 /// The decision word that holds an operation for a signature.
 pub const PENDING_SIGNATURE: &str = "pending_signature";
@@ -470,6 +466,30 @@ mod tests {
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["truncated"][2]["field"], "delivery.hub_op_id");
         assert_eq!(v["truncated"][1]["bytes"], reason.len());
+    }
+
+    #[test]
+    fn the_worst_capped_entry_lets_a_full_carry_over_fit_the_smallest_cap() {
+        // Every string at its longest and made of bytes JSON escapes six-fold.
+        let nasty = "\u{1}".repeat(10_000);
+        let mut e = entry(&nasty, Some(&nasty), &nasty, &nasty);
+        e.key_id = Some(nasty.clone());
+        e.delivery = Some(Delivery {
+            hub_op_id: Some(nasty.clone()),
+            index: Some(u64::MAX),
+            blob_sha256: Some(nasty.clone()),
+            blob_bytes: Some(u64::MAX),
+        });
+        let c = cap(e);
+        assert_eq!(c.truncated.len(), 7);
+        let stored = serde_json::to_vec(&CarriedRef {
+            entry: &c,
+            carried: true,
+        })
+        .unwrap();
+        let line = (stored.len() + RECORD_OVERHEAD) as u64;
+        assert!(line < 13 * 1024, "{line}");
+        assert!(line * PENDING_SIGNATURES_MAX as u64 + line < MIN_MAX_BYTES);
     }
 
     #[test]
