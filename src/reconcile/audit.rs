@@ -493,6 +493,16 @@ mod tests {
     }
 
     #[test]
+    fn entries_written_before_the_cap_still_replay() {
+        let old = br#"{"at":"2026-11-22T09:58:12Z","op":"guest_destroy","guest_id":"105","decision":"pending_signature","reason":"r","key_id":null}"#;
+        let s: Stored = serde_json::from_slice(old).unwrap();
+        assert!(!s.carried);
+        assert_eq!(s.entry.delivery, None);
+        assert!(s.entry.truncated.is_empty());
+        assert_eq!(s.entry.guest_id.as_deref(), Some("105"));
+    }
+
+    #[test]
     fn a_supplied_truncated_item_that_is_not_a_hash_is_dropped() {
         let mut e = entry("op", None, "allowed", "ok");
         e.truncated = vec![Truncated {
