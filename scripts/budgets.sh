@@ -7,6 +7,8 @@
 #   size     the stripped binary is at most 4 MiB
 #   static   no program interpreter and no NEEDED library
 #   rss      the idle daemon, run against the simulators, stays at or under 8 MiB
+#   rss-full the daemon started on a full audit log (16 MiB, the default cap) peaks at or
+#            under 8 MiB up to its first report: replay streams the file
 #   crates   every crate of the shipped dependency tree is in supply-chain/allowed-crates.txt
 #
 # Prints one line per budget and exits non-zero on any breach, naming it. Needs
@@ -114,6 +116,42 @@ else
       fail rss "the daemon exited $code on SIGTERM, expected 0"
     fi
   fi
+fi
+
+# --- rss-full: a second daemon on its own state directory, whose audit.log is filled to
+# the default cap by examples/audit_fill.rs (entries chained as the agent writes them).
+# VmHWM is the peak resident size since the process started: replay included.
+cargo build -q --locked --example audit_fill
+mkdir -m 0700 "$work/state-full"
+full_bytes=$("${CARGO_TARGET_DIR:-$root/target}/debug/examples/audit_fill" "$work/state-full/audit.log" $((16 * 1024 * 1024)))
+(
+  umask 077
+  sed "s#\"state_dir\":\"$work/state\"#\"state_dir\":\"$work/state-full\"#" "$work/agent.json" >"$work/agent-full.json"
+)
+grep -q "state-full" "$work/agent-full.json" || { echo "could not point the config at state-full" >&2; exit 1; }
+seen=$(grep -c '^report ' "$work/hub.out" || true)
+"$bin" run --config "$work/agent-full.json" 2>"$work/agent-full.err" &
+agent=$!
+pids+=("$agent")
+if ! wait_for "$work/hub.out" "^report $((seen + 1))\$" 60; then
+  tail -20 "$work/agent-full.err" >&2
+  fail rss-full "the daemon on a full audit log sent no report within 60 s"
+elif ! kill -0 "$agent" 2>/dev/null; then
+  tail -20 "$work/agent-full.err" >&2
+  fail rss-full "the daemon on a full audit log exited"
+else
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$agent/status")
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$agent/status")
+  printf 'rss-full %d KiB peak, %d KiB now, after replaying a %d-byte audit log; budget %d KiB\n' \
+    "$hwm" "$rss" "$full_bytes" "$max_rss_kib"
+  if [ "$hwm" -gt "$max_rss_kib" ]; then
+    fail rss-full "daemon peak RSS with a full audit log is $hwm KiB, over $max_rss_kib KiB"
+  fi
+  if grep -q 'msg="audit log rotated"' "$work/agent-full.err"; then
+    fail rss-full "the full audit log was rotated at start instead of replayed"
+  fi
+  kill -TERM "$agent"
+  wait "$agent" || true
 fi
 
 # --- crates: the dependency tree that ships. `-e normal` leaves out dev- and build-

@@ -505,7 +505,7 @@ fn selftest(
         },
         SelftestKind::Offline => {
             let state = &cfg.state_dir;
-            let files: Vec<PathBuf> = ["journal.log", "nonces.log", "audit.log"]
+            let files: Vec<PathBuf> = ["journal.log", "nonces.log", "audit.log", "audit.log.1"]
                 .iter()
                 .map(|f| state.join(f))
                 .collect();

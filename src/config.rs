@@ -33,6 +33,14 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/felhom-agent";
 pub const ENV_PREFIX: &str = "FELHOM_AGENT_";
 /// Largest config or secret file read, in bytes.
 const MAX_FILE_BYTES: u64 = 1 << 20;
+/// `audit.max_bytes` when not set: 16 MiB.
+pub const AUDIT_MAX_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+/// The smallest `audit.max_bytes`, 1 MiB: room for every pending entry a rotation
+/// carries (64 capped entries, each under 13 KiB even when every byte needs a JSON
+/// escape) and for the decisions a rotation is meant to keep.
+pub const AUDIT_MAX_BYTES_MIN: u64 = 1024 * 1024;
+/// The largest `audit.max_bytes`, 1 GiB.
+pub const AUDIT_MAX_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
 /// What the agent is about to do; decides which sections are required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +211,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("authz.signers", Kind::Json),
     ("reconcile.desired_file", Kind::OptStr),
     ("reconcile.max_parallel", Kind::Int),
+    ("audit.max_bytes", Kind::Int),
 ];
 
 /// The fields of one `authz.signers[]` entry.
@@ -267,6 +276,22 @@ pub struct ReconcileConfig {
     pub max_parallel: usize,
 }
 
+/// The `audit` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// `audit.log` is rotated to `audit.log.1` before it would pass this many bytes, so
+    /// the two files together stay under twice it.
+    pub max_bytes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_bytes: AUDIT_MAX_BYTES_DEFAULT,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -285,6 +310,8 @@ pub struct Config {
     pub authz: Option<AuthzConfig>,
     /// The reconcile section (defaults when absent).
     pub reconcile: ReconcileConfig,
+    /// The audit section (defaults when absent).
+    pub audit: AuditConfig,
     /// Problems worth a warning that do not stop the agent (e.g. a readable secret file).
     pub warnings: Vec<String>,
 }
@@ -933,6 +960,15 @@ impl Config {
             max_parallel: usize::try_from(r.int("reconcile.max_parallel", 4, 1, 64)?).unwrap_or(4),
         };
 
+        let audit = AuditConfig {
+            max_bytes: r.int(
+                "audit.max_bytes",
+                AUDIT_MAX_BYTES_DEFAULT,
+                AUDIT_MAX_BYTES_MIN,
+                AUDIT_MAX_BYTES_MAX,
+            )?,
+        };
+
         Ok(Config {
             host_id,
             state_dir,
@@ -941,6 +977,7 @@ impl Config {
             hub,
             authz,
             reconcile,
+            audit,
             warnings,
         })
     }
@@ -988,6 +1025,7 @@ impl Config {
                 "desired_file": self.reconcile.desired_file.as_ref().map(|f| f.display().to_string()),
                 "max_parallel": self.reconcile.max_parallel,
             },
+            "audit": {"max_bytes": self.audit.max_bytes},
         });
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
@@ -1027,7 +1065,8 @@ mod tests {
                 "sk_counter_strict": false,
                 "signers": [{"key_id": "ops-2026", "role": "operational", "public_key": KEY}]
             },
-            "reconcile": {"desired_file": null, "max_parallel": 4}
+            "reconcile": {"desired_file": null, "max_parallel": 4},
+            "audit": {"max_bytes": 16777216}
         })
     }
 
@@ -1187,6 +1226,26 @@ mod tests {
                 "reconcile.max_paralel: unknown field",
             ),
             (
+                "/audit/max_bytes",
+                json!(65536),
+                "audit.max_bytes: must be a whole number from 1048576 to 1073741824, got 65536",
+            ),
+            (
+                "/audit/max_bytes",
+                json!(2_147_483_648u64),
+                "audit.max_bytes: must be a whole number from 1048576 to 1073741824",
+            ),
+            (
+                "/audit/max_bytes",
+                json!("16M"),
+                "audit.max_bytes: must be a number, got a string",
+            ),
+            (
+                "/audit/max_files",
+                json!(2),
+                "audit.max_files: unknown field",
+            ),
+            (
                 "/proxmox/tls/pin",
                 json!("x"),
                 "proxmox.tls.pin: unknown field",
@@ -1283,6 +1342,40 @@ mod tests {
             c.reconcile.desired_file.unwrap(),
             PathBuf::from("/etc/felhom-agent/desired.json")
         );
+    }
+
+    #[test]
+    fn audit_max_bytes_defaults_to_16_mib_and_the_environment_overrides_it() {
+        let mut v = full();
+        v.as_object_mut().unwrap().remove("audit");
+        let c = Config::from_value(&v, Mode::Run).unwrap();
+        assert_eq!(c.audit.max_bytes, 16 * 1024 * 1024);
+        assert!(
+            c.redacted().contains("\"max_bytes\": 16777216"),
+            "{}",
+            c.redacted()
+        );
+
+        let env = BTreeMap::from([(
+            "FELHOM_AGENT_AUDIT_MAX_BYTES".to_owned(),
+            "2097152".to_owned(),
+        )]);
+        apply_env(&mut v, &env).unwrap();
+        assert_eq!(
+            Config::from_value(&v, Mode::Run).unwrap().audit.max_bytes,
+            2 * 1024 * 1024
+        );
+
+        let mut v = full();
+        let env = BTreeMap::from([("FELHOM_AGENT_AUDIT_MAX_BYTES".to_owned(), "4096".to_owned())]);
+        apply_env(&mut v, &env).unwrap();
+        assert_eq!(
+            err(&v, Mode::Run),
+            "audit.max_bytes: must be a whole number from 1048576 to 1073741824, got 4096"
+        );
+        let mut v = full();
+        v["audit"] = json!(16);
+        assert_eq!(err(&v, Mode::Run), "audit: must be an object, got a number");
     }
 
     #[test]

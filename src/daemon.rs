@@ -254,10 +254,11 @@ pub fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
     result
 }
 
-/// The report's audit tail, bound to the reconciler's audit log once it is open. The
-/// poller starts before `Reconciler::open` (the engine follows its envelope, and the hub
-/// keeps hearing from the host while Recover waits on a task), so the reports sent until
-/// the reconciler has opened carry an empty `audit_tail`.
+/// The report's audit tail and pending signatures, bound to the reconciler's audit log
+/// once it is open. The poller starts before `Reconciler::open` (the engine follows its
+/// envelope, and the hub keeps hearing from the host while Recover waits on a task), so
+/// the reports sent until the reconciler has opened carry an empty `audit_tail` and
+/// `pending_signatures`.
 #[derive(Default)]
 struct LateAudit(OnceLock<Arc<dyn AuditTail>>);
 
@@ -265,6 +266,13 @@ impl AuditTail for LateAudit {
     fn last(&self, n: usize) -> Result<Vec<AuditEntry>, ReadError> {
         match self.0.get() {
             Some(tail) => tail.last(n),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn pending(&self) -> Result<Vec<AuditEntry>, ReadError> {
+        match self.0.get() {
+            Some(tail) => tail.pending(),
             None => Ok(Vec::new()),
         }
     }

@@ -15,6 +15,8 @@
 //! | `benign:after-upid`, `signed:after-upid` | the `task_running` record with the UPID is durable |
 //! | `benign:after-wait`, `signed:after-wait` | the task ended; the terminal record is not written yet |
 //! | `journal:compact-before-rename`, `nonces:compact-before-rename` | a compaction's temp file is written and fsync'd; the rename has not happened |
+//! | `audit:rotate-before-rename` | a rotation's new file is written and fsync'd as `audit.log.rotate.tmp`; `audit.log` is not renamed yet |
+//! | `audit:rotate-between-renames` | `audit.log` is durably renamed to `audit.log.1`; the new file is not in place yet |
 //! | `recover:after-found` | Recover found the task of an op that had no UPID and journaled it |
 //!
 //! With the feature, and only when the test's environment asks for it:

@@ -186,14 +186,14 @@ fn node_status_failing_live_sends_nothing() {
 fn the_audit_provider_fills_the_tail() {
     let (pve, hub) = (pve(), HubSim::start());
     let audit = Arc::new(|_n: usize| {
-        Ok::<_, ReadError>(vec![AuditEntry {
-            at: Timestamp(1_700_000_000),
-            op: "guest_destroy".into(),
-            guest_id: Some("101".into()),
-            decision: "pending_signature".into(),
-            reason: "no signature".into(),
-            key_id: None,
-        }])
+        Ok::<_, ReadError>(vec![AuditEntry::new(
+            Timestamp(1_700_000_000),
+            "guest_destroy",
+            Some("101".into()),
+            "pending_signature",
+            "no signature",
+            None,
+        )])
     });
     let mut round = hub_round(&config(&pve, &hub), audit).unwrap();
     round.round().unwrap();

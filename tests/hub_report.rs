@@ -12,8 +12,10 @@ use felhom_agent::hub::collect::{
     NoAudit, ReadError, StorageRow, VolumeRow,
 };
 use felhom_agent::hub::report::{
-    AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage, Usage,
+    AuditEntry, CpuMetrics, Delivery, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
+    PENDING_SIGNATURES_MAX, Usage,
 };
+use felhom_agent::reconcile::audit::cap;
 use felhom_agent::time::{ManualClock, Timestamp};
 use serde_json::Value;
 
@@ -203,14 +205,56 @@ fn golden_node() -> FakeNode {
     n
 }
 
+/// The golden audit entry: a signed destroy the hub delivered that failed with a long
+/// task error, recorded as the audit log records it (the reason cut).
 fn audit_entry() -> AuditEntry {
-    AuditEntry {
-        at: ts("2026-11-22T09:58:12Z"),
-        op: "guest_destroy".into(),
-        guest_id: Some("105".into()),
-        decision: "pending_signature".into(),
-        reason: "destructive operation without a verified signature".into(),
-        key_id: None,
+    let reason = format!(
+        "op-5c1f0e9a failed: task UPID:pve:0001A2B3:00C4D5E6:6740B1A0:vzdestroy:105:felhom-agent@pve!agent: exit status: {}",
+        "lvremove 'pve/vm-105-disk-0' error: Logical volume pve/vm-105-disk-0 in use. ".repeat(16)
+    );
+    let mut e = AuditEntry::new(
+        ts("2026-11-22T09:58:12Z"),
+        "guest_destroy",
+        Some("105".into()),
+        "failed",
+        reason,
+        None,
+    );
+    e.delivery = Some(Delivery {
+        hub_op_id: Some("op-7".into()),
+        index: Some(0),
+        blob_sha256: Some(
+            "b9c5de384486f63ec4bce574e21ced2be71368048f46df2f3789371aea7a9f80".into(),
+        ),
+        blob_bytes: Some(331),
+    });
+    cap(e)
+}
+
+/// The golden pending entry: the gate held an unsigned destroy of 106.
+fn pending_entry() -> AuditEntry {
+    AuditEntry::new(
+        ts("2026-11-22T09:59:40Z"),
+        "guest_destroy",
+        Some("106".into()),
+        "pending_signature",
+        "destructive operation without a verified signature",
+        None,
+    )
+}
+
+/// An audit provider with a fixed tail and fixed pending entries.
+struct FixedAudit {
+    tail: Vec<AuditEntry>,
+    pending: Result<Vec<AuditEntry>, String>,
+}
+
+impl AuditTail for FixedAudit {
+    fn last(&self, _n: usize) -> Result<Vec<AuditEntry>, ReadError> {
+        Ok(self.tail.clone())
+    }
+    fn pending(&self) -> Result<Vec<AuditEntry>, ReadError> {
+        self.pending.clone().map_err(|e| fail(&e))
     }
 }
 
@@ -224,7 +268,10 @@ fn collector(
 }
 
 fn one_audit_entry() -> Arc<dyn AuditTail> {
-    Arc::new(|_n: usize| Ok::<_, ReadError>(vec![audit_entry()]))
+    Arc::new(FixedAudit {
+        tail: vec![audit_entry()],
+        pending: Ok(vec![pending_entry()]),
+    })
 }
 
 fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
@@ -299,7 +346,31 @@ fn the_contract_field_names_are_frozen() {
             "restore_tests",
             "pbs_snapshots",
             "audit_tail",
+            "pending_signatures",
         ])
+    );
+    for entry in [&golden["audit_tail"][0], &golden["pending_signatures"][0]] {
+        assert_eq!(
+            keys(entry),
+            set(&[
+                "at",
+                "op",
+                "guest_id",
+                "decision",
+                "reason",
+                "key_id",
+                "delivery",
+                "truncated"
+            ])
+        );
+    }
+    assert_eq!(
+        keys(&golden["audit_tail"][0]["delivery"]),
+        set(&["hub_op_id", "index", "blob_sha256", "blob_bytes"])
+    );
+    assert_eq!(
+        keys(&golden["audit_tail"][0]["truncated"][0]),
+        set(&["field", "sha256", "bytes"])
     );
     assert_eq!(
         keys(&golden["host"]),
@@ -360,6 +431,7 @@ fn empty_collections_are_arrays_never_null() {
         "restore_tests",
         "pbs_snapshots",
         "audit_tail",
+        "pending_signatures",
     ] {
         assert_eq!(v[field], Value::Array(Vec::new()), "{field}");
     }
@@ -596,4 +668,44 @@ fn audit_tail_failure_is_empty_and_an_oversized_tail_keeps_the_newest_50() {
     assert_eq!(tail.len(), 50);
     assert_eq!(tail[0].at, Timestamp(20));
     assert_eq!(tail[49].at, Timestamp(69));
+}
+
+#[test]
+fn pending_signatures_are_reported_beside_the_tail_bounded_and_empty_when_unreadable() {
+    let pending: Vec<AuditEntry> = (0..PENDING_SIGNATURES_MAX as i64 + 5)
+        .map(|i| AuditEntry {
+            at: Timestamp(i),
+            ..pending_entry()
+        })
+        .collect();
+    let many = collector(
+        golden_node(),
+        Probe(Ok("active")),
+        Arc::new(FixedAudit {
+            tail: Vec::new(),
+            pending: Ok(pending),
+        }),
+    );
+    let report = many.collect().unwrap();
+    assert!(report.audit_tail.is_empty());
+    assert_eq!(report.pending_signatures.len(), PENDING_SIGNATURES_MAX);
+    assert_eq!(
+        report.pending_signatures[0].at,
+        Timestamp(5),
+        "the newest kept"
+    );
+
+    let failing = collector(
+        golden_node(),
+        Probe(Ok("active")),
+        Arc::new(FixedAudit {
+            tail: vec![audit_entry()],
+            pending: Err("pending".into()),
+        }),
+    );
+    let report = failing.collect().unwrap();
+    assert!(report.pending_signatures.is_empty());
+    assert_eq!(report.audit_tail.len(), 1, "the tail is still reported");
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["pending_signatures"], Value::Array(Vec::new()));
 }

@@ -179,14 +179,8 @@ impl Opened {
                 Err(other) => Err(Failure::Other(other.to_string())),
             },
             Opened::Audit(a) => {
-                let entry = AuditEntry {
-                    at,
-                    op: "start".into(),
-                    guest_id: Some("100".into()),
-                    decision: "allowed".into(),
-                    reason: key(i),
-                    key_id: None,
-                };
+                let entry =
+                    AuditEntry::new(at, "start", Some("100".into()), "allowed", key(i), None);
                 a.record(&entry).map_err(|e| match e {
                     AuditError::Store(s) => failure(&s),
                     other => Failure::Other(other.to_string()),

@@ -36,9 +36,11 @@ pub const CONTRACT: &str = include_str!("../../vectors/host-report.golden.json")
 /// Fields the contract allows to be left out, as `path` patterns (`[]` for any index).
 pub const OPTIONAL_FIELDS: &[&str] = &["guests[].spec", "guests[].digest"];
 
-/// Scalars the contract allows to be `null` (what Proxmox may not say, or what does not
+/// Fields the contract allows to be `null` (what Proxmox may not say, or what does not
 /// apply: an inactive storage's sizes, a never-verified PBS snapshot, a host-wide audit
-/// entry's guest). Every other scalar must be present with the contract's type.
+/// entry's guest, the delivery of a decision the hub did not deliver). Every other
+/// field must be present with the contract's type; a nullable object, when present,
+/// must have the contract's shape.
 pub const NULLABLE_FIELDS: &[&str] = &[
     "storage_targets[].total_bytes",
     "storage_targets[].used_bytes",
@@ -52,7 +54,24 @@ pub const NULLABLE_FIELDS: &[&str] = &[
     "pbs_snapshots[].notes",
     "audit_tail[].guest_id",
     "audit_tail[].key_id",
+    "audit_tail[].delivery",
+    "audit_tail[].delivery.hub_op_id",
+    "audit_tail[].delivery.index",
+    "audit_tail[].delivery.blob_sha256",
+    "audit_tail[].delivery.blob_bytes",
+    "pending_signatures[].guest_id",
+    "pending_signatures[].key_id",
+    "pending_signatures[].delivery",
+    "pending_signatures[].delivery.hub_op_id",
+    "pending_signatures[].delivery.index",
+    "pending_signatures[].delivery.blob_sha256",
+    "pending_signatures[].delivery.blob_bytes",
 ];
+
+/// Collections whose elements have the shape of another collection's: the contract's
+/// first element of the second is the template for both (`pending_signatures` holds
+/// audit entries, and the contract shows its fullest audit entry in `audit_tail`).
+pub const SHARED_SHAPES: &[(&str, &str)] = &[("pending_signatures", "audit_tail")];
 
 /// Strings the contract limits to a fixed set of words.
 pub const ENUM_FIELDS: &[(&str, &[&str])] = &[
@@ -497,6 +516,23 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// The template reports are checked against: [`CONTRACT`] with each of
+/// [`SHARED_SHAPES`] applied.
+pub fn contract_template() -> Result<Value, String> {
+    let mut contract: Value = serde_json::from_str(CONTRACT)
+        .map_err(|e| format!("the contract file is not JSON: {e}"))?;
+    for (collection, like) in SHARED_SHAPES {
+        let template = contract
+            .get(*like)
+            .cloned()
+            .ok_or_else(|| format!("the contract has no {like}"))?;
+        if let Some(o) = contract.as_object_mut() {
+            o.insert((*collection).to_string(), template);
+        }
+    }
+    Ok(contract)
+}
+
 /// Checks a report against [`CONTRACT`]; returns one line per problem, each naming the
 /// field's path (`guests[0].spec.cores: missing`, `host.kernel: not in the contract`,
 /// `backups: must be an array, got null`). Empty when the report conforms.
@@ -504,13 +540,13 @@ fn base64(bytes: &[u8]) -> String {
 /// Objects must have exactly the contract's keys (except [`OPTIONAL_FIELDS`], which may
 /// be absent); every element of an array is checked against the contract's first
 /// element (an array the contract shows empty must be empty); a scalar must have the
-/// contract's JSON type, may be `null` only where [`NULLABLE_FIELDS`] says so, and must
-/// be one of the words [`ENUM_FIELDS`] lists for it.
+/// contract's JSON type; a field may be `null` only where [`NULLABLE_FIELDS`] says so;
+/// a word must be one of those [`ENUM_FIELDS`] lists for it.
 pub fn validate_report(report: &Value) -> Vec<String> {
     let mut problems = Vec::new();
-    match serde_json::from_str::<Value>(CONTRACT) {
+    match contract_template() {
         Ok(contract) => check(report, &contract, "", "", &mut problems),
-        Err(e) => problems.push(format!("the contract file is not JSON: {e}")),
+        Err(e) => problems.push(e),
     }
     problems
 }
@@ -540,6 +576,9 @@ fn check(got: &Value, want: &Value, path: &str, pattern: &str, problems: &mut Ve
     let name = if path.is_empty() { "report" } else { path };
     match want {
         Value::Object(w) => {
+            if got.is_null() && NULLABLE_FIELDS.contains(&pattern) {
+                return;
+            }
             let Value::Object(g) = got else {
                 problems.push(format!("{name}: must be an object, got {}", kind(got)));
                 return;
@@ -620,6 +659,10 @@ mod tests {
         serde_json::from_str(CONTRACT).unwrap_or_default()
     }
 
+    fn pointer(pattern: &str) -> String {
+        format!("/{}", pattern.replace("[]", "/0").replace('.', "/"))
+    }
+
     #[test]
     fn base64_matches_rfc4648_vectors() {
         let cases: [(&[u8], &str); 7] = [
@@ -679,12 +722,13 @@ mod tests {
     }
 
     #[test]
-    fn every_nullable_and_enum_pattern_names_a_contract_scalar() {
-        let c = contract();
-        for p in NULLABLE_FIELDS
-            .iter()
-            .chain(ENUM_FIELDS.iter().map(|(p, _)| p))
-        {
+    fn every_nullable_and_enum_pattern_names_a_contract_field() {
+        let c = contract_template().unwrap_or_default();
+        for p in NULLABLE_FIELDS {
+            let v = at(&c, p).unwrap_or_else(|| panic!("{p} is not in the contract"));
+            assert!(!v.is_array(), "{p} is an array (arrays are never null)");
+        }
+        for (p, _) in ENUM_FIELDS {
             let v = at(&c, p).unwrap_or_else(|| panic!("{p} is not in the contract"));
             assert!(!v.is_object() && !v.is_array(), "{p} is not a scalar");
         }
@@ -706,6 +750,14 @@ mod tests {
             ("/backups/0/size_bytes", "backups[0].size_bytes"),
             ("/storage_targets/1/active", "storage_targets[1].active"),
             ("/audit_tail/0/decision", "audit_tail[0].decision"),
+            (
+                "/audit_tail/0/truncated/0/bytes",
+                "audit_tail[0].truncated[0].bytes",
+            ),
+            (
+                "/pending_signatures/0/reason",
+                "pending_signatures[0].reason",
+            ),
         ] {
             let mut r = contract();
             if let Some(v) = r.pointer_mut(pointer) {
@@ -742,15 +794,63 @@ mod tests {
     }
 
     #[test]
-    fn spec_may_be_absent_and_nullable_scalars_may_be_null() {
+    fn spec_may_be_absent_and_nullable_fields_may_be_null() {
+        let template = contract_template().unwrap_or_default();
+        for p in NULLABLE_FIELDS {
+            let mut r = template.clone();
+            if let Some(v) = r.pointer_mut(&pointer(p)) {
+                *v = Value::Null;
+            }
+            assert_eq!(validate_report(&r), Vec::<String>::new(), "{p}");
+        }
         let mut r = contract();
         r["guests"][0].as_object_mut().map(|o| o.remove("spec"));
-        for (section, field) in NULLABLE_FIELDS.iter().filter_map(|p| p.split_once("[].")) {
-            r[section][0][field] = Value::Null;
-        }
         r["guests"] = json!([r["guests"][0].clone(), r["guests"][0].clone()]);
         assert_eq!(validate_report(&r), Vec::<String>::new());
         r["host"].as_object_mut().map(|o| o.remove("cpu"));
         assert_eq!(validate_report(&r), vec!["host.cpu: missing".to_string()]);
+    }
+
+    #[test]
+    fn audit_entries_are_checked_to_their_nested_fields_in_both_collections() {
+        let template = contract_template().unwrap_or_default();
+        let full = template["audit_tail"][0].clone();
+        let mut r = contract();
+        r["pending_signatures"] = json!([full.clone()]);
+        assert_eq!(validate_report(&r), Vec::<String>::new());
+        for collection in ["audit_tail", "pending_signatures"] {
+            let mut r = contract();
+            let mut e = full.clone();
+            e["delivery"]["blob_bytes"] = json!("312");
+            e["truncated"][0]
+                .as_object_mut()
+                .map(|o| o.remove("sha256"));
+            e["delivery"]
+                .as_object_mut()
+                .map(|o| o.insert("blob".into(), json!("AAAA")));
+            r[collection] = json!([e]);
+            let mut p = validate_report(&r);
+            p.sort();
+            assert_eq!(
+                p,
+                [
+                    format!("{collection}[0].delivery.blob: not in the contract"),
+                    format!("{collection}[0].delivery.blob_bytes: must be a number, got a string"),
+                    format!("{collection}[0].truncated[0].sha256: missing"),
+                ],
+                "{collection}"
+            );
+            r[collection][0]["delivery"] = json!([]);
+            r[collection][0]["truncated"] = Value::Null;
+            let p = validate_report(&r);
+            assert!(
+                p.contains(&format!(
+                    "{collection}[0].delivery: must be an object, got an array"
+                )) && p.contains(&format!(
+                    "{collection}[0].truncated: must be an array, got null"
+                )),
+                "{p:?}"
+            );
+        }
     }
 }

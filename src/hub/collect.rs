@@ -10,8 +10,9 @@
 //!   `spec` and `digest`;
 //! - a status other than `running`/`stopped` (including none) → `unknown`;
 //! - the cloudflared probe failing → `unknown`;
-//! - storages, one storage's content, or the audit tail unreadable → that collection
-//!   (or that storage's part of it) is empty, with a warning in the log.
+//! - storages, one storage's content, the audit tail or the pending signatures
+//!   unreadable → that collection (or that storage's part of it) is empty, with a
+//!   warning in the log.
 //!
 //! The collector never writes anything, to Proxmox or elsewhere.
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
-    GuestStatus, HostMetrics, HostReport, PbsSnapshot, StorageTarget,
+    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot, StorageTarget,
 };
 use crate::time::{Clock, Timestamp};
 
@@ -123,10 +124,17 @@ pub trait CloudflaredProbe {
     fn is_active(&self) -> Result<String, ReadError>;
 }
 
-/// The source of the report's `audit_tail`.
+/// The source of the report's `audit_tail` and `pending_signatures`.
 pub trait AuditTail: Send + Sync {
     /// The last `n` gate decisions, oldest first.
     fn last(&self, n: usize) -> Result<Vec<AuditEntry>, ReadError>;
+
+    /// The unresolved `pending_signature` entries, oldest first (see
+    /// [`super::report::HostReport::pending_signatures`]). A provider that keeps none
+    /// reports none.
+    fn pending(&self) -> Result<Vec<AuditEntry>, ReadError> {
+        Ok(Vec::new())
+    }
 }
 
 /// An audit provider with no entries (until the audit log exists).
@@ -254,6 +262,17 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                 Vec::new()
             }
         };
+        let pending_signatures = match self.audit.pending() {
+            Ok(mut v) => {
+                let excess = v.len().saturating_sub(PENDING_SIGNATURES_MAX);
+                v.drain(..excess);
+                v
+            }
+            Err(e) => {
+                crate::warn!("pending signatures unreadable; reporting none", error = e);
+                Vec::new()
+            }
+        };
         Ok(HostReport {
             host_id: self.host_id.clone(),
             agent_version: self.agent_version.clone(),
@@ -266,6 +285,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             restore_tests: Vec::new(),
             pbs_snapshots,
             audit_tail,
+            pending_signatures,
         })
     }
 

@@ -40,6 +40,11 @@ pub struct HostReport {
     pub pbs_snapshots: Vec<PbsSnapshot>,
     /// The most recent gate decisions from the audit log, oldest first.
     pub audit_tail: Vec<AuditEntry>,
+    /// Operations held for a signature and not yet resolved: the latest
+    /// `pending_signature` entry of each (op, guest) with no later decision of another
+    /// kind for the same pair, oldest first, at most [`PENDING_SIGNATURES_MAX`]. Newer
+    /// entries in `audit_tail` never push these out.
+    pub pending_signatures: Vec<AuditEntry>,
 }
 
 /// Host metrics.
@@ -225,12 +230,17 @@ pub struct PbsSnapshot {
 pub enum RestoreTest {}
 
 /// One gate decision from the audit log.
+///
+/// Every string in an entry is at most [`AUDIT_STRING_MAX`] bytes: a longer value is cut
+/// at a character boundary when it is recorded, and `truncated` then names the field
+/// with the SHA-256 and byte length of the full value (which is never stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// When the decision was made.
     #[serde(with = "rfc3339")]
     pub at: Timestamp,
-    /// The operation, e.g. `guest_destroy`, `set_config`.
+    /// The operation, e.g. `guest_destroy`, `set_config`; `signed_op` for a hub delivery
+    /// whose operation could not be read.
     pub op: String,
     /// The guest it targets; `null` for host-wide operations.
     pub guest_id: Option<String>,
@@ -240,10 +250,98 @@ pub struct AuditEntry {
     pub reason: String,
     /// The signer's advisory key id when a signature was presented.
     pub key_id: Option<String>,
+    /// The hub delivery the entry is about, when the signed-ops channel wrote it;
+    /// `null` for the gate's own decisions.
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
+    /// The fields that were cut, in field order; empty when none was.
+    #[serde(default)]
+    pub truncated: Vec<Truncated>,
+}
+
+impl AuditEntry {
+    /// An entry with no delivery and nothing cut (yet: recording caps it).
+    pub fn new(
+        at: Timestamp,
+        op: impl Into<String>,
+        guest_id: Option<String>,
+        decision: impl Into<String>,
+        reason: impl Into<String>,
+        key_id: Option<String>,
+    ) -> AuditEntry {
+        AuditEntry {
+            at,
+            op: op.into(),
+            guest_id,
+            decision: decision.into(),
+            reason: reason.into(),
+            key_id,
+            delivery: None,
+            truncated: Vec::new(),
+        }
+    }
+}
+
+/// What the agent knows of one op the hub delivered: never its bytes, only their hash
+/// and size. Each field is `null` when it is not known (an entry skipped before its id
+/// or its blob could be read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The hub's id for the op, as the hub sent it (cut like every string).
+    pub hub_op_id: Option<String>,
+    /// Its position in the `ops` array of the hub's answer.
+    pub index: Option<u64>,
+    /// SHA-256 of the decoded blob, lowercase hex.
+    pub blob_sha256: Option<String>,
+    /// Size of the decoded blob in bytes.
+    pub blob_bytes: Option<u64>,
+}
+
+/// The string fields of an [`AuditEntry`], as `truncated` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AuditField {
+    /// `op`.
+    #[serde(rename = "op")]
+    Op,
+    /// `guest_id`.
+    #[serde(rename = "guest_id")]
+    GuestId,
+    /// `decision`.
+    #[serde(rename = "decision")]
+    Decision,
+    /// `reason`.
+    #[serde(rename = "reason")]
+    Reason,
+    /// `key_id`.
+    #[serde(rename = "key_id")]
+    KeyId,
+    /// `delivery.hub_op_id`.
+    #[serde(rename = "delivery.hub_op_id")]
+    DeliveryHubOpId,
+    /// `delivery.blob_sha256`.
+    #[serde(rename = "delivery.blob_sha256")]
+    DeliveryBlobSha256,
+}
+
+/// A field that was cut: its name, and the SHA-256 and byte length of the full value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncated {
+    /// Which field.
+    pub field: AuditField,
+    /// SHA-256 of the full value's UTF-8 bytes, lowercase hex.
+    pub sha256: String,
+    /// The full value's length in bytes.
+    pub bytes: u64,
 }
 
 /// How many audit entries a report carries at most.
 pub const AUDIT_TAIL_LEN: usize = 50;
+
+/// The most unresolved `pending_signature` entries kept and reported.
+pub const PENDING_SIGNATURES_MAX: usize = 64;
+
+/// The longest string an audit entry holds, in bytes.
+pub const AUDIT_STRING_MAX: usize = 256;
 
 /// Serializes a [`Timestamp`] as an RFC 3339 string.
 mod rfc3339 {

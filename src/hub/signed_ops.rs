@@ -5,9 +5,10 @@
 //! The answer is `{"ops":[{"id":"…","blob_b64":"…","signature":"<armored SSHSIG>"|null}]}`.
 //! The blob travels as base64 of the **exact signed bytes**, so no JSON layer between
 //! the operator and the verifier can re-serialize what was signed. Unknown fields are
-//! tolerated; an entry that is not usable is skipped with a log line naming its index
-//! and why, and the others go on. At most [`MAX_OPS`] entries are taken per fetch;
-//! blobs, signatures and ids are capped in size.
+//! tolerated; an entry that is not usable is skipped with a log line and an audit entry
+//! naming its index, its id if it had one, and why, and the others go on. At most
+//! [`MAX_OPS`] entries are taken per fetch (the rest are audited as one entry); blobs,
+//! signatures and ids are capped in size.
 //!
 //! Each op's blob is parsed **unverified**, only to build the [`Intent`] it asks for;
 //! then [`SignedJobs::run_signed_job`] decides: the nonce dedupe, the gate (which
@@ -15,7 +16,9 @@
 //! and the executor. An op delivered without a signature goes to the gate unsigned —
 //! a destructive one is held as `pending_signature` — and is never executed by this
 //! channel. Every outcome reaches the audit log (so the next report's `audit_tail`
-//! shows it) and a log line.
+//! shows it) and a log line; a blob that does not parse is audited with its SHA-256,
+//! its size and why. The audit never holds a blob's or a signature's bytes: what a
+//! parser quoted from the input is blanked out of the reasons written there.
 //!
 //! This module never executes anything itself, never trusts a field of a blob before
 //! the verifier has checked it, and never lets the bearer key into an error, a log line
@@ -26,14 +29,15 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use super::client::{EndpointError, HubClientOptions, HubEndpoint, SetupError};
 use super::envelope::ControlEnvelope;
 use super::poller::Reporter;
-use super::report::AuditEntry;
+use super::report::{AuditEntry, Delivery};
 use crate::authz::OpBlob;
 use crate::config::HubConfig;
-use crate::encoding::base64_decode;
+use crate::encoding::{base64_decode, hex_encode};
 use crate::net::{EXCERPT_LIMIT, HttpError, Method, TransportError, excerpt};
 use crate::reconcile::audit::AuditLog;
 use crate::reconcile::classify::{Intent, OpClass};
@@ -90,6 +94,19 @@ pub struct SkippedEntry {
     pub index: usize,
     /// Why it was skipped, naming the field.
     pub why: String,
+    /// Its `id` when that was a string (usable or not), for the audit.
+    pub hub_id: Option<String>,
+    /// SHA-256 (hex) and size of its blob when `blob_b64` decoded.
+    pub blob: Option<(String, u64)>,
+    /// Whether it was skipped only for coming after the first [`MAX_OPS`].
+    pub over_limit: bool,
+}
+
+/// The word the audit records for an op the agent could not read.
+pub const UNREADABLE_OP: &str = "signed_op";
+
+fn blob_digest(blob: &[u8]) -> (String, u64) {
+    (hex_encode(&Sha256::digest(blob)), blob.len() as u64)
 }
 
 /// A parsed answer: the usable ops and the skipped entries.
@@ -97,6 +114,8 @@ pub struct SkippedEntry {
 pub struct ParsedOps {
     /// The usable ops, in the hub's order.
     pub ops: Vec<DeliveredOp>,
+    /// Each usable op's index in the answer's `ops` array (parallel to `ops`).
+    pub indexes: Vec<usize>,
     /// The entries that were skipped, in the hub's order.
     pub skipped: Vec<SkippedEntry>,
 }
@@ -160,22 +179,38 @@ pub fn parse_ops(body: &[u8]) -> Result<ParsedOps, FetchError> {
     };
     let mut parsed = ParsedOps::default();
     for (index, entry) in entries.iter().enumerate() {
+        let hub_id = entry.get("id").and_then(Value::as_str).map(str::to_owned);
         if index >= MAX_OPS {
             parsed.skipped.push(SkippedEntry {
                 index,
                 why: format!("more than {MAX_OPS} ops in one answer"),
+                hub_id,
+                blob: None,
+                over_limit: true,
             });
             continue;
         }
-        match parse_entry(entry) {
-            Ok(op) => parsed.ops.push(op),
-            Err(why) => parsed.skipped.push(SkippedEntry { index, why }),
+        let mut blob = None;
+        match parse_entry(entry, &mut blob) {
+            Ok(op) => {
+                parsed.ops.push(op);
+                parsed.indexes.push(index);
+            }
+            Err(why) => parsed.skipped.push(SkippedEntry {
+                index,
+                why,
+                hub_id,
+                blob,
+                over_limit: false,
+            }),
         }
     }
     Ok(parsed)
 }
 
-fn parse_entry(entry: &Value) -> Result<DeliveredOp, String> {
+/// Parses one entry; `digest` is set once its blob has decoded, so a skip after that
+/// point can still name the blob by hash and size.
+fn parse_entry(entry: &Value, digest: &mut Option<(String, u64)>) -> Result<DeliveredOp, String> {
     let Value::Object(e) = entry else {
         return Err("must be an object".into());
     };
@@ -203,6 +238,7 @@ fn parse_entry(entry: &Value) -> Result<DeliveredOp, String> {
     if blob.is_empty() {
         return Err(format!("op {id}: blob_b64 is empty"));
     }
+    *digest = Some(blob_digest(&blob));
     let signature = match e.get("signature") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() > MAX_SIGNATURE_BYTES => {
@@ -312,6 +348,33 @@ pub struct RoundSummary {
     pub skipped: Vec<SkippedEntry>,
 }
 
+/// `text` with whatever sits between quotes (`"…"`, `` `…` ``) replaced by `…`: parser
+/// errors quote the input they stopped at, and the audit keeps no bytes of a blob.
+fn unquoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' && c != '`' {
+            continue;
+        }
+        let mut closed = false;
+        while let Some(d) = chars.next() {
+            if c == '"' && d == '\\' {
+                chars.next();
+            } else if d == c {
+                closed = true;
+                break;
+            }
+        }
+        out.push('…');
+        if closed {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Runs delivered ops through the signed-job path of one reconciler.
 pub struct SignedOpsRunner {
     jobs: SignedJobs,
@@ -357,6 +420,21 @@ impl SignedOpsRunner {
     /// `Err` only for what must stop the agent (a journal failure) or a queue that is
     /// closed or a job that panicked.
     pub fn handle(&self, op: &DeliveredOp) -> Result<OpOutcome, JobError> {
+        self.handle_at(op, None)
+    }
+
+    /// [`SignedOpsRunner::handle`] for the op at `index` of the hub's answer (recorded
+    /// in the audit with it).
+    fn handle_at(&self, op: &DeliveredOp, index: Option<usize>) -> Result<OpOutcome, JobError> {
+        let delivery = || {
+            let (sha, bytes) = blob_digest(&op.blob);
+            Delivery {
+                hub_op_id: Some(op.id.clone()),
+                index: index.map(|i| i as u64),
+                blob_sha256: Some(sha),
+                blob_bytes: Some(bytes),
+            }
+        };
         let intent = match intent_for(&op.blob) {
             Ok(i) => i,
             Err(e) => {
@@ -365,6 +443,12 @@ impl SignedOpsRunner {
                     "signed op skipped: blob does not parse",
                     hub_op = op.id,
                     error = why
+                );
+                self.audit_delivery(
+                    &op.id,
+                    "malformed",
+                    format!("blob does not parse: {}", unquoted(&why)),
+                    delivery(),
                 );
                 return Ok(OpOutcome::Unparseable { why });
             }
@@ -387,12 +471,12 @@ impl SignedOpsRunner {
                 Decision::Allowed { .. } => OpOutcome::UnsignedNotRun,
             },
         };
-        self.report(op, &intent, &outcome);
+        self.report(op, &intent, &outcome, delivery());
         Ok(outcome)
     }
 
     /// Logs the outcome and audits what the gate did not already audit.
-    fn report(&self, op: &DeliveredOp, intent: &Intent, outcome: &OpOutcome) {
+    fn report(&self, op: &DeliveredOp, intent: &Intent, outcome: &OpOutcome, delivery: Delivery) {
         let guest = intent.guest_id.as_deref().unwrap_or("-");
         let reason = match outcome {
             OpOutcome::Job(JobOutcome::Refused(r)) => {
@@ -423,14 +507,15 @@ impl SignedOpsRunner {
             outcome = outcome.code(),
             reason = reason
         );
-        let entry = AuditEntry {
-            at: self.clock.now(),
-            op: intent.class.as_str().to_string(),
-            guest_id: intent.guest_id.clone(),
-            decision: outcome.code().to_string(),
+        let mut entry = AuditEntry::new(
+            self.clock.now(),
+            intent.class.as_str(),
+            intent.guest_id.clone(),
+            outcome.code(),
             reason,
-            key_id: None,
-        };
+            None,
+        );
+        entry.delivery = Some(delivery);
         if let Err(e) = self.audit.record(&entry) {
             crate::error!(
                 "signed op outcome could not be audited",
@@ -440,19 +525,85 @@ impl SignedOpsRunner {
         }
     }
 
+    /// Audits a delivery that never reached the gate (its op is not known).
+    fn audit_delivery(&self, hub_op: &str, decision: &str, reason: String, delivery: Delivery) {
+        let mut entry = AuditEntry::new(
+            self.clock.now(),
+            UNREADABLE_OP,
+            None,
+            decision,
+            reason,
+            None,
+        );
+        entry.delivery = Some(delivery);
+        if let Err(e) = self.audit.record(&entry) {
+            crate::error!(
+                "skipped signed op could not be audited",
+                hub_op = hub_op,
+                error = e
+            );
+        }
+    }
+
+    /// Logs and audits the entries an answer's parse skipped: one audit entry each for
+    /// those within the first [`MAX_OPS`], one for all past it (so an answer of any
+    /// length writes at most `MAX_OPS + 1` of them).
+    fn audit_skipped(&self, skipped: &[SkippedEntry]) {
+        let mut over = skipped.iter().filter(|s| s.over_limit);
+        if let Some(first) = over.next() {
+            let last = over.next_back().unwrap_or(first);
+            let count = last.index - first.index + 1;
+            crate::warn!(
+                "signed op entries over the limit skipped",
+                first_index = first.index,
+                last_index = last.index,
+                count = count,
+                max = MAX_OPS
+            );
+            self.audit_delivery(
+                "-",
+                "over_limit",
+                format!(
+                    "{count} entries after the first {MAX_OPS} of one answer skipped (indexes {} to {})",
+                    first.index, last.index
+                ),
+                Delivery {
+                    hub_op_id: None,
+                    index: Some(first.index as u64),
+                    blob_sha256: None,
+                    blob_bytes: None,
+                },
+            );
+        }
+        for s in skipped.iter().filter(|s| !s.over_limit) {
+            crate::warn!("signed op entry skipped", index = s.index, reason = s.why);
+            let (sha, bytes) = s.blob.clone().unzip();
+            self.audit_delivery(
+                s.hub_id.as_deref().unwrap_or("-"),
+                "malformed",
+                format!("entry skipped: {}", unquoted(&s.why)),
+                Delivery {
+                    hub_op_id: s.hub_id.clone(),
+                    index: Some(s.index as u64),
+                    blob_sha256: sha,
+                    blob_bytes: bytes,
+                },
+            );
+        }
+    }
+
     /// Fetches the queued ops and handles each in the hub's order. A skipped entry is
     /// logged with its index and why.
     pub fn run_round(&self, client: &SignedOpsClient) -> Result<RoundSummary, RoundError> {
         let parsed = client.fetch().map_err(RoundError::Fetch)?;
-        for s in &parsed.skipped {
-            crate::warn!("signed op entry skipped", index = s.index, reason = s.why);
-        }
+        self.audit_skipped(&parsed.skipped);
         let mut summary = RoundSummary {
             outcomes: Vec::with_capacity(parsed.ops.len()),
             skipped: parsed.skipped,
         };
-        for op in &parsed.ops {
-            let outcome = self.handle(op).map_err(RoundError::Job)?;
+        for (i, op) in parsed.ops.iter().enumerate() {
+            let index = parsed.indexes.get(i).copied();
+            let outcome = self.handle_at(op, index).map_err(RoundError::Job)?;
             summary.outcomes.push((op.id.clone(), outcome));
         }
         Ok(summary)
@@ -644,6 +795,57 @@ mod tests {
         assert!(p.ops.is_empty());
         assert!(p.skipped[0].why.contains("longer"), "{:?}", p.skipped);
         assert!(p.skipped[1].why.contains("id must be"), "{:?}", p.skipped);
+    }
+
+    #[test]
+    fn a_skipped_entry_keeps_its_id_and_the_blob_digest_once_known() {
+        let body = serde_json::json!({
+            "ops": [
+                {"id": "x".repeat(MAX_ID_BYTES + 1), "blob_b64": "eA=="},
+                {"id": "s", "blob_b64": base64_encode(b"blob"), "signature": 7},
+                {"id": 9, "blob_b64": "eA=="},
+            ]
+        })
+        .to_string();
+        let p = parse_ops(body.as_bytes()).unwrap();
+        assert_eq!(p.skipped.len(), 3);
+        assert_eq!(
+            p.skipped[0].hub_id.as_deref().map(str::len),
+            Some(MAX_ID_BYTES + 1)
+        );
+        assert_eq!(p.skipped[0].blob, None);
+        assert_eq!(p.skipped[1].hub_id.as_deref(), Some("s"));
+        assert_eq!(p.skipped[1].blob, Some(blob_digest(b"blob")));
+        assert_eq!(
+            p.skipped[1].blob.as_ref().map(|b| b.0.len()),
+            Some(64),
+            "a hex SHA-256"
+        );
+        assert_eq!(p.skipped[2].hub_id, None);
+        assert!(p.skipped.iter().all(|s| !s.over_limit));
+    }
+
+    #[test]
+    fn quoted_input_is_blanked_out_of_a_reason() {
+        const CASES: &[(&str, &str)] = &[
+            (
+                "blob: unknown field `secretish`, expected one of `op`, `host_id`",
+                "blob: unknown field `…`, expected one of `…`, `…`",
+            ),
+            (
+                "blob: invalid type: string \"a\\\"b\", expected u64",
+                "blob: invalid type: string \"…\", expected u64",
+            ),
+            ("blob: params[\"k\"] must be", "blob: params[\"…\"] must be"),
+            ("unterminated `abc", "unterminated `…"),
+            (
+                "no quotes at line 1 column 2",
+                "no quotes at line 1 column 2",
+            ),
+        ];
+        for (input, want) in CASES {
+            assert_eq!(unquoted(input), *want, "{input}");
+        }
     }
 
     #[test]

@@ -1,27 +1,76 @@
-//! The audit log (`state_dir/audit.log`): one durable entry per gate decision, and the
-//! tail the host report carries.
+//! The audit log (`state_dir/audit.log`, rotated to `audit.log.1`): one durable entry
+//! per gate decision, the tail the host report carries, and the operations still
+//! waiting for a signature.
 //!
-//! This module owns the audit file and its in-memory tail. It writes only through
-//! [`crate::store::Store`] and never records a signature, a blob or any secret — only
-//! the op, the guest, the decision, its reason and the signer's advisory key id.
+//! This module owns the audit files and what is kept of them in memory. It writes only
+//! through [`crate::store::Store`] and never records a signature, a blob or any secret —
+//! only the op, the guest, the decision, its reason, the signer's advisory key id and,
+//! for a hub delivery, its id and the blob's SHA-256 and size.
+//!
+//! # Bounds
+//!
+//! * **Entries.** [`AuditLog::record`] is the one way in, and it caps every entry: each
+//!   string at most [`AUDIT_STRING_MAX`] bytes, cut at a character boundary, the cut
+//!   field named in `truncated` with the SHA-256 and byte length of the full value.
+//! * **Disk.** Before an append would take `audit.log` past `max_bytes`, the log is
+//!   rotated ([`crate::store::Store::rotate`]): `audit.log` becomes `audit.log.1`
+//!   (replacing the older one) and the new `audit.log` is anchored on the last record,
+//!   so the chain carries on across the two files. Each file stays at or under
+//!   `max_bytes`, the two together under twice that. A file already larger at open (a
+//!   smaller cap than before, or a log from before the cap) is rotated at once.
+//! * **Memory.** Opening streams the file and keeps only the last [`TAIL_KEPT`] entries
+//!   and at most [`PENDING_SIGNATURES_MAX`] pending ones, whatever the file's size.
+//!
+//! # Pending signatures
+//!
+//! An operation is keyed by its `op` and `guest_id` (with the full value's hash where
+//! one was cut). A `pending_signature` entry makes its key pending — the newest entry
+//! for a key replaces an older one — and a later entry for the same key with any other
+//! decision (`allowed`, a refusal, `executed` …) resolves it. At most
+//! [`PENDING_SIGNATURES_MAX`] keys are kept; a new key beyond that drops the oldest, with
+//! a warning (`audit pending signature dropped`). That bound is safe: each key is one
+//! destructive op on one guest waiting for an operator, and 64 is more than a host's
+//! signing backlog; past it the hub is inventing ops, and the bound keeps memory, each
+//! report and the carry-over of a rotation small (64 capped entries are far under the
+//! smallest `max_bytes`).
+//!
+//! A rotation re-appends the pending entries after the new file's anchor, each marked
+//! `"carried":true` on disk, so a restart after it still reports them. A carried entry
+//! is pending again on replay; it is not a new decision and is not put in the tail.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::encoding::hex_encode;
 use crate::hub::collect::{AuditTail, ReadError};
-use crate::hub::report::AuditEntry;
-use crate::store::{Io, OsIo, Store, StoreError, SyncMode};
+use crate::hub::report::{AuditEntry, AuditField, Truncated};
+use crate::store::{Io, OsIo, RECORD_OVERHEAD, Store, StoreError, SyncMode};
+
+pub use crate::hub::report::{AUDIT_STRING_MAX, PENDING_SIGNATURES_MAX};
 
 /// Entries kept in memory for [`AuditLog::tail`]; the report needs 50.
-const TAIL_KEPT: usize = 200;
+pub const TAIL_KEPT: usize = 200;
+
+/// The default `audit.max_bytes` (16 MiB), its floor (1 MiB) and its ceiling (1 GiB);
+/// the configuration owns them.
+pub use crate::config::{
+    AUDIT_MAX_BYTES_DEFAULT as DEFAULT_MAX_BYTES, AUDIT_MAX_BYTES_MAX as MAX_MAX_BYTES,
+    AUDIT_MAX_BYTES_MIN as MIN_MAX_BYTES,
+};
+
+/// The decision word that holds an operation for a signature.
+pub const PENDING_SIGNATURE: &str = "pending_signature";
 
 /// Why the audit log failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AuditError {
-    /// Opening, replaying (damage inside the file) or appending failed.
+    /// Opening, replaying (damage inside the file), rotating or appending failed.
     Store(StoreError),
 }
 
@@ -45,44 +94,212 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An entry as it is stored: a pending entry a rotation carried into the new file is
+/// marked, so replay does not take it for a new decision.
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    entry: AuditEntry,
+    #[serde(default)]
+    carried: bool,
+}
+
+#[derive(Serialize)]
+struct CarriedRef<'a> {
+    #[serde(flatten)]
+    entry: &'a AuditEntry,
+    carried: bool,
+}
+
+/// Cuts `s` to [`AUDIT_STRING_MAX`] bytes at a character boundary; when it cuts, the
+/// full value's hash and length are added to `cuts`.
+fn cut(s: &mut String, field: AuditField, cuts: &mut Vec<Truncated>) {
+    if s.len() <= AUDIT_STRING_MAX {
+        return;
+    }
+    cuts.push(Truncated {
+        field,
+        sha256: hex_encode(&Sha256::digest(s.as_bytes())),
+        bytes: s.len() as u64,
+    });
+    let mut end = AUDIT_STRING_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+}
+
+fn cut_opt(s: &mut Option<String>, field: AuditField, cuts: &mut Vec<Truncated>) {
+    if let Some(s) = s {
+        cut(s, field, cuts);
+    }
+}
+
+/// The entry as it is recorded: every string capped. A `truncated` item the caller
+/// supplied is kept only if well-formed and not contradicted by a cut made here, so
+/// capping an already capped entry changes nothing.
+pub fn cap(mut e: AuditEntry) -> AuditEntry {
+    let mut cuts = Vec::new();
+    cut(&mut e.op, AuditField::Op, &mut cuts);
+    cut_opt(&mut e.guest_id, AuditField::GuestId, &mut cuts);
+    cut(&mut e.decision, AuditField::Decision, &mut cuts);
+    cut(&mut e.reason, AuditField::Reason, &mut cuts);
+    cut_opt(&mut e.key_id, AuditField::KeyId, &mut cuts);
+    if let Some(d) = &mut e.delivery {
+        cut_opt(&mut d.hub_op_id, AuditField::DeliveryHubOpId, &mut cuts);
+        cut_opt(
+            &mut d.blob_sha256,
+            AuditField::DeliveryBlobSha256,
+            &mut cuts,
+        );
+    }
+    let supplied = std::mem::take(&mut e.truncated).into_iter().filter(|t| {
+        t.sha256.len() == 64
+            && t.sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    cuts.extend(supplied);
+    // Stable: for a field cut here and also supplied, the cut made here comes first.
+    cuts.sort_by_key(|t| t.field);
+    cuts.dedup_by_key(|t| t.field);
+    e.truncated = cuts;
+    e
+}
+
+fn cut_hash(e: &AuditEntry, field: AuditField) -> Option<&str> {
+    e.truncated
+        .iter()
+        .find(|t| t.field == field)
+        .map(|t| t.sha256.as_str())
+}
+
+/// Whether two entries are about the same operation (see the module doc).
+fn same_key(a: &AuditEntry, b: &AuditEntry) -> bool {
+    a.op == b.op
+        && a.guest_id == b.guest_id
+        && cut_hash(a, AuditField::Op) == cut_hash(b, AuditField::Op)
+        && cut_hash(a, AuditField::GuestId) == cut_hash(b, AuditField::GuestId)
+}
+
+/// What is kept in memory: the tail and the unresolved pending entries.
+#[derive(Default)]
+struct Kept {
+    tail: VecDeque<AuditEntry>,
+    pending: VecDeque<AuditEntry>,
+    /// Records of the current file that a rotation carried into it.
+    carried_in_file: u64,
+}
+
+impl Kept {
+    /// A new decision: into the tail, and it makes its key pending or resolves it.
+    /// Returns a pending entry dropped to stay within the bound.
+    fn apply(&mut self, e: AuditEntry) -> Option<AuditEntry> {
+        if self.tail.len() == TAIL_KEPT {
+            self.tail.pop_front();
+        }
+        let dropped = if e.decision == PENDING_SIGNATURE {
+            self.hold(e.clone())
+        } else {
+            self.pending.retain(|p| !same_key(p, &e));
+            None
+        };
+        self.tail.push_back(e);
+        dropped
+    }
+
+    /// Makes `e` the pending entry of its key.
+    fn hold(&mut self, e: AuditEntry) -> Option<AuditEntry> {
+        self.pending.retain(|p| !same_key(p, &e));
+        let dropped = if self.pending.len() >= PENDING_SIGNATURES_MAX {
+            self.pending.pop_front()
+        } else {
+            None
+        };
+        self.pending.push_back(e);
+        dropped
+    }
+}
+
+fn warn_dropped(e: &AuditEntry) {
+    crate::warn!(
+        "audit pending signature dropped",
+        op = e.op,
+        guest = e.guest_id.as_deref().unwrap_or("-"),
+        at = e.at,
+        max = PENDING_SIGNATURES_MAX
+    );
+}
+
 /// The durable audit log. `Send + Sync`.
 pub struct AuditLog {
     store: Store,
-    tail: Mutex<VecDeque<AuditEntry>>,
+    max_bytes: u64,
+    kept: Mutex<Kept>,
 }
 
 impl fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditLog")
             .field("path", &self.store.path())
+            .field("max_bytes", &self.max_bytes)
             .finish()
     }
 }
 
 impl AuditLog {
-    /// Opens (or creates) the audit log and loads its last entries. Damage inside the
-    /// file is an error (the caller decides; the daemon refuses to start the gate).
+    /// Opens (or creates) the audit log with the default cap and loads what the report
+    /// needs. Damage inside the file is an error (the caller decides; the daemon refuses
+    /// to start the gate).
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        AuditLog::open_with(path, Arc::new(OsIo))
+        AuditLog::open_bounded(path, Arc::new(OsIo), DEFAULT_MAX_BYTES)
     }
 
     /// [`AuditLog::open`] with an explicit [`Io`].
     pub fn open_with(path: &Path, io: Arc<dyn Io>) -> Result<AuditLog, AuditError> {
-        let mut tail = VecDeque::new();
+        AuditLog::open_bounded(path, io, DEFAULT_MAX_BYTES)
+    }
+
+    /// [`AuditLog::open_with`] rotating at `max_bytes` (raised to [`MIN_MAX_BYTES`] if
+    /// lower; the configuration refuses a lower value before it gets here).
+    pub fn open_bounded(
+        path: &Path,
+        io: Arc<dyn Io>,
+        max_bytes: u64,
+    ) -> Result<AuditLog, AuditError> {
+        let max_bytes = max_bytes.clamp(MIN_MAX_BYTES, MAX_MAX_BYTES);
+        let mut kept = Kept::default();
+        let mut dropped = 0u64;
         let store = Store::open_with(path, io, SyncMode::GroupCommit, |_, data| {
-            let e: AuditEntry =
+            let s: Stored =
                 serde_json::from_slice(data).map_err(|e| format!("not an audit entry: {e}"))?;
-            if tail.len() == TAIL_KEPT {
-                tail.pop_front();
-            }
-            tail.push_back(e);
+            let gone = if s.carried {
+                kept.carried_in_file += 1;
+                kept.hold(s.entry)
+            } else {
+                kept.apply(s.entry)
+            };
+            dropped += u64::from(gone.is_some());
             Ok(())
         })
         .map_err(AuditError::Store)?;
-        Ok(AuditLog {
+        if dropped > 0 {
+            crate::warn!(
+                "audit pending signatures dropped on replay",
+                dropped = dropped,
+                max = PENDING_SIGNATURES_MAX
+            );
+        }
+        let log = AuditLog {
             store,
-            tail: Mutex::new(tail),
-        })
+            max_bytes,
+            kept: Mutex::new(kept),
+        };
+        if log.store.file_len() > max_bytes {
+            let mut kept = lock(&log.kept);
+            log.rotate_locked(&mut kept).map_err(AuditError::Store)?;
+        }
+        Ok(log)
     }
 
     /// Whether a failed write or fsync has poisoned the log: every later record fails,
@@ -91,26 +308,266 @@ impl AuditLog {
         self.store.is_poisoned()
     }
 
-    /// Appends `entry`; `Ok` once durable.
+    /// The cap `audit.log` is rotated at.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Caps `entry` (see the module doc), rotates first if the append would take the
+    /// file past the cap, and appends it; `Ok` once durable. A rotation that fails
+    /// before anything was renamed is logged and the entry goes to the current file
+    /// (the next record tries again); one that fails after is fatal, like a failed
+    /// append.
     pub fn record(&self, entry: &AuditEntry) -> Result<(), AuditError> {
-        self.store.append(entry).map_err(AuditError::Store)?;
-        let mut t = lock(&self.tail);
-        if t.len() == TAIL_KEPT {
-            t.pop_front();
+        let entry = cap(entry.clone());
+        let line = serde_json::to_vec(&entry)
+            .map(|d| d.len() + RECORD_OVERHEAD)
+            .map_err(|e| {
+                AuditError::Store(StoreError::Encode {
+                    reason: e.to_string(),
+                })
+            })? as u64;
+        let mut kept = lock(&self.kept);
+        // A file of nothing but carried entries would not shrink by rotating.
+        let has_decisions = self.store.records() > kept.carried_in_file;
+        if has_decisions && self.store.file_len().saturating_add(line) > self.max_bytes {
+            match self.rotate_locked(&mut kept) {
+                Ok(()) => {}
+                Err(e @ StoreError::Io { .. }) => crate::error!(
+                    "audit log rotation failed; appending to the current file",
+                    error = e
+                ),
+                Err(e) => return Err(AuditError::Store(e)),
+            }
         }
-        t.push_back(entry.clone());
+        self.store.append(&entry).map_err(AuditError::Store)?;
+        if let Some(gone) = kept.apply(entry) {
+            warn_dropped(&gone);
+        }
+        Ok(())
+    }
+
+    /// Rotates now, whatever the file's size (see the module doc).
+    pub fn rotate(&self) -> Result<(), AuditError> {
+        let mut kept = lock(&self.kept);
+        self.rotate_locked(&mut kept).map_err(AuditError::Store)
+    }
+
+    fn rotate_locked(&self, kept: &mut Kept) -> Result<(), StoreError> {
+        let before = self.store.file_len();
+        let carried = self
+            .store
+            .rotate(kept.pending.iter().map(|entry| CarriedRef {
+                entry,
+                carried: true,
+            }))?;
+        kept.carried_in_file = carried;
+        crate::info!(
+            "audit log rotated",
+            path = self.store.path().display(),
+            rotated_bytes = before,
+            carried = carried,
+            max_bytes = self.max_bytes
+        );
         Ok(())
     }
 
     /// The last `n` entries, oldest first.
     pub fn tail(&self, n: usize) -> Vec<AuditEntry> {
-        let t = lock(&self.tail);
-        t.iter().skip(t.len().saturating_sub(n)).cloned().collect()
+        let k = lock(&self.kept);
+        k.tail
+            .iter()
+            .skip(k.tail.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
+    /// The unresolved `pending_signature` entries, oldest first.
+    pub fn pending(&self) -> Vec<AuditEntry> {
+        lock(&self.kept).pending.iter().cloned().collect()
     }
 }
 
 impl AuditTail for AuditLog {
     fn last(&self, n: usize) -> Result<Vec<AuditEntry>, ReadError> {
         Ok(self.tail(n))
+    }
+
+    fn pending(&self) -> Result<Vec<AuditEntry>, ReadError> {
+        Ok(AuditLog::pending(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::report::Delivery;
+    use crate::time::Timestamp;
+
+    fn entry(op: &str, guest: Option<&str>, decision: &str, reason: &str) -> AuditEntry {
+        AuditEntry::new(
+            Timestamp(1_800_000_000),
+            op,
+            guest.map(str::to_owned),
+            decision,
+            reason,
+            None,
+        )
+    }
+
+    fn sha_hex(s: &str) -> String {
+        hex_encode(&Sha256::digest(s.as_bytes()))
+    }
+
+    #[test]
+    fn every_string_is_capped_at_a_char_boundary_with_the_full_hash_and_length() {
+        // 'é' is two bytes: 255 bytes of ASCII then 'é' straddles the cap.
+        let reason = format!("{}é{}", "r".repeat(255), "x".repeat(11_000));
+        let op = "o".repeat(300);
+        let id = "i".repeat(257);
+        let mut e = entry(&op, Some("105"), "namespace", &reason);
+        e.key_id = Some("k".repeat(256));
+        e.delivery = Some(Delivery {
+            hub_op_id: Some(id.clone()),
+            index: Some(3),
+            blob_sha256: Some("a".repeat(64)),
+            blob_bytes: Some(9),
+        });
+        let c = cap(e);
+        assert_eq!(c.reason.len(), 255, "cut before the two-byte char");
+        assert_eq!(c.reason, "r".repeat(255));
+        assert_eq!(c.op.len(), 256);
+        assert_eq!(
+            c.key_id.as_deref().map(str::len),
+            Some(256),
+            "256 is not cut"
+        );
+        assert_eq!(c.guest_id.as_deref(), Some("105"));
+        let d = c.delivery.as_ref().unwrap();
+        assert_eq!(d.hub_op_id.as_deref().map(str::len), Some(256));
+        let fields: Vec<AuditField> = c.truncated.iter().map(|t| t.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                AuditField::Op,
+                AuditField::Reason,
+                AuditField::DeliveryHubOpId
+            ]
+        );
+        let r = &c.truncated[1];
+        assert_eq!(
+            (r.sha256.clone(), r.bytes),
+            (sha_hex(&reason), reason.len() as u64)
+        );
+        assert_eq!(c.truncated[2].sha256, sha_hex(&id));
+        // Capping a capped entry changes nothing.
+        assert_eq!(cap(c.clone()), c);
+        // The wire names the dotted field.
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["truncated"][2]["field"], "delivery.hub_op_id");
+        assert_eq!(v["truncated"][1]["bytes"], reason.len());
+    }
+
+    #[test]
+    fn the_worst_capped_entry_lets_a_full_carry_over_fit_the_smallest_cap() {
+        // Every string at its longest and made of bytes JSON escapes six-fold.
+        let nasty = "\u{1}".repeat(10_000);
+        let mut e = entry(&nasty, Some(&nasty), &nasty, &nasty);
+        e.key_id = Some(nasty.clone());
+        e.delivery = Some(Delivery {
+            hub_op_id: Some(nasty.clone()),
+            index: Some(u64::MAX),
+            blob_sha256: Some(nasty.clone()),
+            blob_bytes: Some(u64::MAX),
+        });
+        let c = cap(e);
+        assert_eq!(c.truncated.len(), 7);
+        let stored = serde_json::to_vec(&CarriedRef {
+            entry: &c,
+            carried: true,
+        })
+        .unwrap();
+        let line = (stored.len() + RECORD_OVERHEAD) as u64;
+        assert!(line < 13 * 1024, "{line}");
+        assert!(line * PENDING_SIGNATURES_MAX as u64 + line < MIN_MAX_BYTES);
+    }
+
+    #[test]
+    fn entries_written_before_the_cap_still_replay() {
+        let old = br#"{"at":"2026-11-22T09:58:12Z","op":"guest_destroy","guest_id":"105","decision":"pending_signature","reason":"r","key_id":null}"#;
+        let s: Stored = serde_json::from_slice(old).unwrap();
+        assert!(!s.carried);
+        assert_eq!(s.entry.delivery, None);
+        assert!(s.entry.truncated.is_empty());
+        assert_eq!(s.entry.guest_id.as_deref(), Some("105"));
+    }
+
+    #[test]
+    fn a_supplied_truncated_item_that_is_not_a_hash_is_dropped() {
+        let mut e = entry("op", None, "allowed", "ok");
+        e.truncated = vec![Truncated {
+            field: AuditField::Reason,
+            sha256: "x".repeat(5000),
+            bytes: 1,
+        }];
+        assert!(cap(e).truncated.is_empty());
+    }
+
+    #[test]
+    fn pending_is_keyed_by_op_and_guest_resolved_by_any_other_decision_and_bounded() {
+        let mut k = Kept::default();
+        k.apply(entry("guest_destroy", Some("105"), PENDING_SIGNATURE, "1"));
+        k.apply(entry("guest_destroy", Some("106"), PENDING_SIGNATURE, "2"));
+        k.apply(entry(
+            "snapshot_rollback",
+            Some("105"),
+            PENDING_SIGNATURE,
+            "3",
+        ));
+        // The newest entry for a key replaces the older one and moves to the end.
+        k.apply(entry("guest_destroy", Some("105"), PENDING_SIGNATURE, "4"));
+        let reasons: Vec<&str> = k.pending.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, vec!["2", "3", "4"]);
+        // Other decisions for another key leave them; one for the same key resolves it.
+        k.apply(entry("guest_destroy", Some("107"), "allowed", "x"));
+        k.apply(entry("guest_destroy", None, "bad_signature", "x"));
+        assert_eq!(k.pending.len(), 3);
+        k.apply(entry("guest_destroy", Some("106"), "bad_signature", "x"));
+        let reasons: Vec<&str> = k.pending.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, vec!["3", "4"]);
+        // Many newer entries of other kinds never push a pending one out.
+        for i in 0..(TAIL_KEPT * 3) {
+            k.apply(entry(
+                "set_config",
+                Some(&i.to_string()),
+                "allowed",
+                "benign",
+            ));
+        }
+        assert_eq!(k.pending.len(), 2);
+        assert_eq!(k.tail.len(), TAIL_KEPT);
+        // Only more distinct pending keys than the bound drop the oldest.
+        let mut dropped = Vec::new();
+        for i in 0..PENDING_SIGNATURES_MAX {
+            let g = format!("g{i}");
+            if let Some(d) = k.apply(entry("guest_destroy", Some(&g), PENDING_SIGNATURE, "n")) {
+                dropped.push(d.reason);
+            }
+        }
+        assert_eq!(k.pending.len(), PENDING_SIGNATURES_MAX);
+        assert_eq!(dropped, vec!["3".to_string(), "4".to_string()]);
+    }
+
+    #[test]
+    fn two_long_ops_with_the_same_prefix_are_different_keys() {
+        let mut k = Kept::default();
+        let a = format!("{}a", "o".repeat(AUDIT_STRING_MAX));
+        let b = format!("{}b", "o".repeat(AUDIT_STRING_MAX));
+        k.apply(cap(entry(&a, Some("1"), PENDING_SIGNATURE, "a")));
+        k.apply(cap(entry(&b, Some("1"), PENDING_SIGNATURE, "b")));
+        assert_eq!(k.pending.len(), 2);
+        k.apply(cap(entry(&a, Some("1"), "allowed", "a")));
+        assert_eq!(k.pending.len(), 1);
+        assert_eq!(k.pending[0].reason, "b");
     }
 }

@@ -1322,7 +1322,12 @@ impl Reconciler {
         )
         .map_err(SetupError::Journal)?;
         let audit = Arc::new(
-            super::audit::AuditLog::open(&dir.join("audit.log")).map_err(SetupError::Audit)?,
+            super::audit::AuditLog::open_bounded(
+                &dir.join("audit.log"),
+                Arc::new(crate::store::OsIo),
+                cfg.audit.max_bytes,
+            )
+            .map_err(SetupError::Audit)?,
         );
 
         let mut nonces: Option<Arc<crate::authz::FileNonceStore>> = None;

@@ -391,6 +391,8 @@ impl Gate {
             decision: word.to_string(),
             reason: why.clone(),
             key_id: key_id.clone(),
+            delivery: None,
+            truncated: Vec::new(),
         };
         let guest = intent.guest_id.as_deref().unwrap_or("-");
         if let Err(e) = self.audit.record(&entry) {

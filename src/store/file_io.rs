@@ -22,6 +22,15 @@ pub trait DurableFile: Send + Sync {
 pub trait Io: Send + Sync {
     /// The whole file, or `None` when it does not exist.
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// The file as a stream, or `None` when it does not exist: replay reads through
+    /// this, so memory at open does not grow with the file. The default hands out the
+    /// bytes of [`Io::read`], which suits in-memory layers; a layer over a real disk
+    /// streams ([`OsIo`] does).
+    fn open_read(&self, path: &Path) -> io::Result<Option<Box<dyn io::Read + Send>>> {
+        Ok(self
+            .read(path)?
+            .map(|b| Box::new(io::Cursor::new(b)) as Box<dyn io::Read + Send>))
+    }
     /// Opens `path` for appending, creating it with mode 0600 if it does not exist.
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn DurableFile>>;
     /// Creates `path` empty with mode 0600, replacing any existing file.
@@ -60,6 +69,13 @@ impl Io for OsIo {
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         match fs::read(path) {
             Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Option<Box<dyn io::Read + Send>>> {
+        match File::open(path) {
+            Ok(f) => Ok(Some(Box::new(f))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -219,6 +235,9 @@ impl FaultyIo {
 impl Io for FaultyIo {
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         OsIo.read(path)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Option<Box<dyn io::Read + Send>>> {
+        OsIo.open_read(path)
     }
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn DurableFile>> {
         Ok(self.wrap(OsIo.open_append(path)?))

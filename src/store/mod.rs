@@ -29,13 +29,15 @@
 //!
 //! # Replay
 //!
-//! [`Store::open`] reads the whole file and hands each record's `seq` and data bytes to
-//! the caller's visitor, in order. A torn **last** line (no final newline, or a last line
-//! that does not parse) is what an interrupted append leaves: its bytes are appended to
-//! `FILE.broken` (fsync'd), cut from the file (fsync'd), and the file goes on. Anything
-//! wrong **inside** the file (a line that does not parse, a sequence gap, a broken
-//! chain, a hash mismatch, data the visitor rejects) is [`StoreError::Corrupt`] naming
-//! the 1-based line number; the caller decides what to refuse.
+//! [`Store::open`] streams the file, one line at a time (at most [`MAX_LINE_BYTES`]), and
+//! hands each record's `seq` and data bytes to the caller's visitor, in order: memory at
+//! open does not grow with the file. A torn **last** line (no final newline, or a last
+//! line that does not parse) is what an interrupted append leaves: its bytes are
+//! appended to `FILE.broken` (fsync'd), cut from the file (fsync'd), and the file goes
+//! on. Anything wrong **inside** the file (a line that does not parse or is longer than
+//! the cap, a sequence gap, a broken chain, a hash mismatch, data the visitor rejects) is
+//! [`StoreError::Corrupt`] naming the 1-based line number; the caller decides what to
+//! refuse.
 //!
 //! # Append and fsync
 //!
@@ -46,12 +48,15 @@
 //! store is poisoned, every later call fails with [`StoreError::Poisoned`], and the
 //! caller is expected to exit non-zero so the restart replays what is really on disk.
 //!
-//! # Compaction and new files
+//! # Compaction, rotation and new files
 //!
 //! [`Store::compact`] writes the kept records after a fresh anchor to `FILE.compact.tmp`
 //! in the same directory, fsyncs it, renames it over the file and fsyncs the directory.
 //! A temp file left by a crash before the rename is removed on the next open; the old
-//! file is intact. A new file is created with its anchor line, fsync'd, and the directory
+//! file is intact. [`Store::rotate`] keeps the old file as `FILE.1` instead of dropping
+//! it, and starts the new one on the same kind of anchor; its steps, and how
+//! [`Store::open`] completes or discards a rotation a crash interrupted, are in
+//! `rotate.rs`. A new file is created with its anchor line, fsync'd, and the directory
 //! fsync'd. Files are created 0600 and a missing directory 0700; looser modes on existing
 //! ones are reported with a warning.
 
@@ -61,15 +66,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use sha2::{Digest as _, Sha256};
-
-use crate::encoding::{hex_decode, hex_encode};
-
 mod file_io;
+mod line;
 #[cfg(feature = "fault-points")]
 mod powercut;
+mod rotate;
 
 pub use file_io::{DurableFile, FaultOp, FaultyIo, Io, OsIo};
+pub use line::{
+    Damage, MAX_LINE_BYTES, RECORD_OVERHEAD, ReplayError, ReplaySummary, Replayed, Visitor,
+    replay_bytes, replay_reader, verify_file,
+};
+use line::{READ_BUFFER, anchor_line, record_line};
 #[cfg(feature = "fault-points")]
 pub use powercut::{CutMode, CutPoint, CutReport, PointOp, PowerCutIo};
 
@@ -162,262 +170,6 @@ pub enum SyncMode {
     PerRecord,
 }
 
-/// What a replay found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReplaySummary {
-    /// Records handed to the visitor.
-    pub records: u64,
-    /// The anchor's sequence number (0 for a file never compacted).
-    pub anchor_seq: u64,
-    /// Bytes of a torn last line (cut off on open; only reported by [`verify_file`]).
-    pub torn_bytes: usize,
-}
-
-/// The outcome of [`replay_bytes`]: records were visited; a torn tail may be present.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replayed {
-    /// What was found.
-    pub summary: ReplaySummary,
-    /// Length of the good prefix: bytes after it are the torn tail.
-    pub good_len: usize,
-    /// Sequence number of the last record (or the anchor's).
-    pub last_seq: u64,
-    /// Hash of the last record (or the anchor's).
-    pub last_hash: [u8; 32],
-    /// Whether a valid anchor line was found (false only for an empty good prefix).
-    pub has_anchor: bool,
-}
-
-/// A line that is not in the store's format: line number and reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Damage {
-    /// 1-based line number.
-    pub line: usize,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// The caller's replay callback: a record's `seq` and its data bytes; an `Err` makes
-/// the record (and so the file) count as damaged.
-pub type Visitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
-
-const HASH_HEX: usize = 64;
-
-enum Line<'a> {
-    Anchor {
-        seq: u64,
-        hash: [u8; 32],
-    },
-    Record {
-        seq: u64,
-        prev: [u8; 32],
-        data: &'a [u8],
-        hash: [u8; 32],
-    },
-}
-
-fn hex32(b: &[u8]) -> Option<[u8; 32]> {
-    if b.len() != HASH_HEX || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    let s = std::str::from_utf8(b).ok()?;
-    hex_decode(s).ok()?.try_into().ok()
-}
-
-fn parse_seq(b: &[u8]) -> Option<(u64, usize)> {
-    let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
-    if n == 0 || n > 20 || (n > 1 && b[0] == b'0') {
-        return None;
-    }
-    let s = std::str::from_utf8(&b[..n]).ok()?;
-    Some((s.parse().ok()?, n))
-}
-
-fn parse_line(line: &[u8]) -> Result<Line<'_>, &'static str> {
-    let rest = line.strip_prefix(b"{\"seq\":").ok_or("not a store line")?;
-    let (seq, n) = parse_seq(rest).ok_or("bad sequence number")?;
-    let rest = &rest[n..];
-    if let Some(a) = rest.strip_prefix(b",\"anchor\":\"") {
-        let a = a.strip_suffix(b"\"}").ok_or("bad anchor line")?;
-        let hash = hex32(a).ok_or("bad anchor hash")?;
-        return Ok(Line::Anchor { seq, hash });
-    }
-    let rest = rest.strip_prefix(b",\"prev\":\"").ok_or("missing prev")?;
-    if rest.len() < HASH_HEX {
-        return Err("bad prev hash");
-    }
-    let prev = hex32(&rest[..HASH_HEX]).ok_or("bad prev hash")?;
-    let rest = rest[HASH_HEX..]
-        .strip_prefix(b"\",\"data\":")
-        .ok_or("missing data")?;
-    let rest = rest.strip_suffix(b"\"}").ok_or("missing sha256")?;
-    if rest.len() < HASH_HEX + 11 {
-        return Err("missing sha256");
-    }
-    let (data, tail) = rest.split_at(rest.len() - HASH_HEX - 11);
-    let hash_hex = tail
-        .strip_prefix(b",\"sha256\":\"")
-        .ok_or("missing sha256")?;
-    let hash = hex32(hash_hex).ok_or("bad sha256")?;
-    if data.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err() {
-        return Err("data is not JSON");
-    }
-    Ok(Line::Record {
-        seq,
-        prev,
-        data,
-        hash,
-    })
-}
-
-fn record_hash(prev: &[u8; 32], seq: u64, data: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(seq.to_be_bytes());
-    h.update(data);
-    h.finalize().into()
-}
-
-fn anchor_line(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
-    format!("{{\"seq\":{seq},\"anchor\":\"{}\"}}\n", hex_encode(hash)).into_bytes()
-}
-
-fn record_line(seq: u64, prev: &[u8; 32], data: &[u8]) -> (Vec<u8>, [u8; 32]) {
-    let hash = record_hash(prev, seq, data);
-    let mut line = Vec::with_capacity(data.len() + 180);
-    line.extend_from_slice(
-        format!(
-            "{{\"seq\":{seq},\"prev\":\"{}\",\"data\":",
-            hex_encode(prev)
-        )
-        .as_bytes(),
-    );
-    line.extend_from_slice(data);
-    line.extend_from_slice(format!(",\"sha256\":\"{}\"}}\n", hex_encode(&hash)).as_bytes());
-    (line, hash)
-}
-
-/// Replays the bytes of a store file: checks every line and the chain, hands each
-/// record's `seq` and data to `visit`, and tells where a torn tail begins. Never
-/// modifies anything and never panics; this is what the fuzzer drives.
-pub fn replay_bytes(bytes: &[u8], visit: &mut Visitor<'_>) -> Result<Replayed, Damage> {
-    let mut out = Replayed {
-        summary: ReplaySummary::default(),
-        good_len: 0,
-        last_seq: 0,
-        last_hash: [0; 32],
-        has_anchor: false,
-    };
-    let mut pos = 0usize;
-    let mut line_no = 0usize;
-    while pos < bytes.len() {
-        line_no += 1;
-        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
-            // No final newline: the tail of an interrupted append.
-            break;
-        };
-        let line = &bytes[pos..pos + nl];
-        let end = pos + nl + 1;
-        let is_last = end == bytes.len();
-        let parsed = match parse_line(line) {
-            Ok(p) => p,
-            Err(_) if is_last => break,
-            Err(reason) => {
-                return Err(Damage {
-                    line: line_no,
-                    reason: reason.to_string(),
-                });
-            }
-        };
-        match parsed {
-            Line::Anchor { seq, hash } => {
-                if line_no != 1 {
-                    return Err(Damage {
-                        line: line_no,
-                        reason: "anchor line after line 1".into(),
-                    });
-                }
-                out.last_seq = seq;
-                out.last_hash = hash;
-                out.has_anchor = true;
-                out.summary.anchor_seq = seq;
-            }
-            Line::Record {
-                seq,
-                prev,
-                data,
-                hash,
-            } => {
-                if line_no == 1 {
-                    return Err(Damage {
-                        line: 1,
-                        reason: "first line is not the anchor (lines deleted at the start?)".into(),
-                    });
-                }
-                let want = out.last_seq.checked_add(1).ok_or(Damage {
-                    line: line_no,
-                    reason: "sequence number overflow".into(),
-                })?;
-                if seq != want {
-                    return Err(Damage {
-                        line: line_no,
-                        reason: format!(
-                            "sequence gap: expected {want}, found {seq} (line deleted, inserted or reordered)"
-                        ),
-                    });
-                }
-                if prev != out.last_hash {
-                    return Err(Damage {
-                        line: line_no,
-                        reason: "chain broken: prev does not match the line before".into(),
-                    });
-                }
-                if record_hash(&prev, seq, data) != hash {
-                    return Err(Damage {
-                        line: line_no,
-                        reason: "hash mismatch: line altered".into(),
-                    });
-                }
-                visit(seq, data).map_err(|e| Damage {
-                    line: line_no,
-                    reason: format!("record rejected by reader: {e}"),
-                })?;
-                out.last_seq = seq;
-                out.last_hash = hash;
-                out.summary.records += 1;
-            }
-        }
-        pos = end;
-        out.good_len = end;
-    }
-    out.summary.torn_bytes = bytes.len() - out.good_len;
-    Ok(out)
-}
-
-/// Replays the file at `path` read-only (no torn tail is cut, nothing is written):
-/// for `selftest offline` and audits. A missing file is an `Io` error.
-pub fn verify_file(path: &Path) -> Result<ReplaySummary, StoreError> {
-    let bytes = OsIo
-        .read(path)
-        .map_err(|source| StoreError::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| StoreError::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        })?;
-    replay_bytes(&bytes, &mut |_, _| Ok(()))
-        .map(|r| r.summary)
-        .map_err(|d| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            line: d.line,
-            reason: d.reason,
-        })
-}
-
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
@@ -429,6 +181,8 @@ struct Chain {
     last_seq: u64,
     last_hash: [u8; 32],
     records: u64,
+    /// Bytes in the current file: what replay kept, plus every line written since.
+    len: u64,
     poisoned: bool,
 }
 
@@ -507,67 +261,75 @@ impl Store {
             );
         }
         let tmp = sibling(&path, ".compact.tmp");
-        if io.read(&tmp).map_err(ioerr("read", &tmp))?.is_some() {
+        if io.open_read(&tmp).map_err(ioerr("open", &tmp))?.is_some() {
             crate::warn!(
                 "removing a compaction temp file left by a crash; the store file is intact",
                 path = tmp.display()
             );
             io.remove(&tmp).map_err(ioerr("remove", &tmp))?;
         }
+        rotate::settle(io.as_ref(), &path, &dir)?;
 
-        let existing = io.read(&path).map_err(ioerr("read", &path))?;
-        let (replayed, len) = match &existing {
-            Some(bytes) => {
-                let r = replay_bytes(bytes, &mut visit).map_err(|d| StoreError::Corrupt {
-                    path: path.clone(),
-                    line: d.line,
-                    reason: d.reason,
+        let replayed = match io.open_read(&path).map_err(ioerr("open", &path))? {
+            Some(stream) => {
+                let mut reader = io::BufReader::with_capacity(READ_BUFFER, stream);
+                let r = replay_reader(&mut reader, &mut visit).map_err(|e| match e {
+                    ReplayError::Damage(d) => StoreError::Corrupt {
+                        path: path.clone(),
+                        line: d.line,
+                        reason: d.reason,
+                    },
+                    ReplayError::Io { source, .. } => StoreError::Io {
+                        op: "read",
+                        path: path.clone(),
+                        source,
+                    },
                 })?;
-                (Some(r), bytes.len())
+                let m = io.file_mode(&path).map_err(ioerr("stat", &path))?;
+                if m & 0o077 != 0 {
+                    crate::warn!(
+                        "store file is readable or writable by others",
+                        path = path.display(),
+                        mode = format_args!("{m:04o}"),
+                        want = "0600"
+                    );
+                }
+                Some(r)
             }
-            None => (None, 0),
+            None => None,
         };
-        if existing.is_some() {
-            let m = io.file_mode(&path).map_err(ioerr("stat", &path))?;
-            if m & 0o077 != 0 {
-                crate::warn!(
-                    "store file is readable or writable by others",
-                    path = path.display(),
-                    mode = format_args!("{m:04o}"),
-                    want = "0600"
-                );
-            }
-        }
 
-        if let (Some(r), Some(bytes)) = (&replayed, &existing)
-            && r.good_len < len
+        if let Some(r) = &replayed
+            && r.summary.torn_bytes > 0
         {
-            let torn = &bytes[r.good_len..];
             let broken = sibling(&path, ".broken");
             crate::warn!(
                 "cutting a torn last line; its bytes are kept",
                 path = path.display(),
-                bytes = torn.len(),
+                bytes = r.summary.torn_bytes,
                 kept_in = broken.display()
             );
-            let f = io.open_append(&broken).map_err(ioerr("open", &broken))?;
-            f.write_all(torn).map_err(ioerr("write", &broken))?;
-            f.sync_data().map_err(ioerr("fsync", &broken))?;
+            keep_torn_tail(io.as_ref(), &path, &broken, r.good_len as u64)?;
             io.sync_dir(&dir).map_err(ioerr("directory fsync", &dir))?;
             io.truncate(&path, r.good_len as u64)
                 .map_err(ioerr("truncate", &path))?;
         }
 
-        let (last_seq, last_hash, records) = match &replayed {
-            Some(r) if r.has_anchor => (r.last_seq, r.last_hash, r.summary.records),
+        let (last_seq, last_hash, records, len) = match &replayed {
+            Some(r) if r.has_anchor => (
+                r.last_seq,
+                r.last_hash,
+                r.summary.records,
+                r.good_len as u64,
+            ),
             _ => {
                 // New (or empty after a torn first write): start the chain.
+                let anchor = anchor_line(0, &[0; 32]);
                 let f = io.create_truncate(&path).map_err(ioerr("create", &path))?;
-                f.write_all(&anchor_line(0, &[0; 32]))
-                    .map_err(ioerr("write", &path))?;
+                f.write_all(&anchor).map_err(ioerr("write", &path))?;
                 f.sync_data().map_err(ioerr("fsync", &path))?;
                 io.sync_dir(&dir).map_err(ioerr("directory fsync", &dir))?;
-                (0, [0; 32], 0)
+                (0, [0; 32], 0, anchor.len() as u64)
             }
         };
         let file = io.open_append(&path).map_err(ioerr("open", &path))?;
@@ -581,6 +343,7 @@ impl Store {
                 last_seq,
                 last_hash,
                 records,
+                len,
                 poisoned: false,
             }),
             written: AtomicU64::new(0),
@@ -597,6 +360,11 @@ impl Store {
     /// Records in the file now (after the last compaction, plus appends).
     pub fn records(&self) -> u64 {
         lock(&self.chain).records
+    }
+
+    /// The current file's length in bytes, as this store has written it.
+    pub fn file_len(&self) -> u64 {
+        lock(&self.chain).len
     }
 
     /// Whether an earlier write or fsync failed.
@@ -631,6 +399,24 @@ impl Store {
         }
     }
 
+    /// Poisons the store after a failed write, fsync or rename of committed state.
+    fn poison(&self, chain: &mut Chain, op: &'static str, source: io::Error) -> StoreError {
+        chain.poisoned = true;
+        lock(&self.sync).poisoned = true;
+        self.synced_cv.notify_all();
+        self.fatal(op, source)
+    }
+
+    /// After an fsync of the current file under the chain lock: every ticket written so
+    /// far is durable.
+    fn mark_all_synced(&self) {
+        {
+            let mut st = lock(&self.sync);
+            st.synced = st.synced.max(self.written.load(Ordering::SeqCst));
+        }
+        self.synced_cv.notify_all();
+    }
+
     /// Appends one record and returns its sequence number once it is on disk (written
     /// and fsync'd). A failure poisons the store (see the module doc).
     pub fn append(&self, value: &impl serde::Serialize) -> Result<u64, StoreError> {
@@ -643,6 +429,7 @@ impl Store {
         }
         let seq = chain.last_seq + 1;
         let (line, hash) = record_line(seq, &chain.last_hash, &data);
+        check_line_len(&line)?;
         if let Err(e) = chain.file.write_all(&line) {
             chain.poisoned = true;
             lock(&self.sync).poisoned = true;
@@ -652,6 +439,7 @@ impl Store {
         chain.last_seq = seq;
         chain.last_hash = hash;
         chain.records += 1;
+        chain.len += line.len() as u64;
         if self.mode == SyncMode::PerRecord {
             if let Err(e) = chain.file.sync_data() {
                 chain.poisoned = true;
@@ -757,6 +545,7 @@ impl Store {
             let data = Store::encode(&item)?;
             seq += 1;
             let (line, hash) = record_line(seq, &prev, &data);
+            check_line_len(&line)?;
             buf.extend_from_slice(&line);
             prev = hash;
             n += 1;
@@ -789,82 +578,56 @@ impl Store {
         chain.last_seq = seq;
         chain.last_hash = prev;
         chain.records = n;
+        chain.len = buf.len() as u64;
         Ok(n)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Refuses a line longer than replay accepts, before it is written.
+fn check_line_len(line: &[u8]) -> Result<(), StoreError> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(StoreError::Encode {
+            reason: format!(
+                "record line of {} bytes is longer than the {MAX_LINE_BYTES}-byte maximum",
+                line.len()
+            ),
+        });
+    }
+    Ok(())
+}
 
-    fn build(records: &[&str]) -> Vec<u8> {
-        let mut out = anchor_line(0, &[0; 32]);
-        let mut prev = [0u8; 32];
-        for (i, r) in records.iter().enumerate() {
-            let (line, h) = record_line(i as u64 + 1, &prev, r.as_bytes());
-            out.extend_from_slice(&line);
-            prev = h;
+/// Appends the bytes of `path` after `good_len` to `broken` and fsyncs it, streaming,
+/// so a torn tail of any size is kept without holding it in memory.
+fn keep_torn_tail(
+    io: &dyn Io,
+    path: &Path,
+    broken: &Path,
+    good_len: u64,
+) -> Result<(), StoreError> {
+    use std::io::Read as _;
+    let err = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io {
+            op,
+            path: p,
+            source,
         }
-        out
+    };
+    let mut stream = io
+        .open_read(path)
+        .map_err(err("open", path))?
+        .ok_or_else(|| err("open", path)(io::Error::from(io::ErrorKind::NotFound)))?;
+    io::copy(&mut (&mut stream).take(good_len), &mut io::sink()).map_err(err("read", path))?;
+    let f = io.open_append(broken).map_err(err("open", broken))?;
+    let mut chunk = vec![0u8; READ_BUFFER];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(err("read", path)(e)),
+        };
+        f.write_all(&chunk[..n]).map_err(err("write", broken))?;
     }
-
-    #[test]
-    fn line_format_is_as_documented() {
-        let (line, hash) = record_line(1, &[0; 32], br#"{"a":1}"#);
-        let mut h = Sha256::new();
-        h.update([0u8; 32]);
-        h.update(1u64.to_be_bytes());
-        h.update(br#"{"a":1}"#);
-        let want: [u8; 32] = h.finalize().into();
-        assert_eq!(hash, want);
-        let text = String::from_utf8(line).unwrap();
-        assert_eq!(
-            text,
-            format!(
-                "{{\"seq\":1,\"prev\":\"{}\",\"data\":{{\"a\":1}},\"sha256\":\"{}\"}}\n",
-                "0".repeat(64),
-                hex_encode(&want)
-            )
-        );
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["data"]["a"], 1);
-    }
-
-    #[test]
-    fn replay_visits_in_order_and_finds_torn_tail() {
-        let mut bytes = build(&["1", "\"two\"", "{\"x\":[3]}"]);
-        let good = bytes.len();
-        bytes.extend_from_slice(b"{\"seq\":4,\"pr");
-        let mut seen = Vec::new();
-        let r = replay_bytes(&bytes, &mut |s, d| {
-            seen.push((s, d.to_vec()));
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen.len(), 3);
-        assert_eq!(seen[2], (3, b"{\"x\":[3]}".to_vec()));
-        assert_eq!(r.good_len, good);
-        assert_eq!(r.summary.torn_bytes, 12);
-    }
-
-    #[test]
-    fn rejects_seq_with_leading_zero_and_data_that_is_not_json() {
-        assert!(parse_line(b"{\"seq\":01,\"anchor\":\"00\"}").is_err());
-        let (line, _) = record_line(1, &[0; 32], b"{bad");
-        assert_eq!(
-            parse_line(&line[..line.len() - 1]).err(),
-            Some("data is not JSON")
-        );
-    }
-
-    #[test]
-    fn visitor_rejection_names_the_line() {
-        let bytes = build(&["1", "2", "3"]);
-        let d = replay_bytes(&bytes, &mut |s, _| {
-            if s == 2 { Err("bad".into()) } else { Ok(()) }
-        })
-        .unwrap_err();
-        assert_eq!(d.line, 3);
-        assert!(d.reason.contains("bad"));
-    }
+    f.sync_data().map_err(err("fsync", broken))
 }

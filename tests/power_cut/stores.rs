@@ -14,7 +14,7 @@ use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::{OpClass, Provenance};
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
 use felhom_agent::shutdown::Shutdown;
-use felhom_agent::store::{Io, Store, SyncMode};
+use felhom_agent::store::{Io, replay_bytes, verify_file};
 use felhom_agent::time::Timestamp;
 use felhom_sim::{GuestSeed, ProxmoxSim};
 
@@ -283,53 +283,56 @@ fn a_nonce_compaction_survives_a_power_cut_at_every_point() {
 // (5) The audit log's rotation.
 
 fn audit_entry(reason: &str) -> AuditEntry {
-    AuditEntry {
-        at: Timestamp(1_800_000_000),
-        op: "start".into(),
-        guest_id: Some("100".into()),
-        decision: "allowed".into(),
-        reason: reason.into(),
-        key_id: None,
-    }
+    AuditEntry::new(
+        Timestamp(1_800_000_000),
+        "start",
+        Some("100".into()),
+        "allowed",
+        reason,
+        None,
+    )
 }
 
-/// Entries a rotation keeps in the live file.
-const AUDIT_KEEP: usize = 4;
+/// The destroy still waiting for a signature when the rotation runs: it must be
+/// reported after the restart whatever the cut left.
+fn pending_entry() -> AuditEntry {
+    AuditEntry::new(
+        Timestamp(1_800_000_000),
+        "guest_destroy",
+        Some("105".into()),
+        "pending_signature",
+        "before-pending",
+        None,
+    )
+}
 
-/// The audit log's rotation, the part under the cut: an entry recorded, the rotation,
-/// an entry recorded; `acked` gets each entry whose append returned `Ok`. The audit log
-/// has no rotation of its own here, so this compacts `audit.log` through the store to
-/// its last [`AUDIT_KEEP`] entries: the same rename over the live file. Once `AuditLog`
-/// rotates, call its rotation here instead.
+/// The rotated file beside `audit.log`.
+const AUDIT_ROTATED: &str = "audit.log.1";
+
+/// The audit log's rotation, the part under the cut: the log opened on the cut I/O, an
+/// entry recorded, [`AuditLog::rotate`], an entry recorded; `acked` gets the reason of
+/// each entry whose append returned `Ok`.
 fn audit_rotation_step(
     path: &Path,
     io: Arc<dyn Io>,
-    acked: &mut Vec<AuditEntry>,
+    acked: &mut Vec<String>,
 ) -> Result<(), String> {
-    let mut entries: Vec<AuditEntry> = Vec::new();
-    let store = Store::open_with(path, io, SyncMode::GroupCommit, |_, data| {
-        entries.push(serde_json::from_slice(data).map_err(err)?);
-        Ok(())
-    })
-    .map_err(err)?;
+    let a = AuditLog::open_with(path, io).map_err(err)?;
     let first = audit_entry("during-1");
-    store.append(&first).map_err(err)?;
-    acked.push(first.clone());
-    entries.push(first);
-    store
-        .compact(entries[entries.len() - AUDIT_KEEP..].to_vec())
-        .map_err(err)?;
+    a.record(&first).map_err(err)?;
+    acked.push(first.reason);
+    a.rotate().map_err(err)?;
     let second = audit_entry("during-2");
-    store.append(&second).map_err(err)?;
-    acked.push(second);
+    a.record(&second).map_err(err)?;
+    acked.push(second.reason);
     Ok(())
 }
 
 struct AuditWorld {
     dir: PathBuf,
-    /// Entries from before the run that the rotation keeps.
-    kept: Vec<AuditEntry>,
-    acked: Vec<AuditEntry>,
+    /// Reasons of the entries recorded in `audit.log` before the run, in order.
+    before: Vec<String>,
+    acked: Vec<String>,
 }
 
 impl Drop for AuditWorld {
@@ -349,15 +352,20 @@ impl Scenario for AuditRotation {
     fn world(&self) -> AuditWorld {
         let dir = tempdir("audit");
         let a = AuditLog::open(&dir.join(AUDIT)).unwrap();
-        let before: Vec<AuditEntry> = (1..=6)
-            .map(|i| audit_entry(&format!("before-{i}")))
-            .collect();
-        for e in &before {
-            a.record(e).unwrap();
+        // A first rotation before the run, so the one under the cut also replaces an
+        // older `audit.log.1` (what that file held is dropped by design).
+        a.record(&audit_entry("before-1")).unwrap();
+        a.record(&pending_entry()).unwrap();
+        a.rotate().unwrap();
+        let mut before = Vec::new();
+        for i in 3..=5 {
+            let e = audit_entry(&format!("before-{i}"));
+            a.record(&e).unwrap();
+            before.push(e.reason);
         }
         AuditWorld {
             dir,
-            kept: before[before.len() + 1 - AUDIT_KEEP..].to_vec(),
+            before,
             acked: Vec::new(),
         }
     }
@@ -367,20 +375,56 @@ impl Scenario for AuditRotation {
     }
 
     fn restart_and_check(&self, w: AuditWorld, what: &str) {
-        replay_clean(&w.dir.join(AUDIT), what);
+        // Open settles whatever state the rotation was cut in.
         let a = AuditLog::open(&w.dir.join(AUDIT)).unwrap();
-        let found = a.tail(usize::MAX);
-        // Every entry that must be there, in order (others may sit between them).
-        let mut rest = found.iter();
-        for want in w.kept.iter().chain(&w.acked) {
-            assert!(
-                rest.any(|e| e == want),
-                "{what}: {:?} lost or out of order in {found:?}",
-                want.reason
+        let pending: Vec<String> = a.pending().into_iter().map(|e| e.reason).collect();
+        assert_eq!(
+            pending,
+            ["before-pending"],
+            "{what}: the held op is still reported"
+        );
+        drop(a);
+        let rotated = replay_clean(&w.dir.join(AUDIT_ROTATED), what);
+        let live = replay_clean(&w.dir.join(AUDIT), what);
+        // The two files are one chain: the live file is anchored on the rotated one's
+        // last record.
+        if w.dir.join(AUDIT_ROTATED).exists() {
+            let last = |name: &str| {
+                let bytes = fs::read(w.dir.join(name)).unwrap();
+                replay_bytes(&bytes, &mut |_, _| Ok(())).unwrap()
+            };
+            let (one, now) = (last(AUDIT_ROTATED), last(AUDIT));
+            assert_eq!(
+                now.summary.anchor_seq, one.last_seq,
+                "{what}: audit.log does not carry on from audit.log.1"
             );
         }
-        drop(a);
-        assert_files_clean(&w.dir, what);
+        // Every decision recorded before or acknowledged during the run is there once,
+        // in order, across both files (carried copies are not decisions).
+        let decisions: Vec<&str> = rotated
+            .iter()
+            .chain(&live)
+            .filter(|v| v.get("carried") != Some(&serde_json::Value::Bool(true)))
+            .filter_map(|v| v["reason"].as_str())
+            .collect();
+        let mut rest = decisions.iter();
+        for want in w.before.iter().chain(&w.acked) {
+            assert!(
+                rest.any(|r| r == want),
+                "{what}: {want:?} lost or out of order in {decisions:?}"
+            );
+        }
+        for name in [AUDIT, AUDIT_ROTATED] {
+            let path = w.dir.join(name);
+            if path.exists() {
+                let s = verify_file(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(s.torn_bytes, 0, "{what}: {name} still has a torn tail");
+            }
+        }
+        for e in fs::read_dir(&w.dir).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.ends_with(".tmp"), "{what}: {name} left behind");
+        }
     }
 }
 

@@ -1,0 +1,150 @@
+//! Start-up memory does not depend on the audit log's size: the real daemon binary, run
+//! against the Proxmox and hub simulators, once on an empty state directory and once on
+//! a full one (an `audit.log` of the default 16 MiB cap), peaks at nearly the same
+//! resident size (`VmHWM` of `/proc/PID/status`, read once the daemon logs it is running
+//! and the hub has its first report).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/audit_fill.rs"]
+mod audit_fill;
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use felhom_agent::reconcile::audit::DEFAULT_MAX_BYTES;
+use felhom_agent::store::verify_file;
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use serde_json::json;
+
+/// Bound for the daemon to come up (a debug build replays 16 MiB in a few seconds).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The largest start-up peak a full audit log may add.
+const MAX_EXTRA_KIB: u64 = 1024;
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+fn start(dir: &Path, pve: &ProxmoxSim, hub: &HubSim) -> Daemon {
+    let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
+    let config = dir.join("agent.json");
+    let v = json!({
+        "host_id": "pve-a",
+        "state_dir": dir.join("state"),
+        "log": {"level": "info"},
+        "proxmox": {
+            "url": pve.url(),
+            "node": pve.node(),
+            "token_id": "felhom-agent@pve!agent",
+            "token_secret": DEFAULT_TOKEN_SECRET,
+            "tls": {"fingerprint_sha256": pve.fingerprint()},
+            "timeout_seconds": 5
+        },
+        "hub": {
+            "url": hub.url(),
+            "api_key": hub.key(),
+            "poll_seconds": 60,
+            "timeout_seconds": 5,
+            "tls": {"ca_file": ca}
+        }
+    });
+    fs::write(&config, v.to_string()).unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .expect("the agent binary starts");
+    Daemon {
+        child,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// Runs the daemon on `dir` until it is running and reported once; its peak RSS in KiB.
+fn peak_at_start(dir: &Path) -> u64 {
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(true).cores(2))
+        .start();
+    let hub = HubSim::start();
+    let mut d = start(dir, &pve, &hub);
+    let since = Instant::now();
+    loop {
+        let log = fs::read_to_string(d.dir.join("stderr.log")).unwrap_or_default();
+        if log.contains("msg=\"felhom-agent running\"") && !hub.reports().is_empty() {
+            break;
+        }
+        assert!(
+            d.child.try_wait().unwrap().is_none(),
+            "the daemon exited:\n{log}"
+        );
+        assert!(since.elapsed() < PATIENCE, "not running in time:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hwm = status_kib(d.child.id(), "VmHWM:");
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    hwm
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("felhom-auditrss-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(d.join("state")).unwrap();
+    fs::set_permissions(d.join("state"), fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
+#[test]
+fn a_full_audit_log_adds_almost_nothing_to_the_start_up_peak() {
+    let empty = tempdir("empty");
+    let full = tempdir("full");
+    let audit = full.join("state").join("audit.log");
+    let size = audit_fill::fill(&audit, DEFAULT_MAX_BYTES).unwrap();
+    assert!(size > DEFAULT_MAX_BYTES - 4096, "full: {size} bytes");
+    let records = verify_file(&audit).unwrap().records;
+
+    let hwm_empty = peak_at_start(&empty);
+    let hwm_full = peak_at_start(&full);
+    println!(
+        "start-up VmHWM: {hwm_empty} KiB with an empty audit log, {hwm_full} KiB with a \
+         full one ({size} bytes, {records} entries)"
+    );
+    // The full log was replayed, not skipped or rotated away.
+    let log = fs::read_to_string(full.join("stderr.log")).unwrap();
+    assert!(!log.contains("msg=\"audit log rotated\""), "{log}");
+    assert_eq!(fs::metadata(&audit).unwrap().len(), size);
+    assert!(
+        hwm_full <= hwm_empty + MAX_EXTRA_KIB,
+        "a full audit log raised the start-up peak from {hwm_empty} to {hwm_full} KiB"
+    );
+    fs::remove_dir_all(&empty).unwrap();
+    fs::remove_dir_all(&full).unwrap();
+}
