@@ -127,7 +127,7 @@ fn nonce() -> String {
 /// A well-formed destroy blob for `guest` on pve-a, valid around `now`.
 fn destroy_blob(guest: &str, now: i64) -> Vec<u8> {
     format!(
-        "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{guest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
+        "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{guest}\",\"guest_digest\":\"9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
         nonce(),
         Timestamp(now - 60),
         Timestamp(now + 1800)

@@ -189,16 +189,27 @@ pub fn check_algorithm(key: &KeyData, sig: &Algorithm) -> Result<(), String> {
     }
 }
 
+/// How much of a wrong namespace a refusal quotes, in characters.
+const NAMESPACE_SHOWN: usize = 64;
+
 /// Armor → blob checks → namespace → key and algorithm policy: every check that comes
 /// before the allow-list, in the pipeline's order.
 pub fn parse(armored: &str, namespace: &str) -> Result<SshSig, AuthzError> {
     let blob = dearmor(armored)?;
     let sig = decode_blob(&blob)?;
     if sig.namespace() != namespace {
-        return Err(AuthzError::Namespace(format!(
-            "signature namespace {:?}, expected {namespace:?}",
-            sig.namespace()
-        )));
+        // The namespace is the signer's text and may be kilobytes long: quote a prefix.
+        let ns = sig.namespace();
+        let shown: String = ns.chars().take(NAMESPACE_SHOWN).collect();
+        let detail = if shown.len() < ns.len() {
+            format!(
+                "signature namespace {shown:?}… ({} bytes), expected {namespace:?}",
+                ns.len()
+            )
+        } else {
+            format!("signature namespace {shown:?}, expected {namespace:?}")
+        };
+        return Err(AuthzError::Namespace(detail));
     }
     check_key_policy(sig.public_key()).map_err(malformed)?;
     check_algorithm(sig.public_key(), &sig.algorithm()).map_err(malformed)?;

@@ -384,16 +384,18 @@ impl Gate {
             Decision::Allowed { .. } => "allowed",
             Decision::Refused { reason } => reason.code(),
         };
-        let entry = AuditEntry {
+        // Capped here as the audit log caps it, so the log line is bounded too.
+        let entry = super::audit::cap(AuditEntry {
             at: self.clock.now(),
             op: intent.class.as_str().to_string(),
             guest_id: intent.guest_id.clone(),
             decision: word.to_string(),
-            reason: why.clone(),
+            reason: why,
             key_id: key_id.clone(),
             delivery: None,
             truncated: Vec::new(),
-        };
+        });
+        let why = &entry.reason;
         let guest = intent.guest_id.as_deref().unwrap_or("-");
         if let Err(e) = self.audit.record(&entry) {
             crate::error!(
