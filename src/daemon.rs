@@ -66,10 +66,6 @@ pub const NONCE_COMPACT_EVERY: Duration = Duration::from_secs(3600);
 /// does too). The check is a counter read; a busy host compacts every few minutes.
 pub const JOURNAL_COMPACT_EVERY: Duration = Duration::from_secs(60);
 
-/// Debug builds only: makes one second of the poll schedule last this many
-/// milliseconds, so process tests see several rounds without waiting minutes.
-pub const DEBUG_SECOND_ENV: &str = "FELHOM_DEBUG_SECOND_MS";
-
 /// Why the daemon could not start or had to stop.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -224,22 +220,17 @@ impl Workers {
     }
 }
 
-/// How long one second of the poll schedule lasts: always one second in a release
-/// build; a debug build honours [`DEBUG_SECOND_ENV`].
+/// How long one second of the poll schedule lasts: one second, unless a test build
+/// (feature `fault-points`) is asked for less ([`crate::faultpoint::SECOND_MS_ENV`]).
 fn schedule_second() -> Duration {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var(DEBUG_SECOND_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-    {
+    let second = crate::faultpoint::schedule_second(Duration::from_secs(1));
+    if second != Duration::from_secs(1) {
         crate::warn!(
-            "debug build: poll schedule seconds shortened",
-            second_ms = ms
+            "test build: poll schedule seconds shortened",
+            second_ms = second.as_millis()
         );
-        return Duration::from_millis(ms);
     }
-    Duration::from_secs(1)
+    second
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP for the

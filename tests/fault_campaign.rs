@@ -1118,7 +1118,7 @@ impl Daemon {
 
 #[test]
 fn the_daemon_rides_out_a_changed_certificate_and_hub_faults_then_converges() {
-    use felhom_agent::daemon::DEBUG_SECOND_ENV;
+    use felhom_agent::faultpoint::SECOND_MS_ENV;
     use serde_json::json;
 
     // The host's certificate is not the pinned one when the daemon starts.
@@ -1180,7 +1180,7 @@ fn the_daemon_rides_out_a_changed_certificate_and_hub_faults_then_converges() {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
         .args(["run", "--config"])
         .arg(&config)
-        .env(DEBUG_SECOND_ENV, "5")
+        .env(SECOND_MS_ENV, "5")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(stderr)
