@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::{self, Config, Mode};
+use crate::statelock::{LockError, StateLock};
 
 /// Version string: `FELHOM_BUILD_VERSION` at build time, else the crate version.
 pub const VERSION: &str = match option_env!("FELHOM_BUILD_VERSION") {
@@ -542,13 +543,27 @@ fn selftest(
                 crate::warn!(w, section = "proxmox");
             }
             match (kind, vmid) {
-                (SelftestKind::Task, Some(vmid)) => crate::selftest::task(
-                    &client,
-                    vmid,
-                    &crate::selftest::task_wait_options(),
-                    &crate::shutdown::Shutdown::new(),
-                    out,
-                ),
+                (SelftestKind::Task, Some(vmid)) => {
+                    // A round trip beside a running daemon could race its reconcile of
+                    // the same guest: the same lock as `run`.
+                    let _lock = match StateLock::acquire(&cfg.state_dir) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = writeln!(err, "felhom-agent: {e}");
+                            return match e {
+                                LockError::Held { .. } => EXIT_USAGE,
+                                _ => EXIT_FAILED,
+                            };
+                        }
+                    };
+                    crate::selftest::task(
+                        &client,
+                        vmid,
+                        &crate::selftest::task_wait_options(),
+                        &crate::shutdown::Shutdown::new(),
+                        out,
+                    )
+                }
                 _ => crate::selftest::read(&client, out),
             }
         }
