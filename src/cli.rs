@@ -11,6 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::authz::blob::MAX_BLOB_BYTES;
+use crate::authz::sshsig::MAX_ARMOR_BYTES;
 use crate::config::{self, Config, Mode};
 use crate::statelock::{LockError, StateLock};
 
@@ -571,22 +573,29 @@ fn selftest(
     if passed { EXIT_OK } else { EXIT_FAILED }
 }
 
-/// Largest blob or signature file `verify` reads.
-const MAX_VERIFY_INPUT: u64 = 1 << 20;
-
-fn read_input(path: &Path, what: &str, err: &mut dyn Write) -> Result<Vec<u8>, u8> {
+/// Reads at most `cap + 1` bytes of `path`, so an endless file (`/dev/zero`) or a huge
+/// one costs no more than the cap. Over the cap is the verifier's own refusal,
+/// `malformed` on `out` (exit 1); a file that cannot be opened or read is exit 2.
+fn read_input(
+    path: &Path,
+    what: &str,
+    cap: usize,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Vec<u8>, u8> {
     use std::io::Read;
     let mut buf = Vec::new();
-    let r =
-        std::fs::File::open(path).and_then(|f| f.take(MAX_VERIFY_INPUT + 1).read_to_end(&mut buf));
+    let limit = u64::try_from(cap).map_or(u64::MAX, |c| c.saturating_add(1));
+    let r = std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut buf));
     match r {
-        Ok(_) if buf.len() as u64 > MAX_VERIFY_INPUT => {
+        Ok(_) if buf.len() > cap => {
+            let _ = writeln!(out, "refused: malformed");
             let _ = writeln!(
-                err,
-                "felhom-agent: {what} {}: larger than {MAX_VERIFY_INPUT} bytes",
-                path.display()
+                out,
+                "detail: {what} {} is over the {cap}-byte cap",
+                path.display().to_string().escape_debug()
             );
-            Err(EXIT_USAGE)
+            Err(EXIT_FAILED)
         }
         Ok(_) => Ok(buf),
         Err(e) => {
@@ -608,11 +617,13 @@ fn verify(blob: &Path, sig: &Path, config: &Path, out: &mut dyn Write, err: &mut
         );
         return EXIT_USAGE;
     };
-    let blob = match read_input(blob, "--blob", err) {
+    // The verifier's own caps: what it would refuse as `malformed` is refused the same
+    // way here, before more than one byte past the cap is read.
+    let blob = match read_input(blob, "--blob", MAX_BLOB_BYTES, out, err) {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let sig = match read_input(sig, "--sig", err) {
+    let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, out, err) {
         Ok(b) => b,
         Err(code) => return code,
     };
