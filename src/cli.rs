@@ -3,7 +3,8 @@
 //! errors), never straight to the process's streams, so every mode runs in tests too.
 //!
 //! Exit codes: 0 ok; 1 the check or run failed (a refused signature, a failed
-//! selftest, a runtime failure); 2 usage or configuration error.
+//! selftest, a runtime failure); 2 usage or configuration error, or a state directory
+//! another process holds.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -128,7 +129,8 @@ felhom-agent — the felhom host agent for Proxmox VE
 
 Usage:
   felhom-agent [run] [--config PATH]
-      The daemon: report to the hub, reconcile guests, wait for SIGTERM.
+      The daemon: report to the hub, reconcile guests, wait for SIGTERM. Holds the
+      state directory's lock: a second `run` (or `selftest task`) on it exits 2.
   felhom-agent selftest [read|task|hub|offline] [--vmid N] [--config PATH]
       read     read-only report: version, nodes, node status, guests, storage
       task     reversible round trip on guest N (snapshot, rollback, delete snapshot,
@@ -138,7 +140,8 @@ Usage:
   felhom-agent verify --blob FILE --sig FILE [--config PATH]
       Check a signed op against the configured signers and host; burns no nonce.
   felhom-agent plan [--config PATH]
-      Dry run: what the next reconcile pass would do, and the gate's word on it.
+      Dry run: what the next reconcile pass would do, and the gate's word on it;
+      read-only (safe while the daemon runs).
   felhom-agent journal [--in-flight] [--tail N] [--config PATH]
       The op history from the journal, read-only (safe while the daemon runs).
   felhom-agent version | --version
