@@ -3,8 +3,8 @@
 //! The lifecycle code calls [`reached`] at the spots a crash test wants to kill the real
 //! process at (after `started` is durable, after the Proxmox POST, after the UPID is
 //! journaled, after the task ended, mid-compaction, mid-Recover). Without the cargo
-//! feature `fault-points` — the default, and always in the shipped release build — every function
-//! here is an inline no-op and the environment is never read.
+//! feature `fault-points` — the default, and always in the shipped release build —
+//! every function here is an inline no-op and the environment is never read.
 //!
 //! The points, by name:
 //!
