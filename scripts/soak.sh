@@ -6,10 +6,11 @@
 #
 #   scripts/soak.sh [MINUTES] [-- SOAK-ARGS...]      e.g. scripts/soak.sh 60 -- --seed 0x2a
 #
-# SOAK_BIN=PATH soaks that agent binary instead of the debug build, e.g. the static musl
-# release from scripts/build-release.sh: the shipped allocator and code. Release builds
-# ignore the debug-only poll-schedule shortening, so hub reports come once a minute.
-# SOAK_PROFILE=release builds and soaks target/release instead.
+# The agent is built with the test-only feature `fault-points`, whose shortened poll
+# schedule (FELHOM_FAULT_SECOND_MS) makes hub reports come every 15 s.
+# SOAK_BIN=PATH soaks that agent binary instead, e.g. the static musl release from
+# scripts/build-release.sh: the shipped allocator and code, without the feature, so hub
+# reports come once a minute. SOAK_PROFILE=release builds and soaks target/release.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 minutes=${1:-3}
@@ -22,6 +23,6 @@ if [ "${SOAK_PROFILE:-debug}" = release ]; then
   dir=release
 fi
 cd "$root"
-cargo build -q --locked "${profile[@]}" --bin felhom-agent --example soak
+cargo build -q --locked "${profile[@]}" --features fault-points --bin felhom-agent --example soak
 target=${CARGO_TARGET_DIR:-$root/target}/$dir
 exec "$target/examples/soak" --minutes "$minutes" --bin "${SOAK_BIN:-$target/felhom-agent}" "$@"

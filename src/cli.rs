@@ -3,7 +3,8 @@
 //! errors), never straight to the process's streams, so every mode runs in tests too.
 //!
 //! Exit codes: 0 ok; 1 the check or run failed (a refused signature, a failed
-//! selftest, a runtime failure); 2 usage or configuration error.
+//! selftest, a runtime failure); 2 usage or configuration error, or a state directory
+//! another process holds.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -11,7 +12,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::authz::blob::MAX_BLOB_BYTES;
+use crate::authz::sshsig::MAX_ARMOR_BYTES;
 use crate::config::{self, Config, Mode};
+use crate::statelock::{LockError, StateLock};
 
 /// Version string: `FELHOM_BUILD_VERSION` at build time, else the crate version.
 pub const VERSION: &str = match option_env!("FELHOM_BUILD_VERSION") {
@@ -125,7 +129,8 @@ felhom-agent — the felhom host agent for Proxmox VE
 
 Usage:
   felhom-agent [run] [--config PATH]
-      The daemon: report to the hub, reconcile guests, wait for SIGTERM.
+      The daemon: report to the hub, reconcile guests, wait for SIGTERM. Holds the
+      state directory's lock: a second `run` (or `selftest task`) on it exits 2.
   felhom-agent selftest [read|task|hub|offline] [--vmid N] [--config PATH]
       read     read-only report: version, nodes, node status, guests, storage
       task     reversible round trip on guest N (snapshot, rollback, delete snapshot,
@@ -135,7 +140,8 @@ Usage:
   felhom-agent verify --blob FILE --sig FILE [--config PATH]
       Check a signed op against the configured signers and host; burns no nonce.
   felhom-agent plan [--config PATH]
-      Dry run: what the next reconcile pass would do, and the gate's word on it.
+      Dry run: what the next reconcile pass would do, and the gate's word on it;
+      read-only (safe while the daemon runs).
   felhom-agent journal [--in-flight] [--tail N] [--config PATH]
       The op history from the journal, read-only (safe while the daemon runs).
   felhom-agent version | --version
@@ -542,13 +548,27 @@ fn selftest(
                 crate::warn!(w, section = "proxmox");
             }
             match (kind, vmid) {
-                (SelftestKind::Task, Some(vmid)) => crate::selftest::task(
-                    &client,
-                    vmid,
-                    &crate::selftest::task_wait_options(),
-                    &crate::shutdown::Shutdown::new(),
-                    out,
-                ),
+                (SelftestKind::Task, Some(vmid)) => {
+                    // A round trip beside a running daemon could race its reconcile of
+                    // the same guest: the same lock as `run`.
+                    let _lock = match StateLock::acquire(&cfg.state_dir) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = writeln!(err, "felhom-agent: {e}");
+                            return match e {
+                                LockError::Held { .. } => EXIT_USAGE,
+                                _ => EXIT_FAILED,
+                            };
+                        }
+                    };
+                    crate::selftest::task(
+                        &client,
+                        vmid,
+                        &crate::selftest::task_wait_options(),
+                        &crate::shutdown::Shutdown::new(),
+                        out,
+                    )
+                }
                 _ => crate::selftest::read(&client, out),
             }
         }
@@ -556,22 +576,29 @@ fn selftest(
     if passed { EXIT_OK } else { EXIT_FAILED }
 }
 
-/// Largest blob or signature file `verify` reads.
-const MAX_VERIFY_INPUT: u64 = 1 << 20;
-
-fn read_input(path: &Path, what: &str, err: &mut dyn Write) -> Result<Vec<u8>, u8> {
+/// Reads at most `cap + 1` bytes of `path`, so an endless file (`/dev/zero`) or a huge
+/// one costs no more than the cap. Over the cap is the verifier's own refusal,
+/// `malformed` on `out` (exit 1); a file that cannot be opened or read is exit 2.
+fn read_input(
+    path: &Path,
+    what: &str,
+    cap: usize,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Vec<u8>, u8> {
     use std::io::Read;
     let mut buf = Vec::new();
-    let r =
-        std::fs::File::open(path).and_then(|f| f.take(MAX_VERIFY_INPUT + 1).read_to_end(&mut buf));
+    let limit = u64::try_from(cap).map_or(u64::MAX, |c| c.saturating_add(1));
+    let r = std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut buf));
     match r {
-        Ok(_) if buf.len() as u64 > MAX_VERIFY_INPUT => {
+        Ok(_) if buf.len() > cap => {
+            let _ = writeln!(out, "refused: malformed");
             let _ = writeln!(
-                err,
-                "felhom-agent: {what} {}: larger than {MAX_VERIFY_INPUT} bytes",
-                path.display()
+                out,
+                "detail: {what} {} is over the {cap}-byte cap",
+                path.display().to_string().escape_debug()
             );
-            Err(EXIT_USAGE)
+            Err(EXIT_FAILED)
         }
         Ok(_) => Ok(buf),
         Err(e) => {
@@ -593,11 +620,13 @@ fn verify(blob: &Path, sig: &Path, config: &Path, out: &mut dyn Write, err: &mut
         );
         return EXIT_USAGE;
     };
-    let blob = match read_input(blob, "--blob", err) {
+    // The verifier's own caps: what it would refuse as `malformed` is refused the same
+    // way here, before more than one byte past the cap is read.
+    let blob = match read_input(blob, "--blob", MAX_BLOB_BYTES, out, err) {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let sig = match read_input(sig, "--sig", err) {
+    let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, out, err) {
         Ok(b) => b,
         Err(code) => return code,
     };

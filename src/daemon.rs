@@ -1,6 +1,10 @@
 //! The daemon: wires the configuration into clients, the reconciler and the
 //! long-running loops, and owns their shutdown.
 //!
+//! Before anything touches the state directory, [`run`] and [`serve`] take its lock
+//! ([`StateLock`]): a second daemon on the same directory stops there, with
+//! [`DaemonError::StateLock`] naming the holder's PID (exit 2), and changes nothing.
+//!
 //! [`serve`] follows the design's startup order: one Proxmox client (shared by every
 //! worker) and the hub poller are built and the poller starts (it only reads, so the hub
 //! keeps hearing from the host while Recover waits); then [`Reconciler::open`] opens the
@@ -48,6 +52,7 @@ use crate::reconcile::engine::{
 use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor, SignedJobs};
 use crate::reconcile::journal::{Journal, JournalError};
 use crate::shutdown::Shutdown;
+use crate::statelock::{LockError, StateLock};
 use crate::time::{Clock, SystemClock};
 
 /// How long stopping workers get after the shutdown before `run` returns anyway; a
@@ -66,14 +71,14 @@ pub const NONCE_COMPACT_EVERY: Duration = Duration::from_secs(3600);
 /// does too). The check is a counter read; a busy host compacts every few minutes.
 pub const JOURNAL_COMPACT_EVERY: Duration = Duration::from_secs(60);
 
-/// Debug builds only: makes one second of the poll schedule last this many
-/// milliseconds, so process tests see several rounds without waiting minutes.
-pub const DEBUG_SECOND_ENV: &str = "FELHOM_DEBUG_SECOND_MS";
-
 /// Why the daemon could not start or had to stop.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DaemonError {
+    /// The state directory could not be locked: another process holds it
+    /// ([`LockError::Held`], exit 2), or the lock file could not be used. Nothing in the
+    /// directory was touched.
+    StateLock(LockError),
     /// Building the clients from the configuration failed (bad pin, unreadable CA file,
     /// missing section or key).
     Setup(LiveSetupError),
@@ -115,11 +120,14 @@ pub enum DaemonError {
 
 impl DaemonError {
     /// Whether the failure is in the configuration (exit 2) rather than at run time
-    /// (exit 1).
+    /// (exit 1). A state directory another process holds counts as configuration: two
+    /// daemons were pointed at one directory, and the second must not start.
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            DaemonError::Setup(_) | DaemonError::Reconcile(SetupError::Signers(_))
+            DaemonError::Setup(_)
+                | DaemonError::Reconcile(SetupError::Signers(_))
+                | DaemonError::StateLock(LockError::Held { .. })
         )
     }
 }
@@ -127,6 +135,7 @@ impl DaemonError {
 impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            DaemonError::StateLock(e) => e.fmt(f),
             DaemonError::Setup(e) => write!(f, "daemon setup failed: {e}"),
             DaemonError::Reconcile(e) => write!(f, "reconcile setup failed: {e}"),
             DaemonError::Engine(e) => e.fmt(f),
@@ -152,6 +161,7 @@ impl fmt::Display for DaemonError {
 impl std::error::Error for DaemonError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            DaemonError::StateLock(e) => Some(e),
             DaemonError::Setup(e) => Some(e),
             DaemonError::Reconcile(e) => Some(e),
             DaemonError::Engine(e) => Some(e),
@@ -224,33 +234,32 @@ impl Workers {
     }
 }
 
-/// How long one second of the poll schedule lasts: always one second in a release
-/// build; a debug build honours [`DEBUG_SECOND_ENV`].
+/// How long one second of the poll schedule lasts: one second, unless a test build
+/// (feature `fault-points`) is asked for less ([`crate::faultpoint::SECOND_MS_ENV`]).
 fn schedule_second() -> Duration {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var(DEBUG_SECOND_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-    {
+    let second = crate::faultpoint::schedule_second(Duration::from_secs(1));
+    if second != Duration::from_secs(1) {
         crate::warn!(
-            "debug build: poll schedule seconds shortened",
-            second_ms = ms
+            "test build: poll schedule seconds shortened",
+            second_ms = second.as_millis()
         );
-        return Duration::from_millis(ms);
     }
-    Duration::from_secs(1)
+    second
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP for the
-/// log level.
+/// log level. The state directory's lock is taken first and kept until the process
+/// exits: workers abandoned after the grace period die with the process, and no second
+/// daemon may start beside them.
 pub fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
+    let lock = StateLock::acquire(&cfg.state_dir).map_err(DaemonError::StateLock)?;
     let shutdown = Shutdown::new();
     let signals = SignalWatcher::install(shutdown.clone(), config_path.to_owned())
         .map_err(DaemonError::Signals)?;
-    let result = serve(cfg, &shutdown);
+    let result = serve_locked(cfg, &shutdown, &lock);
     shutdown.trigger();
     signals.close();
+    lock.hold_until_exit();
     result
 }
 
@@ -286,9 +295,16 @@ fn report_failure(slot: &Failure, e: DaemonError) {
     slot.get_or_insert(e);
 }
 
-/// Sets up the reconciler (Recover included), starts the workers and waits for the
-/// shutdown; the caller owns the signals.
+/// Locks the state directory, sets up the reconciler (Recover included), starts the
+/// workers and waits for the shutdown; the caller owns the signals. The lock is
+/// released when this returns.
 pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
+    let lock = StateLock::acquire(&cfg.state_dir).map_err(DaemonError::StateLock)?;
+    serve_locked(cfg, shutdown, &lock)
+}
+
+/// [`serve`] once the state directory is locked: `_lock` is the proof.
+fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<(), DaemonError> {
     crate::info!(
         "felhom-agent starting",
         version = crate::cli::VERSION,
@@ -410,7 +426,11 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
         })?;
         names.push("signed-ops");
     }
-    crate::info!("felhom-agent running", workers = names.join(","));
+    crate::info!(
+        "felhom-agent running",
+        event = "daemon_running",
+        workers = names.join(",")
+    );
 
     // An audit log, or a nonce store that worked at start, that stops working was
     // poisoned by a failed write or fsync: exit so the restart replays it from disk (one that could not be

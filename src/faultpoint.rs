@@ -3,8 +3,8 @@
 //! The lifecycle code calls [`reached`] at the spots a crash test wants to kill the real
 //! process at (after `started` is durable, after the Proxmox POST, after the UPID is
 //! journaled, after the task ended, mid-compaction, mid-Recover). Without the cargo
-//! feature `fault-points` — the default, and always in a release build — every function
-//! here is an inline no-op and the environment is never read.
+//! feature `fault-points` — the default, and always in the shipped release build —
+//! every function here is an inline no-op and the environment is never read.
 //!
 //! The points, by name:
 //!
@@ -27,7 +27,10 @@
 //!   process runs on one shared [`crate::store::FaultyIo`], so the process's N-th
 //!   fsync fails (once, or that one and every later one);
 //! * [`JOURNAL_COMPACT_AT_ENV`] = `N`: the journal is compacted (at start and by the
-//!   running worker) once it holds more than `N` records, instead of [`crate::reconcile::journal::COMPACT_OVER`].
+//!   running worker) once it holds more than `N` records, instead of [`crate::reconcile::journal::COMPACT_OVER`];
+//! * [`SECOND_MS_ENV`] = `N`: one second of the daemon's poll schedule lasts `N`
+//!   milliseconds, so process tests (and the soak) see several hub rounds, 60 schedule
+//!   seconds apart, without waiting minutes.
 //!
 //! The variables are named `FELHOM_FAULT_*`, not `FELHOM_AGENT_*`: the configuration
 //! rejects every unknown `FELHOM_AGENT_*` variable, and these are not configuration.
@@ -52,6 +55,9 @@ pub const FAIL_SYNC_AT_ENV: &str = "FELHOM_FAULT_FAIL_SYNC_AT";
 /// The journal's record count above which it is compacted, at start and while running
 /// (feature `fault-points` only).
 pub const JOURNAL_COMPACT_AT_ENV: &str = "FELHOM_FAULT_JOURNAL_COMPACT_AT";
+
+/// `N` > 0: one second of the poll schedule lasts `N` ms (feature `fault-points` only).
+pub const SECOND_MS_ENV: &str = "FELHOM_FAULT_SECOND_MS";
 
 /// Marks `point` as reached: pauses the process there for good when the test asked for
 /// it. A no-op without the feature.
@@ -129,6 +135,34 @@ pub fn journal_compact_at(default: u64) -> u64 {
             }
         },
         Err(_) => default,
+    }
+}
+
+/// How long one second of the poll schedule lasts: `second`. A no-op without the
+/// feature.
+#[cfg(not(feature = "fault-points"))]
+#[inline(always)]
+pub fn schedule_second(second: std::time::Duration) -> std::time::Duration {
+    second
+}
+
+/// How long one second of the poll schedule lasts: `second`, or [`SECOND_MS_ENV`]
+/// milliseconds when it is set to a whole number above 0.
+#[cfg(feature = "fault-points")]
+pub fn schedule_second(second: std::time::Duration) -> std::time::Duration {
+    let Ok(v) = std::env::var(SECOND_MS_ENV) else {
+        return second;
+    };
+    match v.parse::<u64>() {
+        Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),
+        _ => {
+            crate::error!(
+                "ignoring an unparsable schedule second (want milliseconds above 0)",
+                var = SECOND_MS_ENV,
+                value = v
+            );
+            second
+        }
     }
 }
 

@@ -26,5 +26,6 @@ pub mod reconcile;
 pub mod secret;
 pub mod selftest;
 pub mod shutdown;
+pub mod statelock;
 pub mod store;
 pub mod time;

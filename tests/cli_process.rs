@@ -523,6 +523,103 @@ fn verify_prints_the_op_or_the_typed_refusal_and_burns_no_nonce() {
 }
 
 #[test]
+fn verify_refuses_oversized_input_as_malformed_after_a_bounded_read() {
+    use felhom_agent::authz::blob::MAX_BLOB_BYTES;
+    use felhom_agent::authz::sshsig::MAX_ARMOR_BYTES;
+    let sim = sim();
+    let dir = Dir::new("verify-caps");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let cfg = cfg.to_str().unwrap();
+    let mut seen = Vec::new();
+    let blob = op_blob("pve-a", "3123456789abcdef0123456789abcdef");
+    let sig = sign(&dir, "op.json", &blob, "felhom-op-v1");
+    let good_blob = dir.path("op.json");
+    let junk = |name: &str, len: usize| {
+        let p = dir.path(name);
+        std::fs::write(&p, vec![b'A'; len]).unwrap();
+        p
+    };
+    let verify = |b: &Path, s: &Path, seen: &mut Vec<String>| {
+        agent(
+            &[
+                "verify",
+                "--blob",
+                b.to_str().unwrap(),
+                "--sig",
+                s.to_str().unwrap(),
+                "--config",
+                cfg,
+            ],
+            seen,
+        )
+    };
+    // (blob, sig, the input named as over its cap with that cap, or None: read whole
+    // and refused by the verifier itself).
+    type Case<'a> = (&'a Path, &'a Path, Option<(&'static str, usize)>);
+    let big_sig = junk("big.sig", MAX_ARMOR_BYTES + 1);
+    let huge_sig = junk("huge.sig", 1 << 20);
+    let cap_sig = junk("cap.sig", MAX_ARMOR_BYTES);
+    let big_blob = junk("big.json", MAX_BLOB_BYTES + 1);
+    let zero = PathBuf::from("/dev/zero");
+    let cases: Vec<Case> = vec![
+        (&good_blob, &big_sig, Some(("--sig", MAX_ARMOR_BYTES))),
+        (&good_blob, &huge_sig, Some(("--sig", MAX_ARMOR_BYTES))),
+        (&big_blob, &sig, Some(("--blob", MAX_BLOB_BYTES))),
+        // Endless input: only a bounded read ends (and a test that hangs fails).
+        (&good_blob, &zero, Some(("--sig", MAX_ARMOR_BYTES))),
+        (&zero, &sig, Some(("--blob", MAX_BLOB_BYTES))),
+        // At the cap exactly: read whole, handed to the verifier, refused by its parser.
+        (&good_blob, &cap_sig, None),
+    ];
+    for (b, s, over) in cases {
+        let out = verify(b, s, &mut seen);
+        let stdout = text(&out.stdout);
+        let case = format!("{} / {}", b.display(), s.display());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{case}: {stdout}{}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with("refused: malformed\n"),
+            "{case}: {stdout}"
+        );
+        let detail = stdout.lines().nth(1).unwrap_or_default();
+        match over {
+            Some((what, cap)) => assert!(
+                detail.contains(what) && detail.contains(&cap.to_string()),
+                "{case}: the detail names the input and its cap: {detail}"
+            ),
+            None => assert!(!detail.contains("--sig"), "{case}: {detail}"),
+        }
+    }
+    // The same signature under the cap still verifies: the caps refuse only size.
+    let out = verify(&good_blob, &sig, &mut seen);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // A file that cannot be read stays a usage error naming it.
+    let missing = dir.path("missing.sig");
+    let unreadable = dir.path("a-directory");
+    std::fs::create_dir_all(&unreadable).unwrap();
+    for (b, s, named) in [
+        (&good_blob, &missing, &missing),
+        (&missing, &sig, &missing),
+        (&good_blob, &unreadable, &unreadable),
+    ] {
+        let out = verify(b, s, &mut seen);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stderr).contains(&named.display().to_string()),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(sim.requests().is_empty(), "verify never talks to Proxmox");
+    assert_no_secret(&seen);
+}
+
+#[test]
 fn selftest_offline_passes_on_a_clean_state_dir_and_fails_on_a_loose_one() {
     let sim = sim();
     let dir = Dir::new("offline");

@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use felhom_agent::authz::FileNonceStore;
 use felhom_agent::authz::{Freshness, NonceStore};
-use felhom_agent::daemon::DEBUG_SECOND_ENV;
-use felhom_agent::faultpoint::{JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV};
+use felhom_agent::faultpoint::{
+    JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
+};
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
@@ -230,7 +231,7 @@ impl Lab {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_felhom-agent"));
         cmd.args(["run", "--config"])
             .arg(self.dir.join("agent.json"))
-            .env(DEBUG_SECOND_ENV, "10")
+            .env(SECOND_MS_ENV, "10")
             .env_remove(PAUSE_AT_ENV)
             .env_remove(JOURNAL_COMPACT_AT_ENV)
             .stdin(Stdio::null())

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use felhom_agent::daemon::DEBUG_SECOND_ENV;
+use felhom_agent::faultpoint::SECOND_MS_ENV;
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
@@ -101,7 +101,7 @@ impl Lab {
         let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
             .args(["run", "--config"])
             .arg(self.dir.join("agent.json"))
-            .env(DEBUG_SECOND_ENV, "20")
+            .env(SECOND_MS_ENV, "20")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -4,9 +4,10 @@
 //! while, and with a desired-state file fixes drift through the gate, whose decisions
 //! the next reports carry.
 //!
-//! The binary's debug build honours `FELHOM_DEBUG_SECOND_MS`, which shortens each
-//! second of the poll schedule, so several rounds (60 s apart on the schedule) happen
-//! within a test; the release build ignores it.
+//! The binary built with the test-only feature `fault-points` (this target requires it,
+//! in either profile) honours `FELHOM_FAULT_SECOND_MS`, which shortens each second of
+//! the poll schedule, so several rounds (60 s apart on the schedule) happen within a
+//! test; the shipped build ignores it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use felhom_agent::daemon::DEBUG_SECOND_ENV;
+use felhom_agent::faultpoint::SECOND_MS_ENV;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
@@ -68,7 +69,7 @@ impl Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
             .args(["run", "--config"])
             .arg(&config)
-            .env(DEBUG_SECOND_ENV, SECOND_MS)
+            .env(SECOND_MS_ENV, SECOND_MS)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -115,7 +116,7 @@ impl Agent {
         self.child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
             .args(["run", "--config"])
             .arg(&self.config)
-            .env(DEBUG_SECOND_ENV, SECOND_MS)
+            .env(SECOND_MS_ENV, SECOND_MS)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -1,7 +1,8 @@
 //! The daemon's lifecycle in process (no signals): it opens its state directory, reports
 //! through its worker until the shared shutdown fires, then returns `Ok`; a
-//! configuration it cannot build clients from, or a state directory it cannot use, is
-//! a setup error before anything starts.
+//! configuration it cannot build clients from, or a state directory it cannot use (or
+//! lock), is a setup error before anything starts; while one `serve` holds the state
+//! directory a second one on it is refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,8 +13,8 @@ use std::time::Duration;
 use felhom_agent::config::{Config, Mode};
 use felhom_agent::daemon::{DaemonError, serve};
 use felhom_agent::net::TlsTrust;
-use felhom_agent::reconcile::engine::SetupError;
 use felhom_agent::shutdown::Shutdown;
+use felhom_agent::statelock::LockError;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 
@@ -103,8 +104,9 @@ fn a_state_dir_that_cannot_be_used_stops_the_start_before_any_report() {
     std::fs::write(&state.0, b"not a directory").unwrap();
     let cfg = config(&pve, &hub, &state.0);
     let e = serve(&cfg, &Shutdown::new()).unwrap_err();
+    // The lock comes first, and it is where the directory is found unusable.
     assert!(
-        matches!(e, DaemonError::Reconcile(SetupError::StateDir { .. })),
+        matches!(e, DaemonError::StateLock(LockError::Io { .. })),
         "{e:?}"
     );
     assert!(!e.is_configuration(), "a runtime failure: exit 1");
@@ -131,4 +133,44 @@ fn clients_that_cannot_be_built_are_a_configuration_error() {
     assert!(e.is_configuration());
     assert!(e.to_string().contains("/nonexistent/hub-ca.pem"), "{e}");
     assert!(hub.requests().is_empty());
+}
+
+#[test]
+fn a_second_serve_on_a_held_state_dir_is_refused_and_the_first_runs_on() {
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web"))
+        .start();
+    let hub = HubSim::start();
+    let state = StateDir::new("held");
+    let cfg = config(&pve, &hub, &state.0);
+    let shutdown = Shutdown::new();
+    let (tx, rx) = mpsc::channel();
+    let (first_cfg, s) = (cfg.clone(), shutdown.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(serve(&first_cfg, &s));
+    });
+    assert_eq!(hub.wait_for_reports(1, Duration::from_secs(30)).len(), 1);
+
+    let e = serve(&cfg, &Shutdown::new()).unwrap_err();
+    match &e {
+        DaemonError::StateLock(LockError::Held { dir, pid }) => {
+            assert_eq!(dir, &state.0);
+            assert_eq!(*pid, Some(std::process::id()), "the holder is named");
+        }
+        other => panic!("expected Held, got {other:?}"),
+    }
+    assert!(e.is_configuration(), "exit 2");
+    assert!(
+        rx.try_recv().is_err(),
+        "the first serve runs on after the refusal"
+    );
+
+    shutdown.trigger();
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve returned after the shutdown");
+    assert!(first.is_ok(), "{first:?}");
+    // Released when serve returned: the next one may take the directory.
+    let lock = felhom_agent::statelock::StateLock::acquire(&state.0).expect("free again");
+    drop(lock);
 }

@@ -2,7 +2,8 @@
 //! The network fault campaign: the agent's real loops against both simulators while
 //! they misbehave. The reconcile engine (its passes and its run loop) and the hub
 //! poller with the live round run in process, their log lines caught by
-//! `felhom_agent::log::tap()`; one case runs the daemon binary.
+//! `felhom_agent::log::tap()`; one case runs the daemon binary (with the feature
+//! `fault-points`).
 //!
 //! Every fault is checked for the same five things: nothing panics, the loop goes on
 //! (the next pass or round happens), a failing guest backs off on its own (others keep
@@ -1076,13 +1077,17 @@ fn a_shutdown_mid_wait_leaves_the_op_in_flight_and_backs_nothing_off() {
 }
 
 // ---- the daemon process -----------------------------------------------------------
+// It waits for several hub rounds, 60 schedule seconds apart: only a binary with the
+// test-only feature `fault-points` shortens them (`FELHOM_FAULT_SECOND_MS`).
 
 /// The daemon binary, killed if the test ends without stopping it.
+#[cfg(feature = "fault-points")]
 struct Daemon {
     child: std::process::Child,
     dir: PathBuf,
 }
 
+#[cfg(feature = "fault-points")]
 impl Drop for Daemon {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -1093,6 +1098,7 @@ impl Drop for Daemon {
     }
 }
 
+#[cfg(feature = "fault-points")]
 impl Daemon {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
@@ -1116,9 +1122,10 @@ impl Daemon {
     }
 }
 
+#[cfg(feature = "fault-points")]
 #[test]
 fn the_daemon_rides_out_a_changed_certificate_and_hub_faults_then_converges() {
-    use felhom_agent::daemon::DEBUG_SECOND_ENV;
+    use felhom_agent::faultpoint::SECOND_MS_ENV;
     use serde_json::json;
 
     // The host's certificate is not the pinned one when the daemon starts.
@@ -1180,7 +1187,7 @@ fn the_daemon_rides_out_a_changed_certificate_and_hub_faults_then_converges() {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
         .args(["run", "--config"])
         .arg(&config)
-        .env(DEBUG_SECOND_ENV, "5")
+        .env(SECOND_MS_ENV, "5")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(stderr)

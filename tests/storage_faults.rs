@@ -655,8 +655,7 @@ mod binary {
     use std::process::Child;
     use std::time::Instant;
 
-    use felhom_agent::daemon::DEBUG_SECOND_ENV;
-    use felhom_agent::faultpoint::FAIL_SYNC_AT_ENV;
+    use felhom_agent::faultpoint::{FAIL_SYNC_AT_ENV, SECOND_MS_ENV};
     use felhom_agent::reconcile::journal::JournalView;
     use felhom_sim::{DEFAULT_TOKEN_SECRET, HubSim};
     use serde_json::json;
@@ -766,7 +765,7 @@ mod binary {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_felhom-agent"));
             cmd.args(["run", "--config"])
                 .arg(self.dir.join("agent.json"))
-                .env(DEBUG_SECOND_ENV, "10")
+                .env(SECOND_MS_ENV, "10")
                 .env_remove(FAIL_SYNC_AT_ENV)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -1,0 +1,625 @@
+//! One daemon per state directory, proven with the real binary against the Proxmox and
+//! hub simulators.
+//!
+//! * A daemon runs; a second `run` on the same state directory exits 2 at once, naming
+//!   the first one's PID, and changes no byte of the directory; the first daemon runs on
+//!   and executes a signed destroy the hub then delivers; restarted, it refuses the same
+//!   signed op delivered again — exactly one DELETE reaches Proxmox.
+//! * Two daemons spawned back to back on a fresh directory: exactly one runs, the other
+//!   exits 2; after SIGTERM every file replays clean.
+//! * `selftest task` beside a running daemon exits 2 naming its PID and mutates nothing.
+//! * The read-only commands (`journal`, `plan`, `selftest offline`) work beside a
+//!   running daemon and leave every file as it was, even a torn last line a writer
+//!   would cut.
+//!
+//! Oracles are exit codes, the simulators' request logs, the files' bytes and the log
+//! lines' `event=` keys (`state_lock_acquired`, `state_lock_held`, `daemon_running`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use felhom_agent::faultpoint::SECOND_MS_ENV;
+use felhom_agent::reconcile::journal::Journal;
+use felhom_agent::time::{Clock, SystemClock, Timestamp};
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_felhom-agent");
+/// Bound for anything that should happen within a few schedule rounds; only keeps a
+/// broken agent from hanging the suite.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// One schedule second, in ms: hub rounds come every 1.2 s.
+const SECOND_MS: &str = "20";
+/// The guest the signed op destroys.
+const DOOMED: u32 = 105;
+/// The guest the desired state wants running (a benign op that fills the journal).
+const WEB: u32 = 100;
+
+/// One test's directory (config, logs, state) and its simulators.
+struct Lab {
+    dir: PathBuf,
+    pve: ProxmoxSim,
+    hub: HubSim,
+    runs: AtomicU64,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    /// A lab whose desired state wants `running` (vmids) running.
+    fn new(name: &str, running: &[u32]) -> Lab {
+        let dir = std::env::temp_dir().join(format!("felhom-lock-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let pve = ProxmoxSim::builder()
+            .guest(GuestSeed::new(WEB, "web"))
+            .guest(GuestSeed::new(DOOMED, "customer-db"))
+            .task_duration(Duration::from_millis(50))
+            .start();
+        // The shortest interval the agent adopts, so the next round (and with it the
+        // announcement of signed ops) comes soon.
+        let hub = HubSim::builder()
+            .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
+                "desired_generation": 0, "has_signed_ops": false}))
+            .start();
+        let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
+        let signer = fs::read_to_string(format!(
+            "{}/vectors/sshsig/keys/ed25519.pub",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let config = json!({
+            "host_id": "pve-a",
+            "state_dir": dir.join("state"),
+            "proxmox": {
+                "url": pve.url(), "node": pve.node(),
+                "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
+                "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
+            },
+            "hub": {"url": hub.url(), "api_key": hub.key(), "poll_seconds": 60,
+                "timeout_seconds": 5, "tls": {"ca_file": ca}},
+            "authz": {"signers": [
+                {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
+            ]},
+            "reconcile": {"desired_file": dir.join("desired.json")}
+        });
+        let path = dir.join("agent.json");
+        fs::write(&path, config.to_string()).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let guests: Vec<Value> = running
+            .iter()
+            .map(|v| json!({"vmid": v, "run": "running"}))
+            .collect();
+        fs::write(
+            dir.join("desired.json"),
+            json!({"generation": 1, "guests": guests}).to_string(),
+        )
+        .unwrap();
+        Lab {
+            dir,
+            pve,
+            hub,
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("agent.json")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Spawns `felhom-agent ARGS --config CFG`, its stderr in a log of its own.
+    fn spawn(&self, args: &[&str]) -> Agent {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let log = self.dir.join(format!("agent-{n}.log"));
+        let child = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .env(SECOND_MS_ENV, SECOND_MS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("the agent binary starts");
+        Agent { child, log }
+    }
+
+    fn daemon(&self) -> Agent {
+        self.spawn(&["run"])
+    }
+
+    /// Runs a command to its end.
+    fn command(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .expect("the agent binary runs")
+    }
+
+    fn deletes(&self) -> usize {
+        let path = format!("/nodes/{}/lxc/{DOOMED}", self.pve.node());
+        self.pve
+            .mutations()
+            .iter()
+            .filter(|m| m.method == "DELETE" && m.path == path)
+            .count()
+    }
+
+    fn starts(&self) -> usize {
+        let path = format!("/nodes/{}/lxc/{WEB}/status/start", self.pve.node());
+        self.pve
+            .mutations()
+            .iter()
+            .filter(|m| m.method == "POST" && m.path == path)
+            .count()
+    }
+
+    /// The audit log's decisions about the doomed guest, oldest first, read from the
+    /// file without opening it as a store (a daemon may be running).
+    fn decisions(&self) -> Vec<String> {
+        let text = fs::read_to_string(self.state().join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["data"]["guest_id"] == json!(DOOMED.to_string()))
+            .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// A signed destroy of the doomed guest, valid around now, signed by the real
+    /// `ssh-keygen -Y sign` (the one place blobs are minted in this file).
+    fn signed_destroy(&self) -> (Vec<u8>, String) {
+        static N: AtomicU64 = AtomicU64::new(1);
+        let nonce = format!(
+            "{:016x}{:016x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst) + 0x10c4_0000
+        );
+        let now = SystemClock.now().unix();
+        // The digest the operator saw: Proxmox's answer to GET …/lxc/VMID/config.
+        let config = self.pve.guest_config(DOOMED).expect("the guest exists");
+        let blob = json!({
+            "op": "guest_destroy",
+            "host_id": "pve-a",
+            "guest_id": DOOMED.to_string(),
+            "guest_digest": config["digest"],
+            "params": {"purge": "1"},
+            "key_id": "ops-2026",
+            "nonce": nonce,
+            "not_before": Timestamp(now - 60).to_string(),
+            "expires_at": Timestamp(now + 1800).to_string()
+        });
+        let blob = format!("{blob}\n").into_bytes();
+        let key = self.dir.join("operator-key");
+        if !key.exists() {
+            fs::copy(
+                format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
+                &key,
+            )
+            .unwrap();
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let msg = self.dir.join(format!("blob-{nonce}.json"));
+        fs::write(&msg, &blob).unwrap();
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+            .arg(&key)
+            .arg(&msg)
+            .stderr(Stdio::null())
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(st.success(), "ssh-keygen -Y sign failed");
+        let sig = fs::read_to_string(format!("{}.sig", msg.display())).unwrap();
+        (blob, sig)
+    }
+
+    /// Every file under the state directory, by path relative to it: its length,
+    /// SHA-256, inode and mtime.
+    fn snapshot(&self) -> BTreeMap<String, String> {
+        use sha2::{Digest as _, Sha256};
+        let mut out = BTreeMap::new();
+        let mut dirs = vec![self.state()];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                if m.is_dir() {
+                    dirs.push(p.clone());
+                }
+                let hash = if m.is_file() {
+                    Sha256::digest(fs::read(&p).unwrap())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                } else {
+                    String::new()
+                };
+                let name = p.strip_prefix(self.state()).unwrap().display().to_string();
+                let what = format!(
+                    "len {} sha256 {hash} inode {} mtime {}.{:09}",
+                    m.len(),
+                    m.ino(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                );
+                out.insert(name, what);
+            }
+        }
+        out
+    }
+
+    /// Every store file replays clean: the crate's read-only replay, `journal` and
+    /// `selftest offline` (both exit 0). `cut`: whether a torn line was cut on purpose
+    /// (its `.broken` files are expected), else nothing may have been set aside.
+    fn assert_files_replay_clean(&self, cut: bool) {
+        for f in ["journal.log", "nonces.log", "audit.log"] {
+            let s = felhom_agent::store::verify_file(&self.state().join(f))
+                .unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_eq!(s.torn_bytes, 0, "{f}: no torn tail");
+            if !cut {
+                assert!(
+                    !self.state().join(format!("{f}.broken")).exists(),
+                    "{f}: nothing was cut"
+                );
+            }
+        }
+        for args in [&["journal"][..], &["selftest", "offline"]] {
+            let out = self.command(args);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{args:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let journal = Journal::open_read_only(&self.state().join("journal.log")).unwrap();
+        assert_eq!(journal.damaged(), None);
+    }
+}
+
+/// A child agent; killed if a test ends without stopping it.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of `key` in a logfmt line (quoted values unquoted, escapes kept).
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let mut end = 0;
+        let b = quoted.as_bytes();
+        while end < b.len() && b[end] != b'"' {
+            end += if b[end] == b'\\' { 2 } else { 1 };
+        }
+        return Some(quoted[..end.min(b.len())].to_owned());
+    }
+    Some(rest.split(' ').next().unwrap_or("").trim_end().to_owned())
+}
+
+impl Agent {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log lines with `event=EVENT`.
+    fn events(&self, event: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| field(l, "event").as_deref() == Some(event))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Polls until `check` holds; fails, with the log, if the agent exits first.
+    fn wait_until(&mut self, what: &str, mut check: impl FnMut(&Agent) -> bool) {
+        let start = Instant::now();
+        while !check(self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("exited ({status}) waiting for {what}:\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "waited for {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the daemon holds the lock and its workers run.
+    fn wait_running(&mut self) {
+        self.wait_until("the daemon running", |a| {
+            !a.events("daemon_running").is_empty()
+        });
+        let acquired = self.events("state_lock_acquired");
+        assert_eq!(acquired.len(), 1, "{}", self.log());
+        assert_eq!(
+            field(&acquired[0], "pid"),
+            Some(self.pid().to_string()),
+            "the holder logs its own PID"
+        );
+    }
+
+    /// Waits for the process to end by itself.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < PATIENCE, "still running:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGTERM; expects exit 0.
+    fn stop(mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM delivered");
+        let status = self.wait_exit();
+        assert_eq!(status.code(), Some(0), "{}", self.log());
+    }
+}
+
+/// The refused process: exit 2, one `state_lock_held` line naming `holder` when it
+/// names a PID at all (`must_name`: it must), and a last stderr line naming the state
+/// directory and that PID.
+fn assert_refused(lab: &Lab, status: ExitStatus, refused: &Agent, holder: u32, must_name: bool) {
+    let log = refused.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    let held = refused.events("state_lock_held");
+    assert_eq!(held.len(), 1, "{log}");
+    assert_eq!(
+        field(&held[0], "state_dir"),
+        Some(lab.state().display().to_string())
+    );
+    let named = field(&held[0], "holder_pid").unwrap();
+    if must_name || named != "unknown" {
+        assert_eq!(named, holder.to_string(), "{log}");
+        let last = log.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("felhom-agent: ")
+                && last.contains(&lab.state().display().to_string())
+                && last.contains(&holder.to_string()),
+            "the message names the directory and the holder: {last}"
+        );
+    }
+    assert!(
+        refused.events("state_lock_acquired").is_empty()
+            && refused.events("daemon_running").is_empty(),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_second_daemon_is_refused_and_a_signed_destroy_runs_once_across_a_restart() {
+    let lab = Lab::new("two", &[]);
+    let mut a = lab.daemon();
+    a.wait_running();
+    a.wait_until("a first report", |_| !lab.hub.reports().is_empty());
+
+    // B on the same state directory: refused at once, A and the files untouched.
+    let before = lab.snapshot();
+    let mut b = lab.daemon();
+    let status = b.wait_exit();
+    assert_refused(&lab, status, &b, a.pid(), true);
+    assert!(a.alive(), "the first daemon runs on:\n{}", a.log());
+    assert_eq!(
+        lab.snapshot(),
+        before,
+        "B changed no byte of the state directory"
+    );
+
+    // The hub delivers a signed destroy: A executes it, once.
+    let (blob, sig) = lab.signed_destroy();
+    lab.hub.queue_signed_op(&blob, Some(&sig));
+    a.wait_until("the destroy executed", |_| {
+        lab.decisions().iter().any(|d| d == "executed")
+    });
+    assert_eq!(lab.deletes(), 1);
+    assert!(!lab.pve.guest_ids().contains(&DOOMED));
+    a.stop();
+
+    // Restarted, A gets the same signed op again: refused, nothing sent.
+    let mut a = lab.daemon();
+    a.wait_running();
+    let seen = lab.decisions().len();
+    lab.hub.queue_signed_op(&blob, Some(&sig));
+    a.wait_until("the redelivery refused", |_| {
+        lab.decisions()[seen..]
+            .iter()
+            .any(|d| d == "skipped" || d == "replay")
+    });
+    a.stop();
+    let decisions = lab.decisions();
+    assert_eq!(
+        decisions.iter().filter(|d| *d == "executed").count(),
+        1,
+        "{decisions:?}"
+    );
+    assert_eq!(lab.deletes(), 1, "exactly one DELETE reached Proxmox");
+    lab.assert_files_replay_clean(false);
+}
+
+#[test]
+fn two_daemons_spawned_back_to_back_leave_one_running_and_the_files_clean() {
+    for round in 0..3 {
+        let lab = Lab::new(&format!("race{round}"), &[WEB]);
+        // Back to back on a directory that does not exist yet: both race to create it
+        // as well as to lock it.
+        let mut first = lab.daemon();
+        let mut second = lab.daemon();
+        let start = Instant::now();
+        let (mut winner, mut loser, status) = loop {
+            if let Some(s) = first.child.try_wait().unwrap() {
+                break (second, first, s);
+            }
+            if let Some(s) = second.child.try_wait().unwrap() {
+                break (first, second, s);
+            }
+            assert!(start.elapsed() < PATIENCE, "neither was refused");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        winner.wait_running();
+        assert_refused(&lab, status, &loser, winner.pid(), false);
+        // The one left does the work: the desired start, once.
+        winner.wait_until("the guest started", |_| {
+            lab.pve.guest_status(WEB).as_deref() == Some("running")
+                && Journal::open_read_only(&lab.state().join("journal.log"))
+                    .is_ok_and(|j| j.in_flight().is_empty() && !j.history().is_empty())
+        });
+        assert!(winner.alive());
+        assert!(!loser.alive());
+        winner.stop();
+        assert_eq!(lab.starts(), 1, "one start, from the one daemon");
+        lab.assert_files_replay_clean(false);
+    }
+}
+
+#[test]
+fn selftest_task_beside_a_running_daemon_exits_2_naming_it_and_mutates_nothing() {
+    let lab = Lab::new("task", &[]);
+    let mut a = lab.daemon();
+    a.wait_running();
+    let mutations = lab.pve.mutations().len();
+    let mut task = lab.spawn(&["selftest", "task", "--vmid", &WEB.to_string()]);
+    let status = task.wait_exit();
+    assert_refused(&lab, status, &task, a.pid(), true);
+    assert_eq!(
+        lab.pve.mutations().len(),
+        mutations,
+        "the selftest sent nothing"
+    );
+    assert!(a.alive());
+    a.stop();
+
+    // With the daemon gone the same command runs: the lock was the only obstacle.
+    let out = lab.command(&["selftest", "task", "--vmid", &WEB.to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lab.pve.mutations().len() > mutations);
+}
+
+#[test]
+fn read_only_commands_work_beside_a_running_daemon_and_change_no_file() {
+    let lab = Lab::new("readonly", &[WEB]);
+    let mut a = lab.daemon();
+    a.wait_running();
+    a.wait_until("the desired start journaled", |_| {
+        Journal::open_read_only(&lab.state().join("journal.log"))
+            .is_ok_and(|j| j.in_flight().is_empty() && !j.history().is_empty())
+    });
+    // A torn last line, as an interrupted append leaves it: a writer would cut it
+    // (into journal.log.broken); a reader must not.
+    let torn = br#"{"seq":99,"prev":"00"#;
+    for f in ["journal.log", "nonces.log"] {
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(lab.state().join(f))
+            .unwrap();
+        std::io::Write::write_all(&mut file, torn).unwrap();
+    }
+    let before = lab.snapshot();
+    for args in [
+        &["journal"][..],
+        &["journal", "--in-flight", "--tail", "5"],
+        &["plan"],
+        &["selftest", "offline"],
+    ] {
+        let out = lab.command(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} beside the daemon:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            lab.snapshot(),
+            before,
+            "{args:?} changed the state directory"
+        );
+    }
+    assert!(a.alive(), "{}", a.log());
+    a.stop();
+    assert_eq!(lab.snapshot(), before, "nor did the idle daemon");
+
+    // The torn tails were real: the next writer cuts them.
+    let mut a = lab.daemon();
+    a.wait_running();
+    a.stop();
+    for f in ["journal.log", "nonces.log"] {
+        assert_eq!(
+            fs::read(lab.state().join(format!("{f}.broken"))).unwrap(),
+            torn,
+            "{f}: the daemon set the torn line aside"
+        );
+    }
+    lab.assert_files_replay_clean(true);
+}
+
+#[test]
+fn the_lock_file_names_the_running_daemon_and_is_0600() {
+    let lab = Lab::new("file", &[]);
+    let mut a = lab.daemon();
+    a.wait_running();
+    let path = lab.state().join("lock");
+    assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", a.pid()));
+    assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+    a.stop();
+    assert!(
+        path.exists(),
+        "the lock file stays; the kernel released the lock"
+    );
+    // And a new daemon takes it over.
+    let mut a = lab.daemon();
+    a.wait_running();
+    assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", a.pid()));
+    a.stop();
+}
