@@ -959,7 +959,12 @@ impl State {
         if let Some(status) = interrupt {
             task.exitstatus = status.to_string();
         }
-        task.endtime = Some(self.clock.epoch().max(task.starttime));
+        // A task that ran out is ended at its deadline, however late it is settled.
+        let late = match interrupt {
+            Some(_) => 0,
+            None => self.clock.now().saturating_duration_since(task.ends).as_secs(),
+        };
+        task.endtime = Some(self.clock.epoch().saturating_sub(late).max(task.starttime));
         let ok = task.ok();
         let lock = task.lock.clone();
         let effect = std::mem::replace(&mut task.effect, Effect::None);
