@@ -962,7 +962,11 @@ impl State {
         // A task that ran out is ended at its deadline, however late it is settled.
         let late = match interrupt {
             Some(_) => 0,
-            None => self.clock.now().saturating_duration_since(task.ends).as_secs(),
+            None => self
+                .clock
+                .now()
+                .saturating_duration_since(task.ends)
+                .as_secs(),
         };
         task.endtime = Some(self.clock.epoch().saturating_sub(late).max(task.starttime));
         let ok = task.ok();
