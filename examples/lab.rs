@@ -7,7 +7,8 @@
 //! selftests, an operator's signed op checked offline, one hub report, then the daemon
 //! with a desired-state file: drift fixed, an unsigned destroy held, the same destroy
 //! signed with a freshly minted key executed once, its replay refused, and a kill -9
-//! while a task runs recovered on restart without re-sending it. Each step prints a
+//! while a guest that ignores its shutdown waits out the timeout, recovered on restart
+//! without re-sending it. Each step prints a
 //! plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,6 +22,9 @@ use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::time::{Clock, SystemClock, Timestamp};
 use felhom_sim::{CertChoice, DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
+
+/// How long the lab's guests get to shut down before Proxmox stops them hard.
+const LAB_SHUTDOWN_TIMEOUT_SECONDS: u64 = 3;
 
 fn say(line: impl AsRef<str>) {
     println!("lab: {}", line.as_ref());
@@ -154,7 +158,10 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
             {"key_id": "ops-2026", "role": "operational", "public_key": signer_pub},
             {"key_id": "lab-fresh", "role": "operational", "public_key": fresh_pub.trim()}
         ]},
-        "reconcile": {"desired_file": desired.display().to_string()}
+        "reconcile": {
+            "desired_file": desired.display().to_string(),
+            "shutdown_timeout_seconds": LAB_SHUTDOWN_TIMEOUT_SECONDS
+        }
     });
     let cfg_path = dir.join("agent.json");
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
@@ -420,7 +427,9 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     }
 
     // 9. kill -9 while a task runs: the restart's Recover finishes it, nothing runs twice.
+    // Guest 101 ignores its shutdown: Proxmox stops it hard once the timeout passes.
     pve.set_task_duration(Duration::from_secs(2));
+    pve.set_ignores_shutdown(101, true);
     std::fs::write(
         &desired,
         json!({"generation": 2, "guests": [
@@ -436,17 +445,19 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
             .map(|view| view.in_flight())
             .unwrap_or_default()
     };
-    let stops = || {
+    let posts = |action: &str| {
+        let path = format!("/lxc/101/status/{action}");
         pve.mutations()
             .iter()
-            .filter(|m| m.method == "POST" && m.path.ends_with("/lxc/101/status/stop"))
+            .filter(|m| m.method == "POST" && m.path.ends_with(&path))
             .count()
     };
+    let stops = || posts("shutdown");
     let mut daemon = match Daemon::start(bin, cfg) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
-    if !daemon.wait("the stop task running, its UPID journaled", || {
+    if !daemon.wait("the shutdown task running, its UPID journaled", || {
         stops() == 1 && matches!(in_flight().as_slice(), [op] if op.upid.is_some())
     }) {
         return fail(daemon.stop_with_log("the stop of guest 101 never got in flight"));
@@ -457,7 +468,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail("expected the stop in flight and guest 101 still running after kill -9");
     }
     say(format!(
-        "kill -9: the daemon killed while guest 101's stop task runs ({} in flight, UPID journaled)",
+        "kill -9: the daemon killed while guest 101 ignores its shutdown ({} in flight, UPID journaled)",
         held[0].op_id
     ));
     let mut daemon = match Daemon::start(bin, cfg) {
@@ -473,8 +484,12 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         Ok(log) => logs.push_str(&log),
         Err(e) => return fail(e),
     }
-    if stops() != 1 {
-        return fail(format!("expected one stop POST, saw {}", stops()));
+    if stops() != 1 || posts("stop") != 0 {
+        return fail(format!(
+            "expected one shutdown POST and no hard stop, saw {} and {}",
+            stops(),
+            posts("stop")
+        ));
     }
     let out = run(bin, &["journal", "--in-flight", "--config", cfg]);
     if out.status.code() != Some(0) {
@@ -482,7 +497,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail("felhom-agent journal --in-flight failed");
     }
     say(format!(
-        "restart: Recover resolved the stop from its journaled UPID; guest 101 stopped, one stop POST; `journal --in-flight`: {}",
+        "restart: Recover resolved the shutdown from its journaled UPID; guest 101 stopped hard at the {LAB_SHUTDOWN_TIMEOUT_SECONDS} s timeout, one shutdown POST; `journal --in-flight`: {}",
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .last()

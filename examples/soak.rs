@@ -14,9 +14,14 @@
 //! bodies) into about `--fault-percent` of Proxmox requests, and samples the child's RSS,
 //! open fds and threads (every sample goes to `samples.csv` in the state directory).
 //!
+//! One guest in [`IGNORES_SHUTDOWN_ONE_IN`] ignores a clean shutdown, so its `run:
+//! stopped` waits out the shutdown timeout ([`SHUTDOWN_TIMEOUT_SECS`]) until Proxmox
+//! stops it hard.
+//!
 //! It fails when, after the warm-up (the first quarter of the run, at least 90 s), RSS
 //! rises more than 10% over the warm-up's highest sample or the fds or threads exceed
 //! the warm-up's highest; when the child panics (any `panicked` on its stderr) or dies;
+//! when a simulator thread panics (each simulator counts the panics it caught);
 //! when it does not exit 0 on SIGTERM; or when `felhom-agent journal` and
 //! `selftest offline` do not succeed on the state it leaves.
 //!
@@ -76,6 +81,10 @@ const MIN_WARMUP: Duration = Duration::from_secs(90);
 /// builds) makes one schedule second last this many ms, so hub reports come every 15 s;
 /// the shipped binary (`SOAK_BIN`) ignores it and reports once a minute.
 const SCHEDULE_SECOND_MS: &str = "250";
+/// The soak config's `reconcile.shutdown_timeout_seconds`.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+/// One guest in this many ignores a clean shutdown (drawn from the seed).
+const IGNORES_SHUTDOWN_ONE_IN: u64 = 10;
 /// Memory sizes the churn picks from, MiB.
 const MEMORY_MIB: [u64; 5] = [256, 512, 768, 1024, 2048];
 
@@ -441,6 +450,25 @@ fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// A failure line when either simulator caught a panic in one of its threads.
+fn panic_failure(pve: &(usize, Vec<String>), hub: &(usize, Vec<String>)) -> Option<String> {
+    let mut parts = Vec::new();
+    for (name, (count, messages)) in [("Proxmox", pve), ("hub", hub)] {
+        if *count > 0 {
+            parts.push(format!(
+                "the {name} simulator caught {count}: {}",
+                messages.join(" | ")
+            ));
+        }
+    }
+    (!parts.is_empty()).then(|| format!("a simulator thread panicked: {}", parts.join("; ")))
+}
+
+/// The same check while running, without taking the panics (the summary takes them).
+fn sim_panics(pve: &ProxmoxSim, hub: &HubSim) -> Option<String> {
+    panic_failure(&pve.panics(), &hub.panics())
+}
+
 /// Kills the child if the soak ends before it could stop it properly.
 struct Agent(Child);
 
@@ -497,7 +525,8 @@ fn main() -> ExitCode {
                 .running(w.running)
                 .cores(w.cores)
                 .memory_mib(w.memory_mib)
-                .description(&w.description),
+                .description(&w.description)
+                .ignores_shutdown(rng.below(IGNORES_SHUTDOWN_ONE_IN) == 0),
         );
         wants.insert(vmid, w);
     }
@@ -541,7 +570,11 @@ fn main() -> ExitCode {
             "timeout_seconds": 5,
             "tls": {"fingerprint_sha256": hub.fingerprint()}
         },
-        "reconcile": {"desired_file": desired, "max_parallel": 4}
+        "reconcile": {
+            "desired_file": desired,
+            "max_parallel": 4,
+            "shutdown_timeout_seconds": SHUTDOWN_TIMEOUT_SECS
+        }
     });
     std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -590,6 +623,10 @@ fn main() -> ExitCode {
         }
         if !counts.lock().unwrap().panics.is_empty() {
             failures.push("the daemon panicked".into());
+            break;
+        }
+        if let Some(f) = sim_panics(&pve, &hub) {
+            failures.push(f);
             break;
         }
 
@@ -757,6 +794,14 @@ fn main() -> ExitCode {
     if !c.panics.is_empty() && !failures.iter().any(|f| f.contains("panicked")) {
         failures.push("the daemon panicked".into());
     }
+    let (pve_panics, hub_panics) = (pve.take_panics(), hub.take_panics());
+    if !failures
+        .iter()
+        .any(|f| f.starts_with("a simulator thread panicked"))
+        && let Some(f) = panic_failure(&pve_panics, &hub_panics)
+    {
+        failures.push(f);
+    }
     let (w, a) = (peak(&warm), peak(&after));
     let rss_limit = w.rss_kib + w.rss_kib * RSS_SLACK_PERCENT / 100;
     let verdict = |ok: bool| if ok { "ok" } else { "FAIL" };
@@ -845,6 +890,10 @@ fn main() -> ExitCode {
         c.warns,
         c.errors,
         c.panics.len()
+    );
+    println!(
+        "  simulators: {} panic(s) in the Proxmox simulator, {} in the hub simulator",
+        pve_panics.0, hub_panics.0
     );
     println!("  stop: {stop_line}; {}", checks.join("; "));
     for p in &c.panics {

@@ -41,6 +41,12 @@ pub const AUDIT_MAX_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const AUDIT_MAX_BYTES_MIN: u64 = 1024 * 1024;
 /// The largest `audit.max_bytes`, 1 GiB.
 pub const AUDIT_MAX_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// `reconcile.shutdown_timeout_seconds` when absent: how long a guest gets to shut down
+/// cleanly before Proxmox stops it hard.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 120;
+/// The longest `reconcile.shutdown_timeout_seconds`: a pass waits that long for a guest
+/// that ignores its shutdown, so this also bounds how long one guest holds a pass.
+pub const MAX_SHUTDOWN_TIMEOUT_SECONDS: u64 = 600;
 
 /// What the agent is about to do; decides which sections are required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +218,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("reconcile.desired_file", Kind::OptStr),
     ("reconcile.max_parallel", Kind::Int),
     ("audit.max_bytes", Kind::Int),
+    ("reconcile.shutdown_timeout_seconds", Kind::Int),
 ];
 
 /// The fields of one `authz.signers[]` entry.
@@ -274,6 +281,9 @@ pub struct ReconcileConfig {
     pub desired_file: Option<PathBuf>,
     /// Global bound on concurrent Proxmox mutations (and parallel reads).
     pub max_parallel: usize,
+    /// How long a `run: stopped` gives a guest to shut down cleanly before Proxmox
+    /// stops it hard (`status/shutdown` with `timeout` and `forceStop=1`).
+    pub shutdown_timeout_seconds: u32,
 }
 
 /// The `audit` section.
@@ -958,6 +968,13 @@ impl Config {
         let reconcile = ReconcileConfig {
             desired_file: desired_file.map(PathBuf::from),
             max_parallel: usize::try_from(r.int("reconcile.max_parallel", 4, 1, 64)?).unwrap_or(4),
+            shutdown_timeout_seconds: u32::try_from(r.int(
+                "reconcile.shutdown_timeout_seconds",
+                DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+                1,
+                MAX_SHUTDOWN_TIMEOUT_SECONDS,
+            )?)
+            .unwrap_or(120),
         };
 
         let audit = AuditConfig {
@@ -1024,6 +1041,7 @@ impl Config {
             "reconcile": {
                 "desired_file": self.reconcile.desired_file.as_ref().map(|f| f.display().to_string()),
                 "max_parallel": self.reconcile.max_parallel,
+                "shutdown_timeout_seconds": self.reconcile.shutdown_timeout_seconds,
             },
             "audit": {"max_bytes": self.audit.max_bytes},
         });
@@ -1085,6 +1103,10 @@ mod tests {
         assert_eq!(c.hub.unwrap().tls, TlsTrust::SystemBundle);
         assert_eq!(c.authz.unwrap().signers[0].key_id, "ops-2026");
         assert_eq!(c.reconcile.max_parallel, 4);
+        assert_eq!(
+            u64::from(c.reconcile.shutdown_timeout_seconds),
+            DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+        );
     }
 
     #[test]
@@ -1221,6 +1243,16 @@ mod tests {
                 "reconcile.max_parallel: must be a whole number from 1 to 64, got 0",
             ),
             (
+                "/reconcile/shutdown_timeout_seconds",
+                json!(0),
+                "reconcile.shutdown_timeout_seconds: must be a whole number from 1 to 600, got 0",
+            ),
+            (
+                "/reconcile/shutdown_timeout_seconds",
+                json!(601),
+                "reconcile.shutdown_timeout_seconds: must be a whole number from 1 to 600, got 601",
+            ),
+            (
                 "/reconcile/max_paralel",
                 json!(2),
                 "reconcile.max_paralel: unknown field",
@@ -1324,6 +1356,7 @@ mod tests {
                 "FELHOM_AGENT_RECONCILE_DESIRED_FILE",
                 "/etc/felhom-agent/desired.json",
             ),
+            ("FELHOM_AGENT_RECONCILE_SHUTDOWN_TIMEOUT_SECONDS", "30"),
             ("FELHOM_AGENT_AUTHZ_SIGNERS", "[]"),
             ("OTHER", "ignored"),
         ]
@@ -1342,6 +1375,7 @@ mod tests {
             c.reconcile.desired_file.unwrap(),
             PathBuf::from("/etc/felhom-agent/desired.json")
         );
+        assert_eq!(c.reconcile.shutdown_timeout_seconds, 30);
     }
 
     #[test]

@@ -396,6 +396,15 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         workers.spawn("nonce-compact", move || {
             if let Err(e) = compact_nonces(&store, &s, &SystemClock, NONCE_COMPACT_EVERY) {
                 report_failure(&slot, DaemonError::NonceStore(e));
+                return;
+            }
+            // The trusted time as the daemon stops, so the next start holds pruning back
+            // only by the time the agent was down. Failing to record it is safe (pruning
+            // lags more); the process is exiting, so a poisoned store is never retried.
+            if store.unavailable().is_none()
+                && let Err(e) = store.record_trusted_time(SystemClock.now())
+            {
+                crate::error!("nonce store: trusted time not recorded at stop", error = e);
             }
         })?;
         names.push("nonce-compact");
@@ -526,7 +535,9 @@ pub fn compact_nonces(
                 Ok(stats) => crate::info!(
                     "nonce store compacted",
                     kept = stats.kept,
-                    pruned = stats.pruned
+                    pruned = stats.pruned,
+                    trusted = stats.trusted,
+                    held_seconds = stats.held_seconds
                 ),
                 Err(e) if store.unavailable().is_some() => return Err(e),
                 Err(e) => crate::warn!("nonce store compaction failed; retried later", error = e),

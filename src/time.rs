@@ -1,12 +1,15 @@
 //! Wall-clock time as whole UTC seconds: RFC 3339 parsing and formatting, and a
-//! [`Clock`] that production reads from the system and tests set by hand.
+//! [`Clock`] that production reads from the system and tests set by hand; beside it a
+//! [`MonotonicClock`] that no one can set, for what must not follow a wall-clock jump.
 //!
-//! Only what the agent needs: signed-op windows, journal and log timestamps. Sub-second
-//! digits are accepted on input and dropped; output is always `YYYY-MM-DDTHH:MM:SSZ`.
+//! Only what the agent needs: signed-op windows, journal and log timestamps, how much
+//! real time has passed. Sub-second digits are accepted on input and dropped; output is
+//! always `YYYY-MM-DDTHH:MM:SSZ`.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Seconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -277,9 +280,85 @@ impl Clock for ManualClock {
     }
 }
 
+/// Time elapsed since an arbitrary origin, at real-time speed: setting the wall clock
+/// (by hand, NTP stepping it) does not move it. Production reads [`SystemMonotonic`]
+/// (`CLOCK_MONOTONIC`, which also stands still while the host is suspended); tests use
+/// [`ManualMonotonic`].
+pub trait MonotonicClock: Send + Sync {
+    /// Time since this clock's origin.
+    fn elapsed(&self) -> Duration;
+}
+
+/// The system's monotonic clock, from the moment it was made.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemMonotonic {
+    origin: Instant,
+}
+
+impl SystemMonotonic {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        SystemMonotonic {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemMonotonic {
+    fn default() -> Self {
+        SystemMonotonic::new()
+    }
+}
+
+impl MonotonicClock for SystemMonotonic {
+    fn elapsed(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A monotonic clock tests advance by hand; clones share the same reading.
+#[derive(Debug, Clone, Default)]
+pub struct ManualMonotonic(Arc<AtomicU64>);
+
+impl ManualMonotonic {
+    /// A clock reading zero.
+    pub fn new() -> Self {
+        ManualMonotonic::default()
+    }
+
+    /// Moves it forward by `d` (it cannot go back).
+    pub fn advance(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_add(nanos))
+            });
+    }
+}
+
+impl MonotonicClock for ManualMonotonic {
+    fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::SeqCst))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monotonic_clocks_only_go_forward() {
+        let m = ManualMonotonic::new();
+        let shared = m.clone();
+        m.advance(Duration::from_secs(3));
+        assert_eq!(shared.elapsed(), Duration::from_secs(3));
+        m.advance(Duration::MAX);
+        assert_eq!(shared.elapsed(), Duration::from_nanos(u64::MAX));
+        let s = SystemMonotonic::new();
+        let first = s.elapsed();
+        assert!(s.elapsed() >= first);
+    }
 
     #[test]
     fn known_instants() {

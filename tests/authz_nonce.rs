@@ -6,13 +6,14 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use felhom_agent::authz::{
     AuthzConfig, AuthzError, FileNonceStore, Freshness, NonceStore, Role, SignerEntry, Verifier,
     offline_selftest,
 };
 use felhom_agent::store::{FaultOp, FaultyIo, Store};
-use felhom_agent::time::{ManualClock, Timestamp};
+use felhom_agent::time::{Clock, ManualClock, ManualMonotonic, Timestamp};
 
 const V: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sshsig");
 const NOW: Timestamp = Timestamp(1_893_457_800);
@@ -344,4 +345,162 @@ fn check_burns_nothing_and_consume_burns_the_nonce_once() {
         verifier(reopened).check(&blob(), &sig()),
         Err(AuthzError::Replay(_))
     ));
+}
+
+/// The store at `path` as a process with its own monotonic clock would open it.
+fn open_with_clock(path: &std::path::Path, mono: &ManualMonotonic) -> Arc<FileNonceStore> {
+    Arc::new(
+        FileNonceStore::open(path, 120)
+            .unwrap()
+            .with_monotonic(Arc::new(mono.clone())),
+    )
+}
+
+fn verifier_at(store: Arc<dyn NonceStore>, wall: &ManualClock) -> Verifier {
+    Verifier::from_config(&config(), "pve-a", Arc::new(wall.clone()), store).unwrap()
+}
+
+const YEAR: i64 = 365 * 86_400;
+
+/// The signed op's nonce expires at 2030-01-01T01:00:00Z, half an hour after `NOW`.
+#[test]
+fn a_forward_clock_jump_then_a_correction_never_makes_a_live_op_replayable() {
+    let dir = tempdir("clock-jump");
+    let path = dir.join("nonces.log");
+    let wall = ManualClock::new(NOW);
+    let mono = ManualMonotonic::new();
+    let store = open_with_clock(&path, &mono);
+    verifier_at(store.clone(), &wall)
+        .verify(&blob(), &sig())
+        .unwrap();
+    let first = store.compact(wall.now()).unwrap();
+    assert_eq!((first.kept, first.trusted), (1, NOW));
+
+    // The wall clock jumps a year ahead; one real minute passes; the hourly compaction.
+    let log = felhom_agent::log::tap();
+    wall.advance(YEAR);
+    mono.advance(Duration::from_secs(60));
+    let jumped = store.compact(wall.now()).unwrap();
+    assert_eq!(
+        (jumped.kept, jumped.pruned),
+        (1, 0),
+        "the live nonce survives the jump"
+    );
+    assert_eq!(jumped.trusted, Timestamp(NOW.0 + 60), "real time only");
+    assert_eq!(jumped.held_seconds, (YEAR - 60) as u64);
+    let lines = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+    let trusted = format!("trusted={}", Timestamp(NOW.0 + 60));
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains("event=nonce_prune_held") && l.contains(&trusted)),
+        "{lines}"
+    );
+
+    // The agent restarts while the clock is still wrong: the trusted time on record holds.
+    drop(store);
+    let mono = ManualMonotonic::new();
+    let store = open_with_clock(&path, &mono);
+    assert_eq!(store.recorded_trusted_time(), Some(Timestamp(NOW.0 + 60)));
+    let restarted = store.compact(wall.now()).unwrap();
+    assert_eq!(
+        (restarted.kept, restarted.trusted),
+        (1, Timestamp(NOW.0 + 60))
+    );
+
+    // The clock is corrected; the hub delivers the same signed op again: still a replay.
+    wall.set(Timestamp(NOW.0 + 120));
+    mono.advance(Duration::from_secs(60));
+    let corrected = store.compact(wall.now()).unwrap();
+    assert_eq!(corrected.kept, 1);
+    assert_eq!(corrected.held_seconds, 0);
+    assert!(matches!(
+        verifier_at(store, &wall).verify(&blob(), &sig()),
+        Err(AuthzError::Replay(_))
+    ));
+}
+
+#[test]
+fn a_host_powered_off_for_a_week_prunes_late_but_does_prune() {
+    let dir = tempdir("downtime");
+    let path = dir.join("nonces.log");
+    let expires = Timestamp(NOW.0 + 1800);
+    {
+        let store = open_with_clock(&path, &ManualMonotonic::new());
+        store
+            .seen_or_record(&"ab".repeat(16), expires, None)
+            .unwrap();
+        store.compact(NOW).unwrap();
+    }
+    // A week later the host boots: the wall clock is right, but nothing can tell.
+    let week_later = Timestamp(NOW.0 + 7 * 86_400);
+    let mono = ManualMonotonic::new();
+    let store = open_with_clock(&path, &mono);
+    let boot = store.compact(week_later).unwrap();
+    assert_eq!(
+        (boot.kept, boot.trusted),
+        (1, NOW),
+        "held, not pruned early"
+    );
+    // Pruned once real time has carried the trusted time past expiry plus the skew.
+    mono.advance(Duration::from_secs(1800 + 120));
+    let almost = store.compact(Timestamp(week_later.0 + 1920)).unwrap();
+    assert_eq!((almost.kept, almost.pruned), (1, 0));
+    mono.advance(Duration::from_secs(1));
+    let done = store.compact(Timestamp(week_later.0 + 1921)).unwrap();
+    assert_eq!((done.kept, done.pruned), (0, 1));
+    assert!(store.is_empty());
+}
+
+#[test]
+fn a_backward_clock_jump_prunes_nothing_extra_and_real_time_alone_catches_up() {
+    let dir = tempdir("backward");
+    let path = dir.join("nonces.log");
+    let mono = ManualMonotonic::new();
+    let store = open_with_clock(&path, &mono);
+    let soon = Timestamp(NOW.0 + 100);
+    store.seen_or_record(&"cd".repeat(16), soon, None).unwrap();
+    store
+        .seen_or_record(&"ef".repeat(16), Timestamp(NOW.0 + 10_000), None)
+        .unwrap();
+    assert_eq!(store.compact(NOW).unwrap().kept, 2);
+    // Set back a day: the trusted time follows it down, nothing is pruned.
+    mono.advance(Duration::from_secs(300));
+    let back = store.compact(Timestamp(NOW.0 - 86_400)).unwrap();
+    assert_eq!((back.kept, back.trusted), (2, Timestamp(NOW.0 - 86_400)));
+    // Set right again: the trusted time climbs back at real-time speed only, so the
+    // nonce that plain wall-clock pruning would drop now (100 + 120 s past expiry) stays.
+    mono.advance(Duration::from_secs(100));
+    let right = store.compact(Timestamp(NOW.0 + 400)).unwrap();
+    assert_eq!(right.kept, 2);
+    assert_eq!(right.trusted, Timestamp(NOW.0 - 86_400 + 100));
+}
+
+#[test]
+fn a_file_without_a_trusted_time_opens_and_takes_the_wall_clock_at_its_first_compaction() {
+    let dir = tempdir("old-format");
+    let path = dir.join("nonces.log");
+    {
+        // Nonce records only: what every file written before the trusted time holds.
+        let s = FileNonceStore::open(&path, 120).unwrap();
+        s.seen_or_record(&"01".repeat(16), Timestamp(NOW.0 - 500), None)
+            .unwrap();
+        s.seen_or_record(&"02".repeat(16), Timestamp(NOW.0 + 500), None)
+            .unwrap();
+    }
+    assert!(!fs::read_to_string(&path).unwrap().contains("trusted_time"));
+    let s = FileNonceStore::open(&path, 120).unwrap();
+    assert_eq!((s.len(), s.recorded_trusted_time()), (2, None));
+    let stats = s.compact(NOW).unwrap();
+    assert_eq!((stats.kept, stats.pruned, stats.trusted), (1, 1, NOW));
+    drop(s);
+    assert!(
+        fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"kind\":\"trusted_time\"")
+    );
+    let s = FileNonceStore::open(&path, 120).unwrap();
+    assert_eq!(s.recorded_trusted_time(), Some(NOW));
+    // Recorded at a stop, it is what the next start holds to.
+    assert_eq!(s.record_trusted_time(Timestamp(NOW.0 + YEAR)).unwrap(), NOW);
 }

@@ -56,6 +56,17 @@ fn rig_with_io(
     desired: DesiredState,
     io: Option<Arc<dyn Io>>,
 ) -> Rig {
+    rig_tuned(sim, name, desired, io, |_| {})
+}
+
+/// A rig whose engine options `tune` adjusts after the test defaults.
+fn rig_tuned(
+    sim: &ProxmoxSim,
+    name: &str,
+    desired: DesiredState,
+    io: Option<Arc<dyn Io>>,
+    tune: impl FnOnce(&mut EngineOptions),
+) -> Rig {
     let dir = tempdir(name);
     let journal_path = dir.join("journal.log");
     let journal = Arc::new(match io {
@@ -75,6 +86,7 @@ fn rig_with_io(
     };
     opts.check_every = Duration::from_millis(10);
     opts.default_interval = Duration::from_secs(3600);
+    tune(&mut opts);
     let engine = Engine::new(
         client(sim),
         queue.clone(),
@@ -725,4 +737,145 @@ fn a_pass_reads_guest_configs_in_parallel_under_the_global_bound() {
         most <= BOUND,
         "{most} config reads at once, above the bound {BOUND}"
     );
+}
+
+fn stopped(vmid: u32) -> DesiredState {
+    DesiredState::from_guests(
+        3,
+        [DesiredGuest {
+            run: Some(Run::Stopped),
+            ..DesiredGuest::new(vmid)
+        }],
+    )
+}
+
+/// The recorded `POST …/status/ACTION` requests for `vmid`.
+fn power_posts(sim: &ProxmoxSim, vmid: u32, action: &str) -> Vec<felhom_sim::RecordedRequest> {
+    let path = format!("/nodes/pve/lxc/{vmid}/status/{action}");
+    sim.mutations()
+        .into_iter()
+        .filter(|m| m.method == "POST" && m.path == path)
+        .collect()
+}
+
+fn form_value<'a>(r: &'a felhom_sim::RecordedRequest, key: &str) -> Option<&'a str> {
+    r.form
+        .iter()
+        .chain(&r.query)
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn run_stopped_shuts_the_guest_down_with_a_timeout_and_force_stop_never_a_hard_stop() {
+    let sim = ProxmoxSim::builder()
+        .guest(GuestSeed::new(101, "db").running(true))
+        .task_duration(Duration::from_millis(30))
+        .start();
+    let r = rig_tuned(&sim, "shutdown", stopped(101), None, |o| {
+        o.shutdown_timeout_seconds = 45;
+    });
+    let report = r.engine.pass().unwrap();
+    assert_eq!(report.applied(), 1, "{report:#?}");
+    assert_eq!(report.results[0].action.kind, ActionKind::Stop);
+    assert_eq!(sim.guest_status(101).as_deref(), Some("stopped"));
+    let sent = power_posts(&sim, 101, "shutdown");
+    assert_eq!(sent.len(), 1, "{:?}", sim.mutations());
+    assert_eq!(form_value(&sent[0], "timeout"), Some("45"));
+    assert_eq!(form_value(&sent[0], "forceStop"), Some("1"));
+    assert!(
+        sim.mutations()
+            .iter()
+            .all(|m| !m.path.ends_with("/status/stop")),
+        "a hard stop was sent: {:?}",
+        sim.mutations()
+    );
+    // The journal holds what was sent, so Recover looks for a vzshutdown task.
+    let op = report.results[0].op_id.clone().unwrap();
+    let view = Journal::open_read_only(&r.journal_path).unwrap();
+    let rec = view.latest(&op).unwrap();
+    assert_eq!(rec.state, OpState::Succeeded);
+    assert_eq!(rec.params.get("timeout").map(String::as_str), Some("45"));
+    assert_eq!(rec.params.get("forceStop").map(String::as_str), Some("1"));
+    assert!(rec.upid.as_deref().unwrap().contains(":vzshutdown:101:"));
+    r.queue.close();
+}
+
+#[test]
+fn a_stop_waits_out_its_shutdown_timeout_while_proxmox_kills_a_guest_that_ignores_it() {
+    let sim = ProxmoxSim::builder()
+        .guest(
+            GuestSeed::new(101, "db")
+                .running(true)
+                .ignores_shutdown(true),
+        )
+        .task_duration(Duration::from_millis(30))
+        .start();
+    // A pass wait far shorter than the shutdown timeout: the stop's own wait covers it.
+    let r = rig_tuned(&sim, "shutdown-forced", stopped(101), None, |o| {
+        o.shutdown_timeout_seconds = 1;
+        o.wait.timeout = Duration::from_millis(50);
+    });
+    let report = r.engine.pass().unwrap();
+    assert_eq!(report.results[0].outcome, Outcome::Applied, "{report:#?}");
+    assert_eq!(sim.guest_status(101).as_deref(), Some("stopped"));
+    assert_eq!(power_posts(&sim, 101, "shutdown").len(), 1);
+    assert!(power_posts(&sim, 101, "stop").is_empty());
+    assert!(
+        r.engine.backing_off().is_empty(),
+        "not counted as a failure"
+    );
+    r.queue.close();
+}
+
+#[test]
+fn a_shutdown_whose_wait_ends_early_stays_in_flight_and_is_never_sent_again() {
+    let sim = ProxmoxSim::builder()
+        .guest(
+            GuestSeed::new(101, "db")
+                .running(true)
+                .ignores_shutdown(true),
+        )
+        .task_duration(Duration::from_millis(30))
+        .start();
+    let r = rig_tuned(&sim, "shutdown-reattach", stopped(101), None, |o| {
+        o.shutdown_timeout_seconds = 600;
+        o.backoff_initial = Duration::ZERO;
+    });
+    // The first status poll is refused: the wait ends while the guest still runs.
+    sim.inject(Fault::new(
+        Some("GET"),
+        "/nodes/pve/tasks/",
+        FaultKind::Status {
+            code: 403,
+            message: "Permission check failed (/nodes/pve, Sys.Audit)".into(),
+        },
+    ));
+    let first = r.engine.pass().unwrap();
+    assert!(
+        matches!(first.results[0].outcome, Outcome::Unresolved { .. }),
+        "{first:#?}"
+    );
+    let op = first.results[0].op_id.clone().unwrap();
+    // Proxmox kills the guest at the timeout, ten simulated minutes later.
+    sim.advance_clock(Duration::from_secs(601));
+    let second = r.engine.pass().unwrap();
+    assert!(
+        second
+            .results
+            .iter()
+            .all(|x| matches!(x.outcome, Outcome::Deferred { .. })),
+        "{second:#?}"
+    );
+    let reattached: Vec<_> = second
+        .reattached
+        .iter()
+        .map(|x| (x.op_id.clone(), x.outcome.clone()))
+        .collect();
+    assert_eq!(reattached, vec![(Some(op), Outcome::Applied)]);
+    assert_eq!(sim.guest_status(101).as_deref(), Some("stopped"));
+    assert_eq!(power_posts(&sim, 101, "shutdown").len(), 1, "sent once");
+    assert!(power_posts(&sim, 101, "stop").is_empty());
+    assert!(r.engine.pass().unwrap().plan.is_empty());
+    r.queue.close();
 }

@@ -290,3 +290,44 @@ fn a_sync_config_change_without_a_task_is_judged_by_the_guests_config() {
     );
     assert!(!detail.contains("never reached"), "{detail}");
 }
+
+#[test]
+fn no_upid_a_stop_is_looked_up_as_the_shutdown_it_was_sent_as_and_an_old_stop_as_vzstop() {
+    use felhom_agent::reconcile::engine::shutdown_params;
+    let mut s = setup("shutdown-type");
+    s.sim.add_guest(GuestSeed::new(107, "old").running(true));
+    // A stop journaled by this agent: sent as status/shutdown, journaled with its params.
+    let mut new = JournalRecord::started(
+        s.journal.new_op_id("stop-106"),
+        106,
+        OpClass::Stop,
+        SystemClock.now(),
+    );
+    new.params = shutdown_params(120);
+    s.journal.append(&new).unwrap();
+    // A hard stop of the same guest in the op's window must not be taken for it.
+    let decoy = s.client.stop(106).unwrap();
+    done(&s, &decoy);
+    s.sim.set_running(106, true);
+    let shutdown = s.client.shutdown(106, Some(120)).unwrap();
+    // A stop journaled before stops became shutdowns: no params, sent as status/stop.
+    let old = started(&s.journal, OpClass::Stop, 107);
+    let hard = s.client.stop(107).unwrap();
+    // Both agents died before journaling the UPID.
+    let report = s.restart_and_recover();
+    let mut ok = report.succeeded.clone();
+    ok.sort();
+    let mut want = vec![new.op_id.clone(), old.op_id.clone()];
+    want.sort();
+    assert_eq!(ok, want, "{report:?}");
+    assert_eq!(
+        s.journal.latest(&new.op_id).unwrap().upid.as_deref(),
+        Some(shutdown.as_str())
+    );
+    assert_eq!(
+        s.journal.latest(&old.op_id).unwrap().upid.as_deref(),
+        Some(hard.as_str())
+    );
+    assert_eq!(s.sim.guest_status(106).as_deref(), Some("stopped"));
+    assert_eq!(s.sim.guest_status(107).as_deref(), Some("stopped"));
+}

@@ -1,9 +1,12 @@
-//! Wall-clock helpers for the simulators: epoch seconds and the date shapes they print.
+//! Time for the simulators: [`SimClock`], the simulated host's clock, and the UTC calendar
+//! arithmetic they print (HTTP `Date` headers, vzdump archive names, Proxmox Backup Server
+//! snapshot times).
 //!
-//! Owns the UTC calendar arithmetic the simulators need (HTTP `Date` headers, vzdump archive
-//! names, Proxmox Backup Server snapshot times). It must never be used for durations: those use `Instant`.
+//! Owns how simulated time relates to real time: the real clocks plus an offset a test can
+//! only move forward, so a task that runs for minutes (a shutdown timeout) ends without the
+//! test sleeping. It never moves the machine's clocks and never goes backwards.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch, now.
 pub fn epoch_now() -> u64 {
@@ -11,6 +14,42 @@ pub fn epoch_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The simulated host's clock: real time plus how far a test moved it ahead. Task
+/// deadlines, uptimes and task start/end times all read it, so they stay consistent when
+/// a test skips minutes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimClock {
+    ahead: Duration,
+}
+
+impl SimClock {
+    /// A clock reading real time.
+    pub fn new() -> Self {
+        SimClock::default()
+    }
+
+    /// Now, on the monotonic clock.
+    pub fn now(&self) -> Instant {
+        let real = Instant::now();
+        real.checked_add(self.ahead).unwrap_or(real)
+    }
+
+    /// Now, as seconds since the Unix epoch.
+    pub fn epoch(&self) -> u64 {
+        epoch_now().saturating_add(self.ahead.as_secs())
+    }
+
+    /// Moves the clock `d` forward (it never goes back).
+    pub fn advance(&mut self, d: Duration) {
+        self.ahead = self.ahead.saturating_add(d);
+    }
+
+    /// How far ahead of real time it is.
+    pub fn ahead(&self) -> Duration {
+        self.ahead
+    }
 }
 
 /// A UTC calendar date and time of day.
@@ -98,6 +137,17 @@ pub fn pbs_stamp(epoch: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sim_clock_moves_ahead_of_real_time_and_never_back() {
+        let mut c = SimClock::new();
+        let real = Instant::now();
+        c.advance(Duration::from_secs(600));
+        assert!(c.now() >= real + Duration::from_secs(600));
+        assert!(c.epoch() >= epoch_now() + 600);
+        c.advance(Duration::from_secs(1));
+        assert_eq!(c.ahead(), Duration::from_secs(601));
+    }
 
     #[test]
     fn known_dates() {

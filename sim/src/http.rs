@@ -5,12 +5,17 @@
 //! and response framing. A [`Handler`] turns each [`Request`] into a [`Response`]; the core
 //! carries out the delivery the response asks for (at once, late, cut off, or not at all).
 //!
-//! It must never interpret paths, bodies or credentials and never record anything: that is
-//! the handler's business, so a hub simulator can reuse this unchanged.
+//! It must never interpret paths, bodies or credentials and never record requests: that is
+//! the handler's business, so a hub simulator can reuse this unchanged. What it does keep
+//! is its own health: a panic in any of its threads (a handler's or its own) is caught,
+//! counted in [`Panics`] and answered `500` where a request was being handled, so a
+//! simulator bug fails the test or soak that met it instead of passing as a dropped
+//! connection.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as NetShutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -249,11 +254,58 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The panics a server caught in its threads, for its owner to fail on.
+#[derive(Debug, Default)]
+pub struct Panics {
+    caught: Mutex<(usize, Vec<String>)>,
+}
+
+impl Panics {
+    /// How many messages are kept (the count goes on past it).
+    const KEEP: usize = 8;
+
+    fn record(&self, where_: &str, payload: &(dyn std::any::Any + Send)) {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        let mut caught = lock(&self.caught);
+        caught.0 += 1;
+        if caught.1.len() < Self::KEEP {
+            caught.1.push(format!("{where_}: {what}"));
+        }
+    }
+
+    /// How many panics were caught since the start (or the last [`Panics::take`]).
+    pub fn count(&self) -> usize {
+        lock(&self.caught).0
+    }
+
+    /// The first few panic messages, each prefixed with the thread it happened on.
+    pub fn messages(&self) -> Vec<String> {
+        lock(&self.caught).1.clone()
+    }
+
+    /// Returns the count and messages and forgets them: a test that provoked a panic on
+    /// purpose takes it, so its simulator does not fail the test when dropped.
+    pub fn take(&self) -> (usize, Vec<String>) {
+        std::mem::take(&mut *lock(&self.caught))
+    }
+
+    /// A one-line account for a failure message, `None` when nothing was caught.
+    pub fn summary(&self) -> Option<String> {
+        let (count, messages) = &*lock(&self.caught);
+        (*count > 0).then(|| format!("{count} panic(s) caught, first: {}", messages.join(" | ")))
+    }
+}
+
 struct Shared {
     stopping: Mutex<bool>,
     wake: Condvar,
     tls: RwLock<Arc<ServerConfig>>,
     conns: Mutex<Conns>,
+    panics: Arc<Panics>,
 }
 
 #[derive(Default)]
@@ -312,12 +364,20 @@ impl Server {
             wake: Condvar::new(),
             tls: RwLock::new(tls),
             conns: Mutex::new(Conns::default()),
+            panics: Arc::new(Panics::default()),
         });
         let handler: Arc<dyn Handler> = Arc::new(handler);
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name(format!("sim-accept-{}", addr.port()))
-            .spawn(move || accept_loop(listener, accept_shared, handler))?;
+            .spawn(move || {
+                let panics = Arc::clone(&accept_shared.panics);
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| {
+                    accept_loop(listener, accept_shared, handler)
+                })) {
+                    panics.record("accept thread", p.as_ref());
+                }
+            })?;
         Ok(Server {
             addr,
             shared,
@@ -328,6 +388,11 @@ impl Server {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The panics caught in this server's threads (shared: it outlives the server).
+    pub fn panics(&self) -> Arc<Panics> {
+        Arc::clone(&self.shared.panics)
     }
 
     /// New connections use this TLS configuration from now on; open ones keep theirs.
@@ -398,7 +463,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handler: Arc<dyn Hand
         let spawned = thread::Builder::new()
             .name(format!("sim-conn-{id}"))
             .spawn(move || {
-                serve(&conn_shared, conn_handler.as_ref(), stream);
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| {
+                    serve(&conn_shared, conn_handler.as_ref(), stream);
+                })) {
+                    conn_shared.panics.record("connection thread", p.as_ref());
+                }
                 lock(&conn_shared.conns).open.remove(&id);
             });
         match spawned {
@@ -449,7 +518,18 @@ fn serve(shared: &Shared, handler: &dyn Handler, tcp: TcpStream) {
                 return;
             }
         };
-        let resp = handler.handle(&req);
+        let resp = match catch_unwind(AssertUnwindSafe(|| handler.handle(&req))) {
+            Ok(resp) => resp,
+            Err(p) => {
+                shared.panics.record(
+                    &format!("handler of {} {}", req.method, req.raw_path()),
+                    p.as_ref(),
+                );
+                Response::new(500, "simulator handler panicked")
+                    .with_header("Content-Type", "text/plain")
+                    .with_body("simulator handler panicked\n")
+            }
+        };
         let wants_close = req
             .header("Connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"))

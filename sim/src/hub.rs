@@ -236,6 +236,7 @@ impl HubSimBuilder {
         .expect("binding the hub simulator's 127.0.0.1 port succeeds");
         HubSim {
             inner,
+            panics: server.panics(),
             server: Some(server),
             cert: self.cert,
         }
@@ -250,11 +251,13 @@ fn key_pem(c: CertChoice) -> &'static [u8] {
     }
 }
 
-/// A running hub simulator. Dropping it (or [`HubSim::shutdown`]) stops the server.
+/// A running hub simulator. Dropping it (or [`HubSim::shutdown`]) stops the server, and
+/// panics if any of its threads panicked and nobody took it ([`HubSim::take_panics`]).
 pub struct HubSim {
     inner: Arc<Inner>,
     server: Option<http::Server>,
     cert: CertChoice,
+    panics: Arc<http::Panics>,
 }
 
 impl std::fmt::Debug for HubSim {
@@ -364,10 +367,34 @@ impl HubSim {
         guard.reports.clone()
     }
 
+    /// Panics caught in the simulator's threads so far, with the first messages.
+    pub fn panics(&self) -> (usize, Vec<String>) {
+        (self.panics.count(), self.panics.messages())
+    }
+
+    /// Returns and forgets the caught panics (for a test that provoked one on purpose).
+    pub fn take_panics(&self) -> (usize, Vec<String>) {
+        self.panics.take()
+    }
+
     /// Stops the server and closes every connection.
     pub fn shutdown(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown();
+        }
+    }
+}
+
+impl Drop for HubSim {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+        // Threads are joined: every panic is counted. Never panic while unwinding.
+        if let Some(what) = self.panics.summary()
+            && !std::thread::panicking()
+        {
+            panic!("the hub simulator failed: {what}");
         }
     }
 }
@@ -411,6 +438,10 @@ fn handle(inner: &Inner, req: &Request) -> Response {
         Some(FaultKind::Garbage) => Response::new(200, "OK")
             .with_header("Content-Type", "application/json")
             .with_body("<html><body><h1>502 Bad Gateway</h1></body></html>\n"),
+        Some(FaultKind::Panic) => {
+            drop(st);
+            panic!("injected fault: the hub simulator's handler panics");
+        }
         Some(FaultKind::Oversized(len)) => {
             let mut r = Response::new(200, "OK").with_header("Content-Type", "application/json");
             r.body = Body::Filler {

@@ -101,6 +101,9 @@ pub struct GuestSeed {
     pub disk_gib: u64,
     /// The description; reads back with a trailing `\n` like on a real host.
     pub description: Option<String>,
+    /// Its init ignores a clean shutdown request: `status/shutdown` waits out its
+    /// `timeout`, then kills it (`forceStop=1`) or fails and leaves it running.
+    pub ignores_shutdown: bool,
 }
 
 impl GuestSeed {
@@ -114,7 +117,14 @@ impl GuestSeed {
             memory_mib: 512,
             disk_gib: 8,
             description: None,
+            ignores_shutdown: false,
         }
+    }
+
+    /// Sets `ignores_shutdown`.
+    pub fn ignores_shutdown(mut self, ignores: bool) -> Self {
+        self.ignores_shutdown = ignores;
+        self
     }
 
     /// Sets `running`.
@@ -235,6 +245,9 @@ pub enum FaultKind {
     /// Answer 200 with a well-formed `{"data":"xxxx…"}` body of exactly this many bytes
     /// (at least 11); nothing processed.
     Oversized(usize),
+    /// The handler panics (a simulator bug on demand): the server answers 500 and counts
+    /// it, and the simulator fails the test when dropped unless the panic was taken.
+    Panic,
 }
 
 /// Configures and starts a [`ProxmoxSim`].
@@ -355,10 +368,12 @@ impl ProxmoxSimBuilder {
             self.cert.fingerprint(),
         );
         for (vmid, stamp) in &self.backups {
-            let guest =
-                state.guests.get(vmid).cloned().unwrap_or_else(|| {
-                    Guest::from_seed(&GuestSeed::new(*vmid, &format!("ct{vmid}")))
-                });
+            let guest = state.guests.get(vmid).cloned().unwrap_or_else(|| {
+                Guest::from_seed(
+                    &GuestSeed::new(*vmid, &format!("ct{vmid}")),
+                    state.clock.now(),
+                )
+            });
             let mut b = Backup::of(&guest, "local", state.boot_uptime, ".zst");
             b.volid = format!("local:backup/vzdump-lxc-{vmid}-{stamp}.tar.zst");
             b.ctime = stamp_epoch(stamp).unwrap_or(b.ctime);
@@ -368,10 +383,12 @@ impl ProxmoxSimBuilder {
             state.storages.push(Storage::pbs(PBS_STORAGE));
         }
         for (vmid, time, verification) in &self.pbs_backups {
-            let guest =
-                state.guests.get(vmid).cloned().unwrap_or_else(|| {
-                    Guest::from_seed(&GuestSeed::new(*vmid, &format!("ct{vmid}")))
-                });
+            let guest = state.guests.get(vmid).cloned().unwrap_or_else(|| {
+                Guest::from_seed(
+                    &GuestSeed::new(*vmid, &format!("ct{vmid}")),
+                    state.clock.now(),
+                )
+            });
             // `2024-05-01T10:00:00Z` read as the vzdump stamp `2024-05-01-10_00_00`.
             let as_stamp = time
                 .trim_end_matches('Z')
@@ -397,6 +414,7 @@ impl ProxmoxSimBuilder {
         .expect("binding 127.0.0.1:0 succeeds");
         ProxmoxSim {
             inner,
+            panics: server.panics(),
             server: Some(server),
         }
     }
@@ -436,10 +454,13 @@ struct Inner {
 }
 
 /// A running Proxmox VE simulator. Dropping it (or [`ProxmoxSim::shutdown`]) stops the
-/// server and closes every connection.
+/// server and closes every connection — and panics if any of its threads panicked and
+/// nobody took the panic ([`ProxmoxSim::take_panics`]), so a simulator bug fails the
+/// test that met it.
 pub struct ProxmoxSim {
     inner: Arc<Inner>,
     server: Option<http::Server>,
+    panics: Arc<http::Panics>,
 }
 
 impl std::fmt::Debug for ProxmoxSim {
@@ -557,7 +578,9 @@ impl ProxmoxSim {
 
     /// Adds (or replaces) a guest behind the agent's back.
     pub fn add_guest(&self, g: GuestSeed) {
-        self.state().guests.insert(g.vmid, Guest::from_seed(&g));
+        let mut st = self.state();
+        let now = st.clock.now();
+        st.guests.insert(g.vmid, Guest::from_seed(&g, now));
     }
 
     /// Removes a guest behind the agent's back; true if it existed.
@@ -567,14 +590,47 @@ impl ProxmoxSim {
 
     /// Starts or stops a guest behind the agent's back (drift); false if it does not exist.
     pub fn set_running(&self, vmid: u32, running: bool) -> bool {
-        match self.state().guests.get_mut(&vmid) {
+        let mut st = self.state();
+        let now = st.clock.now();
+        match st.guests.get_mut(&vmid) {
             Some(g) => {
                 g.running = running;
-                g.started = running.then(Instant::now);
+                g.started = running.then_some(now);
                 true
             }
             None => false,
         }
+    }
+
+    /// Makes the guest ignore (or again obey) a clean shutdown request; false if it does
+    /// not exist. See [`GuestSeed::ignores_shutdown`].
+    pub fn set_ignores_shutdown(&self, vmid: u32, ignores: bool) -> bool {
+        match self.state().guests.get_mut(&vmid) {
+            Some(g) => {
+                g.ignores_shutdown = ignores;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves the simulated host's clock `d` forward and ends every task whose time came:
+    /// a shutdown's minutes-long timeout passes without the test sleeping. Task start
+    /// and end times and uptimes move with it; the clock never goes back.
+    pub fn advance_clock(&self, d: Duration) {
+        let mut st = self.state();
+        st.clock.advance(d);
+        st.advance();
+    }
+
+    /// Panics caught in the simulator's threads so far, with the first messages.
+    pub fn panics(&self) -> (usize, Vec<String>) {
+        (self.panics.count(), self.panics.messages())
+    }
+
+    /// Returns and forgets the caught panics (for a test that provoked one on purpose).
+    pub fn take_panics(&self) -> (usize, Vec<String>) {
+        self.panics.take()
     }
 
     /// Sets or clears the guest's `lock` (e.g. `Some("backup")`).
@@ -699,7 +755,8 @@ impl ProxmoxSim {
             .unwrap_or_default()
     }
 
-    /// Stops the server: no new connections, open ones closed, threads joined.
+    /// Stops the server: no new connections, open ones closed, threads joined. Panics
+    /// (as dropping does) if a simulator thread panicked and nobody took it.
     pub fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown();
@@ -711,6 +768,12 @@ impl Drop for ProxmoxSim {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown();
+        }
+        // Threads are joined: every panic is counted. Never panic while unwinding.
+        if let Some(what) = self.panics.summary()
+            && !std::thread::panicking()
+        {
+            panic!("the Proxmox simulator failed: {what}");
         }
     }
 }

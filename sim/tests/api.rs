@@ -909,3 +909,210 @@ fn config_of_a_snapshot_and_node_audit() {
     assert_eq!(r.status, 403);
     assert_eq!(r.reason, "Permission check failed (/nodes/pve, Sys.Audit)");
 }
+
+/// One shutdown case: the guest obeys (`Some(seconds it takes)`) or ignores (`None`) a
+/// clean shutdown; the request's form; how long the task must still run and when it
+/// ends; how it ends; whether the guest is stopped then; whether lxc-stop's failure is
+/// in the log.
+struct ShutdownCase {
+    name: &'static str,
+    clean_secs: Option<u64>,
+    form: &'static str,
+    still_running_at: u64,
+    ends_by: u64,
+    exitstatus: &'static str,
+    stopped: bool,
+    lxc_stop_failed: bool,
+}
+
+const SHUTDOWN_CASES: &[ShutdownCase] = &[
+    ShutdownCase {
+        name: "a clean guest stops by itself",
+        clean_secs: Some(20),
+        form: "timeout=120&forceStop=1",
+        still_running_at: 19,
+        ends_by: 21,
+        exitstatus: "OK",
+        stopped: true,
+        lxc_stop_failed: false,
+    },
+    ShutdownCase {
+        name: "forceStop kills a guest that ignores it at the timeout",
+        clean_secs: None,
+        form: "timeout=120&forceStop=1",
+        still_running_at: 119,
+        ends_by: 121,
+        exitstatus: "OK",
+        stopped: true,
+        lxc_stop_failed: false,
+    },
+    ShutdownCase {
+        name: "without forceStop the worker gives up after the timeout plus its own wait",
+        clean_secs: None,
+        form: "timeout=60",
+        still_running_at: 124,
+        ends_by: 126,
+        exitstatus: "container did not stop",
+        stopped: false,
+        lxc_stop_failed: true,
+    },
+    ShutdownCase {
+        name: "Proxmox's default timeout is 60 s",
+        clean_secs: None,
+        form: "forceStop=1",
+        still_running_at: 59,
+        ends_by: 61,
+        exitstatus: "OK",
+        stopped: true,
+        lxc_stop_failed: false,
+    },
+    ShutdownCase {
+        name: "a slow clean guest still counts while the worker polls after lxc-stop gave up",
+        clean_secs: Some(90),
+        form: "timeout=60",
+        still_running_at: 89,
+        ends_by: 91,
+        exitstatus: "OK",
+        stopped: true,
+        lxc_stop_failed: true,
+    },
+];
+
+fn task_status(sim: &ProxmoxSim, upid: &str) -> Value {
+    get(sim, &format!("/nodes/pve/tasks/{}/status", enc(upid))).data()
+}
+
+#[test]
+fn shutdown_waits_for_the_guest_then_kills_it_only_with_force_stop() {
+    for case in SHUTDOWN_CASES {
+        let sim = ProxmoxSim::builder()
+            .guest(
+                GuestSeed::new(100, "web")
+                    .running(true)
+                    .ignores_shutdown(case.clean_secs.is_none()),
+            )
+            .task_duration(std::time::Duration::from_secs(case.clean_secs.unwrap_or(1)))
+            .start();
+        let upid = post(&sim, "/nodes/pve/lxc/100/status/shutdown", case.form);
+        assert!(upid.contains(":vzshutdown:100:"), "{}", case.name);
+        sim.advance_clock(std::time::Duration::from_secs(case.still_running_at));
+        assert_eq!(
+            task_status(&sim, &upid)["status"],
+            "running",
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            sim.guest_status(100).as_deref(),
+            Some("running"),
+            "{}",
+            case.name
+        );
+        sim.advance_clock(std::time::Duration::from_secs(
+            case.ends_by - case.still_running_at,
+        ));
+        let st = task_status(&sim, &upid);
+        assert_eq!(st["status"], "stopped", "{}", case.name);
+        assert_eq!(st["exitstatus"], case.exitstatus, "{}", case.name);
+        let want = if case.stopped { "stopped" } else { "running" };
+        assert_eq!(
+            sim.guest_status(100).as_deref(),
+            Some(want),
+            "{}",
+            case.name
+        );
+        let log = task_log(&sim, &upid);
+        let lxc_stop = "command 'lxc-stop -n 100 --nokill --timeout 60' failed: exit code 1";
+        assert_eq!(
+            log.iter().any(|l| l == lxc_stop),
+            case.lxc_stop_failed,
+            "{}: {log:?}",
+            case.name
+        );
+        let last = if case.exitstatus == "OK" {
+            "TASK OK".to_string()
+        } else {
+            format!("TASK ERROR: {}", case.exitstatus)
+        };
+        assert_eq!(log.last(), Some(&last), "{}", case.name);
+        // The task's times move with the simulated clock, as Proxmox's would.
+        let row = get(&sim, "/nodes/pve/tasks?typefilter=vzshutdown").data()[0].clone();
+        let took = row["endtime"].as_u64().unwrap() - row["starttime"].as_u64().unwrap();
+        assert!(
+            (case.still_running_at..=case.ends_by).contains(&took),
+            "{}: {took}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn shutdown_with_timeout_zero_neither_waits_nor_kills() {
+    let sim = ProxmoxSim::builder()
+        .guest(
+            GuestSeed::new(100, "web")
+                .running(true)
+                .ignores_shutdown(true),
+        )
+        .start();
+    let upid = post(
+        &sim,
+        "/nodes/pve/lxc/100/status/shutdown",
+        "timeout=0&forceStop=1",
+    );
+    sim.advance_clock(std::time::Duration::from_secs(86_400));
+    assert_eq!(task_status(&sim, &upid)["status"], "running");
+    assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
+    // The guest obeys again: the waiting worker sees it go once it does.
+    let sim = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(true))
+        .task_duration(std::time::Duration::from_secs(5))
+        .start();
+    let upid = post(&sim, "/nodes/pve/lxc/100/status/shutdown", "timeout=0");
+    sim.advance_clock(std::time::Duration::from_secs(6));
+    assert_eq!(task_status(&sim, &upid)["exitstatus"], "OK");
+    assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
+}
+
+#[test]
+fn node_memory_used_never_exceeds_the_host_however_far_guests_overcommit() {
+    // 300 running guests of 2 GiB: their limits are 600 GiB, their use 150 GiB, on a
+    // 64 GiB host.
+    let mut b = ProxmoxSim::builder();
+    for vmid in 100..400 {
+        b = b.guest(GuestSeed::new(vmid, "big").running(true).memory_mib(2048));
+    }
+    let sim = b.start();
+    let st = get(&sim, "/nodes/pve/status").data();
+    let m = &st["memory"];
+    let (total, used) = (m["total"].as_u64().unwrap(), m["used"].as_u64().unwrap());
+    let (free, available) = (
+        m["free"].as_u64().unwrap(),
+        m["available"].as_u64().unwrap(),
+    );
+    assert!(used < total, "{m}");
+    assert_eq!(
+        used + available,
+        total,
+        "used is total minus available: {m}"
+    );
+    assert!(free <= available, "{m}");
+    let swap = &st["swap"];
+    assert_eq!(
+        swap["used"].as_u64().unwrap() + swap["free"].as_u64().unwrap(),
+        swap["total"].as_u64().unwrap()
+    );
+    assert!(
+        swap["used"].as_u64().unwrap() > 0,
+        "the excess is in swap: {swap}"
+    );
+    let node = get(&sim, "/nodes").data()[0].clone();
+    assert!(node["mem"].as_u64().unwrap() <= node["maxmem"].as_u64().unwrap());
+    assert_eq!(node["mem"].as_u64().unwrap(), used);
+
+    // An idle host reports its own use only, and nothing swapped.
+    let idle = sim_with(vec![GuestSeed::new(100, "web")]);
+    let st = get(&idle, "/nodes/pve/status").data();
+    assert!(st["memory"]["used"].as_u64().unwrap() < st["memory"]["total"].as_u64().unwrap() / 2);
+    assert_eq!(st["swap"]["used"], 0);
+}

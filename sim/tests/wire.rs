@@ -494,3 +494,77 @@ fn paths_outside_the_api_are_501_after_auth() {
     );
     assert_eq!(sim.requests()[0].path, "/pve2/ext6/ext-all.js");
 }
+
+#[test]
+fn a_panicking_handler_is_answered_500_counted_and_the_server_goes_on() {
+    use felhom_sim::http::{Request, Response, Server, tls_config};
+    let (cert, key) = (
+        include_bytes!("../../vectors/tls/pve-self.crt").as_slice(),
+        include_bytes!("../../vectors/tls/pve-self.key").as_slice(),
+    );
+    let server = Server::start(tls_config(cert, key).unwrap(), |req: &Request| {
+        if req.raw_path() == "/boom" {
+            panic!("a handler bug");
+        }
+        Response::new(200, "OK").with_body("fine")
+    })
+    .unwrap();
+    let panics = server.panics();
+    assert_eq!(panics.count(), 0);
+    let r = connect(server.addr().port(), None)
+        .unwrap()
+        .call("GET", "/boom", None)
+        .unwrap();
+    assert_eq!(r.status, 500);
+    let r = connect(server.addr().port(), None)
+        .unwrap()
+        .call("GET", "/ok", None)
+        .unwrap();
+    assert_eq!(r.status, 200, "the server still serves");
+    assert_eq!(panics.count(), 1);
+    assert!(
+        panics.messages()[0].contains("GET /boom"),
+        "{:?}",
+        panics.messages()
+    );
+    assert!(panics.summary().is_some());
+    server.shutdown();
+    assert_eq!(panics.count(), 1, "the count outlives the server");
+    assert_eq!(panics.take().0, 1);
+    assert_eq!((panics.count(), panics.summary()), (0, None));
+}
+
+#[test]
+fn a_simulator_whose_thread_panicked_fails_the_test_when_dropped() {
+    let sim = sim_with(vec![]);
+    sim.inject(Fault::new(Some("GET"), "/version", FaultKind::Panic));
+    assert_eq!(get(&sim, "/version").status, 500);
+    assert_eq!(
+        get(&sim, "/version").status,
+        200,
+        "one fault, then normal answers"
+    );
+    assert_eq!(sim.panics().0, 1);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(sim)));
+    assert!(dropped.is_err(), "dropping it panics: the test fails");
+
+    // Taken on purpose, it no longer fails the drop.
+    let sim = sim_with(vec![]);
+    sim.inject(Fault::new(None, "/version", FaultKind::Panic));
+    assert_eq!(get(&sim, "/version").status, 500);
+    assert_eq!(sim.take_panics().0, 1);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(sim)));
+    assert!(dropped.is_ok());
+
+    // The hub simulator: the same server, the same rule.
+    let hub = felhom_sim::HubSim::start();
+    hub.inject(Fault::new(None, "", FaultKind::Panic));
+    let r = connect(hub.port(), None)
+        .unwrap()
+        .call("GET", "/api/v1/signed-ops", None)
+        .unwrap();
+    assert_eq!(r.status, 500);
+    assert_eq!(hub.panics().0, 1);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || hub.shutdown()));
+    assert!(dropped.is_err(), "shutting it down panics too");
+}

@@ -6,16 +6,32 @@
 //! survives restart, and is pruned only by compaction once past its expiry plus the
 //! clock skew. Fail safe: every error is an `Err`, which the verifier reads as "seen";
 //! a store that could not be opened (I/O error, damaged file) refuses everything.
+//!
+//! Pruning never trusts the wall clock alone. A nonce dropped early makes its op
+//! replayable once the clock is back, so compaction measures expiry against a *trusted
+//! time*: the wall clock, but never more than real time (the monotonic clock) has
+//! advanced since the newest trusted time on record, which every compaction writes to
+//! the file. A forward jump is therefore not followed (and is logged,
+//! `event=nonce_prune_held`); a backward one pulls the trusted time down with it. Time
+//! the agent did not run (a restart, a host powered off for a week) cannot be told apart
+//! from a jump, so it is never trusted: pruning then lags by that much, never runs early.
+//! A store with no trusted time on record (new, or written before it had one) takes the
+//! wall clock at its first compaction.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Io, OsIo, Store, StoreError, SyncMode};
-use crate::time::Timestamp;
+use crate::time::{MonotonicClock, SystemMonotonic, Timestamp};
+
+/// How far the wall clock may run ahead of the trusted time before a compaction says so
+/// (`event=nonce_prune_held`), and by how much more it must pull ahead to say so again.
+pub const PRUNE_HELD_NOTICE: Duration = Duration::from_secs(15 * 60);
 
 /// Whether a nonce was new (and is now recorded) or already known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +96,37 @@ pub trait NonceStore: Send + Sync {
 struct Index {
     nonces: HashMap<String, Timestamp>,
     counters: HashMap<String, u32>,
+    /// The newest trusted time on record (replayed from the file).
+    recorded: Option<Timestamp>,
+    trust: Trust,
+}
+
+/// The trusted time: `at` as of the monotonic reading `mono`; it may advance from there
+/// no faster than the monotonic clock, and never past the wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+struct Trust {
+    anchor: Option<(Timestamp, Duration)>,
+    /// How far ahead of the trusted time the wall clock was when that was last logged.
+    noticed_ahead: i64,
+}
+
+impl Trust {
+    /// The trusted time now, given the wall clock `wall` and the monotonic reading `mono`.
+    fn observe(&mut self, wall: Timestamp, mono: Duration) -> Timestamp {
+        let Some((at, since)) = self.anchor else {
+            self.anchor = Some((wall, mono));
+            return wall;
+        };
+        let real = i64::try_from(mono.saturating_sub(since).as_secs()).unwrap_or(i64::MAX);
+        let bound = Timestamp(at.0.saturating_add(real));
+        if wall < bound {
+            // The wall clock is behind: trust only it (it may have been set back).
+            self.anchor = Some((wall, mono));
+            wall
+        } else {
+            bound
+        }
+    }
 }
 
 impl Index {
@@ -149,6 +196,10 @@ enum Record {
         key: String,
         counter: u32,
     },
+    /// The trusted time when the file was compacted (the last one in the file counts).
+    TrustedTime {
+        at: String,
+    },
 }
 
 /// What a compaction did.
@@ -156,8 +207,12 @@ enum Record {
 pub struct CompactStats {
     /// Nonces kept.
     pub kept: usize,
-    /// Nonces dropped (past expiry plus skew).
+    /// Nonces dropped (past expiry plus skew, measured against `trusted`).
     pub pruned: usize,
+    /// The trusted time the expiries were measured against (and that is now recorded).
+    pub trusted: Timestamp,
+    /// How far the wall clock was ahead of `trusted`, in seconds (0 when behind or equal).
+    pub held_seconds: u64,
 }
 
 /// The durable nonce store (`nonces.log`).
@@ -165,6 +220,7 @@ pub struct FileNonceStore {
     store: Result<Store, String>,
     index: Mutex<Index>,
     skew: i64,
+    mono: Arc<dyn MonotonicClock>,
 }
 
 impl fmt::Debug for FileNonceStore {
@@ -204,14 +260,36 @@ impl FileNonceStore {
                     }
                 }
                 Record::SkCounter { key, counter } => ix.raise(&key, counter),
+                Record::TrustedTime { at } => {
+                    let t = Timestamp::parse_rfc3339(&at).map_err(|e| e.to_string())?;
+                    ix.recorded = Some(t);
+                }
             }
             Ok(())
         })?;
+        let mono: Arc<dyn MonotonicClock> = Arc::new(SystemMonotonic::new());
+        ix.trust.anchor = ix.recorded.map(|t| (t, mono.elapsed()));
         Ok(FileNonceStore {
             store: Ok(store),
             index: Mutex::new(ix),
             skew: i64::try_from(max_clock_skew_seconds).unwrap_or(i64::MAX),
+            mono,
         })
+    }
+
+    /// Measures real time on `mono` instead of the system's monotonic clock (tests step
+    /// it by hand). The trusted time on record counts from this clock's reading now.
+    pub fn with_monotonic(mut self, mono: Arc<dyn MonotonicClock>) -> Self {
+        let now = mono.elapsed();
+        let ix = self.index.get_mut().unwrap_or_else(|e| e.into_inner());
+        ix.trust.anchor = ix.recorded.map(|t| (t, now));
+        self.mono = mono;
+        self
+    }
+
+    /// The newest trusted time on record in the file (as of open or the last compaction).
+    pub fn recorded_trusted_time(&self) -> Option<Timestamp> {
+        lock(&self.index).recorded
     }
 
     /// Opens the store; if that fails for any reason (damage inside the file, I/O), logs
@@ -230,6 +308,7 @@ impl FileNonceStore {
                     store: Err(e.to_string()),
                     index: Mutex::new(Index::default()),
                     skew: 0,
+                    mono: Arc::new(SystemMonotonic::new()),
                 }
             }
         }
@@ -266,11 +345,27 @@ impl FileNonceStore {
     }
 
     /// Rewrites the file without the nonces whose expiry plus the clock skew is before
-    /// `now`; the hardware-key counters are kept.
+    /// the trusted time (the wall clock `now`, held back to real time since the newest
+    /// trusted time on record; see the module doc), and records that trusted time; the
+    /// hardware-key counters are kept.
     pub fn compact(&self, now: Timestamp) -> Result<CompactStats, NonceStoreError> {
         let store = self.store()?;
         let mut ix = lock(&self.index);
-        let cutoff = now.0.saturating_sub(self.skew);
+        let trusted = ix.trust.observe(now, self.mono.elapsed());
+        let ahead = now.0.saturating_sub(trusted.0).max(0);
+        ix.trust.noticed_ahead = ix.trust.noticed_ahead.min(ahead);
+        let notice = i64::try_from(PRUNE_HELD_NOTICE.as_secs()).unwrap_or(i64::MAX);
+        if ahead > notice && ahead > ix.trust.noticed_ahead.saturating_add(notice) {
+            ix.trust.noticed_ahead = ahead;
+            crate::warn!(
+                "nonce pruning held back: the wall clock is ahead of the trusted time; nonces are pruned against the trusted time only",
+                event = "nonce_prune_held",
+                now = now,
+                trusted = trusted,
+                ahead_seconds = ahead
+            );
+        }
+        let cutoff = trusted.0.saturating_sub(self.skew);
         let before = ix.nonces.len();
         let mut kept: Vec<(&String, &Timestamp)> =
             ix.nonces.iter().filter(|(_, t)| t.0 >= cutoff).collect();
@@ -290,12 +385,34 @@ impl FileNonceStore {
             key: k.clone(),
             counter: *c,
         }));
+        records.push(Record::TrustedTime {
+            at: trusted.to_rfc3339(),
+        });
         store.compact(records).map_err(NonceStoreError::Store)?;
         ix.nonces.retain(|_, t| t.0 >= cutoff);
+        ix.recorded = Some(trusted);
         Ok(CompactStats {
             kept: ix.nonces.len(),
             pruned: before - ix.nonces.len(),
+            trusted,
+            held_seconds: u64::try_from(ahead).unwrap_or(0),
         })
+    }
+
+    /// Appends the trusted time as of the wall clock `now` to the file without
+    /// compacting (the daemon does it as it stops), so the next start does not lose the
+    /// real time that passed since the last compaction.
+    pub fn record_trusted_time(&self, now: Timestamp) -> Result<Timestamp, NonceStoreError> {
+        let store = self.store()?;
+        let mut ix = lock(&self.index);
+        let trusted = ix.trust.observe(now, self.mono.elapsed());
+        store
+            .append(&Record::TrustedTime {
+                at: trusted.to_rfc3339(),
+            })
+            .map_err(NonceStoreError::Store)?;
+        ix.recorded = Some(trusted);
+        Ok(trusted)
     }
 }
 
@@ -352,6 +469,27 @@ mod tests {
     }
 
     const EXPIRY: Timestamp = Timestamp(2_000_000_000);
+
+    #[test]
+    fn the_trusted_time_follows_the_wall_clock_down_but_up_only_at_real_time_speed() {
+        const T: i64 = 1_900_000_000;
+        let secs = Duration::from_secs;
+        // (wall, monotonic reading, trusted time), in order, on one store's clock.
+        const STEPS: &[(i64, u64, i64)] = &[
+            (T, 10, T),                 // first look: taken as it is
+            (T + 50, 60, T + 50),       // 50 s of real time, 50 s on the wall: follows
+            (T + 10_000, 70, T + 60),   // a jump: only the 10 real seconds count
+            (T + 10_010, 80, T + 70),   // still held back, still advancing
+            (T - 500, 90, T - 500),     // set back: follows it down at once
+            (T + 10_000, 100, T - 490), // and climbs back at real-time speed only
+            (T - 490, 100, T - 490),    // the wall equal to it: unchanged
+        ];
+        let mut trust = Trust::default();
+        for (i, &(wall, mono, want)) in STEPS.iter().enumerate() {
+            let got = trust.observe(Timestamp(wall), secs(mono));
+            assert_eq!(got, Timestamp(want), "step {i}");
+        }
+    }
 
     #[test]
     fn a_working_store_is_available() {

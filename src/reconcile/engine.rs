@@ -30,9 +30,14 @@ use crate::proxmox::{self, Client, ConfigChange, TaskOutcome, Upid, WaitError, W
 use crate::shutdown::Shutdown;
 use crate::time::{Clock, SystemClock};
 
-/// How long one pass waits for a task it sent (start, stop and config tasks take
-/// seconds; a lock wait can take minutes) before leaving it in flight for the next pass.
+/// How long one pass waits for a task it sent (start and config tasks take seconds; a
+/// lock wait can take minutes) before leaving it in flight for the next pass. A stop
+/// waits at least its shutdown timeout plus [`SHUTDOWN_WAIT_SLACK`].
 pub const PASS_TASK_WAIT: Duration = Duration::from_secs(120);
+
+/// What a stop's wait allows beyond its shutdown timeout: Proxmox kills the guest at the
+/// timeout, and the kill, the worker's exit and the next poll take a few seconds more.
+pub const SHUTDOWN_WAIT_SLACK: Duration = Duration::from_secs(30);
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -53,12 +58,15 @@ pub struct EngineOptions {
     pub check_every: Duration,
     /// The pass interval when no hub envelope says otherwise.
     pub default_interval: Duration,
+    /// A stop is a clean shutdown: Proxmox gives the guest this long, then stops it
+    /// hard (`status/shutdown` with `timeout` and `forceStop=1`).
+    pub shutdown_timeout_seconds: u32,
 }
 
 impl EngineOptions {
     /// Defaults: 4 parallel reads, task waits polling 1 s → 5 s for at most
     /// [`PASS_TASK_WAIT`] per pass, back-off 30 s doubling to 15 min, a change check
-    /// every second, a pass every 300 s.
+    /// every second, a pass every 300 s, 120 s for a guest to shut down.
     pub fn new(host_id: impl Into<String>) -> Self {
         EngineOptions {
             host_id: host_id.into(),
@@ -71,6 +79,10 @@ impl EngineOptions {
             backoff_cap: Duration::from_secs(900),
             check_every: Duration::from_secs(1),
             default_interval: Duration::from_secs(300),
+            shutdown_timeout_seconds: u32::try_from(
+                crate::config::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+            )
+            .unwrap_or(120),
         }
     }
 }
@@ -492,6 +504,7 @@ impl Engine {
                 clock: Arc::clone(&self.clock),
                 shutdown: self.shutdown.clone(),
                 wait: self.opts.wait,
+                shutdown_timeout_seconds: self.opts.shutdown_timeout_seconds,
                 failed_this_pass: Arc::clone(&failed_this_pass),
                 unresolved: Arc::clone(&self.unresolved),
                 action: action.clone(),
@@ -611,6 +624,7 @@ impl Engine {
                 clock: Arc::clone(&self.clock),
                 shutdown: self.shutdown.clone(),
                 wait: self.opts.wait,
+                shutdown_timeout_seconds: self.opts.shutdown_timeout_seconds,
                 failed_this_pass: Arc::new(Mutex::new(HashSet::new())),
                 unresolved: Arc::clone(&self.unresolved),
                 action: p.action.clone(),
@@ -762,12 +776,44 @@ struct Job {
     clock: Arc<dyn Clock>,
     shutdown: Shutdown,
     wait: WaitOptions,
+    shutdown_timeout_seconds: u32,
     failed_this_pass: Arc<Mutex<HashSet<u32>>>,
     unresolved: Arc<Mutex<Vec<Pending>>>,
     action: Action,
 }
 
+/// The journal params of a stop, as sent to `status/shutdown`: Recover reads `timeout`
+/// to look for a `vzshutdown` task (a stop journaled without it was a `vzstop`).
+pub fn shutdown_params(timeout_seconds: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("timeout".to_owned(), timeout_seconds.to_string()),
+        ("forceStop".to_owned(), "1".to_owned()),
+    ])
+}
+
 impl Job {
+    /// What the op sends, as journaled: the action's params, and for a stop the
+    /// shutdown's `timeout` and `forceStop`.
+    fn sent_params(&self) -> BTreeMap<String, String> {
+        let mut params = self.action.params.clone();
+        if self.action.kind == ActionKind::Stop {
+            params.extend(shutdown_params(self.shutdown_timeout_seconds));
+        }
+        params
+    }
+
+    /// How long to wait for the op's task: a shutdown may take its whole timeout (the
+    /// guest ignoring it until Proxmox kills it), so its wait covers that; a wait that
+    /// still ends first leaves the op in flight, waited again by the next pass.
+    fn wait_options(&self) -> WaitOptions {
+        let mut wait = self.wait;
+        if self.action.kind == ActionKind::Stop {
+            let shutdown = Duration::from_secs(u64::from(self.shutdown_timeout_seconds));
+            wait.timeout = wait.timeout.max(shutdown + SHUTDOWN_WAIT_SLACK);
+        }
+        wait
+    }
+
     fn record(&self, rec: &JournalRecord) -> Result<(), EngineError> {
         self.journal
             .append(rec)
@@ -802,7 +848,7 @@ impl Job {
         let class = class_of(a.kind);
         let op_id = self.journal.new_op_id(&format!("{}-{}", a.kind, a.vmid));
         let mut started = JournalRecord::started(&op_id, a.vmid, class, self.clock.now());
-        started.params = a.params.clone();
+        started.params = self.sent_params();
         // Durable before anything reaches Proxmox.
         self.record(&started)?;
         crate::faultpoint::reached("benign:after-started");
@@ -821,7 +867,11 @@ impl Job {
                 },
             ),
             ActionKind::Start => self.client.start(a.vmid).map(Some),
-            ActionKind::Stop => self.client.stop(a.vmid).map(Some),
+            // A clean shutdown, hard-stopped by Proxmox once the timeout passes.
+            ActionKind::Stop => self
+                .client
+                .shutdown(a.vmid, Some(self.shutdown_timeout_seconds))
+                .map(Some),
         };
         let upid = match sent {
             Ok(upid) => {
@@ -876,7 +926,10 @@ impl Job {
         upid: &Upid,
     ) -> Result<ActionResult, EngineError> {
         let a = &self.action;
-        match self.client.wait_task(upid, &self.wait, &self.shutdown) {
+        match self
+            .client
+            .wait_task(upid, &self.wait_options(), &self.shutdown)
+        {
             Ok(outcome) => {
                 crate::faultpoint::reached("benign:after-wait");
                 let mut rec = running.step(OpState::Succeeded, self.clock.now());
@@ -1370,6 +1423,7 @@ impl Reconciler {
 
         let mut opts = EngineOptions::new(cfg.host_id.clone());
         opts.max_parallel = cfg.reconcile.max_parallel;
+        opts.shutdown_timeout_seconds = cfg.reconcile.shutdown_timeout_seconds;
         if let Some(hub) = &cfg.hub {
             opts.default_interval = Duration::from_secs(hub.poll_seconds);
         }

@@ -66,7 +66,9 @@ impl From<JournalError> for RecoverError {
     }
 }
 
-/// The Proxmox task type an op of `class` runs as, when it runs as a task.
+/// The Proxmox task type an op of `class` runs as, when it runs as a task. A stop is
+/// `vzstop` here; see [`task_type_of`] for a journaled op, whose stop may have been sent
+/// as a shutdown.
 pub fn task_type(class: &OpClass) -> Option<&'static str> {
     match class {
         OpClass::Start => Some("vzstart"),
@@ -75,6 +77,16 @@ pub fn task_type(class: &OpClass) -> Option<&'static str> {
         OpClass::GuestDestroy => Some("vzdestroy"),
         OpClass::RestoreOverwrite => Some("vzrestore"),
         _ => None,
+    }
+}
+
+/// The Proxmox task type the journaled op ran as. A stop journaled with a `timeout`
+/// param was sent as `status/shutdown` (`vzshutdown`); one without it predates that and
+/// was a hard `status/stop` (`vzstop`), so an old journal still resolves.
+pub fn task_type_of(rec: &JournalRecord) -> Option<&'static str> {
+    match rec.class {
+        OpClass::Stop if rec.params.contains_key("timeout") => Some("vzshutdown"),
+        ref class => task_type(class),
     }
 }
 
@@ -248,7 +260,7 @@ fn first_difference<'a>(
 
 /// The earliest task of the op's type on its guest that started no earlier than the op.
 fn find_task(client: &Client, rec: &JournalRecord) -> Result<Option<Upid>, String> {
-    let Some(kind) = task_type(&rec.class) else {
+    let Some(kind) = task_type_of(rec) else {
         return Ok(None);
     };
     let since = rec.at.unix().saturating_sub(START_SLACK_SECS).max(0);

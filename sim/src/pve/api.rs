@@ -5,13 +5,13 @@
 //! while holding the state lock: delays are handed to the HTTP core as a delivery.
 
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::model::{
-    Backup, Effect, Failure, Guest, HOST_CPUS, HOST_MEMORY, HOST_ROOTFS, PVE_REPOID, PVE_VERSION,
-    State, TaskSpec, config_key_kind, config_key_priv, parse_size,
+    Backup, Effect, Failure, Guest, HOST_CPUS, HOST_ROOTFS, PVE_REPOID, PVE_VERSION, State,
+    TaskSpec, config_key_kind, config_key_priv, parse_size,
 };
 use super::params::{ApiError, Kind, Params, parse_json_body, parse_urlencoded, percent_decode};
 use super::{FaultKind, RecordedRequest};
@@ -124,6 +124,10 @@ pub(crate) fn handle(state: &Mutex<State>, req: &Request) -> Response {
         Some(FaultKind::Garbage) => base(200, "OK")
             .with_header("Content-Type", "application/json;charset=UTF-8")
             .with_body("<html><body><h1>502 Bad Gateway</h1>upstream went away</body></html>\n"),
+        Some(FaultKind::Panic) => {
+            drop(st);
+            panic!("injected fault: the simulator's handler panics");
+        }
         Some(FaultKind::Oversized(len)) => {
             let mut r =
                 base(200, "OK").with_header("Content-Type", "application/json;charset=UTF-8");
@@ -412,17 +416,9 @@ fn version(p: &Params) -> ApiResult {
     ))
 }
 
-fn running_memory(st: &State) -> u64 {
-    st.guests
-        .values()
-        .filter(|g| g.running)
-        .map(|g| g.memory_mib() << 18)
-        .sum()
-}
-
 fn nodes(st: &State, p: &Params) -> ApiResult {
     check(p, &[], &[])?;
-    let mem = 3 * GIB + running_memory(st);
+    let mem = st.host_memory();
     Ok(Answer::data(json!([{
         "node": st.node,
         "status": "online",
@@ -430,11 +426,11 @@ fn nodes(st: &State, p: &Params) -> ApiResult {
         "id": format!("node/{}", st.node),
         "cpu": 0.0312,
         "maxcpu": HOST_CPUS,
-        "mem": mem,
-        "maxmem": HOST_MEMORY,
+        "mem": mem.used,
+        "maxmem": mem.total,
         "disk": 11 * GIB,
         "maxdisk": HOST_ROOTFS,
-        "uptime": st.boot_uptime + st.boot.elapsed().as_secs(),
+        "uptime": st.uptime(),
         "level": "",
         "ssl_fingerprint": st.fingerprint,
     }])))
@@ -443,10 +439,10 @@ fn nodes(st: &State, p: &Params) -> ApiResult {
 fn node_status(st: &State, p: &Params) -> ApiResult {
     check(p, &[], &[])?;
     st.check_sync(&format!("/nodes/{}", st.node), &["Sys.Audit"])?;
-    let used = 3 * GIB + running_memory(st);
+    let mem = st.host_memory();
     let rootfs_used = 11 * GIB;
     Ok(Answer::data(json!({
-        "uptime": st.boot_uptime + st.boot.elapsed().as_secs(),
+        "uptime": st.uptime(),
         "idle": 0,
         "loadavg": ["0.12", "0.10", "0.05"],
         "kversion": "Linux 6.14.8-2-pve #1 SMP PREEMPT_DYNAMIC PMX 6.14.8-2 (2025-07-22T10:04Z)",
@@ -470,13 +466,17 @@ fn node_status(st: &State, p: &Params) -> ApiResult {
         "cpu": 0.0312,
         "wait": 0.0004,
         "memory": {
-            "total": HOST_MEMORY,
-            "used": used,
-            "free": HOST_MEMORY - used,
-            "available": HOST_MEMORY - used
+            "total": mem.total,
+            "used": mem.used,
+            "free": mem.free,
+            "available": mem.available
         },
         "ksm": {"shared": 0},
-        "swap": {"total": 8 * GIB, "used": 0, "free": 8 * GIB},
+        "swap": {
+            "total": mem.swap_total,
+            "used": mem.swap_used,
+            "free": mem.swap_total - mem.swap_used
+        },
         "pveversion": format!("pve-manager/{PVE_VERSION}/{PVE_REPOID}"),
         "rootfs": {
             "total": HOST_ROOTFS,
@@ -493,7 +493,7 @@ fn lxc_list(st: &State, p: &Params) -> ApiResult {
         .guests
         .values()
         .filter(|g| st.allowed(&vms(g.vmid), &["VM.Audit"]))
-        .map(|g| Value::Object(g.status_json()))
+        .map(|g| Value::Object(g.status_json(st.clock.now())))
         .collect();
     Ok(Answer::data(Value::Array(rows)))
 }
@@ -501,7 +501,7 @@ fn lxc_list(st: &State, p: &Params) -> ApiResult {
 fn status_current(st: &State, p: &mut Params, v: &str) -> ApiResult {
     let vmid = vmid_param(p, v, &[])?;
     st.check_sync(&vms(vmid), &["VM.Audit"])?;
-    let mut row = guest(st, vmid)?.status_json();
+    let mut row = guest(st, vmid)?.status_json(st.clock.now());
     row.insert("ha".into(), json!({"managed": 0}));
     Ok(Answer::data(Value::Object(row)))
 }
@@ -638,6 +638,7 @@ fn power(st: &mut State, p: &mut Params, v: &str, action: &str) -> ApiResult {
     let vmid = vmid_param(p, v, extra)?;
     st.check_sync(&vms(vmid), &["VM.PowerMgmt"])?;
     let g = guest(st, vmid)?;
+    let mut shutdown = None;
     let (kind, effect) = match action {
         "start" => {
             if g.running {
@@ -651,7 +652,17 @@ fn power(st: &mut State, p: &mut Params, v: &str, action: &str) -> ApiResult {
             }
             match other {
                 "stop" => ("vzstop", Effect::Stop(vmid)),
-                "shutdown" => ("vzshutdown", Effect::Stop(vmid)),
+                "shutdown" => {
+                    let timeout = p.int("timeout").and_then(|t| u64::try_from(t).ok());
+                    let clean = (!g.ignores_shutdown).then_some(st.task_duration);
+                    shutdown = Some(shutdown_worker(
+                        vmid,
+                        clean,
+                        timeout.unwrap_or(60),
+                        p.flag("forceStop"),
+                    ));
+                    ("vzshutdown", Effect::Stop(vmid))
+                }
                 _ => ("vzreboot", Effect::Reboot(vmid)),
             }
         }
@@ -664,7 +675,78 @@ fn power(st: &mut State, p: &mut Params, v: &str, action: &str) -> ApiResult {
     spec.failure = st
         .check_in_task(&vms(vmid), &["VM.PowerMgmt"])
         .or(lock_failure);
+    if let Some(worker) = shutdown
+        && spec.failure.is_none()
+    {
+        spec.duration = Some(worker.runs);
+        spec.log = worker.log;
+        spec.failure = worker.failure;
+    }
     upid(st.spawn(spec))
+}
+
+/// How long a task the simulator never ends runs: a shutdown that waits on a guest
+/// which will not stop by itself.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// How a `vzshutdown` worker goes.
+#[derive(Debug, Clone)]
+struct ShutdownWorker {
+    /// When the task ends.
+    runs: Duration,
+    /// What it prints on the way.
+    log: Vec<String>,
+    /// Set when it ends in an error (the guest keeps running).
+    failure: Option<Failure>,
+}
+
+/// pve-container's `vm_shutdown` → `PVE::LXC::vm_stop($vmid, 0, $timeout, $forceStop)`:
+/// `lxc-stop -n VMID --timeout T` (plus `--nokill` without forceStop), then it reads the
+/// container's command socket until the container is gone. `clean` is how long the
+/// guest takes to shut down cleanly, `None` when it ignores the request.
+///
+/// - It stops within T: OK then.
+/// - forceStop: lxc-stop kills it at T, silently; the task ends OK.
+/// - No forceStop: lxc-stop gives up at T and its failure is printed; the worker then
+///   polls the socket for another T + 5 s. If the guest goes in that time the task still
+///   ends OK, else it dies with `container did not stop` and the guest keeps running.
+/// - T = 0: lxc-stop neither waits nor kills; the worker waits for the guest however
+///   long that takes (for ever if it ignores the request).
+fn shutdown_worker(
+    vmid: u32,
+    clean: Option<Duration>,
+    timeout: u64,
+    force: bool,
+) -> ShutdownWorker {
+    let limit = Duration::from_secs(timeout);
+    let ok = |runs: Duration, log: Vec<String>| ShutdownWorker {
+        runs,
+        log,
+        failure: None,
+    };
+    if timeout == 0 {
+        return ok(clean.unwrap_or(FOREVER), Vec::new());
+    }
+    match clean {
+        Some(d) if d <= limit => return ok(d, Vec::new()),
+        _ if force => return ok(limit, Vec::new()),
+        _ => {}
+    }
+    let gave_up = vec![format!(
+        "command 'lxc-stop -n {vmid} --nokill --timeout {timeout}' failed: exit code 1"
+    )];
+    let poll_end = limit + limit + Duration::from_secs(5);
+    match clean {
+        Some(d) if d <= poll_end => ok(d, gave_up),
+        _ => ShutdownWorker {
+            runs: poll_end,
+            log: Vec::new(),
+            failure: Some(Failure {
+                exitstatus: "container did not stop".into(),
+                log: gave_up,
+            }),
+        },
+    }
 }
 
 fn lxc_destroy(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
@@ -767,7 +849,7 @@ fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
             .iter()
             .find(|b| b.volid == ostemplate)
             .ok_or_else(|| ApiError::die(format!("volume '{ostemplate}' does not exist")))?;
-        let mut g = Guest::from_seed(&super::GuestSeed::new(vmid, "restored"));
+        let mut g = Guest::from_seed(&super::GuestSeed::new(vmid, "restored"), st.clock.now());
         g.conf = backup.conf.clone();
         g.description = backup.description.clone();
         let size = g.disk_bytes() >> 30;
@@ -795,7 +877,7 @@ fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
         let hostname = p
             .get("hostname")
             .map_or(format!("CT{vmid}"), str::to_string);
-        let mut g = Guest::from_seed(&super::GuestSeed::new(vmid, &hostname));
+        let mut g = Guest::from_seed(&super::GuestSeed::new(vmid, &hostname), st.clock.now());
         g.conf.insert("cores".into(), "1".into());
         let log = vec![
             format!(
@@ -843,7 +925,7 @@ fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
         .or_else(|| st.check_in_task(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"]));
     if fresh && spec.failure.is_none() {
         // PVE writes a config holding only `lock: create` before the worker starts.
-        let mut placeholder = Guest::from_seed(&super::GuestSeed::new(vmid, ""));
+        let mut placeholder = Guest::from_seed(&super::GuestSeed::new(vmid, ""), st.clock.now());
         placeholder.conf.clear();
         placeholder.description.clear();
         st.guests.insert(vmid, placeholder);

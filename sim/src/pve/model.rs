@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::params::{Kind, permission_text};
 use super::{Fault, GuestSeed, RecordedRequest};
-use crate::clock;
+use crate::clock::{self, SimClock};
 
 /// Logical CPUs of the simulated host.
 pub(crate) const HOST_CPUS: u64 = 8;
@@ -27,6 +27,58 @@ pub(crate) const PVE_REPOID: &str = "5e1f7a3c9d2b4e60";
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+
+/// What the host itself uses (kernel, pmxcfs, pveproxy, …) before any guest runs.
+const HOST_BASE_USED: u64 = 3 * GIB;
+/// What the kernel keeps available however hard the guests press (reclaim and swap
+/// start before it is gone): `used` stays below the total by at least this.
+const HOST_MIN_AVAILABLE: u64 = 256 * MIB;
+/// The host's swap.
+pub(crate) const HOST_SWAP: u64 = 8 * GIB;
+
+/// Adds without overflow: a sum past `u64::MAX` reads as `u64::MAX`.
+pub(crate) fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
+}
+
+/// Host memory as pve-manager's node status reports it: `PVE::ProcFSTools::read_meminfo`
+/// reads `/proc/meminfo`, and `used` is `MemTotal - MemAvailable`, so it never exceeds
+/// `total`. Guests' limits may add up to more than the host has (overcommit); what they
+/// actually use beyond what fits is pushed to swap, never counted as RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostMemory {
+    /// `MemTotal`.
+    pub total: u64,
+    /// `MemTotal - MemAvailable`.
+    pub used: u64,
+    /// `MemFree`: what is available minus the page cache the kernel could drop.
+    pub free: u64,
+    /// `MemAvailable`.
+    pub available: u64,
+    /// `SwapTotal`.
+    pub swap_total: u64,
+    /// `SwapTotal - SwapFree`: the demand that did not fit in RAM.
+    pub swap_used: u64,
+}
+
+impl HostMemory {
+    /// The host with its guests using `guests` bytes between them.
+    pub fn of(guests: u64) -> HostMemory {
+        let demand = HOST_BASE_USED.saturating_add(guests);
+        let used = demand.min(HOST_MEMORY - HOST_MIN_AVAILABLE);
+        let available = HOST_MEMORY - used;
+        // A quarter of what is available is page cache the kernel can drop.
+        let free = available - available / 4;
+        HostMemory {
+            total: HOST_MEMORY,
+            used,
+            free,
+            available,
+            swap_total: HOST_SWAP,
+            swap_used: (demand - used).min(HOST_SWAP),
+        }
+    }
+}
 
 /// The type of each config key the simulator knows, for validation and JSON typing.
 pub(crate) fn config_key_kind(key: &str) -> Option<Kind> {
@@ -141,10 +193,13 @@ pub(crate) struct Guest {
     pub started: Option<Instant>,
     pub pid: u32,
     pub snapshots: BTreeMap<String, Snapshot>,
+    /// Its init ignores a clean shutdown request (only a kill stops it).
+    pub ignores_shutdown: bool,
 }
 
 impl Guest {
-    pub fn from_seed(seed: &GuestSeed) -> Guest {
+    /// The guest a seed describes, started at `now` when it runs.
+    pub fn from_seed(seed: &GuestSeed, now: Instant) -> Guest {
         let mut conf = BTreeMap::new();
         let mut set = |k: &str, v: String| {
             conf.insert(k.to_string(), v);
@@ -179,9 +234,10 @@ impl Guest {
                 .map(split_lines)
                 .unwrap_or_default(),
             running: seed.running,
-            started: seed.running.then(Instant::now),
+            started: seed.running.then_some(now),
             pid: 10_000 + seed.vmid,
             snapshots: BTreeMap::new(),
+            ignores_shutdown: seed.ignores_shutdown,
         }
     }
 
@@ -202,6 +258,20 @@ impl Guest {
             .get("memory")
             .and_then(|m| m.parse().ok())
             .unwrap_or(512)
+    }
+
+    /// The configured memory limit in bytes (`maxmem`).
+    pub fn max_memory(&self) -> u64 {
+        self.memory_mib().saturating_mul(MIB)
+    }
+
+    /// Memory in use while running: a quarter of its limit, as `mem` reports it.
+    pub fn resident_memory(&self) -> u64 {
+        if self.running {
+            self.max_memory() / 4
+        } else {
+            0
+        }
     }
 
     /// The rootfs `size=` in bytes, 4 GiB when absent (as `vmstatus` does).
@@ -264,9 +334,9 @@ impl Guest {
         map
     }
 
-    /// One `vmstatus` row, as `GET /nodes/{n}/lxc` lists it.
-    pub fn status_json(&self) -> Map<String, Value> {
-        let maxmem = self.memory_mib() * MIB;
+    /// One `vmstatus` row, as `GET /nodes/{n}/lxc` lists it, at `now`.
+    pub fn status_json(&self, now: Instant) -> Map<String, Value> {
+        let maxmem = self.max_memory();
         let swap_mib: u64 = self
             .conf
             .get("swap")
@@ -282,7 +352,7 @@ impl Guest {
         let uptime = self
             .started
             .filter(|_| self.running)
-            .map_or(0, |s| s.elapsed().as_secs());
+            .map_or(0, |s| now.saturating_duration_since(s).as_secs());
         let r = self.running;
         let Value::Object(mut row) = json!({
             "vmid": self.vmid,
@@ -291,10 +361,10 @@ impl Guest {
             "name": self.name(),
             "cpus": cpus,
             "cpu": if r { 0.0123 } else { 0.0 },
-            "mem": if r { maxmem / 4 } else { 0 },
+            "mem": self.resident_memory(),
             "maxmem": maxmem,
             "swap": 0,
-            "maxswap": swap_mib * MIB,
+            "maxswap": swap_mib.saturating_mul(MIB),
             "disk": if r { maxdisk / 5 } else { 0 },
             "maxdisk": maxdisk,
             "diskread": if r { 52_428_800 } else { 0 },
@@ -526,6 +596,8 @@ pub(crate) struct TaskSpec {
     pub failure: Option<Failure>,
     /// Log lines the worker prints on its way.
     pub log: Vec<String>,
+    /// How long it runs, when not the simulator's task duration.
+    pub duration: Option<Duration>,
 }
 
 impl TaskSpec {
@@ -537,6 +609,7 @@ impl TaskSpec {
             effect,
             failure: None,
             log: Vec::new(),
+            duration: None,
         }
     }
 }
@@ -660,6 +733,8 @@ pub(crate) struct State {
     pub auth_delay: Duration,
     pub requests: Vec<RecordedRequest>,
     pub fingerprint: String,
+    /// The simulated host's clock: every deadline and timestamp reads it.
+    pub clock: SimClock,
     pub boot: Instant,
     pub boot_uptime: u64,
     next_pid: u32,
@@ -685,9 +760,10 @@ impl State {
         auth_delay: Duration,
         fingerprint: String,
     ) -> State {
+        let clock = SimClock::new();
         let guests = seeds
             .iter()
-            .map(|s| (s.vmid, Guest::from_seed(s)))
+            .map(|s| (s.vmid, Guest::from_seed(s, clock.now())))
             .collect();
         State {
             node,
@@ -725,7 +801,8 @@ impl State {
             auth_delay,
             requests: Vec::new(),
             fingerprint,
-            boot: Instant::now(),
+            boot: clock.now(),
+            clock,
             boot_uptime: 86_400 * 3 + 1234,
             next_pid: 0x0001_A2B3,
         }
@@ -745,15 +822,28 @@ impl State {
 
     pub fn storage_used(&self, s: &Storage) -> u64 {
         let extra: u64 = match s.kind {
-            "lvmthin" => self.guests.values().map(|g| g.disk_bytes() / 4).sum(),
-            _ => self
-                .backups
-                .iter()
-                .filter(|b| b.storage == s.name)
-                .map(|b| b.size)
-                .sum(),
+            "lvmthin" => saturating_sum(self.guests.values().map(|g| g.disk_bytes() / 4)),
+            _ => saturating_sum(
+                self.backups
+                    .iter()
+                    .filter(|b| b.storage == s.name)
+                    .map(|b| b.size),
+            ),
         };
-        (s.base_used + extra).min(s.total)
+        s.base_used.saturating_add(extra).min(s.total)
+    }
+
+    /// Seconds since the host booted.
+    pub fn uptime(&self) -> u64 {
+        let up = self.clock.now().saturating_duration_since(self.boot);
+        self.boot_uptime.saturating_add(up.as_secs())
+    }
+
+    /// The host's memory as `/proc/meminfo` shows it and pve-manager reports it.
+    pub fn host_memory(&self) -> HostMemory {
+        HostMemory::of(saturating_sum(
+            self.guests.values().map(Guest::resident_memory),
+        ))
     }
 
     /// Is `privilege` on `path` denied by an entry of `list` (ACLs propagate downwards)?
@@ -786,11 +876,12 @@ impl State {
     /// Forks a worker: assigns its UPID, settles its fate, takes its lock.
     pub fn spawn(&mut self, spec: TaskSpec) -> String {
         self.advance();
-        let starttime = clock::epoch_now();
+        let starttime = self.clock.epoch();
         let pid = self.next_pid;
         self.next_pid = self.next_pid.wrapping_add(0x35);
         // /proc starttime is in clock ticks since boot (100 Hz).
-        let pstart = 0x00C0_FFEE + (self.boot.elapsed().as_millis() / 10) as u64;
+        let since_boot = self.clock.now().saturating_duration_since(self.boot);
+        let pstart = 0x00C0_FFEE + (since_boot.as_millis() / 10) as u64;
         let upid = format!(
             "UPID:{}:{:08X}:{:08X}:{:08X}:{}:{}:{}:",
             self.node, pid, pstart, starttime, spec.kind, spec.id, self.token_id
@@ -832,7 +923,7 @@ impl State {
             starttime,
             kind: spec.kind,
             id: spec.id,
-            ends: Instant::now() + self.task_duration,
+            ends: self.clock.now() + spec.duration.unwrap_or(self.task_duration),
             endtime: None,
             exitstatus,
             log,
@@ -844,7 +935,7 @@ impl State {
 
     /// Ends every task whose time is up, oldest deadline first, applying its effect.
     pub fn advance(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         loop {
             let next = self
                 .tasks
@@ -868,7 +959,16 @@ impl State {
         if let Some(status) = interrupt {
             task.exitstatus = status.to_string();
         }
-        task.endtime = Some(clock::epoch_now().max(task.starttime));
+        // A task that ran out is ended at its deadline, however late it is settled.
+        let late = match interrupt {
+            Some(_) => 0,
+            None => self
+                .clock
+                .now()
+                .saturating_duration_since(task.ends)
+                .as_secs(),
+        };
+        task.endtime = Some(self.clock.epoch().saturating_sub(late).max(task.starttime));
         let ok = task.ok();
         let lock = task.lock.clone();
         let effect = std::mem::replace(&mut task.effect, Effect::None);
@@ -890,12 +990,14 @@ impl State {
     }
 
     fn apply(&mut self, effect: Effect) {
+        let now = self.clock.now();
+        let epoch = self.clock.epoch();
         match effect {
             Effect::None => {}
             Effect::Start(vmid) => {
                 if let Some(g) = self.guests.get_mut(&vmid) {
                     g.running = true;
-                    g.started = Some(Instant::now());
+                    g.started = Some(now);
                     g.pid = self.next_pid;
                 }
             }
@@ -908,7 +1010,7 @@ impl State {
             Effect::Reboot(vmid) => {
                 if let Some(g) = self.guests.get_mut(&vmid) {
                     g.running = true;
-                    g.started = Some(Instant::now());
+                    g.started = Some(now);
                 }
             }
             Effect::Destroy(vmid) => {
@@ -935,7 +1037,7 @@ impl State {
                                 .as_deref()
                                 .map(split_lines)
                                 .unwrap_or_default(),
-                            snaptime: clock::epoch_now(),
+                            snaptime: epoch,
                         },
                     );
                     g.conf.insert("parent".into(), name);
@@ -955,7 +1057,7 @@ impl State {
                     conf.insert("parent".into(), name);
                     g.conf = conf;
                     g.running = start;
-                    g.started = start.then(Instant::now);
+                    g.started = start.then_some(now);
                 }
             }
             Effect::DelSnapshot { vmid, name } => {
@@ -980,7 +1082,7 @@ impl State {
             Effect::Restore { guest, start, .. } => {
                 let mut guest = *guest;
                 guest.running = start;
-                guest.started = start.then(Instant::now);
+                guest.started = start.then_some(now);
                 self.guests.insert(guest.vmid, guest);
             }
             Effect::Backup(backups) => {
@@ -1016,8 +1118,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_memory_never_reports_more_used_than_the_host_has() {
+        // Idle, busy, overcommitted far past RAM and swap, and the sum saturated.
+        for guests in [0, 8 * GIB, HOST_MEMORY, 4 * HOST_MEMORY, u64::MAX] {
+            let m = HostMemory::of(guests);
+            assert_eq!(m.total, HOST_MEMORY);
+            assert!(m.used < m.total, "{guests}: {m:?}");
+            assert_eq!(m.used + m.available, m.total, "{guests}");
+            assert!(m.free <= m.available, "{guests}");
+            assert!(m.swap_used <= m.swap_total, "{guests}");
+        }
+        let idle = HostMemory::of(0);
+        assert_eq!((idle.used, idle.swap_used), (HOST_BASE_USED, 0));
+        let over = HostMemory::of(HOST_MEMORY);
+        assert_eq!(over.available, HOST_MIN_AVAILABLE);
+        assert_eq!(over.swap_used, HOST_BASE_USED + HOST_MIN_AVAILABLE);
+    }
+
+    #[test]
     fn description_round_trip_gains_newline() {
-        let mut g = Guest::from_seed(&GuestSeed::new(100, "web"));
+        let mut g = Guest::from_seed(&GuestSeed::new(100, "web"), Instant::now());
         g.apply_config(
             &[("description".into(), "Managed by agent: v1".into())],
             &[],
@@ -1044,7 +1164,7 @@ mod tests {
 
     #[test]
     fn config_typing() {
-        let mut g = Guest::from_seed(&GuestSeed::new(100, "web"));
+        let mut g = Guest::from_seed(&GuestSeed::new(100, "web"), Instant::now());
         g.apply_config(
             &[
                 ("cpulimit".into(), "0.5".into()),
