@@ -546,49 +546,76 @@ fn selftest_task_beside_a_running_daemon_exits_2_naming_it_and_mutates_nothing()
     assert!(lab.pve.mutations().len() > mutations);
 }
 
+/// The read-only commands, each as the operator types it.
+const READ_ONLY: [&[&str]; 4] = [
+    &["journal"],
+    &["journal", "--in-flight", "--tail", "5"],
+    &["plan"],
+    &["selftest", "offline"],
+];
+
+impl Lab {
+    /// Runs every read-only command: each exits 0 and leaves the state directory as
+    /// it found it, byte for byte.
+    fn read_only_commands_change_nothing(&self, beside: &str) {
+        let before = self.snapshot();
+        for args in READ_ONLY {
+            let out = self.command(args);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{args:?} {beside}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                self.snapshot(),
+                before,
+                "{args:?} {beside} changed the state directory"
+            );
+        }
+    }
+}
+
 #[test]
 fn read_only_commands_work_beside_a_running_daemon_and_change_no_file() {
     let lab = Lab::new("readonly", &[WEB]);
     let mut a = lab.daemon();
     a.wait_running();
-    a.wait_until("the desired start journaled", |_| {
+    // Idle: the desired start is done and the start's nonce compaction has written its
+    // trusted time, so from here the daemon writes nothing until it stops.
+    a.wait_until("the desired start journaled, the nonces compacted", |_| {
         Journal::open_read_only(&lab.state().join("journal.log"))
             .is_ok_and(|j| j.in_flight().is_empty() && !j.history().is_empty())
+            && fs::read_to_string(lab.state().join("nonces.log"))
+                .is_ok_and(|t| t.contains(r#""kind":"trusted_time""#))
     });
-    // A torn last line, as an interrupted append leaves it: a writer would cut it
-    // (into journal.log.broken); a reader must not.
+    // A torn last line in the journal, as an interrupted append leaves it: a writer
+    // would cut it (into journal.log.broken); a reader must not.
     let torn = br#"{"seq":99,"prev":"00"#;
-    for f in ["journal.log", "nonces.log"] {
+    let append_torn = |f: &str| {
         let mut file = fs::OpenOptions::new()
             .append(true)
             .open(lab.state().join(f))
             .unwrap();
         std::io::Write::write_all(&mut file, torn).unwrap();
-    }
-    let before = lab.snapshot();
-    for args in [
-        &["journal"][..],
-        &["journal", "--in-flight", "--tail", "5"],
-        &["plan"],
-        &["selftest", "offline"],
-    ] {
-        let out = lab.command(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?} beside the daemon:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            lab.snapshot(),
-            before,
-            "{args:?} changed the state directory"
-        );
-    }
+    };
+    append_torn("journal.log");
+    lab.read_only_commands_change_nothing("beside the running daemon");
     assert!(a.alive(), "{}", a.log());
+    let journal_before = fs::read(lab.state().join("journal.log")).unwrap();
     a.stop();
-    assert_eq!(lab.snapshot(), before, "nor did the idle daemon");
+    // The daemon records its trusted time in nonces.log as it stops; the journal it
+    // leaves alone.
+    assert_eq!(
+        fs::read(lab.state().join("journal.log")).unwrap(),
+        journal_before,
+        "the idle daemon changed the journal"
+    );
+
+    // A torn tail in the nonce store too, with no daemon: still nothing is cut.
+    append_torn("nonces.log");
+    lab.read_only_commands_change_nothing("with no daemon");
 
     // The torn tails were real: the next writer cuts them.
     let mut a = lab.daemon();
