@@ -19,10 +19,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::sign::{Destroy, ssh_keygen_sign};
+
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -91,37 +94,6 @@ impl Drop for Lab {
     }
 }
 
-fn nonce() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:016x}{:016x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst) + 0xc4a5_0000
-    )
-}
-
-/// Signs `blob` with the real `ssh-keygen -Y sign`, from a 0600 copy of the test key.
-fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
-    let key = dir.join("operator-key");
-    fs::copy(
-        format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
-        &key,
-    )
-    .unwrap();
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let msg = dir.join("blob.json");
-    fs::write(&msg, blob).unwrap();
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
-        .arg(&key)
-        .arg(&msg)
-        .stderr(Stdio::null())
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(st.success(), "ssh-keygen -Y sign failed");
-    fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
-}
-
 impl Lab {
     fn new(name: &str, flow: Flow) -> Lab {
         let dir = std::env::temp_dir().join(format!("felhom-cm-{name}-{}", std::process::id()));
@@ -171,17 +143,14 @@ impl Lab {
         };
         fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
         let signed = (flow == Flow::Signed).then(|| {
-            let now = SystemClock.now().unix();
-            let n = nonce();
-            let digest = pve.guest_digest(SIGNED_VMID).expect("the guest to destroy exists");
-            let blob = format!(
-                "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{SIGNED_VMID}\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{n}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
-                Timestamp(now - 60),
-                Timestamp(now + 1800)
-            )
-            .into_bytes();
+            let digest = pve
+                .guest_digest(SIGNED_VMID)
+                .expect("the guest to destroy exists");
+            let guest = SIGNED_VMID.to_string();
+            let op = Destroy::new("pve-a", &guest, &digest, SystemClock.now().unix());
+            let blob = op.blob();
             let sig = ssh_keygen_sign(&dir, &blob);
-            (blob, sig, n)
+            (blob, sig, op.nonce)
         });
         let lab = Lab {
             dir,

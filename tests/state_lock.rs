@@ -17,6 +17,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::sign::{destroy_blob, ssh_keygen_sign};
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use felhom_agent::faultpoint::SECOND_MS_ENV;
 use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::time::{Clock, SystemClock, Timestamp};
+use felhom_agent::time::{Clock, SystemClock};
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
@@ -186,47 +189,12 @@ impl Lab {
     /// A signed destroy of the doomed guest, valid around now, signed by the real
     /// `ssh-keygen -Y sign` (the one place blobs are minted in this file).
     fn signed_destroy(&self) -> (Vec<u8>, String) {
-        static N: AtomicU64 = AtomicU64::new(1);
-        let nonce = format!(
-            "{:016x}{:016x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst) + 0x10c4_0000
-        );
-        let now = SystemClock.now().unix();
         // The digest the operator saw: Proxmox's answer to GET …/lxc/VMID/config.
         let config = self.pve.guest_config(DOOMED).expect("the guest exists");
-        let blob = json!({
-            "op": "guest_destroy",
-            "host_id": "pve-a",
-            "guest_id": DOOMED.to_string(),
-            "guest_digest": config["digest"],
-            "params": {"purge": "1"},
-            "key_id": "ops-2026",
-            "nonce": nonce,
-            "not_before": Timestamp(now - 60).to_string(),
-            "expires_at": Timestamp(now + 1800).to_string()
-        });
-        let blob = format!("{blob}\n").into_bytes();
-        let key = self.dir.join("operator-key");
-        if !key.exists() {
-            fs::copy(
-                format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
-                &key,
-            )
-            .unwrap();
-            fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let msg = self.dir.join(format!("blob-{nonce}.json"));
-        fs::write(&msg, &blob).unwrap();
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
-            .arg(&key)
-            .arg(&msg)
-            .stderr(Stdio::null())
-            .status()
-            .expect("ssh-keygen runs");
-        assert!(st.success(), "ssh-keygen -Y sign failed");
-        let sig = fs::read_to_string(format!("{}.sig", msg.display())).unwrap();
+        let digest = config["digest"].as_str().expect("the config has a digest");
+        let guest = DOOMED.to_string();
+        let blob = destroy_blob("pve-a", &guest, digest, SystemClock.now().unix());
+        let sig = ssh_keygen_sign(&self.dir, &blob);
         (blob, sig)
     }
 

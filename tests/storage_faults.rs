@@ -18,12 +18,13 @@
 mod common;
 use common::CountingExecutor;
 use common::pinned_client as client;
+use common::sign::{destroy_blob, ssh_keygen_sign};
 
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -296,47 +297,15 @@ fn a_failed_write_or_fsync_poisons_each_store_and_the_restart_replays_what_was_a
 // ---------------------------------------------------------------------------------
 // No destructive op on a journal (or audit log) that could not be written.
 
-fn nonce() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:016x}{:016x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst) + 0x5f00_0000
-    )
-}
-
-fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
-    let key = dir.join("operator-key");
-    fs::copy(
-        format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
-        &key,
-    )
-    .unwrap();
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let msg = dir.join(format!("blob-{}.json", nonce()));
-    fs::write(&msg, blob).unwrap();
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
-        .arg(&key)
-        .arg(&msg)
-        .stderr(Stdio::null())
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(st.success(), "ssh-keygen -Y sign failed");
-    fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
-}
-
 /// A destroy of `guest` signed for its config as `sim` has it now.
 fn destroy_op(sim: &ProxmoxSim, dir: &Path, guest: u32) -> (Intent, SignedOp) {
     let digest = sim.guest_digest(guest).unwrap_or_else(|| "0".repeat(40));
-    let now = SystemClock.now().unix();
-    let blob = format!(
-        "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{guest}\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
-        nonce(),
-        Timestamp(now - 60),
-        Timestamp(now + 1800)
-    )
-    .into_bytes();
+    let blob = destroy_blob(
+        "pve-a",
+        &guest.to_string(),
+        &digest,
+        SystemClock.now().unix(),
+    );
     let signature = ssh_keygen_sign(dir, &blob);
     let intent = felhom_agent::hub::signed_ops::intent_for(&blob).unwrap();
     (intent, SignedOp { blob, signature })
@@ -652,7 +621,7 @@ fn a_full_file_system_fails_appends_without_claiming_them_and_replays_clean_afte
 #[cfg(feature = "fault-points")]
 mod binary {
     use super::*;
-    use std::process::Child;
+    use std::process::{Child, Stdio};
     use std::time::Instant;
 
     use felhom_agent::faultpoint::{FAIL_SYNC_AT_ENV, SECOND_MS_ENV};
