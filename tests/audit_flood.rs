@@ -9,7 +9,7 @@
 //! hostile answer of any length writes a bounded number of entries.
 
 mod common;
-use common::sign::destroy_blob;
+use common::sign::{destroy_blob, signer};
 
 use std::fs;
 use std::io;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Role, SignerEntry, Verifier};
+use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
 use felhom_agent::encoding::{base64_decode, base64_encode};
 use felhom_agent::hub::HubClientOptions;
 use felhom_agent::hub::report::{AUDIT_STRING_MAX, AuditEntry, AuditField};
@@ -185,11 +185,7 @@ fn agent(name: &str, io: Arc<dyn Io>, max_bytes: u64) -> Agent {
 fn agent_in(dir: PathBuf, io: Arc<dyn Io>, max_bytes: u64) -> Agent {
     let clock = ManualClock::new(SystemClock.now());
     let cfg = AuthzConfig {
-        signers: vec![SignerEntry {
-            key_id: "ops-2026".into(),
-            role: Role::Operational,
-            public_key: fs::read_to_string("vectors/sshsig/keys/ed25519.pub").unwrap(),
-        }],
+        signers: vec![signer()],
         ..AuthzConfig::default()
     };
     let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());

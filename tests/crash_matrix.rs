@@ -20,13 +20,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::sign::{Destroy, ssh_keygen_sign};
+use common::agent::{agent_command, write_agent_config};
+use common::sign::{Destroy, authz_json, ssh_keygen_sign};
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
 use felhom_agent::time::{Clock, SystemClock, Timestamp};
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
 /// Bound for anything the agent should do within a few schedule rounds.
@@ -111,30 +112,11 @@ impl Lab {
             .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
                 "desired_generation": 0, "has_signed_ops": false}))
             .start();
-        let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-        let signer = fs::read_to_string(format!(
-            "{}/vectors/sshsig/keys/ed25519.pub",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let config = json!({
-            "host_id": "pve-a",
-            "state_dir": dir.join("state"),
-            "proxmox": {
-                "url": pve.url(), "node": pve.node(),
-                "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
-                "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
-            },
-            "hub": {"url": hub.url(), "api_key": hub.key(), "poll_seconds": 60,
-                "timeout_seconds": 5, "tls": {"ca_file": ca}},
-            "authz": {"signers": [
-                {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
-            ]},
-            "reconcile": {"desired_file": dir.join("desired.json")}
+        write_agent_config(&dir, &pve, &hub, |c| {
+            c["hub"]["poll_seconds"] = json!(60);
+            c["authz"] = authz_json();
+            c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
         });
-        let path = dir.join("agent.json");
-        fs::write(&path, config.to_string()).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let desired = match flow {
             Flow::Benign => json!({"generation": 1, "guests": [
                 {"vmid": BENIGN_VMID, "run": "running"}
@@ -197,15 +179,10 @@ impl Lab {
             .append(true)
             .open(self.dir.join("stderr.log"))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_felhom-agent"));
-        cmd.args(["run", "--config"])
-            .arg(self.dir.join("agent.json"))
-            .env(SECOND_MS_ENV, "10")
+        let mut cmd = agent_command(&["run"], &self.dir.join("agent.json"), stderr);
+        cmd.env(SECOND_MS_ENV, "10")
             .env_remove(PAUSE_AT_ENV)
-            .env_remove(JOURNAL_COMPACT_AT_ENV)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+            .env_remove(JOURNAL_COMPACT_AT_ENV);
         if let Some(p) = pause {
             cmd.env(PAUSE_AT_ENV, p).env(PAUSE_MARKER_ENV, &marker);
         }

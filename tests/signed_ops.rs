@@ -6,7 +6,7 @@
 
 mod common;
 use common::CountingExecutor;
-use common::sign::{destroy_blob, ssh_keygen_sign};
+use common::sign::{destroy_blob, signer, ssh_keygen_sign};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Role, SignerEntry, Verifier};
+use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
 use felhom_agent::hub::HubClientOptions;
 use felhom_agent::hub::signed_ops::{
     Announcement, Announcing, DeliveredOp, FetchError, OpOutcome, RoundError, SignedOpsClient,
@@ -79,11 +79,7 @@ fn lab(name: &str) -> Lab {
     let hub = HubSim::start();
     let clock = ManualClock::new(SystemClock.now());
     let cfg = AuthzConfig {
-        signers: vec![SignerEntry {
-            key_id: "ops-2026".into(),
-            role: Role::Operational,
-            public_key: fs::read_to_string("vectors/sshsig/keys/ed25519.pub").unwrap(),
-        }],
+        signers: vec![signer()],
         ..AuthzConfig::default()
     };
     let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());

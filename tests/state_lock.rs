@@ -18,23 +18,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::sign::{destroy_blob, ssh_keygen_sign};
+use common::agent::{BIN, agent_command, write_agent_config};
+use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use felhom_agent::faultpoint::SECOND_MS_ENV;
 use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::time::{Clock, SystemClock};
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_felhom-agent");
 /// Bound for anything that should happen within a few schedule rounds; only keeps a
 /// broken agent from hanging the suite.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -77,30 +77,11 @@ impl Lab {
             .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
                 "desired_generation": 0, "has_signed_ops": false}))
             .start();
-        let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-        let signer = fs::read_to_string(format!(
-            "{}/vectors/sshsig/keys/ed25519.pub",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let config = json!({
-            "host_id": "pve-a",
-            "state_dir": dir.join("state"),
-            "proxmox": {
-                "url": pve.url(), "node": pve.node(),
-                "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
-                "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
-            },
-            "hub": {"url": hub.url(), "api_key": hub.key(), "poll_seconds": 60,
-                "timeout_seconds": 5, "tls": {"ca_file": ca}},
-            "authz": {"signers": [
-                {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
-            ]},
-            "reconcile": {"desired_file": dir.join("desired.json")}
+        write_agent_config(&dir, &pve, &hub, |c| {
+            c["hub"]["poll_seconds"] = json!(60);
+            c["authz"] = authz_json();
+            c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
         });
-        let path = dir.join("agent.json");
-        fs::write(&path, config.to_string()).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let guests: Vec<Value> = running
             .iter()
             .map(|v| json!({"vmid": v, "run": "running"}))
@@ -130,14 +111,8 @@ impl Lab {
     fn spawn(&self, args: &[&str]) -> Agent {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         let log = self.dir.join(format!("agent-{n}.log"));
-        let child = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
+        let child = agent_command(args, &self.config(), File::create(&log).unwrap())
             .env(SECOND_MS_ENV, SECOND_MS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
             .spawn()
             .expect("the agent binary starts");
         Agent { child, log }

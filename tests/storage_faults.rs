@@ -18,7 +18,7 @@
 mod common;
 use common::CountingExecutor;
 use common::pinned_client as client;
-use common::sign::{destroy_blob, ssh_keygen_sign};
+use common::sign::{destroy_blob, signer, ssh_keygen_sign};
 
 use std::fs;
 use std::io::Write as _;
@@ -30,8 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{
-    AuthzConfig, AuthzError, FileNonceStore, Freshness, NonceStore, NonceStoreError, Role,
-    SignerEntry, Verifier,
+    AuthzConfig, AuthzError, FileNonceStore, Freshness, NonceStore, NonceStoreError, Verifier,
 };
 use felhom_agent::hub::report::AuditEntry;
 use felhom_agent::proxmox::WaitOptions;
@@ -329,15 +328,7 @@ struct Rig {
 
 fn rig(sim: &ProxmoxSim, dir: &Path, journal_io: Arc<dyn Io>, audit_io: Arc<dyn Io>) -> Rig {
     let cfg = AuthzConfig {
-        signers: vec![SignerEntry {
-            key_id: "ops-2026".into(),
-            role: Role::Operational,
-            public_key: fs::read_to_string(format!(
-                "{}/vectors/sshsig/keys/ed25519.pub",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap(),
-        }],
+        signers: vec![signer()],
         ..AuthzConfig::default()
     };
     let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
@@ -621,12 +612,14 @@ fn a_full_file_system_fails_appends_without_claiming_them_and_replays_clean_afte
 #[cfg(feature = "fault-points")]
 mod binary {
     use super::*;
-    use std::process::{Child, Stdio};
+    use common::agent::{agent_command, write_agent_config};
+    use common::sign::authz_json;
+    use std::process::Child;
     use std::time::Instant;
 
     use felhom_agent::faultpoint::{FAIL_SYNC_AT_ENV, SECOND_MS_ENV};
     use felhom_agent::reconcile::journal::JournalView;
-    use felhom_sim::{DEFAULT_TOKEN_SECRET, HubSim};
+    use felhom_sim::HubSim;
     use serde_json::json;
 
     const PATIENCE: Duration = Duration::from_secs(30);
@@ -671,34 +664,17 @@ mod binary {
                 .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
                     "desired_generation": 0, "has_signed_ops": false}))
                 .start();
-            let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-            let mut config = json!({
-                "host_id": "pve-a",
-                "state_dir": dir.join("state"),
-                "proxmox": {
-                    "url": pve.url(), "node": pve.node(),
-                    "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
-                    "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
-                },
-                "hub": {"url": hub.url(), "api_key": hub.key(), "timeout_seconds": 5,
-                    "tls": {"ca_file": ca}},
-                "reconcile": {"desired_file": dir.join("desired.json")}
+            write_agent_config(&dir, &pve, &hub, |c| {
+                c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
+                if signed {
+                    c["authz"] = authz_json();
+                }
             });
             let desired = if signed {
-                let signer = fs::read_to_string(format!(
-                    "{}/vectors/sshsig/keys/ed25519.pub",
-                    env!("CARGO_MANIFEST_DIR")
-                ))
-                .unwrap();
-                config["authz"] = json!({"signers": [
-                    {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
-                ]});
                 json!({"generation": 1, "guests": []})
             } else {
                 json!({"generation": 1, "guests": [{"vmid": 100, "run": "running"}]})
             };
-            fs::write(dir.join("agent.json"), config.to_string()).unwrap();
-            fs::set_permissions(dir.join("agent.json"), fs::Permissions::from_mode(0o600)).unwrap();
             fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
             let signed = signed.then(|| destroy_op(&pve, &dir, 105));
             Lab {
@@ -731,14 +707,8 @@ mod binary {
                 .append(true)
                 .open(self.dir.join("stderr.log"))
                 .unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_felhom-agent"));
-            cmd.args(["run", "--config"])
-                .arg(self.dir.join("agent.json"))
-                .env(SECOND_MS_ENV, "10")
-                .env_remove(FAIL_SYNC_AT_ENV)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr);
+            let mut cmd = agent_command(&["run"], &self.dir.join("agent.json"), stderr);
+            cmd.env(SECOND_MS_ENV, "10").env_remove(FAIL_SYNC_AT_ENV);
             if let Some(at) = fail_sync_at {
                 cmd.env(FAIL_SYNC_AT_ENV, at);
             }

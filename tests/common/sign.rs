@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use felhom_agent::authz::{Role, SignerEntry};
 use felhom_agent::time::Timestamp;
 
 /// A nonce no other blob of this process uses (nonces must not collide between the
@@ -98,4 +99,26 @@ pub fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
         .expect("ssh-keygen runs");
     assert!(st.success(), "ssh-keygen -Y sign failed");
     fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
+}
+
+/// The test key's public line, as an allow-list holds it.
+pub const PUBLIC_KEY: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/vectors/sshsig/keys/ed25519.pub"
+));
+
+/// The allow-list entry for the test key: `ops-2026`, operational.
+pub fn signer() -> SignerEntry {
+    SignerEntry {
+        key_id: "ops-2026".into(),
+        role: Role::Operational,
+        public_key: PUBLIC_KEY.into(),
+    }
+}
+
+/// The config file's `authz` section allowing the test key as [`signer`] does.
+pub fn authz_json() -> serde_json::Value {
+    serde_json::json!({"signers": [
+        {"key_id": "ops-2026", "role": "operational", "public_key": PUBLIC_KEY.trim()}
+    ]})
 }

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use felhom_agent::authz::{AuthzConfig, FileNonceStore, NonceStore, Role, SignerEntry, Verifier};
+use felhom_agent::authz::{AuthzConfig, FileNonceStore, NonceStore, Verifier};
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::Intent;
 use felhom_agent::reconcile::desired::{
@@ -23,7 +23,7 @@ use felhom_agent::store::Io;
 use felhom_agent::time::SystemClock;
 use felhom_sim::{GuestSeed, ProxmoxSim};
 
-use super::common::sign::{destroy_blob, ssh_keygen_sign};
+use super::common::sign::{destroy_blob, signer, ssh_keygen_sign};
 use super::{
     HOST, Lab, NONCES, Scenario, assert_files_clean, client, err, exercise, fast_wait, now,
     tempdir, with_queue,
@@ -174,18 +174,6 @@ fn a_benign_config_change_survives_a_power_cut_at_every_point() {
 // (2) A signed guest_destroy, from the verifier to the journaled outcome.
 
 const DOOMED: u32 = 105;
-
-fn signer() -> SignerEntry {
-    SignerEntry {
-        key_id: "ops-2026".into(),
-        role: Role::Operational,
-        public_key: fs::read_to_string(format!(
-            "{}/vectors/sshsig/keys/ed25519.pub",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    }
-}
 
 /// The one place a signed destroy's blob is made: what the operator signs about the
 /// guest `vmid` as `sim` shows it.
