@@ -20,7 +20,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{agent_command, write_agent_config};
+use common::agent::{agent_command, fast_hub, write_agent_config};
 use common::sign::{Destroy, authz_json, ssh_keygen_sign};
 
 use std::collections::HashMap;
@@ -106,12 +106,7 @@ impl Lab {
             .guest(GuestSeed::new(SIGNED_VMID, "customer-db"))
             .task_duration(Duration::from_millis(150))
             .start();
-        // The shortest interval the agent adopts, so the next round (and its
-        // announcement of signed ops) comes soon.
-        let hub = HubSim::builder()
-            .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-                "desired_generation": 0, "has_signed_ops": false}))
-            .start();
+        let hub = fast_hub();
         write_agent_config(&dir, &pve, &hub, |c| {
             c["hub"]["poll_seconds"] = json!(60);
             c["authz"] = authz_json();

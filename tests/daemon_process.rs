@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{agent_command, write_agent_config};
+use common::agent::{agent_command, fast_envelope, fast_hub, write_agent_config};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -195,8 +195,7 @@ fn sims() -> (ProxmoxSim, HubSim) {
 fn hub_sim(port: u16) -> HubSim {
     HubSim::builder()
         .port(port)
-        .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-            "desired_generation": 0, "has_signed_ops": false}))
+        .default_envelope(fast_envelope())
         .start()
 }
 
@@ -460,10 +459,7 @@ fn with_a_desired_state_file_the_daemon_fixes_drift_and_reports_the_gate_decisio
         )
         .guest(GuestSeed::new(101, "db"))
         .start();
-    let hub = HubSim::builder()
-        .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-            "desired_generation": 0, "has_signed_ops": false}))
-        .start();
+    let hub = fast_hub();
     let mut agent = Agent::start_with("desired", &pve, &hub, |v| {
         let file = PathBuf::from(v["state_dir"].as_str().unwrap())
             .parent()

@@ -612,7 +612,7 @@ fn a_full_file_system_fails_appends_without_claiming_them_and_replays_clean_afte
 #[cfg(feature = "fault-points")]
 mod binary {
     use super::*;
-    use common::agent::{agent_command, write_agent_config};
+    use common::agent::{agent_command, fast_hub, write_agent_config};
     use common::sign::authz_json;
     use std::process::Child;
     use std::time::Instant;
@@ -658,12 +658,8 @@ mod binary {
                 .guest(GuestSeed::new(105, "customer-db"))
                 .task_duration(Duration::from_millis(100))
                 .start();
-            // The shortest interval the agent adopts: a signed op queued after the
-            // first report is announced by the next one soon after.
-            let hub = HubSim::builder()
-                .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-                    "desired_generation": 0, "has_signed_ops": false}))
-                .start();
+            // A signed op queued after the first report is announced by the next one.
+            let hub = fast_hub();
             write_agent_config(&dir, &pve, &hub, |c| {
                 c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
                 if signed {

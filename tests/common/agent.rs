@@ -53,3 +53,15 @@ pub fn agent_command(args: &[&str], config: &Path, stderr: File) -> Command {
         .stderr(stderr);
     cmd
 }
+
+/// The envelope of a hub that asks for the shortest poll interval the agent adopts
+/// (60 s), so the next round, and its announcement of signed ops, comes soon.
+pub fn fast_envelope() -> Value {
+    json!({"poll_interval_seconds": 60, "blocked": false,
+        "desired_generation": 0, "has_signed_ops": false})
+}
+
+/// A hub simulator answering every round with [`fast_envelope`].
+pub fn fast_hub() -> HubSim {
+    HubSim::builder().default_envelope(fast_envelope()).start()
+}
