@@ -12,6 +12,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/sign.rs"]
+mod sign;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -31,11 +34,19 @@ const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sshsig/keys");
 const NOW: Timestamp = Timestamp(1_893_457_800);
 const GOAL: f64 = 1.2;
 
+/// The `i`-th destroy blob: the tests' blob text, by the bench signer, valid around
+/// [`NOW`] (2030-01-01 00:00 to 01:00), nonce `i`.
 fn blob(i: usize) -> Vec<u8> {
-    format!(
-        r#"{{"op":"guest_destroy","host_id":"pve-a","guest_id":"105","guest_digest":"9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1","params":{{"purge":"1"}},"key_id":"bench","nonce":"{i:032x}","not_before":"2030-01-01T00:00:00Z","expires_at":"2030-01-01T01:00:00Z"}}"#
-    )
-    .into_bytes()
+    sign::Destroy {
+        key_id: "bench",
+        host: "pve-a",
+        guest: "105",
+        digest: "9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1",
+        nonce: format!("{i:032x}"),
+        not_before: Timestamp(1_893_456_000),
+        expires_at: Timestamp(1_893_459_600),
+    }
+    .blob()
 }
 
 fn time_per_op(mut f: impl FnMut(), n: usize) -> Duration {

@@ -8,6 +8,9 @@
 //! restarts, an unparseable or skipped delivery is audited by hash and size, and one
 //! hostile answer of any length writes a bounded number of entries.
 
+mod common;
+use common::sign::{destroy_blob, signer};
+
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Role, SignerEntry, Verifier};
+use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
 use felhom_agent::encoding::{base64_decode, base64_encode};
 use felhom_agent::hub::HubClientOptions;
 use felhom_agent::hub::report::{AUDIT_STRING_MAX, AuditEntry, AuditField};
@@ -115,25 +118,9 @@ impl Io for NoSync {
     }
 }
 
-fn nonce() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:016x}{:016x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst) + 0xf100_0000
-    )
-}
-
-/// A well-formed destroy blob for `guest` on pve-a, valid around `now`.
-fn destroy_blob(guest: &str, now: i64) -> Vec<u8> {
-    format!(
-        "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{guest}\",\"guest_digest\":\"9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
-        nonce(),
-        Timestamp(now - 60),
-        Timestamp(now + 1800)
-    )
-    .into_bytes()
-}
+/// The config digest every destroy blob here carries: made up, as this file runs no
+/// Proxmox simulator.
+const DIGEST: &str = "9c1e4bd07f3f6a25c8e4d1b2a3f5e6d7c8b9a0f1";
 
 /// A real SSHSIG (from `vectors/sshsig/ok/wrap64.sig`) with its namespace replaced by
 /// `len` bytes, re-armored: it parses up to the namespace check, as the hostile hub's
@@ -198,11 +185,7 @@ fn agent(name: &str, io: Arc<dyn Io>, max_bytes: u64) -> Agent {
 fn agent_in(dir: PathBuf, io: Arc<dyn Io>, max_bytes: u64) -> Agent {
     let clock = ManualClock::new(SystemClock.now());
     let cfg = AuthzConfig {
-        signers: vec![SignerEntry {
-            key_id: "ops-2026".into(),
-            role: Role::Operational,
-            public_key: fs::read_to_string("vectors/sshsig/keys/ed25519.pub").unwrap(),
-        }],
+        signers: vec![signer()],
         ..AuthzConfig::default()
     };
     let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
@@ -254,7 +237,7 @@ fn a_hostile_hub_flood_of_24_simulated_hours_stays_under_twice_the_cap() {
     // push it out of what the hub sees.
     let held = DeliveredOp {
         id: "held".into(),
-        blob: destroy_blob("105", a.clock.now().unix()),
+        blob: destroy_blob("pve-a", "105", DIGEST, a.clock.now().unix()),
         signature: None,
     };
     assert_eq!(
@@ -289,7 +272,7 @@ fn a_hostile_hub_flood_of_24_simulated_hours_stays_under_twice_the_cap() {
             }
             let op = DeliveredOp {
                 id: format!("flood-{round}-{i}"),
-                blob: destroy_blob(&guest, a.clock.now().unix()),
+                blob: destroy_blob("pve-a", &guest, DIGEST, a.clock.now().unix()),
                 signature: Some(signature.clone()),
             };
             match a.runner.handle(&op).unwrap() {
@@ -460,7 +443,7 @@ fn a_hostile_answer_is_audited_by_hash_and_size_in_a_bounded_number_of_entries()
     hub.queue_signed_op_raw(json!({"id": "x".repeat(5000), "blob_b64": "eA=="}));
     let signature = hostile_signature(11 * 1024);
     for i in 0..200 {
-        let blob = destroy_blob(&format!("{i}"), a.clock.now().unix());
+        let blob = destroy_blob("pve-a", &format!("{i}"), DIGEST, a.clock.now().unix());
         // The answer is capped at 2 MiB: only the ones the runner takes carry the
         // 15 KB signature.
         hub.queue_signed_op(&blob, (i < 28).then_some(signature.as_str()));

@@ -8,16 +8,18 @@
 
 #[path = "common/audit_fill.rs"]
 mod audit_fill;
+mod common;
+use common::agent::{agent_command, write_agent_config};
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use felhom_agent::reconcile::audit::DEFAULT_MAX_BYTES;
 use felhom_agent::store::verify_file;
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 
 /// Bound for the daemon to come up (a debug build replays 16 MiB in a few seconds).
@@ -50,38 +52,17 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 fn start(dir: &Path, pve: &ProxmoxSim, hub: &HubSim) -> Daemon {
-    let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-    let config = dir.join("agent.json");
-    let v = json!({
-        "host_id": "pve-a",
-        "state_dir": dir.join("state"),
-        "log": {"level": "info"},
-        "proxmox": {
-            "url": pve.url(),
-            "node": pve.node(),
-            "token_id": "felhom-agent@pve!agent",
-            "token_secret": DEFAULT_TOKEN_SECRET,
-            "tls": {"fingerprint_sha256": pve.fingerprint()},
-            "timeout_seconds": 5
-        },
-        "hub": {
-            "url": hub.url(),
-            "api_key": hub.key(),
-            "poll_seconds": 60,
-            "timeout_seconds": 5,
-            "tls": {"ca_file": ca}
-        }
+    let config = write_agent_config(dir, pve, hub, |c| {
+        c["log"] = json!({"level": "info"});
+        c["hub"]["poll_seconds"] = json!(60);
     });
-    fs::write(&config, v.to_string()).unwrap();
-    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(dir.join("stderr.log")).unwrap())
-        .spawn()
-        .expect("the agent binary starts");
+    let child = agent_command(
+        &["run"],
+        &config,
+        File::create(dir.join("stderr.log")).unwrap(),
+    )
+    .spawn()
+    .expect("the agent binary starts");
     Daemon {
         child,
         dir: dir.to_path_buf(),

@@ -19,11 +19,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::agent::{agent_command, fast_hub, write_agent_config};
+use common::sign::{Destroy, authz_json, ssh_keygen_sign};
+
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -36,7 +40,7 @@ use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
 use felhom_agent::time::{Clock, SystemClock, Timestamp};
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
 /// Bound for anything the agent should do within a few schedule rounds.
@@ -91,37 +95,6 @@ impl Drop for Lab {
     }
 }
 
-fn nonce() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:016x}{:016x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst) + 0xc4a5_0000
-    )
-}
-
-/// Signs `blob` with the real `ssh-keygen -Y sign`, from a 0600 copy of the test key.
-fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
-    let key = dir.join("operator-key");
-    fs::copy(
-        format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
-        &key,
-    )
-    .unwrap();
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let msg = dir.join("blob.json");
-    fs::write(&msg, blob).unwrap();
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
-        .arg(&key)
-        .arg(&msg)
-        .stderr(Stdio::null())
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(st.success(), "ssh-keygen -Y sign failed");
-    fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
-}
-
 impl Lab {
     fn new(name: &str, flow: Flow) -> Lab {
         let dir = std::env::temp_dir().join(format!("felhom-cm-{name}-{}", std::process::id()));
@@ -133,36 +106,12 @@ impl Lab {
             .guest(GuestSeed::new(SIGNED_VMID, "customer-db"))
             .task_duration(Duration::from_millis(150))
             .start();
-        // The shortest interval the agent adopts, so the next round (and its
-        // announcement of signed ops) comes soon.
-        let hub = HubSim::builder()
-            .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-                "desired_generation": 0, "has_signed_ops": false}))
-            .start();
-        let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-        let signer = fs::read_to_string(format!(
-            "{}/vectors/sshsig/keys/ed25519.pub",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let config = json!({
-            "host_id": "pve-a",
-            "state_dir": dir.join("state"),
-            "proxmox": {
-                "url": pve.url(), "node": pve.node(),
-                "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
-                "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
-            },
-            "hub": {"url": hub.url(), "api_key": hub.key(), "poll_seconds": 60,
-                "timeout_seconds": 5, "tls": {"ca_file": ca}},
-            "authz": {"signers": [
-                {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
-            ]},
-            "reconcile": {"desired_file": dir.join("desired.json")}
+        let hub = fast_hub();
+        write_agent_config(&dir, &pve, &hub, |c| {
+            c["hub"]["poll_seconds"] = json!(60);
+            c["authz"] = authz_json();
+            c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
         });
-        let path = dir.join("agent.json");
-        fs::write(&path, config.to_string()).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let desired = match flow {
             Flow::Benign => json!({"generation": 1, "guests": [
                 {"vmid": BENIGN_VMID, "run": "running"}
@@ -171,17 +120,14 @@ impl Lab {
         };
         fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
         let signed = (flow == Flow::Signed).then(|| {
-            let now = SystemClock.now().unix();
-            let n = nonce();
-            let digest = pve.guest_digest(SIGNED_VMID).expect("the guest to destroy exists");
-            let blob = format!(
-                "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{SIGNED_VMID}\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{n}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
-                Timestamp(now - 60),
-                Timestamp(now + 1800)
-            )
-            .into_bytes();
+            let digest = pve
+                .guest_digest(SIGNED_VMID)
+                .expect("the guest to destroy exists");
+            let guest = SIGNED_VMID.to_string();
+            let op = Destroy::new("pve-a", &guest, &digest, SystemClock.now().unix());
+            let blob = op.blob();
             let sig = ssh_keygen_sign(&dir, &blob);
-            (blob, sig, n)
+            (blob, sig, op.nonce)
         });
         let lab = Lab {
             dir,
@@ -228,15 +174,10 @@ impl Lab {
             .append(true)
             .open(self.dir.join("stderr.log"))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_felhom-agent"));
-        cmd.args(["run", "--config"])
-            .arg(self.dir.join("agent.json"))
-            .env(SECOND_MS_ENV, "10")
+        let mut cmd = agent_command(&["run"], &self.dir.join("agent.json"), stderr);
+        cmd.env(SECOND_MS_ENV, "10")
             .env_remove(PAUSE_AT_ENV)
-            .env_remove(JOURNAL_COMPACT_AT_ENV)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+            .env_remove(JOURNAL_COMPACT_AT_ENV);
         if let Some(p) = pause {
             cmd.env(PAUSE_AT_ENV, p).env(PAUSE_MARKER_ENV, &marker);
         }

@@ -7,16 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::agent::{agent_command, write_agent_config};
+
 use std::fs::OpenOptions;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use felhom_agent::faultpoint::SECOND_MS_ENV;
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
 /// How long each simulated task runs: long enough to kill the daemon (twice) mid-task.
@@ -50,22 +52,10 @@ impl Lab {
             .task_duration(TASK)
             .start();
         let hub = HubSim::start();
-        let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-        let config = json!({
-            "host_id": "pve-a",
-            "state_dir": dir.join("state"),
-            "proxmox": {
-                "url": pve.url(), "node": pve.node(),
-                "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
-                "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
-            },
-            "hub": {"url": hub.url(), "api_key": hub.key(), "timeout_seconds": 2,
-                "tls": {"ca_file": ca}},
-            "reconcile": {"desired_file": dir.join("desired.json")}
+        write_agent_config(&dir, &pve, &hub, |c| {
+            c["hub"]["timeout_seconds"] = json!(2);
+            c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
         });
-        let path = dir.join("agent.json");
-        std::fs::write(&path, config.to_string()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let lab = Lab { dir, pve, hub };
         lab.desire(json!({"generation": 1, "guests": [{"vmid": VMID, "run": "running"}]}));
         lab
@@ -98,13 +88,8 @@ impl Lab {
             .append(true)
             .open(self.dir.join("stderr.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
-            .args(["run", "--config"])
-            .arg(self.dir.join("agent.json"))
+        let child = agent_command(&["run"], &self.dir.join("agent.json"), stderr)
             .env(SECOND_MS_ENV, "20")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
             .spawn()
             .expect("the agent binary starts");
         Agent { child }

@@ -11,9 +11,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::agent::{agent_command, fast_envelope, fast_hub, write_agent_config};
+
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,21 +60,12 @@ impl Agent {
         let dir = std::env::temp_dir().join(format!("felhom-daemon-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("agent.json");
-        write_config(&config, pve, hub, "info");
+        let config = write_config(&dir, pve, hub, "info", edit);
         // Tests run as root: state goes in the test's own directory, never the default.
         std::fs::create_dir_all(dir.join("state")).unwrap();
-        let mut v: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-        edit(&mut v);
-        std::fs::write(&config, v.to_string()).unwrap();
         let stderr = File::create(dir.join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
-            .args(["run", "--config"])
-            .arg(&config)
+        let child = agent_command(&["run"], &config, stderr)
             .env(SECOND_MS_ENV, SECOND_MS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
             .spawn()
             .expect("the agent binary starts");
         Agent { child, dir, config }
@@ -113,13 +106,8 @@ impl Agent {
             .append(true)
             .open(self.dir.join("stderr.log"))
             .unwrap();
-        self.child = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
-            .args(["run", "--config"])
-            .arg(&self.config)
+        self.child = agent_command(&["run"], &self.config, stderr)
             .env(SECOND_MS_ENV, SECOND_MS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
             .spawn()
             .expect("the agent binary starts again");
     }
@@ -177,32 +165,21 @@ impl Agent {
     }
 }
 
-/// Writes the standard config next to `path`; its state directory is `state/` beside it.
-fn write_config(path: &PathBuf, pve: &ProxmoxSim, hub: &HubSim, level: &str) {
-    let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-    let state = path.parent().unwrap().join("state");
-    let v = json!({
-        "host_id": "pve-a",
-        "state_dir": state,
-        "log": {"level": level},
-        "proxmox": {
-            "url": pve.url(),
-            "node": pve.node(),
-            "token_id": "felhom-agent@pve!agent",
-            "token_secret": DEFAULT_TOKEN_SECRET,
-            "tls": {"fingerprint_sha256": pve.fingerprint()},
-            "timeout_seconds": 5
-        },
-        "hub": {
-            "url": hub.url(),
-            "api_key": hub.key(),
-            "poll_seconds": 60,
-            "timeout_seconds": 2,
-            "tls": {"ca_file": ca}
-        }
-    });
-    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+/// Writes the standard config to `dir/agent.json` (state in `dir/state`) at log `level`,
+/// after `edit` has changed it; returns its path.
+fn write_config(
+    dir: &Path,
+    pve: &ProxmoxSim,
+    hub: &HubSim,
+    level: &str,
+    edit: impl FnOnce(&mut Value),
+) -> PathBuf {
+    write_agent_config(dir, pve, hub, |v| {
+        v["log"] = json!({"level": level});
+        v["hub"]["poll_seconds"] = json!(60);
+        v["hub"]["timeout_seconds"] = json!(2);
+        edit(v);
+    })
 }
 
 fn sims() -> (ProxmoxSim, HubSim) {
@@ -218,8 +195,7 @@ fn sims() -> (ProxmoxSim, HubSim) {
 fn hub_sim(port: u16) -> HubSim {
     HubSim::builder()
         .port(port)
-        .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-            "desired_generation": 0, "has_signed_ops": false}))
+        .default_envelope(fast_envelope())
         .start()
 }
 
@@ -372,7 +348,7 @@ fn sighup_rereads_the_log_level_and_keeps_it_when_the_config_is_broken() {
         agent.log()
     );
     assert!(!agent.log().contains("level=debug"), "info level at start");
-    write_config(&agent.config, &pve, &hub, "debug");
+    write_config(&agent.dir, &pve, &hub, "debug", |_| {});
     agent.signal("HUP");
     assert!(
         agent.wait_for_log("log_level=debug"),
@@ -483,10 +459,7 @@ fn with_a_desired_state_file_the_daemon_fixes_drift_and_reports_the_gate_decisio
         )
         .guest(GuestSeed::new(101, "db"))
         .start();
-    let hub = HubSim::builder()
-        .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-            "desired_generation": 0, "has_signed_ops": false}))
-        .start();
+    let hub = fast_hub();
     let mut agent = Agent::start_with("desired", &pve, &hub, |v| {
         let file = PathBuf::from(v["state_dir"].as_str().unwrap())
             .parent()

@@ -7,6 +7,7 @@
 mod common;
 use common::CountingExecutor;
 use common::pinned_client as proxmox_client;
+use common::sign::nonce;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -61,15 +62,6 @@ fn sign(name: &str, blob: &[u8]) -> String {
         .unwrap()
         .to_pem(LineEnding::LF)
         .unwrap()
-}
-
-fn nonce() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:016x}{:016x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 struct Op<'a> {

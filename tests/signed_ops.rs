@@ -6,16 +6,16 @@
 
 mod common;
 use common::CountingExecutor;
+use common::sign::{destroy_blob, signer, ssh_keygen_sign};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Role, SignerEntry, Verifier};
+use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
 use felhom_agent::hub::HubClientOptions;
 use felhom_agent::hub::signed_ops::{
     Announcement, Announcing, DeliveredOp, FetchError, OpOutcome, RoundError, SignedOpsClient,
@@ -31,7 +31,7 @@ use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::reconcile::queue::Queue;
 use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
-use felhom_agent::time::{Clock, ManualClock, SystemClock, Timestamp};
+use felhom_agent::time::{Clock, ManualClock, SystemClock};
 use felhom_sim::{
     DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim, SIGNED_OPS_PATH,
 };
@@ -48,51 +48,6 @@ fn tempdir(name: &str) -> PathBuf {
     fs::create_dir_all(&d).unwrap();
     fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
     d
-}
-
-fn nonce() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:016x}{:016x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst) + 0x5167_0000
-    )
-}
-
-/// A destroy blob for `guest` (whose config digest the operator saw as `digest`) on
-/// `host`, valid around now.
-fn destroy_blob(host: &str, guest: &str, digest: &str) -> Vec<u8> {
-    let now = SystemClock.now().unix();
-    // Written by hand (trailing newline, key order of our choosing): the exact bytes
-    // must survive the trip, not a re-serialization of them.
-    format!(
-        "{{\"op\":\"guest_destroy\",\"host_id\":\"{host}\",\"guest_id\":\"{guest}\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
-        nonce(),
-        Timestamp(now - 60),
-        Timestamp(now + 1800)
-    )
-    .into_bytes()
-}
-
-/// Signs `blob` with the real `ssh-keygen -Y sign`, from a 0600 copy of the test key.
-fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
-    let key = dir.join("operator-key");
-    if !key.exists() {
-        fs::copy("vectors/sshsig/keys/ed25519", &key).unwrap();
-        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let n = nonce();
-    let msg = dir.join(format!("blob-{n}.json"));
-    fs::write(&msg, blob).unwrap();
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
-        .arg(&key)
-        .arg(&msg)
-        .stderr(Stdio::null())
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(st.success(), "ssh-keygen -Y sign failed");
-    fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
 }
 
 struct Lab {
@@ -124,11 +79,7 @@ fn lab(name: &str) -> Lab {
     let hub = HubSim::start();
     let clock = ManualClock::new(SystemClock.now());
     let cfg = AuthzConfig {
-        signers: vec![SignerEntry {
-            key_id: "ops-2026".into(),
-            role: Role::Operational,
-            public_key: fs::read_to_string("vectors/sshsig/keys/ed25519.pub").unwrap(),
-        }],
+        signers: vec![signer()],
         ..AuthzConfig::default()
     };
     let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
@@ -181,7 +132,7 @@ impl Lab {
             .pve
             .guest_digest(guest.parse().unwrap())
             .unwrap_or_else(|| "0".repeat(40));
-        destroy_blob(host, guest, &digest)
+        destroy_blob(host, guest, &digest, SystemClock.now().unix())
     }
 
     fn deletes(&self) -> usize {

@@ -17,21 +17,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::agent::{BIN, agent_command, fast_hub, write_agent_config};
+use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use felhom_agent::faultpoint::SECOND_MS_ENV;
 use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::time::{Clock, SystemClock, Timestamp};
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
+use felhom_agent::time::{Clock, SystemClock};
+use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_felhom-agent");
 /// Bound for anything that should happen within a few schedule rounds; only keeps a
 /// broken agent from hanging the suite.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -68,36 +71,12 @@ impl Lab {
             .guest(GuestSeed::new(DOOMED, "customer-db"))
             .task_duration(Duration::from_millis(50))
             .start();
-        // The shortest interval the agent adopts, so the next round (and with it the
-        // announcement of signed ops) comes soon.
-        let hub = HubSim::builder()
-            .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-                "desired_generation": 0, "has_signed_ops": false}))
-            .start();
-        let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-        let signer = fs::read_to_string(format!(
-            "{}/vectors/sshsig/keys/ed25519.pub",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let config = json!({
-            "host_id": "pve-a",
-            "state_dir": dir.join("state"),
-            "proxmox": {
-                "url": pve.url(), "node": pve.node(),
-                "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
-                "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
-            },
-            "hub": {"url": hub.url(), "api_key": hub.key(), "poll_seconds": 60,
-                "timeout_seconds": 5, "tls": {"ca_file": ca}},
-            "authz": {"signers": [
-                {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
-            ]},
-            "reconcile": {"desired_file": dir.join("desired.json")}
+        let hub = fast_hub();
+        write_agent_config(&dir, &pve, &hub, |c| {
+            c["hub"]["poll_seconds"] = json!(60);
+            c["authz"] = authz_json();
+            c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
         });
-        let path = dir.join("agent.json");
-        fs::write(&path, config.to_string()).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let guests: Vec<Value> = running
             .iter()
             .map(|v| json!({"vmid": v, "run": "running"}))
@@ -127,14 +106,8 @@ impl Lab {
     fn spawn(&self, args: &[&str]) -> Agent {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         let log = self.dir.join(format!("agent-{n}.log"));
-        let child = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
+        let child = agent_command(args, &self.config(), File::create(&log).unwrap())
             .env(SECOND_MS_ENV, SECOND_MS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
             .spawn()
             .expect("the agent binary starts");
         Agent { child, log }
@@ -186,47 +159,12 @@ impl Lab {
     /// A signed destroy of the doomed guest, valid around now, signed by the real
     /// `ssh-keygen -Y sign` (the one place blobs are minted in this file).
     fn signed_destroy(&self) -> (Vec<u8>, String) {
-        static N: AtomicU64 = AtomicU64::new(1);
-        let nonce = format!(
-            "{:016x}{:016x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst) + 0x10c4_0000
-        );
-        let now = SystemClock.now().unix();
         // The digest the operator saw: Proxmox's answer to GET …/lxc/VMID/config.
         let config = self.pve.guest_config(DOOMED).expect("the guest exists");
-        let blob = json!({
-            "op": "guest_destroy",
-            "host_id": "pve-a",
-            "guest_id": DOOMED.to_string(),
-            "guest_digest": config["digest"],
-            "params": {"purge": "1"},
-            "key_id": "ops-2026",
-            "nonce": nonce,
-            "not_before": Timestamp(now - 60).to_string(),
-            "expires_at": Timestamp(now + 1800).to_string()
-        });
-        let blob = format!("{blob}\n").into_bytes();
-        let key = self.dir.join("operator-key");
-        if !key.exists() {
-            fs::copy(
-                format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
-                &key,
-            )
-            .unwrap();
-            fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let msg = self.dir.join(format!("blob-{nonce}.json"));
-        fs::write(&msg, &blob).unwrap();
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
-            .arg(&key)
-            .arg(&msg)
-            .stderr(Stdio::null())
-            .status()
-            .expect("ssh-keygen runs");
-        assert!(st.success(), "ssh-keygen -Y sign failed");
-        let sig = fs::read_to_string(format!("{}.sig", msg.display())).unwrap();
+        let digest = config["digest"].as_str().expect("the config has a digest");
+        let guest = DOOMED.to_string();
+        let blob = destroy_blob("pve-a", &guest, digest, SystemClock.now().unix());
+        let sig = ssh_keygen_sign(&self.dir, &blob);
         (blob, sig)
     }
 

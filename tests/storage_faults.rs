@@ -18,19 +18,19 @@
 mod common;
 use common::CountingExecutor;
 use common::pinned_client as client;
+use common::sign::{destroy_blob, signer, ssh_keygen_sign};
 
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{
-    AuthzConfig, AuthzError, FileNonceStore, Freshness, NonceStore, NonceStoreError, Role,
-    SignerEntry, Verifier,
+    AuthzConfig, AuthzError, FileNonceStore, Freshness, NonceStore, NonceStoreError, Verifier,
 };
 use felhom_agent::hub::report::AuditEntry;
 use felhom_agent::proxmox::WaitOptions;
@@ -296,47 +296,15 @@ fn a_failed_write_or_fsync_poisons_each_store_and_the_restart_replays_what_was_a
 // ---------------------------------------------------------------------------------
 // No destructive op on a journal (or audit log) that could not be written.
 
-fn nonce() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:016x}{:016x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst) + 0x5f00_0000
-    )
-}
-
-fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
-    let key = dir.join("operator-key");
-    fs::copy(
-        format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
-        &key,
-    )
-    .unwrap();
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let msg = dir.join(format!("blob-{}.json", nonce()));
-    fs::write(&msg, blob).unwrap();
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
-        .arg(&key)
-        .arg(&msg)
-        .stderr(Stdio::null())
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(st.success(), "ssh-keygen -Y sign failed");
-    fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
-}
-
 /// A destroy of `guest` signed for its config as `sim` has it now.
 fn destroy_op(sim: &ProxmoxSim, dir: &Path, guest: u32) -> (Intent, SignedOp) {
     let digest = sim.guest_digest(guest).unwrap_or_else(|| "0".repeat(40));
-    let now = SystemClock.now().unix();
-    let blob = format!(
-        "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"{guest}\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
-        nonce(),
-        Timestamp(now - 60),
-        Timestamp(now + 1800)
-    )
-    .into_bytes();
+    let blob = destroy_blob(
+        "pve-a",
+        &guest.to_string(),
+        &digest,
+        SystemClock.now().unix(),
+    );
     let signature = ssh_keygen_sign(dir, &blob);
     let intent = felhom_agent::hub::signed_ops::intent_for(&blob).unwrap();
     (intent, SignedOp { blob, signature })
@@ -360,15 +328,7 @@ struct Rig {
 
 fn rig(sim: &ProxmoxSim, dir: &Path, journal_io: Arc<dyn Io>, audit_io: Arc<dyn Io>) -> Rig {
     let cfg = AuthzConfig {
-        signers: vec![SignerEntry {
-            key_id: "ops-2026".into(),
-            role: Role::Operational,
-            public_key: fs::read_to_string(format!(
-                "{}/vectors/sshsig/keys/ed25519.pub",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap(),
-        }],
+        signers: vec![signer()],
         ..AuthzConfig::default()
     };
     let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
@@ -652,12 +612,14 @@ fn a_full_file_system_fails_appends_without_claiming_them_and_replays_clean_afte
 #[cfg(feature = "fault-points")]
 mod binary {
     use super::*;
+    use common::agent::{agent_command, fast_hub, write_agent_config};
+    use common::sign::authz_json;
     use std::process::Child;
     use std::time::Instant;
 
     use felhom_agent::faultpoint::{FAIL_SYNC_AT_ENV, SECOND_MS_ENV};
     use felhom_agent::reconcile::journal::JournalView;
-    use felhom_sim::{DEFAULT_TOKEN_SECRET, HubSim};
+    use felhom_sim::HubSim;
     use serde_json::json;
 
     const PATIENCE: Duration = Duration::from_secs(30);
@@ -696,40 +658,19 @@ mod binary {
                 .guest(GuestSeed::new(105, "customer-db"))
                 .task_duration(Duration::from_millis(100))
                 .start();
-            // The shortest interval the agent adopts: a signed op queued after the
-            // first report is announced by the next one soon after.
-            let hub = HubSim::builder()
-                .default_envelope(json!({"poll_interval_seconds": 60, "blocked": false,
-                    "desired_generation": 0, "has_signed_ops": false}))
-                .start();
-            let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-            let mut config = json!({
-                "host_id": "pve-a",
-                "state_dir": dir.join("state"),
-                "proxmox": {
-                    "url": pve.url(), "node": pve.node(),
-                    "token_id": "felhom-agent@pve!agent", "token_secret": DEFAULT_TOKEN_SECRET,
-                    "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 5
-                },
-                "hub": {"url": hub.url(), "api_key": hub.key(), "timeout_seconds": 5,
-                    "tls": {"ca_file": ca}},
-                "reconcile": {"desired_file": dir.join("desired.json")}
+            // A signed op queued after the first report is announced by the next one.
+            let hub = fast_hub();
+            write_agent_config(&dir, &pve, &hub, |c| {
+                c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
+                if signed {
+                    c["authz"] = authz_json();
+                }
             });
             let desired = if signed {
-                let signer = fs::read_to_string(format!(
-                    "{}/vectors/sshsig/keys/ed25519.pub",
-                    env!("CARGO_MANIFEST_DIR")
-                ))
-                .unwrap();
-                config["authz"] = json!({"signers": [
-                    {"key_id": "ops-2026", "role": "operational", "public_key": signer.trim()}
-                ]});
                 json!({"generation": 1, "guests": []})
             } else {
                 json!({"generation": 1, "guests": [{"vmid": 100, "run": "running"}]})
             };
-            fs::write(dir.join("agent.json"), config.to_string()).unwrap();
-            fs::set_permissions(dir.join("agent.json"), fs::Permissions::from_mode(0o600)).unwrap();
             fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
             let signed = signed.then(|| destroy_op(&pve, &dir, 105));
             Lab {
@@ -762,14 +703,8 @@ mod binary {
                 .append(true)
                 .open(self.dir.join("stderr.log"))
                 .unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_felhom-agent"));
-            cmd.args(["run", "--config"])
-                .arg(self.dir.join("agent.json"))
-                .env(SECOND_MS_ENV, "10")
-                .env_remove(FAIL_SYNC_AT_ENV)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr);
+            let mut cmd = agent_command(&["run"], &self.dir.join("agent.json"), stderr);
+            cmd.env(SECOND_MS_ENV, "10").env_remove(FAIL_SYNC_AT_ENV);
             if let Some(at) = fail_sync_at {
                 cmd.env(FAIL_SYNC_AT_ENV, at);
             }

@@ -241,17 +241,9 @@ impl Store {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let ioerr = |op: &'static str, p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StoreError::Io {
-                op,
-                path: p,
-                source,
-            }
-        };
         let dir_mode = io
             .ensure_dir(&dir)
-            .map_err(ioerr("create directory", &dir))?;
+            .map_err(io_err("create directory", &dir))?;
         if dir_mode & 0o077 != 0 {
             crate::warn!(
                 "state directory is readable or writable by others",
@@ -261,16 +253,16 @@ impl Store {
             );
         }
         let tmp = sibling(&path, ".compact.tmp");
-        if io.open_read(&tmp).map_err(ioerr("open", &tmp))?.is_some() {
+        if exists(io.as_ref(), &tmp)? {
             crate::warn!(
                 "removing a compaction temp file left by a crash; the store file is intact",
                 path = tmp.display()
             );
-            io.remove(&tmp).map_err(ioerr("remove", &tmp))?;
+            io.remove(&tmp).map_err(io_err("remove", &tmp))?;
         }
         rotate::settle(io.as_ref(), &path, &dir)?;
 
-        let replayed = match io.open_read(&path).map_err(ioerr("open", &path))? {
+        let replayed = match io.open_read(&path).map_err(io_err("open", &path))? {
             Some(stream) => {
                 let mut reader = io::BufReader::with_capacity(READ_BUFFER, stream);
                 let r = replay_reader(&mut reader, &mut visit).map_err(|e| match e {
@@ -285,7 +277,7 @@ impl Store {
                         source,
                     },
                 })?;
-                let m = io.file_mode(&path).map_err(ioerr("stat", &path))?;
+                let m = io.file_mode(&path).map_err(io_err("stat", &path))?;
                 if m & 0o077 != 0 {
                     crate::warn!(
                         "store file is readable or writable by others",
@@ -310,9 +302,9 @@ impl Store {
                 kept_in = broken.display()
             );
             keep_torn_tail(io.as_ref(), &path, &broken, r.good_len as u64)?;
-            io.sync_dir(&dir).map_err(ioerr("directory fsync", &dir))?;
+            io.sync_dir(&dir).map_err(io_err("directory fsync", &dir))?;
             io.truncate(&path, r.good_len as u64)
-                .map_err(ioerr("truncate", &path))?;
+                .map_err(io_err("truncate", &path))?;
         }
 
         let (last_seq, last_hash, records, len) = match &replayed {
@@ -325,14 +317,12 @@ impl Store {
             _ => {
                 // New (or empty after a torn first write): start the chain.
                 let anchor = anchor_line(0, &[0; 32]);
-                let f = io.create_truncate(&path).map_err(ioerr("create", &path))?;
-                f.write_all(&anchor).map_err(ioerr("write", &path))?;
-                f.sync_data().map_err(ioerr("fsync", &path))?;
-                io.sync_dir(&dir).map_err(ioerr("directory fsync", &dir))?;
+                write_synced(io.as_ref(), &path, &anchor)?;
+                io.sync_dir(&dir).map_err(io_err("directory fsync", &dir))?;
                 (0, [0; 32], 0, anchor.len() as u64)
             }
         };
-        let file = io.open_append(&path).map_err(ioerr("open", &path))?;
+        let file = io.open_append(&path).map_err(io_err("open", &path))?;
         Ok(Store {
             path,
             dir,
@@ -399,6 +389,17 @@ impl Store {
         }
     }
 
+    /// The chain, unless an earlier failure poisoned the store.
+    fn lock_live(&self) -> Result<MutexGuard<'_, Chain>, StoreError> {
+        let chain = lock(&self.chain);
+        if chain.poisoned {
+            return Err(StoreError::Poisoned {
+                path: self.path.clone(),
+            });
+        }
+        Ok(chain)
+    }
+
     /// Poisons the store after a failed write, fsync or rename of committed state.
     fn poison(&self, chain: &mut Chain, op: &'static str, source: io::Error) -> StoreError {
         chain.poisoned = true;
@@ -421,20 +422,12 @@ impl Store {
     /// and fsync'd). A failure poisons the store (see the module doc).
     pub fn append(&self, value: &impl serde::Serialize) -> Result<u64, StoreError> {
         let data = Store::encode(value)?;
-        let mut chain = lock(&self.chain);
-        if chain.poisoned {
-            return Err(StoreError::Poisoned {
-                path: self.path.clone(),
-            });
-        }
+        let mut chain = self.lock_live()?;
         let seq = chain.last_seq + 1;
         let (line, hash) = record_line(seq, &chain.last_hash, &data);
         check_line_len(&line)?;
         if let Err(e) = chain.file.write_all(&line) {
-            chain.poisoned = true;
-            lock(&self.sync).poisoned = true;
-            self.synced_cv.notify_all();
-            return Err(self.fatal("write", e));
+            return Err(self.poison(&mut chain, "write", e));
         }
         chain.last_seq = seq;
         chain.last_hash = hash;
@@ -442,9 +435,7 @@ impl Store {
         chain.len += line.len() as u64;
         if self.mode == SyncMode::PerRecord {
             if let Err(e) = chain.file.sync_data() {
-                chain.poisoned = true;
-                lock(&self.sync).poisoned = true;
-                return Err(self.fatal("fsync", e));
+                return Err(self.poison(&mut chain, "fsync", e));
             }
             return Ok(seq);
         }
@@ -507,80 +498,111 @@ impl Store {
         &self,
         keep: impl IntoIterator<Item = T>,
     ) -> Result<u64, StoreError> {
-        let mut chain = lock(&self.chain);
-        if chain.poisoned {
-            return Err(StoreError::Poisoned {
-                path: self.path.clone(),
-            });
-        }
+        let mut chain = self.lock_live()?;
         // Everything written to the old file must be durable before it is replaced, so
         // no appender still waiting on a group sync is told "durable" for a record that
         // only the unlinked old inode holds.
-        if let Err(e) = chain.file.sync_data() {
-            chain.poisoned = true;
-            lock(&self.sync).poisoned = true;
-            self.synced_cv.notify_all();
-            return Err(self.fatal("fsync", e));
-        }
-        {
-            let mut st = lock(&self.sync);
-            st.synced = st.synced.max(self.written.load(Ordering::SeqCst));
-        }
-        self.synced_cv.notify_all();
+        self.sync_current(&mut chain)?;
 
         let tmp = sibling(&self.path, ".compact.tmp");
-        let ioerr = |op: &'static str| {
-            let p = tmp.clone();
-            move |source| StoreError::Io {
-                op,
-                path: p,
-                source,
-            }
-        };
-        let anchor_seq = chain.last_seq;
-        let anchor_hash = chain.last_hash;
-        let mut buf = anchor_line(anchor_seq, &anchor_hash);
-        let (mut seq, mut prev, mut n) = (anchor_seq, anchor_hash, 0u64);
-        for item in keep {
-            let data = Store::encode(&item)?;
-            seq += 1;
-            let (line, hash) = record_line(seq, &prev, &data);
-            check_line_len(&line)?;
-            buf.extend_from_slice(&line);
-            prev = hash;
-            n += 1;
-        }
+        let next = Rewrite::after(&chain, keep)?;
         let written = (|| {
-            let f = self.io.create_truncate(&tmp).map_err(ioerr("create"))?;
-            f.write_all(&buf).map_err(ioerr("write"))?;
-            f.sync_data().map_err(ioerr("fsync"))?;
+            write_synced(self.io.as_ref(), &tmp, &next.bytes)?;
             crate::faultpoint::reached_in(&self.path, "compact-before-rename");
-            self.io.rename(&tmp, &self.path).map_err(ioerr("rename"))
+            self.io
+                .rename(&tmp, &self.path)
+                .map_err(io_err("rename", &tmp))
         })();
         if let Err(e) = written {
             let _ = self.io.remove(&tmp);
             return Err(e);
         }
         // From here the new file is in place: failures are fatal.
+        self.install(&mut chain, next)
+    }
+
+    /// fsyncs the current file before it is replaced, and marks every record written so
+    /// far durable; a failure poisons the store.
+    fn sync_current(&self, chain: &mut Chain) -> Result<(), StoreError> {
+        if let Err(e) = chain.file.sync_data() {
+            return Err(self.poison(chain, "fsync", e));
+        }
+        self.mark_all_synced();
+        Ok(())
+    }
+
+    /// Takes `next`, already renamed to the store's path, into use: fsyncs the directory,
+    /// reopens the file for appending and carries the chain on from its last record.
+    /// Returns how many records it holds after its anchor. A failure poisons the store.
+    fn install(&self, chain: &mut Chain, next: Rewrite) -> Result<u64, StoreError> {
         if let Err(e) = self.io.sync_dir(&self.dir) {
-            chain.poisoned = true;
-            lock(&self.sync).poisoned = true;
-            return Err(self.fatal("directory fsync", e));
+            return Err(self.poison(chain, "directory fsync", e));
         }
         match self.io.open_append(&self.path) {
             Ok(f) => chain.file = f,
-            Err(e) => {
-                chain.poisoned = true;
-                lock(&self.sync).poisoned = true;
-                return Err(self.fatal("reopen", e));
-            }
+            Err(e) => return Err(self.poison(chain, "reopen", e)),
         }
-        chain.last_seq = seq;
-        chain.last_hash = prev;
-        chain.records = n;
-        chain.len = buf.len() as u64;
-        Ok(n)
+        chain.last_seq = next.last_seq;
+        chain.last_hash = next.last_hash;
+        chain.records = next.records;
+        chain.len = next.bytes.len() as u64;
+        Ok(next.records)
     }
+}
+
+/// A replacement file, built in memory by compaction and rotation: an anchor on the
+/// current last record, then the kept records chained on from it.
+struct Rewrite {
+    bytes: Vec<u8>,
+    last_seq: u64,
+    last_hash: [u8; 32],
+    records: u64,
+}
+
+impl Rewrite {
+    fn after<T: serde::Serialize>(
+        chain: &Chain,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Rewrite, StoreError> {
+        let mut next = Rewrite {
+            bytes: anchor_line(chain.last_seq, &chain.last_hash),
+            last_seq: chain.last_seq,
+            last_hash: chain.last_hash,
+            records: 0,
+        };
+        for item in items {
+            let data = Store::encode(&item)?;
+            next.last_seq += 1;
+            let (line, hash) = record_line(next.last_seq, &next.last_hash, &data);
+            check_line_len(&line)?;
+            next.bytes.extend_from_slice(&line);
+            next.last_hash = hash;
+            next.records += 1;
+        }
+        Ok(next)
+    }
+}
+
+/// An `Io` failure on `p`, before anything was committed.
+fn io_err(op: &'static str, p: &Path) -> impl FnOnce(io::Error) -> StoreError + use<> {
+    let p = p.to_path_buf();
+    move |source| StoreError::Io {
+        op,
+        path: p,
+        source,
+    }
+}
+
+fn exists(io: &dyn Io, p: &Path) -> Result<bool, StoreError> {
+    Ok(io.open_read(p).map_err(io_err("open", p))?.is_some())
+}
+
+/// Creates (or truncates) `path` holding exactly `bytes`, fsync'd; the caller fsyncs
+/// the directory.
+fn write_synced(io: &dyn Io, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let f = io.create_truncate(path).map_err(io_err("create", path))?;
+    f.write_all(bytes).map_err(io_err("write", path))?;
+    f.sync_data().map_err(io_err("fsync", path))
 }
 
 /// Refuses a line longer than replay accepts, before it is written.
@@ -605,29 +627,21 @@ fn keep_torn_tail(
     good_len: u64,
 ) -> Result<(), StoreError> {
     use std::io::Read as _;
-    let err = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| StoreError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
     let mut stream = io
         .open_read(path)
-        .map_err(err("open", path))?
-        .ok_or_else(|| err("open", path)(io::Error::from(io::ErrorKind::NotFound)))?;
-    io::copy(&mut (&mut stream).take(good_len), &mut io::sink()).map_err(err("read", path))?;
-    let f = io.open_append(broken).map_err(err("open", broken))?;
+        .map_err(io_err("open", path))?
+        .ok_or_else(|| io_err("open", path)(io::Error::from(io::ErrorKind::NotFound)))?;
+    io::copy(&mut (&mut stream).take(good_len), &mut io::sink()).map_err(io_err("read", path))?;
+    let f = io.open_append(broken).map_err(io_err("open", broken))?;
     let mut chunk = vec![0u8; READ_BUFFER];
     loop {
         let n = match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(err("read", path)(e)),
+            Err(e) => return Err(io_err("read", path)(e)),
         };
-        f.write_all(&chunk[..n]).map_err(err("write", broken))?;
+        f.write_all(&chunk[..n]).map_err(io_err("write", broken))?;
     }
-    f.sync_data().map_err(err("fsync", broken))
+    f.sync_data().map_err(io_err("fsync", broken))
 }

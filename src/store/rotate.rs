@@ -29,7 +29,7 @@
 
 use std::path::Path;
 
-use super::{Io, Store, StoreError, anchor_line, check_line_len, lock, record_line, sibling};
+use super::{Io, Rewrite, Store, StoreError, exists, io_err, sibling, write_synced};
 
 /// The rotated-out file: `FILE.1`.
 pub(super) fn rotated_path(path: &Path) -> std::path::PathBuf {
@@ -39,19 +39,6 @@ pub(super) fn rotated_path(path: &Path) -> std::path::PathBuf {
 /// The new file while it is being written: `FILE.rotate.tmp`.
 pub(super) fn temp_path(path: &Path) -> std::path::PathBuf {
     sibling(path, ".rotate.tmp")
-}
-
-fn io_err(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
-    let p = p.to_path_buf();
-    move |source| StoreError::Io {
-        op,
-        path: p,
-        source,
-    }
-}
-
-fn exists(io: &dyn Io, p: &Path) -> Result<bool, StoreError> {
-    Ok(io.open_read(p).map_err(io_err("open", p))?.is_some())
 }
 
 /// Completes or discards a rotation a crash interrupted (see the module doc's table).
@@ -91,31 +78,11 @@ impl Store {
         &self,
         carry: impl IntoIterator<Item = T>,
     ) -> Result<u64, StoreError> {
-        let mut chain = lock(&self.chain);
-        if chain.poisoned {
-            return Err(StoreError::Poisoned {
-                path: self.path.clone(),
-            });
-        }
+        let mut chain = self.lock_live()?;
         // As in compaction: no appender still waiting on a group sync may be told
         // "durable" for a record only the renamed-away file's unsynced pages hold.
-        if let Err(e) = chain.file.sync_data() {
-            return Err(self.poison(&mut chain, "fsync", e));
-        }
-        self.mark_all_synced();
-
-        let (anchor_seq, anchor_hash) = (chain.last_seq, chain.last_hash);
-        let mut buf = anchor_line(anchor_seq, &anchor_hash);
-        let (mut seq, mut prev, mut n) = (anchor_seq, anchor_hash, 0u64);
-        for item in carry {
-            let data = Store::encode(&item)?;
-            seq += 1;
-            let (line, hash) = record_line(seq, &prev, &data);
-            check_line_len(&line)?;
-            buf.extend_from_slice(&line);
-            prev = hash;
-            n += 1;
-        }
+        self.sync_current(&mut chain)?;
+        let next = Rewrite::after(&chain, carry)?;
 
         let old = rotated_path(&self.path);
         let tmp = temp_path(&self.path);
@@ -125,15 +92,7 @@ impl Store {
                 return Err(self.poison(&mut chain, "directory fsync", e));
             }
         }
-        let staged = (|| {
-            let f = self
-                .io
-                .create_truncate(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            f.write_all(&buf).map_err(io_err("write", &tmp))?;
-            f.sync_data().map_err(io_err("fsync", &tmp))
-        })();
-        if let Err(e) = staged {
+        if let Err(e) = write_synced(self.io.as_ref(), &tmp, &next.bytes) {
             let _ = self.io.remove(&tmp);
             return Err(e);
         }
@@ -154,17 +113,6 @@ impl Store {
         if let Err(e) = self.io.rename(&tmp, &self.path) {
             return Err(self.poison(&mut chain, "rename", e));
         }
-        if let Err(e) = self.io.sync_dir(&self.dir) {
-            return Err(self.poison(&mut chain, "directory fsync", e));
-        }
-        match self.io.open_append(&self.path) {
-            Ok(f) => chain.file = f,
-            Err(e) => return Err(self.poison(&mut chain, "reopen", e)),
-        }
-        chain.last_seq = seq;
-        chain.last_hash = prev;
-        chain.records = n;
-        chain.len = buf.len() as u64;
-        Ok(n)
+        self.install(&mut chain, next)
     }
 }

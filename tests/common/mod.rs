@@ -2,6 +2,9 @@
 //! `mod common;`). Not every test file uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod agent;
+pub mod sign;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

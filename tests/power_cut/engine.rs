@@ -3,14 +3,10 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use felhom_agent::authz::{AuthzConfig, FileNonceStore, NonceStore, Role, SignerEntry, Verifier};
+use felhom_agent::authz::{AuthzConfig, FileNonceStore, NonceStore, Verifier};
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::Intent;
 use felhom_agent::reconcile::desired::{
@@ -24,9 +20,10 @@ use felhom_agent::reconcile::queue::Queue;
 use felhom_agent::reconcile::recover::recover;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::store::Io;
-use felhom_agent::time::{SystemClock, Timestamp};
+use felhom_agent::time::SystemClock;
 use felhom_sim::{GuestSeed, ProxmoxSim};
 
+use super::common::sign::{destroy_blob, signer, ssh_keygen_sign};
 use super::{
     HOST, Lab, NONCES, Scenario, assert_files_clean, client, err, exercise, fast_wait, now,
     tempdir, with_queue,
@@ -178,48 +175,6 @@ fn a_benign_config_change_survives_a_power_cut_at_every_point() {
 
 const DOOMED: u32 = 105;
 
-fn nonce() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:016x}{:016x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst) + 0x9c00_0000
-    )
-}
-
-fn signer() -> SignerEntry {
-    SignerEntry {
-        key_id: "ops-2026".into(),
-        role: Role::Operational,
-        public_key: fs::read_to_string(format!(
-            "{}/vectors/sshsig/keys/ed25519.pub",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    }
-}
-
-fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
-    let key = dir.join("operator-key");
-    fs::copy(
-        format!("{}/vectors/sshsig/keys/ed25519", env!("CARGO_MANIFEST_DIR")),
-        &key,
-    )
-    .unwrap();
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let msg = dir.join("blob.json");
-    fs::write(&msg, blob).unwrap();
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
-        .arg(&key)
-        .arg(&msg)
-        .stderr(Stdio::null())
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(st.success(), "ssh-keygen -Y sign failed");
-    fs::read_to_string(dir.join("blob.json.sig")).unwrap()
-}
-
 /// The one place a signed destroy's blob is made: what the operator signs about the
 /// guest `vmid` as `sim` shows it.
 fn mint_destroy(sim: &ProxmoxSim, vmid: u32) -> (Intent, SignedOp) {
@@ -227,20 +182,8 @@ fn mint_destroy(sim: &ProxmoxSim, vmid: u32) -> (Intent, SignedOp) {
         sim.guest_ids().contains(&vmid),
         "an operator signs the destroy of a guest they see"
     );
-    let t = now().unix();
-    let blob = serde_json::json!({
-        "op": "guest_destroy",
-        "host_id": HOST,
-        "guest_id": vmid.to_string(),
-        "guest_digest": sim.guest_digest(vmid).expect("the guest exists"),
-        "params": {"purge": "1"},
-        "key_id": "ops-2026",
-        "nonce": nonce(),
-        "not_before": Timestamp(t - 60).to_string(),
-        "expires_at": Timestamp(t + 1800).to_string(),
-    })
-    .to_string()
-    .into_bytes();
+    let digest = sim.guest_digest(vmid).expect("the guest exists");
+    let blob = destroy_blob(HOST, &vmid.to_string(), &digest, now().unix());
     let dir = tempdir("sign");
     let signature = ssh_keygen_sign(&dir, &blob);
     let _ = fs::remove_dir_all(&dir);
