@@ -17,11 +17,7 @@ use crate::authz::sshsig::MAX_ARMOR_BYTES;
 use crate::config::{self, Config, Mode};
 use crate::statelock::{LockError, StateLock};
 
-/// Version string: `FELHOM_BUILD_VERSION` at build time, else the crate version.
-pub const VERSION: &str = match option_env!("FELHOM_BUILD_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
+pub use crate::version::VERSION;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;

@@ -307,7 +307,7 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
 fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<(), DaemonError> {
     crate::info!(
         "felhom-agent starting",
-        version = crate::cli::VERSION,
+        version = crate::version::VERSION,
         host_id = cfg.host_id,
         pid = std::process::id()
     );

@@ -29,3 +29,4 @@ pub mod shutdown;
 pub mod statelock;
 pub mod store;
 pub mod time;
+pub mod version;

@@ -262,7 +262,7 @@ pub fn hub_round_with(
     let client = HubClient::from_config(hub).map_err(LiveSetupError::Hub)?;
     let collector = Collector::new(
         cfg.host_id.clone(),
-        crate::cli::VERSION,
+        crate::version::VERSION,
         reader,
         SystemctlProbe::new(),
         audit,
