@@ -13,10 +13,8 @@ use common::sign::{destroy_blob, signer};
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
@@ -38,16 +36,7 @@ use felhom_sim::HubSim;
 use serde_json::json;
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-auditflood-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
-    d
+    common::tempdir("auditflood", name)
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {

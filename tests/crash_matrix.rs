@@ -20,12 +20,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{agent_command, fast_hub, write_agent_config};
-use common::sign::{Destroy, authz_json, ssh_keygen_sign};
+use common::agent::{agent_command, fast_hub, write_signed_agent_config};
+use common::sign::{Destroy, ssh_keygen_sign};
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,21 +96,14 @@ impl Drop for Lab {
 
 impl Lab {
     fn new(name: &str, flow: Flow) -> Lab {
-        let dir = std::env::temp_dir().join(format!("felhom-cm-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let dir = common::tempdir("cm", name);
         let pve = ProxmoxSim::builder()
             .guest(GuestSeed::new(BENIGN_VMID, "web"))
             .guest(GuestSeed::new(SIGNED_VMID, "customer-db"))
             .task_duration(Duration::from_millis(150))
             .start();
         let hub = fast_hub();
-        write_agent_config(&dir, &pve, &hub, |c| {
-            c["hub"]["poll_seconds"] = json!(60);
-            c["authz"] = authz_json();
-            c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
-        });
+        write_signed_agent_config(&dir, &pve, &hub);
         let desired = match flow {
             Flow::Benign => json!({"generation": 1, "guests": [
                 {"vmid": BENIGN_VMID, "run": "running"}

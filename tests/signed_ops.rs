@@ -8,11 +8,8 @@ mod common;
 use common::CountingExecutor;
 use common::sign::{destroy_blob, signer, ssh_keygen_sign};
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
@@ -38,16 +35,7 @@ use felhom_sim::{
 use serde_json::json;
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-signedops-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
-    d
+    common::tempdir("signedops", name)
 }
 
 struct Lab {

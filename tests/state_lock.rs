@@ -18,12 +18,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{BIN, agent_command, fast_hub, write_agent_config};
-use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
+use common::agent::{BIN, agent_command, fast_hub, write_signed_agent_config};
+use common::sign::{destroy_blob, ssh_keygen_sign};
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,21 +62,14 @@ impl Drop for Lab {
 impl Lab {
     /// A lab whose desired state wants `running` (vmids) running.
     fn new(name: &str, running: &[u32]) -> Lab {
-        let dir = std::env::temp_dir().join(format!("felhom-lock-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let dir = common::tempdir("lock", name);
         let pve = ProxmoxSim::builder()
             .guest(GuestSeed::new(WEB, "web"))
             .guest(GuestSeed::new(DOOMED, "customer-db"))
             .task_duration(Duration::from_millis(50))
             .start();
         let hub = fast_hub();
-        write_agent_config(&dir, &pve, &hub, |c| {
-            c["hub"]["poll_seconds"] = json!(60);
-            c["authz"] = authz_json();
-            c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
-        });
+        write_signed_agent_config(&dir, &pve, &hub);
         let guests: Vec<Value> = running
             .iter()
             .map(|v| json!({"vmid": v, "run": "running"}))

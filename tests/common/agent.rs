@@ -41,6 +41,16 @@ pub fn write_agent_config(
     path
 }
 
+/// [`write_agent_config`] for a daemon that polls the hub every 60 s, trusts the test
+/// signer and reconciles toward `dir/desired.json`.
+pub fn write_signed_agent_config(dir: &Path, pve: &ProxmoxSim, hub: &HubSim) -> PathBuf {
+    write_agent_config(dir, pve, hub, |c| {
+        c["hub"]["poll_seconds"] = json!(60);
+        c["authz"] = super::sign::authz_json();
+        c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
+    })
+}
+
 /// `felhom-agent ARGS --config CONFIG` with stdin and stdout closed and stderr into
 /// `stderr`; the caller adds its environment and spawns it.
 pub fn agent_command(args: &[&str], config: &Path, stderr: File) -> Command {

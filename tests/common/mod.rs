@@ -5,7 +5,9 @@
 pub mod agent;
 pub mod sign;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use felhom_agent::net::{Sha256Pin, TlsTrust};
@@ -66,4 +68,19 @@ impl DestructiveExecutor for CountingExecutor {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.execute(intent, on_task)
     }
+}
+
+/// A fresh, empty 0700 directory for one test: `felhom-{prefix}-{name}-{pid}-{n}` under
+/// the system temp dir, so no two tests of a run share one.
+pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "felhom-{prefix}-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    d
 }
