@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use crate::authz::blob::MAX_BLOB_BYTES;
 use crate::authz::sshsig::MAX_ARMOR_BYTES;
 use crate::config::{self, Config, Mode};
-use crate::statelock::{LockError, StateLock};
+use crate::store::statelock::{LockError, StateLock};
 
-pub use crate::version::VERSION;
+pub use crate::base::version::VERSION;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -328,7 +328,7 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
 pub fn load_config(path: &std::path::Path, mode: Mode, err: &mut dyn Write) -> Result<Config, u8> {
     match Config::load(path, &config::process_env(), mode) {
         Ok(cfg) => {
-            crate::log::set_level(cfg.log_level);
+            crate::base::log::set_level(cfg.log_level);
             for w in &cfg.warnings {
                 crate::warn!("configuration", problem = w);
             }
@@ -364,7 +364,7 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::daemon::run(&cfg, &config) {
+            match crate::app::daemon::run(&cfg, &config) {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
                     crate::error!("daemon stopped", error = e);
@@ -495,7 +495,7 @@ fn selftest(
         Err(code) => return code,
     };
     let passed = match kind {
-        SelftestKind::Hub => match crate::hub::selftest_hub(&cfg, out) {
+        SelftestKind::Hub => match crate::app::wiring::selftest_hub(&cfg, out) {
             Ok(()) => true,
             Err(e) => {
                 let _ = writeln!(err, "felhom-agent: {e}");
@@ -533,7 +533,7 @@ fn selftest(
                 );
                 return EXIT_USAGE;
             };
-            let client = match crate::hub::live::proxmox_client(pcfg) {
+            let client = match crate::app::wiring::proxmox_client(pcfg) {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = writeln!(err, "felhom-agent: configuration error: {e}");
@@ -557,15 +557,15 @@ fn selftest(
                             };
                         }
                     };
-                    crate::selftest::task(
+                    crate::app::selftest::task(
                         &client,
                         vmid,
-                        &crate::selftest::task_wait_options(),
-                        &crate::shutdown::Shutdown::new(),
+                        &crate::app::selftest::task_wait_options(),
+                        &crate::base::shutdown::Shutdown::new(),
                         out,
                     )
                 }
-                _ => crate::selftest::read(&client, out),
+                _ => crate::app::selftest::read(&client, out),
             }
         }
     };
@@ -631,8 +631,13 @@ fn verify(blob: &Path, sig: &Path, config: &Path, out: &mut dyn Write, err: &mut
         let _ = writeln!(out, "detail: the signature file is not UTF-8 text");
         return EXIT_FAILED;
     };
-    match crate::authz::verify_offline(authz, &cfg.host_id, &blob, &sig, &crate::time::SystemClock)
-    {
+    match crate::authz::verify_offline(
+        authz,
+        &cfg.host_id,
+        &blob,
+        &sig,
+        &crate::base::time::SystemClock,
+    ) {
         Ok(op) => {
             let _ = writeln!(out, "verified (no nonce burned)");
             let _ = write!(out, "{}", op.to_lines());

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::authz::{AuthzConfig, Role, SignerEntry};
-use crate::log::Level;
+use crate::base::log::Level;
+use crate::base::secret::Secret;
 use crate::net::{Sha256Pin, TlsTrust};
-use crate::secret::Secret;
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/felhom-agent/agent.json";
@@ -1009,7 +1009,7 @@ impl Config {
             TlsTrust::SystemBundle => json!({"system_bundle": true}),
             TlsTrust::InsecureSkipVerify => json!({"insecure_skip_verify": true}),
         };
-        let secret = |s: &Option<Secret>| s.as_ref().map(|_| crate::secret::REDACTED);
+        let secret = |s: &Option<Secret>| s.as_ref().map(|_| crate::base::secret::REDACTED);
         let v = json!({
             "host_id": self.host_id,
             "state_dir": self.state_dir.display().to_string(),

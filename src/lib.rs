@@ -15,18 +15,22 @@
 pub mod authz;
 pub mod cli;
 pub mod config;
-pub mod daemon;
-pub mod encoding;
-pub mod faultpoint;
+
 pub mod hub;
-pub mod log;
+
 pub mod net;
 pub mod proxmox;
 pub mod reconcile;
-pub mod secret;
-pub mod selftest;
-pub mod shutdown;
-pub mod statelock;
+
 pub mod store;
-pub mod time;
-pub mod version;
+
+pub mod app;
+pub mod base;
+
+// Transitional paths, removed once tests use the layer facades.
+#[doc(hidden)]
+pub use app::{daemon, selftest};
+#[doc(hidden)]
+pub use base::{encoding, log, secret, shutdown, time, version};
+#[doc(hidden)]
+pub use store::{faultpoint, statelock};

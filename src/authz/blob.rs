@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 
 use super::AuthzError;
-use crate::encoding::{base64_decode, hex_decode};
-use crate::time::Timestamp;
+use crate::base::encoding::{base64_decode, hex_decode};
+use crate::base::time::Timestamp;
 
 /// Longest `guest_digest` accepted: Proxmox sends a SHA-1 (40 hex digits); 64 leaves
 /// room for a SHA-256 should it change.

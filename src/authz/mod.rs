@@ -40,7 +40,7 @@ pub use nonce::{FileNonceStore, Freshness, MemoryNonceStore, NonceStore, NonceSt
 pub use selftest::{Check, offline_selftest};
 pub use sshsig::SkAssertion;
 
-use crate::time::{Clock, Timestamp};
+use crate::base::time::{Clock, Timestamp};
 
 /// The SSHSIG namespace of felhom operations. A constant: never caller-supplied.
 pub const NAMESPACE: &str = "felhom-op-v1";
@@ -174,7 +174,7 @@ impl VerifiedOp {
         let mut line = |k: &str, v: &str| {
             out.push_str(k);
             out.push_str(": ");
-            crate::log::push_escaped(&mut out, v);
+            crate::base::log::push_escaped(&mut out, v);
             out.push('\n');
         };
         line("op", &self.op);

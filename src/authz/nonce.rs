@@ -18,16 +18,17 @@
 //! A store with no trusted time on record (new, or written before it had one) takes the
 //! wall clock at its first compaction.
 
+use crate::base::sync::lock;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::time::{MonotonicClock, SystemMonotonic, Timestamp};
 use crate::store::{Io, OsIo, Store, StoreError, SyncMode};
-use crate::time::{MonotonicClock, SystemMonotonic, Timestamp};
 
 /// How far the wall clock may run ahead of the trusted time before a compaction says so
 /// (`event=nonce_prune_held`), and by how much more it must pull ahead to say so again.
@@ -134,10 +135,6 @@ impl Index {
         let e = self.counters.entry(key.to_string()).or_insert(c);
         *e = (*e).max(c);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Nonces in memory only: for tests and offline verification (burns nothing durable).

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{AuthzConfig, AuthzError, MemoryNonceStore, Policy, Role, Signer, Verifier};
+use crate::base::time::{ManualClock, Timestamp};
 use crate::store::{StoreError, verify_file};
-use crate::time::{ManualClock, Timestamp};
 
 const KAT_PUB: &str = include_str!("../../vectors/sshsig/keys/ed25519.pub");
 const KAT_BLOB: &[u8] = include_bytes!("../../vectors/sshsig/blobs/op-valid.json");

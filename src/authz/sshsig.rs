@@ -9,14 +9,14 @@
 //!
 //! Why the armor is decoded here: ssh-key 0.6.7's PEM reader accepts only 70-column
 //! lines and does not expose the decoder trait without another dependency, so the body
-//! is decoded by [`crate::encoding::base64_decode`] after our own checks, then handed
+//! is decoded by [`crate::base::encoding::base64_decode`] after our own checks, then handed
 //! to `SshSig::from_pem` re-armored canonically (which also refuses trailing bytes).
 
 use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, HashAlg, LineEnding, PublicKey, SshSig};
 
 use super::AuthzError;
-use crate::encoding::{base64_decode, base64_encode};
+use crate::base::encoding::{base64_decode, base64_encode};
 
 /// Largest signature file accepted, in bytes (an RSA-4096 signature is about 1.5 KiB).
 pub const MAX_ARMOR_BYTES: usize = 16 * 1024;

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use super::envelope::{ControlEnvelope, EnvelopeError};
 use super::report::HostReport;
+use crate::base::secret::{REDACTED, Secret};
 use crate::config::HubConfig;
 use crate::net::{
     EXCERPT_LIMIT, HttpClient, HttpError, HttpOptions, Method, Request, TlsTrust, TransportError,
     TrustError, excerpt,
 };
-use crate::secret::{REDACTED, Secret};
 
 /// The path of the report endpoint under the hub's base URL.
 pub const REPORT_PATH: &str = "/api/v1/host-report";

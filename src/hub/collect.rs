@@ -24,7 +24,7 @@ use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
     GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot, StorageTarget,
 };
-use crate::time::{Clock, Timestamp};
+use crate::base::time::{Clock, Timestamp};
 
 /// The error a reader, probe or audit provider returns; its `Display` must carry no
 /// secret (the Proxmox client's errors never do).

@@ -11,18 +11,19 @@
 pub mod client;
 pub mod collect;
 pub mod envelope;
-pub mod live;
+
 pub mod poller;
 pub mod report;
 pub mod round;
 pub mod signed_ops;
+#[doc(hidden)]
+pub use crate::app::wiring as live;
 
 pub use client::{ClientError, HubClient, HubClientOptions, SetupError};
 pub use collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, HostReader, NoAudit,
 };
 pub use envelope::{ControlEnvelope, EnvelopeError};
-pub use live::{LiveSetupError, SelftestError, hub_round, selftest_hub};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::HostReport;
 pub use round::{HubRound, RoundError};

@@ -12,14 +12,15 @@
 //! The poller never acts on the envelope's `blocked`/`desired_generation`/
 //! `has_signed_ops`: it only keeps them.
 
+use crate::base::sync::lock;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::envelope::{ControlEnvelope, clamp_poll_seconds};
-use crate::shutdown::Shutdown;
+use crate::base::shutdown::Shutdown;
 
 /// The longest wait between attempts while rounds keep failing, in seconds (unless the
 /// interval itself is longer).
@@ -61,11 +62,11 @@ pub struct SharedEnvelope(Arc<Mutex<Option<ControlEnvelope>>>);
 impl SharedEnvelope {
     /// The last envelope received, if any round has succeeded.
     pub fn get(&self) -> Option<ControlEnvelope> {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.0)
     }
 
     fn set(&self, e: ControlEnvelope) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+        *lock(&self.0) = Some(e);
     }
 }
 

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::time::Timestamp;
+use crate::base::time::Timestamp;
 
 /// One report: everything the hub learns about a host in one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -347,7 +347,7 @@ pub const AUDIT_STRING_MAX: usize = 256;
 mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::time::Timestamp;
+    use crate::base::time::Timestamp;
 
     pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(t)
@@ -363,7 +363,7 @@ mod rfc3339 {
 mod opt_rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::time::Timestamp;
+    use crate::base::time::Timestamp;
 
     pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
         match t {

@@ -24,6 +24,7 @@
 //! the verifier has checked it, and never lets the bearer key into an error, a log line
 //! or a `Debug`. A journal failure ends the worker, so the daemon exits non-zero.
 
+use crate::base::sync;
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,16 +37,16 @@ use super::envelope::ControlEnvelope;
 use super::poller::Reporter;
 use super::report::{AuditEntry, Delivery};
 use crate::authz::OpBlob;
+use crate::base::encoding::{base64_decode, hex_encode};
+use crate::base::secret::REDACTED;
+use crate::base::shutdown::Shutdown;
+use crate::base::time::{Clock, SystemClock};
 use crate::config::HubConfig;
-use crate::encoding::{base64_decode, hex_encode};
 use crate::net::{EXCERPT_LIMIT, HttpError, Method, TransportError, excerpt};
 use crate::reconcile::audit::AuditLog;
 use crate::reconcile::classify::{Intent, OpClass};
 use crate::reconcile::gate::{Decision, Gate, GuestNow, SignedOp};
 use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
-use crate::secret::REDACTED;
-use crate::shutdown::Shutdown;
-use crate::time::{Clock, SystemClock};
 
 /// The path of the signed-ops endpoint under the hub's base URL.
 pub const SIGNED_OPS_PATH: &str = "/api/v1/signed-ops";
@@ -659,14 +660,14 @@ impl Announcement {
     /// Raises it and wakes the worker.
     pub fn raise(&self) {
         let (lock, cv) = &*self.0;
-        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *sync::lock(lock) = true;
         cv.notify_all();
     }
 
     /// Waits up to `d` for it to be raised; lowers it and returns `true` if it was.
     pub fn take(&self, d: Duration) -> bool {
         let (lock, cv) = &*self.0;
-        let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = sync::lock(lock);
         let (mut raised, _) = cv
             .wait_timeout_while(guard, d, |r| !*r)
             .unwrap_or_else(PoisonError::into_inner);
@@ -738,7 +739,7 @@ pub fn run_worker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoding::base64_encode;
+    use crate::base::encoding::base64_encode;
 
     #[test]
     fn good_entries_are_kept_and_bad_ones_skipped_by_index() {

@@ -187,7 +187,7 @@ pub fn excerpt(bytes: &[u8], limit: usize) -> String {
     let head = &bytes[..bytes.len().min(limit)];
     let text = String::from_utf8_lossy(head);
     let mut out = String::with_capacity(text.len() + 8);
-    crate::log::push_escaped(&mut out, &text);
+    crate::base::log::push_escaped(&mut out, &text);
     if cut {
         // A multi-byte character split by the cut decodes as U+FFFD; drop it.
         if out.ends_with('\u{fffd}') {

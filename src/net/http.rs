@@ -13,7 +13,7 @@ use super::tls::{
     ConnectFailure, TlsConnector, TlsTrust, TrustError, clear_status_line, client_config,
     take_status_line,
 };
-use crate::secret::Secret;
+use crate::base::secret::Secret;
 
 /// The `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("felhom-agent/", env!("CARGO_PKG_VERSION"));

@@ -6,7 +6,7 @@
 //! redirects, a response body cap, keep-alive pool size), and the typed failures
 //! ([`TransportError`], [`HttpError`]) that tell a caller whether a request could have
 //! reached the server. It never sees what a request means, never logs, and never puts
-//! a header value into an error: secret headers travel as [`crate::secret::Secret`]s.
+//! a header value into an error: secret headers travel as [`crate::base::secret::Secret`]s.
 
 mod error;
 mod http;

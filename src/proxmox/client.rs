@@ -22,11 +22,11 @@ use super::types::{
 };
 use super::upid::Upid;
 use super::validate::{self, check};
+use crate::base::secret::{REDACTED, Secret};
 use crate::net::{
     DEFAULT_MAX_BODY, HttpClient, HttpOptions, Method, Request, Response, TlsTrust, excerpt,
     form_urlencode, percent_encode,
 };
-use crate::secret::{REDACTED, Secret};
 
 /// How to reach and authenticate to one Proxmox node.
 #[derive(Debug, Clone)]

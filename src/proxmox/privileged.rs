@@ -8,6 +8,7 @@
 //! has a timeout and an output cap. This module never talks to the network; the API
 //! client never spawns a process. A test reads both sources to keep it that way.
 
+use crate::base::sync::lock;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read};
@@ -250,10 +251,7 @@ impl FakeRunner {
 
     /// Queues the answer to the next call.
     pub fn reply(&self, r: Result<Output, RunError>) {
-        self.replies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(r);
+        lock(&self.replies).push_back(r);
     }
 
     /// Queues an exit with `code` and this stdout.
@@ -267,26 +265,19 @@ impl FakeRunner {
 
     /// Every call so far: program and arguments.
     pub fn calls(&self) -> Vec<(PathBuf, Vec<String>)> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.calls).clone()
     }
 }
 
 impl Runner for FakeRunner {
     fn run(&self, program: &Path, args: &[String]) -> Result<Output, RunError> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((program.to_path_buf(), args.to_vec()));
-        self.replies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
-            .unwrap_or_else(|| {
-                Ok(Output {
-                    code: Some(0),
-                    ..Output::default()
-                })
+        lock(&self.calls).push((program.to_path_buf(), args.to_vec()));
+        lock(&self.replies).pop_front().unwrap_or_else(|| {
+            Ok(Output {
+                code: Some(0),
+                ..Output::default()
             })
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use super::client::Client;
 use super::error::{Error, Privilege, is_transient_text};
 use super::types::TaskExit;
 use super::upid::Upid;
-use crate::shutdown::Shutdown;
+use crate::base::shutdown::Shutdown;
 
 /// How many log lines a failed or warning task carries.
 pub const LOG_TAIL_LINES: u64 = 20;

@@ -38,15 +38,16 @@
 //! `"carried":true` on disk, so a restart after it still reports them. A carried entry
 //! is pending again on replay; it is not a new decision and is not put in the tail.
 
+use crate::base::sync::lock;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::encoding::hex_encode;
+use crate::base::encoding::hex_encode;
 use crate::hub::collect::{AuditTail, ReadError};
 use crate::hub::report::{AuditEntry, AuditField, Truncated};
 use crate::store::{Io, OsIo, RECORD_OVERHEAD, Store, StoreError, SyncMode};
@@ -88,10 +89,6 @@ impl std::error::Error for AuditError {
             AuditError::Store(e) => Some(e),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An entry as it is stored: a pending entry a rotation carried into the new file is
@@ -401,8 +398,8 @@ impl AuditTail for AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::time::Timestamp;
     use crate::hub::report::Delivery;
-    use crate::time::Timestamp;
 
     fn entry(op: &str, guest: Option<&str>, decision: &str, reason: &str) -> AuditEntry {
         AuditEntry::new(

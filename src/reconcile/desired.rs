@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::encoding::hex_encode;
+use crate::base::encoding::hex_encode;
 
 /// The largest desired-state file read.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -639,7 +639,7 @@ mod tests {
         assert_eq!(two.generation, 2);
         assert_eq!(two.guests[&100].run, Some(Run::Stopped));
 
-        let lines = crate::log::tap();
+        let lines = crate::base::log::tap();
         std::fs::write(
             &file,
             br#"{"generation":3,"guests":[{"vmid":100,"bogus":1}]}"#,

@@ -12,10 +12,11 @@
 //! gate refused. [`plan_report`] is the library side of `felhom-agent plan`: the same
 //! reads and plan, the gate's dry-run word, nothing executed.
 
+use crate::base::sync::lock;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::classify::{Intent, OpClass};
@@ -25,10 +26,10 @@ use super::journal::{Journal, JournalError, JournalRecord, OpState};
 use super::normalize::Normalizers;
 use super::plan::{Action, ActionKind, ActualGuest, ActualState, Plan, plan};
 use super::queue::{Queue, SubmitError};
+use crate::base::shutdown::Shutdown;
+use crate::base::time::{Clock, SystemClock};
 use crate::hub::poller::SharedEnvelope;
 use crate::proxmox::{self, Client, ConfigChange, TaskOutcome, Upid, WaitError, WaitOptions};
-use crate::shutdown::Shutdown;
-use crate::time::{Clock, SystemClock};
 
 /// How long one pass waits for a task it sent (start and config tasks take seconds; a
 /// lock wait can take minutes) before leaving it in flight for the next pass. A stop
@@ -269,10 +270,6 @@ impl fmt::Debug for Engine {
     }
 }
 
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The op class of a planned action.
 pub fn class_of(kind: ActionKind) -> OpClass {
     match kind {
@@ -317,7 +314,7 @@ pub fn read_actual(client: &Client, max_parallel: usize) -> Result<ActualState, 
                             None
                         }
                     };
-                    relock(&configs).insert(g.vmid, cfg);
+                    lock(&configs).insert(g.vmid, cfg);
                 }
             });
         }
@@ -402,7 +399,7 @@ impl Engine {
     /// Guests backing off now, with their consecutive failures.
     pub fn backing_off(&self) -> Vec<(u32, u32)> {
         let now = (self.backoff_clock)();
-        let mut v: Vec<_> = relock(&self.backoff)
+        let mut v: Vec<_> = lock(&self.backoff)
             .iter()
             .filter(|(_, b)| b.until > now)
             .map(|(vmid, b)| (*vmid, b.failures))
@@ -421,7 +418,7 @@ impl Engine {
     /// Runs one pass: desired + actual → plan → gate → queue → journal, waiting for
     /// every dispatched action. Per-action failures are in the report.
     pub fn pass(&self) -> Result<PassReport, EngineError> {
-        let _one_at_a_time = relock(&self.pass_lock);
+        let _one_at_a_time = lock(&self.pass_lock);
         let reattached = self.reattach()?;
         let desired = self.provider.desired().map_err(EngineError::Desired)?;
         let actual =
@@ -469,7 +466,7 @@ impl Engine {
                 slots.push(deferred(format!("op {op} is still in flight")));
                 continue;
             }
-            if let Some(b) = relock(&self.backoff).get(&action.vmid)
+            if let Some(b) = lock(&self.backoff).get(&action.vmid)
                 && b.until > now
             {
                 slots.push(deferred(format!(
@@ -581,8 +578,8 @@ impl Engine {
         actual: &ActualState,
     ) -> Vec<(u32, String)> {
         let managed: BTreeSet<u32> = desired.guests.keys().copied().collect();
-        let previous = relock(&self.last_managed).replace(managed.clone());
-        let mut gated = relock(&self.gated_deltas);
+        let previous = lock(&self.last_managed).replace(managed.clone());
+        let mut gated = lock(&self.gated_deltas);
         gated.retain(|vmid| !managed.contains(vmid) && actual.guests.contains_key(vmid));
         let Some(previous) = previous else {
             return Vec::new();
@@ -615,7 +612,7 @@ impl Engine {
     /// Waits again, each on its guest's lane, for the tasks whose wait ended early in
     /// an earlier pass; journals how they ended. Never sends anything.
     fn reattach(&self) -> Result<Vec<ActionResult>, EngineError> {
-        let pending = std::mem::take(&mut *relock(&self.unresolved));
+        let pending = std::mem::take(&mut *lock(&self.unresolved));
         let mut handles = Vec::new();
         for p in pending {
             let job = Job {
@@ -661,7 +658,7 @@ impl Engine {
     /// unreadable) when it starts being skipped or its reason changes, so a guest
     /// stuck behind a stale lock is visible without a line every pass.
     fn log_skips(&self, planned: &Plan) {
-        let mut last = relock(&self.skips);
+        let mut last = lock(&self.skips);
         let now: BTreeMap<u32, String> = planned
             .skipped
             .iter()
@@ -678,7 +675,7 @@ impl Engine {
     /// Updates the guest's back-off from an action's outcome.
     fn account(&self, r: &ActionResult) {
         let vmid = r.action.vmid;
-        let mut backoff = relock(&self.backoff);
+        let mut backoff = lock(&self.backoff);
         match &r.outcome {
             Outcome::Applied => {
                 backoff.remove(&vmid);
@@ -825,7 +822,7 @@ impl Job {
 
     fn result(&self, op_id: Option<String>, outcome: Outcome) -> ActionResult {
         if !matches!(outcome, Outcome::Applied) {
-            relock(&self.failed_this_pass).insert(self.action.vmid);
+            lock(&self.failed_this_pass).insert(self.action.vmid);
         }
         ActionResult {
             action: self.action.clone(),
@@ -836,7 +833,7 @@ impl Job {
 
     fn run(self) -> Result<ActionResult, EngineError> {
         let a = &self.action;
-        if relock(&self.failed_this_pass).contains(&a.vmid) {
+        if lock(&self.failed_this_pass).contains(&a.vmid) {
             return Ok(ActionResult {
                 action: a.clone(),
                 op_id: None,
@@ -851,7 +848,7 @@ impl Job {
         started.params = self.sent_params();
         // Durable before anything reaches Proxmox.
         self.record(&started)?;
-        crate::faultpoint::reached("benign:after-started");
+        crate::store::faultpoint::reached("benign:after-started");
 
         let sent = match a.kind {
             ActionKind::SetConfig => self.client.set_config(
@@ -875,7 +872,7 @@ impl Job {
         };
         let upid = match sent {
             Ok(upid) => {
-                crate::faultpoint::reached("benign:after-post");
+                crate::store::faultpoint::reached("benign:after-post");
                 upid
             }
             Err(e) => {
@@ -915,7 +912,7 @@ impl Job {
         running.upid = Some(upid.to_string());
         // The UPID is durable before the wait, so a crash mid-wait re-attaches to it.
         self.record(&running)?;
-        crate::faultpoint::reached("benign:after-upid");
+        crate::store::faultpoint::reached("benign:after-upid");
         self.finish(&op_id, &running, &upid)
     }
 
@@ -931,7 +928,7 @@ impl Job {
             .wait_task(upid, &self.wait_options(), &self.shutdown)
         {
             Ok(outcome) => {
-                crate::faultpoint::reached("benign:after-wait");
+                crate::store::faultpoint::reached("benign:after-wait");
                 let mut rec = running.step(OpState::Succeeded, self.clock.now());
                 if let TaskOutcome::Warnings { count, .. } = outcome {
                     rec.detail = Some(format!("task ended with {count} warning(s)"));
@@ -979,7 +976,7 @@ impl Job {
                     why: e.to_string(),
                 };
                 if !matches!(e, WaitError::Shutdown { .. }) {
-                    relock(&self.unresolved).push(Pending {
+                    lock(&self.unresolved).push(Pending {
                         action: a.clone(),
                         running: running.clone(),
                         upid: upid.clone(),
@@ -996,7 +993,7 @@ impl Job {
 #[non_exhaustive]
 pub enum PlanReportError {
     /// The configuration lacks what a plan needs (the `proxmox` section, its secret).
-    Setup(crate::hub::live::LiveSetupError),
+    Setup(crate::app::wiring::LiveSetupError),
     /// The desired state could not be read.
     Desired(DesiredError),
     /// The guest list could not be read from Proxmox.
@@ -1060,9 +1057,9 @@ pub fn plan_report(
     out: &mut dyn std::io::Write,
 ) -> Result<PlanSummary, PlanReportError> {
     let section = cfg.proxmox.as_ref().ok_or(PlanReportError::Setup(
-        crate::hub::live::LiveSetupError::NoProxmoxSection,
+        crate::app::wiring::LiveSetupError::NoProxmoxSection,
     ))?;
-    let client = crate::hub::live::proxmox_client(section).map_err(PlanReportError::Setup)?;
+    let client = crate::app::wiring::proxmox_client(section).map_err(PlanReportError::Setup)?;
     let desired = configured_provider(cfg)
         .desired()
         .map_err(PlanReportError::Desired)?;
@@ -1268,13 +1265,13 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), SetupError> {
 /// The journal size, in records, above which it is compacted:
 /// [`super::journal::COMPACT_OVER`] (a test build with fault points may lower it).
 pub fn journal_compact_threshold() -> u64 {
-    crate::faultpoint::journal_compact_at(super::journal::COMPACT_OVER)
+    crate::store::faultpoint::journal_compact_at(super::journal::COMPACT_OVER)
 }
 
 /// Keeps the journal bounded: compacts it (in-flight ops and unexpired applied keys are
 /// kept) once it holds more than `threshold` records. The
 /// reconciler calls it at start, before Recover; the daemon again every
-/// [`crate::daemon::JOURNAL_COMPACT_EVERY`]. A compaction that failed before the new file
+/// [`crate::app::daemon::JOURNAL_COMPACT_EVERY`]. A compaction that failed before the new file
 /// replaced the old one changed nothing: it is logged and `Ok(false)` returned. One that
 /// poisoned the journal is the error: the daemon must stop and replay from disk.
 /// `at` names the caller in the log line (`at=start` or `at=running`), so an operator

@@ -15,11 +15,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::authz::{self, Role};
+use crate::base::time::{Clock, SystemClock};
 use crate::hub::report::AuditEntry;
 use crate::reconcile::audit::AuditLog;
 use crate::reconcile::classify::{Class, Intent, OpClass, Provenance, classify};
 use crate::reconcile::journal::Journal;
-use crate::time::{Clock, SystemClock};
 
 /// An operator-signed op as received: the exact blob bytes and the armored SSHSIG.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,13 +13,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::authz::OpBlob;
+use crate::base::shutdown::Shutdown;
+use crate::base::time::{Clock, SystemClock};
 use crate::proxmox::{Client, ConfigChange, Upid, WaitOptions};
 use crate::reconcile::classify::{Intent, OpClass};
 use crate::reconcile::gate::{Decision, Gate, GuestNow, Refusal, SignedOp};
 use crate::reconcile::journal::{Journal, JournalError, JournalRecord, OpState};
 use crate::reconcile::queue::{JobPanicked, Queue, QueueClosed};
-use crate::shutdown::Shutdown;
-use crate::time::{Clock, SystemClock};
 
 /// Hands a task's UPID to the journal as soon as Proxmox accepted it.
 pub type OnTask<'a> = dyn FnMut(&str) -> Result<(), JournalError> + 'a;
@@ -263,17 +263,17 @@ impl SignedRun {
         act: impl FnOnce(&mut OnTask<'_>) -> Result<(), String>,
     ) -> Result<Result<(), String>, JournalError> {
         journal.append(rec)?;
-        crate::faultpoint::reached("signed:after-started");
+        crate::store::faultpoint::reached("signed:after-started");
         let mut upid: Option<String> = None;
         let res = act(&mut |u: &str| {
             let mut running = rec.step(OpState::TaskRunning, self.clock.now());
             running.upid = Some(u.to_string());
             journal.append(&running)?;
-            crate::faultpoint::reached("signed:after-upid");
+            crate::store::faultpoint::reached("signed:after-upid");
             upid = Some(u.to_string());
             Ok(())
         });
-        crate::faultpoint::reached("signed:after-wait");
+        crate::store::faultpoint::reached("signed:after-wait");
         let mut done = rec.step(
             if res.is_ok() {
                 OpState::Succeeded
@@ -364,7 +364,7 @@ impl DestructiveExecutor for ProxmoxExecutor {
             .client
             .destroy(vmid, purge, false)
             .map_err(|e| format!("destroy {vmid}: {e}"))?;
-        crate::faultpoint::reached("signed:after-post");
+        crate::store::faultpoint::reached("signed:after-post");
         on_task(upid.as_str()).map_err(|e| format!("journal: {e}"))?;
         self.client
             .wait_task(&upid, &self.wait, &self.shutdown)

@@ -14,17 +14,18 @@
 //! on, and [`Journal::damaged`] reports it — on every open, until an operator removes
 //! the `.damaged` file — so the gate refuses destructive operations meanwhile.
 
+use crate::base::sync::lock;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::time::Timestamp;
 use crate::reconcile::classify::{OpClass, Provenance};
 use crate::store::{Io, OsIo, Store, StoreError, SyncMode, replay_bytes};
-use crate::time::Timestamp;
 
 /// Above this many records the journal is compacted, at start and by the running daemon's
 /// `journal-compact` worker (see [`Journal::compact_if_over`]). What bounds is memory, not
@@ -339,10 +340,6 @@ fn decode(data: &[u8]) -> Result<Line, String> {
     serde_json::from_slice::<Line>(data).map_err(|e| format!("not a journal record: {e}"))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn damaged_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(".damaged");
@@ -619,7 +616,7 @@ impl JournalView {
 pub(crate) mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::time::Timestamp;
+    use crate::base::time::Timestamp;
 
     pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(t)
@@ -635,7 +632,7 @@ pub(crate) mod rfc3339 {
 pub(crate) mod opt_rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::time::Timestamp;
+    use crate::base::time::Timestamp;
 
     pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
         match t {

@@ -13,12 +13,12 @@ use std::fmt;
 
 use std::collections::BTreeMap;
 
+use crate::base::shutdown::Shutdown;
+use crate::base::time::Clock;
 use crate::proxmox::{Client, GuestConfig, TaskFilter, TaskSource, Upid, WaitError, WaitOptions};
 use crate::reconcile::classify::OpClass;
 use crate::reconcile::journal::{Journal, JournalError, JournalRecord, OpState};
 use crate::reconcile::normalize::Normalizers;
-use crate::shutdown::Shutdown;
-use crate::time::Clock;
 
 /// How far before an op's `started` record its task may claim to have started (the
 /// journal and Proxmox read the same host clock; this absorbs second rounding).
@@ -119,7 +119,7 @@ pub fn recover(
                     running.upid = Some(u.as_str().to_string());
                     running.detail = Some("task found in the node's task list".into());
                     journal.append(&running)?;
-                    crate::faultpoint::reached("recover:after-found");
+                    crate::store::faultpoint::reached("recover:after-found");
                     Some(u)
                 }
                 Ok(None) => None,

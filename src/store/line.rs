@@ -12,7 +12,7 @@ use std::path::Path;
 use sha2::{Digest as _, Sha256};
 
 use super::{Io, OsIo, StoreError};
-use crate::encoding::{hex_decode, hex_encode};
+use crate::base::encoding::{hex_decode, hex_encode};
 
 /// The longest line (newline included) a store writes or replays. An append that would
 /// write a longer one is refused; a longer line inside a file is damage.

@@ -60,17 +60,20 @@
 //! fsync'd. Files are created 0600 and a missing directory 0700; looser modes on existing
 //! ones are reported with a warning.
 
+use crate::base::sync::lock;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+pub mod faultpoint;
 mod file_io;
 mod line;
 #[cfg(feature = "fault-points")]
 mod powercut;
 mod rotate;
+pub mod statelock;
 
 pub use file_io::{DurableFile, FaultOp, FaultyIo, Io, OsIo};
 pub use line::{
@@ -211,12 +214,6 @@ impl fmt::Debug for Store {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the chain half-updated in a way
-    // that matters: every update after a write is guarded by the poisoned flag.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Store {
     /// Opens (or creates) the store at `path` on the real file system, replaying every
     /// record into `visit`. See the module doc for what is cut and what is an error.
@@ -235,7 +232,7 @@ impl Store {
         mut visit: impl FnMut(u64, &[u8]) -> Result<(), String>,
     ) -> Result<Store, StoreError> {
         #[cfg(feature = "fault-points")]
-        let io = crate::faultpoint::store_io(io);
+        let io = crate::store::faultpoint::store_io(io);
         let path = path.as_ref().to_path_buf();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -481,7 +478,7 @@ impl Store {
                 }
                 self.synced_cv.notify_all();
             } else {
-                st = self.synced_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                st = crate::base::sync::wait(&self.synced_cv, st);
             }
         }
     }
@@ -508,7 +505,7 @@ impl Store {
         let next = Rewrite::after(&chain, keep)?;
         let written = (|| {
             write_synced(self.io.as_ref(), &tmp, &next.bytes)?;
-            crate::faultpoint::reached_in(&self.path, "compact-before-rename");
+            crate::store::faultpoint::reached_in(&self.path, "compact-before-rename");
             self.io
                 .rename(&tmp, &self.path)
                 .map_err(io_err("rename", &tmp))

@@ -14,6 +14,7 @@
 //!
 //! [`FaultyIo`]: super::FaultyIo
 
+use crate::base::sync::lock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -219,7 +220,7 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Model> {
         // Every update of the model is complete before the lock is released.
-        self.model.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.model)
     }
 }
 

@@ -99,7 +99,7 @@ impl Store {
         if let Err(e) = self.io.sync_dir(&self.dir) {
             return Err(self.poison(&mut chain, "directory fsync", e));
         }
-        crate::faultpoint::reached_in(&self.path, "rotate-before-rename");
+        crate::store::faultpoint::reached_in(&self.path, "rotate-before-rename");
         if let Err(e) = self.io.rename(&self.path, &old) {
             let _ = self.io.remove(&tmp);
             return Err(io_err("rename", &self.path)(e));
@@ -109,7 +109,7 @@ impl Store {
         if let Err(e) = self.io.sync_dir(&self.dir) {
             return Err(self.poison(&mut chain, "directory fsync", e));
         }
-        crate::faultpoint::reached_in(&self.path, "rotate-between-renames");
+        crate::store::faultpoint::reached_in(&self.path, "rotate-between-renames");
         if let Err(e) = self.io.rename(&tmp, &self.path) {
             return Err(self.poison(&mut chain, "rename", e));
         }

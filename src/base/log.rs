@@ -3,7 +3,7 @@
 //! One line per event, written with a single `write_all` so threads never interleave.
 //! Values are quoted when they need it and control characters are escaped, so a
 //! hostile string (a Proxmox error text, a hub answer) cannot forge a second line.
-//! Secrets never reach this module: they are [`crate::secret::Secret`]s, which format as
+//! Secrets never reach this module: they are [`crate::base::secret::Secret`]s, which format as
 //! `<redacted>`.
 //!
 //! Use the macros: `crate::info!("report sent", guests = n, hub = url)`.
@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::time::{Clock, SystemClock};
+use crate::base::time::{Clock, SystemClock};
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -129,7 +129,7 @@ pub fn push_value(out: &mut String, v: &str) {
 
 /// Formats one line (without writing it); exposed for tests of the format.
 pub fn format_line(
-    ts: crate::time::Timestamp,
+    ts: crate::base::time::Timestamp,
     level: Level,
     msg: &str,
     fields: &[(&str, &dyn fmt::Display)],
@@ -168,7 +168,7 @@ pub fn emit(level: Level, msg: &str, fields: &[(&str, &dyn fmt::Display)]) {
 #[macro_export]
 macro_rules! error {
     ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::log::emit($crate::log::Level::Error, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+        $crate::base::log::emit($crate::base::log::Level::Error, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
     };
 }
 
@@ -176,7 +176,7 @@ macro_rules! error {
 #[macro_export]
 macro_rules! warn {
     ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::log::emit($crate::log::Level::Warn, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+        $crate::base::log::emit($crate::base::log::Level::Warn, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
     };
 }
 
@@ -184,7 +184,7 @@ macro_rules! warn {
 #[macro_export]
 macro_rules! info {
     ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::log::emit($crate::log::Level::Info, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+        $crate::base::log::emit($crate::base::log::Level::Info, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
     };
 }
 
@@ -192,14 +192,14 @@ macro_rules! info {
 #[macro_export]
 macro_rules! debug {
     ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::log::emit($crate::log::Level::Debug, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+        $crate::base::log::emit($crate::base::log::Level::Debug, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
     };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::Timestamp;
+    use crate::base::time::Timestamp;
 
     #[test]
     fn line_format_and_quoting() {

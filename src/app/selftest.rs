@@ -10,9 +10,9 @@ use std::fmt::Display;
 use std::io::Write;
 use std::time::Duration;
 
+use crate::base::shutdown::Shutdown;
+use crate::base::time::{Clock, SystemClock};
 use crate::proxmox::{Client, ConfigChange, RunState, TaskOutcome, Upid, WaitError, WaitOptions};
-use crate::shutdown::Shutdown;
-use crate::time::{Clock, SystemClock};
 
 /// The prefix of the description marker `selftest task` writes.
 pub const MARKER_PREFIX: &str = "felhom-selftest";

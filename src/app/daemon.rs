@@ -25,6 +25,7 @@
 //! signal handler and none of it is `unsafe`. The daemon never mutates Proxmox itself:
 //! every mutation goes through the reconciler's gate and queue.
 
+use crate::base::sync::lock;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -37,10 +38,12 @@ use std::time::{Duration, Instant};
 use signal_hook::SigId;
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
+use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::{FileNonceStore, NonceStoreError};
+use crate::base::shutdown::Shutdown;
+use crate::base::time::{Clock, SystemClock};
 use crate::config::{self, Config, Mode};
 use crate::hub::collect::{AuditTail, ReadError};
-use crate::hub::live::{self, LiveSetupError};
 use crate::hub::poller::Poller;
 use crate::hub::report::AuditEntry;
 use crate::hub::signed_ops::{self, Announcement, Announcing, SignedOpsClient, SignedOpsRunner};
@@ -51,9 +54,7 @@ use crate::reconcile::engine::{
 };
 use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor, SignedJobs};
 use crate::reconcile::journal::{Journal, JournalError};
-use crate::shutdown::Shutdown;
-use crate::statelock::{LockError, StateLock};
-use crate::time::{Clock, SystemClock};
+use crate::store::statelock::{LockError, StateLock};
 
 /// How long stopping workers get after the shutdown before `run` returns anyway; a
 /// worker still inside a network call is abandoned (the calls it makes are reads or
@@ -235,9 +236,9 @@ impl Workers {
 }
 
 /// How long one second of the poll schedule lasts: one second, unless a test build
-/// (feature `fault-points`) is asked for less ([`crate::faultpoint::SECOND_MS_ENV`]).
+/// (feature `fault-points`) is asked for less ([`crate::store::faultpoint::SECOND_MS_ENV`]).
 fn schedule_second() -> Duration {
-    let second = crate::faultpoint::schedule_second(Duration::from_secs(1));
+    let second = crate::store::faultpoint::schedule_second(Duration::from_secs(1));
     if second != Duration::from_secs(1) {
         crate::warn!(
             "test build: poll schedule seconds shortened",
@@ -291,7 +292,7 @@ impl AuditTail for LateAudit {
 type Failure = Arc<Mutex<Option<DaemonError>>>;
 
 fn report_failure(slot: &Failure, e: DaemonError) {
-    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = lock(&slot);
     slot.get_or_insert(e);
 }
 
@@ -307,19 +308,19 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
 fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<(), DaemonError> {
     crate::info!(
         "felhom-agent starting",
-        version = crate::version::VERSION,
+        version = crate::base::version::VERSION,
         host_id = cfg.host_id,
         pid = std::process::id()
     );
-    live::warn_insecure_tls(cfg);
+    wiring::warn_insecure_tls(cfg);
     let proxmox = cfg
         .proxmox
         .as_ref()
         .ok_or(LiveSetupError::NoProxmoxSection)
-        .and_then(live::proxmox_client)
+        .and_then(wiring::proxmox_client)
         .map_err(DaemonError::Setup)?;
     let audit = Arc::new(LateAudit::default());
-    let round = live::hub_round_with(
+    let round = wiring::hub_round_with(
         cfg,
         proxmox.clone(),
         Arc::clone(&audit) as Arc<dyn AuditTail>,
@@ -490,7 +491,7 @@ fn watch(
             return Err(e);
         }
         if let Some(name) = workers.first_finished() {
-            let reported = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let reported = lock(&failure).take();
             let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
                 name: name.to_owned(),
             });
@@ -672,7 +673,7 @@ impl SignalWatcher {
 fn reload_log_level(config_path: &Path) {
     match Config::load(config_path, &config::process_env(), Mode::Run) {
         Ok(cfg) => {
-            crate::log::set_level(cfg.log_level);
+            crate::base::log::set_level(cfg.log_level);
             crate::info!("configuration re-read on SIGHUP", log_level = cfg.log_level);
         }
         Err(e) => crate::warn!(
@@ -739,8 +740,8 @@ mod tests {
     #[test]
     fn a_nonce_store_poisoned_while_running_ends_the_watch_with_its_error() {
         use crate::authz::NonceStore;
+        use crate::base::time::Timestamp;
         use crate::store::{FaultOp, FaultyIo};
-        use crate::time::Timestamp;
         // Opening a new file costs two syncs; the third is the first nonce's.
         let io = Arc::new(FaultyIo::new(FaultOp::Sync, 3, false));
         let (dir, store) = temp_store("watch", io);
@@ -800,9 +801,9 @@ mod tests {
 
     #[test]
     fn a_running_daemon_compacts_a_grown_journal_and_keeps_what_is_in_flight() {
+        use crate::base::time::{ManualClock, Timestamp};
         use crate::reconcile::classify::OpClass;
         use crate::reconcile::journal::{JournalRecord, OpState};
-        use crate::time::{ManualClock, Timestamp};
         let dir =
             std::env::temp_dir().join(format!("felhom-daemon-unit-jc-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -854,7 +855,7 @@ mod tests {
     #[test]
     fn nonce_compaction_runs_at_start_and_drops_only_expired_nonces() {
         use crate::authz::NonceStore;
-        use crate::time::{ManualClock, Timestamp};
+        use crate::base::time::{ManualClock, Timestamp};
         let (dir, store) = temp_store("compact", Arc::new(crate::store::OsIo));
         let now = Timestamp(1_800_000_000);
         store
@@ -888,8 +889,8 @@ mod tests {
 
     #[test]
     fn a_compaction_that_poisons_the_nonce_store_ends_the_worker_with_the_error() {
+        use crate::base::time::{ManualClock, Timestamp};
         use crate::store::{FaultOp, FaultyIo};
-        use crate::time::{ManualClock, Timestamp};
         // Opening a new file costs two syncs; the third is the compaction's fsync of
         // the old file, whose failure is fatal (never retried).
         let io = Arc::new(FaultyIo::new(FaultOp::Sync, 3, false));
@@ -906,8 +907,8 @@ mod tests {
     #[test]
     fn a_compaction_that_failed_before_the_rename_is_only_logged() {
         use crate::authz::NonceStore;
+        use crate::base::time::{ManualClock, Timestamp};
         use crate::store::{FaultOp, FaultyIo};
-        use crate::time::{ManualClock, Timestamp};
         // The fourth sync is the new file's, before the rename: the old file stays.
         let io = Arc::new(FaultyIo::new(FaultOp::Sync, 4, false));
         let (dir, store) = temp_store("retry", Arc::clone(&io) as Arc<dyn crate::store::Io>);

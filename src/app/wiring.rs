@@ -11,18 +11,18 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{ClientError, HubClient, SetupError};
-use super::collect::{
+use crate::base::time::SystemClock;
+use crate::config::{Config, ProxmoxConfig};
+use crate::hub::client::{ClientError, HubClient, SetupError};
+use crate::hub::collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
     ReadError, StorageRow, VolumeRow,
 };
-use super::report::{CpuMetrics, HostMetrics, LoadAverage, Usage};
-use super::round::HubRound;
-use crate::config::{Config, ProxmoxConfig};
+use crate::hub::report::{CpuMetrics, HostMetrics, LoadAverage, Usage};
+use crate::hub::round::HubRound;
 use crate::net::TlsTrust;
 use crate::proxmox::privileged::{Privileged, Programs, SystemRunner};
 use crate::proxmox::{self, Client, ClientOptions};
-use crate::time::SystemClock;
 
 /// The unit whose state the report carries.
 pub const CLOUDFLARED_UNIT: &str = "cloudflared";
@@ -262,7 +262,7 @@ pub fn hub_round_with(
     let client = HubClient::from_config(hub).map_err(LiveSetupError::Hub)?;
     let collector = Collector::new(
         cfg.host_id.clone(),
-        crate::version::VERSION,
+        crate::base::version::VERSION,
         reader,
         SystemctlProbe::new(),
         audit,
@@ -319,7 +319,7 @@ impl std::error::Error for SelftestError {
 /// envelope, as pretty JSON under a heading each.
 pub fn selftest_hub(cfg: &Config, out: &mut dyn Write) -> Result<(), SelftestError> {
     warn_insecure_tls(cfg);
-    let audit: Arc<dyn AuditTail> = Arc::new(super::collect::NoAudit);
+    let audit: Arc<dyn AuditTail> = Arc::new(crate::hub::collect::NoAudit);
     let round = hub_round(cfg, audit).map_err(SelftestError::Setup)?;
     let report = round.collect().map_err(SelftestError::Collect)?;
     let pretty = serde_json::to_string_pretty(&report)

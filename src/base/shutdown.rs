@@ -1,6 +1,7 @@
 //! A shutdown signal shared by every loop and wait: once triggered it stays triggered,
 //! and every sleeper wakes at once instead of finishing its sleep.
 
+use super::sync::{self, lock};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,21 +19,21 @@ impl Shutdown {
     pub fn trigger(&self) {
         let (lock, cv) = &*self.0;
         // A poisoned lock still holds a valid bool; shutting down must not fail.
-        let mut fired = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fired = sync::lock(lock);
         *fired = true;
         cv.notify_all();
     }
 
     /// Whether the signal has fired.
     pub fn is_triggered(&self) -> bool {
-        *self.0.0.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.0.0)
     }
 
     /// Sleeps up to `d`; returns `true` at once if the signal fires (or had fired).
     pub fn sleep(&self, d: Duration) -> bool {
         let (lock, cv) = &*self.0;
         let deadline = Instant::now() + d;
-        let mut fired = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fired = sync::lock(lock);
         while !*fired {
             let now = Instant::now();
             if now >= deadline {

@@ -1,0 +1,7 @@
+//! The application layer: the only place that knows both the hub and reconcile. It
+//! wires the real clients, bridges the hub's wire records and reconcile's own, starts
+//! the reconciler, runs the daemon, and carries one module per command.
+
+pub mod daemon;
+pub mod selftest;
+pub mod wiring;
