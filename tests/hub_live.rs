@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use felhom_agent::app::wiring::{hub_round, selftest_hub};
 use felhom_agent::config::{Config, Mode};
 use felhom_agent::hub::collect::{NoAudit, ReadError};
 use felhom_agent::hub::report::AuditEntry;
-use felhom_agent::app::wiring::{hub_round, selftest_hub};
 use felhom_agent::hub::{Reporter, RoundError};
 use felhom_agent::time::Timestamp;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};

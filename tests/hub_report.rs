@@ -7,15 +7,16 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use felhom_agent::app::bridge::wire_entry;
 use felhom_agent::hub::collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
     NoAudit, ReadError, StorageRow, VolumeRow,
 };
 use felhom_agent::hub::report::{
-    AuditEntry, CpuMetrics, Delivery, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
+    AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
     PENDING_SIGNATURES_MAX, Usage,
 };
-use felhom_agent::reconcile::audit::cap;
+use felhom_agent::reconcile::audit::{AuditDelivery, AuditRecord, cap};
 use felhom_agent::time::{ManualClock, Timestamp};
 use serde_json::Value;
 
@@ -206,13 +207,14 @@ fn golden_node() -> FakeNode {
 }
 
 /// The golden audit entry: a signed destroy the hub delivered that failed with a long
-/// task error, recorded as the audit log records it (the reason cut).
+/// task error, recorded as the audit log records it (the reason cut) and carried to
+/// the wire by the app's bridge.
 fn audit_entry() -> AuditEntry {
     let reason = format!(
         "op-5c1f0e9a failed: task UPID:pve:0001A2B3:00C4D5E6:6740B1A0:vzdestroy:105:felhom-agent@pve!agent: exit status: {}",
         "lvremove 'pve/vm-105-disk-0' error: Logical volume pve/vm-105-disk-0 in use. ".repeat(16)
     );
-    let mut e = AuditEntry::new(
+    let mut e = AuditRecord::new(
         ts("2026-11-22T09:58:12Z"),
         "guest_destroy",
         Some("105".into()),
@@ -220,7 +222,7 @@ fn audit_entry() -> AuditEntry {
         reason,
         None,
     );
-    e.delivery = Some(Delivery {
+    e.delivery = Some(AuditDelivery {
         hub_op_id: Some("op-7".into()),
         index: Some(0),
         blob_sha256: Some(
@@ -228,7 +230,7 @@ fn audit_entry() -> AuditEntry {
         ),
         blob_bytes: Some(331),
     });
-    cap(e)
+    wire_entry(cap(e))
 }
 
 /// The golden pending entry: the gate held an unsigned destroy of 106.

@@ -19,7 +19,6 @@ use std::time::Duration;
 use felhom_agent::authz::{
     AuthzConfig, AuthzError, FileNonceStore, NAMESPACE, NonceStore, Role, SignerEntry, Verifier,
 };
-use felhom_agent::hub::AuditTail;
 use felhom_agent::hub::signed_ops::{DeliveredOp, OpOutcome, SignedOpsRunner};
 use felhom_agent::proxmox::{ConfigChange, WaitOptions};
 use felhom_agent::reconcile::audit::AuditLog;
@@ -294,7 +293,7 @@ fn assert_nothing_ran(a: &Agent, sim: &ProxmoxSim, r: &Refusal) {
     assert_eq!(sim.guest_ids(), vec![105, 106]);
     assert!(a.journal.in_flight().is_empty());
     assert_eq!(a.journal.records(), 0, "refusals journal nothing");
-    let tail = a.audit.last(1).unwrap();
+    let tail = a.audit.tail(1);
     assert_eq!(tail.len(), 1, "the decision was audited");
     assert_eq!(tail[0].decision, r.code());
 }

@@ -32,8 +32,8 @@ use std::time::Duration;
 use felhom_agent::authz::{
     AuthzConfig, AuthzError, FileNonceStore, Freshness, NonceStore, NonceStoreError, Verifier,
 };
-use felhom_agent::hub::report::AuditEntry;
 use felhom_agent::proxmox::WaitOptions;
+use felhom_agent::reconcile::audit::AuditRecord as AuditEntry;
 use felhom_agent::reconcile::audit::{AuditError, AuditLog};
 use felhom_agent::reconcile::classify::{Intent, OpClass};
 use felhom_agent::reconcile::gate::{Gate, Refusal, SignedOp};

@@ -31,21 +31,21 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use signal_hook::SigId;
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
+use crate::app::bridge::AuditFeed;
 use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::{FileNonceStore, NonceStoreError};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::{self, Config, Mode};
-use crate::hub::collect::{AuditTail, ReadError};
+use crate::hub::collect::AuditTail;
 use crate::hub::poller::Poller;
-use crate::hub::report::AuditEntry;
 use crate::hub::signed_ops::{self, Announcement, Announcing, SignedOpsClient, SignedOpsRunner};
 use crate::proxmox::WaitOptions;
 use crate::reconcile::engine::{
@@ -264,30 +264,6 @@ pub fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
     result
 }
 
-/// The report's audit tail and pending signatures, bound to the reconciler's audit log
-/// once it is open. The poller starts before `Reconciler::open` (the engine follows its
-/// envelope, and the hub keeps hearing from the host while Recover waits on a task), so
-/// the reports sent until the reconciler has opened carry an empty `audit_tail` and
-/// `pending_signatures`.
-#[derive(Default)]
-struct LateAudit(OnceLock<Arc<dyn AuditTail>>);
-
-impl AuditTail for LateAudit {
-    fn last(&self, n: usize) -> Result<Vec<AuditEntry>, ReadError> {
-        match self.0.get() {
-            Some(tail) => tail.last(n),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    fn pending(&self) -> Result<Vec<AuditEntry>, ReadError> {
-        match self.0.get() {
-            Some(tail) => tail.pending(),
-            None => Ok(Vec::new()),
-        }
-    }
-}
-
 /// The first fatal error a worker reported before it ended.
 type Failure = Arc<Mutex<Option<DaemonError>>>;
 
@@ -319,7 +295,7 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         .ok_or(LiveSetupError::NoProxmoxSection)
         .and_then(wiring::proxmox_client)
         .map_err(DaemonError::Setup)?;
-    let audit = Arc::new(LateAudit::default());
+    let audit = Arc::new(AuditFeed::default());
     let round = wiring::hub_round_with(
         cfg,
         proxmox.clone(),
@@ -362,11 +338,7 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         failed = recovered.failed.len(),
         unresolved = recovered.unresolved.len()
     );
-    if audit
-        .0
-        .set(Arc::clone(&reconciler.audit) as Arc<dyn AuditTail>)
-        .is_err()
-    {
+    if !audit.bind(Arc::clone(&reconciler.audit)) {
         crate::warn!("audit tail was already bound; keeping the first");
     }
 

@@ -2,6 +2,7 @@
 //! wires the real clients, bridges the hub's wire records and reconcile's own, starts
 //! the reconciler, runs the daemon, and carries one module per command.
 
+pub mod bridge;
 pub mod daemon;
 pub mod selftest;
 pub mod wiring;

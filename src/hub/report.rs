@@ -21,7 +21,7 @@ pub struct HostReport {
     /// The agent's version string.
     pub agent_version: String,
     /// When the report was collected, RFC 3339 UTC.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::base::time::rfc3339")]
     pub reported_at: Timestamp,
     /// Host metrics from the node's status.
     pub host: HostMetrics,
@@ -194,7 +194,7 @@ pub struct BackupVolume {
     /// Size in bytes.
     pub size_bytes: u64,
     /// Creation time; `null` if Proxmox does not say.
-    #[serde(with = "opt_rfc3339")]
+    #[serde(with = "crate::base::time::opt_rfc3339")]
     pub created_at: Option<Timestamp>,
     /// Protected from pruning.
     pub protected: bool,
@@ -214,7 +214,7 @@ pub struct PbsSnapshot {
     /// Size in bytes.
     pub size_bytes: u64,
     /// Creation time; `null` if Proxmox does not say.
-    #[serde(with = "opt_rfc3339")]
+    #[serde(with = "crate::base::time::opt_rfc3339")]
     pub created_at: Option<Timestamp>,
     /// Protected from pruning.
     pub protected: bool,
@@ -231,13 +231,13 @@ pub enum RestoreTest {}
 
 /// One gate decision from the audit log.
 ///
-/// Every string in an entry is at most [`AUDIT_STRING_MAX`] bytes: a longer value is cut
-/// at a character boundary when it is recorded, and `truncated` then names the field
-/// with the SHA-256 and byte length of the full value (which is never stored).
+/// Every string in an entry is at most 256 bytes: the agent cuts a longer value at a
+/// character boundary when it records it, and `truncated` then names the field with the
+/// SHA-256 and byte length of the full value (which the agent never keeps).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// When the decision was made.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::base::time::rfc3339")]
     pub at: Timestamp,
     /// The operation, e.g. `guest_destroy`, `set_config`; `signed_op` for a hub delivery
     /// whose operation could not be read.
@@ -297,37 +297,12 @@ pub struct Delivery {
     pub blob_bytes: Option<u64>,
 }
 
-/// The string fields of an [`AuditEntry`], as `truncated` names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum AuditField {
-    /// `op`.
-    #[serde(rename = "op")]
-    Op,
-    /// `guest_id`.
-    #[serde(rename = "guest_id")]
-    GuestId,
-    /// `decision`.
-    #[serde(rename = "decision")]
-    Decision,
-    /// `reason`.
-    #[serde(rename = "reason")]
-    Reason,
-    /// `key_id`.
-    #[serde(rename = "key_id")]
-    KeyId,
-    /// `delivery.hub_op_id`.
-    #[serde(rename = "delivery.hub_op_id")]
-    DeliveryHubOpId,
-    /// `delivery.blob_sha256`.
-    #[serde(rename = "delivery.blob_sha256")]
-    DeliveryBlobSha256,
-}
-
 /// A field that was cut: its name, and the SHA-256 and byte length of the full value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truncated {
-    /// Which field.
-    pub field: AuditField,
+    /// Which field: `op`, `guest_id`, `decision`, `reason`, `key_id`,
+    /// `delivery.hub_op_id` or `delivery.blob_sha256`.
+    pub field: String,
     /// SHA-256 of the full value's UTF-8 bytes, lowercase hex.
     pub sha256: String,
     /// The full value's length in bytes.
@@ -337,50 +312,8 @@ pub struct Truncated {
 /// How many audit entries a report carries at most.
 pub const AUDIT_TAIL_LEN: usize = 50;
 
-/// The most unresolved `pending_signature` entries kept and reported.
+/// How many unresolved `pending_signature` entries a report carries at most.
 pub const PENDING_SIGNATURES_MAX: usize = 64;
-
-/// The longest string an audit entry holds, in bytes.
-pub const AUDIT_STRING_MAX: usize = 256;
-
-/// Serializes a [`Timestamp`] as an RFC 3339 string.
-mod rfc3339 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::base::time::Timestamp;
-
-    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(t)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-        let s = String::deserialize(d)?;
-        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// [`rfc3339`] for an optional timestamp (`null` when absent).
-mod opt_rfc3339 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::base::time::Timestamp;
-
-    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.collect_str(t),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            Some(s) => Timestamp::parse_rfc3339(&s)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

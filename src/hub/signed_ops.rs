@@ -35,7 +35,6 @@ use sha2::{Digest as _, Sha256};
 use super::client::{EndpointError, HubClientOptions, HubEndpoint, SetupError};
 use super::envelope::ControlEnvelope;
 use super::poller::Reporter;
-use super::report::{AuditEntry, Delivery};
 use crate::authz::OpBlob;
 use crate::base::encoding::{base64_decode, hex_encode};
 use crate::base::secret::REDACTED;
@@ -44,6 +43,7 @@ use crate::base::time::{Clock, SystemClock};
 use crate::config::HubConfig;
 use crate::net::{EXCERPT_LIMIT, HttpError, Method, TransportError, excerpt};
 use crate::reconcile::audit::AuditLog;
+use crate::reconcile::audit::{AuditDelivery as Delivery, AuditRecord};
 use crate::reconcile::classify::{Intent, OpClass};
 use crate::reconcile::gate::{Decision, Gate, GuestNow, SignedOp};
 use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
@@ -508,7 +508,7 @@ impl SignedOpsRunner {
             outcome = outcome.code(),
             reason = reason
         );
-        let mut entry = AuditEntry::new(
+        let mut entry = AuditRecord::new(
             self.clock.now(),
             intent.class.as_str(),
             intent.guest_id.clone(),
@@ -528,7 +528,7 @@ impl SignedOpsRunner {
 
     /// Audits a delivery that never reached the gate (its op is not known).
     fn audit_delivery(&self, hub_op: &str, decision: &str, reason: String, delivery: Delivery) {
-        let mut entry = AuditEntry::new(
+        let mut entry = AuditRecord::new(
             self.clock.now(),
             UNREADABLE_OP,
             None,

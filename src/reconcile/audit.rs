@@ -48,11 +48,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::base::encoding::hex_encode;
-use crate::hub::collect::{AuditTail, ReadError};
-use crate::hub::report::{AuditEntry, AuditField, Truncated};
+use crate::base::time::Timestamp;
 use crate::store::{Io, OsIo, RECORD_OVERHEAD, Store, StoreError, SyncMode};
 
-pub use crate::hub::report::{AUDIT_STRING_MAX, PENDING_SIGNATURES_MAX};
+/// The longest string a record holds, in bytes.
+pub const AUDIT_STRING_MAX: usize = 256;
+
+/// The most unresolved `pending_signature` records kept.
+pub const PENDING_SIGNATURES_MAX: usize = 64;
 
 /// Entries kept in memory for [`AuditLog::tail`]; the report needs 50.
 pub const TAIL_KEPT: usize = 200;
@@ -66,6 +69,124 @@ pub use crate::config::{
 
 /// The decision word that holds an operation for a signature.
 pub const PENDING_SIGNATURE: &str = "pending_signature";
+
+/// One gate decision as `audit.log` stores it: this module's own format, which the app
+/// layer translates into the hub's wire entry.
+///
+/// Every string is at most [`AUDIT_STRING_MAX`] bytes once recorded: [`AuditLog::record`]
+/// cuts a longer value at a character boundary and names it in `truncated`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When the decision was made.
+    #[serde(with = "crate::base::time::rfc3339")]
+    pub at: Timestamp,
+    /// The op class (`guest_destroy`, `set_config` …), or `signed_op` for a delivery
+    /// whose op could not be read.
+    pub op: String,
+    /// The guest the op targets; `None` for a host-wide op.
+    pub guest_id: Option<String>,
+    /// The gate's word: `allowed`, `pending_signature`, a refusal code, `executed` ….
+    pub decision: String,
+    /// The reason, in a sentence.
+    pub reason: String,
+    /// The advisory key id of the signer, when a signature came with the op.
+    pub key_id: Option<String>,
+    /// The hub delivery this record is about; `None` for the gate's own decisions.
+    #[serde(default)]
+    pub delivery: Option<AuditDelivery>,
+    /// The cut fields, in field order.
+    #[serde(default)]
+    pub truncated: Vec<Truncation>,
+}
+
+impl AuditRecord {
+    /// A record with no delivery; [`AuditLog::record`] caps it.
+    pub fn new(
+        at: Timestamp,
+        op: impl Into<String>,
+        guest_id: Option<String>,
+        decision: impl Into<String>,
+        reason: impl Into<String>,
+        key_id: Option<String>,
+    ) -> AuditRecord {
+        AuditRecord {
+            at,
+            op: op.into(),
+            guest_id,
+            decision: decision.into(),
+            reason: reason.into(),
+            key_id,
+            delivery: None,
+            truncated: Vec::new(),
+        }
+    }
+}
+
+/// What the audit keeps of one hub delivery: the hash and size of its bytes, never the
+/// bytes. A field is `None` when the entry was skipped before it could be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditDelivery {
+    /// The hub's own id for the op, cut like every string.
+    pub hub_op_id: Option<String>,
+    /// Where the op stood in the hub's `ops` array.
+    pub index: Option<u64>,
+    /// The decoded blob's SHA-256, lowercase hex.
+    pub blob_sha256: Option<String>,
+    /// The decoded blob's length in bytes.
+    pub blob_bytes: Option<u64>,
+}
+
+/// A string field of an [`AuditRecord`] that recording may cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AuditField {
+    /// The op.
+    #[serde(rename = "op")]
+    Op,
+    /// The guest.
+    #[serde(rename = "guest_id")]
+    GuestId,
+    /// The decision word.
+    #[serde(rename = "decision")]
+    Decision,
+    /// The reason.
+    #[serde(rename = "reason")]
+    Reason,
+    /// The signer's key id.
+    #[serde(rename = "key_id")]
+    KeyId,
+    /// The delivery's hub op id.
+    #[serde(rename = "delivery.hub_op_id")]
+    DeliveryHubOpId,
+    /// The delivery's blob hash.
+    #[serde(rename = "delivery.blob_sha256")]
+    DeliveryBlobSha256,
+}
+
+impl AuditField {
+    /// The field's name as `truncated` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditField::Op => "op",
+            AuditField::GuestId => "guest_id",
+            AuditField::Decision => "decision",
+            AuditField::Reason => "reason",
+            AuditField::KeyId => "key_id",
+            AuditField::DeliveryHubOpId => "delivery.hub_op_id",
+            AuditField::DeliveryBlobSha256 => "delivery.blob_sha256",
+        }
+    }
+}
+
+/// A cut: which field, and the SHA-256 and length of the value before it was cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncation {
+    /// The field that was cut.
+    pub field: AuditField,
+    /// SHA-256 of the whole value, lowercase hex.
+    pub sha256: String,
+    /// The whole value's length in bytes.
+    pub bytes: u64,
+}
 
 /// Why the audit log failed.
 #[derive(Debug)]
@@ -96,7 +217,7 @@ impl std::error::Error for AuditError {
 #[derive(Deserialize)]
 struct Stored {
     #[serde(flatten)]
-    entry: AuditEntry,
+    entry: AuditRecord,
     #[serde(default)]
     carried: bool,
 }
@@ -104,17 +225,17 @@ struct Stored {
 #[derive(Serialize)]
 struct CarriedRef<'a> {
     #[serde(flatten)]
-    entry: &'a AuditEntry,
+    entry: &'a AuditRecord,
     carried: bool,
 }
 
 /// Cuts `s` to [`AUDIT_STRING_MAX`] bytes at a character boundary; when it cuts, the
 /// full value's hash and length are added to `cuts`.
-fn cut(s: &mut String, field: AuditField, cuts: &mut Vec<Truncated>) {
+fn cut(s: &mut String, field: AuditField, cuts: &mut Vec<Truncation>) {
     if s.len() <= AUDIT_STRING_MAX {
         return;
     }
-    cuts.push(Truncated {
+    cuts.push(Truncation {
         field,
         sha256: hex_encode(&Sha256::digest(s.as_bytes())),
         bytes: s.len() as u64,
@@ -126,7 +247,7 @@ fn cut(s: &mut String, field: AuditField, cuts: &mut Vec<Truncated>) {
     s.truncate(end);
 }
 
-fn cut_opt(s: &mut Option<String>, field: AuditField, cuts: &mut Vec<Truncated>) {
+fn cut_opt(s: &mut Option<String>, field: AuditField, cuts: &mut Vec<Truncation>) {
     if let Some(s) = s {
         cut(s, field, cuts);
     }
@@ -135,7 +256,7 @@ fn cut_opt(s: &mut Option<String>, field: AuditField, cuts: &mut Vec<Truncated>)
 /// The entry as it is recorded: every string capped. A `truncated` item the caller
 /// supplied is kept only if well-formed and not contradicted by a cut made here, so
 /// capping an already capped entry changes nothing.
-pub fn cap(mut e: AuditEntry) -> AuditEntry {
+pub fn cap(mut e: AuditRecord) -> AuditRecord {
     let mut cuts = Vec::new();
     cut(&mut e.op, AuditField::Op, &mut cuts);
     cut_opt(&mut e.guest_id, AuditField::GuestId, &mut cuts);
@@ -164,7 +285,7 @@ pub fn cap(mut e: AuditEntry) -> AuditEntry {
     e
 }
 
-fn cut_hash(e: &AuditEntry, field: AuditField) -> Option<&str> {
+fn cut_hash(e: &AuditRecord, field: AuditField) -> Option<&str> {
     e.truncated
         .iter()
         .find(|t| t.field == field)
@@ -172,7 +293,7 @@ fn cut_hash(e: &AuditEntry, field: AuditField) -> Option<&str> {
 }
 
 /// Whether two entries are about the same operation (see the module doc).
-fn same_key(a: &AuditEntry, b: &AuditEntry) -> bool {
+fn same_key(a: &AuditRecord, b: &AuditRecord) -> bool {
     a.op == b.op
         && a.guest_id == b.guest_id
         && cut_hash(a, AuditField::Op) == cut_hash(b, AuditField::Op)
@@ -182,8 +303,8 @@ fn same_key(a: &AuditEntry, b: &AuditEntry) -> bool {
 /// What is kept in memory: the tail and the unresolved pending entries.
 #[derive(Default)]
 struct Kept {
-    tail: VecDeque<AuditEntry>,
-    pending: VecDeque<AuditEntry>,
+    tail: VecDeque<AuditRecord>,
+    pending: VecDeque<AuditRecord>,
     /// Records of the current file that a rotation carried into it.
     carried_in_file: u64,
 }
@@ -191,7 +312,7 @@ struct Kept {
 impl Kept {
     /// A new decision: into the tail, and it makes its key pending or resolves it.
     /// Returns a pending entry dropped to stay within the bound.
-    fn apply(&mut self, e: AuditEntry) -> Option<AuditEntry> {
+    fn apply(&mut self, e: AuditRecord) -> Option<AuditRecord> {
         if self.tail.len() == TAIL_KEPT {
             self.tail.pop_front();
         }
@@ -206,7 +327,7 @@ impl Kept {
     }
 
     /// Makes `e` the pending entry of its key.
-    fn hold(&mut self, e: AuditEntry) -> Option<AuditEntry> {
+    fn hold(&mut self, e: AuditRecord) -> Option<AuditRecord> {
         self.pending.retain(|p| !same_key(p, &e));
         let dropped = if self.pending.len() >= PENDING_SIGNATURES_MAX {
             self.pending.pop_front()
@@ -218,7 +339,7 @@ impl Kept {
     }
 }
 
-fn warn_dropped(e: &AuditEntry) {
+fn warn_dropped(e: &AuditRecord) {
     crate::warn!(
         "audit pending signature dropped",
         op = e.op,
@@ -315,7 +436,7 @@ impl AuditLog {
     /// before anything was renamed is logged and the entry goes to the current file
     /// (the next record tries again); one that fails after is fatal, like a failed
     /// append.
-    pub fn record(&self, entry: &AuditEntry) -> Result<(), AuditError> {
+    pub fn record(&self, entry: &AuditRecord) -> Result<(), AuditError> {
         let entry = cap(entry.clone());
         let line = serde_json::to_vec(&entry)
             .map(|d| d.len() + RECORD_OVERHEAD)
@@ -370,7 +491,7 @@ impl AuditLog {
     }
 
     /// The last `n` entries, oldest first.
-    pub fn tail(&self, n: usize) -> Vec<AuditEntry> {
+    pub fn tail(&self, n: usize) -> Vec<AuditRecord> {
         let k = lock(&self.kept);
         k.tail
             .iter()
@@ -380,18 +501,8 @@ impl AuditLog {
     }
 
     /// The unresolved `pending_signature` entries, oldest first.
-    pub fn pending(&self) -> Vec<AuditEntry> {
+    pub fn pending(&self) -> Vec<AuditRecord> {
         lock(&self.kept).pending.iter().cloned().collect()
-    }
-}
-
-impl AuditTail for AuditLog {
-    fn last(&self, n: usize) -> Result<Vec<AuditEntry>, ReadError> {
-        Ok(self.tail(n))
-    }
-
-    fn pending(&self) -> Result<Vec<AuditEntry>, ReadError> {
-        Ok(AuditLog::pending(self))
     }
 }
 
@@ -399,10 +510,9 @@ impl AuditTail for AuditLog {
 mod tests {
     use super::*;
     use crate::base::time::Timestamp;
-    use crate::hub::report::Delivery;
 
-    fn entry(op: &str, guest: Option<&str>, decision: &str, reason: &str) -> AuditEntry {
-        AuditEntry::new(
+    fn entry(op: &str, guest: Option<&str>, decision: &str, reason: &str) -> AuditRecord {
+        AuditRecord::new(
             Timestamp(1_800_000_000),
             op,
             guest.map(str::to_owned),
@@ -424,7 +534,7 @@ mod tests {
         let id = "i".repeat(257);
         let mut e = entry(&op, Some("105"), "namespace", &reason);
         e.key_id = Some("k".repeat(256));
-        e.delivery = Some(Delivery {
+        e.delivery = Some(AuditDelivery {
             hub_op_id: Some(id.clone()),
             index: Some(3),
             blob_sha256: Some("a".repeat(64)),
@@ -471,7 +581,7 @@ mod tests {
         let nasty = "\u{1}".repeat(10_000);
         let mut e = entry(&nasty, Some(&nasty), &nasty, &nasty);
         e.key_id = Some(nasty.clone());
-        e.delivery = Some(Delivery {
+        e.delivery = Some(AuditDelivery {
             hub_op_id: Some(nasty.clone()),
             index: Some(u64::MAX),
             blob_sha256: Some(nasty.clone()),
@@ -502,7 +612,7 @@ mod tests {
     #[test]
     fn a_supplied_truncated_item_that_is_not_a_hash_is_dropped() {
         let mut e = entry("op", None, "allowed", "ok");
-        e.truncated = vec![Truncated {
+        e.truncated = vec![Truncation {
             field: AuditField::Reason,
             sha256: "x".repeat(5000),
             bytes: 1,

@@ -16,8 +16,7 @@ use std::sync::Arc;
 
 use crate::authz::{self, Role};
 use crate::base::time::{Clock, SystemClock};
-use crate::hub::report::AuditEntry;
-use crate::reconcile::audit::AuditLog;
+use crate::reconcile::audit::{AuditLog, AuditRecord};
 use crate::reconcile::classify::{Class, Intent, OpClass, Provenance, classify};
 use crate::reconcile::journal::Journal;
 
@@ -385,7 +384,7 @@ impl Gate {
             Decision::Refused { reason } => reason.code(),
         };
         // Capped here as the audit log caps it, so the log line is bounded too.
-        let entry = super::audit::cap(AuditEntry {
+        let entry = super::audit::cap(AuditRecord {
             at: self.clock.now(),
             op: intent.class.as_str().to_string(),
             guest_id: intent.guest_id.clone(),

@@ -88,10 +88,10 @@ pub struct JournalRecord {
     #[serde(default)]
     pub idempotency_key: Option<String>,
     /// Until when the applied key must be remembered.
-    #[serde(default, with = "opt_rfc3339")]
+    #[serde(default, with = "crate::base::time::opt_rfc3339")]
     pub expires_at: Option<Timestamp>,
     /// When this step was recorded.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::base::time::rfc3339")]
     pub at: Timestamp,
     /// Free text: why it failed, what was skipped.
     #[serde(default)]
@@ -135,19 +135,19 @@ enum Line {
     GuestCreated {
         vmid: u32,
         txn: String,
-        #[serde(with = "rfc3339")]
+        #[serde(with = "crate::base::time::rfc3339")]
         at: Timestamp,
     },
     /// The agent tagged `vmid` as its own scratch guest.
     ScratchTagged {
         vmid: u32,
-        #[serde(with = "rfc3339")]
+        #[serde(with = "crate::base::time::rfc3339")]
         at: Timestamp,
     },
     /// Transaction `txn` is over: guests it created no longer carry its provenance.
     TxnEnded {
         txn: String,
-        #[serde(with = "rfc3339")]
+        #[serde(with = "crate::base::time::rfc3339")]
         at: Timestamp,
     },
     /// Op ids below `next` were handed out before a compaction.
@@ -609,45 +609,6 @@ impl JournalView {
     /// Where the file is damaged, if it is (the records before the damage are shown).
     pub fn damaged(&self) -> Option<&str> {
         self.damaged.as_deref()
-    }
-}
-
-/// Serde for a [`Timestamp`] as an RFC 3339 string.
-pub(crate) mod rfc3339 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::base::time::Timestamp;
-
-    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(t)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-        let s = String::deserialize(d)?;
-        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Serde for an optional [`Timestamp`].
-pub(crate) mod opt_rfc3339 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::base::time::Timestamp;
-
-    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.collect_str(t),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            Some(s) => Timestamp::parse_rfc3339(&s)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
     }
 }
 

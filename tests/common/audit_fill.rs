@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use felhom_agent::hub::report::AuditEntry;
+use felhom_agent::reconcile::audit::AuditRecord as AuditEntry;
 use felhom_agent::reconcile::audit::{PENDING_SIGNATURE, cap};
 use felhom_agent::store::{RECORD_OVERHEAD, Store};
 use felhom_agent::time::Timestamp;

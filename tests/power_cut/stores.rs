@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use felhom_agent::authz::{FileNonceStore, Freshness, NonceStore};
-use felhom_agent::hub::report::AuditEntry;
 use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::reconcile::audit::AuditRecord as AuditEntry;
 use felhom_agent::reconcile::classify::{OpClass, Provenance};
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
 use felhom_agent::shutdown::Shutdown;
