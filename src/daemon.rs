@@ -222,7 +222,11 @@ impl Workers {
                 pending.into_iter().partition(|(_, h)| h.is_finished());
             for (name, h) in done {
                 if h.join().is_err() {
-                    crate::error!("worker panicked while stopping", worker = name);
+                    crate::error!(
+                        worker_panicked,
+                        "worker panicked while stopping",
+                        worker = name
+                    );
                 }
             }
             pending = rest;
@@ -240,6 +244,7 @@ fn schedule_second() -> Duration {
     let second = crate::faultpoint::schedule_second(Duration::from_secs(1));
     if second != Duration::from_secs(1) {
         crate::warn!(
+            fault_schedule_shortened,
             "test build: poll schedule seconds shortened",
             second_ms = second.as_millis()
         );
@@ -306,6 +311,7 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
 /// [`serve`] once the state directory is locked: `_lock` is the proof.
 fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<(), DaemonError> {
     crate::info!(
+        daemon_starting,
         "felhom-agent starting",
         version = crate::version::VERSION,
         host_id = cfg.host_id,
@@ -343,6 +349,7 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     workers.spawn("hub-poller", move || poller.run())?;
 
     crate::info!(
+        recover_started,
         "opening reconcile state and recovering ops left in flight",
         state_dir = cfg.state_dir.display()
     );
@@ -356,6 +363,7 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     };
     let recovered = &reconciler.recovered;
     crate::info!(
+        recover_finished,
         "recover finished",
         succeeded = recovered.succeeded.len(),
         failed = recovered.failed.len(),
@@ -366,7 +374,10 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         .set(Arc::clone(&reconciler.audit) as Arc<dyn AuditTail>)
         .is_err()
     {
-        crate::warn!("audit tail was already bound; keeping the first");
+        crate::warn!(
+            audit_tail_already_bound,
+            "audit tail was already bound; keeping the first"
+        );
     }
 
     let engine = Arc::clone(&reconciler.engine);
@@ -404,7 +415,11 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
             if store.unavailable().is_none()
                 && let Err(e) = store.record_trusted_time(SystemClock.now())
             {
-                crate::error!("nonce store: trusted time not recorded at stop", error = e);
+                crate::error!(
+                    nonce_trusted_time_not_saved,
+                    "nonce store: trusted time not recorded at stop",
+                    error = e
+                );
             }
         })?;
         names.push("nonce-compact");
@@ -436,8 +451,8 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         names.push("signed-ops");
     }
     crate::info!(
+        daemon_running,
         "felhom-agent running",
-        event = "daemon_running",
         workers = names.join(",")
     );
 
@@ -460,17 +475,18 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         Some(DaemonError::NonceStore(NonceStoreError::Unavailable(why)))
     };
     let outcome = watch(&workers, shutdown, &failure, &health);
-    crate::info!("felhom-agent stopping");
+    crate::info!(daemon_stopping, "felhom-agent stopping");
     let deadline = Instant::now() + STOP_GRACE;
     let stuck = workers.join_until(deadline);
     if !stuck.is_empty() {
         crate::warn!(
+            workers_stuck_at_stop,
             "workers still busy after the grace period; leaving them",
             workers = stuck.join(",")
         );
     }
     drain_queue(&reconciler, deadline);
-    crate::info!("felhom-agent stopped");
+    crate::info!(daemon_stopped, "felhom-agent stopped");
     outcome
 }
 
@@ -485,7 +501,11 @@ fn watch(
 ) -> Result<(), DaemonError> {
     while !shutdown.sleep(WATCH_INTERVAL) {
         if let Some(e) = health() {
-            crate::error!("a durable store failed; shutting down", error = e);
+            crate::error!(
+                store_failed,
+                "a durable store failed; shutting down",
+                error = e
+            );
             shutdown.trigger();
             return Err(e);
         }
@@ -494,7 +514,12 @@ fn watch(
             let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
                 name: name.to_owned(),
             });
-            crate::error!("worker stopped; shutting down", worker = name, error = e);
+            crate::error!(
+                worker_failed,
+                "worker stopped; shutting down",
+                worker = name,
+                error = e
+            );
             shutdown.trigger();
             return Err(e);
         }
@@ -508,14 +533,20 @@ fn drain_queue(reconciler: &Reconciler, deadline: Instant) {
     let queue = reconciler.queue.clone();
     let mut drain = Workers::new();
     if drain.spawn("queue-drain", move || queue.close()).is_err() {
-        crate::warn!("could not start the queue drain; queued jobs die with the process");
+        crate::warn!(
+            queue_drain_not_started,
+            "could not start the queue drain; queued jobs die with the process"
+        );
         return;
     }
     if !drain
         .join_until(deadline.max(Instant::now() + STOP_GRACE / 2))
         .is_empty()
     {
-        crate::warn!("queue still draining after the grace period; leaving it");
+        crate::warn!(
+            queue_drain_stuck,
+            "queue still draining after the grace period; leaving it"
+        );
     }
 }
 
@@ -533,6 +564,7 @@ pub fn compact_nonces(
         if store.unavailable().is_none() {
             match store.compact(clock.now()) {
                 Ok(stats) => crate::info!(
+                    nonce_store_compacted,
                     "nonce store compacted",
                     kept = stats.kept,
                     pruned = stats.pruned,
@@ -540,7 +572,11 @@ pub fn compact_nonces(
                     held_seconds = stats.held_seconds
                 ),
                 Err(e) if store.unavailable().is_some() => return Err(e),
-                Err(e) => crate::warn!("nonce store compaction failed; retried later", error = e),
+                Err(e) => crate::warn!(
+                    nonce_store_compaction_failed,
+                    "nonce store compaction failed; retried later",
+                    error = e
+                ),
             }
         }
         if shutdown.sleep(every) {
@@ -620,7 +656,11 @@ impl SignalWatcher {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            crate::error!("signal pipe failed; signals now ignored", error = e);
+                            crate::error!(
+                                signal_pipe_failed,
+                                "signal pipe failed; signals now ignored",
+                                error = e
+                            );
                             break;
                         }
                     }
@@ -628,7 +668,10 @@ impl SignalWatcher {
                         break;
                     }
                     if term.load(Ordering::SeqCst) && !shutdown.is_triggered() {
-                        crate::info!("termination signal received; stopping");
+                        crate::info!(
+                            stop_signal_received,
+                            "termination signal received; stopping"
+                        );
                         shutdown.trigger();
                     }
                     if hup.swap(false, Ordering::SeqCst) {
@@ -673,9 +716,14 @@ fn reload_log_level(config_path: &Path) {
     match Config::load(config_path, &config::process_env(), Mode::Run) {
         Ok(cfg) => {
             crate::log::set_level(cfg.log_level);
-            crate::info!("configuration re-read on SIGHUP", log_level = cfg.log_level);
+            crate::info!(
+                log_level_changed,
+                "configuration re-read on SIGHUP",
+                log_level = cfg.log_level
+            );
         }
         Err(e) => crate::warn!(
+            sighup_reload_failed,
             "configuration re-read on SIGHUP failed; keeping the log level",
             error = e
         ),

@@ -387,6 +387,7 @@ impl Journal {
             Ok(s) => (s, None),
             Err(StoreError::Corrupt { line, reason, .. }) => {
                 crate::error!(
+                    journal_damage_found,
                     "journal damaged: destructive operations refused until an operator looks",
                     path = path.display(),
                     line = line,
@@ -428,6 +429,7 @@ impl Journal {
                 aside.display()
             ));
             crate::warn!(
+                journal_damaged_earlier,
                 "journal was damaged earlier: destructive operations refused until an operator looks",
                 kept_in = aside.display()
             );
