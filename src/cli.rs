@@ -330,7 +330,7 @@ pub fn load_config(path: &std::path::Path, mode: Mode, err: &mut dyn Write) -> R
         Ok(cfg) => {
             crate::base::log::set_level(cfg.log_level);
             for w in &cfg.warnings {
-                crate::warn!("configuration", problem = w);
+                crate::warn!(config_warning, "configuration", problem = w);
             }
             Ok(cfg)
         }
@@ -367,7 +367,7 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             match crate::app::daemon::run(&cfg, &config) {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
-                    crate::error!("daemon stopped", error = e);
+                    crate::error!(daemon_failed, "daemon stopped", error = e);
                     let _ = writeln!(err, "felhom-agent: {e}");
                     if e.is_configuration() {
                         EXIT_USAGE
@@ -541,7 +541,7 @@ fn selftest(
                 }
             };
             if let Some(w) = pcfg.tls.warning() {
-                crate::warn!(w, section = "proxmox");
+                crate::warn!(tls_verification_disabled, w, section = "proxmox");
             }
             match (kind, vmid) {
                 (SelftestKind::Task, Some(vmid)) => {

@@ -356,7 +356,7 @@ fn sighup_rereads_the_log_level_and_keeps_it_when_the_config_is_broken() {
         agent.log()
     );
     assert!(
-        agent.wait_for_log("level=debug msg=\"hub report sent\""),
+        agent.wait_for_log("level=debug event=report_sent "),
         "debug lines appear after the reload:\n{}",
         agent.log()
     );

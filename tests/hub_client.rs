@@ -412,7 +412,7 @@ fn the_key_is_in_no_error_no_log_line_and_no_debug() {
     for kind in faults {
         sim.inject(Fault::new(None, REPORT, kind));
         let e = c.post_report(&report()).unwrap_err();
-        felhom_agent::warn!("hub round failed", error = e);
+        felhom_agent::warn!(report_failed, "hub round failed", error = e);
         shown.push(e.to_string());
         shown.push(format!("{e:?}"));
         let mut source = std::error::Error::source(&e);

@@ -223,7 +223,11 @@ impl Workers {
                 pending.into_iter().partition(|(_, h)| h.is_finished());
             for (name, h) in done {
                 if h.join().is_err() {
-                    crate::error!("worker panicked while stopping", worker = name);
+                    crate::error!(
+                        worker_panicked,
+                        "worker panicked while stopping",
+                        worker = name
+                    );
                 }
             }
             pending = rest;
@@ -241,6 +245,7 @@ fn schedule_second() -> Duration {
     let second = crate::store::faultpoint::schedule_second(Duration::from_secs(1));
     if second != Duration::from_secs(1) {
         crate::warn!(
+            fault_schedule_shortened,
             "test build: poll schedule seconds shortened",
             second_ms = second.as_millis()
         );
@@ -283,6 +288,7 @@ pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
 /// [`serve`] once the state directory is locked: `_lock` is the proof.
 fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<(), DaemonError> {
     crate::info!(
+        daemon_starting,
         "felhom-agent starting",
         version = crate::base::version::VERSION,
         host_id = cfg.host_id,
@@ -320,6 +326,7 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     workers.spawn("hub-poller", move || poller.run())?;
 
     crate::info!(
+        recover_started,
         "opening reconcile state and recovering ops left in flight",
         state_dir = cfg.state_dir.display()
     );
@@ -333,13 +340,17 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     };
     let recovered = &reconciler.recovered;
     crate::info!(
+        recover_finished,
         "recover finished",
         succeeded = recovered.succeeded.len(),
         failed = recovered.failed.len(),
         unresolved = recovered.unresolved.len()
     );
     if !audit.bind(Arc::clone(&reconciler.audit)) {
-        crate::warn!("audit tail was already bound; keeping the first");
+        crate::warn!(
+            audit_tail_already_bound,
+            "audit tail was already bound; keeping the first"
+        );
     }
 
     let engine = Arc::clone(&reconciler.engine);
@@ -377,7 +388,11 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
             if store.unavailable().is_none()
                 && let Err(e) = store.record_trusted_time(SystemClock.now())
             {
-                crate::error!("nonce store: trusted time not recorded at stop", error = e);
+                crate::error!(
+                    nonce_trusted_time_not_saved,
+                    "nonce store: trusted time not recorded at stop",
+                    error = e
+                );
             }
         })?;
         names.push("nonce-compact");
@@ -409,8 +424,8 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         names.push("signed-ops");
     }
     crate::info!(
+        daemon_running,
         "felhom-agent running",
-        event = "daemon_running",
         workers = names.join(",")
     );
 
@@ -433,17 +448,18 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         Some(DaemonError::NonceStore(NonceStoreError::Unavailable(why)))
     };
     let outcome = watch(&workers, shutdown, &failure, &health);
-    crate::info!("felhom-agent stopping");
+    crate::info!(daemon_stopping, "felhom-agent stopping");
     let deadline = Instant::now() + STOP_GRACE;
     let stuck = workers.join_until(deadline);
     if !stuck.is_empty() {
         crate::warn!(
+            workers_stuck_at_stop,
             "workers still busy after the grace period; leaving them",
             workers = stuck.join(",")
         );
     }
     drain_queue(&reconciler, deadline);
-    crate::info!("felhom-agent stopped");
+    crate::info!(daemon_stopped, "felhom-agent stopped");
     outcome
 }
 
@@ -458,7 +474,11 @@ fn watch(
 ) -> Result<(), DaemonError> {
     while !shutdown.sleep(WATCH_INTERVAL) {
         if let Some(e) = health() {
-            crate::error!("a durable store failed; shutting down", error = e);
+            crate::error!(
+                store_failed,
+                "a durable store failed; shutting down",
+                error = e
+            );
             shutdown.trigger();
             return Err(e);
         }
@@ -467,7 +487,12 @@ fn watch(
             let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
                 name: name.to_owned(),
             });
-            crate::error!("worker stopped; shutting down", worker = name, error = e);
+            crate::error!(
+                worker_failed,
+                "worker stopped; shutting down",
+                worker = name,
+                error = e
+            );
             shutdown.trigger();
             return Err(e);
         }
@@ -481,14 +506,20 @@ fn drain_queue(reconciler: &Reconciler, deadline: Instant) {
     let queue = reconciler.queue.clone();
     let mut drain = Workers::new();
     if drain.spawn("queue-drain", move || queue.close()).is_err() {
-        crate::warn!("could not start the queue drain; queued jobs die with the process");
+        crate::warn!(
+            queue_drain_not_started,
+            "could not start the queue drain; queued jobs die with the process"
+        );
         return;
     }
     if !drain
         .join_until(deadline.max(Instant::now() + STOP_GRACE / 2))
         .is_empty()
     {
-        crate::warn!("queue still draining after the grace period; leaving it");
+        crate::warn!(
+            queue_drain_stuck,
+            "queue still draining after the grace period; leaving it"
+        );
     }
 }
 
@@ -506,6 +537,7 @@ pub fn compact_nonces(
         if store.unavailable().is_none() {
             match store.compact(clock.now()) {
                 Ok(stats) => crate::info!(
+                    nonce_store_compacted,
                     "nonce store compacted",
                     kept = stats.kept,
                     pruned = stats.pruned,
@@ -513,7 +545,11 @@ pub fn compact_nonces(
                     held_seconds = stats.held_seconds
                 ),
                 Err(e) if store.unavailable().is_some() => return Err(e),
-                Err(e) => crate::warn!("nonce store compaction failed; retried later", error = e),
+                Err(e) => crate::warn!(
+                    nonce_store_compaction_failed,
+                    "nonce store compaction failed; retried later",
+                    error = e
+                ),
             }
         }
         if shutdown.sleep(every) {
@@ -593,7 +629,11 @@ impl SignalWatcher {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            crate::error!("signal pipe failed; signals now ignored", error = e);
+                            crate::error!(
+                                signal_pipe_failed,
+                                "signal pipe failed; signals now ignored",
+                                error = e
+                            );
                             break;
                         }
                     }
@@ -601,7 +641,10 @@ impl SignalWatcher {
                         break;
                     }
                     if term.load(Ordering::SeqCst) && !shutdown.is_triggered() {
-                        crate::info!("termination signal received; stopping");
+                        crate::info!(
+                            stop_signal_received,
+                            "termination signal received; stopping"
+                        );
                         shutdown.trigger();
                     }
                     if hup.swap(false, Ordering::SeqCst) {
@@ -646,9 +689,14 @@ fn reload_log_level(config_path: &Path) {
     match Config::load(config_path, &config::process_env(), Mode::Run) {
         Ok(cfg) => {
             crate::base::log::set_level(cfg.log_level);
-            crate::info!("configuration re-read on SIGHUP", log_level = cfg.log_level);
+            crate::info!(
+                log_level_changed,
+                "configuration re-read on SIGHUP",
+                log_level = cfg.log_level
+            );
         }
         Err(e) => crate::warn!(
+            sighup_reload_failed,
             "configuration re-read on SIGHUP failed; keeping the log level",
             error = e
         ),

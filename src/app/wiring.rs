@@ -232,7 +232,7 @@ pub fn warn_insecure_tls(cfg: &Config) {
         if tls == Some(&TlsTrust::InsecureSkipVerify)
             && let Some(text) = TlsTrust::InsecureSkipVerify.warning()
         {
-            crate::warn!(text, section = section);
+            crate::warn!(tls_verification_disabled, text, section = section);
         }
     }
 }

@@ -387,6 +387,7 @@ impl Verifier {
                         )));
                     }
                     crate::warn!(
+                        signer_counter_not_increased,
                         "hardware key counter did not increase: possible cloned authenticator",
                         key_id = signer.key_id,
                         fingerprint = signer.fingerprint,
@@ -411,6 +412,7 @@ impl Verifier {
         }
         if op.key_id != signer.key_id {
             crate::warn!(
+                signer_key_id_mismatch,
                 "signed op claims another key_id than its signer (advisory only)",
                 claimed = op.key_id,
                 signer = signer.key_id

@@ -297,6 +297,7 @@ impl FileNonceStore {
             Ok(s) => s,
             Err(e) => {
                 crate::error!(
+                    nonce_store_unusable,
                     "nonce store unusable: every signed op will be refused",
                     path = path.as_ref().display(),
                     error = e
@@ -355,8 +356,8 @@ impl FileNonceStore {
         if ahead > notice && ahead > ix.trust.noticed_ahead.saturating_add(notice) {
             ix.trust.noticed_ahead = ahead;
             crate::warn!(
+                nonce_prune_held,
                 "nonce pruning held back: the wall clock is ahead of the trusted time; nonces are pruned against the trusted time only",
-                event = "nonce_prune_held",
                 now = now,
                 trusted = trusted,
                 ahead_seconds = ahead

@@ -1,12 +1,16 @@
-//! Leveled logfmt lines on stderr: `ts=2026-11-22T10:00:00Z level=info msg="..." k=v`.
+//! Leveled logfmt lines on stderr:
+//! `ts=2026-11-22T10:00:00Z level=info event=report_sent msg="..." k=v`.
 //!
+//! Every line carries a stable `event=` key, a snake_case name of what happened, checked
+//! at compile time by the macros. The event and the field keys are the contract that
+//! operators alert on and tests assert on; the `msg` wording is for humans and may change.
 //! One line per event, written with a single `write_all` so threads never interleave.
 //! Values are quoted when they need it and control characters are escaped, so a
 //! hostile string (a Proxmox error text, a hub answer) cannot forge a second line.
 //! Secrets never reach this module: they are [`crate::base::secret::Secret`]s, which format as
 //! `<redacted>`.
 //!
-//! Use the macros: `crate::info!("report sent", guests = n, hub = url)`.
+//! Use the macros: `crate::info!(report_sent, "report sent", guests = n, hub = url)`.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -127,15 +131,38 @@ pub fn push_value(out: &mut String, v: &str) {
     out.push('"');
 }
 
+/// Whether `name` is a valid event name: snake_case ASCII (`a-z`, `0-9`, `_`), starting
+/// with a letter. The macros check this at compile time.
+pub const fn is_event_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    if b.is_empty() || !b[0].is_ascii_lowercase() {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if !(b[i].is_ascii_lowercase() || b[i].is_ascii_digit() || b[i] == b'_') {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether `key` may name a field: not one of the keys every line already carries.
+pub const fn is_field_key(key: &str) -> bool {
+    !matches!(key.as_bytes(), b"ts" | b"level" | b"event" | b"msg")
+}
+
 /// Formats one line (without writing it); exposed for tests of the format.
 pub fn format_line(
     ts: crate::base::time::Timestamp,
     level: Level,
+    event: &'static str,
     msg: &str,
     fields: &[(&str, &dyn fmt::Display)],
 ) -> String {
-    let mut line = String::with_capacity(96);
-    let _ = write!(line, "ts={ts} level={level} msg=");
+    let mut line = String::with_capacity(112);
+    let _ = write!(line, "ts={ts} level={level} event={event} msg=");
     push_value(&mut line, msg);
     for (k, v) in fields {
         line.push(' ');
@@ -148,11 +175,11 @@ pub fn format_line(
 }
 
 /// Writes one line if `level` is enabled. Prefer the macros.
-pub fn emit(level: Level, msg: &str, fields: &[(&str, &dyn fmt::Display)]) {
+pub fn emit(level: Level, event: &'static str, msg: &str, fields: &[(&str, &dyn fmt::Display)]) {
     if !enabled(level) {
         return;
     }
-    let line = format_line(SystemClock.now(), level, msg, fields);
+    let line = format_line(SystemClock.now(), level, event, msg, fields);
     // A failed write to stderr has nowhere to be reported; the line is dropped.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
     if let Ok(taps) = TAPS.lock() {
@@ -164,35 +191,58 @@ pub fn emit(level: Level, msg: &str, fields: &[(&str, &dyn fmt::Display)]) {
     }
 }
 
-/// Logs at error level: `error!("msg", key = value, ...)`.
+/// The macros' common body: checks the event name and the field keys at compile time,
+/// then emits. Not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_event {
+    ($level:ident, $event:ident, $msg:expr $(, $k:ident = $v:expr)*) => {{
+        const _: () = ::std::assert!(
+            $crate::base::log::is_event_name(::std::stringify!($event)),
+            "log event names are snake_case: a-z, 0-9 and _"
+        );
+        $(const _: () = ::std::assert!(
+            $crate::base::log::is_field_key(::std::stringify!($k)),
+            "ts, level, event and msg are written on every line; pick another field key"
+        );)*
+        $crate::base::log::emit(
+            $crate::base::log::Level::$level,
+            ::std::stringify!($event),
+            $msg,
+            &[$((::std::stringify!($k), &$v as &dyn ::std::fmt::Display)),*],
+        )
+    }};
+}
+
+/// Logs at error level: `error!(event_name, "msg", key = value, ...)`.
 #[macro_export]
 macro_rules! error {
-    ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::base::log::emit($crate::base::log::Level::Error, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+    ($event:ident, $msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
+        $crate::__log_event!(Error, $event, $msg $(, $k = $v)*)
     };
 }
 
-/// Logs at warn level: `warn!("msg", key = value, ...)`.
+/// Logs at warn level: `warn!(event_name, "msg", key = value, ...)`.
 #[macro_export]
 macro_rules! warn {
-    ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::base::log::emit($crate::base::log::Level::Warn, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+    ($event:ident, $msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
+        $crate::__log_event!(Warn, $event, $msg $(, $k = $v)*)
     };
 }
 
-/// Logs at info level: `info!("msg", key = value, ...)`.
+/// Logs at info level: `info!(event_name, "msg", key = value, ...)`.
 #[macro_export]
 macro_rules! info {
-    ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::base::log::emit($crate::base::log::Level::Info, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+    ($event:ident, $msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
+        $crate::__log_event!(Info, $event, $msg $(, $k = $v)*)
     };
 }
 
-/// Logs at debug level: `debug!("msg", key = value, ...)`.
+/// Logs at debug level: `debug!(event_name, "msg", key = value, ...)`.
 #[macro_export]
 macro_rules! debug {
-    ($msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::base::log::emit($crate::base::log::Level::Debug, $msg, &[$((stringify!($k), &$v as &dyn ::std::fmt::Display)),*])
+    ($event:ident, $msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
+        $crate::__log_event!(Debug, $event, $msg $(, $k = $v)*)
     };
 }
 
@@ -208,12 +258,13 @@ mod tests {
         let line = format_line(
             Timestamp(0),
             Level::Warn,
+            "task_failed",
             "task failed",
             &[("vmid", &n), ("why", &text), ("empty", &"")],
         );
         assert_eq!(
             line,
-            "ts=1970-01-01T00:00:00Z level=warn msg=\"task failed\" vmid=3 \
+            "ts=1970-01-01T00:00:00Z level=warn event=task_failed msg=\"task failed\" vmid=3 \
              why=\"CT is locked (backup)\\nTASK ERROR: x=\\\"y\\\"\" empty=\"\"\n"
         );
         assert_eq!(
@@ -236,6 +287,47 @@ mod tests {
         push_escaped(&mut s, "a\\b\nc\r\td\u{7}\"e\"");
         assert_eq!(s, "a\\\\b\\nc\\r\\td\\u{7}\"e\"");
         assert!(!s.contains('\n'));
+    }
+
+    #[test]
+    fn event_names_are_snake_case_and_reserved_keys_are_refused() {
+        for good in ["report_sent", "a", "sighup_reload_failed", "v2_ready"] {
+            assert!(is_event_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Report",
+            "report-sent",
+            "_x",
+            "2x",
+            "r#type",
+            "report sent",
+        ] {
+            assert!(!is_event_name(bad), "{bad:?}");
+        }
+        for reserved in ["ts", "level", "event", "msg"] {
+            assert!(!is_field_key(reserved), "{reserved}");
+        }
+        assert!(is_field_key("events"));
+        assert!(is_field_key("op_id"));
+    }
+
+    #[test]
+    fn the_macros_write_the_event_after_the_level() {
+        let tap = tap();
+        // Error level: written whatever level another test has set.
+        crate::error!(log_macro_probe, "probe line", n = 7);
+        let seen = tap.lock().map(|b| b.clone()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&seen);
+        let line = text
+            .lines()
+            .find(|l| l.contains("event=log_macro_probe"))
+            .expect("the tap saw the probe line");
+        let after_ts = line.split_once(' ').map(|(_, rest)| rest);
+        assert_eq!(
+            after_ts,
+            Some("level=error event=log_macro_probe msg=\"probe line\" n=7")
+        );
     }
 
     #[test]

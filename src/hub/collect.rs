@@ -258,7 +258,11 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                 v
             }
             Err(e) => {
-                crate::warn!("audit tail unreadable; reporting none", error = e);
+                crate::warn!(
+                    collect_audit_tail_unreadable,
+                    "audit tail unreadable; reporting none",
+                    error = e
+                );
                 Vec::new()
             }
         };
@@ -269,7 +273,11 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                 v
             }
             Err(e) => {
-                crate::warn!("pending signatures unreadable; reporting none", error = e);
+                crate::warn!(
+                    collect_pending_signatures_unreadable,
+                    "pending signatures unreadable; reporting none",
+                    error = e
+                );
                 Vec::new()
             }
         };
@@ -298,6 +306,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                     Ok(c) => (spec_of(&row, c.cores), c.digest),
                     Err(e) => {
                         crate::warn!(
+                            collect_guest_config_unreadable,
                             "guest config unreadable; reporting it without spec",
                             vmid = row.vmid,
                             error = e
@@ -326,12 +335,20 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                 if SYSTEMD_STATES.contains(&word) {
                     word.to_owned()
                 } else {
-                    crate::warn!("cloudflared probe answered an unknown state", state = word);
+                    crate::warn!(
+                        cloudflared_state_unknown,
+                        "cloudflared probe answered an unknown state",
+                        state = word
+                    );
                     "unknown".to_owned()
                 }
             }
             Err(e) => {
-                crate::warn!("cloudflared probe failed; reporting unknown", error = e);
+                crate::warn!(
+                    cloudflared_probe_failed,
+                    "cloudflared probe failed; reporting unknown",
+                    error = e
+                );
                 "unknown".to_owned()
             }
         };
@@ -343,6 +360,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             Ok(rows) => rows,
             Err(e) => {
                 crate::warn!(
+                    collect_storage_list_unreadable,
                     "storage list unreadable; reporting no storages or backups",
                     error = e
                 );
@@ -361,6 +379,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                 Ok(v) => v,
                 Err(e) => {
                     crate::warn!(
+                        collect_storage_content_unreadable,
                         "storage content unreadable; its backups are left out",
                         storage = row.storage,
                         error = e

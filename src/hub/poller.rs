@@ -164,7 +164,7 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
                 break;
             }
         }
-        crate::info!("hub poller stopped");
+        crate::info!(hub_poller_stopped, "hub poller stopped");
     }
 
     /// Runs one round and returns how long to wait before the next.
@@ -172,13 +172,18 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
         match self.reporter.round() {
             Ok(envelope) => {
                 if self.failures > 0 {
-                    crate::info!("hub report succeeded again", failed_rounds = self.failures);
+                    crate::info!(
+                        report_recovered,
+                        "hub report succeeded again",
+                        failed_rounds = self.failures
+                    );
                 }
                 self.failures = 0;
                 if let Some(secs) = envelope.poll_interval_seconds
                     && secs != self.interval_seconds
                 {
                     crate::info!(
+                        poll_interval_adopted,
                         "adopting the hub's poll interval",
                         from_seconds = self.interval_seconds,
                         to_seconds = secs
@@ -186,10 +191,11 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
                     self.interval_seconds = secs;
                 }
                 if envelope.blocked {
-                    crate::warn!("the hub marks this host blocked");
+                    crate::warn!(host_blocked, "the hub marks this host blocked");
                 }
                 self.latest.set(envelope);
                 crate::debug!(
+                    report_sent,
                     "hub report sent",
                     next_in_seconds = self.interval_seconds,
                     desired_generation = envelope.desired_generation,
@@ -204,6 +210,7 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
                 let j = (self.jitter)().clamp(0.0, 1.0);
                 let wait = base + base.mul_f64(JITTER_FRACTION * j);
                 crate::warn!(
+                    report_failed,
                     "hub round failed; will retry",
                     error = e,
                     consecutive_failures = self.failures,

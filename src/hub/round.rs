@@ -94,6 +94,7 @@ impl<R: HostReader, P: CloudflaredProbe> Reporter for HubRound<R, P> {
             source,
         })?;
         crate::debug!(
+            report_accepted,
             "host report accepted",
             guests = report.guests.len(),
             backups = report.backups.len()

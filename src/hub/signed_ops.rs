@@ -441,6 +441,7 @@ impl SignedOpsRunner {
             Err(e) => {
                 let why = e.to_string();
                 crate::warn!(
+                    signed_op_unparsable,
                     "signed op skipped: blob does not parse",
                     hub_op = op.id,
                     error = why
@@ -482,6 +483,7 @@ impl SignedOpsRunner {
         let reason = match outcome {
             OpOutcome::Job(JobOutcome::Refused(r)) => {
                 crate::warn!(
+                    signed_op_refused,
                     "signed op refused",
                     hub_op = op.id,
                     op = intent.class,
@@ -501,6 +503,7 @@ impl SignedOpsRunner {
             OpOutcome::Unparseable { why } => why.clone(),
         };
         crate::info!(
+            signed_op_handled,
             "signed op handled",
             hub_op = op.id,
             op = intent.class,
@@ -519,6 +522,7 @@ impl SignedOpsRunner {
         entry.delivery = Some(delivery);
         if let Err(e) = self.audit.record(&entry) {
             crate::error!(
+                signed_op_audit_failed,
                 "signed op outcome could not be audited",
                 hub_op = op.id,
                 error = e
@@ -539,6 +543,7 @@ impl SignedOpsRunner {
         entry.delivery = Some(delivery);
         if let Err(e) = self.audit.record(&entry) {
             crate::error!(
+                signed_op_skip_audit_failed,
                 "skipped signed op could not be audited",
                 hub_op = hub_op,
                 error = e
@@ -555,6 +560,7 @@ impl SignedOpsRunner {
             let last = over.next_back().unwrap_or(first);
             let count = last.index - first.index + 1;
             crate::warn!(
+                signed_ops_over_limit,
                 "signed op entries over the limit skipped",
                 first_index = first.index,
                 last_index = last.index,
@@ -577,7 +583,12 @@ impl SignedOpsRunner {
             );
         }
         for s in skipped.iter().filter(|s| !s.over_limit) {
-            crate::warn!("signed op entry skipped", index = s.index, reason = s.why);
+            crate::warn!(
+                signed_op_entry_skipped,
+                "signed op entry skipped",
+                index = s.index,
+                reason = s.why
+            );
             let (sha, bytes) = s.blob.clone().unzip();
             self.audit_delivery(
                 s.hub_id.as_deref().unwrap_or("-"),
@@ -722,15 +733,24 @@ pub fn run_worker(
         }
         match runner.run_round(client) {
             Ok(summary) => crate::info!(
+                signed_ops_round_done,
                 "signed ops round done",
                 handled = summary.outcomes.len(),
                 skipped = summary.skipped.len()
             ),
             Err(e) if e.is_fatal() => {
-                crate::error!("signed ops worker stopping", error = e);
+                crate::error!(
+                    signed_ops_worker_stopped,
+                    "signed ops worker stopping",
+                    error = e
+                );
                 return Err(e);
             }
-            Err(e) => crate::warn!("signed ops round failed", error = e),
+            Err(e) => crate::warn!(
+                signed_ops_round_failed,
+                "signed ops round failed",
+                error = e
+            ),
         }
     }
     Ok(())

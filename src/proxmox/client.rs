@@ -247,6 +247,7 @@ impl Client {
             .secret_header("authorization", &self.authorization);
         let response = self.http.send(request).map_err(Error::Transport)?;
         crate::debug!(
+            proxmox_call,
             "proxmox call",
             method = method,
             path = path.display,
@@ -352,7 +353,12 @@ impl Client {
     ) -> Result<Upid, Error> {
         let env = self.call(method, &path, params)?;
         let upid = self.expect_upid(method, &path, &env.data)?;
-        crate::debug!("proxmox task dispatched", path = path.display, upid = upid);
+        crate::debug!(
+            proxmox_task_dispatched,
+            "proxmox task dispatched",
+            path = path.display,
+            upid = upid
+        );
         Ok(upid)
     }
 

@@ -573,6 +573,7 @@ impl<R: Runner> Privileged<R> {
 
     fn run(&self, program: &Path, args: Vec<String>) -> Result<Output, PrivilegedError> {
         crate::debug!(
+            privileged_run,
             "privileged run",
             program = program.display(),
             args = args.join(" ")

@@ -219,7 +219,12 @@ impl Client {
                     None => None,
                 },
                 Err(e) if e.is_transient() => {
-                    crate::debug!("task status read failed, retrying", upid = upid, error = e);
+                    crate::debug!(
+                        task_status_retry,
+                        "task status read failed, retrying",
+                        upid = upid,
+                        error = e
+                    );
                     Some(Box::new(e))
                 }
                 Err(e) => {
@@ -251,6 +256,7 @@ impl Client {
             TaskExit::Warnings(count) => {
                 let log_tail = self.tail_or_note(upid);
                 crate::warn!(
+                    task_warnings,
                     "task finished with warnings",
                     upid = upid,
                     warnings = count,
@@ -275,7 +281,12 @@ impl Client {
         match self.task_log_tail(upid, LOG_TAIL_LINES) {
             Ok(lines) => lines.into_iter().map(|l| self.scrub(l)).collect(),
             Err(e) => {
-                crate::warn!("cannot read task log", upid = upid, error = e);
+                crate::warn!(
+                    task_log_unreadable,
+                    "cannot read task log",
+                    upid = upid,
+                    error = e
+                );
                 Vec::new()
             }
         }

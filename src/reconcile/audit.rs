@@ -341,6 +341,7 @@ impl Kept {
 
 fn warn_dropped(e: &AuditRecord) {
     crate::warn!(
+        audit_pending_signature_dropped,
         "audit pending signature dropped",
         op = e.op,
         guest = e.guest_id.as_deref().unwrap_or("-"),
@@ -403,6 +404,7 @@ impl AuditLog {
         .map_err(AuditError::Store)?;
         if dropped > 0 {
             crate::warn!(
+                audit_pending_dropped_on_replay,
                 "audit pending signatures dropped on replay",
                 dropped = dropped,
                 max = PENDING_SIGNATURES_MAX
@@ -452,6 +454,7 @@ impl AuditLog {
             match self.rotate_locked(&mut kept) {
                 Ok(()) => {}
                 Err(e @ StoreError::Io { .. }) => crate::error!(
+                    audit_rotation_failed,
                     "audit log rotation failed; appending to the current file",
                     error = e
                 ),
@@ -481,6 +484,7 @@ impl AuditLog {
             }))?;
         kept.carried_in_file = carried;
         crate::info!(
+            audit_rotated,
             "audit log rotated",
             path = self.store.path().display(),
             rotated_bytes = before,

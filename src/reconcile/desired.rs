@@ -466,12 +466,14 @@ impl FileProvider {
         if st.last_error.as_deref() != Some(why.as_str()) {
             match &st.good {
                 Some(good) => crate::warn!(
+                    desired_rejected,
                     "desired state file rejected; keeping the last good state",
                     file = self.path.display(),
                     error = why,
                     kept_generation = good.generation
                 ),
                 None => crate::warn!(
+                    desired_rejected,
                     "desired state file rejected; no good state yet",
                     file = self.path.display(),
                     error = why
@@ -508,6 +510,7 @@ impl DesiredProvider for FileProvider {
             Ok(state) => {
                 if st.good.as_ref() != Some(&state) {
                     crate::info!(
+                        desired_loaded,
                         "desired state loaded",
                         file = self.path.display(),
                         generation = state.generation,

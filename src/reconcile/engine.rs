@@ -307,6 +307,7 @@ pub fn read_actual(client: &Client, max_parallel: usize) -> Result<ActualState, 
                         Ok(c) => Some(c),
                         Err(e) => {
                             crate::warn!(
+                                reconcile_guest_config_unreadable,
                                 "guest config unreadable; its spec is not reconciled this pass",
                                 vmid = g.vmid,
                                 error = e
@@ -481,6 +482,7 @@ impl Engine {
                 self.gate.authorize(&intent, None, &GuestNow::NotRead)
             {
                 crate::error!(
+                    planned_action_refused,
                     "gate refused a planned action",
                     vmid = action.vmid,
                     action = action.kind,
@@ -555,6 +557,7 @@ impl Engine {
         };
         if !report.results.is_empty() {
             crate::info!(
+                reconcile_pass_done,
                 "reconcile pass done",
                 generation = report.generation,
                 planned = report.plan.actions.len(),
@@ -599,6 +602,7 @@ impl Engine {
                 Decision::Allowed { .. } => "allowed_not_planned".to_owned(),
             };
             crate::warn!(
+                guest_dropped_from_desired,
                 "desired state dropped a guest that still exists; reconcile never destroys it",
                 vmid = vmid,
                 generation = desired.generation,
@@ -627,6 +631,7 @@ impl Engine {
                 action: p.action.clone(),
             };
             crate::info!(
+                task_wait_reattached,
                 "waiting again for a reconcile task",
                 op_id = p.running.op_id,
                 upid = p.upid
@@ -648,7 +653,7 @@ impl Engine {
                     out.push(r);
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(p) => crate::error!("re-attached wait panicked", error = p),
+                Err(p) => crate::error!(task_wait_panicked, "re-attached wait panicked", error = p),
             }
         }
         Ok(out)
@@ -666,7 +671,12 @@ impl Engine {
             .collect();
         for (vmid, why) in &now {
             if last.get(vmid) != Some(why) {
-                crate::info!("guest left alone by reconcile", vmid = vmid, why = why);
+                crate::info!(
+                    guest_left_alone,
+                    "guest left alone by reconcile",
+                    vmid = vmid,
+                    why = why
+                );
             }
         }
         *last = now;
@@ -698,6 +708,7 @@ impl Engine {
                     },
                 );
                 crate::warn!(
+                    guest_backoff,
                     "guest backs off after a failed action",
                     vmid = vmid,
                     failures = failures,
@@ -718,10 +729,14 @@ impl Engine {
             match self.pass() {
                 Ok(_) => {}
                 Err(e @ EngineError::Journal { .. }) => {
-                    crate::error!("reconcile stops: journal write failed", error = e);
+                    crate::error!(
+                        reconcile_stopped,
+                        "reconcile stops: journal write failed",
+                        error = e
+                    );
                     return Err(e);
                 }
-                Err(e) => crate::warn!("reconcile pass failed", error = e),
+                Err(e) => crate::warn!(reconcile_pass_failed, "reconcile pass failed", error = e),
             }
             let due = Instant::now() + self.interval();
             loop {
@@ -733,13 +748,14 @@ impl Engine {
                     return Ok(());
                 }
                 if self.provider.changed() {
-                    crate::info!("desired state changed: reconciling now");
+                    crate::info!(desired_changed, "desired state changed: reconciling now");
                     break;
                 }
                 let now_gen = self.hub_generation();
                 if now_gen != generation {
                     generation = now_gen;
                     crate::info!(
+                        hub_generation_changed,
                         "hub desired generation changed: reconciling now",
                         generation = now_gen
                     );
@@ -881,6 +897,7 @@ impl Job {
                 rec.detail = Some(e.to_string());
                 self.record(&rec)?;
                 crate::warn!(
+                    action_failed,
                     "reconcile action failed",
                     op_id = op_id,
                     vmid = a.vmid,
@@ -900,6 +917,7 @@ impl Job {
             // A synchronous config write: applied when the PUT answered.
             self.record(&started.step(OpState::Succeeded, self.clock.now()))?;
             crate::info!(
+                action_applied,
                 "reconcile action applied",
                 op_id = op_id,
                 vmid = a.vmid,
@@ -935,6 +953,7 @@ impl Job {
                 }
                 self.record(&rec)?;
                 crate::info!(
+                    action_applied,
                     "reconcile action applied",
                     op_id = op_id,
                     vmid = a.vmid,
@@ -948,6 +967,7 @@ impl Job {
                 rec.detail = Some(task.to_string());
                 self.record(&rec)?;
                 crate::warn!(
+                    action_failed,
                     "reconcile task failed",
                     op_id = op_id,
                     vmid = a.vmid,
@@ -965,6 +985,7 @@ impl Job {
                 // Timeout, shutdown or an unreadable status: the task may still run.
                 // Leave the op in flight; it is re-attached, never re-sent.
                 crate::warn!(
+                    action_wait_abandoned,
                     "stopped waiting for a reconcile task; it stays in flight",
                     op_id = op_id,
                     vmid = a.vmid,
@@ -1287,6 +1308,7 @@ pub fn compact_journal(
         Ok(false) => Ok(false),
         Ok(true) => {
             crate::info!(
+                journal_compacted,
                 "journal compacted",
                 at = at,
                 records_before = before,
@@ -1296,6 +1318,7 @@ pub fn compact_journal(
         }
         Err(JournalError::Store(crate::store::StoreError::Io { op, path, source })) => {
             crate::warn!(
+                journal_compaction_failed,
                 "journal compaction failed; the old file stays in use",
                 at = at,
                 op = op,
@@ -1359,6 +1382,7 @@ impl Reconciler {
             Arc::new(Journal::open(&dir.join("journal.log")).map_err(SetupError::Journal)?);
         if let Some(why) = journal.damaged() {
             crate::error!(
+                journal_damaged,
                 "journal damaged: destructive operations refused until an operator looks",
                 damage = why
             );
@@ -1401,7 +1425,10 @@ impl Reconciler {
                 )
             }
             _ => {
-                crate::info!("no signers configured: only benign operations will run");
+                crate::info!(
+                    no_signers_configured,
+                    "no signers configured: only benign operations will run"
+                );
                 None
             }
         };
@@ -1437,6 +1464,7 @@ impl Reconciler {
                 .map_err(SetupError::Recover)?;
         if !recovered.unresolved.is_empty() {
             crate::warn!(
+                recover_ops_unresolved,
                 "ops still in flight after recovery: their guests wait until they resolve",
                 ops = recovered.unresolved.len()
             );

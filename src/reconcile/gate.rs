@@ -398,6 +398,7 @@ impl Gate {
         let guest = intent.guest_id.as_deref().unwrap_or("-");
         if let Err(e) = self.audit.record(&entry) {
             crate::error!(
+                gate_audit_failed,
                 "gate decision could not be audited",
                 op = intent.class,
                 guest = guest,
@@ -416,14 +417,18 @@ impl Gate {
         }
         match &decision {
             Decision::Allowed { .. } => crate::info!(
+                gate_decision,
                 "gate allowed",
+                allowed = true,
                 op = intent.class,
                 guest = guest,
                 reason = why,
                 key_id = key_id.as_deref().unwrap_or("-")
             ),
             Decision::Refused { reason } => crate::warn!(
+                gate_decision,
                 "gate refused",
+                allowed = false,
                 op = intent.class,
                 guest = guest,
                 decision = reason.code(),

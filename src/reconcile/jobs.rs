@@ -145,6 +145,7 @@ impl SignedJobs {
             && self.gate.journal().already_applied(&blob.nonce)
         {
             crate::info!(
+                signed_op_already_applied,
                 "signed op already applied; skipped",
                 op = intent.class,
                 guest = intent.guest_id.as_deref().unwrap_or("-")
@@ -244,11 +245,16 @@ impl SignedRun {
         let op_id = rec.op_id;
         match res {
             Ok(()) => {
-                crate::info!("signed op executed", op_id = op_id);
+                crate::info!(signed_op_executed, "signed op executed", op_id = op_id);
                 Ok(JobOutcome::Executed { op_id })
             }
             Err(detail) => {
-                crate::warn!("signed op failed", op_id = op_id, detail = detail);
+                crate::warn!(
+                    signed_op_failed,
+                    "signed op failed",
+                    op_id = op_id,
+                    detail = detail
+                );
                 Ok(JobOutcome::Failed { op_id, detail })
             }
         }

@@ -384,6 +384,7 @@ impl Journal {
             Ok(s) => (s, None),
             Err(StoreError::Corrupt { line, reason, .. }) => {
                 crate::error!(
+                    journal_damage_found,
                     "journal damaged: destructive operations refused until an operator looks",
                     path = path.display(),
                     line = line,
@@ -425,6 +426,7 @@ impl Journal {
                 aside.display()
             ));
             crate::warn!(
+                journal_damaged_earlier,
                 "journal was damaged earlier: destructive operations refused until an operator looks",
                 kept_in = aside.display()
             );

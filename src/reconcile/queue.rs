@@ -219,7 +219,12 @@ impl Queue {
                 message: panic_message(payload.as_ref()),
             });
             if let Err(p) = &result {
-                crate::error!("queued job panicked", vmid = vmid, panic = p.message);
+                crate::error!(
+                    queue_job_panicked,
+                    "queued job panicked",
+                    vmid = vmid,
+                    panic = p.message
+                );
             }
             // The submitter may have dropped its handle; the result is then unwanted.
             let _ = tx.send(result);
@@ -273,7 +278,10 @@ impl Queue {
         for lane in lanes {
             drop(lane.tx);
             if lane.thread.join().is_err() {
-                crate::error!("queue lane thread panicked outside a job");
+                crate::error!(
+                    queue_lane_panicked,
+                    "queue lane thread panicked outside a job"
+                );
             }
         }
     }

@@ -125,6 +125,7 @@ pub fn recover(
                 Ok(None) => None,
                 Err(why) => {
                     crate::warn!(
+                        recover_task_list_unreadable,
                         "recover: task list unreadable",
                         op_id = rec.op_id,
                         error = why
@@ -166,7 +167,12 @@ pub fn recover(
                 &mut report,
             )?,
             Err(e) => {
-                crate::warn!("recover: op left in flight", op_id = rec.op_id, error = e);
+                crate::warn!(
+                    recover_op_unresolved,
+                    "recover: op left in flight",
+                    op_id = rec.op_id,
+                    error = e
+                );
                 report.unresolved.push((rec.op_id.clone(), e.to_string()));
             }
         }
@@ -186,6 +192,7 @@ fn finish(
     done.detail = Some(detail.clone());
     journal.append(&done)?;
     crate::info!(
+        recover_op_resolved,
         "recover: op resolved",
         op_id = rec.op_id,
         state = state.as_str(),

@@ -75,11 +75,16 @@ pub fn reached(point: &str) {
     if want != point {
         return;
     }
-    crate::warn!("fault point reached: pausing for good", point = point);
+    crate::warn!(
+        fault_point_paused,
+        "fault point reached: pausing for good",
+        point = point
+    );
     if let Some(marker) = marker
         && let Err(e) = write_marker(marker, point)
     {
         crate::error!(
+            fault_marker_write_failed,
             "fault point marker could not be written",
             path = marker.display(),
             error = e
@@ -127,6 +132,7 @@ pub fn journal_compact_at(default: u64) -> u64 {
             Ok(n) => n,
             Err(_) => {
                 crate::error!(
+                    fault_env_invalid,
                     "ignoring an unparsable journal compaction threshold",
                     var = JOURNAL_COMPACT_AT_ENV,
                     value = v
@@ -157,6 +163,7 @@ pub fn schedule_second(second: std::time::Duration) -> std::time::Duration {
         Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),
         _ => {
             crate::error!(
+                fault_env_invalid,
                 "ignoring an unparsable schedule second (want milliseconds above 0)",
                 var = SECOND_MS_ENV,
                 value = v
@@ -180,6 +187,7 @@ pub fn store_io(io: Arc<dyn Io>) -> Arc<dyn Io> {
         match parse_fail_at(&v) {
             Some((at, for_good)) => {
                 crate::warn!(
+                    fault_sync_armed,
                     "fault injection: an fsync of this process will fail",
                     at = at,
                     for_good = for_good
@@ -188,6 +196,7 @@ pub fn store_io(io: Arc<dyn Io>) -> Arc<dyn Io> {
             }
             None => {
                 crate::error!(
+                    fault_env_invalid,
                     "ignoring an unparsable fsync fault (want N or N:forever)",
                     var = FAIL_SYNC_AT_ENV,
                     value = v

@@ -243,6 +243,7 @@ impl Store {
             .map_err(io_err("create directory", &dir))?;
         if dir_mode & 0o077 != 0 {
             crate::warn!(
+                state_dir_permissive,
                 "state directory is readable or writable by others",
                 dir = dir.display(),
                 mode = format_args!("{dir_mode:04o}"),
@@ -252,6 +253,7 @@ impl Store {
         let tmp = sibling(&path, ".compact.tmp");
         if exists(io.as_ref(), &tmp)? {
             crate::warn!(
+                compaction_temp_removed,
                 "removing a compaction temp file left by a crash; the store file is intact",
                 path = tmp.display()
             );
@@ -277,6 +279,7 @@ impl Store {
                 let m = io.file_mode(&path).map_err(io_err("stat", &path))?;
                 if m & 0o077 != 0 {
                     crate::warn!(
+                        store_file_permissive,
                         "store file is readable or writable by others",
                         path = path.display(),
                         mode = format_args!("{m:04o}"),
@@ -293,6 +296,7 @@ impl Store {
         {
             let broken = sibling(&path, ".broken");
             crate::warn!(
+                store_torn_line_cut,
                 "cutting a torn last line; its bytes are kept",
                 path = path.display(),
                 bytes = r.summary.torn_bytes,
@@ -374,6 +378,7 @@ impl Store {
 
     fn fatal(&self, op: &'static str, source: io::Error) -> StoreError {
         crate::error!(
+            store_poisoned,
             "store write failed; poisoned, never retried",
             path = self.path.display(),
             op = op,

@@ -49,12 +49,14 @@ pub(super) fn settle(io: &dyn Io, path: &Path, dir: &Path) -> Result<(), StoreEr
     }
     if exists(io, path)? {
         crate::warn!(
+            rotation_temp_removed,
             "removing a rotation temp file left by a crash before the rename; the store file is intact",
             path = tmp.display()
         );
         io.remove(&tmp).map_err(io_err("remove", &tmp))?;
     } else {
         crate::warn!(
+            rotation_resumed,
             "finishing a rotation a crash interrupted between its renames",
             path = path.display(),
             rotated = rotated_path(path).display()

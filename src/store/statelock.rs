@@ -103,8 +103,8 @@ impl StateLock {
         match Self::try_acquire(dir) {
             Ok(lock) => {
                 crate::info!(
+                    state_lock_acquired,
                     "state directory locked",
-                    event = "state_lock_acquired",
                     state_dir = dir.display(),
                     pid = std::process::id()
                 );
@@ -112,8 +112,8 @@ impl StateLock {
             }
             Err(e @ LockError::Held { pid, .. }) => {
                 crate::error!(
+                    state_lock_held,
                     "state directory is held by another process; not starting",
-                    event = "state_lock_held",
                     state_dir = dir.display(),
                     holder_pid = pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
                 );
@@ -121,8 +121,8 @@ impl StateLock {
             }
             Err(e) => {
                 crate::error!(
+                    state_lock_failed,
                     "state directory cannot be locked",
-                    event = "state_lock_failed",
                     state_dir = dir.display(),
                     error = e
                 );
