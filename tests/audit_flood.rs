@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use felhom_agent::app::signed_ops::{OpOutcome, SignedOpsRunner};
 use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
 use felhom_agent::encoding::{base64_decode, base64_encode};
 use felhom_agent::hub::HubClientOptions;
-use felhom_agent::hub::signed_ops::{DeliveredOp, OpOutcome, SignedOpsClient, SignedOpsRunner};
+use felhom_agent::hub::ops_feed::{DeliveredOp, SignedOpsClient};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::reconcile::audit::{AUDIT_STRING_MAX, AuditField, AuditRecord as AuditEntry};
 use felhom_agent::reconcile::audit::{AuditLog, MIN_MAX_BYTES, PENDING_SIGNATURE};

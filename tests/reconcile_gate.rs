@@ -16,10 +16,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use felhom_agent::app::signed_ops::{OpOutcome, SignedOpsRunner};
 use felhom_agent::authz::{
     AuthzConfig, AuthzError, FileNonceStore, NAMESPACE, NonceStore, Role, SignerEntry, Verifier,
 };
-use felhom_agent::hub::signed_ops::{DeliveredOp, OpOutcome, SignedOpsRunner};
+use felhom_agent::hub::ops_feed::DeliveredOp;
 use felhom_agent::proxmox::{ConfigChange, WaitOptions};
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::{Intent, OpClass};

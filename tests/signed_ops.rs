@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use felhom_agent::app::signed_ops::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker};
 use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
 use felhom_agent::hub::HubClientOptions;
-use felhom_agent::hub::signed_ops::{
-    Announcement, Announcing, DeliveredOp, FetchError, OpOutcome, RoundError, SignedOpsClient,
-    SignedOpsRunner, run_worker,
+use felhom_agent::hub::ops_feed::{
+    Announcement, Announcing, DeliveredOp, FetchError, SignedOpsClient,
 };
 use felhom_agent::hub::{ControlEnvelope, Reporter};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
@@ -324,7 +324,7 @@ fn an_envelope_with_signed_ops_wakes_the_worker_which_runs_them() {
         std::thread::sleep(Duration::from_millis(10));
     }
     shutdown.trigger();
-    let r: Result<(), RoundError> = worker.join().unwrap();
+    let r: Result<(), SignedOpsError> = worker.join().unwrap();
     assert!(r.is_ok());
     assert_eq!(exec.calls(), 1);
 }

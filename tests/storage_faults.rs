@@ -306,7 +306,7 @@ fn destroy_op(sim: &ProxmoxSim, dir: &Path, guest: u32) -> (Intent, SignedOp) {
         SystemClock.now().unix(),
     );
     let signature = ssh_keygen_sign(dir, &blob);
-    let intent = felhom_agent::hub::signed_ops::intent_for(&blob).unwrap();
+    let intent = felhom_agent::app::signed_ops::unverified_intent(&blob).unwrap();
     (intent, SignedOp { blob, signature })
 }
 

@@ -39,14 +39,15 @@ use signal_hook::SigId;
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::app::bridge::AuditFeed;
+use crate::app::signed_ops::{self, SignedOpsRunner};
 use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::{FileNonceStore, NonceStoreError};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::{self, Config, Mode};
 use crate::hub::collect::AuditTail;
+use crate::hub::ops_feed::{Announcement, Announcing, SignedOpsClient};
 use crate::hub::poller::Poller;
-use crate::hub::signed_ops::{self, Announcement, Announcing, SignedOpsClient, SignedOpsRunner};
 use crate::proxmox::WaitOptions;
 use crate::reconcile::engine::{
     EngineError, Reconciler, SetupError, compact_journal, journal_compact_threshold,
@@ -107,7 +108,7 @@ pub enum DaemonError {
         name: String,
     },
     /// The signed-ops worker stopped: a journal append failed while carrying an op.
-    SignedOps(signed_ops::RoundError),
+    SignedOps(signed_ops::SignedOpsError),
     /// Compacting the journal while running failed after the new file replaced the old
     /// one, poisoning it; the restart replays it from disk.
     Journal(JournalError),

@@ -5,4 +5,5 @@
 pub mod bridge;
 pub mod daemon;
 pub mod selftest;
+pub mod signed_ops;
 pub mod wiring;

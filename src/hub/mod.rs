@@ -12,10 +12,10 @@ pub mod client;
 pub mod collect;
 pub mod envelope;
 
+pub mod ops_feed;
 pub mod poller;
 pub mod report;
 pub mod round;
-pub mod signed_ops;
 #[doc(hidden)]
 pub use crate::app::wiring as live;
 

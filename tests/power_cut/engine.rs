@@ -187,7 +187,7 @@ fn mint_destroy(sim: &ProxmoxSim, vmid: u32) -> (Intent, SignedOp) {
     let dir = tempdir("sign");
     let signature = ssh_keygen_sign(&dir, &blob);
     let _ = fs::remove_dir_all(&dir);
-    let intent = felhom_agent::hub::signed_ops::intent_for(&blob).unwrap();
+    let intent = felhom_agent::app::signed_ops::unverified_intent(&blob).unwrap();
     (intent, SignedOp { blob, signature })
 }
 
