@@ -384,7 +384,7 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::reconcile::engine::plan_report(&cfg, out) {
+            match crate::app::plan::plan_report(&cfg, out) {
                 Ok(_) => EXIT_OK,
                 Err(e) => {
                     let _ = writeln!(err, "felhom-agent: {e}");

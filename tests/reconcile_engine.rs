@@ -377,8 +377,8 @@ fn run_wakes_on_a_desired_change_and_ends_on_shutdown() {
 
 #[test]
 fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
+    use felhom_agent::app::plan::plan_report;
     use felhom_agent::config::{Config, Mode};
-    use felhom_agent::reconcile::engine::plan_report;
     let sim = lab_sim(true);
     let dir = tempdir("plan");
     let desired_file = dir.join("desired.json");
@@ -479,9 +479,9 @@ fn nothing_is_sent_when_the_started_record_cannot_be_made_durable() {
 
 #[test]
 fn reconciler_opens_in_order_and_recovers_before_the_first_pass() {
+    use felhom_agent::app::reconciler::Reconciler;
     use felhom_agent::config::{Config, Mode};
     use felhom_agent::reconcile::classify::OpClass;
-    use felhom_agent::reconcile::engine::Reconciler;
     use felhom_agent::reconcile::journal::JournalRecord;
     use felhom_agent::time::{Clock, SystemClock};
     use std::os::unix::fs::PermissionsExt;

@@ -293,7 +293,7 @@ fn a_sync_config_change_without_a_task_is_judged_by_the_guests_config() {
 
 #[test]
 fn no_upid_a_stop_is_looked_up_as_the_shutdown_it_was_sent_as_and_an_old_stop_as_vzstop() {
-    use felhom_agent::reconcile::engine::shutdown_params;
+    use felhom_agent::reconcile::action::shutdown_params;
     let mut s = setup("shutdown-type");
     s.sim.add_guest(GuestSeed::new(107, "old").running(true));
     // A stop journaled by this agent: sent as status/shutdown, journaled with its params.

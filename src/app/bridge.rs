@@ -1,15 +1,19 @@
 //! Where the hub's wire and reconcile's records meet: the audit log's records become
-//! the report's `audit_tail` and `pending_signatures` entries here, and nowhere else.
+//! the report's `audit_tail` and `pending_signatures` entries here, and the hub's
+//! control envelope paces the engine here, and nowhere else.
 //!
 //! The two formats are separate on purpose: `audit.log` is this host's durable record
 //! and the report is a contract with the hub, so either can change without the other.
 //! This module only translates; it never writes, and never adds to what a record says.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::hub::collect::{AuditTail, ReadError};
+use crate::hub::poller::SharedEnvelope;
 use crate::hub::report::{AuditEntry, Delivery, Truncated};
 use crate::reconcile::audit::{AuditLog, AuditRecord};
+use crate::reconcile::engine::Pacing;
 
 /// The wire entry for one audit record.
 pub fn wire_entry(r: AuditRecord) -> AuditEntry {
@@ -70,5 +74,23 @@ impl AuditTail for AuditFeed {
         Ok(self.0.get().map_or_else(Vec::new, |log| {
             log.pending().into_iter().map(wire_entry).collect()
         }))
+    }
+}
+
+/// The hub's last envelope paces the engine: its poll interval, its
+/// `desired_generation`, and `blocked`. Before any round succeeded nothing is asked.
+impl Pacing for SharedEnvelope {
+    fn interval(&self) -> Option<Duration> {
+        self.get()
+            .and_then(|e| e.poll_interval_seconds)
+            .map(Duration::from_secs)
+    }
+
+    fn generation(&self) -> u64 {
+        self.get().map_or(0, |e| e.desired_generation)
+    }
+
+    fn held(&self) -> bool {
+        self.get().is_some_and(|e| e.blocked)
     }
 }

@@ -39,6 +39,9 @@ use signal_hook::SigId;
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::app::bridge::AuditFeed;
+use crate::app::reconciler::{
+    Reconciler, StartupError, compact_journal, journal_compact_threshold, prepare_state_dir,
+};
 use crate::app::signed_ops::{self, SignedOpsRunner};
 use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::{FileNonceStore, NonceStoreError};
@@ -49,11 +52,8 @@ use crate::hub::collect::AuditTail;
 use crate::hub::ops_feed::{Announcement, Announcing, SignedOpsClient};
 use crate::hub::poller::Poller;
 use crate::proxmox::WaitOptions;
-use crate::reconcile::engine::{
-    EngineError, Reconciler, SetupError, compact_journal, journal_compact_threshold,
-    prepare_state_dir,
-};
-use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor, SignedJobs};
+use crate::reconcile::engine::EngineError;
+use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor};
 use crate::reconcile::journal::{Journal, JournalError};
 use crate::store::statelock::{LockError, StateLock};
 
@@ -86,7 +86,7 @@ pub enum DaemonError {
     Setup(LiveSetupError),
     /// The reconciler could not be set up at startup (state directory, journal, audit
     /// log or signers), or Recover could not journal what it resolved.
-    Reconcile(SetupError),
+    Reconcile(StartupError),
     /// The reconcile loop stopped because a journal write failed; the restart replays
     /// the journal from disk.
     Engine(EngineError),
@@ -128,7 +128,7 @@ impl DaemonError {
         matches!(
             self,
             DaemonError::Setup(_)
-                | DaemonError::Reconcile(SetupError::Signers(_))
+                | DaemonError::Reconcile(StartupError::Signers(_))
                 | DaemonError::StateLock(LockError::Held { .. })
         )
     }
@@ -331,14 +331,15 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         "opening reconcile state and recovering ops left in flight",
         state_dir = cfg.state_dir.display()
     );
-    let reconciler = match Reconciler::open(cfg, proxmox.clone(), shutdown, Some(envelope)) {
-        Ok(r) => r,
-        Err(e) => {
-            shutdown.trigger();
-            workers.join_until(Instant::now() + STOP_GRACE);
-            return Err(DaemonError::Reconcile(e));
-        }
-    };
+    let reconciler =
+        match Reconciler::open(cfg, proxmox.clone(), shutdown, Some(Arc::new(envelope))) {
+            Ok(r) => r,
+            Err(e) => {
+                shutdown.trigger();
+                workers.join_until(Instant::now() + STOP_GRACE);
+                return Err(DaemonError::Reconcile(e));
+            }
+        };
     let recovered = &reconciler.recovered;
     crate::info!(
         recover_finished,
@@ -406,12 +407,8 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
             WaitOptions::default(),
             shutdown.clone(),
         ));
-        let jobs = SignedJobs::new(
-            Arc::clone(&reconciler.gate),
-            Arc::new(reconciler.queue.clone()),
-        );
         let runner = SignedOpsRunner::new(
-            jobs,
+            reconciler.jobs.clone(),
             Arc::clone(&reconciler.gate),
             Arc::clone(&reconciler.audit),
             executor,

@@ -4,6 +4,8 @@
 
 pub mod bridge;
 pub mod daemon;
+pub mod plan;
+pub mod reconciler;
 pub mod selftest;
 pub mod signed_ops;
 pub mod wiring;

@@ -18,7 +18,7 @@ use crate::authz::{self, Role};
 use crate::base::time::{Clock, SystemClock};
 use crate::reconcile::audit::{AuditLog, AuditRecord};
 use crate::reconcile::classify::{Class, Intent, OpClass, Provenance, classify};
-use crate::reconcile::journal::Journal;
+use crate::reconcile::journal::{Journal, JournalView};
 
 /// An operator-signed op as received: the exact blob bytes and the armored SSHSIG.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,33 +237,13 @@ impl Gate {
         &self.journal
     }
 
-    fn damage(&self) -> Option<String> {
-        if let Some(d) = self.journal.damaged() {
-            return Some(format!("journal damaged: {d}"));
-        }
-        self.nonce_health
+    fn pre(&self, intent: &Intent) -> Pre {
+        let nonce_damage = self
+            .nonce_health
             .as_ref()
             .and_then(|p| p())
-            .map(|d| format!("nonce store damaged: {d}"))
-    }
-
-    fn pre(&self, intent: &Intent) -> Pre {
-        let damage = self.damage();
-        // Provenance from a damaged journal is not trusted.
-        let provenance: Option<Provenance> = match (&intent.class, intent.vmid(), &damage) {
-            (OpClass::GuestDestroy, Some(vmid), None) => self
-                .journal
-                .provenance(vmid, intent.params.get("txn").map(String::as_str)),
-            _ => None,
-        };
-        match classify(intent, provenance) {
-            Class::Benign => Pre::Allow(AllowReason::Benign),
-            Class::BenignByProvenance(_) => Pre::Allow(AllowReason::AgentProvenance),
-            Class::Destructive => match damage {
-                Some(d) => Pre::Refuse(Refusal::StateDamaged, d),
-                None => Pre::NeedsSignature,
-            },
-        }
+            .map(|d| format!("nonce store damaged: {d}"));
+        pre(intent, self.journal.as_ref(), nonce_damage)
     }
 
     /// Decides on `intent` and records the decision in the audit log and the log.
@@ -441,17 +421,80 @@ impl Gate {
     /// What [`Gate::authorize`] would say without a signature, for `felhom-agent plan`:
     /// classifies and checks state, never verifies (so burns no nonce), never audits.
     pub fn dry_run(&self, intent: &Intent) -> Decision {
-        match self.pre(intent) {
-            Pre::Allow(r) => Decision::Allowed {
-                reason: r,
-                verified: None,
-            },
-            Pre::Refuse(r, _) => Decision::Refused { reason: r },
-            Pre::NeedsSignature => Decision::Refused {
-                reason: Refusal::PendingSignature,
-            },
-        }
+        dry_decision(self.pre(intent))
     }
+}
+
+/// What the gate reads of the agent's own history: the provenance of a guest and
+/// whether that history can be trusted. The live [`Journal`] gives it to the gate, a
+/// read-only [`JournalView`] to `felhom-agent plan`.
+pub trait History {
+    /// The agent's own provenance for `vmid` (see [`Journal::provenance`]).
+    fn provenance(&self, vmid: u32, txn: Option<&str>) -> Option<Provenance>;
+    /// Why the history is damaged, if it is.
+    fn damaged(&self) -> Option<String>;
+}
+
+impl History for Journal {
+    fn provenance(&self, vmid: u32, txn: Option<&str>) -> Option<Provenance> {
+        Journal::provenance(self, vmid, txn)
+    }
+
+    fn damaged(&self) -> Option<String> {
+        Journal::damaged(self)
+    }
+}
+
+impl History for JournalView {
+    fn provenance(&self, vmid: u32, txn: Option<&str>) -> Option<Provenance> {
+        JournalView::provenance(self, vmid, txn)
+    }
+
+    fn damaged(&self) -> Option<String> {
+        JournalView::damaged(self).map(str::to_owned)
+    }
+}
+
+/// The classifier and the state checks, before any signature is looked at.
+fn pre(intent: &Intent, history: &dyn History, nonce_damage: Option<String>) -> Pre {
+    let damage = history
+        .damaged()
+        .map(|d| format!("journal damaged: {d}"))
+        .or(nonce_damage);
+    // Provenance from a damaged journal is not trusted.
+    let provenance: Option<Provenance> = match (&intent.class, intent.vmid(), &damage) {
+        (OpClass::GuestDestroy, Some(vmid), None) => {
+            history.provenance(vmid, intent.params.get("txn").map(String::as_str))
+        }
+        _ => None,
+    };
+    match classify(intent, provenance) {
+        Class::Benign => Pre::Allow(AllowReason::Benign),
+        Class::BenignByProvenance(_) => Pre::Allow(AllowReason::AgentProvenance),
+        Class::Destructive => match damage {
+            Some(d) => Pre::Refuse(Refusal::StateDamaged, d),
+            None => Pre::NeedsSignature,
+        },
+    }
+}
+
+fn dry_decision(pre: Pre) -> Decision {
+    match pre {
+        Pre::Allow(r) => Decision::Allowed {
+            reason: r,
+            verified: None,
+        },
+        Pre::Refuse(r, _) => Decision::Refused { reason: r },
+        Pre::NeedsSignature => Decision::Refused {
+            reason: Refusal::PendingSignature,
+        },
+    }
+}
+
+/// [`Gate::dry_run`] over any [`History`], with no gate built: what `felhom-agent plan`
+/// shows. Never verifies, never burns a nonce, never audits.
+pub fn dry_run(intent: &Intent, history: &dyn History) -> Decision {
+    dry_decision(pre(intent, history, None))
 }
 
 /// Why the guest is not the one the op was signed for, if it is not. Only ops that

@@ -100,7 +100,9 @@ impl std::error::Error for JobError {
     }
 }
 
-/// Runs signed jobs through one gate and one queue.
+/// Runs signed jobs through one gate and one queue. The reconciler builds the one
+/// instance; a clone is a handle on the same gate and queue.
+#[derive(Clone)]
 pub struct SignedJobs {
     gate: Arc<Gate>,
     queue: Arc<Queue>,

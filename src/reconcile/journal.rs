@@ -579,8 +579,9 @@ impl Journal {
     }
 }
 
-/// A read-only snapshot of a journal file, for `felhom-agent journal`.
-#[derive(Debug, Clone)]
+/// A read-only snapshot of a journal file, for `felhom-agent journal` and `plan`; the
+/// default is an empty journal.
+#[derive(Debug, Clone, Default)]
 pub struct JournalView {
     history: Vec<JournalRecord>,
     index: Index,
@@ -606,6 +607,11 @@ impl JournalView {
     /// The latest record of `op_id`.
     pub fn latest(&self, op_id: &str) -> Option<JournalRecord> {
         self.index.latest.get(op_id).cloned()
+    }
+
+    /// The agent's own provenance for `vmid`, as [`Journal::provenance`] reads it.
+    pub fn provenance(&self, vmid: u32, txn: Option<&str>) -> Option<Provenance> {
+        self.index.provenance(vmid, txn)
     }
 
     /// Where the file is damaged, if it is (the records before the damage are shown).

@@ -7,6 +7,7 @@
 //! change without the gate's verified signature, and nothing in it mutates Proxmox
 //! outside the queue. Each file's own doc says what it owns.
 
+pub mod action;
 pub mod audit;
 pub mod classify;
 pub mod desired;

@@ -1,0 +1,274 @@
+//! One planned action on its guest's lane: the op class and intent it stands for, and
+//! its journaled lifecycle — `started` durable before the request is sent, the UPID
+//! journaled (`task_running`) before the wait, the terminal record last.
+//!
+//! A job never decides whether it may run (the engine asked the gate first) and never
+//! runs outside the queue.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::classify::{Intent, OpClass};
+use super::engine::{ActionResult, EngineError, Outcome, SHUTDOWN_WAIT_SLACK};
+use super::journal::{Journal, JournalRecord, OpState};
+use super::plan::{Action, ActionKind};
+use crate::base::shutdown::Shutdown;
+use crate::base::sync::lock;
+use crate::base::time::Clock;
+use crate::proxmox::{Client, ConfigChange, TaskOutcome, Upid, WaitError, WaitOptions};
+
+/// The op class of a planned action.
+pub fn class_of(kind: ActionKind) -> OpClass {
+    match kind {
+        ActionKind::SetConfig => OpClass::SetConfig,
+        ActionKind::Start => OpClass::Start,
+        ActionKind::Stop => OpClass::Stop,
+    }
+}
+
+/// The gate's vocabulary for a planned action.
+pub fn intent_for(host_id: &str, action: &Action) -> Intent {
+    let mut intent = Intent::new(
+        class_of(action.kind),
+        host_id,
+        Some(action.vmid.to_string()),
+    );
+    intent.params = action.params.clone();
+    intent
+}
+
+/// A task this engine dispatched whose wait ended before the task did.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    pub(super) action: Action,
+    pub(super) running: JournalRecord,
+    pub(super) upid: Upid,
+}
+
+/// One action as it runs on its guest's lane.
+pub(super) struct Job {
+    pub(super) client: Client,
+    pub(super) journal: Arc<Journal>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) shutdown: Shutdown,
+    pub(super) wait: WaitOptions,
+    pub(super) shutdown_timeout_seconds: u32,
+    pub(super) failed_this_pass: Arc<Mutex<HashSet<u32>>>,
+    pub(super) unresolved: Arc<Mutex<Vec<Pending>>>,
+    pub(super) action: Action,
+}
+
+/// The journal params of a stop, as sent to `status/shutdown`: Recover reads `timeout`
+/// to look for a `vzshutdown` task (a stop journaled without it was a `vzstop`).
+pub fn shutdown_params(timeout_seconds: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("timeout".to_owned(), timeout_seconds.to_string()),
+        ("forceStop".to_owned(), "1".to_owned()),
+    ])
+}
+
+impl Job {
+    /// What the op sends, as journaled: the action's params, and for a stop the
+    /// shutdown's `timeout` and `forceStop`.
+    fn sent_params(&self) -> BTreeMap<String, String> {
+        let mut params = self.action.params.clone();
+        if self.action.kind == ActionKind::Stop {
+            params.extend(shutdown_params(self.shutdown_timeout_seconds));
+        }
+        params
+    }
+
+    /// How long to wait for the op's task: a shutdown may take its whole timeout (the
+    /// guest ignoring it until Proxmox kills it), so its wait covers that; a wait that
+    /// still ends first leaves the op in flight, waited again by the next pass.
+    fn wait_options(&self) -> WaitOptions {
+        let mut wait = self.wait;
+        if self.action.kind == ActionKind::Stop {
+            let shutdown = Duration::from_secs(u64::from(self.shutdown_timeout_seconds));
+            wait.timeout = wait.timeout.max(shutdown + SHUTDOWN_WAIT_SLACK);
+        }
+        wait
+    }
+
+    fn record(&self, rec: &JournalRecord) -> Result<(), EngineError> {
+        self.journal
+            .append(rec)
+            .map_err(|source| EngineError::Journal {
+                op_id: rec.op_id.clone(),
+                source,
+            })
+    }
+
+    fn result(&self, op_id: Option<String>, outcome: Outcome) -> ActionResult {
+        if !matches!(outcome, Outcome::Applied) {
+            lock(&self.failed_this_pass).insert(self.action.vmid);
+        }
+        ActionResult {
+            action: self.action.clone(),
+            op_id,
+            outcome,
+        }
+    }
+
+    pub(super) fn run(self) -> Result<ActionResult, EngineError> {
+        let a = &self.action;
+        if lock(&self.failed_this_pass).contains(&a.vmid) {
+            return Ok(ActionResult {
+                action: a.clone(),
+                op_id: None,
+                outcome: Outcome::Deferred {
+                    why: "an earlier action for this guest failed in this pass".into(),
+                },
+            });
+        }
+        let class = class_of(a.kind);
+        let op_id = self.journal.new_op_id(&format!("{}-{}", a.kind, a.vmid));
+        let mut started = JournalRecord::started(&op_id, a.vmid, class, self.clock.now());
+        started.params = self.sent_params();
+        // Durable before anything reaches Proxmox.
+        self.record(&started)?;
+        crate::store::faultpoint::reached("benign:after-started");
+
+        let sent = match a.kind {
+            ActionKind::SetConfig => self.client.set_config(
+                a.vmid,
+                &ConfigChange {
+                    set: a
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    delete: Vec::new(),
+                    digest: a.digest.clone(),
+                },
+            ),
+            ActionKind::Start => self.client.start(a.vmid).map(Some),
+            // A clean shutdown, hard-stopped by Proxmox once the timeout passes.
+            ActionKind::Stop => self
+                .client
+                .shutdown(a.vmid, Some(self.shutdown_timeout_seconds))
+                .map(Some),
+        };
+        let upid = match sent {
+            Ok(upid) => {
+                crate::store::faultpoint::reached("benign:after-post");
+                upid
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                let mut rec = started.step(OpState::Failed, self.clock.now());
+                rec.detail = Some(e.to_string());
+                self.record(&rec)?;
+                crate::warn!(
+                    action_failed,
+                    "reconcile action failed",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    action = a.kind,
+                    transient = transient,
+                    may_have_run = e.outcome_unknown(),
+                    error = e
+                );
+                let outcome = Outcome::Failed {
+                    transient,
+                    error: e.to_string(),
+                };
+                return Ok(self.result(Some(op_id), outcome));
+            }
+        };
+        let Some(upid) = upid else {
+            // A synchronous config write: applied when the PUT answered.
+            self.record(&started.step(OpState::Succeeded, self.clock.now()))?;
+            crate::info!(
+                action_applied,
+                "reconcile action applied",
+                op_id = op_id,
+                vmid = a.vmid,
+                action = a.kind,
+                reason = a.reason
+            );
+            return Ok(self.result(Some(op_id), Outcome::Applied));
+        };
+        let mut running = started.step(OpState::TaskRunning, self.clock.now());
+        running.upid = Some(upid.to_string());
+        // The UPID is durable before the wait, so a crash mid-wait re-attaches to it.
+        self.record(&running)?;
+        crate::store::faultpoint::reached("benign:after-upid");
+        self.finish(&op_id, &running, &upid)
+    }
+
+    pub(super) fn finish(
+        &self,
+        op_id: &str,
+        running: &JournalRecord,
+        upid: &Upid,
+    ) -> Result<ActionResult, EngineError> {
+        let a = &self.action;
+        match self
+            .client
+            .wait_task(upid, &self.wait_options(), &self.shutdown)
+        {
+            Ok(outcome) => {
+                crate::store::faultpoint::reached("benign:after-wait");
+                let mut rec = running.step(OpState::Succeeded, self.clock.now());
+                if let TaskOutcome::Warnings { count, .. } = outcome {
+                    rec.detail = Some(format!("task ended with {count} warning(s)"));
+                }
+                self.record(&rec)?;
+                crate::info!(
+                    action_applied,
+                    "reconcile action applied",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    action = a.kind,
+                    reason = a.reason
+                );
+                Ok(self.result(Some(op_id.to_owned()), Outcome::Applied))
+            }
+            Err(WaitError::Failed(task)) => {
+                let mut rec = running.step(OpState::Failed, self.clock.now());
+                rec.detail = Some(task.to_string());
+                self.record(&rec)?;
+                crate::warn!(
+                    action_failed,
+                    "reconcile task failed",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    action = a.kind,
+                    transient = task.is_transient(),
+                    error = task
+                );
+                let outcome = Outcome::Failed {
+                    transient: task.is_transient(),
+                    error: task.to_string(),
+                };
+                Ok(self.result(Some(op_id.to_owned()), outcome))
+            }
+            Err(e) => {
+                // Timeout, shutdown or an unreadable status: the task may still run.
+                // Leave the op in flight; it is re-attached, never re-sent.
+                crate::warn!(
+                    action_wait_abandoned,
+                    "stopped waiting for a reconcile task; it stays in flight",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    upid = upid,
+                    error = e
+                );
+                let outcome = Outcome::Unresolved {
+                    upid: upid.to_string(),
+                    why: e.to_string(),
+                };
+                if !matches!(e, WaitError::Shutdown { .. }) {
+                    lock(&self.unresolved).push(Pending {
+                        action: a.clone(),
+                        running: running.clone(),
+                        upid: upid.clone(),
+                    });
+                }
+                Ok(self.result(Some(op_id.to_owned()), outcome))
+            }
+        }
+    }
+}
