@@ -16,8 +16,6 @@ pub mod ops_feed;
 pub mod poller;
 pub mod report;
 pub mod round;
-#[doc(hidden)]
-pub use crate::app::wiring as live;
 
 pub use client::{ClientError, HubClient, HubClientOptions, SetupError};
 pub use collect::{
