@@ -1,4 +1,5 @@
 //! The `felhom-agent` binary: parse the command line, dispatch, exit with its code.
+//! Nothing else lives here.
 
 #![forbid(unsafe_code)]
 

@@ -262,3 +262,299 @@ fn the_scanner_sees_code_and_skips_comments() {
         "code after tricky literals is kept"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The layers. Each top-level module of `src/` is one layer; a module may import only its
+// own layer and the layers below it, and two layers of one rank never import each
+// other (hub and reconcile meet only in app). ARCHITECTURE.md draws the same table.
+
+/// Every layer, lowest first, with its rank.
+const LAYERS: &[(&str, u8)] = &[
+    ("base", 0),
+    ("store", 1),
+    ("net", 2),
+    ("authz", 2),
+    ("proxmox", 3),
+    ("config", 4),
+    ("hub", 5),
+    ("reconcile", 5),
+    ("app", 6),
+    ("cli", 7),
+];
+
+/// The crate roots: they declare the layers and import nothing from them but `cli`.
+const ROOTS: &[&str] = &["src/lib.rs", "src/main.rs"];
+
+fn rank(layer: &str) -> Option<u8> {
+    LAYERS.iter().find(|(l, _)| *l == layer).map(|(_, r)| *r)
+}
+
+/// `src/a/b.rs` → `["a", "b"]`, `src/a/mod.rs` → `["a"]`, `src/cli.rs` → `["cli"]`.
+fn module_of(file: &str) -> Vec<String> {
+    let rel = file.trim_start_matches("src/").trim_end_matches(".rs");
+    let mut parts: Vec<String> = rel.split('/').map(str::to_string).collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// Reads a use tree at `s` (after `crate::` or `super::`): `a::b::{c, d::e}` gives
+/// `a::b::c` and `a::b::d::e`. Returns the paths and where the tree ended.
+fn use_tree(s: &[u8], mut i: usize, prefix: &str, out: &mut Vec<String>) -> usize {
+    let mut path = prefix.to_string();
+    loop {
+        let start = i;
+        while i < s.len() && (s[i].is_ascii_alphanumeric() || s[i] == b'_') {
+            i += 1;
+        }
+        if i > start {
+            if !path.is_empty() {
+                path.push_str("::");
+            }
+            path.push_str(std::str::from_utf8(&s[start..i]).unwrap());
+        }
+        let group = if s[i..].starts_with(b"::{") {
+            Some(3)
+        } else if i == start && s.get(i) == Some(&b'{') {
+            Some(1)
+        } else {
+            None
+        };
+        if let Some(skip) = group {
+            i += skip;
+            loop {
+                while i < s.len() && s[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                if i >= s.len() || s[i] == b'}' {
+                    return i + 1;
+                }
+                i = use_tree(s, i, &path, out);
+                while i < s.len() && (s[i].is_ascii_whitespace() || s[i] == b',') {
+                    i += 1;
+                }
+            }
+        }
+        if s[i..].starts_with(b"::")
+            && s.get(i + 2).is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        {
+            i += 2;
+            continue;
+        }
+        // `as name`, `*`, `(`: the path is what was read; resolving keeps its longest
+        // prefix that is a module.
+        while i < s.len() && !matches!(s[i], b',' | b'}' | b';' | b'(' | b')' | b'\n') {
+            i += 1;
+        }
+        out.push(path);
+        return i;
+    }
+}
+
+/// Every module path a piece of code names through `crate::` or `super::` (the latter
+/// resolved against `module`), `$crate::` included.
+fn named_paths(code: &str, module: &[String], is_mod_rs: bool) -> Vec<Vec<String>> {
+    let s = code.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        let boundary = i == 0 || !(s[i - 1].is_ascii_alphanumeric() || s[i - 1] == b'_');
+        let (skip, base): (usize, Vec<String>) = if boundary && s[i..].starts_with(b"crate::") {
+            (7, Vec::new())
+        } else if boundary && s[i..].starts_with(b"super::") {
+            // In `a/b.rs` (module a::b) `super` is `a`; in `a/mod.rs` (module a) it is
+            // the crate root's `a`'s parent.
+            let _ = is_mod_rs;
+            (7, module[..module.len().saturating_sub(1)].to_vec())
+        } else {
+            i += 1;
+            continue;
+        };
+        let mut paths = Vec::new();
+        i = use_tree(s, i + skip, "", &mut paths);
+        for p in paths {
+            let mut full = base.clone();
+            full.extend(p.split("::").filter(|x| !x.is_empty()).map(str::to_string));
+            out.push(full);
+        }
+    }
+    out
+}
+
+/// The code of `file` without comments, split into the module's own code and its
+/// `#[cfg(test)] mod tests` (where `super` means the file's module itself).
+fn code_and_tests(file: &str) -> (String, String) {
+    let code = code_only(&std::fs::read_to_string(root().join(file)).unwrap());
+    match code.find("\nmod tests {") {
+        Some(at) => {
+            // From the `#[cfg(...)]` line above it, when there is one.
+            let at = code[..at]
+                .rfind('\n')
+                .filter(|l| code[l + 1..at].starts_with("#[cfg("))
+                .unwrap_or(at);
+            (code[..at].to_string(), code[at..].to_string())
+        }
+        None => (code, String::new()),
+    }
+}
+
+/// Each source file's module and the modules it imports (the longest existing module
+/// prefix of every path it names).
+fn import_graph() -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
+    let mut files = BTreeSet::new();
+    rust_files(&root().join("src"), &mut files);
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(f)).collect();
+    let resolve = |path: &[String]| -> Option<Vec<String>> {
+        (1..=path.len())
+            .rev()
+            .map(|n| path[..n].to_vec())
+            .find(|p| modules.contains(p))
+    };
+    let mut graph = Vec::new();
+    for file in &files {
+        let module = module_of(file);
+        let (code, tests) = code_and_tests(file);
+        let mut deps: Vec<Vec<String>> = named_paths(&code, &module, file.ends_with("mod.rs"))
+            .iter()
+            .filter_map(|p| resolve(p))
+            .filter(|p| *p != module)
+            .collect();
+        let mut own = module.clone();
+        own.push("tests".into());
+        deps.extend(
+            named_paths(&tests, &own, false)
+                .iter()
+                .filter_map(|p| resolve(p))
+                .filter(|p| *p != module),
+        );
+        deps.sort();
+        deps.dedup();
+        graph.push((file.clone(), module, deps));
+    }
+    graph
+}
+
+#[test]
+fn every_import_points_to_the_same_or_a_lower_layer() {
+    let mut found = Vec::new();
+    let mut unlayered = Vec::new();
+    for (file, module, deps) in import_graph() {
+        if ROOTS.contains(&file.as_str()) {
+            continue;
+        }
+        let layer = &module[0];
+        let Some(own) = rank(layer) else {
+            unlayered.push(file.clone());
+            continue;
+        };
+        for dep in deps {
+            let to = &dep[0];
+            let Some(theirs) = rank(to) else {
+                found.push(format!("{file}: imports `{}`, which is in no layer", dep.join("::")));
+                continue;
+            };
+            if theirs > own || (theirs == own && to != layer) {
+                found.push(format!(
+                    "{file} ({layer}, rank {own}) imports `{}` ({to}, rank {theirs})",
+                    dep.join("::")
+                ));
+            }
+        }
+    }
+    assert!(
+        unlayered.is_empty(),
+        "files outside every layer (add the layer to LAYERS and ARCHITECTURE.md): {unlayered:?}"
+    );
+    assert!(found.is_empty(), "imports against the layers:\n{}", found.join("\n"));
+}
+
+#[test]
+fn no_module_imports_itself_in_a_circle() {
+    let graph = import_graph();
+    let edges: Vec<(Vec<String>, Vec<String>)> = graph
+        .iter()
+        .flat_map(|(_, m, deps)| deps.iter().map(move |d| (m.clone(), d.clone())))
+        .collect();
+    // A module is on a circle when it can reach itself.
+    let mut circles = Vec::new();
+    for (_, start, _) in &graph {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&Vec<String>> = vec![start];
+        while let Some(m) = stack.pop() {
+            for (from, to) in &edges {
+                if from == m && seen.insert(to.clone()) {
+                    stack.push(to);
+                }
+            }
+        }
+        if seen.contains(start) {
+            circles.push(start.join("::"));
+        }
+    }
+    assert!(circles.is_empty(), "modules on an import circle: {circles:?}");
+}
+
+#[test]
+fn no_source_file_is_over_1000_lines() {
+    let mut files = BTreeSet::new();
+    rust_files(&root().join("src"), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let n = std::fs::read_to_string(root().join(f)).unwrap().lines().count();
+            (n > 1000).then(|| format!("{f}: {n} lines"))
+        })
+        .collect();
+    assert!(long.is_empty(), "split these by idea: {long:?}");
+}
+
+#[test]
+fn every_module_says_what_it_owns_and_what_it_never_does() {
+    let mut files = BTreeSet::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut missing = Vec::new();
+    for f in &files {
+        let src = std::fs::read_to_string(root().join(f)).unwrap();
+        let doc: String = src
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let doc = doc.to_lowercase();
+        if !(doc.contains("never") || doc.contains("nothing")) {
+            missing.push(f.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "open these with a `//!` paragraph that says what the module never does: {missing:?}"
+    );
+}
+
+#[test]
+fn the_layer_scanner_reads_use_trees_and_super() {
+    let module = vec!["reconcile".to_string(), "gate".to_string()];
+    let code = code_only(
+        "use crate::{hub::report::AuditEntry, base::{time::Clock, sync}};\n\
+         use super::journal::Journal; // crate::app in a comment\n\
+         let x = crate::store::faultpoint::reached(\"a\"); $crate::base::log::emit();\n\
+         let s = \"not crate-like\"; mycrate::x();",
+    );
+    let mut got: Vec<String> = named_paths(&code, &module, false)
+        .iter()
+        .map(|p| p.join("::"))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "base::log::emit",
+            "base::sync",
+            "base::time::Clock",
+            "hub::report::AuditEntry",
+            "reconcile::journal::Journal",
+            "store::faultpoint::reached",
+        ]
+    );
+}

@@ -1,6 +1,8 @@
 //! The application layer: the only place that knows both the hub and reconcile. It
 //! wires the real clients, bridges the hub's wire records and reconcile's own, starts
-//! the reconciler, runs the daemon, and carries one module per command.
+//! the reconciler, runs the daemon, and carries one module per command. Nothing below
+//! this layer imports it, and it never holds policy of its own: the gate decides, the
+//! journal records, the store writes.
 
 pub mod bridge;
 pub mod daemon;

@@ -4,7 +4,8 @@
 //! configuration. Shared by the daemon and `selftest hub`.
 //!
 //! Only reads happen here: the reader calls read endpoints of the Proxmox client and
-//! the probe runs one read-only `systemctl` query.
+//! the probe runs one read-only `systemctl` query. Nothing here mutates Proxmox or
+//! writes a file.
 
 use std::fmt;
 use std::io::Write;

@@ -1,5 +1,6 @@
 //! A shutdown signal shared by every loop and wait: once triggered it stays triggered,
-//! and every sleeper wakes at once instead of finishing its sleep.
+//! and every sleeper wakes at once instead of finishing its sleep. It never un-triggers
+//! and never installs a signal handler itself (the daemon does).
 
 use super::sync::{self, lock};
 use std::sync::{Arc, Condvar, Mutex};

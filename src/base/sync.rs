@@ -3,7 +3,8 @@
 //! Every mutex in the agent guards state that stays consistent across a panic (each
 //! durable update is guarded by its own poisoned flag, and in-memory state is rebuilt
 //! from the durable files on restart), so a poisoned lock is taken as it is rather than
-//! spreading the panic to every other thread.
+//! spreading the panic to every other thread. It never hides a panic: the thread that
+//! panicked still unwinds and its worker reports it.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 

@@ -4,7 +4,7 @@
 //!
 //! Only what the agent needs: signed-op windows, journal and log timestamps, how much
 //! real time has passed. Sub-second digits are accepted on input and dropped; output is
-//! always `YYYY-MM-DDTHH:MM:SSZ`.
+//! always `YYYY-MM-DDTHH:MM:SSZ`. Nothing here sleeps or reads a time zone.
 
 use std::fmt;
 use std::sync::Arc;

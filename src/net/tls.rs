@@ -6,7 +6,8 @@
 //! no verifier hook; pinning the SHA-256 of a self-signed Proxmox certificate needs one.
 //! So the connector here replaces ureq's own rustls connector: it opens TCP through
 //! ureq's `TcpConnector`, runs the handshake with our config, and reports every failure
-//! as a connect-phase error, because no byte of the HTTP request has left yet.
+//! as a connect-phase error, because no byte of the HTTP request has left yet. A
+//! connection never falls back to a weaker trust than the one configured.
 
 use std::fmt;
 use std::io::{self, Read, Write};

@@ -1,7 +1,8 @@
 //! Reading Proxmox's JSON the way Perl writes it: a number may arrive as a JSON
 //! number or a numeric string, a boolean as `1`/`0` (or a string of it), and an
 //! absent field may also be `null`. Every accessor names the field path on failure
-//! (`data[3].maxmem`), so a decode error says exactly what did not fit.
+//! (`data[3].maxmem`), so a decode error says exactly what did not fit. It never
+//! guesses: a value of any other shape is an error, not a default.
 
 use std::fmt;
 

@@ -1,6 +1,6 @@
 //! The shapes Proxmox answers with, typed, and the parameters of its mutations.
 //! Decoding is tolerant where Proxmox is inconsistent (numbers as strings, `1`/`0`
-//! booleans, optional fields) and strict everywhere else.
+//! booleans, optional fields) and strict everywhere else. Nothing here does I/O.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,7 +3,8 @@
 //! Parsing follows Proxmox's own decode pattern exactly (pid 8 hex digits, pstart 8
 //! or 9, starttime 8, an empty id allowed, the actor possibly `user@realm!token`, and
 //! the trailing colon). The original text is kept, so `Display` gives back the very
-//! string Proxmox sent, which is what task status and log paths need.
+//! string Proxmox sent, which is what task status and log paths need. A UPID is never
+//! built by the agent, only parsed from what Proxmox answered.
 
 use std::fmt;
 use std::str::FromStr;

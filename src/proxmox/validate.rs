@@ -3,7 +3,8 @@
 //! host names, token ids. A value that does not match is refused before anything is
 //! sent or run, with an [`InvalidArgument`] naming the argument.
 //!
-//! Shared by the API client and the privileged backend; it only inspects strings.
+//! Shared by the API client and the privileged backend; it only inspects strings and
+//! never rewrites a value to make it fit.
 
 use std::fmt;
 

@@ -10,13 +10,72 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::classify::{Intent, OpClass};
-use super::engine::{ActionResult, EngineError, Outcome, SHUTDOWN_WAIT_SLACK};
-use super::journal::{Journal, JournalRecord, OpState};
+use super::journal::{Journal, JournalError, JournalRecord, OpState};
 use super::plan::{Action, ActionKind};
 use crate::base::shutdown::Shutdown;
 use crate::base::sync::lock;
 use crate::base::time::Clock;
 use crate::proxmox::{Client, ConfigChange, TaskOutcome, Upid, WaitError, WaitOptions};
+
+/// What a stop's wait allows beyond its shutdown timeout: Proxmox kills the guest at the
+/// timeout, and the kill, the worker's exit and the next poll take a few seconds more.
+pub const SHUTDOWN_WAIT_SLACK: Duration = Duration::from_secs(30);
+
+/// How one action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied (task OK, task with warnings, or a synchronous config write).
+    Applied,
+    /// The gate refused it; nothing was sent.
+    Refused {
+        /// The refusal code (`pending_signature`, ...).
+        code: String,
+    },
+    /// Not sent: the guest is backing off after earlier failures, an op for it is
+    /// still in flight, an earlier action for it failed in this pass, or the hub asked
+    /// to hold mutations.
+    Deferred {
+        /// Why.
+        why: String,
+    },
+    /// Sent (or tried) and failed.
+    Failed {
+        /// Whether it should pass by itself (lock, timeout, 5xx).
+        transient: bool,
+        /// What failed.
+        error: String,
+    },
+    /// Sent, but the wait ended (timeout, shutdown) before the task did: the op stays
+    /// in flight in the journal. The next pass waits for the same task again (after a
+    /// shutdown, Recover does at the next start); it is never sent twice.
+    Unresolved {
+        /// The task.
+        upid: String,
+        /// Why the wait ended.
+        why: String,
+    },
+}
+
+/// One action of a pass and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionResult {
+    /// The action.
+    pub action: Action,
+    /// Its journal op id, when it got that far.
+    pub op_id: Option<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// A journal write failed while an action ran: the engine stops the pass with
+/// `EngineError::Journal` and the process exits non-zero.
+#[derive(Debug)]
+pub struct ActionJournalError {
+    /// The op whose step could not be recorded.
+    pub op_id: String,
+    /// What failed.
+    pub source: JournalError,
+}
 
 /// The op class of a planned action.
 pub fn class_of(kind: ActionKind) -> OpClass {
@@ -91,10 +150,10 @@ impl Job {
         wait
     }
 
-    fn record(&self, rec: &JournalRecord) -> Result<(), EngineError> {
+    fn record(&self, rec: &JournalRecord) -> Result<(), ActionJournalError> {
         self.journal
             .append(rec)
-            .map_err(|source| EngineError::Journal {
+            .map_err(|source| ActionJournalError {
                 op_id: rec.op_id.clone(),
                 source,
             })
@@ -111,7 +170,7 @@ impl Job {
         }
     }
 
-    pub(super) fn run(self) -> Result<ActionResult, EngineError> {
+    pub(super) fn run(self) -> Result<ActionResult, ActionJournalError> {
         let a = &self.action;
         if lock(&self.failed_this_pass).contains(&a.vmid) {
             return Ok(ActionResult {
@@ -203,7 +262,7 @@ impl Job {
         op_id: &str,
         running: &JournalRecord,
         upid: &Upid,
-    ) -> Result<ActionResult, EngineError> {
+    ) -> Result<ActionResult, ActionJournalError> {
         let a = &self.action;
         match self
             .client

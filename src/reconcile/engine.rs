@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::action::{Job, Pending, intent_for};
+use super::action::{ActionJournalError, Job, Pending, intent_for};
+pub use super::action::{ActionResult, Outcome};
 use super::classify::{Intent, OpClass};
 use super::desired::{DesiredError, DesiredProvider};
 use super::gate::{Decision, Gate, GuestNow};
@@ -31,12 +32,8 @@ use crate::proxmox::{self, Client, WaitOptions};
 
 /// How long one pass waits for a task it sent (start and config tasks take seconds; a
 /// lock wait can take minutes) before leaving it in flight for the next pass. A stop
-/// waits at least its shutdown timeout plus [`SHUTDOWN_WAIT_SLACK`].
+/// waits at least its shutdown timeout plus [`SHUTDOWN_WAIT_SLACK`](super::action::SHUTDOWN_WAIT_SLACK).
 pub const PASS_TASK_WAIT: Duration = Duration::from_secs(120);
-
-/// What a stop's wait allows beyond its shutdown timeout: Proxmox kills the guest at the
-/// timeout, and the kill, the worker's exit and the next poll take a few seconds more.
-pub const SHUTDOWN_WAIT_SLACK: Duration = Duration::from_secs(30);
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -115,6 +112,15 @@ impl fmt::Display for EngineError {
     }
 }
 
+impl From<ActionJournalError> for EngineError {
+    fn from(e: ActionJournalError) -> EngineError {
+        EngineError::Journal {
+            op_id: e.op_id,
+            source: e.source,
+        }
+    }
+}
+
 impl std::error::Error for EngineError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -123,52 +129,6 @@ impl std::error::Error for EngineError {
             EngineError::Journal { source, .. } => Some(source),
         }
     }
-}
-
-/// How one action ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Applied (task OK, task with warnings, or a synchronous config write).
-    Applied,
-    /// The gate refused it; nothing was sent.
-    Refused {
-        /// The refusal code (`pending_signature`, ...).
-        code: String,
-    },
-    /// Not sent: the guest is backing off after earlier failures, an op for it is
-    /// still in flight, an earlier action for it failed in this pass, or the hub asked
-    /// to hold mutations.
-    Deferred {
-        /// Why.
-        why: String,
-    },
-    /// Sent (or tried) and failed.
-    Failed {
-        /// Whether it should pass by itself (lock, timeout, 5xx).
-        transient: bool,
-        /// What failed.
-        error: String,
-    },
-    /// Sent, but the wait ended (timeout, shutdown) before the task did: the op stays
-    /// in flight in the journal. The next pass waits for the same task again (after a
-    /// shutdown, Recover does at the next start); it is never sent twice.
-    Unresolved {
-        /// The task.
-        upid: String,
-        /// Why the wait ended.
-        why: String,
-    },
-}
-
-/// One action of a pass and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionResult {
-    /// The action.
-    pub action: Action,
-    /// Its journal op id, when it got that far.
-    pub op_id: Option<String>,
-    /// How it ended.
-    pub outcome: Outcome,
 }
 
 /// What one pass did.
@@ -424,7 +384,7 @@ impl Engine {
         enum Slot {
             Done(ActionResult),
             Queued(
-                super::queue::JobHandle<Result<ActionResult, EngineError>>,
+                super::queue::JobHandle<Result<ActionResult, ActionJournalError>>,
                 Action,
             ),
         }
@@ -523,7 +483,7 @@ impl Engine {
             results.push(r);
         }
         if let Some(e) = fatal {
-            return Err(e);
+            return Err(e.into());
         }
         let report = PassReport {
             generation: desired.generation,
@@ -630,7 +590,7 @@ impl Engine {
                     self.account(&r);
                     out.push(r);
                 }
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Err(e.into()),
                 Err(p) => crate::error!(task_wait_panicked, "re-attached wait panicked", error = p),
             }
         }

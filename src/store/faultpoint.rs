@@ -44,7 +44,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 #[cfg(feature = "fault-points")]
-use crate::store::Io;
+use super::file_io::Io;
 
 /// The point to pause at (feature `fault-points` only).
 pub const PAUSE_AT_ENV: &str = "FELHOM_FAULT_PAUSE_AT";
@@ -180,7 +180,7 @@ pub fn schedule_second(second: std::time::Duration) -> std::time::Duration {
 pub fn store_io(io: Arc<dyn Io>) -> Arc<dyn Io> {
     use std::sync::OnceLock;
 
-    use crate::store::{FaultOp, FaultyIo};
+    use super::file_io::{FaultOp, FaultyIo};
     static FAULTY: OnceLock<Option<Arc<FaultyIo>>> = OnceLock::new();
     let faulty = FAULTY.get_or_init(|| {
         let v = std::env::var(FAIL_SYNC_AT_ENV).ok()?;
