@@ -20,7 +20,8 @@
 //!
 //! It fails when, after the warm-up (the first quarter of the run, at least 90 s), RSS
 //! rises more than 10% over the warm-up's highest sample or the fds or threads exceed
-//! the warm-up's highest; when the child panics (any `panicked` on its stderr) or dies;
+//! the warm-up's highest; when the child panics (a `panicked` line on its stderr that is
+//! not a log line, or an event named `*_panicked`) or dies;
 //! when a simulator thread panics (each simulator counts the panics it caught);
 //! when it does not exit 0 on SIGTERM; or when `felhom-agent journal` and
 //! `selftest offline` do not succeed on the state it leaves.
@@ -34,6 +35,9 @@
 //! choices (timing still varies). Test code: it uses the simulators, a dev-dependency.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/logfmt.rs"]
+mod logfmt;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -247,47 +251,44 @@ struct LogCounts {
     activity: HashMap<u32, Instant>,
 }
 
-fn field(line: &str, key: &str) -> Option<u64> {
-    let at = line.find(&format!(" {key}="))? + key.len() + 2;
-    let digits: String = line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
 impl LogCounts {
     fn see(&mut self, line: &str) {
         self.lines += 1;
-        if line.contains("level=warn") {
-            self.warns += 1;
-        }
-        if line.contains("level=error") {
-            self.errors += 1;
-        }
-        if line.contains("msg=\"reconcile pass done\"") {
-            self.passes_done += 1;
-            self.applied += field(line, "applied").unwrap_or(0);
-            self.failed_actions += field(line, "failed").unwrap_or(0);
-        }
-        if line.contains("msg=\"reconcile pass failed\"") {
-            self.passes_failed += 1;
-        }
-        if line.contains("msg=\"desired state changed: reconciling now\"") {
-            self.change_wakeups += 1;
-        }
-        if line.contains("panicked") && self.panics.len() < 5 {
+        let event = logfmt::Event::parse(line);
+        let panicked = match &event {
+            Some(e) => e.event.ends_with("_panicked"),
+            // The Rust runtime's panic message, not a log line.
+            None => line.contains("panicked"),
+        };
+        if panicked && self.panics.len() < 5 {
             self.panics.push(line.to_string());
-        }
-        for key in ["vmid", "guest"] {
-            if let Some(vmid) = field(line, key).and_then(|v| u32::try_from(v).ok()) {
-                self.activity.insert(vmid, Instant::now());
-            }
         }
         if self.last.len() == 20 {
             self.last.remove(0);
         }
         self.last.push(line.to_string());
+        let Some(e) = event else { return };
+        let number = |key: &str| e.get(key).and_then(|v| v.parse::<u64>().ok());
+        match e.level.as_str() {
+            "warn" => self.warns += 1,
+            "error" => self.errors += 1,
+            _ => {}
+        }
+        match e.event.as_str() {
+            "reconcile_pass_done" => {
+                self.passes_done += 1;
+                self.applied += number("applied").unwrap_or(0);
+                self.failed_actions += number("failed").unwrap_or(0);
+            }
+            "reconcile_pass_failed" => self.passes_failed += 1,
+            "desired_changed" => self.change_wakeups += 1,
+            _ => {}
+        }
+        for key in ["vmid", "guest"] {
+            if let Some(vmid) = number(key).and_then(|v| u32::try_from(v).ok()) {
+                self.activity.insert(vmid, Instant::now());
+            }
+        }
     }
 }
 

@@ -20,15 +20,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{agent_command, fast_hub, write_signed_agent_config};
+use common::agent::{Agent, fast_hub, write_signed_agent_config};
 use common::sign::{Destroy, ssh_keygen_sign};
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use felhom_agent::authz::FileNonceStore;
 use felhom_agent::authz::{Freshness, NonceStore};
@@ -42,8 +42,6 @@ use felhom_agent::time::{Clock, SystemClock, Timestamp};
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
-/// Bound for anything the agent should do within a few schedule rounds.
-const PATIENCE: Duration = Duration::from_secs(30);
 /// The guest the benign path starts.
 const BENIGN_VMID: u32 = 100;
 /// The guest the signed path destroys.
@@ -140,11 +138,6 @@ impl Lab {
         }
     }
 
-    /// How many agents of this lab got as far as running their workers.
-    fn ups(&self) -> usize {
-        self.log().matches("msg=\"felhom-agent running\"").count()
-    }
-
     fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
@@ -157,72 +150,33 @@ impl Lab {
         fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
-    /// Starts the agent; with `pause`, it stops for good at that point. `env` is added.
-    fn start(&self, pause: Option<&str>, env: &[(&str, &str)]) -> Agent {
-        let n = self.runs.fetch_add(1, Ordering::SeqCst);
-        let marker = self.dir.join(format!("paused-{n}"));
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("stderr.log"))
-            .unwrap();
-        let mut cmd = agent_command(&["run"], &self.dir.join("agent.json"), stderr);
-        cmd.env(SECOND_MS_ENV, "10")
-            .env_remove(PAUSE_AT_ENV)
-            .env_remove(JOURNAL_COMPACT_AT_ENV);
-        if let Some(p) = pause {
-            cmd.env(PAUSE_AT_ENV, p).env(PAUSE_MARKER_ENV, &marker);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Agent {
-            up_before: self.ups(),
-            child: cmd.spawn().expect("the agent binary starts"),
-            marker,
-        }
+    /// Starts the agent with `env` added, its stderr appended to the lab's log.
+    fn start(&self, env: &[(&str, &str)]) -> Agent {
+        let mut all = vec![(SECOND_MS_ENV, "10")];
+        all.extend_from_slice(env);
+        Agent::spawn(
+            &["run"],
+            &self.dir.join("agent.json"),
+            &self.dir.join("stderr.log"),
+            &all,
+        )
     }
 
     /// Runs the agent until it pauses at `point`, then SIGKILLs it there.
     fn kill_at(&self, point: &str, env: &[(&str, &str)]) {
-        let mut agent = self.start(Some(point), env);
-        let start = Instant::now();
-        loop {
-            if fs::read_to_string(&agent.marker).is_ok_and(|m| m == point) {
-                break;
-            }
-            if let Some(status) = agent.child.try_wait().unwrap() {
-                panic!(
-                    "the agent exited ({status}) before {point}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "never paused at {point}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        agent.kill_9();
-    }
-
-    fn wait_until(&self, agent: &mut Agent, what: &str, mut check: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !check() {
-            if let Some(status) = agent.child.try_wait().unwrap() {
-                panic!(
-                    "the agent exited ({status}) waiting for {what}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "waited for {what}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let marker = self.dir.join(format!("paused-{n}"));
+        let marker_env = marker.display().to_string();
+        let mut all = vec![
+            (PAUSE_AT_ENV, point),
+            (PAUSE_MARKER_ENV, marker_env.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let mut agent = self.start(&all);
+        agent.wait_until(&format!("the pause at {point}"), |_| {
+            fs::read_to_string(&marker).is_ok_and(|m| m == point)
+        });
+        agent.kill();
     }
 
     /// The one op of this flow's guest in flight now.
@@ -278,8 +232,8 @@ impl Lab {
     /// whether the interrupted op had reached Proxmox.
     fn finish(&self, op: &JournalRecord, reached: bool, env: &[(&str, &str)]) {
         self.queue_signed_op();
-        let mut agent = self.start(None, env);
-        self.wait_until(&mut agent, "the op resolved and nothing in flight", || {
+        let mut agent = self.start(env);
+        agent.wait_until("the op resolved and nothing in flight", |_| {
             self.journal().is_some_and(|j| {
                 j.in_flight().is_empty()
                     && j.latest(&op.op_id).is_some_and(|r| r.state.is_terminal())
@@ -287,15 +241,15 @@ impl Lab {
         });
         let replay_word = if reached { "skipped" } else { "replay" };
         match self.flow {
-            Flow::Benign => self.wait_until(&mut agent, "the guest running", || {
+            Flow::Benign => agent.wait_until("the guest running", |_| {
                 self.pve.guest_status(BENIGN_VMID).as_deref() == Some("running")
                     && self.journal().is_some_and(|j| j.in_flight().is_empty())
             }),
-            Flow::Signed => self.wait_until(&mut agent, "the replay handled", || {
+            Flow::Signed => agent.wait_until("the replay handled", |_| {
                 self.audit_decisions().last().map(String::as_str) == Some(replay_word)
             }),
         }
-        agent.stop(self);
+        agent.stop();
 
         // Recover left nothing in flight; the op ended as its point implies.
         let view = self.journal().expect("the journal reads");
@@ -358,14 +312,13 @@ impl Lab {
         };
         let before = skipped(self);
         self.queue_signed_op();
-        let mut agent = self.start(None, &[(JOURNAL_COMPACT_AT_ENV, "0")]);
-        self.wait_until(&mut agent, "the replay skipped again", || {
-            skipped(self) == before + 1
-        });
-        agent.stop(self);
+        let mut agent = self.start(&[(JOURNAL_COMPACT_AT_ENV, "0")]);
+        agent.wait_until("the replay skipped again", |_| skipped(self) == before + 1);
+        let compacted = agent.events("journal_compacted");
+        agent.stop();
         assert!(
-            self.log().contains("msg=\"journal compacted\" at=start"),
-            "{}",
+            compacted.iter().any(|e| e.is("at", "start")),
+            "{compacted:?}\n{}",
             self.log()
         );
         assert_eq!(self.destroys(), 1, "still one destroy");
@@ -421,57 +374,6 @@ fn ops_for(view: &JournalView, vmid: u32) -> usize {
     ids.sort_unstable();
     ids.dedup();
     ids.len()
-}
-
-struct Agent {
-    child: Child,
-    marker: PathBuf,
-    /// [`Lab::ups`] when it was started.
-    up_before: usize,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Agent {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} delivered");
-    }
-
-    fn kill_9(mut self) {
-        self.signal("KILL");
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), None, "ended by the signal, not an exit");
-    }
-
-    /// SIGTERM once the agent is up (before its handlers are installed SIGTERM's
-    /// default action would kill it), then expects exit 0.
-    fn stop(mut self, lab: &Lab) {
-        let before = self.up_before;
-        lab.wait_until(&mut self, "the agent running", || lab.ups() > before);
-        self.signal("TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert_eq!(status.code(), Some(0), "{}", lab.log());
-                return;
-            }
-            assert!(start.elapsed() < PATIENCE, "{}", lab.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
 }
 
 /// Kills the flow's op at `{flow}:{point}`; checks what the journal holds then.

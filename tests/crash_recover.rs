@@ -8,12 +8,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{agent_command, write_agent_config};
+use common::agent::{Agent, write_agent_config};
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use felhom_agent::faultpoint::SECOND_MS_ENV;
 use felhom_agent::reconcile::classify::OpClass;
@@ -23,8 +21,6 @@ use serde_json::{Value, json};
 
 /// How long each simulated task runs: long enough to kill the daemon (twice) mid-task.
 const TASK: Duration = Duration::from_secs(4);
-/// Generous bound for anything the daemon should do within a few seconds.
-const PATIENCE: Duration = Duration::from_secs(30);
 /// The guest whose start is interrupted.
 const VMID: u32 = 100;
 
@@ -43,9 +39,7 @@ impl Drop for Lab {
 
 impl Lab {
     fn new(name: &str) -> Lab {
-        let dir = std::env::temp_dir().join(format!("felhom-crash-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::tempdir("crash", name);
         let pve = ProxmoxSim::builder()
             .guest(GuestSeed::new(VMID, "web"))
             .guest(GuestSeed::new(101, "db").cores(1))
@@ -77,22 +71,14 @@ impl Lab {
         Journal::open_read_only(&self.journal_path()).ok()
     }
 
-    /// Every log line of every agent started in this lab.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
+    /// Starts the agent, its stderr appended to the lab's one log.
     fn start_agent(&self) -> Agent {
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("stderr.log"))
-            .unwrap();
-        let child = agent_command(&["run"], &self.dir.join("agent.json"), stderr)
-            .env(SECOND_MS_ENV, "20")
-            .spawn()
-            .expect("the agent binary starts");
-        Agent { child }
+        Agent::spawn(
+            &["run"],
+            &self.dir.join("agent.json"),
+            &self.dir.join("stderr.log"),
+            &[(SECOND_MS_ENV, "20")],
+        )
     }
 
     /// The start POSTs the simulator saw for `vmid`.
@@ -103,19 +89,6 @@ impl Lab {
             .iter()
             .filter(|m| m.method == "POST" && m.path == path)
             .count()
-    }
-
-    /// Polls `check` until it holds; fails with the agents' log after `PATIENCE`.
-    fn wait_until(&self, what: &str, mut check: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !check() {
-            assert!(
-                start.elapsed() < PATIENCE,
-                "waited for {what}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// The one op the journal holds in flight, once its UPID is journaled.
@@ -129,59 +102,15 @@ impl Lab {
     }
 }
 
-/// A running agent; killed if the test ends without stopping it.
-struct Agent {
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Agent {
-    fn signal(&mut self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} delivered");
-    }
-
-    /// SIGKILL: no handler runs, nothing is flushed or closed.
-    fn kill_9(mut self) {
-        self.signal("KILL");
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), None, "ended by the signal, not an exit");
-    }
-
-    fn stop(mut self, lab: &Lab) {
-        self.signal("TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert_eq!(status.code(), Some(0), "{}", lab.log());
-                return;
-            }
-            assert!(start.elapsed() < PATIENCE, "{}", lab.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 /// Starts the agent and SIGKILLs it once the start task runs and its UPID is durable;
 /// returns the op the journal holds in flight.
 fn kill_mid_task(lab: &Lab) -> JournalRecord {
-    let agent = lab.start_agent();
-    lab.wait_until("the start POST", || lab.start_posts(VMID) == 1);
-    lab.wait_until("the UPID journaled", || lab.in_flight_with_upid().is_some());
-    agent.kill_9();
+    let mut agent = lab.start_agent();
+    agent.wait_until("the start POST", |_| lab.start_posts(VMID) == 1);
+    agent.wait_until("the UPID journaled", |_| {
+        lab.in_flight_with_upid().is_some()
+    });
+    agent.kill();
     let op = lab
         .in_flight_with_upid()
         .expect("still in flight after the kill");
@@ -207,19 +136,20 @@ fn restart_and_check_recovered(lab: &Lab, op: &JournalRecord) {
         {"vmid": VMID, "run": "running"},
         {"vmid": 101, "spec": {"cores": 2}}
     ]}));
-    let agent = lab.start_agent();
-    lab.wait_until("the op resolved in the journal", || {
+    let mut agent = lab.start_agent();
+    agent.wait_until("the op resolved in the journal", |_| {
         lab.journal()
             .and_then(|j| j.latest(&op.op_id))
             .is_some_and(|r| r.state.is_terminal())
     });
-    lab.wait_until("an engine pass after Recover", || {
+    agent.wait_until("an engine pass after Recover", |_| {
         lab.pve
             .guest_config(101)
             .and_then(|c| c.get("cores").cloned())
             == Some(json!(2))
     });
-    agent.stop(lab);
+    let resolved = agent.events("recover_op_resolved");
+    agent.stop();
 
     let view = lab.journal().expect("the journal reads");
     assert_eq!(view.damaged(), None);
@@ -244,9 +174,10 @@ fn restart_and_check_recovered(lab: &Lab, op: &JournalRecord) {
         .count();
     assert_eq!(starts, 1, "one op for the guest in the journal");
     assert!(
-        lab.log().contains("msg=\"recover: op resolved\""),
-        "{}",
-        lab.log()
+        resolved
+            .iter()
+            .any(|e| e.is("op_id", &op.op_id) && e.is("state", "succeeded")),
+        "Recover, not the engine, resolved it: {resolved:?}"
     );
 }
 
@@ -264,13 +195,13 @@ fn sigkill_while_recover_waits_on_the_task_then_restart_still_recovers_it_once()
     let status_path = |upid: &str| format!("/nodes/{}/tasks/{upid}/status", lab.pve.node());
     let want = status_path(op.upid.as_deref().unwrap());
     let seen_before = lab.pve.requests().len();
-    let agent = lab.start_agent();
-    lab.wait_until("Recover polling the task", || {
+    let mut agent = lab.start_agent();
+    agent.wait_until("Recover polling the task", |_| {
         lab.pve.requests()[seen_before..]
             .iter()
             .any(|r| r.method == "GET" && r.path == want)
     });
-    agent.kill_9();
+    agent.kill();
     let still = lab
         .in_flight_with_upid()
         .expect("Recover was interrupted: the op is still in flight");
@@ -291,25 +222,23 @@ fn sigterm_while_recover_waits_exits_0_and_leaves_the_op_in_flight_for_the_next_
     );
     let seen_before = lab.pve.requests().len();
     let reports_before = lab.hub.reports().len();
-    let log_before = lab.log().len();
-    let agent = lab.start_agent();
-    lab.wait_until("Recover polling the task", || {
+    let mut agent = lab.start_agent();
+    agent.wait_until("Recover polling the task", |_| {
         lab.pve.requests()[seen_before..]
             .iter()
             .any(|r| r.method == "GET" && r.path == want)
     });
     // The hub hears from the host while Recover still waits: reports only read.
-    lab.wait_until("a report during Recover", || {
+    agent.wait_until("a report during Recover", |_| {
         lab.hub.reports().len() > reports_before
     });
     assert!(
-        lab.in_flight_with_upid().is_some()
-            && !lab.log()[log_before..].contains("recover finished"),
+        lab.in_flight_with_upid().is_some() && agent.events("recover_finished").is_empty(),
         "the report came while Recover was still waiting:\n{}",
-        lab.log()
+        agent.log()
     );
     // A shutdown ends Recover's wait early: the op is neither failed nor re-sent.
-    agent.stop(&lab);
+    agent.stop();
     let still = lab
         .in_flight_with_upid()
         .expect("an interrupted wait resolves nothing");

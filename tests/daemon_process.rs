@@ -1,22 +1,24 @@
 //! The daemon as a process: the real binary (`felhom-agent run`) against the Proxmox
-//! and hub simulators. It posts reports the hub accepts, exits 0 within 2 s of SIGTERM
-//! or SIGINT, re-reads its log level on SIGHUP, rides out a hub that is down for a
-//! while, and with a desired-state file fixes drift through the gate, whose decisions
-//! the next reports carry.
+//! and hub simulators. It posts reports the hub accepts, exits 0 after SIGTERM or
+//! SIGINT (even in the middle of a hub call that never answers), re-reads its log level
+//! on SIGHUP, rides out a hub that is down for a while, and with a desired-state file
+//! fixes drift through the gate, whose decisions the next reports carry. How fast it
+//! stops is measured by `benches/shutdown.rs` and budgeted by `scripts/budgets.sh`.
 //!
 //! The binary built with the test-only feature `fault-points` (this target requires it,
 //! in either profile) honours `FELHOM_FAULT_SECOND_MS`, which shortens each second of
 //! the poll schedule, so several rounds (60 s apart on the schedule) happen within a
-//! test; the shipped build ignores it.
+//! test; the shipped build ignores it. Oracles are the simulators' request logs and the
+//! log lines' `event=` keys and fields.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{agent_command, fast_envelope, fast_hub, write_agent_config};
+use common::agent::{Agent, PATIENCE, fast_envelope, fast_hub, write_agent_config};
+use common::logfmt::Event;
 
-use std::fs::File;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use felhom_agent::faultpoint::SECOND_MS_ENV;
@@ -25,29 +27,36 @@ use serde_json::{Value, json};
 
 /// How long one schedule second lasts in these tests.
 const SECOND_MS: &str = "20";
-/// Generous bound for things that should happen within a few schedule rounds.
-const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A running agent; killed if a test ends without stopping it.
-struct Agent {
-    child: Child,
+/// The agent run in its own directory (config, state, log), removed at the end.
+struct Daemon {
+    agent: Agent,
     dir: PathBuf,
     config: PathBuf,
 }
 
-impl Drop for Agent {
+impl Deref for Daemon {
+    type Target = Agent;
+    fn deref(&self) -> &Agent {
+        &self.agent
+    }
+}
+
+impl DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Agent {
+        &mut self.agent
+    }
+}
+
+impl Drop for Daemon {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-impl Agent {
-    fn start(name: &str, pve: &ProxmoxSim, hub: &HubSim) -> Agent {
-        Agent::start_with(name, pve, hub, |_| {})
+impl Daemon {
+    fn start(name: &str, pve: &ProxmoxSim, hub: &HubSim) -> Daemon {
+        Daemon::start_with(name, pve, hub, |_| {})
     }
 
     /// Starts the agent on the standard config after `edit` has changed it.
@@ -56,78 +65,20 @@ impl Agent {
         pve: &ProxmoxSim,
         hub: &HubSim,
         edit: impl FnOnce(&mut Value),
-    ) -> Agent {
-        let dir = std::env::temp_dir().join(format!("felhom-daemon-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    ) -> Daemon {
+        let dir = common::tempdir("daemon", name);
         let config = write_config(&dir, pve, hub, "info", edit);
         // Tests run as root: state goes in the test's own directory, never the default.
         std::fs::create_dir_all(dir.join("state")).unwrap();
-        let stderr = File::create(dir.join("stderr.log")).unwrap();
-        let child = agent_command(&["run"], &config, stderr)
-            .env(SECOND_MS_ENV, SECOND_MS)
-            .spawn()
-            .expect("the agent binary starts");
-        Agent { child, dir, config }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} delivered");
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Whether the process is alive, without needing `&mut` (signal 0 probes it).
-    fn running_now(&self) -> bool {
-        Command::new("kill")
-            .args(["-0", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        let agent = spawn(&dir, &config);
+        Daemon { agent, dir, config }
     }
 
     /// Starts the agent again on the same config and state directory (after it has
     /// exited), its stderr appended to the same log.
     fn restart(&mut self) {
-        assert!(!self.running(), "restart only a stopped agent");
-        let stderr = File::options()
-            .append(true)
-            .open(self.dir.join("stderr.log"))
-            .unwrap();
-        self.child = agent_command(&["run"], &self.config, stderr)
-            .env(SECOND_MS_ENV, SECOND_MS)
-            .spawn()
-            .expect("the agent binary starts again");
-    }
-
-    /// Sends `sig` and polls until the process exits; returns its status and how long
-    /// it took, or panics after `PATIENCE`.
-    fn stop_with(&mut self, sig: &str) -> (ExitStatus, Duration) {
-        let sent = Instant::now();
-        self.signal(sig);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, sent.elapsed());
-            }
-            assert!(
-                sent.elapsed() < PATIENCE,
-                "still running long after {sig}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert!(!self.alive(), "restart only a stopped agent");
+        self.agent = spawn(&self.dir, &self.config);
     }
 
     /// Waits for `n` accepted reports; fails at once, with the log, if the agent exits.
@@ -138,31 +89,24 @@ impl Agent {
             if reports.len() >= n || start.elapsed() > PATIENCE {
                 return reports;
             }
-            self.assert_running();
+            self.assert_alive();
         }
     }
 
-    /// Fails, with the log, if the agent has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("the agent exited ({status}):\n{}", self.log());
-        }
+    /// SIGTERM; the exit status, and this run's events `name` logged up to the exit.
+    fn stop_then_events(&mut self, name: &str) -> (Option<i32>, Vec<Event>) {
+        let status = self.stop_with("TERM");
+        (status.code(), self.events(name))
     }
+}
 
-    /// Waits until the log contains `text`.
-    fn wait_for_log(&self, text: &str) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < PATIENCE {
-            if self.log().contains(text) {
-                return true;
-            }
-            if !self.running_now() {
-                return self.log().contains(text);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
+fn spawn(dir: &Path, config: &Path) -> Agent {
+    Agent::spawn(
+        &["run"],
+        config,
+        &dir.join("stderr.log"),
+        &[(SECOND_MS_ENV, SECOND_MS)],
+    )
 }
 
 /// Writes the standard config to `dir/agent.json` (state in `dir/state`) at log `level`,
@@ -200,38 +144,26 @@ fn hub_sim(port: u16) -> HubSim {
 }
 
 /// Waits, while the hub is down, until `enough` holds; the daemon must stay up meanwhile.
-fn wait_while_hub_down(agent: &mut Agent, what: &str, enough: impl Fn(&Agent) -> bool) {
-    let start = Instant::now();
-    while !enough(agent) {
-        agent.assert_running();
-        assert!(
-            start.elapsed() < PATIENCE,
-            "{what} while the hub is down:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(agent.running(), "still running while the hub is down");
+fn wait_while_hub_down(agent: &mut Daemon, what: &str, enough: impl Fn(&Agent) -> bool) {
+    agent.wait_until(&format!("{what} while the hub is down"), enough);
+    assert!(agent.alive(), "still running while the hub is down");
 }
 
 /// Once the hub is back: one more report reaches it, the recovery is logged, and
 /// SIGTERM still ends the daemon with 0.
-fn reports_again_then_stops(mut agent: Agent, hub: &HubSim) {
+fn reports_again_then_stops(mut agent: Daemon, hub: &HubSim) {
     let reports = agent.wait_for_reports(hub, 1);
     assert_eq!(reports.len(), 1, "reported again once the hub is back");
-    assert!(
-        agent.wait_for_log("hub report succeeded again"),
-        "{}",
-        agent.log()
-    );
-    let (status, _) = agent.stop_with("TERM");
+    let back = agent.wait_for_event("report_recovered", |_| true);
+    assert_ne!(back.field("failed_rounds"), "0", "{back:?}");
+    let status = agent.stop_with("TERM");
     assert_eq!(status.code(), Some(0), "{}", agent.log());
 }
 
 #[test]
-fn the_daemon_posts_reports_the_hub_accepts_and_exits_0_on_sigterm_within_2s() {
+fn the_daemon_posts_reports_the_hub_accepts_and_exits_0_after_sigterm() {
     let (pve, hub) = sims();
-    let mut agent = Agent::start("reports", &pve, &hub);
+    let mut agent = Daemon::start("reports", &pve, &hub);
     let reports = agent.wait_for_reports(&hub, 2);
     assert!(reports.len() >= 2, "two rounds reported:\n{}", agent.log());
     for r in &reports {
@@ -249,13 +181,11 @@ fn the_daemon_posts_reports_the_hub_accepts_and_exits_0_on_sigterm_within_2s() {
         hub.requests().iter().all(|q| q.status == 200),
         "every request was accepted by the contract check"
     );
-    assert!(agent.running());
-    let (status, took) = agent.stop_with("TERM");
-    println!("SIGTERM to exit: {took:?}");
-    assert_eq!(status.code(), Some(0), "{}", agent.log());
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(agent.alive());
+    let (code, stopped) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0), "{}", agent.log());
+    assert_eq!(stopped.len(), 1, "{}", agent.log());
     let log = agent.log();
-    assert!(log.contains("msg=\"felhom-agent stopped\""), "{log}");
     assert!(!log.contains(&hub.key()), "the hub key is not logged");
     assert!(
         !log.contains(DEFAULT_TOKEN_SECRET),
@@ -270,45 +200,40 @@ fn the_daemon_posts_reports_the_hub_accepts_and_exits_0_on_sigterm_within_2s() {
 #[test]
 fn sigint_also_stops_the_daemon_cleanly() {
     let (pve, hub) = sims();
-    let mut agent = Agent::start("sigint", &pve, &hub);
+    let mut agent = Daemon::start("sigint", &pve, &hub);
     assert!(
         !agent.wait_for_reports(&hub, 1).is_empty(),
         "{}",
         agent.log()
     );
-    let (status, took) = agent.stop_with("INT");
-    println!("SIGINT to exit: {took:?}");
+    let status = agent.stop_with("INT");
     assert_eq!(status.code(), Some(0), "{}", agent.log());
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(agent.events("daemon_stopped").len(), 1, "{}", agent.log());
 }
 
 #[test]
-fn sigterm_during_a_slow_hub_call_still_exits_0_within_2s() {
+fn sigterm_during_a_hub_call_that_never_answers_still_exits_0() {
     let (pve, hub) = sims();
-    // The hub holds its answer longer than the grace period; the agent must not wait.
+    // The hub holds its answer far longer than the test's patience: an agent that
+    // waited for it would never exit in time.
     hub.inject(Fault::new(
         None,
         "/api/v1/host-report",
-        FaultKind::Delay(Duration::from_secs(20)),
+        FaultKind::Delay(Duration::from_secs(3600)),
     ));
-    let mut agent = Agent::start("slow", &pve, &hub);
-    let start = Instant::now();
-    while hub.requests().is_empty() {
-        agent.assert_running();
-        assert!(start.elapsed() < PATIENCE, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let (status, took) = agent.stop_with("TERM");
-    println!("SIGTERM to exit during a hung call: {took:?}");
-    assert_eq!(status.code(), Some(0), "{}", agent.log());
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let mut agent = Daemon::start("slow", &pve, &hub);
+    agent.wait_until("the first hub request", |_| !hub.requests().is_empty());
+    let (code, sent) = agent.stop_then_events("report_sent");
+    assert_eq!(code, Some(0), "{}", agent.log());
+    assert!(sent.is_empty(), "the agent never had the answer: {sent:?}");
+    assert_eq!(agent.events("daemon_stopped").len(), 1, "{}", agent.log());
 }
 
 #[test]
 fn the_hub_down_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
     let (pve, hub) = sims();
     hub.inject(Fault::new(None, "", FaultKind::DropConnection).times(usize::MAX));
-    let mut agent = Agent::start("hubdown", &pve, &hub);
+    let mut agent = Daemon::start("hubdown", &pve, &hub);
     wait_while_hub_down(&mut agent, "three attempts", |_| hub.requests().len() >= 3);
     assert!(hub.reports().is_empty());
     let attempts: Vec<Instant> = hub.requests().iter().map(|r| r.at).collect();
@@ -325,13 +250,14 @@ fn the_hub_down_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
 #[test]
 fn the_hub_port_closed_for_a_while_does_not_stop_the_daemon_and_it_reports_again() {
     let (pve, hub) = sims();
-    let mut agent = Agent::start("hubclosed", &pve, &hub);
+    let mut agent = Daemon::start("hubclosed", &pve, &hub);
     assert_eq!(agent.wait_for_reports(&hub, 1).len(), 1, "{}", agent.log());
     let port = hub.port();
     // The hub goes away: nothing listens on its port, so connections are refused.
     hub.shutdown();
     wait_while_hub_down(&mut agent, "two refused rounds", |a| {
-        a.log().matches("hub round failed").count() >= 2
+        let failed = a.events("report_failed");
+        failed.len() >= 2 && failed[1].is("consecutive_failures", "2")
     });
     // The same hub (key, certificate) comes back on the same port.
     let back = hub_sim(port);
@@ -341,75 +267,71 @@ fn the_hub_port_closed_for_a_while_does_not_stop_the_daemon_and_it_reports_again
 #[test]
 fn sighup_rereads_the_log_level_and_keeps_it_when_the_config_is_broken() {
     let (pve, hub) = sims();
-    let mut agent = Agent::start("sighup", &pve, &hub);
+    let mut agent = Daemon::start("sighup", &pve, &hub);
     assert!(
         !agent.wait_for_reports(&hub, 1).is_empty(),
         "{}",
         agent.log()
     );
-    assert!(!agent.log().contains("level=debug"), "info level at start");
+    assert!(
+        agent.all_events().iter().all(|e| e.level != "debug"),
+        "info level at start:\n{}",
+        agent.log()
+    );
     write_config(&agent.dir, &pve, &hub, "debug", |_| {});
     agent.signal("HUP");
-    assert!(
-        agent.wait_for_log("log_level=debug"),
-        "reload logged:\n{}",
-        agent.log()
-    );
-    assert!(
-        agent.wait_for_log("level=debug event=report_sent "),
-        "debug lines appear after the reload:\n{}",
-        agent.log()
-    );
+    agent.wait_for_event("log_level_changed", |e| e.is("log_level", "debug"));
+    agent.wait_for_event("report_sent", |e| e.level == "debug");
     std::fs::write(&agent.config, "{ not json").unwrap();
     agent.signal("HUP");
+    let failed = agent.wait_for_event("sighup_reload_failed", |_| true);
+    assert_eq!(failed.level, "warn");
     assert!(
-        agent.wait_for_log("re-read on SIGHUP failed; keeping the log level"),
-        "{}",
-        agent.log()
-    );
-    assert!(
-        agent.running(),
+        agent.alive(),
         "a broken config on SIGHUP does not stop the agent"
     );
-    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(
+        agent.events("log_level_changed").len(),
+        1,
+        "the broken config changed no level"
+    );
+    let status = agent.stop_with("TERM");
     assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+/// The `section` of each of this run's warnings that TLS verification is off.
+fn insecure_sections(agent: &Agent) -> Vec<String> {
+    agent
+        .events("tls_verification_disabled")
+        .iter()
+        .filter(|e| e.level == "warn")
+        .map(|e| e.field("section").to_owned())
+        .collect()
 }
 
 #[test]
 fn insecure_tls_is_warned_at_start() {
     let (pve, hub) = sims();
-    let mut agent = Agent::start_with("insecure", &pve, &hub, |v| {
+    let mut agent = Daemon::start_with("insecure", &pve, &hub, |v| {
         v["proxmox"]["tls"] = json!({"insecure_skip_verify": true});
     });
     assert!(!agent.wait_for_reports(&hub, 1).is_empty());
-    let log = agent.log();
-    assert!(
-        log.contains("verification is disabled") && log.contains("section=proxmox"),
-        "{log}"
+    assert_eq!(
+        insecure_sections(&agent),
+        ["proxmox"],
+        "only the insecure section is named:\n{}",
+        agent.log()
     );
-    assert!(
-        !log.contains("section=hub"),
-        "only the insecure section is named"
-    );
-    let (status, _) = agent.stop_with("TERM");
+    let status = agent.stop_with("TERM");
     assert_eq!(status.code(), Some(0));
 }
 
 #[test]
 fn insecure_hub_tls_is_warned_at_every_start() {
     let (pve, hub) = sims();
-    let mut agent = Agent::start_with("insecure-hub", &pve, &hub, |v| {
+    let mut agent = Daemon::start_with("insecure-hub", &pve, &hub, |v| {
         v["hub"]["tls"] = json!({"insecure_skip_verify": true});
     });
-    let warnings = |log: &str| {
-        log.lines()
-            .filter(|l| {
-                l.contains("level=warn")
-                    && l.contains("verification is disabled")
-                    && l.contains("section=hub")
-            })
-            .count()
-    };
     // The hub's certificate is not trusted by anything in this config: only the
     // insecure mode lets the reports through.
     assert!(
@@ -417,35 +339,45 @@ fn insecure_hub_tls_is_warned_at_every_start() {
         "{}",
         agent.log()
     );
-    assert_eq!(warnings(&agent.log()), 1, "{}", agent.log());
-    assert!(
-        !agent.log().contains("section=proxmox"),
-        "only the insecure section is named"
-    );
-    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(insecure_sections(&agent), ["hub"], "{}", agent.log());
+    let status = agent.stop_with("TERM");
     assert_eq!(status.code(), Some(0));
 
     // A restart on the same config and state warns again: nothing remembers it.
     let before = hub.reports().len();
     agent.restart();
     assert!(agent.wait_for_reports(&hub, before + 1).len() > before);
-    assert_eq!(warnings(&agent.log()), 2, "{}", agent.log());
-    let (status, _) = agent.stop_with("TERM");
+    assert_eq!(insecure_sections(&agent), ["hub"], "{}", agent.log());
+    let status = agent.stop_with("TERM");
     assert_eq!(status.code(), Some(0));
 }
 
-/// Polls `check` until it holds; fails with the agent's log after `PATIENCE`.
-fn wait_until(agent: &mut Agent, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        agent.assert_running();
-        assert!(
-            start.elapsed() < PATIENCE,
-            "waited for {what}:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+#[test]
+fn the_log_reader_reads_back_what_the_agent_writes() {
+    let tap = felhom_agent::log::tap();
+    let hostile = "CT is locked\nlevel=error event=forged x=\"y\" \\ \u{1b}[31m";
+    felhom_agent::error!(
+        log_reader_probe,
+        "a message",
+        vmid = 105,
+        why = hostile,
+        empty = ""
+    );
+    let text = String::from_utf8_lossy(&tap.lock().unwrap()).into_owned();
+    let events = common::logfmt::events(&text, "log_reader_probe");
+    assert_eq!(events.len(), 1, "one line, one event: {text}");
+    let e = &events[0];
+    assert_eq!(e.level, "error");
+    assert_eq!(e.get("vmid"), Some("105"));
+    assert_eq!(e.get("why"), Some(hostile), "quotes and escapes undone");
+    assert_eq!(e.get("empty"), Some(""));
+    assert_eq!(e.get("msg"), None, "the reader keeps no wording");
+    assert_eq!(e.fields.len(), 3, "{e:?}");
+    assert!(common::logfmt::events(&text, "forged").is_empty(), "{text}");
+    assert_eq!(
+        common::logfmt::Event::parse("felhom-agent: config error"),
+        None
+    );
 }
 
 #[test]
@@ -460,7 +392,7 @@ fn with_a_desired_state_file_the_daemon_fixes_drift_and_reports_the_gate_decisio
         .guest(GuestSeed::new(101, "db"))
         .start();
     let hub = fast_hub();
-    let mut agent = Agent::start_with("desired", &pve, &hub, |v| {
+    let mut agent = Daemon::start_with("desired", &pve, &hub, |v| {
         let file = PathBuf::from(v["state_dir"].as_str().unwrap())
             .parent()
             .unwrap()
@@ -473,26 +405,22 @@ fn with_a_desired_state_file_the_daemon_fixes_drift_and_reports_the_gate_decisio
         std::fs::write(&file, desired.to_string()).unwrap();
         v["reconcile"] = json!({"desired_file": file});
     });
-    wait_until(&mut agent, "guest 101 running", || {
+    agent.wait_until("guest 101 running", |_| {
         pve.guest_status(101).as_deref() == Some("running")
     });
-    wait_until(&mut agent, "guest 100 at 4 cores", || {
+    agent.wait_until("guest 100 at 4 cores", |_| {
         pve.guest_config(100).and_then(|c| c.get("cores").cloned()) == Some(json!(4))
     });
     // A report made after both decisions carries them in its audit tail.
     let mut tail = Vec::new();
-    wait_until(
-        &mut agent,
-        "a report whose audit tail has both decisions",
-        || {
-            tail = hub
-                .reports()
-                .last()
-                .map(|r| r["audit_tail"].as_array().unwrap().clone())
-                .unwrap_or_default();
-            tail.len() >= 2
-        },
-    );
+    agent.wait_until("a report whose audit tail has both decisions", |_| {
+        tail = hub
+            .reports()
+            .last()
+            .map(|r| r["audit_tail"].as_array().unwrap().clone())
+            .unwrap_or_default();
+        tail.len() >= 2
+    });
     let decisions: Vec<(String, String, String)> = tail
         .iter()
         .map(|e| {
@@ -540,7 +468,7 @@ fn with_a_desired_state_file_the_daemon_fixes_drift_and_reports_the_gate_decisio
         "the description's trailing newline is not drift: {:?}",
         put.form
     );
-    let (status, _) = agent.stop_with("TERM");
-    assert_eq!(status.code(), Some(0), "{}", agent.log());
-    assert!(agent.log().contains("msg=\"felhom-agent stopped\""));
+    let (code, stopped) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0), "{}", agent.log());
+    assert_eq!(stopped.len(), 1, "{}", agent.log());
 }

@@ -15,6 +15,10 @@
 //! count, never by duration. Each test uses its own node name, vmids and simulator
 //! ports, so lines from tests running in parallel are told apart.
 
+#[path = "common/logfmt.rs"]
+mod logfmt;
+use logfmt::Event;
+
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -83,15 +87,31 @@ fn assert_no_secret_logged() {
     }
 }
 
-/// Exactly one line holds all of `needles`; returns it.
-fn one_line(needles: &[&str]) -> String {
-    let found = lines_with(needles);
-    assert_eq!(
-        found.len(),
-        1,
-        "want one line with {needles:?}, got {found:#?}"
-    );
+/// Every `name` event logged so far for which `pred` holds.
+fn events_where(name: &str, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+    let text = String::from_utf8_lossy(&tap().lock().unwrap()).into_owned();
+    logfmt::events(&text, name)
+        .into_iter()
+        .filter(|e| pred(e))
+        .collect()
+}
+
+/// Exactly one `name` event for which `pred` holds; returns it.
+fn one_event(name: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    let found = events_where(name, pred);
+    assert_eq!(found.len(), 1, "want one event={name}, got {found:#?}");
     found.into_iter().next().unwrap()
+}
+
+/// Whether `e` is about guest `vmid`.
+fn about(e: &Event, vmid: u32) -> bool {
+    e.is("vmid", &vmid.to_string())
+}
+
+/// Whether `e`'s `error` field contains every one of `texts`.
+fn error_says(e: &Event, texts: &[&str]) -> bool {
+    e.get("error")
+        .is_some_and(|err| texts.iter().all(|t| err.contains(t)))
 }
 
 // ---- the reconcile rig ------------------------------------------------------------
@@ -254,10 +274,10 @@ struct Row {
     fault: &'static str,
     /// `true` when the effect landed although the agent saw a failure.
     landed: bool,
-    /// The failure line's message.
-    line: &'static str,
-    /// What the line must contain besides `vmid=N`.
+    /// What the `action_failed` event's error must contain.
     says: Vec<String>,
+    /// Fields the event must carry besides `vmid`.
+    fields: Vec<(&'static str, &'static str)>,
 }
 
 #[test]
@@ -305,100 +325,82 @@ fn each_mutation_fault_backs_its_guest_off_alone_and_converges_once_cleared() {
             vmid: 201,
             fault: "500 at the POST",
             landed: false,
-            line: "reconcile action failed",
             says: vec![
                 format!("POST /nodes/{node}/lxc/201/status/start"),
                 "HTTP 500".into(),
                 "Transport endpoint is not connected".into(),
-                "transient=true".into(),
-                "may_have_run=false".into(),
             ],
+            fields: vec![("transient", "true"), ("may_have_run", "false")],
         },
         Row {
             vmid: 202,
             fault: "config lock timeout (500) at the PUT",
             landed: false,
-            line: "reconcile action failed",
             says: vec![
                 format!("PUT /nodes/{node}/lxc/202/config"),
                 "HTTP 500".into(),
                 lock_text.into(),
-                "transient=true".into(),
             ],
+            fields: vec![("transient", "true")],
         },
         Row {
             vmid: 203,
             fault: "403 at the POST",
             landed: false,
-            line: "reconcile action failed",
             says: vec![
                 "HTTP 403".into(),
                 "Permission check failed (/vms/203, VM.PowerMgmt)".into(),
-                "transient=false".into(),
             ],
+            fields: vec![("transient", "false")],
         },
         Row {
             vmid: 204,
             fault: "403 at task time",
             landed: false,
-            line: "reconcile task failed",
             says: vec![
                 "UPID:".into(),
                 "Permission check failed (/vms/204, VM.PowerMgmt)".into(),
-                "transient=false".into(),
             ],
+            fields: vec![("transient", "false")],
         },
         Row {
             vmid: 205,
             fault: "answer held past the timeout",
             landed: true,
-            line: "reconcile action failed",
-            says: vec![
-                "timed out waiting for the answer".into(),
-                "may_have_run=true".into(),
-            ],
+            says: vec!["timed out waiting for the answer".into()],
+            fields: vec![("may_have_run", "true")],
         },
         Row {
             vmid: 206,
             fault: "connection dropped before the answer",
             landed: false,
-            line: "reconcile action failed",
-            says: vec![
-                "connection broken mid-exchange".into(),
-                "may_have_run=true".into(),
-            ],
+            says: vec!["connection broken mid-exchange".into()],
+            fields: vec![("may_have_run", "true")],
         },
         Row {
             vmid: 207,
             fault: "connection dropped mid-body",
             landed: true,
-            line: "reconcile action failed",
-            says: vec![
-                "connection broken mid-exchange".into(),
-                "may_have_run=true".into(),
-            ],
+            says: vec!["connection broken mid-exchange".into()],
+            fields: vec![("may_have_run", "true")],
         },
         Row {
             vmid: 208,
             fault: "garbage body",
             landed: false,
-            line: "reconcile action failed",
             says: vec![
                 "unexpected answer".into(),
                 "expected JSON".into(),
                 "502 Bad Gateway".into(),
-                "may_have_run=true".into(),
             ],
+            fields: vec![("may_have_run", "true")],
         },
         Row {
             vmid: 209,
             fault: "oversized body",
             landed: false,
-            line: "reconcile action failed",
-            says: vec![
-                format!("response body exceeds {MAX_BODY} bytes"),
-                "may_have_run=true".into(),
-            ],
+            says: vec![format!("response body exceeds {MAX_BODY} bytes")],
+            fields: vec![("may_have_run", "true")],
         },
     ];
 
@@ -421,16 +423,22 @@ fn each_mutation_fault_backs_its_guest_off_alone_and_converges_once_cleared() {
             row.fault,
             outcome_of(&first, row.vmid)
         );
-        let vmid = format!("vmid={}", row.vmid);
-        let line = one_line(&[row.line, &vmid, node]);
+        let failed = one_event("action_failed", |e| {
+            about(e, row.vmid) && error_says(e, &[node])
+        });
         for want in &row.says {
             assert!(
-                line.contains(want.as_str()),
-                "{}: {want:?} not in {line}",
+                error_says(&failed, &[want.as_str()]),
+                "{}: {want:?} not in {failed:?}",
                 row.fault
             );
         }
-        one_line(&["guest backs off after a failed action", &vmid, "failures=1"]);
+        for (k, v) in &row.fields {
+            assert!(failed.is(k, v), "{}: want {k}={v}: {failed:?}", row.fault);
+        }
+        one_event("guest_backoff", |e| {
+            about(e, row.vmid) && e.is("failures", "1")
+        });
     }
     assert_eq!(outcome_of(&first, 210), Outcome::Applied);
     assert_eq!(sim.guest_status(210).as_deref(), Some("running"));
@@ -537,13 +545,10 @@ fn a_guest_that_keeps_failing_is_retried_only_when_its_backoff_ends_and_never_sl
         "301 is sent only when its back-off has ended"
     );
     assert_eq!(r.engine.backing_off(), vec![(301, 5)]);
-    let lines = lines_with(&["guest backs off after a failed action", "vmid=301"]);
-    let seconds: Vec<&str> = lines
-        .iter()
-        .map(|l| l.split("seconds=").nth(1).unwrap())
-        .collect();
-    assert_eq!(seconds, ["10", "20", "40", "40", "40"], "{lines:#?}");
-    assert!(lines_with(&["vmid=302", "backs off"]).is_empty());
+    let backoffs = events_where("guest_backoff", |e| about(e, 301));
+    let seconds: Vec<&str> = backoffs.iter().map(|e| e.field("seconds")).collect();
+    assert_eq!(seconds, ["10", "20", "40", "40", "40"], "{backoffs:#?}");
+    assert!(events_where("guest_backoff", |e| about(e, 302)).is_empty());
 
     sim.allow_all();
     r.clock.advance(BACKOFF_CAP);
@@ -592,12 +597,9 @@ fn task_status_faults_never_resend_and_a_failed_task_converges_after_backoff() {
         panic!("{report:#?}")
     };
     assert!(why.contains("expected JSON"), "{why}");
-    one_line(&[
-        "stopped waiting for a reconcile task; it stays in flight",
-        "vmid=402",
-        &upid,
-        "expected JSON",
-    ]);
+    one_event("action_wait_abandoned", |e| {
+        about(e, 402) && e.is("upid", &upid) && error_says(e, &["expected JSON"])
+    });
     assert_eq!(r.journal.in_flight().len(), 1);
     let report = r.engine.pass().unwrap();
     assert_eq!(report.reattached.len(), 1, "{report:#?}");
@@ -624,10 +626,10 @@ fn task_status_faults_never_resend_and_a_failed_task_converges_after_backoff() {
         ),
         "{report:#?}"
     );
-    let line = one_line(&["reconcile task failed", "vmid=403"]);
+    let failed = one_event("action_failed", |e| about(e, 403));
     assert!(
-        line.contains("CT is locked (backup)") && line.contains("transient=true"),
-        "{line}"
+        error_says(&failed, &["CT is locked (backup)"]) && failed.is("transient", "true"),
+        "{failed:?}"
     );
     assert!(matches!(
         outcome_of(&r.engine.pass().unwrap(), 403),
@@ -668,15 +670,16 @@ fn a_locked_guest_or_an_unreadable_config_is_left_alone_logged_and_picked_up_lat
     assert!(report.plan.is_empty(), "{report:#?}");
     assert_eq!(report.unreadable, vec![502]);
     assert!(sim.mutations().is_empty());
-    one_line(&[
-        "guest left alone by reconcile",
-        "vmid=501",
-        "locked (backup)",
-    ]);
-    let line = one_line(&["guest config unreadable", "vmid=502"]);
+    one_event("guest_left_alone", |e| {
+        about(e, 501) && e.get("why").is_some_and(|w| w.contains("locked (backup)"))
+    });
+    let unreadable = one_event("reconcile_guest_config_unreadable", |e| about(e, 502));
     assert!(
-        line.contains("HTTP 500") && line.contains("pve-config-502.lock' - got timeout"),
-        "{line}"
+        error_says(
+            &unreadable,
+            &["HTTP 500", "pve-config-502.lock' - got timeout"]
+        ),
+        "{unreadable:?}"
     );
     assert!(
         r.engine.backing_off().is_empty(),
@@ -691,7 +694,7 @@ fn a_locked_guest_or_an_unreadable_config_is_left_alone_logged_and_picked_up_lat
         sim.guest_config(502).unwrap()["cores"],
         serde_json::json!(2)
     );
-    one_line(&["guest left alone by reconcile", "vmid=501"]);
+    one_event("guest_left_alone", |e| about(e, 501));
 
     sim.set_lock(501, None);
     let report = r.engine.pass().unwrap();
@@ -725,17 +728,19 @@ fn the_run_loop_outlives_failed_passes_and_a_changed_certificate_then_converges(
     let presented = CertChoice::Other.fingerprint();
     let deadline = Instant::now() + PATIENCE;
     let pin_line = loop {
-        let found = lines_with(&["reconcile pass failed", &list, "certificate pin mismatch"]);
-        if let Some(l) = found.into_iter().next() {
-            break l;
+        let found = events_where("reconcile_pass_failed", |e| {
+            error_says(e, &[&list, "certificate pin mismatch"])
+        });
+        if let Some(e) = found.into_iter().next() {
+            break e;
         }
         assert!(!worker.is_finished(), "the run loop ended");
         assert!(Instant::now() < deadline, "no pin mismatch logged");
         std::thread::sleep(Duration::from_millis(5));
     };
     assert!(
-        pin_line.contains(&pinned) && pin_line.contains(&presented),
-        "the line names both fingerprints: {pin_line}"
+        error_says(&pin_line, &[&pinned, &presented]),
+        "the line names both fingerprints: {pin_line:?}"
     );
     assert!(
         sim.requests().is_empty(),
@@ -781,7 +786,7 @@ fn the_run_loop_outlives_failed_passes_and_a_changed_certificate_then_converges(
         "timed out waiting for the answer",
     ] {
         assert!(
-            !lines_with(&["reconcile pass failed", &list, want]).is_empty(),
+            !events_where("reconcile_pass_failed", |e| error_says(e, &[&list, want])).is_empty(),
             "no line for {want:?}"
         );
     }
@@ -951,24 +956,20 @@ fn hub_faults_are_logged_with_the_endpoint_backed_off_and_the_next_round_reports
     assert_eq!(requests.last().unwrap().status, 200);
     assert!(envelope.get().is_some(), "the envelope was published");
 
-    let failed = lines_with(&["hub round failed; will retry"]);
-    let pin = one_line(&[
-        "hub round failed",
-        "certificate pin mismatch",
-        "pve-hub/status",
-    ]);
-    assert!(pin.contains("consecutive_failures=1"), "{pin}");
+    let failed = events_where("report_failed", |e| error_says(e, &[&endpoint]));
+    let pin = one_event("report_failed", |e| {
+        error_says(e, &["certificate pin mismatch", "pve-hub/status"])
+    });
+    assert!(pin.is("consecutive_failures", "1"), "{pin:?}");
     for (i, (_, says)) in faults.iter().enumerate() {
-        let nth = format!("consecutive_failures={}", i + 2);
-        let line = failed
+        let nth = (i + 2).to_string();
+        let event = failed
             .iter()
-            .find(|l| l.contains(&endpoint) && l.contains(&nth))
-            .unwrap_or_else(|| panic!("no line with {endpoint} and {nth}: {failed:#?}"));
-        for want in says {
-            assert!(line.contains(want), "{want:?} not in {line}");
-        }
+            .find(|e| e.is("consecutive_failures", &nth))
+            .unwrap_or_else(|| panic!("no failure {nth} naming {endpoint}: {failed:#?}"));
+        assert!(error_says(event, says), "{says:?} not in {event:?}");
     }
-    one_line(&["hub report succeeded again", "failed_rounds=8"]);
+    one_event("report_recovered", |e| e.is("failed_rounds", "8"));
     assert_no_secret_logged();
 }
 
@@ -995,12 +996,12 @@ fn a_wrong_hub_key_is_a_401_that_names_the_endpoint_and_never_the_key() {
     assert_eq!(waits, [60, 120, 240, 480], "a refused key is not hammered");
     assert!(hub.reports().is_empty());
     assert!(hub.requests().iter().all(|q| q.status == 401));
-    let lines = lines_with(&["hub round failed", &endpoint]);
-    assert_eq!(lines.len(), 4, "{lines:#?}");
-    for l in &lines {
+    let failed = events_where("report_failed", |e| error_says(e, &[&endpoint]));
+    assert_eq!(failed.len(), 4, "{failed:#?}");
+    for e in &failed {
         assert!(
-            l.contains("HTTP 401") && l.contains("hub.api_key"),
-            "the line tells the operator which setting to check: {l}"
+            error_says(e, &["HTTP 401", "hub.api_key"]),
+            "the line tells the operator which setting to check: {e:?}"
         );
     }
     assert_no_secret_logged();
@@ -1068,12 +1069,10 @@ fn a_shutdown_mid_wait_leaves_the_op_in_flight_and_backs_nothing_off() {
     assert!(worker.join().unwrap().is_ok());
     assert_eq!(r.journal.in_flight().len(), 1, "left for Recover");
     assert!(r.engine.backing_off().is_empty());
-    assert!(lines_with(&["backs off", "vmid=960"]).is_empty());
-    one_line(&[
-        "stopped waiting for a reconcile task",
-        "vmid=960",
-        "shutting down",
-    ]);
+    assert!(events_where("guest_backoff", |e| about(e, 960)).is_empty());
+    one_event("action_wait_abandoned", |e| {
+        about(e, 960) && error_says(e, &["shutting down"])
+    });
 }
 
 // ---- the daemon process -----------------------------------------------------------
@@ -1196,12 +1195,13 @@ fn the_daemon_rides_out_a_changed_certificate_and_hub_faults_then_converges() {
     let mut daemon = Daemon { child, dir };
 
     // Both loops name the pin mismatch, and nothing is sent over the wrong TLS.
+    let pin_mismatch = |log: &str, event: &str| {
+        logfmt::events(log, event)
+            .iter()
+            .any(|e| error_says(e, &["certificate pin mismatch"]))
+    };
     daemon.wait_until("both loops to log the pin mismatch", |log| {
-        log.lines()
-            .any(|l| l.contains("reconcile pass failed") && l.contains("certificate pin mismatch"))
-            && log
-                .lines()
-                .any(|l| l.contains("hub round failed") && l.contains("certificate pin mismatch"))
+        pin_mismatch(log, "reconcile_pass_failed") && pin_mismatch(log, "report_failed")
     });
     assert!(pve.requests().is_empty());
     assert!(
@@ -1220,20 +1220,23 @@ fn the_daemon_rides_out_a_changed_certificate_and_hub_faults_then_converges() {
     });
     let log = daemon.log();
     let endpoint = format!("{}{report_path}", hub.url());
+    let failed = logfmt::events(&log, "report_failed");
     assert!(
-        log.lines().any(|l| l.contains("hub round failed")
-            && l.contains(&endpoint)
-            && l.contains("HTTP 401")
-            && l.contains("hub.api_key")),
+        failed
+            .iter()
+            .any(|e| error_says(e, &[&endpoint, "HTTP 401", "hub.api_key"])),
         "{log}"
     );
     assert!(
-        log.lines().any(|l| l.contains("hub round failed")
-            && l.contains(&endpoint)
-            && l.contains("control envelope is not JSON")),
+        failed
+            .iter()
+            .any(|e| error_says(e, &[&endpoint, "control envelope is not JSON"])),
         "{log}"
     );
-    assert!(log.contains("hub report succeeded again"), "{log}");
+    assert!(
+        !logfmt::events(&log, "report_recovered").is_empty(),
+        "{log}"
+    );
     for secret in [DEFAULT_TOKEN_SECRET, DEFAULT_HUB_KEY] {
         assert!(!log.contains(secret), "a secret was logged:\n{log}");
     }

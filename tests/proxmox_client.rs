@@ -560,7 +560,7 @@ fn wait_task_warnings_are_success_and_logged() {
     let logged = String::from_utf8(tap.lock().unwrap().clone()).unwrap();
     let line = logged
         .lines()
-        .find(|l| l.contains("task finished with warnings") && l.contains(upid.as_str()))
+        .find(|l| l.contains(" event=task_warnings ") && l.contains(upid.as_str()))
         .expect("the warnings were logged");
     assert!(
         line.contains("level=warn") && line.contains("warnings=2"),

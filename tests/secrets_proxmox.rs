@@ -179,7 +179,7 @@ fn the_token_secret_never_leaks() {
     }
     let logged = String::from_utf8(log.lock().unwrap().clone()).unwrap();
     assert!(
-        logged.contains("proxmox call") && logged.contains("task finished with warnings"),
+        logged.contains(" event=proxmox_call ") && logged.contains(" event=task_warnings "),
         "the scan saw the client's log lines:\n{logged}"
     );
     for line in logged.lines() {

@@ -18,14 +18,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{BIN, agent_command, fast_hub, write_signed_agent_config};
+use common::agent::{Agent, BIN, PATIENCE, fast_hub, write_signed_agent_config};
 use common::sign::{destroy_blob, ssh_keygen_sign};
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,9 +35,6 @@ use felhom_agent::time::{Clock, SystemClock};
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
-/// Bound for anything that should happen within a few schedule rounds; only keeps a
-/// broken agent from hanging the suite.
-const PATIENCE: Duration = Duration::from_secs(30);
 /// One schedule second, in ms: hub rounds come every 1.2 s.
 const SECOND_MS: &str = "20";
 /// The guest the signed op destroys.
@@ -99,11 +96,7 @@ impl Lab {
     fn spawn(&self, args: &[&str]) -> Agent {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         let log = self.dir.join(format!("agent-{n}.log"));
-        let child = agent_command(args, &self.config(), File::create(&log).unwrap())
-            .env(SECOND_MS_ENV, SECOND_MS)
-            .spawn()
-            .expect("the agent binary starts");
-        Agent { child, log }
+        Agent::spawn(args, &self.config(), &log, &[(SECOND_MS_ENV, SECOND_MS)])
     }
 
     fn daemon(&self) -> Agent {
@@ -226,111 +219,17 @@ impl Lab {
     }
 }
 
-/// A child agent; killed if a test ends without stopping it.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The value of `key` in a logfmt line (quoted values unquoted, escapes kept).
-fn field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    let rest = &line[start..];
-    if let Some(quoted) = rest.strip_prefix('"') {
-        let mut end = 0;
-        let b = quoted.as_bytes();
-        while end < b.len() && b[end] != b'"' {
-            end += if b[end] == b'\\' { 2 } else { 1 };
-        }
-        return Some(quoted[..end.min(b.len())].to_owned());
-    }
-    Some(rest.split(' ').next().unwrap_or("").trim_end().to_owned())
-}
-
-impl Agent {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The log lines with `event=EVENT`.
-    fn events(&self, event: &str) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| field(l, "event").as_deref() == Some(event))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Polls until `check` holds; fails, with the log, if the agent exits first.
-    fn wait_until(&mut self, what: &str, mut check: impl FnMut(&Agent) -> bool) {
-        let start = Instant::now();
-        while !check(self) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("exited ({status}) waiting for {what}:\n{}", self.log());
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "waited for {what}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits until the daemon holds the lock and its workers run.
-    fn wait_running(&mut self) {
-        self.wait_until("the daemon running", |a| {
-            !a.events("daemon_running").is_empty()
-        });
-        let acquired = self.events("state_lock_acquired");
-        assert_eq!(acquired.len(), 1, "{}", self.log());
-        assert_eq!(
-            field(&acquired[0], "pid"),
-            Some(self.pid().to_string()),
-            "the holder logs its own PID"
-        );
-    }
-
-    /// Waits for the process to end by itself.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < PATIENCE, "still running:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// SIGTERM; expects exit 0.
-    fn stop(mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM delivered");
-        let status = self.wait_exit();
-        assert_eq!(status.code(), Some(0), "{}", self.log());
-    }
+/// Waits until the daemon holds the lock and its workers run; the lock's line names
+/// the daemon's own PID.
+fn wait_running(a: &mut Agent) {
+    a.wait_for_event("daemon_running", |_| true);
+    let acquired = a.events("state_lock_acquired");
+    assert_eq!(acquired.len(), 1, "{}", a.log());
+    assert_eq!(
+        acquired[0].get("pid"),
+        Some(a.pid().to_string().as_str()),
+        "the holder logs its own PID"
+    );
 }
 
 /// The refused process: exit 2, one `state_lock_held` line naming `holder` when it
@@ -342,10 +241,10 @@ fn assert_refused(lab: &Lab, status: ExitStatus, refused: &Agent, holder: u32, m
     let held = refused.events("state_lock_held");
     assert_eq!(held.len(), 1, "{log}");
     assert_eq!(
-        field(&held[0], "state_dir"),
-        Some(lab.state().display().to_string())
+        held[0].get("state_dir"),
+        Some(lab.state().display().to_string().as_str())
     );
-    let named = field(&held[0], "holder_pid").unwrap();
+    let named = held[0].field("holder_pid");
     if must_name || named != "unknown" {
         assert_eq!(named, holder.to_string(), "{log}");
         let last = log.lines().last().unwrap_or_default();
@@ -367,7 +266,7 @@ fn assert_refused(lab: &Lab, status: ExitStatus, refused: &Agent, holder: u32, m
 fn a_second_daemon_is_refused_and_a_signed_destroy_runs_once_across_a_restart() {
     let lab = Lab::new("two", &[]);
     let mut a = lab.daemon();
-    a.wait_running();
+    wait_running(&mut a);
     a.wait_until("a first report", |_| !lab.hub.reports().is_empty());
 
     // B on the same state directory: refused at once, A and the files untouched.
@@ -394,7 +293,7 @@ fn a_second_daemon_is_refused_and_a_signed_destroy_runs_once_across_a_restart() 
 
     // Restarted, A gets the same signed op again: refused, nothing sent.
     let mut a = lab.daemon();
-    a.wait_running();
+    wait_running(&mut a);
     let seen = lab.decisions().len();
     lab.hub.queue_signed_op(&blob, Some(&sig));
     a.wait_until("the redelivery refused", |_| {
@@ -422,17 +321,18 @@ fn two_daemons_spawned_back_to_back_leave_one_running_and_the_files_clean() {
         let mut first = lab.daemon();
         let mut second = lab.daemon();
         let start = Instant::now();
-        let (mut winner, mut loser, status) = loop {
-            if let Some(s) = first.child.try_wait().unwrap() {
-                break (second, first, s);
+        let (mut winner, mut loser) = loop {
+            if !first.alive() {
+                break (second, first);
             }
-            if let Some(s) = second.child.try_wait().unwrap() {
-                break (first, second, s);
+            if !second.alive() {
+                break (first, second);
             }
             assert!(start.elapsed() < PATIENCE, "neither was refused");
             std::thread::sleep(Duration::from_millis(5));
         };
-        winner.wait_running();
+        let status = loser.wait_exit();
+        wait_running(&mut winner);
         assert_refused(&lab, status, &loser, winner.pid(), false);
         // The one left does the work: the desired start, once.
         winner.wait_until("the guest started", |_| {
@@ -452,7 +352,7 @@ fn two_daemons_spawned_back_to_back_leave_one_running_and_the_files_clean() {
 fn selftest_task_beside_a_running_daemon_exits_2_naming_it_and_mutates_nothing() {
     let lab = Lab::new("task", &[]);
     let mut a = lab.daemon();
-    a.wait_running();
+    wait_running(&mut a);
     let mutations = lab.pve.mutations().len();
     let mut task = lab.spawn(&["selftest", "task", "--vmid", &WEB.to_string()]);
     let status = task.wait_exit();
@@ -512,7 +412,7 @@ impl Lab {
 fn read_only_commands_work_beside_a_running_daemon_and_change_no_file() {
     let lab = Lab::new("readonly", &[WEB]);
     let mut a = lab.daemon();
-    a.wait_running();
+    wait_running(&mut a);
     // Idle: the desired start is done and the start's nonce compaction has written its
     // trusted time, so from here the daemon writes nothing until it stops.
     a.wait_until("the desired start journaled, the nonces compacted", |_| {
@@ -550,7 +450,7 @@ fn read_only_commands_work_beside_a_running_daemon_and_change_no_file() {
 
     // The torn tails were real: the next writer cuts them.
     let mut a = lab.daemon();
-    a.wait_running();
+    wait_running(&mut a);
     a.stop();
     for f in ["journal.log", "nonces.log"] {
         assert_eq!(
@@ -566,7 +466,7 @@ fn read_only_commands_work_beside_a_running_daemon_and_change_no_file() {
 fn the_lock_file_names_the_running_daemon_and_is_0600() {
     let lab = Lab::new("file", &[]);
     let mut a = lab.daemon();
-    a.wait_running();
+    wait_running(&mut a);
     let path = lab.state().join("lock");
     assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", a.pid()));
     assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
@@ -577,7 +477,7 @@ fn the_lock_file_names_the_running_daemon_and_is_0600() {
     );
     // And a new daemon takes it over.
     let mut a = lab.daemon();
-    a.wait_running();
+    wait_running(&mut a);
     assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", a.pid()));
     a.stop();
 }

@@ -612,17 +612,14 @@ fn a_full_file_system_fails_appends_without_claiming_them_and_replays_clean_afte
 #[cfg(feature = "fault-points")]
 mod binary {
     use super::*;
-    use common::agent::{agent_command, fast_hub, write_agent_config};
+    use common::agent::{Agent, fast_hub, write_agent_config};
+    use common::logfmt::Event;
     use common::sign::authz_json;
-    use std::process::Child;
-    use std::time::Instant;
 
     use felhom_agent::faultpoint::{FAIL_SYNC_AT_ENV, SECOND_MS_ENV};
     use felhom_agent::reconcile::journal::JournalView;
     use felhom_sim::HubSim;
     use serde_json::json;
-
-    const PATIENCE: Duration = Duration::from_secs(30);
 
     struct Lab {
         dir: PathBuf,
@@ -693,22 +690,17 @@ mod binary {
                 .contains(&format!("\"decision\":\"{decision}\""))
         }
 
-        fn log(&self) -> String {
-            fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-        }
-
-        fn start(&self, fail_sync_at: Option<&str>) -> Child {
-            let stderr = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join("stderr.log"))
-                .unwrap();
-            let mut cmd = agent_command(&["run"], &self.dir.join("agent.json"), stderr);
-            cmd.env(SECOND_MS_ENV, "10").env_remove(FAIL_SYNC_AT_ENV);
-            if let Some(at) = fail_sync_at {
-                cmd.env(FAIL_SYNC_AT_ENV, at);
-            }
-            cmd.spawn().unwrap()
+        /// Starts the agent, its stderr appended to the lab's one log; with
+        /// `fail_sync_at`, its fsync number N (`N` or `N:forever`) fails.
+        fn start(&self, fail_sync_at: Option<&str>) -> Agent {
+            let mut env = vec![(SECOND_MS_ENV, "10")];
+            env.extend(fail_sync_at.map(|at| (FAIL_SYNC_AT_ENV, at)));
+            Agent::spawn(
+                &["run"],
+                &self.dir.join("agent.json"),
+                &self.dir.join("stderr.log"),
+                &env,
+            )
         }
 
         fn journal(&self) -> Option<JournalView> {
@@ -724,49 +716,22 @@ mod binary {
                 .count()
         }
 
-        fn wait_exit(&self, child: &mut Child) -> std::process::ExitStatus {
-            let start = Instant::now();
-            loop {
-                if let Some(st) = child.try_wait().unwrap() {
-                    return st;
-                }
-                assert!(start.elapsed() < PATIENCE, "still running:\n{}", self.log());
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-
         /// Restarts without the fault: the guest ends up running (or, with the
         /// signed destroy, its replay is refused) with nothing in flight, SIGTERM exits
         /// 0, nothing was sent twice, and the files replay clean.
         fn restart_and_check(&self) {
-            let ups = |lab: &Lab| lab.log().matches("msg=\"felhom-agent running\"").count();
-            let before = ups(self);
             self.queue_signed_op();
-            let mut child = self.start(None);
-            let start = Instant::now();
+            let mut agent = self.start(None);
             let done = |lab: &Lab| match lab.signed {
                 None => lab.pve.guest_status(100).as_deref() == Some("running"),
                 Some(_) => lab.audit_has("replay"),
             };
-            while !(ups(self) > before
-                && done(self)
-                && self.journal().is_some_and(|j| j.in_flight().is_empty()))
-            {
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "the restart exited:\n{}",
-                    self.log()
-                );
-                assert!(start.elapsed() < PATIENCE, "{}", self.log());
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let ok = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok);
-            assert_eq!(self.wait_exit(&mut child).code(), Some(0), "{}", self.log());
+            agent.wait_until("the restart running, done, nothing in flight", |a| {
+                !a.events("daemon_running").is_empty()
+                    && done(self)
+                    && self.journal().is_some_and(|j| j.in_flight().is_empty())
+            });
+            agent.stop();
             if self.signed.is_none() {
                 assert_eq!(self.starts(), 1, "the start was sent once, ever");
             } else {
@@ -796,18 +761,21 @@ mod binary {
     const STARTED_SYNC: u64 = 6;
     const TASK_RUNNING_SYNC: u64 = 7;
 
+    /// Whether `agent` logged that the store in `file` failed an fsync and is poisoned.
+    fn poisoned_by_fsync(agent: &Agent, file: &str) -> bool {
+        agent
+            .events("store_poisoned")
+            .iter()
+            .any(|e: &Event| e.field("path").ends_with(&format!("/{file}")) && e.is("op", "fsync"))
+    }
+
     fn failed_sync_exits_non_zero(at: &str, sent_before_exit: usize) {
         let lab = Lab::new();
-        let mut child = lab.start(Some(at));
-        let status = lab.wait_exit(&mut child);
-        let log = lab.log();
+        let mut agent = lab.start(Some(at));
+        let status = agent.wait_exit();
+        let log = agent.log();
         assert_eq!(status.code(), Some(1), "exit 1, not a crash:\n{log}");
-        assert!(
-            log.contains("store write failed; poisoned, never retried")
-                && log.contains("journal.log")
-                && log.contains("op=fsync"),
-            "{log}"
-        );
+        assert!(poisoned_by_fsync(&agent, "journal.log"), "{log}");
         assert_eq!(lab.starts(), sent_before_exit, "{log}");
         lab.restart_and_check();
     }
@@ -829,24 +797,20 @@ mod binary {
     #[test]
     fn a_failed_fsync_of_the_audit_log_exits_1_and_the_restart_replays_clean() {
         let lab = Lab::new();
-        let mut child = lab.start(Some("5"));
-        let status = lab.wait_exit(&mut child);
-        let log = lab.log();
-        assert_eq!(
-            status.code(),
-            Some(1),
-            "exit 1, not a crash:
-{log}"
+        let mut agent = lab.start(Some("5"));
+        let status = agent.wait_exit();
+        let log = agent.log();
+        assert_eq!(status.code(), Some(1), "exit 1, not a crash:\n{log}");
+        assert!(
+            poisoned_by_fsync(&agent, "audit.log"),
+            "the audit entry's fsync failed:\n{log}"
         );
         assert!(
-            log.contains("op=fsync") && log.contains("audit.log"),
-            "the audit entry's fsync failed:
-{log}"
-        );
-        assert!(
-            log.contains("no decision can be recorded"),
-            "the daemon names the poisoned audit log:
-{log}"
+            agent
+                .events("store_failed")
+                .iter()
+                .any(|e| e.field("error").contains("/audit.log")),
+            "the daemon names the poisoned audit log:\n{log}"
         );
         assert!(lab.starts() <= 1, "{log}");
         lab.restart_and_check();
@@ -860,24 +824,20 @@ mod binary {
     #[test]
     fn a_failed_fsync_of_a_nonce_exits_1_and_nothing_is_destroyed() {
         let lab = Lab::with_signed_destroy();
-        let mut child = lab.start(Some("10"));
-        let start = Instant::now();
-        while !lab.log().contains("msg=\"nonce store compacted\"") {
-            assert!(child.try_wait().unwrap().is_none(), "{}", lab.log());
-            assert!(start.elapsed() < PATIENCE, "{}", lab.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut agent = lab.start(Some("10"));
+        agent.wait_for_event("nonce_store_compacted", |_| true);
         lab.queue_signed_op();
-        let status = lab.wait_exit(&mut child);
-        let log = lab.log();
+        let status = agent.wait_exit();
+        let log = agent.log();
         assert_eq!(status.code(), Some(1), "exit 1, not a crash:\n{log}");
         assert!(
-            log.contains("op=fsync") && log.contains("nonces.log"),
+            poisoned_by_fsync(&agent, "nonces.log"),
             "the nonce's fsync failed:\n{log}"
         );
-        assert!(
-            log.contains("msg=\"a durable store failed; shutting down\""),
-            "{log}"
+        assert_eq!(
+            agent.events("store_failed").len(),
+            1,
+            "the daemon stops on the poisoned nonce store:\n{log}"
         );
         assert_eq!(deletes(&lab.pve), 0, "{log}");
         assert!(!lab.audit_has("allowed"), "never authorized:\n{log}");

@@ -1,14 +1,21 @@
 //! The agent binary as a child process, for the process tests: the config that points
-//! it at the simulators and the command that starts it. What to wait for, and when to
-//! stop or kill it, stays with each test.
+//! it at the simulators, and [`Agent`], one run of the binary whose log the tests read
+//! as events ([`super::logfmt`]), wait on, signal and kill. What to wait for stays with
+//! each test; timeouts here only bound a wait that makes no progress.
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
+use felhom_agent::faultpoint::{
+    FAIL_SYNC_AT_ENV, JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
+};
 use felhom_sim::{DEFAULT_TOKEN_SECRET, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
+
+use super::logfmt::{self, Event};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_felhom-agent");
@@ -74,4 +81,174 @@ pub fn fast_envelope() -> Value {
 /// A hub simulator answering every round with [`fast_envelope`].
 pub fn fast_hub() -> HubSim {
     HubSim::builder().default_envelope(fast_envelope()).start()
+}
+
+/// How long a wait may go without the awaited thing before the test fails: only keeps
+/// a broken agent from hanging the suite.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// One run of the agent binary, its stderr appended to a log file (several runs may
+/// share one, as restarts on the same state directory do). Killed if a test ends
+/// without stopping it.
+pub struct Agent {
+    child: Child,
+    log: PathBuf,
+    /// Where this run's lines start in the log file.
+    from: usize,
+    patience: Duration,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Agent {
+    /// Starts `felhom-agent ARGS --config CONFIG` with `env` set and every other fault
+    /// variable removed (none leaks in from the test's own environment); stderr is
+    /// appended to `log`.
+    pub fn spawn(args: &[&str], config: &Path, log: &Path, env: &[(&str, &str)]) -> Agent {
+        let stderr = File::options().create(true).append(true).open(log).unwrap();
+        let from = usize::try_from(stderr.metadata().unwrap().len()).unwrap();
+        let mut cmd = agent_command(args, config, stderr);
+        for var in [
+            SECOND_MS_ENV,
+            PAUSE_AT_ENV,
+            PAUSE_MARKER_ENV,
+            JOURNAL_COMPACT_AT_ENV,
+            FAIL_SYNC_AT_ENV,
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        Agent {
+            child: cmd.spawn().expect("the agent binary starts"),
+            log: log.to_path_buf(),
+            from,
+            patience: PATIENCE,
+        }
+    }
+
+    /// Waits up to `patience` (instead of [`PATIENCE`]) for anything.
+    pub fn with_patience(mut self, patience: Duration) -> Agent {
+        self.patience = patience;
+        self
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The whole log file, every run's lines: for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// This run's log lines, parsed.
+    pub fn all_events(&self) -> Vec<Event> {
+        let bytes = fs::read(&self.log).unwrap_or_default();
+        let mine = bytes.get(self.from..).unwrap_or_default();
+        logfmt::parse_all(&String::from_utf8_lossy(mine))
+    }
+
+    /// This run's lines whose event is `name`.
+    pub fn events(&self, name: &str) -> Vec<Event> {
+        self.all_events()
+            .into_iter()
+            .filter(|e| e.event == name)
+            .collect()
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Fails, with the log, if the process has exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the agent exited ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Polls until `check` holds; fails, with the log, if the process exits first or
+    /// nothing happens for the patience.
+    pub fn wait_until(&mut self, what: &str, mut check: impl FnMut(&Agent) -> bool) {
+        let start = Instant::now();
+        while !check(self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Its last lines may be what `check` waits for.
+                if check(self) {
+                    return;
+                }
+                panic!("exited ({status}) waiting for {what}:\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < self.patience,
+                "waited for {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for this run's first `name` event for which `pred` holds, and returns it.
+    pub fn wait_for_event(&mut self, name: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        let find = |a: &Agent| a.events(name).into_iter().find(|e| pred(e));
+        self.wait_until(&format!("event={name}"), |a| find(a).is_some());
+        find(self).expect("wait_until saw it")
+    }
+
+    /// Sends `sig` (a name `kill` knows: TERM, INT, HUP, KILL).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} delivered");
+    }
+
+    /// Waits for the process to end by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < self.patience,
+                "still running:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends `sig` once the daemon's signal handlers are in (they are installed before
+    /// it takes the state lock; before, SIGTERM's default action would kill it), then
+    /// waits for the exit.
+    pub fn stop_with(&mut self, sig: &str) -> ExitStatus {
+        self.wait_for_event("state_lock_acquired", |_| true);
+        self.signal(sig);
+        self.wait_exit()
+    }
+
+    /// SIGTERM ([`Agent::stop_with`]); the daemon must exit 0.
+    pub fn stop(mut self) {
+        let status = self.stop_with("TERM");
+        assert_eq!(status.code(), Some(0), "{}", self.log());
+    }
+
+    /// SIGKILL: no handler runs, nothing is flushed or closed.
+    pub fn kill(mut self) {
+        self.signal("KILL");
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), None, "ended by the signal, not an exit");
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod agent;
+pub mod logfmt;
 pub mod sign;
 
 use std::os::unix::fs::PermissionsExt as _;
