@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use crate::authz::blob::MAX_BLOB_BYTES;
 use crate::authz::sshsig::MAX_ARMOR_BYTES;
 use crate::config::{self, Config, Mode};
-use crate::store::statelock::{LockError, StateLock};
+use crate::store::statelock::{StateLock, StateLockError};
 
 pub use crate::base::version::VERSION;
 
@@ -552,7 +552,7 @@ fn selftest(
                         Err(e) => {
                             let _ = writeln!(err, "felhom-agent: {e}");
                             return match e {
-                                LockError::Held { .. } => EXIT_USAGE,
+                                StateLockError::Held { .. } => EXIT_USAGE,
                                 _ => EXIT_FAILED,
                             };
                         }

@@ -14,7 +14,7 @@ use felhom_agent::config::{Config, Mode};
 use felhom_agent::daemon::{DaemonError, serve};
 use felhom_agent::net::TlsTrust;
 use felhom_agent::shutdown::Shutdown;
-use felhom_agent::statelock::LockError;
+use felhom_agent::statelock::StateLockError;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 
@@ -106,7 +106,7 @@ fn a_state_dir_that_cannot_be_used_stops_the_start_before_any_report() {
     let e = serve(&cfg, &Shutdown::new()).unwrap_err();
     // The lock comes first, and it is where the directory is found unusable.
     assert!(
-        matches!(e, DaemonError::StateLock(LockError::Io { .. })),
+        matches!(e, DaemonError::StateLock(StateLockError::Io { .. })),
         "{e:?}"
     );
     assert!(!e.is_configuration(), "a runtime failure: exit 1");
@@ -153,7 +153,7 @@ fn a_second_serve_on_a_held_state_dir_is_refused_and_the_first_runs_on() {
 
     let e = serve(&cfg, &Shutdown::new()).unwrap_err();
     match &e {
-        DaemonError::StateLock(LockError::Held { dir, pid }) => {
+        DaemonError::StateLock(StateLockError::Held { dir, pid }) => {
             assert_eq!(dir, &state.0);
             assert_eq!(*pid, Some(std::process::id()), "the holder is named");
         }

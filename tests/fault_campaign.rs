@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use felhom_agent::hub::collect::{CloudflaredProbe, Collector, NoAudit, ReadError};
 use felhom_agent::app::wiring::ProxmoxReader;
+use felhom_agent::hub::collect::{CloudflaredProbe, Collector, NoAudit, ReadError};
 use felhom_agent::hub::{HubClient, HubClientOptions, HubRound, Poller, Sleeper};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};

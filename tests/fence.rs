@@ -337,7 +337,8 @@ fn use_tree(s: &[u8], mut i: usize, prefix: &str, out: &mut Vec<String>) -> usiz
             }
         }
         if s[i..].starts_with(b"::")
-            && s.get(i + 2).is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+            && s.get(i + 2)
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
         {
             i += 2;
             continue;
@@ -451,7 +452,10 @@ fn every_import_points_to_the_same_or_a_lower_layer() {
         for dep in deps {
             let to = &dep[0];
             let Some(theirs) = rank(to) else {
-                found.push(format!("{file}: imports `{}`, which is in no layer", dep.join("::")));
+                found.push(format!(
+                    "{file}: imports `{}`, which is in no layer",
+                    dep.join("::")
+                ));
                 continue;
             };
             if theirs > own || (theirs == own && to != layer) {
@@ -466,7 +470,11 @@ fn every_import_points_to_the_same_or_a_lower_layer() {
         unlayered.is_empty(),
         "files outside every layer (add the layer to LAYERS and ARCHITECTURE.md): {unlayered:?}"
     );
-    assert!(found.is_empty(), "imports against the layers:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "imports against the layers:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -492,7 +500,10 @@ fn no_module_imports_itself_in_a_circle() {
             circles.push(start.join("::"));
         }
     }
-    assert!(circles.is_empty(), "modules on an import circle: {circles:?}");
+    assert!(
+        circles.is_empty(),
+        "modules on an import circle: {circles:?}"
+    );
 }
 
 #[test]
@@ -502,7 +513,10 @@ fn no_source_file_is_over_1000_lines() {
     let long: Vec<String> = files
         .iter()
         .filter_map(|f| {
-            let n = std::fs::read_to_string(root().join(f)).unwrap().lines().count();
+            let n = std::fs::read_to_string(root().join(f))
+                .unwrap()
+                .lines()
+                .count();
             (n > 1000).then(|| format!("{f}: {n} lines"))
         })
         .collect();
@@ -556,5 +570,38 @@ fn the_layer_scanner_reads_use_trees_and_super() {
             "reconcile::journal::Journal",
             "store::faultpoint::reached",
         ]
+    );
+}
+
+#[test]
+fn every_error_type_has_its_own_name() {
+    let mut files = BTreeSet::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for f in &files {
+        let (code, _) = code_and_tests(f);
+        for line in code.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(at) = words.iter().position(|w| *w == "enum" || *w == "struct") else {
+                continue;
+            };
+            let Some(name) = words.get(at + 1) else {
+                continue;
+            };
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.ends_with("Error") {
+                seen.entry(name).or_default().push(f.clone());
+            }
+        }
+    }
+    let clashes: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
+    assert!(clashes.is_empty(), "error types sharing a name: {clashes:?}");
+    assert!(
+        !seen.contains_key("Error"),
+        "an error type named only `Error` does not say its layer: {:?}",
+        seen.get("Error")
     );
 }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use felhom_agent::hub::client::{ClientError, HubClient, HubClientOptions, SetupError};
+use felhom_agent::hub::client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 use felhom_agent::hub::envelope::{ControlEnvelope, EnvelopeError};
 use felhom_agent::hub::report::HostReport;
 use felhom_agent::net::{
@@ -97,7 +97,7 @@ fn a_wrong_key_is_an_http_401_that_does_not_contain_either_key() {
     let c = HubClient::new(options(&sim, wrong)).unwrap();
     let e = c.post_report(&report()).unwrap_err();
     assert_eq!(e.status(), Some(401), "{e}");
-    assert!(matches!(e, ClientError::Http(_)));
+    assert!(matches!(e, HubClientError::Http(_)));
     for shown in [e.to_string(), format!("{e:?}"), format!("{c:?}")] {
         assert!(!shown.contains(wrong), "{shown}");
         assert!(!shown.contains(&sim.key()), "{shown}");
@@ -118,7 +118,7 @@ fn non_2xx_answers_are_http_errors_with_status_and_message() {
     ));
     let e = client(&sim).post_report(&report()).unwrap_err();
     match &e {
-        ClientError::Http(h) => {
+        HubClientError::Http(h) => {
             assert_eq!(h.status, 503);
             assert!(h.body_excerpt.contains("hub is draining"), "{h}");
         }
@@ -145,7 +145,7 @@ fn a_redirect_is_an_http_error_and_is_not_followed() {
     ));
     let e = client(&sim).post_report(&report()).unwrap_err();
     match &e {
-        ClientError::Http(h) => assert_eq!(h.status, 307, "{h}"),
+        HubClientError::Http(h) => assert_eq!(h.status, 307, "{h}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(sim.requests().len(), 1, "the redirect was not followed");
@@ -254,7 +254,7 @@ fn an_unreachable_hub_is_a_transport_error_that_was_never_sent() {
     let c = client(&sim);
     sim.shutdown();
     match c.post_report(&report()).unwrap_err() {
-        ClientError::Transport(t) => {
+        HubClientError::Transport(t) => {
             assert!(t.never_sent(), "{t}");
             assert!(matches!(t, TransportError::Connect { .. }), "{t:?}");
         }
@@ -277,7 +277,7 @@ fn a_slow_hub_is_a_timeout() {
         .post_report(&report())
         .unwrap_err()
     {
-        ClientError::Transport(TransportError::Timeout { phase, .. }) => {
+        HubClientError::Transport(TransportError::Timeout { phase, .. }) => {
             assert_eq!(phase, TimeoutPhase::Exchange);
         }
         other => panic!("{other:?}"),
@@ -289,13 +289,13 @@ fn a_dropped_connection_is_a_transport_error_that_may_have_been_processed() {
     let sim = HubSim::start();
     sim.inject(Fault::new(None, REPORT, FaultKind::DropConnection));
     match client(&sim).post_report(&report()).unwrap_err() {
-        ClientError::Transport(t) => assert!(!t.never_sent(), "{t:?}"),
+        HubClientError::Transport(t) => assert!(!t.never_sent(), "{t:?}"),
         other => panic!("{other:?}"),
     }
     sim.inject(Fault::new(None, REPORT, FaultKind::DropMidBody));
     assert!(matches!(
         client(&sim).post_report(&report()).unwrap_err(),
-        ClientError::Transport(_)
+        HubClientError::Transport(_)
     ));
 }
 
@@ -305,11 +305,11 @@ fn garbage_and_malformed_envelopes_are_envelope_errors() {
     sim.inject(Fault::new(None, REPORT, FaultKind::Garbage));
     assert!(matches!(
         client(&sim).post_report(&report()).unwrap_err(),
-        ClientError::Envelope(EnvelopeError::Syntax(_))
+        HubClientError::Envelope(EnvelopeError::Syntax(_))
     ));
     sim.script_envelope(json!({"poll_interval_seconds": "soon"}));
     match client(&sim).post_report(&report()).unwrap_err() {
-        ClientError::Envelope(EnvelopeError::Field { field, .. }) => {
+        HubClientError::Envelope(EnvelopeError::Field { field, .. }) => {
             assert_eq!(field, "poll_interval_seconds");
         }
         other => panic!("{other:?}"),
@@ -322,7 +322,7 @@ fn an_oversized_answer_stops_at_the_cap() {
     sim.inject(Fault::new(None, REPORT, FaultKind::Oversized(3 << 20)));
     assert!(matches!(
         client(&sim).post_report(&report()).unwrap_err(),
-        ClientError::Transport(TransportError::BodyTooLarge { .. })
+        HubClientError::Transport(TransportError::BodyTooLarge { .. })
     ));
 }
 
@@ -338,13 +338,13 @@ fn trust_choices_pin_ca_and_system_bundle() {
     o.trust = TlsTrust::CaFile(ca_file());
     assert!(matches!(
         HubClient::new(o.clone()).unwrap().post_report(&report()),
-        Err(ClientError::Transport(TransportError::Tls { .. }))
+        Err(HubClientError::Transport(TransportError::Tls { .. }))
     ));
     o.trust = TlsTrust::SystemBundle;
     if std::path::Path::new(felhom_agent::net::SYSTEM_BUNDLE).exists() {
         assert!(matches!(
             HubClient::new(o).unwrap().post_report(&report()),
-            Err(ClientError::Transport(TransportError::Tls { .. }))
+            Err(HubClientError::Transport(TransportError::Tls { .. }))
         ));
     }
     let other_pin = Sha256Pin::parse(&CertChoice::Other.fingerprint()).unwrap();
@@ -353,7 +353,7 @@ fn trust_choices_pin_ca_and_system_bundle() {
     o.trust = TlsTrust::Pin(other_pin);
     assert!(matches!(
         HubClient::new(o).unwrap().post_report(&report()),
-        Err(ClientError::Transport(TransportError::Tls { .. }))
+        Err(HubClientError::Transport(TransportError::Tls { .. }))
     ));
 }
 
@@ -370,18 +370,18 @@ fn construction_refuses_bad_urls_and_empty_keys() {
         let mut o = options(&sim, "k");
         o.url = url.into();
         assert!(
-            matches!(HubClient::new(o), Err(SetupError::Url { .. })),
+            matches!(HubClient::new(o), Err(HubSetupError::Url { .. })),
             "{url}"
         );
     }
     assert!(matches!(
         HubClient::new(options(&sim, "")),
-        Err(SetupError::MissingKey)
+        Err(HubSetupError::MissingKey)
     ));
     let mut o = options(&sim, "k");
     o.trust = TlsTrust::CaFile("/nonexistent/ca.pem".into());
     let e = HubClient::new(o).unwrap_err();
-    assert!(matches!(e, SetupError::Trust(_)));
+    assert!(matches!(e, HubSetupError::Trust(_)));
     assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
 }
 

@@ -11,7 +11,7 @@ use felhom_agent::app::wiring::{hub_round, selftest_hub};
 use felhom_agent::config::{Config, Mode};
 use felhom_agent::hub::collect::{NoAudit, ReadError};
 use felhom_agent::hub::report::AuditEntry;
-use felhom_agent::hub::{Reporter, RoundError};
+use felhom_agent::hub::{HubRoundError, Reporter};
 use felhom_agent::time::Timestamp;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
@@ -177,7 +177,7 @@ fn node_status_failing_live_sends_nothing() {
             message: "node is busy".into(),
         },
     ));
-    assert!(matches!(round.round(), Err(RoundError::Collect(_))));
+    assert!(matches!(round.round(), Err(HubRoundError::Collect(_))));
     assert!(hub.requests().is_empty(), "no POST without node status");
     round.round().unwrap();
     assert_eq!(hub.reports().len(), 1, "the next round reports again");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use felhom_agent::net::{Sha256Pin, TimeoutPhase, TlsTrust, TransportError};
 use felhom_agent::proxmox::{
-    BackupMode, Client, ClientOptions, Compression, ConfigChange, Error, RunState, TaskExit,
+    BackupMode, Client, ClientOptions, Compression, ConfigChange, ProxmoxError, RunState, TaskExit,
     TaskFilter, TaskOutcome, TaskSource, TaskState, Upid, VzdumpOutcome, WaitError, WaitOptions,
 };
 use felhom_agent::secret::Secret;
@@ -738,7 +738,7 @@ fn forbidden_post_names_the_privilege() {
     let c = client(&sim);
     sim.deny("/vms/100", "VM.PowerMgmt");
     let e = c.stop(100).unwrap_err();
-    let Error::Api(api) = &e else {
+    let ProxmoxError::Api(api) = &e else {
         panic!("expected an API error, got {e:?}")
     };
     assert_eq!(api.status, 403);
@@ -819,7 +819,7 @@ fn transport_faults_become_typed_errors() {
 
     sim.inject(Fault::new(Some("GET"), "/version", FaultKind::Garbage));
     let e = c.version().unwrap_err();
-    assert!(matches!(e, Error::Decode { .. }), "{e:?}");
+    assert!(matches!(e, ProxmoxError::Decode { .. }), "{e:?}");
     assert!(e.to_string().contains("GET /version"), "{e}");
 
     sim.inject(Fault::new(
@@ -831,7 +831,7 @@ fn transport_faults_become_typed_errors() {
     assert!(
         matches!(
             e,
-            Error::Transport(TransportError::Io { .. } | TransportError::Protocol { .. })
+            ProxmoxError::Transport(TransportError::Io { .. } | TransportError::Protocol { .. })
         ),
         "{e:?}"
     );
@@ -847,7 +847,7 @@ fn transport_faults_become_typed_errors() {
         FaultKind::DropMidBody,
     ));
     let e = c.stop(100).unwrap_err();
-    assert!(matches!(e, Error::Transport(_)), "{e:?}");
+    assert!(matches!(e, ProxmoxError::Transport(_)), "{e:?}");
     assert!(!e.never_sent());
     // The stop was carried out although its answer was cut: never dispatch twice.
     let tasks = sim.tasks();
@@ -865,7 +865,7 @@ fn transport_faults_become_typed_errors() {
     assert!(
         matches!(
             e,
-            Error::Transport(TransportError::BodyTooLarge { limit: 65_536, .. })
+            ProxmoxError::Transport(TransportError::BodyTooLarge { limit: 65_536, .. })
         ),
         "{e:?}"
     );
@@ -882,7 +882,7 @@ fn transport_faults_become_typed_errors() {
     assert!(
         matches!(
             e,
-            Error::Transport(TransportError::Timeout {
+            ProxmoxError::Transport(TransportError::Timeout {
                 phase: TimeoutPhase::Exchange,
                 ..
             })
@@ -910,7 +910,7 @@ fn a_refused_connection_is_never_sent() {
     );
     let e = Client::new(o).unwrap().start(100).unwrap_err();
     assert!(
-        matches!(e, Error::Transport(TransportError::Connect { .. })),
+        matches!(e, ProxmoxError::Transport(TransportError::Connect { .. })),
         "{e:?}"
     );
     assert!(e.never_sent(), "safe to dispatch again");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use felhom_agent::net::{
     HttpClient, HttpOptions, Method, Request, Sha256Pin, TlsFailure, TlsTrust, TransportError,
 };
-use felhom_agent::proxmox::{Client, ClientOptions, Error};
+use felhom_agent::proxmox::{Client, ClientOptions, ProxmoxError};
 use felhom_agent::secret::Secret;
 use felhom_sim::{
     CertChoice, DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, ProxmoxSim,
@@ -42,10 +42,10 @@ fn client(sim: &ProxmoxSim, trust: TlsTrust) -> Client {
     Client::new(o).unwrap()
 }
 
-fn tls_failure(e: Error) -> TlsFailure {
+fn tls_failure(e: ProxmoxError) -> TlsFailure {
     assert!(e.never_sent(), "a refused handshake sends nothing: {e}");
     match e {
-        Error::Transport(TransportError::Tls { failure, .. }) => failure,
+        ProxmoxError::Transport(TransportError::Tls { failure, .. }) => failure,
         other => panic!("expected a TLS failure, got {other:?}"),
     }
 }
@@ -97,7 +97,7 @@ fn a_self_signed_server_without_pin_or_ca_is_refused() {
             Secret::new(DEFAULT_TOKEN_SECRET),
             TlsTrust::SystemBundle,
         );
-        assert!(matches!(Client::new(o), Err(Error::Trust(_))));
+        assert!(matches!(Client::new(o), Err(ProxmoxError::Trust(_))));
     }
     // The test CA does not vouch for the self-signed certificate either.
     let ca = TlsTrust::CaFile(vectors("ca.crt"));
@@ -184,7 +184,7 @@ fn an_unusable_ca_file_is_refused_at_construction() {
     );
     o.timeout = Duration::from_secs(5);
     let e = Client::new(o).unwrap_err();
-    assert!(matches!(e, Error::Trust(_)), "{e:?}");
+    assert!(matches!(e, ProxmoxError::Trust(_)), "{e:?}");
     assert!(e.to_string().contains("no-such-ca.crt"), "{e}");
 }
 

@@ -55,7 +55,7 @@ use crate::proxmox::WaitOptions;
 use crate::reconcile::engine::EngineError;
 use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor};
 use crate::reconcile::journal::{Journal, JournalError};
-use crate::store::statelock::{LockError, StateLock};
+use crate::store::statelock::{StateLock, StateLockError};
 
 /// How long stopping workers get after the shutdown before `run` returns anyway; a
 /// worker still inside a network call is abandoned (the calls it makes are reads or
@@ -78,9 +78,9 @@ pub const JOURNAL_COMPACT_EVERY: Duration = Duration::from_secs(60);
 #[non_exhaustive]
 pub enum DaemonError {
     /// The state directory could not be locked: another process holds it
-    /// ([`LockError::Held`], exit 2), or the lock file could not be used. Nothing in the
+    /// ([`StateLockError::Held`], exit 2), or the lock file could not be used. Nothing in the
     /// directory was touched.
-    StateLock(LockError),
+    StateLock(StateLockError),
     /// Building the clients from the configuration failed (bad pin, unreadable CA file,
     /// missing section or key).
     Setup(LiveSetupError),
@@ -129,7 +129,7 @@ impl DaemonError {
             self,
             DaemonError::Setup(_)
                 | DaemonError::Reconcile(StartupError::Signers(_))
-                | DaemonError::StateLock(LockError::Held { .. })
+                | DaemonError::StateLock(StateLockError::Held { .. })
         )
     }
 }

@@ -29,7 +29,7 @@ pub enum PlanReportError {
     /// The desired state could not be read.
     Desired(DesiredError),
     /// The guest list could not be read from Proxmox.
-    ListGuests(proxmox::Error),
+    ListGuests(proxmox::ProxmoxError),
     /// The journal could not be read.
     Journal(JournalError),
     /// Writing the report failed.

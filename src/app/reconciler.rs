@@ -47,7 +47,7 @@ pub enum StartupError {
     /// The audit log could not be opened.
     Audit(AuditError),
     /// The configured signers are not valid.
-    Signers(crate::authz::ConfigError),
+    Signers(crate::authz::SignersConfigError),
     /// Recovering in-flight ops failed (a journal write): exit non-zero.
     Recover(RecoverError),
 }

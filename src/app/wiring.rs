@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::base::time::SystemClock;
 use crate::config::{Config, ProxmoxConfig};
-use crate::hub::client::{ClientError, HubClient, SetupError};
+use crate::hub::client::{HubClient, HubClientError, HubSetupError};
 use crate::hub::collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
     ReadError, StorageRow, VolumeRow,
@@ -35,7 +35,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct ProxmoxReader(pub Client);
 
-fn boxed(e: proxmox::Error) -> ReadError {
+fn boxed(e: proxmox::ProxmoxError) -> ReadError {
     Box::new(e)
 }
 
@@ -181,9 +181,9 @@ pub enum LiveSetupError {
     /// The `proxmox` section has no token secret.
     NoTokenSecret,
     /// The Proxmox client refused its options or trust (e.g. unreadable CA file).
-    Proxmox(proxmox::Error),
+    Proxmox(proxmox::ProxmoxError),
     /// The hub client could not be built.
-    Hub(SetupError),
+    Hub(HubSetupError),
 }
 
 impl fmt::Display for LiveSetupError {
@@ -258,7 +258,7 @@ pub fn hub_round_with(
     let hub = cfg
         .hub
         .as_ref()
-        .ok_or(LiveSetupError::Hub(SetupError::NoHubSection))?;
+        .ok_or(LiveSetupError::Hub(HubSetupError::NoHubSection))?;
     let reader = ProxmoxReader(proxmox);
     let client = HubClient::from_config(hub).map_err(LiveSetupError::Hub)?;
     let collector = Collector::new(
@@ -281,7 +281,7 @@ pub enum SelftestError {
     /// No report could be collected.
     Collect(CollectError),
     /// The hub did not accept the report (it was printed first).
-    Report(ClientError),
+    Report(HubClientError),
     /// Writing the output failed.
     Output(std::io::Error),
 }
@@ -324,11 +324,11 @@ pub fn selftest_hub(cfg: &Config, out: &mut dyn Write) -> Result<(), SelftestErr
     let round = hub_round(cfg, audit).map_err(SelftestError::Setup)?;
     let report = round.collect().map_err(SelftestError::Collect)?;
     let pretty = serde_json::to_string_pretty(&report)
-        .map_err(|e| SelftestError::Report(ClientError::Encode(e)))?;
+        .map_err(|e| SelftestError::Report(HubClientError::Encode(e)))?;
     writeln!(out, "host report:\n{pretty}").map_err(SelftestError::Output)?;
     let envelope = round.send(&report).map_err(SelftestError::Report)?;
     let pretty = serde_json::to_string_pretty(&envelope.to_json())
-        .map_err(|e| SelftestError::Report(ClientError::Encode(e)))?;
+        .map_err(|e| SelftestError::Report(HubClientError::Encode(e)))?;
     writeln!(
         out,
         "control envelope from {}:\n{pretty}",

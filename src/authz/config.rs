@@ -124,20 +124,20 @@ impl Signer {
 
 /// A configuration value that is not acceptable: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub struct SignersConfigError {
     /// Dotted path of the field, e.g. `authz.signers[1].public_key`.
     pub field: String,
     /// Why it is refused.
     pub reason: String,
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for SignersConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.reason)
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for SignersConfigError {}
 
 fn valid_key_id(s: &str) -> bool {
     !s.is_empty()
@@ -148,9 +148,9 @@ fn valid_key_id(s: &str) -> bool {
 
 impl AuthzConfig {
     /// Checks the section and returns the signers, or the first error naming its entry.
-    pub fn validate(&self) -> Result<Vec<Signer>, ConfigError> {
+    pub fn validate(&self) -> Result<Vec<Signer>, SignersConfigError> {
         if self.max_clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
-            return Err(ConfigError {
+            return Err(SignersConfigError {
                 field: "authz.max_clock_skew_seconds".into(),
                 reason: format!(
                     "{} exceeds the {MAX_CLOCK_SKEW_SECONDS}-second maximum",
@@ -162,19 +162,19 @@ impl AuthzConfig {
         for (i, e) in self.signers.iter().enumerate() {
             let field = |f: &str| format!("authz.signers[{i}].{f}");
             if !valid_key_id(&e.key_id) {
-                return Err(ConfigError {
+                return Err(SignersConfigError {
                     field: field("key_id"),
                     reason: format!("{:?} is not 1-64 characters of [A-Za-z0-9._@-]", e.key_id),
                 });
             }
             if let Some(j) = out.iter().position(|s| s.key_id == e.key_id) {
-                return Err(ConfigError {
+                return Err(SignersConfigError {
                     field: field("key_id"),
                     reason: format!("{:?} is already used by authz.signers[{j}]", e.key_id),
                 });
             }
             let s = Signer::from_authorized_key(&e.key_id, e.role, &e.public_key).map_err(
-                |reason| ConfigError {
+                |reason| SignersConfigError {
                     field: field("public_key"),
                     reason,
                 },
@@ -183,7 +183,7 @@ impl AuthzConfig {
                 .iter()
                 .position(|o| o.public_key.key_data() == s.public_key.key_data())
             {
-                return Err(ConfigError {
+                return Err(SignersConfigError {
                     field: field("public_key"),
                     reason: format!(
                         "same key as authz.signers[{j}] (key_id {:?})",

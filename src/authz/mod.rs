@@ -35,7 +35,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use blob::OpBlob;
-pub use config::{AuthzConfig, ConfigError, Role, Signer, SignerEntry};
+pub use config::{AuthzConfig, Role, Signer, SignerEntry, SignersConfigError};
 pub use nonce::{FileNonceStore, Freshness, MemoryNonceStore, NonceStore, NonceStoreError};
 pub use selftest::{Check, offline_selftest};
 pub use sshsig::SkAssertion;
@@ -291,9 +291,9 @@ impl Verifier {
         host_id: &str,
         clock: Arc<dyn Clock>,
         nonces: Arc<dyn NonceStore>,
-    ) -> Result<Verifier, ConfigError> {
+    ) -> Result<Verifier, SignersConfigError> {
         if host_id.is_empty() {
-            return Err(ConfigError {
+            return Err(SignersConfigError {
                 field: "host_id".into(),
                 reason: "empty: the verifier needs this host's id".into(),
             });

@@ -6,7 +6,7 @@ use std::fmt;
 /// Why a hex or base64 string did not decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum DecodeError {
+pub enum EncodingError {
     /// A byte that is not in the alphabet, at this offset of the input.
     InvalidByte {
         /// Offset in the input.
@@ -20,19 +20,19 @@ pub enum DecodeError {
     InvalidPadding,
 }
 
-impl fmt::Display for DecodeError {
+impl fmt::Display for EncodingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::InvalidByte { offset, byte } => {
+            EncodingError::InvalidByte { offset, byte } => {
                 write!(f, "invalid byte 0x{byte:02x} at offset {offset}")
             }
-            DecodeError::InvalidLength(n) => write!(f, "invalid length {n}"),
-            DecodeError::InvalidPadding => f.write_str("invalid padding"),
+            EncodingError::InvalidLength(n) => write!(f, "invalid length {n}"),
+            EncodingError::InvalidPadding => f.write_str("invalid padding"),
         }
     }
 }
 
-impl std::error::Error for DecodeError {}
+impl std::error::Error for EncodingError {}
 
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
@@ -56,18 +56,18 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 /// Decodes hex (either case). The input must have an even length.
-pub fn hex_decode(s: &str) -> Result<Vec<u8>, DecodeError> {
+pub fn hex_decode(s: &str) -> Result<Vec<u8>, EncodingError> {
     let b = s.as_bytes();
     if !b.len().is_multiple_of(2) {
-        return Err(DecodeError::InvalidLength(b.len()));
+        return Err(EncodingError::InvalidLength(b.len()));
     }
     let mut out = Vec::with_capacity(b.len() / 2);
     for (i, pair) in b.chunks_exact(2).enumerate() {
-        let hi = hex_val(pair[0]).ok_or(DecodeError::InvalidByte {
+        let hi = hex_val(pair[0]).ok_or(EncodingError::InvalidByte {
             offset: 2 * i,
             byte: pair[0],
         })?;
-        let lo = hex_val(pair[1]).ok_or(DecodeError::InvalidByte {
+        let lo = hex_val(pair[1]).ok_or(EncodingError::InvalidByte {
             offset: 2 * i + 1,
             byte: pair[1],
         })?;
@@ -117,10 +117,10 @@ fn b64_val(b: u8) -> Option<u32> {
 /// Decodes canonical padded standard base64: length a multiple of 4, `=` only at the
 /// end (at most two), unused bits zero. No whitespace is skipped; callers that accept
 /// wrapped text strip line breaks first and keep the offsets they report honest.
-pub fn base64_decode(s: &str) -> Result<Vec<u8>, DecodeError> {
+pub fn base64_decode(s: &str) -> Result<Vec<u8>, EncodingError> {
     let b = s.as_bytes();
     if !b.len().is_multiple_of(4) {
-        return Err(DecodeError::InvalidLength(b.len()));
+        return Err(EncodingError::InvalidLength(b.len()));
     }
     let mut out = Vec::with_capacity(b.len() / 4 * 3);
     let quads = b.len() / 4;
@@ -128,11 +128,11 @@ pub fn base64_decode(s: &str) -> Result<Vec<u8>, DecodeError> {
         let last = qi + 1 == quads;
         let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
         if pad > 2 || (pad > 0 && !last) {
-            return Err(DecodeError::InvalidPadding);
+            return Err(EncodingError::InvalidPadding);
         }
         let mut n: u32 = 0;
         for (j, &c) in quad[..4 - pad].iter().enumerate() {
-            let v = b64_val(c).ok_or(DecodeError::InvalidByte {
+            let v = b64_val(c).ok_or(EncodingError::InvalidByte {
                 offset: qi * 4 + j,
                 byte: c,
             })?;
@@ -142,13 +142,13 @@ pub fn base64_decode(s: &str) -> Result<Vec<u8>, DecodeError> {
             0 => out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]),
             1 => {
                 if n & 0xff != 0 {
-                    return Err(DecodeError::InvalidPadding);
+                    return Err(EncodingError::InvalidPadding);
                 }
                 out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8]);
             }
             _ => {
                 if n & 0xffff != 0 {
-                    return Err(DecodeError::InvalidPadding);
+                    return Err(EncodingError::InvalidPadding);
                 }
                 out.push((n >> 16) as u8);
             }
@@ -165,10 +165,10 @@ mod tests {
     fn hex_round_trip_and_errors() {
         assert_eq!(hex_encode(&[0x00, 0xab, 0xff]), "00abff");
         assert_eq!(hex_decode("00ABff").unwrap(), vec![0x00, 0xab, 0xff]);
-        assert_eq!(hex_decode("abc"), Err(DecodeError::InvalidLength(3)));
+        assert_eq!(hex_decode("abc"), Err(EncodingError::InvalidLength(3)));
         assert_eq!(
             hex_decode("0g"),
-            Err(DecodeError::InvalidByte {
+            Err(EncodingError::InvalidByte {
                 offset: 1,
                 byte: b'g'
             })
@@ -194,13 +194,16 @@ mod tests {
 
     #[test]
     fn base64_rejects_non_canonical() {
-        assert_eq!(base64_decode("Zg="), Err(DecodeError::InvalidLength(3)));
-        assert_eq!(base64_decode("Zh=="), Err(DecodeError::InvalidPadding));
-        assert_eq!(base64_decode("Zg==Zg=="), Err(DecodeError::InvalidPadding));
-        assert_eq!(base64_decode("Z==="), Err(DecodeError::InvalidPadding));
+        assert_eq!(base64_decode("Zg="), Err(EncodingError::InvalidLength(3)));
+        assert_eq!(base64_decode("Zh=="), Err(EncodingError::InvalidPadding));
+        assert_eq!(
+            base64_decode("Zg==Zg=="),
+            Err(EncodingError::InvalidPadding)
+        );
+        assert_eq!(base64_decode("Z==="), Err(EncodingError::InvalidPadding));
         assert_eq!(
             base64_decode("Zm9\n"),
-            Err(DecodeError::InvalidByte {
+            Err(EncodingError::InvalidByte {
                 offset: 3,
                 byte: b'\n'
             })

@@ -17,14 +17,14 @@ pub struct Timestamp(pub i64);
 
 /// Why a string is not an RFC 3339 timestamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError {
+pub struct TimeParseError {
     /// Byte offset in the input where parsing failed.
     pub offset: usize,
     /// What was expected there.
     pub expected: &'static str,
 }
 
-impl fmt::Display for ParseError {
+impl fmt::Display for TimeParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -34,7 +34,7 @@ impl fmt::Display for ParseError {
     }
 }
 
-impl std::error::Error for ParseError {}
+impl std::error::Error for TimeParseError {}
 
 // Days from 1970-01-01 to the given civil date (proleptic Gregorian); Howard Hinnant's
 // algorithm, exact over the whole i64 range we accept (years 0000..=9999).
@@ -80,7 +80,7 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
-    fn digits(&mut self, n: usize, expected: &'static str) -> Result<i64, ParseError> {
+    fn digits(&mut self, n: usize, expected: &'static str) -> Result<i64, TimeParseError> {
         let mut v: i64 = 0;
         for _ in 0..n {
             match self.b.get(self.pos) {
@@ -89,7 +89,7 @@ impl Cursor<'_> {
                     self.pos += 1;
                 }
                 _ => {
-                    return Err(ParseError {
+                    return Err(TimeParseError {
                         offset: self.pos,
                         expected,
                     });
@@ -99,13 +99,13 @@ impl Cursor<'_> {
         Ok(v)
     }
 
-    fn byte(&mut self, accept: &[u8], expected: &'static str) -> Result<u8, ParseError> {
+    fn byte(&mut self, accept: &[u8], expected: &'static str) -> Result<u8, TimeParseError> {
         match self.b.get(self.pos) {
             Some(c) if accept.contains(c) => {
                 self.pos += 1;
                 Ok(*c)
             }
-            _ => Err(ParseError {
+            _ => Err(TimeParseError {
                 offset: self.pos,
                 expected,
             }),
@@ -119,11 +119,11 @@ impl Cursor<'_> {
         hi: i64,
         at: usize,
         expected: &'static str,
-    ) -> Result<i64, ParseError> {
+    ) -> Result<i64, TimeParseError> {
         if (lo..=hi).contains(&v) {
             Ok(v)
         } else {
-            Err(ParseError {
+            Err(TimeParseError {
                 offset: at,
                 expected,
             })
@@ -133,7 +133,7 @@ impl Cursor<'_> {
 
 impl Timestamp {
     /// Parses RFC 3339 (`2026-11-22T10:00:00Z`, `...T10:00:00.5+01:00`, `t`/`z` allowed).
-    pub fn parse_rfc3339(s: &str) -> Result<Timestamp, ParseError> {
+    pub fn parse_rfc3339(s: &str) -> Result<Timestamp, TimeParseError> {
         let mut c = Cursor {
             b: s.as_bytes(),
             pos: 0,
@@ -173,7 +173,7 @@ impl Timestamp {
                 c.pos += 1;
             }
             if c.pos == start {
-                return Err(ParseError {
+                return Err(TimeParseError {
                     offset: c.pos,
                     expected: "fraction digits",
                 });
@@ -194,7 +194,7 @@ impl Timestamp {
             }
         };
         if c.pos != c.b.len() {
-            return Err(ParseError {
+            return Err(TimeParseError {
                 offset: c.pos,
                 expected: "end of input",
             });

@@ -56,7 +56,7 @@ impl fmt::Debug for HubClientOptions {
 /// Why a hub client could not be built.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum SetupError {
+pub enum HubSetupError {
     /// The configuration has no `hub` section (the mode needs one).
     NoHubSection,
     /// The hub key is missing or empty.
@@ -70,26 +70,26 @@ pub enum SetupError {
     Trust(TrustError),
 }
 
-impl fmt::Display for SetupError {
+impl fmt::Display for HubSetupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SetupError::NoHubSection => f.write_str("hub: section is missing"),
-            SetupError::MissingKey => f.write_str("hub.api_key: no key configured"),
-            SetupError::Url { url } => {
+            HubSetupError::NoHubSection => f.write_str("hub: section is missing"),
+            HubSetupError::MissingKey => f.write_str("hub.api_key: no key configured"),
+            HubSetupError::Url { url } => {
                 write!(
                     f,
                     "hub.url: must be https://HOST[:PORT][/PATH], got {url:?}"
                 )
             }
-            SetupError::Trust(e) => write!(f, "hub.tls: {e}"),
+            HubSetupError::Trust(e) => write!(f, "hub.tls: {e}"),
         }
     }
 }
 
-impl std::error::Error for SetupError {
+impl std::error::Error for HubSetupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SetupError::Trust(e) => Some(e),
+            HubSetupError::Trust(e) => Some(e),
             _ => None,
         }
     }
@@ -98,7 +98,7 @@ impl std::error::Error for SetupError {
 /// Why one report did not get a usable envelope back.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum ClientError {
+pub enum HubClientError {
     /// The report could not be serialized (a bug; nothing was sent).
     Encode(serde_json::Error),
     /// No complete answer: connect, TLS, timeout, broken connection, oversized body.
@@ -110,38 +110,38 @@ pub enum ClientError {
     Envelope(EnvelopeError),
 }
 
-impl ClientError {
+impl HubClientError {
     /// The HTTP status when the hub answered with an error status.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ClientError::Http(e) => Some(e.status),
+            HubClientError::Http(e) => Some(e.status),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for ClientError {
+impl fmt::Display for HubClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Encode(e) => write!(f, "host report could not be encoded: {e}"),
-            ClientError::Transport(e) => write!(f, "hub unreachable: {e}"),
-            ClientError::Http(e) if e.status == 401 => write!(
+            HubClientError::Encode(e) => write!(f, "host report could not be encoded: {e}"),
+            HubClientError::Transport(e) => write!(f, "hub unreachable: {e}"),
+            HubClientError::Http(e) if e.status == 401 => write!(
                 f,
                 "hub refused the report: {e} (the hub does not accept the configured hub.api_key)"
             ),
-            ClientError::Http(e) => write!(f, "hub refused the report: {e}"),
-            ClientError::Envelope(e) => write!(f, "hub answer unusable: {e}"),
+            HubClientError::Http(e) => write!(f, "hub refused the report: {e}"),
+            HubClientError::Envelope(e) => write!(f, "hub answer unusable: {e}"),
         }
     }
 }
 
-impl std::error::Error for ClientError {
+impl std::error::Error for HubClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ClientError::Encode(e) => Some(e),
-            ClientError::Transport(e) => Some(e),
-            ClientError::Http(e) => Some(e),
-            ClientError::Envelope(e) => Some(e),
+            HubClientError::Encode(e) => Some(e),
+            HubClientError::Transport(e) => Some(e),
+            HubClientError::Http(e) => Some(e),
+            HubClientError::Envelope(e) => Some(e),
         }
     }
 }
@@ -171,16 +171,16 @@ impl HubEndpoint {
         options: &HubClientOptions,
         path: &str,
         max_body: u64,
-    ) -> Result<HubEndpoint, SetupError> {
+    ) -> Result<HubEndpoint, HubSetupError> {
         if options.api_key.is_empty() {
-            return Err(SetupError::MissingKey);
+            return Err(HubSetupError::MissingKey);
         }
         let base = options.url.trim_end_matches('/');
         let has_host = base
             .strip_prefix("https://")
             .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
         if !has_host || base.contains(['?', '#', '@']) || base.chars().any(char::is_whitespace) {
-            return Err(SetupError::Url {
+            return Err(HubSetupError::Url {
                 url: options.url.clone(),
             });
         }
@@ -189,7 +189,7 @@ impl HubEndpoint {
         http_options.connect_timeout = options.timeout.min(Duration::from_secs(10));
         http_options.max_body = max_body;
         http_options.max_idle_per_host = 1;
-        let http = HttpClient::new(&http_options).map_err(SetupError::Trust)?;
+        let http = HttpClient::new(&http_options).map_err(HubSetupError::Trust)?;
         Ok(HubEndpoint {
             http,
             url: format!("{base}{path}"),
@@ -232,10 +232,10 @@ impl HubEndpoint {
 
 impl HubClientOptions {
     /// The options the `hub` section of the configuration gives.
-    pub fn from_config(hub: &HubConfig) -> Result<HubClientOptions, SetupError> {
+    pub fn from_config(hub: &HubConfig) -> Result<HubClientOptions, HubSetupError> {
         Ok(HubClientOptions {
             url: hub.url.clone(),
-            api_key: hub.api_key.clone().ok_or(SetupError::MissingKey)?,
+            api_key: hub.api_key.clone().ok_or(HubSetupError::MissingKey)?,
             trust: hub.tls.clone(),
             timeout: Duration::from_secs(hub.timeout_seconds),
         })
@@ -260,7 +260,7 @@ impl fmt::Debug for HubClient {
 
 impl HubClient {
     /// Builds the client (a CA file is read now).
-    pub fn new(options: HubClientOptions) -> Result<HubClient, SetupError> {
+    pub fn new(options: HubClientOptions) -> Result<HubClient, HubSetupError> {
         let endpoint = HubEndpoint::new(&options, REPORT_PATH, MAX_ANSWER_BYTES)?;
         Ok(HubClient {
             endpoint,
@@ -269,7 +269,7 @@ impl HubClient {
     }
 
     /// Builds the client from the `hub` section of the configuration.
-    pub fn from_config(hub: &HubConfig) -> Result<HubClient, SetupError> {
+    pub fn from_config(hub: &HubConfig) -> Result<HubClient, HubSetupError> {
         HubClient::new(HubClientOptions::from_config(hub)?)
     }
 
@@ -284,16 +284,16 @@ impl HubClient {
     }
 
     /// Posts one report and parses the hub's answer.
-    pub fn post_report(&self, report: &HostReport) -> Result<ControlEnvelope, ClientError> {
-        let body = serde_json::to_vec(report).map_err(ClientError::Encode)?;
+    pub fn post_report(&self, report: &HostReport) -> Result<ControlEnvelope, HubClientError> {
+        let body = serde_json::to_vec(report).map_err(HubClientError::Encode)?;
         let answer = self
             .endpoint
             .send(Method::Post, Some(body))
             .map_err(|e| match e {
-                EndpointError::Transport(e) => ClientError::Transport(e),
-                EndpointError::Http(e) => ClientError::Http(e),
+                EndpointError::Transport(e) => HubClientError::Transport(e),
+                EndpointError::Http(e) => HubClientError::Http(e),
             })?;
-        ControlEnvelope::parse(&answer).map_err(ClientError::Envelope)
+        ControlEnvelope::parse(&answer).map_err(HubClientError::Envelope)
     }
 }
 

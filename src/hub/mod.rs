@@ -17,11 +17,11 @@ pub mod poller;
 pub mod report;
 pub mod round;
 
-pub use client::{ClientError, HubClient, HubClientOptions, SetupError};
+pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, HostReader, NoAudit,
 };
 pub use envelope::{ControlEnvelope, EnvelopeError};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::HostReport;
-pub use round::{HubRound, RoundError};
+pub use round::{HubRound, HubRoundError};

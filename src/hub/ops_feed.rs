@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::client::{EndpointError, HubClientOptions, HubEndpoint, SetupError};
+use super::client::{EndpointError, HubClientOptions, HubEndpoint, HubSetupError};
 use super::envelope::ControlEnvelope;
 use super::poller::Reporter;
 use crate::base::encoding::{base64_decode, hex_encode};
@@ -255,14 +255,14 @@ impl fmt::Debug for SignedOpsClient {
 impl SignedOpsClient {
     /// Builds the client (a CA file is read now). The URL rules are the report
     /// client's.
-    pub fn new(options: HubClientOptions) -> Result<SignedOpsClient, SetupError> {
+    pub fn new(options: HubClientOptions) -> Result<SignedOpsClient, HubSetupError> {
         Ok(SignedOpsClient {
             endpoint: HubEndpoint::new(&options, SIGNED_OPS_PATH, MAX_ANSWER_BYTES)?,
         })
     }
 
     /// Builds the client from the `hub` section of the configuration.
-    pub fn from_config(hub: &HubConfig) -> Result<SignedOpsClient, SetupError> {
+    pub fn from_config(hub: &HubConfig) -> Result<SignedOpsClient, HubSetupError> {
         SignedOpsClient::new(HubClientOptions::from_config(hub)?)
     }
 

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::client::{ClientError, HubClient};
+use super::client::{HubClient, HubClientError};
 use super::collect::{CloudflaredProbe, CollectError, Collector, HostReader};
 use super::envelope::ControlEnvelope;
 use super::poller::Reporter;
@@ -14,7 +14,7 @@ use super::report::HostReport;
 /// Why a round produced no envelope.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum RoundError {
+pub enum HubRoundError {
     /// No report could be built (node status or guest list unreadable); nothing sent.
     Collect(CollectError),
     /// The report was built but the hub did not accept it: unreachable, an error
@@ -23,29 +23,29 @@ pub enum RoundError {
         /// The URL the report was posted to.
         endpoint: String,
         /// What went wrong.
-        source: ClientError,
+        source: HubClientError,
     },
 }
 
-impl fmt::Display for RoundError {
+impl fmt::Display for HubRoundError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RoundError::Collect(e) => write!(f, "no report this round: {e}"),
+            HubRoundError::Collect(e) => write!(f, "no report this round: {e}"),
             // A transport error already names the method and URL.
-            RoundError::Report {
-                source: source @ ClientError::Transport(_),
+            HubRoundError::Report {
+                source: source @ HubClientError::Transport(_),
                 ..
             } => source.fmt(f),
-            RoundError::Report { endpoint, source } => write!(f, "POST {endpoint}: {source}"),
+            HubRoundError::Report { endpoint, source } => write!(f, "POST {endpoint}: {source}"),
         }
     }
 }
 
-impl std::error::Error for RoundError {
+impl std::error::Error for HubRoundError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            RoundError::Collect(e) => Some(e),
-            RoundError::Report { source, .. } => Some(source),
+            HubRoundError::Collect(e) => Some(e),
+            HubRoundError::Report { source, .. } => Some(source),
         }
     }
 }
@@ -79,17 +79,17 @@ impl<R: HostReader, P: CloudflaredProbe> HubRound<R, P> {
     }
 
     /// Posts a report.
-    pub fn send(&self, report: &HostReport) -> Result<ControlEnvelope, ClientError> {
+    pub fn send(&self, report: &HostReport) -> Result<ControlEnvelope, HubClientError> {
         self.client.post_report(report)
     }
 }
 
 impl<R: HostReader, P: CloudflaredProbe> Reporter for HubRound<R, P> {
-    type Error = RoundError;
+    type Error = HubRoundError;
 
-    fn round(&mut self) -> Result<ControlEnvelope, RoundError> {
-        let report = self.collect().map_err(RoundError::Collect)?;
-        let envelope = self.send(&report).map_err(|source| RoundError::Report {
+    fn round(&mut self) -> Result<ControlEnvelope, HubRoundError> {
+        let report = self.collect().map_err(HubRoundError::Collect)?;
+        let envelope = self.send(&report).map_err(|source| HubRoundError::Report {
             endpoint: self.client.endpoint().to_owned(),
             source,
         })?;
@@ -108,8 +108,8 @@ mod tests {
     use super::*;
     use crate::net::{HttpError, TransportError};
 
-    fn report(source: ClientError) -> String {
-        RoundError::Report {
+    fn report(source: HubClientError) -> String {
+        HubRoundError::Report {
             endpoint: "https://hub.example/api/v1/host-report".into(),
             source,
         }
@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn a_refused_report_names_the_endpoint_once() {
-        let refused = report(ClientError::Http(HttpError {
+        let refused = report(HubClientError::Http(HttpError {
             status: 401,
             reason: "Unauthorized".into(),
             body_excerpt: String::new(),
@@ -128,7 +128,7 @@ mod tests {
             "POST https://hub.example/api/v1/host-report: hub refused the report: \
              HTTP 401 Unauthorized (the hub does not accept the configured hub.api_key)"
         );
-        let unreachable = report(ClientError::Transport(TransportError::Timeout {
+        let unreachable = report(HubClientError::Transport(TransportError::Timeout {
             target: "POST https://hub.example/api/v1/host-report".into(),
             phase: crate::net::TimeoutPhase::Exchange,
         }));

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::answer::{self, Envelope};
 use super::decode::{self, DecodeError, Obj};
-use super::error::{ApiError, Error, Privilege, is_transient_text};
+use super::error::{ApiError, Privilege, ProxmoxError, is_transient_text};
 use super::types::{
     BackupMode, Compression, ConfigChange, Guest, GuestConfig, Node, NodeStatus, Snapshot, Storage,
     StorageStatus, TaskFilter, TaskLog, TaskSource, TaskStatus, TaskSummary, Version, Volume,
@@ -96,8 +96,8 @@ fn api_base(url: &str) -> Result<String, &'static str> {
     Ok(format!("https://{rest}/api2/json"))
 }
 
-fn option(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::Option {
+fn option(field: &'static str, reason: impl Into<String>) -> ProxmoxError {
+    ProxmoxError::Option {
         field,
         reason: reason.into(),
     }
@@ -156,7 +156,7 @@ impl fmt::Debug for Client {
 impl Client {
     /// Checks the options and builds the client (a CA file is read now). Nothing is
     /// sent yet.
-    pub fn new(options: ClientOptions) -> Result<Client, Error> {
+    pub fn new(options: ClientOptions) -> Result<Client, ProxmoxError> {
         let api = api_base(&options.base_url).map_err(|r| option("base_url", r))?;
         validate::node_name(&options.node).map_err(|r| option("node", r))?;
         validate::token_id(&options.token_id).map_err(|r| option("token_id", r))?;
@@ -188,7 +188,7 @@ impl Client {
             max_idle_per_host: options.max_idle_per_host,
             max_idle_age: Duration::from_secs(4),
         })
-        .map_err(Error::Trust)?;
+        .map_err(ProxmoxError::Trust)?;
         let authorization = Secret::new(format!("PVEAPIToken={}={}", options.token_id, secret));
         Ok(Client {
             http,
@@ -230,7 +230,7 @@ impl Client {
         method: Method,
         path: &ApiPath,
         params: Vec<(String, String)>,
-    ) -> Result<Envelope, Error> {
+    ) -> Result<Envelope, ProxmoxError> {
         let mut url = format!("{}{}", self.api, path.encoded);
         let request = match method {
             Method::Get | Method::Delete => {
@@ -245,7 +245,7 @@ impl Client {
         let request = request
             .header("accept", "application/json")
             .secret_header("authorization", &self.authorization);
-        let response = self.http.send(request).map_err(Error::Transport)?;
+        let response = self.http.send(request).map_err(ProxmoxError::Transport)?;
         crate::debug!(
             proxmox_call,
             "proxmox call",
@@ -254,13 +254,13 @@ impl Client {
             status = response.status
         );
         if !response.is_success() {
-            return Err(Error::Api(Box::new(self.api_error(
+            return Err(ProxmoxError::Api(Box::new(self.api_error(
                 method,
                 &path.display,
                 &response,
             ))));
         }
-        answer::envelope(&response.body).map_err(|problem| Error::Decode {
+        answer::envelope(&response.body).map_err(|problem| ProxmoxError::Decode {
             method,
             path: path.display.clone(),
             detail: DecodeError {
@@ -308,10 +308,10 @@ impl Client {
         method: Method,
         path: &ApiPath,
         result: Result<T, DecodeError>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, ProxmoxError> {
         result.map_err(|mut detail| {
             detail.found = self.scrub(detail.found);
-            Error::Decode {
+            ProxmoxError::Decode {
                 method,
                 path: path.display.clone(),
                 detail,
@@ -324,7 +324,7 @@ impl Client {
         path: ApiPath,
         params: Vec<(String, String)>,
         f: impl Fn(&Obj<'_>) -> Result<T, DecodeError>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, ProxmoxError> {
         let env = self.call(Method::Get, &path, params)?;
         let r = answer::one(&env.data, f);
         self.decoded(Method::Get, &path, r)
@@ -335,13 +335,18 @@ impl Client {
         path: ApiPath,
         params: Vec<(String, String)>,
         f: impl Fn(&Obj<'_>) -> Result<T, DecodeError>,
-    ) -> Result<Vec<T>, Error> {
+    ) -> Result<Vec<T>, ProxmoxError> {
         let env = self.call(Method::Get, &path, params)?;
         let r = decode::list(&env.data, "data", f);
         self.decoded(Method::Get, &path, r)
     }
 
-    fn expect_upid(&self, method: Method, path: &ApiPath, data: &Value) -> Result<Upid, Error> {
+    fn expect_upid(
+        &self,
+        method: Method,
+        path: &ApiPath,
+        data: &Value,
+    ) -> Result<Upid, ProxmoxError> {
         self.decoded(method, path, answer::upid(data))
     }
 
@@ -350,7 +355,7 @@ impl Client {
         method: Method,
         path: ApiPath,
         params: Vec<(String, String)>,
-    ) -> Result<Upid, Error> {
+    ) -> Result<Upid, ProxmoxError> {
         let env = self.call(method, &path, params)?;
         let upid = self.expect_upid(method, &path, &env.data)?;
         crate::debug!(
@@ -362,7 +367,7 @@ impl Client {
         Ok(upid)
     }
 
-    fn vmid_str(vmid: u32) -> Result<String, Error> {
+    fn vmid_str(vmid: u32) -> Result<String, ProxmoxError> {
         validate::vmid(vmid)?;
         Ok(vmid.to_string())
     }
@@ -370,17 +375,17 @@ impl Client {
     // ---- reads -------------------------------------------------------------
 
     /// `GET /version`.
-    pub fn version(&self) -> Result<Version, Error> {
+    pub fn version(&self) -> Result<Version, ProxmoxError> {
         self.get_one(api_path(&["version"]), vec![], Version::decode)
     }
 
     /// `GET /nodes`.
-    pub fn nodes(&self) -> Result<Vec<Node>, Error> {
+    pub fn nodes(&self) -> Result<Vec<Node>, ProxmoxError> {
         self.get_list(api_path(&["nodes"]), vec![], Node::decode)
     }
 
     /// `GET /nodes/{node}/status`.
-    pub fn node_status(&self) -> Result<NodeStatus, Error> {
+    pub fn node_status(&self) -> Result<NodeStatus, ProxmoxError> {
         self.get_one(
             api_path(&["nodes", &self.node, "status"]),
             vec![],
@@ -389,7 +394,7 @@ impl Client {
     }
 
     /// `GET /nodes/{node}/lxc`: the containers on this node, in no particular order.
-    pub fn list_lxc(&self) -> Result<Vec<Guest>, Error> {
+    pub fn list_lxc(&self) -> Result<Vec<Guest>, ProxmoxError> {
         self.get_list(
             api_path(&["nodes", &self.node, "lxc"]),
             vec![],
@@ -398,7 +403,7 @@ impl Client {
     }
 
     /// `GET /nodes/{node}/lxc/{vmid}/status/current`.
-    pub fn guest_status(&self, vmid: u32) -> Result<Guest, Error> {
+    pub fn guest_status(&self, vmid: u32) -> Result<Guest, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         self.get_one(
             api_path(&["nodes", &self.node, "lxc", &id, "status", "current"]),
@@ -409,7 +414,7 @@ impl Client {
 
     /// `GET /nodes/{node}/lxc/{vmid}/config` (pending values merged, as Proxmox does
     /// by default).
-    pub fn guest_config(&self, vmid: u32) -> Result<GuestConfig, Error> {
+    pub fn guest_config(&self, vmid: u32) -> Result<GuestConfig, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         self.get_one(
             api_path(&["nodes", &self.node, "lxc", &id, "config"]),
@@ -419,7 +424,7 @@ impl Client {
     }
 
     /// `GET /nodes/{node}/lxc/{vmid}/snapshot`, without the `current` pseudo-entry.
-    pub fn list_snapshots(&self, vmid: u32) -> Result<Vec<Snapshot>, Error> {
+    pub fn list_snapshots(&self, vmid: u32) -> Result<Vec<Snapshot>, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         let all = self.get_list(
             api_path(&["nodes", &self.node, "lxc", &id, "snapshot"]),
@@ -430,12 +435,12 @@ impl Client {
     }
 
     /// `GET /storage`: the storage configuration.
-    pub fn list_storage(&self) -> Result<Vec<Storage>, Error> {
+    pub fn list_storage(&self) -> Result<Vec<Storage>, ProxmoxError> {
         self.get_list(api_path(&["storage"]), vec![], Storage::decode)
     }
 
     /// `GET /nodes/{node}/storage`: each storage's state on this node.
-    pub fn node_storage(&self) -> Result<Vec<StorageStatus>, Error> {
+    pub fn node_storage(&self) -> Result<Vec<StorageStatus>, ProxmoxError> {
         self.get_list(
             api_path(&["nodes", &self.node, "storage"]),
             vec![],
@@ -449,7 +454,7 @@ impl Client {
         &self,
         storage: &str,
         content: Option<&str>,
-    ) -> Result<Vec<Volume>, Error> {
+    ) -> Result<Vec<Volume>, ProxmoxError> {
         check("storage", storage, validate::storage_id)?;
         let mut params = vec![];
         if let Some(c) = content {
@@ -464,7 +469,7 @@ impl Client {
     }
 
     /// `GET /nodes/{node}/tasks/{upid}/status`, on the node named in the UPID.
-    pub fn task_status(&self, upid: &Upid) -> Result<TaskStatus, Error> {
+    pub fn task_status(&self, upid: &Upid) -> Result<TaskStatus, ProxmoxError> {
         self.get_one(
             api_path(&["nodes", upid.node(), "tasks", upid.as_str(), "status"]),
             vec![],
@@ -474,7 +479,7 @@ impl Client {
 
     /// `GET /nodes/{node}/tasks/{upid}/log`: `limit` lines from line `start`
     /// (0-based); `limit` 0 reads the whole log.
-    pub fn task_log(&self, upid: &Upid, start: u64, limit: u64) -> Result<TaskLog, Error> {
+    pub fn task_log(&self, upid: &Upid, start: u64, limit: u64) -> Result<TaskLog, ProxmoxError> {
         let path = api_path(&["nodes", upid.node(), "tasks", upid.as_str(), "log"]);
         let env = self.call(
             Method::Get,
@@ -492,7 +497,7 @@ impl Client {
     }
 
     /// The last `n` lines of a task log (two reads: the length, then the tail).
-    pub fn task_log_tail(&self, upid: &Upid, n: u64) -> Result<Vec<String>, Error> {
+    pub fn task_log_tail(&self, upid: &Upid, n: u64) -> Result<Vec<String>, ProxmoxError> {
         let head = self.task_log(upid, 0, 1)?;
         let total = head.total.unwrap_or(head.lines.len() as u64);
         if total <= 1 {
@@ -503,7 +508,7 @@ impl Client {
     }
 
     /// `GET /nodes/{node}/tasks` with filters.
-    pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>, Error> {
+    pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>, ProxmoxError> {
         let mut params = vec![];
         if let Some(vmid) = filter.vmid {
             params.push(pair("vmid", Self::vmid_str(vmid)?));
@@ -547,7 +552,7 @@ impl Client {
         archive: &str,
         storage: &str,
         force: bool,
-    ) -> Result<Upid, Error> {
+    ) -> Result<Upid, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         check("archive", archive, validate::volid)?;
         check("storage", storage, validate::storage_id)?;
@@ -571,7 +576,7 @@ impl Client {
         storage: &str,
         mode: BackupMode,
         compress: Compression,
-    ) -> Result<VzdumpOutcome, Error> {
+    ) -> Result<VzdumpOutcome, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         check("storage", storage, validate::storage_id)?;
         let path = api_path(&["nodes", &self.node, "vzdump"]);
@@ -601,7 +606,7 @@ impl Client {
         vmid: u32,
         name: &str,
         description: Option<&str>,
-    ) -> Result<Upid, Error> {
+    ) -> Result<Upid, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         check("snapshot", name, validate::snapshot_name)?;
         let mut params = vec![pair("snapname", name)];
@@ -620,7 +625,7 @@ impl Client {
     /// container first and leaves it stopped unless `start` asks it to start the
     /// container once the rollback succeeded; whether the snapshot exists is checked
     /// inside the task.
-    pub fn rollback(&self, vmid: u32, name: &str, start: bool) -> Result<Upid, Error> {
+    pub fn rollback(&self, vmid: u32, name: &str, start: bool) -> Result<Upid, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         check("snapshot", name, validate::snapshot_name)?;
         self.task(
@@ -633,7 +638,7 @@ impl Client {
     }
 
     /// `DELETE .../lxc/{vmid}/snapshot/{name}`.
-    pub fn delete_snapshot(&self, vmid: u32, name: &str) -> Result<Upid, Error> {
+    pub fn delete_snapshot(&self, vmid: u32, name: &str) -> Result<Upid, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         check("snapshot", name, validate::snapshot_name)?;
         self.task(
@@ -646,7 +651,11 @@ impl Client {
     /// `PUT .../lxc/{vmid}/config`. Proxmox applies most changes synchronously and
     /// answers `{"data": null}` (`Ok(None)`); an answer with a task id
     /// (`Ok(Some(upid))`) must be waited for. Both are success.
-    pub fn set_config(&self, vmid: u32, change: &ConfigChange) -> Result<Option<Upid>, Error> {
+    pub fn set_config(
+        &self,
+        vmid: u32,
+        change: &ConfigChange,
+    ) -> Result<Option<Upid>, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         if change.set.is_empty() && change.delete.is_empty() {
             return Err(
@@ -694,7 +703,7 @@ impl Client {
     }
 
     /// `POST .../lxc/{vmid}/status/start`.
-    pub fn start(&self, vmid: u32) -> Result<Upid, Error> {
+    pub fn start(&self, vmid: u32) -> Result<Upid, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         self.task(
             Method::Post,
@@ -704,7 +713,7 @@ impl Client {
     }
 
     /// `POST .../lxc/{vmid}/status/stop`: immediate stop.
-    pub fn stop(&self, vmid: u32) -> Result<Upid, Error> {
+    pub fn stop(&self, vmid: u32) -> Result<Upid, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         self.task(
             Method::Post,
@@ -715,7 +724,7 @@ impl Client {
 
     /// `POST .../lxc/{vmid}/status/shutdown`: clean shutdown, force-stopped after
     /// `timeout_secs` (Proxmox's default 60 when `None`).
-    pub fn shutdown(&self, vmid: u32, timeout_secs: Option<u32>) -> Result<Upid, Error> {
+    pub fn shutdown(&self, vmid: u32, timeout_secs: Option<u32>) -> Result<Upid, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         let mut params = vec![];
         if let Some(t) = timeout_secs {
@@ -731,7 +740,7 @@ impl Client {
 
     /// `DELETE /nodes/{node}/lxc/{vmid}`: `purge` also removes it from backup jobs
     /// and HA; `force` stops it first if running.
-    pub fn destroy(&self, vmid: u32, purge: bool, force: bool) -> Result<Upid, Error> {
+    pub fn destroy(&self, vmid: u32, purge: bool, force: bool) -> Result<Upid, ProxmoxError> {
         let id = Self::vmid_str(vmid)?;
         self.task(
             Method::Delete,
@@ -780,7 +789,7 @@ mod tests {
     #[test]
     fn options_are_checked_and_name_the_field() {
         let field_of = |o: ClientOptions| match Client::new(o) {
-            Err(Error::Option { field, .. }) => field,
+            Err(ProxmoxError::Option { field, .. }) => field,
             other => panic!("expected an option error, got {other:?}"),
         };
         let mut o = opts();
@@ -797,7 +806,7 @@ mod tests {
         let e = Client::new(o).unwrap_err();
         assert!(matches!(
             e,
-            Error::Option {
+            ProxmoxError::Option {
                 field: "token_secret",
                 ..
             }
@@ -822,8 +831,8 @@ mod tests {
     #[test]
     fn invalid_arguments_are_refused_before_sending() {
         let c = Client::new(opts()).unwrap();
-        let name = |e: Error| match e {
-            Error::Argument(a) => a.name,
+        let name = |e: ProxmoxError| match e {
+            ProxmoxError::Argument(a) => a.name,
             other => panic!("expected an argument error, got {other:?}"),
         };
         assert_eq!(name(c.start(42).unwrap_err()), "vmid");

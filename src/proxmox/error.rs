@@ -121,7 +121,7 @@ impl std::error::Error for ApiError {}
 /// A failed Proxmox call.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ProxmoxError {
     /// The client options are unusable (at construction).
     Option {
         /// The option, e.g. `base_url`, `token_id`.
@@ -148,14 +148,16 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl ProxmoxError {
     /// Whether the request provably never reached Proxmox: refused locally, or a
     /// connect/TLS failure. Only such a mutation may be sent again.
     pub fn never_sent(&self) -> bool {
         match self {
-            Error::Option { .. } | Error::Trust(_) | Error::Argument(_) => true,
-            Error::Transport(t) => t.never_sent(),
-            Error::Api(_) | Error::Decode { .. } => false,
+            ProxmoxError::Option { .. } | ProxmoxError::Trust(_) | ProxmoxError::Argument(_) => {
+                true
+            }
+            ProxmoxError::Transport(t) => t.never_sent(),
+            ProxmoxError::Api(_) | ProxmoxError::Decode { .. } => false,
         }
     }
 
@@ -165,19 +167,22 @@ impl Error {
     /// reading the state again, never by assuming it did not happen.
     pub fn outcome_unknown(&self) -> bool {
         match self {
-            Error::Transport(t) => !t.never_sent(),
-            Error::Decode { .. } => true,
-            Error::Option { .. } | Error::Trust(_) | Error::Argument(_) | Error::Api(_) => false,
+            ProxmoxError::Transport(t) => !t.never_sent(),
+            ProxmoxError::Decode { .. } => true,
+            ProxmoxError::Option { .. }
+            | ProxmoxError::Trust(_)
+            | ProxmoxError::Argument(_)
+            | ProxmoxError::Api(_) => false,
         }
     }
 
     /// Whether the same call may succeed later without any change on our side
     /// (network trouble, a transient API answer). Says nothing about whether a
-    /// mutation was processed: see [`Error::never_sent`].
+    /// mutation was processed: see [`ProxmoxError::never_sent`].
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Api(a) => a.transient,
-            Error::Transport(t) => matches!(
+            ProxmoxError::Api(a) => a.transient,
+            ProxmoxError::Transport(t) => matches!(
                 t,
                 TransportError::Connect { .. }
                     | TransportError::Timeout { .. }
@@ -191,7 +196,7 @@ impl Error {
     /// The privilege a permission failure names.
     pub fn privilege(&self) -> Option<&Privilege> {
         match self {
-            Error::Api(a) => a.privilege.as_ref(),
+            ProxmoxError::Api(a) => a.privilege.as_ref(),
             _ => None,
         }
     }
@@ -199,21 +204,21 @@ impl Error {
     /// The API error, when Proxmox answered with an error status.
     pub fn api(&self) -> Option<&ApiError> {
         match self {
-            Error::Api(a) => Some(a.as_ref()),
+            ProxmoxError::Api(a) => Some(a.as_ref()),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for Error {
+impl fmt::Display for ProxmoxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Option { field, reason } => write!(f, "proxmox option {field}: {reason}"),
-            Error::Trust(e) => write!(f, "proxmox TLS trust: {e}"),
-            Error::Argument(e) => write!(f, "proxmox request refused: {e}"),
-            Error::Transport(e) => write!(f, "proxmox: {e}"),
-            Error::Api(e) => write!(f, "proxmox: {e}"),
-            Error::Decode {
+            ProxmoxError::Option { field, reason } => write!(f, "proxmox option {field}: {reason}"),
+            ProxmoxError::Trust(e) => write!(f, "proxmox TLS trust: {e}"),
+            ProxmoxError::Argument(e) => write!(f, "proxmox request refused: {e}"),
+            ProxmoxError::Transport(e) => write!(f, "proxmox: {e}"),
+            ProxmoxError::Api(e) => write!(f, "proxmox: {e}"),
+            ProxmoxError::Decode {
                 method,
                 path,
                 detail,
@@ -222,22 +227,22 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
+impl std::error::Error for ProxmoxError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Trust(e) => Some(e),
-            Error::Argument(e) => Some(e),
-            Error::Transport(e) => Some(e),
-            Error::Api(e) => Some(e.as_ref()),
-            Error::Decode { detail, .. } => Some(detail),
-            Error::Option { .. } => None,
+            ProxmoxError::Trust(e) => Some(e),
+            ProxmoxError::Argument(e) => Some(e),
+            ProxmoxError::Transport(e) => Some(e),
+            ProxmoxError::Api(e) => Some(e.as_ref()),
+            ProxmoxError::Decode { detail, .. } => Some(detail),
+            ProxmoxError::Option { .. } => None,
         }
     }
 }
 
-impl From<InvalidArgument> for Error {
+impl From<InvalidArgument> for ProxmoxError {
     fn from(e: InvalidArgument) -> Self {
-        Error::Argument(e)
+        ProxmoxError::Argument(e)
     }
 }
 
@@ -273,7 +278,7 @@ mod tests {
     #[test]
     fn only_a_lost_or_unreadable_answer_leaves_the_outcome_unknown() {
         let target = || "POST https://h/api2/json/x".to_string();
-        let transport = |t| Error::Transport(t);
+        let transport = |t| ProxmoxError::Transport(t);
         assert!(
             transport(TransportError::Io {
                 target: target(),
@@ -296,7 +301,7 @@ mod tests {
             .outcome_unknown()
         );
         assert!(
-            Error::Decode {
+            ProxmoxError::Decode {
                 method: Method::Post,
                 path: "/x".into(),
                 detail: DecodeError {
@@ -316,7 +321,7 @@ mod tests {
             privilege: None,
             transient: true,
         };
-        assert!(!Error::Api(Box::new(refused)).outcome_unknown());
+        assert!(!ProxmoxError::Api(Box::new(refused)).outcome_unknown());
     }
 
     #[test]

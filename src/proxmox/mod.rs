@@ -3,7 +3,7 @@
 //! [`Client`] owns every conversation with the Proxmox API of the node the agent runs
 //! on: token authentication, typed reads, mutations that answer a task id ([`Upid`])
 //! or (config writes) nothing, [`Client::wait_task`], and errors classified for the
-//! callers' policies ([`ApiError`], [`TaskError`], [`Error::never_sent`]). It never
+//! callers' policies ([`ApiError`], [`TaskError`], [`ProxmoxError::never_sent`]). It never
 //! spawns a process.
 //!
 //! [`privileged`] owns the few root operations the API cannot do, through an argv
@@ -23,7 +23,7 @@ mod wait;
 pub use answer::{Answer, decode_answer};
 pub use client::{Client, ClientOptions};
 pub use decode::DecodeError;
-pub use error::{ApiError, Error, Privilege, is_transient_text};
+pub use error::{ApiError, Privilege, ProxmoxError, is_transient_text};
 pub use types::{
     BackupMode, Compression, ConfigChange, CpuInfo, FsUsage, Guest, GuestConfig, MemoryUsage, Node,
     NodeStatus, RunState, Snapshot, Storage, StorageStatus, TaskExit, TaskFilter, TaskLog,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::client::Client;
-use super::error::{Error, Privilege, is_transient_text};
+use super::error::{Privilege, ProxmoxError, is_transient_text};
 use super::types::TaskExit;
 use super::upid::Upid;
 use crate::base::shutdown::Shutdown;
@@ -122,7 +122,7 @@ pub enum WaitError {
         /// How long the wait lasted.
         waited: Duration,
         /// The last status read failure, if polls were failing.
-        last_error: Option<Box<Error>>,
+        last_error: Option<Box<ProxmoxError>>,
     },
     /// Shutdown was signalled; the task may still be running.
     Shutdown {
@@ -135,7 +135,7 @@ pub enum WaitError {
         /// The task.
         upid: Upid,
         /// What failed.
-        source: Box<Error>,
+        source: Box<ProxmoxError>,
     },
 }
 

@@ -90,7 +90,7 @@ pub enum EngineError {
     /// The desired state could not be had (no good version yet).
     Desired(DesiredError),
     /// The guest list could not be read from Proxmox.
-    ListGuests(proxmox::Error),
+    ListGuests(proxmox::ProxmoxError),
     /// A journal write failed: the process must exit non-zero and replay on restart.
     Journal {
         /// The op whose step could not be recorded.
@@ -233,7 +233,10 @@ impl fmt::Debug for Engine {
 
 /// Reads the guest list, then every guest's config with up to `max_parallel` reads at
 /// once. A config that cannot be read leaves that guest's `config` `None`.
-pub fn read_actual(client: &Client, max_parallel: usize) -> Result<ActualState, proxmox::Error> {
+pub fn read_actual(
+    client: &Client,
+    max_parallel: usize,
+) -> Result<ActualState, proxmox::ProxmoxError> {
     let listed = client.list_lxc()?;
     let next = AtomicUsize::new(0);
     let configs: Mutex<BTreeMap<u32, Option<proxmox::GuestConfig>>> = Mutex::new(BTreeMap::new());

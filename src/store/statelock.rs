@@ -2,7 +2,7 @@
 //!
 //! `run`, and every command that writes or compacts a file in the state directory, takes
 //! [`StateLock::acquire`] before anything else touches the directory and holds it for its
-//! whole life. A second process gets [`LockError::Held`], naming the directory and the
+//! whole life. A second process gets [`StateLockError::Held`], naming the directory and the
 //! PID the holder wrote into the lock file, and must exit without touching anything: two
 //! writers would compact each other's files out from under their open handles (a nonce
 //! appended to an unlinked file is lost, and a signed op replays).
@@ -30,7 +30,7 @@ const MAX_PID_TEXT: usize = 32;
 /// Why the state directory could not be locked.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum LockError {
+pub enum StateLockError {
     /// Another process holds the lock: a daemon, or a writing command, runs on this state
     /// directory. `pid` is what the holder wrote, when it had written it yet.
     Held {
@@ -50,10 +50,10 @@ pub enum LockError {
     },
 }
 
-impl fmt::Display for LockError {
+impl fmt::Display for StateLockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LockError::Held { dir, pid } => {
+            StateLockError::Held { dir, pid } => {
                 write!(
                     f,
                     "state directory {} is in use by another felhom-agent process",
@@ -69,18 +69,18 @@ impl fmt::Display for LockError {
                     dir.join(LOCK_FILE).display()
                 )
             }
-            LockError::Io { op, path, source } => {
+            StateLockError::Io { op, path, source } => {
                 write!(f, "state lock: cannot {op} {}: {source}", path.display())
             }
         }
     }
 }
 
-impl std::error::Error for LockError {
+impl std::error::Error for StateLockError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            LockError::Held { .. } => None,
-            LockError::Io { source, .. } => Some(source),
+            StateLockError::Held { .. } => None,
+            StateLockError::Io { source, .. } => Some(source),
         }
     }
 }
@@ -99,7 +99,7 @@ impl StateLock {
     /// logged with a stable `event=` key: `state_lock_acquired` (with `pid`),
     /// `state_lock_held` (with `holder_pid`, `unknown` when not written yet) or
     /// `state_lock_failed`.
-    pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
+    pub fn acquire(dir: &Path) -> Result<StateLock, StateLockError> {
         match Self::try_acquire(dir) {
             Ok(lock) => {
                 crate::info!(
@@ -110,7 +110,7 @@ impl StateLock {
                 );
                 Ok(lock)
             }
-            Err(e @ LockError::Held { pid, .. }) => {
+            Err(e @ StateLockError::Held { pid, .. }) => {
                 crate::error!(
                     state_lock_held,
                     "state directory is held by another process; not starting",
@@ -131,10 +131,10 @@ impl StateLock {
         }
     }
 
-    fn try_acquire(dir: &Path) -> Result<StateLock, LockError> {
+    fn try_acquire(dir: &Path) -> Result<StateLock, StateLockError> {
         let io_err = |op, path: &Path| {
             let path = path.to_path_buf();
-            move |source| LockError::Io { op, path, source }
+            move |source| StateLockError::Io { op, path, source }
         };
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -146,7 +146,7 @@ impl StateLock {
         // truncates the file: refuse to follow one anyway.
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(LockError::Io {
+                return Err(StateLockError::Io {
                     op: "use",
                     path,
                     source: io::Error::new(io::ErrorKind::InvalidInput, "it is a symbolic link"),
@@ -164,7 +164,7 @@ impl StateLock {
             .map_err(io_err("open", &path))?;
         let meta = file.metadata().map_err(io_err("inspect", &path))?;
         if !meta.is_file() {
-            return Err(LockError::Io {
+            return Err(StateLockError::Io {
                 op: "use",
                 path,
                 source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
@@ -173,13 +173,13 @@ impl StateLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                return Err(LockError::Held {
+                return Err(StateLockError::Held {
                     dir: dir.to_path_buf(),
                     pid: read_pid(&file),
                 });
             }
             Err(TryLockError::Error(source)) => {
-                return Err(LockError::Io {
+                return Err(StateLockError::Io {
                     op: "lock",
                     path,
                     source,
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(text, format!("{}\n", std::process::id()));
         // flock conflicts between two open files even within one process.
         match StateLock::acquire(&dir) {
-            Err(LockError::Held { dir: d, pid }) => {
+            Err(StateLockError::Held { dir: d, pid }) => {
                 assert_eq!(d, dir);
                 assert_eq!(pid, Some(std::process::id()));
             }
@@ -319,7 +319,7 @@ mod tests {
             lock.file.set_len(0).unwrap();
             lock.file.write_all_at(text.as_bytes(), 0).unwrap();
             match StateLock::acquire(&dir) {
-                Err(LockError::Held { pid: None, .. }) => {}
+                Err(StateLockError::Held { pid: None, .. }) => {}
                 other => panic!("{text:?}: expected Held without a PID, got {other:?}"),
             }
         }
@@ -337,7 +337,7 @@ mod tests {
         std::fs::write(&target, "keep me").unwrap();
         std::os::unix::fs::symlink(&target, dir.join(LOCK_FILE)).unwrap();
         match StateLock::acquire(&dir) {
-            Err(LockError::Io {
+            Err(StateLockError::Io {
                 op: "use", path, ..
             }) => assert_eq!(path, dir.join(LOCK_FILE)),
             other => panic!("expected Io, got {other:?}"),
@@ -347,7 +347,7 @@ mod tests {
         std::fs::create_dir(dir.join(LOCK_FILE)).unwrap();
         assert!(matches!(
             StateLock::acquire(&dir),
-            Err(LockError::Io { .. })
+            Err(StateLockError::Io { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -358,7 +358,7 @@ mod tests {
         std::fs::write(&dir, "not a directory").unwrap();
         let e = StateLock::acquire(&dir).unwrap_err();
         assert!(
-            matches!(&e, LockError::Io { op: "create directory", path, .. } if *path == dir),
+            matches!(&e, StateLockError::Io { op: "create directory", path, .. } if *path == dir),
             "{e:?}"
         );
         assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
