@@ -13,7 +13,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{
@@ -41,14 +40,7 @@ const KEYS: &str = "vectors/sshsig/keys";
 const NOW: i64 = 1_800_000_000;
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-gate-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    d
+    common::fresh_path("gate", name)
 }
 
 fn pubkey(name: &str) -> String {

@@ -6,9 +6,7 @@
 mod common;
 use common::pinned_client as client;
 
-use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::proxmox::{Client, ConfigChange, Upid, WaitOptions};
@@ -20,14 +18,7 @@ use felhom_agent::time::{Clock, SystemClock};
 use felhom_sim::{GuestSeed, ProxmoxSim};
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-recover-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    d
+    common::fresh_path("recover", name)
 }
 
 fn wait() -> WaitOptions {

@@ -70,9 +70,10 @@ impl DestructiveExecutor for CountingExecutor {
     }
 }
 
-/// A fresh, empty 0700 directory for one test: `felhom-{prefix}-{name}-{pid}-{n}` under
-/// the system temp dir, so no two tests of a run share one.
-pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
+/// A path for one test's directory that nothing is at: `felhom-{prefix}-{name}-{pid}-{n}`
+/// under the system temp dir, so no two tests of a run share one. Not created: for the
+/// tests where the code under test makes its own directory.
+pub fn fresh_path(prefix: &str, name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let d = std::env::temp_dir().join(format!(
         "felhom-{prefix}-{name}-{}-{}",
@@ -80,6 +81,12 @@ pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
         N.fetch_add(1, Ordering::SeqCst)
     ));
     let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A fresh, empty 0700 directory for one test at [`fresh_path`].
+pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
+    let d = fresh_path(prefix, name);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
     d

@@ -32,10 +32,8 @@ mod stores;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::pinned_client as client;
@@ -57,16 +55,7 @@ const AUDIT: &str = "audit.log";
 const NONCES: &str = "nonces.log";
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-pc-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
-    d
+    common::tempdir("pc", name)
 }
 
 fn fast_wait() -> WaitOptions {
