@@ -6,15 +6,18 @@ pub mod agent;
 pub mod sign;
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::{Client, ClientOptions};
+use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::{Intent, OpClass};
-use felhom_agent::reconcile::gate::GuestNow;
+use felhom_agent::reconcile::gate::{Gate, GuestNow};
 use felhom_agent::reconcile::jobs::{DestructiveExecutor, OnTask, ProxmoxExecutor};
+use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::secret::Secret;
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
 
@@ -90,4 +93,11 @@ pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
     d
+}
+
+/// The gate of host `pve-a` with no verifier (every destructive op is refused) over
+/// `journal`, auditing to `dir/audit.log`.
+pub fn unsigned_gate(dir: &Path, journal: &Arc<Journal>) -> Arc<Gate> {
+    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+    Arc::new(Gate::new("pve-a".into(), None, Arc::clone(journal), audit))
 }
