@@ -12,13 +12,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions};
+use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::{Intent, OpClass};
 use felhom_agent::reconcile::gate::{Gate, GuestNow};
 use felhom_agent::reconcile::jobs::{DestructiveExecutor, OnTask, ProxmoxExecutor};
 use felhom_agent::reconcile::journal::Journal;
+use felhom_agent::reconcile::recover::{RecoverReport, recover};
 use felhom_agent::secret::Secret;
+use felhom_agent::shutdown::Shutdown;
+use felhom_agent::time::SystemClock;
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
 
 /// A Proxmox client for `sim`: its default token, its certificate pinned, a 10 s call
@@ -100,4 +103,25 @@ pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
 pub fn unsigned_gate(dir: &Path, journal: &Arc<Journal>) -> Arc<Gate> {
     let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
     Arc::new(Gate::new("pve-a".into(), None, Arc::clone(journal), audit))
+}
+
+/// Runs Recover on `journal` against `sim` and asserts it dispatched nothing and left
+/// nothing in flight; `what` names the case in a failure.
+pub fn recover_sending_nothing(
+    journal: &Journal,
+    sim: &ProxmoxSim,
+    client: &Client,
+    wait: &WaitOptions,
+    what: &str,
+) -> RecoverReport {
+    let before = sim.mutations().len();
+    let report = recover(journal, client, wait, &Shutdown::new(), &SystemClock).unwrap();
+    assert_eq!(
+        sim.mutations().len(),
+        before,
+        "{what}: Recover dispatched: {:?}",
+        sim.mutations()
+    );
+    assert!(journal.in_flight().is_empty(), "{what}: {report:?}");
+    report
 }
