@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests (each `tests/*.rs` that needs one says
-//! `mod common;`). Not every test file uses every helper.
+//! `mod common;`; a bench says `#[path = "../tests/common/mod.rs"] mod common;`). Not
+//! every test file uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod agent;
@@ -24,16 +25,22 @@ use felhom_agent::shutdown::Shutdown;
 use felhom_agent::time::SystemClock;
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
 
-/// A Proxmox client for `sim`: its default token, its certificate pinned, a 10 s call
-/// timeout (long enough for a loaded machine, short enough to fail a hung test).
-pub fn pinned_client(sim: &ProxmoxSim) -> Client {
-    let mut o = ClientOptions::new(
+/// Client options for `sim`: its default token, its certificate pinned, the defaults
+/// for the rest.
+pub fn pinned_options(sim: &ProxmoxSim) -> ClientOptions {
+    ClientOptions::new(
         sim.url(),
         sim.node(),
         DEFAULT_TOKEN_ID,
         Secret::new(DEFAULT_TOKEN_SECRET),
         TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
-    );
+    )
+}
+
+/// A Proxmox client on [`pinned_options`] with a 10 s call timeout (long enough for a
+/// loaded machine, short enough to fail a hung test).
+pub fn pinned_client(sim: &ProxmoxSim) -> Client {
+    let mut o = pinned_options(sim);
     o.timeout = Duration::from_secs(10);
     Client::new(o).unwrap()
 }
