@@ -135,12 +135,8 @@ fn pbs_snapshots_report_their_verification_state_live() {
     let backups = r["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 1);
     assert_eq!(backups[0]["storage"], "local");
-    let pbs = r["storage_targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["storage"] == "pbs")
-        .unwrap();
+    let targets = r["storage_targets"].as_array().unwrap();
+    let pbs = targets.iter().find(|s| s["storage"] == "pbs").unwrap();
     assert_eq!(pbs["type"], "pbs");
     assert!(pve.mutations().is_empty());
 }
