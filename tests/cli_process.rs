@@ -375,6 +375,14 @@ fn sign(dir: &Dir, name: &str, blob: &[u8], namespace: &str) -> PathBuf {
     dir.path(&format!("{name}.sig"))
 }
 
+/// `name` in `dir`: an [`op_blob`] for `host` whose nonce starts with `n`, signed in
+/// `namespace`; returns the blob's path and the signature's.
+fn signed_op(dir: &Dir, name: &str, host: &str, n: &str, namespace: &str) -> (PathBuf, PathBuf) {
+    let blob = op_blob(host, &format!("{n}123456789abcdef0123456789abcdef"));
+    let sig = sign(dir, name, &blob, namespace);
+    (dir.path(name), sig)
+}
+
 fn op_blob(host: &str, nonce: &str) -> Vec<u8> {
     let now = SystemClock.now().unix();
     format!(
@@ -407,20 +415,9 @@ fn verify_prints_the_op_or_the_typed_refusal_and_burns_no_nonce() {
         assert!(stdout.contains("ops-2026"), "{stdout}");
     }
 
-    let wrong_host = dir.path("wrong-host.json");
-    let wrong_host_sig = sign(
-        &dir,
-        "wrong-host.json",
-        &op_blob("pve-b", "1123456789abcdef0123456789abcdef"),
-        "felhom-op-v1",
-    );
-    let wrong_ns = dir.path("wrong-ns.json");
-    let wrong_ns_sig = sign(
-        &dir,
-        "wrong-ns.json",
-        &op_blob("pve-a", "2123456789abcdef0123456789abcdef"),
-        "file",
-    );
+    let (wrong_host, wrong_host_sig) =
+        signed_op(&dir, "wrong-host.json", "pve-b", "1", "felhom-op-v1");
+    let (wrong_ns, wrong_ns_sig) = signed_op(&dir, "wrong-ns.json", "pve-a", "2", "file");
     // A blob changed after signing: crypto fails over the raw bytes.
     let tampered = dir.path("tampered.json");
     let changed = String::from_utf8(blob)
