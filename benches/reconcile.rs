@@ -10,20 +10,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
-use felhom_agent::reconcile::audit::AuditLog;
+use felhom_agent::proxmox::{Client, WaitOptions};
 use felhom_agent::reconcile::desired::{DesiredGuest, DesiredState, Spec, StaticProvider};
 use felhom_agent::reconcile::engine::{Engine, EngineOptions};
-use felhom_agent::reconcile::gate::Gate;
 use felhom_agent::reconcile::journal::Journal;
 use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
-use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim};
+use felhom_sim::{Fault, FaultKind, GuestSeed, ProxmoxSim};
 
 const GUESTS: u32 = 1000;
 const LATENCY: Duration = Duration::from_millis(5);
@@ -31,20 +30,10 @@ const LATENCY: Duration = Duration::from_millis(5);
 const GOAL: f64 = 3.0;
 
 fn engine(sim: &ProxmoxSim, parallel: usize, desired: DesiredState, tag: &str) -> Engine {
-    let dir = std::env::temp_dir().join(format!("felhom-bench-rec-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let dir = common::tempdir("bench-rec", tag);
     let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
-    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
-    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
-    let mut o = ClientOptions::new(
-        sim.url(),
-        sim.node(),
-        DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
-    );
+    let gate = common::unsigned_gate(&dir, &journal);
+    let mut o = common::pinned_options(sim);
     // Keep one idle connection per reader, so a pass does not re-handshake.
     o.max_idle_per_host = parallel.max(1);
     let mut opts = EngineOptions::new("pve-a");
@@ -114,30 +103,32 @@ fn main() {
     );
     let s = sim();
     let mut seq_time = 0.0;
-    for parallel in [1usize, 4, 8] {
-        let e = engine(&s, parallel, desired(2), &format!("idle{parallel}"));
-        pass(&s, &e); // warm the connections
+    // (every guest drifts, parallel reads, desired cores). The guests have 2 cores, so
+    // with 2 nothing drifts; each drifting case asks for a new count, so it has work.
+    // Drifting: reads, then one config PUT per guest on the queue (sync).
+    for (drift, parallel, cores) in [
+        (false, 1usize, 2u32),
+        (false, 4, 2),
+        (false, 8, 2),
+        (true, 1, 3),
+        (true, 4, 4),
+    ] {
+        let tag = if drift { "drift" } else { "idle" };
+        let e = engine(&s, parallel, desired(cores), &format!("{tag}{parallel}"));
+        if !drift {
+            pass(&s, &e); // warm the connections
+        }
         let (secs, reqs, applied) = pass(&s, &e);
         if parallel == 1 {
             seq_time = secs;
         }
+        let case = if drift {
+            format!("all drift (cores), {parallel} parallel")
+        } else {
+            format!("no drift, {parallel} parallel read(s)")
+        };
         println!(
-            "{:<34} {secs:>9.3} {reqs:>9} {applied:>8}   {}",
-            format!("no drift, {parallel} parallel read(s)"),
-            ratio(seq_time, secs, parallel)
-        );
-    }
-    // Every guest drifts: reads, then one config PUT per guest on the queue (sync).
-    let mut seq_time = 0.0;
-    for (parallel, cores) in [(1usize, 3u32), (4, 4)] {
-        let e = engine(&s, parallel, desired(cores), &format!("drift{parallel}"));
-        let (secs, reqs, applied) = pass(&s, &e);
-        if parallel == 1 {
-            seq_time = secs;
-        }
-        println!(
-            "{:<34} {secs:>9.3} {reqs:>9} {applied:>8}   {}",
-            format!("all drift (cores), {parallel} parallel"),
+            "{case:<34} {secs:>9.3} {reqs:>9} {applied:>8}   {}",
             ratio(seq_time, secs, parallel)
         );
     }

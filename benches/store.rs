@@ -46,22 +46,15 @@ fn main() {
     println!("directory: {}", dir.display());
     let p = dir.join("bench.log");
 
-    println!(
-        "1 thread,  group commit : {:>9.0} appends/s",
-        appends(&p, SyncMode::GroupCommit, 1, 500)
-    );
-    println!(
-        "1 thread,  per record   : {:>9.0} appends/s",
-        appends(&p, SyncMode::PerRecord, 1, 500)
-    );
-    println!(
-        "8 threads, group commit : {:>9.0} appends/s",
-        appends(&p, SyncMode::GroupCommit, 8, 250)
-    );
-    println!(
-        "8 threads, per record   : {:>9.0} appends/s",
-        appends(&p, SyncMode::PerRecord, 8, 250)
-    );
+    for (case, mode, threads, per_thread) in [
+        ("1 thread,  group commit", SyncMode::GroupCommit, 1, 500),
+        ("1 thread,  per record  ", SyncMode::PerRecord, 1, 500),
+        ("8 threads, group commit", SyncMode::GroupCommit, 8, 250),
+        ("8 threads, per record  ", SyncMode::PerRecord, 8, 250),
+    ] {
+        let rate = appends(&p, mode, threads, per_thread);
+        println!("{case} : {rate:>9.0} appends/s");
+    }
 
     // 100 000 nonce-shaped records, written in one go by a compaction.
     let _ = std::fs::remove_file(&p);

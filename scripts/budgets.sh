@@ -92,38 +92,47 @@ mkdir -m 0700 "$work/state"
   printf '{"host_id":"budget","state_dir":"%s","log":{"level":"info"},"proxmox":%s,"hub":%s}\n' \
     "$work/state" "$(head -1 "$work/pve.out")" "$(head -1 "$work/hub.out")" >"$work/agent.json"
 )
-"$bin" run --config "$work/agent.json" 2>"$work/agent.err" &
-agent=$!
-pids+=("$agent")
-if ! wait_for "$work/hub.out" '^report 1$' 60; then
-  tail -20 "$work/agent.err" >&2
-  fail rss "the daemon sent no report within 60 s"
-else
-  sleep "$idle_seconds"
-  if ! kill -0 "$agent" 2>/dev/null; then
-    tail -20 "$work/agent.err" >&2
-    fail rss "the daemon exited while idle"
+# start_daemon CHECK WHO CONFIG ERR N IDLE: runs the daemon on CONFIG (stderr to ERR),
+# waits up to 60 s for the hub's Nth report, then IDLE seconds. Returns 0 with the
+# daemon still running as $agent; otherwise fails CHECK naming WHO, with ERR's tail.
+start_daemon() {
+  local check=$1 who=$2 config=$3 err=$4 n=$5 idle=$6 why=""
+  "$bin" run --config "$config" 2>"$err" &
+  agent=$!
+  pids+=("$agent")
+  if ! wait_for "$work/hub.out" "^report $n\$" 60; then
+    why="sent no report within 60 s"
   else
-    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$agent/status")
-    threads=$(awk '/^Threads:/ {print $2}' "/proc/$agent/status")
-    printf 'rss      %d KiB idle (%d threads, %ds after the first report), budget %d KiB\n' \
-      "$rss" "$threads" "$idle_seconds" "$max_rss_kib"
-    if [ "$rss" -gt "$max_rss_kib" ]; then
-      fail rss "idle daemon RSS is $rss KiB, over $max_rss_kib KiB"
-    fi
-    sent=$(date +%s%N)
-    kill -TERM "$agent"
-    code=0
-    wait "$agent" || code=$?
-    stop_ms=$((($(date +%s%N) - sent) / 1000000))
-    printf 'stop     %d ms from SIGTERM to exit %d, budget %d ms\n' "$stop_ms" "$code" "$max_stop_ms"
-    if [ "$code" -ne 0 ]; then
-      tail -20 "$work/agent.err" >&2
-      fail stop "the daemon exited $code on SIGTERM, expected 0"
-    fi
-    if [ "$stop_ms" -gt "$max_stop_ms" ]; then
-      fail stop "the daemon took $stop_ms ms from SIGTERM to exit, over $max_stop_ms ms"
-    fi
+    sleep "$idle"
+    kill -0 "$agent" 2>/dev/null || why="exited after its first report"
+  fi
+  [ -z "$why" ] && return 0
+  tail -20 "$err" >&2
+  fail "$check" "$who $why"
+  return 1
+}
+# status_of FIELD: a field of the daemon's /proc status (VmRSS and VmHWM are in KiB).
+status_of() { awk -v f="$1:" '$1 == f {print $2}' "/proc/$agent/status"; }
+
+if start_daemon rss "the daemon" "$work/agent.json" "$work/agent.err" 1 "$idle_seconds"; then
+  rss=$(status_of VmRSS)
+  printf 'rss      %d KiB idle (%d threads, %ds after the first report), budget %d KiB\n' \
+    "$rss" "$(status_of Threads)" "$idle_seconds" "$max_rss_kib"
+  if [ "$rss" -gt "$max_rss_kib" ]; then
+    fail rss "idle daemon RSS is $rss KiB, over $max_rss_kib KiB"
+  fi
+  sent=$(date +%s%N)
+  kill -TERM "$agent"
+  code=0
+  wait "$agent" || code=$?
+  stop_ms=$((($(date +%s%N) - sent) / 1000000))
+  printf 'stop     %d ms from SIGTERM to exit %d, budget %d ms\n' "$stop_ms" "$code" "$max_stop_ms"
+  if [ "$code" -ne 0 ]; then
+    tail -20 "$work/agent.err" >&2
+    fail stop "the daemon exited $code on SIGTERM, expected 0"
+  fi
+  if [ "$stop_ms" -gt "$max_stop_ms" ]; then
+    fail stop "the daemon took $stop_ms ms from SIGTERM to exit, over $max_stop_ms ms"
   fi
 fi
 
@@ -139,18 +148,10 @@ full_bytes=$("${CARGO_TARGET_DIR:-$root/target}/debug/examples/audit_fill" "$wor
 )
 grep -q "state-full" "$work/agent-full.json" || { echo "could not point the config at state-full" >&2; exit 1; }
 seen=$(grep -c '^report ' "$work/hub.out" || true)
-"$bin" run --config "$work/agent-full.json" 2>"$work/agent-full.err" &
-agent=$!
-pids+=("$agent")
-if ! wait_for "$work/hub.out" "^report $((seen + 1))\$" 60; then
-  tail -20 "$work/agent-full.err" >&2
-  fail rss-full "the daemon on a full audit log sent no report within 60 s"
-elif ! kill -0 "$agent" 2>/dev/null; then
-  tail -20 "$work/agent-full.err" >&2
-  fail rss-full "the daemon on a full audit log exited"
-else
-  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$agent/status")
-  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$agent/status")
+if start_daemon rss-full "the daemon on a full audit log" "$work/agent-full.json" \
+  "$work/agent-full.err" $((seen + 1)) 0; then
+  hwm=$(status_of VmHWM)
+  rss=$(status_of VmRSS)
   printf 'rss-full %d KiB peak, %d KiB now, after replaying a %d-byte audit log; budget %d KiB\n' \
     "$hwm" "$rss" "$full_bytes" "$max_rss_kib"
   if [ "$hwm" -gt "$max_rss_kib" ]; then

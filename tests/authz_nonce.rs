@@ -1,11 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The durable nonce store under the verifier, config validation and the offline selftest.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::{
@@ -19,14 +20,7 @@ const V: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sshsig");
 const NOW: Timestamp = Timestamp(1_893_457_800);
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-authz-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    d
+    common::fresh_path("authz", name)
 }
 
 fn blob() -> Vec<u8> {

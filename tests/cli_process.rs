@@ -54,6 +54,41 @@ fn agent(args: &[&str], seen: &mut Vec<String>) -> Output {
     out
 }
 
+/// Runs the agent with `args` then `--config cfg`.
+fn agent_with(cfg: &Path, args: &[&str], seen: &mut Vec<String>) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--config", cfg.to_str().unwrap()]);
+    agent(&all, seen)
+}
+
+/// Runs `verify` on a blob and a signature file under `cfg`.
+fn verify(blob: &Path, sig: &Path, cfg: &Path, seen: &mut Vec<String>) -> Output {
+    let (b, s) = (blob.to_str().unwrap(), sig.to_str().unwrap());
+    agent_with(cfg, &["verify", "--blob", b, "--sig", s], seen)
+}
+
+/// Asserts `verify` refused with the stable `code` (exit 1, the code on the first line).
+fn assert_refused(out: &Output, code: &str, case: &str) {
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{case}: {stdout}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("refused: {code}\n")),
+        "{case}: {stdout}"
+    );
+}
+
+/// Asserts a usage or configuration error (exit 2) whose message names `what`.
+fn assert_exit_2_naming(out: &Output, what: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}{stderr}", text(&out.stdout));
+    assert!(stderr.contains(what), "{stderr}");
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -78,9 +113,11 @@ fn sim() -> ProxmoxSim {
 /// A config for the simulator, with the token secret in a 0600 file as systemd
 /// credentials would deliver it.
 fn write_config(dir: &Dir, sim: &ProxmoxSim, pin: &str) -> PathBuf {
-    let secret = dir.path("pve-token");
-    std::fs::write(&secret, format!("{DEFAULT_TOKEN_SECRET}\n")).unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = write_0600(
+        dir,
+        "pve-token",
+        format!("{DEFAULT_TOKEN_SECRET}\n").as_bytes(),
+    );
     let cfg = json!({
         "host_id": "pve-a",
         "state_dir": dir.path("state").display().to_string(),
@@ -99,9 +136,26 @@ fn write_config(dir: &Dir, sim: &ProxmoxSim, pin: &str) -> PathBuf {
     write_json(dir, "agent.json", &cfg)
 }
 
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// The config's state dir, made 0700 as the agent wants it.
+fn make_state_dir(dir: &Dir) -> PathBuf {
+    let state = dir.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    state
+}
+
 fn write_json(dir: &Dir, name: &str, v: &Value) -> PathBuf {
+    write_0600(dir, name, &serde_json::to_vec_pretty(v).unwrap())
+}
+
+/// Writes `name` in `dir`, readable by its owner only.
+fn write_0600(dir: &Dir, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.path(name);
-    std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    std::fs::write(&p, bytes).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
 }
@@ -112,10 +166,7 @@ fn selftest_read_reports_every_read_and_exits_0() {
     let dir = Dir::new("read");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
     let mut seen = Vec::new();
-    let out = agent(
-        &["selftest", "read", "--config", cfg.to_str().unwrap()],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "read"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     for step in ["version", "nodes", "node status", "guests", "storage"] {
@@ -148,10 +199,7 @@ fn selftest_read_with_the_wrong_pin_fails_every_step_and_exits_1() {
     let other = felhom_sim::CertChoice::Other.fingerprint();
     let cfg = write_config(&dir, &sim, &other);
     let mut seen = Vec::new();
-    let out = agent(
-        &["selftest", "read", "--config", cfg.to_str().unwrap()],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "read"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL  version"), "{stdout}");
@@ -174,17 +222,7 @@ fn selftest_task_round_trips_and_leaves_the_guest_as_it_was() {
     let before = sim.guest_config(100).unwrap();
     assert_eq!(sim.guest_status(100).as_deref(), Some("running"));
     let mut seen = Vec::new();
-    let out = agent(
-        &[
-            "selftest",
-            "task",
-            "--vmid",
-            "100",
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "task", "--vmid", "100"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("selftest task: passed"), "{stdout}");
@@ -246,17 +284,7 @@ fn selftest_task_on_a_guest_without_description_deletes_the_marker_key() {
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
     assert!(sim.guest_config(101).unwrap().get("description").is_none());
     let mut seen = Vec::new();
-    let out = agent(
-        &[
-            "selftest",
-            "task",
-            "--vmid",
-            "101",
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "task", "--vmid", "101"], &mut seen);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(sim.guest_config(101).unwrap().get("description").is_none());
     assert_eq!(
@@ -288,17 +316,7 @@ fn selftest_task_refused_by_proxmox_exits_1_and_changes_nothing() {
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
     let before = sim.guest_config(100).unwrap();
     let mut seen = Vec::new();
-    let out = agent(
-        &[
-            "selftest",
-            "task",
-            "--vmid",
-            "100",
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "task", "--vmid", "100"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL  snapshot"), "{stdout}");
@@ -316,30 +334,20 @@ fn usage_and_configuration_errors_exit_2_and_name_the_problem() {
     let dir = Dir::new("usage");
     let mut seen = Vec::new();
     let out = agent(&["selftest", "task"], &mut seen);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("needs --vmid"));
+    assert_exit_2_naming(&out, "needs --vmid");
 
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    let mut v = read_json(&cfg);
     v["proxmox"]["url"] = json!("http://127.0.0.1:8006");
     let bad = write_json(&dir, "bad.json", &v);
-    let out = agent(
-        &["selftest", "read", "--config", bad.to_str().unwrap()],
-        &mut seen,
+    let out = agent_with(&bad, &["selftest", "read"], &mut seen);
+    assert_exit_2_naming(
+        &out,
+        "proxmox.url: must be https://HOST[:PORT], got \"http://127.0.0.1:8006\"",
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr)
-            .contains("proxmox.url: must be https://HOST[:PORT], got \"http://127.0.0.1:8006\""),
-        "{}",
-        text(&out.stderr)
-    );
-    let missing = agent(
-        &["selftest", "read", "--config", "/nonexistent/agent.json"],
-        &mut seen,
-    );
-    assert_eq!(missing.status.code(), Some(2));
-    assert!(text(&missing.stderr).contains("/nonexistent/agent.json"));
+    let missing = Path::new("/nonexistent/agent.json");
+    let out = agent_with(missing, &["selftest", "read"], &mut seen);
+    assert_exit_2_naming(&out, "/nonexistent/agent.json");
     assert!(sim.requests().is_empty());
     assert_no_secret(&seen);
 }
@@ -367,6 +375,14 @@ fn sign(dir: &Dir, name: &str, blob: &[u8], namespace: &str) -> PathBuf {
     dir.path(&format!("{name}.sig"))
 }
 
+/// `name` in `dir`: an [`op_blob`] for `host` whose nonce starts with `n`, signed in
+/// `namespace`; returns the blob's path and the signature's.
+fn signed_op(dir: &Dir, name: &str, host: &str, n: &str, namespace: &str) -> (PathBuf, PathBuf) {
+    let blob = op_blob(host, &format!("{n}123456789abcdef0123456789abcdef"));
+    let sig = sign(dir, name, &blob, namespace);
+    (dir.path(name), sig)
+}
+
 fn op_blob(host: &str, nonce: &str) -> Vec<u8> {
     let now = SystemClock.now().unix();
     format!(
@@ -382,23 +398,13 @@ fn verify_prints_the_op_or_the_typed_refusal_and_burns_no_nonce() {
     let sim = sim();
     let dir = Dir::new("verify");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
-    let cfg = cfg.to_str().unwrap();
     let mut seen = Vec::new();
 
     let blob = op_blob("pve-a", "0123456789abcdef0123456789abcdef");
     let sig = sign(&dir, "op.json", &blob, "felhom-op-v1");
     let b = dir.path("op.json");
-    let args = [
-        "verify",
-        "--blob",
-        b.to_str().unwrap(),
-        "--sig",
-        sig.to_str().unwrap(),
-        "--config",
-        cfg,
-    ];
     for _ in 0..2 {
-        let out = agent(&args, &mut seen);
+        let out = verify(&b, &sig, &cfg, &mut seen);
         let stdout = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
         assert!(
@@ -409,115 +415,41 @@ fn verify_prints_the_op_or_the_typed_refusal_and_burns_no_nonce() {
         assert!(stdout.contains("ops-2026"), "{stdout}");
     }
 
-    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
-        (
-            "wrong-host.json",
-            op_blob("pve-b", "1123456789abcdef0123456789abcdef"),
-            "felhom-op-v1",
-            "target",
-        ),
-        (
-            "wrong-ns.json",
-            op_blob("pve-a", "2123456789abcdef0123456789abcdef"),
-            "file",
-            "namespace",
-        ),
-    ];
-    for (name, blob, ns, code) in cases {
-        let sig = sign(&dir, name, &blob, ns);
-        let b = dir.path(name);
-        let out = agent(
-            &[
-                "verify",
-                "--blob",
-                b.to_str().unwrap(),
-                "--sig",
-                sig.to_str().unwrap(),
-                "--config",
-                cfg,
-            ],
-            &mut seen,
-        );
-        assert_eq!(out.status.code(), Some(1), "{name}");
-        assert!(
-            text(&out.stdout).starts_with(&format!("refused: {code}\n")),
-            "{name}: {}",
-            text(&out.stdout)
-        );
-    }
-
+    let (wrong_host, wrong_host_sig) =
+        signed_op(&dir, "wrong-host.json", "pve-b", "1", "felhom-op-v1");
+    let (wrong_ns, wrong_ns_sig) = signed_op(&dir, "wrong-ns.json", "pve-a", "2", "file");
     // A blob changed after signing: crypto fails over the raw bytes.
     let tampered = dir.path("tampered.json");
-    std::fs::write(
-        &tampered,
-        String::from_utf8(blob)
-            .unwrap()
-            .replace("\"105\"", "\"106\""),
-    )
-    .unwrap();
-    let out = agent(
-        &[
-            "verify",
-            "--blob",
-            tampered.to_str().unwrap(),
-            "--sig",
-            sig.to_str().unwrap(),
-            "--config",
-            cfg,
-        ],
-        &mut seen,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stdout).starts_with("refused: bad_signature\n"),
-        "{}",
-        text(&out.stdout)
-    );
-
+    let changed = String::from_utf8(blob)
+        .unwrap()
+        .replace("\"105\"", "\"106\"");
+    std::fs::write(&tampered, changed).unwrap();
     // A signer the config does not list.
-    let mut v: Value = serde_json::from_slice(&std::fs::read(cfg).unwrap()).unwrap();
+    let mut v = read_json(&cfg);
     v["authz"]["signers"][0]["public_key"] = json!(OTHER_PUB.trim());
     let other_cfg = write_json(&dir, "other.json", &v);
-    let out = agent(
-        &[
-            "verify",
-            "--blob",
-            b.to_str().unwrap(),
-            "--sig",
-            sig.to_str().unwrap(),
-            "--config",
-            other_cfg.to_str().unwrap(),
-        ],
-        &mut seen,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stdout).starts_with("refused: unknown_signer\n"),
-        "{}",
-        text(&out.stdout)
-    );
+    // (case, blob, signature, config, the refusal's stable code)
+    let refusals = [
+        ("wrong host", &wrong_host, &wrong_host_sig, &cfg, "target"),
+        (
+            "wrong namespace",
+            &wrong_ns,
+            &wrong_ns_sig,
+            &cfg,
+            "namespace",
+        ),
+        ("tampered", &tampered, &sig, &cfg, "bad_signature"),
+        ("unknown signer", &b, &sig, &other_cfg, "unknown_signer"),
+    ];
+    for (case, blob, sig, cfg, code) in refusals {
+        assert_refused(&verify(blob, sig, cfg, &mut seen), code, case);
+    }
 
     // A signer line that is not a key is a configuration error naming the entry.
     v["authz"]["signers"][0]["public_key"] = json!("ssh-ed25519 not-base64 x");
     let bad_cfg = write_json(&dir, "bad-signer.json", &v);
-    let out = agent(
-        &[
-            "verify",
-            "--blob",
-            b.to_str().unwrap(),
-            "--sig",
-            sig.to_str().unwrap(),
-            "--config",
-            bad_cfg.to_str().unwrap(),
-        ],
-        &mut seen,
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("authz.signers[0].public_key"),
-        "{}",
-        text(&out.stderr)
-    );
+    let out = verify(&b, &sig, &bad_cfg, &mut seen);
+    assert_exit_2_naming(&out, "authz.signers[0].public_key");
     assert!(sim.requests().is_empty(), "verify never talks to Proxmox");
     assert_no_secret(&seen);
 }
@@ -529,7 +461,6 @@ fn verify_refuses_oversized_input_as_malformed_after_a_bounded_read() {
     let sim = sim();
     let dir = Dir::new("verify-caps");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
-    let cfg = cfg.to_str().unwrap();
     let mut seen = Vec::new();
     let blob = op_blob("pve-a", "3123456789abcdef0123456789abcdef");
     let sig = sign(&dir, "op.json", &blob, "felhom-op-v1");
@@ -538,20 +469,6 @@ fn verify_refuses_oversized_input_as_malformed_after_a_bounded_read() {
         let p = dir.path(name);
         std::fs::write(&p, vec![b'A'; len]).unwrap();
         p
-    };
-    let verify = |b: &Path, s: &Path, seen: &mut Vec<String>| {
-        agent(
-            &[
-                "verify",
-                "--blob",
-                b.to_str().unwrap(),
-                "--sig",
-                s.to_str().unwrap(),
-                "--config",
-                cfg,
-            ],
-            seen,
-        )
     };
     // (blob, sig, the input named as over its cap with that cap, or None: read whole
     // and refused by the verifier itself).
@@ -572,19 +489,10 @@ fn verify_refuses_oversized_input_as_malformed_after_a_bounded_read() {
         (&good_blob, &cap_sig, None),
     ];
     for (b, s, over) in cases {
-        let out = verify(b, s, &mut seen);
-        let stdout = text(&out.stdout);
+        let out = verify(b, s, &cfg, &mut seen);
         let case = format!("{} / {}", b.display(), s.display());
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{case}: {stdout}{}",
-            text(&out.stderr)
-        );
-        assert!(
-            stdout.starts_with("refused: malformed\n"),
-            "{case}: {stdout}"
-        );
+        assert_refused(&out, "malformed", &case);
+        let stdout = text(&out.stdout);
         let detail = stdout.lines().nth(1).unwrap_or_default();
         match over {
             Some((what, cap)) => assert!(
@@ -595,7 +503,7 @@ fn verify_refuses_oversized_input_as_malformed_after_a_bounded_read() {
         }
     }
     // The same signature under the cap still verifies: the caps refuse only size.
-    let out = verify(&good_blob, &sig, &mut seen);
+    let out = verify(&good_blob, &sig, &cfg, &mut seen);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 
     // A file that cannot be read stays a usage error naming it.
@@ -607,13 +515,8 @@ fn verify_refuses_oversized_input_as_malformed_after_a_bounded_read() {
         (&missing, &sig, &missing),
         (&good_blob, &unreadable, &unreadable),
     ] {
-        let out = verify(b, s, &mut seen);
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
-        assert!(
-            text(&out.stderr).contains(&named.display().to_string()),
-            "{}",
-            text(&out.stderr)
-        );
+        let out = verify(b, s, &cfg, &mut seen);
+        assert_exit_2_naming(&out, &named.display().to_string());
     }
     assert!(sim.requests().is_empty(), "verify never talks to Proxmox");
     assert_no_secret(&seen);
@@ -624,24 +527,16 @@ fn selftest_offline_passes_on_a_clean_state_dir_and_fails_on_a_loose_one() {
     let sim = sim();
     let dir = Dir::new("offline");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
-    let state = dir.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let state = make_state_dir(&dir);
     let mut seen = Vec::new();
-    let out = agent(
-        &["selftest", "offline", "--config", cfg.to_str().unwrap()],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "offline"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("selftest offline: passed"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
 
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = agent(
-        &["selftest", "offline", "--config", cfg.to_str().unwrap()],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "offline"], &mut seen);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("FAIL"));
     assert!(sim.requests().is_empty(), "offline means no network");
@@ -653,17 +548,12 @@ fn selftest_offline_reports_an_invalid_signer_on_its_checklist() {
     let sim = sim();
     let dir = Dir::new("offline-bad-signer");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
-    let state = dir.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    make_state_dir(&dir);
+    let mut v = read_json(&cfg);
     v["authz"]["signers"][0]["public_key"] = json!("ssh-ed25519 not-base64 x");
     let cfg = write_json(&dir, "agent.json", &v);
     let mut seen = Vec::new();
-    let out = agent(
-        &["selftest", "offline", "--config", cfg.to_str().unwrap()],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "offline"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
     let line = stdout
@@ -679,30 +569,14 @@ fn selftest_offline_reports_an_invalid_signer_on_its_checklist() {
         "{stdout}"
     );
     // `verify` with the same config still refuses to run (exit 2).
-    let out = agent(
-        &[
-            "verify",
-            "--blob",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/vectors/sshsig/blobs/op-valid.json"
-            ),
-            "--sig",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/vectors/sshsig/sigs/op-valid.ed25519.sig"
-            ),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/sshsig");
+    let out = verify(
+        &vectors.join("blobs/op-valid.json"),
+        &vectors.join("sigs/op-valid.ed25519.sig"),
+        &cfg,
         &mut seen,
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("authz.signers[0].public_key"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_exit_2_naming(&out, "authz.signers[0].public_key");
     assert_no_secret(&seen);
 }
 
@@ -719,11 +593,11 @@ fn plan_prints_the_next_pass_and_the_gate_word_and_executes_nothing() {
             {"vmid": 101, "run": "running"}
         ]}),
     );
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    let mut v = read_json(&cfg);
     v["reconcile"] = json!({"desired_file": desired.display().to_string()});
     let cfg = write_json(&dir, "agent-plan.json", &v);
     let mut seen = Vec::new();
-    let out = agent(&["plan", "--config", cfg.to_str().unwrap()], &mut seen);
+    let out = agent_with(&cfg, &["plan"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("desired generation 3"), "{stdout}");
@@ -755,9 +629,8 @@ fn journal_reads_the_history_without_writing_and_flags_damage() {
     let sim = sim();
     let dir = Dir::new("journal");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
-    let cfg = cfg.to_str().unwrap();
     let mut seen = Vec::new();
-    let out = agent(&["journal", "--config", cfg], &mut seen);
+    let out = agent_with(&cfg, &["journal"], &mut seen);
     assert_eq!(out.status.code(), Some(0));
     assert!(
         text(&out.stdout).starts_with("no journal at "),
@@ -765,9 +638,7 @@ fn journal_reads_the_history_without_writing_and_flags_damage() {
         text(&out.stdout)
     );
 
-    let state = dir.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let state = make_state_dir(&dir);
     let path = state.join("journal.log");
     {
         let j = Journal::open(&path).unwrap();
@@ -784,7 +655,7 @@ fn journal_reads_the_history_without_writing_and_flags_damage() {
         .unwrap();
     }
     let before = std::fs::read(&path).unwrap();
-    let out = agent(&["journal", "--config", cfg], &mut seen);
+    let out = agent_with(&cfg, &["journal"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
@@ -792,14 +663,14 @@ fn journal_reads_the_history_without_writing_and_flags_damage() {
         "{stdout}"
     );
     assert!(stdout.contains("3 record(s)"), "{stdout}");
-    let out = agent(&["journal", "--in-flight", "--config", cfg], &mut seen);
+    let out = agent_with(&cfg, &["journal", "--in-flight"], &mut seen);
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("set_config-100-2") && !stdout.contains("start-101-1"),
         "{stdout}"
     );
     assert!(stdout.contains("1 record(s)"), "{stdout}");
-    let out = agent(&["journal", "--tail", "1", "--config", cfg], &mut seen);
+    let out = agent_with(&cfg, &["journal", "--tail", "1"], &mut seen);
     assert!(text(&out.stdout).contains("1 record(s)"));
     assert_eq!(
         std::fs::read(&path).unwrap(),
@@ -813,7 +684,7 @@ fn journal_reads_the_history_without_writing_and_flags_damage() {
     let i = bad.iter().position(|&b| b == b'1').unwrap();
     bad[i] = b'7';
     std::fs::write(&path, &bad).unwrap();
-    let out = agent(&["journal", "--config", cfg], &mut seen);
+    let out = agent_with(&cfg, &["journal"], &mut seen);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(
         text(&out.stdout).contains("DAMAGED"),
@@ -827,10 +698,8 @@ fn journal_reads_the_history_without_writing_and_flags_damage() {
 /// 0600 file as systemd credentials deliver it.
 fn write_hub_config(dir: &Dir, sim: &ProxmoxSim, hub: &HubSim, key: &str) -> PathBuf {
     let cfg_path = write_config(dir, sim, &sim.fingerprint());
-    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    let key_file = dir.path("hub-key");
-    std::fs::write(&key_file, format!("{key}\n")).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = read_json(&cfg_path);
+    let key_file = write_0600(dir, "hub-key", format!("{key}\n").as_bytes());
     cfg["hub"] = json!({
         "url": hub.url(),
         "api_key_file": key_file.display().to_string(),
@@ -858,10 +727,7 @@ fn selftest_hub_prints_the_report_and_the_envelope_and_exits_0() {
     let dir = Dir::new("hub");
     let cfg = write_hub_config(&dir, &sim, &hub, &hub.key());
     let mut seen = Vec::new();
-    let out = agent(
-        &["selftest", "hub", "--config", cfg.to_str().unwrap()],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "hub"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
 
@@ -904,10 +770,7 @@ fn selftest_hub_refused_by_the_hub_exits_1_and_leaks_no_key() {
     let wrong = "hubkey-wrong-0000-1111-2222-333344445555";
     let cfg = write_hub_config(&dir, &sim, &hub, wrong);
     let mut seen = Vec::new();
-    let out = agent(
-        &["selftest", "hub", "--config", cfg.to_str().unwrap()],
-        &mut seen,
-    );
+    let out = agent_with(&cfg, &["selftest", "hub"], &mut seen);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(

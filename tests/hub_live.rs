@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use felhom_agent::hub::collect::{NoAudit, ReadError};
 use felhom_agent::hub::report::AuditEntry;
 use felhom_agent::hub::{HubRoundError, Reporter};
 use felhom_agent::time::Timestamp;
-use felhom_sim::{DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};
+use felhom_sim::{Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
 fn pve() -> ProxmoxSim {
@@ -35,27 +38,14 @@ fn pve() -> ProxmoxSim {
         .start()
 }
 
+/// The agent config the process tests use ([`common::agent::write_agent_config`]),
+/// polling every 60 s, loaded as the daemon loads it.
 fn config(pve: &ProxmoxSim, hub: &HubSim) -> Config {
-    let ca = format!("{}/vectors/tls/ca.crt", env!("CARGO_MANIFEST_DIR"));
-    let v = json!({
-        "host_id": "pve-a",
-        "proxmox": {
-            "url": pve.url(),
-            "node": pve.node(),
-            "token_id": "felhom-agent@pve!agent",
-            "token_secret": DEFAULT_TOKEN_SECRET,
-            "tls": {"fingerprint_sha256": pve.fingerprint()},
-            "timeout_seconds": 5
-        },
-        "hub": {
-            "url": hub.url(),
-            "api_key": hub.key(),
-            "poll_seconds": 60,
-            "timeout_seconds": 5,
-            "tls": {"ca_file": ca}
-        }
+    let dir = common::tempdir("hublive", "config");
+    let path = common::agent::write_agent_config(&dir, pve, hub, |c| {
+        c["hub"]["poll_seconds"] = json!(60);
     });
-    Config::from_value(&v, Mode::Run).unwrap()
+    Config::load(&path, &BTreeMap::new(), Mode::Run).unwrap()
 }
 
 #[test]
@@ -136,12 +126,8 @@ fn pbs_snapshots_report_their_verification_state_live() {
     let backups = r["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 1);
     assert_eq!(backups[0]["storage"], "local");
-    let pbs = r["storage_targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["storage"] == "pbs")
-        .unwrap();
+    let targets = r["storage_targets"].as_array().unwrap();
+    let pbs = targets.iter().find(|s| s["storage"] == "pbs").unwrap();
     assert_eq!(pbs["type"], "pbs");
     assert!(pve.mutations().is_empty());
 }

@@ -22,6 +22,17 @@ use serde_json::Value;
 
 const GOLDEN: &str = include_str!("../vectors/host-report.golden.json");
 
+/// The report's top-level fields that are arrays.
+const COLLECTIONS: &[&str] = &[
+    "guests",
+    "storage_targets",
+    "backups",
+    "restore_tests",
+    "pbs_snapshots",
+    "audit_tail",
+    "pending_signatures",
+];
+
 fn fail(what: &str) -> ReadError {
     format!("simulated failure: {what}").into()
 }
@@ -280,6 +291,13 @@ fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
     collector(node, Probe(Ok("active")), one_audit_entry())
 }
 
+/// Collects from the golden node after `edit` changed it.
+fn collect_with(edit: impl FnOnce(&mut FakeNode)) -> Result<HostReport, CollectError> {
+    let mut node = golden_node();
+    edit(&mut node);
+    golden_collector_with(node).collect()
+}
+
 fn golden_collector() -> Collector<FakeNode, Probe> {
     golden_collector_with(golden_node())
 }
@@ -334,23 +352,15 @@ fn the_contract_field_names_are_frozen() {
     // changing the type, the golden file and this list together.
     let golden: Value = serde_json::from_str(GOLDEN).unwrap();
     let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-    assert_eq!(
-        keys(&golden),
-        set(&[
-            "host_id",
-            "agent_version",
-            "reported_at",
-            "host",
-            "guests",
-            "cloudflared",
-            "storage_targets",
-            "backups",
-            "restore_tests",
-            "pbs_snapshots",
-            "audit_tail",
-            "pending_signatures",
-        ])
-    );
+    let mut top = set(&[
+        "host_id",
+        "agent_version",
+        "reported_at",
+        "host",
+        "cloudflared",
+    ]);
+    top.extend(set(COLLECTIONS));
+    assert_eq!(keys(&golden), top);
     for entry in [&golden["audit_tail"][0], &golden["pending_signatures"][0]] {
         assert_eq!(
             keys(entry),
@@ -426,15 +436,7 @@ fn empty_collections_are_arrays_never_null() {
         .collect()
         .unwrap();
     let v = serde_json::to_value(&report).unwrap();
-    for field in [
-        "guests",
-        "storage_targets",
-        "backups",
-        "restore_tests",
-        "pbs_snapshots",
-        "audit_tail",
-        "pending_signatures",
-    ] {
+    for field in COLLECTIONS {
         assert_eq!(v[field], Value::Array(Vec::new()), "{field}");
     }
     let text = serde_json::to_string(&report).unwrap();
@@ -471,11 +473,7 @@ fn spec_is_omitted_when_unknown_and_present_when_known() {
 
 #[test]
 fn node_status_failing_means_no_report() {
-    let node = FakeNode {
-        node_fails: true,
-        ..golden_node()
-    };
-    let err = golden_collector_with(node).collect().unwrap_err();
+    let err = collect_with(|n| n.node_fails = true).unwrap_err();
     assert!(matches!(err, CollectError::NodeStatus(_)), "{err:?}");
     assert!(err.to_string().contains("node status"), "{err}");
     assert!(std::error::Error::source(&err).is_some());
@@ -483,25 +481,22 @@ fn node_status_failing_means_no_report() {
 
 #[test]
 fn guest_list_failing_means_no_report() {
-    let node = FakeNode {
-        guests_fail: true,
-        ..golden_node()
-    };
-    let err = golden_collector_with(node).collect().unwrap_err();
+    let err = collect_with(|n| n.guests_fail = true).unwrap_err();
     assert!(matches!(err, CollectError::Guests(_)), "{err:?}");
 }
 
 #[test]
 fn one_guest_config_failing_keeps_its_status_and_drops_only_its_spec() {
-    let mut node = golden_node();
-    node.guests = vec![
-        guest(102, "c", Some("running")),
-        guest(100, "a", Some("running")),
-        guest(101, "b", Some("stopped")),
-    ];
-    node.cores = HashMap::from([(100, Some(2)), (101, Some(4)), (102, Some(1))]);
-    node.config_fails.insert(101);
-    let report = golden_collector_with(node).collect().unwrap();
+    let report = collect_with(|n| {
+        n.guests = vec![
+            guest(102, "c", Some("running")),
+            guest(100, "a", Some("running")),
+            guest(101, "b", Some("stopped")),
+        ];
+        n.cores = HashMap::from([(100, Some(2)), (101, Some(4)), (102, Some(1))]);
+        n.config_fails.insert(101);
+    })
+    .unwrap();
     let ids: Vec<u32> = report.guests.iter().map(|g| g.vmid).collect();
     assert_eq!(ids, [100, 101, 102], "sorted by vmid, none dropped");
     let b = &report.guests[1];
@@ -521,14 +516,15 @@ fn one_guest_config_failing_keeps_its_status_and_drops_only_its_spec() {
 
 #[test]
 fn empty_or_odd_status_reads_unknown() {
-    let mut node = golden_node();
-    node.guests = vec![
-        guest(100, "a", None),
-        guest(101, "b", Some("")),
-        guest(102, "c", Some("paused")),
-        guest(103, "d", Some("running")),
-    ];
-    let report = golden_collector_with(node).collect().unwrap();
+    let report = collect_with(|n| {
+        n.guests = vec![
+            guest(100, "a", None),
+            guest(101, "b", Some("")),
+            guest(102, "c", Some("paused")),
+            guest(103, "d", Some("running")),
+        ];
+    })
+    .unwrap();
     let statuses: Vec<GuestStatus> = report.guests.iter().map(|g| g.status).collect();
     assert_eq!(
         statuses,
@@ -543,18 +539,17 @@ fn empty_or_odd_status_reads_unknown() {
 
 #[test]
 fn cores_fall_back_to_the_effective_count_when_the_config_leaves_them_unset() {
-    let mut node = golden_node();
-    node.cores.insert(100, None);
-    node.guests[0].cpus = Some(8);
-    let report = golden_collector_with(node).collect().unwrap();
+    let report = collect_with(|n| {
+        n.cores.insert(100, None);
+        n.guests[0].cpus = Some(8);
+    })
+    .unwrap();
     assert_eq!(report.guests[0].spec.map(|s| s.cores), Some(8));
 }
 
 #[test]
 fn a_guest_without_a_name_is_shown_as_proxmox_shows_it() {
-    let mut node = golden_node();
-    node.guests[0].name = None;
-    let report = golden_collector_with(node).collect().unwrap();
+    let report = collect_with(|n| n.guests[0].name = None).unwrap();
     assert_eq!(report.guests[0].name, "CT100");
 }
 
@@ -577,11 +572,7 @@ fn cloudflared_probe_failure_or_odd_answer_reads_unknown() {
 
 #[test]
 fn storage_list_failing_empties_storage_collections_only() {
-    let node = FakeNode {
-        storages_fail: true,
-        ..golden_node()
-    };
-    let report = golden_collector_with(node).collect().unwrap();
+    let report = collect_with(|n| n.storages_fail = true).unwrap();
     assert!(report.storage_targets.is_empty());
     assert!(report.backups.is_empty());
     assert!(report.pbs_snapshots.is_empty());
@@ -591,9 +582,10 @@ fn storage_list_failing_empties_storage_collections_only() {
 
 #[test]
 fn one_storage_content_failing_drops_only_its_volumes() {
-    let mut node = golden_node();
-    node.content_fails.insert("local".into());
-    let report = golden_collector_with(node).collect().unwrap();
+    let report = collect_with(|n| {
+        n.content_fails.insert("local".into());
+    })
+    .unwrap();
     assert_eq!(report.storage_targets.len(), 2, "storages still listed");
     assert!(report.backups.is_empty(), "local's backups left out");
     assert_eq!(report.pbs_snapshots.len(), 1, "pbs unaffected");

@@ -6,18 +6,16 @@
 mod common;
 use common::pinned_client as client;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use felhom_agent::config::{Config, Mode};
 use felhom_agent::proxmox::WaitOptions;
-use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::desired::{
     DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
 };
 use felhom_agent::reconcile::engine::{Engine, EngineError, EngineOptions, Outcome};
-use felhom_agent::reconcile::gate::Gate;
 use felhom_agent::reconcile::journal::{Journal, OpState};
 use felhom_agent::reconcile::plan::ActionKind;
 use felhom_agent::reconcile::queue::Queue;
@@ -26,16 +24,7 @@ use felhom_agent::store::{FaultOp, FaultyIo, Io};
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim};
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-engine-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    d
+    common::tempdir("engine", name)
 }
 
 struct Rig {
@@ -73,8 +62,7 @@ fn rig_tuned(
         Some(io) => Journal::open_with(&journal_path, io).unwrap(),
         None => Journal::open(&journal_path).unwrap(),
     });
-    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
-    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let gate = common::unsigned_gate(&dir, &journal);
     let provider = Arc::new(StaticProvider::new(desired));
     let shutdown = Shutdown::new();
     let queue = Queue::new(4);
@@ -355,13 +343,7 @@ fn run_wakes_on_a_desired_change_and_ends_on_shutdown() {
     let engine = Arc::clone(&r.engine);
     let t = std::thread::spawn(move || engine.run());
     // The interval is an hour: only the change can bring the next pass.
-    r.provider.set(DesiredState::from_guests(
-        2,
-        [DesiredGuest {
-            run: Some(Run::Running),
-            ..DesiredGuest::new(100)
-        }],
-    ));
+    r.provider.set(desire_run(2, 100, Run::Running));
     let deadline = Instant::now() + Duration::from_secs(30);
     while sim.guest_status(100).as_deref() != Some("running") {
         assert!(
@@ -375,10 +357,27 @@ fn run_wakes_on_a_desired_change_and_ends_on_shutdown() {
     r.queue.close();
 }
 
+/// A plan-mode config for `sim` with `state_dir` and the `reconcile` section.
+fn plan_config(sim: &ProxmoxSim, state_dir: &Path, reconcile: serde_json::Value) -> Config {
+    Config::from_value(
+        &serde_json::json!({
+            "host_id": "pve-a",
+            "state_dir": state_dir,
+            "proxmox": {
+                "url": sim.url(), "node": sim.node(),
+                "token_id": DEFAULT_TOKEN_ID, "token_secret": DEFAULT_TOKEN_SECRET,
+                "tls": {"fingerprint_sha256": sim.fingerprint()}
+            },
+            "reconcile": reconcile
+        }),
+        Mode::Plan,
+    )
+    .unwrap()
+}
+
 #[test]
 fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
     use felhom_agent::app::plan::plan_report;
-    use felhom_agent::config::{Config, Mode};
     let sim = lab_sim(true);
     let dir = tempdir("plan");
     let desired_file = dir.join("desired.json");
@@ -392,20 +391,11 @@ fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
     )
     .unwrap();
     let state_dir = dir.join("state");
-    let cfg = Config::from_value(
-        &serde_json::json!({
-            "host_id": "pve-a",
-            "state_dir": state_dir,
-            "proxmox": {
-                "url": sim.url(), "node": sim.node(),
-                "token_id": DEFAULT_TOKEN_ID, "token_secret": DEFAULT_TOKEN_SECRET,
-                "tls": {"fingerprint_sha256": sim.fingerprint()}
-            },
-            "reconcile": {"desired_file": desired_file}
-        }),
-        Mode::Plan,
-    )
-    .unwrap();
+    let cfg = plan_config(
+        &sim,
+        &state_dir,
+        serde_json::json!({"desired_file": desired_file}),
+    );
     let mut out = Vec::new();
     let summary = plan_report(&cfg, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
@@ -455,13 +445,7 @@ fn nothing_is_sent_when_the_started_record_cannot_be_made_durable() {
 
     let sim = lab_sim(true);
     let io = Arc::new(FaultyIo::new(FaultOp::Sync, opening_syncs + 1, true));
-    let desired = DesiredState::from_guests(
-        1,
-        [DesiredGuest {
-            run: Some(Run::Running),
-            ..DesiredGuest::new(100)
-        }],
-    );
+    let desired = desire_run(1, 100, Run::Running);
     let r = rig_with_io(&sim, "fsync", desired, Some(io as Arc<dyn Io>));
     let err = r.engine.pass().unwrap_err();
     assert!(matches!(err, EngineError::Journal { .. }), "{err}");
@@ -480,7 +464,6 @@ fn nothing_is_sent_when_the_started_record_cannot_be_made_durable() {
 #[test]
 fn reconciler_opens_in_order_and_recovers_before_the_first_pass() {
     use felhom_agent::app::reconciler::Reconciler;
-    use felhom_agent::config::{Config, Mode};
     use felhom_agent::reconcile::classify::OpClass;
     use felhom_agent::reconcile::journal::JournalRecord;
     use felhom_agent::time::{Clock, SystemClock};
@@ -508,20 +491,11 @@ fn reconciler_opens_in_order_and_recovers_before_the_first_pass() {
         running.upid = Some(upid.to_string());
         j.append(&running).unwrap();
     }
-    let cfg = Config::from_value(
-        &serde_json::json!({
-            "host_id": "pve-a",
-            "state_dir": state_dir,
-            "proxmox": {
-                "url": sim.url(), "node": sim.node(),
-                "token_id": DEFAULT_TOKEN_ID, "token_secret": DEFAULT_TOKEN_SECRET,
-                "tls": {"fingerprint_sha256": sim.fingerprint()}
-            },
-            "reconcile": {"desired_file": desired_file, "max_parallel": 2}
-        }),
-        Mode::Plan,
-    )
-    .unwrap();
+    let cfg = plan_config(
+        &sim,
+        &state_dir,
+        serde_json::json!({"desired_file": desired_file, "max_parallel": 2}),
+    );
     let shutdown = Shutdown::new();
     let r = Reconciler::open(&cfg, client(&sim), &shutdown, None).unwrap();
     assert_eq!(r.recovered.succeeded.len(), 1, "{:?}", r.recovered);
@@ -544,20 +518,13 @@ fn a_wait_that_ends_early_is_reattached_never_resent() {
         .guest(GuestSeed::new(100, "web").running(false))
         .task_duration(Duration::from_millis(400))
         .start();
-    let desired = DesiredState::from_guests(
-        1,
-        [DesiredGuest {
-            run: Some(Run::Running),
-            ..DesiredGuest::new(100)
-        }],
-    );
+    let desired = desire_run(1, 100, Run::Running);
     let mut r = rig(&sim, "reattach", desired);
     // Rebuild the engine with a wait far shorter than the task.
     let dir = tempdir("reattach-2");
     let journal_path = dir.join("journal.log");
     let journal = Arc::new(Journal::open(&journal_path).unwrap());
-    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
-    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let gate = common::unsigned_gate(&dir, &journal);
     let mut opts = EngineOptions::new("pve-a");
     opts.wait = WaitOptions {
         initial: Duration::from_millis(5),
@@ -691,8 +658,7 @@ fn a_pass_reads_guest_configs_in_parallel_under_the_global_bound() {
     sim.inject(Fault::new(Some("GET"), &prefix, FaultKind::Delay(HOLD)).times(usize::MAX));
     let dir = tempdir("parallel-reads");
     let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
-    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
-    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let gate = common::unsigned_gate(&dir, &journal);
     let desired = DesiredState::from_guests(
         1,
         (100..109).map(|vmid| DesiredGuest {
@@ -739,14 +705,31 @@ fn a_pass_reads_guest_configs_in_parallel_under_the_global_bound() {
     );
 }
 
-fn stopped(vmid: u32) -> DesiredState {
+/// Generation `generation` of a desired state that asks only for `vmid` to be in `run`.
+fn desire_run(generation: u64, vmid: u32, run: Run) -> DesiredState {
     DesiredState::from_guests(
-        3,
+        generation,
         [DesiredGuest {
-            run: Some(Run::Stopped),
+            run: Some(run),
             ..DesiredGuest::new(vmid)
         }],
     )
+}
+
+/// A simulator with one running guest, 101, that `ignores_shutdown` or not.
+fn running_db(ignores_shutdown: bool) -> ProxmoxSim {
+    ProxmoxSim::builder()
+        .guest(
+            GuestSeed::new(101, "db")
+                .running(true)
+                .ignores_shutdown(ignores_shutdown),
+        )
+        .task_duration(Duration::from_millis(30))
+        .start()
+}
+
+fn stopped(vmid: u32) -> DesiredState {
+    desire_run(3, vmid, Run::Stopped)
 }
 
 /// The recorded `POST …/status/ACTION` requests for `vmid`.
@@ -768,10 +751,7 @@ fn form_value<'a>(r: &'a felhom_sim::RecordedRequest, key: &str) -> Option<&'a s
 
 #[test]
 fn run_stopped_shuts_the_guest_down_with_a_timeout_and_force_stop_never_a_hard_stop() {
-    let sim = ProxmoxSim::builder()
-        .guest(GuestSeed::new(101, "db").running(true))
-        .task_duration(Duration::from_millis(30))
-        .start();
+    let sim = running_db(false);
     let r = rig_tuned(&sim, "shutdown", stopped(101), None, |o| {
         o.shutdown_timeout_seconds = 45;
     });
@@ -803,14 +783,7 @@ fn run_stopped_shuts_the_guest_down_with_a_timeout_and_force_stop_never_a_hard_s
 
 #[test]
 fn a_stop_waits_out_its_shutdown_timeout_while_proxmox_kills_a_guest_that_ignores_it() {
-    let sim = ProxmoxSim::builder()
-        .guest(
-            GuestSeed::new(101, "db")
-                .running(true)
-                .ignores_shutdown(true),
-        )
-        .task_duration(Duration::from_millis(30))
-        .start();
+    let sim = running_db(true);
     // A pass wait far shorter than the shutdown timeout: the stop's own wait covers it.
     let r = rig_tuned(&sim, "shutdown-forced", stopped(101), None, |o| {
         o.shutdown_timeout_seconds = 1;
@@ -830,14 +803,7 @@ fn a_stop_waits_out_its_shutdown_timeout_while_proxmox_kills_a_guest_that_ignore
 
 #[test]
 fn a_shutdown_whose_wait_ends_early_stays_in_flight_and_is_never_sent_again() {
-    let sim = ProxmoxSim::builder()
-        .guest(
-            GuestSeed::new(101, "db")
-                .running(true)
-                .ignores_shutdown(true),
-        )
-        .task_duration(Duration::from_millis(30))
-        .start();
+    let sim = running_db(true);
     let r = rig_tuned(&sim, "shutdown-reattach", stopped(101), None, |o| {
         o.shutdown_timeout_seconds = 600;
         o.backoff_initial = Duration::ZERO;

@@ -13,7 +13,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::app::signed_ops::{OpOutcome, SignedOpsRunner};
@@ -41,14 +40,7 @@ const KEYS: &str = "vectors/sshsig/keys";
 const NOW: i64 = 1_800_000_000;
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-gate-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    d
+    common::fresh_path("gate", name)
 }
 
 fn pubkey(name: &str) -> String {
@@ -225,6 +217,11 @@ impl Agent {
         self.jobs.run_signed_job(intent, signed, exec).unwrap()
     }
 
+    /// Runs `signed` as the intent to destroy `guest`.
+    fn destroy(&self, guest: &str, signed: &SignedOp) -> JobOutcome {
+        self.run(&destroy_intent(guest), signed)
+    }
+
     /// Delivers `blob` (with `signature`, if any) the way the hub's signed-ops channel
     /// does: unsigned ops reach the gate alone, signed ones `run_signed_job`.
     fn deliver(&self, blob: &[u8], signature: Option<&SignedOp>) -> OpOutcome {
@@ -276,6 +273,14 @@ fn sim() -> ProxmoxSim {
         .start()
 }
 
+/// The op id of an executed job.
+fn executed(outcome: JobOutcome) -> String {
+    match outcome {
+        JobOutcome::Executed { op_id } => op_id,
+        other => panic!("expected an execution, got {other:?}"),
+    }
+}
+
 fn refused(outcome: JobOutcome) -> Refusal {
     match outcome {
         JobOutcome::Refused(r) => r,
@@ -299,173 +304,125 @@ fn assert_nothing_ran(a: &Agent, sim: &ProxmoxSim, r: &Refusal) {
     assert_eq!(tail[0].decision, r.code());
 }
 
+/// [`refused`] as `want`, and [`assert_nothing_ran`].
+fn refused_cleanly(a: &Agent, sim: &ProxmoxSim, outcome: JobOutcome, want: &Refusal) {
+    let r = refused(outcome);
+    assert_eq!(&r, want);
+    assert_nothing_ran(a, sim, &r);
+}
+
+/// A fresh simulator and an agent on a fresh state dir.
+fn fresh_agent(name: &str) -> (ProxmoxSim, Agent) {
+    let sim = sim();
+    let a = open_agent(&tempdir(name), &sim);
+    (sim, a)
+}
+
 /// One matrix case on a fresh simulator and state dir: `act` produces the outcome
 /// through the real job path; the refusal is returned after [`assert_nothing_ran`].
 fn matrix_case(name: &str, act: impl FnOnce(&Agent) -> JobOutcome) -> Refusal {
-    let sim = sim();
-    let a = open_agent(&tempdir(name), &sim);
+    let (sim, a) = fresh_agent(name);
     let r = refused(act(&a));
     assert_nothing_ran(&a, &sim, &r);
     r
 }
 
-#[test]
-fn matrix_unsigned_destructive_job_is_pending_signature() {
-    let r = matrix_case("unsigned", |a| {
-        let op = Op::destroy("105");
-        match a.deliver(&op.blob(), None) {
+/// The destroy of 105 signed by `key` after `edit` changed what the op says, run as the
+/// intent to destroy 105.
+fn run_edited(a: &Agent, key: &str, edit: impl FnOnce(&mut Op)) -> JobOutcome {
+    let mut op = Op::destroy("105");
+    edit(&mut op);
+    a.destroy("105", &op.signed_by(key))
+}
+
+/// One test per row: `name(tag, act) => want` runs [`matrix_case`] (a fresh agent, the
+/// real job path, no trace of execution) and asserts the refusal matches `want`.
+macro_rules! refusal_matrix {
+    ($($name:ident($tag:literal, $act:expr) => $want:pat,)+) => {$(
+        #[test]
+        fn $name() {
+            let r = matrix_case($tag, $act);
+            assert!(matches!(r, $want), "{r:?}");
+        }
+    )+};
+}
+
+refusal_matrix! {
+    matrix_unsigned_destructive_job_is_pending_signature("unsigned", |a| {
+        match a.deliver(&Op::destroy("105").blob(), None) {
             OpOutcome::Job(j) => j,
             other => panic!("{other:?}"),
         }
-    });
-    assert_eq!(r, Refusal::PendingSignature);
-}
-
-#[test]
-fn matrix_unknown_signer_is_rejected() {
-    let r = matrix_case("unknown", |a| {
-        a.run(
-            &destroy_intent("105"),
-            &Op::destroy("105").signed_by("other-ed25519"),
-        )
-    });
-    assert!(
-        matches!(r, Refusal::Rejected(AuthzError::UnknownSigner(_))),
-        "{r:?}"
-    );
-}
-
-#[test]
-fn matrix_expired_is_rejected() {
-    let r = matrix_case("expired", |a| {
-        let mut op = Op::destroy("105");
-        op.expires = NOW - 3600; // well past the allowed clock skew
-        a.run(&destroy_intent("105"), &op.signed_by("ed25519"))
-    });
-    assert!(
-        matches!(r, Refusal::Rejected(AuthzError::Expired(_))),
-        "{r:?}"
-    );
-}
-
-#[test]
-fn matrix_wrong_host_is_rejected() {
-    let r = matrix_case("host", |a| {
-        let mut op = Op::destroy("105");
-        op.host = "pve-b";
-        a.run(&destroy_intent("105"), &op.signed_by("ed25519"))
-    });
-    assert!(
-        matches!(r, Refusal::Rejected(AuthzError::Target(_))),
-        "{r:?}"
-    );
-}
-
-#[test]
-fn matrix_wrong_guest_is_binding_mismatch() {
-    let r = matrix_case("guest", |a| {
-        a.run(
-            &destroy_intent("105"),
-            &Op::destroy("106").signed_by("ed25519"),
-        )
-    });
-    assert_eq!(r, Refusal::BindingMismatch);
-}
-
-#[test]
-fn matrix_wrong_op_is_binding_mismatch() {
-    let r = matrix_case("op", |a| {
-        let mut op = Op::destroy("105");
-        op.op = "storage_wipe";
-        a.run(&destroy_intent("105"), &op.signed_by("ed25519"))
-    });
-    assert_eq!(r, Refusal::BindingMismatch);
-}
-
-#[test]
-fn matrix_wrong_params_is_binding_mismatch() {
-    let r = matrix_case("params", |a| {
-        let mut op = Op::destroy("105");
-        op.params = &[("purge", "0")];
-        a.run(&destroy_intent("105"), &op.signed_by("ed25519"))
-    });
-    assert_eq!(r, Refusal::BindingMismatch);
-}
-
-#[test]
-fn matrix_recovery_key_on_ordinary_destructive_is_role_denied() {
-    let r = matrix_case("role", |a| {
-        a.run(
-            &destroy_intent("105"),
-            &Op::destroy("105").signed_by("ecdsa-p256"),
-        )
-    });
-    assert_eq!(r, Refusal::RoleDenied);
-}
-
-#[test]
-fn matrix_tampered_blob_under_a_good_signature_is_rejected() {
-    let r = matrix_case("tampered", |a| {
+    }) => Refusal::PendingSignature,
+    matrix_unknown_signer_is_rejected("unknown", |a| run_edited(a, "other-ed25519", |_| {}))
+        => Refusal::Rejected(AuthzError::UnknownSigner(_)),
+    // Well past the allowed clock skew.
+    matrix_expired_is_rejected("expired", |a| {
+        run_edited(a, "ed25519", |op| op.expires = NOW - 3600)
+    }) => Refusal::Rejected(AuthzError::Expired(_)),
+    matrix_wrong_host_is_rejected("host", |a| run_edited(a, "ed25519", |op| op.host = "pve-b"))
+        => Refusal::Rejected(AuthzError::Target(_)),
+    matrix_wrong_guest_is_binding_mismatch("guest", |a| {
+        run_edited(a, "ed25519", |op| *op = Op::destroy("106"))
+    }) => Refusal::BindingMismatch,
+    matrix_wrong_op_is_binding_mismatch("op", |a| {
+        run_edited(a, "ed25519", |op| op.op = "storage_wipe")
+    }) => Refusal::BindingMismatch,
+    matrix_wrong_params_is_binding_mismatch("params", |a| {
+        run_edited(a, "ed25519", |op| op.params = &[("purge", "0")])
+    }) => Refusal::BindingMismatch,
+    matrix_recovery_key_on_ordinary_destructive_is_role_denied("role", |a| {
+        run_edited(a, "ecdsa-p256", |_| {})
+    }) => Refusal::RoleDenied,
+    matrix_tampered_blob_under_a_good_signature_is_rejected("tampered", |a| {
         let mut s = Op::destroy("105").signed_by("ed25519");
         s.blob[2] ^= 1;
-        a.run(&destroy_intent("105"), &s)
-    });
-    assert!(
-        matches!(
-            r,
-            Refusal::Rejected(AuthzError::BadSignature(_) | AuthzError::Malformed(_))
-        ),
-        "{r:?}"
-    );
+        a.destroy("105", &s)
+    }) => Refusal::Rejected(AuthzError::BadSignature(_) | AuthzError::Malformed(_)),
+    an_op_no_executor_carries_is_unknown_op_and_burns_nothing("unknownop", |a| {
+        let mut op = Op::destroy("105");
+        op.op = "storage_wipe";
+        let mut intent = destroy_intent("105");
+        intent.class = OpClass::StorageWipe;
+        a.run(&intent, &op.signed_by("ed25519"))
+    }) => Refusal::UnknownOp,
 }
 
 #[test]
 fn a_refusal_burns_no_nonce_so_the_same_signature_runs_for_its_own_action() {
-    let sim = sim();
-    let a = open_agent(&tempdir("replay"), &sim);
+    let (sim, a) = fresh_agent("replay");
     // Verified, but bound to another guest: refused, nothing burned.
     let op = Op::destroy("106");
     let signed = op.signed_by("ed25519");
-    assert_eq!(
-        refused(a.run(&destroy_intent("105"), &signed)),
-        Refusal::BindingMismatch
-    );
+    assert_eq!(refused(a.destroy("105", &signed)), Refusal::BindingMismatch);
     assert!(!a.burned(&op.nonce));
     // The same signature, after a restart, for the action it names: it runs once.
     let a = a.restart(&sim);
-    assert!(matches!(
-        a.run(&destroy_intent("106"), &signed),
-        JobOutcome::Executed { .. }
-    ));
+    executed(a.destroy("106", &signed));
     assert!(a.burned(&op.nonce), "burned once it ran");
     assert_eq!(sim.guest_ids(), vec![105]);
     // And never again, across another restart.
     let a = a.restart(&sim);
-    assert_eq!(a.run(&destroy_intent("106"), &signed), JobOutcome::Skipped);
+    assert_eq!(a.destroy("106", &signed), JobOutcome::Skipped);
     assert_eq!(sim.mutations().len(), 1, "one DELETE");
 }
 
 #[test]
 fn a_role_refusal_burns_no_nonce_so_the_same_blob_signed_by_the_right_key_runs() {
-    let sim = sim();
-    let a = open_agent(&tempdir("rolenonce"), &sim);
+    let (sim, a) = fresh_agent("rolenonce");
     let op = Op::destroy("105");
     assert_eq!(
-        refused(a.run(&destroy_intent("105"), &op.signed_by("ecdsa-p256"))),
+        refused(a.destroy("105", &op.signed_by("ecdsa-p256"))),
         Refusal::RoleDenied
     );
     assert!(!a.burned(&op.nonce));
-    assert!(matches!(
-        a.run(&destroy_intent("105"), &op.signed_by("ed25519")),
-        JobOutcome::Executed { .. }
-    ));
+    executed(a.destroy("105", &op.signed_by("ed25519")));
     assert_eq!(sim.guest_ids(), vec![106]);
 }
 
 #[test]
 fn a_reused_vmid_is_guest_changed_and_the_held_signature_destroys_nothing() {
-    let sim = sim();
-    let a = open_agent(&tempdir("reuse"), &sim);
+    let (sim, a) = fresh_agent("reuse");
     // The operator signs the destroy of 105 as it is now; the hub holds it back.
     let held = Op::destroy("105");
     let signed = held.signed_by("ed25519");
@@ -473,9 +430,7 @@ fn a_reused_vmid_is_guest_changed_and_the_held_signature_destroys_nothing() {
     assert!(sim.remove_guest(105));
     sim.add_guest(GuestSeed::new(105, "new-customer").cores(2));
     assert_ne!(sim.guest_digest(105).unwrap(), held.digest);
-    let r = refused(a.run(&destroy_intent("105"), &signed));
-    assert_eq!(r, Refusal::GuestChanged);
-    assert_nothing_ran(&a, &sim, &r);
+    refused_cleanly(&a, &sim, a.destroy("105", &signed), &Refusal::GuestChanged);
     assert!(
         sim.guest_config(105).is_some(),
         "the new guest is still there"
@@ -485,40 +440,30 @@ fn a_reused_vmid_is_guest_changed_and_the_held_signature_destroys_nothing() {
     // Only a signature over the new guest's digest removes the new guest.
     let mut fresh = Op::destroy("105");
     fresh.digest = sim.guest_digest(105).unwrap();
-    assert!(matches!(
-        a.run(&destroy_intent("105"), &fresh.signed_by("ed25519")),
-        JobOutcome::Executed { .. }
-    ));
+    executed(a.destroy("105", &fresh.signed_by("ed25519")));
     assert_eq!(sim.guest_ids(), vec![106]);
 }
 
 #[test]
 fn a_config_changed_between_signing_and_delivery_is_guest_changed() {
-    let sim = sim();
-    let a = open_agent(&tempdir("changed"), &sim);
+    let (sim, a) = fresh_agent("changed");
     let op = Op::destroy("105");
     let signed = op.signed_by("ed25519");
     let cores = sim.guest_config(105).unwrap()["cores"].to_string();
     sim.set_config_value(105, "cores", Some("8"));
-    let r = refused(a.run(&destroy_intent("105"), &signed));
-    assert_eq!(r, Refusal::GuestChanged);
-    assert_nothing_ran(&a, &sim, &r);
+    refused_cleanly(&a, &sim, a.destroy("105", &signed), &Refusal::GuestChanged);
     // Changed back, the digest is the signed one again and the op runs.
     sim.set_config_value(105, "cores", Some(&cores));
     assert_eq!(sim.guest_digest(105).unwrap(), op.digest);
-    assert!(matches!(
-        a.run(&destroy_intent("105"), &signed),
-        JobOutcome::Executed { .. }
-    ));
+    executed(a.destroy("105", &signed));
 }
 
 #[test]
 fn a_guest_gone_before_delivery_is_guest_changed() {
-    let sim = sim();
-    let a = open_agent(&tempdir("gone"), &sim);
+    let (sim, a) = fresh_agent("gone");
     let signed = Op::destroy("105").signed_by("ed25519");
     assert!(sim.remove_guest(105));
-    let r = refused(a.run(&destroy_intent("105"), &signed));
+    let r = refused(a.destroy("105", &signed));
     assert_eq!(r, Refusal::GuestChanged);
     assert_eq!(a.exec.calls(), 0);
     assert!(sim.mutations().is_empty());
@@ -534,9 +479,12 @@ fn a_protected_guest_is_refused_before_any_request() {
     let mut op = Op::destroy("105");
     op.digest = sim.guest_digest(105).unwrap();
     sim.clear_requests();
-    let r = refused(a.run(&destroy_intent("105"), &op.signed_by("ed25519")));
-    assert_eq!(r, Refusal::Protected);
-    assert_nothing_ran(&a, &sim, &r);
+    refused_cleanly(
+        &a,
+        &sim,
+        a.destroy("105", &op.signed_by("ed25519")),
+        &Refusal::Protected,
+    );
     let sent: Vec<_> = sim.requests().into_iter().map(|q| q.method).collect();
     assert!(
         sent.iter().all(|m| m == "GET"),
@@ -554,10 +502,7 @@ fn unprotect_signed_clears_the_flag_as_its_own_journaled_step_then_destroys() {
     op.params = &[("purge", "1"), ("unprotect", "1")];
     let mut intent = destroy_intent("105");
     intent.params.insert("unprotect".into(), "1".into());
-    let destroy_id = match a.run(&intent, &op.signed_by("ed25519")) {
-        JobOutcome::Executed { op_id } => op_id,
-        other => panic!("{other:?}"),
-    };
+    let destroy_id = executed(a.run(&intent, &op.signed_by("ed25519")));
     assert_eq!(sim.guest_ids(), vec![106]);
     let m = sim.mutations();
     assert_eq!(m.len(), 2, "{m:?}");
@@ -595,18 +540,6 @@ fn unprotect_signed_clears_the_flag_as_its_own_journaled_step_then_destroys() {
     );
 }
 
-#[test]
-fn an_op_no_executor_carries_is_unknown_op_and_burns_nothing() {
-    let r = matrix_case("unknownop", |a| {
-        let mut op = Op::destroy("105");
-        op.op = "storage_wipe";
-        let mut intent = destroy_intent("105");
-        intent.class = OpClass::StorageWipe;
-        a.run(&intent, &op.signed_by("ed25519"))
-    });
-    assert_eq!(r, Refusal::UnknownOp);
-}
-
 /// The tag a hub (or anyone with API access) can put on a guest to call it scratch.
 const HUB_SCRATCH_TAG: &str = "felhom-scratch";
 
@@ -632,6 +565,19 @@ fn hub_scratch_op() -> Op<'static> {
     op
 }
 
+/// Runs an engine pass desiring both guests, then one desiring only 106; returns the
+/// second pass's destroy deltas after asserting it sent nothing and both guests remain.
+fn drop_105_from_desired(a: &Agent, sim: &ProxmoxSim) -> Vec<(u32, String)> {
+    let engine = a.engine(sim, &[105, 106]);
+    engine.pass().unwrap();
+    a.desired
+        .set(DesiredState::from_guests(2, vec![DesiredGuest::new(106)]));
+    let pass = engine.pass().unwrap();
+    assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
+    assert_eq!(sim.guest_ids(), vec![105, 106]);
+    pass.destroy_deltas
+}
+
 #[test]
 fn matrix_hub_supplied_scratch_tag_is_pending_signature() {
     let sim = sim();
@@ -647,17 +593,10 @@ fn matrix_hub_supplied_scratch_tag_is_pending_signature() {
     assert_eq!(r, Refusal::PendingSignature);
     assert_nothing_ran(&a, &sim, &r);
     // The desired state dropping the tagged guest is a destroy delta: held too.
-    let engine = a.engine(&sim, &[105, 106]);
-    engine.pass().unwrap();
-    a.desired
-        .set(DesiredState::from_guests(2, vec![DesiredGuest::new(106)]));
-    let pass = engine.pass().unwrap();
     assert_eq!(
-        pass.destroy_deltas,
+        drop_105_from_desired(&a, &sim),
         vec![(105, "pending_signature".to_string())]
     );
-    assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
-    assert_eq!(sim.guest_ids(), vec![105, 106]);
     assert_eq!(a.exec.calls(), 0);
 }
 
@@ -682,30 +621,19 @@ fn journal_scratch_record_makes_the_same_destroy_benign_but_the_hub_path_still_r
     assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
     assert_eq!(a.exec.calls(), 0);
     // And a guest the desired state drops reads as allowed, yet is never planned.
-    let engine = a.engine(&sim, &[105, 106]);
-    engine.pass().unwrap();
-    a.desired
-        .set(DesiredState::from_guests(2, vec![DesiredGuest::new(106)]));
-    let pass = engine.pass().unwrap();
     assert_eq!(
-        pass.destroy_deltas,
+        drop_105_from_desired(&a, &sim),
         vec![(105, "allowed_not_planned".to_string())]
     );
-    assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
-    assert_eq!(sim.guest_ids(), vec![105, 106]);
 }
 
 #[test]
 fn valid_op_executes_once_and_its_replay_is_refused_across_restart() {
-    let sim = sim();
-    let a = open_agent(&tempdir("valid"), &sim);
+    let (sim, a) = fresh_agent("valid");
     let intent = destroy_intent("105");
     let signed = Op::destroy("105").signed_by("ed25519");
 
-    let op_id = match a.run(&intent, &signed) {
-        JobOutcome::Executed { op_id } => op_id,
-        other => panic!("{other:?}"),
-    };
+    let op_id = executed(a.run(&intent, &signed));
     assert_eq!(sim.guest_ids(), vec![106]);
     let m = sim.mutations();
     assert_eq!(m.len(), 1);
@@ -737,11 +665,10 @@ fn valid_op_executes_once_and_its_replay_is_refused_across_restart() {
 
 #[test]
 fn a_failed_execution_is_journaled_failed_and_not_applied() {
-    let sim = sim();
-    let a = open_agent(&tempdir("fail"), &sim);
+    let (sim, a) = fresh_agent("fail");
     sim.fail_next_task("command 'lxc-destroy' failed: exit code 1");
     let op = Op::destroy("105");
-    let out = a.run(&destroy_intent("105"), &op.signed_by("ed25519"));
+    let out = a.destroy("105", &op.signed_by("ed25519"));
     let JobOutcome::Failed { op_id, .. } = out else {
         panic!("{out:?}")
     };
@@ -750,7 +677,7 @@ fn a_failed_execution_is_journaled_failed_and_not_applied() {
     assert_eq!(sim.guest_ids(), vec![105, 106]);
     // The nonce was burned before the dispatch: the same signature cannot try again.
     assert!(a.burned(&op.nonce));
-    let r = refused(a.run(&destroy_intent("105"), &op.signed_by("ed25519")));
+    let r = refused(a.destroy("105", &op.signed_by("ed25519")));
     assert!(
         matches!(r, Refusal::Rejected(AuthzError::Replay(_))),
         "{r:?}"
@@ -786,7 +713,7 @@ fn damaged_journal_refuses_destructive_but_allows_benign() {
     a.journal.tag_scratch(105, Timestamp(NOW)).unwrap();
     let op = Op::destroy("105");
     assert_eq!(
-        refused(a.run(&destroy_intent("105"), &op.signed_by("ed25519"))),
+        refused(a.destroy("105", &op.signed_by("ed25519"))),
         Refusal::StateDamaged
     );
     assert_eq!(
@@ -803,16 +730,12 @@ fn damaged_journal_refuses_destructive_but_allows_benign() {
     // The nonce was not burned: the refusal came before verification.
     fs::remove_file(dir.join("journal.log.damaged")).unwrap();
     let a = a.restart(&sim);
-    assert!(matches!(
-        a.run(&destroy_intent("105"), &op.signed_by("ed25519")),
-        JobOutcome::Executed { .. }
-    ));
+    executed(a.destroy("105", &op.signed_by("ed25519")));
 }
 
 #[test]
 fn damaged_nonce_store_refuses_destructive() {
-    let sim = sim();
-    let a = open_agent(&tempdir("nonce"), &sim);
+    let (_sim, a) = fresh_agent("nonce");
     let probe: felhom_agent::reconcile::gate::HealthProbe =
         Arc::new(|| Some("line 2: hash mismatch".to_string()));
     let journal = a.journal.clone();
@@ -828,8 +751,7 @@ fn damaged_nonce_store_refuses_destructive() {
 
 #[test]
 fn dry_run_never_verifies_or_audits() {
-    let sim = sim();
-    let a = open_agent(&tempdir("dry"), &sim);
+    let (_sim, a) = fresh_agent("dry");
     assert_eq!(
         a.gate.dry_run(&destroy_intent("105")).refusal(),
         Some(&Refusal::PendingSignature)

@@ -3,23 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use felhom_agent::reconcile::classify::{OpClass, Provenance};
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
 use felhom_agent::time::Timestamp;
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-journal-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    d
+    common::fresh_path("journal", name)
 }
 
 const T0: Timestamp = Timestamp(1_800_000_000);

@@ -6,29 +6,15 @@
 mod common;
 use common::pinned_client as client;
 
-use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::proxmox::{Client, ConfigChange, Upid, WaitOptions};
 use felhom_agent::reconcile::classify::OpClass;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
-use felhom_agent::reconcile::recover::recover;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::time::{Clock, SystemClock};
 use felhom_sim::{GuestSeed, ProxmoxSim};
-
-fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-recover-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    d
-}
 
 fn wait() -> WaitOptions {
     WaitOptions {
@@ -51,7 +37,7 @@ fn setup(name: &str) -> Setup {
         .guest(GuestSeed::new(106, "web").running(true))
         .task_duration(Duration::from_millis(10))
         .start();
-    let path = tempdir(name).join("journal.log");
+    let path = common::fresh_path("recover", name).join("journal.log");
     Setup {
         client: client(&sim),
         sim,
@@ -64,21 +50,13 @@ impl Setup {
     /// Reopens the journal as a restarted agent would, and recovers.
     fn restart_and_recover(&mut self) -> felhom_agent::reconcile::recover::RecoverReport {
         self.journal = Journal::open(&self.path).unwrap();
-        let before = self.sim.mutations().len();
-        let r = recover(
+        let r = common::recover_sending_nothing(
             &self.journal,
+            &self.sim,
             &self.client,
             &wait(),
-            &Shutdown::new(),
-            &SystemClock,
-        )
-        .unwrap();
-        assert_eq!(
-            self.sim.mutations().len(),
-            before,
-            "recover dispatches nothing"
+            "recover dispatches nothing",
         );
-        assert!(self.journal.in_flight().is_empty(), "{r:?}");
         drop(Journal::open(&self.path).unwrap());
         assert!(Journal::open(&self.path).unwrap().in_flight().is_empty());
         r

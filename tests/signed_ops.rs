@@ -6,21 +6,21 @@
 
 mod common;
 use common::CountingExecutor;
-use common::sign::{destroy_blob, signer, ssh_keygen_sign};
+use common::sign::{destroy_blob, ssh_keygen_sign, verifier};
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use felhom_agent::app::signed_ops::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker};
-use felhom_agent::authz::{AuthzConfig, AuthzError, FileNonceStore, Verifier};
+use felhom_agent::authz::AuthzError;
 use felhom_agent::hub::HubClientOptions;
 use felhom_agent::hub::ops_feed::{
     Announcement, Announcing, DeliveredOp, FetchError, SignedOpsClient,
 };
 use felhom_agent::hub::{ControlEnvelope, Reporter};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::gate::{Gate, Refusal};
 use felhom_agent::reconcile::jobs::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
@@ -29,9 +29,7 @@ use felhom_agent::reconcile::queue::Queue;
 use felhom_agent::secret::Secret;
 use felhom_agent::shutdown::Shutdown;
 use felhom_agent::time::{Clock, ManualClock, SystemClock};
-use felhom_sim::{
-    DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim, SIGNED_OPS_PATH,
-};
+use felhom_sim::{GuestSeed, HubSim, ProxmoxSim, SIGNED_OPS_PATH};
 use serde_json::json;
 
 fn tempdir(name: &str) -> PathBuf {
@@ -66,12 +64,7 @@ fn lab(name: &str) -> Lab {
         .start();
     let hub = HubSim::start();
     let clock = ManualClock::new(SystemClock.now());
-    let cfg = AuthzConfig {
-        signers: vec![signer()],
-        ..AuthzConfig::default()
-    };
-    let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
-    let verifier = Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces).unwrap();
+    let verifier = verifier(&dir, &clock);
     let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
     let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
     let gate = Arc::new(
@@ -80,21 +73,13 @@ fn lab(name: &str) -> Lab {
     );
     let jobs =
         SignedJobs::new(gate.clone(), Arc::new(Queue::new(4))).with_clock(Arc::new(clock.clone()));
-    let mut o = ClientOptions::new(
-        pve.url(),
-        pve.node(),
-        DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(Sha256Pin::parse(&pve.fingerprint()).unwrap()),
-    );
-    o.timeout = Duration::from_secs(10);
     let wait = WaitOptions {
         initial: Duration::from_millis(10),
         cap: Duration::from_millis(20),
         timeout: Duration::from_secs(10),
     };
     let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
-        Arc::new(Client::new(o).unwrap()),
+        Arc::new(common::pinned_client(&pve)),
         wait,
         Shutdown::new(),
     )));

@@ -1,24 +1,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The durable store: replay, torn tails, damage detection, fault injection, compaction.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use felhom_agent::store::{FaultOp, FaultyIo, Store, StoreError, SyncMode, verify_file};
 use serde_json::json;
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-store-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    d
+    common::fresh_path("store", name)
 }
 
 /// Opens the store and collects every record's (seq, data as JSON value).

@@ -4,6 +4,8 @@
 //! files that open clean with nothing acknowledged lost. Also streaming replay at open:
 //! a file far larger than the replay's buffers, a torn tail kept whole in `.broken`.
 
+mod common;
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,14 +18,7 @@ use felhom_agent::store::{
 use serde_json::{Value, json};
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-rotate-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    d
+    common::fresh_path("rotate", name)
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::http::{self, Body, Delivery, Request, Response};
+use crate::fault::{Dress, FaultAnswer, recorded_status};
+use crate::http::{self, Delivery, Request, Response};
 use crate::pve::{CertChoice, Fault, FaultKind};
 
 /// The bearer key accepted unless the builder sets another. Test material only.
@@ -405,6 +406,21 @@ fn json_answer(status: u16, reason: &str, body: &Value) -> Response {
         .with_body(body.to_string())
 }
 
+/// How the hub dresses the answers an injected fault gives.
+const HUB: Dress = Dress {
+    base: Response::new,
+    error: fault_error,
+    json_type: "application/json",
+    html_type: "text/html",
+    garbage: "<html><body><h1>502 Bad Gateway</h1></body></html>\n",
+    oversized_prefix: b"{\"poll_interval_seconds\":300,\"pad\":\"",
+};
+
+fn fault_error(code: u16, message: String) -> Response {
+    let reason = message.lines().next().unwrap_or_default().to_string();
+    json_answer(code, &reason, &json!({ "error": message }))
+}
+
 fn handle(inner: &Inner, req: &Request) -> Response {
     let mut st = inner.lock();
     let path = req.raw_path().to_string();
@@ -418,47 +434,20 @@ fn handle(inner: &Inner, req: &Request) -> Response {
         status: 0,
     });
     // Faults act before authentication: trouble between the agent and the hub.
-    let response = match st.take_fault(&req.method, &path) {
+    let fault = st.take_fault(&req.method, &path);
+    let response = match fault.map(|f| HUB.answer(f)) {
         None => process(&mut st, req, &path),
-        Some(FaultKind::Status { code, message }) => {
-            let reason = message.lines().next().unwrap_or_default().to_string();
-            json_answer(code, &reason, &json!({ "error": message })).with_delivery(Delivery::Normal)
+        Some(FaultAnswer::Process(delivery)) => {
+            process(&mut st, req, &path).with_delivery(delivery)
         }
-        Some(FaultKind::Redirect { code, location }) => Response::new(code, "Found")
-            .with_header("Location", &location)
-            .with_header("Content-Type", "text/html")
-            .with_body(format!("<html><body>Found: {location}</body></html>\n")),
-        Some(FaultKind::Delay(d)) => process(&mut st, req, &path).with_delivery(Delivery::Delay(d)),
-        Some(FaultKind::DropMidBody) => {
-            process(&mut st, req, &path).with_delivery(Delivery::DropMidBody)
-        }
-        Some(FaultKind::DropConnection) => {
-            Response::new(0, "dropped").with_delivery(Delivery::DropConnection)
-        }
-        Some(FaultKind::Garbage) => Response::new(200, "OK")
-            .with_header("Content-Type", "application/json")
-            .with_body("<html><body><h1>502 Bad Gateway</h1></body></html>\n"),
-        Some(FaultKind::Panic) => {
+        Some(FaultAnswer::Answer(r)) => r,
+        Some(FaultAnswer::Panic) => {
             drop(st);
             panic!("injected fault: the hub simulator's handler panics");
         }
-        Some(FaultKind::Oversized(len)) => {
-            let mut r = Response::new(200, "OK").with_header("Content-Type", "application/json");
-            r.body = Body::Filler {
-                prefix: b"{\"poll_interval_seconds\":300,\"pad\":\"".to_vec(),
-                fill: b'x',
-                len,
-                suffix: b"\"}".to_vec(),
-            };
-            r
-        }
     };
     if let Some(rec) = st.requests.get_mut(index) {
-        rec.status = if response.delivery == Delivery::DropConnection {
-            0
-        } else {
-            response.status
-        };
+        rec.status = recorded_status(&response);
     }
     if (200..300).contains(&response.status) && response.delivery != Delivery::DropConnection {
         inner.accepted.notify_all();

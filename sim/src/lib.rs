@@ -8,8 +8,11 @@
 //!   knowing nothing about Proxmox, so every simulator can stand on it.
 //! - [`pve`]: the Proxmox VE API simulator ([`ProxmoxSim`]).
 //! - [`hub`]: the felhom hub simulator ([`HubSim`]).
+//! - [`demo`]: what the two simulator binaries share.
 
 pub mod clock;
+pub mod demo;
+mod fault;
 pub mod http;
 pub mod hub;
 pub mod pve;

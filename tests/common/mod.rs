@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests (each `tests/*.rs` that needs one says
-//! `mod common;`). Not every test file uses every helper.
+//! `mod common;`; a bench says `#[path = "../tests/common/mod.rs"] mod common;`). Not
+//! every test file uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod agent;
@@ -7,28 +8,40 @@ pub mod logfmt;
 pub mod sign;
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::{Client, ClientOptions};
+use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::classify::{Intent, OpClass};
-use felhom_agent::reconcile::gate::GuestNow;
+use felhom_agent::reconcile::gate::{Gate, GuestNow};
 use felhom_agent::reconcile::jobs::{DestructiveExecutor, OnTask, ProxmoxExecutor};
+use felhom_agent::reconcile::journal::Journal;
+use felhom_agent::reconcile::recover::{RecoverReport, recover};
 use felhom_agent::secret::Secret;
+use felhom_agent::shutdown::Shutdown;
+use felhom_agent::time::SystemClock;
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
 
-/// A Proxmox client for `sim`: its default token, its certificate pinned, a 10 s call
-/// timeout (long enough for a loaded machine, short enough to fail a hung test).
-pub fn pinned_client(sim: &ProxmoxSim) -> Client {
-    let mut o = ClientOptions::new(
+/// Client options for `sim`: its default token, its certificate pinned, the defaults
+/// for the rest.
+pub fn pinned_options(sim: &ProxmoxSim) -> ClientOptions {
+    ClientOptions::new(
         sim.url(),
         sim.node(),
         DEFAULT_TOKEN_ID,
         Secret::new(DEFAULT_TOKEN_SECRET),
         TlsTrust::Pin(Sha256Pin::parse(&sim.fingerprint()).unwrap()),
-    );
+    )
+}
+
+/// A Proxmox client on [`pinned_options`] with a 10 s call timeout (long enough for a
+/// loaded machine, short enough to fail a hung test).
+pub fn pinned_client(sim: &ProxmoxSim) -> Client {
+    let mut o = pinned_options(sim);
     o.timeout = Duration::from_secs(10);
     Client::new(o).unwrap()
 }
@@ -71,9 +84,10 @@ impl DestructiveExecutor for CountingExecutor {
     }
 }
 
-/// A fresh, empty 0700 directory for one test: `felhom-{prefix}-{name}-{pid}-{n}` under
-/// the system temp dir, so no two tests of a run share one.
-pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
+/// A path for one test's directory that nothing is at: `felhom-{prefix}-{name}-{pid}-{n}`
+/// under the system temp dir, so no two tests of a run share one. Not created: for the
+/// tests where the code under test makes its own directory.
+pub fn fresh_path(prefix: &str, name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let d = std::env::temp_dir().join(format!(
         "felhom-{prefix}-{name}-{}-{}",
@@ -81,7 +95,41 @@ pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
         N.fetch_add(1, Ordering::SeqCst)
     ));
     let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A fresh, empty 0700 directory for one test at [`fresh_path`].
+pub fn tempdir(prefix: &str, name: &str) -> PathBuf {
+    let d = fresh_path(prefix, name);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
     d
+}
+
+/// The gate of host `pve-a` with no verifier (every destructive op is refused) over
+/// `journal`, auditing to `dir/audit.log`.
+pub fn unsigned_gate(dir: &Path, journal: &Arc<Journal>) -> Arc<Gate> {
+    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+    Arc::new(Gate::new("pve-a".into(), None, Arc::clone(journal), audit))
+}
+
+/// Runs Recover on `journal` against `sim` and asserts it dispatched nothing and left
+/// nothing in flight; `what` names the case in a failure.
+pub fn recover_sending_nothing(
+    journal: &Journal,
+    sim: &ProxmoxSim,
+    client: &Client,
+    wait: &WaitOptions,
+    what: &str,
+) -> RecoverReport {
+    let before = sim.mutations().len();
+    let report = recover(journal, client, wait, &Shutdown::new(), &SystemClock).unwrap();
+    assert_eq!(
+        sim.mutations().len(),
+        before,
+        "{what}: Recover dispatched: {:?}",
+        sim.mutations()
+    );
+    assert!(journal.in_flight().is_empty(), "{what}: {report:?}");
+    report
 }

@@ -9,10 +9,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use felhom_agent::authz::{Role, SignerEntry};
-use felhom_agent::time::Timestamp;
+use felhom_agent::authz::{AuthzConfig, FileNonceStore, Role, SignerEntry, Verifier};
+use felhom_agent::time::{ManualClock, Timestamp};
 
 /// A nonce no other blob of this process uses (nonces must not collide between the
 /// tests of one binary): the pid and a process-wide counter, 32 hex digits.
@@ -114,6 +115,17 @@ pub fn signer() -> SignerEntry {
         role: Role::Operational,
         public_key: PUBLIC_KEY.into(),
     }
+}
+
+/// The verifier of host `pve-a` allowing [`signer`] alone, on `clock`, burning nonces
+/// in `dir/nonces.log` (a 300 s clock skew).
+pub fn verifier(dir: &Path, clock: &ManualClock) -> Verifier {
+    let cfg = AuthzConfig {
+        signers: vec![signer()],
+        ..AuthzConfig::default()
+    };
+    let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
+    Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces).unwrap()
 }
 
 /// The config file's `authz` section allowing the test key as [`signer`] does.

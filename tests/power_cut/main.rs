@@ -32,10 +32,8 @@ mod stores;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::pinned_client as client;
@@ -44,8 +42,6 @@ use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::audit::AuditLog;
 use felhom_agent::reconcile::journal::{Journal, JournalRecord};
 use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::reconcile::recover::recover;
-use felhom_agent::shutdown::Shutdown;
 use felhom_agent::store::{CutMode, CutPoint, Io, PointOp, PowerCutIo, replay_bytes, verify_file};
 use felhom_agent::time::{Clock, SystemClock, Timestamp};
 use felhom_sim::ProxmoxSim;
@@ -57,16 +53,7 @@ const AUDIT: &str = "audit.log";
 const NONCES: &str = "nonces.log";
 
 fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "felhom-pc-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
-    d
+    common::tempdir("pc", name)
 }
 
 fn fast_wait() -> WaitOptions {
@@ -342,23 +329,10 @@ impl Lab {
         let journal = Arc::new(Journal::open(&self.path(JOURNAL)).unwrap());
         assert_eq!(journal.damaged(), None, "{what}");
         let audit = Arc::new(AuditLog::open(&self.path(AUDIT)).unwrap());
-        let before = self.sim.mutations().len();
-        let report = recover(
-            &journal,
-            &client(&self.sim),
-            &fast_wait(),
-            &Shutdown::new(),
-            &SystemClock,
-        )
-        .unwrap();
-        assert_eq!(
-            self.sim.mutations().len(),
-            before,
-            "{what}: Recover dispatched: {:?}",
-            self.sim.mutations()
-        );
+        let client = client(&self.sim);
+        let report =
+            common::recover_sending_nothing(&journal, &self.sim, &client, &fast_wait(), what);
         assert!(report.unresolved.is_empty(), "{what}: {report:?}");
-        assert!(journal.in_flight().is_empty(), "{what}: {report:?}");
         (journal, audit)
     }
 

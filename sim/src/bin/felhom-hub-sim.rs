@@ -6,39 +6,28 @@
 //! killed, or until stdin closes with `--until-stdin-eof`. Demo code only; never shipped
 //! with the agent.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use felhom_sim::{CertChoice, HubSim};
+use felhom_sim::{HubSim, demo};
 use serde_json::json;
 
 const USAGE: &str =
     "usage: felhom-hub-sim [--key KEY] [--poll SECONDS] [--cert self|ca|other] [--until-stdin-eof]";
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("felhom-hub-sim: {msg}\n{USAGE}");
-            ExitCode::from(2)
-        }
-    }
+    demo::main("felhom-hub-sim", USAGE, run)
 }
 
 fn run(args: Vec<String>) -> Result<(), String> {
     let mut builder = HubSim::builder();
-    let mut until_eof = false;
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+    let mut args = demo::Args::new(args);
+    while let Some(arg) = args.next_flag() {
         builder = match arg.as_str() {
-            "--key" => builder.key(&value("--key")?),
+            "--key" => builder.key(&args.value("--key")?),
             "--poll" => {
-                let v = value("--poll")?;
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| format!("--poll {v}: not a number of seconds"))?;
+                let secs = demo::number("--poll", &args.value("--poll")?, "seconds")?;
                 builder.default_envelope(json!({
                     "poll_interval_seconds": secs,
                     "blocked": false,
@@ -46,22 +35,13 @@ fn run(args: Vec<String>) -> Result<(), String> {
                     "has_signed_ops": false
                 }))
             }
-            "--cert" => match value("--cert")?.as_str() {
-                "self" => builder.cert(CertChoice::SelfSigned),
-                "ca" => builder.cert(CertChoice::CaSigned),
-                "other" => builder.cert(CertChoice::Other),
-                other => return Err(format!("--cert {other}: expected self, ca or other")),
-            },
-            "--until-stdin-eof" => {
-                until_eof = true;
-                builder
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
+            "--cert" => builder.cert(demo::cert_choice(&args.value("--cert")?)?),
             other => return Err(format!("unknown argument '{other}'")),
         };
+    }
+    if args.help {
+        println!("{USAGE}");
+        return Ok(());
     }
     let hub = builder.start();
     let section = json!({
@@ -94,12 +74,6 @@ fn run(args: Vec<String>) -> Result<(), String> {
             }
         }
     });
-    if until_eof {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        return Ok(());
-    }
-    loop {
-        std::thread::park();
-    }
+    demo::serve(args.until_stdin_eof);
+    Ok(())
 }

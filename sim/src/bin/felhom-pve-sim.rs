@@ -4,23 +4,16 @@
 //! it (url, node, token, pinned fingerprint). Then serves until killed, or until stdin
 //! closes with `--until-stdin-eof`. Demo code only; never shipped with the agent.
 
-use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use felhom_sim::{CertChoice, GuestSeed, ProxmoxSim};
+use felhom_sim::{GuestSeed, ProxmoxSim, demo};
 
 const USAGE: &str = "usage: felhom-pve-sim [--node NAME] [--guest VMID[:NAME[:running]]]... \
 [--backup VMID:STAMP]... [--task-ms N] [--cert self|ca|other] [--async-config] [--until-stdin-eof]";
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("felhom-pve-sim: {msg}\n{USAGE}");
-            ExitCode::from(2)
-        }
-    }
+    demo::main("felhom-pve-sim", USAGE, run)
 }
 
 fn parse_guest(spec: &str) -> Result<GuestSeed, String> {
@@ -46,18 +39,16 @@ fn parse_guest(spec: &str) -> Result<GuestSeed, String> {
 fn run(args: Vec<String>) -> Result<(), String> {
     let mut builder = ProxmoxSim::builder();
     let mut guests = 0;
-    let mut until_eof = false;
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+    let mut args = demo::Args::new(args);
+    while let Some(arg) = args.next_flag() {
         builder = match arg.as_str() {
-            "--node" => builder.node(&value("--node")?),
+            "--node" => builder.node(&args.value("--node")?),
             "--guest" => {
                 guests += 1;
-                builder.guest(parse_guest(&value("--guest")?)?)
+                builder.guest(parse_guest(&args.value("--guest")?)?)
             }
             "--backup" => {
-                let spec = value("--backup")?;
+                let spec = args.value("--backup")?;
                 let (vmid, stamp) = spec
                     .split_once(':')
                     .and_then(|(v, s)| Some((v.parse::<u32>().ok()?, s.to_string())))
@@ -65,29 +56,17 @@ fn run(args: Vec<String>) -> Result<(), String> {
                 builder.backup(vmid, &stamp)
             }
             "--task-ms" => {
-                let v = value("--task-ms")?;
-                let ms: u64 = v
-                    .parse()
-                    .map_err(|_| format!("--task-ms {v}: not a number of milliseconds"))?;
+                let ms = demo::number("--task-ms", &args.value("--task-ms")?, "milliseconds")?;
                 builder.task_duration(Duration::from_millis(ms))
             }
-            "--cert" => match value("--cert")?.as_str() {
-                "self" => builder.cert(CertChoice::SelfSigned),
-                "ca" => builder.cert(CertChoice::CaSigned),
-                "other" => builder.cert(CertChoice::Other),
-                other => return Err(format!("--cert {other}: expected self, ca or other")),
-            },
+            "--cert" => builder.cert(demo::cert_choice(&args.value("--cert")?)?),
             "--async-config" => builder.sync_config_put(false),
-            "--until-stdin-eof" => {
-                until_eof = true;
-                builder
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
             other => return Err(format!("unknown argument '{other}'")),
         };
+    }
+    if args.help {
+        println!("{USAGE}");
+        return Ok(());
     }
     if guests == 0 {
         builder = builder
@@ -118,13 +97,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
         sim.node(),
         sim.guest_ids()
     );
-    if until_eof {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        sim.shutdown();
-        return Ok(());
-    }
-    loop {
-        std::thread::park();
-    }
+    demo::serve(args.until_stdin_eof);
+    sim.shutdown();
+    Ok(())
 }

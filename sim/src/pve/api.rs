@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::RecordedRequest;
 use super::model::{
     Backup, Effect, Failure, Guest, HOST_CPUS, HOST_ROOTFS, PVE_REPOID, PVE_VERSION, State,
     TaskSpec, config_key_kind, config_key_priv, parse_size,
 };
 use super::params::{ApiError, Kind, Params, parse_json_body, parse_urlencoded, percent_decode};
-use super::{FaultKind, RecordedRequest};
 use crate::clock;
-use crate::http::{Body, Delivery, Request, Response};
+use crate::fault::{Dress, FaultAnswer, recorded_status};
+use crate::http::{Delivery, Request, Response};
 
 const VMID: (&str, Kind) = ("vmid", Kind::Int(Some(100), Some(999_999_999)));
 const NODE: (&str, Kind) = ("node", Kind::Str);
@@ -107,47 +108,34 @@ pub(crate) fn handle(state: &Mutex<State>, req: &Request) -> Response {
         status: 0,
     });
     // Faults act before authentication: they stand for trouble on the way to pveproxy.
-    let response = match st.take_fault(&req.method, &inc.path) {
+    let fault = st.take_fault(&req.method, &inc.path);
+    let response = match fault.map(|f| PVEPROXY.answer(f)) {
         None => process(&mut st, &inc),
-        Some(FaultKind::Status { code, message }) => {
-            error_response(&ApiError::status(code, message))
-        }
-        Some(FaultKind::Redirect { code, location }) => base(code, "Found")
-            .with_header("Location", &location)
-            .with_header("Content-Type", "text/html;charset=UTF-8")
-            .with_body(format!("<html><body>Found: {location}</body></html>\n")),
-        Some(FaultKind::Delay(d)) => process(&mut st, &inc).with_delivery(Delivery::Delay(d)),
-        Some(FaultKind::DropMidBody) => process(&mut st, &inc).with_delivery(Delivery::DropMidBody),
-        Some(FaultKind::DropConnection) => {
-            Response::new(0, "dropped").with_delivery(Delivery::DropConnection)
-        }
-        Some(FaultKind::Garbage) => base(200, "OK")
-            .with_header("Content-Type", "application/json;charset=UTF-8")
-            .with_body("<html><body><h1>502 Bad Gateway</h1>upstream went away</body></html>\n"),
-        Some(FaultKind::Panic) => {
+        Some(FaultAnswer::Process(delivery)) => process(&mut st, &inc).with_delivery(delivery),
+        Some(FaultAnswer::Answer(r)) => r,
+        Some(FaultAnswer::Panic) => {
             drop(st);
             panic!("injected fault: the simulator's handler panics");
         }
-        Some(FaultKind::Oversized(len)) => {
-            let mut r =
-                base(200, "OK").with_header("Content-Type", "application/json;charset=UTF-8");
-            r.body = Body::Filler {
-                prefix: b"{\"data\":\"".to_vec(),
-                fill: b'x',
-                len,
-                suffix: b"\"}".to_vec(),
-            };
-            r
-        }
     };
     if let Some(rec) = st.requests.get_mut(index) {
-        rec.status = if response.delivery == Delivery::DropConnection {
-            0
-        } else {
-            response.status
-        };
+        rec.status = recorded_status(&response);
     }
     response
+}
+
+/// How pveproxy dresses the answers an injected fault gives.
+const PVEPROXY: Dress = Dress {
+    base,
+    error: fault_error,
+    json_type: "application/json;charset=UTF-8",
+    html_type: "text/html;charset=UTF-8",
+    garbage: "<html><body><h1>502 Bad Gateway</h1>upstream went away</body></html>\n",
+    oversized_prefix: b"{\"data\":\"",
+};
+
+fn fault_error(code: u16, message: String) -> Response {
+    error_response(&ApiError::status(code, message))
 }
 
 /// Headers every pveproxy answer carries.

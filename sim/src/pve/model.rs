@@ -641,8 +641,8 @@ impl Task {
         self.exitstatus == "OK" || self.exitstatus.starts_with("WARNINGS: ")
     }
 
-    /// The task-status object.
-    pub fn status_json(&self, node: &str, user: &str, tokenid: Option<&str>) -> Value {
+    /// The fields the task-status object and a task-list row share.
+    fn row(&self, node: &str, user: &str, tokenid: Option<&str>) -> Value {
         let mut v = json!({
             "upid": self.upid,
             "node": node,
@@ -652,12 +652,19 @@ impl Task {
             "type": self.kind,
             "id": self.id,
             "user": user,
-            "status": if self.running() { "running" } else { "stopped" },
         });
+        if let (Some(obj), Some(t)) = (v.as_object_mut(), tokenid) {
+            obj.insert("tokenid".into(), Value::String(t.to_string()));
+        }
+        v
+    }
+
+    /// The task-status object.
+    pub fn status_json(&self, node: &str, user: &str, tokenid: Option<&str>) -> Value {
+        let mut v = self.row(node, user, tokenid);
         if let Some(obj) = v.as_object_mut() {
-            if let Some(t) = tokenid {
-                obj.insert("tokenid".into(), Value::String(t.to_string()));
-            }
+            let status = if self.running() { "running" } else { "stopped" };
+            obj.insert("status".into(), Value::from(status));
             if !self.running() {
                 obj.insert("exitstatus".into(), Value::String(self.exitstatus.clone()));
             }
@@ -667,20 +674,8 @@ impl Task {
 
     /// A `GET /nodes/{n}/tasks` row.
     pub fn list_json(&self, node: &str, user: &str, tokenid: Option<&str>) -> Value {
-        let mut v = json!({
-            "upid": self.upid,
-            "node": node,
-            "pid": self.pid,
-            "pstart": self.pstart,
-            "starttime": self.starttime,
-            "type": self.kind,
-            "id": self.id,
-            "user": user,
-        });
+        let mut v = self.row(node, user, tokenid);
         if let Some(obj) = v.as_object_mut() {
-            if let Some(t) = tokenid {
-                obj.insert("tokenid".into(), Value::String(t.to_string()));
-            }
             match self.endtime {
                 Some(end) => {
                     obj.insert("endtime".into(), Value::from(end));
