@@ -13,10 +13,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use felhom_agent::reconcile::classify::OpClass;
-use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
+use felhom_agent::base::Timestamp;
+use felhom_agent::reconcile::OpClass;
+use felhom_agent::reconcile::{Journal, JournalRecord, OpState};
 use felhom_agent::store::Store;
-use felhom_agent::time::Timestamp;
 
 const RECORDS: u64 = 100_000;
 

@@ -16,12 +16,12 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use felhom_agent::base::Shutdown;
 use felhom_agent::proxmox::{Client, WaitOptions};
-use felhom_agent::reconcile::desired::{DesiredGuest, DesiredState, Spec, StaticProvider};
-use felhom_agent::reconcile::engine::{Engine, EngineOptions};
-use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::shutdown::Shutdown;
+use felhom_agent::reconcile::Journal;
+use felhom_agent::reconcile::Queue;
+use felhom_agent::reconcile::{DesiredGuest, DesiredState, Spec, StaticProvider};
+use felhom_agent::reconcile::{Engine, EngineOptions};
 use felhom_sim::{Fault, FaultKind, GuestSeed, ProxmoxSim};
 
 const GUESTS: u32 = 1000;
@@ -92,7 +92,7 @@ fn pass(sim: &ProxmoxSim, e: &Engine) -> (f64, usize, usize) {
 
 fn main() {
     // One line per applied action would drown the table.
-    felhom_agent::log::set_level(felhom_agent::log::Level::Warn);
+    felhom_agent::base::log::set_level(felhom_agent::base::log::Level::Warn);
     println!(
         "reconcile pass: {GUESTS} guests, {} ms per Proxmox request",
         LATENCY.as_millis()

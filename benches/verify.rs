@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::ed25519::signature::Signer as _;
 use felhom_agent::authz::{MemoryNonceStore, NAMESPACE, Policy, Role, Signer, Verifier, sshsig};
-use felhom_agent::encoding::base64_decode;
-use felhom_agent::time::{ManualClock, Timestamp};
+use felhom_agent::base::base64_decode;
+use felhom_agent::base::{ManualClock, Timestamp};
 use sha2::{Digest as _, Sha256};
 use ssh_key::private::Ed25519Keypair;
 use ssh_key::public::{EcdsaPublicKey, KeyData, SkEcdsaSha2NistP256, SkEd25519};
@@ -186,7 +186,7 @@ fn sk_ecdsa(n: usize) -> Inputs {
 
 fn main() {
     // The vectors claim another key_id than the bench signer: keep the output clean.
-    felhom_agent::log::set_level(felhom_agent::log::Level::Error);
+    felhom_agent::base::log::set_level(felhom_agent::base::log::Level::Error);
     println!(
         "{:<12} {:>14} {:>14} {:>7}",
         "key", "pipeline/s", "raw verify/s", "ratio"

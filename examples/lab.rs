@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::time::{Clock, SystemClock, Timestamp};
+use felhom_agent::base::{Clock, SystemClock, Timestamp};
+use felhom_agent::reconcile::Journal;
 use felhom_sim::{CertChoice, DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 

@@ -47,7 +47,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use felhom_agent::faultpoint::SECOND_MS_ENV;
+use felhom_agent::store::SECOND_MS_ENV;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
@@ -70,7 +70,7 @@ const HOT_GUESTS: usize = 48;
 /// How often the child is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// A guest's lane thread ends after this long without work (the queue's `DEFAULT_IDLE`).
-const LANE_IDLE: Duration = felhom_agent::reconcile::queue::DEFAULT_IDLE;
+const LANE_IDLE: Duration = felhom_agent::reconcile::DEFAULT_IDLE;
 /// Grace on top of [`LANE_IDLE`] before a lane with no logged work counts as leaked: a
 /// job's last log line comes a little before its lane goes idle.
 const LANE_GRACE: Duration = Duration::from_secs(15);

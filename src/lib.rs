@@ -26,11 +26,3 @@ pub mod store;
 
 pub mod app;
 pub mod base;
-
-// Transitional paths, removed once tests use the layer facades.
-#[doc(hidden)]
-pub use app::{daemon, selftest};
-#[doc(hidden)]
-pub use base::{encoding, log, secret, shutdown, time, version};
-#[doc(hidden)]
-pub use store::{faultpoint, statelock};

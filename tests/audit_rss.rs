@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use felhom_agent::reconcile::audit::DEFAULT_MAX_BYTES;
+use felhom_agent::reconcile::DEFAULT_MAX_BYTES;
 use felhom_agent::store::verify_file;
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;

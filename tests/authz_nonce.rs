@@ -13,8 +13,8 @@ use felhom_agent::authz::{
     AuthzConfig, AuthzError, FileNonceStore, Freshness, NonceStore, Role, SignerEntry, Verifier,
     offline_selftest,
 };
+use felhom_agent::base::{Clock, ManualClock, ManualMonotonic, Timestamp};
 use felhom_agent::store::{FaultOp, FaultyIo, Store};
-use felhom_agent::time::{Clock, ManualClock, ManualMonotonic, Timestamp};
 
 const V: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sshsig");
 const NOW: Timestamp = Timestamp(1_893_457_800);
@@ -371,7 +371,7 @@ fn a_forward_clock_jump_then_a_correction_never_makes_a_live_op_replayable() {
     assert_eq!((first.kept, first.trusted), (1, NOW));
 
     // The wall clock jumps a year ahead; one real minute passes; the hourly compaction.
-    let log = felhom_agent::log::tap();
+    let log = felhom_agent::base::log::tap();
     wall.advance(YEAR);
     mono.advance(Duration::from_secs(60));
     let jumped = store.compact(wall.now()).unwrap();

@@ -10,12 +10,12 @@ use felhom_agent::authz::{
     AuthzConfig, AuthzError, MemoryNonceStore, NAMESPACE, Policy, Role, Signer, SignerEntry,
     Verifier, verify_offline,
 };
-use felhom_agent::encoding::base64_decode;
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::classify::{Intent, OpClass};
-use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, GuestNow, Refusal, SignedOp};
-use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::time::{ManualClock, Timestamp};
+use felhom_agent::base::base64_decode;
+use felhom_agent::base::{ManualClock, Timestamp};
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::Journal;
+use felhom_agent::reconcile::{AllowReason, Decision, Gate, GuestNow, Refusal, SignedOp};
+use felhom_agent::reconcile::{Intent, OpClass};
 use sha2::{Digest as _, Sha256};
 use ssh_key::private::Ed25519Keypair;
 use ssh_key::public::{EcdsaPublicKey, KeyData, SkEcdsaSha2NistP256, SkEd25519};
@@ -953,7 +953,7 @@ fn blobs_of_every_length_survive_dearmor_and_decode_at_any_wrap_width() {
         let ns = "n".repeat(n);
         let s = SshSig::new(key.clone(), ns.as_str(), HashAlg::Sha512, sig.clone()).unwrap();
         let raw = sshsig::dearmor(&s.to_pem(LineEnding::LF).unwrap()).unwrap();
-        let b64 = felhom_agent::encoding::base64_encode(&raw);
+        let b64 = felhom_agent::base::base64_encode(&raw);
         for width in [1, 63, 64, 70, 76, 1000] {
             let mut armored = String::from("-----BEGIN SSH SIGNATURE-----\r\n");
             for chunk in b64.as_bytes().chunks(width) {

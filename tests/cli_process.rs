@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use felhom_agent::time::{Clock, SystemClock, Timestamp};
+use felhom_agent::base::{Clock, SystemClock, Timestamp};
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
@@ -456,8 +456,8 @@ fn verify_prints_the_op_or_the_typed_refusal_and_burns_no_nonce() {
 
 #[test]
 fn verify_refuses_oversized_input_as_malformed_after_a_bounded_read() {
-    use felhom_agent::authz::blob::MAX_BLOB_BYTES;
-    use felhom_agent::authz::sshsig::MAX_ARMOR_BYTES;
+    use felhom_agent::authz::MAX_ARMOR_BYTES;
+    use felhom_agent::authz::MAX_BLOB_BYTES;
     let sim = sim();
     let dir = Dir::new("verify-caps");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());
@@ -624,8 +624,8 @@ fn plan_prints_the_next_pass_and_the_gate_word_and_executes_nothing() {
 
 #[test]
 fn journal_reads_the_history_without_writing_and_flags_damage() {
-    use felhom_agent::reconcile::classify::OpClass;
-    use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
+    use felhom_agent::reconcile::OpClass;
+    use felhom_agent::reconcile::{Journal, JournalRecord, OpState};
     let sim = sim();
     let dir = Dir::new("journal");
     let cfg = write_config(&dir, &sim, &sim.fingerprint());

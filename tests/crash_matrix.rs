@@ -32,13 +32,11 @@ use std::time::Duration;
 
 use felhom_agent::authz::FileNonceStore;
 use felhom_agent::authz::{Freshness, NonceStore};
-use felhom_agent::faultpoint::{
-    JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
-};
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::classify::OpClass;
-use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
-use felhom_agent::time::{Clock, SystemClock, Timestamp};
+use felhom_agent::base::{Clock, SystemClock, Timestamp};
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::OpClass;
+use felhom_agent::reconcile::{Journal, JournalRecord, JournalView, OpState};
+use felhom_agent::store::{JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV};
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 

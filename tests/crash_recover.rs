@@ -13,9 +13,9 @@ use common::agent::{Agent, write_agent_config};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use felhom_agent::faultpoint::SECOND_MS_ENV;
-use felhom_agent::reconcile::classify::OpClass;
-use felhom_agent::reconcile::journal::{Journal, JournalRecord, JournalView, OpState};
+use felhom_agent::reconcile::OpClass;
+use felhom_agent::reconcile::{Journal, JournalRecord, JournalView, OpState};
+use felhom_agent::store::SECOND_MS_ENV;
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 

@@ -21,7 +21,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use felhom_agent::faultpoint::SECOND_MS_ENV;
+use felhom_agent::store::SECOND_MS_ENV;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
@@ -354,7 +354,7 @@ fn insecure_hub_tls_is_warned_at_every_start() {
 
 #[test]
 fn the_log_reader_reads_back_what_the_agent_writes() {
-    let tap = felhom_agent::log::tap();
+    let tap = felhom_agent::base::log::tap();
     let hostile = "CT is locked\nlevel=error event=forged x=\"y\" \\ \u{1b}[31m";
     felhom_agent::error!(
         log_reader_probe,

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use felhom_agent::app::{DaemonError, serve};
+use felhom_agent::base::Shutdown;
 use felhom_agent::config::{Config, Mode};
-use felhom_agent::daemon::{DaemonError, serve};
 use felhom_agent::net::TlsTrust;
-use felhom_agent::shutdown::Shutdown;
-use felhom_agent::statelock::StateLockError;
+use felhom_agent::store::StateLockError;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 
@@ -171,6 +171,6 @@ fn a_second_serve_on_a_held_state_dir_is_refused_and_the_first_runs_on() {
         .expect("serve returned after the shutdown");
     assert!(first.is_ok(), "{first:?}");
     // Released when serve returned: the next one may take the directory.
-    let lock = felhom_agent::statelock::StateLock::acquire(&state.0).expect("free again");
+    let lock = felhom_agent::store::StateLock::acquire(&state.0).expect("free again");
     drop(lock);
 }

@@ -2,7 +2,7 @@
 //! The network fault campaign: the agent's real loops against both simulators while
 //! they misbehave. The reconcile engine (its passes and its run loop) and the hub
 //! poller with the live round run in process, their log lines caught by
-//! `felhom_agent::log::tap()`; one case runs the daemon binary (with the feature
+//! `felhom_agent::base::log::tap()`; one case runs the daemon binary (with the feature
 //! `fault-points`).
 //!
 //! Every fault is checked for the same five things: nothing panics, the loop goes on
@@ -26,22 +26,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use felhom_agent::app::wiring::ProxmoxReader;
-use felhom_agent::hub::collect::{CloudflaredProbe, Collector, NoAudit, ReadError};
+use felhom_agent::app::ProxmoxReader;
+use felhom_agent::base::Secret;
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::SystemClock;
+use felhom_agent::hub::{CloudflaredProbe, Collector, NoAudit, ReadError};
 use felhom_agent::hub::{HubClient, HubClientOptions, HubRound, Poller, Sleeper};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::desired::{
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::Gate;
+use felhom_agent::reconcile::Journal;
+use felhom_agent::reconcile::Queue;
+use felhom_agent::reconcile::{
     DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
 };
-use felhom_agent::reconcile::engine::{Engine, EngineError, EngineOptions, Outcome, PassReport};
-use felhom_agent::reconcile::gate::Gate;
-use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::secret::Secret;
-use felhom_agent::shutdown::Shutdown;
-use felhom_agent::time::SystemClock;
+use felhom_agent::reconcile::{Engine, EngineError, EngineOptions, Outcome, PassReport};
 use felhom_sim::{
     CertChoice, DEFAULT_HUB_KEY, DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind,
     GuestSeed, HubSim, ProxmoxSim,
@@ -67,7 +67,7 @@ const WRONG_HUB_KEY: &str = "hubkey-wrong-5e2d8c71-0a4f-4b3e-9c6d-7f1a2b3c4d5e";
 /// The process-wide copy of every log line, installed before any test logs.
 fn tap() -> &'static Arc<Mutex<Vec<u8>>> {
     static TAP: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    TAP.get_or_init(felhom_agent::log::tap)
+    TAP.get_or_init(felhom_agent::base::log::tap)
 }
 
 /// Every line logged so far that contains all of `needles`.
@@ -1124,7 +1124,7 @@ impl Daemon {
 #[cfg(feature = "fault-points")]
 #[test]
 fn the_daemon_rides_out_a_changed_certificate_and_hub_faults_then_converges() {
-    use felhom_agent::faultpoint::SECOND_MS_ENV;
+    use felhom_agent::store::SECOND_MS_ENV;
     use serde_json::json;
 
     // The host's certificate is not the pinned one when the daemon starts.

@@ -598,7 +598,10 @@ fn every_error_type_has_its_own_name() {
         }
     }
     let clashes: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
-    assert!(clashes.is_empty(), "error types sharing a name: {clashes:?}");
+    assert!(
+        clashes.is_empty(),
+        "error types sharing a name: {clashes:?}"
+    );
     assert!(
         !seen.contains_key("Error"),
         "an error type named only `Error` does not say its layer: {:?}",

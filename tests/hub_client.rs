@@ -7,13 +7,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use felhom_agent::hub::client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
-use felhom_agent::hub::envelope::{ControlEnvelope, EnvelopeError};
-use felhom_agent::hub::report::HostReport;
+use felhom_agent::base::Secret;
+use felhom_agent::hub::HostReport;
+use felhom_agent::hub::{ControlEnvelope, EnvelopeError};
+use felhom_agent::hub::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 use felhom_agent::net::{
     HttpClient, HttpOptions, Method, Request, Sha256Pin, TimeoutPhase, TlsTrust, TransportError,
 };
-use felhom_agent::secret::Secret;
 use felhom_sim::{CertChoice, Fault, FaultKind, HubSim};
 use serde_json::{Value, json};
 
@@ -377,7 +377,7 @@ fn construction_refuses_bad_urls_and_empty_keys() {
 fn the_key_is_in_no_error_no_log_line_and_no_debug() {
     let key = "hub-secret-6e2d9f13a7b4c508";
     let sim = HubSim::builder().key(key).start();
-    let tap = felhom_agent::log::tap();
+    let tap = felhom_agent::base::log::tap();
     let c = HubClient::new(options(&sim, key)).unwrap();
     let mut shown = vec![format!("{c:?}"), format!("{:?}", options(&sim, key))];
     // An accepted report, then every failure kind, including a hub that echoes the key.

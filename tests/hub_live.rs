@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use felhom_agent::app::wiring::{hub_round, selftest_hub};
+use felhom_agent::app::{hub_round, selftest_hub};
+use felhom_agent::base::Timestamp;
 use felhom_agent::config::{Config, Mode};
-use felhom_agent::hub::collect::{NoAudit, ReadError};
-use felhom_agent::hub::report::AuditEntry;
+use felhom_agent::hub::AuditEntry;
 use felhom_agent::hub::{HubRoundError, Reporter};
-use felhom_agent::time::Timestamp;
+use felhom_agent::hub::{NoAudit, ReadError};
 use felhom_sim::{Fault, FaultKind, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 

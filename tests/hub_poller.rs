@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use felhom_agent::hub::envelope::ControlEnvelope;
-use felhom_agent::hub::poller::{Poller, Reporter, Sleeper};
-use felhom_agent::shutdown::Shutdown;
+use felhom_agent::base::Shutdown;
+use felhom_agent::hub::ControlEnvelope;
+use felhom_agent::hub::{Poller, Reporter, Sleeper};
 
 #[derive(Debug)]
 struct Injected(u32);

@@ -7,17 +7,17 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use felhom_agent::app::bridge::wire_entry;
-use felhom_agent::hub::collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
-    NoAudit, ReadError, StorageRow, VolumeRow,
-};
-use felhom_agent::hub::report::{
+use felhom_agent::app::wire_entry;
+use felhom_agent::base::{ManualClock, Timestamp};
+use felhom_agent::hub::{
     AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
     PENDING_SIGNATURES_MAX, Usage,
 };
-use felhom_agent::reconcile::audit::{AuditDelivery, AuditRecord, cap};
-use felhom_agent::time::{ManualClock, Timestamp};
+use felhom_agent::hub::{
+    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
+    NoAudit, ReadError, StorageRow, VolumeRow,
+};
+use felhom_agent::reconcile::{AuditDelivery, AuditRecord, cap};
 use serde_json::Value;
 
 const GOLDEN: &str = include_str!("../vectors/host-report.golden.json");

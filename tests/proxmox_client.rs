@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
+use felhom_agent::base::Secret;
+use felhom_agent::base::Shutdown;
 use felhom_agent::net::{Sha256Pin, TimeoutPhase, TlsTrust, TransportError};
 use felhom_agent::proxmox::{
     BackupMode, Client, ClientOptions, Compression, ConfigChange, ProxmoxError, RunState, TaskExit,
     TaskFilter, TaskOutcome, TaskSource, TaskState, Upid, VzdumpOutcome, WaitError, WaitOptions,
 };
-use felhom_agent::secret::Secret;
-use felhom_agent::shutdown::Shutdown;
 use felhom_sim::{
     DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim,
     RecordedRequest,
@@ -533,7 +533,7 @@ fn wait_task_running_then_ok() {
 
 #[test]
 fn wait_task_warnings_are_success_and_logged() {
-    let tap = felhom_agent::log::tap();
+    let tap = felhom_agent::base::log::tap();
     let sim = sim();
     let c = client(&sim);
     sim.task_warnings(2);

@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use felhom_agent::base::Shutdown;
 use felhom_agent::config::{Config, Mode};
 use felhom_agent::proxmox::WaitOptions;
-use felhom_agent::reconcile::desired::{
+use felhom_agent::reconcile::ActionKind;
+use felhom_agent::reconcile::Queue;
+use felhom_agent::reconcile::{
     DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
 };
-use felhom_agent::reconcile::engine::{Engine, EngineError, EngineOptions, Outcome};
-use felhom_agent::reconcile::journal::{Journal, OpState};
-use felhom_agent::reconcile::plan::ActionKind;
-use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::shutdown::Shutdown;
+use felhom_agent::reconcile::{Engine, EngineError, EngineOptions, Outcome};
+use felhom_agent::reconcile::{Journal, OpState};
 use felhom_agent::store::{FaultOp, FaultyIo, Io};
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim};
 
@@ -377,7 +377,7 @@ fn plan_config(sim: &ProxmoxSim, state_dir: &Path, reconcile: serde_json::Value)
 
 #[test]
 fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
-    use felhom_agent::app::plan::plan_report;
+    use felhom_agent::app::plan_report;
     let sim = lab_sim(true);
     let dir = tempdir("plan");
     let desired_file = dir.join("desired.json");
@@ -463,10 +463,10 @@ fn nothing_is_sent_when_the_started_record_cannot_be_made_durable() {
 
 #[test]
 fn reconciler_opens_in_order_and_recovers_before_the_first_pass() {
-    use felhom_agent::app::reconciler::Reconciler;
-    use felhom_agent::reconcile::classify::OpClass;
-    use felhom_agent::reconcile::journal::JournalRecord;
-    use felhom_agent::time::{Clock, SystemClock};
+    use felhom_agent::app::Reconciler;
+    use felhom_agent::base::{Clock, SystemClock};
+    use felhom_agent::reconcile::JournalRecord;
+    use felhom_agent::reconcile::OpClass;
     use std::os::unix::fs::PermissionsExt;
 
     let sim = lab_sim(true);

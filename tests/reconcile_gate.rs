@@ -15,24 +15,22 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use felhom_agent::app::signed_ops::{OpOutcome, SignedOpsRunner};
+use felhom_agent::app::{OpOutcome, SignedOpsRunner};
 use felhom_agent::authz::{
     AuthzConfig, AuthzError, FileNonceStore, NAMESPACE, NonceStore, Role, SignerEntry, Verifier,
 };
-use felhom_agent::hub::ops_feed::DeliveredOp;
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::{ManualClock, Timestamp};
+use felhom_agent::hub::DeliveredOp;
 use felhom_agent::proxmox::{ConfigChange, WaitOptions};
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::classify::{Intent, OpClass};
-use felhom_agent::reconcile::desired::{
-    DesiredGuest, DesiredProvider, DesiredState, StaticProvider,
-};
-use felhom_agent::reconcile::engine::{Engine, EngineOptions};
-use felhom_agent::reconcile::gate::{AllowReason, Decision, Gate, GuestNow, Refusal, SignedOp};
-use felhom_agent::reconcile::jobs::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
-use felhom_agent::reconcile::journal::{Journal, OpState};
-use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::shutdown::Shutdown;
-use felhom_agent::time::{ManualClock, Timestamp};
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::Queue;
+use felhom_agent::reconcile::{AllowReason, Decision, Gate, GuestNow, Refusal, SignedOp};
+use felhom_agent::reconcile::{DesiredGuest, DesiredProvider, DesiredState, StaticProvider};
+use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
+use felhom_agent::reconcile::{Engine, EngineOptions};
+use felhom_agent::reconcile::{Intent, OpClass};
+use felhom_agent::reconcile::{Journal, OpState};
 use felhom_sim::{GuestSeed, ProxmoxSim};
 use ssh_key::{HashAlg, LineEnding, PrivateKey};
 
@@ -692,7 +690,7 @@ fn damaged_journal_refuses_destructive_but_allows_benign() {
     let a = open_agent(&dir, &sim);
     for i in 0..3 {
         a.journal
-            .append(&felhom_agent::reconcile::journal::JournalRecord::started(
+            .append(&felhom_agent::reconcile::JournalRecord::started(
                 format!("start-1-{i}"),
                 1,
                 OpClass::Start,
@@ -736,7 +734,7 @@ fn damaged_journal_refuses_destructive_but_allows_benign() {
 #[test]
 fn damaged_nonce_store_refuses_destructive() {
     let (_sim, a) = fresh_agent("nonce");
-    let probe: felhom_agent::reconcile::gate::HealthProbe =
+    let probe: felhom_agent::reconcile::HealthProbe =
         Arc::new(|| Some("line 2: hash mismatch".to_string()));
     let journal = a.journal.clone();
     let gate = Gate::new("pve-a".into(), None, journal, a.audit.clone()).with_nonce_health(probe);

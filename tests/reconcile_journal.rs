@@ -8,9 +8,9 @@ mod common;
 use std::fs;
 use std::path::PathBuf;
 
-use felhom_agent::reconcile::classify::{OpClass, Provenance};
-use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
-use felhom_agent::time::Timestamp;
+use felhom_agent::base::Timestamp;
+use felhom_agent::reconcile::{Journal, JournalRecord, OpState};
+use felhom_agent::reconcile::{OpClass, Provenance};
 
 fn tempdir(name: &str) -> PathBuf {
     common::fresh_path("journal", name)

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use felhom_agent::proxmox::{GuestConfig, RunState};
-use felhom_agent::reconcile::desired::{DesiredGuest, DesiredState, Run, Spec};
-use felhom_agent::reconcile::normalize::Normalizers;
-use felhom_agent::reconcile::plan::{
+use felhom_agent::reconcile::Normalizers;
+use felhom_agent::reconcile::{
     Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan,
 };
+use felhom_agent::reconcile::{DesiredGuest, DesiredState, Run, Spec};
 
 fn cfg(cores: u32, memory_mib: u64, description: &str) -> GuestConfig {
     GuestConfig {

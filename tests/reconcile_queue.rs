@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use felhom_agent::reconcile::queue::{JobHandle, Queue, SubmitError};
+use felhom_agent::reconcile::{JobHandle, Queue, SubmitError};
 
 /// Tracks how many jobs run at once and the highest count seen.
 #[derive(Default)]

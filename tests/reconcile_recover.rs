@@ -9,11 +9,11 @@ use common::pinned_client as client;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::{Clock, SystemClock};
 use felhom_agent::proxmox::{Client, ConfigChange, Upid, WaitOptions};
-use felhom_agent::reconcile::classify::OpClass;
-use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
-use felhom_agent::shutdown::Shutdown;
-use felhom_agent::time::{Clock, SystemClock};
+use felhom_agent::reconcile::OpClass;
+use felhom_agent::reconcile::{Journal, JournalRecord, OpState};
 use felhom_sim::{GuestSeed, ProxmoxSim};
 
 fn wait() -> WaitOptions {
@@ -48,7 +48,7 @@ fn setup(name: &str) -> Setup {
 
 impl Setup {
     /// Reopens the journal as a restarted agent would, and recovers.
-    fn restart_and_recover(&mut self) -> felhom_agent::reconcile::recover::RecoverReport {
+    fn restart_and_recover(&mut self) -> felhom_agent::reconcile::RecoverReport {
         self.journal = Journal::open(&self.path).unwrap();
         let r = common::recover_sending_nothing(
             &self.journal,
@@ -271,7 +271,7 @@ fn a_sync_config_change_without_a_task_is_judged_by_the_guests_config() {
 
 #[test]
 fn no_upid_a_stop_is_looked_up_as_the_shutdown_it_was_sent_as_and_an_old_stop_as_vzstop() {
-    use felhom_agent::reconcile::action::shutdown_params;
+    use felhom_agent::reconcile::shutdown_params;
     let mut s = setup("shutdown-type");
     s.sim.add_guest(GuestSeed::new(107, "old").running(true));
     // A stop journaled by this agent: sent as status/shutdown, journaled with its params.

@@ -8,11 +8,11 @@ use std::error::Error as StdError;
 use std::fmt::Debug;
 use std::time::Duration;
 
-use felhom_agent::log::{Level, set_level, tap};
+use felhom_agent::base::Secret;
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::log::{Level, set_level, tap};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
-use felhom_agent::secret::Secret;
-use felhom_agent::shutdown::Shutdown;
 use felhom_sim::{DEFAULT_TOKEN_ID, Fault, FaultKind, GuestSeed, ProxmoxSim};
 
 /// Distinctive, so any leak is found by a plain substring search.

@@ -12,23 +12,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use felhom_agent::app::signed_ops::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker};
+use felhom_agent::app::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker};
 use felhom_agent::authz::AuthzError;
+use felhom_agent::base::Secret;
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::{Clock, ManualClock, SystemClock};
 use felhom_agent::hub::HubClientOptions;
-use felhom_agent::hub::ops_feed::{
-    Announcement, Announcing, DeliveredOp, FetchError, SignedOpsClient,
-};
+use felhom_agent::hub::{Announcement, Announcing, DeliveredOp, FetchError, SignedOpsClient};
 use felhom_agent::hub::{ControlEnvelope, Reporter};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::WaitOptions;
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::gate::{Gate, Refusal};
-use felhom_agent::reconcile::jobs::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
-use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::secret::Secret;
-use felhom_agent::shutdown::Shutdown;
-use felhom_agent::time::{Clock, ManualClock, SystemClock};
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::Journal;
+use felhom_agent::reconcile::Queue;
+use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
+use felhom_agent::reconcile::{Gate, Refusal};
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim, SIGNED_OPS_PATH};
 use serde_json::json;
 

@@ -29,9 +29,9 @@ use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use felhom_agent::faultpoint::SECOND_MS_ENV;
-use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::time::{Clock, SystemClock};
+use felhom_agent::base::{Clock, SystemClock};
+use felhom_agent::reconcile::Journal;
+use felhom_agent::store::SECOND_MS_ENV;
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 

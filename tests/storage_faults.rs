@@ -32,20 +32,20 @@ use std::time::Duration;
 use felhom_agent::authz::{
     AuthzConfig, AuthzError, FileNonceStore, Freshness, NonceStore, NonceStoreError, Verifier,
 };
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::{Clock, SystemClock, Timestamp};
 use felhom_agent::proxmox::WaitOptions;
-use felhom_agent::reconcile::audit::AuditRecord as AuditEntry;
-use felhom_agent::reconcile::audit::{AuditError, AuditLog};
-use felhom_agent::reconcile::classify::{Intent, OpClass};
-use felhom_agent::reconcile::gate::{Gate, Refusal, SignedOp};
-use felhom_agent::reconcile::jobs::{
+use felhom_agent::reconcile::AuditRecord as AuditEntry;
+use felhom_agent::reconcile::Queue;
+use felhom_agent::reconcile::recover;
+use felhom_agent::reconcile::{AuditError, AuditLog};
+use felhom_agent::reconcile::{
     DestructiveExecutor, JobError, JobOutcome, ProxmoxExecutor, SignedJobs,
 };
-use felhom_agent::reconcile::journal::{Journal, JournalError, JournalRecord, OpState};
-use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::reconcile::recover::recover;
-use felhom_agent::shutdown::Shutdown;
+use felhom_agent::reconcile::{Gate, Refusal, SignedOp};
+use felhom_agent::reconcile::{Intent, OpClass};
+use felhom_agent::reconcile::{Journal, JournalError, JournalRecord, OpState};
 use felhom_agent::store::{FaultOp, FaultyIo, Io, OsIo, Store, StoreError};
-use felhom_agent::time::{Clock, SystemClock, Timestamp};
 use felhom_sim::{GuestSeed, ProxmoxSim};
 use serde_json::Value;
 
@@ -306,7 +306,7 @@ fn destroy_op(sim: &ProxmoxSim, dir: &Path, guest: u32) -> (Intent, SignedOp) {
         SystemClock.now().unix(),
     );
     let signature = ssh_keygen_sign(dir, &blob);
-    let intent = felhom_agent::app::signed_ops::unverified_intent(&blob).unwrap();
+    let intent = felhom_agent::app::unverified_intent(&blob).unwrap();
     (intent, SignedOp { blob, signature })
 }
 
@@ -616,8 +616,8 @@ mod binary {
     use common::logfmt::Event;
     use common::sign::authz_json;
 
-    use felhom_agent::faultpoint::{FAIL_SYNC_AT_ENV, SECOND_MS_ENV};
-    use felhom_agent::reconcile::journal::JournalView;
+    use felhom_agent::reconcile::JournalView;
+    use felhom_agent::store::{FAIL_SYNC_AT_ENV, SECOND_MS_ENV};
     use felhom_sim::HubSim;
     use serde_json::json;
 

@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use felhom_agent::base::Secret;
 use felhom_agent::net::{
     HttpClient, HttpOptions, Method, Request, Sha256Pin, TlsFailure, TlsTrust, TransportError,
 };
 use felhom_agent::proxmox::{Client, ClientOptions, ProxmoxError};
-use felhom_agent::secret::Secret;
 use felhom_sim::{
     CertChoice, DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault, FaultKind, ProxmoxSim,
 };

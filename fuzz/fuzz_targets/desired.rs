@@ -2,7 +2,7 @@
 //! keys every guest by its own vmid.
 #![no_main]
 
-use felhom_agent::reconcile::desired::DesiredState;
+use felhom_agent::reconcile::DesiredState;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! inside the clamp, and what the agent prints of an envelope parses back to the same.
 #![no_main]
 
-use felhom_agent::hub::envelope::{ControlEnvelope, MAX_POLL_SECONDS, MIN_POLL_SECONDS};
+use felhom_agent::hub::{ControlEnvelope, MAX_POLL_SECONDS, MIN_POLL_SECONDS};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

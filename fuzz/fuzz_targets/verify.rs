@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use felhom_agent::authz::{MemoryNonceStore, OpBlob, Policy, Role, Signer, Verifier};
-use felhom_agent::time::{ManualClock, Timestamp};
+use felhom_agent::base::{ManualClock, Timestamp};
 use libfuzzer_sys::fuzz_target;
 
 const KEYS: [&str; 4] = [

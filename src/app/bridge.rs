@@ -49,14 +49,6 @@ pub fn wire_entry(r: AuditRecord) -> AuditEntry {
 pub struct AuditFeed(OnceLock<Arc<AuditLog>>);
 
 impl AuditFeed {
-    /// A feed bound to `log` from the start.
-    pub fn bound(log: Arc<AuditLog>) -> AuditFeed {
-        let feed = AuditFeed::default();
-        // A fresh OnceLock is empty, so this cannot fail.
-        let _ = feed.0.set(log);
-        feed
-    }
-
     /// Binds the feed to `log`; `false` (and the first kept) if it was already bound.
     pub fn bind(&self, log: Arc<AuditLog>) -> bool {
         self.0.set(log).is_ok()

@@ -274,7 +274,7 @@ pub fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
 type Failure = Arc<Mutex<Option<DaemonError>>>;
 
 fn report_failure(slot: &Failure, e: DaemonError) {
-    let mut slot = lock(&slot);
+    let mut slot = lock(slot);
     slot.get_or_insert(e);
 }
 
@@ -481,7 +481,7 @@ fn watch(
             return Err(e);
         }
         if let Some(name) = workers.first_finished() {
-            let reported = lock(&failure).take();
+            let reported = lock(failure).take();
             let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
                 name: name.to_owned(),
             });

@@ -4,10 +4,17 @@
 //! this layer imports it, and it never holds policy of its own: the gate decides, the
 //! journal records, the store writes.
 
-pub mod bridge;
-pub mod daemon;
-pub mod plan;
-pub mod reconciler;
-pub mod selftest;
-pub mod signed_ops;
-pub mod wiring;
+pub(crate) mod bridge;
+pub(crate) mod daemon;
+pub(crate) mod plan;
+pub(crate) mod reconciler;
+pub(crate) mod selftest;
+pub(crate) mod signed_ops;
+pub(crate) mod wiring;
+
+pub use bridge::wire_entry;
+pub use daemon::{DaemonError, serve};
+pub use plan::plan_report;
+pub use reconciler::Reconciler;
+pub use signed_ops::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent};
+pub use wiring::{ProxmoxReader, hub_round, selftest_hub};

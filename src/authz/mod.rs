@@ -24,21 +24,21 @@
 //! re-serializes a blob, never trusts the key embedded in a signature and never writes
 //! durable state itself (the [`FileNonceStore`] does, through [`crate::store`]).
 
-pub mod blob;
-pub mod config;
-pub mod nonce;
-pub mod selftest;
+pub(crate) mod blob;
+pub(crate) mod config;
+pub(crate) mod nonce;
+pub(crate) mod selftest;
 pub mod sshsig;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-pub use blob::OpBlob;
+pub use blob::{MAX_BLOB_BYTES, OpBlob};
 pub use config::{AuthzConfig, Role, Signer, SignerEntry, SignersConfigError};
 pub use nonce::{FileNonceStore, Freshness, MemoryNonceStore, NonceStore, NonceStoreError};
 pub use selftest::{Check, offline_selftest};
-pub use sshsig::SkAssertion;
+pub use sshsig::{MAX_ARMOR_BYTES, SkAssertion};
 
 use crate::base::time::{Clock, Timestamp};
 

@@ -13,7 +13,7 @@
 //! to `SshSig::from_pem` re-armored canonically (which also refuses trailing bytes).
 
 use ssh_key::public::KeyData;
-use ssh_key::{Algorithm, HashAlg, LineEnding, PublicKey, SshSig};
+use ssh_key::{Algorithm, HashAlg, PublicKey, SshSig};
 
 use super::AuthzError;
 use crate::base::encoding::{base64_decode, base64_encode};
@@ -276,12 +276,6 @@ pub fn armor(blob: &[u8]) -> String {
     out.push_str(END);
     out.push('\n');
     out
-}
-
-/// Encodes a signature the way ssh-keygen armors it; for tests that mint signatures.
-pub fn to_armored(sig: &SshSig) -> Result<String, AuthzError> {
-    sig.to_pem(LineEnding::LF)
-        .map_err(|e| malformed(format!("cannot encode signature: {e}")))
 }
 
 #[cfg(test)]

@@ -3,10 +3,18 @@
 //! version. Nothing here does I/O beyond writing log lines to stderr, and nothing here
 //! imports another layer of the crate.
 
-pub mod encoding;
+pub(crate) mod encoding;
 pub mod log;
-pub mod secret;
-pub mod shutdown;
-pub mod sync;
-pub mod time;
-pub mod version;
+pub(crate) mod secret;
+pub(crate) mod shutdown;
+pub(crate) mod sync;
+pub(crate) mod time;
+pub(crate) mod version;
+
+pub use encoding::{EncodingError, base64_decode, base64_encode, hex_decode, hex_encode};
+pub use secret::{REDACTED, Secret};
+pub use shutdown::Shutdown;
+pub use time::{
+    Clock, ManualClock, ManualMonotonic, MonotonicClock, SystemClock, TimeParseError, Timestamp,
+};
+pub use version::VERSION;

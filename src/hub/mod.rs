@@ -8,20 +8,24 @@
 //! engine. Nothing here mutates Proxmox, and the hub's bearer key never leaves the
 //! client's request header: not in an error, a log line or a `Debug`.
 
-pub mod client;
-pub mod collect;
-pub mod envelope;
-
-pub mod ops_feed;
-pub mod poller;
-pub mod report;
-pub mod round;
+pub(crate) mod client;
+pub(crate) mod collect;
+pub(crate) mod envelope;
+pub(crate) mod ops_feed;
+pub(crate) mod poller;
+pub(crate) mod report;
+pub(crate) mod round;
 
 pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, HostReader, NoAudit,
+    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
+    NoAudit, ReadError, StorageRow, VolumeRow,
 };
-pub use envelope::{ControlEnvelope, EnvelopeError};
+pub use envelope::{ControlEnvelope, EnvelopeError, MAX_POLL_SECONDS, MIN_POLL_SECONDS};
+pub use ops_feed::{Announcement, Announcing, DeliveredOp, FetchError, SignedOpsClient};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
-pub use report::HostReport;
+pub use report::{
+    AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
+    PENDING_SIGNATURES_MAX, Usage,
+};
 pub use round::{HubRound, HubRoundError};

@@ -14,7 +14,7 @@ mod answer;
 mod client;
 mod decode;
 mod error;
-pub mod privileged;
+pub(crate) mod privileged;
 mod types;
 mod upid;
 mod validate;
@@ -24,6 +24,9 @@ pub use answer::{Answer, decode_answer};
 pub use client::{Client, ClientOptions};
 pub use decode::DecodeError;
 pub use error::{ApiError, Privilege, ProxmoxError, is_transient_text};
+pub use privileged::{
+    GoldenLxc, Output, Privileged, PrivilegedError, Programs, RunError, Runner, SystemRunner,
+};
 pub use types::{
     BackupMode, Compression, ConfigChange, CpuInfo, FsUsage, Guest, GuestConfig, MemoryUsage, Node,
     NodeStatus, RunState, Snapshot, Storage, StorageStatus, TaskExit, TaskFilter, TaskLog,

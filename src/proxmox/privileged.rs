@@ -8,18 +8,22 @@
 //! has a timeout and an output cap. This module never talks to the network; the API
 //! client never spawns a process. A test reads both sources to keep it that way.
 
-use crate::base::sync::lock;
+#[cfg(test)]
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(test)]
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::validate::{self, InvalidArgument, check};
+#[cfg(test)]
+use crate::base::sync::lock;
 
 /// What a finished program left behind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,11 +242,13 @@ impl Runner for SystemRunner {
 /// A runner for tests: records every call and answers from a queue (exit 0 with no
 /// output once the queue is empty). Never starts a process.
 #[derive(Debug, Default)]
+#[cfg(test)]
 pub struct FakeRunner {
     calls: Mutex<Vec<(PathBuf, Vec<String>)>>,
     replies: Mutex<VecDeque<Result<Output, RunError>>>,
 }
 
+#[cfg(test)]
 impl FakeRunner {
     /// An empty fake.
     pub fn new() -> Self {
@@ -269,6 +275,7 @@ impl FakeRunner {
     }
 }
 
+#[cfg(test)]
 impl Runner for FakeRunner {
     fn run(&self, program: &Path, args: &[String]) -> Result<Output, RunError> {
         lock(&self.calls).push((program.to_path_buf(), args.to_vec()));

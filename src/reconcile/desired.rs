@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -421,11 +421,6 @@ impl FileProvider {
             path: path.into(),
             state: Mutex::new(FileState::default()),
         }
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn stamp(&self) -> std::io::Result<Stamp> {

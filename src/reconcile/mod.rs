@@ -7,15 +7,31 @@
 //! change without the gate's verified signature, and nothing in it mutates Proxmox
 //! outside the queue. Each file's own doc says what it owns.
 
-pub mod action;
-pub mod audit;
-pub mod classify;
-pub mod desired;
-pub mod engine;
-pub mod gate;
-pub mod jobs;
-pub mod journal;
-pub mod normalize;
-pub mod plan;
-pub mod queue;
-pub mod recover;
+pub(crate) mod action;
+pub(crate) mod audit;
+pub(crate) mod classify;
+pub(crate) mod desired;
+pub(crate) mod engine;
+pub(crate) mod gate;
+pub(crate) mod jobs;
+pub(crate) mod journal;
+pub(crate) mod normalize;
+pub(crate) mod plan;
+pub(crate) mod queue;
+pub(crate) mod recover;
+
+pub use action::shutdown_params;
+pub use audit::{
+    AUDIT_STRING_MAX, AuditDelivery, AuditError, AuditField, AuditLog, AuditRecord,
+    DEFAULT_MAX_BYTES, MIN_MAX_BYTES, PENDING_SIGNATURE, cap,
+};
+pub use classify::{Intent, OpClass, Provenance};
+pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
+pub use engine::{Engine, EngineError, EngineOptions, Outcome, Pacing, PassReport};
+pub use gate::{AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp};
+pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, ProxmoxExecutor, SignedJobs};
+pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState};
+pub use normalize::Normalizers;
+pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
+pub use queue::{DEFAULT_IDLE, JobHandle, Queue, SubmitError};
+pub use recover::{RecoverReport, recover};

@@ -67,14 +67,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-pub mod faultpoint;
+pub(crate) mod faultpoint;
 mod file_io;
 mod line;
 #[cfg(feature = "fault-points")]
 mod powercut;
 mod rotate;
-pub mod statelock;
+pub(crate) mod statelock;
 
+pub use faultpoint::{
+    FAIL_SYNC_AT_ENV, JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
+};
 pub use file_io::{DurableFile, FaultOp, FaultyIo, Io, OsIo};
 pub use line::{
     Damage, MAX_LINE_BYTES, RECORD_OVERHEAD, ReplayError, ReplaySummary, Replayed, Visitor,
@@ -83,6 +86,7 @@ pub use line::{
 use line::{READ_BUFFER, anchor_line, record_line};
 #[cfg(feature = "fault-points")]
 pub use powercut::{CutMode, CutPoint, CutReport, PointOp, PowerCutIo};
+pub use statelock::{StateLock, StateLockError};
 
 /// Why a store operation failed.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use felhom_agent::faultpoint::{
+use felhom_agent::store::{
     FAIL_SYNC_AT_ENV, JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
 };
 use felhom_sim::{DEFAULT_TOKEN_SECRET, HubSim, ProxmoxSim};

@@ -7,10 +7,10 @@
 
 use std::path::Path;
 
-use felhom_agent::reconcile::audit::AuditRecord as AuditEntry;
-use felhom_agent::reconcile::audit::{PENDING_SIGNATURE, cap};
+use felhom_agent::base::Timestamp;
+use felhom_agent::reconcile::AuditRecord as AuditEntry;
+use felhom_agent::reconcile::{PENDING_SIGNATURE, cap};
 use felhom_agent::store::{RECORD_OVERHEAD, Store};
-use felhom_agent::time::Timestamp;
 
 /// Bytes of the anchor line a new file starts with.
 const ANCHOR_LINE: u64 = 86;

@@ -13,17 +13,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use felhom_agent::base::Secret;
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::SystemClock;
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::classify::{Intent, OpClass};
-use felhom_agent::reconcile::gate::{Gate, GuestNow};
-use felhom_agent::reconcile::jobs::{DestructiveExecutor, OnTask, ProxmoxExecutor};
-use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::reconcile::recover::{RecoverReport, recover};
-use felhom_agent::secret::Secret;
-use felhom_agent::shutdown::Shutdown;
-use felhom_agent::time::SystemClock;
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::Journal;
+use felhom_agent::reconcile::{DestructiveExecutor, OnTask, ProxmoxExecutor};
+use felhom_agent::reconcile::{Gate, GuestNow};
+use felhom_agent::reconcile::{Intent, OpClass};
+use felhom_agent::reconcile::{RecoverReport, recover};
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
 
 /// Client options for `sim`: its default token, its certificate pinned, the defaults

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use felhom_agent::authz::{AuthzConfig, FileNonceStore, Role, SignerEntry, Verifier};
-use felhom_agent::time::{ManualClock, Timestamp};
+use felhom_agent::base::{ManualClock, Timestamp};
 
 /// A nonce no other blob of this process uses (nonces must not collide between the
 /// tests of one binary): the pid and a process-wide counter, 32 hex digits.

@@ -7,20 +7,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use felhom_agent::authz::{AuthzConfig, FileNonceStore, NonceStore, Verifier};
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::classify::Intent;
-use felhom_agent::reconcile::desired::{
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::SystemClock;
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::Intent;
+use felhom_agent::reconcile::Journal;
+use felhom_agent::reconcile::Queue;
+use felhom_agent::reconcile::recover;
+use felhom_agent::reconcile::{
     DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
 };
-use felhom_agent::reconcile::engine::{Engine, EngineOptions};
-use felhom_agent::reconcile::gate::{Gate, SignedOp};
-use felhom_agent::reconcile::jobs::{JobOutcome, ProxmoxExecutor, SignedJobs};
-use felhom_agent::reconcile::journal::Journal;
-use felhom_agent::reconcile::queue::Queue;
-use felhom_agent::reconcile::recover::recover;
-use felhom_agent::shutdown::Shutdown;
+use felhom_agent::reconcile::{Engine, EngineOptions};
+use felhom_agent::reconcile::{Gate, SignedOp};
+use felhom_agent::reconcile::{JobOutcome, ProxmoxExecutor, SignedJobs};
 use felhom_agent::store::Io;
-use felhom_agent::time::SystemClock;
 use felhom_sim::{GuestSeed, ProxmoxSim};
 
 use super::common::sign::{destroy_blob, signer, ssh_keygen_sign};
@@ -187,7 +187,7 @@ fn mint_destroy(sim: &ProxmoxSim, vmid: u32) -> (Intent, SignedOp) {
     let dir = tempdir("sign");
     let signature = ssh_keygen_sign(&dir, &blob);
     let _ = fs::remove_dir_all(&dir);
-    let intent = felhom_agent::app::signed_ops::unverified_intent(&blob).unwrap();
+    let intent = felhom_agent::app::unverified_intent(&blob).unwrap();
     (intent, SignedOp { blob, signature })
 }
 

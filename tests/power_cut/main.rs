@@ -38,12 +38,12 @@ use std::time::{Duration, Instant};
 
 use common::pinned_client as client;
 use felhom_agent::authz::FileNonceStore;
+use felhom_agent::base::{Clock, SystemClock, Timestamp};
 use felhom_agent::proxmox::WaitOptions;
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::journal::{Journal, JournalRecord};
-use felhom_agent::reconcile::queue::Queue;
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::Queue;
+use felhom_agent::reconcile::{Journal, JournalRecord};
 use felhom_agent::store::{CutMode, CutPoint, Io, PointOp, PowerCutIo, replay_bytes, verify_file};
-use felhom_agent::time::{Clock, SystemClock, Timestamp};
 use felhom_sim::ProxmoxSim;
 use serde_json::Value;
 

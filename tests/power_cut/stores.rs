@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use felhom_agent::authz::{FileNonceStore, Freshness, NonceStore};
-use felhom_agent::reconcile::audit::AuditLog;
-use felhom_agent::reconcile::audit::AuditRecord as AuditEntry;
-use felhom_agent::reconcile::classify::{OpClass, Provenance};
-use felhom_agent::reconcile::journal::{Journal, JournalRecord, OpState};
-use felhom_agent::shutdown::Shutdown;
+use felhom_agent::base::Shutdown;
+use felhom_agent::base::Timestamp;
+use felhom_agent::reconcile::AuditLog;
+use felhom_agent::reconcile::AuditRecord as AuditEntry;
+use felhom_agent::reconcile::{Journal, JournalRecord, OpState};
+use felhom_agent::reconcile::{OpClass, Provenance};
 use felhom_agent::store::{Io, replay_bytes, verify_file};
-use felhom_agent::time::Timestamp;
 use felhom_sim::{GuestSeed, ProxmoxSim};
 
 use super::{
