@@ -72,7 +72,7 @@ pub struct PlanSummary {
 }
 
 /// `felhom-agent plan`: reads desired and actual state, and writes each action the
-/// next pass would take with the gate's word on it ([`Gate::dry_run`]: no signature
+/// next pass would take with the gate's word on it (the gate's dry run: no signature
 /// verified, no nonce burnt, nothing audited). Executes nothing and writes nothing: the
 /// journal is read without a lock and without cutting a torn tail, so it is safe beside
 /// a running daemon.

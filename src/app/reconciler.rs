@@ -2,8 +2,9 @@
 //! when large) → audit log → nonce store and verifier (when signers are configured) →
 //! gate → queue → signed jobs → **Recover** → engine.
 //!
-//! Nothing is mutated here except what Recover journals and sends to finish the ops a
-//! crash left in flight. The engine is paced by whatever [`Pacing`] the caller gives.
+//! Nothing here mutates Proxmox: Recover only reads it and appends to the journal to
+//! resolve the ops a crash left in flight. The engine is paced by whatever [`Pacing`]
+//! the caller gives.
 
 use std::fmt;
 use std::sync::Arc;

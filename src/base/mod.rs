@@ -15,6 +15,7 @@ pub use encoding::{EncodingError, base64_decode, base64_encode, hex_decode, hex_
 pub use secret::{REDACTED, Secret};
 pub use shutdown::Shutdown;
 pub use time::{
-    Clock, ManualClock, ManualMonotonic, MonotonicClock, SystemClock, TimeParseError, Timestamp,
+    Clock, ManualClock, ManualMonotonic, MonotonicClock, SystemClock, SystemMonotonic,
+    TimeParseError, Timestamp,
 };
 pub use version::VERSION;

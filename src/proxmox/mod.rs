@@ -6,7 +6,7 @@
 //! callers' policies ([`ApiError`], [`TaskError`], [`ProxmoxError::never_sent`]). It never
 //! spawns a process.
 //!
-//! [`privileged`] owns the few root operations the API cannot do, through an argv
+//! [`Privileged`] owns the few root operations the API cannot do, through an argv
 //! runner with strictly validated arguments. It never opens a socket. `tests/fence.rs`
 //! reads the sources of both to hold that line.
 

@@ -32,7 +32,7 @@ use crate::proxmox::{self, Client, WaitOptions};
 
 /// How long one pass waits for a task it sent (start and config tasks take seconds; a
 /// lock wait can take minutes) before leaving it in flight for the next pass. A stop
-/// waits at least its shutdown timeout plus [`SHUTDOWN_WAIT_SLACK`](super::action::SHUTDOWN_WAIT_SLACK).
+/// waits at least its shutdown timeout plus `SHUTDOWN_WAIT_SLACK` (30 s).
 pub const PASS_TASK_WAIT: Duration = Duration::from_secs(120);
 
 /// Tunables of the engine.

@@ -1,9 +1,9 @@
 //! Reconcile: converge this host's guests toward the desired state, one journaled,
 //! gated, queued mutation at a time.
 //!
-//! The flow is desired + actual → [`plan`] (pure) → [`gate`] → [`queue`] (lane per
-//! vmid) → Proxmox, with every step in the [`journal`] and every gate decision in the
-//! [`audit`] log. This module tree owns that flow; it never executes a destructive
+//! The flow is desired + actual → [`plan()`] (pure) → [`Gate`] → [`Queue`] (lane per
+//! vmid) → Proxmox, with every step in the [`Journal`] and every gate decision in the
+//! [`AuditLog`]. This module tree owns that flow; it never executes a destructive
 //! change without the gate's verified signature, and nothing in it mutates Proxmox
 //! outside the queue. Each file's own doc says what it owns.
 
@@ -27,11 +27,11 @@ pub use audit::{
 };
 pub use classify::{Intent, OpClass, Provenance};
 pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
-pub use engine::{Engine, EngineError, EngineOptions, Outcome, Pacing, PassReport};
+pub use engine::{Engine, EngineError, EngineOptions, Outcome, PASS_TASK_WAIT, Pacing, PassReport};
 pub use gate::{AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp};
 pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, ProxmoxExecutor, SignedJobs};
 pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState};
 pub use normalize::Normalizers;
 pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
-pub use queue::{DEFAULT_IDLE, JobHandle, Queue, SubmitError};
+pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
