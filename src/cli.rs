@@ -1,6 +1,7 @@
-//! The command line: a hand-written parser into [`Command`], and the dispatch to each
-//! mode. Output goes to the writers `main` hands in (stdout for results, stderr for
-//! errors), never straight to the process's streams, so every mode runs in tests too.
+//! The command line: a hand-written parser into [`Command`], and the dispatch of each
+//! command to its module in `app`. Nothing here runs a command itself. Output goes to
+//! the writers `main` hands in (stdout for results, stderr for errors), never straight
+//! to the process's streams, so every mode runs in tests too.
 //!
 //! Exit codes: 0 ok; 1 the check or run failed (a refused signature, a failed
 //! selftest, a runtime failure); 2 usage or configuration error, or a state directory
@@ -9,57 +10,16 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::authz::blob::MAX_BLOB_BYTES;
-use crate::authz::sshsig::MAX_ARMOR_BYTES;
-use crate::config::{self, Config, Mode};
-use crate::store::statelock::{StateLock, StateLockError};
+use crate::app::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config};
+use crate::app::journal::journal;
+use crate::app::selftest::{SelftestKind, selftest};
+use crate::app::verify::verify;
+use crate::config::Mode;
 
 pub use crate::base::version::VERSION;
-
-/// Exit code: success.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: the check or run failed.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code: usage or configuration error.
-pub const EXIT_USAGE: u8 = 2;
-
-/// Which selftest to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SelftestKind {
-    /// Read-only health report against Proxmox.
-    Read,
-    /// A reversible mutation round trip on one guest.
-    Task,
-    /// One collect + report to the hub.
-    Hub,
-    /// No network: signature known-answer tests, config, state files.
-    Offline,
-}
-
-impl SelftestKind {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "read" => Some(SelftestKind::Read),
-            "task" => Some(SelftestKind::Task),
-            "hub" => Some(SelftestKind::Hub),
-            "offline" => Some(SelftestKind::Offline),
-            _ => None,
-        }
-    }
-
-    /// The config mode this selftest validates for.
-    pub fn mode(self) -> Mode {
-        match self {
-            SelftestKind::Read => Mode::SelftestRead,
-            SelftestKind::Task => Mode::SelftestTask,
-            SelftestKind::Hub => Mode::SelftestHub,
-            SelftestKind::Offline => Mode::SelftestOffline,
-        }
-    }
-}
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +244,7 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
         }
     }
 
-    let config = config.unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    let config = config.unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
     match command.as_str() {
         "run" => Ok(Command::Run { config }),
         "selftest" => {
@@ -320,24 +280,6 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
         "version" => Ok(Command::Version),
         "help" => Ok(Command::Help),
         other => Err(usage(format!("unknown command {other:?}"))),
-    }
-}
-
-/// Loads the config for `mode`, logging its warnings and applying its log level.
-/// A failure is printed to `err` and turned into exit code 2.
-pub fn load_config(path: &std::path::Path, mode: Mode, err: &mut dyn Write) -> Result<Config, u8> {
-    match Config::load(path, &config::process_env(), mode) {
-        Ok(cfg) => {
-            crate::base::log::set_level(cfg.log_level);
-            for w in &cfg.warnings {
-                crate::warn!(config_warning, "configuration", problem = w);
-            }
-            Ok(cfg)
-        }
-        Err(e) => {
-            let _ = writeln!(err, "felhom-agent: configuration error: {e}");
-            Err(EXIT_USAGE)
-        }
     }
 }
 
@@ -412,245 +354,6 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-/// `journal`: the op history, read-only. Exit 1 when the journal is damaged.
-fn journal(
-    path: &Path,
-    in_flight: bool,
-    tail: Option<usize>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    if !path.exists() {
-        let _ = writeln!(
-            out,
-            "no journal at {} yet: no operation has run",
-            path.display()
-        );
-        return EXIT_OK;
-    }
-    let view = match crate::reconcile::journal::Journal::open_read_only(path) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = writeln!(err, "felhom-agent: {}: {e}", path.display());
-            return EXIT_FAILED;
-        }
-    };
-    let records: Vec<crate::reconcile::journal::JournalRecord> = if in_flight {
-        view.in_flight()
-    } else {
-        match tail {
-            Some(n) => view.tail(n).to_vec(),
-            None => view.history().to_vec(),
-        }
-    };
-    let records = match (in_flight, tail) {
-        (true, Some(n)) => records[records.len().saturating_sub(n)..].to_vec(),
-        _ => records,
-    };
-    let _ = writeln!(
-        out,
-        "{:<20}  {:<24}  {:>9}  {:<17}  {:<12}  detail",
-        "at", "op", "vmid", "class", "state"
-    );
-    for r in &records {
-        let mut detail = String::new();
-        if let Some(u) = &r.upid {
-            detail.push_str(u);
-        }
-        if let Some(d) = &r.detail {
-            if !detail.is_empty() {
-                detail.push(' ');
-            }
-            detail.push_str(&d.escape_debug().to_string());
-        }
-        let _ = writeln!(
-            out,
-            "{:<20}  {:<24}  {:>9}  {:<17}  {:<12}  {detail}",
-            r.at.to_string(),
-            r.op_id.escape_debug().to_string(),
-            r.vmid,
-            r.class.as_str().escape_debug().to_string(),
-            r.state.as_str()
-        );
-    }
-    let _ = writeln!(out, "{} record(s)", records.len());
-    match view.damaged() {
-        Some(why) => {
-            let _ = writeln!(out, "DAMAGED: {why}");
-            EXIT_FAILED
-        }
-        None => EXIT_OK,
-    }
-}
-
-fn selftest(
-    kind: SelftestKind,
-    vmid: Option<u32>,
-    config: &Path,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    let cfg = match load_config(config, kind.mode(), err) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let passed = match kind {
-        SelftestKind::Hub => match crate::app::wiring::selftest_hub(&cfg, out) {
-            Ok(()) => true,
-            Err(e) => {
-                let _ = writeln!(err, "felhom-agent: {e}");
-                if e.is_configuration() {
-                    return EXIT_USAGE;
-                }
-                false
-            }
-        },
-        SelftestKind::Offline => {
-            let state = &cfg.state_dir;
-            let files: Vec<PathBuf> = ["journal.log", "nonces.log", "audit.log", "audit.log.1"]
-                .iter()
-                .map(|f| state.join(f))
-                .collect();
-            let checks = crate::authz::offline_selftest(cfg.authz.as_ref(), Some(state), &files);
-            let _ = writeln!(out, "selftest offline (no network)");
-            for c in &checks {
-                let mark = if c.ok { "ok  " } else { "FAIL" };
-                let _ = writeln!(out, "{mark}  {:<28} {}", c.name, c.detail);
-            }
-            let failed = checks.iter().filter(|c| !c.ok).count();
-            if failed == 0 {
-                let _ = writeln!(out, "selftest offline: passed");
-            } else {
-                let _ = writeln!(out, "selftest offline: {failed} check(s) failed");
-            }
-            failed == 0
-        }
-        SelftestKind::Read | SelftestKind::Task => {
-            let Some(pcfg) = cfg.proxmox.as_ref() else {
-                let _ = writeln!(
-                    err,
-                    "felhom-agent: configuration error: proxmox: section is missing"
-                );
-                return EXIT_USAGE;
-            };
-            let client = match crate::app::wiring::proxmox_client(pcfg) {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = writeln!(err, "felhom-agent: configuration error: {e}");
-                    return EXIT_USAGE;
-                }
-            };
-            if let Some(w) = pcfg.tls.warning() {
-                crate::warn!(tls_verification_disabled, w, section = "proxmox");
-            }
-            match (kind, vmid) {
-                (SelftestKind::Task, Some(vmid)) => {
-                    // A round trip beside a running daemon could race its reconcile of
-                    // the same guest: the same lock as `run`.
-                    let _lock = match StateLock::acquire(&cfg.state_dir) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = writeln!(err, "felhom-agent: {e}");
-                            return match e {
-                                StateLockError::Held { .. } => EXIT_USAGE,
-                                _ => EXIT_FAILED,
-                            };
-                        }
-                    };
-                    crate::app::selftest::task(
-                        &client,
-                        vmid,
-                        &crate::app::selftest::task_wait_options(),
-                        &crate::base::shutdown::Shutdown::new(),
-                        out,
-                    )
-                }
-                _ => crate::app::selftest::read(&client, out),
-            }
-        }
-    };
-    if passed { EXIT_OK } else { EXIT_FAILED }
-}
-
-/// Reads at most `cap + 1` bytes of `path`, so an endless file (`/dev/zero`) or a huge
-/// one costs no more than the cap. Over the cap is the verifier's own refusal,
-/// `malformed` on `out` (exit 1); a file that cannot be opened or read is exit 2.
-fn read_input(
-    path: &Path,
-    what: &str,
-    cap: usize,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> Result<Vec<u8>, u8> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    let limit = u64::try_from(cap).map_or(u64::MAX, |c| c.saturating_add(1));
-    let r = std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut buf));
-    match r {
-        Ok(_) if buf.len() > cap => {
-            let _ = writeln!(out, "refused: malformed");
-            let _ = writeln!(
-                out,
-                "detail: {what} {} is over the {cap}-byte cap",
-                path.display().to_string().escape_debug()
-            );
-            Err(EXIT_FAILED)
-        }
-        Ok(_) => Ok(buf),
-        Err(e) => {
-            let _ = writeln!(err, "felhom-agent: {what} {}: {e}", path.display());
-            Err(EXIT_USAGE)
-        }
-    }
-}
-
-fn verify(blob: &Path, sig: &Path, config: &Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let cfg = match load_config(config, Mode::Verify, err) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let Some(authz) = cfg.authz.as_ref() else {
-        let _ = writeln!(
-            err,
-            "felhom-agent: configuration error: authz.signers: `verify` needs at least one signer"
-        );
-        return EXIT_USAGE;
-    };
-    // The verifier's own caps: what it would refuse as `malformed` is refused the same
-    // way here, before more than one byte past the cap is read.
-    let blob = match read_input(blob, "--blob", MAX_BLOB_BYTES, out, err) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, out, err) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let Ok(sig) = String::from_utf8(sig) else {
-        let _ = writeln!(out, "refused: malformed");
-        let _ = writeln!(out, "detail: the signature file is not UTF-8 text");
-        return EXIT_FAILED;
-    };
-    match crate::authz::verify_offline(
-        authz,
-        &cfg.host_id,
-        &blob,
-        &sig,
-        &crate::base::time::SystemClock,
-    ) {
-        Ok(op) => {
-            let _ = writeln!(out, "verified (no nonce burned)");
-            let _ = write!(out, "{}", op.to_lines());
-            EXIT_OK
-        }
-        Err(e) => {
-            let _ = writeln!(out, "refused: {}", e.code());
-            let _ = writeln!(out, "detail: {}", e.detail().escape_debug());
-            EXIT_FAILED
-        }
-    }
-}
-
 /// The binary's entry point: runs `args` against the process's stdout and stderr.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     // Unlocked handles: holding the stderr lock for the whole run would block every
@@ -676,7 +379,7 @@ mod tests {
         assert_eq!(
             p(&[]).unwrap(),
             Command::Run {
-                config: cfg(config::DEFAULT_CONFIG_PATH)
+                config: cfg(crate::config::DEFAULT_CONFIG_PATH)
             }
         );
         assert_eq!(
@@ -698,7 +401,7 @@ mod tests {
         let read = Command::Selftest {
             kind: SelftestKind::Read,
             vmid: None,
-            config: cfg(config::DEFAULT_CONFIG_PATH),
+            config: cfg(crate::config::DEFAULT_CONFIG_PATH),
         };
         assert_eq!(p(&["selftest"]).unwrap(), read);
         assert_eq!(p(&["selftest", "read"]).unwrap(), read);
@@ -717,7 +420,7 @@ mod tests {
             Command::Selftest {
                 kind: SelftestKind::Offline,
                 vmid: None,
-                config: cfg(config::DEFAULT_CONFIG_PATH)
+                config: cfg(crate::config::DEFAULT_CONFIG_PATH)
             }
         );
     }
@@ -744,7 +447,7 @@ mod tests {
             Command::Verify {
                 blob: cfg("b.json"),
                 sig: cfg("b.sig"),
-                config: cfg(config::DEFAULT_CONFIG_PATH)
+                config: cfg(crate::config::DEFAULT_CONFIG_PATH)
             }
         );
         assert!(
@@ -762,7 +465,7 @@ mod tests {
             Command::Journal {
                 in_flight: true,
                 tail: Some(20),
-                config: cfg(config::DEFAULT_CONFIG_PATH)
+                config: cfg(crate::config::DEFAULT_CONFIG_PATH)
             }
         );
     }

@@ -5,11 +5,14 @@
 //! journal records, the store writes.
 
 pub(crate) mod bridge;
+pub(crate) mod command;
 pub(crate) mod daemon;
+pub(crate) mod journal;
 pub(crate) mod plan;
 pub(crate) mod reconciler;
 pub(crate) mod selftest;
 pub(crate) mod signed_ops;
+pub(crate) mod verify;
 pub(crate) mod wiring;
 
 pub use bridge::wire_entry;

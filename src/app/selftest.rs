@@ -10,9 +10,14 @@ use std::fmt::Display;
 use std::io::Write;
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
+use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
+use crate::config::Mode;
 use crate::proxmox::{Client, ConfigChange, RunState, TaskOutcome, Upid, WaitError, WaitOptions};
+use crate::store::statelock::{StateLock, StateLockError};
 
 /// The prefix of the description marker `selftest task` writes.
 pub const MARKER_PREFIX: &str = "felhom-selftest";
@@ -345,6 +350,132 @@ fn set_and_verify(
             false
         }
     }
+}
+
+/// Which selftest to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelftestKind {
+    /// Read-only health report against Proxmox.
+    Read,
+    /// A reversible mutation round trip on one guest.
+    Task,
+    /// One collect + report to the hub.
+    Hub,
+    /// No network: signature known-answer tests, config, state files.
+    Offline,
+}
+
+impl SelftestKind {
+    /// Parses `read`, `task`, `hub` or `offline`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(SelftestKind::Read),
+            "task" => Some(SelftestKind::Task),
+            "hub" => Some(SelftestKind::Hub),
+            "offline" => Some(SelftestKind::Offline),
+            _ => None,
+        }
+    }
+
+    /// The config mode this selftest validates for.
+    pub fn mode(self) -> Mode {
+        match self {
+            SelftestKind::Read => Mode::SelftestRead,
+            SelftestKind::Task => Mode::SelftestTask,
+            SelftestKind::Hub => Mode::SelftestHub,
+            SelftestKind::Offline => Mode::SelftestOffline,
+        }
+    }
+}
+
+/// Runs `selftest KIND`; returns the exit code.
+pub fn selftest(
+    kind: SelftestKind,
+    vmid: Option<u32>,
+    config: &Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let cfg = match load_config(config, kind.mode(), err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let passed = match kind {
+        SelftestKind::Hub => match crate::app::wiring::selftest_hub(&cfg, out) {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = writeln!(err, "felhom-agent: {e}");
+                if e.is_configuration() {
+                    return EXIT_USAGE;
+                }
+                false
+            }
+        },
+        SelftestKind::Offline => {
+            let state = &cfg.state_dir;
+            let files: Vec<PathBuf> = ["journal.log", "nonces.log", "audit.log", "audit.log.1"]
+                .iter()
+                .map(|f| state.join(f))
+                .collect();
+            let checks = crate::authz::offline_selftest(cfg.authz.as_ref(), Some(state), &files);
+            let _ = writeln!(out, "selftest offline (no network)");
+            for c in &checks {
+                let mark = if c.ok { "ok  " } else { "FAIL" };
+                let _ = writeln!(out, "{mark}  {:<28} {}", c.name, c.detail);
+            }
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            if failed == 0 {
+                let _ = writeln!(out, "selftest offline: passed");
+            } else {
+                let _ = writeln!(out, "selftest offline: {failed} check(s) failed");
+            }
+            failed == 0
+        }
+        SelftestKind::Read | SelftestKind::Task => {
+            let Some(pcfg) = cfg.proxmox.as_ref() else {
+                let _ = writeln!(
+                    err,
+                    "felhom-agent: configuration error: proxmox: section is missing"
+                );
+                return EXIT_USAGE;
+            };
+            let client = match crate::app::wiring::proxmox_client(pcfg) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writeln!(err, "felhom-agent: configuration error: {e}");
+                    return EXIT_USAGE;
+                }
+            };
+            if let Some(w) = pcfg.tls.warning() {
+                crate::warn!(tls_verification_disabled, w, section = "proxmox");
+            }
+            match (kind, vmid) {
+                (SelftestKind::Task, Some(vmid)) => {
+                    // A round trip beside a running daemon could race its reconcile of
+                    // the same guest: the same lock as `run`.
+                    let _lock = match StateLock::acquire(&cfg.state_dir) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = writeln!(err, "felhom-agent: {e}");
+                            return match e {
+                                StateLockError::Held { .. } => EXIT_USAGE,
+                                _ => EXIT_FAILED,
+                            };
+                        }
+                    };
+                    crate::app::selftest::task(
+                        &client,
+                        vmid,
+                        &crate::app::selftest::task_wait_options(),
+                        &crate::base::shutdown::Shutdown::new(),
+                        out,
+                    )
+                }
+                _ => crate::app::selftest::read(&client, out),
+            }
+        }
+    };
+    if passed { EXIT_OK } else { EXIT_FAILED }
 }
 
 #[cfg(test)]
