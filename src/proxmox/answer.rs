@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::decode::{self, DecodeError, Obj};
 use super::error::{Privilege, is_transient_text};
+use super::task::{TaskLogLine, TaskStatus, TaskSummary};
 use super::types::{
-    Guest, GuestConfig, Node, NodeStatus, Snapshot, Storage, StorageStatus, TaskLogLine,
-    TaskStatus, TaskSummary, Version, Volume,
+    Guest, GuestConfig, Node, NodeStatus, Snapshot, Storage, StorageStatus, Version, Volume,
 };
 use super::upid::Upid;
 use crate::net::excerpt;

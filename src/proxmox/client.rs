@@ -15,10 +15,13 @@ use serde_json::Value;
 use super::answer::{self, Envelope};
 use super::decode::{self, DecodeError, Obj};
 use super::error::{ApiError, Privilege, ProxmoxError, is_transient_text};
-use super::types::{
-    BackupMode, Compression, ConfigChange, Guest, GuestConfig, Node, NodeStatus, Snapshot, Storage,
-    StorageStatus, TaskFilter, TaskLog, TaskSource, TaskStatus, TaskSummary, Version, Volume,
+use super::task::{
+    BackupMode, Compression, TaskFilter, TaskLog, TaskSource, TaskStatus, TaskSummary,
     VzdumpOutcome,
+};
+use super::types::{
+    ConfigChange, Guest, GuestConfig, Node, NodeStatus, Snapshot, Storage, StorageStatus, Version,
+    Volume,
 };
 use super::upid::Upid;
 use super::validate::{self, check};

@@ -15,6 +15,7 @@ mod client;
 mod decode;
 mod error;
 pub(crate) mod privileged;
+mod task;
 mod types;
 mod upid;
 mod validate;
@@ -27,10 +28,13 @@ pub use error::{ApiError, Privilege, ProxmoxError, is_transient_text};
 pub use privileged::{
     GoldenLxc, Output, Privileged, PrivilegedError, Programs, RunError, Runner, SystemRunner,
 };
+pub use task::{
+    BackupMode, Compression, TaskExit, TaskFilter, TaskLog, TaskLogLine, TaskSource, TaskState,
+    TaskStatus, TaskSummary, VzdumpOutcome,
+};
 pub use types::{
-    BackupMode, Compression, ConfigChange, CpuInfo, FsUsage, Guest, GuestConfig, MemoryUsage, Node,
-    NodeStatus, RunState, Snapshot, Storage, StorageStatus, TaskExit, TaskFilter, TaskLog,
-    TaskLogLine, TaskSource, TaskState, TaskStatus, TaskSummary, Version, Volume, VzdumpOutcome,
+    ConfigChange, CpuInfo, FsUsage, Guest, GuestConfig, MemoryUsage, Node, NodeStatus, RunState,
+    Snapshot, Storage, StorageStatus, Version, Volume,
 };
 pub use upid::{Upid, UpidError};
 pub use validate::{InvalidArgument, VMID_RANGE};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::client::Client;
 use super::error::{Privilege, ProxmoxError, is_transient_text};
-use super::types::TaskExit;
+use super::task::TaskExit;
 use super::upid::Upid;
 use crate::base::shutdown::Shutdown;
 
