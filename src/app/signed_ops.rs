@@ -246,41 +246,37 @@ impl SignedOpsRunner {
             outcome = outcome.code(),
             reason = reason
         );
-        let mut entry = AuditRecord::new(
-            self.clock.now(),
-            intent.class.as_str(),
-            intent.guest_id.clone(),
-            outcome.code(),
-            reason,
-            None,
-        );
-        entry.delivery = Some(delivery);
-        if let Err(e) = self.audit.record(&entry) {
-            crate::error!(
-                signed_op_audit_failed,
-                "signed op outcome could not be audited",
-                hub_op = op.id,
-                error = e
-            );
-        }
+        let delivered = Delivered {
+            hub_op: &op.id,
+            op: intent.class.as_str(),
+            guest_id: intent.guest_id.clone(),
+            delivery,
+        };
+        self.audit_delivered(delivered, outcome.code(), reason);
     }
 
     /// Audits a delivery that never reached the gate (its op is not known).
     fn audit_delivery(&self, hub_op: &str, decision: &str, reason: String, delivery: Delivery) {
-        let mut entry = AuditRecord::new(
-            self.clock.now(),
-            UNREADABLE_OP,
-            None,
-            decision,
-            reason,
-            None,
-        );
-        entry.delivery = Some(delivery);
+        let delivered = Delivered {
+            hub_op,
+            op: UNREADABLE_OP,
+            guest_id: None,
+            delivery,
+        };
+        self.audit_delivered(delivered, decision, reason);
+    }
+
+    /// Writes the audit entry of one delivery; a failed write is logged, never fatal.
+    fn audit_delivered(&self, d: Delivered<'_>, decision: &str, reason: String) {
+        let mut entry =
+            AuditRecord::new(self.clock.now(), d.op, d.guest_id, decision, reason, None);
+        entry.delivery = Some(d.delivery);
         if let Err(e) = self.audit.record(&entry) {
             crate::error!(
-                signed_op_skip_audit_failed,
-                "skipped signed op could not be audited",
-                hub_op = hub_op,
+                signed_op_audit_failed,
+                "signed op delivery could not be audited",
+                hub_op = d.hub_op,
+                op = d.op,
                 error = e
             );
         }
@@ -431,6 +427,14 @@ pub fn run_worker(
         }
     }
     Ok(())
+}
+
+/// One delivery from the hub as its audit entry names it.
+struct Delivered<'a> {
+    hub_op: &'a str,
+    op: &'a str,
+    guest_id: Option<String>,
+    delivery: Delivery,
 }
 
 #[cfg(test)]

@@ -112,20 +112,22 @@ impl Cursor<'_> {
         }
     }
 
-    fn range(
-        &self,
-        v: i64,
+    /// Two digits at the cursor, as a number from `lo` to `hi`.
+    fn two_digits(
+        &mut self,
         lo: i64,
         hi: i64,
-        at: usize,
-        expected: &'static str,
+        digits: &'static str,
+        in_range: &'static str,
     ) -> Result<i64, TimeParseError> {
+        let at = self.pos;
+        let v = self.digits(2, digits)?;
         if (lo..=hi).contains(&v) {
             Ok(v)
         } else {
             Err(TimeParseError {
                 offset: at,
-                expected,
+                expected: in_range,
             })
         }
     }
@@ -140,32 +142,21 @@ impl Timestamp {
         };
         let year = c.digits(4, "a 4-digit year")?;
         c.byte(b"-", "'-'")?;
-        let at = c.pos;
-        let month = c.digits(2, "a 2-digit month")?;
-        let month = c.range(month, 1, 12, at, "a month 01-12")?;
+        let month = c.two_digits(1, 12, "a 2-digit month", "a month 01-12")?;
         c.byte(b"-", "'-'")?;
-        let at = c.pos;
-        let day = c.digits(2, "a 2-digit day")?;
-        let day = c.range(
-            day,
+        let day = c.two_digits(
             1,
             days_in_month(year, month),
-            at,
+            "a 2-digit day",
             "a day within the month",
         )?;
         c.byte(b"Tt", "'T'")?;
-        let at = c.pos;
-        let hour = c.digits(2, "a 2-digit hour")?;
-        let hour = c.range(hour, 0, 23, at, "an hour 00-23")?;
+        let hour = c.two_digits(0, 23, "a 2-digit hour", "an hour 00-23")?;
         c.byte(b":", "':'")?;
-        let at = c.pos;
-        let minute = c.digits(2, "2-digit minutes")?;
-        let minute = c.range(minute, 0, 59, at, "minutes 00-59")?;
+        let minute = c.two_digits(0, 59, "2-digit minutes", "minutes 00-59")?;
         c.byte(b":", "':'")?;
-        let at = c.pos;
-        let second = c.digits(2, "2-digit seconds")?;
         // A leap second (60) is folded into the next second's start.
-        let second = c.range(second, 0, 60, at, "seconds 00-60")?;
+        let second = c.two_digits(0, 60, "2-digit seconds", "seconds 00-60")?;
         if c.b.get(c.pos) == Some(&b'.') {
             c.pos += 1;
             let start = c.pos;
@@ -182,13 +173,9 @@ impl Timestamp {
         let offset_secs = match c.byte(b"Zz+-", "'Z' or a +hh:mm offset")? {
             b'Z' | b'z' => 0,
             sign => {
-                let at = c.pos;
-                let oh = c.digits(2, "2-digit offset hours")?;
-                let oh = c.range(oh, 0, 23, at, "offset hours 00-23")?;
+                let oh = c.two_digits(0, 23, "2-digit offset hours", "offset hours 00-23")?;
                 c.byte(b":", "':'")?;
-                let at = c.pos;
-                let om = c.digits(2, "2-digit offset minutes")?;
-                let om = c.range(om, 0, 59, at, "offset minutes 00-59")?;
+                let om = c.two_digits(0, 59, "2-digit offset minutes", "offset minutes 00-59")?;
                 let v = oh * 3600 + om * 60;
                 if sign == b'-' { -v } else { v }
             }

@@ -21,6 +21,14 @@ use crate::proxmox::{Client, ConfigChange, TaskOutcome, Upid, WaitError, WaitOpt
 /// timeout, and the kill, the worker's exit and the next poll take a few seconds more.
 pub const SHUTDOWN_WAIT_SLACK: Duration = Duration::from_secs(30);
 
+/// Why a sent action failed, as journaled and logged.
+struct Failure {
+    transient: bool,
+    /// The request may have reached Proxmox (its answer was lost).
+    may_have_run: bool,
+    error: String,
+}
+
 /// How one action ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -170,6 +178,53 @@ impl Job {
         }
     }
 
+    /// Journals `rec`, the op's success, and says so.
+    fn applied(
+        &self,
+        op_id: &str,
+        rec: &JournalRecord,
+    ) -> Result<ActionResult, ActionJournalError> {
+        self.record(rec)?;
+        let a = &self.action;
+        crate::info!(
+            action_applied,
+            "reconcile action applied",
+            op_id = op_id,
+            vmid = a.vmid,
+            action = a.kind,
+            reason = a.reason
+        );
+        Ok(self.result(Some(op_id.to_owned()), Outcome::Applied))
+    }
+
+    /// Journals the op's failure after `from`, and says so.
+    fn failed(
+        &self,
+        op_id: &str,
+        from: &JournalRecord,
+        ended: Failure,
+    ) -> Result<ActionResult, ActionJournalError> {
+        let mut rec = from.step(OpState::Failed, self.clock.now());
+        rec.detail = Some(ended.error.clone());
+        self.record(&rec)?;
+        let a = &self.action;
+        crate::warn!(
+            action_failed,
+            "reconcile action failed",
+            op_id = op_id,
+            vmid = a.vmid,
+            action = a.kind,
+            transient = ended.transient,
+            may_have_run = ended.may_have_run,
+            error = ended.error
+        );
+        let outcome = Outcome::Failed {
+            transient: ended.transient,
+            error: ended.error,
+        };
+        Ok(self.result(Some(op_id.to_owned()), outcome))
+    }
+
     pub(super) fn run(self) -> Result<ActionResult, ActionJournalError> {
         let a = &self.action;
         if lock(&self.failed_this_pass).contains(&a.vmid) {
@@ -215,39 +270,17 @@ impl Job {
                 upid
             }
             Err(e) => {
-                let transient = e.is_transient();
-                let mut rec = started.step(OpState::Failed, self.clock.now());
-                rec.detail = Some(e.to_string());
-                self.record(&rec)?;
-                crate::warn!(
-                    action_failed,
-                    "reconcile action failed",
-                    op_id = op_id,
-                    vmid = a.vmid,
-                    action = a.kind,
-                    transient = transient,
-                    may_have_run = e.outcome_unknown(),
-                    error = e
-                );
-                let outcome = Outcome::Failed {
-                    transient,
+                let ended = Failure {
+                    transient: e.is_transient(),
+                    may_have_run: e.outcome_unknown(),
                     error: e.to_string(),
                 };
-                return Ok(self.result(Some(op_id), outcome));
+                return self.failed(&op_id, &started, ended);
             }
         };
         let Some(upid) = upid else {
             // A synchronous config write: applied when the PUT answered.
-            self.record(&started.step(OpState::Succeeded, self.clock.now()))?;
-            crate::info!(
-                action_applied,
-                "reconcile action applied",
-                op_id = op_id,
-                vmid = a.vmid,
-                action = a.kind,
-                reason = a.reason
-            );
-            return Ok(self.result(Some(op_id), Outcome::Applied));
+            return self.applied(&op_id, &started.step(OpState::Succeeded, self.clock.now()));
         };
         let mut running = started.step(OpState::TaskRunning, self.clock.now());
         running.upid = Some(upid.to_string());
@@ -274,35 +307,15 @@ impl Job {
                 if let TaskOutcome::Warnings { count, .. } = outcome {
                     rec.detail = Some(format!("task ended with {count} warning(s)"));
                 }
-                self.record(&rec)?;
-                crate::info!(
-                    action_applied,
-                    "reconcile action applied",
-                    op_id = op_id,
-                    vmid = a.vmid,
-                    action = a.kind,
-                    reason = a.reason
-                );
-                Ok(self.result(Some(op_id.to_owned()), Outcome::Applied))
+                self.applied(op_id, &rec)
             }
             Err(WaitError::Failed(task)) => {
-                let mut rec = running.step(OpState::Failed, self.clock.now());
-                rec.detail = Some(task.to_string());
-                self.record(&rec)?;
-                crate::warn!(
-                    action_failed,
-                    "reconcile task failed",
-                    op_id = op_id,
-                    vmid = a.vmid,
-                    action = a.kind,
-                    transient = task.is_transient(),
-                    error = task
-                );
-                let outcome = Outcome::Failed {
+                let ended = Failure {
                     transient: task.is_transient(),
+                    may_have_run: false,
                     error: task.to_string(),
                 };
-                Ok(self.result(Some(op_id.to_owned()), outcome))
+                self.failed(op_id, running, ended)
             }
             Err(e) => {
                 // Timeout, shutdown or an unreadable status: the task may still run.

@@ -438,17 +438,7 @@ impl Engine {
                 }));
                 continue;
             }
-            let job = Job {
-                client: self.client.clone(),
-                journal: Arc::clone(&self.journal),
-                clock: Arc::clone(&self.clock),
-                shutdown: self.shutdown.clone(),
-                wait: self.opts.wait,
-                shutdown_timeout_seconds: self.opts.shutdown_timeout_seconds,
-                failed_this_pass: Arc::clone(&failed_this_pass),
-                unresolved: Arc::clone(&self.unresolved),
-                action: action.clone(),
-            };
+            let job = self.job(action.clone(), Arc::clone(&failed_this_pass));
             match self.queue.submit(action.vmid, move || job.run()) {
                 Ok(h) => slots.push(Slot::Queued(h, action.clone())),
                 Err(e) => {
@@ -554,23 +544,28 @@ impl Engine {
         out
     }
 
+    /// A job for `action` on this engine's client, journal and clock.
+    fn job(&self, action: Action, failed_this_pass: Arc<Mutex<HashSet<u32>>>) -> Job {
+        Job {
+            client: self.client.clone(),
+            journal: Arc::clone(&self.journal),
+            clock: Arc::clone(&self.clock),
+            shutdown: self.shutdown.clone(),
+            wait: self.opts.wait,
+            shutdown_timeout_seconds: self.opts.shutdown_timeout_seconds,
+            failed_this_pass,
+            unresolved: Arc::clone(&self.unresolved),
+            action,
+        }
+    }
+
     /// Waits again, each on its guest's lane, for the tasks whose wait ended early in
     /// an earlier pass; journals how they ended. Never sends anything.
     fn reattach(&self) -> Result<Vec<ActionResult>, EngineError> {
         let pending = std::mem::take(&mut *lock(&self.unresolved));
         let mut handles = Vec::new();
         for p in pending {
-            let job = Job {
-                client: self.client.clone(),
-                journal: Arc::clone(&self.journal),
-                clock: Arc::clone(&self.clock),
-                shutdown: self.shutdown.clone(),
-                wait: self.opts.wait,
-                shutdown_timeout_seconds: self.opts.shutdown_timeout_seconds,
-                failed_this_pass: Arc::new(Mutex::new(HashSet::new())),
-                unresolved: Arc::clone(&self.unresolved),
-                action: p.action.clone(),
-            };
+            let job = self.job(p.action.clone(), Arc::new(Mutex::new(HashSet::new())));
             crate::info!(
                 task_wait_reattached,
                 "waiting again for a reconcile task",
