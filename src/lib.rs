@@ -16,7 +16,7 @@
 //! 3 proxmox      the Proxmox API client (over net) and the fenced privileged backend
 //! 2 net | authz  TLS trust and HTTP | SSHSIG, verifier, signers, nonces
 //! 1 store        the one durable file format, fault points, the state lock
-//! 0 base         time, encodings, secrets, shutdown, logging, locks, version
+//! 0 base         time, encodings, JSON type names, secrets, shutdown, logging, locks, version
 //! ```
 //!
 //! `hub` and `reconcile` never import each other; they meet in [`app`]. Each layer's

@@ -706,6 +706,18 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    /// A worker that sleeps until shutdown, and the shutdown that ends it.
+    fn one_sleeping_worker() -> (Shutdown, Workers) {
+        let shutdown = Shutdown::new();
+        let mut w = Workers::new();
+        let s = shutdown.clone();
+        w.spawn("loop", move || {
+            s.sleep(Duration::from_secs(600));
+        })
+        .unwrap();
+        (shutdown, w)
+    }
+
     #[test]
     fn a_worker_that_ends_is_noticed_and_stuck_ones_are_named_at_the_deadline() {
         let mut w = Workers::new();
@@ -764,13 +776,7 @@ mod tests {
         let io = Arc::new(FaultyIo::new(FaultOp::Sync, 3, false));
         let (dir, store) = temp_store("watch", io);
         let store = Arc::new(store);
-        let shutdown = Shutdown::new();
-        let mut w = Workers::new();
-        let s = shutdown.clone();
-        w.spawn("loop", move || {
-            s.sleep(Duration::from_secs(600));
-        })
-        .unwrap();
+        let (shutdown, w) = one_sleeping_worker();
         let probe = Arc::clone(&store);
         let health = move || {
             let why = probe.unavailable()?;
@@ -797,13 +803,7 @@ mod tests {
 
     #[test]
     fn the_watch_returns_ok_on_shutdown() {
-        let shutdown = Shutdown::new();
-        let mut w = Workers::new();
-        let s = shutdown.clone();
-        w.spawn("loop", move || {
-            s.sleep(Duration::from_secs(600));
-        })
-        .unwrap();
+        let (shutdown, w) = one_sleeping_worker();
         shutdown.trigger();
         assert!(watch(&w, &shutdown, &Arc::new(Mutex::new(None)), &|| None).is_ok());
     }

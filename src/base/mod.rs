@@ -4,6 +4,7 @@
 //! imports another layer of the crate.
 
 pub(crate) mod encoding;
+pub(crate) mod json;
 pub mod log;
 pub(crate) mod secret;
 pub(crate) mod shutdown;

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::schema::{Reader, SIGNER_FIELDS, env_name, mode_bits, read_capped, type_name};
+use super::schema::{Reader, SIGNER_FIELDS, env_name, mode_bits, read_capped};
 use super::{ConfigError, Mode, field_err};
 use crate::authz::{Role, SignerEntry};
+use crate::base::json::kind;
 use crate::base::secret::Secret;
 use crate::net::{Sha256Pin, TlsTrust};
 
@@ -204,7 +205,7 @@ pub(super) fn signers(r: &Reader<'_>) -> Result<Vec<SignerEntry>, ConfigError> {
         other => {
             return Err(field_err(
                 "authz.signers",
-                format!("must be an array, got {}", type_name(other)),
+                format!("must be an array, got {}", kind(other)),
             ));
         }
     };
@@ -214,7 +215,7 @@ pub(super) fn signers(r: &Reader<'_>) -> Result<Vec<SignerEntry>, ConfigError> {
         let Some(obj) = item.as_object() else {
             return Err(field_err(
                 at,
-                format!("must be an object, got {}", type_name(item)),
+                format!("must be an object, got {}", kind(item)),
             ));
         };
         if let Some(k) = obj.keys().find(|k| !SIGNER_FIELDS.contains(&k.as_str())) {
@@ -227,7 +228,7 @@ pub(super) fn signers(r: &Reader<'_>) -> Result<Vec<SignerEntry>, ConfigError> {
                 None | Some(Value::Null) => Err(field_err(format!("{at}.{k}"), "is required")),
                 Some(other) => Err(field_err(
                     format!("{at}.{k}"),
-                    format!("must be a string, got {}", type_name(other)),
+                    format!("must be a string, got {}", kind(other)),
                 )),
             }
         };

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::{ConfigError, ENV_PREFIX, MAX_FILE_BYTES, Mode, field_err};
+use crate::base::json::kind;
 
 /// The type of a leaf in the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +124,7 @@ impl Reader<'_> {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(other) => Err(field_err(
                 path,
-                format!("must be a string, got {}", type_name(other)),
+                format!("must be a string, got {}", kind(other)),
             )),
         }
     }
@@ -157,7 +158,7 @@ impl Reader<'_> {
             },
             Some(other) => Err(field_err(
                 path,
-                format!("must be a number, got {}", type_name(other)),
+                format!("must be a number, got {}", kind(other)),
             )),
         }
     }
@@ -168,20 +169,9 @@ impl Reader<'_> {
             Some(Value::Bool(b)) => Ok(*b),
             Some(other) => Err(field_err(
                 path,
-                format!("must be true or false, got {}", type_name(other)),
+                format!("must be true or false, got {}", kind(other)),
             )),
         }
-    }
-}
-
-pub(super) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -195,7 +185,7 @@ pub(super) fn check_known_fields(v: &Value, prefix: &str) -> Result<(), ConfigEr
         };
         return Err(field_err(
             what,
-            format!("must be an object, got {}", type_name(v)),
+            format!("must be an object, got {}", kind(v)),
         ));
     };
     for (key, child) in obj {

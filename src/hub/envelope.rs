@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde_json::Value;
 
+use crate::base::json::kind;
+
 /// The shortest poll interval the agent accepts from the hub, in seconds.
 pub const MIN_POLL_SECONDS: u64 = 60;
 /// The longest poll interval the agent accepts from the hub, in seconds.
@@ -69,17 +71,6 @@ impl std::error::Error for EnvelopeError {
             EnvelopeError::Syntax(e) => Some(e),
             _ => None,
         }
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -616,24 +616,18 @@ mod tests {
         assert!(!p.changed(), "absent and never read: nothing to look at");
         assert!(matches!(p.desired(), Err(DesiredError::Read { .. })));
 
-        std::fs::write(
-            &file,
-            br#"{"generation":1,"guests":[{"vmid":100,"run":"running"}]}"#,
-        )
-        .unwrap();
-        assert!(p.changed());
-        let one = p.desired().unwrap();
+        // Writes a new document and reads it back, which the provider must notice.
+        let write_and_read = |doc: &[u8]| {
+            std::fs::write(&file, doc).unwrap();
+            assert!(p.changed());
+            let read = p.desired().unwrap();
+            assert!(!p.changed(), "nothing changed since the read");
+            read
+        };
+        let one = write_and_read(br#"{"generation":1,"guests":[{"vmid":100,"run":"running"}]}"#);
         assert_eq!(one.generation, 1);
-        assert!(!p.changed(), "nothing changed since the read");
-
         // Different length, so the change shows even within one mtime tick.
-        std::fs::write(
-            &file,
-            br#"{"generation":2,"guests":[{"vmid":100,"run":"stopped"}]}  "#,
-        )
-        .unwrap();
-        assert!(p.changed());
-        let two = p.desired().unwrap();
+        let two = write_and_read(br#"{"generation":2,"guests":[{"vmid":100,"run":"stopped"}]}  "#);
         assert_eq!(two.generation, 2);
         assert_eq!(two.guests[&100].run, Some(Run::Stopped));
 
