@@ -12,7 +12,6 @@ mod common;
 use common::sign::{destroy_blob, signer};
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +31,7 @@ use felhom_agent::reconcile::{AuditLog, MIN_MAX_BYTES, PENDING_SIGNATURE};
 use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, OnTask, SignedJobs};
 use felhom_agent::reconcile::{Gate, GuestNow, Refusal};
 use felhom_agent::reconcile::{Intent, OpClass};
-use felhom_agent::store::{DurableFile, Io, OsIo, verify_file};
+use felhom_agent::store::{FaultyIo, Io, OsIo, verify_file};
 use felhom_sim::HubSim;
 use serde_json::json;
 
@@ -57,55 +56,6 @@ fn audit_bytes(path: &Path) -> u64 {
     .filter_map(|p| fs::metadata(p).ok())
     .map(|m| m.len())
     .sum()
-}
-
-/// The real file system without fsync: 46 080 fsync'd appends would take minutes on
-/// this disk, and this test is about size and replay, not durability (the store's own
-/// tests and the power-cut tests cover that). Every other operation is the real one.
-struct NoSync;
-
-struct NoSyncFile(Arc<dyn DurableFile>);
-
-impl DurableFile for NoSyncFile {
-    fn write_all(&self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_all(buf)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Io for NoSync {
-    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        OsIo.read(path)
-    }
-    fn open_read(&self, path: &Path) -> io::Result<Option<Box<dyn io::Read + Send>>> {
-        OsIo.open_read(path)
-    }
-    fn open_append(&self, path: &Path) -> io::Result<Arc<dyn DurableFile>> {
-        Ok(Arc::new(NoSyncFile(OsIo.open_append(path)?)))
-    }
-    fn create_truncate(&self, path: &Path) -> io::Result<Arc<dyn DurableFile>> {
-        Ok(Arc::new(NoSyncFile(OsIo.create_truncate(path)?)))
-    }
-    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        OsIo.truncate(path, len)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsIo.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        OsIo.remove(path)
-    }
-    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
-        Ok(())
-    }
-    fn ensure_dir(&self, dir: &Path) -> io::Result<u32> {
-        OsIo.ensure_dir(dir)
-    }
-    fn file_mode(&self, path: &Path) -> io::Result<u32> {
-        OsIo.file_mode(path)
-    }
 }
 
 /// The config digest every destroy blob here carries: made up, as this file runs no
@@ -218,7 +168,7 @@ fn a_hostile_hub_flood_of_24_simulated_hours_stays_under_twice_the_cap() {
     const NAMESPACE: usize = 11 * 1024;
     const REAL_ROUNDS: usize = 60;
     let cap = MIN_MAX_BYTES;
-    let a = agent("flood", Arc::new(NoSync), cap);
+    let a = agent("flood", Arc::new(FaultyIo::skipping_syncs()), cap);
     let path = a.dir.join("audit.log");
     let signature = hostile_signature(NAMESPACE);
     assert!(signature.len() > NAMESPACE && signature.len() < 16 * 1024);

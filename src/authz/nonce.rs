@@ -135,6 +135,27 @@ impl Index {
         let e = self.counters.entry(key.to_string()).or_insert(c);
         *e = (*e).max(c);
     }
+
+    /// Burns `nonce` unless it is on record: `persist` makes it durable first, and the
+    /// index changes only once it did. The caller holds the index lock throughout, so
+    /// compaction and concurrent verifications see none or all of a record.
+    fn admit(
+        &mut self,
+        nonce: &str,
+        expires_at: Timestamp,
+        sk: Option<SkCounter<'_>>,
+        persist: impl FnOnce() -> Result<(), NonceStoreError>,
+    ) -> Result<Freshness, NonceStoreError> {
+        if self.nonces.contains_key(nonce) {
+            return Ok(Freshness::Seen);
+        }
+        persist()?;
+        self.nonces.insert(nonce.to_string(), expires_at);
+        if let Some((k, c)) = sk {
+            self.raise(k, c);
+        }
+        Ok(Freshness::Fresh)
+    }
 }
 
 /// Nonces in memory only: for tests and offline verification (burns nothing durable).
@@ -165,15 +186,7 @@ impl NonceStore for MemoryNonceStore {
         expires_at: Timestamp,
         sk: Option<SkCounter<'_>>,
     ) -> Result<Freshness, NonceStoreError> {
-        let mut ix = lock(&self.index);
-        if ix.nonces.contains_key(nonce) {
-            return Ok(Freshness::Seen);
-        }
-        ix.nonces.insert(nonce.to_string(), expires_at);
-        if let Some((k, c)) = sk {
-            ix.raise(k, c);
-        }
-        Ok(Freshness::Fresh)
+        lock(&self.index).admit(nonce, expires_at, sk, || Ok(()))
     }
 }
 
@@ -432,24 +445,15 @@ impl NonceStore for FileNonceStore {
         sk: Option<SkCounter<'_>>,
     ) -> Result<Freshness, NonceStoreError> {
         let store = self.store()?;
-        // One lock around check, append and index update: compaction and concurrent
-        // verifications see either none or all of a record.
-        let mut ix = lock(&self.index);
-        if ix.nonces.contains_key(nonce) {
-            return Ok(Freshness::Seen);
-        }
-        let rec = Record::Nonce {
-            nonce: nonce.to_string(),
-            expires_at: expires_at.to_rfc3339(),
-            sk_key: sk.map(|(k, _)| k.to_string()),
-            sk_counter: sk.map(|(_, c)| c),
-        };
-        store.append(&rec).map_err(NonceStoreError::Store)?;
-        ix.nonces.insert(nonce.to_string(), expires_at);
-        if let Some((k, c)) = sk {
-            ix.raise(k, c);
-        }
-        Ok(Freshness::Fresh)
+        lock(&self.index).admit(nonce, expires_at, sk, || {
+            let rec = Record::Nonce {
+                nonce: nonce.to_string(),
+                expires_at: expires_at.to_rfc3339(),
+                sk_key: sk.map(|(k, _)| k.to_string()),
+                sk_counter: sk.map(|(_, c)| c),
+            };
+            store.append(&rec).map(drop).map_err(NonceStoreError::Store)
+        })
     }
 }
 

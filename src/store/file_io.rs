@@ -147,50 +147,76 @@ pub enum FaultOp {
 /// that one and every later one. For tests of the never-retry rule and for benches.
 #[derive(Debug)]
 pub struct FaultyIo {
+    faults: Faults,
+}
+
+/// What a [`FaultyIo`] fails, and its counts, shared with every file it opens.
+#[derive(Debug, Clone)]
+struct Faults {
     op: FaultOp,
     at: u64,
     for_good: bool,
+    /// Syncs are counted and skipped: they succeed without reaching the disk.
+    skip_syncs: bool,
     writes: Arc<AtomicU64>,
     syncs: Arc<AtomicU64>,
+}
+
+impl Faults {
+    /// Counts one call of `call`; true when it is the one to fail.
+    fn trip(&self, call: FaultOp) -> bool {
+        let counter = match call {
+            FaultOp::Write => &self.writes,
+            FaultOp::Sync => &self.syncs,
+        };
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        call == self.op && (n == self.at || (self.for_good && n > self.at))
+    }
 }
 
 impl FaultyIo {
     /// Fails the `at`-th (1-based) call of `op`; with `for_good`, every later one too.
     pub fn new(op: FaultOp, at: u64, for_good: bool) -> Self {
         FaultyIo {
-            op,
-            at,
-            for_good,
-            writes: Arc::new(AtomicU64::new(0)),
-            syncs: Arc::new(AtomicU64::new(0)),
+            faults: Faults {
+                op,
+                at,
+                for_good,
+                skip_syncs: false,
+                writes: Arc::new(AtomicU64::new(0)),
+                syncs: Arc::new(AtomicU64::new(0)),
+            },
         }
+    }
+
+    /// The real file system with every sync (file and directory) skipped and nothing
+    /// failed: for tests of size and replay under a load that fsync'd would take
+    /// minutes, never for a test of durability.
+    pub fn skipping_syncs() -> Self {
+        let mut io = FaultyIo::new(FaultOp::Sync, 0, false);
+        io.faults.skip_syncs = true;
+        io
     }
 
     /// How many writes and syncs have been attempted so far.
     pub fn counts(&self) -> (u64, u64) {
         (
-            self.writes.load(Ordering::SeqCst),
-            self.syncs.load(Ordering::SeqCst),
+            self.faults.writes.load(Ordering::SeqCst),
+            self.faults.syncs.load(Ordering::SeqCst),
         )
     }
 
-    fn trip(counter: &AtomicU64, op: FaultOp, want: FaultOp, at: u64, for_good: bool) -> bool {
-        if op != want {
-            counter.fetch_add(1, Ordering::SeqCst);
-            return false;
-        }
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        n == at || (for_good && n > at)
+    fn wrap(&self, inner: Arc<dyn DurableFile>) -> Arc<dyn DurableFile> {
+        Arc::new(FaultyFile {
+            inner,
+            faults: self.faults.clone(),
+        })
     }
 }
 
 struct FaultyFile {
     inner: Arc<dyn DurableFile>,
-    op: FaultOp,
-    at: u64,
-    for_good: bool,
-    writes: Arc<AtomicU64>,
-    syncs: Arc<AtomicU64>,
+    faults: Faults,
 }
 
 fn injected(what: &str) -> io::Error {
@@ -199,36 +225,20 @@ fn injected(what: &str) -> io::Error {
 
 impl DurableFile for FaultyFile {
     fn write_all(&self, buf: &[u8]) -> io::Result<()> {
-        if FaultyIo::trip(
-            &self.writes,
-            FaultOp::Write,
-            self.op,
-            self.at,
-            self.for_good,
-        ) {
+        if self.faults.trip(FaultOp::Write) {
             self.inner.write_all(&buf[..buf.len() / 2])?;
             return Err(injected("write"));
         }
         self.inner.write_all(buf)
     }
     fn sync_data(&self) -> io::Result<()> {
-        if FaultyIo::trip(&self.syncs, FaultOp::Sync, self.op, self.at, self.for_good) {
+        if self.faults.trip(FaultOp::Sync) {
             return Err(injected("fsync"));
         }
+        if self.faults.skip_syncs {
+            return Ok(());
+        }
         self.inner.sync_data()
-    }
-}
-
-impl FaultyIo {
-    fn wrap(&self, inner: Arc<dyn DurableFile>) -> Arc<dyn DurableFile> {
-        Arc::new(FaultyFile {
-            inner,
-            op: self.op,
-            at: self.at,
-            for_good: self.for_good,
-            writes: self.writes.clone(),
-            syncs: self.syncs.clone(),
-        })
     }
 }
 
@@ -255,8 +265,11 @@ impl Io for FaultyIo {
         OsIo.remove(path)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if FaultyIo::trip(&self.syncs, FaultOp::Sync, self.op, self.at, self.for_good) {
+        if self.faults.trip(FaultOp::Sync) {
             return Err(injected("directory fsync"));
+        }
+        if self.faults.skip_syncs {
+            return Ok(());
         }
         OsIo.sync_dir(dir)
     }
