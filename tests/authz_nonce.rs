@@ -322,7 +322,7 @@ fn check_burns_nothing_and_consume_burns_the_nonce_once() {
     let op = v.check(&blob(), &sig()).unwrap();
     v.check(&blob(), &sig()).unwrap();
     assert!(store.is_empty());
-    assert!(!store.is_recorded(&op.nonce).unwrap());
+    assert!(!store.is_recorded(&op.blob.nonce).unwrap());
     // `consume` records it durably, once.
     v.consume(&op).unwrap();
     assert!(matches!(v.consume(&op), Err(AuthzError::Replay(_))));
@@ -334,7 +334,7 @@ fn check_burns_nothing_and_consume_burns_the_nonce_once() {
     drop(v);
     drop(store);
     let reopened = Arc::new(FileNonceStore::open(&path, 120).unwrap());
-    assert!(reopened.is_recorded(&op.nonce).unwrap());
+    assert!(reopened.is_recorded(&op.blob.nonce).unwrap());
     assert!(matches!(
         verifier(reopened).check(&blob(), &sig()),
         Err(AuthzError::Replay(_))

@@ -128,12 +128,12 @@ fn every_key_type_verifies_from_a_real_ssh_keygen_vector() {
             format!("key-{key}")
         };
         assert_eq!(op.signer.key_id, want_id, "{s}");
-        assert_eq!(op.op, "guest_destroy");
-        assert_eq!(op.host_id, "pve-a");
-        assert_eq!(op.guest_id.as_deref(), Some("105"));
-        assert_eq!(op.params.get("purge").map(String::as_str), Some("1"));
-        assert_eq!(op.nonce, "6f1c0e5a9b3d47e28c1f0a9d3b5e7c21");
-        assert_eq!(op.expires_at, Timestamp(1_893_459_600));
+        assert_eq!(op.blob.op, "guest_destroy");
+        assert_eq!(op.blob.host_id, "pve-a");
+        assert_eq!(op.blob.guest_id.as_deref(), Some("105"));
+        assert_eq!(op.blob.params.get("purge").map(String::as_str), Some("1"));
+        assert_eq!(op.blob.nonce, "6f1c0e5a9b3d47e28c1f0a9d3b5e7c21");
+        assert_eq!(op.blob.expires_at, Timestamp(1_893_459_600));
         assert!(op.sk.is_none());
         let pk = PublicKey::from_openssh(&pubkey(key)).unwrap();
         assert_eq!(
@@ -385,7 +385,7 @@ fn a_hex_nonce_under_128_bits_is_refused_even_when_it_parses_as_base64() {
     ] {
         let b = op_with_nonce(nonce);
         let op = v.verify(&b, &mint("ed25519", NAMESPACE, &b)).unwrap();
-        assert_eq!(op.nonce, nonce);
+        assert_eq!(op.blob.nonce, nonce);
     }
 }
 

@@ -75,10 +75,10 @@ fuzz_target!(|data: &[u8]| {
                 String::from_utf8_lossy(blob)
             );
             let parsed = OpBlob::parse(blob).expect("a verified blob parses");
-            assert_eq!(op.nonce, parsed.nonce, "the op is not its blob's");
-            assert_eq!(op.op, parsed.op, "the op is not its blob's");
+            assert_eq!(op.blob, parsed, "the op is not its blob's");
             let mut seen = verified_nonces().lock().unwrap_or_else(|p| p.into_inner());
-            assert!(seen.insert(op.nonce.clone()), "nonce {} verified twice", op.nonce);
+            let nonce = &op.blob.nonce;
+            assert!(seen.insert(nonce.clone()), "nonce {nonce} verified twice");
         }
         Err(e) => assert!(!e.to_string().is_empty(), "an empty refusal"),
     }

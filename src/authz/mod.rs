@@ -30,7 +30,6 @@ pub(crate) mod nonce;
 pub(crate) mod selftest;
 pub mod sshsig;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -142,24 +141,8 @@ pub struct SkCheck {
 /// An op whose signature, target, window and nonce all passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedOp {
-    /// Operation name.
-    pub op: String,
-    /// This host's id (equal to the configured one).
-    pub host_id: String,
-    /// The guest, when the op names one.
-    pub guest_id: Option<String>,
-    /// The guest's config digest the operator signed for (present with `guest_id`).
-    pub guest_digest: Option<String>,
-    /// Parameters: the blob's `params` object (string values), sorted by key.
-    pub params: BTreeMap<String, String>,
-    /// The `key_id` the blob claims (advisory; may differ from the signer's).
-    pub key_id: String,
-    /// The nonce, as written in the blob.
-    pub nonce: String,
-    /// Start of validity.
-    pub not_before: Timestamp,
-    /// End of validity.
-    pub expires_at: Timestamp,
+    /// The blob as signed; every field of it passed its check.
+    pub blob: OpBlob,
     /// The allow-listed signer that verified.
     pub signer: MatchedSigner,
     /// Present for hardware-key (`sk-*`) signatures.
@@ -177,20 +160,23 @@ impl VerifiedOp {
             crate::base::log::push_escaped(&mut out, v);
             out.push('\n');
         };
-        line("op", &self.op);
-        line("host_id", &self.host_id);
-        line("guest_id", self.guest_id.as_deref().unwrap_or("-"));
-        line("guest_digest", self.guest_digest.as_deref().unwrap_or("-"));
-        for (k, v) in &self.params {
+        line("op", &self.blob.op);
+        line("host_id", &self.blob.host_id);
+        line("guest_id", self.blob.guest_id.as_deref().unwrap_or("-"));
+        line(
+            "guest_digest",
+            self.blob.guest_digest.as_deref().unwrap_or("-"),
+        );
+        for (k, v) in &self.blob.params {
             line(&format!("param.{}", k.escape_debug()), v);
         }
-        line("key_id", &self.key_id);
+        line("key_id", &self.blob.key_id);
         line("signer", &self.signer.key_id);
         line("signer_role", self.signer.role.as_str());
         line("signer_fingerprint", &self.signer.fingerprint);
-        line("nonce", &self.nonce);
-        line("not_before", &self.not_before.to_rfc3339());
-        line("expires_at", &self.expires_at.to_rfc3339());
+        line("nonce", &self.blob.nonce);
+        line("not_before", &self.blob.not_before.to_rfc3339());
+        line("expires_at", &self.blob.expires_at.to_rfc3339());
         if let Some(sk) = &self.sk {
             line("sk_flags", &format!("0x{:02x}", sk.flags));
             line("sk_counter", &sk.counter.to_string());
@@ -419,15 +405,7 @@ impl Verifier {
             );
         }
         Ok(VerifiedOp {
-            op: op.op,
-            host_id: op.host_id,
-            guest_id: op.guest_id,
-            guest_digest: op.guest_digest,
-            params: op.params,
-            key_id: op.key_id,
-            nonce: op.nonce,
-            not_before: op.not_before,
-            expires_at: op.expires_at,
+            blob: op,
             signer: MatchedSigner {
                 key_id: signer.key_id.clone(),
                 role: signer.role,
@@ -445,10 +423,10 @@ impl Verifier {
         let counter = op.sk.map(|s| (op.signer.fingerprint.as_str(), s.counter));
         match self
             .nonces
-            .seen_or_record(&op.nonce, op.expires_at, counter)
+            .seen_or_record(&op.blob.nonce, op.blob.expires_at, counter)
         {
             Ok(Freshness::Fresh) => Ok(()),
-            Ok(Freshness::Seen) => Err(replayed(&op.nonce)),
+            Ok(Freshness::Seen) => Err(replayed(&op.blob.nonce)),
             Err(e) => Err(AuthzError::Replay(format!("fail safe: {e}"))),
         }
     }

@@ -70,7 +70,7 @@ fn known_answer_tests() -> Vec<Check> {
         Ok(op) => check(
             "kat: good signature verifies",
             true,
-            format!("{} by {}", op.op, op.signer.fingerprint),
+            format!("{} by {}", op.blob.op, op.signer.fingerprint),
         ),
         Err(e) => check("kat: good signature verifies", false, e.to_string()),
     });

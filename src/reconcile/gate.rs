@@ -323,7 +323,7 @@ impl Gate {
         if let Some(why) = guest_changed(&v, guest) {
             return refuse(Refusal::GuestChanged, why);
         }
-        if guest.is_protected() && v.params.get("unprotect").map(String::as_str) != Some("1") {
+        if guest.is_protected() && v.blob.params.get("unprotect").map(String::as_str) != Some("1") {
             return refuse(
                 Refusal::Protected,
                 "the guest has protection: 1 and the signed params do not say unprotect".into(),
@@ -500,7 +500,7 @@ pub fn dry_run(intent: &Intent, history: &dyn History) -> Decision {
 /// Why the guest is not the one the op was signed for, if it is not. Only ops that
 /// name a guest are bound to one.
 fn guest_changed(v: &authz::VerifiedOp, guest: &GuestNow) -> Option<String> {
-    let (Some(id), Some(signed)) = (&v.guest_id, &v.guest_digest) else {
+    let (Some(id), Some(signed)) = (&v.blob.guest_id, &v.blob.guest_digest) else {
         return None;
     };
     match guest {
@@ -523,13 +523,13 @@ fn guest_changed(v: &authz::VerifiedOp, guest: &GuestNow) -> Option<String> {
 
 /// The first field in which the signed op differs from the intent, if any.
 fn binding_mismatch(intent: &Intent, v: &authz::VerifiedOp) -> Option<&'static str> {
-    if v.op != intent.class.as_str() {
+    if v.blob.op != intent.class.as_str() {
         Some("op")
-    } else if v.host_id != intent.host_id {
+    } else if v.blob.host_id != intent.host_id {
         Some("host_id")
-    } else if v.guest_id != intent.guest_id {
+    } else if v.blob.guest_id != intent.guest_id {
         Some("guest_id")
-    } else if v.params != intent.params {
+    } else if v.blob.params != intent.params {
         Some("params")
     } else {
         None

@@ -238,8 +238,8 @@ impl SignedRun {
         );
         rec.params = intent.params.clone();
         if let Some(v) = &verified {
-            rec.idempotency_key = Some(v.nonce.clone());
-            rec.expires_at = Some(v.expires_at);
+            rec.idempotency_key = Some(v.blob.nonce.clone());
+            rec.expires_at = Some(v.blob.expires_at);
         }
         let res = self.step(&journal, &rec, |on_task| {
             self.executor.execute(intent, on_task)
