@@ -14,9 +14,9 @@ use felhom_agent::hub::{
     PENDING_SIGNATURES_MAX, Usage,
 };
 use felhom_agent::hub::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
-    NoAudit, ReadError, StorageRow, VolumeRow,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, ReadError,
 };
+use felhom_agent::proxmox::{Guest, GuestConfig, RunState, StorageStatus, Volume};
 use felhom_agent::reconcile::{AuditDelivery, AuditRecord, cap};
 use serde_json::Value;
 
@@ -43,12 +43,12 @@ struct FakeNode {
     node_fails: bool,
     guests_fail: bool,
     storages_fail: bool,
-    guests: Vec<GuestRow>,
+    guests: Vec<Guest>,
     cores: HashMap<u32, Option<u32>>,
     digests: HashMap<u32, String>,
     config_fails: BTreeSet<u32>,
-    storages: Vec<StorageRow>,
-    content: HashMap<String, Vec<VolumeRow>>,
+    storages: Vec<StorageStatus>,
+    content: HashMap<String, Vec<Volume>>,
     content_fails: BTreeSet<String>,
     content_reads: Mutex<Vec<String>>,
 }
@@ -88,28 +88,29 @@ impl HostReader for FakeNode {
         }
         Ok(metrics())
     }
-    fn guests(&self) -> Result<Vec<GuestRow>, ReadError> {
+    fn guests(&self) -> Result<Vec<Guest>, ReadError> {
         if self.guests_fail {
             return Err(fail("guest list"));
         }
         Ok(self.guests.clone())
     }
-    fn guest_config(&self, vmid: u32) -> Result<GuestConfigRow, ReadError> {
+    fn guest_config(&self, vmid: u32) -> Result<GuestConfig, ReadError> {
         if self.config_fails.contains(&vmid) {
             return Err(fail("guest config"));
         }
-        Ok(GuestConfigRow {
+        Ok(GuestConfig {
             cores: self.cores.get(&vmid).copied().flatten(),
             digest: self.digests.get(&vmid).cloned(),
+            ..GuestConfig::default()
         })
     }
-    fn storages(&self) -> Result<Vec<StorageRow>, ReadError> {
+    fn storages(&self) -> Result<Vec<StorageStatus>, ReadError> {
         if self.storages_fail {
             return Err(fail("storages"));
         }
         Ok(self.storages.clone())
     }
-    fn backup_content(&self, storage: &str) -> Result<Vec<VolumeRow>, ReadError> {
+    fn backup_content(&self, storage: &str) -> Result<Vec<Volume>, ReadError> {
         self.content_reads.lock().unwrap().push(storage.to_owned());
         if self.content_fails.contains(storage) {
             return Err(fail("content"));
@@ -126,33 +127,55 @@ impl CloudflaredProbe for Probe {
     }
 }
 
-fn guest(vmid: u32, name: &str, status: Option<&str>) -> GuestRow {
-    GuestRow {
+/// A guest as the LXC list shows it; `None` is a status Proxmox left empty.
+fn guest(vmid: u32, name: &str, status: Option<&str>) -> Guest {
+    let status = match status {
+        Some("running") => RunState::Running,
+        Some("stopped") => RunState::Stopped,
+        other => RunState::Other(other.unwrap_or_default().into()),
+    };
+    Guest {
         vmid,
         name: Some(name.into()),
-        status: status.map(Into::into),
-        max_memory_bytes: Some(536_870_912),
-        max_disk_bytes: Some(8_589_934_592),
-        cpus: Some(2),
+        status,
+        cpus: Some(2.0),
+        cpu: None,
+        mem: None,
+        maxmem: Some(536_870_912),
+        swap: None,
+        maxswap: None,
+        disk: None,
+        maxdisk: Some(8_589_934_592),
+        uptime: None,
+        lock: None,
+        tags: None,
+        template: false,
+        ha_managed: None,
     }
 }
 
-fn storage(name: &str, kind: &str, content: &[&str]) -> StorageRow {
-    StorageRow {
+fn storage(name: &str, kind: &str, content: &[&str]) -> StorageStatus {
+    StorageStatus {
         storage: name.into(),
         kind: kind.into(),
         content: content.iter().map(|s| s.to_string()).collect(),
         active: true,
         enabled: true,
         shared: false,
-        total_bytes: Some(100_861_726_720),
-        used_bytes: Some(14_495_514_624),
-        avail_bytes: Some(81_191_329_792),
+        total: Some(100_861_726_720),
+        used: Some(14_495_514_624),
+        avail: Some(81_191_329_792),
+        used_fraction: None,
     }
 }
 
 fn ts(s: &str) -> Timestamp {
     Timestamp::parse_rfc3339(s).unwrap()
+}
+
+/// A volume's `ctime` as Proxmox sends it: seconds since the epoch.
+fn epoch(s: &str) -> u64 {
+    u64::try_from(ts(s).0).unwrap()
 }
 
 /// The node behind the golden file: one guest, one dir storage with a backup, one PBS
@@ -161,11 +184,11 @@ fn golden_node() -> FakeNode {
     let mut n = FakeNode {
         guests: vec![guest(100, "web", Some("running"))],
         storages: vec![
-            StorageRow {
+            StorageStatus {
                 shared: true,
-                total_bytes: Some(4_398_046_511_104),
-                used_bytes: Some(1_099_511_627_776),
-                avail_bytes: Some(3_298_534_883_328),
+                total: Some(4_398_046_511_104),
+                used: Some(1_099_511_627_776),
+                avail: Some(3_298_534_883_328),
                 ..storage("pbs", "pbs", &["backup"])
             },
             storage("local", "dir", &["vztmpl", "iso", "backup"]),
@@ -177,40 +200,42 @@ fn golden_node() -> FakeNode {
         .insert(100, "2a3f6c1e9b0d4c8a7e5f1b2c3d4e5f60718293a4".into());
     n.content.insert(
         "local".into(),
-        vec![VolumeRow {
+        vec![Volume {
             volid: "local:backup/vzdump-lxc-100-2026_11_21-02_00_00.tar.zst".into(),
             content: "backup".into(),
             format: "tar.zst".into(),
-            size_bytes: 734_003_200,
-            ctime: Some(ts("2026-11-21T02:00:00Z").0),
+            size: 734_003_200,
+            ctime: Some(epoch("2026-11-21T02:00:00Z")),
             vmid: Some(100),
             notes: Some("web nightly".into()),
             protected: false,
             verification: None,
+            ..Volume::default()
         }],
     );
     n.content.insert(
         "pbs".into(),
         vec![
-            VolumeRow {
+            Volume {
                 volid: "pbs:backup/vm/300/2026-11-21T03:00:00Z".into(),
                 content: "backup".into(),
                 format: "pbs-vm".into(),
-                size_bytes: 1,
+                size: 1,
                 ctime: Some(0),
                 vmid: Some(300),
-                ..VolumeRow::default()
+                ..Volume::default()
             },
-            VolumeRow {
+            Volume {
                 volid: "pbs:backup/ct/100/2026-11-21T03:00:00Z".into(),
                 content: "backup".into(),
                 format: "pbs-ct".into(),
-                size_bytes: 812_646_400,
-                ctime: Some(ts("2026-11-21T03:00:00Z").0),
+                size: 812_646_400,
+                ctime: Some(epoch("2026-11-21T03:00:00Z")),
                 vmid: Some(100),
                 notes: None,
                 protected: true,
                 verification: Some("ok".into()),
+                ..Volume::default()
             },
         ],
     );
@@ -446,13 +471,11 @@ fn empty_collections_are_arrays_never_null() {
 #[test]
 fn spec_is_omitted_when_unknown_and_present_when_known() {
     let mut node = golden_node();
-    node.guests.push(GuestRow {
-        vmid: 101,
-        name: Some("db".into()),
-        status: Some("stopped".into()),
-        max_memory_bytes: None,
-        max_disk_bytes: Some(1),
-        cpus: Some(1),
+    node.guests.push(Guest {
+        maxmem: None,
+        maxdisk: Some(1),
+        cpus: Some(1.0),
+        ..guest(101, "db", Some("stopped"))
     });
     let report = collector(node, Probe(Ok("active")), Arc::new(NoAudit))
         .collect()
@@ -541,7 +564,7 @@ fn empty_or_odd_status_reads_unknown() {
 fn cores_fall_back_to_the_effective_count_when_the_config_leaves_them_unset() {
     let report = collect_with(|n| {
         n.cores.insert(100, None);
-        n.guests[0].cpus = Some(8);
+        n.guests[0].cpus = Some(8.0);
     })
     .unwrap();
     assert_eq!(report.guests[0].spec.map(|s| s.cores), Some(8));
@@ -598,7 +621,7 @@ fn content_is_read_only_from_active_enabled_backup_storages() {
         .push(storage("images", "zfspool", &["images", "rootdir"]));
     let mut off = storage("offline", "dir", &["backup"]);
     off.active = false;
-    off.total_bytes = None;
+    off.total = None;
     node.storages.push(off);
     let mut disabled = storage("disabled", "nfs", &["backup"]);
     disabled.enabled = false;

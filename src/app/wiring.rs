@@ -16,8 +16,7 @@ use crate::base::time::SystemClock;
 use crate::config::{Config, ProxmoxConfig};
 use crate::hub::client::{HubClient, HubClientError, HubSetupError};
 use crate::hub::collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
-    ReadError, StorageRow, VolumeRow,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, ReadError,
 };
 use crate::hub::report::{CpuMetrics, HostMetrics, LoadAverage, Usage};
 use crate::hub::round::HubRound;
@@ -73,70 +72,22 @@ impl HostReader for ProxmoxReader {
         })
     }
 
-    fn guests(&self) -> Result<Vec<GuestRow>, ReadError> {
-        let list = self.0.list_lxc().map_err(boxed)?;
-        Ok(list
-            .into_iter()
-            .map(|g| GuestRow {
-                vmid: g.vmid,
-                name: g.name,
-                status: Some(g.status.as_str().to_owned()),
-                max_memory_bytes: g.maxmem,
-                max_disk_bytes: g.maxdisk,
-                // A fractional `cpus` is a CPU limit, not a core count.
-                cpus: g
-                    .cpus
-                    .filter(|c| c.fract() == 0.0 && *c >= 1.0 && *c <= f64::from(u32::MAX))
-                    .map(|c| c as u32),
-            })
-            .collect())
+    fn guests(&self) -> Result<Vec<proxmox::Guest>, ReadError> {
+        self.0.list_lxc().map_err(boxed)
     }
 
-    fn guest_config(&self, vmid: u32) -> Result<GuestConfigRow, ReadError> {
-        let c = self.0.guest_config(vmid).map_err(boxed)?;
-        Ok(GuestConfigRow {
-            cores: c.cores,
-            digest: c.digest,
-        })
+    fn guest_config(&self, vmid: u32) -> Result<proxmox::GuestConfig, ReadError> {
+        self.0.guest_config(vmid).map_err(boxed)
     }
 
-    fn storages(&self) -> Result<Vec<StorageRow>, ReadError> {
-        let list = self.0.node_storage().map_err(boxed)?;
-        Ok(list
-            .into_iter()
-            .map(|s| StorageRow {
-                storage: s.storage,
-                kind: s.kind,
-                content: s.content,
-                active: s.active,
-                enabled: s.enabled,
-                shared: s.shared,
-                total_bytes: s.total,
-                used_bytes: s.used,
-                avail_bytes: s.avail,
-            })
-            .collect())
+    fn storages(&self) -> Result<Vec<proxmox::StorageStatus>, ReadError> {
+        self.0.node_storage().map_err(boxed)
     }
 
-    fn backup_content(&self, storage: &str) -> Result<Vec<VolumeRow>, ReadError> {
-        let list = self
-            .0
+    fn backup_content(&self, storage: &str) -> Result<Vec<proxmox::Volume>, ReadError> {
+        self.0
             .storage_content(storage, Some("backup"))
-            .map_err(boxed)?;
-        Ok(list
-            .into_iter()
-            .map(|v| VolumeRow {
-                volid: v.volid,
-                content: v.content,
-                format: v.format,
-                size_bytes: v.size,
-                ctime: v.ctime.and_then(|t| i64::try_from(t).ok()),
-                vmid: v.vmid,
-                notes: v.notes,
-                protected: v.protected,
-                verification: v.verification,
-            })
-            .collect())
+            .map_err(boxed)
     }
 }
 

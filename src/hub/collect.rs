@@ -25,82 +25,11 @@ use super::report::{
     GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot, StorageTarget,
 };
 use crate::base::time::{Clock, Timestamp};
+use crate::proxmox::{Guest, GuestConfig, StorageStatus, Volume};
 
 /// The error a reader, probe or audit provider returns; its `Display` must carry no
 /// secret (the Proxmox client's errors never do).
 pub type ReadError = Box<dyn StdError + Send + Sync + 'static>;
-
-/// One row of the node's LXC list, as the collector needs it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct GuestRow {
-    /// Guest id.
-    pub vmid: u32,
-    /// Name, if Proxmox sent one.
-    pub name: Option<String>,
-    /// Proxmox's status text, if any.
-    pub status: Option<String>,
-    /// Memory limit in bytes (`maxmem`).
-    pub max_memory_bytes: Option<u64>,
-    /// Root disk size in bytes (`maxdisk`).
-    pub max_disk_bytes: Option<u64>,
-    /// Proxmox's effective CPU count (`cpus`) when it is a whole number.
-    pub cpus: Option<u32>,
-}
-
-/// What the collector reads from one guest's config.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct GuestConfigRow {
-    /// `cores`, when the config sets it.
-    pub cores: Option<u32>,
-    /// The config `digest`: what an operator signs a destructive op on this guest for.
-    pub digest: Option<String>,
-}
-
-/// One row of the node's storage list.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct StorageRow {
-    /// Storage id.
-    pub storage: String,
-    /// Storage type (`dir`, `pbs`, ...).
-    pub kind: String,
-    /// Content types.
-    pub content: Vec<String>,
-    /// Active on this node.
-    pub active: bool,
-    /// Enabled.
-    pub enabled: bool,
-    /// Shared between nodes.
-    pub shared: bool,
-    /// Capacity in bytes.
-    pub total_bytes: Option<u64>,
-    /// Used bytes.
-    pub used_bytes: Option<u64>,
-    /// Available bytes.
-    pub avail_bytes: Option<u64>,
-}
-
-/// One volume of a storage's backup content.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct VolumeRow {
-    /// Volume id.
-    pub volid: String,
-    /// Content type (`backup`, ...).
-    pub content: String,
-    /// Format (`tar.zst`, `pbs-ct`, ...).
-    pub format: String,
-    /// Size in bytes.
-    pub size_bytes: u64,
-    /// Creation time, seconds since the epoch.
-    pub ctime: Option<i64>,
-    /// The guest it belongs to.
-    pub vmid: Option<u32>,
-    /// First line of its notes.
-    pub notes: Option<String>,
-    /// Protected from pruning.
-    pub protected: bool,
-    /// Last verification state (PBS).
-    pub verification: Option<String>,
-}
 
 /// Read-only access to the node, as the collector needs it.
 pub trait HostReader {
@@ -109,13 +38,13 @@ pub trait HostReader {
     /// The node's status mapped to metrics.
     fn host_metrics(&self) -> Result<HostMetrics, ReadError>;
     /// The node's LXC guests, in any order.
-    fn guests(&self) -> Result<Vec<GuestRow>, ReadError>;
-    /// The parts of a guest's config the report carries.
-    fn guest_config(&self, vmid: u32) -> Result<GuestConfigRow, ReadError>;
+    fn guests(&self) -> Result<Vec<Guest>, ReadError>;
+    /// A guest's config (the report carries its `cores` and `digest`).
+    fn guest_config(&self, vmid: u32) -> Result<GuestConfig, ReadError>;
     /// The node's storages.
-    fn storages(&self) -> Result<Vec<StorageRow>, ReadError>;
+    fn storages(&self) -> Result<Vec<StorageStatus>, ReadError>;
     /// The backup volumes of one storage.
-    fn backup_content(&self, storage: &str) -> Result<Vec<VolumeRow>, ReadError>;
+    fn backup_content(&self, storage: &str) -> Result<Vec<Volume>, ReadError>;
 }
 
 /// The state of the `cloudflared` service.
@@ -297,11 +226,11 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
         })
     }
 
-    fn guests(&self, mut rows: Vec<GuestRow>) -> Vec<GuestReport> {
+    fn guests(&self, mut rows: Vec<Guest>) -> Vec<GuestReport> {
         rows.sort_by_key(|r| r.vmid);
         rows.into_iter()
             .map(|row| {
-                let status = GuestStatus::from_proxmox(row.status.as_deref().unwrap_or(""));
+                let status = GuestStatus::from_proxmox(row.status.as_str());
                 let (spec, digest) = match self.reader.guest_config(row.vmid) {
                     Ok(c) => (spec_of(&row, c.cores), c.digest),
                     Err(e) => {
@@ -394,8 +323,8 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                             storage: row.storage.clone(),
                             volid: vol.volid,
                             vmid: vol.vmid,
-                            size_bytes: vol.size_bytes,
-                            created_at: vol.ctime.map(Timestamp),
+                            size_bytes: vol.size,
+                            created_at: created_at(vol.ctime),
                             protected: vol.protected,
                             verification: vol.verification,
                             notes: vol.notes,
@@ -407,8 +336,8 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                         volid: vol.volid,
                         vmid: vol.vmid,
                         format: vol.format,
-                        size_bytes: vol.size_bytes,
-                        created_at: vol.ctime.map(Timestamp),
+                        size_bytes: vol.size,
+                        created_at: created_at(vol.ctime),
                         protected: vol.protected,
                         notes: vol.notes,
                     });
@@ -430,9 +359,9 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                     active: r.active,
                     enabled: r.enabled,
                     shared: r.shared,
-                    total_bytes: r.total_bytes,
-                    used_bytes: r.used_bytes,
-                    avail_bytes: r.avail_bytes,
+                    total_bytes: r.total,
+                    used_bytes: r.used,
+                    avail_bytes: r.avail,
                 }
             })
             .collect();
@@ -442,10 +371,20 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
 
 /// A guest's spec when every part of it is known: cores from the config (Proxmox's
 /// effective count when the config leaves it unset), memory and disk from the list.
-fn spec_of(row: &GuestRow, config_cores: Option<u32>) -> Option<GuestSpec> {
+fn spec_of(row: &Guest, config_cores: Option<u32>) -> Option<GuestSpec> {
+    // A fractional `cpus` is a CPU limit, not a core count.
+    let effective = row
+        .cpus
+        .filter(|c| c.fract() == 0.0 && *c >= 1.0 && *c <= f64::from(u32::MAX))
+        .map(|c| c as u32);
     Some(GuestSpec {
-        cores: config_cores.or(row.cpus)?,
-        memory_bytes: row.max_memory_bytes?,
-        disk_bytes: row.max_disk_bytes?,
+        cores: config_cores.or(effective)?,
+        memory_bytes: row.maxmem?,
+        disk_bytes: row.maxdisk?,
     })
+}
+
+/// A volume's creation time, when Proxmox sent one that fits a timestamp.
+fn created_at(ctime: Option<u64>) -> Option<Timestamp> {
+    ctime.and_then(|t| i64::try_from(t).ok()).map(Timestamp)
 }

@@ -18,8 +18,7 @@ pub(crate) mod round;
 
 pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, GuestConfigRow, GuestRow, HostReader,
-    NoAudit, ReadError, StorageRow, VolumeRow,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, ReadError,
 };
 pub use envelope::{ControlEnvelope, EnvelopeError, MAX_POLL_SECONDS, MIN_POLL_SECONDS};
 pub use ops_feed::{Announcement, Announcing, DeliveredOp, FetchError, SignedOpsClient};
