@@ -178,49 +178,47 @@ impl Job {
         }
     }
 
-    /// Journals `rec`, the op's success, and says so.
-    fn applied(
+    /// Journals the op's terminal record and says how it ended: applied, or failed
+    /// with `failure` (its detail is the journaled one).
+    fn end(
         &self,
         op_id: &str,
-        rec: &JournalRecord,
+        mut rec: JournalRecord,
+        failure: Option<Failure>,
     ) -> Result<ActionResult, ActionJournalError> {
-        self.record(rec)?;
-        let a = &self.action;
-        crate::info!(
-            action_applied,
-            "reconcile action applied",
-            op_id = op_id,
-            vmid = a.vmid,
-            action = a.kind,
-            reason = a.reason
-        );
-        Ok(self.result(Some(op_id.to_owned()), Outcome::Applied))
-    }
-
-    /// Journals the op's failure after `from`, and says so.
-    fn failed(
-        &self,
-        op_id: &str,
-        from: &JournalRecord,
-        ended: Failure,
-    ) -> Result<ActionResult, ActionJournalError> {
-        let mut rec = from.step(OpState::Failed, self.clock.now());
-        rec.detail = Some(ended.error.clone());
+        if let Some(f) = &failure {
+            rec.detail = Some(f.error.clone());
+        }
         self.record(&rec)?;
         let a = &self.action;
-        crate::warn!(
-            action_failed,
-            "reconcile action failed",
-            op_id = op_id,
-            vmid = a.vmid,
-            action = a.kind,
-            transient = ended.transient,
-            may_have_run = ended.may_have_run,
-            error = ended.error
-        );
-        let outcome = Outcome::Failed {
-            transient: ended.transient,
-            error: ended.error,
+        let outcome = match failure {
+            None => {
+                crate::info!(
+                    action_applied,
+                    "reconcile action applied",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    action = a.kind,
+                    reason = a.reason
+                );
+                Outcome::Applied
+            }
+            Some(f) => {
+                crate::warn!(
+                    action_failed,
+                    "reconcile action failed",
+                    op_id = op_id,
+                    vmid = a.vmid,
+                    action = a.kind,
+                    transient = f.transient,
+                    may_have_run = f.may_have_run,
+                    error = f.error
+                );
+                Outcome::Failed {
+                    transient: f.transient,
+                    error: f.error,
+                }
+            }
         };
         Ok(self.result(Some(op_id.to_owned()), outcome))
     }
@@ -275,12 +273,14 @@ impl Job {
                     may_have_run: e.outcome_unknown(),
                     error: e.to_string(),
                 };
-                return self.failed(&op_id, &started, ended);
+                let rec = started.step(OpState::Failed, self.clock.now());
+                return self.end(&op_id, rec, Some(ended));
             }
         };
         let Some(upid) = upid else {
             // A synchronous config write: applied when the PUT answered.
-            return self.applied(&op_id, &started.step(OpState::Succeeded, self.clock.now()));
+            let rec = started.step(OpState::Succeeded, self.clock.now());
+            return self.end(&op_id, rec, None);
         };
         let mut running = started.step(OpState::TaskRunning, self.clock.now());
         running.upid = Some(upid.to_string());
@@ -307,7 +307,7 @@ impl Job {
                 if let TaskOutcome::Warnings { count, .. } = outcome {
                     rec.detail = Some(format!("task ended with {count} warning(s)"));
                 }
-                self.applied(op_id, &rec)
+                self.end(op_id, rec, None)
             }
             Err(WaitError::Failed(task)) => {
                 let ended = Failure {
@@ -315,7 +315,8 @@ impl Job {
                     may_have_run: false,
                     error: task.to_string(),
                 };
-                self.failed(op_id, running, ended)
+                let rec = running.step(OpState::Failed, self.clock.now());
+                self.end(op_id, rec, Some(ended))
             }
             Err(e) => {
                 // Timeout, shutdown or an unreadable status: the task may still run.

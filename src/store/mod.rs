@@ -245,15 +245,7 @@ impl Store {
         let dir_mode = io
             .ensure_dir(&dir)
             .map_err(io_err("create directory", &dir))?;
-        if dir_mode & 0o077 != 0 {
-            crate::warn!(
-                state_dir_permissive,
-                "state directory is readable or writable by others",
-                dir = dir.display(),
-                mode = format_args!("{dir_mode:04o}"),
-                want = "0700"
-            );
-        }
+        warn_if_open(&dir, dir_mode, "0700");
         let tmp = sibling(&path, ".compact.tmp");
         if exists(io.as_ref(), &tmp)? {
             crate::warn!(
@@ -281,15 +273,7 @@ impl Store {
                     },
                 })?;
                 let m = io.file_mode(&path).map_err(io_err("stat", &path))?;
-                if m & 0o077 != 0 {
-                    crate::warn!(
-                        store_file_permissive,
-                        "store file is readable or writable by others",
-                        path = path.display(),
-                        mode = format_args!("{m:04o}"),
-                        want = "0600"
-                    );
-                }
+                warn_if_open(&path, m, "0600");
                 Some(r)
             }
             None => None,
@@ -590,6 +574,21 @@ impl Rewrite {
 }
 
 /// An `Io` failure on `p`, before anything was committed.
+/// Warns once per open when the state directory or a store file lets group or others
+/// in (`want` is the mode the agent creates them with). Nothing is changed: the
+/// operator may have a reason.
+fn warn_if_open(path: &Path, mode: u32, want: &str) {
+    if mode & 0o077 != 0 {
+        crate::warn!(
+            state_path_permissive,
+            "state path is readable or writable by others",
+            path = path.display(),
+            mode = format_args!("{mode:04o}"),
+            want = want
+        );
+    }
+}
+
 fn io_err(op: &'static str, p: &Path) -> impl FnOnce(io::Error) -> StoreError + use<> {
     let p = p.to_path_buf();
     move |source| StoreError::Io {
