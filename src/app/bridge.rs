@@ -46,11 +46,11 @@ pub fn wire_entry(r: AuditRecord) -> AuditEntry {
 /// open. The poller starts before the reconciler (the hub keeps hearing from the host
 /// while Recover waits on a task), so the reports sent until then carry empty ones.
 #[derive(Debug, Default)]
-pub struct AuditFeed(OnceLock<Arc<AuditLog>>);
+pub(crate) struct AuditFeed(OnceLock<Arc<AuditLog>>);
 
 impl AuditFeed {
     /// Binds the feed to `log`; `false` (and the first kept) if it was already bound.
-    pub fn bind(&self, log: Arc<AuditLog>) -> bool {
+    pub(crate) fn bind(&self, log: Arc<AuditLog>) -> bool {
         self.0.set(log).is_ok()
     }
 }

@@ -8,15 +8,15 @@ use std::path::Path;
 use crate::config::{self, Config, Mode};
 
 /// Exit code: success.
-pub const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// Exit code: the check or run failed.
-pub const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_FAILED: u8 = 1;
 /// Exit code: usage or configuration error.
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 /// Loads the config for `mode`, logging its warnings and applying its log level.
 /// A failure is printed to `err` and turned into exit code 2.
-pub fn load_config(path: &Path, mode: Mode, err: &mut dyn Write) -> Result<Config, u8> {
+pub(crate) fn load_config(path: &Path, mode: Mode, err: &mut dyn Write) -> Result<Config, u8> {
     match Config::load(path, &config::process_env(), mode) {
         Ok(cfg) => {
             crate::base::log::set_level(cfg.log_level);

@@ -60,18 +60,18 @@ use crate::store::statelock::{StateLock, StateLockError};
 /// How long stopping workers get after the shutdown before `run` returns anyway; a
 /// worker still inside a network call is abandoned (the calls it makes are reads or
 /// journaled, so the next start picks up where it left off).
-pub const STOP_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the main thread checks that every worker is still alive.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How often the nonce store drops nonces past their expiry (and once at start).
-pub const NONCE_COMPACT_EVERY: Duration = Duration::from_secs(3600);
+pub(crate) const NONCE_COMPACT_EVERY: Duration = Duration::from_secs(3600);
 
 /// How often a running daemon checks whether the journal has grown past
 /// [`crate::reconcile::journal::COMPACT_OVER`] records and compacts it if so (the start
 /// does too). The check is a counter read; a busy host compacts every few minutes.
-pub const JOURNAL_COMPACT_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const JOURNAL_COMPACT_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug)]
@@ -179,19 +179,19 @@ impl std::error::Error for DaemonError {
 
 /// The daemon's long-running threads, each named, all sharing one [`Shutdown`].
 #[derive(Debug, Default)]
-pub struct Workers {
+pub(crate) struct Workers {
     threads: Vec<(String, JoinHandle<()>)>,
 }
 
 impl Workers {
     /// No workers yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Workers::default()
     }
 
     /// Starts `body` on a thread named `name`. The body must return once the shared
     /// shutdown fires.
-    pub fn spawn(
+    pub(crate) fn spawn(
         &mut self,
         name: &str,
         body: impl FnOnce() + Send + 'static,
@@ -208,7 +208,7 @@ impl Workers {
     }
 
     /// The name of a worker that has already ended, if any.
-    pub fn first_finished(&self) -> Option<&str> {
+    pub(crate) fn first_finished(&self) -> Option<&str> {
         self.threads
             .iter()
             .find(|(_, h)| h.is_finished())
@@ -217,7 +217,7 @@ impl Workers {
 
     /// Joins every worker that ends before `deadline`; returns the names of those that
     /// did not (they are left running and die with the process).
-    pub fn join_until(self, deadline: Instant) -> Vec<String> {
+    pub(crate) fn join_until(self, deadline: Instant) -> Vec<String> {
         let mut pending = self.threads;
         while !pending.is_empty() && Instant::now() < deadline {
             let (done, rest): (Vec<_>, Vec<_>) =
@@ -258,7 +258,7 @@ fn schedule_second() -> Duration {
 /// log level. The state directory's lock is taken first and kept until the process
 /// exits: workers abandoned after the grace period die with the process, and no second
 /// daemon may start beside them.
-pub fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
+pub(crate) fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
     let lock = StateLock::acquire(&cfg.state_dir).map_err(DaemonError::StateLock)?;
     let shutdown = Shutdown::new();
     let signals = SignalWatcher::install(shutdown.clone(), config_path.to_owned())
@@ -525,7 +525,7 @@ fn drain_queue(reconciler: &Reconciler, deadline: Instant) {
 /// left the store poisoned (a failed fsync, never retried) is returned: the daemon must
 /// exit and replay from disk. Any other failure (the temp file could not be written)
 /// changed nothing and is retried at the next round.
-pub fn compact_nonces(
+pub(crate) fn compact_nonces(
     store: &FileNonceStore,
     shutdown: &Shutdown,
     clock: &dyn Clock,
@@ -559,7 +559,7 @@ pub fn compact_nonces(
 /// Waits `every`, compacts the journal when it holds more than `threshold` records, and again,
 /// until the shutdown (the start already compacted it). A compaction that poisoned the
 /// journal is returned: the daemon must exit and replay from disk.
-pub fn compact_journal_every(
+pub(crate) fn compact_journal_every(
     journal: &Journal,
     threshold: u64,
     shutdown: &Shutdown,

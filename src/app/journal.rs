@@ -8,7 +8,7 @@ use super::command::{EXIT_FAILED, EXIT_OK};
 use crate::reconcile::journal::{Journal, JournalRecord};
 
 /// `journal`: the op history, read-only. Exit 1 when the journal is damaged.
-pub fn journal(
+pub(crate) fn journal(
     path: &Path,
     in_flight: bool,
     tail: Option<usize>,

@@ -25,7 +25,7 @@ use crate::reconcile::recover::{RecoverError, RecoverReport, recover};
 
 /// The desired state as the daemon would read it: the file when one is configured,
 /// else nothing managed.
-pub fn configured_provider(cfg: &Config) -> Arc<dyn DesiredProvider> {
+pub(crate) fn configured_provider(cfg: &Config) -> Arc<dyn DesiredProvider> {
     match &cfg.reconcile.desired_file {
         Some(path) => Arc::new(FileProvider::new(path)),
         None => Arc::new(EmptyProvider),
@@ -82,7 +82,7 @@ impl std::error::Error for StartupError {
 /// Creates the state directory when missing and sets it 0700: the first step of
 /// [`Reconciler::open`], and the daemon's check before it starts any worker, so a state
 /// directory that cannot be used stops the start before the hub hears anything.
-pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), StartupError> {
+pub(crate) fn prepare_state_dir(dir: &std::path::Path) -> Result<(), StartupError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir_err = |source| StartupError::StateDir {
         dir: dir.to_path_buf(),
@@ -98,7 +98,7 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), StartupError> {
 
 /// The journal size, in records, above which it is compacted:
 /// [`COMPACT_OVER`] (a test build with fault points may lower it).
-pub fn journal_compact_threshold() -> u64 {
+pub(crate) fn journal_compact_threshold() -> u64 {
     crate::store::faultpoint::journal_compact_at(COMPACT_OVER)
 }
 
@@ -110,7 +110,7 @@ pub fn journal_compact_threshold() -> u64 {
 /// poisoned the journal is the error: the daemon must stop and replay from disk.
 /// `at` names the caller in the log line (`at=start` or `at=running`), so an operator
 /// (and the crash tests) can tell the start's compaction from the worker's.
-pub fn compact_journal(
+pub(crate) fn compact_journal(
     journal: &Journal,
     threshold: u64,
     clock: &dyn Clock,

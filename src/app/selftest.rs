@@ -20,9 +20,9 @@ use crate::proxmox::{Client, ConfigChange, RunState, TaskOutcome, Upid, WaitErro
 use crate::store::statelock::{StateLock, StateLockError};
 
 /// The prefix of the description marker `selftest task` writes.
-pub const MARKER_PREFIX: &str = "felhom-selftest";
+pub(crate) const MARKER_PREFIX: &str = "felhom-selftest";
 /// The prefix of its snapshot (a pve-configid: letters, digits, `_`).
-pub const SNAPSHOT_PREFIX: &str = "felhom_selftest_";
+pub(crate) const SNAPSHOT_PREFIX: &str = "felhom_selftest_";
 
 /// Counts failures while printing one line per step.
 struct Report<'a> {
@@ -62,7 +62,7 @@ impl Report<'_> {
 
 /// `selftest read`: version, nodes, node status, guests, storage. Returns whether every
 /// read succeeded.
-pub fn read(client: &Client, out: &mut dyn Write) -> bool {
+pub(crate) fn read(client: &Client, out: &mut dyn Write) -> bool {
     let mut r = Report { out, failures: 0 };
     let _ = writeln!(
         r.out,
@@ -134,7 +134,7 @@ pub fn read(client: &Client, out: &mut dyn Write) -> bool {
 }
 
 /// How `task` waits for each Proxmox task.
-pub fn task_wait_options() -> WaitOptions {
+pub(crate) fn task_wait_options() -> WaitOptions {
     WaitOptions {
         initial: Duration::from_millis(250),
         cap: Duration::from_secs(5),
@@ -157,7 +157,7 @@ fn wait(
 }
 
 /// The description as written, without the trailing newline Proxmox adds on read.
-pub fn description_as_written(read_back: &str) -> &str {
+pub(crate) fn description_as_written(read_back: &str) -> &str {
     read_back.strip_suffix('\n').unwrap_or(read_back)
 }
 
@@ -165,7 +165,7 @@ pub fn description_as_written(read_back: &str) -> &str {
 /// → delete snapshot, then a description marker write → verify → restore the original
 /// (or delete the key) → verify.
 /// Returns whether every step succeeded.
-pub fn task(
+pub(crate) fn task(
     client: &Client,
     vmid: u32,
     opts: &WaitOptions,
@@ -389,7 +389,7 @@ impl SelftestKind {
 }
 
 /// Runs `selftest KIND`; returns the exit code.
-pub fn selftest(
+pub(crate) fn selftest(
     kind: SelftestKind,
     vmid: Option<u32>,
     config: &Path,

@@ -33,7 +33,7 @@ use crate::reconcile::gate::{Decision, Gate, GuestNow, SignedOp};
 use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
 
 /// The word the audit records for an op the agent could not read.
-pub const UNREADABLE_OP: &str = "signed_op";
+pub(crate) const UNREADABLE_OP: &str = "signed_op";
 
 /// The intent a blob asks for, read **without** verifying it: the gate binds the
 /// verified blob to this intent, so a lie here can only cause a refusal.

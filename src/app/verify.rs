@@ -43,7 +43,7 @@ fn read_input(
 }
 
 /// Runs `verify`; returns the exit code.
-pub fn verify(
+pub(crate) fn verify(
     blob: &Path,
     sig: &Path,
     config: &Path,

@@ -25,7 +25,7 @@ use crate::proxmox::privileged::{Privileged, Programs, SystemRunner};
 use crate::proxmox::{self, Client, ClientOptions};
 
 /// The unit whose state the report carries.
-pub const CLOUDFLARED_UNIT: &str = "cloudflared";
+pub(crate) const CLOUDFLARED_UNIT: &str = "cloudflared";
 
 /// How long the cloudflared probe may take before it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -121,7 +121,7 @@ impl CloudflaredProbe for SystemctlProbe {
 }
 
 /// The hub loop's round on the live clients.
-pub type LiveRound = HubRound<ProxmoxReader, SystemctlProbe>;
+pub(crate) type LiveRound = HubRound<ProxmoxReader, SystemctlProbe>;
 
 /// Why the live clients could not be built from the configuration.
 #[derive(Debug)]
@@ -161,7 +161,7 @@ impl std::error::Error for LiveSetupError {
 }
 
 /// Builds the Proxmox client from the `proxmox` section.
-pub fn proxmox_client(cfg: &ProxmoxConfig) -> Result<Client, LiveSetupError> {
+pub(crate) fn proxmox_client(cfg: &ProxmoxConfig) -> Result<Client, LiveSetupError> {
     let secret = cfg
         .token_secret
         .clone()
@@ -175,7 +175,7 @@ pub fn proxmox_client(cfg: &ProxmoxConfig) -> Result<Client, LiveSetupError> {
 
 /// Logs, for each section that turns certificate verification off, the warning the
 /// operator must see at every start.
-pub fn warn_insecure_tls(cfg: &Config) {
+pub(crate) fn warn_insecure_tls(cfg: &Config) {
     let sections = [
         ("proxmox", cfg.proxmox.as_ref().map(|p| &p.tls)),
         ("hub", cfg.hub.as_ref().map(|h| &h.tls)),
@@ -201,7 +201,7 @@ pub fn hub_round(cfg: &Config, audit: Arc<dyn AuditTail>) -> Result<LiveRound, L
 
 /// [`hub_round`] reading through `proxmox`, a client the caller already has (the
 /// daemon shares one, and so its connections, between all its workers).
-pub fn hub_round_with(
+pub(crate) fn hub_round_with(
     cfg: &Config,
     proxmox: Client,
     audit: Arc<dyn AuditTail>,

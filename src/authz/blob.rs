@@ -17,15 +17,15 @@ use crate::base::time::Timestamp;
 
 /// Longest `guest_digest` accepted: Proxmox sends a SHA-1 (40 hex digits); 64 leaves
 /// room for a SHA-256 should it change.
-pub const MAX_DIGEST_CHARS: usize = 64;
+pub(crate) const MAX_DIGEST_CHARS: usize = 64;
 /// Largest blob accepted, in bytes.
 pub const MAX_BLOB_BYTES: usize = 64 * 1024;
 /// Longest validity window (`expires_at - not_before`) accepted, in seconds.
-pub const MAX_WINDOW_SECONDS: i64 = 24 * 3600;
+pub(crate) const MAX_WINDOW_SECONDS: i64 = 24 * 3600;
 /// Fewest nonce bytes accepted (128 bits).
-pub const MIN_NONCE_BYTES: usize = 16;
+pub(crate) const MIN_NONCE_BYTES: usize = 16;
 /// Longest nonce string accepted.
-pub const MAX_NONCE_CHARS: usize = 128;
+pub(crate) const MAX_NONCE_CHARS: usize = 128;
 
 /// The parsed blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +125,7 @@ fn check_digest(d: &str) -> Result<(), AuthzError> {
 
 /// How a nonce string was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceEncoding {
+pub(crate) enum NonceEncoding {
     /// Hex digits (also valid base64 when its length is a multiple of 4).
     Hex,
     /// Standard base64 with padding, containing a non-hex character or of a length
@@ -135,7 +135,7 @@ pub enum NonceEncoding {
 
 impl NonceEncoding {
     /// `hex` or `base64`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NonceEncoding::Hex => "hex",
             NonceEncoding::Base64 => "base64",
@@ -149,7 +149,7 @@ impl NonceEncoding {
 /// multiple of 4 also decodes as base64, to 1.5× as many bytes: 24 hex digits (96
 /// bits) would read as 18 base64 bytes. A string that is valid hex is therefore
 /// counted as hex, the smaller of the two, so entropy is never overstated.
-pub fn nonce_bytes(nonce: &str) -> Option<(usize, NonceEncoding)> {
+pub(crate) fn nonce_bytes(nonce: &str) -> Option<(usize, NonceEncoding)> {
     if let Ok(b) = hex_decode(nonce) {
         return Some((b.len(), NonceEncoding::Hex));
     }

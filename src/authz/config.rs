@@ -14,9 +14,9 @@ use ssh_key::{HashAlg, PublicKey};
 use super::sshsig::check_key_policy;
 
 /// Default bound on the clock difference between the operator and this host.
-pub const DEFAULT_MAX_CLOCK_SKEW_SECONDS: u64 = 120;
+pub(crate) const DEFAULT_MAX_CLOCK_SKEW_SECONDS: u64 = 120;
 /// The largest clock skew that may be configured.
-pub const MAX_CLOCK_SKEW_SECONDS: u64 = 3600;
+pub(crate) const MAX_CLOCK_SKEW_SECONDS: u64 = 3600;
 
 fn default_skew() -> u64 {
     DEFAULT_MAX_CLOCK_SKEW_SECONDS

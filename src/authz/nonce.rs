@@ -32,7 +32,7 @@ use crate::store::{Io, OsIo, Store, StoreError, SyncMode};
 
 /// How far the wall clock may run ahead of the trusted time before a compaction says so
 /// (`event=nonce_prune_held`), and by how much more it must pull ahead to say so again.
-pub const PRUNE_HELD_NOTICE: Duration = Duration::from_secs(15 * 60);
+pub(crate) const PRUNE_HELD_NOTICE: Duration = Duration::from_secs(15 * 60);
 
 /// Whether a nonce was new (and is now recorded) or already known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl std::error::Error for NonceStoreError {
 }
 
 /// A hardware key's counter to record with a nonce: `(key fingerprint, counter)`.
-pub type SkCounter<'a> = (&'a str, u32);
+pub(crate) type SkCounter<'a> = (&'a str, u32);
 
 /// Where the verifier records nonces and hardware-key counters.
 pub trait NonceStore: Send + Sync {

@@ -331,31 +331,31 @@ impl MonotonicClock for ManualMonotonic {
 }
 
 /// Serde for a [`Timestamp`] as an RFC 3339 string: `#[serde(with = "crate::base::time::rfc3339")]`.
-pub mod rfc3339 {
+pub(crate) mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use super::Timestamp;
 
     /// Writes `t` as RFC 3339 UTC.
-    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(t)
     }
 
     /// Reads an RFC 3339 string.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let s = String::deserialize(d)?;
         Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
     }
 }
 
 /// [`rfc3339`] for an optional timestamp, `null` when absent.
-pub mod opt_rfc3339 {
+pub(crate) mod opt_rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use super::Timestamp;
 
     /// Writes `t` as RFC 3339 UTC, or `null`.
-    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => super::rfc3339::serialize(t, s),
             None => s.serialize_none(),
@@ -363,7 +363,9 @@ pub mod opt_rfc3339 {
     }
 
     /// Reads an RFC 3339 string or `null`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Timestamp>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|s| Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom))
             .transpose()

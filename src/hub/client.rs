@@ -21,7 +21,7 @@ use crate::net::{
 };
 
 /// The path of the report endpoint under the hub's base URL.
-pub const REPORT_PATH: &str = "/api/v1/host-report";
+pub(crate) const REPORT_PATH: &str = "/api/v1/host-report";
 
 /// The shortest tail of a phrase taken for a cut-off copy of the key.
 const MIN_PARTIAL: usize = 4;

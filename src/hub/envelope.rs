@@ -75,7 +75,7 @@ impl std::error::Error for EnvelopeError {
 }
 
 /// Clamps a requested interval into [`MIN_POLL_SECONDS`]..=[`MAX_POLL_SECONDS`].
-pub fn clamp_poll_seconds(requested: u64) -> u64 {
+pub(crate) fn clamp_poll_seconds(requested: u64) -> u64 {
     requested.clamp(MIN_POLL_SECONDS, MAX_POLL_SECONDS)
 }
 

@@ -32,20 +32,20 @@ use crate::config::HubConfig;
 use crate::net::{EXCERPT_LIMIT, HttpError, Method, TransportError, excerpt};
 
 /// The path of the signed-ops endpoint under the hub's base URL.
-pub const SIGNED_OPS_PATH: &str = "/api/v1/signed-ops";
+pub(crate) const SIGNED_OPS_PATH: &str = "/api/v1/signed-ops";
 
 /// The most entries taken from one answer; the rest are skipped (the hub may send them
 /// again).
-pub const MAX_OPS: usize = 32;
+pub(crate) const MAX_OPS: usize = 32;
 
 /// The largest decoded blob accepted, in bytes.
-pub const MAX_BLOB_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_BLOB_BYTES: usize = 8 * 1024;
 
 /// The largest armored signature accepted, in bytes (an RSA-8192 SSHSIG is under 2 KiB).
-pub const MAX_SIGNATURE_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_SIGNATURE_BYTES: usize = 16 * 1024;
 
 /// The longest op id accepted, in bytes.
-pub const MAX_ID_BYTES: usize = 128;
+pub(crate) const MAX_ID_BYTES: usize = 128;
 
 /// The largest answer read from the hub.
 const MAX_ANSWER_BYTES: u64 = 2 * 1024 * 1024;
@@ -87,7 +87,7 @@ pub struct SkippedEntry {
 }
 
 /// The SHA-256 (lowercase hex) and length of a blob: all the audit keeps of its bytes.
-pub fn blob_digest(blob: &[u8]) -> (String, u64) {
+pub(crate) fn blob_digest(blob: &[u8]) -> (String, u64) {
     (hex_encode(&Sha256::digest(blob)), blob.len() as u64)
 }
 
@@ -143,7 +143,7 @@ impl std::error::Error for FetchError {
 
 /// Parses the hub's answer. Fails only when the whole answer is unusable; a bad entry
 /// is reported in [`ParsedOps::skipped`] and the others are kept.
-pub fn parse_ops(body: &[u8]) -> Result<ParsedOps, FetchError> {
+pub(crate) fn parse_ops(body: &[u8]) -> Result<ParsedOps, FetchError> {
     let v: Value = serde_json::from_slice(body).map_err(FetchError::Syntax)?;
     let Value::Object(obj) = v else {
         return Err(FetchError::Shape {

@@ -24,10 +24,10 @@ use crate::base::shutdown::Shutdown;
 
 /// The longest wait between attempts while rounds keep failing, in seconds (unless the
 /// interval itself is longer).
-pub const BACKOFF_CAP_SECONDS: u64 = 900;
+pub(crate) const BACKOFF_CAP_SECONDS: u64 = 900;
 
 /// The most jitter added to a backoff wait, as a fraction of it.
-pub const JITTER_FRACTION: f64 = 0.25;
+pub(crate) const JITTER_FRACTION: f64 = 0.25;
 
 /// One round of the loop: collect, send, return the hub's envelope.
 pub trait Reporter {
@@ -71,11 +71,11 @@ impl SharedEnvelope {
 }
 
 /// A jitter source: each call returns a number in `[0, 1)`.
-pub type Jitter = Box<dyn FnMut() -> f64 + Send>;
+pub(crate) type Jitter = Box<dyn FnMut() -> f64 + Send>;
 
 /// Jitter from the standard library's per-process random hash keys: unpredictable
 /// enough to spread hosts apart, with no extra dependency.
-pub fn random_jitter() -> Jitter {
+pub(crate) fn random_jitter() -> Jitter {
     let state = RandomState::new();
     let mut counter: u64 = 0;
     Box::new(move || {
@@ -225,7 +225,7 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
 /// The wait in seconds after `failures` consecutive failed rounds: the interval,
 /// doubled per further failure, capped at [`BACKOFF_CAP_SECONDS`] but never below the
 /// interval.
-pub fn backoff_seconds(interval_seconds: u64, failures: u32) -> u64 {
+pub(crate) fn backoff_seconds(interval_seconds: u64, failures: u32) -> u64 {
     let doublings = failures.saturating_sub(1).min(32);
     let grown = interval_seconds.saturating_mul(1u64 << doublings);
     grown.min(BACKOFF_CAP_SECONDS.max(interval_seconds))

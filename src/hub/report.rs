@@ -310,7 +310,7 @@ pub struct Truncated {
 }
 
 /// How many audit entries a report carries at most.
-pub const AUDIT_TAIL_LEN: usize = 50;
+pub(crate) const AUDIT_TAIL_LEN: usize = 50;
 
 /// How many unresolved `pending_signature` entries a report carries at most.
 pub const PENDING_SIGNATURES_MAX: usize = 64;

@@ -243,7 +243,7 @@ impl Runner for SystemRunner {
 /// output once the queue is empty). Never starts a process.
 #[derive(Debug, Default)]
 #[cfg(test)]
-pub struct FakeRunner {
+pub(crate) struct FakeRunner {
     calls: Mutex<Vec<(PathBuf, Vec<String>)>>,
     replies: Mutex<VecDeque<Result<Output, RunError>>>,
 }
@@ -251,17 +251,17 @@ pub struct FakeRunner {
 #[cfg(test)]
 impl FakeRunner {
     /// An empty fake.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Queues the answer to the next call.
-    pub fn reply(&self, r: Result<Output, RunError>) {
+    pub(crate) fn reply(&self, r: Result<Output, RunError>) {
         lock(&self.replies).push_back(r);
     }
 
     /// Queues an exit with `code` and this stdout.
-    pub fn reply_with(&self, code: i32, stdout: &str) {
+    pub(crate) fn reply_with(&self, code: i32, stdout: &str) {
         self.reply(Ok(Output {
             code: Some(code),
             stdout: stdout.as_bytes().to_vec(),
@@ -270,7 +270,7 @@ impl FakeRunner {
     }
 
     /// Every call so far: program and arguments.
-    pub fn calls(&self) -> Vec<(PathBuf, Vec<String>)> {
+    pub(crate) fn calls(&self) -> Vec<(PathBuf, Vec<String>)> {
         lock(&self.calls).clone()
     }
 }

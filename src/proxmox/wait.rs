@@ -37,7 +37,7 @@ impl Default for WaitOptions {
 }
 
 /// The shortest delay between polls, so a zero `initial` cannot spin on the API.
-pub const MIN_POLL_DELAY: Duration = Duration::from_millis(1);
+pub(crate) const MIN_POLL_DELAY: Duration = Duration::from_millis(1);
 
 impl WaitOptions {
     /// The delay before the first poll after the immediate one: `initial`.

@@ -19,7 +19,7 @@ use crate::proxmox::{Client, ConfigChange, TaskOutcome, Upid, WaitError, WaitOpt
 
 /// What a stop's wait allows beyond its shutdown timeout: Proxmox kills the guest at the
 /// timeout, and the kill, the worker's exit and the next poll take a few seconds more.
-pub const SHUTDOWN_WAIT_SLACK: Duration = Duration::from_secs(30);
+pub(crate) const SHUTDOWN_WAIT_SLACK: Duration = Duration::from_secs(30);
 
 /// Why a sent action failed, as journaled and logged.
 struct Failure {
@@ -86,7 +86,7 @@ pub struct ActionJournalError {
 }
 
 /// The op class of a planned action.
-pub fn class_of(kind: ActionKind) -> OpClass {
+pub(crate) fn class_of(kind: ActionKind) -> OpClass {
     match kind {
         ActionKind::SetConfig => OpClass::SetConfig,
         ActionKind::Start => OpClass::Start,
@@ -95,7 +95,7 @@ pub fn class_of(kind: ActionKind) -> OpClass {
 }
 
 /// The gate's vocabulary for a planned action.
-pub fn intent_for(host_id: &str, action: &Action) -> Intent {
+pub(crate) fn intent_for(host_id: &str, action: &Action) -> Intent {
     let mut intent = Intent::new(
         class_of(action.kind),
         host_id,

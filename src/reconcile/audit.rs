@@ -55,16 +55,16 @@ use crate::store::{Io, OsIo, RECORD_OVERHEAD, Store, StoreError, SyncMode};
 pub const AUDIT_STRING_MAX: usize = 256;
 
 /// The most unresolved `pending_signature` records kept.
-pub const PENDING_SIGNATURES_MAX: usize = 64;
+pub(crate) const PENDING_SIGNATURES_MAX: usize = 64;
 
 /// Entries kept in memory for [`AuditLog::tail`]; the report needs 50.
-pub const TAIL_KEPT: usize = 200;
+pub(crate) const TAIL_KEPT: usize = 200;
 
+use crate::config::AUDIT_MAX_BYTES_MAX as MAX_MAX_BYTES;
 /// The default `audit.max_bytes` (16 MiB), its floor (1 MiB) and its ceiling (1 GiB);
 /// the configuration owns them.
 pub use crate::config::{
-    AUDIT_MAX_BYTES_DEFAULT as DEFAULT_MAX_BYTES, AUDIT_MAX_BYTES_MAX as MAX_MAX_BYTES,
-    AUDIT_MAX_BYTES_MIN as MIN_MAX_BYTES,
+    AUDIT_MAX_BYTES_DEFAULT as DEFAULT_MAX_BYTES, AUDIT_MAX_BYTES_MIN as MIN_MAX_BYTES,
 };
 
 /// The decision word that holds an operation for a signature.

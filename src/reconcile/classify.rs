@@ -122,7 +122,7 @@ pub enum Provenance {
 
 /// What the classifier decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// Can be applied unsigned: the class cannot lose data.
     Benign,
     /// Destroys or overwrites only what the agent itself made (journal provenance).
@@ -135,7 +135,7 @@ pub enum Class {
 /// never anything taken from the intent's params. Only guest destruction can be made
 /// benign by provenance; every other non-benign class, and every unknown one, is
 /// destructive.
-pub fn classify(intent: &Intent, provenance: Option<Provenance>) -> Class {
+pub(crate) fn classify(intent: &Intent, provenance: Option<Provenance>) -> Class {
     if intent.class.is_benign_by_class() {
         return Class::Benign;
     }

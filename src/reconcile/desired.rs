@@ -19,13 +19,13 @@ use sha2::{Digest, Sha256};
 use crate::base::encoding::hex_encode;
 
 /// The largest desired-state file read.
-pub const MAX_FILE_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
 /// The lowest vmid Proxmox allows.
-pub const MIN_VMID: u32 = 100;
+pub(crate) const MIN_VMID: u32 = 100;
 /// The highest vmid Proxmox allows.
-pub const MAX_VMID: u32 = 999_999_999;
+pub(crate) const MAX_VMID: u32 = 999_999_999;
 /// The longest description Proxmox stores (bytes).
-pub const MAX_DESCRIPTION: usize = 8192;
+pub(crate) const MAX_DESCRIPTION: usize = 8192;
 
 /// Whether a guest should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,7 +345,7 @@ pub trait DesiredProvider: Send + Sync {
 
 /// Nothing is managed: every pass plans nothing.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct EmptyProvider;
+pub(crate) struct EmptyProvider;
 
 impl DesiredProvider for EmptyProvider {
     fn desired(&self) -> Result<DesiredState, DesiredError> {
@@ -409,14 +409,14 @@ struct FileState {
 /// malformed, unreadable or missing file keeps the last good state and logs why once
 /// per bad version; with no good version yet, the error is returned.
 #[derive(Debug)]
-pub struct FileProvider {
+pub(crate) struct FileProvider {
     path: PathBuf,
     state: Mutex<FileState>,
 }
 
 impl FileProvider {
     /// A provider for `path` (not read until first asked).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> Self {
         FileProvider {
             path: path.into(),
             state: Mutex::new(FileState::default()),

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::action::{ActionJournalError, Job, Pending, intent_for};
-pub use super::action::{ActionResult, Outcome};
+pub(crate) use super::action::{ActionResult, Outcome};
 use super::classify::{Intent, OpClass};
 use super::desired::{DesiredError, DesiredProvider};
 use super::gate::{Decision, Gate, GuestNow};
@@ -220,7 +220,7 @@ pub struct Engine {
 }
 
 /// The monotonic time back-off deadlines are measured on.
-pub type BackoffClock = Arc<dyn Fn() -> Instant + Send + Sync>;
+pub(crate) type BackoffClock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -233,7 +233,7 @@ impl fmt::Debug for Engine {
 
 /// Reads the guest list, then every guest's config with up to `max_parallel` reads at
 /// once. A config that cannot be read leaves that guest's `config` `None`.
-pub fn read_actual(
+pub(crate) fn read_actual(
     client: &Client,
     max_parallel: usize,
 ) -> Result<ActualState, proxmox::ProxmoxError> {

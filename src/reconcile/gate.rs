@@ -493,7 +493,7 @@ fn dry_decision(pre: Pre) -> Decision {
 
 /// [`Gate::dry_run`] over any [`History`], with no gate built: what `felhom-agent plan`
 /// shows. Never verifies, never burns a nonce, never audits.
-pub fn dry_run(intent: &Intent, history: &dyn History) -> Decision {
+pub(crate) fn dry_run(intent: &Intent, history: &dyn History) -> Decision {
     dry_decision(pre(intent, history, None))
 }
 

@@ -34,7 +34,7 @@ use crate::store::{Io, OsIo, Store, StoreError, SyncMode, replay_bytes};
 /// about 0.75 KiB each, and the 60-minute soak (500 guests, ~140 ops a minute) grew RSS
 /// past +10% over its warm-up with 10 000. A compaction rewrites only what is live
 /// (in-flight ops, unexpired signed-op keys, provenance): a few records and two fsyncs.
-pub const COMPACT_OVER: u64 = 2_000;
+pub(crate) const COMPACT_OVER: u64 = 2_000;
 
 /// Where an op is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,14 +20,14 @@ pub(crate) mod plan;
 pub(crate) mod queue;
 pub(crate) mod recover;
 
-pub use action::shutdown_params;
+pub use action::{Outcome, shutdown_params};
 pub use audit::{
     AUDIT_STRING_MAX, AuditDelivery, AuditError, AuditField, AuditLog, AuditRecord,
     DEFAULT_MAX_BYTES, MIN_MAX_BYTES, PENDING_SIGNATURE, cap,
 };
 pub use classify::{Intent, OpClass, Provenance};
 pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
-pub use engine::{Engine, EngineError, EngineOptions, Outcome, PASS_TASK_WAIT, Pacing, PassReport};
+pub use engine::{Engine, EngineError, EngineOptions, PASS_TASK_WAIT, Pacing, PassReport};
 pub use gate::{AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp};
 pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, ProxmoxExecutor, SignedJobs};
 pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState};

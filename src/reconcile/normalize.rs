@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Turns a value into its canonical form for comparison.
-pub type Normalizer = Box<dyn Fn(&str) -> Cow<'_, str> + Send + Sync>;
+pub(crate) type Normalizer = Box<dyn Fn(&str) -> Cow<'_, str> + Send + Sync>;
 
 /// Config key → normalizer. Keys without one compare byte for byte.
 pub struct Normalizers {
@@ -62,7 +62,7 @@ impl Normalizers {
 
 /// Proxmox stores a description as a comment block and returns it with a trailing
 /// newline; trailing newlines (and a `\r` before one) carry no meaning.
-pub fn description(value: &str) -> Cow<'_, str> {
+pub(crate) fn description(value: &str) -> Cow<'_, str> {
     Cow::Borrowed(value.trim_end_matches(['\n', '\r']))
 }
 

@@ -36,7 +36,7 @@ pub enum SubmitError {
 }
 
 /// The name the reconcile contract uses for a refused submit.
-pub type QueueClosed = SubmitError;
+pub(crate) type QueueClosed = SubmitError;
 
 impl fmt::Display for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

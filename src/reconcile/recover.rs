@@ -69,7 +69,7 @@ impl From<JournalError> for RecoverError {
 /// The Proxmox task type an op of `class` runs as, when it runs as a task. A stop is
 /// `vzstop` here; see [`task_type_of`] for a journaled op, whose stop may have been sent
 /// as a shutdown.
-pub fn task_type(class: &OpClass) -> Option<&'static str> {
+pub(crate) fn task_type(class: &OpClass) -> Option<&'static str> {
     match class {
         OpClass::Start => Some("vzstart"),
         OpClass::Stop => Some("vzstop"),
@@ -83,7 +83,7 @@ pub fn task_type(class: &OpClass) -> Option<&'static str> {
 /// The Proxmox task type the journaled op ran as. A stop journaled with a `timeout`
 /// param was sent as `status/shutdown` (`vzshutdown`); one without it predates that and
 /// was a hard `status/stop` (`vzstop`), so an old journal still resolves.
-pub fn task_type_of(rec: &JournalRecord) -> Option<&'static str> {
+pub(crate) fn task_type_of(rec: &JournalRecord) -> Option<&'static str> {
     match rec.class {
         OpClass::Stop if rec.params.contains_key("timeout") => Some("vzshutdown"),
         ref class => task_type(class),

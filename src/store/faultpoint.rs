@@ -63,12 +63,12 @@ pub const SECOND_MS_ENV: &str = "FELHOM_FAULT_SECOND_MS";
 /// it. A no-op without the feature.
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
-pub fn reached(_point: &str) {}
+pub(crate) fn reached(_point: &str) {}
 
 /// Marks `point` as reached: pauses the process there for good when the test asked for
 /// it (see the module doc).
 #[cfg(feature = "fault-points")]
-pub fn reached(point: &str) {
+pub(crate) fn reached(point: &str) {
     let Some((want, marker)) = pause_target() else {
         return;
     };
@@ -100,12 +100,12 @@ pub fn reached(point: &str) {
 /// feature.
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
-pub fn reached_in(_store: &Path, _what: &str) {}
+pub(crate) fn reached_in(_store: &Path, _what: &str) {}
 
 /// [`reached`] for the point `"{store}:{what}"`, where `{store}` is the store file's
 /// name without its extension (`journal`, `nonces`, `audit`).
 #[cfg(feature = "fault-points")]
-pub fn reached_in(store: &Path, what: &str) {
+pub(crate) fn reached_in(store: &Path, what: &str) {
     if pause_target().is_none() {
         return;
     }
@@ -119,14 +119,14 @@ pub fn reached_in(store: &Path, what: &str) {
 /// The journal's compaction threshold at start: `default`, or the test's override.
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
-pub fn journal_compact_at(default: u64) -> u64 {
+pub(crate) fn journal_compact_at(default: u64) -> u64 {
     default
 }
 
 /// The journal's compaction threshold at start: `default`, or the value of
 /// [`JOURNAL_COMPACT_AT_ENV`] when it is set and a number.
 #[cfg(feature = "fault-points")]
-pub fn journal_compact_at(default: u64) -> u64 {
+pub(crate) fn journal_compact_at(default: u64) -> u64 {
     match std::env::var(JOURNAL_COMPACT_AT_ENV) {
         Ok(v) => match v.parse() {
             Ok(n) => n,
@@ -148,14 +148,14 @@ pub fn journal_compact_at(default: u64) -> u64 {
 /// feature.
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
-pub fn schedule_second(second: std::time::Duration) -> std::time::Duration {
+pub(crate) fn schedule_second(second: std::time::Duration) -> std::time::Duration {
     second
 }
 
 /// How long one second of the poll schedule lasts: `second`, or [`SECOND_MS_ENV`]
 /// milliseconds when it is set to a whole number above 0.
 #[cfg(feature = "fault-points")]
-pub fn schedule_second(second: std::time::Duration) -> std::time::Duration {
+pub(crate) fn schedule_second(second: std::time::Duration) -> std::time::Duration {
     let Ok(v) = std::env::var(SECOND_MS_ENV) else {
         return second;
     };
@@ -177,7 +177,7 @@ pub fn schedule_second(second: std::time::Duration) -> std::time::Duration {
 /// [`FAIL_SYNC_AT_ENV`] is set (it then replaces `io`: the binary only ever uses the
 /// real file system, which the faulty one wraps).
 #[cfg(feature = "fault-points")]
-pub fn store_io(io: Arc<dyn Io>) -> Arc<dyn Io> {
+pub(crate) fn store_io(io: Arc<dyn Io>) -> Arc<dyn Io> {
     use std::sync::OnceLock;
 
     use super::file_io::{FaultOp, FaultyIo};

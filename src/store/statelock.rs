@@ -22,7 +22,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The lock file's name inside the state directory.
-pub const LOCK_FILE: &str = "lock";
+pub(crate) const LOCK_FILE: &str = "lock";
 
 /// Longest PID text read back from a lock file; a PID is at most 10 digits.
 const MAX_PID_TEXT: usize = 32;
