@@ -9,8 +9,9 @@
 //!
 //! The lock is `flock(2)` through std's [`File::try_lock`]: the kernel drops it when the
 //! holder's descriptor closes, however the process ends (SIGKILL included), so a stale
-//! file never blocks a start, and std opens files close-on-exec, so a spawned child never
-//! inherits it. This module never waits for a lock, never removes the lock file (a new
+//! file never blocks a start, and std opens files close-on-exec, so a spawned child holds
+//! it only between its fork and its exec (a start in that instant after a SIGKILL sees
+//! the lock held; systemd kills the whole cgroup, orphans included, before a restart). This module never waits for a lock, never removes the lock file (a new
 //! inode at the same path could be locked beside the old one), and writes nothing but the
 //! holder's PID. The PID is not fsync'd: it is advice for an operator, meaningless once
 //! the holder is gone, and no replay ever reads it.

@@ -96,6 +96,8 @@ pub struct Agent {
     /// Where this run's lines start in the log file.
     from: usize,
     patience: Duration,
+    /// The config's `state_dir`, when it names one: [`Agent::kill`] waits for its lock.
+    state_dir: Option<PathBuf>,
 }
 
 impl Drop for Agent {
@@ -125,11 +127,16 @@ impl Agent {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied());
+        let state_dir = fs::read(config)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|c| c["state_dir"].as_str().map(PathBuf::from));
         Agent {
             child: cmd.spawn().expect("the agent binary starts"),
             log: log.to_path_buf(),
             from,
             patience: PATIENCE,
+            state_dir,
         }
     }
 
@@ -245,10 +252,26 @@ impl Agent {
         assert_eq!(status.code(), Some(0), "{}", self.log());
     }
 
-    /// SIGKILL: no handler runs, nothing is flushed or closed.
+    /// SIGKILL: no handler runs, nothing is flushed or closed. Returns once the state
+    /// directory's lock is free too: a child the agent was forking at the kill (the
+    /// cloudflared probe) shares the lock's descriptor until its exec closes it, and a
+    /// restart in that instant would find the directory held. systemd kills the whole
+    /// cgroup, so on a host the next start never meets such an orphan.
     pub fn kill(mut self) {
         self.signal("KILL");
         let status = self.child.wait().unwrap();
         assert_eq!(status.code(), None, "ended by the signal, not an exit");
+        if let Some(dir) = &self.state_dir {
+            let path = dir.join("lock");
+            let start = Instant::now();
+            while File::open(&path).is_ok_and(|f| f.try_lock().is_err()) {
+                assert!(
+                    start.elapsed() < self.patience,
+                    "{} still locked after the kill",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
