@@ -75,11 +75,11 @@ impl Node {
 /// Memory or swap figures, bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemoryUsage {
-    /// Total.
+    /// All of it, as the node reports `total`.
     pub total: u64,
-    /// Used.
+    /// In use by processes and the kernel (`used`).
     pub used: u64,
-    /// Free.
+    /// Not in use at all, caches excluded (`free`).
     pub free: u64,
     /// Available to new work (memory only, newer servers).
     pub available: Option<u64>,
@@ -99,9 +99,9 @@ impl MemoryUsage {
 /// Root filesystem figures, bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FsUsage {
-    /// Size.
+    /// The filesystem's size (`total`).
     pub total: u64,
-    /// Used.
+    /// Taken by files (`used`).
     pub used: u64,
     /// Available to unprivileged users.
     pub avail: u64,
