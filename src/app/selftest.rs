@@ -136,9 +136,8 @@ pub(crate) fn read(client: &Client, out: &mut dyn Write) -> bool {
 /// How `task` waits for each Proxmox task.
 pub(crate) fn task_wait_options() -> WaitOptions {
     WaitOptions {
-        initial: Duration::from_millis(250),
-        cap: Duration::from_secs(5),
         timeout: Duration::from_secs(600),
+        ..WaitOptions::default()
     }
 }
 

@@ -14,22 +14,25 @@ use crate::base::shutdown::Shutdown;
 /// How many log lines a failed or warning task carries.
 pub const LOG_TAIL_LINES: u64 = 20;
 
-/// Polling schedule of [`Client::wait_task`].
+/// Polling schedule of [`Client::wait_task`]: one poll at once, the next after
+/// `initial`, then each at twice the time of the one before (the gap at most `cap`), so a
+/// task is seen done by twice its duration, or `cap` after it, whichever is sooner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitOptions {
     /// Delay after the first poll.
     pub initial: Duration,
-    /// The delay doubles up to this.
+    /// The longest delay between two polls.
     pub cap: Duration,
     /// Give up (the task may still run) after this long.
     pub timeout: Duration,
 }
 
 impl Default for WaitOptions {
-    /// 1 s doubling to 5 s, for up to an hour (restores and backups are long).
+    /// Polls at 0, 0.1, 0.2, 0.4 … 3.2 s, then every 5 s, for up to an hour (restores
+    /// and backups are long): a 0.2 s start is confirmed at 0.2 s, not at 1 s.
     fn default() -> Self {
         WaitOptions {
-            initial: Duration::from_secs(1),
+            initial: Duration::from_millis(100),
             cap: Duration::from_secs(5),
             timeout: Duration::from_secs(3600),
         }
@@ -40,23 +43,28 @@ impl Default for WaitOptions {
 pub(crate) const MIN_POLL_DELAY: Duration = Duration::from_millis(1);
 
 impl WaitOptions {
-    /// The delay before the first poll after the immediate one: `initial`.
+    /// The delay before the first poll after the immediate one: `initial`, at least
+    /// `MIN_POLL_DELAY` (1 ms).
     pub fn first_delay(&self) -> Duration {
         self.initial.max(MIN_POLL_DELAY)
     }
 
-    /// The delay after one of `current`: doubled, at most `cap` (a cap below
-    /// `initial` keeps the delay at `initial`), never below `MIN_POLL_DELAY` (1 ms).
-    pub fn next_delay(&self, current: Duration) -> Duration {
-        current
-            .saturating_mul(2)
-            .min(self.cap.max(self.initial))
-            .max(MIN_POLL_DELAY)
-    }
-
-    /// The delays between polls, in order (endless; the timeout ends the wait).
+    /// The delays between polls, in order (endless; the timeout ends the wait): the
+    /// first delay, then each the time waited so far, at most `cap` (a cap below
+    /// `initial` keeps every delay at `initial`).
     pub fn delays(&self) -> impl Iterator<Item = Duration> + '_ {
-        std::iter::successors(Some(self.first_delay()), |d| Some(self.next_delay(*d)))
+        let first = self.first_delay();
+        let cap = self.cap.max(first);
+        let mut waited = Duration::ZERO;
+        std::iter::from_fn(move || {
+            let delay = if waited.is_zero() {
+                first
+            } else {
+                waited.min(cap)
+            };
+            waited = waited.saturating_add(delay);
+            Some(delay)
+        })
     }
 }
 
@@ -302,13 +310,39 @@ mod tests {
     }
 
     #[test]
-    fn the_default_schedule_is_1s_doubling_to_a_5s_cap() {
+    fn the_default_schedule_doubles_the_time_waited_from_100ms_to_a_5s_gap() {
         let d = WaitOptions::default();
-        assert_eq!(d.initial, Duration::from_secs(1));
+        assert_eq!(d.initial, Duration::from_millis(100));
         assert_eq!(d.cap, Duration::from_secs(5));
         assert_eq!(d.timeout, Duration::from_secs(3600));
-        let got: Vec<Duration> = d.delays().take(7).collect();
-        assert_eq!(got, secs(&[1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]));
+        let got: Vec<Duration> = d.delays().take(9).collect();
+        assert_eq!(
+            got,
+            secs(&[0.1, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]),
+            "polls at 0.1, 0.2, 0.4 … 6.4 s, then every 5 s"
+        );
+    }
+
+    #[test]
+    fn a_task_is_seen_done_by_twice_its_duration_or_a_cap_after() {
+        let o = WaitOptions::default();
+        for ms in [1u64, 100, 150, 200, 250, 999, 3_000, 7_000, 60_000] {
+            let ends = Duration::from_millis(ms);
+            let mut at = Duration::ZERO;
+            let mut polls = 1; // the immediate one
+            for d in o.delays() {
+                if at >= ends {
+                    break;
+                }
+                at += d;
+                polls += 1;
+            }
+            let bound = (ends * 2).min(ends + o.cap).max(o.initial);
+            assert!(at <= bound, "{ms} ms task seen at {at:?}, bound {bound:?}");
+            if ms <= 1_000 {
+                assert!(polls <= 6, "{ms} ms task cost {polls} polls");
+            }
+        }
     }
 
     #[test]
@@ -319,11 +353,7 @@ mod tests {
             timeout: Duration::from_secs(60),
         };
         let got: Vec<Duration> = o.delays().take(6).collect();
-        assert_eq!(got, secs(&[0.25, 0.5, 1.0, 2.0, 3.0, 3.0]));
-        assert_eq!(
-            o.next_delay(Duration::from_millis(1500)),
-            Duration::from_secs(3)
-        );
+        assert_eq!(got, secs(&[0.25, 0.25, 0.5, 1.0, 2.0, 3.0]));
     }
 
     #[test]
@@ -352,7 +382,7 @@ mod tests {
             timeout: Duration::MAX,
         };
         let got: Vec<Duration> = o.delays().take(3).collect();
-        assert_eq!(got[1], Duration::MAX);
-        assert_eq!(got[2], Duration::MAX);
+        assert_eq!(got[1], o.initial, "the time waited so far");
+        assert_eq!(got[2], Duration::MAX, "the sum saturates");
     }
 }

@@ -60,7 +60,7 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
-    /// Defaults: 4 parallel reads, task waits polling 1 s → 5 s for at most
+    /// Defaults: 4 parallel reads, task waits polling from 0.1 s to a 5 s gap for at most
     /// [`PASS_TASK_WAIT`] per pass, back-off 30 s doubling to 15 min, a change check
     /// every second, a pass every 300 s, 120 s for a guest to shut down.
     pub fn new(host_id: impl Into<String>) -> Self {
