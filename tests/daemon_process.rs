@@ -472,3 +472,69 @@ fn with_a_desired_state_file_the_daemon_fixes_drift_and_reports_the_gate_decisio
     assert_eq!(code, Some(0), "{}", agent.log());
     assert_eq!(stopped.len(), 1, "{}", agent.log());
 }
+
+#[test]
+fn while_the_hub_blocks_the_host_a_signed_op_is_held_unburned_and_runs_once_unblocked() {
+    use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
+    use felhom_agent::base::{Clock as _, SystemClock};
+
+    let (pve, hub) = sims();
+    // The first answer blocks the host (and, as the op is queued, announces it); the
+    // ones after it are the hub's default: not blocked.
+    hub.script_envelope(json!({"poll_interval_seconds": 60, "blocked": true,
+        "desired_generation": 0, "has_signed_ops": false}));
+    let digest = pve.guest_digest(101).unwrap();
+    let blob = destroy_blob("pve-a", "101", &digest, SystemClock.now().unix());
+    let sign_dir = common::tempdir("daemon", "blocked-sign");
+    let sig = ssh_keygen_sign(&sign_dir, &blob);
+    hub.queue_signed_op(&blob, Some(&sig));
+    let mut agent = Daemon::start_with("blocked", &pve, &hub, |v| {
+        v["authz"] = authz_json();
+    });
+
+    let held = agent.wait_for_event("signed_op_held", |_| true);
+    assert_eq!(held.field("guest"), "101", "{held:?}");
+    assert!(
+        agent.events("signed_op_handled").is_empty(),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.events("gate_decision").is_empty(),
+        "the gate never saw it"
+    );
+    assert!(pve.guest_ids().contains(&101));
+    assert!(
+        pve.mutations().is_empty(),
+        "nothing sent to Proxmox while blocked"
+    );
+
+    // The hub delivers it again once the block is lifted: the same signature runs,
+    // because the held delivery never used its nonce.
+    hub.queue_signed_op(&blob, Some(&sig));
+    agent.wait_until("guest 101 destroyed", |_| !pve.guest_ids().contains(&101));
+    let handled = agent.wait_for_event("signed_op_handled", |_| true);
+    assert_eq!(handled.field("outcome"), "executed", "{handled:?}");
+
+    // The reports carry both decisions in order: held, then executed.
+    let mut decisions = Vec::new();
+    agent.wait_until("a report with the held and the executed op", |_| {
+        decisions = hub
+            .reports()
+            .last()
+            .and_then(|r| r["audit_tail"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e["guest_id"] == "101")
+            .map(|e| e["decision"].as_str().unwrap_or("").to_owned())
+            .collect();
+        decisions.contains(&"executed".to_owned())
+    });
+    assert_eq!(
+        decisions.first().map(String::as_str),
+        Some("held"),
+        "{decisions:?}"
+    );
+    let (code, _) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0));
+}

@@ -10,23 +10,25 @@ use common::sign::{destroy_blob, ssh_keygen_sign, verifier};
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use felhom_agent::app::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker};
 use felhom_agent::authz::AuthzError;
 use felhom_agent::base::Secret;
 use felhom_agent::base::Shutdown;
+use felhom_agent::base::base64_encode;
 use felhom_agent::base::{Clock, ManualClock, SystemClock};
 use felhom_agent::hub::HubClientOptions;
-use felhom_agent::hub::{Announcement, Announcing, DeliveredOp, FetchError, SignedOpsClient};
+use felhom_agent::hub::{Announcement, DeliveredOp, FetchError, Poller, SignedOpsClient};
 use felhom_agent::hub::{ControlEnvelope, Reporter};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::AuditLog;
-use felhom_agent::reconcile::Journal;
 use felhom_agent::reconcile::Queue;
 use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
 use felhom_agent::reconcile::{Gate, Refusal};
+use felhom_agent::reconcile::{Journal, Pacing};
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim, SIGNED_OPS_PATH};
 use serde_json::json;
 
@@ -54,6 +56,25 @@ fn hub_options(hub: &HubSim, key: &str) -> HubClientOptions {
 }
 
 fn lab(name: &str) -> Lab {
+    lab_held_by(name, None)
+}
+
+/// The hub's `blocked`, as the daemon's shared envelope gives it to the runner.
+struct Blocked(AtomicBool);
+
+impl Pacing for Blocked {
+    fn interval(&self) -> Option<Duration> {
+        None
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+    fn held(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn lab_held_by(name: &str, hold: Option<Arc<Blocked>>) -> Lab {
     let dir = tempdir(name);
     let pve = ProxmoxSim::builder()
         .guest(GuestSeed::new(105, "customer-db").running(false))
@@ -82,8 +103,11 @@ fn lab(name: &str) -> Lab {
         Shutdown::new(),
     )));
     let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
-    let runner = SignedOpsRunner::new(jobs, gate, audit.clone(), as_exec)
+    let mut runner = SignedOpsRunner::new(jobs, gate, audit.clone(), as_exec)
         .with_clock(Arc::new(clock.clone()));
+    if let Some(hold) = hold {
+        runner = runner.with_hold(hold);
+    }
     let client = SignedOpsClient::new(hub_options(&hub, &hub.key())).unwrap();
     Lab {
         dir,
@@ -275,8 +299,9 @@ fn an_envelope_with_signed_ops_wakes_the_worker_which_runs_them() {
     l.hub.queue_signed_op(&blob, Some(&sig));
 
     let announcement = Announcement::new();
-    let mut quiet = Announcing::new(Fixed(ControlEnvelope::default()), announcement.clone());
-    quiet.round().unwrap();
+    let mut quiet = Poller::new(Fixed(ControlEnvelope::default()), Shutdown::new(), 60)
+        .announcing(announcement.clone());
+    quiet.step();
     assert!(!announcement.take(Duration::ZERO), "no ops announced");
 
     let shutdown = Shutdown::new();
@@ -289,14 +314,16 @@ fn an_envelope_with_signed_ops_wakes_the_worker_which_runs_them() {
     } = l;
     let (a, s) = (announcement.clone(), shutdown.clone());
     let worker = std::thread::spawn(move || run_worker(&runner, &client, &a, &s));
-    let mut loud = Announcing::new(
+    let mut loud = Poller::new(
         Fixed(ControlEnvelope {
             has_signed_ops: true,
             ..ControlEnvelope::default()
         }),
-        announcement,
-    );
-    loud.round().unwrap();
+        Shutdown::new(),
+        60,
+    )
+    .announcing(announcement);
+    loud.step();
     // Waits on the outcome; the deadline only keeps a broken worker from hanging CI.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while pve.guest_ids().contains(&105) {
@@ -338,4 +365,49 @@ fn a_destroy_the_hub_held_back_past_a_vmid_reuse_is_guest_changed_and_deletes_no
         OpOutcome::Job(JobOutcome::Refused(Refusal::GuestChanged))
     );
     assert_eq!(l.deletes(), 0);
+}
+
+#[test]
+fn a_blocked_host_holds_signed_ops_unexecuted_and_unburned_until_the_hold_lifts() {
+    let blocked = Arc::new(Blocked(AtomicBool::new(true)));
+    let l = lab_held_by("blocked", Some(Arc::clone(&blocked)));
+    let blob = l.destroy_blob("pve-a", "105");
+    let sig = ssh_keygen_sign(&l.dir, &blob);
+    // The hub keeps delivering the same op (one id) until it ran.
+    let entry = json!({"id": "op-held", "blob_b64": base64_encode(&blob), "signature": sig});
+
+    for _ in 0..3 {
+        l.hub.queue_signed_op_raw(entry.clone());
+        assert_eq!(l.deliver_one(), OpOutcome::Held);
+    }
+    assert_eq!(l.deletes(), 0, "nothing reached Proxmox");
+    assert_eq!(l.exec.calls(), 0);
+    let journal = Journal::open_read_only(&l.dir.join("journal.log")).unwrap();
+    assert!(journal.history().is_empty(), "nothing journaled");
+    // Audited once for the whole hold, naming the op and the guest.
+    assert_eq!(l.audit_words(), vec!["held 105"]);
+    let held = l.audit.tail(1).remove(0);
+    let delivery = held.delivery.expect("the delivery is recorded");
+    assert_eq!(delivery.hub_op_id.as_deref(), Some("op-held"));
+    assert_eq!(held.op, "guest_destroy");
+
+    // The hold lifts: the same signature runs, so its nonce was never used.
+    blocked.0.store(false, Ordering::SeqCst);
+    l.hub.queue_signed_op_raw(entry.clone());
+    assert!(
+        matches!(l.deliver_one(), OpOutcome::Job(JobOutcome::Executed { .. })),
+        "the held op runs once the hold lifts"
+    );
+    assert_eq!(l.deletes(), 1);
+    assert!(!l.pve.guest_ids().contains(&105));
+
+    // Blocked again: a new hold, audited again, and still nothing runs twice.
+    blocked.0.store(true, Ordering::SeqCst);
+    l.hub.queue_signed_op_raw(entry);
+    assert_eq!(l.deliver_one(), OpOutcome::Held);
+    assert_eq!(l.deletes(), 1);
+    assert_eq!(
+        l.audit_words(),
+        vec!["held 105", "allowed 105", "executed 105", "held 105"]
+    );
 }

@@ -49,10 +49,10 @@ use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::{self, Config, Mode};
 use crate::hub::collect::AuditTail;
-use crate::hub::ops_feed::{Announcement, Announcing, SignedOpsClient};
+use crate::hub::ops_feed::{Announcement, SignedOpsClient};
 use crate::hub::poller::Poller;
 use crate::proxmox::WaitOptions;
-use crate::reconcile::engine::EngineError;
+use crate::reconcile::engine::{EngineError, Pacing};
 use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor};
 use crate::reconcile::journal::{Journal, JournalError};
 use crate::store::statelock::{StateLock, StateLockError};
@@ -310,10 +310,10 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     )
     .map_err(DaemonError::Setup)?;
     let announcement = Announcement::new();
-    let round = Announcing::new(round, announcement.clone());
     let poll_seconds = cfg.hub.as_ref().map_or(300, |h| h.poll_seconds);
-    let mut poller =
-        Poller::new(round, shutdown.clone(), poll_seconds).with_second(schedule_second());
+    let mut poller = Poller::new(round, shutdown.clone(), poll_seconds)
+        .with_second(schedule_second())
+        .announcing(announcement.clone());
 
     // The poller only reads, so it reports while Recover waits on a task left in flight
     // (which can take as long as that task): the hub keeps hearing from the host. The
@@ -331,15 +331,16 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         "opening reconcile state and recovering ops left in flight",
         state_dir = cfg.state_dir.display()
     );
-    let reconciler =
-        match Reconciler::open(cfg, proxmox.clone(), shutdown, Some(Arc::new(envelope))) {
-            Ok(r) => r,
-            Err(e) => {
-                shutdown.trigger();
-                workers.join_until(Instant::now() + STOP_GRACE);
-                return Err(DaemonError::Reconcile(e));
-            }
-        };
+    let hold: Arc<dyn Pacing> = Arc::new(envelope);
+    let reconciler = match Reconciler::open(cfg, proxmox.clone(), shutdown, Some(Arc::clone(&hold)))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            shutdown.trigger();
+            workers.join_until(Instant::now() + STOP_GRACE);
+            return Err(DaemonError::Reconcile(e));
+        }
+    };
     let recovered = &reconciler.recovered;
     crate::info!(
         recover_finished,
@@ -412,7 +413,8 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
             Arc::clone(&reconciler.gate),
             Arc::clone(&reconciler.audit),
             executor,
-        );
+        )
+        .with_hold(hold);
         let (s, slot) = (shutdown.clone(), Arc::clone(&failure));
         workers.spawn("signed-ops", move || {
             if let Err(e) = signed_ops::run_worker(&runner, &client, &announcement, &s) {

@@ -12,23 +12,31 @@
 //! bytes: what a parser quoted from the input is blanked out of the reasons written
 //! there.
 //!
+//! While the hub marks the host `blocked` (the same hold that stops reconcile's
+//! mutations), a delivered op goes nowhere: not to the gate, so its nonce is not burned,
+//! and not to the journal. It is audited `held` once per hold and runs on the first
+//! announcement after the hold lifts.
+//!
 //! This module never executes anything itself (the executor does, through the job),
 //! never trusts a field of a blob before the verifier has checked it, and never lets
 //! the bearer key into an error, a log line or a `Debug`. A journal failure ends the
 //! worker, so the daemon exits non-zero.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::authz::OpBlob;
 use crate::base::shutdown::Shutdown;
+use crate::base::sync::lock;
 use crate::base::time::{Clock, SystemClock};
 use crate::hub::ops_feed::{
     Announcement, DeliveredOp, FetchError, MAX_OPS, SignedOpsClient, SkippedEntry, blob_digest,
 };
 use crate::reconcile::audit::{AuditDelivery as Delivery, AuditLog, AuditRecord};
 use crate::reconcile::classify::{Intent, OpClass};
+use crate::reconcile::engine::Pacing;
 use crate::reconcile::gate::{Decision, Gate, GuestNow, SignedOp};
 use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
 
@@ -59,6 +67,9 @@ pub enum OpOutcome {
         /// Why, naming the field.
         why: String,
     },
+    /// The hub holds this host's mutations (`blocked`): the op was not looked at, its
+    /// nonce is not burned, and it runs once the hold lifts.
+    Held,
 }
 
 impl OpOutcome {
@@ -71,6 +82,7 @@ impl OpOutcome {
             OpOutcome::Job(JobOutcome::Failed { .. }) => "failed",
             OpOutcome::UnsignedNotRun => "not_executed",
             OpOutcome::Unparseable { .. } => "malformed",
+            OpOutcome::Held => "held",
         }
     }
 }
@@ -111,6 +123,10 @@ fn unquoted(text: &str) -> String {
     out
 }
 
+/// How many held deliveries are remembered as already audited; past it the memory is
+/// cleared, so a long hold re-audits an op now and then but never grows without bound.
+const MAX_HELD_REMEMBERED: usize = 4 * MAX_OPS;
+
 /// Runs delivered ops through the signed-job path of one reconciler.
 pub struct SignedOpsRunner {
     jobs: SignedJobs,
@@ -118,6 +134,9 @@ pub struct SignedOpsRunner {
     audit: Arc<AuditLog>,
     executor: Arc<dyn DestructiveExecutor>,
     clock: Arc<dyn Clock>,
+    hold: Option<Arc<dyn Pacing>>,
+    /// Deliveries (hub id, blob SHA-256) audited `held` during the current hold.
+    held_audited: Mutex<HashSet<(String, String)>>,
 }
 
 impl fmt::Debug for SignedOpsRunner {
@@ -143,7 +162,20 @@ impl SignedOpsRunner {
             audit,
             executor,
             clock: Arc::new(SystemClock),
+            hold: None,
+            held_audited: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Holds every delivered op while `hold` says mutations are held (the hub's
+    /// `blocked`, the same source that holds the engine).
+    pub fn with_hold(mut self, hold: Arc<dyn Pacing>) -> SignedOpsRunner {
+        self.hold = Some(hold);
+        self
+    }
+
+    fn is_held(&self) -> bool {
+        self.hold.as_ref().is_some_and(|h| h.held())
     }
 
     /// Uses `clock` for audit timestamps.
@@ -171,6 +203,10 @@ impl SignedOpsRunner {
                 blob_bytes: Some(bytes),
             }
         };
+        if self.is_held() {
+            self.hold_op(op, delivery());
+            return Ok(OpOutcome::Held);
+        }
         let intent = match unverified_intent(&op.blob) {
             Ok(i) => i,
             Err(e) => {
@@ -212,6 +248,48 @@ impl SignedOpsRunner {
         Ok(outcome)
     }
 
+    /// Logs a held op, and audits it the first time this hold meets it. Nothing else
+    /// happens: no gate, no nonce, no journal. The blob is read unverified only to name
+    /// the op and guest in the audit.
+    fn hold_op(&self, op: &DeliveredOp, delivery: Delivery) {
+        let intent = unverified_intent(&op.blob).ok();
+        let class = intent.as_ref().map_or(UNREADABLE_OP, |i| i.class.as_str());
+        let guest_id = intent.as_ref().and_then(|i| i.guest_id.clone());
+        crate::warn!(
+            signed_op_held,
+            "signed op held: the hub holds this host's mutations",
+            hub_op = op.id,
+            op = class,
+            guest = guest_id.as_deref().unwrap_or("-")
+        );
+        let key = (
+            op.id.clone(),
+            delivery.blob_sha256.clone().unwrap_or_default(),
+        );
+        {
+            let mut seen = lock(&self.held_audited);
+            if seen.contains(&key) {
+                return;
+            }
+            if seen.len() >= MAX_HELD_REMEMBERED {
+                seen.clear();
+            }
+            seen.insert(key);
+        }
+        let delivered = Delivered {
+            hub_op: &op.id,
+            op: class,
+            guest_id,
+            delivery,
+        };
+        self.audit_delivered(
+            delivered,
+            OpOutcome::Held.code(),
+            "the hub marks this host blocked; held, not verified and its nonce not used"
+                .to_string(),
+        );
+    }
+
     /// Logs the outcome and audits what the gate did not already audit.
     fn report(&self, op: &DeliveredOp, intent: &Intent, outcome: &OpOutcome, delivery: Delivery) {
         let guest = intent.guest_id.as_deref().unwrap_or("-");
@@ -236,6 +314,7 @@ impl SignedOpsRunner {
                 "delivered unsigned; the signed-ops channel runs signed ops only".to_string()
             }
             OpOutcome::Unparseable { why } => why.clone(),
+            OpOutcome::Held => return,
         };
         crate::info!(
             signed_op_handled,
@@ -339,6 +418,10 @@ impl SignedOpsRunner {
     /// logged with its index and why.
     pub fn run_round(&self, client: &SignedOpsClient) -> Result<RoundSummary, SignedOpsError> {
         let parsed = client.fetch().map_err(SignedOpsError::Fetch)?;
+        if !self.is_held() {
+            // A hold that comes back later is a new one: its ops are audited again.
+            lock(&self.held_audited).clear();
+        }
         self.audit_skipped(&parsed.skipped);
         let mut summary = RoundSummary {
             outcomes: Vec::with_capacity(parsed.ops.len()),

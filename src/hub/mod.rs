@@ -21,7 +21,7 @@ pub use collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, ReadError,
 };
 pub use envelope::{ControlEnvelope, EnvelopeError, MAX_POLL_SECONDS, MIN_POLL_SECONDS};
-pub use ops_feed::{Announcement, Announcing, DeliveredOp, FetchError, SignedOpsClient};
+pub use ops_feed::{Announcement, DeliveredOp, FetchError, SignedOpsClient};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::{
     AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,

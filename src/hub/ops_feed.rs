@@ -2,7 +2,7 @@
 //! the announcement that there are some.
 //!
 //! When a control envelope says `has_signed_ops: true`, the report loop raises an
-//! [`Announcement`], and the app's worker fetches `GET {hub}/api/v1/signed-ops` with
+//! [`Announcement`] once that envelope is the shared one, and the app's worker fetches `GET {hub}/api/v1/signed-ops` with
 //! the same bearer key and TLS trust as the report. The answer is
 //! `{"ops":[{"id":"…","blob_b64":"…","signature":"<armored SSHSIG>"|null}]}`. The blob
 //! travels as base64 of the **exact signed bytes**, so no JSON layer between the
@@ -23,8 +23,6 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::client::{EndpointError, HubClientOptions, HubEndpoint, HubSetupError};
-use super::envelope::ControlEnvelope;
-use super::poller::Reporter;
 use crate::base::encoding::{base64_decode, hex_encode};
 use crate::base::secret::REDACTED;
 use crate::base::sync;
@@ -306,36 +304,6 @@ impl Announcement {
             .wait_timeout_while(guard, d, |r| !*r)
             .unwrap_or_else(PoisonError::into_inner);
         std::mem::replace(&mut *raised, false)
-    }
-}
-
-/// A [`Reporter`] that raises an [`Announcement`] whenever the hub's envelope says it
-/// has signed ops, and otherwise passes the round through unchanged.
-#[derive(Debug)]
-pub struct Announcing<R> {
-    inner: R,
-    announcement: Announcement,
-}
-
-impl<R: Reporter> Announcing<R> {
-    /// Wraps `inner`.
-    pub fn new(inner: R, announcement: Announcement) -> Announcing<R> {
-        Announcing {
-            inner,
-            announcement,
-        }
-    }
-}
-
-impl<R: Reporter> Reporter for Announcing<R> {
-    type Error = R::Error;
-
-    fn round(&mut self) -> Result<ControlEnvelope, R::Error> {
-        let envelope = self.inner.round()?;
-        if envelope.has_signed_ops {
-            self.announcement.raise();
-        }
-        Ok(envelope)
     }
 }
 

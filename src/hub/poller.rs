@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::envelope::{ControlEnvelope, clamp_poll_seconds};
+use super::ops_feed::Announcement;
 use crate::base::shutdown::Shutdown;
 
 /// The longest wait between attempts while rounds keep failing, in seconds (unless the
@@ -96,6 +97,7 @@ pub struct Poller<R, S> {
     failures: u32,
     jitter: Jitter,
     latest: SharedEnvelope,
+    announcement: Option<Announcement>,
 }
 
 impl<R, S> fmt::Debug for Poller<R, S> {
@@ -120,7 +122,16 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
             failures: 0,
             jitter: random_jitter(),
             latest: SharedEnvelope::default(),
+            announcement: None,
         }
+    }
+
+    /// Raises `announcement` after each round whose envelope says the hub has signed
+    /// ops, once that envelope is the one [`Poller::envelope`] shows: whoever wakes for
+    /// the ops reads the `blocked` that came with them, never the round's before.
+    pub fn announcing(mut self, announcement: Announcement) -> Self {
+        self.announcement = Some(announcement);
+        self
     }
 
     /// Replaces the jitter source (tests pass a constant).
@@ -194,6 +205,11 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
                     crate::warn!(host_blocked, "the hub marks this host blocked");
                 }
                 self.latest.set(envelope);
+                if envelope.has_signed_ops
+                    && let Some(a) = &self.announcement
+                {
+                    a.raise();
+                }
                 crate::debug!(
                     report_sent,
                     "hub report sent",
@@ -243,6 +259,40 @@ mod tests {
         assert_eq!(backoff_seconds(3600, 9), 3600);
         assert_eq!(backoff_seconds(600, 2), 900);
         assert_eq!(backoff_seconds(60, u32::MAX), 900);
+    }
+
+    struct Answers(ControlEnvelope);
+
+    impl Reporter for Answers {
+        type Error = std::io::Error;
+        fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
+            Ok(self.0)
+        }
+    }
+
+    #[test]
+    fn a_round_with_signed_ops_shares_its_envelope_and_raises_the_announcement() {
+        let blocked_with_ops = ControlEnvelope {
+            blocked: true,
+            has_signed_ops: true,
+            ..ControlEnvelope::default()
+        };
+        let announcement = Announcement::new();
+        let mut poller = Poller::new(Answers(blocked_with_ops), Shutdown::new(), 60)
+            .announcing(announcement.clone());
+        poller.step();
+        assert!(announcement.take(Duration::ZERO), "announced");
+        assert_eq!(poller.envelope().get(), Some(blocked_with_ops));
+
+        // No ops in the answer, or no announcement asked for: nothing raised.
+        let quiet = Announcement::new();
+        let mut poller = Poller::new(Answers(ControlEnvelope::default()), Shutdown::new(), 60)
+            .announcing(quiet.clone());
+        poller.step();
+        assert!(!quiet.take(Duration::ZERO));
+        let mut unannounced = Poller::new(Answers(blocked_with_ops), Shutdown::new(), 60);
+        unannounced.step();
+        assert!(!quiet.take(Duration::ZERO));
     }
 
     #[test]
