@@ -7,7 +7,9 @@
 //! first, then a default. Faults use the Proxmox simulator's [`Fault`]/[`FaultKind`]
 //! (500s, delays, garbage, dropped connections), matched on the request path. Signed ops
 //! queued by a test are announced by `has_signed_ops` and handed over once, each blob as
-//! base64 of its exact bytes.
+//! base64 of its exact bytes. A desired-state document a test publishes is served at
+//! `GET /api/v1/desired-state` with its generation as the entity tag (`304` to an
+//! `If-None-Match` naming it) and announced in every envelope's `desired_generation`.
 //!
 //! Test and demo code: it never reaches beyond 127.0.0.1 and never ships in the agent.
 //! It owns no contract of its own: the golden file is the single source of the shape.
@@ -30,6 +32,9 @@ pub const REPORT_PATH: &str = "/api/v1/host-report";
 
 /// The endpoint that hands queued signed ops to the agent.
 pub const SIGNED_OPS_PATH: &str = "/api/v1/signed-ops";
+
+/// The endpoint that serves this host's desired-state document.
+pub const DESIRED_STATE_PATH: &str = "/api/v1/desired-state";
 
 /// The contract every report is checked against.
 pub const CONTRACT: &str = include_str!("../../vectors/host-report.golden.json");
@@ -112,6 +117,8 @@ pub struct HubRequest {
     pub path: String,
     /// The `Authorization` header as sent.
     pub authorization: Option<String>,
+    /// The `If-None-Match` header as sent.
+    pub if_none_match: Option<String>,
     /// The body as sent.
     pub body: Vec<u8>,
     /// When it arrived.
@@ -130,6 +137,8 @@ struct State {
     reports: Vec<Value>,
     signed_ops: Vec<Value>,
     next_op: u64,
+    /// The published document's bytes and the generation it is served and announced as.
+    desired: Option<(Vec<u8>, u64)>,
 }
 
 impl State {
@@ -226,6 +235,7 @@ impl HubSimBuilder {
                 reports: Vec::new(),
                 signed_ops: Vec::new(),
                 next_op: 1,
+                desired: None,
             }),
             accepted: Condvar::new(),
         });
@@ -336,6 +346,27 @@ impl HubSim {
         self.inner.lock().signed_ops.push(entry);
     }
 
+    /// Publishes a desired-state document: served from now on, and its `generation`
+    /// announced as `desired_generation` in every envelope.
+    pub fn publish_desired_state(&self, document: &Value) {
+        let generation = document["generation"].as_u64().unwrap_or(0);
+        self.publish_desired_bytes(document.to_string().into_bytes(), generation);
+    }
+
+    /// Publishes `bytes` as they are (tests send invalid documents this way), served
+    /// and announced as `generation`.
+    pub fn publish_desired_bytes(&self, bytes: Vec<u8>, generation: u64) {
+        self.inner.lock().desired = Some((bytes, generation));
+    }
+
+    /// Requests for the desired state so far.
+    pub fn desired_state_fetches(&self) -> Vec<HubRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == DESIRED_STATE_PATH)
+            .collect()
+    }
+
     /// Signed ops queued and not yet fetched.
     pub fn pending_signed_ops(&self) -> usize {
         self.inner.lock().signed_ops.len()
@@ -429,6 +460,7 @@ fn handle(inner: &Inner, req: &Request) -> Response {
         method: req.method.clone(),
         path: path.clone(),
         authorization: req.header("Authorization").map(str::to_string),
+        if_none_match: req.header("If-None-Match").map(str::to_string),
         body: req.body.clone(),
         at: Instant::now(),
         status: 0,
@@ -458,7 +490,7 @@ fn handle(inner: &Inner, req: &Request) -> Response {
 fn process(st: &mut State, req: &Request, path: &str) -> Response {
     let allowed = match path {
         REPORT_PATH => "POST",
-        SIGNED_OPS_PATH => "GET",
+        SIGNED_OPS_PATH | DESIRED_STATE_PATH => "GET",
         _ => return json_answer(404, "Not Found", &json!({ "error": "no such endpoint" })),
     };
     if req.method != allowed {
@@ -482,6 +514,26 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
     if path == SIGNED_OPS_PATH {
         let ops = std::mem::take(&mut st.signed_ops);
         return json_answer(200, "OK", &json!({ "ops": ops }));
+    }
+    if path == DESIRED_STATE_PATH {
+        return match &st.desired {
+            None => json_answer(
+                404,
+                "Not Found",
+                &json!({ "error": "no desired state published for this host" }),
+            ),
+            Some((bytes, generation)) => {
+                let etag = format!("\"{generation}\"");
+                if req.header("If-None-Match") == Some(etag.as_str()) {
+                    Response::new(304, "Not Modified").with_header("ETag", &etag)
+                } else {
+                    Response::new(200, "OK")
+                        .with_header("Content-Type", "application/json")
+                        .with_header("ETag", &etag)
+                        .with_body(bytes.clone())
+                }
+            }
+        };
     }
     let report: Value = match serde_json::from_slice(&req.body) {
         Ok(v) => v,
@@ -510,6 +562,11 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
         && let Some(obj) = envelope.as_object_mut()
     {
         obj.insert("has_signed_ops".into(), Value::Bool(true));
+    }
+    if let Some((_, generation)) = &st.desired
+        && let Some(obj) = envelope.as_object_mut()
+    {
+        obj.insert("desired_generation".into(), json!(generation));
     }
     json_answer(200, "OK", &envelope)
 }

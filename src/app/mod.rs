@@ -7,6 +7,7 @@
 pub(crate) mod bridge;
 pub(crate) mod command;
 pub(crate) mod daemon;
+pub(crate) mod desired_feed;
 pub(crate) mod journal;
 pub(crate) mod plan;
 pub(crate) mod reconciler;
@@ -17,6 +18,7 @@ pub(crate) mod wiring;
 
 pub use bridge::wire_entry;
 pub use daemon::{DaemonError, serve};
+pub use desired_feed::{FetchBackoff, HubDesired};
 pub use plan::plan_report;
 pub use reconciler::Reconciler;
 pub use signed_ops::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent};

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::reconciler::configured_provider;
+use super::reconciler::read_only_provider;
 use super::wiring::{self, LiveSetupError};
 use crate::config::Config;
 use crate::proxmox;
@@ -85,7 +85,7 @@ pub fn plan_report(
         .as_ref()
         .ok_or(PlanReportError::Setup(LiveSetupError::NoProxmoxSection))?;
     let client = wiring::proxmox_client(section).map_err(PlanReportError::Setup)?;
-    let desired = configured_provider(cfg)
+    let desired = read_only_provider(cfg)
         .desired()
         .map_err(PlanReportError::Desired)?;
     let actual =

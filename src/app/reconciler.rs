@@ -10,25 +10,100 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::desired_feed::HubDesired;
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::Config;
+use crate::config::DesiredSource;
+use crate::hub::desired_feed::DesiredStateClient;
 use crate::proxmox::{Client, WaitOptions};
 use crate::reconcile::audit::{AuditError, AuditLog};
-use crate::reconcile::desired::{DesiredProvider, EmptyProvider, FileProvider};
+use crate::reconcile::desired::{
+    DesiredError, DesiredProvider, DesiredState, EmptyProvider, FileProvider, MAX_FILE_BYTES,
+    StaticProvider,
+};
+use crate::reconcile::desired_cache::DesiredCache;
 use crate::reconcile::engine::{Engine, EngineOptions, Pacing};
 use crate::reconcile::gate::Gate;
 use crate::reconcile::jobs::SignedJobs;
 use crate::reconcile::journal::{COMPACT_OVER, Journal, JournalError};
 use crate::reconcile::queue::Queue;
 use crate::reconcile::recover::{RecoverError, RecoverReport, recover};
+use crate::store::OsIo;
 
-/// The desired state as the daemon would read it: the file when one is configured,
-/// else nothing managed.
-pub(crate) fn configured_provider(cfg: &Config) -> Arc<dyn DesiredProvider> {
-    match &cfg.reconcile.desired_file {
-        Some(path) => Arc::new(FileProvider::new(path)),
-        None => Arc::new(EmptyProvider),
+/// The cache of the hub's desired state in `state_dir`.
+pub(crate) fn desired_cache_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir.join("desired.json")
+}
+
+/// The desired state as a command that only reads would see it: the file when one is
+/// configured, the hub's cached document with `reconcile.source: "hub"` (never
+/// fetched, never written), else nothing managed.
+pub(crate) fn read_only_provider(cfg: &Config) -> Arc<dyn DesiredProvider> {
+    match (cfg.reconcile.source, &cfg.reconcile.desired_file) {
+        (DesiredSource::Hub, _) => {
+            let cache = DesiredCache::open(desired_cache_path(cfg), Arc::new(OsIo));
+            match cache.held() {
+                Some(state) => Arc::new(StaticProvider::new(state)),
+                None => Arc::new(NoDocument(format!(
+                    "{} holds no document from the hub yet",
+                    cache.path().display()
+                ))),
+            }
+        }
+        (DesiredSource::File, Some(path)) => Arc::new(FileProvider::new(path)),
+        (DesiredSource::File, None) => Arc::new(EmptyProvider),
+    }
+}
+
+/// A source with nothing to give: every read is [`DesiredError::NotYet`].
+struct NoDocument(String);
+
+impl DesiredProvider for NoDocument {
+    fn desired(&self) -> Result<DesiredState, DesiredError> {
+        Err(DesiredError::NotYet {
+            why: self.0.clone(),
+        })
+    }
+}
+
+/// The daemon's desired state: the file or nothing as [`read_only_provider`] gives it,
+/// or with `reconcile.source: "hub"` the hub's document, fetched when `pacing` (the
+/// hub's envelope) announces a new generation and cached in `state_dir/desired.json`.
+fn daemon_provider(
+    cfg: &Config,
+    pacing: Option<&Arc<dyn Pacing>>,
+    audit: &Arc<AuditLog>,
+    clock: &Arc<dyn Clock>,
+) -> Result<Arc<dyn DesiredProvider>, StartupError> {
+    let (DesiredSource::Hub, Some(hub)) = (cfg.reconcile.source, &cfg.hub) else {
+        return Ok(read_only_provider(cfg));
+    };
+    let client = DesiredStateClient::from_config(hub, MAX_FILE_BYTES)
+        .map_err(StartupError::DesiredSource)?;
+    let cache = DesiredCache::open(desired_cache_path(cfg), Arc::new(OsIo));
+    let announced = pacing.map_or_else(|| Arc::new(Unannounced) as Arc<dyn Pacing>, Arc::clone);
+    Ok(Arc::new(HubDesired::new(
+        client,
+        cache,
+        announced,
+        Arc::clone(audit),
+        Arc::clone(clock),
+    )))
+}
+
+/// No envelope: nothing is ever announced (the first fetch after the start still runs).
+struct Unannounced;
+
+impl Pacing for Unannounced {
+    fn interval(&self) -> Option<Duration> {
+        None
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+    fn held(&self) -> bool {
+        false
     }
 }
 
@@ -51,6 +126,8 @@ pub enum StartupError {
     Signers(crate::authz::SignersConfigError),
     /// Recovering in-flight ops failed (a journal write): exit non-zero.
     Recover(RecoverError),
+    /// The hub's desired-state client could not be built.
+    DesiredSource(crate::hub::HubSetupError),
 }
 
 impl fmt::Display for StartupError {
@@ -63,6 +140,7 @@ impl fmt::Display for StartupError {
             StartupError::Audit(e) => write!(f, "audit log: {e}"),
             StartupError::Signers(e) => write!(f, "authz.signers: {e}"),
             StartupError::Recover(e) => e.fmt(f),
+            StartupError::DesiredSource(e) => write!(f, "reconcile.source: {e}"),
         }
     }
 }
@@ -75,6 +153,7 @@ impl std::error::Error for StartupError {
             StartupError::Audit(e) => Some(e),
             StartupError::Signers(e) => Some(e),
             StartupError::Recover(e) => Some(e),
+            StartupError::DesiredSource(e) => Some(e),
         }
     }
 }
@@ -284,12 +363,13 @@ impl Reconciler {
             );
         }
 
+        let provider = daemon_provider(cfg, pacing.as_ref(), &audit, &clock)?;
         let mut engine = Engine::new(
             client,
             queue.clone(),
             Arc::clone(&gate),
             Arc::clone(&journal),
-            configured_provider(cfg),
+            provider,
             shutdown.clone(),
             opts,
         )

@@ -220,10 +220,33 @@ pub struct HubConfig {
     pub tls: TlsTrust,
 }
 
+/// Where the desired state comes from (`reconcile.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesiredSource {
+    /// `"file"` (the default): `reconcile.desired_file`, or nothing managed without
+    /// one. For air-gapped hosts.
+    File,
+    /// `"hub"`: `GET {hub.url}/api/v1/desired-state`, the last good document cached in
+    /// `state_dir/desired.json`.
+    Hub,
+}
+
+impl DesiredSource {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredSource::File => "file",
+            DesiredSource::Hub => "hub",
+        }
+    }
+}
+
 /// The `reconcile` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileConfig {
-    /// The desired-state file, if any.
+    /// Where the desired state comes from.
+    pub source: DesiredSource,
+    /// The desired-state file, if any (source `file` only).
     pub desired_file: Option<PathBuf>,
     /// Global bound on concurrent Proxmox mutations (and parallel reads).
     pub max_parallel: usize,
@@ -464,7 +487,29 @@ impl Config {
         let desired_file = r
             .string("reconcile.desired_file")?
             .filter(|s| !s.is_empty());
+        let source = match r.string("reconcile.source")?.as_deref() {
+            None | Some("file") => DesiredSource::File,
+            Some("hub") => DesiredSource::Hub,
+            Some(_) => {
+                return Err(field_err("reconcile.source", "must be `file` or `hub`"));
+            }
+        };
+        if source == DesiredSource::Hub {
+            if desired_file.is_some() {
+                return Err(field_err(
+                    "reconcile.desired_file",
+                    "is for reconcile.source `file`; with `hub` the document is cached in state_dir/desired.json",
+                ));
+            }
+            if hub.is_none() {
+                return Err(field_err(
+                    "reconcile.source",
+                    "`hub` needs a hub section to fetch the desired state from",
+                ));
+            }
+        }
         let reconcile = ReconcileConfig {
+            source,
             desired_file: desired_file.map(PathBuf::from),
             max_parallel: usize::try_from(r.int("reconcile.max_parallel", 4, 1, 64)?).unwrap_or(4),
             shutdown_timeout_seconds: u32::try_from(r.int(
@@ -538,6 +583,7 @@ impl Config {
                 })).collect::<Vec<_>>(),
             })),
             "reconcile": {
+                "source": self.reconcile.source.as_str(),
                 "desired_file": self.reconcile.desired_file.as_ref().map(|f| f.display().to_string()),
                 "max_parallel": self.reconcile.max_parallel,
                 "shutdown_timeout_seconds": self.reconcile.shutdown_timeout_seconds,

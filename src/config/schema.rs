@@ -49,6 +49,7 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("authz.max_clock_skew_seconds", Kind::Int),
     ("authz.sk_counter_strict", Kind::Bool),
     ("authz.signers", Kind::Json),
+    ("reconcile.source", Kind::OptStr),
     ("reconcile.desired_file", Kind::OptStr),
     ("reconcile.max_parallel", Kind::Int),
     ("audit.max_bytes", Kind::Int),

@@ -509,3 +509,37 @@ fn from_slice_validates_like_load_and_names_the_origin() {
     let e = Config::from_slice(doc.as_bytes(), origin, &env, Mode::Run).unwrap_err();
     assert!(matches!(e, ConfigError::Env { .. }), "{e}");
 }
+
+#[test]
+fn the_desired_state_source_is_the_file_unless_the_hub_is_named() {
+    let c = Config::from_value(&full(), Mode::Run).unwrap();
+    assert_eq!(c.reconcile.source, DesiredSource::File, "the default");
+
+    let mut doc = full();
+    doc["reconcile"]["source"] = json!("hub");
+    let c = Config::from_value(&doc, Mode::Run).unwrap();
+    assert_eq!(c.reconcile.source, DesiredSource::Hub);
+    assert!(c.redacted().contains("\"source\": \"hub\""));
+
+    doc["reconcile"]["source"] = json!("git");
+    assert_eq!(
+        err(&doc, Mode::Run),
+        "reconcile.source: must be `file` or `hub`"
+    );
+
+    doc["reconcile"]["source"] = json!("hub");
+    doc["reconcile"]["desired_file"] = json!("/etc/felhom/desired.json");
+    assert!(
+        err(&doc, Mode::Run).starts_with("reconcile.desired_file: is for reconcile.source `file`"),
+        "{}",
+        err(&doc, Mode::Run)
+    );
+
+    let mut no_hub = full();
+    no_hub.as_object_mut().unwrap().remove("hub");
+    no_hub["reconcile"]["source"] = json!("hub");
+    assert_eq!(
+        err(&no_hub, Mode::Plan),
+        "reconcile.source: `hub` needs a hub section to fetch the desired state from"
+    );
+}

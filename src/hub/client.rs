@@ -16,8 +16,8 @@ use super::report::HostReport;
 use crate::base::secret::{REDACTED, Secret};
 use crate::config::HubConfig;
 use crate::net::{
-    EXCERPT_LIMIT, HttpClient, HttpError, HttpOptions, Method, Request, TlsTrust, TransportError,
-    TrustError, excerpt,
+    EXCERPT_LIMIT, HttpClient, HttpError, HttpOptions, Method, Request, Response, TlsTrust,
+    TransportError, TrustError, excerpt,
 };
 
 /// The path of the report endpoint under the hub's base URL.
@@ -209,13 +209,39 @@ impl HubEndpoint {
         method: Method,
         json: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, EndpointError> {
-        let mut request = Request::new(method, self.url.clone())
-            .header("accept", "application/json")
-            .secret_header("authorization", &self.authorization);
+        let mut request = self.request(method);
         if let Some(body) = json {
             request = request.json(body);
         }
         let response = self.http.send(request).map_err(EndpointError::Transport)?;
+        self.success(response)
+    }
+
+    /// `GET` with `If-None-Match: etag` when one is given: `None` for `304 Not
+    /// Modified`, else the 2xx answer's body.
+    pub(crate) fn get_unless_match(
+        &self,
+        etag: Option<&str>,
+    ) -> Result<Option<Vec<u8>>, EndpointError> {
+        let mut request = self.request(Method::Get);
+        if let Some(tag) = etag {
+            request = request.header("if-none-match", tag);
+        }
+        let response = self.http.send(request).map_err(EndpointError::Transport)?;
+        if response.status == 304 {
+            return Ok(None);
+        }
+        self.success(response).map(Some)
+    }
+
+    fn request(&self, method: Method) -> Request {
+        Request::new(method, self.url.clone())
+            .header("accept", "application/json")
+            .secret_header("authorization", &self.authorization)
+    }
+
+    /// The body of a 2xx answer, or the error with the key cut out of it.
+    fn success(&self, response: Response) -> Result<Vec<u8>, EndpointError> {
         if !response.is_success() {
             let key = self.key.expose();
             // Scrub before excerpting, so the cut cannot leave part of the key behind.

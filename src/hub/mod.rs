@@ -5,11 +5,13 @@
 //! Data flows one way: [`collect::Collector`] reads the node (read-only) →
 //! [`report::HostReport`] → the hub client posts it → [`envelope::ControlEnvelope`] →
 //! [`poller::Poller`] adopts the interval and keeps the envelope for the reconcile
-//! engine. Nothing here mutates Proxmox, and the hub's bearer key never leaves the
+//! engine. The signed-ops feed and the desired-state feed fetch what the envelope
+//! announces. Nothing here mutates Proxmox, and the hub's bearer key never leaves the
 //! client's request header: not in an error, a log line or a `Debug`.
 
 pub(crate) mod client;
 pub(crate) mod collect;
+pub(crate) mod desired_feed;
 pub(crate) mod envelope;
 pub(crate) mod ops_feed;
 pub(crate) mod poller;
@@ -20,6 +22,7 @@ pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, ReadError,
 };
+pub use desired_feed::{DesiredFetch, DesiredFetchError, DesiredStateClient, generation_etag};
 pub use envelope::{ControlEnvelope, EnvelopeError, MAX_POLL_SECONDS, MIN_POLL_SECONDS};
 pub use ops_feed::{Announcement, DeliveredOp, FetchError, SignedOpsClient};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};

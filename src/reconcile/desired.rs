@@ -2,9 +2,10 @@
 //!
 //! A [`DesiredState`] says, per guest, only what is managed: run state, spec (cores,
 //! memory) and description, each optional. Providers: [`EmptyProvider`] (nothing
-//! managed), [`StaticProvider`] (tests, and a seam for the hub later) and
-//! [`FileProvider`] (`reconcile.desired_file`, re-read when it changes; a malformed
-//! file keeps the last good state). This module only reads; it never writes the file
+//! managed), [`StaticProvider`] (tests and benches) and [`FileProvider`]
+//! (`reconcile.desired_file`, re-read when it changes; a malformed file keeps the last
+//! good state); the hub's document is kept by [`super::desired_cache`] and provided by
+//! the app, which knows the hub. This module only reads; it never writes the file
 //! and never judges actual state.
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::base::encoding::hex_encode;
 
-/// The largest desired-state file read.
+/// The largest desired-state document read, from a file or the hub.
 pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
 /// The lowest vmid Proxmox allows.
 pub(crate) const MIN_VMID: u32 = 100;
@@ -301,6 +302,12 @@ pub enum DesiredError {
         /// Where and why.
         source: Invalid,
     },
+    /// The hub has served no good document yet and none is cached: no pass runs
+    /// (never one toward an empty state).
+    NotYet {
+        /// Why none is held.
+        why: String,
+    },
 }
 
 impl fmt::Display for DesiredError {
@@ -317,6 +324,7 @@ impl fmt::Display for DesiredError {
             DesiredError::Invalid { file, source } => {
                 write!(f, "desired state {}: {source}", file.display())
             }
+            DesiredError::NotYet { why } => write!(f, "no desired state yet: {why}"),
         }
     }
 }
@@ -326,7 +334,7 @@ impl std::error::Error for DesiredError {
         match self {
             DesiredError::Read { source, .. } => Some(source),
             DesiredError::Invalid { source, .. } => Some(source),
-            DesiredError::TooLarge { .. } => None,
+            DesiredError::TooLarge { .. } | DesiredError::NotYet { .. } => None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod action;
 pub(crate) mod audit;
 pub(crate) mod classify;
 pub(crate) mod desired;
+pub(crate) mod desired_cache;
 pub(crate) mod engine;
 pub(crate) mod gate;
 pub(crate) mod jobs;
@@ -27,6 +28,7 @@ pub use audit::{
 };
 pub use classify::{Intent, OpClass, Provenance};
 pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
+pub use desired_cache::{DesiredCache, DesiredOfferError, Offered};
 pub use engine::{Engine, EngineError, EngineOptions, PASS_TASK_WAIT, Pacing, PassReport};
 pub use gate::{AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp};
 pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, ProxmoxExecutor, SignedJobs};

@@ -72,6 +72,7 @@ mod file_io;
 mod line;
 #[cfg(feature = "fault-points")]
 mod powercut;
+mod replace;
 mod rotate;
 pub(crate) mod statelock;
 
@@ -86,6 +87,7 @@ pub use line::{
 use line::{READ_BUFFER, anchor_line, record_line};
 #[cfg(feature = "fault-points")]
 pub use powercut::{CutMode, CutPoint, CutReport, PointOp, PowerCutIo};
+pub use replace::{replace_file, replace_temp};
 pub use statelock::{StateLock, StateLockError};
 
 /// Why a store operation failed.

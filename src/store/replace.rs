@@ -1,0 +1,72 @@
+//! A whole small file replaced durably: written to `FILE.tmp`, fsync'd, renamed over
+//! `FILE`, and the directory fsync'd, so a crash or a power cut leaves the old file or
+//! the new one, never a mix. A `FILE.tmp` left by a crash is overwritten by the next
+//! replace. This module never appends, never reads, and never removes the old file
+//! before the new one is durable.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::file_io::Io;
+
+/// The temporary file a replace of `path` writes first.
+pub fn replace_temp(path: &Path) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Replaces `path` with `bytes` (mode 0600) through `io`.
+pub fn replace_file(io: &dyn Io, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp = replace_temp(path);
+    {
+        let file = io.create_truncate(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_data()?;
+    }
+    io.rename(&temp, path)?;
+    io.sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FaultOp, FaultyIo, OsIo};
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("felhom-replace-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_new_bytes_replace_the_old_and_no_temp_is_left() {
+        let d = dir("ok");
+        let path = d.join("doc.json");
+        replace_file(&OsIo, &path, b"one").unwrap();
+        replace_file(&OsIo, &path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert!(!replace_temp(&path).exists());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_fsync_leaves_the_old_file_whole() {
+        let d = dir("fsync");
+        let path = d.join("doc.json");
+        replace_file(&OsIo, &path, b"old").unwrap();
+        let io = FaultyIo::new(FaultOp::Sync, 1, false);
+        assert!(replace_file(&io, &path, b"new").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old", "never renamed over");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
