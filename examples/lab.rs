@@ -503,7 +503,106 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
             .last()
             .unwrap_or("")
     ));
-    if logs.contains(DEFAULT_TOKEN_SECRET) || logs.contains(&hub.key()) {
+    // 10. The hub becomes the source of intent: reconcile.source "hub". It publishes
+    // generation 3 (guest 100 back to 2 cores, guest 101 running); the daemon fetches
+    // it at its first report and converges.
+    let mut hub_config = config.clone();
+    hub_config["reconcile"] = json!({
+        "source": "hub",
+        "shutdown_timeout_seconds": LAB_SHUTDOWN_TIMEOUT_SECONDS
+    });
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&hub_config).unwrap()).unwrap();
+    pve.set_task_duration(Duration::from_millis(150));
+    pve.set_ignores_shutdown(101, false);
+    hub.publish_desired_state(&json!({"generation": 3, "guests": [
+        {"vmid": 100, "run": "running", "spec": {"cores": 2}, "description": "web"},
+        {"vmid": 101, "run": "running"}
+    ]}));
+    let converged = || {
+        pve.guest_status(101).as_deref() == Some("running")
+            && pve.guest_config(100).and_then(|c| c.get("cores").cloned()) == Some(json!(2))
+    };
+    let started = Instant::now();
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("the hub's document converged", converged) {
+        return fail(daemon.stop_with_log("the hub's desired state did not converge"));
+    }
+    let took = started.elapsed();
+    let cache = dir.join("state").join("desired.json");
+    let cached = std::fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["generation"].as_u64());
+    if cached != Some(3) {
+        return fail(daemon.stop_with_log(format!("state/desired.json holds {cached:?}")));
+    }
+    match daemon.stop() {
+        Ok(log) => logs.push_str(&log),
+        Err(e) => return fail(e),
+    }
+    say(format!(
+        "hub-fed: the hub published generation 3; from the daemon's start to converged (guest 100 at 2 cores, 101 running) {:.2} s, {} fetch(es) of the document; cached in state/desired.json",
+        took.as_secs_f64(),
+        hub.desired_state_fetches().len()
+    ));
+
+    // 11. A stale document: the hub serves generation 2 while announcing 4 (a rollback).
+    hub.publish_desired_bytes(
+        json!({"generation": 2, "guests": [{"vmid": 100, "run": "running", "spec": {"cores": 8}}]})
+            .to_string()
+            .into_bytes(),
+        4,
+    );
+    let started = Instant::now();
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("the rollback refused", || audited("desired_rollback") == 1) {
+        return fail(daemon.stop_with_log("the stale document was not refused"));
+    }
+    let took = started.elapsed();
+    match daemon.stop() {
+        Ok(log) => logs.push_str(&log),
+        Err(e) => return fail(e),
+    }
+    if pve.guest_config(100).and_then(|c| c.get("cores").cloned()) != Some(json!(2)) {
+        return fail("the stale document's spec was applied");
+    }
+    say(format!(
+        "hub-fed: generation 2 served after 3 is refused and audited desired_rollback in {:.2} s; guest 100 kept at 2 cores",
+        took.as_secs_f64()
+    ));
+
+    // 12. The hub goes down; guest 101 is stopped behind the agent's back; the agent
+    // restarts and converges toward its cached document, never toward empty.
+    let hub_key = hub.key();
+    hub.shutdown();
+    pve.set_running(101, false);
+    let started = Instant::now();
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("converged from the cache", || {
+        pve.guest_status(101).as_deref() == Some("running")
+    }) {
+        return fail(daemon.stop_with_log("the cached desired state did not converge"));
+    }
+    let took = started.elapsed();
+    match daemon.stop() {
+        Ok(log) => logs.push_str(&log),
+        Err(e) => return fail(e),
+    }
+    say(format!(
+        "hub-fed: with the hub down, a restart converged from the cache in {:.2} s (guest 101 running again; guests kept: {:?})",
+        took.as_secs_f64(),
+        pve.guest_ids()
+    ));
+    if logs.contains(DEFAULT_TOKEN_SECRET) || logs.contains(&hub_key) {
         return fail("a secret appeared in the daemon's log");
     }
     say("daemon: SIGTERM → exit 0 each time; no secret in its log");

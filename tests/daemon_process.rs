@@ -538,3 +538,44 @@ fn while_the_hub_blocks_the_host_a_signed_op_is_held_unburned_and_runs_once_unbl
     let (code, _) = agent.stop_then_events("daemon_stopped");
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn with_source_hub_the_daemon_converges_to_the_hubs_document_then_from_its_cache_with_the_hub_down()
+{
+    let (pve, hub) = sims();
+    hub.publish_desired_state(&json!({"generation": 3, "guests": [
+        {"vmid": 101, "run": "running"}
+    ]}));
+    let mut agent = Daemon::start_with("hubsource", &pve, &hub, |v| {
+        v["reconcile"] = json!({"source": "hub"});
+    });
+    agent.wait_until("guest 101 running", |_| {
+        pve.guest_status(101).as_deref() == Some("running")
+    });
+    let loaded = agent.wait_for_event("desired_loaded", |_| true);
+    assert_eq!(loaded.field("source"), "hub", "{loaded:?}");
+    assert_eq!(loaded.field("generation"), "3");
+    let cache = agent.dir.join("state").join("desired.json");
+    assert!(cache.is_file(), "the document is cached");
+    let (code, _) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0));
+
+    // The hub goes away, the guest is stopped behind the agent's back, the agent
+    // restarts: it converges toward the cached document.
+    hub.shutdown();
+    pve.set_running(101, false);
+    agent.restart();
+    let cached = agent.wait_for_event("desired_loaded", |_| true);
+    assert_eq!(cached.field("source"), "cache", "{cached:?}");
+    assert_eq!(cached.field("generation"), "3");
+    agent.wait_until("guest 101 running again", |_| {
+        pve.guest_status(101).as_deref() == Some("running")
+    });
+    assert!(
+        pve.guest_ids().contains(&100),
+        "a guest not in the document is kept"
+    );
+    agent.wait_for_event("desired_fetch_failed", |_| true);
+    let (code, _) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0));
+}

@@ -184,6 +184,14 @@ impl HubDesired {
                 st.last_problem = None;
             }
             (problem, _) => {
+                if problem.is_none() {
+                    crate::warn!(
+                        desired_behind,
+                        "the hub announces a newer desired state than it serves",
+                        announced = announced,
+                        held = self.held_word()
+                    );
+                }
                 st.failures = st.failures.saturating_add(1);
                 st.retry_at = Some(now + self.backoff.after(st.failures));
                 st.last_problem = Some(problem.unwrap_or_else(|| {
