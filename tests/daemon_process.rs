@@ -177,9 +177,15 @@ fn the_daemon_posts_reports_the_hub_accepts_and_exits_0_after_sigterm() {
         assert_eq!(ids, [&json!(100), &json!(101)]);
         assert_eq!(r["guests"][0]["status"], "running");
     }
+    let posted: Vec<u16> = hub
+        .requests()
+        .iter()
+        .filter(|q| q.path == "/api/v1/host-report")
+        .map(|q| q.status)
+        .collect();
     assert!(
-        hub.requests().iter().all(|q| q.status == 200),
-        "every request was accepted by the contract check"
+        posted.len() >= 2 && posted.iter().all(|s| *s == 200),
+        "every report was accepted by the contract check: {posted:?}"
     );
     assert!(agent.alive());
     let (code, stopped) = agent.stop_then_events("daemon_stopped");
@@ -479,10 +485,8 @@ fn while_the_hub_blocks_the_host_a_signed_op_is_held_unburned_and_runs_once_unbl
     use felhom_agent::base::{Clock as _, SystemClock};
 
     let (pve, hub) = sims();
-    // The first answer blocks the host (and, as the op is queued, announces it); the
-    // ones after it are the hub's default: not blocked.
-    hub.script_envelope(json!({"poll_interval_seconds": 60, "blocked": true,
-        "desired_generation": 0, "has_signed_ops": false}));
+    // The hub blocks the host (its answers and events say so) and has the op queued.
+    hub.set_blocked(true);
     let digest = pve.guest_digest(101).unwrap();
     let blob = destroy_blob("pve-a", "101", &digest, SystemClock.now().unix());
     let sign_dir = common::tempdir("daemon", "blocked-sign");
@@ -509,8 +513,9 @@ fn while_the_hub_blocks_the_host_a_signed_op_is_held_unburned_and_runs_once_unbl
         "nothing sent to Proxmox while blocked"
     );
 
-    // The hub delivers it again once the block is lifted: the same signature runs,
-    // because the held delivery never used its nonce.
+    // The hub lifts the block and delivers it again: the same signature runs, because
+    // the held delivery never used its nonce.
+    hub.set_blocked(false);
     hub.queue_signed_op(&blob, Some(&sig));
     agent.wait_until("guest 101 destroyed", |_| !pve.guest_ids().contains(&101));
     let handled = agent.wait_for_event("signed_op_handled", |_| true);
@@ -578,4 +583,49 @@ fn with_source_hub_the_daemon_converges_to_the_hubs_document_then_from_its_cache
     agent.wait_for_event("desired_fetch_failed", |_| true);
     let (code, _) = agent.stop_then_events("daemon_stopped");
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn the_event_stream_brings_a_hub_change_between_reports() {
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(101, "db").running(false))
+        .start();
+    // Reports an hour apart on the schedule (72 s here): only the stream can bring the
+    // change in time.
+    let hub = HubSim::builder()
+        .default_envelope(json!({"poll_interval_seconds": 3600, "blocked": false,
+            "desired_generation": 0, "has_signed_ops": false}))
+        .start();
+    hub.publish_desired_state(&json!({"generation": 1, "guests": []}));
+    let mut agent = Daemon::start_with("events", &pve, &hub, |v| {
+        v["reconcile"] = json!({"source": "hub"});
+        v["hub"]["poll_seconds"] = json!(3600);
+        v["hub"]["event_wait_seconds"] = json!(30);
+    });
+    agent.wait_for_event("desired_loaded", |e| e.field("generation") == "1");
+    let running = agent.wait_for_event("daemon_running", |_| true);
+    assert!(
+        running.field("workers").contains("hub-events"),
+        "{running:?}"
+    );
+    let reports = agent.wait_for_reports(&hub, 1).len();
+
+    hub.publish_desired_state(&json!({"generation": 2, "guests": [
+        {"vmid": 101, "run": "running"}
+    ]}));
+    agent.wait_until("guest 101 running", |_| {
+        pve.guest_status(101).as_deref() == Some("running")
+    });
+    assert_eq!(hub.reports().len(), reports, "no report came in between");
+    let fetches = hub.desired_state_fetches();
+    assert_eq!(
+        fetches
+            .last()
+            .and_then(|r| r.if_none_match.clone())
+            .as_deref(),
+        Some("\"1\""),
+        "fetched because the stream announced generation 2"
+    );
+    let (code, _) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0), "the stop does not wait for the long poll");
 }

@@ -10,6 +10,10 @@
 //! base64 of its exact bytes. A desired-state document a test publishes is served at
 //! `GET /api/v1/desired-state` with its generation as the entity tag (`304` to an
 //! `If-None-Match` naming it) and announced in every envelope's `desired_generation`.
+//! `GET /api/v1/events?after=CURSOR&wait_seconds=N` is a long poll: it answers at once
+//! when the state has moved past the cursor (a published document, a queued or fetched
+//! op, a block), else as soon as it moves, else after `wait_seconds` with the same
+//! cursor; a hub built `without_events` answers it 404.
 //!
 //! Test and demo code: it never reaches beyond 127.0.0.1 and never ships in the agent.
 //! It owns no contract of its own: the golden file is the single source of the shape.
@@ -35,6 +39,12 @@ pub const SIGNED_OPS_PATH: &str = "/api/v1/signed-ops";
 
 /// The endpoint that serves this host's desired-state document.
 pub const DESIRED_STATE_PATH: &str = "/api/v1/desired-state";
+
+/// The long-poll event stream.
+pub const EVENTS_PATH: &str = "/api/v1/events";
+
+/// The longest `wait_seconds` the simulator honours.
+pub const MAX_EVENT_WAIT_SECONDS: u64 = 300;
 
 /// The contract every report is checked against.
 pub const CONTRACT: &str = include_str!("../../vectors/host-report.golden.json");
@@ -139,6 +149,42 @@ struct State {
     next_op: u64,
     /// The published document's bytes and the generation it is served and announced as.
     desired: Option<(Vec<u8>, u64)>,
+    /// `blocked` as a test set it, over what the envelopes say.
+    blocked: Option<bool>,
+    /// Bumped on every change the event stream reports; the cursor is its decimal.
+    version: u64,
+    /// Whether `GET /api/v1/events` exists (an older hub answers 404).
+    events: bool,
+    /// Set at shutdown: held long polls answer at once, so their threads can be joined.
+    stopping: bool,
+}
+
+impl State {
+    /// Something the event stream reports changed.
+    fn bump(&mut self) {
+        self.version += 1;
+    }
+
+    /// What the event stream and the envelopes say now.
+    fn event(&self) -> Value {
+        let generation = self.desired.as_ref().map_or_else(
+            || {
+                self.default_envelope["desired_generation"]
+                    .as_u64()
+                    .unwrap_or(0)
+            },
+            |(_, g)| *g,
+        );
+        let blocked = self
+            .blocked
+            .unwrap_or_else(|| self.default_envelope["blocked"].as_bool().unwrap_or(false));
+        json!({
+            "cursor": self.version.to_string(),
+            "desired_generation": generation,
+            "has_signed_ops": !self.signed_ops.is_empty(),
+            "blocked": blocked,
+        })
+    }
 }
 
 impl State {
@@ -161,6 +207,8 @@ impl State {
 struct Inner {
     state: Mutex<State>,
     accepted: Condvar,
+    /// Notified whenever `State::version` moves.
+    changed: Condvar,
 }
 
 impl Inner {
@@ -176,6 +224,7 @@ pub struct HubSimBuilder {
     cert: CertChoice,
     default_envelope: Value,
     port: u16,
+    events: bool,
 }
 
 impl Default for HubSimBuilder {
@@ -185,11 +234,18 @@ impl Default for HubSimBuilder {
             cert: CertChoice::CaSigned,
             default_envelope: default_envelope(),
             port: 0,
+            events: true,
         }
     }
 }
 
 impl HubSimBuilder {
+    /// An older hub: `GET /api/v1/events` answers 404.
+    pub fn without_events(mut self) -> Self {
+        self.events = false;
+        self
+    }
+
     /// The one bearer key accepted.
     pub fn key(mut self, key: &str) -> Self {
         self.key = key.to_string();
@@ -236,8 +292,13 @@ impl HubSimBuilder {
                 signed_ops: Vec::new(),
                 next_op: 1,
                 desired: None,
+                blocked: None,
+                version: 0,
+                events: self.events,
+                stopping: false,
             }),
             accepted: Condvar::new(),
+            changed: Condvar::new(),
         });
         let handler_inner = Arc::clone(&inner);
         #[allow(clippy::expect_used)]
@@ -338,12 +399,29 @@ impl HubSim {
             "blob_b64": base64(blob),
             "signature": signature,
         }));
+        st.bump();
+        drop(st);
+        self.inner.changed.notify_all();
         id
     }
 
     /// Queues one raw entry of the `ops` array as is, so tests can send malformed ones.
     pub fn queue_signed_op_raw(&self, entry: Value) {
-        self.inner.lock().signed_ops.push(entry);
+        self.change(|st| st.signed_ops.push(entry));
+    }
+
+    /// Applies `f` to the state as one change the event stream reports.
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        let mut st = self.inner.lock();
+        f(&mut st);
+        st.bump();
+        drop(st);
+        self.inner.changed.notify_all();
+    }
+
+    /// Blocks (or unblocks) the host: every envelope and event says so from now on.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.change(|st| st.blocked = Some(blocked));
     }
 
     /// Publishes a desired-state document: served from now on, and its `generation`
@@ -356,7 +434,7 @@ impl HubSim {
     /// Publishes `bytes` as they are (tests send invalid documents this way), served
     /// and announced as `generation`.
     pub fn publish_desired_bytes(&self, bytes: Vec<u8>, generation: u64) {
-        self.inner.lock().desired = Some((bytes, generation));
+        self.change(|st| st.desired = Some((bytes, generation)));
     }
 
     /// Requests for the desired state so far.
@@ -411,7 +489,14 @@ impl HubSim {
 
     /// Stops the server and closes every connection.
     pub fn shutdown(mut self) {
+        self.stop_server();
+    }
+
+    /// Releases held long polls, then stops the server (which joins their threads).
+    fn stop_server(&mut self) {
         if let Some(s) = self.server.take() {
+            self.inner.lock().stopping = true;
+            self.inner.changed.notify_all();
             s.shutdown();
         }
     }
@@ -419,9 +504,7 @@ impl HubSim {
 
 impl Drop for HubSim {
     fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown();
-        }
+        self.stop_server();
         // Threads are joined: every panic is counted. Never panic while unwinding.
         if let Some(what) = self.panics.summary()
             && !std::thread::panicking()
@@ -468,7 +551,17 @@ fn handle(inner: &Inner, req: &Request) -> Response {
     // Faults act before authentication: trouble between the agent and the hub.
     let fault = st.take_fault(&req.method, &path);
     let response = match fault.map(|f| HUB.answer(f)) {
+        None if path == EVENTS_PATH => {
+            let (r, guard) = long_poll(inner, st, req);
+            st = guard;
+            r
+        }
         None => process(&mut st, req, &path),
+        Some(FaultAnswer::Process(delivery)) if path == EVENTS_PATH => {
+            let (r, guard) = long_poll(inner, st, req);
+            st = guard;
+            r.with_delivery(delivery)
+        }
         Some(FaultAnswer::Process(delivery)) => {
             process(&mut st, req, &path).with_delivery(delivery)
         }
@@ -484,35 +577,107 @@ fn handle(inner: &Inner, req: &Request) -> Response {
     if (200..300).contains(&response.status) && response.delivery != Delivery::DropConnection {
         inner.accepted.notify_all();
     }
+    drop(st);
+    // A fetch may have moved the state (an emptied queue): wake the long polls to look.
+    inner.changed.notify_all();
     response
 }
 
-fn process(st: &mut State, req: &Request, path: &str) -> Response {
+/// The answer for a request that may not go on: an unknown path (404), a wrong method
+/// (405), a wrong key (401); `None` when it may.
+fn refusal(st: &State, req: &Request, path: &str) -> Option<Response> {
     let allowed = match path {
         REPORT_PATH => "POST",
         SIGNED_OPS_PATH | DESIRED_STATE_PATH => "GET",
-        _ => return json_answer(404, "Not Found", &json!({ "error": "no such endpoint" })),
+        EVENTS_PATH if st.events => "GET",
+        _ => {
+            return Some(json_answer(
+                404,
+                "Not Found",
+                &json!({ "error": "no such endpoint" }),
+            ));
+        }
     };
     if req.method != allowed {
-        return json_answer(
-            405,
-            "Method Not Allowed",
-            &json!({ "error": format!("use {allowed}") }),
-        )
-        .with_header("Allow", allowed);
+        return Some(
+            json_answer(
+                405,
+                "Method Not Allowed",
+                &json!({ "error": format!("use {allowed}") }),
+            )
+            .with_header("Allow", allowed),
+        );
     }
     let expected = format!("Bearer {}", st.key);
     // The key is compared, never echoed.
     if req.header("Authorization") != Some(expected.as_str()) {
-        return json_answer(
-            401,
-            "Unauthorized",
-            &json!({ "error": "invalid bearer key" }),
-        )
-        .with_header("WWW-Authenticate", "Bearer");
+        return Some(
+            json_answer(
+                401,
+                "Unauthorized",
+                &json!({ "error": "invalid bearer key" }),
+            )
+            .with_header("WWW-Authenticate", "Bearer"),
+        );
+    }
+    None
+}
+
+/// `GET /api/v1/events`: waits, the state unlocked, until it moves past `after` or
+/// `wait_seconds` pass, then answers the state as it is.
+fn long_poll<'a>(
+    inner: &'a Inner,
+    st: MutexGuard<'a, State>,
+    req: &Request,
+) -> (Response, MutexGuard<'a, State>) {
+    if let Some(r) = refusal(&st, req, EVENTS_PATH) {
+        return (r, st);
+    }
+    let mut after = None;
+    let mut wait_seconds = 0;
+    for pair in req.raw_query().unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("after", v)) => after = Some(v.to_owned()),
+            Some(("wait_seconds", v)) => match v.parse::<u64>() {
+                Ok(n) => wait_seconds = n.min(MAX_EVENT_WAIT_SECONDS),
+                Err(_) => {
+                    let r = json_answer(
+                        400,
+                        "Bad Request",
+                        &json!({ "error": "wait_seconds must be a whole number" }),
+                    );
+                    return (r, st);
+                }
+            },
+            _ => {}
+        }
+    }
+    let current = st.version.to_string();
+    let st = match after {
+        Some(cursor) if cursor == current => {
+            let seen = st.version;
+            inner
+                .changed
+                .wait_timeout_while(st, Duration::from_secs(wait_seconds), |s| {
+                    s.version == seen && !s.stopping
+                })
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+        }
+        _ => st,
+    };
+    (json_answer(200, "OK", &st.event()), st)
+}
+
+fn process(st: &mut State, req: &Request, path: &str) -> Response {
+    if let Some(r) = refusal(st, req, path) {
+        return r;
     }
     if path == SIGNED_OPS_PATH {
         let ops = std::mem::take(&mut st.signed_ops);
+        if !ops.is_empty() {
+            st.bump();
+        }
         return json_answer(200, "OK", &json!({ "ops": ops }));
     }
     if path == DESIRED_STATE_PATH {
@@ -567,6 +732,11 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
         && let Some(obj) = envelope.as_object_mut()
     {
         obj.insert("desired_generation".into(), json!(generation));
+    }
+    if let Some(blocked) = st.blocked
+        && let Some(obj) = envelope.as_object_mut()
+    {
+        obj.insert("blocked".into(), json!(blocked));
     }
     json_answer(200, "OK", &envelope)
 }

@@ -18,7 +18,8 @@ pub mod hub;
 pub mod pve;
 
 pub use hub::{
-    DEFAULT_HUB_KEY, DESIRED_STATE_PATH, HubRequest, HubSim, HubSimBuilder, SIGNED_OPS_PATH,
+    DEFAULT_HUB_KEY, DESIRED_STATE_PATH, EVENTS_PATH, HubRequest, HubSim, HubSimBuilder,
+    SIGNED_OPS_PATH,
 };
 pub use pve::{
     CertChoice, DEFAULT_NODE, DEFAULT_TASK_DURATION, DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault,

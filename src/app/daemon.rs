@@ -12,42 +12,36 @@
 //! before any mutating worker starts, so nothing is mutated before every op left in
 //! flight by an earlier process is resolved. Then the workers run on named threads
 //! sharing one [`Shutdown`]: `reconcile` (the engine's loop), `journal-compact`, with
-//! signers `nonce-compact`, and with a hub `signed-ops`.
-//! SIGTERM or SIGINT triggers the shutdown: the loops stop, the queue drains, the
-//! workers are joined within a grace period and `run` returns `Ok` (exit 0). A second
-//! SIGTERM/SIGINT while stopping exits at once with code 1. SIGHUP re-reads the log
-//! level from the configuration file (on error the old level stays and the reason is
-//! logged). A journal write that fails ends the worker that wrote it, and an audit log or
+//! signers `nonce-compact`, and with a hub `signed-ops` and, unless turned off, the
+//! hub's event stream (`hub-events`, never joined: it owns nothing durable and may be
+//! in a long poll). SIGTERM or SIGINT triggers the shutdown (see
+//! [`super::signals`]): the loops stop, the queue drains, the workers are joined within
+//! a grace period and `run` returns `Ok` (exit 0). A journal write that fails ends the worker that wrote it, and an audit log or
 //! nonce store poisoned by a failed write or fsync is noticed by the watch: either way
 //! the daemon exits non-zero and the restart replays from disk.
 //!
-//! Signals are handled through `signal-hook`'s self-pipe, so no code of ours runs in a
-//! signal handler and none of it is `unsafe`. The daemon never mutates Proxmox itself:
+//! The daemon never mutates Proxmox itself:
 //! every mutation goes through the reconciler's gate and queue.
 
 use crate::base::sync::lock;
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-
-use signal_hook::SigId;
-use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::app::bridge::AuditFeed;
 use crate::app::reconciler::{
     Reconciler, StartupError, compact_journal, journal_compact_threshold, prepare_state_dir,
 };
+use crate::app::signals::SignalWatcher;
 use crate::app::signed_ops::{self, SignedOpsRunner};
 use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::{FileNonceStore, NonceStoreError};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
-use crate::config::{self, Config, Mode};
+use crate::config::Config;
 use crate::hub::collect::AuditTail;
 use crate::hub::ops_feed::{Announcement, SignedOpsClient};
 use crate::hub::poller::Poller;
@@ -207,6 +201,23 @@ impl Workers {
         Ok(())
     }
 
+    /// Starts `body` on a thread that is never joined: for a worker that owns nothing
+    /// durable and may block past the stop grace (the hub's event stream, in a long
+    /// poll); the process ending ends it.
+    pub(crate) fn detached(
+        name: &str,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(body)
+            .map(drop)
+            .map_err(|source| DaemonError::Spawn {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
     /// The name of a worker that has already ended, if any.
     pub(crate) fn first_finished(&self) -> Option<&str> {
         self.threads
@@ -325,6 +336,11 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     let mut names = vec!["hub-poller", "reconcile"];
     let envelope = poller.envelope();
     workers.spawn("hub-poller", move || poller.run())?;
+    let events = wiring::event_stream(cfg, envelope.clone(), announcement.clone(), shutdown);
+    if let Some(mut stream) = events.map_err(DaemonError::Setup)? {
+        Workers::detached("hub-events", move || stream.run())?;
+        names.push("hub-events");
+    }
 
     crate::info!(
         recover_started,
@@ -574,135 +590,6 @@ pub(crate) fn compact_journal_every(
     Ok(())
 }
 
-/// Watches SIGTERM, SIGINT and SIGHUP on a thread of its own, woken through a
-/// self-pipe that `signal-hook` writes from the handler.
-struct SignalWatcher {
-    ids: Vec<SigId>,
-    stop: Arc<AtomicBool>,
-    wake: UnixStream,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl SignalWatcher {
-    fn install(shutdown: Shutdown, config_path: PathBuf) -> io::Result<SignalWatcher> {
-        let (mut reader, writer) = UnixStream::pair()?;
-        let term = Arc::new(AtomicBool::new(false));
-        let hup = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut ids = Vec::new();
-        let mut register = || -> io::Result<()> {
-            for sig in [SIGTERM, SIGINT] {
-                // Order matters: the exit is armed by the flag the next line sets, so
-                // only a second signal exits at once.
-                ids.push(signal_hook::flag::register_conditional_shutdown(
-                    sig,
-                    1,
-                    Arc::clone(&term),
-                )?);
-                ids.push(signal_hook::flag::register(sig, Arc::clone(&term))?);
-                ids.push(signal_hook::low_level::pipe::register(
-                    sig,
-                    writer.try_clone()?,
-                )?);
-            }
-            ids.push(signal_hook::flag::register(SIGHUP, Arc::clone(&hup))?);
-            ids.push(signal_hook::low_level::pipe::register(
-                SIGHUP,
-                writer.try_clone()?,
-            )?);
-            Ok(())
-        };
-        if let Err(e) = register() {
-            for id in ids {
-                signal_hook::low_level::unregister(id);
-            }
-            return Err(e);
-        }
-        let thread_stop = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                let mut buf = [0u8; 64];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            crate::error!(
-                                signal_pipe_failed,
-                                "signal pipe failed; signals now ignored",
-                                error = e
-                            );
-                            break;
-                        }
-                    }
-                    if thread_stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if term.load(Ordering::SeqCst) && !shutdown.is_triggered() {
-                        crate::info!(
-                            stop_signal_received,
-                            "termination signal received; stopping"
-                        );
-                        shutdown.trigger();
-                    }
-                    if hup.swap(false, Ordering::SeqCst) {
-                        reload_log_level(&config_path);
-                    }
-                }
-            });
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => {
-                for id in ids {
-                    signal_hook::low_level::unregister(id);
-                }
-                return Err(e);
-            }
-        };
-        Ok(SignalWatcher {
-            ids,
-            stop,
-            wake: writer,
-            thread: Some(thread),
-        })
-    }
-
-    /// Removes the handlers and stops the watcher thread.
-    fn close(mut self) {
-        for id in self.ids.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        // The watcher is blocked reading the pipe; one byte wakes it to see `stop`.
-        if self.wake.write_all(&[0]).is_ok()
-            && let Some(t) = self.thread.take()
-        {
-            let _ = t.join();
-        }
-    }
-}
-
-/// SIGHUP: re-reads the configuration for its log level; on error keeps the old one.
-fn reload_log_level(config_path: &Path) {
-    match Config::load(config_path, &config::process_env(), Mode::Run) {
-        Ok(cfg) => {
-            crate::base::log::set_level(cfg.log_level);
-            crate::info!(
-                log_level_changed,
-                "configuration re-read on SIGHUP",
-                log_level = cfg.log_level
-            );
-        }
-        Err(e) => crate::warn!(
-            sighup_reload_failed,
-            "configuration re-read on SIGHUP failed; keeping the log level",
-            error = e
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,7 +697,10 @@ mod tests {
         assert!(watch(&w, &shutdown, &Arc::new(Mutex::new(None)), &|| None).is_ok());
     }
 
-    fn temp_store(name: &str, io: Arc<dyn crate::store::Io>) -> (PathBuf, FileNonceStore) {
+    fn temp_store(
+        name: &str,
+        io: Arc<dyn crate::store::Io>,
+    ) -> (std::path::PathBuf, FileNonceStore) {
         let dir =
             std::env::temp_dir().join(format!("felhom-daemon-unit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -3,11 +3,13 @@
 //! [`DesiredCache`] (`state_dir/desired.json`).
 //!
 //! It fetches at the first pass after a start (a `304` when the cache is current),
-//! whenever the hub's envelope announces a `desired_generation` above the one held, and,
-//! while no document is held at all, until one is. A fetch that fails, a document the
-//! cache refuses, and a hub that still announces more than it serves are tried again
-//! after a back-off (5 s doubling to 5 min), so neither a hub that is down nor one that
-//! lies is hammered by the engine's once-a-second look for changes.
+//! whenever the hub's envelope (from a report or the event stream) announces a
+//! `desired_generation` above the one held, and, while no document is held at all,
+//! until one is. A fetch that fails, a document the cache refuses, and a hub that still
+//! announces more than it serves are tried again after a back-off (5 s doubling to
+//! 5 min), so neither a hub that is down nor one that lies is hammered by the engine's
+//! frequent look for changes; a generation announced above the one announced at the
+//! last fetch is news and is fetched at once.
 //!
 //! A refused document is logged (`desired_refused`) and audited once per distinct
 //! document under its code (`desired_rollback`, `desired_conflict`, `desired_invalid`
@@ -75,6 +77,9 @@ struct FeedState {
     last_problem: Option<String>,
     /// The SHA-256 of the last refused document audited: each is audited once.
     refused_audited: Option<String>,
+    /// The generation the hub announced when the last fetch was made: a higher one is
+    /// news, fetched at once, back-off or not.
+    announced_at_fetch: u64,
 }
 
 /// The hub's desired state, cached durably.
@@ -140,17 +145,20 @@ impl HubDesired {
     }
 
     fn due(&self, st: &FeedState, now: Instant) -> bool {
-        if st.retry_at.is_some_and(|at| now < at) {
+        let announced = self.announced.generation();
+        let news = st.tried && announced > st.announced_at_fetch;
+        if st.retry_at.is_some_and(|at| now < at) && !news {
             return false;
         }
         match self.cache.generation() {
             None => true,
-            Some(held) => !st.tried || self.announced.generation() > held,
+            Some(held) => !st.tried || announced > held,
         }
     }
 
     fn fetch(&self, st: &mut FeedState, now: Instant) {
         st.tried = true;
+        st.announced_at_fetch = self.announced.generation();
         let problem = match self.client.fetch(self.cache.generation()) {
             Ok(DesiredFetch::NotModified) => None,
             Ok(DesiredFetch::Document(bytes)) => match self.cache.offer(&bytes) {

@@ -12,6 +12,7 @@ pub(crate) mod journal;
 pub(crate) mod plan;
 pub(crate) mod reconciler;
 pub(crate) mod selftest;
+pub(crate) mod signals;
 pub(crate) mod signed_ops;
 pub(crate) mod verify;
 pub(crate) mod wiring;

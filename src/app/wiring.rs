@@ -3,6 +3,9 @@
 //! its [`CloudflaredProbe`], and the construction of both clients from the
 //! configuration. Shared by the daemon and `selftest hub`.
 //!
+//! It also builds the hub's event stream, which feeds the same shared envelope and
+//! announcement the report loop does.
+//!
 //! Only reads happen here: the reader calls read endpoints of the Proxmox client and
 //! the probe runs one read-only `systemctl` query. Nothing here mutates Proxmox or
 //! writes a file.
@@ -12,12 +15,16 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::base::shutdown::Shutdown;
 use crate::base::time::SystemClock;
 use crate::config::{Config, ProxmoxConfig};
-use crate::hub::client::{HubClient, HubClientError, HubSetupError};
+use crate::hub::client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 use crate::hub::collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, ReadError,
 };
+use crate::hub::events::{EventStream, EventsClient};
+use crate::hub::ops_feed::Announcement;
+use crate::hub::poller::SharedEnvelope;
 use crate::hub::report::{CpuMetrics, HostMetrics, LoadAverage, Usage};
 use crate::hub::round::HubRound;
 use crate::net::TlsTrust;
@@ -287,4 +294,27 @@ pub fn selftest_hub(cfg: &Config, out: &mut dyn Write) -> Result<(), SelftestErr
     )
     .map_err(SelftestError::Output)?;
     Ok(())
+}
+
+/// The hub's event stream, when the configuration has a hub and
+/// `hub.event_wait_seconds` is not 0. Each event updates `envelope` and raises
+/// `announcement` as a report's answer would.
+pub(crate) fn event_stream(
+    cfg: &Config,
+    envelope: SharedEnvelope,
+    announcement: Announcement,
+    shutdown: &Shutdown,
+) -> Result<Option<EventStream<Shutdown>>, LiveSetupError> {
+    let Some(hub) = cfg.hub.as_ref().filter(|h| h.event_wait_seconds > 0) else {
+        return Ok(None);
+    };
+    let options = HubClientOptions::from_config(hub).map_err(LiveSetupError::Hub)?;
+    let client = EventsClient::new(&options, Duration::from_secs(hub.event_wait_seconds))
+        .map_err(LiveSetupError::Hub)?;
+    Ok(Some(EventStream::new(
+        client,
+        envelope,
+        announcement,
+        shutdown.clone(),
+    )))
 }

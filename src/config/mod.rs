@@ -214,6 +214,9 @@ pub struct HubConfig {
     pub api_key_file: Option<PathBuf>,
     /// First report interval until the hub says otherwise (60..=3600).
     pub poll_seconds: u64,
+    /// How long the hub may hold one event-stream request open (1..=300); 0 turns the
+    /// stream off, leaving the report cadence alone.
+    pub event_wait_seconds: u64,
     /// Per-request timeout.
     pub timeout_seconds: u64,
     /// Certificate trust (system bundle unless set).
@@ -451,6 +454,7 @@ impl Config {
                 api_key,
                 api_key_file,
                 poll_seconds: r.int("hub.poll_seconds", 300, 60, 3600)?,
+                event_wait_seconds: r.int("hub.event_wait_seconds", 55, 0, 300)?,
                 timeout_seconds: r.int("hub.timeout_seconds", 30, 1, 600)?,
                 tls: tls_choice(&r, "hub")?,
             })
@@ -572,6 +576,7 @@ impl Config {
                 "api_key": secret(&h.api_key),
                 "api_key_file": h.api_key_file.as_ref().map(|f| f.display().to_string()),
                 "poll_seconds": h.poll_seconds,
+                "event_wait_seconds": h.event_wait_seconds,
                 "timeout_seconds": h.timeout_seconds,
                 "tls": tls(&h.tls),
             })),

@@ -42,6 +42,7 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("hub.api_key", Kind::OptStr),
     ("hub.api_key_file", Kind::OptStr),
     ("hub.poll_seconds", Kind::Int),
+    ("hub.event_wait_seconds", Kind::Int),
     ("hub.timeout_seconds", Kind::Int),
     ("hub.tls.fingerprint_sha256", Kind::OptStr),
     ("hub.tls.ca_file", Kind::OptStr),

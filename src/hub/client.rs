@@ -234,8 +234,19 @@ impl HubEndpoint {
         self.success(response).map(Some)
     }
 
+    /// `GET {url}?{query}` (the caller encodes the query) and the 2xx answer's body.
+    pub(crate) fn get_query(&self, query: &str) -> Result<Vec<u8>, EndpointError> {
+        let request = self.request_to(Method::Get, format!("{}?{query}", self.url));
+        let response = self.http.send(request).map_err(EndpointError::Transport)?;
+        self.success(response)
+    }
+
     fn request(&self, method: Method) -> Request {
-        Request::new(method, self.url.clone())
+        self.request_to(method, self.url.clone())
+    }
+
+    fn request_to(&self, method: Method, url: String) -> Request {
+        Request::new(method, url)
             .header("accept", "application/json")
             .secret_header("authorization", &self.authorization)
     }

@@ -13,6 +13,7 @@ pub(crate) mod client;
 pub(crate) mod collect;
 pub(crate) mod desired_feed;
 pub(crate) mod envelope;
+pub(crate) mod events;
 pub(crate) mod ops_feed;
 pub(crate) mod poller;
 pub(crate) mod report;
@@ -24,6 +25,10 @@ pub use collect::{
 };
 pub use desired_feed::{DesiredFetch, DesiredFetchError, DesiredStateClient, generation_etag};
 pub use envelope::{ControlEnvelope, EnvelopeError, MAX_POLL_SECONDS, MIN_POLL_SECONDS};
+pub use events::{
+    DEFAULT_EVENT_WAIT, EventError, EventStream, EventsClient, EventsError, HubEvent,
+    MAX_CURSOR_BYTES, REPROBE_AFTER_404,
+};
 pub use ops_feed::{Announcement, DeliveredOp, FetchError, SignedOpsClient};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::{

@@ -17,7 +17,7 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::envelope::{ControlEnvelope, clamp_poll_seconds};
 use super::ops_feed::Announcement;
@@ -56,18 +56,48 @@ impl Sleeper for Shutdown {
     }
 }
 
-/// The latest control envelope, shared between the poller and its readers.
+/// The latest control envelope, shared between the poller, the event stream and their
+/// readers. The freshest word wins: an event that arrived after a report was sent is
+/// newer than that report's answer, so the answer then sets only the interval.
 #[derive(Debug, Clone, Default)]
-pub struct SharedEnvelope(Arc<Mutex<Option<ControlEnvelope>>>);
+pub struct SharedEnvelope(Arc<Mutex<Shared>>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    envelope: Option<ControlEnvelope>,
+    /// When the last event was taken.
+    event_at: Option<Instant>,
+}
 
 impl SharedEnvelope {
     /// The last envelope received, if any round has succeeded.
     pub fn get(&self) -> Option<ControlEnvelope> {
-        *lock(&self.0)
+        lock(&self.0).envelope
     }
 
-    fn set(&self, e: ControlEnvelope) {
-        *lock(&self.0) = Some(e);
+    /// A report's answer, for a report sent at `sent`.
+    fn set_report(&self, e: ControlEnvelope, sent: Instant) {
+        let mut slot = lock(&self.0);
+        let newer_event = slot.event_at.is_some_and(|at| at > sent);
+        slot.envelope = Some(match (newer_event, slot.envelope) {
+            (true, Some(current)) => ControlEnvelope {
+                poll_interval_seconds: e.poll_interval_seconds,
+                ..current
+            },
+            _ => e,
+        });
+    }
+
+    /// Takes an event's `desired_generation`, `has_signed_ops` and `blocked`, keeping
+    /// the interval the last report's envelope set.
+    pub(crate) fn merge_event(&self, event: &ControlEnvelope) {
+        let mut slot = lock(&self.0);
+        let interval = slot.envelope.and_then(|e| e.poll_interval_seconds);
+        slot.envelope = Some(ControlEnvelope {
+            poll_interval_seconds: interval,
+            ..*event
+        });
+        slot.event_at = Some(Instant::now());
     }
 }
 
@@ -180,6 +210,7 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
 
     /// Runs one round and returns how long to wait before the next.
     pub fn step(&mut self) -> Duration {
+        let sent = Instant::now();
         match self.reporter.round() {
             Ok(envelope) => {
                 if self.failures > 0 {
@@ -204,7 +235,7 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
                 if envelope.blocked {
                     crate::warn!(host_blocked, "the hub marks this host blocked");
                 }
-                self.latest.set(envelope);
+                self.latest.set_report(envelope, sent);
                 if envelope.has_signed_ops
                     && let Some(a) = &self.announcement
                 {
@@ -293,6 +324,59 @@ mod tests {
         let mut unannounced = Poller::new(Answers(blocked_with_ops), Shutdown::new(), 60);
         unannounced.step();
         assert!(!quiet.take(Duration::ZERO));
+    }
+
+    /// A report whose answer was computed before an event that arrives while it is in
+    /// flight.
+    struct Overtaken {
+        shared: SharedEnvelope,
+        stale: ControlEnvelope,
+        event: ControlEnvelope,
+    }
+
+    impl Reporter for Overtaken {
+        type Error = std::io::Error;
+        fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
+            self.shared.merge_event(&self.event);
+            Ok(self.stale)
+        }
+    }
+
+    #[test]
+    fn an_event_that_overtakes_a_report_is_not_undone_by_its_answer() {
+        let shared = SharedEnvelope::default();
+        let stale = ControlEnvelope {
+            poll_interval_seconds: Some(600),
+            desired_generation: 1,
+            ..ControlEnvelope::default()
+        };
+        let event = ControlEnvelope {
+            desired_generation: 2,
+            blocked: true,
+            ..ControlEnvelope::default()
+        };
+        let reporter = Overtaken {
+            shared: shared.clone(),
+            stale,
+            event,
+        };
+        let mut poller = Poller::new(reporter, Shutdown::new(), 60);
+        poller.latest = shared.clone();
+        poller.step();
+        let now = shared.get().unwrap();
+        assert_eq!(now.desired_generation, 2, "the event's generation");
+        assert!(now.blocked, "the event's hold");
+        assert_eq!(
+            now.poll_interval_seconds,
+            Some(600),
+            "the report's interval"
+        );
+
+        // The next report, sent after that event, is the freshest word again.
+        poller.reporter.event = ControlEnvelope::default();
+        poller.reporter.shared = SharedEnvelope::default();
+        poller.step();
+        assert_eq!(shared.get().unwrap(), stale);
     }
 
     #[test]

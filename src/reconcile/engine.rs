@@ -62,7 +62,7 @@ pub struct EngineOptions {
 impl EngineOptions {
     /// Defaults: 4 parallel reads, task waits polling from 0.1 s to a 5 s gap for at most
     /// [`PASS_TASK_WAIT`] per pass, back-off 30 s doubling to 15 min, a change check
-    /// every second, a pass every 300 s, 120 s for a guest to shut down.
+    /// every 0.1 s (a stat of the desired-state file, or a look at the hub's envelope), a pass every 300 s, 120 s for a guest to shut down.
     pub fn new(host_id: impl Into<String>) -> Self {
         EngineOptions {
             host_id: host_id.into(),
@@ -73,7 +73,7 @@ impl EngineOptions {
             },
             backoff_initial: Duration::from_secs(30),
             backoff_cap: Duration::from_secs(900),
-            check_every: Duration::from_secs(1),
+            check_every: Duration::from_millis(100),
             default_interval: Duration::from_secs(300),
             shutdown_timeout_seconds: u32::try_from(
                 crate::config::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
