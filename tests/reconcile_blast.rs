@@ -187,6 +187,29 @@ fn a_limit_of_n_stops_exactly_n_and_holds_the_rest_unsent_audited_once() {
             .collect::<Vec<_>>()
     );
 
+    // The host report carries them in `audit_tail`, within the frozen contract.
+    let mut report_doc: serde_json::Value =
+        serde_json::from_str(include_str!("../vectors/host-report.golden.json")).unwrap();
+    report_doc["audit_tail"] = serde_json::to_value(
+        r.audit
+            .tail(50)
+            .into_iter()
+            .map(felhom_agent::app::wire_entry)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let tail = report_doc["audit_tail"].as_array().unwrap();
+    assert_eq!(
+        tail.iter()
+            .filter(|e| e["decision"] == "rate_limited")
+            .count(),
+        3
+    );
+    assert_eq!(
+        felhom_sim::hub::validate_report(&report_doc),
+        Vec::<String>::new()
+    );
+
     // Later passes inside the hour: still held, nothing sent, no new audit entries.
     sim.clear_requests();
     clock.advance(HOUR - 1);

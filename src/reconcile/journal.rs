@@ -645,6 +645,11 @@ impl JournalView {
         self.index.provenance(vmid, txn)
     }
 
+    /// The blast-radius window as [`Journal::disruptive_since`] counts it.
+    pub fn disruptive_since(&self, now: Timestamp) -> usize {
+        self.index.disruptive_since(now)
+    }
+
     /// Where the file is damaged, if it is (the records before the damage are shown).
     pub fn damaged(&self) -> Option<&str> {
         self.damaged.as_deref()
