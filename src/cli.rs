@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use crate::app::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config};
 use crate::app::journal::journal;
+use crate::app::resume::resume_rate_limit;
 use crate::app::selftest::{SelftestKind, selftest};
 use crate::app::verify::verify;
 use crate::config::Mode;
@@ -61,6 +62,11 @@ pub enum Command {
         /// Config file.
         config: PathBuf,
     },
+    /// `resume --rate-limit`: let the actions the blast-radius limit holds through once.
+    ResumeRateLimit {
+        /// Config file.
+        config: PathBuf,
+    },
     /// `version` / `--version`.
     Version,
     /// `help` / `--help`.
@@ -100,6 +106,10 @@ Usage:
       read-only (safe while the daemon runs).
   felhom-agent journal [--in-flight] [--tail N] [--config PATH]
       The op history from the journal, read-only (safe while the daemon runs).
+  felhom-agent resume --rate-limit [--config PATH]
+      Let the stops and reductions the blast-radius limit holds (rate_limited) through
+      once, at the daemon's next pass. Writes only a marker in the state directory;
+      safe while the daemon runs.
   felhom-agent version | --version
   felhom-agent help | --help
 
@@ -161,6 +171,7 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
     let mut blob: Option<PathBuf> = None;
     let mut sig: Option<PathBuf> = None;
     let mut in_flight = false;
+    let mut rate_limit = false;
     let mut tail: Option<usize> = None;
 
     while let Some(word) = it.next() {
@@ -173,6 +184,7 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
             "selftest" => &["--config", "--vmid"],
             "verify" => &["--config", "--blob", "--sig"],
             "journal" => &["--config", "--in-flight", "--tail"],
+            "resume" => &["--config", "--rate-limit"],
             _ => &[],
         };
         if !flag.starts_with('-') {
@@ -183,11 +195,15 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
         if !allowed.contains(&flag.as_str()) {
             return Err(usage(format!("`{command}` does not take {flag}")));
         }
-        if flag == "--in-flight" {
+        if flag == "--in-flight" || flag == "--rate-limit" {
             if inline.is_some() {
-                return Err(usage("--in-flight takes no value"));
+                return Err(usage(format!("{flag} takes no value")));
             }
-            in_flight = true;
+            if flag == "--in-flight" {
+                in_flight = true;
+            } else {
+                rate_limit = true;
+            }
             continue;
         }
         let value = match inline {
@@ -277,6 +293,10 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
             tail,
             config,
         }),
+        "resume" if rate_limit => Ok(Command::ResumeRateLimit { config }),
+        "resume" => Err(usage(
+            "`resume` needs --rate-limit (the only hold it lifts: the blast-radius limit's)",
+        )),
         "version" => Ok(Command::Version),
         "help" => Ok(Command::Help),
         other => Err(usage(format!("unknown command {other:?}"))),
@@ -350,6 +370,13 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 out,
                 err,
             )
+        }
+        Command::ResumeRateLimit { config } => {
+            let cfg = match load_config(&config, Mode::Resume, err) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            resume_rate_limit(&cfg.state_dir, out, err)
         }
     }
 }
@@ -461,6 +488,10 @@ mod tests {
             Command::Plan { config: cfg("/c") }
         );
         assert_eq!(
+            p(&["resume", "--rate-limit", "--config", "/c"]).unwrap(),
+            Command::ResumeRateLimit { config: cfg("/c") }
+        );
+        assert_eq!(
             p(&["journal", "--in-flight", "--tail", "20"]).unwrap(),
             Command::Journal {
                 in_flight: true,
@@ -486,6 +517,9 @@ mod tests {
                 &["journal", "--in-flight=yes"],
                 "--in-flight takes no value",
             ),
+            (&["resume"], "`resume` needs --rate-limit"),
+            (&["resume", "--rate-limit=1"], "--rate-limit takes no value"),
+            (&["resume", "--tail", "1"], "`resume` does not take --tail"),
             (
                 &["version", "--config", "/a"],
                 "`version` does not take --config",
@@ -512,7 +546,7 @@ mod tests {
         assert_eq!(run(&[OsString::from("help")], &mut out, &mut err), EXIT_OK);
         let help = String::from_utf8(out).unwrap();
         for cmd in [
-            "run", "selftest", "verify", "plan", "journal", "version", "help",
+            "run", "selftest", "verify", "plan", "journal", "resume", "version", "help",
         ] {
             assert!(
                 help.contains(&format!("felhom-agent {cmd}")) || help.contains(&format!("[{cmd}]")),

@@ -793,3 +793,37 @@ fn selftest_hub_refused_by_the_hub_exits_1_and_leaks_no_key() {
     assert_no_secret(&seen);
     assert_no_hub_key(&seen, &[wrong, &hub.key()]);
 }
+
+#[test]
+fn resume_rate_limit_writes_the_marker_without_the_state_lock() {
+    let dir = Dir::new("resume");
+    let sim = sim();
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let mut seen = Vec::new();
+
+    let out = agent_with(&cfg, &["resume"], &mut seen);
+    assert_exit_2_naming(&out, "--rate-limit");
+
+    let out = agent_with(&cfg, &["resume", "--rate-limit"], &mut seen);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "no state dir yet: {}",
+        text(&out.stderr)
+    );
+
+    let state = make_state_dir(&dir);
+    // A running daemon holds the lock: the command must not need it.
+    let _daemon = felhom_agent::store::StateLock::acquire(&state).unwrap();
+    let before = SystemClock.now();
+    let out = agent_with(&cfg, &["resume", "--rate-limit"], &mut seen);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let marker = felhom_agent::reconcile::resume_marker_path(&state);
+    let mode = std::fs::metadata(&marker).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let doc = read_json(&marker);
+    let at = Timestamp::parse_rfc3339(doc["requested_at"].as_str().unwrap()).unwrap();
+    assert!(at >= before, "{doc}");
+    assert!(!felhom_agent::store::replace_temp(&marker).exists());
+    assert_no_secret(&seen);
+}

@@ -431,6 +431,33 @@ fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
 }
 
 #[test]
+fn plan_report_shows_what_the_blast_radius_limit_would_hold() {
+    use felhom_agent::app::plan_report;
+    let sim = lab_sim(true);
+    let dir = tempdir("plan-blast");
+    let desired_file = dir.join("desired.json");
+    std::fs::write(
+        &desired_file,
+        br#"{"generation":7,"guests":[
+            {"vmid":100,"run":"running"},
+            {"vmid":101,"run":"stopped"},
+            {"vmid":102,"run":"stopped"}]}"#,
+    )
+    .unwrap();
+    let state_dir = dir.join("state");
+    let cfg = plan_config(
+        &sim,
+        &state_dir,
+        serde_json::json!({"desired_file": desired_file, "max_disruptive_per_hour": 1}),
+    );
+    let mut out = Vec::new();
+    let summary = plan_report(&cfg, &mut out).unwrap();
+    assert_eq!(summary.allowed, 3);
+    assert_eq!(summary.rate_limited, vec![102], "the start is never held");
+    assert!(sim.mutations().is_empty());
+}
+
+#[test]
 fn nothing_is_sent_when_the_started_record_cannot_be_made_durable() {
     // Learn how many syncs opening a fresh journal takes, then fail the next one: the
     // fsync of the first `started` record.

@@ -11,6 +11,7 @@ pub(crate) mod desired_feed;
 pub(crate) mod journal;
 pub(crate) mod plan;
 pub(crate) mod reconciler;
+pub(crate) mod resume;
 pub(crate) mod selftest;
 pub(crate) mod signals;
 pub(crate) mod signed_ops;

@@ -10,9 +10,11 @@ use std::fmt;
 
 use super::reconciler::read_only_provider;
 use super::wiring::{self, LiveSetupError};
+use crate::base::time::{Clock, SystemClock};
 use crate::config::Config;
 use crate::proxmox;
 use crate::reconcile::action::intent_for;
+use crate::reconcile::blast::is_disruptive;
 use crate::reconcile::desired::DesiredError;
 use crate::reconcile::engine::read_actual;
 use crate::reconcile::gate::{Decision, dry_run};
@@ -69,6 +71,9 @@ pub struct PlanSummary {
     pub allowed: usize,
     /// Actions the gate would refuse (with its code).
     pub refused: Vec<(u32, String)>,
+    /// Guests whose disruptive action the blast-radius limit would hold `rate_limited`
+    /// (counted from the journal's window; a pending `resume --rate-limit` is not).
+    pub rate_limited: Vec<u32>,
 }
 
 /// `felhom-agent plan`: reads desired and actual state, and writes each action the
@@ -114,6 +119,9 @@ pub fn plan_report(
     )?;
     let mut allowed = 0;
     let mut refused = Vec::new();
+    let mut rate_limited = Vec::new();
+    let limit = usize::try_from(cfg.reconcile.max_disruptive_per_hour).unwrap_or(usize::MAX);
+    let mut in_window = journal.disruptive_since(SystemClock.now());
     for a in &planned.actions {
         let word = match dry_run(&intent_for(&cfg.host_id, a), &journal) {
             Decision::Allowed { reason, .. } => {
@@ -141,6 +149,18 @@ pub fn plan_report(
         }
         if let Some(op) = in_flight.get(&a.vmid) {
             line.push_str(&format!("  (deferred: op {op} in flight)"));
+        } else if is_disruptive(
+            a,
+            actual.guests.get(&a.vmid).and_then(|g| g.config.as_ref()),
+        ) {
+            if in_window < limit {
+                in_window += 1;
+            } else {
+                rate_limited.push(a.vmid);
+                line.push_str(&format!(
+                    "  (held: rate_limited, {in_window} of {limit} disruptive this hour)"
+                ));
+            }
         }
         w(out, line)?;
     }
@@ -150,15 +170,17 @@ pub fn plan_report(
     w(
         out,
         format!(
-            "{} action(s) planned: {allowed} allowed, {} refused; nothing was executed",
+            "{} action(s) planned: {allowed} allowed, {} refused, {} rate_limited; nothing was executed",
             planned.actions.len(),
-            refused.len()
+            refused.len(),
+            rate_limited.len()
         ),
     )?;
     Ok(PlanSummary {
         plan: planned,
         allowed,
         refused,
+        rate_limited,
     })
 }
 

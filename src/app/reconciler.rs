@@ -341,6 +341,7 @@ impl Reconciler {
         let mut opts = EngineOptions::new(cfg.host_id.clone());
         opts.max_parallel = cfg.reconcile.max_parallel;
         opts.shutdown_timeout_seconds = cfg.reconcile.shutdown_timeout_seconds;
+        opts.max_disruptive_per_hour = cfg.reconcile.max_disruptive_per_hour;
         if let Some(hub) = &cfg.hub {
             opts.default_interval = Duration::from_secs(hub.poll_seconds);
         }
@@ -373,7 +374,8 @@ impl Reconciler {
             shutdown.clone(),
             opts,
         )
-        .with_clock(clock);
+        .with_clock(clock)
+        .with_rate_limit_resume(dir);
         if let Some(p) = pacing {
             engine = engine.with_pacing(p);
         }

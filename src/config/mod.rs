@@ -55,6 +55,13 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 120;
 /// that ignores its shutdown, so this also bounds how long one guest holds a pass.
 pub const MAX_SHUTDOWN_TIMEOUT_SECONDS: u64 = 600;
 
+/// `reconcile.max_disruptive_per_hour` when absent: stops and reductions of cores or
+/// memory sent per rolling hour before the rest are held `rate_limited`.
+pub const DEFAULT_MAX_DISRUPTIVE_PER_HOUR: u64 = 10;
+/// The largest `reconcile.max_disruptive_per_hour`. 0 is allowed: every disruptive
+/// action then waits for `felhom-agent resume --rate-limit`.
+pub const MAX_DISRUPTIVE_PER_HOUR: u64 = 10_000;
+
 /// What the agent is about to do; decides which sections are required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -74,6 +81,8 @@ pub enum Mode {
     Plan,
     /// `journal`: the state directory only.
     Journal,
+    /// `resume --rate-limit`: the state directory only.
+    Resume,
 }
 
 impl Mode {
@@ -88,6 +97,7 @@ impl Mode {
             Mode::Verify => "verify",
             Mode::Plan => "plan",
             Mode::Journal => "journal",
+            Mode::Resume => "resume",
         }
     }
 
@@ -256,6 +266,9 @@ pub struct ReconcileConfig {
     /// How long a `run: stopped` gives a guest to shut down cleanly before Proxmox
     /// stops it hard (`status/shutdown` with `timeout` and `forceStop=1`).
     pub shutdown_timeout_seconds: u32,
+    /// Disruptive benign actions (stops, reductions of cores or memory) sent per
+    /// rolling hour; beyond it they are held `rate_limited`.
+    pub max_disruptive_per_hour: u32,
 }
 
 /// The `audit` section.
@@ -523,6 +536,13 @@ impl Config {
                 MAX_SHUTDOWN_TIMEOUT_SECONDS,
             )?)
             .unwrap_or(120),
+            max_disruptive_per_hour: u32::try_from(r.int(
+                "reconcile.max_disruptive_per_hour",
+                DEFAULT_MAX_DISRUPTIVE_PER_HOUR,
+                0,
+                MAX_DISRUPTIVE_PER_HOUR,
+            )?)
+            .unwrap_or(10),
         };
 
         let audit = AuditConfig {
@@ -592,6 +612,7 @@ impl Config {
                 "desired_file": self.reconcile.desired_file.as_ref().map(|f| f.display().to_string()),
                 "max_parallel": self.reconcile.max_parallel,
                 "shutdown_timeout_seconds": self.reconcile.shutdown_timeout_seconds,
+                "max_disruptive_per_hour": self.reconcile.max_disruptive_per_hour,
             },
             "audit": {"max_bytes": self.audit.max_bytes},
         });

@@ -55,6 +55,7 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("reconcile.max_parallel", Kind::Int),
     ("audit.max_bytes", Kind::Int),
     ("reconcile.shutdown_timeout_seconds", Kind::Int),
+    ("reconcile.max_disruptive_per_hour", Kind::Int),
 ];
 
 /// The fields of one `authz.signers[]` entry.

@@ -62,6 +62,29 @@ fn the_design_example_loads_for_run() {
 }
 
 #[test]
+fn max_disruptive_per_hour_defaults_to_10_and_takes_0_to_10000() {
+    let c = Config::from_value(&full(), Mode::Run).unwrap();
+    assert_eq!(
+        u64::from(c.reconcile.max_disruptive_per_hour),
+        DEFAULT_MAX_DISRUPTIVE_PER_HOUR
+    );
+    for n in [0, 1, MAX_DISRUPTIVE_PER_HOUR] {
+        let mut doc = full();
+        doc["reconcile"]["max_disruptive_per_hour"] = json!(n);
+        let c = Config::from_value(&doc, Mode::Run).unwrap();
+        assert_eq!(u64::from(c.reconcile.max_disruptive_per_hour), n);
+    }
+    let env = BTreeMap::from([(
+        "FELHOM_AGENT_RECONCILE_MAX_DISRUPTIVE_PER_HOUR".to_owned(),
+        "3".to_owned(),
+    )]);
+    let mut v = full();
+    apply_env(&mut v, &env).unwrap();
+    let c = Config::from_value(&v, Mode::Run).unwrap();
+    assert_eq!(c.reconcile.max_disruptive_per_hour, 3);
+}
+
+#[test]
 fn each_malformed_field_names_itself() {
     let cases: Vec<(&str, Value, &str)> = vec![
         (
@@ -203,6 +226,21 @@ fn each_malformed_field_names_itself() {
             "/reconcile/shutdown_timeout_seconds",
             json!(601),
             "reconcile.shutdown_timeout_seconds: must be a whole number from 1 to 600, got 601",
+        ),
+        (
+            "/reconcile/max_disruptive_per_hour",
+            json!(10001),
+            "reconcile.max_disruptive_per_hour: must be a whole number from 0 to 10000, got 10001",
+        ),
+        (
+            "/reconcile/max_disruptive_per_hour",
+            json!(-1),
+            "reconcile.max_disruptive_per_hour: must be a whole number from 0 to 10000, got -1",
+        ),
+        (
+            "/reconcile/max_disruptive_per_hour",
+            json!("ten"),
+            "reconcile.max_disruptive_per_hour: must be a number, got a string",
         ),
         (
             "/reconcile/max_paralel",

@@ -46,6 +46,15 @@ pub enum Outcome {
         /// Why.
         why: String,
     },
+    /// Not sent: a disruptive action (a stop, or a config write that lowers cores or
+    /// memory) beyond `reconcile.max_disruptive_per_hour`. It stays held until the
+    /// rolling hour allows it or an operator runs `felhom-agent resume --rate-limit`.
+    RateLimited {
+        /// The limit per rolling hour.
+        limit: u32,
+        /// Disruptive actions applied or in flight in the window, this pass's included.
+        in_window: usize,
+    },
     /// Sent (or tried) and failed.
     Failed {
         /// Whether it should pass by itself (lock, timeout, 5xx).
@@ -124,6 +133,8 @@ pub(super) struct Job {
     pub(super) failed_this_pass: Arc<Mutex<HashSet<u32>>>,
     pub(super) unresolved: Arc<Mutex<Vec<Pending>>>,
     pub(super) action: Action,
+    /// Counted by the blast-radius limit: its journal records say so.
+    pub(super) disruptive: bool,
 }
 
 /// The journal params of a stop, as sent to `status/shutdown`: Recover reads `timeout`
@@ -238,6 +249,7 @@ impl Job {
         let op_id = self.journal.new_op_id(&format!("{}-{}", a.kind, a.vmid));
         let mut started = JournalRecord::started(&op_id, a.vmid, class, self.clock.now());
         started.params = self.sent_params();
+        started.disruptive = self.disruptive;
         // Durable before anything reaches Proxmox.
         self.record(&started)?;
         crate::store::faultpoint::reached("benign:after-started");

@@ -8,7 +8,8 @@
 //! have dropped the dirty pages). The engine never mutates Proxmox outside the queue,
 //! never re-dispatches an op that is still in flight, and never runs an action the
 //! gate refused. It never sees the hub: what paces it from outside comes through
-//! [`Pacing`]. One action's journaled lifecycle is `super::action`.
+//! [`Pacing`]. One action's journaled lifecycle is `super::action`; the blast-radius
+//! limit on disruptive benign actions is `super::blast`.
 
 use crate::base::sync::lock;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -19,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use super::action::{ActionJournalError, Job, Pending, intent_for};
 pub(crate) use super::action::{ActionResult, Outcome};
+use super::blast::{Admit, Limiter, is_disruptive};
 use super::classify::{Intent, OpClass};
 use super::desired::{DesiredError, DesiredProvider};
-use super::gate::{Decision, Gate, GuestNow};
+use super::gate::{Decision, Gate, GuestNow, Refusal};
 use super::journal::{Journal, JournalError};
 use super::normalize::Normalizers;
 use super::plan::{Action, ActualGuest, ActualState, Plan, plan};
@@ -57,12 +59,17 @@ pub struct EngineOptions {
     /// A stop is a clean shutdown: Proxmox gives the guest this long, then stops it
     /// hard (`status/shutdown` with `timeout` and `forceStop=1`).
     pub shutdown_timeout_seconds: u32,
+    /// Disruptive benign actions (stops, reductions of cores or memory) sent per rolling
+    /// hour; the rest are held `rate_limited` (see `super::blast`).
+    pub max_disruptive_per_hour: u32,
 }
 
 impl EngineOptions {
     /// Defaults: 4 parallel reads, task waits polling from 0.1 s to a 5 s gap for at most
     /// [`PASS_TASK_WAIT`] per pass, back-off 30 s doubling to 15 min, a change check
-    /// every 0.1 s (a stat of the desired-state file, or a look at the hub's envelope), a pass every 300 s, 120 s for a guest to shut down.
+    /// every 0.1 s (a stat of the desired-state file, or a look at the hub's envelope),
+    /// a pass every 300 s, 120 s for a guest to shut down, 10 disruptive actions per
+    /// rolling hour.
     pub fn new(host_id: impl Into<String>) -> Self {
         EngineOptions {
             host_id: host_id.into(),
@@ -79,6 +86,8 @@ impl EngineOptions {
                 crate::config::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
             )
             .unwrap_or(120),
+            max_disruptive_per_hour: u32::try_from(crate::config::DEFAULT_MAX_DISRUPTIVE_PER_HOUR)
+                .unwrap_or(10),
         }
     }
 }
@@ -176,6 +185,11 @@ impl PassReport {
     pub fn deferred(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Deferred { .. }))
     }
+
+    /// Disruptive actions held by the blast-radius limit.
+    pub fn rate_limited(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::RateLimited { .. }))
+    }
 }
 
 /// Per-guest back-off after failed actions.
@@ -217,6 +231,7 @@ pub struct Engine {
     /// Destroy deltas already gated (and audited), so each is decided once.
     gated_deltas: Mutex<BTreeSet<u32>>,
     skips: Mutex<BTreeMap<u32, String>>,
+    blast: Limiter,
 }
 
 /// The monotonic time back-off deadlines are measured on.
@@ -304,7 +319,6 @@ impl Engine {
             clock: Arc::new(SystemClock),
             shutdown,
             pacing: None,
-            opts,
             backoff: Mutex::new(HashMap::new()),
             backoff_clock: Arc::new(Instant::now),
             unresolved: Arc::new(Mutex::new(Vec::new())),
@@ -312,6 +326,8 @@ impl Engine {
             last_managed: Mutex::new(None),
             gated_deltas: Mutex::new(BTreeSet::new()),
             skips: Mutex::new(BTreeMap::new()),
+            blast: Limiter::new(opts.max_disruptive_per_hour),
+            opts,
         }
     }
 
@@ -331,6 +347,16 @@ impl Engine {
     /// step time and count the retries a back-off allows.
     pub fn with_backoff_clock(mut self, now: BackoffClock) -> Engine {
         self.backoff_clock = now;
+        self
+    }
+
+    /// Takes the operator's `resume --rate-limit` requests from `state_dir`'s marker
+    /// (see `super::blast`); without it held actions wait for the window only.
+    pub fn with_rate_limit_resume(mut self, state_dir: &std::path::Path) -> Engine {
+        self.blast = Limiter::new(self.opts.max_disruptive_per_hour).with_marker(
+            super::blast::resume_marker_path(state_dir),
+            Arc::new(crate::store::OsIo),
+        );
         self
     }
 
@@ -382,6 +408,7 @@ impl Engine {
             .collect();
         let held = self.held();
         let now = (self.backoff_clock)();
+        let mut budget = self.blast.begin(&self.journal, self.clock.now());
         let failed_this_pass = Arc::new(Mutex::new(HashSet::new()));
 
         enum Slot {
@@ -400,23 +427,60 @@ impl Engine {
                     outcome: Outcome::Deferred { why },
                 })
             };
-            if held {
-                slots.push(deferred("the hub asked to hold mutations".into()));
+            let disruptive = is_disruptive(
+                action,
+                actual
+                    .guests
+                    .get(&action.vmid)
+                    .and_then(|g| g.config.as_ref()),
+            );
+            let why = if held {
+                Some("the hub asked to hold mutations".to_owned())
+            } else if let Some(op) = in_flight.get(&action.vmid) {
+                Some(format!("op {op} is still in flight"))
+            } else {
+                lock(&self.backoff)
+                    .get(&action.vmid)
+                    .filter(|b| b.until > now)
+                    .map(|b| {
+                        format!(
+                            "backing off after {} failure(s), {}s left",
+                            b.failures,
+                            (b.until - now).as_secs()
+                        )
+                    })
+            };
+            if let Some(why) = why {
+                if disruptive {
+                    budget.carry(action);
+                }
+                slots.push(deferred(why));
                 continue;
             }
-            if let Some(op) = in_flight.get(&action.vmid) {
-                slots.push(deferred(format!("op {op} is still in flight")));
-                continue;
-            }
-            if let Some(b) = lock(&self.backoff).get(&action.vmid)
-                && b.until > now
-            {
-                slots.push(deferred(format!(
-                    "backing off after {} failure(s), {}s left",
-                    b.failures,
-                    (b.until - now).as_secs()
-                )));
-                continue;
+            if disruptive {
+                match budget.admit(action) {
+                    Admit::Go => {}
+                    Admit::Released => crate::info!(
+                        rate_limit_released,
+                        "held disruptive action released by the operator's resume",
+                        vmid = action.vmid,
+                        action = action.kind
+                    ),
+                    Admit::Held { first, in_window } => {
+                        if first {
+                            self.audit_rate_limited(action, budget.limit(), in_window);
+                        }
+                        slots.push(Slot::Done(ActionResult {
+                            action: action.clone(),
+                            op_id: None,
+                            outcome: Outcome::RateLimited {
+                                limit: budget.limit(),
+                                in_window,
+                            },
+                        }));
+                        continue;
+                    }
+                }
             }
             let intent = intent_for(&self.opts.host_id, action);
             if let Decision::Refused { reason } =
@@ -438,7 +502,7 @@ impl Engine {
                 }));
                 continue;
             }
-            let job = self.job(action.clone(), Arc::clone(&failed_this_pass));
+            let job = self.job(action.clone(), Arc::clone(&failed_this_pass), disruptive);
             match self.queue.submit(action.vmid, move || job.run()) {
                 Ok(h) => slots.push(Slot::Queued(h, action.clone())),
                 Err(e) => {
@@ -450,6 +514,7 @@ impl Engine {
                 }
             }
         }
+        self.blast.end(budget);
 
         let mut results = Vec::with_capacity(slots.len());
         let mut fatal = None;
@@ -495,7 +560,8 @@ impl Engine {
                 applied = report.applied(),
                 failed = report.failed(),
                 refused = report.refused(),
-                deferred = report.deferred()
+                deferred = report.deferred(),
+                rate_limited = report.rate_limited()
             );
         }
         Ok(report)
@@ -544,8 +610,37 @@ impl Engine {
         out
     }
 
-    /// A job for `action` on this engine's client, journal and clock.
-    fn job(&self, action: Action, failed_this_pass: Arc<Mutex<HashSet<u32>>>) -> Job {
+    /// Audits (through the gate, as `rate_limited`) and logs a disruptive action the
+    /// blast-radius limit holds; called once per hold, not every pass.
+    fn audit_rate_limited(&self, action: &Action, limit: u32, in_window: usize) {
+        let intent = intent_for(&self.opts.host_id, action);
+        self.gate.refuse(
+            &intent,
+            Refusal::RateLimited,
+            format!(
+                "limit of {limit} disruptive actions per rolling hour reached ({in_window} \
+                 sent); held until the window allows it or an operator runs \
+                 `felhom-agent resume --rate-limit`"
+            ),
+        );
+        crate::warn!(
+            action_rate_limited,
+            "disruptive action held by the blast-radius limit",
+            vmid = action.vmid,
+            action = action.kind,
+            limit = limit,
+            in_window = in_window
+        );
+    }
+
+    /// A job for `action` on this engine's client, journal and clock; `disruptive`
+    /// marks its journal records for the blast-radius window.
+    fn job(
+        &self,
+        action: Action,
+        failed_this_pass: Arc<Mutex<HashSet<u32>>>,
+        disruptive: bool,
+    ) -> Job {
         Job {
             client: self.client.clone(),
             journal: Arc::clone(&self.journal),
@@ -556,6 +651,7 @@ impl Engine {
             failed_this_pass,
             unresolved: Arc::clone(&self.unresolved),
             action,
+            disruptive,
         }
     }
 
@@ -565,7 +661,12 @@ impl Engine {
         let pending = std::mem::take(&mut *lock(&self.unresolved));
         let mut handles = Vec::new();
         for p in pending {
-            let job = self.job(p.action.clone(), Arc::new(Mutex::new(HashSet::new())));
+            // Only `finish` runs: the records it steps carry the flag they were sent with.
+            let job = self.job(
+                p.action.clone(),
+                Arc::new(Mutex::new(HashSet::new())),
+                false,
+            );
             crate::info!(
                 task_wait_reattached,
                 "waiting again for a reconcile task",
@@ -651,7 +752,7 @@ impl Engine {
                     seconds = delay.as_secs()
                 );
             }
-            Outcome::Refused { .. } | Outcome::Deferred { .. } => {}
+            Outcome::Refused { .. } | Outcome::Deferred { .. } | Outcome::RateLimited { .. } => {}
         }
     }
 

@@ -139,6 +139,10 @@ pub enum Refusal {
     /// Destructive while the journal or the nonce store is damaged, or the decision
     /// could not be audited.
     StateDamaged,
+    /// Benign but disruptive (a stop, a reduction of cores or memory) beyond
+    /// `reconcile.max_disruptive_per_hour`: held, not sent, until the rolling hour
+    /// allows it or an operator runs `felhom-agent resume --rate-limit`.
+    RateLimited,
 }
 
 impl Refusal {
@@ -153,6 +157,7 @@ impl Refusal {
             Refusal::BindingMismatch => "binding_mismatch",
             Refusal::Rejected(e) => e.code(),
             Refusal::StateDamaged => "state_damaged",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }

@@ -36,6 +36,11 @@ use crate::store::{Io, OsIo, Store, StoreError, SyncMode, replay_bytes};
 /// (in-flight ops, unexpired signed-op keys, provenance): a few records and two fsyncs.
 pub(crate) const COMPACT_OVER: u64 = 2_000;
 
+/// The rolling window of the blast-radius limit (`reconcile.max_disruptive_per_hour`),
+/// in seconds: compaction keeps a disruptive op this long after its last record, so the
+/// window survives compaction as it survives a restart.
+pub(crate) const DISRUPTIVE_WINDOW_SECONDS: i64 = 3600;
+
 /// Where an op is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,6 +101,11 @@ pub struct JournalRecord {
     /// Free text: why it failed, what was skipped.
     #[serde(default)]
     pub detail: Option<String>,
+    /// A benign action the blast-radius limit counts (a stop, or a config write that
+    /// lowers cores or memory): [`Journal::disruptive_since`] reads the rolling window
+    /// from these, so a restart never resets it. Absent on disk when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disruptive: bool,
 }
 
 impl JournalRecord {
@@ -112,6 +122,7 @@ impl JournalRecord {
             expires_at: None,
             at,
             detail: None,
+            disruptive: false,
         }
     }
 
@@ -286,8 +297,19 @@ impl Index {
         }
     }
 
+    /// The disruptive ops that count against the rolling window ending at `now`: in
+    /// flight or succeeded, last recorded after `now - DISRUPTIVE_WINDOW_SECONDS` (or
+    /// later than `now`: a clock set back frees nothing).
+    fn disruptive_since(&self, now: Timestamp) -> usize {
+        let since = now.0.saturating_sub(DISRUPTIVE_WINDOW_SECONDS);
+        self.latest
+            .values()
+            .filter(|r| r.disruptive && r.state != OpState::Failed && r.at.0 > since)
+            .count()
+    }
+
     /// The lines a compaction keeps: the seq floor, in-flight ops, applied keys not yet
-    /// expired, and live provenance.
+    /// expired, disruptive ops still inside the rolling window, and live provenance.
     fn keep(&self, now: Timestamp) -> Vec<Line> {
         let mut out = vec![Line::SeqFloor {
             next: self.next_seq,
@@ -299,7 +321,9 @@ impl Index {
             let keep = match r.state {
                 OpState::Started | OpState::TaskRunning => true,
                 OpState::Succeeded => {
-                    r.idempotency_key.is_some() && r.expires_at.is_none_or(|e| e >= now)
+                    (r.idempotency_key.is_some() && r.expires_at.is_none_or(|e| e >= now))
+                        || (r.disruptive
+                            && r.at.0 > now.0.saturating_sub(DISRUPTIVE_WINDOW_SECONDS))
                 }
                 OpState::Failed => false,
             };
@@ -534,6 +558,13 @@ impl Journal {
         lock(&self.index).in_flight()
     }
 
+    /// How many disruptive benign ops (records marked `disruptive`) are in flight or
+    /// succeeded within the hour before `now`, each timed by its latest record: the
+    /// blast-radius limit's rolling window. A failed one does not count.
+    pub fn disruptive_since(&self, now: Timestamp) -> usize {
+        lock(&self.index).disruptive_since(now)
+    }
+
     /// Whether an op with idempotency key `key` succeeded (failed ones do not count).
     pub fn already_applied(&self, key: &str) -> bool {
         lock(&self.index).applied.contains_key(key)
@@ -614,6 +645,11 @@ impl JournalView {
         self.index.provenance(vmid, txn)
     }
 
+    /// The blast-radius window as [`Journal::disruptive_since`] counts it.
+    pub fn disruptive_since(&self, now: Timestamp) -> usize {
+        self.index.disruptive_since(now)
+    }
+
     /// Where the file is damaged, if it is (the records before the damage are shown).
     pub fn damaged(&self) -> Option<&str> {
         self.damaged.as_deref()
@@ -646,6 +682,45 @@ mod tests {
         assert_eq!(reopened.in_flight(), vec![open]);
         assert_eq!(reopened.latest("start-100-1"), None);
         assert_eq!(reopened.new_op_id("x"), "x-3", "op ids keep counting");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_disruptive_window_counts_the_hour_and_survives_compaction_for_it() {
+        let dir = std::env::temp_dir().join(format!("felhom-journal-blast-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("journal.log");
+        let j = Journal::open(&path).unwrap();
+        let t = Timestamp(1_800_000_000);
+        let mut stop = JournalRecord::started("stop-100-1", 100, OpClass::Stop, t);
+        stop.disruptive = true;
+        j.append(&stop).unwrap();
+        j.append(&stop.step(OpState::Succeeded, t)).unwrap();
+        let mut failed = JournalRecord::started("stop-101-2", 101, OpClass::Stop, t);
+        failed.disruptive = true;
+        j.append(&failed).unwrap();
+        j.append(&failed.step(OpState::Failed, t)).unwrap();
+        let start = JournalRecord::started("start-102-3", 102, OpClass::Start, t);
+        j.append(&start.step(OpState::Succeeded, t)).unwrap();
+        assert_eq!(
+            j.disruptive_since(t),
+            1,
+            "failed and benign ones do not count"
+        );
+
+        let half = Timestamp(t.0 + DISRUPTIVE_WINDOW_SECONDS / 2);
+        j.compact(half).unwrap();
+        let reopened = Journal::open(&path).unwrap();
+        assert_eq!(
+            reopened.disruptive_since(half),
+            1,
+            "kept through compaction"
+        );
+        let hour = Timestamp(t.0 + DISRUPTIVE_WINDOW_SECONDS);
+        assert_eq!(reopened.disruptive_since(hour), 0, "the hour is over");
+        reopened.compact(hour).unwrap();
+        assert_eq!(reopened.latest("stop-100-1"), None, "dropped once outside");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,6 +9,7 @@
 
 pub(crate) mod action;
 pub(crate) mod audit;
+pub(crate) mod blast;
 pub(crate) mod classify;
 pub(crate) mod desired;
 pub(crate) mod desired_cache;
@@ -26,6 +27,7 @@ pub use audit::{
     AUDIT_STRING_MAX, AuditDelivery, AuditError, AuditField, AuditLog, AuditRecord,
     DEFAULT_MAX_BYTES, MIN_MAX_BYTES, PENDING_SIGNATURE, cap,
 };
+pub use blast::{RESUME_MARKER, is_disruptive, request_resume, resume_marker_path};
 pub use classify::{Intent, OpClass, Provenance};
 pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
 pub use desired_cache::{DesiredCache, DesiredOfferError, Offered};

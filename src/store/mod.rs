@@ -75,6 +75,7 @@ mod powercut;
 mod replace;
 mod rotate;
 pub(crate) mod statelock;
+mod take;
 
 pub use faultpoint::{
     FAIL_SYNC_AT_ENV, JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
@@ -89,6 +90,7 @@ use line::{READ_BUFFER, anchor_line, record_line};
 pub use powercut::{CutMode, CutPoint, CutReport, PointOp, PowerCutIo};
 pub use replace::{replace_file, replace_temp};
 pub use statelock::{StateLock, StateLockError};
+pub use take::{take_file, taken_path};
 
 /// Why a store operation failed.
 #[derive(Debug)]
