@@ -6,6 +6,7 @@
 
 pub(crate) mod bridge;
 pub(crate) mod command;
+pub(crate) mod compaction;
 pub(crate) mod daemon;
 pub(crate) mod desired_feed;
 pub(crate) mod journal;

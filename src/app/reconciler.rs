@@ -184,7 +184,7 @@ pub(crate) fn journal_compact_threshold() -> u64 {
 /// Keeps the journal bounded: compacts it (in-flight ops and unexpired applied keys are
 /// kept) once it holds more than `threshold` records. The
 /// reconciler calls it at start, before Recover; the daemon again every
-/// [`crate::app::daemon::JOURNAL_COMPACT_EVERY`]. A compaction that failed before the new file
+/// [`crate::app::compaction::JOURNAL_COMPACT_EVERY`]. A compaction that failed before the new file
 /// replaced the old one changed nothing: it is logged and `Ok(false)` returned. One that
 /// poisoned the journal is the error: the daemon must stop and replay from disk.
 /// `at` names the caller in the log line (`at=start` or `at=running`), so an operator
