@@ -260,6 +260,7 @@ fn audit_entry() -> AuditEntry {
     );
     e.delivery = Some(AuditDelivery {
         hub_op_id: Some("op-7".into()),
+        nonce: Some("5f0c9e2a7b41d8c36e1f90a4b2d7c85e".into()),
         index: Some(0),
         blob_sha256: Some(
             "b9c5de384486f63ec4bce574e21ced2be71368048f46df2f3789371aea7a9f80".into(),
@@ -403,7 +404,7 @@ fn the_contract_field_names_are_frozen() {
     }
     assert_eq!(
         keys(&golden["audit_tail"][0]["delivery"]),
-        set(&["hub_op_id", "index", "blob_sha256", "blob_bytes"])
+        set(&["hub_op_id", "nonce", "index", "blob_sha256", "blob_bytes"])
     );
     assert_eq!(
         keys(&golden["audit_tail"][0]["truncated"][0]),

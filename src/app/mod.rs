@@ -22,5 +22,7 @@ pub use daemon::{DaemonError, serve};
 pub use desired_feed::{FetchBackoff, HubDesired};
 pub use plan::plan_report;
 pub use reconciler::Reconciler;
-pub use signed_ops::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent};
+pub use signed_ops::{
+    OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent, unverified_nonce,
+};
 pub use wiring::{ProxmoxReader, hub_round, selftest_hub};

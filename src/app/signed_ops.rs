@@ -52,6 +52,12 @@ pub fn unverified_intent(blob: &[u8]) -> Result<Intent, crate::authz::AuthzError
     Ok(intent)
 }
 
+/// The nonce a blob names, read **without** verifying it, only to name the op in the
+/// audit and in the results the hub reads back; `None` when the blob does not parse.
+pub fn unverified_nonce(blob: &[u8]) -> Option<String> {
+    OpBlob::parse(blob).ok().map(|b| b.nonce)
+}
+
 /// What became of one delivered op.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -194,10 +200,12 @@ impl SignedOpsRunner {
     /// [`SignedOpsRunner::handle`] for the op at `index` of the hub's answer (recorded
     /// in the audit with it).
     fn handle_at(&self, op: &DeliveredOp, index: Option<usize>) -> Result<OpOutcome, JobError> {
+        let nonce = unverified_nonce(&op.blob);
         let delivery = || {
             let (sha, bytes) = blob_digest(&op.blob);
             Delivery {
                 hub_op_id: Some(op.id.clone()),
+                nonce: nonce.clone(),
                 index: index.map(|i| i as u64),
                 blob_sha256: Some(sha),
                 blob_bytes: Some(bytes),
@@ -232,14 +240,20 @@ impl SignedOpsRunner {
                     blob: op.blob.clone(),
                     signature: signature.clone(),
                 };
-                OpOutcome::Job(self.jobs.run_signed_job(
+                OpOutcome::Job(self.jobs.run_delivered_job(
                     &intent,
                     &signed,
                     Arc::clone(&self.executor),
+                    Some(delivery()),
                 )?)
             }
             // The gate records its own decision; an unsigned op never runs here.
-            None => match self.gate.authorize(&intent, None, &GuestNow::NotRead) {
+            None => match self.gate.authorize_delivered(
+                &intent,
+                None,
+                &GuestNow::NotRead,
+                Some(&delivery()),
+            ) {
                 Decision::Refused { reason } => OpOutcome::Job(JobOutcome::Refused(reason)),
                 Decision::Allowed { .. } => OpOutcome::UnsignedNotRun,
             },
@@ -386,6 +400,7 @@ impl SignedOpsRunner {
                 ),
                 Delivery {
                     hub_op_id: None,
+                    nonce: None,
                     index: Some(first.index as u64),
                     blob_sha256: None,
                     blob_bytes: None,
@@ -406,6 +421,7 @@ impl SignedOpsRunner {
                 format!("entry skipped: {}", unquoted(&s.why)),
                 Delivery {
                     hub_op_id: s.hub_id.clone(),
+                    nonce: None,
                     index: Some(s.index as u64),
                     blob_sha256: sha,
                     blob_bytes: bytes,

@@ -250,8 +250,9 @@ pub struct AuditEntry {
     pub reason: String,
     /// The signer's advisory key id when a signature was presented.
     pub key_id: Option<String>,
-    /// The hub delivery the entry is about, when the signed-ops channel wrote it;
-    /// `null` for the gate's own decisions.
+    /// The hub delivery the entry is about: set on every entry about an op the hub
+    /// delivered (the gate's decision on it included); `null` for decisions on the
+    /// agent's own actions.
     #[serde(default)]
     pub delivery: Option<Delivery>,
     /// The fields that were cut, in field order; empty when none was.
@@ -283,12 +284,15 @@ impl AuditEntry {
 }
 
 /// What the agent knows of one op the hub delivered: never its bytes, only their hash
-/// and size. Each field is `null` when it is not known (an entry skipped before its id
-/// or its blob could be read).
+/// and size and the nonce the blob names. Each field is `null` when it is not known (an
+/// entry skipped before its id or its blob could be read, a blob that does not parse).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     /// The hub's id for the op, as the hub sent it (cut like every string).
     pub hub_op_id: Option<String>,
+    /// The blob's `nonce`, read from the blob unverified only to name the op; `null`
+    /// when the blob does not parse or the entry was skipped before it was read.
+    pub nonce: Option<String>,
     /// Its position in the `ops` array of the hub's answer.
     pub index: Option<u64>,
     /// SHA-256 of the decoded blob, lowercase hex.
@@ -301,7 +305,7 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truncated {
     /// Which field: `op`, `guest_id`, `decision`, `reason`, `key_id`,
-    /// `delivery.hub_op_id` or `delivery.blob_sha256`.
+    /// `delivery.hub_op_id`, `delivery.nonce` or `delivery.blob_sha256`.
     pub field: String,
     /// SHA-256 of the full value's UTF-8 bytes, lowercase hex.
     pub sha256: String,
