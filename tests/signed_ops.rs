@@ -287,7 +287,7 @@ struct Fixed(ControlEnvelope);
 impl Reporter for Fixed {
     type Error = std::io::Error;
     fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
-        Ok(self.0)
+        Ok(self.0.clone())
     }
 }
 

@@ -45,6 +45,7 @@ pub const NULLABLE_FIELDS: &[&str] = &[
     "pending_signatures[].delivery.index",
     "pending_signatures[].delivery.blob_sha256",
     "pending_signatures[].delivery.blob_bytes",
+    "signed_op_results[].nonce",
 ];
 
 /// Collections whose elements have the shape of another collection's: the contract's
@@ -55,6 +56,18 @@ pub const SHARED_SHAPES: &[(&str, &str)] = &[("pending_signatures", "audit_tail"
 /// Strings the contract limits to a fixed set of words.
 pub const ENUM_FIELDS: &[(&str, &[&str])] = &[
     ("guests[].status", &["running", "stopped", "unknown"]),
+    (
+        "signed_op_results[].outcome",
+        &[
+            "executed",
+            "refused",
+            "failed",
+            "skipped",
+            "held",
+            "malformed",
+            "not_executed",
+        ],
+    ),
     (
         "cloudflared.status",
         &[
@@ -310,6 +323,26 @@ mod tests {
                 "{p:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_signed_op_result_has_the_contracts_fields_and_outcome_words() {
+        let mut r = contract();
+        r["signed_op_results"][0]["nonce"] = Value::Null;
+        assert_eq!(
+            validate_report(&r),
+            Vec::<String>::new(),
+            "nonce may be null"
+        );
+        r["signed_op_results"][0]["outcome"] = json!("won");
+        r["signed_op_results"][0]
+            .as_object_mut()
+            .map(|o| o.remove("code"));
+        let mut p = validate_report(&r);
+        p.sort();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0], "signed_op_results[0].code: missing");
+        assert!(p[1].starts_with("signed_op_results[0].outcome: must be one of executed, "));
     }
 
     #[test]

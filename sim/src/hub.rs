@@ -10,6 +10,10 @@
 //! base64 of its exact bytes. A desired-state document a test publishes is served at
 //! `GET /api/v1/desired-state` with its generation as the entity tag (`304` to an
 //! `If-None-Match` naming it) and announced in every envelope's `desired_generation`.
+//! The `signed_op_results` of every accepted report are recorded (the latest per op id);
+//! ids a test acknowledges ([`HubSim::ack_signed_op_results`], or every id reported
+//! with [`HubSim::auto_ack_signed_op_results`]) go out in the next envelope's
+//! `ack_signed_op_results`.
 //!
 //! Test and demo code: it never reaches beyond 127.0.0.1 and never ships in the agent.
 //! It owns no contract of its own: the golden file is the single source of the shape.
@@ -82,6 +86,12 @@ struct State {
     next_op: u64,
     /// The published document's bytes and the generation it is served and announced as.
     desired: Option<(Vec<u8>, u64)>,
+    /// The latest signed-op result heard per id, in the order the ids were first heard.
+    results: Vec<Value>,
+    /// Ids to acknowledge in the next envelope.
+    acks: Vec<String>,
+    /// Acknowledge every result id each report carries, in its own answer.
+    auto_ack: bool,
 }
 
 impl State {
@@ -179,6 +189,9 @@ impl HubSimBuilder {
                 signed_ops: Vec::new(),
                 next_op: 1,
                 desired: None,
+                results: Vec::new(),
+                acks: Vec::new(),
+                auto_ack: false,
             }),
             accepted: Condvar::new(),
         });
@@ -308,6 +321,24 @@ impl HubSim {
             .into_iter()
             .filter(|r| r.path == DESIRED_STATE_PATH)
             .collect()
+    }
+
+    /// The latest `signed_op_results` entry heard for each op id, in the order the ids
+    /// were first reported (an acknowledged result stays here: it is what the hub
+    /// recorded).
+    pub fn signed_op_results(&self) -> Vec<Value> {
+        self.inner.lock().results.clone()
+    }
+
+    /// Acknowledges `ids` in the next envelope answered (once).
+    pub fn ack_signed_op_results(&self, ids: &[&str]) {
+        let mut st = self.inner.lock();
+        st.acks.extend(ids.iter().map(|s| (*s).to_string()));
+    }
+
+    /// When `on`, each answer acknowledges every result id its report carried.
+    pub fn auto_ack_signed_op_results(&self, on: bool) {
+        self.inner.lock().auto_ack = on;
     }
 
     /// Signed ops queued and not yet fetched.
@@ -496,6 +527,24 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
             &json!({ "error": "report does not match the contract", "problems": problems }),
         );
     }
+    let reported: Vec<Value> = report["signed_op_results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for r in &reported {
+        match st.results.iter_mut().find(|k| k["id"] == r["id"]) {
+            Some(kept) => *kept = r.clone(),
+            None => st.results.push(r.clone()),
+        }
+    }
+    let mut acks = std::mem::take(&mut st.acks);
+    if st.auto_ack {
+        acks.extend(
+            reported
+                .iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_string)),
+        );
+    }
     st.reports.push(report);
     let mut envelope = st
         .envelopes
@@ -510,6 +559,11 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
         && let Some(obj) = envelope.as_object_mut()
     {
         obj.insert("desired_generation".into(), json!(generation));
+    }
+    if !acks.is_empty()
+        && let Some(obj) = envelope.as_object_mut()
+    {
+        obj.insert("ack_signed_op_results".into(), json!(acks));
     }
     json_answer(200, "OK", &envelope)
 }

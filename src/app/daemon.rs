@@ -45,13 +45,14 @@ use crate::app::compaction::{
 use crate::app::reconciler::{
     Reconciler, StartupError, journal_compact_threshold, prepare_state_dir,
 };
+use crate::app::results::{AckingRound, ResultsFeed};
 use crate::app::signed_ops::{self, SignedOpsRunner};
 use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::NonceStoreError;
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::{self, Config, Mode};
-use crate::hub::collect::AuditTail;
+use crate::hub::collect::{AuditTail, OpResultsSource};
 use crate::hub::ops_feed::{Announcement, SignedOpsClient};
 use crate::hub::poller::Poller;
 use crate::proxmox::WaitOptions;
@@ -298,14 +299,17 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         .and_then(wiring::proxmox_client)
         .map_err(DaemonError::Setup)?;
     let audit = Arc::new(AuditFeed::default());
+    let results = Arc::new(ResultsFeed::default());
     let round = wiring::hub_round_with(
         cfg,
         proxmox.clone(),
         Arc::clone(&audit) as Arc<dyn AuditTail>,
+        Arc::clone(&results) as Arc<dyn OpResultsSource>,
     )
     .map_err(DaemonError::Setup)?;
     let announcement = Announcement::new();
     let poll_seconds = cfg.hub.as_ref().map_or(300, |h| h.poll_seconds);
+    let round = AckingRound::new(round, Arc::clone(&results));
     let mut poller = Poller::new(round, shutdown.clone(), poll_seconds)
         .with_second(schedule_second())
         .announcing(announcement.clone());
@@ -344,10 +348,11 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         failed = recovered.failed.len(),
         unresolved = recovered.unresolved.len()
     );
-    if !audit.bind(Arc::clone(&reconciler.audit)) {
+    let bound = audit.bind(Arc::clone(&reconciler.audit));
+    if !(results.bind(Arc::clone(&reconciler.results)) && bound) {
         crate::warn!(
             audit_tail_already_bound,
-            "audit tail was already bound; keeping the first"
+            "audit tail or results were already bound; keeping the first"
         );
     }
 
@@ -409,7 +414,8 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
             Arc::clone(&reconciler.audit),
             executor,
         )
-        .with_hold(hold);
+        .with_hold(hold)
+        .with_results(Arc::clone(&reconciler.results));
         let (s, slot) = (shutdown.clone(), Arc::clone(&failure));
         workers.spawn("signed-ops", move || {
             if let Err(e) = signed_ops::run_worker(&runner, &client, &announcement, &s) {

@@ -12,6 +12,7 @@ pub(crate) mod desired_feed;
 pub(crate) mod journal;
 pub(crate) mod plan;
 pub(crate) mod reconciler;
+pub(crate) mod results;
 pub(crate) mod selftest;
 pub(crate) mod signed_ops;
 pub(crate) mod verify;
@@ -22,6 +23,7 @@ pub use daemon::{DaemonError, serve};
 pub use desired_feed::{FetchBackoff, HubDesired};
 pub use plan::plan_report;
 pub use reconciler::Reconciler;
+pub use results::{AckingRound, ResultsFeed, apply_acks, wire_result};
 pub use signed_ops::{
     OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent, unverified_nonce,
 };

@@ -1,6 +1,7 @@
 //! Reconcile's start-up, in the order of the design: state dir → journal (compacted
 //! when large) → audit log → nonce store and verifier (when signers are configured) →
-//! gate → queue → signed jobs → **Recover** → engine.
+//! gate → queue → signed jobs → **Recover** → engine, and the signed-op results the
+//! reports carry.
 //!
 //! Nothing here mutates Proxmox: Recover only reads it and appends to the journal to
 //! resolve the ops a crash left in flight. The engine is paced by whatever [`Pacing`]
@@ -27,6 +28,7 @@ use crate::reconcile::engine::{Engine, EngineOptions, Pacing};
 use crate::reconcile::gate::Gate;
 use crate::reconcile::jobs::SignedJobs;
 use crate::reconcile::journal::{COMPACT_OVER, Journal, JournalError};
+use crate::reconcile::op_results::OpResults;
 use crate::reconcile::queue::Queue;
 use crate::reconcile::recover::{RecoverError, RecoverReport, recover};
 use crate::store::OsIo;
@@ -247,6 +249,9 @@ pub struct Reconciler {
     /// The durable nonce store behind the verifier (`None` without signers); the
     /// daemon compacts it.
     pub nonces: Option<Arc<crate::authz::FileNonceStore>>,
+    /// The outcomes of hub-delivered signed ops, kept for the reports until the hub
+    /// acknowledges them (`state_dir/op_results.json`).
+    pub results: Arc<OpResults>,
 }
 
 impl fmt::Debug for Reconciler {
@@ -378,6 +383,8 @@ impl Reconciler {
             engine = engine.with_pacing(p);
         }
         let jobs = SignedJobs::new(Arc::clone(&gate), Arc::new(queue.clone()));
+        // Never fails: a damaged file is logged and set aside (it only feeds reports).
+        let results = Arc::new(OpResults::open(dir.join("op_results.json"), Arc::new(OsIo)));
         Ok(Reconciler {
             journal,
             audit,
@@ -387,6 +394,7 @@ impl Reconciler {
             engine: Arc::new(engine),
             recovered,
             nonces,
+            results,
         })
     }
 }

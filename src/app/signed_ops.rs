@@ -12,6 +12,10 @@
 //! bytes: what a parser quoted from the input is blanked out of the reasons written
 //! there.
 //!
+//! Every outcome is also kept, one entry per hub op id, in the results the next reports
+//! carry (`signed_op_results`) until the hub acknowledges them (`super::results`); a feed
+//! entry skipped for being unusable is kept too when its id is usable.
+//!
 //! While the hub marks the host `blocked` (the same hold that stops reconcile's
 //! mutations), a delivered op goes nowhere: not to the gate, so its nonce is not burned,
 //! and not to the journal. It is audited `held` once per hold and runs on the first
@@ -39,6 +43,7 @@ use crate::reconcile::classify::{Intent, OpClass};
 use crate::reconcile::engine::Pacing;
 use crate::reconcile::gate::{Decision, Gate, GuestNow, SignedOp};
 use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
+use crate::reconcile::op_results::{OpResult, OpResults, OpResultsError, ResultOutcome};
 
 /// The word the audit records for an op the agent could not read.
 pub(crate) const UNREADABLE_OP: &str = "signed_op";
@@ -141,6 +146,7 @@ pub struct SignedOpsRunner {
     executor: Arc<dyn DestructiveExecutor>,
     clock: Arc<dyn Clock>,
     hold: Option<Arc<dyn Pacing>>,
+    results: Option<Arc<OpResults>>,
     /// Deliveries (hub id, blob SHA-256) audited `held` during the current hold.
     held_audited: Mutex<HashSet<(String, String)>>,
 }
@@ -169,7 +175,44 @@ impl SignedOpsRunner {
             executor,
             clock: Arc::new(SystemClock),
             hold: None,
+            results: None,
             held_audited: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Keeps each outcome in `results`, for the reports, until the hub acknowledges it.
+    pub fn with_results(mut self, results: Arc<OpResults>) -> SignedOpsRunner {
+        self.results = Some(results);
+        self
+    }
+
+    /// Keeps one outcome for the reports; a failure is logged, never fatal (the audit
+    /// and the journal hold what happened).
+    fn keep_result(&self, id: &str, nonce: Option<String>, outcome: ResultOutcome, code: &str) {
+        let Some(results) = &self.results else {
+            return;
+        };
+        let result = OpResult {
+            id: id.to_string(),
+            nonce,
+            outcome,
+            code: code.to_string(),
+            at: self.clock.now(),
+        };
+        match results.record(result) {
+            Ok(_) => {}
+            Err(e @ OpResultsError::Invalid { .. }) => crate::warn!(
+                signed_op_result_not_kept,
+                "signed op result not kept for the hub",
+                hub_op = id,
+                error = e
+            ),
+            Err(e) => crate::error!(
+                op_results_not_saved,
+                "signed op result not saved",
+                hub_op = id,
+                error = e
+            ),
         }
     }
 
@@ -213,6 +256,7 @@ impl SignedOpsRunner {
         };
         if self.is_held() {
             self.hold_op(op, delivery());
+            self.keep(op, nonce, &OpOutcome::Held);
             return Ok(OpOutcome::Held);
         }
         let intent = match unverified_intent(&op.blob) {
@@ -231,7 +275,9 @@ impl SignedOpsRunner {
                     format!("blob does not parse: {}", unquoted(&why)),
                     delivery(),
                 );
-                return Ok(OpOutcome::Unparseable { why });
+                let outcome = OpOutcome::Unparseable { why };
+                self.keep(op, nonce, &outcome);
+                return Ok(outcome);
             }
         };
         let outcome = match &op.signature {
@@ -259,7 +305,13 @@ impl SignedOpsRunner {
             },
         };
         self.report(op, &intent, &outcome, delivery());
+        self.keep(op, nonce, &outcome);
         Ok(outcome)
+    }
+
+    fn keep(&self, op: &DeliveredOp, nonce: Option<String>, outcome: &OpOutcome) {
+        let (word, code) = super::results::result_of(outcome);
+        self.keep_result(&op.id, nonce, word, code);
     }
 
     /// Logs a held op, and audits it the first time this hold meets it. Nothing else
@@ -414,6 +466,9 @@ impl SignedOpsRunner {
                 index = s.index,
                 reason = s.why
             );
+            if let Some(id) = &s.hub_id {
+                self.keep_result(id, None, ResultOutcome::Malformed, "malformed_entry");
+            }
             let (sha, bytes) = s.blob.clone().unzip();
             self.audit_delivery(
                 s.hub_id.as_deref().unwrap_or("-"),

@@ -16,7 +16,8 @@ use crate::base::time::SystemClock;
 use crate::config::{Config, ProxmoxConfig};
 use crate::hub::client::{HubClient, HubClientError, HubSetupError};
 use crate::hub::collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, ReadError,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoOpResults, OpResultsSource,
+    ReadError,
 };
 use crate::hub::report::{CpuMetrics, HostMetrics, LoadAverage, Usage};
 use crate::hub::round::HubRound;
@@ -196,15 +197,17 @@ pub fn hub_round(cfg: &Config, audit: Arc<dyn AuditTail>) -> Result<LiveRound, L
         .proxmox
         .as_ref()
         .ok_or(LiveSetupError::NoProxmoxSection)?;
-    hub_round_with(cfg, proxmox_client(proxmox)?, audit)
+    hub_round_with(cfg, proxmox_client(proxmox)?, audit, Arc::new(NoOpResults))
 }
 
 /// [`hub_round`] reading through `proxmox`, a client the caller already has (the
-/// daemon shares one, and so its connections, between all its workers).
+/// daemon shares one, and so its connections, between all its workers), and the
+/// signed-op results from `results`.
 pub(crate) fn hub_round_with(
     cfg: &Config,
     proxmox: Client,
     audit: Arc<dyn AuditTail>,
+    results: Arc<dyn OpResultsSource>,
 ) -> Result<LiveRound, LiveSetupError> {
     let hub = cfg
         .hub
@@ -219,7 +222,8 @@ pub(crate) fn hub_round_with(
         SystemctlProbe::new(),
         audit,
         Arc::new(SystemClock),
-    );
+    )
+    .with_op_results(results);
     Ok(HubRound::new(collector, client))
 }
 

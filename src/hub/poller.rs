@@ -63,7 +63,7 @@ pub struct SharedEnvelope(Arc<Mutex<Option<ControlEnvelope>>>);
 impl SharedEnvelope {
     /// The last envelope received, if any round has succeeded.
     pub fn get(&self) -> Option<ControlEnvelope> {
-        *lock(&self.0)
+        lock(&self.0).clone()
     }
 
     fn set(&self, e: ControlEnvelope) {
@@ -204,18 +204,17 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
                 if envelope.blocked {
                     crate::warn!(host_blocked, "the hub marks this host blocked");
                 }
+                let (generation, has_ops) = (envelope.desired_generation, envelope.has_signed_ops);
                 self.latest.set(envelope);
-                if envelope.has_signed_ops
-                    && let Some(a) = &self.announcement
-                {
+                if has_ops && let Some(a) = &self.announcement {
                     a.raise();
                 }
                 crate::debug!(
                     report_sent,
                     "hub report sent",
                     next_in_seconds = self.interval_seconds,
-                    desired_generation = envelope.desired_generation,
-                    has_signed_ops = envelope.has_signed_ops
+                    desired_generation = generation,
+                    has_signed_ops = has_ops
                 );
                 self.second * u32::try_from(self.interval_seconds).unwrap_or(u32::MAX)
             }
@@ -266,7 +265,7 @@ mod tests {
     impl Reporter for Answers {
         type Error = std::io::Error;
         fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
-            Ok(self.0)
+            Ok(self.0.clone())
         }
     }
 
@@ -278,11 +277,11 @@ mod tests {
             ..ControlEnvelope::default()
         };
         let announcement = Announcement::new();
-        let mut poller = Poller::new(Answers(blocked_with_ops), Shutdown::new(), 60)
+        let mut poller = Poller::new(Answers(blocked_with_ops.clone()), Shutdown::new(), 60)
             .announcing(announcement.clone());
         poller.step();
         assert!(announcement.take(Duration::ZERO), "announced");
-        assert_eq!(poller.envelope().get(), Some(blocked_with_ops));
+        assert_eq!(poller.envelope().get(), Some(blocked_with_ops.clone()));
 
         // No ops in the answer, or no announcement asked for: nothing raised.
         let quiet = Announcement::new();

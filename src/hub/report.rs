@@ -45,6 +45,10 @@ pub struct HostReport {
     /// kind for the same pair, oldest first, at most [`PENDING_SIGNATURES_MAX`]. Newer
     /// entries in `audit_tail` never push these out.
     pub pending_signatures: Vec<AuditEntry>,
+    /// What became of each signed op the hub delivered and has not yet acknowledged
+    /// (`ack_signed_op_results` in the envelope), one entry per hub op id, oldest
+    /// first, at most [`SIGNED_OP_RESULTS_MAX`].
+    pub signed_op_results: Vec<SignedOpResult>,
 }
 
 /// Host metrics.
@@ -312,6 +316,30 @@ pub struct Truncated {
     /// The full value's length in bytes.
     pub bytes: u64,
 }
+
+/// The outcome of one signed op the hub delivered, kept (across restarts) until the hub
+/// acknowledges its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedOpResult {
+    /// The hub's id for the op.
+    pub id: String,
+    /// The nonce the op's blob names (read unverified, only to name it); `null` when
+    /// the blob does not parse.
+    pub nonce: Option<String>,
+    /// One of `executed`, `refused`, `failed`, `skipped`, `held`, `malformed`,
+    /// `not_executed`.
+    pub outcome: String,
+    /// The precise word: `executed`, `failed`, `already_applied`, `blocked`,
+    /// `unsigned`, `malformed`, `malformed_entry`, or the refusal code
+    /// (`pending_signature`, `guest_changed`, `replay`, `bad_signature` …).
+    pub code: String,
+    /// When the outcome was reached, RFC 3339 UTC.
+    #[serde(with = "crate::base::time::rfc3339")]
+    pub at: Timestamp,
+}
+
+/// How many signed-op results a report carries at most.
+pub const SIGNED_OP_RESULTS_MAX: usize = 256;
 
 /// How many audit entries a report carries at most.
 pub(crate) const AUDIT_TAIL_LEN: usize = 50;
