@@ -316,8 +316,7 @@ mod tests {
             ),
             (r#"{"ack_signed_op_results":[""]}"#, "ack_signed_op_results"),
             (
-                r#"{"ack_signed_op_results":["a
-b"]}"#,
+                r#"{"ack_signed_op_results":["a\u0001b"]}"#,
                 "ack_signed_op_results",
             ),
         ];
