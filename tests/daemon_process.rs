@@ -632,11 +632,7 @@ fn an_executed_destroys_result_survives_restarts_until_the_hub_acknowledges_it()
     let before = hub.reports().len();
     agent.restart();
     let reports = agent.wait_for_reports(&hub, before + 1);
-    assert_eq!(
-        results_of(&reports[before]),
-        [executed.clone()],
-        "after a restart"
-    );
+    assert_eq!(results_of(&reports[before]), [executed], "after a restart");
     let kept = hub.signed_op_results();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(

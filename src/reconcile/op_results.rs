@@ -340,7 +340,7 @@ impl OpResults {
         let mut kept = lock(&self.kept);
         let before = kept.entries.len();
         kept.entries
-            .retain(|(seq, e)| *seq > through || !ids.iter().any(|id| *id == e.id));
+            .retain(|(seq, e)| *seq > through || !ids.contains(&e.id));
         let acked = before - kept.entries.len();
         if acked > 0 {
             self.save(&kept)?;
