@@ -20,23 +20,7 @@ use crate::hub::collect::{OpResultsSource, ReadError};
 use crate::hub::envelope::ControlEnvelope;
 use crate::hub::poller::Reporter;
 use crate::hub::report::SignedOpResult;
-use crate::reconcile::jobs::JobOutcome;
-use crate::reconcile::op_results::{OpResult, OpResults, ResultOutcome};
-
-use super::signed_ops::OpOutcome;
-
-/// The word of a result and its precise code, for one outcome of the signed-ops channel.
-pub(crate) fn result_of(outcome: &OpOutcome) -> (ResultOutcome, &'static str) {
-    match outcome {
-        OpOutcome::Job(JobOutcome::Executed { .. }) => (ResultOutcome::Executed, "executed"),
-        OpOutcome::Job(JobOutcome::Failed { .. }) => (ResultOutcome::Failed, "failed"),
-        OpOutcome::Job(JobOutcome::Skipped) => (ResultOutcome::Skipped, "already_applied"),
-        OpOutcome::Job(JobOutcome::Refused(r)) => (ResultOutcome::Refused, r.code()),
-        OpOutcome::UnsignedNotRun => (ResultOutcome::NotExecuted, "unsigned"),
-        OpOutcome::Unparseable { .. } => (ResultOutcome::Malformed, "malformed"),
-        OpOutcome::Held => (ResultOutcome::Held, "blocked"),
-    }
-}
+use crate::reconcile::op_results::{OpResult, OpResults};
 
 /// The wire entry for one result.
 pub fn wire_result(r: OpResult) -> SignedOpResult {
@@ -128,54 +112,5 @@ impl<R: Reporter> Reporter for AckingRound<R> {
             apply_acks(results, &envelope.ack_signed_op_results, Some(mark));
         }
         Ok(envelope)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reconcile::gate::Refusal;
-
-    #[test]
-    fn every_outcome_has_its_word_and_code() {
-        let cases = [
-            (
-                OpOutcome::Job(JobOutcome::Executed { op_id: "x".into() }),
-                ResultOutcome::Executed,
-                "executed",
-            ),
-            (
-                OpOutcome::Job(JobOutcome::Failed {
-                    op_id: "x".into(),
-                    detail: "d".into(),
-                }),
-                ResultOutcome::Failed,
-                "failed",
-            ),
-            (
-                OpOutcome::Job(JobOutcome::Skipped),
-                ResultOutcome::Skipped,
-                "already_applied",
-            ),
-            (
-                OpOutcome::Job(JobOutcome::Refused(Refusal::GuestChanged)),
-                ResultOutcome::Refused,
-                "guest_changed",
-            ),
-            (
-                OpOutcome::UnsignedNotRun,
-                ResultOutcome::NotExecuted,
-                "unsigned",
-            ),
-            (
-                OpOutcome::Unparseable { why: "w".into() },
-                ResultOutcome::Malformed,
-                "malformed",
-            ),
-            (OpOutcome::Held, ResultOutcome::Held, "blocked"),
-        ];
-        for (outcome, word, code) in cases {
-            assert_eq!(result_of(&outcome), (word, code), "{outcome:?}");
-        }
     }
 }

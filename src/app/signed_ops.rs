@@ -96,6 +96,18 @@ impl OpOutcome {
             OpOutcome::Held => "held",
         }
     }
+    /// The result the reports carry for this outcome: its word and precise code.
+    pub fn result(&self) -> (ResultOutcome, &'static str) {
+        match self {
+            OpOutcome::Job(JobOutcome::Executed { .. }) => (ResultOutcome::Executed, "executed"),
+            OpOutcome::Job(JobOutcome::Failed { .. }) => (ResultOutcome::Failed, "failed"),
+            OpOutcome::Job(JobOutcome::Skipped) => (ResultOutcome::Skipped, "already_applied"),
+            OpOutcome::Job(JobOutcome::Refused(r)) => (ResultOutcome::Refused, r.code()),
+            OpOutcome::UnsignedNotRun => (ResultOutcome::NotExecuted, "unsigned"),
+            OpOutcome::Unparseable { .. } => (ResultOutcome::Malformed, "malformed"),
+            OpOutcome::Held => (ResultOutcome::Held, "blocked"),
+        }
+    }
 }
 
 /// What one fetch-and-run round did.
@@ -310,7 +322,7 @@ impl SignedOpsRunner {
     }
 
     fn keep(&self, op: &DeliveredOp, nonce: Option<String>, outcome: &OpOutcome) {
-        let (word, code) = super::results::result_of(outcome);
+        let (word, code) = outcome.result();
         self.keep_result(&op.id, nonce, word, code);
     }
 
@@ -594,6 +606,7 @@ struct Delivered<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::gate::Refusal;
 
     #[test]
     fn quoted_input_is_blanked_out_of_a_reason() {
@@ -615,6 +628,49 @@ mod tests {
         ];
         for (input, want) in CASES {
             assert_eq!(unquoted(input), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn every_outcome_has_its_word_and_code() {
+        let cases = [
+            (
+                OpOutcome::Job(JobOutcome::Executed { op_id: "x".into() }),
+                ResultOutcome::Executed,
+                "executed",
+            ),
+            (
+                OpOutcome::Job(JobOutcome::Failed {
+                    op_id: "x".into(),
+                    detail: "d".into(),
+                }),
+                ResultOutcome::Failed,
+                "failed",
+            ),
+            (
+                OpOutcome::Job(JobOutcome::Skipped),
+                ResultOutcome::Skipped,
+                "already_applied",
+            ),
+            (
+                OpOutcome::Job(JobOutcome::Refused(Refusal::GuestChanged)),
+                ResultOutcome::Refused,
+                "guest_changed",
+            ),
+            (
+                OpOutcome::UnsignedNotRun,
+                ResultOutcome::NotExecuted,
+                "unsigned",
+            ),
+            (
+                OpOutcome::Unparseable { why: "w".into() },
+                ResultOutcome::Malformed,
+                "malformed",
+            ),
+            (OpOutcome::Held, ResultOutcome::Held, "blocked"),
+        ];
+        for (outcome, word, code) in cases {
+            assert_eq!(outcome.result(), (word, code), "{outcome:?}");
         }
     }
 }
