@@ -193,7 +193,9 @@ fn main() {
 
     let (p50, p99) = (percentile(&with, 0.5), percentile(&with, 0.99));
     let (n50, n99) = (percentile(&without, 0.5), percentile(&without, 0.99));
-    println!("hub change → the agent's first request acting on it (a queued signed op → its fetch)");
+    println!(
+        "hub change → the agent's first request acting on it (a queued signed op → its fetch)"
+    );
     println!(
         "{:<44} {:>10} {:>10} {:>8}",
         "case", "p50", "p99", "changes"

@@ -66,10 +66,22 @@ impl Daemon {
         hub: &HubSim,
         edit: impl FnOnce(&mut Value),
     ) -> Daemon {
+        Daemon::start_prepared(name, pve, hub, edit, |_| {})
+    }
+
+    /// [`Daemon::start_with`], after `prepare` has seen the (new) state directory.
+    fn start_prepared(
+        name: &str,
+        pve: &ProxmoxSim,
+        hub: &HubSim,
+        edit: impl FnOnce(&mut Value),
+        prepare: impl FnOnce(&Path),
+    ) -> Daemon {
         let dir = common::tempdir("daemon", name);
         let config = write_config(&dir, pve, hub, "info", edit);
         // Tests run as root: state goes in the test's own directory, never the default.
         std::fs::create_dir_all(dir.join("state")).unwrap();
+        prepare(&dir.join("state"));
         let agent = spawn(&dir, &config);
         Daemon { agent, dir, config }
     }
@@ -628,4 +640,106 @@ fn the_event_stream_brings_a_hub_change_between_reports() {
     );
     let (code, _) = agent.stop_then_events("daemon_stopped");
     assert_eq!(code, Some(0), "the stop does not wait for the long poll");
+}
+
+/// The `signed_op_results` of a report, as `id outcome code` words.
+fn results_of(report: &Value) -> Vec<String> {
+    report["signed_op_results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no signed_op_results: {report}"))
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["id"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+                r["code"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_executed_destroys_result_survives_restarts_until_the_hub_acknowledges_it() {
+    use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
+    use felhom_agent::base::{Clock as _, SystemClock};
+
+    let (pve, hub) = sims();
+    let digest = pve.guest_digest(101).unwrap();
+    let blob = destroy_blob("pve-a", "101", &digest, SystemClock.now().unix());
+    let sig = ssh_keygen_sign(&common::tempdir("daemon", "results-sign"), &blob);
+    let id = hub.queue_signed_op(&blob, Some(&sig));
+    let mut agent = Daemon::start_with("results", &pve, &hub, |v| {
+        v["authz"] = authz_json();
+    });
+    let handled = agent.wait_for_event("signed_op_handled", |_| true);
+    assert_eq!(handled.field("outcome"), "executed", "{handled:?}");
+    let (code, _) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0));
+
+    // Whether or not a report carried it before the stop, the restarted agent does.
+    let executed = format!("{id} executed executed");
+    let before = hub.reports().len();
+    agent.restart();
+    let reports = agent.wait_for_reports(&hub, before + 1);
+    assert_eq!(results_of(&reports[before]), [executed], "after a restart");
+    let kept = hub.signed_op_results();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        kept[0]["nonce"].as_str(),
+        felhom_agent::app::unverified_nonce(&blob).as_deref()
+    );
+
+    // The hub acknowledges it: the report after that answer no longer carries it.
+    hub.ack_signed_op_results(&[id.as_str()]);
+    agent.wait_until("a report without the acknowledged result", |_| {
+        hub.reports()
+            .last()
+            .is_some_and(|r| results_of(r).is_empty())
+    });
+    agent.wait_for_event("signed_op_results_acked", |e| e.field("dropped") == "1");
+    let (code, _) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0));
+
+    // Gone for good: the next start does not bring it back.
+    let before = hub.reports().len();
+    agent.restart();
+    let reports = agent.wait_for_reports(&hub, before + 1);
+    assert!(
+        results_of(&reports[before]).is_empty(),
+        "{}",
+        reports[before]
+    );
+    let (code, _) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_damaged_results_file_is_set_aside_logged_and_the_daemon_runs_on() {
+    let (pve, hub) = sims();
+    let garbage = b"{\"version\":1,\"results\":[{\"id\"".to_vec();
+    let written = garbage.clone();
+    let mut agent = Daemon::start_prepared(
+        "results-damaged",
+        &pve,
+        &hub,
+        |_| {},
+        move |state| std::fs::write(state.join("op_results.json"), &written).unwrap(),
+    );
+    let damaged = agent.wait_for_event("op_results_damaged", |_| true);
+    assert!(
+        damaged.field("file").ends_with("op_results.json"),
+        "{damaged:?}"
+    );
+    agent.wait_for_event("daemon_running", |_| true);
+    let reports = agent.wait_for_reports(&hub, 1);
+    assert!(results_of(&reports[0]).is_empty());
+    let aside = agent.dir.join("state/op_results.json.damaged");
+    assert_eq!(
+        std::fs::read(aside).unwrap(),
+        garbage,
+        "kept whole for an operator"
+    );
+    let (code, _) = agent.stop_then_events("daemon_stopped");
+    assert_eq!(code, Some(0), "{}", agent.log());
 }

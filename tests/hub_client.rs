@@ -59,7 +59,8 @@ fn a_report_goes_out_with_the_bearer_key_and_the_envelope_comes_back() {
             poll_interval_seconds: Some(120),
             blocked: true,
             desired_generation: 9,
-            has_signed_ops: true
+            has_signed_ops: true,
+            ack_signed_op_results: Vec::new(),
         }
     );
     let reqs = sim.requests();

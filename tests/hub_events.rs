@@ -122,7 +122,7 @@ struct Fixed(ControlEnvelope);
 impl Reporter for Fixed {
     type Error = std::io::Error;
     fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
-        Ok(self.0)
+        Ok(self.0.clone())
     }
 }
 
@@ -211,4 +211,27 @@ fn a_wait_of_zero_seconds_is_asked_as_one() {
     let again = c.next(Some(&first.cursor)).unwrap();
     assert_eq!(again.cursor, first.cursor);
     assert!(c.endpoint().ends_with(EVENTS_PATH));
+}
+
+#[test]
+fn the_results_an_event_acknowledges_go_to_the_apps_hook() {
+    let hub = HubSim::start();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&acked);
+    let mut stream = EventStream::new(
+        client(&hub, Duration::from_secs(1)).unwrap(),
+        SharedEnvelope::default(),
+        Announcement::new(),
+        Shutdown::new(),
+    )
+    .with_acks(Box::new(move |ids| {
+        seen.lock().unwrap().extend_from_slice(ids)
+    }));
+    stream.step();
+    assert!(acked.lock().unwrap().is_empty(), "nothing acknowledged yet");
+    hub.ack_signed_op_results_by_event(&["op-1", "op-7"]);
+    stream.step();
+    assert_eq!(*acked.lock().unwrap(), ["op-1", "op-7"]);
+    stream.step();
+    assert_eq!(acked.lock().unwrap().len(), 2, "each acknowledgement once");
 }

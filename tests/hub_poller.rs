@@ -185,8 +185,9 @@ fn the_envelope_is_kept_for_the_reconcile_engine() {
         blocked: true,
         desired_generation: 7,
         has_signed_ops: true,
+        ack_signed_op_results: vec!["op-1".into()],
     };
-    let (_, p) = drive(vec![Ok(blocked), Err(Injected(1))], 60, 2, 0.0);
+    let (_, p) = drive(vec![Ok(blocked.clone()), Err(Injected(1))], 60, 2, 0.0);
     assert_eq!(
         p.envelope().get(),
         Some(blocked),

@@ -11,10 +11,11 @@ use felhom_agent::app::wire_entry;
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::{
     AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
-    PENDING_SIGNATURES_MAX, Usage,
+    PENDING_SIGNATURES_MAX, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
 };
 use felhom_agent::hub::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, ReadError,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, OpResultsSource,
+    ReadError,
 };
 use felhom_agent::proxmox::{Guest, GuestConfig, RunState, StorageStatus, Volume};
 use felhom_agent::reconcile::{AuditDelivery, AuditRecord, cap};
@@ -31,6 +32,7 @@ const COLLECTIONS: &[&str] = &[
     "pbs_snapshots",
     "audit_tail",
     "pending_signatures",
+    "signed_op_results",
 ];
 
 fn fail(what: &str) -> ReadError {
@@ -260,6 +262,7 @@ fn audit_entry() -> AuditEntry {
     );
     e.delivery = Some(AuditDelivery {
         hub_op_id: Some("op-7".into()),
+        nonce: Some("5f0c9e2a7b41d8c36e1f90a4b2d7c85e".into()),
         index: Some(0),
         blob_sha256: Some(
             "b9c5de384486f63ec4bce574e21ced2be71368048f46df2f3789371aea7a9f80".into(),
@@ -296,6 +299,26 @@ impl AuditTail for FixedAudit {
     }
 }
 
+/// The golden signed-op result: the failed destroy of the golden audit entry.
+fn op_result() -> SignedOpResult {
+    SignedOpResult {
+        id: "op-7".into(),
+        nonce: Some("5f0c9e2a7b41d8c36e1f90a4b2d7c85e".into()),
+        outcome: "failed".into(),
+        code: "failed".into(),
+        at: ts("2026-11-22T09:58:12Z"),
+    }
+}
+
+/// A results source with fixed results, or a failure.
+struct FixedResults(Result<Vec<SignedOpResult>, String>);
+
+impl OpResultsSource for FixedResults {
+    fn signed_op_results(&self) -> Result<Vec<SignedOpResult>, ReadError> {
+        self.0.clone().map_err(|e| fail(&e))
+    }
+}
+
 fn collector(
     node: FakeNode,
     probe: Probe,
@@ -314,6 +337,7 @@ fn one_audit_entry() -> Arc<dyn AuditTail> {
 
 fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
     collector(node, Probe(Ok("active")), one_audit_entry())
+        .with_op_results(Arc::new(FixedResults(Ok(vec![op_result()]))))
 }
 
 /// Collects from the golden node after `edit` changed it.
@@ -403,11 +427,15 @@ fn the_contract_field_names_are_frozen() {
     }
     assert_eq!(
         keys(&golden["audit_tail"][0]["delivery"]),
-        set(&["hub_op_id", "index", "blob_sha256", "blob_bytes"])
+        set(&["hub_op_id", "nonce", "index", "blob_sha256", "blob_bytes"])
     );
     assert_eq!(
         keys(&golden["audit_tail"][0]["truncated"][0]),
         set(&["field", "sha256", "bytes"])
+    );
+    assert_eq!(
+        keys(&golden["signed_op_results"][0]),
+        set(&["id", "nonce", "outcome", "code", "at"])
     );
     assert_eq!(
         keys(&golden["host"]),
@@ -725,4 +753,31 @@ fn pending_signatures_are_reported_beside_the_tail_bounded_and_empty_when_unread
     assert_eq!(report.audit_tail.len(), 1, "the tail is still reported");
     let v = serde_json::to_value(&report).unwrap();
     assert_eq!(v["pending_signatures"], Value::Array(Vec::new()));
+}
+
+#[test]
+fn signed_op_results_are_reported_bounded_to_the_newest_and_empty_when_unreadable() {
+    let many: Vec<SignedOpResult> = (0..SIGNED_OP_RESULTS_MAX + 3)
+        .map(|i| SignedOpResult {
+            id: format!("op-{i}"),
+            ..op_result()
+        })
+        .collect();
+    let report = collector(golden_node(), Probe(Ok("active")), one_audit_entry())
+        .with_op_results(Arc::new(FixedResults(Ok(many))))
+        .collect()
+        .unwrap();
+    assert_eq!(report.signed_op_results.len(), SIGNED_OP_RESULTS_MAX);
+    assert_eq!(
+        report.signed_op_results[0].id, "op-3",
+        "the oldest go first"
+    );
+
+    let report = collector(golden_node(), Probe(Ok("active")), one_audit_entry())
+        .with_op_results(Arc::new(FixedResults(Err("results".into()))))
+        .collect()
+        .unwrap();
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["signed_op_results"], Value::Array(Vec::new()));
+    assert_eq!(report.audit_tail.len(), 1, "the rest is still reported");
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use felhom_agent::app::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker};
+use felhom_agent::app::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_nonce};
 use felhom_agent::authz::AuthzError;
 use felhom_agent::base::Secret;
 use felhom_agent::base::Shutdown;
@@ -29,6 +29,8 @@ use felhom_agent::reconcile::Queue;
 use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
 use felhom_agent::reconcile::{Gate, Refusal};
 use felhom_agent::reconcile::{Journal, Pacing};
+use felhom_agent::reconcile::{OpResults, ResultOutcome};
+use felhom_agent::store::OsIo;
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim, SIGNED_OPS_PATH};
 use serde_json::json;
 
@@ -41,6 +43,7 @@ struct Lab {
     pve: ProxmoxSim,
     hub: HubSim,
     audit: Arc<AuditLog>,
+    results: Arc<OpResults>,
     runner: SignedOpsRunner,
     client: SignedOpsClient,
     exec: Arc<CountingExecutor>,
@@ -103,8 +106,10 @@ fn lab_held_by(name: &str, hold: Option<Arc<Blocked>>) -> Lab {
         Shutdown::new(),
     )));
     let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
+    let results = Arc::new(OpResults::open(dir.join("op_results.json"), Arc::new(OsIo)));
     let mut runner = SignedOpsRunner::new(jobs, gate, audit.clone(), as_exec)
-        .with_clock(Arc::new(clock.clone()));
+        .with_clock(Arc::new(clock.clone()))
+        .with_results(Arc::clone(&results));
     if let Some(hold) = hold {
         runner = runner.with_hold(hold);
     }
@@ -114,10 +119,19 @@ fn lab_held_by(name: &str, hold: Option<Arc<Blocked>>) -> Lab {
         pve,
         hub,
         audit,
+        results,
         runner,
         client,
         exec,
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Lab {
@@ -287,7 +301,7 @@ struct Fixed(ControlEnvelope);
 impl Reporter for Fixed {
     type Error = std::io::Error;
     fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
-        Ok(self.0)
+        Ok(self.0.clone())
     }
 }
 
@@ -409,5 +423,142 @@ fn a_blocked_host_holds_signed_ops_unexecuted_and_unburned_until_the_hold_lifts(
     assert_eq!(
         l.audit_words(),
         vec!["held 105", "allowed 105", "executed 105", "held 105"]
+    );
+}
+
+#[test]
+fn each_delivered_op_is_kept_as_a_result_and_every_audit_entry_names_it() {
+    let l = lab("results");
+    let blob = l.destroy_blob("pve-a", "105");
+    let sig = ssh_keygen_sign(&l.dir, &blob);
+    // Signed for a config 106 does not have: guest_changed.
+    let stale = destroy_blob("pve-a", "106", &"0".repeat(40), SystemClock.now().unix());
+    let stale_sig = ssh_keygen_sign(&l.dir, &stale);
+    let garbage = b"{not json".to_vec();
+
+    let pending = l.hub.queue_signed_op(&blob, None);
+    l.deliver_one();
+    let executed = l.hub.queue_signed_op(&blob, Some(&sig));
+    l.deliver_one();
+    let replay = l.hub.queue_signed_op(&blob, Some(&sig));
+    l.deliver_one();
+    let changed = l.hub.queue_signed_op(&stale, Some(&stale_sig));
+    l.deliver_one();
+    let malformed = l.hub.queue_signed_op(&garbage, None);
+    l.deliver_one();
+    assert_eq!(l.deletes(), 1, "only the signed destroy ran");
+
+    let nonce = unverified_nonce(&blob).expect("the blob names a nonce");
+    let stale_nonce = unverified_nonce(&stale).expect("the blob names a nonce");
+    assert_ne!(nonce, stale_nonce);
+    let got: Vec<(String, Option<String>, ResultOutcome, String)> = l
+        .results
+        .results()
+        .into_iter()
+        .map(|r| (r.id, r.nonce, r.outcome, r.code))
+        .collect();
+    let want = vec![
+        (
+            pending.clone(),
+            Some(nonce.clone()),
+            ResultOutcome::Refused,
+            "pending_signature".to_string(),
+        ),
+        (
+            executed.clone(),
+            Some(nonce.clone()),
+            ResultOutcome::Executed,
+            "executed".to_string(),
+        ),
+        (
+            replay.clone(),
+            Some(nonce.clone()),
+            ResultOutcome::Skipped,
+            "already_applied".to_string(),
+        ),
+        (
+            changed.clone(),
+            Some(stale_nonce.clone()),
+            ResultOutcome::Refused,
+            "guest_changed".to_string(),
+        ),
+        (
+            malformed.clone(),
+            None,
+            ResultOutcome::Malformed,
+            "malformed".to_string(),
+        ),
+    ];
+    assert_eq!(got, want);
+
+    // Every audit entry, the gate's own decisions included, names its delivery.
+    let blobs = [
+        (&pending, &blob),
+        (&executed, &blob),
+        (&replay, &blob),
+        (&changed, &stale),
+        (&malformed, &garbage),
+    ];
+    let tail = l.audit.tail(50);
+    let decisions: Vec<&str> = tail.iter().map(|e| e.decision.as_str()).collect();
+    assert_eq!(
+        decisions,
+        [
+            "pending_signature",
+            "allowed",
+            "executed",
+            "skipped",
+            "guest_changed",
+            "malformed"
+        ]
+    );
+    for e in &tail {
+        let d = e
+            .delivery
+            .as_ref()
+            .unwrap_or_else(|| panic!("no delivery: {e:?}"));
+        let id = d.hub_op_id.as_deref().expect("the hub's id");
+        let (_, bytes) = blobs
+            .iter()
+            .find(|(i, _)| i.as_str() == id)
+            .expect("a known id");
+        assert_eq!(
+            d.blob_sha256.as_deref(),
+            Some(sha256_hex(bytes).as_str()),
+            "{e:?}"
+        );
+        assert_eq!(d.nonce, unverified_nonce(bytes), "{e:?}");
+    }
+
+    // The results survive a restart as they were.
+    let reopened = OpResults::open(l.dir.join("op_results.json"), Arc::new(OsIo));
+    assert_eq!(reopened.results(), l.results.results());
+}
+
+#[test]
+fn a_redelivered_id_keeps_one_result_with_its_newest_outcome() {
+    let blocked = Arc::new(Blocked(AtomicBool::new(true)));
+    let l = lab_held_by("redelivered", Some(Arc::clone(&blocked)));
+    let blob = l.destroy_blob("pve-a", "105");
+    let sig = ssh_keygen_sign(&l.dir, &blob);
+    let entry = json!({"id": "op-again", "blob_b64": base64_encode(&blob), "signature": sig});
+    for _ in 0..2 {
+        l.hub.queue_signed_op_raw(entry.clone());
+        assert_eq!(l.deliver_one(), OpOutcome::Held);
+    }
+    let held = l.results.results();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (held[0].outcome, held[0].code.as_str()),
+        (ResultOutcome::Held, "blocked")
+    );
+    blocked.0.store(false, Ordering::SeqCst);
+    l.hub.queue_signed_op_raw(entry);
+    l.deliver_one();
+    let now = l.results.results();
+    assert_eq!(now.len(), 1, "one entry per hub op id");
+    assert_eq!(
+        (now[0].outcome, now[0].id.as_str()),
+        (ResultOutcome::Executed, "op-again")
     );
 }

@@ -7,10 +7,11 @@
 //! - [`http`]: the HTTP/1.1-over-TLS server core (threads, rustls, a small parser),
 //!   knowing nothing about Proxmox, so every simulator can stand on it.
 //! - [`pve`]: the Proxmox VE API simulator ([`ProxmoxSim`]).
-//! - [`hub`]: the felhom hub simulator ([`HubSim`]).
+//! - [`hub`]: the felhom hub simulator ([`HubSim`]); [`contract`]: how it checks reports.
 //! - [`demo`]: what the two simulator binaries share.
 
 pub mod clock;
+pub mod contract;
 pub mod demo;
 mod fault;
 pub mod http;

@@ -26,6 +26,7 @@ pub fn wire_entry(r: AuditRecord) -> AuditEntry {
         key_id: r.key_id,
         delivery: r.delivery.map(|d| Delivery {
             hub_op_id: d.hub_op_id,
+            nonce: d.nonce,
             index: d.index,
             blob_sha256: d.blob_sha256,
             blob_bytes: d.blob_bytes,

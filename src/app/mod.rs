@@ -6,11 +6,13 @@
 
 pub(crate) mod bridge;
 pub(crate) mod command;
+pub(crate) mod compaction;
 pub(crate) mod daemon;
 pub(crate) mod desired_feed;
 pub(crate) mod journal;
 pub(crate) mod plan;
 pub(crate) mod reconciler;
+pub(crate) mod results;
 pub(crate) mod resume;
 pub(crate) mod selftest;
 pub(crate) mod signals;
@@ -23,5 +25,8 @@ pub use daemon::{DaemonError, serve};
 pub use desired_feed::{FetchBackoff, HubDesired};
 pub use plan::plan_report;
 pub use reconciler::Reconciler;
-pub use signed_ops::{OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent};
+pub use results::{AckingRound, ResultsFeed, apply_acks, wire_result};
+pub use signed_ops::{
+    OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent, unverified_nonce,
+};
 pub use wiring::{ProxmoxReader, hub_round, selftest_hub};

@@ -1,6 +1,7 @@
 //! Reconcile's start-up, in the order of the design: state dir → journal (compacted
 //! when large) → audit log → nonce store and verifier (when signers are configured) →
-//! gate → queue → signed jobs → **Recover** → engine.
+//! gate → queue → signed jobs → **Recover** → engine, and the signed-op results the
+//! reports carry.
 //!
 //! Nothing here mutates Proxmox: Recover only reads it and appends to the journal to
 //! resolve the ops a crash left in flight. The engine is paced by whatever [`Pacing`]
@@ -27,6 +28,7 @@ use crate::reconcile::engine::{Engine, EngineOptions, Pacing};
 use crate::reconcile::gate::Gate;
 use crate::reconcile::jobs::SignedJobs;
 use crate::reconcile::journal::{COMPACT_OVER, Journal, JournalError};
+use crate::reconcile::op_results::OpResults;
 use crate::reconcile::queue::Queue;
 use crate::reconcile::recover::{RecoverError, RecoverReport, recover};
 use crate::store::OsIo;
@@ -184,7 +186,7 @@ pub(crate) fn journal_compact_threshold() -> u64 {
 /// Keeps the journal bounded: compacts it (in-flight ops and unexpired applied keys are
 /// kept) once it holds more than `threshold` records. The
 /// reconciler calls it at start, before Recover; the daemon again every
-/// [`crate::app::daemon::JOURNAL_COMPACT_EVERY`]. A compaction that failed before the new file
+/// [`crate::app::compaction::JOURNAL_COMPACT_EVERY`]. A compaction that failed before the new file
 /// replaced the old one changed nothing: it is logged and `Ok(false)` returned. One that
 /// poisoned the journal is the error: the daemon must stop and replay from disk.
 /// `at` names the caller in the log line (`at=start` or `at=running`), so an operator
@@ -247,6 +249,9 @@ pub struct Reconciler {
     /// The durable nonce store behind the verifier (`None` without signers); the
     /// daemon compacts it.
     pub nonces: Option<Arc<crate::authz::FileNonceStore>>,
+    /// The outcomes of hub-delivered signed ops, kept for the reports until the hub
+    /// acknowledges them (`state_dir/op_results.json`).
+    pub results: Arc<OpResults>,
 }
 
 impl fmt::Debug for Reconciler {
@@ -380,6 +385,8 @@ impl Reconciler {
             engine = engine.with_pacing(p);
         }
         let jobs = SignedJobs::new(Arc::clone(&gate), Arc::new(queue.clone()));
+        // Never fails: a damaged file is logged and set aside (it only feeds reports).
+        let results = Arc::new(OpResults::open(dir.join("op_results.json"), Arc::new(OsIo)));
         Ok(Reconciler {
             journal,
             audit,
@@ -389,6 +396,7 @@ impl Reconciler {
             engine: Arc::new(engine),
             recovered,
             nonces,
+            results,
         })
     }
 }

@@ -12,6 +12,10 @@
 //! bytes: what a parser quoted from the input is blanked out of the reasons written
 //! there.
 //!
+//! Every outcome is also kept, one entry per hub op id, in the results the next reports
+//! carry (`signed_op_results`) until the hub acknowledges them (`super::results`); a feed
+//! entry skipped for being unusable is kept too when its id is usable.
+//!
 //! While the hub marks the host `blocked` (the same hold that stops reconcile's
 //! mutations), a delivered op goes nowhere: not to the gate, so its nonce is not burned,
 //! and not to the journal. It is audited `held` once per hold and runs on the first
@@ -39,6 +43,7 @@ use crate::reconcile::classify::{Intent, OpClass};
 use crate::reconcile::engine::Pacing;
 use crate::reconcile::gate::{Decision, Gate, GuestNow, SignedOp};
 use crate::reconcile::jobs::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
+use crate::reconcile::op_results::{OpResult, OpResults, OpResultsError, ResultOutcome};
 
 /// The word the audit records for an op the agent could not read.
 pub(crate) const UNREADABLE_OP: &str = "signed_op";
@@ -50,6 +55,12 @@ pub fn unverified_intent(blob: &[u8]) -> Result<Intent, crate::authz::AuthzError
     let mut intent = Intent::new(OpClass::parse(&b.op), b.host_id, b.guest_id);
     intent.params = b.params;
     Ok(intent)
+}
+
+/// The nonce a blob names, read **without** verifying it, only to name the op in the
+/// audit and in the results the hub reads back; `None` when the blob does not parse.
+pub fn unverified_nonce(blob: &[u8]) -> Option<String> {
+    OpBlob::parse(blob).ok().map(|b| b.nonce)
 }
 
 /// What became of one delivered op.
@@ -83,6 +94,18 @@ impl OpOutcome {
             OpOutcome::UnsignedNotRun => "not_executed",
             OpOutcome::Unparseable { .. } => "malformed",
             OpOutcome::Held => "held",
+        }
+    }
+    /// The result the reports carry for this outcome: its word and precise code.
+    pub fn result(&self) -> (ResultOutcome, &'static str) {
+        match self {
+            OpOutcome::Job(JobOutcome::Executed { .. }) => (ResultOutcome::Executed, "executed"),
+            OpOutcome::Job(JobOutcome::Failed { .. }) => (ResultOutcome::Failed, "failed"),
+            OpOutcome::Job(JobOutcome::Skipped) => (ResultOutcome::Skipped, "already_applied"),
+            OpOutcome::Job(JobOutcome::Refused(r)) => (ResultOutcome::Refused, r.code()),
+            OpOutcome::UnsignedNotRun => (ResultOutcome::NotExecuted, "unsigned"),
+            OpOutcome::Unparseable { .. } => (ResultOutcome::Malformed, "malformed"),
+            OpOutcome::Held => (ResultOutcome::Held, "blocked"),
         }
     }
 }
@@ -135,6 +158,7 @@ pub struct SignedOpsRunner {
     executor: Arc<dyn DestructiveExecutor>,
     clock: Arc<dyn Clock>,
     hold: Option<Arc<dyn Pacing>>,
+    results: Option<Arc<OpResults>>,
     /// Deliveries (hub id, blob SHA-256) audited `held` during the current hold.
     held_audited: Mutex<HashSet<(String, String)>>,
 }
@@ -163,7 +187,44 @@ impl SignedOpsRunner {
             executor,
             clock: Arc::new(SystemClock),
             hold: None,
+            results: None,
             held_audited: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Keeps each outcome in `results`, for the reports, until the hub acknowledges it.
+    pub fn with_results(mut self, results: Arc<OpResults>) -> SignedOpsRunner {
+        self.results = Some(results);
+        self
+    }
+
+    /// Keeps one outcome for the reports; a failure is logged, never fatal (the audit
+    /// and the journal hold what happened).
+    fn keep_result(&self, id: &str, nonce: Option<String>, outcome: ResultOutcome, code: &str) {
+        let Some(results) = &self.results else {
+            return;
+        };
+        let result = OpResult {
+            id: id.to_string(),
+            nonce,
+            outcome,
+            code: code.to_string(),
+            at: self.clock.now(),
+        };
+        match results.record(result) {
+            Ok(_) => {}
+            Err(e @ OpResultsError::Invalid { .. }) => crate::warn!(
+                signed_op_result_not_kept,
+                "signed op result not kept for the hub",
+                hub_op = id,
+                error = e
+            ),
+            Err(e) => crate::error!(
+                op_results_not_saved,
+                "signed op result not saved",
+                hub_op = id,
+                error = e
+            ),
         }
     }
 
@@ -194,10 +255,12 @@ impl SignedOpsRunner {
     /// [`SignedOpsRunner::handle`] for the op at `index` of the hub's answer (recorded
     /// in the audit with it).
     fn handle_at(&self, op: &DeliveredOp, index: Option<usize>) -> Result<OpOutcome, JobError> {
+        let nonce = unverified_nonce(&op.blob);
         let delivery = || {
             let (sha, bytes) = blob_digest(&op.blob);
             Delivery {
                 hub_op_id: Some(op.id.clone()),
+                nonce: nonce.clone(),
                 index: index.map(|i| i as u64),
                 blob_sha256: Some(sha),
                 blob_bytes: Some(bytes),
@@ -205,6 +268,7 @@ impl SignedOpsRunner {
         };
         if self.is_held() {
             self.hold_op(op, delivery());
+            self.keep(op, nonce, &OpOutcome::Held);
             return Ok(OpOutcome::Held);
         }
         let intent = match unverified_intent(&op.blob) {
@@ -223,7 +287,9 @@ impl SignedOpsRunner {
                     format!("blob does not parse: {}", unquoted(&why)),
                     delivery(),
                 );
-                return Ok(OpOutcome::Unparseable { why });
+                let outcome = OpOutcome::Unparseable { why };
+                self.keep(op, nonce, &outcome);
+                return Ok(outcome);
             }
         };
         let outcome = match &op.signature {
@@ -232,20 +298,32 @@ impl SignedOpsRunner {
                     blob: op.blob.clone(),
                     signature: signature.clone(),
                 };
-                OpOutcome::Job(self.jobs.run_signed_job(
+                OpOutcome::Job(self.jobs.run_delivered_job(
                     &intent,
                     &signed,
                     Arc::clone(&self.executor),
+                    Some(delivery()),
                 )?)
             }
             // The gate records its own decision; an unsigned op never runs here.
-            None => match self.gate.authorize(&intent, None, &GuestNow::NotRead) {
+            None => match self.gate.authorize_delivered(
+                &intent,
+                None,
+                &GuestNow::NotRead,
+                Some(&delivery()),
+            ) {
                 Decision::Refused { reason } => OpOutcome::Job(JobOutcome::Refused(reason)),
                 Decision::Allowed { .. } => OpOutcome::UnsignedNotRun,
             },
         };
         self.report(op, &intent, &outcome, delivery());
+        self.keep(op, nonce, &outcome);
         Ok(outcome)
+    }
+
+    fn keep(&self, op: &DeliveredOp, nonce: Option<String>, outcome: &OpOutcome) {
+        let (word, code) = outcome.result();
+        self.keep_result(&op.id, nonce, word, code);
     }
 
     /// Logs a held op, and audits it the first time this hold meets it. Nothing else
@@ -386,6 +464,7 @@ impl SignedOpsRunner {
                 ),
                 Delivery {
                     hub_op_id: None,
+                    nonce: None,
                     index: Some(first.index as u64),
                     blob_sha256: None,
                     blob_bytes: None,
@@ -399,6 +478,9 @@ impl SignedOpsRunner {
                 index = s.index,
                 reason = s.why
             );
+            if let Some(id) = &s.hub_id {
+                self.keep_result(id, None, ResultOutcome::Malformed, "malformed_entry");
+            }
             let (sha, bytes) = s.blob.clone().unzip();
             self.audit_delivery(
                 s.hub_id.as_deref().unwrap_or("-"),
@@ -406,6 +488,7 @@ impl SignedOpsRunner {
                 format!("entry skipped: {}", unquoted(&s.why)),
                 Delivery {
                     hub_op_id: s.hub_id.clone(),
+                    nonce: None,
                     index: Some(s.index as u64),
                     blob_sha256: sha,
                     blob_bytes: bytes,
@@ -523,6 +606,7 @@ struct Delivered<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::gate::Refusal;
 
     #[test]
     fn quoted_input_is_blanked_out_of_a_reason() {
@@ -544,6 +628,49 @@ mod tests {
         ];
         for (input, want) in CASES {
             assert_eq!(unquoted(input), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn every_outcome_has_its_word_and_code() {
+        let cases = [
+            (
+                OpOutcome::Job(JobOutcome::Executed { op_id: "x".into() }),
+                ResultOutcome::Executed,
+                "executed",
+            ),
+            (
+                OpOutcome::Job(JobOutcome::Failed {
+                    op_id: "x".into(),
+                    detail: "d".into(),
+                }),
+                ResultOutcome::Failed,
+                "failed",
+            ),
+            (
+                OpOutcome::Job(JobOutcome::Skipped),
+                ResultOutcome::Skipped,
+                "already_applied",
+            ),
+            (
+                OpOutcome::Job(JobOutcome::Refused(Refusal::GuestChanged)),
+                ResultOutcome::Refused,
+                "guest_changed",
+            ),
+            (
+                OpOutcome::UnsignedNotRun,
+                ResultOutcome::NotExecuted,
+                "unsigned",
+            ),
+            (
+                OpOutcome::Unparseable { why: "w".into() },
+                ResultOutcome::Malformed,
+                "malformed",
+            ),
+            (OpOutcome::Held, ResultOutcome::Held, "blocked"),
+        ];
+        for (outcome, word, code) in cases {
+            assert_eq!(outcome.result(), (word, code), "{outcome:?}");
         }
     }
 }

@@ -15,12 +15,14 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::results::{ResultsFeed, apply_acks};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::SystemClock;
 use crate::config::{Config, ProxmoxConfig};
 use crate::hub::client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 use crate::hub::collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, ReadError,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoOpResults, OpResultsSource,
+    ReadError,
 };
 use crate::hub::events::{EventStream, EventsClient};
 use crate::hub::ops_feed::Announcement;
@@ -203,15 +205,17 @@ pub fn hub_round(cfg: &Config, audit: Arc<dyn AuditTail>) -> Result<LiveRound, L
         .proxmox
         .as_ref()
         .ok_or(LiveSetupError::NoProxmoxSection)?;
-    hub_round_with(cfg, proxmox_client(proxmox)?, audit)
+    hub_round_with(cfg, proxmox_client(proxmox)?, audit, Arc::new(NoOpResults))
 }
 
 /// [`hub_round`] reading through `proxmox`, a client the caller already has (the
-/// daemon shares one, and so its connections, between all its workers).
+/// daemon shares one, and so its connections, between all its workers), and the
+/// signed-op results from `results`.
 pub(crate) fn hub_round_with(
     cfg: &Config,
     proxmox: Client,
     audit: Arc<dyn AuditTail>,
+    results: Arc<dyn OpResultsSource>,
 ) -> Result<LiveRound, LiveSetupError> {
     let hub = cfg
         .hub
@@ -226,7 +230,8 @@ pub(crate) fn hub_round_with(
         SystemctlProbe::new(),
         audit,
         Arc::new(SystemClock),
-    );
+    )
+    .with_op_results(results);
     Ok(HubRound::new(collector, client))
 }
 
@@ -298,11 +303,13 @@ pub fn selftest_hub(cfg: &Config, out: &mut dyn Write) -> Result<(), SelftestErr
 
 /// The hub's event stream, when the configuration has a hub and
 /// `hub.event_wait_seconds` is not 0. Each event updates `envelope` and raises
-/// `announcement` as a report's answer would.
+/// `announcement` as a report's answer would; the results it acknowledges are dropped
+/// from `results` (by id: an event answers no particular report).
 pub(crate) fn event_stream(
     cfg: &Config,
     envelope: SharedEnvelope,
     announcement: Announcement,
+    results: Arc<ResultsFeed>,
     shutdown: &Shutdown,
 ) -> Result<Option<EventStream<Shutdown>>, LiveSetupError> {
     let Some(hub) = cfg.hub.as_ref().filter(|h| h.event_wait_seconds > 0) else {
@@ -311,10 +318,13 @@ pub(crate) fn event_stream(
     let options = HubClientOptions::from_config(hub).map_err(LiveSetupError::Hub)?;
     let client = EventsClient::new(&options, Duration::from_secs(hub.event_wait_seconds))
         .map_err(LiveSetupError::Hub)?;
-    Ok(Some(EventStream::new(
-        client,
-        envelope,
-        announcement,
-        shutdown.clone(),
-    )))
+    let acks = move |ids: &[String]| {
+        if let Some(r) = results.results() {
+            apply_acks(r, ids, None);
+        }
+    };
+    Ok(Some(
+        EventStream::new(client, envelope, announcement, shutdown.clone())
+            .with_acks(Box::new(acks)),
+    ))
 }

@@ -43,7 +43,7 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 /// `audit.max_bytes` when not set: 16 MiB.
 pub const AUDIT_MAX_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 /// The smallest `audit.max_bytes`, 1 MiB: room for every pending entry a rotation
-/// carries (64 capped entries, each under 13 KiB even when every byte needs a JSON
+/// carries (64 capped entries, each under 15 KiB even when every byte needs a JSON
 /// escape) and for the decisions a rotation is meant to keep.
 pub const AUDIT_MAX_BYTES_MIN: u64 = 1024 * 1024;
 /// The largest `audit.max_bytes`, 1 GiB.

@@ -1,8 +1,8 @@
 //! The collector: one read-only pass over the node that becomes a [`HostReport`].
 //!
 //! It reads through two narrow traits, [`HostReader`] (Proxmox reads) and
-//! [`CloudflaredProbe`] (the tunnel service's state), plus an [`AuditTail`] provider,
-//! so the partial-failure policy is tested without a network:
+//! [`CloudflaredProbe`] (the tunnel service's state), plus an [`AuditTail`] provider and
+//! an [`OpResultsSource`], so the partial-failure policy is tested without a network:
 //!
 //! - node status or the guest list unreadable → [`CollectError`], no report this round
 //!   (a report without them would tell the hub the host has no guests);
@@ -10,9 +10,9 @@
 //!   `spec` and `digest`;
 //! - a status other than `running`/`stopped` (including none) → `unknown`;
 //! - the cloudflared probe failing → `unknown`;
-//! - storages, one storage's content, the audit tail or the pending signatures
-//!   unreadable → that collection (or that storage's part of it) is empty, with a
-//!   warning in the log.
+//! - storages, one storage's content, the audit tail, the pending signatures or the
+//!   signed-op results unreadable → that collection (or that storage's part of it) is
+//!   empty, with a warning in the log.
 //!
 //! The collector never writes anything, to Proxmox or elsewhere.
 
@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
-    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot, StorageTarget,
+    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot,
+    SIGNED_OP_RESULTS_MAX, SignedOpResult, StorageTarget,
 };
 use crate::base::time::{Clock, Timestamp};
 use crate::proxmox::{Guest, GuestConfig, StorageStatus, Volume};
@@ -85,6 +86,24 @@ where
     }
 }
 
+/// The source of the report's `signed_op_results`: read only, so collecting a report
+/// never changes what is kept (acknowledgements come back through the envelope and are
+/// applied by whoever owns the results).
+pub trait OpResultsSource: Send + Sync {
+    /// The results not yet acknowledged, oldest first.
+    fn signed_op_results(&self) -> Result<Vec<SignedOpResult>, ReadError>;
+}
+
+/// A results source with no results (a round with no signed-ops channel behind it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoOpResults;
+
+impl OpResultsSource for NoOpResults {
+    fn signed_op_results(&self) -> Result<Vec<SignedOpResult>, ReadError> {
+        Ok(Vec::new())
+    }
+}
+
 /// Why no report can be built this round.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -129,6 +148,7 @@ pub struct Collector<R, P> {
     reader: R,
     probe: P,
     audit: Arc<dyn AuditTail>,
+    results: Arc<dyn OpResultsSource>,
     clock: Arc<dyn Clock>,
     host_id: String,
     agent_version: String,
@@ -157,10 +177,17 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             reader,
             probe,
             audit,
+            results: Arc::new(NoOpResults),
             clock,
             host_id: host_id.into(),
             agent_version: agent_version.into(),
         }
+    }
+
+    /// Reads the report's `signed_op_results` from `results` (none without it).
+    pub fn with_op_results(mut self, results: Arc<dyn OpResultsSource>) -> Self {
+        self.results = results;
+        self
     }
 
     /// The reader, for callers that need it for other reads.
@@ -210,6 +237,21 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
                 Vec::new()
             }
         };
+        let signed_op_results = match self.results.signed_op_results() {
+            Ok(mut v) => {
+                let excess = v.len().saturating_sub(SIGNED_OP_RESULTS_MAX);
+                v.drain(..excess);
+                v
+            }
+            Err(e) => {
+                crate::warn!(
+                    collect_signed_op_results_unreadable,
+                    "signed op results unreadable; reporting none",
+                    error = e
+                );
+                Vec::new()
+            }
+        };
         Ok(HostReport {
             host_id: self.host_id.clone(),
             agent_version: self.agent_version.clone(),
@@ -223,6 +265,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             pbs_snapshots,
             audit_tail,
             pending_signatures,
+            signed_op_results,
         })
     }
 

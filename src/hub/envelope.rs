@@ -1,10 +1,15 @@
 //! The control envelope: the hub's answer to a host report.
 //!
-//! `{"poll_interval_seconds":300,"blocked":false,"desired_generation":0,"has_signed_ops":false}`.
+//! `{"poll_interval_seconds":300,"blocked":false,"desired_generation":0,"has_signed_ops":false,
+//! "ack_signed_op_results":["op-7"]}`.
 //! Unknown fields are tolerated (the hub may grow); a field that is present with the
 //! wrong type, or a body that is not a JSON object, is an error for that round only.
-//! This module parses and clamps; it never acts on `blocked` or the generation (the
-//! reconcile engine reads them from the poller's shared copy).
+//! `ack_signed_op_results` lists the ids of the signed-op results the hub has recorded
+//! (at most [`MAX_ACKS`], each 1 to [`MAX_ACK_ID_BYTES`] bytes without control
+//! characters); absent or `null` means none.
+//! This module parses and clamps; it never acts on `blocked`, the generation or the
+//! acknowledgements (the reconcile engine reads the first two from the poller's shared
+//! copy; the app drops acknowledged results).
 
 use std::fmt;
 
@@ -17,8 +22,13 @@ pub const MIN_POLL_SECONDS: u64 = 60;
 /// The longest poll interval the agent accepts from the hub, in seconds.
 pub const MAX_POLL_SECONDS: u64 = 3600;
 
+/// The most ids one envelope may acknowledge (as many as a report carries results).
+pub const MAX_ACKS: usize = 256;
+/// The longest acknowledged id, in bytes (the longest op id the agent accepts).
+pub const MAX_ACK_ID_BYTES: usize = 128;
+
 /// The hub's instructions for this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ControlEnvelope {
     /// The interval the hub asks for, already clamped to
     /// [`MIN_POLL_SECONDS`]..=[`MAX_POLL_SECONDS`]; `None` if the hub did not say.
@@ -29,6 +39,9 @@ pub struct ControlEnvelope {
     pub desired_generation: u64,
     /// The hub has signed operations waiting for this host.
     pub has_signed_ops: bool,
+    /// The ids of the signed-op results the hub has recorded: the agent stops
+    /// reporting them. Never an instruction about the ops themselves.
+    pub ack_signed_op_results: Vec<String>,
 }
 
 /// Why an answer is not a usable envelope.
@@ -138,6 +151,7 @@ impl ControlEnvelope {
             blocked: boolean("blocked")?,
             desired_generation,
             has_signed_ops: boolean("has_signed_ops")?,
+            ack_signed_op_results: acks(present("ack_signed_op_results"))?,
         })
     }
 
@@ -149,8 +163,46 @@ impl ControlEnvelope {
             "blocked": self.blocked,
             "desired_generation": self.desired_generation,
             "has_signed_ops": self.has_signed_ops,
+            "ack_signed_op_results": self.ack_signed_op_results,
         })
     }
+}
+
+/// `ack_signed_op_results`: an array of at most [`MAX_ACKS`] ids.
+fn acks(v: Option<&Value>) -> Result<Vec<String>, EnvelopeError> {
+    const FIELD: &str = "ack_signed_op_results";
+    let bad = |problem: String| EnvelopeError::Field {
+        field: FIELD,
+        problem,
+    };
+    let items = match v {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(bad(format!("must be an array, got {}", kind(other)))),
+    };
+    if items.len() > MAX_ACKS {
+        return Err(bad(format!(
+            "holds {} ids, more than {MAX_ACKS}",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::String(id)
+                if !id.is_empty()
+                    && id.len() <= MAX_ACK_ID_BYTES
+                    && !id.chars().any(char::is_control) =>
+            {
+                Ok(id.clone())
+            }
+            Value::String(_) => Err(bad(format!(
+                "[{i}] must be 1 to {MAX_ACK_ID_BYTES} bytes without control characters"
+            ))),
+            other => Err(bad(format!("[{i}] must be a string, got {}", kind(other)))),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -173,8 +225,25 @@ mod tests {
                 poll_interval_seconds: Some(300),
                 blocked: false,
                 desired_generation: 0,
-                has_signed_ops: false
+                has_signed_ops: false,
+                ack_signed_op_results: Vec::new(),
             }
+        );
+    }
+
+    #[test]
+    fn acknowledged_result_ids_are_kept_in_order() {
+        let e = parse(r#"{"ack_signed_op_results":["op-1","op 2","op-1"]}"#).unwrap();
+        assert_eq!(e.ack_signed_op_results, ["op-1", "op 2", "op-1"]);
+        let full: Vec<String> = (0..MAX_ACKS).map(|i| format!("op-{i}")).collect();
+        let body = serde_json::json!({ "ack_signed_op_results": full }).to_string();
+        assert_eq!(parse(&body).unwrap().ack_signed_op_results.len(), MAX_ACKS);
+        let longest = "i".repeat(MAX_ACK_ID_BYTES);
+        let body = serde_json::json!({ "ack_signed_op_results": [longest] }).to_string();
+        assert!(parse(&body).is_ok());
+        assert_eq!(
+            parse(r#"{"ack_signed_op_results":null}"#).unwrap(),
+            ControlEnvelope::default()
         );
     }
 
@@ -233,7 +302,35 @@ mod tests {
             (r#"{"has_signed_ops":1}"#, "has_signed_ops"),
             (r#"{"desired_generation":-1}"#, "desired_generation"),
             (r#"{"desired_generation":"7"}"#, "desired_generation"),
+            (
+                r#"{"ack_signed_op_results":"op-1"}"#,
+                "ack_signed_op_results",
+            ),
+            (
+                r#"{"ack_signed_op_results":{"id":"op-1"}}"#,
+                "ack_signed_op_results",
+            ),
+            (
+                r#"{"ack_signed_op_results":["op-1",7]}"#,
+                "ack_signed_op_results",
+            ),
+            (r#"{"ack_signed_op_results":[""]}"#, "ack_signed_op_results"),
+            (
+                r#"{"ack_signed_op_results":["a\u0001b"]}"#,
+                "ack_signed_op_results",
+            ),
         ];
+        let too_long =
+            serde_json::json!({ "ack_signed_op_results": ["i".repeat(MAX_ACK_ID_BYTES + 1)] });
+        let too_many = serde_json::json!({ "ack_signed_op_results": vec!["op"; MAX_ACKS + 1] });
+        for body in [too_long, too_many] {
+            match parse(&body.to_string()) {
+                Err(EnvelopeError::Field { field, .. }) => {
+                    assert_eq!(field, "ack_signed_op_results")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         for (body, field) in cases {
             match parse(body) {
                 Err(EnvelopeError::Field { field: f, .. }) => assert_eq!(f, field, "{body}"),

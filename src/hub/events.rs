@@ -5,7 +5,8 @@
 //! open, like Consul's blocking queries. The hub answers as soon as anything for this
 //! host changes, or with the same cursor once `wait_seconds` pass:
 //! `{"cursor":"…","desired_generation":N,"has_signed_ops":bool,"blocked":bool}` (the
-//! envelope's fields, parsed by the envelope's own parser). Each answer updates the
+//! envelope's fields, parsed by the envelope's own parser, `ack_signed_op_results`
+//! included, which go to the app's hook). Each answer updates the
 //! shared envelope the engine and the signed-ops worker read, and then, when it says
 //! the hub has signed ops, raises their announcement, so whoever wakes reads the answer
 //! that woke it. A `404` is an older hub: the agent says so once and follows the report
@@ -226,11 +227,15 @@ impl EventsClient {
     }
 }
 
+/// What the app does with the `ack_signed_op_results` an event carries.
+pub type AckHook = Box<dyn Fn(&[String]) + Send>;
+
 /// The stream's loop: each event into the shared envelope, then the announcement.
 pub struct EventStream<S> {
     client: EventsClient,
     envelope: SharedEnvelope,
     announcement: Announcement,
+    on_acks: Option<AckHook>,
     sleeper: S,
     jitter: Jitter,
     cursor: Option<String>,
@@ -261,6 +266,7 @@ impl<S: Sleeper> EventStream<S> {
             client,
             envelope,
             announcement,
+            on_acks: None,
             sleeper,
             jitter: random_jitter(),
             cursor: None,
@@ -272,6 +278,12 @@ impl<S: Sleeper> EventStream<S> {
     /// Replaces the jitter source (tests pass a constant).
     pub fn with_jitter(mut self, jitter: Jitter) -> Self {
         self.jitter = jitter;
+        self
+    }
+
+    /// Hands the signed-op results an event acknowledges to `hook` (the app drops them).
+    pub fn with_acks(mut self, hook: AckHook) -> Self {
+        self.on_acks = Some(hook);
         self
     }
 
@@ -317,6 +329,11 @@ impl<S: Sleeper> EventStream<S> {
                 self.envelope.merge_event(&event.state);
                 if event.state.has_signed_ops {
                     self.announcement.raise();
+                }
+                if let Some(hook) = &self.on_acks
+                    && !event.state.ack_signed_op_results.is_empty()
+                {
+                    hook(&event.state.ack_signed_op_results);
                 }
                 self.cursor = Some(event.cursor);
                 Duration::ZERO

@@ -21,18 +21,21 @@ pub(crate) mod round;
 
 pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, ReadError,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, NoOpResults,
+    OpResultsSource, ReadError,
 };
 pub use desired_feed::{DesiredFetch, DesiredFetchError, DesiredStateClient, generation_etag};
-pub use envelope::{ControlEnvelope, EnvelopeError, MAX_POLL_SECONDS, MIN_POLL_SECONDS};
+pub use envelope::{
+    ControlEnvelope, EnvelopeError, MAX_ACK_ID_BYTES, MAX_ACKS, MAX_POLL_SECONDS, MIN_POLL_SECONDS,
+};
 pub use events::{
-    DEFAULT_EVENT_WAIT, EventError, EventStream, EventsClient, EventsError, HubEvent,
+    AckHook, DEFAULT_EVENT_WAIT, EventError, EventStream, EventsClient, EventsError, HubEvent,
     MAX_CURSOR_BYTES, REPROBE_AFTER_404,
 };
 pub use ops_feed::{Announcement, DeliveredOp, FetchError, SignedOpsClient};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::{
     AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
-    PENDING_SIGNATURES_MAX, Usage,
+    PENDING_SIGNATURES_MAX, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
 };
 pub use round::{HubRound, HubRoundError};

@@ -72,14 +72,15 @@ struct Shared {
 impl SharedEnvelope {
     /// The last envelope received, if any round has succeeded.
     pub fn get(&self) -> Option<ControlEnvelope> {
-        lock(&self.0).envelope
+        lock(&self.0).envelope.clone()
     }
 
     /// A report's answer, for a report sent at `sent`.
     fn set_report(&self, e: ControlEnvelope, sent: Instant) {
         let mut slot = lock(&self.0);
         let newer_event = slot.event_at.is_some_and(|at| at > sent);
-        slot.envelope = Some(match (newer_event, slot.envelope) {
+        let current = slot.envelope.take();
+        slot.envelope = Some(match (newer_event, current) {
             (true, Some(current)) => ControlEnvelope {
                 poll_interval_seconds: e.poll_interval_seconds,
                 ..current
@@ -92,10 +93,10 @@ impl SharedEnvelope {
     /// the interval the last report's envelope set.
     pub(crate) fn merge_event(&self, event: &ControlEnvelope) {
         let mut slot = lock(&self.0);
-        let interval = slot.envelope.and_then(|e| e.poll_interval_seconds);
+        let interval = slot.envelope.as_ref().and_then(|e| e.poll_interval_seconds);
         slot.envelope = Some(ControlEnvelope {
             poll_interval_seconds: interval,
-            ..*event
+            ..event.clone()
         });
         slot.event_at = Some(Instant::now());
     }
@@ -235,18 +236,17 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
                 if envelope.blocked {
                     crate::warn!(host_blocked, "the hub marks this host blocked");
                 }
+                let (generation, has_ops) = (envelope.desired_generation, envelope.has_signed_ops);
                 self.latest.set_report(envelope, sent);
-                if envelope.has_signed_ops
-                    && let Some(a) = &self.announcement
-                {
+                if has_ops && let Some(a) = &self.announcement {
                     a.raise();
                 }
                 crate::debug!(
                     report_sent,
                     "hub report sent",
                     next_in_seconds = self.interval_seconds,
-                    desired_generation = envelope.desired_generation,
-                    has_signed_ops = envelope.has_signed_ops
+                    desired_generation = generation,
+                    has_signed_ops = has_ops
                 );
                 self.second * u32::try_from(self.interval_seconds).unwrap_or(u32::MAX)
             }
@@ -297,7 +297,7 @@ mod tests {
     impl Reporter for Answers {
         type Error = std::io::Error;
         fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
-            Ok(self.0)
+            Ok(self.0.clone())
         }
     }
 
@@ -309,11 +309,11 @@ mod tests {
             ..ControlEnvelope::default()
         };
         let announcement = Announcement::new();
-        let mut poller = Poller::new(Answers(blocked_with_ops), Shutdown::new(), 60)
+        let mut poller = Poller::new(Answers(blocked_with_ops.clone()), Shutdown::new(), 60)
             .announcing(announcement.clone());
         poller.step();
         assert!(announcement.take(Duration::ZERO), "announced");
-        assert_eq!(poller.envelope().get(), Some(blocked_with_ops));
+        assert_eq!(poller.envelope().get(), Some(blocked_with_ops.clone()));
 
         // No ops in the answer, or no announcement asked for: nothing raised.
         let quiet = Announcement::new();
@@ -338,7 +338,7 @@ mod tests {
         type Error = std::io::Error;
         fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
             self.shared.merge_event(&self.event);
-            Ok(self.stale)
+            Ok(self.stale.clone())
         }
     }
 
@@ -357,7 +357,7 @@ mod tests {
         };
         let reporter = Overtaken {
             shared: shared.clone(),
-            stale,
+            stale: stale.clone(),
             event,
         };
         let mut poller = Poller::new(reporter, Shutdown::new(), 60);

@@ -45,6 +45,10 @@ pub struct HostReport {
     /// kind for the same pair, oldest first, at most [`PENDING_SIGNATURES_MAX`]. Newer
     /// entries in `audit_tail` never push these out.
     pub pending_signatures: Vec<AuditEntry>,
+    /// What became of each signed op the hub delivered and has not yet acknowledged
+    /// (`ack_signed_op_results` in the envelope), one entry per hub op id, oldest
+    /// first, at most [`SIGNED_OP_RESULTS_MAX`].
+    pub signed_op_results: Vec<SignedOpResult>,
 }
 
 /// Host metrics.
@@ -250,8 +254,9 @@ pub struct AuditEntry {
     pub reason: String,
     /// The signer's advisory key id when a signature was presented.
     pub key_id: Option<String>,
-    /// The hub delivery the entry is about, when the signed-ops channel wrote it;
-    /// `null` for the gate's own decisions.
+    /// The hub delivery the entry is about: set on every entry about an op the hub
+    /// delivered (the gate's decision on it included); `null` for decisions on the
+    /// agent's own actions.
     #[serde(default)]
     pub delivery: Option<Delivery>,
     /// The fields that were cut, in field order; empty when none was.
@@ -283,12 +288,15 @@ impl AuditEntry {
 }
 
 /// What the agent knows of one op the hub delivered: never its bytes, only their hash
-/// and size. Each field is `null` when it is not known (an entry skipped before its id
-/// or its blob could be read).
+/// and size and the nonce the blob names. Each field is `null` when it is not known (an
+/// entry skipped before its id or its blob could be read, a blob that does not parse).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     /// The hub's id for the op, as the hub sent it (cut like every string).
     pub hub_op_id: Option<String>,
+    /// The blob's `nonce`, read from the blob unverified only to name the op; `null`
+    /// when the blob does not parse or the entry was skipped before it was read.
+    pub nonce: Option<String>,
     /// Its position in the `ops` array of the hub's answer.
     pub index: Option<u64>,
     /// SHA-256 of the decoded blob, lowercase hex.
@@ -301,13 +309,37 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truncated {
     /// Which field: `op`, `guest_id`, `decision`, `reason`, `key_id`,
-    /// `delivery.hub_op_id` or `delivery.blob_sha256`.
+    /// `delivery.hub_op_id`, `delivery.nonce` or `delivery.blob_sha256`.
     pub field: String,
     /// SHA-256 of the full value's UTF-8 bytes, lowercase hex.
     pub sha256: String,
     /// The full value's length in bytes.
     pub bytes: u64,
 }
+
+/// The outcome of one signed op the hub delivered, kept (across restarts) until the hub
+/// acknowledges its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedOpResult {
+    /// The hub's id for the op.
+    pub id: String,
+    /// The nonce the op's blob names (read unverified, only to name it); `null` when
+    /// the blob does not parse.
+    pub nonce: Option<String>,
+    /// One of `executed`, `refused`, `failed`, `skipped`, `held`, `malformed`,
+    /// `not_executed`.
+    pub outcome: String,
+    /// The precise word: `executed`, `failed`, `already_applied`, `blocked`,
+    /// `unsigned`, `malformed`, `malformed_entry`, or the refusal code
+    /// (`pending_signature`, `guest_changed`, `replay`, `bad_signature` …).
+    pub code: String,
+    /// When the outcome was reached, RFC 3339 UTC.
+    #[serde(with = "crate::base::time::rfc3339")]
+    pub at: Timestamp,
+}
+
+/// How many signed-op results a report carries at most.
+pub const SIGNED_OP_RESULTS_MAX: usize = 256;
 
 /// How many audit entries a report carries at most.
 pub(crate) const AUDIT_TAIL_LEN: usize = 50;

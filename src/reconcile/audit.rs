@@ -5,7 +5,8 @@
 //! This module owns the audit files and what is kept of them in memory. It writes only
 //! through [`crate::store::Store`] and never records a signature, a blob or any secret —
 //! only the op, the guest, the decision, its reason, the signer's advisory key id and,
-//! for a hub delivery, its id and the blob's SHA-256 and size.
+//! for a hub delivery, its id, the blob's nonce (read unverified, only to name the op)
+//! and the blob's SHA-256 and size.
 //!
 //! # Bounds
 //!
@@ -122,12 +123,17 @@ impl AuditRecord {
     }
 }
 
-/// What the audit keeps of one hub delivery: the hash and size of its bytes, never the
-/// bytes. A field is `None` when the entry was skipped before it could be read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the audit keeps of one hub delivery: the hash and size of its bytes and the
+/// nonce it names, never the bytes. A field is `None` when the entry was skipped before
+/// it could be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditDelivery {
     /// The hub's own id for the op, cut like every string.
     pub hub_op_id: Option<String>,
+    /// The blob's `nonce`, read from the blob **unverified** only to name the op (the
+    /// hub tracks its ops by it); `None` when the blob does not parse or was not read.
+    #[serde(default)]
+    pub nonce: Option<String>,
     /// Where the op stood in the hub's `ops` array.
     pub index: Option<u64>,
     /// The decoded blob's SHA-256, lowercase hex.
@@ -157,6 +163,9 @@ pub enum AuditField {
     /// The delivery's hub op id.
     #[serde(rename = "delivery.hub_op_id")]
     DeliveryHubOpId,
+    /// The delivery's nonce.
+    #[serde(rename = "delivery.nonce")]
+    DeliveryNonce,
     /// The delivery's blob hash.
     #[serde(rename = "delivery.blob_sha256")]
     DeliveryBlobSha256,
@@ -172,6 +181,7 @@ impl AuditField {
             AuditField::Reason => "reason",
             AuditField::KeyId => "key_id",
             AuditField::DeliveryHubOpId => "delivery.hub_op_id",
+            AuditField::DeliveryNonce => "delivery.nonce",
             AuditField::DeliveryBlobSha256 => "delivery.blob_sha256",
         }
     }
@@ -265,6 +275,7 @@ pub fn cap(mut e: AuditRecord) -> AuditRecord {
     cut_opt(&mut e.key_id, AuditField::KeyId, &mut cuts);
     if let Some(d) = &mut e.delivery {
         cut_opt(&mut d.hub_op_id, AuditField::DeliveryHubOpId, &mut cuts);
+        cut_opt(&mut d.nonce, AuditField::DeliveryNonce, &mut cuts);
         cut_opt(
             &mut d.blob_sha256,
             AuditField::DeliveryBlobSha256,
@@ -540,6 +551,7 @@ mod tests {
         e.key_id = Some("k".repeat(256));
         e.delivery = Some(AuditDelivery {
             hub_op_id: Some(id.clone()),
+            nonce: Some("n".repeat(40)),
             index: Some(3),
             blob_sha256: Some("a".repeat(64)),
             blob_bytes: Some(9),
@@ -587,19 +599,20 @@ mod tests {
         e.key_id = Some(nasty.clone());
         e.delivery = Some(AuditDelivery {
             hub_op_id: Some(nasty.clone()),
+            nonce: Some(nasty.clone()),
             index: Some(u64::MAX),
             blob_sha256: Some(nasty.clone()),
             blob_bytes: Some(u64::MAX),
         });
         let c = cap(e);
-        assert_eq!(c.truncated.len(), 7);
+        assert_eq!(c.truncated.len(), 8);
         let stored = serde_json::to_vec(&CarriedRef {
             entry: &c,
             carried: true,
         })
         .unwrap();
         let line = (stored.len() + RECORD_OVERHEAD) as u64;
-        assert!(line < 13 * 1024, "{line}");
+        assert!(line < 15 * 1024, "{line}");
         assert!(line * PENDING_SIGNATURES_MAX as u64 + line < MIN_MAX_BYTES);
     }
 

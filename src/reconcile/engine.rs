@@ -622,6 +622,7 @@ impl Engine {
                  sent); held until the window allows it or an operator runs \
                  `felhom-agent resume --rate-limit`"
             ),
+            None,
         );
         crate::warn!(
             action_rate_limited,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::authz::{self, Role};
 use crate::base::time::{Clock, SystemClock};
-use crate::reconcile::audit::{AuditLog, AuditRecord};
+use crate::reconcile::audit::{AuditDelivery, AuditLog, AuditRecord};
 use crate::reconcile::classify::{Class, Intent, OpClass, Provenance, classify};
 use crate::reconcile::journal::{Journal, JournalView};
 
@@ -261,6 +261,19 @@ impl Gate {
         signed: Option<&SignedOp>,
         guest: &GuestNow,
     ) -> Decision {
+        self.authorize_delivered(intent, signed, guest, None)
+    }
+
+    /// [`Gate::authorize`] for an op the hub delivered: the audit entry of the decision
+    /// carries `delivery` (the hub's id, the nonce, the blob's hash), so every entry
+    /// about a delivered op names it. The decision itself never depends on it.
+    pub fn authorize_delivered(
+        &self,
+        intent: &Intent,
+        signed: Option<&SignedOp>,
+        guest: &GuestNow,
+        delivery: Option<&AuditDelivery>,
+    ) -> Decision {
         let (decision, why) = match self.pre(intent) {
             Pre::Allow(AllowReason::AgentProvenance) if guest.is_protected() => (
                 Decision::Refused {
@@ -278,13 +291,20 @@ impl Gate {
             Pre::Refuse(r, why) => (Decision::Refused { reason: r }, why),
             Pre::NeedsSignature => self.check_signed(intent, signed, guest),
         };
-        self.record(intent, decision, why)
+        self.record(intent, decision, why, delivery)
     }
 
     /// Records a refusal found outside the gate's own checks (an op no executor here
-    /// carries) in the audit log and the log, like every other decision.
-    pub fn refuse(&self, intent: &Intent, reason: Refusal, why: String) -> Decision {
-        self.record(intent, Decision::Refused { reason }, why)
+    /// carries) in the audit log and the log, like every other decision; `delivery` as
+    /// for [`Gate::authorize_delivered`].
+    pub fn refuse(
+        &self,
+        intent: &Intent,
+        reason: Refusal,
+        why: String,
+        delivery: Option<&AuditDelivery>,
+    ) -> Decision {
+        self.record(intent, Decision::Refused { reason }, why, delivery)
     }
 
     fn check_signed(
@@ -355,7 +375,13 @@ impl Gate {
         )
     }
 
-    fn record(&self, intent: &Intent, decision: Decision, why: String) -> Decision {
+    fn record(
+        &self,
+        intent: &Intent,
+        decision: Decision,
+        why: String,
+        delivery: Option<&AuditDelivery>,
+    ) -> Decision {
         let key_id = match &decision {
             // The configured signer's id, found by key material: the blob's own
             // `key_id` is only the operator's claim and never goes to the audit log.
@@ -376,7 +402,7 @@ impl Gate {
             decision: word.to_string(),
             reason: why,
             key_id: key_id.clone(),
-            delivery: None,
+            delivery: delivery.cloned(),
             truncated: Vec::new(),
         });
         let why = &entry.reason;

@@ -16,6 +16,7 @@ use crate::authz::OpBlob;
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::proxmox::{Client, ConfigChange, Upid, WaitOptions};
+use crate::reconcile::audit::AuditDelivery;
 use crate::reconcile::classify::{Intent, OpClass};
 use crate::reconcile::gate::{Decision, Gate, GuestNow, Refusal, SignedOp};
 use crate::reconcile::journal::{Journal, JournalError, JournalRecord, OpState};
@@ -141,6 +142,18 @@ impl SignedJobs {
         signed: &SignedOp,
         executor: Arc<dyn DestructiveExecutor>,
     ) -> Result<JobOutcome, JobError> {
+        self.run_delivered_job(intent, signed, executor, None)
+    }
+
+    /// [`SignedJobs::run_signed_job`] for an op the hub delivered: the gate's audit
+    /// entries for it carry `delivery`.
+    pub fn run_delivered_job(
+        &self,
+        intent: &Intent,
+        signed: &SignedOp,
+        executor: Arc<dyn DestructiveExecutor>,
+        delivery: Option<AuditDelivery>,
+    ) -> Result<JobOutcome, JobError> {
         // The nonce is read without trusting the blob: a hit only skips work, and a key
         // is marked applied only after a verified op succeeded.
         if let Ok(blob) = OpBlob::parse(&signed.blob)
@@ -161,6 +174,7 @@ impl SignedJobs {
             intent: intent.clone(),
             signed: signed.clone(),
             executor,
+            delivery,
         };
         let handle = self
             .queue
@@ -180,6 +194,7 @@ struct SignedRun {
     intent: Intent,
     signed: SignedOp,
     executor: Arc<dyn DestructiveExecutor>,
+    delivery: Option<AuditDelivery>,
 }
 
 impl SignedRun {
@@ -187,7 +202,9 @@ impl SignedRun {
         let intent = &self.intent;
         if !self.executor.carries(&intent.class) {
             let why = format!("no executor here carries {}", intent.class);
-            if let Decision::Refused { reason } = self.gate.refuse(intent, Refusal::UnknownOp, why)
+            if let Decision::Refused { reason } =
+                self.gate
+                    .refuse(intent, Refusal::UnknownOp, why, self.delivery.as_ref())
             {
                 return Ok(JobOutcome::Refused(reason));
             }
@@ -199,7 +216,12 @@ impl SignedRun {
             (Some(_), Some(vmid)) => self.executor.guest_now(vmid),
             (Some(g), None) => GuestNow::Unreadable(format!("guest_id {g:?} is not a vmid")),
         };
-        let verified = match self.gate.authorize(intent, Some(&self.signed), &guest) {
+        let verified = match self.gate.authorize_delivered(
+            intent,
+            Some(&self.signed),
+            &guest,
+            self.delivery.as_ref(),
+        ) {
             Decision::Refused { reason } => return Ok(JobOutcome::Refused(reason)),
             Decision::Allowed { verified, .. } => verified,
         };

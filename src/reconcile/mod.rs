@@ -18,6 +18,7 @@ pub(crate) mod gate;
 pub(crate) mod jobs;
 pub(crate) mod journal;
 pub(crate) mod normalize;
+pub(crate) mod op_results;
 pub(crate) mod plan;
 pub(crate) mod queue;
 pub(crate) mod recover;
@@ -36,6 +37,10 @@ pub use gate::{AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refu
 pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, ProxmoxExecutor, SignedJobs};
 pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState};
 pub use normalize::Normalizers;
+pub use op_results::{
+    OP_RESULT_CODE_MAX, OP_RESULT_ID_MAX, OP_RESULT_NONCE_MAX, OP_RESULTS_FILE_MAX, OP_RESULTS_MAX,
+    OpResult, OpResults, OpResultsError, Recorded, ResultOutcome,
+};
 pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};

@@ -88,7 +88,7 @@ pub use line::{
 use line::{READ_BUFFER, anchor_line, record_line};
 #[cfg(feature = "fault-points")]
 pub use powercut::{CutMode, CutPoint, CutReport, PointOp, PowerCutIo};
-pub use replace::{replace_file, replace_temp};
+pub use replace::{replace_file, replace_temp, set_aside};
 pub use statelock::{StateLock, StateLockError};
 pub use take::{take_file, taken_path};
 

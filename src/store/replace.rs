@@ -1,8 +1,9 @@
 //! A whole small file replaced durably: written to `FILE.tmp`, fsync'd, renamed over
 //! `FILE`, and the directory fsync'd, so a crash or a power cut leaves the old file or
 //! the new one, never a mix. A `FILE.tmp` left by a crash is overwritten by the next
-//! replace. This module never appends, never reads, and never removes the old file
-//! before the new one is durable.
+//! replace. A damaged file can be set aside whole (renamed, the directory fsync'd) so
+//! its bytes stay for an operator when a fresh one takes its place. This module never
+//! appends, never reads, and never removes the old file before the new one is durable.
 
 use std::ffi::OsString;
 use std::io;
@@ -33,6 +34,22 @@ pub fn replace_file(io: &dyn Io, path: &Path, bytes: &[u8]) -> io::Result<()> {
     io.sync_dir(dir)
 }
 
+/// Renames `path` to `path.SUFFIX` (replacing an older file of that name) and fsyncs
+/// the directory; returns the new name.
+pub fn set_aside(io: &dyn Io, path: &Path, suffix: &str) -> io::Result<PathBuf> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut name = OsString::from(path.as_os_str());
+    name.push(".");
+    name.push(suffix);
+    let aside = PathBuf::from(name);
+    io.rename(path, &aside)?;
+    io.sync_dir(dir)?;
+    Ok(aside)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +73,18 @@ mod tests {
         assert!(!replace_temp(&path).exists());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_set_aside_keeps_its_bytes_under_the_new_name() {
+        let d = dir("aside");
+        let path = d.join("doc.json");
+        std::fs::write(&path, b"damaged").unwrap();
+        let aside = set_aside(&OsIo, &path, "damaged").unwrap();
+        assert_eq!(aside, d.join("doc.json.damaged"));
+        assert_eq!(std::fs::read(&aside).unwrap(), b"damaged");
+        assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&d);
     }
 
