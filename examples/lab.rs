@@ -361,7 +361,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail("ssh-keygen -Y sign with the fresh key failed");
     }
     let sig = std::fs::read_to_string(format!("{}.sig", blob_path.display())).unwrap();
-    hub.queue_signed_op(destroy.as_bytes(), Some(&sig));
+    let executed_id = hub.queue_signed_op(destroy.as_bytes(), Some(&sig));
     let mut daemon = match Daemon::start(bin, cfg) {
         Ok(d) => d,
         Err(e) => return fail(e),
@@ -503,9 +503,10 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
             .last()
             .unwrap_or("")
     ));
-    // 10. The hub becomes the source of intent: reconcile.source "hub". It publishes
-    // generation 3 (guest 100 back to 2 cores, guest 101 running); the daemon fetches
-    // it at its first report and converges.
+    // 10. The hub becomes the source of intent: reconcile.source "hub". The daemon
+    // starts on the hub's generation 3; then, while it runs, the hub publishes
+    // generation 4 (guest 100 back to 2 cores, guest 101 running) and the event stream
+    // brings it between reports.
     let mut hub_config = config.clone();
     hub_config["reconcile"] = json!({
         "source": "hub",
@@ -515,6 +516,22 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     pve.set_task_duration(Duration::from_millis(150));
     pve.set_ignores_shutdown(101, false);
     hub.publish_desired_state(&json!({"generation": 3, "guests": [
+        {"vmid": 100, "run": "running", "spec": {"cores": 4}, "description": "web"},
+        {"vmid": 101, "run": "stopped"}
+    ]}));
+    let reports_before = hub.reports().len();
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if !daemon.wait("generation 3 fetched and a report accepted", || {
+        hub.desired_state_fetches().len() == 1 && hub.reports().len() > reports_before
+    }) {
+        return fail(daemon.stop_with_log("the daemon did not fetch the hub's document"));
+    }
+    let reports_at_publish = hub.reports().len();
+    let published = Instant::now();
+    hub.publish_desired_state(&json!({"generation": 4, "guests": [
         {"vmid": 100, "run": "running", "spec": {"cores": 2}, "description": "web"},
         {"vmid": 101, "run": "running"}
     ]}));
@@ -522,39 +539,63 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         pve.guest_status(101).as_deref() == Some("running")
             && pve.guest_config(100).and_then(|c| c.get("cores").cloned()) == Some(json!(2))
     };
-    let started = Instant::now();
-    let mut daemon = match Daemon::start(bin, cfg) {
-        Ok(d) => d,
-        Err(e) => return fail(e),
-    };
-    if !daemon.wait("the hub's document converged", converged) {
+    if !daemon.wait("the hub's generation 4 converged", converged) {
         return fail(daemon.stop_with_log("the hub's desired state did not converge"));
     }
-    let took = started.elapsed();
+    let took = published.elapsed();
     let cache = dir.join("state").join("desired.json");
     let cached = std::fs::read(&cache)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["generation"].as_u64());
-    if cached != Some(3) {
+    if cached != Some(4) {
         return fail(daemon.stop_with_log(format!("state/desired.json holds {cached:?}")));
     }
+    say(format!(
+        "hub-fed: the hub published generation 4 while the daemon ran; the event stream brought it and guest 100 went to 2 cores, 101 running, {:.2} s after the publish, with {} report(s) in between; cached in state/desired.json",
+        took.as_secs_f64(),
+        hub.reports().len() - reports_at_publish
+    ));
+
+    // 10b. The signed destroy of step 6 reached the hub as an outcome; the hub
+    // acknowledges it through the event stream and the agent stops reporting it.
+    let reported = hub
+        .signed_op_results()
+        .into_iter()
+        .any(|r| r["id"] == executed_id.as_str() && r["outcome"] == "executed");
+    if !reported {
+        return fail(daemon.stop_with_log(format!(
+            "the hub never heard {executed_id} executed: {:?}",
+            hub.signed_op_results()
+        )));
+    }
+    let results_file = dir.join("state").join("op_results.json");
+    let kept = |id: &str| {
+        std::fs::read_to_string(&results_file)
+            .unwrap_or_default()
+            .contains(&format!("\"{id}\""))
+    };
+    let acked = Instant::now();
+    hub.ack_signed_op_results_by_event(&[executed_id.as_str()]);
+    if !daemon.wait("the acknowledged result dropped", || !kept(&executed_id)) {
+        return fail(daemon.stop_with_log("the acknowledgement was not applied"));
+    }
+    say(format!(
+        "outcomes: the hub saw {executed_id} executed in signed_op_results; its acknowledgement (by event) dropped it from state/op_results.json in {:.2} s",
+        acked.elapsed().as_secs_f64()
+    ));
     match daemon.stop() {
         Ok(log) => logs.push_str(&log),
         Err(e) => return fail(e),
     }
-    say(format!(
-        "hub-fed: the hub published generation 3; from the daemon's start to converged (guest 100 at 2 cores, 101 running) {:.2} s, {} fetch(es) of the document; cached in state/desired.json",
-        took.as_secs_f64(),
-        hub.desired_state_fetches().len()
-    ));
 
-    // 11. A stale document: the hub serves generation 2 while announcing 4 (a rollback).
+    // 11. A stale document: the hub announces generation 5 but serves generation 2 (a
+    // rollback below the 4 the agent holds).
     hub.publish_desired_bytes(
         json!({"generation": 2, "guests": [{"vmid": 100, "run": "running", "spec": {"cores": 8}}]})
             .to_string()
             .into_bytes(),
-        4,
+        5,
     );
     let started = Instant::now();
     let mut daemon = match Daemon::start(bin, cfg) {
@@ -573,7 +614,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail("the stale document's spec was applied");
     }
     say(format!(
-        "hub-fed: generation 2 served after 3 is refused and audited desired_rollback in {:.2} s; guest 100 kept at 2 cores",
+        "hub-fed: generation 2 served after 4 is refused and audited desired_rollback in {:.2} s; guest 100 kept at 2 cores",
         took.as_secs_f64()
     ));
 
