@@ -28,7 +28,7 @@ use crate::store::{Io, replace_file};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DesiredOfferError {
-    /// Larger than [`MAX_FILE_BYTES`].
+    /// Larger than the 16 MiB a desired-state document may be.
     TooLarge {
         /// Its size.
         len: usize,
