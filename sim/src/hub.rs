@@ -2,7 +2,11 @@
 //! over HTTPS on loopback.
 //!
 //! It checks the bearer key (401), validates each report against the contract file
-//! `vectors/host-report.golden.json` (400 naming every missing or extra field), records
+//! `vectors/host-report.golden.json` and `vectors/hub/host-report.schema.json` (400
+//! naming every problem either finds), and checks every answer it composes against its
+//! schema in `vectors/hub/` (see [`crate::schema`]); only what a test hands it raw
+//! (`script_envelope`, `queue_signed_op_raw`, `publish_desired_bytes`) goes out as
+//! written, off the schema if the test wants the agent to see that. It records
 //! the reports it accepts, and answers each with a control envelope — scripted ones
 //! first, then a default. Faults use the Proxmox simulator's [`Fault`]/[`FaultKind`]
 //! (500s, delays, garbage, dropped connections), matched on the request path. Signed ops
@@ -20,7 +24,7 @@
 //! `ack_signed_op_results`.
 //!
 //! Test and demo code: it never reaches beyond 127.0.0.1 and never ships in the agent.
-//! It owns no contract of its own: the golden file is the single source of the shape.
+//! It owns no contract of its own: the golden file and the published schemas are.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -31,6 +35,7 @@ use serde_json::{Value, json};
 use crate::fault::{Dress, FaultAnswer, recorded_status};
 use crate::http::{self, Delivery, Request, Response};
 use crate::pve::{CertChoice, Fault, FaultKind};
+use crate::schema;
 
 /// The bearer key accepted unless the builder sets another. Test material only.
 pub const DEFAULT_HUB_KEY: &str = "hubkey-7c1e4b9a-2f60-4d8e-9a35-b04f6e21d7c8";
@@ -95,7 +100,11 @@ struct State {
     signed_ops: Vec<Value>,
     next_op: u64,
     /// The published document's bytes and the generation it is served and announced as.
-    desired: Option<(Vec<u8>, u64)>,
+    /// The third is whether a test published raw bytes (sent as they are, even off the
+    /// schema).
+    desired: Option<(Vec<u8>, u64, bool)>,
+    /// A test queued a raw entry: the next hand-over is sent as it is.
+    raw_ops: bool,
     /// `blocked` as a test set it, over what the envelopes say.
     blocked: Option<bool>,
     /// Bumped on every change the event stream reports; the cursor is its decimal.
@@ -128,7 +137,7 @@ impl State {
                     .as_u64()
                     .unwrap_or(0)
             },
-            |(_, g)| *g,
+            |(_, g, _)| *g,
         );
         let blocked = self
             .blocked
@@ -247,6 +256,7 @@ impl HubSimBuilder {
                 signed_ops: Vec::new(),
                 next_op: 1,
                 desired: None,
+                raw_ops: false,
                 blocked: None,
                 version: 0,
                 events: self.events,
@@ -366,7 +376,10 @@ impl HubSim {
 
     /// Queues one raw entry of the `ops` array as is, so tests can send malformed ones.
     pub fn queue_signed_op_raw(&self, entry: Value) {
-        self.change(|st| st.signed_ops.push(entry));
+        self.change(|st| {
+            st.signed_ops.push(entry);
+            st.raw_ops = true;
+        });
     }
 
     /// Applies `f` to the state as one change the event stream reports.
@@ -385,15 +398,17 @@ impl HubSim {
 
     /// Publishes a desired-state document: served from now on, and its `generation`
     /// announced as `desired_generation` in every envelope.
+    /// The document must keep to `desired-state.schema.json` (the answer checks it).
     pub fn publish_desired_state(&self, document: &Value) {
         let generation = document["generation"].as_u64().unwrap_or(0);
-        self.publish_desired_bytes(document.to_string().into_bytes(), generation);
+        let bytes = document.to_string().into_bytes();
+        self.change(|st| st.desired = Some((bytes, generation, false)));
     }
 
     /// Publishes `bytes` as they are (tests send invalid documents this way), served
     /// and announced as `generation`.
     pub fn publish_desired_bytes(&self, bytes: Vec<u8>, generation: u64) {
-        self.change(|st| st.desired = Some((bytes, generation)));
+        self.change(|st| st.desired = Some((bytes, generation, true)));
     }
 
     /// Requests for the desired state so far.
@@ -653,6 +668,7 @@ fn long_poll<'a>(
     if !st.event_acks.is_empty() {
         event["ack_signed_op_results"] = json!(std::mem::take(&mut st.event_acks));
     }
+    own_answer(schema::EVENT, &event);
     (json_answer(200, "OK", &event), st)
 }
 
@@ -665,7 +681,11 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
         if !ops.is_empty() {
             st.bump();
         }
-        return json_answer(200, "OK", &json!({ "ops": ops }));
+        let answer = json!({ "ops": ops });
+        if !std::mem::take(&mut st.raw_ops) {
+            own_answer(schema::SIGNED_OPS, &answer);
+        }
+        return json_answer(200, "OK", &answer);
     }
     if path == DESIRED_STATE_PATH {
         return match &st.desired {
@@ -674,7 +694,13 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
                 "Not Found",
                 &json!({ "error": "no desired state published for this host" }),
             ),
-            Some((bytes, generation)) => {
+            Some((bytes, generation, raw)) => {
+                if !raw {
+                    own_answer(
+                        schema::DESIRED_STATE,
+                        &serde_json::from_slice(bytes).unwrap_or(Value::Null),
+                    );
+                }
                 let etag = format!("\"{generation}\"");
                 if req.header("If-None-Match") == Some(etag.as_str()) {
                     Response::new(304, "Not Modified").with_header("ETag", &etag)
@@ -697,7 +723,8 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
             );
         }
     };
-    let problems = validate_report(&report);
+    let mut problems = validate_report(&report);
+    problems.extend(schema::validate(schema::HOST_REPORT, &report));
     if !problems.is_empty() {
         return json_answer(
             400,
@@ -724,16 +751,17 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
         );
     }
     st.reports.push(report);
-    let mut envelope = st
-        .envelopes
-        .pop_front()
-        .unwrap_or_else(|| st.default_envelope.clone());
+    // A scripted envelope is sent as the test wrote it, off the schema too: that is
+    // how tests feed the agent a wrong answer. Everything else must keep to it.
+    let scripted = st.envelopes.pop_front();
+    let deliberate = scripted.is_some();
+    let mut envelope = scripted.unwrap_or_else(|| st.default_envelope.clone());
     if !st.signed_ops.is_empty()
         && let Some(obj) = envelope.as_object_mut()
     {
         obj.insert("has_signed_ops".into(), Value::Bool(true));
     }
-    if let Some((_, generation)) = &st.desired
+    if let Some((_, generation, _)) = &st.desired
         && let Some(obj) = envelope.as_object_mut()
     {
         obj.insert("desired_generation".into(), json!(generation));
@@ -748,7 +776,21 @@ fn process(st: &mut State, req: &Request, path: &str) -> Response {
     {
         obj.insert("ack_signed_op_results".into(), json!(acks));
     }
+    if !deliberate {
+        own_answer(schema::ENVELOPE, &envelope);
+    }
     json_answer(200, "OK", &envelope)
+}
+
+/// Checks an answer the simulator composed itself against its schema. One that fails
+/// is a bug in the simulator (or a test that fed it off-schema data through a method
+/// not meant for that): it panics rather than answer, and the panic fails the test.
+fn own_answer(schema_name: &str, answer: &Value) {
+    let problems = schema::validate(schema_name, answer);
+    assert!(
+        problems.is_empty(),
+        "the hub simulator would answer off {schema_name}: {problems:?}"
+    );
 }
 
 /// Standard base64 with padding (RFC 4648 §4), as the hub sends signed blobs.

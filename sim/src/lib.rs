@@ -8,6 +8,8 @@
 //!   knowing nothing about Proxmox, so every simulator can stand on it.
 //! - [`pve`]: the Proxmox VE API simulator ([`ProxmoxSim`]).
 //! - [`hub`]: the felhom hub simulator ([`HubSim`]); [`contract`]: how it checks reports.
+//! - [`schema`]: the hub protocol's JSON Schemas and the validator the simulator and
+//!   the conformance check use.
 //! - [`demo`]: what the two simulator binaries share.
 
 pub mod clock;
@@ -17,6 +19,7 @@ mod fault;
 pub mod http;
 pub mod hub;
 pub mod pve;
+pub mod schema;
 
 pub use hub::{
     DEFAULT_HUB_KEY, DESIRED_STATE_PATH, EVENTS_PATH, HubRequest, HubSim, HubSimBuilder,
