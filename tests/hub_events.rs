@@ -6,13 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::Fixed;
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use felhom_agent::base::{Secret, Shutdown};
 use felhom_agent::hub::{
     Announcement, ControlEnvelope, EventStream, EventsClient, HubClientOptions, HubSetupError,
-    Poller, REPROBE_AFTER_404, Reporter, SharedEnvelope,
+    Poller, REPROBE_AFTER_404, SharedEnvelope,
 };
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_sim::{EVENTS_PATH, Fault, FaultKind, HubRequest, HubSim};
@@ -114,16 +117,6 @@ fn each_event_lands_in_the_envelope_and_announces_signed_ops() {
     hub.set_blocked(true);
     s.stream.step();
     assert!(s.envelope.get().unwrap().blocked);
-}
-
-/// A reporter that answers a fixed envelope, as the report loop would.
-struct Fixed(ControlEnvelope);
-
-impl Reporter for Fixed {
-    type Error = std::io::Error;
-    fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
-        Ok(self.0.clone())
-    }
 }
 
 #[test]

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::CountingExecutor;
 use common::sign::{destroy_blob, ssh_keygen_sign, verifier};
+use common::{CountingExecutor, Fixed};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use felhom_agent::base::base64_encode;
 use felhom_agent::base::{Clock, ManualClock, SystemClock};
 use felhom_agent::hub::HubClientOptions;
 use felhom_agent::hub::{Announcement, DeliveredOp, FetchError, Poller, SignedOpsClient};
-use felhom_agent::hub::{ControlEnvelope, Reporter};
+use felhom_agent::hub::ControlEnvelope;
 use felhom_agent::net::{Sha256Pin, TlsTrust};
 use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::AuditLog;
@@ -293,16 +293,6 @@ fn a_wrong_key_gets_401_and_the_queue_is_kept() {
         .filter(|r| r.path == SIGNED_OPS_PATH && r.method == "GET")
         .count();
     assert_eq!(fetches, 2);
-}
-
-/// A reporter that answers the hub's envelope as the real round would.
-struct Fixed(ControlEnvelope);
-
-impl Reporter for Fixed {
-    type Error = std::io::Error;
-    fn round(&mut self) -> Result<ControlEnvelope, std::io::Error> {
-        Ok(self.0.clone())
-    }
 }
 
 #[test]

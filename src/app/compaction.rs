@@ -75,13 +75,17 @@ pub(crate) fn compact_journal_every(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
     use std::sync::Arc;
     use std::time::Instant;
 
-    fn temp_store(name: &str, io: Arc<dyn crate::store::Io>) -> (PathBuf, FileNonceStore) {
+    /// A fresh nonce store in its own temp directory, over `io`.
+    pub(crate) fn temp_store(
+        name: &str,
+        io: Arc<dyn crate::store::Io>,
+    ) -> (PathBuf, FileNonceStore) {
         let dir =
             std::env::temp_dir().join(format!("felhom-daemon-unit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -549,7 +549,7 @@ fn drain_queue(reconciler: &Reconciler, deadline: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authz::FileNonceStore;
+    use crate::app::compaction::tests::temp_store;
     use std::sync::mpsc;
 
     /// A worker that sleeps until shutdown, and the shutdown that ends it.
@@ -652,18 +652,6 @@ mod tests {
         let (shutdown, w) = one_sleeping_worker();
         shutdown.trigger();
         assert!(watch(&w, &shutdown, &Arc::new(Mutex::new(None)), &|| None).is_ok());
-    }
-
-    fn temp_store(
-        name: &str,
-        io: Arc<dyn crate::store::Io>,
-    ) -> (std::path::PathBuf, FileNonceStore) {
-        let dir =
-            std::env::temp_dir().join(format!("felhom-daemon-unit-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = FileNonceStore::open_with(dir.join("nonces.log"), 0, io).unwrap();
-        (dir, store)
     }
 
     #[test]

@@ -133,3 +133,13 @@ pub fn recover_sending_nothing(
     assert!(journal.in_flight().is_empty(), "{what}: {report:?}");
     report
 }
+
+/// A report loop's reporter that answers a fixed envelope, as a real round would.
+pub struct Fixed(pub felhom_agent::hub::ControlEnvelope);
+
+impl felhom_agent::hub::Reporter for Fixed {
+    type Error = std::io::Error;
+    fn round(&mut self) -> Result<felhom_agent::hub::ControlEnvelope, std::io::Error> {
+        Ok(self.0.clone())
+    }
+}
