@@ -17,13 +17,8 @@ use felhom_agent::reconcile::{OP_RESULTS_MAX, OpResult, OpResults, Recorded, Res
 use felhom_agent::store::OsIo;
 
 fn result(id: &str, outcome: ResultOutcome, code: &str) -> OpResult {
-    OpResult {
-        id: id.into(),
-        nonce: Some("5f0c9e2a7b41d8c36e1f90a4b2d7c85e".into()),
-        outcome,
-        code: code.into(),
-        at: Timestamp(1_800_000_000),
-    }
+    let nonce = Some("5f0c9e2a7b41d8c36e1f90a4b2d7c85e".to_owned());
+    OpResult::new(id, nonce, outcome, code, Timestamp(1_800_000_000))
 }
 
 fn ids(r: &OpResults) -> Vec<String> {

@@ -8,7 +8,6 @@
 //! mutation log and the audit log's decisions.
 
 mod common;
-use common::pinned_client as client;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,11 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use felhom_agent::base::{Clock, ManualClock, Shutdown, Timestamp};
-use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::{
-    ActionKind, AuditLog, DesiredGuest, DesiredProvider, DesiredState, Engine, EngineOptions, Gate,
-    Journal, Outcome, PassReport, Queue, Run, Spec, StaticProvider, request_resume,
-    resume_marker_path,
+    ActionKind, AuditLog, DesiredGuest, DesiredState, Engine, Gate, Journal, Outcome, PassReport,
+    Queue, Run, Spec, StaticProvider, request_resume, resume_marker_path,
 };
 use felhom_sim::{GuestSeed, ProxmoxSim};
 
@@ -57,26 +54,11 @@ fn rig(
         )
         .with_clock(Arc::clone(&clock)),
     );
-    let provider = Arc::new(StaticProvider::new(desired));
-    let queue = Queue::new(4);
-    let mut opts = EngineOptions::new("pve-a");
-    opts.wait = WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(40),
-        timeout: Duration::from_secs(20),
-    };
+    let mut opts = common::engine_options();
     opts.max_disruptive_per_hour = limit;
-    let engine = Engine::new(
-        client(sim),
-        queue.clone(),
-        gate,
-        journal,
-        Arc::clone(&provider) as Arc<dyn DesiredProvider>,
-        Shutdown::new(),
-        opts,
-    )
-    .with_clock(clock)
-    .with_rate_limit_resume(dir);
+    let (engine, queue, provider) =
+        common::engine_rig(sim, gate, journal, desired, Shutdown::new(), opts);
+    let engine = engine.with_clock(clock).with_rate_limit_resume(dir);
     Rig {
         engine,
         audit,

@@ -63,27 +63,13 @@ fn rig_tuned(
         None => Journal::open(&journal_path).unwrap(),
     });
     let gate = common::unsigned_gate(&dir, &journal);
-    let provider = Arc::new(StaticProvider::new(desired));
     let shutdown = Shutdown::new();
-    let queue = Queue::new(4);
-    let mut opts = EngineOptions::new("pve-a");
-    opts.wait = WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(40),
-        timeout: Duration::from_secs(20),
-    };
+    let mut opts = common::engine_options();
     opts.check_every = Duration::from_millis(10);
     opts.default_interval = Duration::from_secs(3600);
     tune(&mut opts);
-    let engine = Engine::new(
-        client(sim),
-        queue.clone(),
-        gate,
-        journal,
-        Arc::clone(&provider) as Arc<dyn DesiredProvider>,
-        shutdown.clone(),
-        opts,
-    );
+    let (engine, queue, provider) =
+        common::engine_rig(sim, gate, journal, desired, shutdown.clone(), opts);
     Rig {
         engine: Arc::new(engine),
         journal_path,

@@ -152,6 +152,56 @@ fn non_negative(v: &Value) -> Option<usize> {
     v.as_u64().and_then(|n| usize::try_from(n).ok())
 }
 
+/// The problem with `instance` under `minimum`/`maximum` = `arg`, if any.
+fn bound_problem(keyword: &str, arg: &Value, instance: &Value, path: &str) -> Option<String> {
+    let Some(bound) = number(arg) else {
+        return Some(format!("{path}: schema error: {keyword} must be a number"));
+    };
+    let n = instance.as_number()?;
+    // Compare integers exactly; f64 only when either side has a fraction.
+    let order = match (n.as_i64(), arg.as_i64(), n.as_u64(), arg.as_u64()) {
+        (Some(a), Some(b), _, _) => a.cmp(&b),
+        (_, _, Some(a), Some(b)) => a.cmp(&b),
+        _ => n
+            .as_f64()
+            .and_then(|a| a.partial_cmp(&bound))
+            .unwrap_or(std::cmp::Ordering::Equal),
+    };
+    let (bad, word) = if keyword == "minimum" {
+        (order.is_lt(), "at least")
+    } else {
+        (order.is_gt(), "at most")
+    };
+    bad.then(|| format!("{path}: must be {word} {arg}, got {n}"))
+}
+
+/// The problem with `instance` under `minLength`/`maxLength` (a string, counted in
+/// characters) or `minItems`/`maxItems` (an array) = `arg`, if any.
+fn count_problem(keyword: &str, arg: &Value, instance: &Value, path: &str) -> Option<String> {
+    let Some(limit) = non_negative(arg) else {
+        return Some(format!(
+            "{path}: schema error: {keyword} must be a non-negative integer"
+        ));
+    };
+    let n = match (keyword, instance) {
+        ("minLength" | "maxLength", Value::String(s)) => s.chars().count(),
+        ("minItems" | "maxItems", Value::Array(items)) => items.len(),
+        _ => return None,
+    };
+    let (bad, bound) = if keyword.starts_with("min") {
+        (n < limit, "at least")
+    } else {
+        (n > limit, "at most")
+    };
+    bad.then(|| {
+        if instance.is_string() {
+            format!("{path}: must be {bound} {limit} characters, got {n}")
+        } else {
+            format!("{path}: must hold {bound} {limit} items, holds {n}")
+        }
+    })
+}
+
 impl Validator<'_> {
     fn check(
         &self,
@@ -198,12 +248,9 @@ impl Validator<'_> {
                     out.push(format!("{path}: must be {arg}, got {instance}"));
                 }
                 "const" => {}
-                "minimum" | "maximum" => self.check_bound(keyword, arg, instance, path, out),
-                "minLength" | "maxLength" => {
-                    self.check_length(keyword, arg, instance, path, out);
-                }
-                "minItems" | "maxItems" => {
-                    self.check_items_count(keyword, arg, instance, path, out)
+                "minimum" | "maximum" => out.extend(bound_problem(keyword, arg, instance, path)),
+                "minLength" | "maxLength" | "minItems" | "maxItems" => {
+                    out.extend(count_problem(keyword, arg, instance, path));
                 }
                 "required" => self.check_required(arg, instance, path, out),
                 "properties" => self.check_properties(arg, instance, path, depth, out),
@@ -251,106 +298,6 @@ impl Validator<'_> {
                 "{path}: must be {}, got {}",
                 names.join(" or "),
                 kind(instance)
-            ));
-        }
-    }
-
-    fn check_bound(
-        &self,
-        keyword: &str,
-        arg: &Value,
-        instance: &Value,
-        path: &str,
-        out: &mut Vec<String>,
-    ) {
-        let Some(bound) = number(arg) else {
-            out.push(format!("{path}: schema error: {keyword} must be a number"));
-            return;
-        };
-        let Some(n) = instance.as_number() else {
-            return;
-        };
-        // Compare integers exactly; f64 only when either side has a fraction.
-        let below = match (n.as_i64(), arg.as_i64(), n.as_u64(), arg.as_u64()) {
-            (Some(a), Some(b), _, _) => a.cmp(&b),
-            (_, _, Some(a), Some(b)) => a.cmp(&b),
-            _ => n
-                .as_f64()
-                .and_then(|a| a.partial_cmp(&bound))
-                .unwrap_or(std::cmp::Ordering::Equal),
-        };
-        let bad = if keyword == "minimum" {
-            below.is_lt()
-        } else {
-            below.is_gt()
-        };
-        if bad {
-            let word = if keyword == "minimum" {
-                "at least"
-            } else {
-                "at most"
-            };
-            out.push(format!("{path}: must be {word} {arg}, got {n}"));
-        }
-    }
-
-    fn check_length(
-        &self,
-        keyword: &str,
-        arg: &Value,
-        instance: &Value,
-        path: &str,
-        out: &mut Vec<String>,
-    ) {
-        let Some(limit) = non_negative(arg) else {
-            out.push(format!(
-                "{path}: schema error: {keyword} must be a non-negative integer"
-            ));
-            return;
-        };
-        let Value::String(s) = instance else {
-            return;
-        };
-        let len = s.chars().count();
-        if keyword == "minLength" && len < limit {
-            out.push(format!(
-                "{path}: must be at least {limit} characters, got {len}"
-            ));
-        }
-        if keyword == "maxLength" && len > limit {
-            out.push(format!(
-                "{path}: must be at most {limit} characters, got {len}"
-            ));
-        }
-    }
-
-    fn check_items_count(
-        &self,
-        keyword: &str,
-        arg: &Value,
-        instance: &Value,
-        path: &str,
-        out: &mut Vec<String>,
-    ) {
-        let Some(limit) = non_negative(arg) else {
-            out.push(format!(
-                "{path}: schema error: {keyword} must be a non-negative integer"
-            ));
-            return;
-        };
-        let Value::Array(items) = instance else {
-            return;
-        };
-        if keyword == "minItems" && items.len() < limit {
-            out.push(format!(
-                "{path}: must hold at least {limit} items, holds {}",
-                items.len()
-            ));
-        }
-        if keyword == "maxItems" && items.len() > limit {
-            out.push(format!(
-                "{path}: must hold at most {limit} items, holds {}",
-                items.len()
             ));
         }
     }

@@ -333,13 +333,8 @@ impl SignedOpsRunner {
         let intent = unverified_intent(&op.blob).ok();
         let class = intent.as_ref().map_or(UNREADABLE_OP, |i| i.class.as_str());
         let guest_id = intent.as_ref().and_then(|i| i.guest_id.clone());
-        crate::warn!(
-            signed_op_held,
-            "signed op held: the hub holds this host's mutations",
-            hub_op = op.id,
-            op = class,
-            guest = guest_id.as_deref().unwrap_or("-")
-        );
+        let guest = guest_id.as_deref().unwrap_or("-");
+        handled(op, class, guest, &OpOutcome::Held, HELD_REASON);
         let key = (
             op.id.clone(),
             delivery.blob_sha256.clone().unwrap_or_default(),
@@ -360,49 +355,31 @@ impl SignedOpsRunner {
             guest_id,
             delivery,
         };
-        self.audit_delivered(
-            delivered,
-            OpOutcome::Held.code(),
-            "the hub marks this host blocked; held, not verified and its nonce not used"
-                .to_string(),
-        );
+        self.audit_delivered(delivered, OpOutcome::Held.code(), HELD_REASON.to_string());
     }
 
     /// Logs the outcome and audits what the gate did not already audit.
     fn report(&self, op: &DeliveredOp, intent: &Intent, outcome: &OpOutcome, delivery: Delivery) {
         let guest = intent.guest_id.as_deref().unwrap_or("-");
+        // A refusal was audited, and logged at warn, by the gate's own decision.
         let reason = match outcome {
-            OpOutcome::Job(JobOutcome::Refused(r)) => {
-                crate::warn!(
-                    signed_op_refused,
-                    "signed op refused",
-                    hub_op = op.id,
-                    op = intent.class,
-                    guest = guest,
-                    decision = r.code()
-                );
-                return;
-            }
-            OpOutcome::Job(JobOutcome::Skipped) => "its nonce was already applied".to_string(),
-            OpOutcome::Job(JobOutcome::Executed { op_id }) => format!("executed as {op_id}"),
+            OpOutcome::Job(JobOutcome::Refused(_)) => None,
+            OpOutcome::Job(JobOutcome::Skipped) => Some("its nonce was already applied".into()),
+            OpOutcome::Job(JobOutcome::Executed { op_id }) => Some(format!("executed as {op_id}")),
             OpOutcome::Job(JobOutcome::Failed { op_id, detail }) => {
-                format!("{op_id} failed: {detail}")
+                Some(format!("{op_id} failed: {detail}"))
             }
             OpOutcome::UnsignedNotRun => {
-                "delivered unsigned; the signed-ops channel runs signed ops only".to_string()
+                Some("delivered unsigned; the signed-ops channel runs signed ops only".to_string())
             }
-            OpOutcome::Unparseable { why } => why.clone(),
+            OpOutcome::Unparseable { why } => Some(why.clone()),
             OpOutcome::Held => return,
         };
-        crate::info!(
-            signed_op_handled,
-            "signed op handled",
-            hub_op = op.id,
-            op = intent.class,
-            guest = guest,
-            outcome = outcome.code(),
-            reason = reason
-        );
+        let said = reason.as_deref().unwrap_or("refused by the gate");
+        handled(op, intent.class.as_str(), guest, outcome, said);
+        let Some(reason) = reason else {
+            return;
+        };
         let delivered = Delivered {
             hub_op: &op.id,
             op: intent.class.as_str(),
@@ -593,6 +570,23 @@ pub fn run_worker(
         }
     }
     Ok(())
+}
+
+/// Why a held op did not run.
+const HELD_REASON: &str =
+    "the hub marks this host blocked; held, not verified and its nonce not used";
+
+/// Logs what became of one delivered op (`event=signed_op_handled`).
+fn handled(op: &DeliveredOp, class: &str, guest: &str, outcome: &OpOutcome, reason: &str) {
+    crate::info!(
+        signed_op_handled,
+        "signed op handled",
+        hub_op = op.id,
+        op = class,
+        guest = guest,
+        outcome = outcome.code(),
+        reason = reason
+    );
 }
 
 /// One delivery from the hub as its audit entry names it.

@@ -610,8 +610,9 @@ impl Engine {
         out
     }
 
-    /// Audits (through the gate, as `rate_limited`) and logs a disruptive action the
-    /// blast-radius limit holds; called once per hold, not every pass.
+    /// Audits (through the gate, as `rate_limited`, which the gate also logs as its
+    /// `gate_decision`) a disruptive action the blast-radius limit holds; called once
+    /// per hold, not every pass.
     fn audit_rate_limited(&self, action: &Action, limit: u32, in_window: usize) {
         let intent = intent_for(&self.opts.host_id, action);
         self.gate.refuse(
@@ -623,14 +624,6 @@ impl Engine {
                  `felhom-agent resume --rate-limit`"
             ),
             None,
-        );
-        crate::warn!(
-            action_rate_limited,
-            "disruptive action held by the blast-radius limit",
-            vmid = action.vmid,
-            action = action.kind,
-            limit = limit,
-            in_window = in_window
         );
     }
 

@@ -121,6 +121,23 @@ pub struct OpResult {
 }
 
 impl OpResult {
+    /// The result of the hub's op `id` (its blob naming `nonce`), reached at `at`.
+    pub fn new(
+        id: impl Into<String>,
+        nonce: Option<String>,
+        outcome: ResultOutcome,
+        code: impl Into<String>,
+        at: Timestamp,
+    ) -> OpResult {
+        OpResult {
+            id: id.into(),
+            nonce,
+            outcome,
+            code: code.into(),
+            at,
+        }
+    }
+
     /// The first field out of bounds, and why.
     fn invalid(&self) -> Option<(&'static str, String)> {
         let printable = |s: &str| !s.chars().any(char::is_control);
@@ -445,13 +462,8 @@ mod tests {
     }
 
     fn result(id: &str, outcome: ResultOutcome, code: &str) -> OpResult {
-        OpResult {
-            id: id.into(),
-            nonce: Some(format!("{id:0>32}")),
-            outcome,
-            code: code.into(),
-            at: Timestamp(1_800_000_000),
-        }
+        let nonce = Some(format!("{id:0>32}"));
+        OpResult::new(id, nonce, outcome, code, Timestamp(1_800_000_000))
     }
 
     fn ids(r: &OpResults) -> Vec<String> {

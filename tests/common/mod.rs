@@ -143,3 +143,49 @@ impl felhom_agent::hub::Reporter for Fixed {
         Ok(self.0.clone())
     }
 }
+
+/// A task wait for tests: polls after 10 ms, gaps up to 40 ms, gives up after `timeout`.
+pub fn fast_wait(timeout: Duration) -> WaitOptions {
+    WaitOptions {
+        initial: Duration::from_millis(10),
+        cap: Duration::from_millis(40),
+        timeout,
+    }
+}
+
+/// The engine options the reconcile tests start from: host `pve-a`, task waits from
+/// [`fast_wait`] for up to 20 s.
+pub fn engine_options() -> felhom_agent::reconcile::EngineOptions {
+    let mut opts = felhom_agent::reconcile::EngineOptions::new("pve-a");
+    opts.wait = fast_wait(Duration::from_secs(20));
+    opts
+}
+
+/// The engine the reconcile tests drive, over a pinned client of `sim`, toward
+/// `desired`: with its queue (4 lanes; the test closes it) and its provider (the test
+/// changes the desired state through it).
+pub fn engine_rig(
+    sim: &ProxmoxSim,
+    gate: Arc<Gate>,
+    journal: Arc<Journal>,
+    desired: felhom_agent::reconcile::DesiredState,
+    shutdown: Shutdown,
+    opts: felhom_agent::reconcile::EngineOptions,
+) -> (
+    felhom_agent::reconcile::Engine,
+    felhom_agent::reconcile::Queue,
+    Arc<felhom_agent::reconcile::StaticProvider>,
+) {
+    let provider = Arc::new(felhom_agent::reconcile::StaticProvider::new(desired));
+    let queue = felhom_agent::reconcile::Queue::new(4);
+    let engine = felhom_agent::reconcile::Engine::new(
+        pinned_client(sim),
+        queue.clone(),
+        gate,
+        journal,
+        Arc::clone(&provider) as Arc<dyn felhom_agent::reconcile::DesiredProvider>,
+        shutdown,
+        opts,
+    );
+    (engine, queue, provider)
+}
