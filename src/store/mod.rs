@@ -181,10 +181,19 @@ pub enum SyncMode {
     PerRecord,
 }
 
+/// `path` with `suffix` appended to its file name: `FILE.tmp` beside `FILE`.
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// The directory holding `path` (`.` for a bare file name): the one to fsync after a
+/// file in it is created or renamed.
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 struct Chain {
@@ -242,10 +251,7 @@ impl Store {
         #[cfg(feature = "fault-points")]
         let io = crate::store::faultpoint::store_io(io);
         let path = path.as_ref().to_path_buf();
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(&path).to_path_buf();
         let dir_mode = io
             .ensure_dir(&dir)
             .map_err(io_err("create directory", &dir))?;

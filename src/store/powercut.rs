@@ -113,10 +113,7 @@ fn power_off() -> io::Error {
 }
 
 fn split(path: &Path) -> (PathBuf, OsString) {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = super::parent_dir(path).to_path_buf();
     let name = path.file_name().map(OsString::from).unwrap_or_default();
     (dir, name)
 }

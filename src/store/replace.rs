@@ -5,25 +5,19 @@
 //! its bytes stay for an operator when a fresh one takes its place. This module never
 //! appends, never reads, and never removes the old file before the new one is durable.
 
-use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::file_io::Io;
+use super::{parent_dir, sibling};
 
 /// The temporary file a replace of `path` writes first.
 pub fn replace_temp(path: &Path) -> PathBuf {
-    let mut name = OsString::from(path.as_os_str());
-    name.push(".tmp");
-    PathBuf::from(name)
+    sibling(path, ".tmp")
 }
 
 /// Replaces `path` with `bytes` (mode 0600) through `io`.
 pub fn replace_file(io: &dyn Io, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let temp = replace_temp(path);
     {
         let file = io.create_truncate(&temp)?;
@@ -31,22 +25,15 @@ pub fn replace_file(io: &dyn Io, path: &Path, bytes: &[u8]) -> io::Result<()> {
         file.sync_data()?;
     }
     io.rename(&temp, path)?;
-    io.sync_dir(dir)
+    io.sync_dir(parent_dir(path))
 }
 
 /// Renames `path` to `path.SUFFIX` (replacing an older file of that name) and fsyncs
 /// the directory; returns the new name.
 pub fn set_aside(io: &dyn Io, path: &Path, suffix: &str) -> io::Result<PathBuf> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut name = OsString::from(path.as_os_str());
-    name.push(".");
-    name.push(suffix);
-    let aside = PathBuf::from(name);
+    let aside = sibling(path, &format!(".{suffix}"));
     io.rename(path, &aside)?;
-    io.sync_dir(dir)?;
+    io.sync_dir(parent_dir(path))?;
     Ok(aside)
 }
 

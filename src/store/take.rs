@@ -6,17 +6,15 @@
 //! the next take. This module never writes a file's bytes and never follows a marker's
 //! meaning; its caller does.
 
-use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::file_io::Io;
+use super::{parent_dir, sibling};
 
 /// Where a take of `path` moves the file before reading it.
 pub fn taken_path(path: &Path) -> PathBuf {
-    let mut name = OsString::from(path.as_os_str());
-    name.push(".taken");
-    PathBuf::from(name)
+    sibling(path, ".taken")
 }
 
 /// Takes the file at `path` through `io`: `Ok(None)` when there is none, else its bytes,
@@ -24,10 +22,7 @@ pub fn taken_path(path: &Path) -> PathBuf {
 /// removed by the next take that finds `FILE` (it was already taken once: never read
 /// again).
 pub fn take_file(io: &dyn Io, path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let taken = taken_path(path);
     match io.rename(path, &taken) {
         Ok(()) => {}
