@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::base::backoff::doubling;
 use crate::base::encoding::hex_encode;
 use crate::base::sync::lock;
 use crate::base::time::Clock;
@@ -58,10 +59,7 @@ impl Default for FetchBackoff {
 
 impl FetchBackoff {
     fn after(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(20);
-        self.initial
-            .saturating_mul(1 << doublings)
-            .min(self.cap.max(self.initial))
+        doubling(self.initial, self.cap, failures)
     }
 }
 

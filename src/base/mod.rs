@@ -3,6 +3,7 @@
 //! version. Nothing here does I/O beyond writing log lines to stderr, and nothing here
 //! imports another layer of the crate.
 
+pub(crate) mod backoff;
 pub(crate) mod encoding;
 pub(crate) mod json;
 pub mod log;

@@ -26,6 +26,7 @@ use super::client::{EndpointError, HubClientOptions, HubEndpoint, HubSetupError}
 use super::envelope::{ControlEnvelope, EnvelopeError};
 use super::ops_feed::Announcement;
 use super::poller::{JITTER_FRACTION, Jitter, SharedEnvelope, Sleeper, random_jitter};
+use crate::base::backoff::doubling;
 use crate::base::json::kind;
 use crate::net::{HttpError, TransportError};
 
@@ -352,10 +353,7 @@ impl<S: Sleeper> EventStream<S> {
             }
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);
-                let doublings = self.failures.saturating_sub(1).min(16);
-                let base = BACKOFF_INITIAL
-                    .saturating_mul(1 << doublings)
-                    .min(BACKOFF_CAP);
+                let base = doubling(BACKOFF_INITIAL, BACKOFF_CAP, self.failures);
                 let j = (self.jitter)().clamp(0.0, 1.0);
                 let wait = base + base.mul_f64(JITTER_FRACTION * j);
                 crate::warn!(

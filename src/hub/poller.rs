@@ -12,6 +12,7 @@
 //! The poller never acts on the envelope's `blocked`/`desired_generation`/
 //! `has_signed_ops`: it only keeps them.
 
+use crate::base::backoff::doubling;
 use crate::base::sync::lock;
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -273,9 +274,11 @@ impl<R: Reporter, S: Sleeper> Poller<R, S> {
 /// doubled per further failure, capped at [`BACKOFF_CAP_SECONDS`] but never below the
 /// interval.
 pub(crate) fn backoff_seconds(interval_seconds: u64, failures: u32) -> u64 {
-    let doublings = failures.saturating_sub(1).min(32);
-    let grown = interval_seconds.saturating_mul(1u64 << doublings);
-    grown.min(BACKOFF_CAP_SECONDS.max(interval_seconds))
+    let (interval, cap) = (
+        Duration::from_secs(interval_seconds),
+        Duration::from_secs(BACKOFF_CAP_SECONDS),
+    );
+    doubling(interval, cap, failures).as_secs()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! [`Pacing`]. One action's journaled lifecycle is `super::action`; the blast-radius
 //! limit on disruptive benign actions is `super::blast`.
 
+use crate::base::backoff::doubling;
 use crate::base::sync::lock;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -725,12 +726,7 @@ impl Engine {
             Outcome::Unresolved { .. } if self.shutdown.is_triggered() => {}
             Outcome::Failed { .. } | Outcome::Unresolved { .. } => {
                 let failures = backoff.get(&vmid).map_or(0, |b| b.failures) + 1;
-                let shift = failures.saturating_sub(1).min(16);
-                let delay = self
-                    .opts
-                    .backoff_initial
-                    .saturating_mul(1 << shift)
-                    .min(self.opts.backoff_cap);
+                let delay = doubling(self.opts.backoff_initial, self.opts.backoff_cap, failures);
                 backoff.insert(
                     vmid,
                     Backoff {
