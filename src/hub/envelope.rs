@@ -98,8 +98,14 @@ impl ControlEnvelope {
     /// negative one clamps to the minimum).
     pub fn parse(body: &[u8]) -> Result<ControlEnvelope, EnvelopeError> {
         let v: Value = serde_json::from_slice(body).map_err(EnvelopeError::Syntax)?;
+        ControlEnvelope::from_value(&v)
+    }
+
+    /// [`ControlEnvelope::parse`] of a body already read as JSON (an event carries the
+    /// envelope's fields beside its own).
+    pub(crate) fn from_value(v: &Value) -> Result<ControlEnvelope, EnvelopeError> {
         let Value::Object(obj) = v else {
-            return Err(EnvelopeError::NotAnObject { got: kind(&v) });
+            return Err(EnvelopeError::NotAnObject { got: kind(v) });
         };
         let present = |name: &str| obj.get(name).filter(|v| !v.is_null());
         let boolean = |field: &'static str| -> Result<bool, EnvelopeError> {

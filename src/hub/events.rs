@@ -94,12 +94,10 @@ impl HubEvent {
     /// Parses an answer: the envelope's fields by the envelope's rules, and `cursor`, a
     /// string of at most [`MAX_CURSOR_BYTES`] visible ASCII characters.
     pub fn parse(body: &[u8]) -> Result<HubEvent, EventError> {
-        let mut state = ControlEnvelope::parse(body).map_err(EventError::Envelope)?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| EventError::Envelope(EnvelopeError::Syntax(e)))?;
+        let mut state = ControlEnvelope::from_value(&v).map_err(EventError::Envelope)?;
         state.poll_interval_seconds = None;
-        // The envelope parser has seen an object; read the cursor from it.
-        let v: Value = serde_json::from_slice(body).map_err(|e| EventError::Cursor {
-            problem: e.to_string(),
-        })?;
         let cursor = match v.get("cursor") {
             Some(Value::String(s)) => s,
             None | Some(Value::Null) => {
