@@ -1,6 +1,8 @@
-//! The systemd unit: the hardening the issue requires is present, its credentials are
-//! the files the example config reads, and `systemd-analyze verify` accepts it (when
-//! systemd-analyze is installed; otherwise that one check is skipped with a reason).
+//! The systemd unit: the hardening the issue requires is present, it is a notify unit
+//! with a watchdog that a configuration error does not restart, its credentials are the
+//! files the example config reads, and `systemd-analyze verify` accepts it and `security`
+//! rates its exposure at most 1.8 (when systemd-analyze is installed; otherwise those two
+//! checks are skipped with a reason).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,6 +11,7 @@ use std::process::Command;
 
 const UNIT: &str = include_str!("../packaging/felhom-agent.service");
 const EXAMPLE_CONFIG: &str = include_str!("../configs/agent.example.json");
+const MAN_PAGE: &str = include_str!("../packaging/felhom-agent.8");
 
 /// Every `Key=value` line of the unit, in order (comments and sections skipped).
 fn directives() -> Vec<(String, String)> {
@@ -50,8 +53,39 @@ fn the_required_hardening_is_present() {
     assert_eq!(one("StateDirectoryMode"), "0700");
     assert_eq!(one("CapabilityBoundingSet"), "");
     assert_eq!(one("UMask"), "0077");
-    assert!(one("ExecStart").ends_with("run --config /etc/felhom-agent/agent.json"));
+    assert_eq!(
+        one("ExecStart"),
+        "/usr/sbin/felhom-agent run --config /etc/felhom-agent/agent.json",
+        "the path the Debian package installs the binary at"
+    );
     assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+}
+
+#[test]
+fn the_unit_is_notify_with_a_watchdog_and_a_config_error_is_not_restarted() {
+    assert_eq!(one("Type"), "notify");
+    assert_eq!(
+        one("NotifyAccess"),
+        "main",
+        "only the agent itself may notify"
+    );
+    let watchdog = one("WatchdogSec");
+    let seconds: u64 = watchdog
+        .strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("WatchdogSec={watchdog} is not whole seconds"));
+    assert!(
+        (30..=600).contains(&seconds),
+        "WatchdogSec={watchdog}: long enough for a loaded host, short enough to matter"
+    );
+    // Exit 2 is a usage or configuration error (DESIGN "Command line"); exactly that.
+    assert_eq!(one("RestartPreventExitStatus"), "2");
+    assert_eq!(one("Restart"), "on-failure", "other failures still restart");
+    assert_eq!(one("Documentation"), "man:felhom-agent(8)");
+    assert!(
+        MAN_PAGE.contains(".TH FELHOM-AGENT 8 "),
+        "the unit's Documentation= names the man page the package ships"
+    );
 }
 
 #[test]
@@ -93,13 +127,19 @@ fn systemd_analyze_verify_accepts_the_unit() {
     assert!(Path::new(bin).exists());
     std::fs::write(
         &unit,
-        UNIT.replace("/usr/local/bin/felhom-agent", bin)
+        UNIT.replace("/usr/sbin/felhom-agent", bin)
             .replace("/bin/kill", "/usr/bin/env"),
     )
     .unwrap();
+    // verify also looks up the unit's Documentation= with man(1): the page the package
+    // ships, found through MANPATH as it would be under /usr/share/man.
+    let man8 = dir.join("man/man8");
+    std::fs::create_dir_all(&man8).unwrap();
+    std::fs::write(man8.join("felhom-agent.8"), MAN_PAGE).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)
+        .env("MANPATH", dir.join("man"))
         .env("SYSTEMD_LOG_LEVEL", "notice")
         .output()
         .expect("systemd-analyze runs");
@@ -110,6 +150,43 @@ fn systemd_analyze_verify_accepts_the_unit() {
         !stderr.contains("felhom-agent.service"),
         "verify warned about the unit: {stderr}"
     );
+}
+
+/// The exposure `systemd-analyze security` gives the unit as shipped; the hardening
+/// must not weaken past the 1.8 it had before the unit became a notify unit.
+#[test]
+fn systemd_analyze_security_rates_the_unit_at_most_1_8() {
+    let probe = Command::new("systemd-analyze").arg("--version").output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!("SKIPPED: systemd-analyze is not installed; the exposure was not rated");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("felhom-unit-sec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = dir.join("felhom-agent.service");
+    std::fs::write(&unit, UNIT).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .env("SYSTEMD_COLORS", "0")
+        .output()
+        .expect("systemd-analyze runs");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // "→ Overall exposure level for felhom-agent.service: 1.8 OK 🙂"
+    let level = stdout
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for felhom-agent.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in the output: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(level <= 1.8, "exposure {level} is over 1.8:\n{stdout}");
 }
 
 /// The example's secret files as systemd would deliver them: 0600 files under a
