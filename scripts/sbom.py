@@ -4,12 +4,19 @@
     scripts/sbom.py [--out FILE]      a CycloneDX 1.5 SBOM (JSON) of the shipped tree
     scripts/sbom.py --copyright       the Debian copyright file (DEP-5), naming each crate
     scripts/sbom.py --list            one "name version" line per crate, sorted
+    scripts/sbom.py --embedded BIN    the dependency list cargo auditable embedded in BIN
+                                      (section .dep-v0), one "name version [build]" line each;
+                                      needs neither cargo nor the sources
+    scripts/sbom.py --check-binary BIN  exit 1 unless BIN's embedded list is this tree:
+                                      each crate whose code ships listed as runtime,
+                                      each crate of the tree listed, nothing else
 
 "The shipped tree" is what `cargo tree -e normal -p felhom-agent --target
 x86_64-unknown-linux-musl` shows (scripts/budgets.sh checks the same tree against
 supply-chain/allowed-crates.txt): normal dependencies only, for the musl target. Proc
-macros are in it because they run in our build; the SBOM marks them scope "excluded"
-(no code of theirs is in the binary). Build scripts' dependencies are not.
+macros and what only they use are in it because they run in our build; the SBOM marks
+them scope "excluded" (no code of theirs is in the binary). Build scripts' dependencies
+are not in it.
 
 Reproducible: no wall clock (the timestamp is SOURCE_DATE_EPOCH), components and
 dependencies sorted, the serial number derived from the document's own content. Needs
@@ -23,8 +30,10 @@ import json
 import os
 import subprocess
 import sys
+import struct
 import tomllib
 import uuid
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,6 +77,19 @@ def shipped_tree(meta):
     return root, {i: packages[i] for i in seen}, edges
 
 
+def ships_code(root, pkgs, edges):
+    """The ids whose code is in the binary: reached from the root without passing
+    through a proc macro (a proc macro and what only it uses run in the build)."""
+    seen, stack = set(), [root["id"]]
+    while stack:
+        pid = stack.pop()
+        if pid in seen or is_proc_macro(pkgs[pid]):
+            continue
+        seen.add(pid)
+        stack.extend(edges[pid])
+    return seen
+
+
 def purl(p):
     return f"pkg:cargo/{p['name']}@{p['version']}"
 
@@ -95,6 +117,7 @@ def component(p, checksums, kind):
 
 def sbom(meta):
     root, pkgs, edges = shipped_tree(meta)
+    ships = ships_code(root, pkgs, edges)
     checksums = lock_checksums()
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
     stamp = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -103,10 +126,11 @@ def sbom(meta):
         if pid == root["id"]:
             continue
         c = component(p, checksums, "library")
-        if is_proc_macro(p):
+        if pid not in ships:
             c["scope"] = "excluded"
-            c["properties"] = [{"name": "felhom:cargo:proc-macro",
-                                "value": "runs in the build; no code of it in the binary"}]
+            why = "a proc macro" if is_proc_macro(p) else "used only by proc macros"
+            c["properties"] = [{"name": "felhom:cargo:build-only",
+                                "value": f"{why}: runs in the build, no code of it in the binary"}]
         components.append(c)
     deps = [{"ref": purl(pkgs[pid]), "dependsOn": [purl(pkgs[d]) for d in ds]}
             for pid, ds in edges.items()]
@@ -169,14 +193,78 @@ def copyright_file(meta):
     return "\n".join(lines) + "\n"
 
 
+def elf_section(path, name):
+    """The bytes of one section of a 64-bit little-endian ELF file, or None."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise SystemExit(f"{path}: not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def header(i):
+        # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size
+        return struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+
+    strtab = header(shstrndx)
+    names = data[strtab[4]:strtab[4] + strtab[5]]
+    for i in range(shnum):
+        h = header(i)
+        end = names.index(b"\0", h[0])
+        if names[h[0]:end].decode() == name:
+            return data[h[4]:h[4] + h[5]]
+    return None
+
+
+def embedded(path):
+    """cargo auditable's list: [(name, version, kind)], kind "runtime" or "build"."""
+    raw = elf_section(path, ".dep-v0")
+    if raw is None:
+        raise SystemExit(f"{path}: no .dep-v0 section: not built with cargo auditable")
+    doc = json.loads(zlib.decompress(raw, bufsize=1 << 20))
+    return [(p["name"], p["version"], p.get("kind", "runtime")) for p in doc["packages"]]
+
+
+def check_binary(meta, path):
+    """Every crate whose code ships is listed in the binary as runtime, every crate of
+    the tree is listed in some kind, and nothing is listed that is not in the tree.
+    (cargo auditable files some proc macros and their helpers as runtime, some as
+    build: those are not compared by kind.)"""
+    root, pkgs, edges = shipped_tree(meta)
+    ships = {(pkgs[i]["name"], pkgs[i]["version"]) for i in ships_code(root, pkgs, edges)}
+    tree = {(p["name"], p["version"]) for p in pkgs.values()}
+    listed = embedded(path)
+    runtime = {(n, v) for n, v, k in listed if k == "runtime"}
+    problems = [f"ships code but is not listed as runtime: {n} {v}"
+                for n, v in sorted(ships - runtime)]
+    problems += [f"in the tree, missing from the binary's list: {n} {v}"
+                 for n, v in sorted(tree - {(n, v) for n, v, _ in listed})]
+    problems += [f"listed as runtime, not in the shipped tree: {n} {v}"
+                 for n, v in sorted(runtime - tree)]
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"ok: {path} lists the shipped tree: {len(ships)} crates with code in the "
+          f"binary, {len(listed)} entries in all")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--copyright", action="store_true")
     mode.add_argument("--list", action="store_true")
+    mode.add_argument("--embedded", metavar="BIN")
+    mode.add_argument("--check-binary", metavar="BIN")
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.embedded:
+        for n, v, k in sorted(embedded(args.embedded)):
+            print(f"{n} {v}" + (" build" if k == "build" else ""))
+        return 0
     meta = metadata()
+    if args.check_binary:
+        return check_binary(meta, args.check_binary)
     if args.copyright:
         text = copyright_file(meta)
     elif args.list:
@@ -189,7 +277,8 @@ def main():
         Path(args.out).write_text(text)
     else:
         sys.stdout.write(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
