@@ -6,7 +6,8 @@
 #   felhom-agent-x86_64-unknown-linux-musl   the static binary, built with cargo auditable
 #                                            (its dependency list in section .dep-v0)
 #   felhom-agent_VERSION-1_amd64.deb         the Debian package holding that binary
-#   felhom-agent.cdx.json                    CycloneDX SBOM of the shipped tree
+#   felhom-agent.cdx.json                    CycloneDX SBOM of the shipped tree, naming
+#                                            the binary by its SHA-256
 #   SHA256SUMS                               over the three, for `sha256sum -c`
 #
 # Same commit + same toolchain => the same four files (CI builds twice and compares).
@@ -25,7 +26,7 @@ out=$(cd "$out" && pwd)
 bin=$(awk '/^binary/{print $2}' "$out/.release-report")
 "$root/scripts/build-deb.sh" "$bin" "$out" >"$out/.deb-report"
 deb=$(awk '/^package/{print $2}' "$out/.deb-report")
-python3 "$root/scripts/sbom.py" --out "$out/felhom-agent.cdx.json"
+python3 "$root/scripts/sbom.py" --binary "$bin" --out "$out/felhom-agent.cdx.json"
 rm -f "$out/.release-report" "$out/.deb-report"
 
 (cd "$out" && sha256sum "$(basename "$bin")" "$(basename "$deb")" felhom-agent.cdx.json >SHA256SUMS)

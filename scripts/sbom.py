@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The shipped dependency tree of felhom-agent, from `cargo metadata` and Cargo.lock.
 
-    scripts/sbom.py [--out FILE]      a CycloneDX 1.5 SBOM (JSON) of the shipped tree
+    scripts/sbom.py [--binary BIN] [--out FILE]
+                                      a CycloneDX 1.5 SBOM (JSON) of the shipped tree;
+                                      with BIN, its SHA-256 as the application's hash
     scripts/sbom.py --copyright       the Debian copyright file (DEP-5), naming each crate
     scripts/sbom.py --list            one "name version" line per crate, sorted
     scripts/sbom.py --embedded BIN    the dependency list cargo auditable embedded in BIN
@@ -115,7 +117,7 @@ def component(p, checksums, kind):
     return c
 
 
-def sbom(meta):
+def sbom(meta, binary=None):
     root, pkgs, edges = shipped_tree(meta)
     ships = ships_code(root, pkgs, edges)
     checksums = lock_checksums()
@@ -149,6 +151,10 @@ def sbom(meta):
         "components": components,
         "dependencies": deps,
     }
+    if binary:
+        # The release binary this SBOM describes, by its SHA-256.
+        digest = hashlib.sha256(Path(binary).read_bytes()).hexdigest()
+        doc["metadata"]["component"]["hashes"] = [{"alg": "SHA-256", "content": digest}]
     body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     serial = uuid.UUID(bytes=hashlib.sha256(body).digest()[:16], version=4)
     doc = {"bomFormat": doc.pop("bomFormat"), "specVersion": doc.pop("specVersion"),
@@ -257,6 +263,8 @@ def main():
     mode.add_argument("--embedded", metavar="BIN")
     mode.add_argument("--check-binary", metavar="BIN")
     ap.add_argument("--out")
+    ap.add_argument("--binary", metavar="BIN",
+                    help="the release binary the SBOM describes: its SHA-256 goes in")
     args = ap.parse_args()
     if args.embedded:
         for n, v, k in sorted(embedded(args.embedded)):
@@ -272,7 +280,7 @@ def main():
         text = "".join(sorted(f"{p['name']} {p['version']}\n"
                               for pid, p in pkgs.items() if pid != root["id"]))
     else:
-        text = sbom(meta)
+        text = sbom(meta, args.binary)
     if args.out:
         Path(args.out).write_text(text)
     else:
