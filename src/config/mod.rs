@@ -83,6 +83,12 @@ pub enum Mode {
     Journal,
     /// `resume --rate-limit`: the state directory only.
     Resume,
+    /// `op new` with `--digest` or for a host-wide op: host_id; authz if present.
+    OpNew,
+    /// `op new` reading the guest's digest: host_id and Proxmox; authz if present.
+    OpNewLive,
+    /// `state acknowledge-damage`: the state directory only.
+    AcknowledgeDamage,
 }
 
 impl Mode {
@@ -98,13 +104,20 @@ impl Mode {
             Mode::Plan => "plan",
             Mode::Journal => "journal",
             Mode::Resume => "resume",
+            Mode::OpNew | Mode::OpNewLive => "op new",
+            Mode::AcknowledgeDamage => "state acknowledge-damage",
         }
     }
 
     fn needs_proxmox(self) -> bool {
         matches!(
             self,
-            Mode::Run | Mode::SelftestRead | Mode::SelftestTask | Mode::SelftestHub | Mode::Plan
+            Mode::Run
+                | Mode::SelftestRead
+                | Mode::SelftestTask
+                | Mode::SelftestHub
+                | Mode::Plan
+                | Mode::OpNewLive
         )
     }
 
@@ -115,7 +128,13 @@ impl Mode {
     fn needs_host_id(self) -> bool {
         matches!(
             self,
-            Mode::Run | Mode::SelftestHub | Mode::SelftestOffline | Mode::Verify | Mode::Plan
+            Mode::Run
+                | Mode::SelftestHub
+                | Mode::SelftestOffline
+                | Mode::Verify
+                | Mode::Plan
+                | Mode::OpNew
+                | Mode::OpNewLive
         )
     }
 }
