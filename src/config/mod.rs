@@ -388,13 +388,29 @@ impl Config {
                 .is_some_and(|s| !s.is_empty())
         });
         apply_env(&mut root, env)?;
-        Ok((Config::from_value(&root, mode)?, file_holds_secret))
+        let credentials = env.get("CREDENTIALS_DIRECTORY").map(Path::new);
+        Ok((
+            Config::from_value_with(&root, mode, credentials)?,
+            file_holds_secret,
+        ))
     }
 
     /// Validates an already-parsed (and env-overlaid) JSON document for `mode`.
     pub fn from_value(root: &Value, mode: Mode) -> Result<Config, ConfigError> {
+        Config::from_value_with(root, mode, None)
+    }
+
+    /// [`Config::from_value`], looking for secret files in `credentials` too.
+    fn from_value_with(
+        root: &Value,
+        mode: Mode,
+        credentials: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         check_known_fields(root, "")?;
-        let r = Reader { root };
+        let r = Reader {
+            root,
+            credentials_directory: credentials,
+        };
         let mut warnings = Vec::new();
 
         let host_id = match r.string("host_id")? {
