@@ -30,7 +30,8 @@ pub(crate) fn journal(
     let view = match Journal::open_read_only(path) {
         Ok(v) => v,
         Err(e) => {
-            let _ = writeln!(err, "felhom-agent: {}: {e}", path.display());
+            // The error names the file already.
+            let _ = writeln!(err, "felhom-agent: {e}");
             return EXIT_FAILED;
         }
     };
