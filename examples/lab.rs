@@ -647,6 +647,84 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail("a secret appeared in the daemon's log");
     }
     say("daemon: SIGTERM → exit 0 each time; no secret in its log");
+
+    // 13. The operator's kit: `op new` prints the blob to sign (the guest's digest read
+    // from Proxmox now, a fresh nonce), the fresh key signs it as printed, `verify`
+    // accepts it; every command answers `--help`.
+    let out = run(
+        bin,
+        &[
+            "op",
+            "new",
+            "guest_destroy",
+            "--guest",
+            "100",
+            "--param",
+            "purge=1",
+            "--valid",
+            "10m",
+            "--key-id",
+            "lab-fresh",
+            "--config",
+            cfg,
+        ],
+    );
+    if out.status.code() != Some(0) {
+        return fail(format!(
+            "op new exited {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let template = dir.join("op-new.json");
+    std::fs::write(&template, &out.stdout).unwrap();
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+        .arg(&fresh_key)
+        .arg(&template)
+        .stderr(Stdio::null())
+        .status();
+    if !signed.is_ok_and(|s| s.success()) {
+        return fail("ssh-keygen -Y sign of the op new blob failed");
+    }
+    let (t, ts) = (
+        template.display().to_string(),
+        format!("{}.sig", template.display()),
+    );
+    let out = run(
+        bin,
+        &[
+            "verify", "--blob", &t, "--sig", &ts, "--json", "--config", cfg,
+        ],
+    );
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if out.status.code() != Some(0)
+        || verdict["result"] != "verified"
+        || verdict["guest_digest"].as_str() != pve.guest_digest(100).as_deref()
+    {
+        return fail(format!("verify refused the op new blob: {verdict}"));
+    }
+    say(format!(
+        "op new: a guest_destroy template for 100 (digest {}, nonce {}) signed as printed by the fresh key, verify --json: verified",
+        verdict["guest_digest"].as_str().unwrap_or("?"),
+        verdict["nonce"].as_str().unwrap_or("?")
+    ));
+    for c in felhom_agent::cli::table::COMMANDS {
+        let mut args: Vec<&str> = c.name.split(' ').collect();
+        args.push("--help");
+        let out = run(bin, &args);
+        if out.status.code() != Some(0) || !out.stdout.starts_with(b"Usage: felhom-agent ") {
+            return fail(format!(
+                "`{} --help` exited {:?}",
+                c.name,
+                out.status.code()
+            ));
+        }
+    }
+    say(format!(
+        "help: all {} commands answer COMMAND --help",
+        felhom_agent::cli::table::COMMANDS.len()
+    ));
     say("all steps passed");
     ExitCode::SUCCESS
 }

@@ -31,3 +31,44 @@ pub(crate) fn load_config(path: &Path, mode: Mode, err: &mut dyn Write) -> Resul
         }
     }
 }
+
+/// How a read-only command prints its result: text for a person, or one JSON document
+/// whose fields the README documents and keeps stable. Every command with `--json`
+/// takes this, so each one switches the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Lines for a person; outside text shown unescaped but with control characters
+    /// made visible ([`visible`]).
+    #[default]
+    Text,
+    /// One JSON document and a newline on stdout.
+    Json,
+}
+
+/// Writes `doc` as one line of JSON and a newline.
+pub(crate) fn write_json(out: &mut dyn Write, doc: &serde_json::Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(doc).map_err(std::io::Error::other)?;
+    line.push('\n');
+    out.write_all(line.as_bytes())
+}
+
+/// `s` for a person to read: quotes and other printable text as they are, control
+/// characters (and the backslash that introduces an escape) made visible as `\n`,
+/// `\u{1b}` …, so outside text can neither hide nor forge a line.
+pub(crate) fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    crate::base::log::push_escaped(&mut out, s);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visible_keeps_quotes_and_shows_control_characters() {
+        assert_eq!(visible(r#"the "file" is gone"#), r#"the "file" is gone"#);
+        assert_eq!(visible("a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
+        assert_eq!(visible("é ✓"), "é ✓");
+    }
+}

@@ -111,6 +111,12 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
+    /// Whether the state directory could not be locked: [`crate::store::StateLock`]
+    /// has logged it already (`state_lock_held` / `state_lock_failed`).
+    pub fn is_state_lock(&self) -> bool {
+        matches!(self, DaemonError::StateLock(_))
+    }
+
     /// Whether the failure is in the configuration (exit 2) rather than at run time
     /// (exit 1). A state directory another process holds counts as configuration: two
     /// daemons were pointed at one directory, and the second must not start.

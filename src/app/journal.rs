@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::command::{EXIT_FAILED, EXIT_OK};
+use super::command::{EXIT_FAILED, EXIT_OK, Format, visible, write_json};
 use crate::reconcile::journal::{Journal, JournalRecord};
 
 /// `journal`: the op history, read-only. Exit 1 when the journal is damaged.
@@ -12,21 +12,26 @@ pub(crate) fn journal(
     path: &Path,
     in_flight: bool,
     tail: Option<usize>,
+    format: Format,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
     if !path.exists() {
-        let _ = writeln!(
-            out,
-            "no journal at {} yet: no operation has run",
-            path.display()
-        );
+        let _ = match format {
+            Format::Json => write_json(out, &document(&[], None)),
+            Format::Text => writeln!(
+                out,
+                "no journal at {} yet: no operation has run",
+                visible(&path.display().to_string())
+            ),
+        };
         return EXIT_OK;
     }
     let view = match Journal::open_read_only(path) {
         Ok(v) => v,
         Err(e) => {
-            let _ = writeln!(err, "felhom-agent: {}: {e}", path.display());
+            // The error names the file already.
+            let _ = writeln!(err, "felhom-agent: {e}");
             return EXIT_FAILED;
         }
     };
@@ -42,38 +47,72 @@ pub(crate) fn journal(
         (true, Some(n)) => records[records.len().saturating_sub(n)..].to_vec(),
         _ => records,
     };
-    let _ = writeln!(
+    let damaged = view.damaged();
+    let _ = match format {
+        Format::Json => write_json(out, &document(&records, damaged)),
+        Format::Text => write_text(out, &records, damaged),
+    };
+    if damaged.is_some() {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The `--json` document: `{"records":[…],"damaged":null|"where and why"}`, each record
+/// `{"at","op_id","vmid","class","state","upid","detail"}`.
+fn document(records: &[JournalRecord], damaged: Option<&str>) -> serde_json::Value {
+    let records: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "at": r.at.to_rfc3339(),
+                "op_id": r.op_id,
+                "vmid": r.vmid,
+                "class": r.class.as_str(),
+                "state": r.state.as_str(),
+                "upid": r.upid,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    serde_json::json!({ "records": records, "damaged": damaged })
+}
+
+fn write_text(
+    out: &mut dyn Write,
+    records: &[JournalRecord],
+    damaged: Option<&str>,
+) -> std::io::Result<()> {
+    writeln!(
         out,
         "{:<20}  {:<24}  {:>9}  {:<17}  {:<12}  detail",
         "at", "op", "vmid", "class", "state"
-    );
-    for r in &records {
+    )?;
+    for r in records {
         let mut detail = String::new();
         if let Some(u) = &r.upid {
-            detail.push_str(u);
+            detail.push_str(&visible(u));
         }
         if let Some(d) = &r.detail {
             if !detail.is_empty() {
                 detail.push(' ');
             }
-            detail.push_str(&d.escape_debug().to_string());
+            detail.push_str(&visible(d));
         }
-        let _ = writeln!(
+        writeln!(
             out,
             "{:<20}  {:<24}  {:>9}  {:<17}  {:<12}  {detail}",
             r.at.to_string(),
-            r.op_id.escape_debug().to_string(),
+            visible(&r.op_id),
             r.vmid,
-            r.class.as_str().escape_debug().to_string(),
+            visible(r.class.as_str()),
             r.state.as_str()
-        );
+        )?;
     }
-    let _ = writeln!(out, "{} record(s)", records.len());
-    match view.damaged() {
-        Some(why) => {
-            let _ = writeln!(out, "DAMAGED: {why}");
-            EXIT_FAILED
-        }
-        None => EXIT_OK,
+    writeln!(out, "{} record(s)", records.len())?;
+    if let Some(why) = damaged {
+        writeln!(out, "DAMAGED: {}", visible(why))?;
     }
+    Ok(())
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use super::command::{Format, visible, write_json};
 use super::reconciler::read_only_provider;
 use super::wiring::{self, LiveSetupError};
 use crate::base::time::{Clock, SystemClock};
@@ -76,6 +77,22 @@ pub struct PlanSummary {
     pub rate_limited: Vec<u32>,
 }
 
+/// One planned action as `plan` shows it.
+struct Row {
+    vmid: u32,
+    kind: &'static str,
+    /// `allowed` or `refused`.
+    decision: &'static str,
+    /// The gate's code (`benign`, `pending_signature` …).
+    code: String,
+    reason: String,
+    params: Vec<(String, String)>,
+    /// The op in flight on the guest that defers this action.
+    deferred_by: Option<String>,
+    /// `(disruptive this hour, limit)` when the blast-radius limit would hold it.
+    rate_limited: Option<(usize, usize)>,
+}
+
 /// `felhom-agent plan`: reads desired and actual state, and writes each action the
 /// next pass would take with the gate's word on it (the gate's dry run: no signature
 /// verified, no nonce burnt, nothing audited). Executes nothing and writes nothing: the
@@ -83,6 +100,18 @@ pub struct PlanSummary {
 /// a running daemon.
 pub fn plan_report(
     cfg: &Config,
+    out: &mut dyn std::io::Write,
+) -> Result<PlanSummary, PlanReportError> {
+    plan_report_as(cfg, Format::Text, out)
+}
+
+/// [`plan_report`] as text or as one JSON document (`plan --json`):
+/// `{"generation","managed","guests","node","actions":[{"vmid","kind","decision","code",
+/// "reason","params","deferred_by","rate_limited"}],"skipped":[{"vmid","why"}],
+/// "summary":{"planned","allowed","refused","rate_limited"}}`.
+pub fn plan_report_as(
+    cfg: &Config,
+    format: Format,
     out: &mut dyn std::io::Write,
 ) -> Result<PlanSummary, PlanReportError> {
     let section = cfg
@@ -104,51 +133,39 @@ pub fn plan_report(
         .map(|r| (r.vmid, r.op_id))
         .collect();
 
-    let w = |out: &mut dyn std::io::Write, line: String| {
-        writeln!(out, "{line}").map_err(PlanReportError::Output)
-    };
-    w(
-        out,
-        format!(
-            "desired generation {}: {} managed guest(s); {} guest(s) on node {}",
-            desired.generation,
-            desired.guests.len(),
-            actual.guests.len(),
-            section.node
-        ),
-    )?;
     let mut allowed = 0;
     let mut refused = Vec::new();
     let mut rate_limited = Vec::new();
+    let mut rows = Vec::with_capacity(planned.actions.len());
     let limit = usize::try_from(cfg.reconcile.max_disruptive_per_hour).unwrap_or(usize::MAX);
     let mut in_window = journal.disruptive_since(SystemClock.now());
     for a in &planned.actions {
-        let word = match dry_run(&intent_for(&cfg.host_id, a), &journal) {
+        let (decision, code) = match dry_run(&intent_for(&cfg.host_id, a), &journal) {
             Decision::Allowed { reason, .. } => {
                 allowed += 1;
-                format!("allowed ({})", reason.code())
+                ("allowed", reason.code().to_owned())
             }
             Decision::Refused { reason } => {
                 refused.push((a.vmid, reason.code().to_owned()));
-                format!("refused ({})", reason.code())
+                ("refused", reason.code().to_owned())
             }
         };
-        let mut line = format!(
-            "{:>6}  {:<10}  {word}  {}",
-            a.vmid,
-            a.kind.as_str(),
-            a.reason
-        );
-        if !a.params.is_empty() {
-            let params: Vec<String> = a
+        let mut row = Row {
+            vmid: a.vmid,
+            kind: a.kind.as_str(),
+            decision,
+            code,
+            reason: a.reason.clone(),
+            params: a
                 .params
                 .iter()
-                .map(|(k, v)| format!("{k}={}", v.escape_debug()))
-                .collect();
-            line.push_str(&format!("  [{}]", params.join(", ")));
-        }
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            deferred_by: None,
+            rate_limited: None,
+        };
         if let Some(op) = in_flight.get(&a.vmid) {
-            line.push_str(&format!("  (deferred: op {op} in flight)"));
+            row.deferred_by = Some(op.clone());
         } else if is_disruptive(
             a,
             actual.guests.get(&a.vmid).and_then(|g| g.config.as_ref()),
@@ -157,30 +174,141 @@ pub fn plan_report(
                 in_window += 1;
             } else {
                 rate_limited.push(a.vmid);
-                line.push_str(&format!(
-                    "  (held: rate_limited, {in_window} of {limit} disruptive this hour)"
-                ));
+                row.rate_limited = Some((in_window, limit));
             }
         }
-        w(out, line)?;
+        rows.push(row);
     }
-    for s in &planned.skipped {
-        w(out, format!("{:>6}  {:<10}  {}", s.vmid, "skip", s.why))?;
+    let skipped: Vec<(u32, String)> = planned
+        .skipped
+        .iter()
+        .map(|s| (s.vmid, s.why.to_string()))
+        .collect();
+    let head = Head {
+        generation: desired.generation,
+        managed: desired.guests.len(),
+        guests: actual.guests.len(),
+        node: &section.node,
+    };
+    let counts = (
+        planned.actions.len(),
+        allowed,
+        refused.len(),
+        rate_limited.len(),
+    );
+    match format {
+        Format::Text => write_text(out, &head, &rows, &skipped, counts),
+        Format::Json => write_json(out, &document(&head, &rows, &skipped, counts)),
     }
-    w(
-        out,
-        format!(
-            "{} action(s) planned: {allowed} allowed, {} refused, {} rate_limited; nothing was executed",
-            planned.actions.len(),
-            refused.len(),
-            rate_limited.len()
-        ),
-    )?;
+    .map_err(PlanReportError::Output)?;
     Ok(PlanSummary {
         plan: planned,
         allowed,
         refused,
         rate_limited,
+    })
+}
+
+/// The plan's first line: what it was computed from.
+struct Head<'a> {
+    generation: u64,
+    managed: usize,
+    guests: usize,
+    node: &'a str,
+}
+
+fn write_text(
+    out: &mut dyn std::io::Write,
+    head: &Head<'_>,
+    rows: &[Row],
+    skipped: &[(u32, String)],
+    (planned, allowed, refused, rate_limited): (usize, usize, usize, usize),
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "desired generation {}: {} managed guest(s); {} guest(s) on node {}",
+        head.generation, head.managed, head.guests, head.node
+    )?;
+    for r in rows {
+        let mut line = format!(
+            "{:>6}  {:<10}  {} ({})  {}",
+            r.vmid,
+            r.kind,
+            r.decision,
+            r.code,
+            visible(&r.reason)
+        );
+        if !r.params.is_empty() {
+            let params: Vec<String> = r
+                .params
+                .iter()
+                .map(|(k, v)| format!("{}={}", visible(k), visible(v)))
+                .collect();
+            line.push_str(&format!("  [{}]", params.join(", ")));
+        }
+        if let Some(op) = &r.deferred_by {
+            line.push_str(&format!("  (deferred: op {} in flight)", visible(op)));
+        }
+        if let Some((n, limit)) = r.rate_limited {
+            line.push_str(&format!(
+                "  (held: rate_limited, {n} of {limit} disruptive this hour)"
+            ));
+        }
+        writeln!(out, "{line}")?;
+    }
+    for (vmid, why) in skipped {
+        writeln!(out, "{vmid:>6}  {:<10}  {}", "skip", visible(why))?;
+    }
+    writeln!(
+        out,
+        "{planned} action(s) planned: {allowed} allowed, {refused} refused, {rate_limited} \
+         rate_limited; nothing was executed"
+    )
+}
+
+fn document(
+    head: &Head<'_>,
+    rows: &[Row],
+    skipped: &[(u32, String)],
+    (planned, allowed, refused, rate_limited): (usize, usize, usize, usize),
+) -> serde_json::Value {
+    let actions: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let params: serde_json::Map<String, serde_json::Value> = r
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            serde_json::json!({
+                "vmid": r.vmid,
+                "kind": r.kind,
+                "decision": r.decision,
+                "code": r.code,
+                "reason": r.reason,
+                "params": params,
+                "deferred_by": r.deferred_by,
+                "rate_limited": r.rate_limited.is_some(),
+            })
+        })
+        .collect();
+    let skipped: Vec<serde_json::Value> = skipped
+        .iter()
+        .map(|(vmid, why)| serde_json::json!({"vmid": vmid, "why": why}))
+        .collect();
+    serde_json::json!({
+        "generation": head.generation,
+        "managed": head.managed,
+        "guests": head.guests,
+        "node": head.node,
+        "actions": actions,
+        "skipped": skipped,
+        "summary": {
+            "planned": planned,
+            "allowed": allowed,
+            "refused": refused,
+            "rate_limited": rate_limited,
+        },
     })
 }
 

@@ -278,13 +278,8 @@ impl Reconciler {
 
         let journal =
             Arc::new(Journal::open(&dir.join("journal.log")).map_err(StartupError::Journal)?);
-        if let Some(why) = journal.damaged() {
-            crate::error!(
-                journal_damaged,
-                "journal damaged: destructive operations refused until an operator looks",
-                damage = why
-            );
-        }
+        // A damaged journal was logged once by `Journal::open` (`journal_damage_found`
+        // or `journal_damaged_earlier`, each naming the recovery step).
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         compact_journal(
             &journal,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
-use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config};
+use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config, visible};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::Mode;
@@ -32,11 +32,13 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn ok(&mut self, step: &str, detail: impl Display) {
+        let detail = visible(&detail.to_string());
         let _ = writeln!(self.out, "ok    {step:<18} {detail}");
     }
 
     fn fail(&mut self, step: &str, detail: impl Display) {
         self.failures += 1;
+        let detail = visible(&detail.to_string());
         let _ = writeln!(self.out, "FAIL  {step:<18} {detail}");
     }
 
@@ -337,10 +339,11 @@ fn set_and_verify(
                 );
                 true
             } else {
-                r.fail(
-                    "  verify",
-                    format!("description is {got:?}, expected {want:?}"),
-                );
+                r.fail("  verify", {
+                    let show =
+                        |d: Option<&str>| d.map_or("absent".to_owned(), |d| format!("\"{d}\""));
+                    format!("description is {}, expected {}", show(got), show(want))
+                });
                 false
             }
         }
@@ -420,7 +423,7 @@ pub(crate) fn selftest(
             let _ = writeln!(out, "selftest offline (no network)");
             for c in &checks {
                 let mark = if c.ok { "ok  " } else { "FAIL" };
-                let _ = writeln!(out, "{mark}  {:<28} {}", c.name, c.detail);
+                let _ = writeln!(out, "{mark}  {:<28} {}", c.name, visible(&c.detail));
             }
             let failed = checks.iter().filter(|c| !c.ok).count();
             if failed == 0 {

@@ -5,38 +5,40 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config};
+use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Format, load_config, visible, write_json};
+use crate::authz::VerifiedOp;
 use crate::authz::blob::MAX_BLOB_BYTES;
 use crate::authz::sshsig::MAX_ARMOR_BYTES;
 use crate::config::Mode;
 
+/// How `verify` ends: the op, or a refusal with its snake_case code and detail.
+type Verdict = Result<VerifiedOp, (&'static str, String)>;
+
 /// Reads at most `cap + 1` bytes of `path`, so an endless file (`/dev/zero`) or a huge
 /// one costs no more than the cap. Over the cap is the verifier's own refusal,
-/// `malformed` on `out` (exit 1); a file that cannot be opened or read is exit 2.
+/// `malformed` (exit 1); a file that cannot be opened or read is exit 2.
 fn read_input(
     path: &Path,
     what: &str,
     cap: usize,
-    out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<Vec<u8>, u8> {
+) -> Result<Result<Vec<u8>, (&'static str, String)>, u8> {
     use std::io::Read;
     let mut buf = Vec::new();
     let limit = u64::try_from(cap).map_or(u64::MAX, |c| c.saturating_add(1));
     let r = std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut buf));
     match r {
-        Ok(_) if buf.len() > cap => {
-            let _ = writeln!(out, "refused: malformed");
-            let _ = writeln!(
-                out,
-                "detail: {what} {} is over the {cap}-byte cap",
-                path.display().to_string().escape_debug()
-            );
-            Err(EXIT_FAILED)
-        }
-        Ok(_) => Ok(buf),
+        Ok(_) if buf.len() > cap => Ok(Err((
+            "malformed",
+            format!("{what} {} is over the {cap}-byte cap", path.display()),
+        ))),
+        Ok(_) => Ok(Ok(buf)),
         Err(e) => {
-            let _ = writeln!(err, "felhom-agent: {what} {}: {e}", path.display());
+            let _ = writeln!(
+                err,
+                "felhom-agent: {what} {}: {e}",
+                visible(&path.display().to_string())
+            );
             Err(EXIT_USAGE)
         }
     }
@@ -47,6 +49,7 @@ pub(crate) fn verify(
     blob: &Path,
     sig: &Path,
     config: &Path,
+    format: Format,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
@@ -61,37 +64,85 @@ pub(crate) fn verify(
         );
         return EXIT_USAGE;
     };
-    // The verifier's own caps: what it would refuse as `malformed` is refused the same
-    // way here, before more than one byte past the cap is read.
-    let blob = match read_input(blob, "--blob", MAX_BLOB_BYTES, out, err) {
-        Ok(b) => b,
+    let verdict = match judge(authz, &cfg.host_id, blob, sig, err) {
+        Ok(v) => v,
         Err(code) => return code,
     };
-    let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, out, err) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let Ok(sig) = String::from_utf8(sig) else {
-        let _ = writeln!(out, "refused: malformed");
-        let _ = writeln!(out, "detail: the signature file is not UTF-8 text");
-        return EXIT_FAILED;
-    };
-    match crate::authz::verify_offline(
-        authz,
-        &cfg.host_id,
-        &blob,
-        &sig,
-        &crate::base::time::SystemClock,
-    ) {
-        Ok(op) => {
-            let _ = writeln!(out, "verified (no nonce burned)");
-            let _ = write!(out, "{}", op.to_lines());
-            EXIT_OK
+    let printed = match (format, &verdict) {
+        (Format::Json, v) => write_json(out, &verdict_json(v)),
+        (Format::Text, Ok(op)) => out
+            .write_all(b"verified (no nonce burned)\n")
+            .and_then(|()| out.write_all(op.to_lines().as_bytes())),
+        (Format::Text, Err((code, detail))) => {
+            writeln!(out, "refused: {code}\ndetail: {}", visible(detail))
         }
-        Err(e) => {
-            let _ = writeln!(out, "refused: {}", e.code());
-            let _ = writeln!(out, "detail: {}", e.detail().escape_debug());
+    };
+    match (printed, verdict) {
+        (Err(e), _) => {
+            let _ = writeln!(err, "felhom-agent: verify: cannot write the result: {e}");
             EXIT_FAILED
         }
+        (Ok(()), Ok(_)) => EXIT_OK,
+        (Ok(()), Err(_)) => EXIT_FAILED,
+    }
+}
+
+/// Reads both files within the verifier's caps (what it would refuse as `malformed` is
+/// refused the same way here, before more than one byte past the cap is read) and runs
+/// the pipeline. `Err(exit code)` when a file cannot be read.
+fn judge(
+    authz: &crate::authz::AuthzConfig,
+    host_id: &str,
+    blob: &Path,
+    sig: &Path,
+    err: &mut dyn Write,
+) -> Result<Verdict, u8> {
+    let blob = match read_input(blob, "--blob", MAX_BLOB_BYTES, err)? {
+        Ok(b) => b,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, err)? {
+        Ok(b) => b,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let Ok(sig) = String::from_utf8(sig) else {
+        return Ok(Err((
+            "malformed",
+            "the signature file is not UTF-8 text".to_owned(),
+        )));
+    };
+    Ok(
+        crate::authz::verify_offline(authz, host_id, &blob, &sig, &crate::base::time::SystemClock)
+            .map_err(|e| (e.code(), e.detail().to_owned())),
+    )
+}
+
+/// The `--json` document: `{"result":"verified", …the op…}` or
+/// `{"result":"refused","code","detail"}`.
+fn verdict_json(v: &Verdict) -> serde_json::Value {
+    match v {
+        Ok(op) => serde_json::json!({
+            "result": "verified",
+            "nonce_burned": false,
+            "op": op.blob.op,
+            "host_id": op.blob.host_id,
+            "guest_id": op.blob.guest_id,
+            "guest_digest": op.blob.guest_digest,
+            "params": op.blob.params,
+            "key_id": op.blob.key_id,
+            "signer": op.signer.key_id,
+            "signer_role": op.signer.role.as_str(),
+            "signer_fingerprint": op.signer.fingerprint,
+            "nonce": op.blob.nonce,
+            "not_before": op.blob.not_before.to_rfc3339(),
+            "expires_at": op.blob.expires_at.to_rfc3339(),
+            "sk": op.sk.as_ref().map(|sk| serde_json::json!({"flags": sk.flags, "counter": sk.counter})),
+            "sk_counter_warning": op.sk_counter_warning(),
+        }),
+        Err((code, detail)) => serde_json::json!({
+            "result": "refused",
+            "code": code,
+            "detail": detail,
+        }),
     }
 }

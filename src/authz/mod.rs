@@ -155,7 +155,7 @@ impl VerifiedOp {
     pub fn to_lines(&self) -> String {
         let mut out = String::new();
         let mut line = |k: &str, v: &str| {
-            out.push_str(k);
+            crate::base::log::push_escaped(&mut out, k);
             out.push_str(": ");
             crate::base::log::push_escaped(&mut out, v);
             out.push('\n');
@@ -168,7 +168,7 @@ impl VerifiedOp {
             self.blob.guest_digest.as_deref().unwrap_or("-"),
         );
         for (k, v) in &self.blob.params {
-            line(&format!("param.{}", k.escape_debug()), v);
+            line(&format!("param.{k}"), v);
         }
         line("key_id", &self.blob.key_id);
         line("signer", &self.signer.key_id);

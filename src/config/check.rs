@@ -2,7 +2,7 @@
 //! trust choice, secrets read inline or from a file, and the signer list. Each error
 //! names the field; nothing here writes anything.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -138,7 +138,33 @@ pub(super) fn tls_choice(r: &Reader<'_>, section: &str) -> Result<TlsTrust, Conf
     }
 }
 
-/// Reads a secret given inline (`name`) or in a file (`name_file`); exactly one.
+/// Where systemd puts a unit's credentials: a `*_file` there exists only inside the unit.
+const SYSTEMD_CREDENTIALS: &str = "/run/credentials/";
+
+/// Where the unit's `LoadCredential=` reads the secrets from, and so where the command
+/// line finds them outside the unit, after `$CREDENTIALS_DIRECTORY`.
+pub(super) const CREDENTIALS_FALLBACK_DIR: &str = "/etc/felhom-agent/credentials";
+
+/// The files a `*_file` secret is looked for in, in order: the configured path; for a
+/// path under `/run/credentials/` (the unit's), the same name in
+/// `$CREDENTIALS_DIRECTORY` (when set and absolute) and then in
+/// [`CREDENTIALS_FALLBACK_DIR`], so the command line works outside the unit.
+pub(super) fn secret_candidates(path: &Path, credentials_directory: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    if path.starts_with(SYSTEMD_CREDENTIALS)
+        && let Some(name) = path.file_name()
+    {
+        if let Some(d) = credentials_directory.filter(|d| d.is_absolute()) {
+            out.push(d.join(name));
+        }
+        out.push(Path::new(CREDENTIALS_FALLBACK_DIR).join(name));
+    }
+    out.dedup();
+    out
+}
+
+/// Reads a secret given inline (`name`) or in a file (`name_file`); exactly one. A file
+/// is looked for where [`secret_candidates`] says; every failure names the field.
 pub(super) fn load_secret(
     r: &Reader<'_>,
     section: &str,
@@ -165,7 +191,33 @@ pub(super) fn load_secret(
             if path.is_relative() {
                 return Err(field_err(file_path, "must be an absolute path"));
             }
-            let bytes = read_capped(&path)?;
+            let candidates = secret_candidates(&path, r.credentials_directory);
+            let found = candidates
+                .iter()
+                .find(|c| std::fs::symlink_metadata(c).is_ok())
+                .ok_or_else(|| {
+                    let also = if candidates.len() > 1 {
+                        let rest: Vec<String> = candidates[1..]
+                            .iter()
+                            .map(|c| c.display().to_string())
+                            .collect();
+                        format!(" (outside systemd also looked for {})", rest.join(", "))
+                    } else {
+                        String::new()
+                    };
+                    field_err(
+                        &file_path,
+                        format!("{} does not exist{also}", path.display()),
+                    )
+                })?;
+            let bytes = read_capped(found).map_err(|e| match e {
+                ConfigError::Read { path, source } => field_err(
+                    &file_path,
+                    format!("cannot read {}: {source}", path.display()),
+                ),
+                other => other,
+            })?;
+            let path = found.clone();
             let text = String::from_utf8(bytes)
                 .map_err(|_| field_err(&file_path, "the file is not UTF-8 text"))?;
             let value = text.trim_end_matches(['\n', '\r']).to_owned();

@@ -83,6 +83,12 @@ pub enum Mode {
     Journal,
     /// `resume --rate-limit`: the state directory only.
     Resume,
+    /// `op new` with `--digest` or for a host-wide op: host_id; authz if present.
+    OpNew,
+    /// `op new` reading the guest's digest: host_id and Proxmox; authz if present.
+    OpNewLive,
+    /// `state acknowledge-damage`: the state directory only.
+    AcknowledgeDamage,
 }
 
 impl Mode {
@@ -98,13 +104,20 @@ impl Mode {
             Mode::Plan => "plan",
             Mode::Journal => "journal",
             Mode::Resume => "resume",
+            Mode::OpNew | Mode::OpNewLive => "op new",
+            Mode::AcknowledgeDamage => "state acknowledge-damage",
         }
     }
 
     fn needs_proxmox(self) -> bool {
         matches!(
             self,
-            Mode::Run | Mode::SelftestRead | Mode::SelftestTask | Mode::SelftestHub | Mode::Plan
+            Mode::Run
+                | Mode::SelftestRead
+                | Mode::SelftestTask
+                | Mode::SelftestHub
+                | Mode::Plan
+                | Mode::OpNewLive
         )
     }
 
@@ -115,7 +128,13 @@ impl Mode {
     fn needs_host_id(self) -> bool {
         matches!(
             self,
-            Mode::Run | Mode::SelftestHub | Mode::SelftestOffline | Mode::Verify | Mode::Plan
+            Mode::Run
+                | Mode::SelftestHub
+                | Mode::SelftestOffline
+                | Mode::Verify
+                | Mode::Plan
+                | Mode::OpNew
+                | Mode::OpNewLive
         )
     }
 }
@@ -369,13 +388,29 @@ impl Config {
                 .is_some_and(|s| !s.is_empty())
         });
         apply_env(&mut root, env)?;
-        Ok((Config::from_value(&root, mode)?, file_holds_secret))
+        let credentials = env.get("CREDENTIALS_DIRECTORY").map(Path::new);
+        Ok((
+            Config::from_value_with(&root, mode, credentials)?,
+            file_holds_secret,
+        ))
     }
 
     /// Validates an already-parsed (and env-overlaid) JSON document for `mode`.
     pub fn from_value(root: &Value, mode: Mode) -> Result<Config, ConfigError> {
+        Config::from_value_with(root, mode, None)
+    }
+
+    /// [`Config::from_value`], looking for secret files in `credentials` too.
+    fn from_value_with(
+        root: &Value,
+        mode: Mode,
+        credentials: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         check_known_fields(root, "")?;
-        let r = Reader { root };
+        let r = Reader {
+            root,
+            credentials_directory: credentials,
+        };
         let mut warnings = Vec::new();
 
         let host_id = match r.string("host_id")? {

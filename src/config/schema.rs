@@ -106,6 +106,9 @@ pub(super) fn mode_bits(path: &Path) -> Option<u32> {
 /// Walks the raw JSON, tracking the dotted path for errors.
 pub(super) struct Reader<'a> {
     pub(super) root: &'a Value,
+    /// `$CREDENTIALS_DIRECTORY` from the environment, where a secret file is also
+    /// looked for outside the systemd unit.
+    pub(super) credentials_directory: Option<&'a Path>,
 }
 
 impl Reader<'_> {

@@ -581,3 +581,51 @@ fn the_desired_state_source_is_the_file_unless_the_hub_is_named() {
         "reconcile.source: `hub` needs a hub section to fetch the desired state from"
     );
 }
+
+#[test]
+fn a_unit_credential_path_is_looked_for_outside_the_unit_too() {
+    use super::check::{CREDENTIALS_FALLBACK_DIR, secret_candidates};
+    let unit = Path::new("/run/credentials/felhom-agent.service/pve-token");
+    let creds = Path::new("/tmp/creds");
+    assert_eq!(
+        secret_candidates(unit, Some(creds)),
+        vec![
+            unit.to_path_buf(),
+            creds.join("pve-token"),
+            Path::new(CREDENTIALS_FALLBACK_DIR).join("pve-token"),
+        ]
+    );
+    assert_eq!(
+        secret_candidates(unit, Some(Path::new("relative"))),
+        vec![
+            unit.to_path_buf(),
+            Path::new(CREDENTIALS_FALLBACK_DIR).join("pve-token")
+        ],
+        "a relative $CREDENTIALS_DIRECTORY is ignored"
+    );
+    let own = Path::new("/etc/secrets/pve-token");
+    assert_eq!(secret_candidates(own, Some(creds)), vec![own.to_path_buf()]);
+
+    // Found in $CREDENTIALS_DIRECTORY; and a miss names the field and every place.
+    let dir = std::env::temp_dir().join(format!("felhom-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pve-token"), "from-credentials\n").unwrap();
+    let mut v = full();
+    v["proxmox"].as_object_mut().unwrap().remove("token_secret");
+    v["proxmox"]["token_secret_file"] = json!(unit.display().to_string());
+    let c = Config::from_value_with(&v, Mode::SelftestRead, Some(&dir)).unwrap();
+    assert_eq!(
+        c.proxmox.unwrap().token_secret.unwrap().expose(),
+        "from-credentials"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = Config::from_value_with(&v, Mode::SelftestRead, Some(&dir))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("proxmox.token_secret_file: ")
+            && e.contains(&dir.join("pve-token").display().to_string())
+            && e.contains(CREDENTIALS_FALLBACK_DIR),
+        "{e}"
+    );
+}

@@ -12,6 +12,16 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The signed-op catalogue: the op names a signed blob may carry, and the only ones
+/// `op new` prints a template for. Every other name is `unknown_op`.
+pub const SIGNED_OP_CATALOGUE: &[&str] = &[
+    "guest_destroy",
+    "restore_overwrite",
+    "snapshot_rollback",
+    "backup_delete",
+    "rotate_signers",
+];
+
 /// The kind of operation an action or a signed op performs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

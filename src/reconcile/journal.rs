@@ -11,8 +11,10 @@
 //!
 //! Damage inside the file does not stop the agent: the good prefix is replayed, the
 //! damaged file is kept aside as `journal.log.damaged`, a fresh chain carries the state
-//! on, and [`Journal::damaged`] reports it — on every open, until an operator removes
-//! the `.damaged` file — so the gate refuses destructive operations meanwhile.
+//! on, and [`Journal::damaged`] reports it — on every open, until an operator archives
+//! the `.damaged` file (`felhom-agent state acknowledge-damage FILE`, which each damage
+//! log line names as its `recovery`) — so the gate refuses destructive operations
+//! meanwhile.
 
 use crate::base::sync::lock;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -364,6 +366,15 @@ fn decode(data: &[u8]) -> Result<Line, String> {
     serde_json::from_slice::<Line>(data).map_err(|e| format!("not a journal record: {e}"))
 }
 
+/// The command that ends the refusal a damaged file causes, once an operator has
+/// looked at it: it archives the file and audits who did.
+pub(crate) fn recovery_step(damaged: &Path) -> String {
+    format!(
+        "felhom-agent state acknowledge-damage {}",
+        damaged.display()
+    )
+}
+
 fn damaged_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(".damaged");
@@ -413,7 +424,8 @@ impl Journal {
                     path = path.display(),
                     line = line,
                     reason = reason,
-                    kept_in = aside.display()
+                    kept_in = aside.display(),
+                    recovery = recovery_step(&aside)
                 );
                 // Replay the good prefix again (the failed open's index may hold records
                 // the store rejected after them), set the file aside, carry on fresh.
@@ -446,13 +458,15 @@ impl Journal {
         };
         if damaged.is_none() && io.read(&aside).ok().flatten().is_some() {
             damaged = Some(format!(
-                "an earlier damaged journal is kept in {}; remove it once looked at",
-                aside.display()
+                "an earlier damaged journal is kept in {}; once looked at, run: {}",
+                aside.display(),
+                recovery_step(&aside)
             ));
             crate::warn!(
                 journal_damaged_earlier,
                 "journal was damaged earlier: destructive operations refused until an operator looks",
-                kept_in = aside.display()
+                kept_in = aside.display(),
+                recovery = recovery_step(&aside)
             );
         }
         let next = ix.next_seq.max(1);
@@ -571,7 +585,7 @@ impl Journal {
     }
 
     /// `Some(where and why)` when the journal file was found damaged (now or earlier,
-    /// until an operator removes the kept `.damaged` file).
+    /// until an operator archives the kept `.damaged` file).
     pub fn damaged(&self) -> Option<String> {
         self.damaged.clone()
     }

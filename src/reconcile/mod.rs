@@ -29,7 +29,7 @@ pub use audit::{
     DEFAULT_MAX_BYTES, MIN_MAX_BYTES, PENDING_SIGNATURE, cap,
 };
 pub use blast::{RESUME_MARKER, is_disruptive, request_resume, resume_marker_path};
-pub use classify::{Intent, OpClass, Provenance};
+pub use classify::{Intent, OpClass, Provenance, SIGNED_OP_CATALOGUE};
 pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
 pub use desired_cache::{DesiredCache, DesiredOfferError, Offered};
 pub use engine::{Engine, EngineError, EngineOptions, PASS_TASK_WAIT, Pacing, PassReport};

@@ -432,6 +432,10 @@ fn damaged(io: &dyn Io, path: &Path, why: &str) {
         set_aside = match &aside {
             Ok(p) => p.display().to_string(),
             Err(e) => format!("failed: {e}"),
+        },
+        recovery = match &aside {
+            Ok(p) => crate::reconcile::journal::recovery_step(p),
+            Err(_) => format!("move {} out of the way by hand", path.display()),
         }
     );
 }
