@@ -27,6 +27,6 @@ pub use hub::{
 };
 pub use pve::{
     AclSubject, CertChoice, DEFAULT_NODE, DEFAULT_TASK_DURATION, DEFAULT_TOKEN_ID,
-    DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim, ProxmoxSimBuilder,
-    RecordedRequest,
+    DEFAULT_TOKEN_SECRET, ENDPOINT_CHECKS, EndpointCheck, Fault, FaultKind, GuestSeed, ProxmoxSim,
+    ProxmoxSimBuilder, RecordedRequest, When,
 };
