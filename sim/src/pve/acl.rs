@@ -4,8 +4,8 @@
 //! compute them.
 //!
 //! - Walking from `/` down to the checked path, the entries of the deepest level that
-//!   applies (the path itself, or a propagating ancestor) replace those above it;
-//!   for each level the token's own entries win over its user's.
+//!   applies (the path itself, or a propagating ancestor) replace those above it,
+//!   for the user and for the token each on its own entries.
 //! - A token with privilege separation holds the intersection of its own privileges and
 //!   its user's; without it, exactly its user's.
 //! - Until a test grants anything, the model is off and every privilege is held (the
