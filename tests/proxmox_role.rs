@@ -315,6 +315,18 @@ fn assert_breaks(privilege: &str, probe: Probe) {
     let hub = fast_hub();
     let dir = Dir(common::tempdir("role", &privilege.replace('.', "-")));
     let cfg = config(&dir.0, &pve, &hub);
+    // `selftest read` reads the token's own privileges and names the one missing.
+    let read = selftest(&cfg, &["read"]);
+    assert_eq!(read.status.code(), Some(1), "{}", out_text(&read));
+    let stdout = String::from_utf8_lossy(&read.stdout).into_owned();
+    let failed = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL  privileges"))
+        .unwrap_or_else(|| panic!("a failed privileges step: {stdout}"));
+    assert!(
+        failed.split([' ', ';']).any(|w| w == privilege),
+        "the step names {privilege}: {failed}"
+    );
     match probe {
         Probe::SelftestTask => {
             let out = selftest(&cfg, &["task", "--vmid", "100"]);

@@ -13,6 +13,7 @@
 //! an accessor) first ends every task whose deadline has passed, in deadline order. No
 //! background thread mutates the host, so what a test observes is always consistent.
 
+mod access;
 mod acl;
 mod api;
 mod model;

@@ -101,3 +101,25 @@ fn listings_leave_out_what_is_not_granted() {
     sim.acl_modify("/vms/100", AclSubject::Token, "R", true);
     assert_eq!(get(&sim, content).data().as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_token_reads_its_own_effective_privileges() {
+    let sim = sim_with(vec![GuestSeed::new(100, "web")]);
+    let all = get(&sim, "/access/permissions?path=/vms/100").data();
+    assert!(
+        all["/vms/100"]["VM.Allocate"] == json!(1),
+        "no model yet: everything, as root: {all}"
+    );
+    grant(&sim, "/vms", &["VM.Audit", "VM.PowerMgmt"]);
+    assert_eq!(
+        get(&sim, "/access/permissions?path=/vms/100").data(),
+        json!({"/vms/100": {"VM.Audit": 1, "VM.PowerMgmt": 1}})
+    );
+    assert_eq!(
+        get(&sim, "/access/permissions?path=/nodes/pve").data(),
+        json!({}),
+        "nothing held there"
+    );
+    let r = get(&sim, "/access/permissions?userid=root@pam");
+    assert_eq!(r.status, 403, "another user's need Sys.Audit on /access");
+}

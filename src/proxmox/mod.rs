@@ -34,7 +34,8 @@ pub use privileged::{
 };
 pub use privileges::{
     API_CALLS, AclPath, ApiCall, Feature, ROLE_NAME, ROLE_TOKEN, ROLE_USER, Requirement,
-    features_needing, pveum_recipe, role_acl_paths, role_privileges, role_table_markdown,
+    features_needing, pveum_recipe, role_acl_paths, role_privileges, role_privileges_on,
+    role_table_markdown,
 };
 pub use task::{
     BackupMode, Compression, TaskExit, TaskFilter, TaskLog, TaskLogLine, TaskSource, TaskState,

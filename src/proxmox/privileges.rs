@@ -202,6 +202,15 @@ pub const API_CALLS: &[ApiCall] = &[
         features: &[SelftestRead],
     },
     ApiCall {
+        client_fn: "permissions",
+        method: "GET",
+        path: "/access/permissions",
+        case: "",
+        requires: NOTHING,
+        source: "pve-access-control API2/AccessControl.pm permissions: user => 'all', one's own",
+        features: &[SelftestRead],
+    },
+    ApiCall {
         client_fn: "nodes",
         method: "GET",
         path: "/nodes",
@@ -556,6 +565,18 @@ pub fn role_acl_paths() -> Vec<AclPath> {
         .map(|(r, _)| r.acl)
         .collect();
     paths.into_iter().collect()
+}
+
+/// The role's privileges Proxmox checks on paths of kind `acl`, sorted.
+pub fn role_privileges_on(acl: AclPath) -> Vec<&'static str> {
+    let role = role_privileges();
+    let on: BTreeSet<&'static str> = wired_requirements()
+        .iter()
+        .filter(|(r, _)| r.acl == acl)
+        .flat_map(|(r, _)| r.any_of.iter().copied())
+        .filter(|p| role.contains(p))
+        .collect();
+    on.into_iter().collect()
 }
 
 /// The wired features that break without `privilege` (the role minus it), in table order.

@@ -92,6 +92,12 @@ impl Acl {
         !self.entries.is_empty()
     }
 
+    /// Every path an entry names, sorted, once each.
+    pub fn paths(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self.entries.iter().map(|e| e.path.clone()).collect();
+        set.into_iter().collect()
+    }
+
     /// The roles `subject` holds on `path`: the deepest applying level wins.
     fn roles_of(&self, subject: AclSubject, path: &str) -> BTreeSet<&str> {
         let levels = levels(path);

@@ -227,6 +227,7 @@ fn authenticated(st: &State, header: Option<&str>) -> bool {
 /// Every endpoint the simulator serves, with the path pieces it needs.
 enum Ep<'a> {
     Version,
+    AccessPermissions,
     Nodes,
     StorageIndex,
     NodeStatus,
@@ -259,6 +260,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
         ("GET", ["version"]) => (None, Version),
         ("GET", ["nodes"]) => (None, Nodes),
         ("GET", ["storage"]) => (None, StorageIndex),
+        ("GET", ["access", "permissions"]) => (None, AccessPermissions),
         (m, ["nodes", node, rest @ ..]) => {
             let ep = match (m, rest) {
                 ("GET", ["status"]) => NodeStatus,
@@ -310,6 +312,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
         Version => version(p),
         Nodes => nodes(st, p),
         StorageIndex => storage_index(st, p),
+        AccessPermissions => super::access::permissions(st, p).map(Answer::data),
         NodeStatus => node_status(st, p),
         LxcList => lxc_list(st, p),
         LxcCreate => lxc_create(st, p),

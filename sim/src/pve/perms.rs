@@ -96,6 +96,14 @@ pub const ENDPOINT_CHECKS: &[EndpointCheck] = &[
     ),
     row(
         "GET",
+        "/access/permissions",
+        When::None,
+        "",
+        &[],
+        "pve-access-control API2/AccessControl.pm permissions: user => 'all', one's own (another's needs Sys.Audit on /access)",
+    ),
+    row(
+        "GET",
         "/nodes",
         When::None,
         "",
