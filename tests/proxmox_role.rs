@@ -327,6 +327,10 @@ fn assert_breaks(privilege: &str, probe: Probe) {
         failed.split([' ', ';']).any(|w| w == privilege),
         "the step names {privilege}: {failed}"
     );
+    assert!(
+        stdout.contains(&format!("pveum role add {ROLE_NAME} ")),
+        "the fix is printed with the failure: {stdout}"
+    );
     match probe {
         Probe::SelftestTask => {
             let out = selftest(&cfg, &["task", "--vmid", "100"]);

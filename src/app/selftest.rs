@@ -19,7 +19,7 @@ use crate::base::time::{Clock, SystemClock};
 use crate::config::Mode;
 use crate::proxmox::{
     AclPath, Client, ConfigChange, ROLE_NAME, RunState, TaskOutcome, Upid, WaitError, WaitOptions,
-    role_privileges, role_privileges_on,
+    pveum_recipe, role_privileges, role_privileges_on,
 };
 use crate::store::statelock::{StateLock, StateLockError};
 
@@ -189,13 +189,18 @@ fn privileges(client: &Client, guests: &[u32], storages: &[String], r: &mut Repo
         }
     }
     if !missing.is_empty() {
-        return r.fail(
+        r.fail(
             "privileges",
             format!(
                 "the token lacks what the {ROLE_NAME} role grants (README, \"Proxmox role\"): {}",
                 missing.join("; ")
             ),
         );
+        let _ = writeln!(r.out, "      the role, granted as Proxmox needs it:");
+        for line in pveum_recipe(client.node()).lines() {
+            let _ = writeln!(r.out, "        {line}");
+        }
+        return;
     }
     let beyond = if extra.is_empty() {
         String::new()
