@@ -8,7 +8,8 @@
 //! with a desired-state file: drift fixed, an unsigned destroy held, the same destroy
 //! signed with a freshly minted key executed once, its replay refused, and a kill -9
 //! while a guest that ignores its shutdown waits out the timeout, recovered on restart
-//! without re-sending it. Each step prints a
+//! without re-sending it; then both selftests under exactly the Proxmox role the
+//! agent's calls need, and one privilege less. Each step prints a
 //! plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
