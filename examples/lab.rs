@@ -8,7 +8,8 @@
 //! with a desired-state file: drift fixed, an unsigned destroy held, the same destroy
 //! signed with a freshly minted key executed once, its replay refused, and a kill -9
 //! while a guest that ignores its shutdown waits out the timeout, recovered on restart
-//! without re-sending it. Each step prints a
+//! without re-sending it; then both selftests under exactly the Proxmox role the
+//! agent's calls need, and one privilege less. Each step prints a
 //! plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -725,6 +726,10 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         "help: all {} commands answer COMMAND --help",
         felhom_agent::cli::table::COMMANDS.len()
     ));
+    // 14. The Proxmox role, on a simulator of its own.
+    if let Err(e) = role_step(bin, dir, &secret) {
+        return fail(e);
+    }
     say("all steps passed");
     ExitCode::SUCCESS
 }
@@ -808,4 +813,79 @@ impl Daemon {
         }
         why.into()
     }
+}
+
+/// Step 13: the `FelhomAgent` role from the agent's table of its API calls. A fresh
+/// simulator grants exactly that role (to the user and the privilege-separated token,
+/// on the recipe's ACL paths); both selftests pass under it; without `VM.Snapshot`
+/// `selftest task` fails at its first mutation, naming the privilege.
+fn role_step(bin: &Path, dir: &Path, secret: &Path) -> Result<(), String> {
+    use felhom_agent::proxmox::{ROLE_NAME, pveum_recipe, role_acl_paths, role_privileges};
+    use felhom_sim::AclSubject;
+
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(true))
+        .task_duration(Duration::from_millis(30))
+        .start();
+    say("the Proxmox role, as the README's recipe grants it:");
+    print!("{}", indent(pveum_recipe(&pve.node()).as_bytes()));
+    let role = role_privileges();
+    pve.set_role(ROLE_NAME, &role);
+    for path in role_acl_paths() {
+        for who in [AclSubject::User, AclSubject::Token] {
+            pve.acl_modify(&path.grant_path(&pve.node()), who, ROLE_NAME, true);
+        }
+    }
+    let cfg_path = dir.join("role.json");
+    std::fs::create_dir_all(dir.join("role-state")).unwrap();
+    std::fs::set_permissions(
+        dir.join("role-state"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let config = json!({
+        "host_id": "pve-a",
+        "state_dir": dir.join("role-state").display().to_string(),
+        "proxmox": {
+            "url": pve.url(), "node": pve.node(), "token_id": "felhom-agent@pve!agent",
+            "token_secret_file": secret.display().to_string(),
+            "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 10
+        }
+    });
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    for args in [&["read"][..], &["task", "--vmid", "100"]] {
+        let out = run(bin, &[&["selftest"], args, &["--config", cfg]].concat());
+        if out.status.code() != Some(0) {
+            print!("{}", indent(&out.stdout));
+            return Err(format!(
+                "selftest {args:?} under the role exited {:?}",
+                out.status.code()
+            ));
+        }
+    }
+    say(format!(
+        "role: selftest read and selftest task pass under exactly {} privileges",
+        role.len()
+    ));
+    let without: Vec<&str> = role
+        .iter()
+        .copied()
+        .filter(|p| *p != "VM.Snapshot")
+        .collect();
+    pve.set_role(ROLE_NAME, &without);
+    let out = run(bin, &["selftest", "task", "--vmid", "100", "--config", cfg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() != Some(1) || !stdout.contains("VM.Snapshot") {
+        print!("{}", indent(&out.stdout));
+        return Err("selftest task without VM.Snapshot did not fail naming it".into());
+    }
+    if !pve.snapshots(100).is_empty() {
+        return Err("a snapshot was taken without VM.Snapshot".into());
+    }
+    say(
+        "role: without VM.Snapshot, selftest task fails with Permission check failed (/vms/100, VM.Snapshot)",
+    );
+    Ok(())
 }

@@ -169,7 +169,14 @@ fn selftest_read_reports_every_read_and_exits_0() {
     let out = agent_with(&cfg, &["selftest", "read"], &mut seen);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    for step in ["version", "nodes", "node status", "guests", "storage"] {
+    for step in [
+        "version",
+        "nodes",
+        "node status",
+        "guests",
+        "storage",
+        "privileges",
+    ] {
         assert!(
             stdout
                 .lines()
@@ -204,7 +211,7 @@ fn selftest_read_with_the_wrong_pin_fails_every_step_and_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL  version"), "{stdout}");
     assert!(
-        stdout.contains("selftest read: 5 step(s) failed"),
+        stdout.contains("selftest read: 6 step(s) failed"),
         "{stdout}"
     );
     assert!(

@@ -22,6 +22,7 @@ const API_FILES: &[&str] = &[
     "src/proxmox/client.rs",
     "src/proxmox/decode.rs",
     "src/proxmox/error.rs",
+    "src/proxmox/privileges.rs",
     "src/proxmox/task.rs",
     "src/proxmox/types.rs",
     "src/proxmox/upid.rs",

@@ -13,9 +13,15 @@
 //! an accessor) first ends every task whose deadline has passed, in deadline order. No
 //! background thread mutates the host, so what a test observes is always consistent.
 
+mod access;
+mod acl;
 mod api;
 mod model;
 mod params;
+mod perms;
+
+pub use acl::AclSubject;
+pub use perms::{ENDPOINT_CHECKS, EndpointCheck, When};
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -674,6 +680,28 @@ impl ProxmoxSim {
         self.state()
             .denied_at_task
             .push((path.to_string(), privilege.to_string()));
+    }
+
+    /// `pveum role add|modify NAME --privs …`: the role holds exactly `privs` from now
+    /// on (a role granted before changes at once, as in PVE).
+    pub fn set_role(&self, name: &str, privs: &[&str]) {
+        self.state().acl.set_role(name, privs);
+    }
+
+    /// `pveum acl modify PATH --users|--tokens … --roles ROLE --propagate P`. The first
+    /// grant switches the simulator to the allow model: from then on the token holds a
+    /// privilege on a path only if its user and (with privilege separation, the default)
+    /// the token itself are granted it there, as pve-access-control computes it;
+    /// anything else is a 403 with Proxmox's text, a task-time failure, or a row left out
+    /// of a listing, each where Proxmox makes that check. Denials still apply on top.
+    pub fn acl_modify(&self, path: &str, subject: AclSubject, role: &str, propagate: bool) {
+        self.state().acl.grant(path, subject, role, propagate);
+    }
+
+    /// `pveum user token modify … --privsep 0|1`: without privilege separation the token
+    /// holds exactly its user's privileges.
+    pub fn set_token_privsep(&self, privsep: bool) {
+        self.state().acl.set_privsep(privsep);
     }
 
     /// Lifts every denial.

@@ -6,6 +6,7 @@
 //! restores what it changed, even when a later step fails, and says so when it could
 //! not. Nothing here touches the agent's state directory.
 
+use std::collections::BTreeSet;
 use std::fmt::Display;
 use std::io::Write;
 use std::time::Duration;
@@ -16,7 +17,10 @@ use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config, visible};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::Mode;
-use crate::proxmox::{Client, ConfigChange, RunState, TaskOutcome, Upid, WaitError, WaitOptions};
+use crate::proxmox::{
+    AclPath, Client, ConfigChange, ROLE_NAME, RunState, TaskOutcome, Upid, WaitError, WaitOptions,
+    pveum_recipe, role_privileges, role_privileges_on,
+};
 use crate::store::statelock::{StateLock, StateLockError};
 
 /// The prefix of the description marker `selftest task` writes.
@@ -62,8 +66,8 @@ impl Report<'_> {
     }
 }
 
-/// `selftest read`: version, nodes, node status, guests, storage. Returns whether every
-/// read succeeded.
+/// `selftest read`: version, nodes, node status, guests, storage, and the token's
+/// privileges against the role. Returns whether every step succeeded.
 pub(crate) fn read(client: &Client, out: &mut dyn Write) -> bool {
     let mut r = Report { out, failures: 0 };
     let _ = writeln!(
@@ -94,7 +98,7 @@ pub(crate) fn read(client: &Client, out: &mut dyn Write) -> bool {
             s.memory.total / (1 << 20)
         )
     });
-    r.check("guests", client.list_lxc(), |guests| {
+    let guests = r.check("guests", client.list_lxc(), |guests| {
         let running = guests
             .iter()
             .filter(|g| g.status == RunState::Running)
@@ -108,7 +112,7 @@ pub(crate) fn read(client: &Client, out: &mut dyn Write) -> bool {
             ids.join(" ")
         )
     });
-    r.check("storage", client.node_storage(), |st| {
+    let storages = r.check("storage", client.node_storage(), |st| {
         let names: Vec<String> = st
             .iter()
             .map(|s| {
@@ -122,6 +126,13 @@ pub(crate) fn read(client: &Client, out: &mut dyn Write) -> bool {
             .collect();
         names.join(", ")
     });
+    let guests: Vec<u32> = guests.unwrap_or_default().iter().map(|g| g.vmid).collect();
+    let storages: Vec<String> = storages
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.storage)
+        .collect();
+    privileges(client, &guests, &storages, &mut r);
     let failures = r.failures;
     let _ = writeln!(
         r.out,
@@ -133,6 +144,82 @@ pub(crate) fn read(client: &Client, out: &mut dyn Write) -> bool {
         }
     );
     failures == 0
+}
+
+/// At most this many guests (and as many storages) have their privileges read.
+const PRIVILEGE_PATHS_MAX: usize = 32;
+
+/// The token's own privileges (`GET /access/permissions`) against the `FelhomAgent`
+/// role, on the node, each guest seen (or `/vms`) and each storage seen (or
+/// `/storage`): a missing one fails the step naming the path and the privilege; more
+/// than the role is said, not failed.
+fn privileges(client: &Client, guests: &[u32], storages: &[String], r: &mut Report<'_>) {
+    let mut vms: Vec<String> = guests.iter().map(|v| format!("/vms/{v}")).collect();
+    if vms.is_empty() {
+        vms.push("/vms".to_owned());
+    }
+    let mut stores: Vec<String> = storages.iter().map(|s| format!("/storage/{s}")).collect();
+    if stores.is_empty() {
+        stores.push("/storage".to_owned());
+    }
+    let node = vec![format!("/nodes/{}", client.node())];
+    let role = role_privileges();
+    let mut missing = Vec::new();
+    let mut extra: BTreeSet<String> = BTreeSet::new();
+    let mut asked = 0usize;
+    for (kind, paths) in [
+        (AclPath::Node, node),
+        (AclPath::Vm, vms),
+        (AclPath::Storage, stores),
+    ] {
+        let needed = role_privileges_on(kind);
+        for path in paths.iter().take(PRIVILEGE_PATHS_MAX) {
+            let held = match client.permissions(path) {
+                Ok(h) => h,
+                Err(e) => return r.fail("privileges", e),
+            };
+            asked += 1;
+            let lacks: Vec<&str> = needed
+                .iter()
+                .copied()
+                .filter(|p| !held.iter().any(|h| h == p))
+                .collect();
+            if !lacks.is_empty() {
+                missing.push(format!("{path}: {}", lacks.join(" ")));
+            }
+            extra.extend(held.into_iter().filter(|h| !role.contains(&h.as_str())));
+        }
+    }
+    if !missing.is_empty() {
+        r.fail(
+            "privileges",
+            format!(
+                "the token lacks what the {ROLE_NAME} role grants (README, \"Proxmox role\"): {}",
+                missing.join("; ")
+            ),
+        );
+        let _ = writeln!(r.out, "      the role, granted as Proxmox needs it:");
+        for line in pveum_recipe(client.node()).lines() {
+            let _ = writeln!(r.out, "        {line}");
+        }
+        return;
+    }
+    let beyond = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} more than the role needs: {}",
+            extra.len(),
+            extra.into_iter().collect::<Vec<_>>().join(" ")
+        )
+    };
+    r.ok(
+        "privileges",
+        format!(
+            "the {ROLE_NAME} role's {} held on {asked} path(s){beyond}",
+            role.len()
+        ),
+    );
 }
 
 /// How `task` waits for each Proxmox task.

@@ -471,6 +471,25 @@ impl Client {
         )
     }
 
+    /// `GET /access/permissions?path=PATH`: the privileges the token itself holds on
+    /// `path`, sorted (a user or token may always read its own).
+    pub fn permissions(&self, path: &str) -> Result<Vec<String>, ProxmoxError> {
+        check("path", path, validate::acl_path)?;
+        self.get_one(
+            api_path(&["access", "permissions"]),
+            vec![pair("path", path)],
+            |o| match o.get(path) {
+                None => Ok(Vec::new()),
+                Some(v) => {
+                    let held = Obj::new(v, &o.path(path))?;
+                    let mut privs: Vec<String> = held.map().keys().cloned().collect();
+                    privs.sort();
+                    Ok(privs)
+                }
+            },
+        )
+    }
+
     /// `GET /nodes/{node}/tasks/{upid}/status`, on the node named in the UPID.
     pub fn task_status(&self, upid: &Upid) -> Result<TaskStatus, ProxmoxError> {
         self.get_one(

@@ -6,6 +6,9 @@
 //! callers' policies ([`ApiError`], [`TaskError`], [`ProxmoxError::never_sent`]). It never
 //! spawns a process.
 //!
+//! [`role_privileges`] and [`pveum_recipe`] say which Proxmox privileges the agent's
+//! calls need, from one table of those calls ([`API_CALLS`]).
+//!
 //! [`Privileged`] owns the few root operations the API cannot do, through an argv
 //! runner with strictly validated arguments. It never opens a socket. `tests/fence.rs`
 //! reads the sources of both to hold that line.
@@ -15,6 +18,7 @@ mod client;
 mod decode;
 mod error;
 pub(crate) mod privileged;
+mod privileges;
 mod task;
 mod types;
 mod upid;
@@ -27,6 +31,11 @@ pub use decode::DecodeError;
 pub use error::{ApiError, Privilege, ProxmoxError, is_transient_text};
 pub use privileged::{
     GoldenLxc, Output, Privileged, PrivilegedError, Programs, RunError, Runner, SystemRunner,
+};
+pub use privileges::{
+    API_CALLS, AclPath, ApiCall, Feature, ROLE_NAME, ROLE_TOKEN, ROLE_USER, Requirement,
+    features_needing, pveum_recipe, role_acl_paths, role_privileges, role_privileges_on,
+    role_table_markdown,
 };
 pub use task::{
     BackupMode, Compression, TaskExit, TaskFilter, TaskLog, TaskLogLine, TaskSource, TaskState,

@@ -54,6 +54,31 @@ pub(crate) fn check(
     f(value).map_err(|reason| InvalidArgument::new(name, value, reason))
 }
 
+/// An ACL path: `/`, or `/`-separated segments of letters, digits, `-`, `_` and `.`
+/// (`/nodes/pve-a`, `/vms/100`, `/storage/local-lvm`), at most 128 bytes.
+pub(crate) fn acl_path(s: &str) -> Check {
+    if s.len() > 128 {
+        return Err("must be at most 128 bytes");
+    }
+    if s == "/" {
+        return Ok(());
+    }
+    let Some(rest) = s.strip_prefix('/') else {
+        return Err("must start with '/'");
+    };
+    let segment_ok = |seg: &str| {
+        !seg.is_empty()
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if rest.split('/').all(segment_ok) {
+        Ok(())
+    } else {
+        Err("must be '/'-separated segments of letters, digits, '-', '_' and '.'")
+    }
+}
+
 /// A vmid in Proxmox's range.
 pub(crate) fn vmid(v: u32) -> Result<(), InvalidArgument> {
     if VMID_RANGE.contains(&v) {

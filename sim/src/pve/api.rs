@@ -15,6 +15,7 @@ use super::model::{
     TaskSpec, config_key_kind, config_key_priv, parse_size,
 };
 use super::params::{ApiError, Kind, Params, parse_json_body, parse_urlencoded, percent_decode};
+use super::perms;
 use crate::clock;
 use crate::fault::{Dress, FaultAnswer, recorded_status};
 use crate::http::{Delivery, Request, Response};
@@ -226,6 +227,7 @@ fn authenticated(st: &State, header: Option<&str>) -> bool {
 /// Every endpoint the simulator serves, with the path pieces it needs.
 enum Ep<'a> {
     Version,
+    AccessPermissions,
     Nodes,
     StorageIndex,
     NodeStatus,
@@ -258,6 +260,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
         ("GET", ["version"]) => (None, Version),
         ("GET", ["nodes"]) => (None, Nodes),
         ("GET", ["storage"]) => (None, StorageIndex),
+        ("GET", ["access", "permissions"]) => (None, AccessPermissions),
         (m, ["nodes", node, rest @ ..]) => {
             let ep = match (m, rest) {
                 ("GET", ["status"]) => NodeStatus,
@@ -309,6 +312,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
         Version => version(p),
         Nodes => nodes(st, p),
         StorageIndex => storage_index(st, p),
+        AccessPermissions => super::access::permissions(st, p).map(Answer::data),
         NodeStatus => node_status(st, p),
         LxcList => lxc_list(st, p),
         LxcCreate => lxc_create(st, p),
@@ -426,7 +430,7 @@ fn nodes(st: &State, p: &Params) -> ApiResult {
 
 fn node_status(st: &State, p: &Params) -> ApiResult {
     check(p, &[], &[])?;
-    st.check_sync(&format!("/nodes/{}", st.node), &["Sys.Audit"])?;
+    st.check_sync(&format!("/nodes/{}", st.node), perms::SYS_AUDIT)?;
     let mem = st.host_memory();
     let rootfs_used = 11 * GIB;
     Ok(Answer::data(json!({
@@ -480,7 +484,7 @@ fn lxc_list(st: &State, p: &Params) -> ApiResult {
     let rows: Vec<Value> = st
         .guests
         .values()
-        .filter(|g| st.allowed(&vms(g.vmid), &["VM.Audit"]))
+        .filter(|g| st.allowed(&vms(g.vmid), perms::VM_AUDIT))
         .map(|g| Value::Object(g.status_json(st.clock.now())))
         .collect();
     Ok(Answer::data(Value::Array(rows)))
@@ -488,7 +492,7 @@ fn lxc_list(st: &State, p: &Params) -> ApiResult {
 
 fn status_current(st: &State, p: &mut Params, v: &str) -> ApiResult {
     let vmid = vmid_param(p, v, &[])?;
-    st.check_sync(&vms(vmid), &["VM.Audit"])?;
+    st.check_sync(&vms(vmid), perms::VM_AUDIT)?;
     let mut row = guest(st, vmid)?.status_json(st.clock.now());
     row.insert("ha".into(), json!({"managed": 0}));
     Ok(Answer::data(Value::Object(row)))
@@ -500,7 +504,7 @@ fn config_get(st: &State, p: &mut Params, v: &str) -> ApiResult {
         v,
         &[("current", Kind::Bool), ("snapshot", Kind::StrMax(40))],
     )?;
-    st.check_sync(&vms(vmid), &["VM.Audit"])?;
+    st.check_sync(&vms(vmid), perms::VM_AUDIT)?;
     let g = guest(st, vmid)?;
     let Some(snapname) = p.get("snapshot") else {
         return Ok(Answer::data(Value::Object(g.config_json())));
@@ -518,14 +522,6 @@ fn config_get(st: &State, p: &mut Params, v: &str) -> ApiResult {
     map.insert("digest".into(), Value::String(g.digest()));
     Ok(Answer::data(Value::Object(map)))
 }
-
-const CONFIG_PRIVS: [&str; 5] = [
-    "VM.Config.Disk",
-    "VM.Config.CPU",
-    "VM.Config.Memory",
-    "VM.Config.Network",
-    "VM.Config.Options",
-];
 
 fn config_put(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
     p.push("vmid", v);
@@ -545,7 +541,7 @@ fn config_put(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
         .int("vmid")
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0);
-    st.check_sync(&vms(vmid), &CONFIG_PRIVS)?;
+    st.check_sync(&vms(vmid), perms::VM_CONFIG_ANY)?;
 
     let delete: Vec<String> = p
         .get("delete")
@@ -624,7 +620,7 @@ fn power(st: &mut State, p: &mut Params, v: &str, action: &str) -> ApiResult {
         _ => &[("timeout", Kind::Int(Some(0), None))],
     };
     let vmid = vmid_param(p, v, extra)?;
-    st.check_sync(&vms(vmid), &["VM.PowerMgmt"])?;
+    st.check_sync(&vms(vmid), perms::VM_POWER)?;
     let g = guest(st, vmid)?;
     let mut shutdown = None;
     let (kind, effect) = match action {
@@ -661,7 +657,7 @@ fn power(st: &mut State, p: &mut Params, v: &str, action: &str) -> ApiResult {
         .map(|l| Failure::new(format!("CT is locked ({l})")));
     let mut spec = TaskSpec::new(kind, vmid.to_string(), effect);
     spec.failure = st
-        .check_in_task(&vms(vmid), &["VM.PowerMgmt"])
+        .check_in_task(&vms(vmid), perms::VM_POWER)
         .or(lock_failure);
     if let Some(worker) = shutdown
         && spec.failure.is_none()
@@ -747,7 +743,7 @@ fn lxc_destroy(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
             ("destroy-unreferenced-disks", Kind::Bool),
         ],
     )?;
-    st.check_sync(&vms(vmid), &["VM.Allocate"])?;
+    st.check_sync(&vms(vmid), perms::VM_ALLOCATE)?;
     let g = guest(st, vmid)?;
     if g.protected() {
         return Err(ApiError::die(format!(
@@ -775,7 +771,7 @@ fn lxc_destroy(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
     let mut spec = TaskSpec::new("vzdestroy", vmid.to_string(), Effect::Destroy(vmid));
     spec.lock = vec![(vmid, "destroyed")];
     spec.log = log;
-    spec.failure = st.check_in_task(&vms(vmid), &["VM.Allocate"]);
+    spec.failure = st.check_in_task(&vms(vmid), perms::VM_ALLOCATE);
     upid(st.spawn(spec))
 }
 
@@ -807,7 +803,7 @@ fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
         "VM.Allocate"
     };
     st.check_sync(&vms(vmid), &[privilege])?;
-    st.check_sync(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
+    st.check_sync(&format!("/storage/{storage}"), perms::DATASTORE_SPACE)?;
     if st.storage(&storage).is_none() {
         return Err(ApiError::die(format!("storage '{storage}' does not exist")));
     }
@@ -910,7 +906,7 @@ fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
     spec.log = log;
     spec.failure = st
         .check_in_task(&vms(vmid), &[privilege])
-        .or_else(|| st.check_in_task(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"]));
+        .or_else(|| st.check_in_task(&format!("/storage/{storage}"), perms::DATASTORE_SPACE));
     if fresh && spec.failure.is_none() {
         // PVE writes a config holding only `lock: create` before the worker starts.
         let mut placeholder = Guest::from_seed(&super::GuestSeed::new(vmid, ""), st.clock.now());
@@ -923,7 +919,7 @@ fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
 
 fn snapshot_list(st: &State, p: &mut Params, v: &str) -> ApiResult {
     let vmid = vmid_param(p, v, &[])?;
-    st.check_sync(&vms(vmid), &["VM.Audit"])?;
+    st.check_sync(&vms(vmid), perms::VM_AUDIT)?;
     let g = guest(st, vmid)?;
     let mut rows: Vec<Value> = g
         .snapshots
@@ -977,7 +973,7 @@ fn snapshot_create(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
         .map(str::to_string)
         .ok_or_else(|| ApiError::param("snapname", "property is missing and it is not optional"))?;
     valid_snapname(&name)?;
-    st.check_sync(&vms(vmid), &["VM.Snapshot"])?;
+    st.check_sync(&vms(vmid), perms::VM_SNAPSHOT)?;
     if name == "current" || name == "vzdump" {
         return Err(ApiError::die(format!(
             "unable to use snapshot name '{name}' (reserved name)"
@@ -985,7 +981,7 @@ fn snapshot_create(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
     }
     let g = guest(st, vmid)?;
     let failure = st
-        .check_in_task(&vms(vmid), &["VM.Snapshot"])
+        .check_in_task(&vms(vmid), perms::VM_SNAPSHOT)
         .or_else(|| {
             g.lock()
                 .map(|l| Failure::new(format!("CT is locked ({l})")))
@@ -1010,11 +1006,11 @@ fn snapshot_rollback(st: &mut State, p: &mut Params, v: &str, snap: &str) -> Api
     p.push("snapname", snap);
     let vmid = vmid_param(p, v, &[("snapname", Kind::Str), ("start", Kind::Bool)])?;
     valid_snapname(snap)?;
-    let privs = ["VM.Snapshot", "VM.Snapshot.Rollback"];
-    st.check_sync(&vms(vmid), &privs)?;
+    let privs = perms::VM_ROLLBACK;
+    st.check_sync(&vms(vmid), privs)?;
     let g = guest(st, vmid)?;
     let failure = st
-        .check_in_task(&vms(vmid), &privs)
+        .check_in_task(&vms(vmid), privs)
         .or_else(|| {
             (!g.snapshots.contains_key(snap))
                 .then(|| Failure::new(format!("snapshot '{snap}' does not exist")))
@@ -1044,10 +1040,10 @@ fn snapshot_delete(st: &mut State, p: &mut Params, v: &str, snap: &str) -> ApiRe
     p.push("snapname", snap);
     let vmid = vmid_param(p, v, &[("snapname", Kind::Str), ("force", Kind::Bool)])?;
     valid_snapname(snap)?;
-    st.check_sync(&vms(vmid), &["VM.Snapshot"])?;
+    st.check_sync(&vms(vmid), perms::VM_SNAPSHOT)?;
     let g = guest(st, vmid)?;
     let failure = st
-        .check_in_task(&vms(vmid), &["VM.Snapshot"])
+        .check_in_task(&vms(vmid), perms::VM_SNAPSHOT)
         .or_else(|| {
             (!g.snapshots.contains_key(snap))
                 .then(|| Failure::new(format!("snapshot '{snap}' does not exist")))
@@ -1086,7 +1082,7 @@ fn vzdump(st: &mut State, p: &Params) -> ApiResult {
         &[],
     )?;
     let storage = p.get("storage").unwrap_or("local").to_string();
-    st.check_sync(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
+    st.check_sync(&format!("/storage/{storage}"), perms::DATASTORE_SPACE)?;
     let Some(target) = st.storage(&storage) else {
         return Err(ApiError::die(format!("storage '{storage}' does not exist")));
     };
@@ -1199,7 +1195,7 @@ fn vzdump(st: &mut State, p: &Params) -> ApiResult {
     // VM.Backup is checked inside the worker, for every guest, before any backup.
     let permission = local
         .iter()
-        .find_map(|id| st.check_in_task(&vms(*id), &["VM.Backup"]));
+        .find_map(|id| st.check_in_task(&vms(*id), perms::VM_BACKUP));
     let mut spec = TaskSpec::new("vzdump", task_id, Effect::Backup(backups));
     spec.lock = local.iter().map(|id| (*id, "backup")).collect();
     if let Some(f) = permission {
@@ -1231,12 +1227,7 @@ fn storage_index(st: &State, p: &Params) -> ApiResult {
         .storages
         .iter()
         .filter(|s| p.get("type").is_none_or(|t| t == s.kind))
-        .filter(|s| {
-            st.allowed(
-                &format!("/storage/{}", s.name),
-                &["Datastore.Audit", "Datastore.AllocateSpace"],
-            )
-        })
+        .filter(|s| st.allowed(&format!("/storage/{}", s.name), perms::DATASTORE_SEE))
         .map(|s| {
             let mut row = json!({
                 "storage": s.name,
@@ -1297,12 +1288,7 @@ fn node_storage(st: &State, p: &Params) -> ApiResult {
                     .all(|want| s.content.split(',').any(|h| h == want))
             })
         })
-        .filter(|s| {
-            st.allowed(
-                &format!("/storage/{}", s.name),
-                &["Datastore.Audit", "Datastore.AllocateSpace"],
-            )
-        })
+        .filter(|s| st.allowed(&format!("/storage/{}", s.name), perms::DATASTORE_SEE))
         .map(|s| {
             let used = st.storage_used(s);
             json!({
@@ -1325,10 +1311,7 @@ fn node_storage(st: &State, p: &Params) -> ApiResult {
 fn storage_content(st: &State, p: &mut Params, name: &str) -> ApiResult {
     p.push("storage", name);
     check(p, &[("storage", Kind::Str), ("content", Kind::Str)], &[])?;
-    st.check_sync(
-        &format!("/storage/{name}"),
-        &["Datastore.Audit", "Datastore.AllocateSpace"],
-    )?;
+    st.check_sync(&format!("/storage/{name}"), perms::DATASTORE_SEE)?;
     let Some(storage) = st.storage(name) else {
         return Err(ApiError::die(format!("storage '{name}' does not exist")));
     };
@@ -1337,6 +1320,9 @@ fn storage_content(st: &State, p: &mut Params, name: &str) -> ApiResult {
     let mut rows = Vec::new();
     for b in st.backups.iter().filter(|b| b.storage == storage.name) {
         if want.is_some_and(|c| c != "backup") || vmid.is_some_and(|v| v != i64::from(b.vmid)) {
+            continue;
+        }
+        if !perms::backup_volume_visible(|at, pr| st.holds(at, pr), &storage.name, b.vmid) {
             continue;
         }
         let mut row = json!({

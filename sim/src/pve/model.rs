@@ -718,6 +718,8 @@ pub(crate) struct State {
     pub faults: Vec<Fault>,
     pub denied: Vec<(String, String)>,
     pub denied_at_task: Vec<(String, String)>,
+    /// Roles and ACL entries: the allow model (off until a test grants something).
+    pub acl: super::acl::Acl,
     pub task_duration: Duration,
     pub next_warnings: Option<u32>,
     pub next_failure: Option<String>,
@@ -788,6 +790,7 @@ impl State {
             faults: Vec::new(),
             denied: Vec::new(),
             denied_at_task: Vec::new(),
+            acl: super::acl::Acl::default(),
             task_duration,
             next_warnings: None,
             next_failure: None,
@@ -847,9 +850,15 @@ impl State {
             .any(|(p, pr)| (pr == privilege || pr == "*") && acl_covers(p, path))
     }
 
-    /// `check_any(path, privs)` at request time: `Some(text)` when every one is denied.
+    /// Does the token hold `privilege` on `path`: granted by the ACL (when that model
+    /// is on) and not denied at request time?
+    pub fn holds(&self, path: &str, privilege: &str) -> bool {
+        self.acl.holds(path, privilege) && !Self::denied_in(&self.denied, path, privilege)
+    }
+
+    /// `check_any(path, privs)` at request time: a 403 when not one of them is held.
     pub fn check_sync(&self, path: &str, privs: &[&str]) -> Result<(), super::params::ApiError> {
-        if privs.iter().all(|p| Self::denied_in(&self.denied, path, p)) {
+        if !privs.iter().any(|p| self.holds(path, p)) {
             return Err(super::params::ApiError::forbidden(path, &privs.join("|")));
         }
         Ok(())
@@ -860,12 +869,12 @@ impl State {
         self.check_sync(path, privs).is_ok()
     }
 
-    /// The same check made inside a worker: denied at request or at task time.
+    /// The same check made inside a worker: not held, or denied at task time.
     pub fn check_in_task(&self, path: &str, privs: &[&str]) -> Option<Failure> {
-        let denied = privs.iter().all(|p| {
-            Self::denied_in(&self.denied, path, p) || Self::denied_in(&self.denied_at_task, path, p)
-        });
-        denied.then(|| Failure::permission(path, &privs.join("|")))
+        let held = privs
+            .iter()
+            .any(|p| self.holds(path, p) && !Self::denied_in(&self.denied_at_task, path, p));
+        (!held).then(|| Failure::permission(path, &privs.join("|")))
     }
 
     /// Forks a worker: assigns its UPID, settles its fate, takes its lock.

@@ -1,0 +1,341 @@
+//! Which privileges each simulated endpoint checks, on which ACL path, and when: one
+//! row per endpoint, each naming the `permissions` block (or the in-handler check) of
+//! Proxmox's source it follows. The routes in `api` take their privilege lists from the
+//! constants here, so a row and its check cannot drift apart.
+//!
+//! The table is public so that a test can hold the agent's own privilege table against
+//! it. Owns the table only. It never decides whether a privilege is held (that is `acl` and
+//! the denials in `model`) and never answers a request.
+
+/// `VM.Audit` on `/vms/{vmid}`.
+pub(crate) const VM_AUDIT: &[&str] = &["VM.Audit"];
+/// `VM.PowerMgmt` on `/vms/{vmid}`.
+pub(crate) const VM_POWER: &[&str] = &["VM.PowerMgmt"];
+/// `VM.Allocate` on `/vms/{vmid}`.
+pub(crate) const VM_ALLOCATE: &[&str] = &["VM.Allocate"];
+/// `VM.Snapshot` on `/vms/{vmid}`.
+pub(crate) const VM_SNAPSHOT: &[&str] = &["VM.Snapshot"];
+/// Any of these on `/vms/{vmid}` for a rollback.
+pub(crate) const VM_ROLLBACK: &[&str] = &["VM.Snapshot", "VM.Snapshot.Rollback"];
+/// `VM.Backup` on `/vms/{vmid}` (vzdump's worker; a backup volume's owner).
+pub(crate) const VM_BACKUP: &[&str] = &["VM.Backup"];
+/// Any of these on `/vms/{vmid}` before a config PUT looks at its keys.
+pub(crate) const VM_CONFIG_ANY: &[&str] = &[
+    "VM.Config.Disk",
+    "VM.Config.CPU",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+];
+/// `Sys.Audit` on `/nodes/{node}`.
+pub(crate) const SYS_AUDIT: &[&str] = &["Sys.Audit"];
+/// Any of these on `/storage/{storage}` to see a storage or list its content.
+pub(crate) const DATASTORE_SEE: &[&str] = &["Datastore.Audit", "Datastore.AllocateSpace"];
+/// `Datastore.AllocateSpace` on `/storage/{storage}`.
+pub(crate) const DATASTORE_SPACE: &[&str] = &["Datastore.AllocateSpace"];
+/// `Datastore.Allocate` on `/storage/{storage}`: any volume on it.
+pub(crate) const DATASTORE_ALLOCATE: &[&str] = &["Datastore.Allocate"];
+
+/// When Proxmox makes a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Before the handler runs or in it: a 403.
+    Request,
+    /// Inside the forked worker: the task ends `Permission check failed (…)`.
+    Task,
+    /// Per row of a listing: rows failing it are left out.
+    Filter,
+    /// Never: any authenticated token may call it.
+    None,
+}
+
+/// One endpoint's checks.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointCheck {
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The path after `/api2/json`, with `{…}` for its parameters.
+    pub path: &'static str,
+    /// When the check is made.
+    pub when: When,
+    /// The ACL path, with `{vmid}`, `{node}` or `{storage}` filled from the request.
+    pub acl: &'static str,
+    /// Any one of them suffices.
+    pub any_of: &'static [&'static str],
+    /// The Proxmox source this row follows.
+    pub source: &'static str,
+}
+
+const fn row(
+    method: &'static str,
+    path: &'static str,
+    when: When,
+    acl: &'static str,
+    any_of: &'static [&'static str],
+    source: &'static str,
+) -> EndpointCheck {
+    EndpointCheck {
+        method,
+        path,
+        when,
+        acl,
+        any_of,
+        source,
+    }
+}
+
+/// Every check the simulator makes (an endpoint with several checks has several rows).
+pub const ENDPOINT_CHECKS: &[EndpointCheck] = &[
+    row(
+        "GET",
+        "/version",
+        When::None,
+        "",
+        &[],
+        "pve-manager API2/Version.pm version: user => 'all'",
+    ),
+    row(
+        "GET",
+        "/access/permissions",
+        When::None,
+        "",
+        &[],
+        "pve-access-control API2/AccessControl.pm permissions: user => 'all', one's own (another's needs Sys.Audit on /access)",
+    ),
+    row(
+        "GET",
+        "/nodes",
+        When::None,
+        "",
+        &[],
+        "pve-manager API2/Nodes.pm NodeIndex index: user => 'all'",
+    ),
+    row(
+        "GET",
+        "/storage",
+        When::Filter,
+        "/storage/{storage}",
+        DATASTORE_SEE,
+        "pve-storage API2/Storage/Config.pm index: rows need Datastore.Audit|AllocateSpace",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/status",
+        When::Request,
+        "/nodes/{node}",
+        SYS_AUDIT,
+        "pve-manager API2/Nodes.pm status",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/lxc",
+        When::Filter,
+        "/vms/{vmid}",
+        VM_AUDIT,
+        "pve-container API2/LXC.pm vmlist: only CTs with VM.Audit",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/lxc/{vmid}/status/current",
+        When::Request,
+        "/vms/{vmid}",
+        VM_AUDIT,
+        "pve-container API2/LXC/Status.pm vm_status",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/lxc/{vmid}/config",
+        When::Request,
+        "/vms/{vmid}",
+        VM_AUDIT,
+        "pve-container API2/LXC/Config.pm vm_config",
+    ),
+    row(
+        "PUT",
+        "/nodes/{node}/lxc/{vmid}/config",
+        When::Request,
+        "/vms/{vmid}",
+        VM_CONFIG_ANY,
+        "pve-container API2/LXC/Config.pm update_vm (any => 1)",
+    ),
+    row(
+        "PUT",
+        "/nodes/{node}/lxc/{vmid}/config",
+        When::Request,
+        "/vms/{vmid}",
+        &["VM.Config.CPU|Memory|Options|…, per key"],
+        "pve-container PVE/LXC.pm check_ct_modify_config_perm",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc/{vmid}/status/{start|stop|shutdown|reboot}",
+        When::Request,
+        "/vms/{vmid}",
+        VM_POWER,
+        "pve-container API2/LXC/Status.pm vm_start, vm_stop, vm_shutdown, vm_reboot",
+    ),
+    row(
+        "DELETE",
+        "/nodes/{node}/lxc/{vmid}",
+        When::Request,
+        "/vms/{vmid}",
+        VM_ALLOCATE,
+        "pve-container API2/LXC.pm destroy_vm",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc",
+        When::Request,
+        "/vms/{vmid}",
+        &["VM.Allocate (create) | VM.Backup (restore over an existing CT)"],
+        "pve-container API2/LXC.pm create_vm",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc",
+        When::Request,
+        "/storage/{storage}",
+        DATASTORE_SPACE,
+        "pve-container API2/LXC.pm create_vm",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/lxc/{vmid}/snapshot",
+        When::Request,
+        "/vms/{vmid}",
+        VM_AUDIT,
+        "pve-container API2/LXC/Snapshot.pm list",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc/{vmid}/snapshot",
+        When::Request,
+        "/vms/{vmid}",
+        VM_SNAPSHOT,
+        "pve-container API2/LXC/Snapshot.pm snapshot",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc/{vmid}/snapshot/{snap}/rollback",
+        When::Request,
+        "/vms/{vmid}",
+        VM_ROLLBACK,
+        "pve-container API2/LXC/Snapshot.pm rollback (any => 1; start=1 starts inside the worker, unchecked)",
+    ),
+    row(
+        "DELETE",
+        "/nodes/{node}/lxc/{vmid}/snapshot/{snap}",
+        When::Request,
+        "/vms/{vmid}",
+        VM_SNAPSHOT,
+        "pve-container API2/LXC/Snapshot.pm delsnapshot",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/vzdump",
+        When::Request,
+        "/storage/{storage}",
+        DATASTORE_SPACE,
+        "pve-manager API2/VZDump.pm vzdump",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/vzdump",
+        When::Task,
+        "/vms/{vmid}",
+        VM_BACKUP,
+        "pve-manager PVE/VZDump.pm: VM.Backup per guest, in the worker",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/storage",
+        When::Filter,
+        "/storage/{storage}",
+        DATASTORE_SEE,
+        "pve-storage API2/Storage/Status.pm index",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/storage/{storage}/content",
+        When::Request,
+        "/storage/{storage}",
+        DATASTORE_SEE,
+        "pve-storage API2/Storage/Content.pm index (any => 1)",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/storage/{storage}/content",
+        When::Filter,
+        "/storage/{storage}",
+        DATASTORE_SPACE,
+        "pve-storage PVE/Storage.pm check_volume_access: a backup row needs AllocateSpace on the storage (or Datastore.Allocate)",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/storage/{storage}/content",
+        When::Filter,
+        "/vms/{vmid}",
+        VM_BACKUP,
+        "pve-storage PVE/Storage.pm check_volume_access: … and VM.Backup on its guest",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/tasks",
+        When::Filter,
+        "/nodes/{node}",
+        SYS_AUDIT,
+        "pve-manager API2/Tasks.pm node_tasks: own tasks always, others with Sys.Audit (not modelled: one token owns every task)",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/tasks/{upid}/status",
+        When::None,
+        "",
+        &[],
+        "pve-manager API2/Tasks.pm read_task_status: the owner needs nothing",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/tasks/{upid}/log",
+        When::None,
+        "",
+        &[],
+        "pve-manager API2/Tasks.pm read_task_log: the owner needs nothing",
+    ),
+    row(
+        "DELETE",
+        "/nodes/{node}/tasks/{upid}",
+        When::None,
+        "",
+        &[],
+        "pve-manager API2/Tasks.pm stop_task: the owner needs nothing",
+    ),
+];
+
+/// pve-storage's `check_volume_access` for a backup volume of guest `owner` on
+/// `storage`: `Datastore.Allocate` there, or `Datastore.AllocateSpace` there and
+/// `VM.Backup` on the guest.
+pub(crate) fn backup_volume_visible(
+    holds: impl Fn(&str, &str) -> bool,
+    storage: &str,
+    owner: u32,
+) -> bool {
+    let at = format!("/storage/{storage}");
+    DATASTORE_ALLOCATE.iter().any(|p| holds(&at, p))
+        || (DATASTORE_SPACE.iter().all(|p| holds(&at, p))
+            && VM_BACKUP.iter().all(|p| holds(&format!("/vms/{owner}"), p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_names_its_source_and_a_check_has_an_acl_path() {
+        for r in ENDPOINT_CHECKS {
+            assert!(!r.source.is_empty(), "{r:?}");
+            assert_eq!(r.when == When::None, r.any_of.is_empty(), "{r:?}");
+            assert_eq!(r.acl.is_empty(), r.any_of.is_empty(), "{r:?}");
+        }
+    }
+}

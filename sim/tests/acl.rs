@@ -1,0 +1,125 @@
+//! The allow model over HTTP: a token granted a role on ACL paths holds exactly that,
+//! as Proxmox computes it; anything else is a 403 with Proxmox's text, a task that fails
+//! at its permission check, or a row left out of a listing, each where Proxmox checks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{call, get, sim_with, wait_task};
+use felhom_sim::{AclSubject, GuestSeed, ProxmoxSim};
+use serde_json::json;
+
+/// Grants role `R` (`privs`) on `path` to the user and the token, propagating.
+fn grant(sim: &ProxmoxSim, path: &str, privs: &[&str]) {
+    sim.set_role("R", privs);
+    for s in [AclSubject::User, AclSubject::Token] {
+        sim.acl_modify(path, s, "R", true);
+    }
+}
+
+fn sim_with_backup() -> ProxmoxSim {
+    ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web"))
+        .guest(GuestSeed::new(101, "db"))
+        .backup(100, "2026_11_20-03_00_00")
+        .start()
+}
+
+#[test]
+fn what_is_not_granted_is_a_403_with_proxmoxs_text() {
+    let sim = sim_with(vec![GuestSeed::new(100, "web")]);
+    grant(&sim, "/vms", &["VM.Audit"]);
+    assert_eq!(get(&sim, "/nodes/pve/lxc/100/status/current").status, 200);
+    let r = call(&sim, "POST", "/nodes/pve/lxc/100/status/start", Some(""));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.reason, "Permission check failed (/vms/100, VM.PowerMgmt)");
+    let r = get(&sim, "/nodes/pve/status");
+    assert_eq!(r.status, 403, "nothing granted on /nodes/pve");
+    assert_eq!(r.reason, "Permission check failed (/nodes/pve, Sys.Audit)");
+    assert!(sim.tasks().is_empty(), "nothing ran");
+    assert_eq!(sim.guest_status(100).as_deref(), Some("stopped"));
+}
+
+#[test]
+fn a_token_holds_only_what_it_and_its_user_are_both_granted() {
+    let sim = sim_with(vec![GuestSeed::new(100, "web")]);
+    sim.set_role("Power", &["VM.Audit", "VM.PowerMgmt"]);
+    sim.set_role("Audit", &["VM.Audit"]);
+    sim.acl_modify("/vms", AclSubject::User, "Power", true);
+    sim.acl_modify("/vms", AclSubject::Token, "Audit", true);
+    let r = call(&sim, "POST", "/nodes/pve/lxc/100/status/start", Some(""));
+    assert_eq!(r.status, 403, "the user may, the privsep token may not");
+    sim.set_token_privsep(false);
+    let r = call(&sim, "POST", "/nodes/pve/lxc/100/status/start", Some(""));
+    assert_eq!(r.status, 200, "without privsep the token is its user");
+}
+
+#[test]
+fn a_check_proxmox_makes_in_the_worker_fails_the_task() {
+    let sim = sim_with(vec![GuestSeed::new(100, "web")]);
+    grant(&sim, "/storage", &["Datastore.AllocateSpace"]);
+    let r = call(&sim, "POST", "/nodes/pve/vzdump", Some("vmid=100"));
+    assert_eq!(r.status, 200, "vzdump checks VM.Backup in its worker");
+    let upid = r.data().as_str().unwrap().to_owned();
+    assert_eq!(
+        wait_task(&sim, &upid)["exitstatus"],
+        "Permission check failed (/vms/100, VM.Backup)"
+    );
+    assert!(sim.backups().is_empty(), "no archive was made");
+}
+
+#[test]
+fn listings_leave_out_what_is_not_granted() {
+    let sim = sim_with_backup();
+    sim.set_role("R", &["VM.Audit", "Datastore.Audit"]);
+    for s in [AclSubject::User, AclSubject::Token] {
+        sim.acl_modify("/vms/101", s, "R", true);
+        sim.acl_modify("/storage", s, "R", true);
+    }
+    let guests = get(&sim, "/nodes/pve/lxc").data();
+    let ids: Vec<_> = guests
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["vmid"].clone())
+        .collect();
+    assert_eq!(ids, [json!(101)], "only the granted guest");
+    let content = "/nodes/pve/storage/local/content?content=backup";
+    assert_eq!(
+        get(&sim, content).status,
+        200,
+        "Datastore.Audit lists the storage"
+    );
+    assert_eq!(
+        get(&sim, content).data(),
+        json!([]),
+        "a backup needs AllocateSpace on its storage and VM.Backup on its guest"
+    );
+    sim.set_role("R", &["VM.Audit", "VM.Backup", "Datastore.AllocateSpace"]);
+    sim.acl_modify("/vms/100", AclSubject::User, "R", true);
+    sim.acl_modify("/vms/100", AclSubject::Token, "R", true);
+    assert_eq!(get(&sim, content).data().as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_token_reads_its_own_effective_privileges() {
+    let sim = sim_with(vec![GuestSeed::new(100, "web")]);
+    let all = get(&sim, "/access/permissions?path=/vms/100").data();
+    assert!(
+        all["/vms/100"]["VM.Allocate"] == json!(1),
+        "no model yet: everything, as root: {all}"
+    );
+    grant(&sim, "/vms", &["VM.Audit", "VM.PowerMgmt"]);
+    assert_eq!(
+        get(&sim, "/access/permissions?path=/vms/100").data(),
+        json!({"/vms/100": {"VM.Audit": 1, "VM.PowerMgmt": 1}})
+    );
+    assert_eq!(
+        get(&sim, "/access/permissions?path=/nodes/pve").data(),
+        json!({}),
+        "nothing held there"
+    );
+    let r = get(&sim, "/access/permissions?userid=root@pam");
+    assert_eq!(r.status, 403, "another user's need Sys.Audit on /access");
+}

@@ -1,0 +1,554 @@
+//! The checked Proxmox role. The agent's table of its API calls
+//! (`felhom_agent::proxmox::API_CALLS`) yields the `FelhomAgent` role and the README's
+//! `pveum` recipe; here the recipe is applied, line by line, to the Proxmox simulator's
+//! allow model (roles, ACL paths, a privilege-separated token), and then:
+//!
+//! - under exactly that role, every selftest and the daemon (the real binary) do all
+//!   they do today: report (node, guests, storages, backups), reconcile config writes,
+//!   a start and a stop, a signed `guest_destroy`, with no refusal anywhere;
+//! - for each privilege of the role, the same run under the role without it breaks the
+//!   feature the table names for it (an `event=` key, an exit code, or what the report
+//!   or the simulator holds), so the list is complete and minimal.
+//!
+//! Also: every API call of the client has a row; the README's recipe and table are the
+//! table's output; and the table and the simulator's own endpoint table agree.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::agent::{Agent, fast_hub, write_agent_config};
+use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use felhom_agent::base::{Clock as _, SystemClock};
+use felhom_agent::proxmox::{
+    API_CALLS, Feature, ROLE_NAME, features_needing, pveum_recipe, role_privileges,
+    role_table_markdown,
+};
+use felhom_agent::store::SECOND_MS_ENV;
+use felhom_sim::{AclSubject, ENDPOINT_CHECKS, GuestSeed, HubSim, ProxmoxSim, When};
+use serde_json::{Value, json};
+
+/// Applies a `pveum` recipe to the simulator as Proxmox would: roles, the token's
+/// privilege separation, and each ACL entry for the user or the token. The user and
+/// token themselves exist in the simulator already.
+fn apply_recipe(pve: &ProxmoxSim, recipe: &str) {
+    for line in recipe.lines() {
+        let words = shell_words(line);
+        let w: Vec<&str> = words.iter().map(String::as_str).collect();
+        match w.as_slice() {
+            ["pveum", "role", "add", name, "--privs", privs] => {
+                let privs: Vec<&str> = privs.split(',').collect();
+                pve.set_role(name, &privs);
+            }
+            ["pveum", "user", "add", ..] => {}
+            ["pveum", "user", "token", "add", _, _, "--privsep", p, ..] => {
+                pve.set_token_privsep(*p == "1");
+            }
+            ["pveum", "acl", "modify", path, kind, who, "--roles", role] => {
+                let subject = match *kind {
+                    "--users" => AclSubject::User,
+                    "--tokens" => AclSubject::Token,
+                    other => panic!("unknown ACL subject {other} in {line}"),
+                };
+                assert!(
+                    who.starts_with("felhom-agent@pve"),
+                    "the recipe grants to its own user and token: {line}"
+                );
+                // `pveum acl modify` propagates unless told `--propagate 0`.
+                pve.acl_modify(path, subject, role, true);
+            }
+            other => panic!("a recipe line the test does not know: {other:?}"),
+        }
+    }
+}
+
+/// Splits a shell line on blanks, honouring '…' and "…" quotes.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    let mut any = false;
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                any = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (None, ' ') => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            (_, c) => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+/// The host every run starts from: 100 running (2 cores, 512 MiB, "web") with a backup
+/// on `local`, 101 stopped, 102 running, 103 stopped (the one a signed op destroys).
+fn pve_sim() -> ProxmoxSim {
+    ProxmoxSim::builder()
+        .guest(
+            GuestSeed::new(100, "web")
+                .running(true)
+                .cores(2)
+                .memory_mib(512)
+                .description("web"),
+        )
+        .guest(GuestSeed::new(101, "db"))
+        .guest(GuestSeed::new(102, "cache").running(true))
+        .guest(GuestSeed::new(103, "old"))
+        .backup(100, "2026_11_20-03_00_00")
+        .task_duration(std::time::Duration::from_millis(30))
+        .start()
+}
+
+/// A simulator under the recipe's role, without `without` (if any).
+fn pve_with_role(without: Option<&str>) -> ProxmoxSim {
+    let pve = pve_sim();
+    apply_recipe(&pve, &pveum_recipe(&pve.node()));
+    if let Some(p) = without {
+        let rest: Vec<&str> = role_privileges().into_iter().filter(|r| *r != p).collect();
+        pve.set_role(ROLE_NAME, &rest);
+    }
+    pve
+}
+
+/// One test's directory, removed at the end.
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The daemon's config: signed ops allowed for the test key, reconciling toward a
+/// desired file that raises 100's cores and memory, changes its description, starts
+/// 101 and stops 102.
+fn config(dir: &Path, pve: &ProxmoxSim, hub: &HubSim) -> PathBuf {
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let desired = json!({"generation": 1, "guests": [
+        {"vmid": 100, "run": "running", "spec": {"cores": 4, "memory_bytes": 1u64 << 30},
+            "description": "web v2"},
+        {"vmid": 101, "run": "running"},
+        {"vmid": 102, "run": "stopped"}
+    ]});
+    std::fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
+    write_agent_config(dir, pve, hub, |v| {
+        v["hub"]["poll_seconds"] = json!(60);
+        v["authz"] = authz_json();
+        v["reconcile"] = json!({"desired_file": dir.join("desired.json")});
+    })
+}
+
+/// `felhom-agent selftest ARGS` under `cfg`.
+fn selftest(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(common::agent::BIN)
+        .arg("selftest")
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap()
+}
+
+/// The daemon on `cfg`, with the hub holding a signed destroy of guest 103.
+fn daemon(dir: &Path, cfg: &Path, pve: &ProxmoxSim, hub: &HubSim) -> Agent {
+    let digest = pve.guest_digest(103).unwrap();
+    let blob = destroy_blob("pve-a", "103", &digest, SystemClock.now().unix());
+    let sig = ssh_keygen_sign(dir, &blob);
+    hub.queue_signed_op(&blob, Some(&sig));
+    Agent::spawn(
+        &["run"],
+        cfg,
+        &dir.join("stderr.log"),
+        &[(SECOND_MS_ENV, "20")],
+    )
+}
+
+fn out_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn cores(pve: &ProxmoxSim, vmid: u32) -> Option<Value> {
+    pve.guest_config(vmid).and_then(|c| c.get("cores").cloned())
+}
+
+#[test]
+fn under_exactly_the_role_every_selftest_and_every_op_works() {
+    let started = Instant::now();
+    let pve = pve_with_role(None);
+    let hub = fast_hub();
+    let dir = Dir(common::tempdir("role", "full"));
+    let cfg = config(&dir.0, &pve, &hub);
+
+    let read = selftest(&cfg, &["read"]);
+    assert_eq!(read.status.code(), Some(0), "{}", out_text(&read));
+    let stdout = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert!(
+        stdout.contains("4 LXC guests"),
+        "every guest visible: {stdout}"
+    );
+    let task = selftest(&cfg, &["task", "--vmid", "100"]);
+    assert_eq!(task.status.code(), Some(0), "{}", out_text(&task));
+
+    let mut agent = daemon(&dir.0, &cfg, &pve, &hub);
+    agent.wait_until("every op of the pass and the signed destroy done", |_| {
+        cores(&pve, 100) == Some(json!(4))
+            && pve.guest_config(100).and_then(|c| c.get("memory").cloned()) == Some(json!(1024))
+            && pve.guest_status(101).as_deref() == Some("running")
+            && pve.guest_status(102).as_deref() == Some("stopped")
+            && !pve.guest_ids().contains(&103)
+    });
+    let description = pve
+        .guest_config(100)
+        .and_then(|c| c.get("description").cloned());
+    assert_eq!(description, Some(json!("web v2\n")));
+    let handled = agent.wait_for_event("signed_op_handled", |_| true);
+    assert_eq!(handled.field("outcome"), "executed", "{handled:?}");
+
+    let mut report = Value::Null;
+    agent.wait_until("a report made after the destroy", |_| {
+        report = hub.reports().last().cloned().unwrap_or(Value::Null);
+        report["guests"].as_array().is_some_and(|g| g.len() == 3)
+    });
+    assert!(report["host"]["memory"]["total_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        !report["storage_targets"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let backups = report["backups"].as_array().unwrap();
+    assert!(
+        backups.iter().any(|b| b["vmid"] == 100),
+        "the backup of 100 is reported: {report}"
+    );
+    assert!(
+        agent.events("action_failed").is_empty(),
+        "no action failed:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.events("report_failed").is_empty(),
+        "no report failed:\n{}",
+        agent.log()
+    );
+    assert!(
+        pve.requests().iter().all(|q| q.status != 403),
+        "no request was refused"
+    );
+    let status = agent.stop_with("TERM");
+    assert_eq!(status.code(), Some(0));
+    eprintln!("full role run: {:?}", started.elapsed());
+}
+
+/// How a case shows its feature broke.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// `selftest task --vmid 100` exits 1 and leaves no snapshot.
+    SelftestTask,
+    /// The daemon logs `report_failed` and the hub got no report.
+    ReportFails,
+    /// The daemon's report lacks this collection (empty) while the guests are there.
+    ReportEmpty(&'static str),
+    /// The daemon logs `action_failed` for this action on this guest, which stays so.
+    ActionFails(&'static str, u32),
+    /// The signed destroy of 103 ends `failed` and 103 survives.
+    DestroyFails,
+}
+
+/// Each privilege of the role, the feature that breaks without it, and how that shows.
+const CASES: &[(&str, Feature, Probe)] = &[
+    ("Sys.Audit", Feature::Report, Probe::ReportFails),
+    ("VM.Audit", Feature::Report, Probe::ReportEmpty("guests")),
+    (
+        "Datastore.AllocateSpace",
+        Feature::Report,
+        Probe::ReportEmpty("storage_targets"),
+    ),
+    ("VM.Backup", Feature::Report, Probe::ReportEmpty("backups")),
+    (
+        "VM.Config.CPU",
+        Feature::ReconcileConfig,
+        Probe::ActionFails("set_config", 100),
+    ),
+    (
+        "VM.Config.Memory",
+        Feature::ReconcileConfig,
+        Probe::ActionFails("set_config", 100),
+    ),
+    (
+        "VM.Config.Options",
+        Feature::SelftestTask,
+        Probe::SelftestTask,
+    ),
+    (
+        "VM.PowerMgmt",
+        Feature::ReconcileStart,
+        Probe::ActionFails("start", 101),
+    ),
+    ("VM.Allocate", Feature::GuestDestroy, Probe::DestroyFails),
+    ("VM.Snapshot", Feature::SelftestTask, Probe::SelftestTask),
+];
+
+/// Runs `probe` on a fresh simulator whose role lacks `privilege`; panics unless the
+/// feature broke as the probe says.
+fn assert_breaks(privilege: &str, probe: Probe) {
+    let pve = pve_with_role(Some(privilege));
+    let hub = fast_hub();
+    let dir = Dir(common::tempdir("role", &privilege.replace('.', "-")));
+    let cfg = config(&dir.0, &pve, &hub);
+    // `selftest read` reads the token's own privileges and names the one missing.
+    let read = selftest(&cfg, &["read"]);
+    assert_eq!(read.status.code(), Some(1), "{}", out_text(&read));
+    let stdout = String::from_utf8_lossy(&read.stdout).into_owned();
+    let failed = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL  privileges"))
+        .unwrap_or_else(|| panic!("a failed privileges step: {stdout}"));
+    assert!(
+        failed.split([' ', ';']).any(|w| w == privilege),
+        "the step names {privilege}: {failed}"
+    );
+    assert!(
+        stdout.contains(&format!("pveum role add {ROLE_NAME} ")),
+        "the fix is printed with the failure: {stdout}"
+    );
+    match probe {
+        Probe::SelftestTask => {
+            let out = selftest(&cfg, &["task", "--vmid", "100"]);
+            assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+            assert!(pve.snapshots(100).is_empty(), "no snapshot left behind");
+        }
+        Probe::ReportFails => {
+            let mut agent = daemon(&dir.0, &cfg, &pve, &hub);
+            agent.wait_for_event("report_failed", |_| true);
+            assert!(hub.reports().is_empty(), "no report reached the hub");
+            assert_eq!(agent.stop_with("TERM").code(), Some(0));
+        }
+        Probe::ReportEmpty(collection) => {
+            let mut agent = daemon(&dir.0, &cfg, &pve, &hub);
+            let reports = hub.wait_for_reports(1, common::agent::PATIENCE);
+            agent.assert_alive();
+            let r = reports.first().expect("a report");
+            assert_eq!(r[collection], json!([]), "{collection} is empty: {r}");
+            if collection != "guests" {
+                assert!(!r["guests"].as_array().unwrap().is_empty(), "{r}");
+            }
+            if collection == "backups" {
+                assert!(!r["storage_targets"].as_array().unwrap().is_empty(), "{r}");
+            }
+            assert_eq!(agent.stop_with("TERM").code(), Some(0));
+        }
+        Probe::ActionFails(action, vmid) => {
+            let before = pve.guest_config(vmid);
+            let mut agent = daemon(&dir.0, &cfg, &pve, &hub);
+            let failed = agent.wait_for_event("action_failed", |e| {
+                e.field("action") == action && e.field("vmid") == vmid.to_string()
+            });
+            assert_eq!(failed.field("transient"), "false", "{failed:?}");
+            assert_eq!(agent.stop_with("TERM").code(), Some(0));
+            match action {
+                "start" => assert_eq!(pve.guest_status(vmid).as_deref(), Some("stopped")),
+                _ => assert_eq!(pve.guest_config(vmid), before, "the config is unchanged"),
+            }
+        }
+        Probe::DestroyFails => {
+            let mut agent = daemon(&dir.0, &cfg, &pve, &hub);
+            let handled = agent.wait_for_event("signed_op_handled", |_| true);
+            assert_eq!(handled.field("outcome"), "failed", "{handled:?}");
+            assert!(pve.guest_ids().contains(&103), "103 survives");
+            assert_eq!(agent.stop_with("TERM").code(), Some(0));
+        }
+    }
+}
+
+#[test]
+fn without_any_one_privilege_of_the_role_a_named_feature_breaks() {
+    let role = role_privileges();
+    let covered: Vec<&str> = CASES.iter().map(|(p, _, _)| *p).collect();
+    let mut sorted = covered.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, role, "one case per privilege of the role, no other");
+    let started = Instant::now();
+    for (privilege, feature, probe) in CASES {
+        assert!(
+            features_needing(privilege).contains(feature),
+            "the table says {privilege} is needed by {}",
+            feature.name()
+        );
+        let case = Instant::now();
+        assert_breaks(privilege, *probe);
+        eprintln!(
+            "without {privilege}: {} broke in {:?}",
+            feature.name(),
+            case.elapsed()
+        );
+    }
+    eprintln!("matrix of {} cases: {:?}", CASES.len(), started.elapsed());
+}
+
+#[test]
+fn every_api_call_of_the_client_has_a_row_and_every_row_a_call_or_a_pending_feature() {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/proxmox/client.rs"
+    ))
+    .unwrap();
+    // A method whose doc opens with "`GET …", "`POST …" etc. makes one API call.
+    let mut calls = Vec::new();
+    let mut doc_opens_with_call = false;
+    let mut in_doc = false;
+    for line in src.lines().map(str::trim) {
+        if let Some(doc) = line.strip_prefix("///") {
+            if !in_doc {
+                let d = doc.trim_start();
+                doc_opens_with_call = ["`GET ", "`POST ", "`PUT ", "`DELETE "]
+                    .iter()
+                    .any(|m| d.starts_with(m));
+            }
+            in_doc = true;
+            continue;
+        }
+        in_doc = false;
+        if let Some(rest) = line.strip_prefix("pub fn ")
+            && doc_opens_with_call
+        {
+            calls.push(rest.split('(').next().unwrap().to_owned());
+        }
+        doc_opens_with_call = false;
+    }
+    assert!(
+        calls.len() >= 20,
+        "the parse found the client's calls: {calls:?}"
+    );
+    for c in &calls {
+        assert!(
+            API_CALLS.iter().any(|r| r.client_fn == *c),
+            "Client::{c} calls the API but has no row in src/proxmox/privileges.rs"
+        );
+    }
+    for row in API_CALLS {
+        let exists = calls.iter().any(|c| c == row.client_fn);
+        let pending = row.features.iter().all(|f| !f.wired());
+        assert!(
+            exists || pending,
+            "{} is a row of a wired feature but the client has no such call",
+            row.client_fn
+        );
+        assert!(!row.source.is_empty(), "{} names its source", row.client_fn);
+    }
+}
+
+/// `{snapname}` and `{snap}` are one placeholder; the power verbs are one row there.
+fn shape(path: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                depth += 1;
+                out.push_str("{}");
+            }
+            '}' => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn the_agents_table_and_the_simulators_table_agree_on_every_wired_call() {
+    for row in API_CALLS
+        .iter()
+        .filter(|r| r.features.iter().any(|f| f.wired()))
+    {
+        let want = shape(row.path);
+        let sim_rows: Vec<_> = ENDPOINT_CHECKS
+            .iter()
+            .filter(|s| s.method == row.method)
+            .filter(|s| {
+                let have = shape(s.path);
+                have == want
+                    || (have.ends_with("/status/{}")
+                        && want.starts_with(have.trim_end_matches("{}")))
+            })
+            .collect();
+        assert!(
+            !sim_rows.is_empty(),
+            "the simulator has no row for {} {}",
+            row.method,
+            row.path
+        );
+        if !row.case.is_empty() && row.method == "PUT" {
+            // Per-key config checks: the simulator keeps them in config_key_priv.
+            continue;
+        }
+        for r in row.requires {
+            let found = sim_rows.iter().any(|s| {
+                s.when != When::None
+                    && s.acl == r.acl.pattern()
+                    && s.any_of.len() == r.any_of.len()
+                    && r.any_of.iter().all(|p| s.any_of.contains(p))
+            });
+            assert!(
+                found,
+                "{} {}: the simulator does not check {:?} on {}",
+                row.method,
+                row.path,
+                r.any_of,
+                r.acl.pattern()
+            );
+        }
+        if row.requires.is_empty() {
+            assert!(
+                sim_rows.iter().all(|s| s.when == When::None
+                    || (s.when == When::Filter && s.path.ends_with("/tasks"))),
+                "{} {} needs nothing in the agent's table: {sim_rows:?}",
+                row.method,
+                row.path
+            );
+        }
+    }
+}
+
+/// The text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in the README,
+/// without a surrounding code fence.
+fn readme_block(name: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let begin = format!("<!-- {name}:begin -->\n");
+    let end = format!("<!-- {name}:end -->");
+    let from = readme.find(&begin).expect("the README has the block") + begin.len();
+    let to = from + readme[from..].find(&end).expect("the block ends");
+    let block = &readme[from..to];
+    block
+        .strip_prefix("```sh\n")
+        .and_then(|b| b.strip_suffix("```\n"))
+        .unwrap_or(block)
+        .to_owned()
+}
+
+#[test]
+fn the_readme_recipe_and_table_are_the_tables_output() {
+    assert_eq!(readme_block("pveum-recipe"), pveum_recipe("NODE"));
+    assert_eq!(readme_block("role-table"), role_table_markdown());
+}
