@@ -168,6 +168,23 @@ fn op_new_prints_a_blob_that_ssh_keygen_signs_and_verify_accepts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     assert!(text(&out.stderr).contains("guest_destroy, restore_overwrite"));
+    // A protected guest: the blob is printed with its new digest, and a note says
+    // what the agent would refuse without `unprotect`.
+    pve.set_config_value(105, "protection", Some("1"));
+    let out = agent(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["guest_digest"], pve.guest_digest(105).unwrap().as_str());
+    assert_ne!(b["guest_digest"], digest.as_str());
+    assert!(
+        text(&out.stderr).contains("--param unprotect=1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut unprotect = args.to_vec();
+    unprotect.extend(["--param", "unprotect=1"]);
+    assert!(agent(&unprotect).stderr.is_empty());
+
     // A guest Proxmox does not have: exit 1, no blob.
     let out = agent(&[
         "op",

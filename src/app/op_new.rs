@@ -194,8 +194,18 @@ pub(crate) fn op_new(
         }
     };
     let digest = match (req.guest, &req.digest) {
-        (Some(vmid), None) => match read_digest(&cfg, vmid) {
-            Ok(d) => Some(d),
+        (Some(vmid), None) => match read_guest(&cfg, vmid) {
+            Ok((d, protected)) => {
+                if protected && req.params.get("unprotect").map(String::as_str) != Some("1") {
+                    // Not an error: the operator may mean to clear the flag first.
+                    let _ = writeln!(
+                        err,
+                        "felhom-agent: note: guest {vmid} has protection: 1; without \
+                         --param unprotect=1 the agent refuses this op as `protected`"
+                    );
+                }
+                Some(d)
+            }
             Err(e) => {
                 let _ = writeln!(err, "felhom-agent: op new: {e}");
                 return EXIT_FAILED;
@@ -241,8 +251,8 @@ pub(crate) fn op_new(
     }
 }
 
-/// The guest's config digest as Proxmox reports it now.
-fn read_digest(cfg: &Config, vmid: u32) -> Result<String, String> {
+/// The guest's config digest as Proxmox reports it now, and whether it is protected.
+fn read_guest(cfg: &Config, vmid: u32) -> Result<(String, bool), String> {
     let section = cfg
         .proxmox
         .as_ref()
@@ -251,7 +261,9 @@ fn read_digest(cfg: &Config, vmid: u32) -> Result<String, String> {
     let conf = client
         .guest_config(vmid)
         .map_err(|e| format!("reading guest {vmid}'s config: {e}"))?;
+    let protected = conf.protected();
     conf.digest
+        .map(|d| (d, protected))
         .ok_or_else(|| format!("guest {vmid}'s config carries no digest"))
 }
 
