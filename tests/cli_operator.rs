@@ -185,6 +185,22 @@ fn op_new_prints_a_blob_that_ssh_keygen_signs_and_verify_accepts() {
     unprotect.extend(["--param", "unprotect=1"]);
     assert!(agent(&unprotect).stderr.is_empty());
 
+    // More params than the verifier's blob cap holds: refused, no blob.
+    let big = format!("note={}", "x".repeat(4000));
+    let mut many: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    for i in 0..20 {
+        many.extend(["--param".to_owned(), format!("k{i}{big}")]);
+    }
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let out = agent(&many);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("65536-byte cap"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A guest Proxmox does not have: exit 1, no blob.
     let out = agent(&[
         "op",

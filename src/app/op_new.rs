@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config};
 use super::wiring;
-use crate::authz::Role;
+use crate::authz::{MAX_BLOB_BYTES, OpBlob, Role};
 use crate::base::encoding::hex_encode;
 use crate::base::time::{Clock, SystemClock, Timestamp};
 use crate::config::{Config, Mode};
@@ -242,7 +242,26 @@ pub(crate) fn op_new(
         ("not_before", now.to_rfc3339().into()),
         ("expires_at", expires.to_rfc3339().into()),
     ]);
-    match out.write_all(render(&fields).as_bytes()) {
+    let blob = render(&fields);
+    // What is printed is what the verifier will parse: within its size cap and read by
+    // its own parser, so no blob is printed that the agent would refuse as malformed.
+    if blob.len() > MAX_BLOB_BYTES {
+        let _ = writeln!(
+            err,
+            "felhom-agent: op new: the blob would be {} bytes, over the verifier's {MAX_BLOB_BYTES}-byte cap (fewer or shorter --param)",
+            blob.len()
+        );
+        return EXIT_USAGE;
+    }
+    if let Err(e) = OpBlob::parse(blob.as_bytes()) {
+        let _ = writeln!(
+            err,
+            "felhom-agent: op new: the verifier would refuse this blob: {}",
+            e.detail()
+        );
+        return EXIT_USAGE;
+    }
+    match out.write_all(blob.as_bytes()) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             let _ = writeln!(err, "felhom-agent: op new: cannot write the blob: {e}");
