@@ -168,6 +168,39 @@ fn op_new_prints_a_blob_that_ssh_keygen_signs_and_verify_accepts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     assert!(text(&out.stderr).contains("guest_destroy, restore_overwrite"));
+    // A protected guest: the blob is printed with its new digest, and a note says
+    // what the agent would refuse without `unprotect`.
+    pve.set_config_value(105, "protection", Some("1"));
+    let out = agent(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["guest_digest"], pve.guest_digest(105).unwrap().as_str());
+    assert_ne!(b["guest_digest"], digest.as_str());
+    assert!(
+        text(&out.stderr).contains("--param unprotect=1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut unprotect = args.to_vec();
+    unprotect.extend(["--param", "unprotect=1"]);
+    assert!(agent(&unprotect).stderr.is_empty());
+
+    // More params than the verifier's blob cap holds: refused, no blob.
+    let big = format!("note={}", "x".repeat(4000));
+    let mut many: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    for i in 0..20 {
+        many.extend(["--param".to_owned(), format!("k{i}{big}")]);
+    }
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let out = agent(&many);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("65536-byte cap"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A guest Proxmox does not have: exit 1, no blob.
     let out = agent(&[
         "op",

@@ -38,7 +38,7 @@ pub(crate) fn load_config(path: &Path, mode: Mode, err: &mut dyn Write) -> Resul
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     /// Lines for a person; outside text shown unescaped but with control characters
-    /// made visible ([`visible`]).
+    /// made visible.
     #[default]
     Text,
     /// One JSON document and a newline on stdout.

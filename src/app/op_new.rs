@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config};
 use super::wiring;
-use crate::authz::Role;
+use crate::authz::{MAX_BLOB_BYTES, OpBlob, Role};
 use crate::base::encoding::hex_encode;
 use crate::base::time::{Clock, SystemClock, Timestamp};
 use crate::config::{Config, Mode};
@@ -194,8 +194,18 @@ pub(crate) fn op_new(
         }
     };
     let digest = match (req.guest, &req.digest) {
-        (Some(vmid), None) => match read_digest(&cfg, vmid) {
-            Ok(d) => Some(d),
+        (Some(vmid), None) => match read_guest(&cfg, vmid) {
+            Ok((d, protected)) => {
+                if protected && req.params.get("unprotect").map(String::as_str) != Some("1") {
+                    // Not an error: the operator may mean to clear the flag first.
+                    let _ = writeln!(
+                        err,
+                        "felhom-agent: note: guest {vmid} has protection: 1; without \
+                         --param unprotect=1 the agent refuses this op as `protected`"
+                    );
+                }
+                Some(d)
+            }
             Err(e) => {
                 let _ = writeln!(err, "felhom-agent: op new: {e}");
                 return EXIT_FAILED;
@@ -232,7 +242,26 @@ pub(crate) fn op_new(
         ("not_before", now.to_rfc3339().into()),
         ("expires_at", expires.to_rfc3339().into()),
     ]);
-    match out.write_all(render(&fields).as_bytes()) {
+    let blob = render(&fields);
+    // What is printed is what the verifier will parse: within its size cap and read by
+    // its own parser, so no blob is printed that the agent would refuse as malformed.
+    if blob.len() > MAX_BLOB_BYTES {
+        let _ = writeln!(
+            err,
+            "felhom-agent: op new: the blob would be {} bytes, over the verifier's {MAX_BLOB_BYTES}-byte cap (fewer or shorter --param)",
+            blob.len()
+        );
+        return EXIT_USAGE;
+    }
+    if let Err(e) = OpBlob::parse(blob.as_bytes()) {
+        let _ = writeln!(
+            err,
+            "felhom-agent: op new: the verifier would refuse this blob: {}",
+            e.detail()
+        );
+        return EXIT_USAGE;
+    }
+    match out.write_all(blob.as_bytes()) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             let _ = writeln!(err, "felhom-agent: op new: cannot write the blob: {e}");
@@ -241,8 +270,8 @@ pub(crate) fn op_new(
     }
 }
 
-/// The guest's config digest as Proxmox reports it now.
-fn read_digest(cfg: &Config, vmid: u32) -> Result<String, String> {
+/// The guest's config digest as Proxmox reports it now, and whether it is protected.
+fn read_guest(cfg: &Config, vmid: u32) -> Result<(String, bool), String> {
     let section = cfg
         .proxmox
         .as_ref()
@@ -251,7 +280,9 @@ fn read_digest(cfg: &Config, vmid: u32) -> Result<String, String> {
     let conf = client
         .guest_config(vmid)
         .map_err(|e| format!("reading guest {vmid}'s config: {e}"))?;
+    let protected = conf.protected();
     conf.digest
+        .map(|d| (d, protected))
         .ok_or_else(|| format!("guest {vmid}'s config carries no digest"))
 }
 

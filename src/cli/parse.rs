@@ -149,6 +149,10 @@ fn find_command(words: &[String]) -> Result<(&'static CommandSpec, usize), Usage
         return Err(usage(format!("unknown command {first:?}")));
     }
     let second = words.get(1).map(String::as_str).unwrap_or("");
+    // `op --help`: the help of its (first) subcommand.
+    if let ("--help" | "-h", Some(c)) = (second, subs.first()) {
+        return Ok((c, 1));
+    }
     if let Some(c) = subs
         .iter()
         .find(|c| c.name.split(' ').nth(1) == Some(second))

@@ -235,6 +235,12 @@ fn every_command_has_help_in_both_spellings_and_as_a_flag() {
             .0
             .contains("not a command")
     );
+    for (w, topic) in [
+        (&["op", "--help"], "op new"),
+        (&["state", "-h"], "state acknowledge-damage"),
+    ] {
+        assert_eq!(p(w).unwrap(), Command::Help { topic: Some(topic) }, "{w:?}");
+    }
 }
 
 #[test]
