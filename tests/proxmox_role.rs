@@ -5,7 +5,8 @@
 //!
 //! - under exactly that role, every selftest and the daemon (the real binary) do all
 //!   they do today: report (node, guests, storages, backups), reconcile config writes,
-//!   a start and a stop, a signed `guest_destroy`, with no refusal anywhere;
+//!   a start and a stop, a signed `guest_destroy` of a protected guest (`unprotect`),
+//!   with no refusal anywhere;
 //! - for each privilege of the role, the same run under the role without it breaks the
 //!   feature the table names for it (an `event=` key, an exit code, or what the report
 //!   or the simulator holds), so the list is complete and minimal.
@@ -17,13 +18,13 @@
 
 mod common;
 use common::agent::{Agent, fast_hub, write_agent_config};
-use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
+use common::sign::{authz_json, nonce, ssh_keygen_sign};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use felhom_agent::base::{Clock as _, SystemClock};
+use felhom_agent::base::{Clock as _, SystemClock, Timestamp};
 use felhom_agent::proxmox::{
     API_CALLS, Feature, ROLE_NAME, features_needing, pveum_recipe, role_privileges,
     role_table_markdown,
@@ -98,9 +99,10 @@ fn shell_words(line: &str) -> Vec<String> {
 }
 
 /// The host every run starts from: 100 running (2 cores, 512 MiB, "web") with a backup
-/// on `local`, 101 stopped, 102 running, 103 stopped (the one a signed op destroys).
+/// on `local`, 101 stopped, 102 running, 103 stopped and protected (the one a signed op
+/// destroys, with `unprotect`).
 fn pve_sim() -> ProxmoxSim {
-    ProxmoxSim::builder()
+    let pve = ProxmoxSim::builder()
         .guest(
             GuestSeed::new(100, "web")
                 .running(true)
@@ -113,7 +115,9 @@ fn pve_sim() -> ProxmoxSim {
         .guest(GuestSeed::new(103, "old"))
         .backup(100, "2026_11_20-03_00_00")
         .task_duration(std::time::Duration::from_millis(30))
-        .start()
+        .start();
+    pve.set_config_value(103, "protection", Some("1"));
+    pve
 }
 
 /// A simulator under the recipe's role, without `without` (if any).
@@ -166,10 +170,23 @@ fn selftest(cfg: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A signed `guest_destroy` of protected guest 103 that says `unprotect`: clearing the
+/// flag is a config write (`VM.Config.Options`), the destroy needs `VM.Allocate`.
+fn destroy_unprotect_blob(digest: &str) -> Vec<u8> {
+    let now = SystemClock.now().unix();
+    format!(
+        "{{\"op\":\"guest_destroy\",\"host_id\":\"pve-a\",\"guest_id\":\"103\",\"guest_digest\":\"{digest}\",\"params\":{{\"purge\":\"1\",\"unprotect\":\"1\"}},\"key_id\":\"ops-2026\",\"nonce\":\"{}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
+        nonce(),
+        Timestamp(now - 60),
+        Timestamp(now + 1800)
+    )
+    .into_bytes()
+}
+
 /// The daemon on `cfg`, with the hub holding a signed destroy of guest 103.
 fn daemon(dir: &Path, cfg: &Path, pve: &ProxmoxSim, hub: &HubSim) -> Agent {
     let digest = pve.guest_digest(103).unwrap();
-    let blob = destroy_blob("pve-a", "103", &digest, SystemClock.now().unix());
+    let blob = destroy_unprotect_blob(&digest);
     let sig = ssh_keygen_sign(dir, &blob);
     hub.queue_signed_op(&blob, Some(&sig));
     Agent::spawn(
@@ -224,6 +241,13 @@ fn under_exactly_the_role_every_selftest_and_every_op_works() {
     assert_eq!(description, Some(json!("web v2\n")));
     let handled = agent.wait_for_event("signed_op_handled", |_| true);
     assert_eq!(handled.field("outcome"), "executed", "{handled:?}");
+    let node = pve.node();
+    assert!(
+        pve.mutations().iter().any(|m| m.method == "PUT"
+            && m.path == format!("/nodes/{node}/lxc/103/config")
+            && m.form.iter().any(|(k, v)| k == "protection" && v == "0")),
+        "the protection was cleared before the destroy"
+    );
 
     let mut report = Value::Null;
     agent.wait_until("a report made after the destroy", |_| {

@@ -537,6 +537,9 @@ fn task_status_rejects_junk_and_unknown_upids() {
 #[test]
 fn task_log_pages_and_task_list_filters() {
     let sim = sim_with(vec![GuestSeed::new(100, "web"), GuestSeed::new(101, "db")]);
+    // A task that outlasts the checks below however slow the machine is; the simulator's
+    // clock then ends it.
+    sim.set_task_duration(std::time::Duration::from_secs(600));
     let dump = post(
         &sim,
         "/nodes/pve/vzdump",
@@ -549,6 +552,8 @@ fn task_log_pages_and_task_list_filters() {
     assert_eq!(active.as_array().unwrap().len(), 1);
     assert_eq!(active[0]["status"], "RUNNING");
     assert_eq!(get(&sim, "/nodes/pve/tasks").data(), json!([]));
+    sim.advance_clock(std::time::Duration::from_secs(601));
+    sim.set_task_duration(felhom_sim::DEFAULT_TASK_DURATION);
     wait_task(&sim, &dump);
     assert!(sim.guest_config(100).unwrap().get("lock").is_none());
 
