@@ -47,7 +47,9 @@ fn surface(help: &str) -> HelpSurface {
         if let Some(rest) = line.strip_prefix("  felhom-agent ") {
             let first = rest.split_whitespace().next().unwrap_or("");
             let word = first.trim_matches(|c| c == '[' || c == ']');
-            if !word.starts_with('-') && !word.is_empty() {
+            // `COMMAND --help` names a placeholder, not a command.
+            let placeholder = word.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            if !word.starts_with('-') && !word.is_empty() && !placeholder {
                 s.commands.insert(word.to_owned());
             }
         }
@@ -177,6 +179,7 @@ fn the_man_page_documents_every_command_option_and_exit_code_the_binary_lists() 
 #[test]
 fn the_man_page_check_finds_a_command_an_option_and_an_exit_code_left_out() {
     let help = "Usage:\n  felhom-agent frobnicate [--wobble N] [-Q]\n\
+                \x20 felhom-agent COMMAND --help\n\
                 Exit codes: 0 ok, 7 odd.\n";
     let s = surface(help);
     let missing = missing_from_man(&s, &man_text());
