@@ -14,6 +14,7 @@
 //! background thread mutates the host, so what a test observes is always consistent.
 
 mod api;
+mod disk;
 mod model;
 mod params;
 

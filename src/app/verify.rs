@@ -1,5 +1,5 @@
 //! `felhom-agent verify`: checks a signed op against the configured signers and host
-//! offline. It never burns a nonce, never touches the state directory, and reads no
+//! offline, and that its op is in the signed-op catalogue (`unknown_op` otherwise). It never burns a nonce, never touches the state directory, and reads no
 //! more than one byte past the verifier's own caps of either file.
 
 use std::io::Write;
@@ -9,6 +9,8 @@ use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config};
 use crate::authz::blob::MAX_BLOB_BYTES;
 use crate::authz::sshsig::MAX_ARMOR_BYTES;
 use crate::config::Mode;
+use crate::reconcile::classify::{OpClass, SIGNED_CATALOGUE};
+use crate::reconcile::gate::Refusal;
 
 /// Reads at most `cap + 1` bytes of `path`, so an endless file (`/dev/zero`) or a huge
 /// one costs no more than the cap. Over the cap is the verifier's own refusal,
@@ -83,6 +85,18 @@ pub(crate) fn verify(
         &sig,
         &crate::base::time::SystemClock,
     ) {
+        // A verified op the agent would never execute is refused here already, not at
+        // delivery: `unknown_op`, as the daemon's gate says it.
+        Ok(op) if !OpClass::is_catalogued(&op.blob.op) => {
+            let _ = writeln!(out, "refused: {}", Refusal::UnknownOp.code());
+            let _ = writeln!(
+                out,
+                "detail: {} is not in the signed-op catalogue ({})",
+                op.blob.op.escape_debug(),
+                SIGNED_CATALOGUE.join(", ")
+            );
+            EXIT_FAILED
+        }
         Ok(op) => {
             let _ = writeln!(out, "verified (no nonce burned)");
             let _ = write!(out, "{}", op.to_lines());

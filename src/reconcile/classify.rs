@@ -12,6 +12,16 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The op words an operator may sign: every other word is `unknown_op`, at `verify`
+/// time and on delivery alike.
+pub const SIGNED_CATALOGUE: &[&str] = &[
+    "guest_destroy",
+    "restore_overwrite",
+    "snapshot_rollback",
+    "backup_delete",
+    "rotate_signers",
+];
+
 /// The kind of operation an action or a signed op performs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -24,15 +34,15 @@ pub enum OpClass {
     SetConfig,
     /// Destroy a guest and its volumes.
     GuestDestroy,
-    /// Wipe a storage.
-    StorageWipe,
     /// Restore a backup over an existing guest.
     RestoreOverwrite,
-    /// Take the host out of service.
-    Decommission,
+    /// Roll a guest back to one of its snapshots, discarding what was written since.
+    SnapshotRollback,
+    /// Delete one backup volume of a guest.
+    BackupDelete,
     /// Replace the allow-listed signers.
     RotateSigners,
-    /// Any other word: treated as destructive.
+    /// Any other word: destructive, and refused `unknown_op` (not in the catalogue).
     #[serde(untagged)]
     Unknown(String),
 }
@@ -45,9 +55,9 @@ impl OpClass {
             "stop" => OpClass::Stop,
             "set_config" => OpClass::SetConfig,
             "guest_destroy" => OpClass::GuestDestroy,
-            "storage_wipe" => OpClass::StorageWipe,
             "restore_overwrite" => OpClass::RestoreOverwrite,
-            "decommission" => OpClass::Decommission,
+            "snapshot_rollback" => OpClass::SnapshotRollback,
+            "backup_delete" => OpClass::BackupDelete,
             "rotate_signers" => OpClass::RotateSigners,
             other => OpClass::Unknown(other.to_string()),
         }
@@ -60,9 +70,9 @@ impl OpClass {
             OpClass::Stop => "stop",
             OpClass::SetConfig => "set_config",
             OpClass::GuestDestroy => "guest_destroy",
-            OpClass::StorageWipe => "storage_wipe",
             OpClass::RestoreOverwrite => "restore_overwrite",
-            OpClass::Decommission => "decommission",
+            OpClass::SnapshotRollback => "snapshot_rollback",
+            OpClass::BackupDelete => "backup_delete",
             OpClass::RotateSigners => "rotate_signers",
             OpClass::Unknown(s) => s,
         }
@@ -71,6 +81,24 @@ impl OpClass {
     /// Whether the class can never lose data by itself (start, stop, set config).
     pub fn is_benign_by_class(&self) -> bool {
         matches!(self, OpClass::Start | OpClass::Stop | OpClass::SetConfig)
+    }
+
+    /// Whether the class is in the signed-op catalogue ([`SIGNED_CATALOGUE`]). A signed
+    /// op of any other class is refused `unknown_op` before its nonce could be burned.
+    pub fn in_catalogue(&self) -> bool {
+        matches!(
+            self,
+            OpClass::GuestDestroy
+                | OpClass::RestoreOverwrite
+                | OpClass::SnapshotRollback
+                | OpClass::BackupDelete
+                | OpClass::RotateSigners
+        )
+    }
+
+    /// Whether a signed blob's `op` word names an op of the catalogue.
+    pub fn is_catalogued(op: &str) -> bool {
+        OpClass::parse(op).in_catalogue()
     }
 }
 
@@ -156,9 +184,9 @@ mod tests {
             "stop",
             "set_config",
             "guest_destroy",
-            "storage_wipe",
             "restore_overwrite",
-            "decommission",
+            "snapshot_rollback",
+            "backup_delete",
             "rotate_signers",
         ] {
             let c = OpClass::parse(w);
@@ -166,6 +194,24 @@ mod tests {
             assert_eq!(c.as_str(), w);
         }
         assert_eq!(OpClass::parse("reboot"), OpClass::Unknown("reboot".into()));
+    }
+
+    #[test]
+    fn the_catalogue_is_exactly_the_signable_words() {
+        for w in SIGNED_CATALOGUE {
+            assert!(OpClass::parse(w).in_catalogue(), "{w}");
+        }
+        for w in [
+            "start",
+            "stop",
+            "set_config",
+            "storage_wipe",
+            "decommission",
+            "",
+            "GUEST_DESTROY",
+        ] {
+            assert!(!OpClass::is_catalogued(w), "{w:?}");
+        }
     }
 
     #[test]
@@ -190,11 +236,17 @@ mod tests {
             classify(&i(OpClass::GuestDestroy), Some(Provenance::AgentScratch)),
             Class::BenignByProvenance(Provenance::AgentScratch)
         );
-        // Provenance never makes a wipe or a restore benign.
-        assert_eq!(
-            classify(&i(OpClass::StorageWipe), Some(Provenance::AgentScratch)),
-            Class::Destructive
-        );
+        // Provenance never makes a rollback, a backup deletion or a restore benign.
+        for c in [
+            OpClass::SnapshotRollback,
+            OpClass::BackupDelete,
+            OpClass::RestoreOverwrite,
+        ] {
+            assert_eq!(
+                classify(&i(c), Some(Provenance::AgentScratch)),
+                Class::Destructive
+            );
+        }
         assert_eq!(
             classify(&i(OpClass::Unknown("reboot".into())), None),
             Class::Destructive
