@@ -17,7 +17,7 @@ use crate::reconcile::action::intent_for;
 use crate::reconcile::blast::is_disruptive;
 use crate::reconcile::desired::DesiredError;
 use crate::reconcile::engine::read_actual;
-use crate::reconcile::gate::{Decision, dry_run};
+use crate::reconcile::gate::{Decision, Refusal, dry_run};
 use crate::reconcile::journal::{Journal, JournalError, JournalView};
 use crate::reconcile::normalize::Normalizers;
 use crate::reconcile::plan::{Plan, plan};
@@ -167,11 +167,22 @@ pub fn plan_report(
     for s in &planned.skipped {
         w(out, format!("{:>6}  {:<10}  {}", s.vmid, "skip", s.why))?;
     }
+    // Never attempted: a disk only grows. Counted with the refusals.
+    for s in &planned.shrink_refused {
+        refused.push((s.vmid, Refusal::ShrinkRefused.code().to_owned()));
+        w(
+            out,
+            format!(
+                "{:>6}  {:<10}  refused (shrink_refused)  rootfs {} bytes, desired {}: a disk is never shrunk",
+                s.vmid, "resize", s.have_bytes, s.want_bytes
+            ),
+        )?;
+    }
     w(
         out,
         format!(
             "{} action(s) planned: {allowed} allowed, {} refused, {} rate_limited; nothing was executed",
-            planned.actions.len(),
+            planned.actions.len() + planned.shrink_refused.len(),
             refused.len(),
             rate_limited.len()
         ),

@@ -32,6 +32,8 @@ pub enum OpClass {
     Stop,
     /// Change a guest's configuration (cores, memory, description).
     SetConfig,
+    /// Grow a guest's root disk (never shrink it).
+    Resize,
     /// Destroy a guest and its volumes.
     GuestDestroy,
     /// Restore a backup over an existing guest.
@@ -54,6 +56,7 @@ impl OpClass {
             "start" => OpClass::Start,
             "stop" => OpClass::Stop,
             "set_config" => OpClass::SetConfig,
+            "resize" => OpClass::Resize,
             "guest_destroy" => OpClass::GuestDestroy,
             "restore_overwrite" => OpClass::RestoreOverwrite,
             "snapshot_rollback" => OpClass::SnapshotRollback,
@@ -69,6 +72,7 @@ impl OpClass {
             OpClass::Start => "start",
             OpClass::Stop => "stop",
             OpClass::SetConfig => "set_config",
+            OpClass::Resize => "resize",
             OpClass::GuestDestroy => "guest_destroy",
             OpClass::RestoreOverwrite => "restore_overwrite",
             OpClass::SnapshotRollback => "snapshot_rollback",
@@ -78,9 +82,13 @@ impl OpClass {
         }
     }
 
-    /// Whether the class can never lose data by itself (start, stop, set config).
+    /// Whether the class can never lose data by itself (start, stop, set config, a
+    /// disk grown).
     pub fn is_benign_by_class(&self) -> bool {
-        matches!(self, OpClass::Start | OpClass::Stop | OpClass::SetConfig)
+        matches!(
+            self,
+            OpClass::Start | OpClass::Stop | OpClass::SetConfig | OpClass::Resize
+        )
     }
 
     /// Whether the class is in the signed-op catalogue ([`SIGNED_CATALOGUE`]). A signed
@@ -183,6 +191,7 @@ mod tests {
             "start",
             "stop",
             "set_config",
+            "resize",
             "guest_destroy",
             "restore_overwrite",
             "snapshot_rollback",
@@ -228,6 +237,7 @@ mod tests {
         let i = |c| Intent::new(c, "pve-a", Some("105".into()));
         assert_eq!(classify(&i(OpClass::Start), None), Class::Benign);
         assert_eq!(classify(&i(OpClass::SetConfig), None), Class::Benign);
+        assert_eq!(classify(&i(OpClass::Resize), None), Class::Benign);
         assert_eq!(
             classify(&i(OpClass::GuestDestroy), None),
             Class::Destructive

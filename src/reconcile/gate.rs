@@ -145,6 +145,9 @@ pub enum Refusal {
     /// The backup volume a `backup_delete` names belongs to another guest than the
     /// op's `guest_id` (or its owner cannot be told).
     ForeignVolume,
+    /// The desired state wants a root disk smaller than it is: Proxmox cannot shrink a
+    /// disk and the agent never tries.
+    ShrinkRefused,
     /// Benign but disruptive (a stop, a reduction of cores or memory) beyond
     /// `reconcile.max_disruptive_per_hour`: held, not sent, until the rolling hour
     /// allows it or an operator runs `felhom-agent resume --rate-limit`.
@@ -166,6 +169,7 @@ impl Refusal {
             Refusal::RateLimited => "rate_limited",
             Refusal::TargetMissing => "target_missing",
             Refusal::ForeignVolume => "foreign_volume",
+            Refusal::ShrinkRefused => "shrink_refused",
         }
     }
 }
@@ -652,6 +656,7 @@ mod tests {
         assert_eq!(Refusal::StateDamaged.code(), "state_damaged");
         assert_eq!(Refusal::TargetMissing.code(), "target_missing");
         assert_eq!(Refusal::ForeignVolume.code(), "foreign_volume");
+        assert_eq!(Refusal::ShrinkRefused.code(), "shrink_refused");
         assert_eq!(
             Refusal::Rejected(authz::AuthzError::Replay("x".into())).code(),
             "replay"

@@ -45,6 +45,9 @@ pub use op_results::{
     OP_RESULT_CODE_MAX, OP_RESULT_ID_MAX, OP_RESULT_NONCE_MAX, OP_RESULTS_FILE_MAX, OP_RESULTS_MAX,
     OpResult, OpResults, OpResultsError, Recorded, ResultOutcome,
 };
-pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
+pub use plan::{
+    Action, ActionKind, ActualGuest, ActualState, ShrinkRefused, desired_memory_mib,
+    desired_rootfs_bytes, plan,
+};
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};

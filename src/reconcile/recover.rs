@@ -74,6 +74,7 @@ pub(crate) fn task_type(class: &OpClass) -> Option<&'static str> {
         OpClass::Start => Some("vzstart"),
         OpClass::Stop => Some("vzstop"),
         OpClass::SetConfig => Some("vzconfig"),
+        OpClass::Resize => Some("resize"),
         OpClass::GuestDestroy => Some("vzdestroy"),
         OpClass::RestoreOverwrite => Some("vzrestore"),
         OpClass::SnapshotRollback => Some("vzrollback"),
