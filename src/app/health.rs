@@ -24,7 +24,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reading<T> = Option<(Instant, Result<T, String>)>;
 
-/// SMART and sensors of this host, cached for [`HEALTH_TTL`].
+/// SMART and sensors of this host, each reading reused for ten minutes.
 pub struct HostHealth {
     backend: Privileged<SystemRunner>,
     sys_block: PathBuf,
