@@ -246,7 +246,8 @@ enum Ep<'a> {
     Vzdump,
     NodeStorage,
     StorageContent(&'a str),
-    ContentDelete(&'a str, &'a str),
+    /// The volume may come with raw `/` (more segments) or `%2F`, as Proxmox takes it.
+    ContentDelete(&'a str, String),
     Resize(&'a str),
     Tasks,
     TaskStatus(&'a str),
@@ -288,7 +289,9 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
                 ("POST", ["vzdump"]) => Vzdump,
                 ("GET", ["storage"]) => NodeStorage,
                 ("GET", ["storage", s, "content"]) => StorageContent(s),
-                ("DELETE", ["storage", s, "content", vol]) => ContentDelete(s, vol),
+                ("DELETE", ["storage", s, "content", vol @ ..]) if !vol.is_empty() => {
+                    ContentDelete(s, vol.join("/"))
+                }
                 ("PUT", ["lxc", v, "resize"]) => Resize(v),
                 ("GET", ["tasks"]) => Tasks,
                 ("GET", ["tasks", u, "status"]) => TaskStatus(u),
@@ -350,7 +353,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
         Vzdump => vzdump(st, p),
         NodeStorage => node_storage(st, p),
         StorageContent(s) => storage_content(st, p, s),
-        ContentDelete(s, vol) => super::disk::content_delete(st, p, s, vol),
+        ContentDelete(s, vol) => super::disk::content_delete(st, p, s, &vol),
         Resize(v) => super::disk::resize(st, p, v),
         Tasks => task_list(st, p),
         TaskStatus(u) => task_status(st, p, u),
