@@ -386,6 +386,56 @@ fn a_signed_backup_delete_removes_that_volume_once() {
 }
 
 #[test]
+fn a_backup_delete_of_a_protected_guest_is_refused_unless_signed_unprotect() {
+    let a = agent("backup-guest-protected");
+    a.sim.set_config_value(105, "protection", Some("1"));
+    let op = backup_delete(&a, "105", BACKUP_105);
+    a.refused_cleanly(a.run(&op), Refusal::Protected);
+    let op = Op::new(
+        "backup_delete",
+        "105",
+        &a.digest(105),
+        &[("volid", BACKUP_105), ("unprotect", "1")],
+    );
+    assert!(matches!(a.run(&op), JobOutcome::Executed { .. }));
+    assert_eq!(a.sim.backups(), vec![BACKUP_106.to_string()]);
+}
+
+#[test]
+fn a_replayed_backup_delete_after_a_restart_is_refused_and_not_run_again() {
+    let a = agent("backup-replay");
+    let op = backup_delete(&a, "105", BACKUP_105);
+    let signed = op.signed();
+    assert!(matches!(
+        a.run_as(&op.intent(), &signed),
+        JobOutcome::Executed { .. }
+    ));
+    let dir = common::tempdir("catalogue", "backup-replay-2");
+    fs::copy(a.dir.join("nonces.log"), dir.join("nonces.log")).unwrap();
+    let b = open(&dir, a.sim);
+    let out = b.run_as(&op.intent(), &signed);
+    assert!(
+        matches!(
+            out,
+            JobOutcome::Refused(Refusal::Rejected(felhom_agent::authz::AuthzError::Replay(
+                _
+            )))
+        ),
+        "{out:?}"
+    );
+    assert_eq!(b.exec.calls(), 0);
+    assert_eq!(
+        b.sim
+            .mutations()
+            .iter()
+            .filter(|m| m.path.contains("/content/"))
+            .count(),
+        1,
+        "one DELETE in all"
+    );
+}
+
+#[test]
 fn a_backup_delete_of_another_guests_backup_is_foreign_volume() {
     let a = agent("backup-foreign");
     let op = backup_delete(&a, "105", BACKUP_106);
