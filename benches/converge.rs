@@ -54,6 +54,7 @@ fn desired() -> DesiredState {
                 cores: Some(2),
                 memory_bytes: Some(1024 << 20),
                 disk_bytes: None,
+                rootfs_bytes: None,
             }),
             ..DesiredGuest::new(vmid)
         }),

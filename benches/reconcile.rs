@@ -76,6 +76,7 @@ fn desired(cores: u32) -> DesiredState {
                 cores: Some(cores),
                 memory_bytes: None,
                 disk_bytes: None,
+                rootfs_bytes: None,
             }),
             ..DesiredGuest::new(vmid)
         }),

@@ -10,6 +10,8 @@
 //! while a guest that ignores its shutdown waits out the timeout, recovered on restart
 //! without re-sending it; then both selftests under exactly the Proxmox role the
 //! agent's calls need, and one privilege less. Each step prints a
+//! without re-sending it; the hub as the source of intent; and last a root disk grown,
+//! another's shrink refused, and a signed `backup_delete`. Each step prints a
 //! plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -730,6 +732,13 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     if let Err(e) = role_step(bin, dir, &secret) {
         return fail(e);
     }
+    // 15. The catalogue and the root disk, self-contained: a new hub publishes a
+    // document that grows guest 101's root disk and asks to shrink guest 100's (refused
+    // shrink_refused, audited once, never sent), and delivers a signed backup_delete of
+    // guest 100's backup (executed once); `plan` then shows the refused shrink.
+    if let Err(e) = catalogue_step(bin, dir, &pve, &config, &fresh_key) {
+        return fail(e);
+    }
     say("all steps passed");
     ExitCode::SUCCESS
 }
@@ -887,5 +896,124 @@ fn role_step(bin: &Path, dir: &Path, secret: &Path) -> Result<(), String> {
     say(
         "role: without VM.Snapshot, selftest task fails with Permission check failed (/vms/100, VM.Snapshot)",
     );
+/// Step 13 (see its comment in [`lab`]); `Err` says what went wrong.
+fn catalogue_step(
+    bin: &Path,
+    dir: &Path,
+    pve: &ProxmoxSim,
+    config: &serde_json::Value,
+    operator_key: &Path,
+) -> Result<(), String> {
+    let hub = HubSim::start();
+    let key = dir.join("hub-key-13");
+    std::fs::write(&key, hub.key()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg13 = config.clone();
+    cfg13["hub"]["url"] = json!(hub.url());
+    cfg13["hub"]["api_key_file"] = json!(key.display().to_string());
+    cfg13["reconcile"] = json!({
+        "source": "hub",
+        "shutdown_timeout_seconds": LAB_SHUTDOWN_TIMEOUT_SECONDS
+    });
+    let cfg_path = dir.join("agent-13.json");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg13).unwrap()).unwrap();
+    std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+
+    const GIB: u64 = 1 << 30;
+    hub.publish_desired_state(&json!({"generation": 10, "guests": [
+        {"vmid": 100, "run": "running", "spec": {"cores": 2, "rootfs_bytes": 4 * GIB}, "description": "web"},
+        {"vmid": 101, "run": "running", "spec": {"rootfs_bytes": 12 * GIB}}
+    ]}));
+    let backups_before = pve.backups();
+    let Some(volid) = backups_before
+        .iter()
+        .find(|v| v.contains("vzdump-lxc-100-"))
+        .cloned()
+    else {
+        return Err(format!(
+            "no backup of guest 100 to delete: {backups_before:?}"
+        ));
+    };
+    let digest = pve.guest_digest(100).ok_or("guest 100 is gone")?;
+    let now = SystemClock.now().unix();
+    let blob = format!(
+        r#"{{"op":"backup_delete","host_id":"pve-a","guest_id":"100","guest_digest":"{digest}","params":{{"volid":"{volid}"}},"key_id":"lab-fresh","nonce":"9d8c7b6a5f4e3d2c1b0a99887766554433","not_before":"{}","expires_at":"{}"}}"#,
+        Timestamp(now - 60),
+        Timestamp(now + 1800)
+    );
+    let blob_path = dir.join("backup-delete-100.json");
+    std::fs::write(&blob_path, &blob).unwrap();
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+        .arg(operator_key)
+        .arg(&blob_path)
+        .stderr(Stdio::null())
+        .status();
+    if !signed.is_ok_and(|s| s.success()) {
+        return Err("ssh-keygen -Y sign of the backup_delete failed".into());
+    }
+    let sig = std::fs::read_to_string(format!("{}.sig", blob_path.display())).unwrap();
+    hub.queue_signed_op(blob.as_bytes(), Some(&sig));
+
+    let audit = dir.join("state").join("audit.log");
+    let count = |word: &str, op: &str| {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["data"]["decision"] == word && l["data"]["op"] == op)
+            .count()
+    };
+    let executed_before = count("allowed", "backup_delete");
+    let rootfs = |vmid: u32| {
+        pve.guest_config(vmid)
+            .and_then(|c| c.get("rootfs").and_then(|r| r.as_str()).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let started = Instant::now();
+    let mut daemon = Daemon::start(bin, cfg)?;
+    let done = daemon.wait("grown, shrink refused, backup deleted", || {
+        rootfs(101).contains("size=12G")
+            && count("shrink_refused", "resize") == 1
+            && !pve.backups().contains(&volid)
+    });
+    if !done {
+        return Err(daemon.stop_with_log(format!(
+            "step 13 did not converge: rootfs 101 {:?}, shrink audits {}, backups {:?}",
+            rootfs(101),
+            count("shrink_refused", "resize"),
+            pve.backups()
+        )));
+    }
+    let took = started.elapsed();
+    daemon.stop()?;
+    let requests = |suffix: &str| {
+        pve.mutations()
+            .iter()
+            .filter(|m| m.path.ends_with(suffix) || m.path.contains(suffix))
+            .count()
+    };
+    if !rootfs(100).contains("size=8G") || requests("/lxc/100/resize") != 0 {
+        return Err(format!("guest 100's disk was touched: {}", rootfs(100)));
+    }
+    if requests("/content/") != 1 || count("allowed", "backup_delete") != executed_before + 1 {
+        return Err(format!(
+            "expected one backup deletion, saw {} request(s)",
+            requests("/content/")
+        ));
+    }
+    say(format!(
+        "catalogue: guest 101's root disk grown 8G -> 12G (one PUT …/resize); guest 100's asked shrink to 4G refused shrink_refused, audited once, nothing sent; a signed backup_delete of {volid} executed once; all in {:.2} s",
+        took.as_secs_f64()
+    ));
+    let out = run(bin, &["plan", "--config", cfg]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Some(line) = text.lines().find(|l| l.contains("shrink_refused")) else {
+        print!("{}", indent(&out.stdout));
+        return Err("`plan` did not show the refused shrink".into());
+    };
+    say(format!("catalogue: `plan` shows it: {}", line.trim()));
+    hub.shutdown();
     Ok(())
 }

@@ -462,6 +462,41 @@ fn verify_prints_the_op_or_the_typed_refusal_and_burns_no_nonce() {
 }
 
 #[test]
+fn verify_accepts_each_op_of_the_catalogue_and_refuses_any_other_as_unknown_op() {
+    let sim = sim();
+    let dir = Dir::new("verify-catalogue");
+    let cfg = write_config(&dir, &sim, &sim.fingerprint());
+    let mut seen = Vec::new();
+    let with_op = |op: &str, n: usize| {
+        let blob = String::from_utf8(op_blob("pve-a", &format!("{n:032x}")))
+            .unwrap()
+            .replace("\"op\":\"guest_destroy\"", &format!("\"op\":\"{op}\""))
+            .into_bytes();
+        let name = format!("{op}.json");
+        let sig = sign(&dir, &name, &blob, "felhom-op-v1");
+        (dir.path(&name), sig)
+    };
+    for (n, op) in felhom_agent::reconcile::SIGNED_CATALOGUE.iter().enumerate() {
+        let (b, s) = with_op(op, n + 1);
+        let out = verify(&b, &s, &cfg, &mut seen);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{op}: {stdout}");
+        assert!(
+            stdout.starts_with("verified (no nonce burned)\n"),
+            "{stdout}"
+        );
+    }
+    for (n, op) in ["storage_wipe", "decommission", "start", "reboot"]
+        .iter()
+        .enumerate()
+    {
+        let (b, s) = with_op(op, n + 100);
+        assert_refused(&verify(&b, &s, &cfg, &mut seen), "unknown_op", op);
+    }
+    assert!(sim.requests().is_empty(), "verify never talks to Proxmox");
+}
+
+#[test]
 fn verify_refuses_oversized_input_as_malformed_after_a_bounded_read() {
     use felhom_agent::authz::MAX_ARMOR_BYTES;
     use felhom_agent::authz::MAX_BLOB_BYTES;

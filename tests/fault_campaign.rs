@@ -242,6 +242,7 @@ fn cores(vmid: u32, n: u32) -> DesiredGuest {
             cores: Some(n),
             memory_bytes: None,
             disk_bytes: None,
+            rootfs_bytes: None,
         }),
         ..DesiredGuest::new(vmid)
     }

@@ -31,7 +31,7 @@ const API_FILES: &[&str] = &[
 ];
 
 /// The privileged side: may spawn, must never open a socket.
-const PRIVILEGED_FILES: &[&str] = &["src/proxmox/privileged.rs"];
+const PRIVILEGED_FILES: &[&str] = &["src/proxmox/privileged.rs", "src/proxmox/health.rs"];
 
 /// What starting a process looks like in Rust source.
 const SPAWN_TOKENS: &[&str] = &[

@@ -14,10 +14,12 @@ use felhom_agent::hub::{
     PENDING_SIGNATURES_MAX, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
 };
 use felhom_agent::hub::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, OpResultsSource,
-    ReadError,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HealthProbe, HostReader, NoAudit,
+    OpResultsSource, ReadError,
 };
-use felhom_agent::proxmox::{Guest, GuestConfig, RunState, StorageStatus, Volume};
+use felhom_agent::proxmox::{
+    DiskHealth, Guest, GuestConfig, RunState, SensorReading, StorageStatus, Volume,
+};
 use felhom_agent::reconcile::{AuditDelivery, AuditRecord, cap};
 use serde_json::Value;
 
@@ -122,6 +124,48 @@ impl HostReader for FakeNode {
 }
 
 struct Probe(Result<&'static str, &'static str>);
+
+/// A health probe answering fixed readings, or failing.
+struct FakeHealth {
+    disks: Result<Vec<DiskHealth>, &'static str>,
+    sensors: Result<Vec<SensorReading>, &'static str>,
+}
+
+impl HealthProbe for FakeHealth {
+    fn disks(&self) -> Result<Vec<DiskHealth>, ReadError> {
+        self.disks.clone().map_err(fail)
+    }
+    fn sensors(&self) -> Result<Vec<SensorReading>, ReadError> {
+        self.sensors.clone().map_err(fail)
+    }
+}
+
+/// The golden host's health: an NVMe disk that passes, a SATA disk that fails SMART
+/// with reallocated sectors, one CPU package sensor.
+fn golden_health() -> FakeHealth {
+    FakeHealth {
+        disks: Ok(vec![
+            DiskHealth {
+                device: "/dev/nvme0n1".into(),
+                model: Some("Samsung SSD 980 PRO 1TB".into()),
+                smart_ok: Some(true),
+                temperature_c: Some(38),
+                reallocated_sectors: None,
+            },
+            DiskHealth {
+                device: "/dev/sda".into(),
+                model: Some("ST4000VN008-2DR166".into()),
+                smart_ok: Some(false),
+                temperature_c: Some(41),
+                reallocated_sectors: Some(112),
+            },
+        ]),
+        sensors: Ok(vec![SensorReading {
+            name: "coretemp-isa-0000/Package id 0".into(),
+            celsius: 47.0,
+        }]),
+    }
+}
 
 impl CloudflaredProbe for Probe {
     fn is_active(&self) -> Result<String, ReadError> {
@@ -338,6 +382,7 @@ fn one_audit_entry() -> Arc<dyn AuditTail> {
 fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
     collector(node, Probe(Ok("active")), one_audit_entry())
         .with_op_results(Arc::new(FixedResults(Ok(vec![op_result()]))))
+        .with_health(Arc::new(golden_health()))
 }
 
 /// Collects from the golden node after `edit` changed it.
@@ -407,7 +452,26 @@ fn the_contract_field_names_are_frozen() {
         "reported_at",
         "host",
         "cloudflared",
+        "health",
     ]);
+    assert_eq!(
+        keys(&golden["health"]),
+        set(&["disks_state", "disks", "sensors_state", "sensors"])
+    );
+    assert_eq!(
+        keys(&golden["health"]["disks"][0]),
+        set(&[
+            "device",
+            "model",
+            "smart_ok",
+            "temperature_c",
+            "reallocated_sectors"
+        ])
+    );
+    assert_eq!(
+        keys(&golden["health"]["sensors"][0]),
+        set(&["name", "celsius"])
+    );
     top.extend(set(COLLECTIONS));
     assert_eq!(keys(&golden), top);
     for entry in [&golden["audit_tail"][0], &golden["pending_signatures"][0]] {
@@ -480,6 +544,48 @@ fn a_collected_report_has_exactly_the_golden_shape_and_values() {
     assert!(problems.is_empty(), "{problems:#?}");
     // The golden node's data reproduces the golden file exactly.
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_failing_health_probe_reads_unknown_and_never_holds_the_report_back() {
+    // (disks fail, sensors fail) → (disks_state, sensors_state)
+    let cases = [
+        (true, false, "unknown", "ok"),
+        (false, true, "ok", "unknown"),
+        (true, true, "unknown", "unknown"),
+    ];
+    for (disks_fail, sensors_fail, disks_state, sensors_state) in cases {
+        let golden = golden_health();
+        let probe = FakeHealth {
+            disks: if disks_fail {
+                Err("smartctl")
+            } else {
+                golden.disks
+            },
+            sensors: if sensors_fail {
+                Err("sensors")
+            } else {
+                golden.sensors
+            },
+        };
+        let report = golden_collector_with(golden_node())
+            .with_health(Arc::new(probe))
+            .collect()
+            .expect("the report is still built");
+        assert_eq!(report.health.disks_state, disks_state);
+        assert_eq!(report.health.sensors_state, sensors_state);
+        assert_eq!(report.health.disks.is_empty(), disks_fail);
+        assert_eq!(report.health.sensors.is_empty(), sensors_fail);
+        // Everything else is the golden report's.
+        assert_eq!(report.guests.len(), 1);
+        assert_eq!(report.cloudflared.status, "active");
+    }
+    // No probe wired: both unknown.
+    let report = collector(golden_node(), Probe(Ok("active")), Arc::new(NoAudit))
+        .collect()
+        .unwrap();
+    assert_eq!(report.health.disks_state, "unknown");
+    assert_eq!(report.health.sensors_state, "unknown");
 }
 
 #[test]

@@ -89,7 +89,13 @@ fn desired_state_documents_the_agent_accepts_validate_and_the_rest_do_not() {
         json!({"guests": [{"vmid": 999999999, "run": null, "spec": null, "description": null}]}),
         json!({"guests": [{"vmid": 100, "spec": {"cores": 8192, "memory_bytes": 16777216, "disk_bytes": 0}}]}),
         json!({"guests": [{"vmid": 100, "description": "d".repeat(8192)}]}),
+        json!({"guests": [{"vmid": 100, "spec": {"rootfs_bytes": 1048576}}]}),
+        json!({"guests": [{"vmid": 100, "spec": {"rootfs_bytes": 1125899906842624u64}}]}),
+        json!({"guests": [{"vmid": 100, "spec": {"rootfs_bytes": null}}]}),
         // Rejected by the agent.
+        json!({"guests": [{"vmid": 100, "spec": {"rootfs_bytes": 1048575}}]}),
+        json!({"guests": [{"vmid": 100, "spec": {"rootfs_bytes": 1125899906842625u64}}]}),
+        json!({"guests": [{"vmid": 100, "spec": {"rootfs_bytes": "8G"}}]}),
         json!([]),
         json!({"generation": -1}),
         json!({"generation": 1.5}),

@@ -328,6 +328,7 @@ fn starts_and_increases_are_never_limited() {
                 cores: Some(2),
                 memory_bytes: Some(1 << 30),
                 disk_bytes: None,
+                rootfs_bytes: None,
             }),
             ..DesiredGuest::new(v)
         }),
@@ -363,6 +364,7 @@ fn a_reduction_of_cores_or_memory_counts_an_increase_does_not() {
             cores: Some(cores),
             memory_bytes: Some(mib << 20),
             disk_bytes: None,
+            rootfs_bytes: None,
         }),
         ..DesiredGuest::new(v)
     };

@@ -84,6 +84,7 @@ fn spec(cores: Option<u32>, memory_bytes: Option<u64>) -> Option<Spec> {
         cores,
         memory_bytes,
         disk_bytes: None,
+        rootfs_bytes: None,
     })
 }
 

@@ -381,7 +381,7 @@ refusal_matrix! {
         let mut op = Op::destroy("105");
         op.op = "storage_wipe";
         let mut intent = destroy_intent("105");
-        intent.class = OpClass::StorageWipe;
+        intent.class = OpClass::Unknown("storage_wipe".into());
         a.run(&intent, &op.signed_by("ed25519"))
     }) => Refusal::UnknownOp,
 }

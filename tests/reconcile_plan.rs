@@ -45,6 +45,7 @@ fn spec(cores: Option<u32>, memory_bytes: Option<u64>) -> Option<Spec> {
         cores,
         memory_bytes,
         disk_bytes: None,
+        rootfs_bytes: None,
     })
 }
 
@@ -70,6 +71,7 @@ fn apply(state: &mut ActualState, actions: &[Action]) {
         match a.kind {
             ActionKind::Start => g.status = RunState::Running,
             ActionKind::Stop => g.status = RunState::Stopped,
+            ActionKind::Resize => panic!("no fixture here asks for a root disk size"),
             ActionKind::SetConfig => {
                 let c = g.config.as_mut().unwrap();
                 for (k, v) in &a.params {
@@ -295,6 +297,7 @@ fn disk_is_not_reconciled() {
             cores: None,
             memory_bytes: None,
             disk_bytes: Some(64 << 30),
+            rootfs_bytes: None,
         }),
         ..want(100)
     }]);

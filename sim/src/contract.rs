@@ -46,6 +46,10 @@ pub const NULLABLE_FIELDS: &[&str] = &[
     "pending_signatures[].delivery.blob_sha256",
     "pending_signatures[].delivery.blob_bytes",
     "signed_op_results[].nonce",
+    "health.disks[].model",
+    "health.disks[].smart_ok",
+    "health.disks[].temperature_c",
+    "health.disks[].reallocated_sectors",
 ];
 
 /// Collections whose elements have the shape of another collection's: the contract's
@@ -56,6 +60,8 @@ pub const SHARED_SHAPES: &[(&str, &str)] = &[("pending_signatures", "audit_tail"
 /// Strings the contract limits to a fixed set of words.
 pub const ENUM_FIELDS: &[(&str, &[&str])] = &[
     ("guests[].status", &["running", "stopped", "unknown"]),
+    ("health.disks_state", &["ok", "unknown"]),
+    ("health.sensors_state", &["ok", "unknown"]),
     (
         "signed_op_results[].outcome",
         &[

@@ -16,6 +16,7 @@
 mod access;
 mod acl;
 mod api;
+mod disk;
 mod model;
 mod params;
 mod perms;

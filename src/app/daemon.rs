@@ -51,7 +51,8 @@ use crate::hub::ops_feed::{Announcement, SignedOpsClient};
 use crate::hub::poller::Poller;
 use crate::proxmox::WaitOptions;
 use crate::reconcile::engine::{EngineError, Pacing};
-use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor};
+use crate::reconcile::executor::ProxmoxExecutor;
+use crate::reconcile::jobs::DestructiveExecutor;
 use crate::reconcile::journal::JournalError;
 use crate::store::statelock::{StateLock, StateLockError};
 

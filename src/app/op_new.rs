@@ -16,7 +16,7 @@ use crate::authz::{MAX_BLOB_BYTES, OpBlob, Role};
 use crate::base::encoding::hex_encode;
 use crate::base::time::{Clock, SystemClock, Timestamp};
 use crate::config::{Config, Mode};
-use crate::reconcile::SIGNED_OP_CATALOGUE;
+use crate::reconcile::SIGNED_CATALOGUE;
 
 /// The window `op new` gives without `--valid`: one hour.
 pub(crate) const DEFAULT_VALID_SECONDS: i64 = 3600;
@@ -51,11 +51,11 @@ impl OpNewRequest {
     /// The checks that need no config: the op is in the catalogue, a guest is named
     /// exactly when the op is about one, a given digest is one the verifier accepts.
     pub(crate) fn check(&self) -> Result<(), String> {
-        if !SIGNED_OP_CATALOGUE.contains(&self.op.as_str()) {
+        if !SIGNED_CATALOGUE.contains(&self.op.as_str()) {
             return Err(format!(
                 "unknown op {:?}: the agent executes only {}",
                 self.op,
-                SIGNED_OP_CATALOGUE.join(", ")
+                SIGNED_CATALOGUE.join(", ")
             ));
         }
         let host_wide = self.op == "rotate_signers";
@@ -303,7 +303,7 @@ mod tests {
 
     #[test]
     fn only_the_catalogue_and_the_right_target() {
-        for op in SIGNED_OP_CATALOGUE {
+        for op in SIGNED_CATALOGUE {
             let guest = (*op != "rotate_signers").then_some(105);
             assert_eq!(req(op, guest).check(), Ok(()), "{op}");
         }

@@ -18,7 +18,7 @@ use crate::reconcile::action::intent_for;
 use crate::reconcile::blast::is_disruptive;
 use crate::reconcile::desired::DesiredError;
 use crate::reconcile::engine::read_actual;
-use crate::reconcile::gate::{Decision, dry_run};
+use crate::reconcile::gate::{Decision, Refusal, dry_run};
 use crate::reconcile::journal::{Journal, JournalError, JournalView};
 use crate::reconcile::normalize::Normalizers;
 use crate::reconcile::plan::{Plan, plan};
@@ -179,6 +179,23 @@ pub fn plan_report_as(
         }
         rows.push(row);
     }
+    // Never attempted: a disk only grows. Counted with the refusals.
+    for s in &planned.shrink_refused {
+        refused.push((s.vmid, Refusal::ShrinkRefused.code().to_owned()));
+        rows.push(Row {
+            vmid: s.vmid,
+            kind: "resize",
+            decision: "refused",
+            code: Refusal::ShrinkRefused.code().to_owned(),
+            reason: format!(
+                "rootfs {} bytes, desired {}: a disk is never shrunk",
+                s.have_bytes, s.want_bytes
+            ),
+            params: Vec::new(),
+            deferred_by: None,
+            rate_limited: None,
+        });
+    }
     let skipped: Vec<(u32, String)> = planned
         .skipped
         .iter()
@@ -191,7 +208,7 @@ pub fn plan_report_as(
         node: &section.node,
     };
     let counts = (
-        planned.actions.len(),
+        planned.actions.len() + planned.shrink_refused.len(),
         allowed,
         refused.len(),
         rate_limited.len(),

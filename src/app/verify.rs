@@ -10,6 +10,8 @@ use crate::authz::VerifiedOp;
 use crate::authz::blob::MAX_BLOB_BYTES;
 use crate::authz::sshsig::MAX_ARMOR_BYTES;
 use crate::config::Mode;
+use crate::reconcile::classify::{OpClass, SIGNED_CATALOGUE};
+use crate::reconcile::gate::Refusal;
 
 /// How `verify` ends: the op, or a refusal with its snake_case code and detail.
 type Verdict = Result<VerifiedOp, (&'static str, String)>;
@@ -111,10 +113,25 @@ fn judge(
             "the signature file is not UTF-8 text".to_owned(),
         )));
     };
-    Ok(
+    let verdict =
         crate::authz::verify_offline(authz, host_id, &blob, &sig, &crate::base::time::SystemClock)
-            .map_err(|e| (e.code(), e.detail().to_owned())),
-    )
+            .map_err(|e| (e.code(), e.detail().to_owned()));
+    // A verified op the agent would never execute is refused here already, not at
+    // delivery: `unknown_op`, as the daemon's gate says it.
+    Ok(verdict.and_then(|op| {
+        if OpClass::is_catalogued(&op.blob.op) {
+            Ok(op)
+        } else {
+            Err((
+                Refusal::UnknownOp.code(),
+                format!(
+                    "{} is not in the signed-op catalogue ({})",
+                    op.blob.op,
+                    SIGNED_CATALOGUE.join(", ")
+                ),
+            ))
+        }
+    }))
 }
 
 /// The `--json` document: `{"result":"verified", …the op…}` or

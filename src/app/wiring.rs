@@ -231,7 +231,8 @@ pub(crate) fn hub_round_with(
         audit,
         Arc::new(SystemClock),
     )
-    .with_op_results(results);
+    .with_op_results(results)
+    .with_health(Arc::new(super::health::HostHealth::new()));
     Ok(HubRound::new(collector, client))
 }
 

@@ -299,7 +299,7 @@ pub fn command_help(c: &CommandSpec) -> String {
     if c.name == "op new" {
         s.push_str(&format!(
             "\nOP is one of: {}.\n",
-            crate::reconcile::SIGNED_OP_CATALOGUE.join(", ")
+            crate::reconcile::SIGNED_CATALOGUE.join(", ")
         ));
     }
     s.push_str("\nExit codes: 0 ok, 1 the check or run failed, 2 usage or configuration error.\n");

@@ -10,6 +10,7 @@
 //!   `spec` and `digest`;
 //! - a status other than `running`/`stopped` (including none) → `unknown`;
 //! - the cloudflared probe failing → `unknown`;
+//! - a [`HealthProbe`] failing (or none wired) → that half of `health` `unknown`, empty;
 //! - storages, one storage's content, the audit tail, the pending signatures or the
 //!   signed-op results unreadable → that collection (or that storage's part of it) is
 //!   empty, with a warning in the log.
@@ -25,8 +26,9 @@ use super::report::{
     GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot,
     SIGNED_OP_RESULTS_MAX, SignedOpResult, StorageTarget,
 };
+use super::report::{DiskReport, Health, PROBE_OK, SensorReport};
 use crate::base::time::{Clock, Timestamp};
-use crate::proxmox::{Guest, GuestConfig, StorageStatus, Volume};
+use crate::proxmox::{DiskHealth, Guest, GuestConfig, SensorReading, StorageStatus, Volume};
 
 /// The error a reader, probe or audit provider returns; its `Display` must carry no
 /// secret (the Proxmox client's errors never do).
@@ -52,6 +54,15 @@ pub trait HostReader {
 pub trait CloudflaredProbe {
     /// The `systemctl is-active` word.
     fn is_active(&self) -> Result<String, ReadError>;
+}
+
+/// The host's health readings (the report's `health`). Each call may run programs;
+/// an implementation bounds how long it takes.
+pub trait HealthProbe: Send + Sync {
+    /// SMART of each whole disk; `Err` when the disks could not be listed.
+    fn disks(&self) -> Result<Vec<DiskHealth>, ReadError>;
+    /// The temperature sensors; `Err` when the probe failed.
+    fn sensors(&self) -> Result<Vec<SensorReading>, ReadError>;
 }
 
 /// The source of the report's `audit_tail` and `pending_signatures`.
@@ -149,6 +160,7 @@ pub struct Collector<R, P> {
     probe: P,
     audit: Arc<dyn AuditTail>,
     results: Arc<dyn OpResultsSource>,
+    health: Option<Arc<dyn HealthProbe>>,
     clock: Arc<dyn Clock>,
     host_id: String,
     agent_version: String,
@@ -178,6 +190,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             probe,
             audit,
             results: Arc::new(NoOpResults),
+            health: None,
             clock,
             host_id: host_id.into(),
             agent_version: agent_version.into(),
@@ -187,6 +200,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
     /// Reads the report's `signed_op_results` from `results` (none without it).
     pub fn with_op_results(mut self, results: Arc<dyn OpResultsSource>) -> Self {
         self.results = results;
+        self
+    }
+
+    /// Reads the report's `health` from `probe` (both halves `unknown` without it).
+    pub fn with_health(mut self, probe: Arc<dyn HealthProbe>) -> Self {
+        self.health = Some(probe);
         self
     }
 
@@ -266,7 +285,55 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             audit_tail,
             pending_signatures,
             signed_op_results,
+            health: self.health(),
         })
+    }
+
+    fn health(&self) -> Health {
+        let Some(probe) = &self.health else {
+            return Health::unknown();
+        };
+        let mut health = Health::unknown();
+        match probe.disks() {
+            Ok(disks) => {
+                health.disks_state = PROBE_OK.to_owned();
+                health.disks = disks
+                    .into_iter()
+                    .take(crate::proxmox::MAX_DISKS)
+                    .map(|d| DiskReport {
+                        device: d.device,
+                        model: d.model,
+                        smart_ok: d.smart_ok,
+                        temperature_c: d.temperature_c,
+                        reallocated_sectors: d.reallocated_sectors,
+                    })
+                    .collect();
+            }
+            Err(e) => crate::warn!(
+                health_disks_unknown,
+                "disk health probe failed; reporting unknown",
+                error = e
+            ),
+        }
+        match probe.sensors() {
+            Ok(sensors) => {
+                health.sensors_state = PROBE_OK.to_owned();
+                health.sensors = sensors
+                    .into_iter()
+                    .take(crate::proxmox::MAX_SENSORS)
+                    .map(|s| SensorReport {
+                        name: s.name,
+                        celsius: s.celsius,
+                    })
+                    .collect();
+            }
+            Err(e) => crate::warn!(
+                health_sensors_unknown,
+                "sensors probe failed; reporting unknown",
+                error = e
+            ),
+        }
+        health
     }
 
     fn guests(&self, mut rows: Vec<Guest>) -> Vec<GuestReport> {

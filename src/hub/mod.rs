@@ -21,8 +21,8 @@ pub(crate) mod round;
 
 pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, NoOpResults,
-    OpResultsSource, ReadError,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HealthProbe, HostReader, NoAudit,
+    NoOpResults, OpResultsSource, ReadError,
 };
 pub use desired_feed::{DesiredFetch, DesiredFetchError, DesiredStateClient, generation_etag};
 pub use envelope::{
@@ -35,7 +35,8 @@ pub use events::{
 pub use ops_feed::{Announcement, DeliveredOp, FetchError, SignedOpsClient};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::{
-    AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
-    PENDING_SIGNATURES_MAX, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
+    AuditEntry, CpuMetrics, DiskReport, GuestSpec, GuestStatus, Health, HostMetrics, HostReport,
+    LoadAverage, PENDING_SIGNATURES_MAX, PROBE_OK, PROBE_UNKNOWN, SIGNED_OP_RESULTS_MAX,
+    SensorReport, SignedOpResult, Usage,
 };
 pub use round::{HubRound, HubRoundError};

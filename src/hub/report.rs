@@ -49,6 +49,67 @@ pub struct HostReport {
     /// (`ack_signed_op_results` in the envelope), one entry per hub op id, oldest
     /// first, at most [`SIGNED_OP_RESULTS_MAX`].
     pub signed_op_results: Vec<SignedOpResult>,
+    /// The host's disks (SMART) and temperature sensors; a probe that failed reads
+    /// `unknown` and never holds the report back.
+    pub health: Health,
+}
+
+/// `ok` when a health probe answered, `unknown` when it failed (its list is then
+/// empty) or is not wired.
+pub const PROBE_OK: &str = "ok";
+/// See [`PROBE_OK`].
+pub const PROBE_UNKNOWN: &str = "unknown";
+
+/// The host's health: SMART per disk and the temperature sensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// [`PROBE_OK`] when the disks could be listed, else [`PROBE_UNKNOWN`] (and
+    /// `disks` is empty).
+    pub disks_state: String,
+    /// Each whole disk, sorted by device; a disk whose own probe failed is listed
+    /// with every reading `null`.
+    pub disks: Vec<DiskReport>,
+    /// [`PROBE_OK`] when `sensors -j` answered, else [`PROBE_UNKNOWN`] (and `sensors`
+    /// is empty).
+    pub sensors_state: String,
+    /// Each temperature reading.
+    pub sensors: Vec<SensorReport>,
+}
+
+impl Health {
+    /// Nothing known: both probes `unknown`, both lists empty.
+    pub fn unknown() -> Health {
+        Health {
+            disks_state: PROBE_UNKNOWN.to_owned(),
+            disks: Vec::new(),
+            sensors_state: PROBE_UNKNOWN.to_owned(),
+            sensors: Vec::new(),
+        }
+    }
+}
+
+/// One disk's SMART reading; `null` where unknown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// `/dev/sda`, `/dev/nvme0n1`.
+    pub device: String,
+    /// The model smartctl names.
+    pub model: Option<String>,
+    /// smartctl's overall verdict: `true` passed, `false` failing.
+    pub smart_ok: Option<bool>,
+    /// Current temperature, °C.
+    pub temperature_c: Option<i64>,
+    /// ATA attribute 5's raw value (`null` for NVMe and SCSI disks).
+    pub reallocated_sectors: Option<u64>,
+}
+
+/// One temperature sensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorReport {
+    /// `CHIP/LABEL`, e.g. `coretemp-isa-0000/Package id 0`.
+    pub name: String,
+    /// °C.
+    pub celsius: f64,
 }
 
 /// Host metrics.

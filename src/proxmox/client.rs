@@ -670,6 +670,40 @@ impl Client {
         )
     }
 
+    /// `PUT .../lxc/{vmid}/resize` of the root disk to `bytes` (an absolute size, in
+    /// whole KiB). Proxmox runs it as a `resize` task and refuses a smaller size
+    /// (`unable to shrink disk size`).
+    pub fn resize_rootfs(&self, vmid: u32, bytes: u64) -> Result<Upid, ProxmoxError> {
+        let id = Self::vmid_str(vmid)?;
+        let kib = bytes / 1024;
+        if kib == 0 || !bytes.is_multiple_of(1024) {
+            return Err(validate::InvalidArgument::new(
+                "size",
+                &bytes.to_string(),
+                "must be a positive whole number of KiB",
+            )
+            .into());
+        }
+        self.task(
+            Method::Put,
+            api_path(&["nodes", &self.node, "lxc", &id, "resize"]),
+            vec![pair("disk", "rootfs"), pair("size", format!("{kib}K"))],
+        )
+    }
+
+    /// `DELETE /nodes/{node}/storage/{storage}/content/{volid}`: removes the volume as an
+    /// `imgdel` task (`Ok(Some(upid))`); `Ok(None)` when Proxmox answers without a task.
+    pub fn delete_volume(&self, volid: &str) -> Result<Option<Upid>, ProxmoxError> {
+        check("volid", volid, validate::volid)?;
+        let (storage, _) = volid.split_once(':').unwrap_or((volid, ""));
+        let path = api_path(&["nodes", &self.node, "storage", storage, "content", volid]);
+        let env = self.call(Method::Delete, &path, vec![])?;
+        if env.data.is_null() {
+            return Ok(None);
+        }
+        self.expect_upid(Method::Delete, &path, &env.data).map(Some)
+    }
+
     /// `PUT .../lxc/{vmid}/config`. Proxmox applies most changes synchronously and
     /// answers `{"data": null}` (`Ok(None)`); an answer with a task id
     /// (`Ok(Some(upid))`) must be waited for. Both are success.

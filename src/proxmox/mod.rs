@@ -10,13 +10,16 @@
 //! calls need, from one table of those calls ([`API_CALLS`]).
 //!
 //! [`Privileged`] owns the few root operations the API cannot do, through an argv
-//! runner with strictly validated arguments. It never opens a socket. `tests/fence.rs`
+//! runner with strictly validated arguments; the host-health readings
+//! ([`probe_disks`], [`probe_sensors`]) are parsed from its SMART and sensors output.
+//! Neither ever opens a socket. `tests/fence.rs`
 //! reads the sources of both to hold that line.
 
 mod answer;
 mod client;
 mod decode;
 mod error;
+mod health;
 pub(crate) mod privileged;
 mod privileges;
 mod task;
@@ -29,6 +32,10 @@ pub use answer::{Answer, decode_answer};
 pub use client::{Client, ClientOptions};
 pub use decode::DecodeError;
 pub use error::{ApiError, Privilege, ProxmoxError, is_transient_text};
+pub use health::{
+    DiskHealth, MAX_DISKS, MAX_NAME_BYTES, MAX_SENSORS, ProbeBudget, SensorReading, block_devices,
+    is_probed_disk, parse_sensors, parse_smart, probe_disks, probe_sensors,
+};
 pub use privileged::{
     GoldenLxc, Output, Privileged, PrivilegedError, Programs, RunError, Runner, SystemRunner,
 };

@@ -98,6 +98,7 @@ pub struct ActionJournalError {
 pub(crate) fn class_of(kind: ActionKind) -> OpClass {
     match kind {
         ActionKind::SetConfig => OpClass::SetConfig,
+        ActionKind::Resize => OpClass::Resize,
         ActionKind::Start => OpClass::Start,
         ActionKind::Stop => OpClass::Stop,
     }
@@ -267,6 +268,14 @@ impl Job {
                     digest: a.digest.clone(),
                 },
             ),
+            ActionKind::Resize => {
+                let bytes = a
+                    .params
+                    .get("size")
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0);
+                self.client.resize_rootfs(a.vmid, bytes).map(Some)
+            }
             ActionKind::Start => self.client.start(a.vmid).map(Some),
             // A clean shutdown, hard-stopped by Proxmox once the timeout passes.
             ActionKind::Stop => self

@@ -12,9 +12,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The signed-op catalogue: the op names a signed blob may carry, and the only ones
-/// `op new` prints a template for. Every other name is `unknown_op`.
-pub const SIGNED_OP_CATALOGUE: &[&str] = &[
+/// The op words an operator may sign: every other word is `unknown_op`, at `verify`
+/// time and on delivery alike.
+pub const SIGNED_CATALOGUE: &[&str] = &[
     "guest_destroy",
     "restore_overwrite",
     "snapshot_rollback",
@@ -32,17 +32,19 @@ pub enum OpClass {
     Stop,
     /// Change a guest's configuration (cores, memory, description).
     SetConfig,
+    /// Grow a guest's root disk (never shrink it).
+    Resize,
     /// Destroy a guest and its volumes.
     GuestDestroy,
-    /// Wipe a storage.
-    StorageWipe,
     /// Restore a backup over an existing guest.
     RestoreOverwrite,
-    /// Take the host out of service.
-    Decommission,
+    /// Roll a guest back to one of its snapshots, discarding what was written since.
+    SnapshotRollback,
+    /// Delete one backup volume of a guest.
+    BackupDelete,
     /// Replace the allow-listed signers.
     RotateSigners,
-    /// Any other word: treated as destructive.
+    /// Any other word: destructive, and refused `unknown_op` (not in the catalogue).
     #[serde(untagged)]
     Unknown(String),
 }
@@ -54,10 +56,11 @@ impl OpClass {
             "start" => OpClass::Start,
             "stop" => OpClass::Stop,
             "set_config" => OpClass::SetConfig,
+            "resize" => OpClass::Resize,
             "guest_destroy" => OpClass::GuestDestroy,
-            "storage_wipe" => OpClass::StorageWipe,
             "restore_overwrite" => OpClass::RestoreOverwrite,
-            "decommission" => OpClass::Decommission,
+            "snapshot_rollback" => OpClass::SnapshotRollback,
+            "backup_delete" => OpClass::BackupDelete,
             "rotate_signers" => OpClass::RotateSigners,
             other => OpClass::Unknown(other.to_string()),
         }
@@ -69,18 +72,41 @@ impl OpClass {
             OpClass::Start => "start",
             OpClass::Stop => "stop",
             OpClass::SetConfig => "set_config",
+            OpClass::Resize => "resize",
             OpClass::GuestDestroy => "guest_destroy",
-            OpClass::StorageWipe => "storage_wipe",
             OpClass::RestoreOverwrite => "restore_overwrite",
-            OpClass::Decommission => "decommission",
+            OpClass::SnapshotRollback => "snapshot_rollback",
+            OpClass::BackupDelete => "backup_delete",
             OpClass::RotateSigners => "rotate_signers",
             OpClass::Unknown(s) => s,
         }
     }
 
-    /// Whether the class can never lose data by itself (start, stop, set config).
+    /// Whether the class can never lose data by itself (start, stop, set config, a
+    /// disk grown).
     pub fn is_benign_by_class(&self) -> bool {
-        matches!(self, OpClass::Start | OpClass::Stop | OpClass::SetConfig)
+        matches!(
+            self,
+            OpClass::Start | OpClass::Stop | OpClass::SetConfig | OpClass::Resize
+        )
+    }
+
+    /// Whether the class is in the signed-op catalogue ([`SIGNED_CATALOGUE`]). A signed
+    /// op of any other class is refused `unknown_op` before its nonce could be burned.
+    pub fn in_catalogue(&self) -> bool {
+        matches!(
+            self,
+            OpClass::GuestDestroy
+                | OpClass::RestoreOverwrite
+                | OpClass::SnapshotRollback
+                | OpClass::BackupDelete
+                | OpClass::RotateSigners
+        )
+    }
+
+    /// Whether a signed blob's `op` word names an op of the catalogue.
+    pub fn is_catalogued(op: &str) -> bool {
+        OpClass::parse(op).in_catalogue()
     }
 }
 
@@ -165,10 +191,11 @@ mod tests {
             "start",
             "stop",
             "set_config",
+            "resize",
             "guest_destroy",
-            "storage_wipe",
             "restore_overwrite",
-            "decommission",
+            "snapshot_rollback",
+            "backup_delete",
             "rotate_signers",
         ] {
             let c = OpClass::parse(w);
@@ -176,6 +203,24 @@ mod tests {
             assert_eq!(c.as_str(), w);
         }
         assert_eq!(OpClass::parse("reboot"), OpClass::Unknown("reboot".into()));
+    }
+
+    #[test]
+    fn the_catalogue_is_exactly_the_signable_words() {
+        for w in SIGNED_CATALOGUE {
+            assert!(OpClass::parse(w).in_catalogue(), "{w}");
+        }
+        for w in [
+            "start",
+            "stop",
+            "set_config",
+            "storage_wipe",
+            "decommission",
+            "",
+            "GUEST_DESTROY",
+        ] {
+            assert!(!OpClass::is_catalogued(w), "{w:?}");
+        }
     }
 
     #[test]
@@ -192,6 +237,7 @@ mod tests {
         let i = |c| Intent::new(c, "pve-a", Some("105".into()));
         assert_eq!(classify(&i(OpClass::Start), None), Class::Benign);
         assert_eq!(classify(&i(OpClass::SetConfig), None), Class::Benign);
+        assert_eq!(classify(&i(OpClass::Resize), None), Class::Benign);
         assert_eq!(
             classify(&i(OpClass::GuestDestroy), None),
             Class::Destructive
@@ -200,11 +246,17 @@ mod tests {
             classify(&i(OpClass::GuestDestroy), Some(Provenance::AgentScratch)),
             Class::BenignByProvenance(Provenance::AgentScratch)
         );
-        // Provenance never makes a wipe or a restore benign.
-        assert_eq!(
-            classify(&i(OpClass::StorageWipe), Some(Provenance::AgentScratch)),
-            Class::Destructive
-        );
+        // Provenance never makes a rollback, a backup deletion or a restore benign.
+        for c in [
+            OpClass::SnapshotRollback,
+            OpClass::BackupDelete,
+            OpClass::RestoreOverwrite,
+        ] {
+            assert_eq!(
+                classify(&i(c), Some(Provenance::AgentScratch)),
+                Class::Destructive
+            );
+        }
         assert_eq!(
             classify(&i(OpClass::Unknown("reboot".into())), None),
             Class::Destructive

@@ -57,6 +57,9 @@ pub struct Spec {
     /// Root disk size in bytes: accepted because the hub's spec carries it, but never
     /// reconciled (growing a disk is a separate, one-way operation).
     pub disk_bytes: Option<u64>,
+    /// The root disk's wanted size in bytes: a larger one grows the disk (benign); a
+    /// smaller one is never attempted and is reported `shrink_refused`.
+    pub rootfs_bytes: Option<u64>,
 }
 
 /// What is wanted of one guest; `None` leaves a field unmanaged.
@@ -238,9 +241,18 @@ fn guest(v: &Value, path: &str) -> Result<DesiredGuest, Invalid> {
     })
 }
 
+/// The smallest `spec.rootfs_bytes` taken: 1 MiB.
+const MIN_ROOTFS_BYTES: u64 = 1 << 20;
+/// The largest `spec.rootfs_bytes` taken: 1 PiB.
+const MAX_ROOTFS_BYTES: u64 = 1 << 50;
+
 fn spec(v: &Value, path: &str) -> Result<Spec, Invalid> {
     let o = object(v, path)?;
-    only_keys(o, path, &["cores", "memory_bytes", "disk_bytes"])?;
+    only_keys(
+        o,
+        path,
+        &["cores", "memory_bytes", "disk_bytes", "rootfs_bytes"],
+    )?;
     let cores = match present(o, "cores") {
         None => None,
         Some(c) => Some(
@@ -270,10 +282,24 @@ fn spec(v: &Value, path: &str) -> Result<Spec, Invalid> {
             )
         })?),
     };
+    let rootfs_bytes = match present(o, "rootfs_bytes") {
+        None => None,
+        Some(r) => Some(
+            r.as_u64()
+                .filter(|n| (MIN_ROOTFS_BYTES..=MAX_ROOTFS_BYTES).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        &format!("{path}.rootfs_bytes"),
+                        "must be an integer from 1 MiB (1048576) to 1 PiB (1125899906842624)",
+                    )
+                })?,
+        ),
+    };
     Ok(Spec {
         cores,
         memory_bytes,
         disk_bytes,
+        rootfs_bytes,
     })
 }
 
@@ -566,15 +592,34 @@ mod tests {
                 cores: Some(4),
                 memory_bytes: Some(1 << 30),
                 disk_bytes: None,
+                rootfs_bytes: None,
             })
         );
         assert_eq!(g.description.as_deref(), Some("web"));
         assert_eq!(s.guests[&101], DesiredGuest::new(101));
+        let s = DesiredState::from_json(
+            br#"{"guests":[{"vmid":100,"spec":{"rootfs_bytes":17179869184}}]}"#,
+        )
+        .unwrap();
+        let spec = s.guests[&100].spec.unwrap();
+        assert_eq!(spec.rootfs_bytes, Some(16 << 30));
     }
 
     #[test]
     fn errors_name_the_path() {
-        let cases: [(&str, &str); 9] = [
+        let cases: [(&str, &str); 12] = [
+            (
+                r#"{"guests":[{"vmid":100,"spec":{"rootfs_bytes":0}}]}"#,
+                "guests[0].spec.rootfs_bytes",
+            ),
+            (
+                r#"{"guests":[{"vmid":100,"spec":{"rootfs_bytes":1.5e9}}]}"#,
+                "guests[0].spec.rootfs_bytes",
+            ),
+            (
+                r#"{"guests":[{"vmid":100,"spec":{"rootfs_bytes":2251799813685248}}]}"#,
+                "guests[0].spec.rootfs_bytes",
+            ),
             (r#"{"generation":1,"extra":true}"#, "extra"),
             (
                 r#"{"guests":[{"vmid":100},{"vmid":101,"spce":{}}]}"#,

@@ -232,6 +232,9 @@ pub struct Engine {
     /// Destroy deltas already gated (and audited), so each is decided once.
     gated_deltas: Mutex<BTreeSet<u32>>,
     skips: Mutex<BTreeMap<u32, String>>,
+    /// Refused shrinks already audited (vmid → the size asked for), so each is audited
+    /// once, not every pass.
+    shrinks: Mutex<BTreeMap<u32, u64>>,
     blast: Limiter,
 }
 
@@ -327,6 +330,7 @@ impl Engine {
             last_managed: Mutex::new(None),
             gated_deltas: Mutex::new(BTreeSet::new()),
             skips: Mutex::new(BTreeMap::new()),
+            shrinks: Mutex::new(BTreeMap::new()),
             blast: Limiter::new(opts.max_disruptive_per_hour),
             opts,
         }
@@ -401,6 +405,7 @@ impl Engine {
         let planned = plan(&desired, &actual, &self.norm);
         let destroy_deltas = self.gate_destroy_deltas(&desired, &actual);
         self.log_skips(&planned);
+        self.audit_shrinks(&planned);
         let in_flight: HashMap<u32, String> = self
             .journal
             .in_flight()
@@ -712,6 +717,42 @@ impl Engine {
             }
         }
         *last = now;
+    }
+
+    /// Audits (through the gate, as `shrink_refused`, which the gate also logs as its
+    /// `gate_decision`) each root disk the desired state wants smaller, once per size
+    /// asked for; nothing is ever sent for it.
+    fn audit_shrinks(&self, planned: &Plan) {
+        let mut audited = lock(&self.shrinks);
+        let now: BTreeMap<u32, u64> = planned
+            .shrink_refused
+            .iter()
+            .map(|s| (s.vmid, s.want_bytes))
+            .collect();
+        for s in &planned.shrink_refused {
+            if audited.get(&s.vmid) == Some(&s.want_bytes) {
+                continue;
+            }
+            let mut intent = Intent::new(
+                OpClass::Resize,
+                self.opts.host_id.clone(),
+                Some(s.vmid.to_string()),
+            );
+            intent.params.insert("disk".into(), "rootfs".into());
+            intent
+                .params
+                .insert("size".into(), s.want_bytes.to_string());
+            self.gate.refuse(
+                &intent,
+                Refusal::ShrinkRefused,
+                format!(
+                    "rootfs is {} bytes, the desired state asks for {}: a disk is never shrunk",
+                    s.have_bytes, s.want_bytes
+                ),
+                None,
+            );
+        }
+        *audited = now;
     }
 
     /// Updates the guest's back-off from an action's outcome.

@@ -139,6 +139,15 @@ pub enum Refusal {
     /// Destructive while the journal or the nonce store is damaged, or the decision
     /// could not be audited.
     StateDamaged,
+    /// The snapshot or backup volume the signed op names does not exist (or its
+    /// params do not name one).
+    TargetMissing,
+    /// The backup volume a `backup_delete` names belongs to another guest than the
+    /// op's `guest_id` (or its owner cannot be told).
+    ForeignVolume,
+    /// The desired state wants a root disk smaller than it is: Proxmox cannot shrink a
+    /// disk and the agent never tries.
+    ShrinkRefused,
     /// Benign but disruptive (a stop, a reduction of cores or memory) beyond
     /// `reconcile.max_disruptive_per_hour`: held, not sent, until the rolling hour
     /// allows it or an operator runs `felhom-agent resume --rate-limit`.
@@ -158,6 +167,9 @@ impl Refusal {
             Refusal::Rejected(e) => e.code(),
             Refusal::StateDamaged => "state_damaged",
             Refusal::RateLimited => "rate_limited",
+            Refusal::TargetMissing => "target_missing",
+            Refusal::ForeignVolume => "foreign_volume",
+            Refusal::ShrinkRefused => "shrink_refused",
         }
     }
 }
@@ -170,6 +182,11 @@ impl fmt::Display for Refusal {
         }
     }
 }
+
+/// What the op's own target looks like now (the snapshot to roll back to, the backup
+/// volume to delete), read right before dispatch: `Err` refuses the op with that
+/// refusal and why, after the signature checks and before the nonce is burned.
+pub type TargetCheck<'a> = &'a dyn Fn() -> Result<(), (Refusal, String)>;
 
 /// Reports whether a store the gate depends on (the nonce store) is damaged.
 pub type HealthProbe = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -274,6 +291,20 @@ impl Gate {
         guest: &GuestNow,
         delivery: Option<&AuditDelivery>,
     ) -> Decision {
+        self.authorize_target(intent, signed, guest, &|| Ok(()), delivery)
+    }
+
+    /// [`Gate::authorize_delivered`] that also asks `target` about the op's own target
+    /// once the signature, binding, role, digest and protection checks passed and
+    /// before the nonce is burned (see [`TargetCheck`]).
+    pub fn authorize_target(
+        &self,
+        intent: &Intent,
+        signed: Option<&SignedOp>,
+        guest: &GuestNow,
+        target: TargetCheck<'_>,
+        delivery: Option<&AuditDelivery>,
+    ) -> Decision {
         let (decision, why) = match self.pre(intent) {
             Pre::Allow(AllowReason::AgentProvenance) if guest.is_protected() => (
                 Decision::Refused {
@@ -289,7 +320,7 @@ impl Gate {
                 r.code().to_string(),
             ),
             Pre::Refuse(r, why) => (Decision::Refused { reason: r }, why),
-            Pre::NeedsSignature => self.check_signed(intent, signed, guest),
+            Pre::NeedsSignature => self.check_signed(intent, signed, guest, target),
         };
         self.record(intent, decision, why, delivery)
     }
@@ -312,6 +343,7 @@ impl Gate {
         intent: &Intent,
         signed: Option<&SignedOp>,
         guest: &GuestNow,
+        target: TargetCheck<'_>,
     ) -> (Decision, String) {
         let refuse = |r: Refusal, why: String| (Decision::Refused { reason: r }, why);
         let (Some(verifier), Some(signed)) = (&self.verifier, signed) else {
@@ -353,6 +385,9 @@ impl Gate {
                 Refusal::Protected,
                 "the guest has protection: 1 and the signed params do not say unprotect".into(),
             );
+        }
+        if let Err((r, why)) = target() {
+            return refuse(r, why);
         }
         // Every check passed: only now is the nonce burned.
         if let Err(e) = verifier.consume(&v) {
@@ -493,6 +528,12 @@ fn pre(intent: &Intent, history: &dyn History, nonce_damage: Option<String>) -> 
         .map(|d| format!("journal damaged: {d}"))
         .or(nonce_damage);
     // Provenance from a damaged journal is not trusted.
+    if !intent.class.is_benign_by_class() && !intent.class.in_catalogue() {
+        return Pre::Refuse(
+            Refusal::UnknownOp,
+            format!("{} is not in the signed-op catalogue", intent.class),
+        );
+    }
     let provenance: Option<Provenance> = match (&intent.class, intent.vmid(), &damage) {
         (OpClass::GuestDestroy, Some(vmid), None) => {
             history.provenance(vmid, intent.params.get("txn").map(String::as_str))
@@ -613,6 +654,9 @@ mod tests {
         assert_eq!(Refusal::RoleDenied.code(), "role_denied");
         assert_eq!(Refusal::BindingMismatch.code(), "binding_mismatch");
         assert_eq!(Refusal::StateDamaged.code(), "state_damaged");
+        assert_eq!(Refusal::TargetMissing.code(), "target_missing");
+        assert_eq!(Refusal::ForeignVolume.code(), "foreign_volume");
+        assert_eq!(Refusal::ShrinkRefused.code(), "shrink_refused");
         assert_eq!(
             Refusal::Rejected(authz::AuthzError::Replay("x".into())).code(),
             "replay"

@@ -13,9 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::authz::OpBlob;
-use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
-use crate::proxmox::{Client, ConfigChange, Upid, WaitOptions};
 use crate::reconcile::audit::AuditDelivery;
 use crate::reconcile::classify::{Intent, OpClass};
 use crate::reconcile::gate::{Decision, Gate, GuestNow, Refusal, SignedOp};
@@ -35,6 +33,15 @@ pub trait DestructiveExecutor: Send + Sync {
     /// The guest as it is now (its config digest and protection flag), read
     /// immediately before the gate decides and the op is dispatched.
     fn guest_now(&self, vmid: u32) -> GuestNow;
+
+    /// The op's own target as it is now (the snapshot a rollback names, the backup
+    /// volume a deletion names): `Err` refuses the op with that refusal and why. The
+    /// gate asks only once the signature, binding, role, digest and protection checks
+    /// passed, and before the nonce is burned. Ops without a target of their own pass.
+    fn check_target(&self, intent: &Intent) -> Result<(), (Refusal, String)> {
+        let _ = intent;
+        Ok(())
+    }
 
     /// Clears the guest's `protection` flag, on the condition that its config still has
     /// `digest` (Proxmox refuses the write otherwise). `on_task` as for
@@ -200,14 +207,24 @@ struct SignedRun {
 impl SignedRun {
     fn run(self) -> Result<JobOutcome, JournalError> {
         let intent = &self.intent;
-        if !self.executor.carries(&intent.class) {
-            let why = format!("no executor here carries {}", intent.class);
-            if let Decision::Refused { reason } =
+        // Outside the catalogue, or not wired here: refused before anything is read,
+        // checked or burned.
+        let unknown = if !intent.class.in_catalogue() {
+            Some(format!(
+                "{} is not in the signed-op catalogue",
+                intent.class
+            ))
+        } else if !self.executor.carries(&intent.class) {
+            Some(format!("no executor here carries {}", intent.class))
+        } else {
+            None
+        };
+        if let Some(why) = unknown
+            && let Decision::Refused { reason } =
                 self.gate
                     .refuse(intent, Refusal::UnknownOp, why, self.delivery.as_ref())
-            {
-                return Ok(JobOutcome::Refused(reason));
-            }
+        {
+            return Ok(JobOutcome::Refused(reason));
         }
         // Read right before the decision, on the lane: nothing of ours changes the guest
         // between this read and the dispatch.
@@ -216,10 +233,12 @@ impl SignedRun {
             (Some(_), Some(vmid)) => self.executor.guest_now(vmid),
             (Some(g), None) => GuestNow::Unreadable(format!("guest_id {g:?} is not a vmid")),
         };
-        let verified = match self.gate.authorize_delivered(
+        let target = || self.executor.check_target(intent);
+        let verified = match self.gate.authorize_target(
             intent,
             Some(&self.signed),
             &guest,
+            &target,
             self.delivery.as_ref(),
         ) {
             Decision::Refused { reason } => return Ok(JobOutcome::Refused(reason)),
@@ -318,87 +337,5 @@ impl SignedRun {
         }
         journal.append(&done)?;
         Ok(res)
-    }
-}
-
-/// Executes `guest_destroy` through the Proxmox API (`purge` param `1` → purge) and
-/// waits for the task. Every other class is refused by this executor.
-pub struct ProxmoxExecutor {
-    client: Arc<Client>,
-    wait: WaitOptions,
-    shutdown: Shutdown,
-}
-
-impl fmt::Debug for ProxmoxExecutor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxmoxExecutor").finish()
-    }
-}
-
-impl ProxmoxExecutor {
-    /// An executor on `client`, waiting tasks with `wait` until `shutdown`.
-    pub fn new(client: Arc<Client>, wait: WaitOptions, shutdown: Shutdown) -> ProxmoxExecutor {
-        ProxmoxExecutor {
-            client,
-            wait,
-            shutdown,
-        }
-    }
-}
-
-impl DestructiveExecutor for ProxmoxExecutor {
-    fn carries(&self, class: &OpClass) -> bool {
-        *class == OpClass::GuestDestroy
-    }
-
-    fn guest_now(&self, vmid: u32) -> GuestNow {
-        match self.client.guest_config(vmid) {
-            Ok(cfg) => GuestNow::Present {
-                protected: cfg.protected(),
-                digest: cfg.digest,
-            },
-            Err(e) if e.api().is_some_and(|a| a.guest_missing()) => GuestNow::Gone,
-            Err(e) => GuestNow::Unreadable(e.to_string()),
-        }
-    }
-
-    fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String> {
-        let change = ConfigChange {
-            set: vec![("protection".into(), "0".into())],
-            delete: Vec::new(),
-            digest: Some(digest.to_string()),
-        };
-        let upid = self
-            .client
-            .set_config(vmid, &change)
-            .map_err(|e| format!("unprotect {vmid}: {e}"))?;
-        let Some(upid) = upid else {
-            return Ok(());
-        };
-        on_task(upid.as_str()).map_err(|e| format!("journal: {e}"))?;
-        self.client
-            .wait_task(&upid, &self.wait, &self.shutdown)
-            .map(|_| ())
-            .map_err(|e| format!("unprotect {vmid}: {e}"))
-    }
-
-    fn execute(&self, intent: &Intent, on_task: &mut OnTask<'_>) -> Result<(), String> {
-        if intent.class != OpClass::GuestDestroy {
-            return Err(format!("no executor for {}", intent.class));
-        }
-        let vmid = intent
-            .vmid()
-            .ok_or_else(|| "guest_destroy needs a numeric guest_id".to_string())?;
-        let purge = intent.params.get("purge").map(String::as_str) == Some("1");
-        let upid: Upid = self
-            .client
-            .destroy(vmid, purge, false)
-            .map_err(|e| format!("destroy {vmid}: {e}"))?;
-        crate::store::faultpoint::reached("signed:after-post");
-        on_task(upid.as_str()).map_err(|e| format!("journal: {e}"))?;
-        self.client
-            .wait_task(&upid, &self.wait, &self.shutdown)
-            .map(|_| ())
-            .map_err(|e| format!("destroy {vmid}: {e}"))
     }
 }

@@ -14,6 +14,7 @@ pub(crate) mod classify;
 pub(crate) mod desired;
 pub(crate) mod desired_cache;
 pub(crate) mod engine;
+pub(crate) mod executor;
 pub(crate) mod gate;
 pub(crate) mod jobs;
 pub(crate) mod journal;
@@ -29,18 +30,24 @@ pub use audit::{
     DEFAULT_MAX_BYTES, MIN_MAX_BYTES, PENDING_SIGNATURE, cap,
 };
 pub use blast::{RESUME_MARKER, is_disruptive, request_resume, resume_marker_path};
-pub use classify::{Intent, OpClass, Provenance, SIGNED_OP_CATALOGUE};
+pub use classify::{Intent, OpClass, Provenance, SIGNED_CATALOGUE};
 pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
 pub use desired_cache::{DesiredCache, DesiredOfferError, Offered};
 pub use engine::{Engine, EngineError, EngineOptions, PASS_TASK_WAIT, Pacing, PassReport};
-pub use gate::{AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp};
-pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, ProxmoxExecutor, SignedJobs};
+pub use executor::ProxmoxExecutor;
+pub use gate::{
+    AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp, TargetCheck,
+};
+pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, SignedJobs};
 pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState};
 pub use normalize::Normalizers;
 pub use op_results::{
     OP_RESULT_CODE_MAX, OP_RESULT_ID_MAX, OP_RESULT_NONCE_MAX, OP_RESULTS_FILE_MAX, OP_RESULTS_MAX,
     OpResult, OpResults, OpResultsError, Recorded, ResultOutcome,
 };
-pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
+pub use plan::{
+    Action, ActionKind, ActualGuest, ActualState, ShrinkRefused, desired_memory_mib,
+    desired_rootfs_bytes, plan,
+};
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};

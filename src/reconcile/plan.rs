@@ -2,10 +2,11 @@
 //! actions (set config, start, stop) that converge them.
 //!
 //! Rules: only guests both desired and present are touched (provisioning and destroy
-//! are not planned here); actions are sorted by vmid, config before run state; a
-//! config is never written unless it was read first; memory is compared in MiB with
-//! the desired size rounded up, so a size that is not MiB-aligned converges in one
-//! pass; disk is not reconciled. This module does no I/O and never decides whether an
+//! are not planned here); actions are sorted by vmid, config before resize before run
+//! state; a config is never written unless it was read first; memory is compared in
+//! MiB with the desired size rounded up, so a size that is not MiB-aligned converges in
+//! one pass; the root disk (`spec.rootfs_bytes`, rounded up to MiB) only ever grows: a
+//! smaller size is reported in [`Plan::shrink_refused`] and never attempted. This module does no I/O and never decides whether an
 //! action is allowed — that is the gate's.
 
 use std::collections::BTreeMap;
@@ -29,6 +30,8 @@ pub fn desired_memory_mib(memory_bytes: u64) -> u64 {
 pub enum ActionKind {
     /// Write config keys (`cores`, `memory`, `description`) in one PUT.
     SetConfig,
+    /// Grow the root disk (`disk=rootfs`, `size` in bytes): never smaller.
+    Resize,
     /// Start the guest.
     Start,
     /// Stop the guest.
@@ -40,6 +43,7 @@ impl ActionKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ActionKind::SetConfig => "set_config",
+            ActionKind::Resize => "resize",
             ActionKind::Start => "start",
             ActionKind::Stop => "stop",
         }
@@ -77,6 +81,19 @@ pub struct Skip {
     pub why: String,
 }
 
+/// A root disk the desired state wants smaller than it is. Proxmox cannot shrink a
+/// disk and the agent never tries: the plan reports it and the engine audits it as
+/// `shrink_refused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShrinkRefused {
+    /// The guest.
+    pub vmid: u32,
+    /// The root disk's size now, in bytes.
+    pub have_bytes: u64,
+    /// The size the desired state asks for (rounded up to MiB), in bytes.
+    pub want_bytes: u64,
+}
+
 /// What one guest is now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActualGuest {
@@ -106,6 +123,8 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Desired guests left alone, with the reason.
     pub skipped: Vec<Skip>,
+    /// Root disks the desired state wants smaller: never attempted.
+    pub shrink_refused: Vec<ShrinkRefused>,
 }
 
 impl Plan {
@@ -152,6 +171,15 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, norm: &Normalizers) ->
                 .push(skip("config unreadable: spec and description not compared")),
             (_, false) => {}
         }
+        if let (Some(cfg), Some(want_bytes)) =
+            (&have.config, want.spec.and_then(|s| s.rootfs_bytes))
+        {
+            match rootfs_change(*vmid, want_bytes, cfg) {
+                Some(Ok(a)) => out.actions.push(a),
+                Some(Err(shrink)) => out.shrink_refused.push(shrink),
+                None => {}
+            }
+        }
 
         if let Some(run) = want.run {
             match (&have.status, run) {
@@ -181,6 +209,44 @@ fn simple(vmid: u32, kind: ActionKind, reason: &str) -> Action {
         digest: None,
         reason: reason.to_owned(),
     }
+}
+
+/// The root disk's size Proxmox should have for a desired size: whole MiB, rounded up
+/// so the guest never gets less than asked.
+pub fn desired_rootfs_bytes(rootfs_bytes: u64) -> u64 {
+    rootfs_bytes.div_ceil(MIB).saturating_mul(MIB)
+}
+
+/// A grow of the root disk, a refused shrink, or nothing (same size, or a size that
+/// cannot be read from the config).
+fn rootfs_change(
+    vmid: u32,
+    want_bytes: u64,
+    have: &GuestConfig,
+) -> Option<Result<Action, ShrinkRefused>> {
+    let have_bytes = have.rootfs_bytes()?;
+    let want_bytes = desired_rootfs_bytes(want_bytes);
+    if want_bytes < have_bytes {
+        return Some(Err(ShrinkRefused {
+            vmid,
+            have_bytes,
+            want_bytes,
+        }));
+    }
+    if want_bytes == have_bytes {
+        return None;
+    }
+    let params = BTreeMap::from([
+        ("disk".to_owned(), "rootfs".to_owned()),
+        ("size".to_owned(), want_bytes.to_string()),
+    ]);
+    Some(Ok(Action {
+        vmid,
+        kind: ActionKind::Resize,
+        params,
+        digest: have.digest.clone(),
+        reason: format!("rootfs {have_bytes}->{want_bytes} bytes"),
+    }))
 }
 
 fn config_action(

@@ -74,8 +74,11 @@ pub(crate) fn task_type(class: &OpClass) -> Option<&'static str> {
         OpClass::Start => Some("vzstart"),
         OpClass::Stop => Some("vzstop"),
         OpClass::SetConfig => Some("vzconfig"),
+        OpClass::Resize => Some("resize"),
         OpClass::GuestDestroy => Some("vzdestroy"),
         OpClass::RestoreOverwrite => Some("vzrestore"),
+        OpClass::SnapshotRollback => Some("vzrollback"),
+        OpClass::BackupDelete => Some("imgdel"),
         _ => None,
     }
 }
@@ -265,14 +268,30 @@ fn first_difference<'a>(
         .map(|(key, _)| key.as_str())
 }
 
+/// The id Proxmox gives the op's task: the vmid, except a volume deletion's `imgdel`,
+/// whose id is `VMID@STORAGE` (pve-storage's `Content.pm`).
+fn task_id_of(rec: &JournalRecord) -> String {
+    let storage = rec
+        .params
+        .get("volid")
+        .and_then(|v| v.split_once(':'))
+        .map(|(s, _)| s);
+    match (&rec.class, storage) {
+        (OpClass::BackupDelete, Some(storage)) => format!("{}@{storage}", rec.vmid),
+        _ => rec.vmid.to_string(),
+    }
+}
+
 /// The earliest task of the op's type on its guest that started no earlier than the op.
 fn find_task(client: &Client, rec: &JournalRecord) -> Result<Option<Upid>, String> {
     let Some(kind) = task_type_of(rec) else {
         return Ok(None);
     };
+    let id = task_id_of(rec);
     let since = rec.at.unix().saturating_sub(START_SLACK_SECS).max(0);
     let filter = TaskFilter {
-        vmid: Some(rec.vmid),
+        // Proxmox filters `vmid` on the task id, which an `imgdel` does not equal.
+        vmid: (id == rec.vmid.to_string()).then_some(rec.vmid),
         task_type: Some(kind.to_string()),
         since: u64::try_from(since).ok(),
         source: TaskSource::All,
@@ -283,7 +302,7 @@ fn find_task(client: &Client, rec: &JournalRecord) -> Result<Option<Upid>, Strin
         .into_iter()
         .filter(|t| {
             t.task_type == kind
-                && t.id == rec.vmid.to_string()
+                && t.id == id
                 && i64::try_from(t.starttime).is_ok_and(|s| s >= since)
         })
         .min_by_key(|t| t.starttime)

@@ -21,7 +21,7 @@ use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
 use felhom_agent::reconcile::AuditLog;
 use felhom_agent::reconcile::Journal;
 use felhom_agent::reconcile::{DestructiveExecutor, OnTask, ProxmoxExecutor};
-use felhom_agent::reconcile::{Gate, GuestNow};
+use felhom_agent::reconcile::{Gate, GuestNow, Refusal};
 use felhom_agent::reconcile::{Intent, OpClass};
 use felhom_agent::reconcile::{RecoverReport, recover};
 use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
@@ -74,6 +74,9 @@ impl DestructiveExecutor for CountingExecutor {
     }
     fn guest_now(&self, vmid: u32) -> GuestNow {
         self.inner.guest_now(vmid)
+    }
+    fn check_target(&self, intent: &Intent) -> Result<(), (Refusal, String)> {
+        self.inner.check_target(intent)
     }
     fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String> {
         self.inner.unprotect(vmid, digest, on_task)

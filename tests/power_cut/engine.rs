@@ -55,6 +55,7 @@ impl Benign {
                     cores: Some(4),
                     memory_bytes: None,
                     disk_bytes: None,
+                    rootfs_bytes: None,
                 }),
                 ..DesiredGuest::new(GUEST)
             },

@@ -25,7 +25,7 @@ const NODE: (&str, Kind) = ("node", Kind::Str);
 const GIB: u64 = 1 << 30;
 
 /// A successful answer: `data`, and `total` when non-zero.
-struct Answer {
+pub(super) struct Answer {
     data: Value,
     total: Option<usize>,
 }
@@ -36,7 +36,7 @@ impl Answer {
     }
 }
 
-type ApiResult = Result<Answer, ApiError>;
+pub(super) type ApiResult = Result<Answer, ApiError>;
 
 /// What the routes need from a request, decoded once.
 struct Incoming<'a> {
@@ -248,6 +248,9 @@ enum Ep<'a> {
     Vzdump,
     NodeStorage,
     StorageContent(&'a str),
+    /// The volume may come with raw `/` (more segments) or `%2F`, as Proxmox takes it.
+    ContentDelete(&'a str, String),
+    Resize(&'a str),
     Tasks,
     TaskStatus(&'a str),
     TaskLog(&'a str),
@@ -289,6 +292,10 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
                 ("POST", ["vzdump"]) => Vzdump,
                 ("GET", ["storage"]) => NodeStorage,
                 ("GET", ["storage", s, "content"]) => StorageContent(s),
+                ("DELETE", ["storage", s, "content", vol @ ..]) if !vol.is_empty() => {
+                    ContentDelete(s, vol.join("/"))
+                }
+                ("PUT", ["lxc", v, "resize"]) => Resize(v),
                 ("GET", ["tasks"]) => Tasks,
                 ("GET", ["tasks", u, "status"]) => TaskStatus(u),
                 ("GET", ["tasks", u, "log"]) => TaskLog(u),
@@ -350,6 +357,8 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
         Vzdump => vzdump(st, p),
         NodeStorage => node_storage(st, p),
         StorageContent(s) => storage_content(st, p, s),
+        ContentDelete(s, vol) => super::disk::content_delete(st, p, s, &vol),
+        Resize(v) => super::disk::resize(st, p, v),
         Tasks => task_list(st, p),
         TaskStatus(u) => task_status(st, p, u),
         TaskLog(u) => task_log(st, p, u),
@@ -358,7 +367,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
 }
 
 /// Validates the path's vmid together with the other parameters (`extra`, plus `node`).
-fn vmid_param(p: &mut Params, v: &str, extra: &[(&str, Kind)]) -> Result<u32, ApiError> {
+pub(super) fn vmid_param(p: &mut Params, v: &str, extra: &[(&str, Kind)]) -> Result<u32, ApiError> {
     p.push("vmid", v);
     check(p, extra, &[])?;
     let vmid = p.int("vmid").and_then(|n| u32::try_from(n).ok());
@@ -368,7 +377,11 @@ fn vmid_param(p: &mut Params, v: &str, extra: &[(&str, Kind)]) -> Result<u32, Ap
 }
 
 /// Validates against `allowed` plus the standard `node` and `vmid`.
-fn check(p: &Params, allowed: &[(&str, Kind)], required: &[&str]) -> Result<(), ApiError> {
+pub(super) fn check(
+    p: &Params,
+    allowed: &[(&str, Kind)],
+    required: &[&str],
+) -> Result<(), ApiError> {
     p.check(
         |k| {
             [NODE, VMID]
@@ -381,7 +394,7 @@ fn check(p: &Params, allowed: &[(&str, Kind)], required: &[&str]) -> Result<(), 
     )
 }
 
-fn guest(st: &State, vmid: u32) -> Result<&Guest, ApiError> {
+pub(super) fn guest(st: &State, vmid: u32) -> Result<&Guest, ApiError> {
     st.guests.get(&vmid).ok_or_else(|| missing_conf(st, vmid))
 }
 
@@ -392,11 +405,11 @@ fn missing_conf(st: &State, vmid: u32) -> ApiError {
     ))
 }
 
-fn vms(vmid: u32) -> String {
+pub(super) fn vms(vmid: u32) -> String {
     format!("/vms/{vmid}")
 }
 
-fn upid(data: String) -> ApiResult {
+pub(super) fn upid(data: String) -> ApiResult {
     Ok(Answer::data(Value::String(data)))
 }
 
@@ -1346,6 +1359,9 @@ fn storage_content(st: &State, p: &mut Params, name: &str) -> ApiResult {
                 "verification".into(),
                 json!({"state": state, "upid": pbs_verify_upid(b.ctime)}),
             );
+        }
+        if b.protected {
+            obj.insert("protected".into(), Value::from(1));
         }
         if let Some(notes) = &b.notes {
             let first = notes.lines().next().unwrap_or_default();

@@ -475,6 +475,8 @@ pub(crate) struct Backup {
     /// The guest's config at backup time; a restore brings it back.
     pub conf: BTreeMap<String, String>,
     pub description: Vec<String>,
+    /// Protected from removal (`protected: 1` in the listing): an `imgdel` fails.
+    pub protected: bool,
 }
 
 impl Backup {
@@ -500,6 +502,7 @@ impl Backup {
             verification: None,
             conf,
             description: guest.description.clone(),
+            protected: false,
         }
     }
 
@@ -562,6 +565,8 @@ pub(crate) enum Effect {
         start: bool,
     },
     Backup(Vec<Backup>),
+    /// Remove the backup volume with this volid (`imgdel`).
+    DeleteVolume(String),
 }
 
 /// A task that fails before it does anything (permission, lock, missing snapshot …).
@@ -1095,6 +1100,7 @@ impl State {
                     self.backups.push(b);
                 }
             }
+            Effect::DeleteVolume(volid) => self.backups.retain(|b| b.volid != volid),
         }
     }
 

@@ -1,0 +1,226 @@
+//! SIGKILL in the middle of the catalogue's other signed ops: the real binary (built
+//! with `fault-points`) runs a signed `snapshot_rollback` or `backup_delete` the hub
+//! delivers, is paused at a lifecycle point (`FELHOM_FAULT_PAUSE_AT`) and killed there,
+//! then restarted on the same state directory with the same op delivered again.
+//!
+//! Each case asserts, after the restart: Recover resolved the op through its task (found
+//! in the node's task list when the UPID had not been journaled yet: `vzrollback`, or
+//! `imgdel` whose task id is `VMID@STORAGE`), nothing is in flight, Proxmox saw the op
+//! exactly once, its effect is there, and the replay was skipped (`skipped` audited).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::agent::{Agent, fast_hub, write_signed_agent_config};
+use common::sign::{nonce, ssh_keygen_sign};
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use felhom_agent::base::{Clock, Shutdown, SystemClock, Timestamp};
+use felhom_agent::proxmox::{ConfigChange, WaitOptions};
+use felhom_agent::reconcile::{Journal, JournalView, OpClass, OpState};
+use felhom_agent::store::{PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV};
+use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
+use serde_json::{Value, json};
+
+const VMID: u32 = 105;
+const BACKUP: &str = "local:backup/vzdump-lxc-105-2026_11_20-02_00_00.tar.zst";
+const OTHER_BACKUP: &str = "local:backup/vzdump-lxc-105-2026_11_21-02_00_00.tar.zst";
+
+struct Lab {
+    dir: PathBuf,
+    pve: ProxmoxSim,
+    hub: HubSim,
+    blob: Vec<u8>,
+    sig: String,
+    class: OpClass,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    /// Guest 105 with 2 cores, a snapshot `before_upgrade`, then 4 cores; two backups;
+    /// the op `op` with `params` signed for the guest as it is then, queued at the hub.
+    fn new(name: &str, op: &str, params: Value) -> Lab {
+        let dir = common::tempdir("cc", name);
+        let pve = ProxmoxSim::builder()
+            .guest(GuestSeed::new(VMID, "customer-db").running(false).cores(2))
+            .backup(VMID, "2026_11_20-02_00_00")
+            .backup(VMID, "2026_11_21-02_00_00")
+            .task_duration(Duration::from_millis(150))
+            .start();
+        let client = common::pinned_client(&pve);
+        let wait = WaitOptions {
+            initial: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+            timeout: Duration::from_secs(10),
+        };
+        let up = client.snapshot(VMID, "before_upgrade", None).unwrap();
+        client.wait_task(&up, &wait, &Shutdown::new()).unwrap();
+        let change = ConfigChange {
+            set: vec![("cores".into(), "4".into())],
+            delete: Vec::new(),
+            digest: None,
+        };
+        if let Some(up) = client.set_config(VMID, &change).unwrap() {
+            client.wait_task(&up, &wait, &Shutdown::new()).unwrap();
+        }
+        pve.clear_requests();
+        let hub = fast_hub();
+        write_signed_agent_config(&dir, &pve, &hub);
+        fs::write(
+            dir.join("desired.json"),
+            json!({"generation": 1, "guests": []}).to_string(),
+        )
+        .unwrap();
+        let now = SystemClock.now().unix();
+        let blob = serde_json::to_vec(&json!({
+            "op": op, "host_id": "pve-a", "guest_id": VMID.to_string(),
+            "guest_digest": pve.guest_digest(VMID).unwrap(), "params": params,
+            "key_id": "ops-2026", "nonce": nonce(),
+            "not_before": Timestamp(now - 60).to_rfc3339(),
+            "expires_at": Timestamp(now + 1800).to_rfc3339(),
+        }))
+        .unwrap();
+        let sig = ssh_keygen_sign(&dir, &blob);
+        let lab = Lab {
+            dir,
+            pve,
+            hub,
+            blob,
+            sig,
+            class: OpClass::parse(op),
+        };
+        lab.hub.queue_signed_op(&lab.blob, Some(&lab.sig));
+        lab
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn journal(&self) -> Option<JournalView> {
+        Journal::open_read_only(&self.state().join("journal.log")).ok()
+    }
+
+    fn start(&self, env: &[(&str, &str)]) -> Agent {
+        let mut all = vec![(SECOND_MS_ENV, "10")];
+        all.extend_from_slice(env);
+        Agent::spawn(
+            &["run"],
+            &self.dir.join("agent.json"),
+            &self.dir.join("stderr.log"),
+            &all,
+        )
+    }
+
+    fn kill_at(&self, point: &str) {
+        let marker = self.dir.join("paused");
+        let marker_env = marker.display().to_string();
+        let mut agent = self.start(&[(PAUSE_AT_ENV, point), (PAUSE_MARKER_ENV, &marker_env)]);
+        agent.wait_until(&format!("the pause at {point}"), |_| {
+            fs::read_to_string(&marker).is_ok_and(|m| m == point)
+        });
+        agent.kill();
+    }
+
+    fn audit_decisions(&self) -> Vec<String> {
+        let text = fs::read_to_string(self.state().join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["data"]["guest_id"] == json!(VMID.to_string()))
+            .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The requests that carried the op (the rollback POST or the volume DELETE).
+    fn op_requests(&self) -> usize {
+        self.pve
+            .mutations()
+            .iter()
+            .filter(|m| m.path.ends_with("/rollback") || m.path.contains("/content/"))
+            .count()
+    }
+
+    /// Kills the op at `signed:{point}`, restarts with the op delivered again, and
+    /// checks the matrix's promises.
+    fn run(&self, point: &str) {
+        self.kill_at(&format!("signed:{point}"));
+        let view = self.journal().unwrap();
+        let flight = view.in_flight();
+        assert_eq!(flight.len(), 1, "{flight:?}");
+        let op = flight[0].clone();
+        assert_eq!(op.class, self.class);
+        assert_eq!(
+            op.upid.is_some(),
+            point == "after-upid",
+            "the UPID is journaled only from after-upid on: {op:?}"
+        );
+        assert_eq!(self.op_requests(), 1, "dispatched once before the kill");
+
+        self.hub.queue_signed_op(&self.blob, Some(&self.sig));
+        let mut agent = self.start(&[]);
+        agent.wait_until("the op resolved and the replay skipped", |_| {
+            self.journal().is_some_and(|j| {
+                j.in_flight().is_empty()
+                    && j.latest(&op.op_id).is_some_and(|r| r.state.is_terminal())
+            }) && self.audit_decisions().last().map(String::as_str) == Some("skipped")
+        });
+        agent.stop();
+
+        let view = self.journal().unwrap();
+        let done = view.latest(&op.op_id).unwrap();
+        assert_eq!(done.state, OpState::Succeeded, "{done:?}");
+        assert!(done.upid.is_some(), "resolved through its task: {done:?}");
+        assert_eq!(self.op_requests(), 1, "never run twice");
+        let allowed = self
+            .audit_decisions()
+            .iter()
+            .filter(|d| *d == "allowed")
+            .count();
+        assert_eq!(allowed, 1, "authorized once");
+    }
+}
+
+fn rollback_case(name: &str, point: &str) {
+    let lab = Lab::new(
+        name,
+        "snapshot_rollback",
+        json!({"snapshot": "before_upgrade"}),
+    );
+    lab.run(point);
+    let cores = lab.pve.guest_config(VMID).unwrap()["cores"].as_u64();
+    assert_eq!(cores, Some(2), "rolled back to the snapshot");
+}
+
+fn backup_delete_case(name: &str, point: &str) {
+    let lab = Lab::new(name, "backup_delete", json!({"volid": BACKUP}));
+    lab.run(point);
+    assert_eq!(lab.pve.backups(), vec![OTHER_BACKUP.to_string()]);
+}
+
+#[test]
+fn rollback_killed_after_post_before_upid_is_found_by_recover_and_not_resent() {
+    rollback_case("rb-post", "after-post");
+}
+
+#[test]
+fn rollback_killed_after_upid_journaled_is_recovered_through_its_task() {
+    rollback_case("rb-upid", "after-upid");
+}
+
+#[test]
+fn backup_delete_killed_after_post_before_upid_is_found_by_recover_and_not_resent() {
+    backup_delete_case("bd-post", "after-post");
+}
+
+#[test]
+fn backup_delete_killed_after_upid_journaled_is_recovered_through_its_task() {
+    backup_delete_case("bd-upid", "after-upid");
+}
