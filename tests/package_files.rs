@@ -62,7 +62,12 @@ fn surface(help: &str) -> HelpSurface {
                 }
             }
         }
-        // Options: a '-' that starts a word (after a space, '[', '|', '(' or '`').
+        // Options: on a usage line (the synopses name every flag a command takes; prose
+        // may quote another program's, like `ssh-keygen -Y sign`), a '-' that starts a
+        // word (after a space, '[', '|', '(' or '`').
+        if !line.starts_with("  felhom-agent ") && !line.starts_with("Usage: felhom-agent ") {
+            continue;
+        }
         let chars: Vec<char> = line.chars().collect();
         for i in 0..chars.len() {
             let starts = i == 0 || " [|(`".contains(chars[i - 1]);

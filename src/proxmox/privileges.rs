@@ -425,7 +425,7 @@ pub const API_CALLS: &[ApiCall] = &[
         features: &[GuestDestroy],
     },
     ApiCall {
-        client_fn: "resize",
+        client_fn: "resize_rootfs",
         method: "PUT",
         path: "/nodes/{node}/lxc/{vmid}/resize",
         case: "rootfs",
