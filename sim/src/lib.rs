@@ -26,6 +26,7 @@ pub use hub::{
     SIGNED_OPS_PATH,
 };
 pub use pve::{
-    CertChoice, DEFAULT_NODE, DEFAULT_TASK_DURATION, DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, Fault,
-    FaultKind, GuestSeed, ProxmoxSim, ProxmoxSimBuilder, RecordedRequest,
+    BackupSeed, Broken, CertChoice, DEFAULT_NODE, DEFAULT_TASK_DURATION, DEFAULT_TOKEN_ID,
+    DEFAULT_TOKEN_SECRET, Fault, FaultKind, GuestSeed, ProxmoxSim, ProxmoxSimBuilder,
+    RecordedRequest,
 };
