@@ -165,7 +165,10 @@ pub fn plan_report(
         w(out, line)?;
     }
     for s in &planned.skipped {
-        w(out, format!("{:>6}  {:<10}  {}", s.vmid, "skip", s.why))?;
+        w(
+            out,
+            format!("{:>6}  {:<10}  {}: {}", s.vmid, "skip", s.code, s.why),
+        )?;
     }
     w(
         out,

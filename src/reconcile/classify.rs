@@ -22,6 +22,8 @@ pub enum OpClass {
     Stop,
     /// Change a guest's configuration (cores, memory, description).
     SetConfig,
+    /// Create a guest that does not exist (provisioning): it overwrites nothing.
+    GuestCreate,
     /// Destroy a guest and its volumes.
     GuestDestroy,
     /// Wipe a storage.
@@ -44,6 +46,7 @@ impl OpClass {
             "start" => OpClass::Start,
             "stop" => OpClass::Stop,
             "set_config" => OpClass::SetConfig,
+            "guest_create" => OpClass::GuestCreate,
             "guest_destroy" => OpClass::GuestDestroy,
             "storage_wipe" => OpClass::StorageWipe,
             "restore_overwrite" => OpClass::RestoreOverwrite,
@@ -59,6 +62,7 @@ impl OpClass {
             OpClass::Start => "start",
             OpClass::Stop => "stop",
             OpClass::SetConfig => "set_config",
+            OpClass::GuestCreate => "guest_create",
             OpClass::GuestDestroy => "guest_destroy",
             OpClass::StorageWipe => "storage_wipe",
             OpClass::RestoreOverwrite => "restore_overwrite",
@@ -68,9 +72,13 @@ impl OpClass {
         }
     }
 
-    /// Whether the class can never lose data by itself (start, stop, set config).
+    /// Whether the class can never lose data by itself (start, stop, set config, and a
+    /// create, which Proxmox refuses over a taken vmid without `force`).
     pub fn is_benign_by_class(&self) -> bool {
-        matches!(self, OpClass::Start | OpClass::Stop | OpClass::SetConfig)
+        matches!(
+            self,
+            OpClass::Start | OpClass::Stop | OpClass::SetConfig | OpClass::GuestCreate
+        )
     }
 }
 
@@ -155,6 +163,7 @@ mod tests {
             "start",
             "stop",
             "set_config",
+            "guest_create",
             "guest_destroy",
             "storage_wipe",
             "restore_overwrite",

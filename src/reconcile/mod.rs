@@ -20,8 +20,10 @@ pub(crate) mod journal;
 pub(crate) mod normalize;
 pub(crate) mod op_results;
 pub(crate) mod plan;
+pub(crate) mod provision;
 pub(crate) mod queue;
 pub(crate) mod recover;
+pub(crate) mod source;
 
 pub use action::{Outcome, shutdown_params};
 pub use audit::{
@@ -41,6 +43,9 @@ pub use op_results::{
     OP_RESULT_CODE_MAX, OP_RESULT_ID_MAX, OP_RESULT_NONCE_MAX, OP_RESULTS_FILE_MAX, OP_RESULTS_MAX,
     OpResult, OpResults, OpResultsError, Recorded, ResultOutcome,
 };
-pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
+pub use plan::{
+    Action, ActionKind, ActualGuest, ActualState, Plan, Skip, desired_memory_mib, plan,
+};
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
+pub use source::{Provision, Source};

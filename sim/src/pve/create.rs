@@ -158,6 +158,31 @@ impl ProxmoxSim {
         }
     }
 
+    /// The node crashes under a running create or restore of `vmid`: the task ends
+    /// `unexpected status` (what PVE's task list shows for a worker that died) and the
+    /// guest's config stays behind, holding `lock: create` — a partial guest. False
+    /// when no such task runs.
+    pub fn interrupt_create(&self, vmid: u32) -> bool {
+        let mut st = self.state();
+        let epoch = st.clock.epoch();
+        let id = vmid.to_string();
+        let Some(task) = st
+            .tasks
+            .iter_mut()
+            .find(|t| t.running() && t.id == id && matches!(t.kind, "vzcreate" | "vzrestore"))
+        else {
+            return false;
+        };
+        task.exitstatus = "unexpected status".to_string();
+        task.endtime = Some(epoch.max(task.starttime));
+        task.effect = Effect::None;
+        task.lock.clear();
+        if let Some(g) = st.guests.get_mut(&vmid) {
+            g.conf.insert("lock".into(), "create".into());
+        }
+        true
+    }
+
     /// Adds an OS template volume (`local:vztmpl/NAME`) a create can use.
     pub fn add_template(&self, volid: &str) {
         let mut st = self.state();
