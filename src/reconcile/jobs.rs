@@ -41,6 +41,14 @@ pub trait DestructiveExecutor: Send + Sync {
     /// [`DestructiveExecutor::execute`], when the write runs as a task.
     fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String>;
 
+    /// Stops the guest at once (a `restore_overwrite` whose signed params say `stop`,
+    /// on a running guest). `on_task` as for [`DestructiveExecutor::execute`]. An
+    /// executor that cannot stop guests says so.
+    fn stop_guest(&self, vmid: u32, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        let _ = on_task;
+        Err(format!("this executor cannot stop guest {vmid}"))
+    }
+
     /// Executes `intent`. Call `on_task` with the task's UPID as soon as Proxmox accepted
     /// it (before waiting), so a crash mid-task leaves the UPID in the journal; if it
     /// fails, stop and return the error. `Err` is a sentence saying what failed.
@@ -233,6 +241,7 @@ impl SignedRun {
         if let GuestNow::Present {
             protected: true,
             digest: Some(digest),
+            ..
         } = &guest
         {
             let mut rec = JournalRecord::started(
@@ -251,6 +260,22 @@ impl SignedRun {
                     detail,
                 });
             }
+        }
+        // A restore over a running guest was allowed only because the signed params say
+        // `stop`: stopping it is its own journaled op.
+        if let Some(rec) =
+            super::restore_overwrite::stop_step(intent, &guest, &journal, self.clock.now())
+        {
+            let res = self.step(&journal, &rec, |on_task| {
+                self.executor.stop_guest(vmid, on_task)
+            })?;
+            if let Err(detail) = res {
+                return Ok(JobOutcome::Failed {
+                    op_id: rec.op_id,
+                    detail,
+                });
+            }
+            crate::store::faultpoint::reached("restore:after-stop");
         }
         let mut rec = JournalRecord::started(
             journal.new_op_id(&format!("{}-{vmid}", intent.class)),
@@ -322,7 +347,8 @@ impl SignedRun {
 }
 
 /// Executes `guest_destroy` through the Proxmox API (`purge` param `1` → purge) and
-/// waits for the task. Every other class is refused by this executor.
+/// `restore_overwrite` (see `super::restore_overwrite`), and waits for the task. Every
+/// other class is refused by this executor.
 pub struct ProxmoxExecutor {
     client: Arc<Client>,
     wait: WaitOptions,
@@ -348,18 +374,29 @@ impl ProxmoxExecutor {
 
 impl DestructiveExecutor for ProxmoxExecutor {
     fn carries(&self, class: &OpClass) -> bool {
-        *class == OpClass::GuestDestroy
+        matches!(class, OpClass::GuestDestroy | OpClass::RestoreOverwrite)
     }
 
     fn guest_now(&self, vmid: u32) -> GuestNow {
-        match self.client.guest_config(vmid) {
-            Ok(cfg) => GuestNow::Present {
-                protected: cfg.protected(),
-                digest: cfg.digest,
-            },
-            Err(e) if e.api().is_some_and(|a| a.guest_missing()) => GuestNow::Gone,
-            Err(e) => GuestNow::Unreadable(e.to_string()),
+        let cfg = match self.client.guest_config(vmid) {
+            Ok(cfg) => cfg,
+            Err(e) if e.api().is_some_and(|a| a.guest_missing()) => return GuestNow::Gone,
+            Err(e) => return GuestNow::Unreadable(e.to_string()),
+        };
+        // A guest whose run state cannot be read counts as running: fail closed.
+        let running = self
+            .client
+            .guest_status(vmid)
+            .map_or(true, |g| g.status != crate::proxmox::RunState::Stopped);
+        GuestNow::Present {
+            protected: cfg.protected(),
+            digest: cfg.digest,
+            running,
         }
+    }
+
+    fn stop_guest(&self, vmid: u32, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        super::restore_overwrite::stop(&self.client, &self.wait, &self.shutdown, vmid, on_task)
     }
 
     fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String> {
@@ -383,6 +420,15 @@ impl DestructiveExecutor for ProxmoxExecutor {
     }
 
     fn execute(&self, intent: &Intent, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        if intent.class == OpClass::RestoreOverwrite {
+            return super::restore_overwrite::execute(
+                &self.client,
+                &self.wait,
+                &self.shutdown,
+                intent,
+                on_task,
+            );
+        }
         if intent.class != OpClass::GuestDestroy {
             return Err(format!("no executor for {}", intent.class));
         }

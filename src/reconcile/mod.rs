@@ -23,6 +23,7 @@ pub(crate) mod plan;
 pub(crate) mod provision;
 pub(crate) mod queue;
 pub(crate) mod recover;
+pub(crate) mod restore_overwrite;
 pub(crate) mod source;
 
 pub use action::{Outcome, shutdown_params};
