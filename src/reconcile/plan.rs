@@ -222,6 +222,10 @@ pub(crate) fn create_action(want: &DesiredGuest) -> Option<Action> {
     if let Some(d) = &want.description {
         params.insert("description".to_owned(), d.clone());
     }
+    if want.run == Some(Run::Running) {
+        // Started by the create's own task (`start=1`), so one pass converges it.
+        params.insert("start".to_owned(), "1".to_owned());
+    }
     Some(Action {
         vmid: want.vmid,
         kind: ActionKind::Create,

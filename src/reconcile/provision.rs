@@ -19,8 +19,8 @@ use super::plan::Action;
 use crate::base::time::Timestamp;
 use crate::proxmox::{Client, CreateLxc, LxcSource, ProxmoxError};
 
-/// The request a create action sends: never `force`, never `start` (the next pass
-/// starts it when its desired run state says so).
+/// The request a create action sends: never `force`; `start` when the guest is
+/// desired running (Proxmox starts it at the end of the create's own task).
 pub(crate) fn request(action: &Action) -> Result<CreateLxc, ProxmoxError> {
     let p = &action.params;
     let get = |k: &str| p.get(k).map(String::as_str);
@@ -45,6 +45,7 @@ pub(crate) fn request(action: &Action) -> Result<CreateLxc, ProxmoxError> {
             })
             .transpose()
     };
+    create.start = get("start") == Some("1");
     create.rootfs_gib = number("rootfs_gib")?;
     create.memory_mib = number("memory")?;
     create.cores = number("cores")?.map(|c| u32::try_from(c).unwrap_or(u32::MAX));
@@ -214,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn the_request_never_forces_or_starts() {
+    fn the_request_never_forces_and_starts_only_a_guest_desired_running() {
         let mut g = DesiredGuest::new(200);
         g.provision = Provision {
             source: Some(Source::Backup("local:backup/a.tar.zst".into())),
@@ -224,5 +225,8 @@ mod tests {
         let r = request(&create_action(&g).unwrap()).unwrap();
         assert!(!r.force && !r.start && !r.unique);
         assert_eq!(r.source, LxcSource::Backup("local:backup/a.tar.zst".into()));
+        g.run = Some(crate::reconcile::desired::Run::Running);
+        let r = request(&create_action(&g).unwrap()).unwrap();
+        assert!(!r.force && r.start);
     }
 }
