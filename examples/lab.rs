@@ -8,10 +8,11 @@
 //! with a desired-state file: drift fixed, an unsigned destroy held, the same destroy
 //! signed with a freshly minted key executed once, its replay refused, and a kill -9
 //! while a guest that ignores its shutdown waits out the timeout, recovered on restart
-//! without re-sending it; then both selftests under exactly the Proxmox role the
-//! agent's calls need, and one privilege less. Each step prints a
-//! without re-sending it; the hub as the source of intent; and last a root disk grown,
-//! another's shrink refused, and a signed `backup_delete`. Each step prints a
+//! without re-sending it; the hub as the source of intent; a guest provisioned from a
+//! backup and a signed `restore_overwrite` of it (stopped first); the operator's
+//! `op new`; both selftests under exactly the Proxmox role the agent's calls need, and
+//! one privilege less; a root disk grown, another's shrink refused, and a signed
+//! `backup_delete`. Each step prints a
 //! plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -646,6 +647,10 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         took.as_secs_f64(),
         pve.guest_ids()
     ));
+    // 13–14. Provisioning from a backup, then a signed restore_overwrite.
+    if let Err(e) = guests_from_birth(bin, dir, &pve, &config, &cfg_path, &mut logs) {
+        return fail(e);
+    }
     if logs.contains(DEFAULT_TOKEN_SECRET) || logs.contains(&hub_key) {
         return fail("a secret appeared in the daemon's log");
     }
@@ -741,6 +746,148 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     }
     say("all steps passed");
     ExitCode::SUCCESS
+}
+
+/// Steps 13 and 14, on a hub of their own (the lab's first hub is down by now) and a
+/// desired-state file: guest 120 is provisioned from guest 100's backup (a restore the
+/// agent journals as its own `created_by_agent` transaction), then an operator signs a
+/// `restore_overwrite` of guest 120 with `stop`, and the daemon stops it and restores
+/// the backup over it (reconcile's next pass starts it again: it is desired running).
+fn guests_from_birth(
+    bin: &Path,
+    dir: &Path,
+    pve: &ProxmoxSim,
+    config: &serde_json::Value,
+    cfg_path: &Path,
+    logs: &mut String,
+) -> Result<(), String> {
+    let hub = HubSim::start();
+    let key = dir.join("hub-key-2");
+    std::fs::write(&key, hub.key()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let backup = "local:backup/vzdump-lxc-100-2026_11_21-03_00_00.tar.zst";
+    let desired = dir.join("desired-provision.json");
+    std::fs::write(
+        &desired,
+        json!({"generation": 1, "guests": [
+            {"vmid": 120, "source": {"backup": backup}, "storage": "local-lvm",
+             "hostname": "web-restored", "rootfs_bytes": 12_u64 << 30,
+             "run": "running", "description": "restored from web's backup"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let mut cfg = config.clone();
+    cfg["hub"]["url"] = json!(hub.url());
+    cfg["hub"]["api_key_file"] = json!(key.display().to_string());
+    cfg["reconcile"] = json!({
+        "desired_file": desired.display().to_string(),
+        "shutdown_timeout_seconds": LAB_SHUTDOWN_TIMEOUT_SECONDS
+    });
+    std::fs::write(cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+
+    let journal_path = dir.join("state").join("journal.log");
+    // The op of `class` on guest 120 that ended last, as the journal on disk says.
+    let settled = |class: &str| {
+        let view = Journal::open_read_only(&journal_path).ok()?;
+        if !view.in_flight().is_empty() {
+            return None;
+        }
+        let id = view
+            .history()
+            .iter()
+            .rev()
+            .find(|r| r.vmid == 120 && r.class.as_str() == class)?
+            .op_id
+            .clone();
+        view.latest(&id)
+    };
+
+    // 13. Provisioned from a backup.
+    let started = Instant::now();
+    let mut daemon = Daemon::start(bin, cfg)?;
+    if !daemon.wait("guest 120 provisioned and running", || {
+        pve.guest_status(120).as_deref() == Some("running")
+            && settled("guest_create").is_some_and(|r| r.state.is_terminal())
+    }) {
+        return Err(daemon.stop_with_log("guest 120 was not provisioned"));
+    }
+    let took = started.elapsed();
+    logs.push_str(&daemon.stop()?);
+    let conf = pve.guest_config(120).unwrap_or_default();
+    if conf.get("hostname") != Some(&json!("web-restored")) {
+        return Err(format!("guest 120 has the wrong config: {conf:?}"));
+    }
+    let create = settled("guest_create").ok_or("no guest_create op journaled")?;
+    say(format!(
+        "provisioning: guest 120 restored from {backup} in {:.2} s ({}, rootfs {}), then started; op {} {} with its created_by_agent provenance journaled before the POST and ended once settled",
+        took.as_secs_f64(),
+        conf.get("hostname")
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        conf.get("rootfs")
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        create.op_id,
+        create.state.as_str()
+    ));
+
+    // 14. A signed restore_overwrite of the running guest 120, with stop.
+    pve.set_config_value(120, "cores", Some("5"));
+    let digest = pve.guest_digest(120).ok_or("guest 120 has no digest")?;
+    let now = SystemClock.now().unix();
+    let blob = format!(
+        r#"{{"op":"restore_overwrite","host_id":"pve-a","guest_id":"120","guest_digest":"{digest}","params":{{"backup":"{backup}","stop":"1"}},"key_id":"ops-2026","nonce":"3c59dc048e8850243be8079a5c74d079","not_before":"{}","expires_at":"{}"}}"#,
+        Timestamp(now - 60),
+        Timestamp(now + 1800)
+    );
+    let blob_path = dir.join("restore-120.json");
+    std::fs::write(&blob_path, &blob).unwrap();
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+        .arg(dir.join("operator-key"))
+        .arg(&blob_path)
+        .stderr(Stdio::null())
+        .status();
+    if !signed.is_ok_and(|s| s.success()) {
+        return Err("ssh-keygen -Y sign of the restore failed".into());
+    }
+    let sig = std::fs::read_to_string(format!("{}.sig", blob_path.display())).unwrap();
+    let id = hub.queue_signed_op(blob.as_bytes(), Some(&sig));
+    let restores = || {
+        pve.mutations()
+            .iter()
+            .filter(|m| m.method == "POST" && m.path == "/nodes/pve/lxc")
+            .count()
+    };
+    let before = restores();
+    let started = Instant::now();
+    let mut daemon = Daemon::start(bin, cfg)?;
+    if !daemon.wait("the restore executed", || {
+        settled("restore_overwrite").is_some_and(|r| r.state.is_terminal())
+    }) {
+        return Err(daemon.stop_with_log("the signed restore_overwrite did not run"));
+    }
+    let took = started.elapsed();
+    logs.push_str(&daemon.stop()?);
+    let cores = pve.guest_config(120).and_then(|c| c.get("cores").cloned());
+    let status = pve.guest_status(120);
+    let outcome = settled("restore_overwrite").map(|r| r.state.as_str());
+    if outcome != Some("succeeded") {
+        return Err(format!("the restore {id} ended {outcome:?}"));
+    }
+    if cores != Some(json!(2)) || restores() != before + 1 || status.as_deref() != Some("stopped") {
+        return Err(format!(
+            "the restore did not bring the backup back once: cores {cores:?}, {} restore POSTs, guest {status:?}",
+            restores() - before
+        ));
+    }
+    say(format!(
+        "restore_overwrite: signed with stop, executed in {:.2} s — stopped (its own journaled step), restored with force=1 (cores 5 → 2, the backup's), left stopped for reconcile's next pass; one restore POST",
+        took.as_secs_f64()
+    ));
+    Ok(())
 }
 
 /// The daemon as a child process.

@@ -796,6 +796,7 @@ fn a_hardware_key_counter_that_does_not_increase_is_in_the_audit_log() {
                 &GuestNow::Present {
                     digest: Some(VECTOR_DIGEST.into()),
                     protected: false,
+                    running: false,
                 },
             )
         };

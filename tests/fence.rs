@@ -20,6 +20,7 @@ const API_FILES: &[&str] = &[
     "src/proxmox/mod.rs",
     "src/proxmox/answer.rs",
     "src/proxmox/client.rs",
+    "src/proxmox/create.rs",
     "src/proxmox/decode.rs",
     "src/proxmox/error.rs",
     "src/proxmox/privileges.rs",

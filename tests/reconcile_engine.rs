@@ -401,7 +401,7 @@ fn plan_report_prints_actions_with_the_gates_word_and_executes_nothing() {
         "{text}"
     );
     assert!(
-        lines[3].contains("150") && lines[3].contains("provisioning"),
+        lines[3].contains("150") && lines[3].contains("unprovisionable"),
         "{text}"
     );
     assert!(lines[4].ends_with("nothing was executed"), "{text}");

@@ -84,6 +84,7 @@ fn apply(state: &mut ActualState, actions: &[Action]) {
                     }
                 }
             }
+            ActionKind::Create => panic!("these plans never provision: {a:?}"),
         }
     }
 }
@@ -160,7 +161,7 @@ fn one_set_config_carries_every_changed_key_and_the_digest() {
 }
 
 #[test]
-fn desired_but_absent_is_provisioning_and_skipped() {
+fn desired_but_absent_without_source_is_unprovisionable_and_skipped() {
     let d = desired([DesiredGuest {
         run: Some(Run::Running),
         spec: spec(Some(2), None),
@@ -170,7 +171,7 @@ fn desired_but_absent_is_provisioning_and_skipped() {
     assert!(p.actions.is_empty());
     assert_eq!(p.skipped.len(), 1);
     assert_eq!(p.skipped[0].vmid, 150);
-    assert!(p.skipped[0].why.contains("provisioning"));
+    assert_eq!(p.skipped[0].code, "unprovisionable");
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub use hub::{
     SIGNED_OPS_PATH,
 };
 pub use pve::{
-    AclSubject, CertChoice, DEFAULT_NODE, DEFAULT_TASK_DURATION, DEFAULT_TOKEN_ID,
-    DEFAULT_TOKEN_SECRET, ENDPOINT_CHECKS, EndpointCheck, Fault, FaultKind, GuestSeed, ProxmoxSim,
-    ProxmoxSimBuilder, RecordedRequest, When,
+    AclSubject, BackupSeed, Broken, CertChoice, DEFAULT_NODE, DEFAULT_TASK_DURATION,
+    DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ENDPOINT_CHECKS, EndpointCheck, Fault, FaultKind,
+    GuestSeed, ProxmoxSim, ProxmoxSimBuilder, RecordedRequest, When,
 };

@@ -17,6 +17,7 @@ mod access;
 mod acl;
 mod api;
 mod disk;
+mod create;
 mod model;
 mod params;
 mod perms;
@@ -24,13 +25,15 @@ mod perms;
 pub use acl::AclSubject;
 pub use perms::{ENDPOINT_CHECKS, EndpointCheck, When};
 
+pub use create::{BackupSeed, Broken};
+
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
 use crate::http;
-use model::{Backup, Guest, State, Storage};
+use model::{Guest, State};
 
 /// The node name unless the builder sets another.
 pub const DEFAULT_NODE: &str = "pve";
@@ -264,8 +267,8 @@ pub struct ProxmoxSimBuilder {
     token_id: String,
     secret: String,
     guests: Vec<GuestSeed>,
-    backups: Vec<(u32, String)>,
-    pbs_backups: Vec<(u32, String, Option<String>)>,
+    backups: Vec<BackupSeed>,
+    templates: Vec<String>,
     cert: CertChoice,
     task_duration: Duration,
     sync_config_put: bool,
@@ -280,7 +283,7 @@ impl Default for ProxmoxSimBuilder {
             secret: DEFAULT_TOKEN_SECRET.to_string(),
             guests: Vec::new(),
             backups: Vec::new(),
-            pbs_backups: Vec::new(),
+            templates: Vec::new(),
             cert: CertChoice::SelfSigned,
             task_duration: DEFAULT_TASK_DURATION,
             sync_config_put: true,
@@ -313,8 +316,19 @@ impl ProxmoxSimBuilder {
     /// Adds a backup archive of guest `vmid` in storage `local`, named with `stamp`
     /// (`2024_05_01-10_00_00`): `local:backup/vzdump-lxc-VMID-STAMP.tar.zst`. Its config
     /// is the seeded guest's if there is one, else a default guest's.
-    pub fn backup(mut self, vmid: u32, stamp: &str) -> Self {
-        self.backups.push((vmid, stamp.to_string()));
+    pub fn backup(self, vmid: u32, stamp: &str) -> Self {
+        self.backup_seed(BackupSeed::vzdump(vmid, stamp))
+    }
+
+    /// Adds a backup volume described by `seed` (broken ones, other configs, PBS).
+    pub fn backup_seed(mut self, seed: BackupSeed) -> Self {
+        self.backups.push(seed);
+        self
+    }
+
+    /// Adds an OS template volume (`local:vztmpl/NAME.tar.zst`) a create can use.
+    pub fn template(mut self, volid: &str) -> Self {
+        self.templates.push(volid.to_string());
         self
     }
 
@@ -323,10 +337,12 @@ impl ProxmoxSimBuilder {
     /// (`2024-05-01T10:00:00Z`): `pbs:backup/ct/VMID/TIME`, format `pbs-ct`.
     /// `verification` is the last verify job's state (`ok`, `failed`), listed as PBS
     /// does (`{"state": …, "upid": …}`); `None` leaves the row without it (never verified).
-    pub fn pbs_backup(mut self, vmid: u32, time: &str, verification: Option<&str>) -> Self {
-        self.pbs_backups
-            .push((vmid, time.to_string(), verification.map(str::to_string)));
-        self
+    pub fn pbs_backup(self, vmid: u32, time: &str, verification: Option<&str>) -> Self {
+        let seed = BackupSeed::pbs(vmid, time);
+        self.backup_seed(match verification {
+            Some(state) => seed.verification(state),
+            None => seed,
+        })
     }
 
     /// The certificate presented at start (default [`CertChoice::SelfSigned`]).
@@ -374,42 +390,11 @@ impl ProxmoxSimBuilder {
             self.auth_delay,
             self.cert.fingerprint(),
         );
-        for (vmid, stamp) in &self.backups {
-            let guest = state.guests.get(vmid).cloned().unwrap_or_else(|| {
-                Guest::from_seed(
-                    &GuestSeed::new(*vmid, &format!("ct{vmid}")),
-                    state.clock.now(),
-                )
-            });
-            let mut b = Backup::of(&guest, "local", state.boot_uptime, ".zst");
-            b.volid = format!("local:backup/vzdump-lxc-{vmid}-{stamp}.tar.zst");
-            b.ctime = stamp_epoch(stamp).unwrap_or(b.ctime);
+        for seed in &self.backups {
+            let b = seed.build(&mut state);
             state.backups.push(b);
         }
-        if !self.pbs_backups.is_empty() && state.storage(PBS_STORAGE).is_none() {
-            state.storages.push(Storage::pbs(PBS_STORAGE));
-        }
-        for (vmid, time, verification) in &self.pbs_backups {
-            let guest = state.guests.get(vmid).cloned().unwrap_or_else(|| {
-                Guest::from_seed(
-                    &GuestSeed::new(*vmid, &format!("ct{vmid}")),
-                    state.clock.now(),
-                )
-            });
-            // `2024-05-01T10:00:00Z` read as the vzdump stamp `2024-05-01-10_00_00`.
-            let as_stamp = time
-                .trim_end_matches('Z')
-                .replace('T', "-")
-                .replace(':', "_");
-            let mut b = Backup::pbs(
-                &guest,
-                PBS_STORAGE,
-                stamp_epoch(&as_stamp).unwrap_or(state.boot_uptime),
-            );
-            b.volid = format!("{PBS_STORAGE}:backup/ct/{vmid}/{time}");
-            b.verification.clone_from(verification);
-            state.backups.push(b);
-        }
+        state.templates = self.templates;
         let inner = Arc::new(Inner {
             state: Mutex::new(state),
         });

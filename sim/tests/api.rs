@@ -660,7 +660,7 @@ fn seeded_backups_are_listed_and_a_failed_fresh_restore_leaves_nothing() {
     let upid = post(
         &sim,
         "/nodes/pve/lxc",
-        &format!("vmid=100&ostemplate={volid}&restore=1"),
+        &format!("vmid=100&ostemplate={volid}&restore=1&storage=local-lvm"),
     );
     assert!(
         sim.guest_status(100).is_some(),
@@ -668,13 +668,23 @@ fn seeded_backups_are_listed_and_a_failed_fresh_restore_leaves_nothing() {
     );
     wait_task(&sim, &upid);
     assert_eq!(sim.guest_status(100), None);
+    // `local` holds no container directories (pve-container's check_and_activate_storage).
     let r = call(
         &sim,
         "POST",
         "/nodes/pve/lxc",
-        Some("vmid=100&ostemplate=local:backup/nope.tar&restore=1"),
+        Some(&format!("vmid=100&ostemplate={volid}&restore=1")),
     );
-    assert_eq!(r.status, 500);
+    assert_eq!(r.status, 400);
+    // A missing archive is found missing by the worker, which then fails.
+    let upid = post(
+        &sim,
+        "/nodes/pve/lxc",
+        "vmid=100&ostemplate=local:backup/nope.tar&restore=1&storage=local-lvm",
+    );
+    let status = wait_task(&sim, &upid);
+    assert_ne!(status["exitstatus"], "OK");
+    assert_eq!(sim.guest_status(100), None);
 }
 
 #[test]

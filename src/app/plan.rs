@@ -107,7 +107,7 @@ pub fn plan_report(
 
 /// [`plan_report`] as text or as one JSON document (`plan --json`):
 /// `{"generation","managed","guests","node","actions":[{"vmid","kind","decision","code",
-/// "reason","params","deferred_by","rate_limited"}],"skipped":[{"vmid","why"}],
+/// "reason","params","deferred_by","rate_limited"}],"skipped":[{"vmid","code","why"}],
 /// "summary":{"planned","allowed","refused","rate_limited"}}`.
 pub fn plan_report_as(
     cfg: &Config,
@@ -196,10 +196,10 @@ pub fn plan_report_as(
             rate_limited: None,
         });
     }
-    let skipped: Vec<(u32, String)> = planned
+    let skipped: Vec<(u32, String, String)> = planned
         .skipped
         .iter()
-        .map(|s| (s.vmid, s.why.to_string()))
+        .map(|s| (s.vmid, s.code.to_string(), s.why.to_string()))
         .collect();
     let head = Head {
         generation: desired.generation,
@@ -238,7 +238,7 @@ fn write_text(
     out: &mut dyn std::io::Write,
     head: &Head<'_>,
     rows: &[Row],
-    skipped: &[(u32, String)],
+    skipped: &[(u32, String, String)],
     (planned, allowed, refused, rate_limited): (usize, usize, usize, usize),
 ) -> std::io::Result<()> {
     writeln!(
@@ -273,8 +273,8 @@ fn write_text(
         }
         writeln!(out, "{line}")?;
     }
-    for (vmid, why) in skipped {
-        writeln!(out, "{vmid:>6}  {:<10}  {}", "skip", visible(why))?;
+    for (vmid, code, why) in skipped {
+        writeln!(out, "{vmid:>6}  {:<10}  {code}: {}", "skip", visible(why))?;
     }
     writeln!(
         out,
@@ -286,7 +286,7 @@ fn write_text(
 fn document(
     head: &Head<'_>,
     rows: &[Row],
-    skipped: &[(u32, String)],
+    skipped: &[(u32, String, String)],
     (planned, allowed, refused, rate_limited): (usize, usize, usize, usize),
 ) -> serde_json::Value {
     let actions: Vec<serde_json::Value> = rows
@@ -311,7 +311,7 @@ fn document(
         .collect();
     let skipped: Vec<serde_json::Value> = skipped
         .iter()
-        .map(|(vmid, why)| serde_json::json!({"vmid": vmid, "why": why}))
+        .map(|(vmid, code, why)| serde_json::json!({"vmid": vmid, "code": code, "why": why}))
         .collect();
     serde_json::json!({
         "generation": head.generation,

@@ -107,12 +107,12 @@ fn option(field: &'static str, reason: impl Into<String>) -> ProxmoxError {
 }
 
 /// An API path, encoded for the wire and readable for messages.
-struct ApiPath {
+pub(super) struct ApiPath {
     encoded: String,
     display: String,
 }
 
-fn api_path(segments: &[&str]) -> ApiPath {
+pub(super) fn api_path(segments: &[&str]) -> ApiPath {
     let mut encoded = String::new();
     let mut display = String::new();
     for s in segments {
@@ -124,11 +124,11 @@ fn api_path(segments: &[&str]) -> ApiPath {
     ApiPath { encoded, display }
 }
 
-fn flag(b: bool) -> String {
+pub(super) fn flag(b: bool) -> String {
     if b { "1" } else { "0" }.to_string()
 }
 
-fn pair(k: &str, v: impl Into<String>) -> (String, String) {
+pub(super) fn pair(k: &str, v: impl Into<String>) -> (String, String) {
     (k.to_string(), v.into())
 }
 
@@ -333,7 +333,7 @@ impl Client {
         self.decoded(Method::Get, &path, r)
     }
 
-    fn get_list<T>(
+    pub(super) fn get_list<T>(
         &self,
         path: ApiPath,
         params: Vec<(String, String)>,
@@ -353,7 +353,7 @@ impl Client {
         self.decoded(method, path, answer::upid(data))
     }
 
-    fn task(
+    pub(super) fn task(
         &self,
         method: Method,
         path: ApiPath,
@@ -564,32 +564,6 @@ impl Client {
     }
 
     // ---- mutations ---------------------------------------------------------
-
-    /// `POST /nodes/{node}/lxc` with `restore=1`: creates container `vmid` from a
-    /// backup archive volume, its disks on `storage`; `force` overwrites an existing
-    /// container (Proxmox destroys its volumes first).
-    pub fn restore_lxc(
-        &self,
-        vmid: u32,
-        archive: &str,
-        storage: &str,
-        force: bool,
-    ) -> Result<Upid, ProxmoxError> {
-        let id = Self::vmid_str(vmid)?;
-        check("archive", archive, validate::volid)?;
-        check("storage", storage, validate::storage_id)?;
-        self.task(
-            Method::Post,
-            api_path(&["nodes", &self.node, "lxc"]),
-            vec![
-                pair("vmid", id),
-                pair("ostemplate", archive),
-                pair("restore", flag(true)),
-                pair("storage", storage),
-                pair("force", flag(force)),
-            ],
-        )
-    }
 
     /// `POST /nodes/{node}/vzdump` for one guest.
     pub fn vzdump(
@@ -905,7 +879,7 @@ mod tests {
                 c.restore_lxc(100, "/etc/passwd", "local", false)
                     .unwrap_err()
             ),
-            "archive"
+            "ostemplate"
         );
         assert_eq!(
             name(c.storage_content("local/../x", None).unwrap_err()),

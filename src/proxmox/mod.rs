@@ -17,6 +17,7 @@
 
 mod answer;
 mod client;
+mod create;
 mod decode;
 mod error;
 mod health;
@@ -30,6 +31,7 @@ mod wait;
 
 pub use answer::{Answer, decode_answer};
 pub use client::{Client, ClientOptions};
+pub use create::{CreateLxc, LxcSource, MAX_CORES, MAX_MEMORY_MIB, MAX_ROOTFS_GIB, MIN_MEMORY_MIB};
 pub use decode::DecodeError;
 pub use error::{ApiError, Privilege, ProxmoxError, is_transient_text};
 pub use health::{

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::classify::{Intent, OpClass};
 use super::journal::{Journal, JournalError, JournalRecord, OpState};
 use super::plan::{Action, ActionKind};
+use super::provision::Settled;
 use crate::base::shutdown::Shutdown;
 use crate::base::sync::lock;
 use crate::base::time::Clock;
@@ -101,6 +102,7 @@ pub(crate) fn class_of(kind: ActionKind) -> OpClass {
         ActionKind::Resize => OpClass::Resize,
         ActionKind::Start => OpClass::Start,
         ActionKind::Stop => OpClass::Stop,
+        ActionKind::Create => OpClass::GuestCreate,
     }
 }
 
@@ -203,6 +205,25 @@ impl Job {
         }
         self.record(&rec)?;
         let a = &self.action;
+        if a.kind == ActionKind::Create {
+            let settled = match &failure {
+                None => Settled::Succeeded,
+                Some(f) if rec.upid.is_some() || f.may_have_run => Settled::TaskFailed,
+                Some(_) => Settled::NeverSent,
+            };
+            super::provision::settle(
+                &self.journal,
+                &self.client,
+                a.vmid,
+                op_id,
+                settled,
+                self.clock.now(),
+            )
+            .map_err(|source| ActionJournalError {
+                op_id: op_id.to_owned(),
+                source,
+            })?;
+        }
         let outcome = match failure {
             None => {
                 crate::info!(
@@ -282,6 +303,20 @@ impl Job {
                 .client
                 .shutdown(a.vmid, Some(self.shutdown_timeout_seconds))
                 .map(Some),
+            ActionKind::Create => {
+                // The agent's provenance (the transaction is this op) is durable before
+                // the create can reach Proxmox.
+                self.journal
+                    .record_guest_created(a.vmid, &op_id, self.clock.now())
+                    .map_err(|source| ActionJournalError {
+                        op_id: op_id.clone(),
+                        source,
+                    })?;
+                crate::store::faultpoint::reached("provision:after-provenance");
+                super::provision::request(a)
+                    .and_then(|r| self.client.create_lxc(&r))
+                    .map(Some)
+            }
         };
         let upid = match sent {
             Ok(upid) => {

@@ -64,7 +64,7 @@ pub fn request_resume(state_dir: &Path, at: Timestamp) -> std::io::Result<PathBu
 /// value is unknown or unset (an unset `cores` is every host core: fail closed).
 pub fn is_disruptive(action: &Action, have: Option<&GuestConfig>) -> bool {
     match action.kind {
-        ActionKind::Start | ActionKind::Resize => false,
+        ActionKind::Start | ActionKind::Resize | ActionKind::Create => false,
         ActionKind::Stop => true,
         ActionKind::SetConfig => {
             let Some(have) = have else {

@@ -34,6 +34,8 @@ pub enum OpClass {
     SetConfig,
     /// Grow a guest's root disk (never shrink it).
     Resize,
+    /// Create a guest that does not exist (provisioning): it overwrites nothing.
+    GuestCreate,
     /// Destroy a guest and its volumes.
     GuestDestroy,
     /// Restore a backup over an existing guest.
@@ -57,6 +59,7 @@ impl OpClass {
             "stop" => OpClass::Stop,
             "set_config" => OpClass::SetConfig,
             "resize" => OpClass::Resize,
+            "guest_create" => OpClass::GuestCreate,
             "guest_destroy" => OpClass::GuestDestroy,
             "restore_overwrite" => OpClass::RestoreOverwrite,
             "snapshot_rollback" => OpClass::SnapshotRollback,
@@ -73,6 +76,7 @@ impl OpClass {
             OpClass::Stop => "stop",
             OpClass::SetConfig => "set_config",
             OpClass::Resize => "resize",
+            OpClass::GuestCreate => "guest_create",
             OpClass::GuestDestroy => "guest_destroy",
             OpClass::RestoreOverwrite => "restore_overwrite",
             OpClass::SnapshotRollback => "snapshot_rollback",
@@ -82,12 +86,16 @@ impl OpClass {
         }
     }
 
-    /// Whether the class can never lose data by itself (start, stop, set config, a
-    /// disk grown).
+    /// Whether the class can never lose data by itself (start, stop, set config, a disk
+    /// grown, and a create, which Proxmox refuses over a taken vmid without `force`).
     pub fn is_benign_by_class(&self) -> bool {
         matches!(
             self,
-            OpClass::Start | OpClass::Stop | OpClass::SetConfig | OpClass::Resize
+            OpClass::Start
+                | OpClass::Stop
+                | OpClass::SetConfig
+                | OpClass::Resize
+                | OpClass::GuestCreate
         )
     }
 
@@ -192,6 +200,7 @@ mod tests {
             "stop",
             "set_config",
             "resize",
+            "guest_create",
             "guest_destroy",
             "restore_overwrite",
             "snapshot_rollback",

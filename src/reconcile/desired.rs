@@ -73,6 +73,9 @@ pub struct DesiredGuest {
     pub spec: Option<Spec>,
     /// Description (compared normalized).
     pub description: Option<String>,
+    /// What only a guest that does not exist yet uses: its source, host name, storage
+    /// and root disk size (see `super::source`).
+    pub provision: super::source::Provision,
 }
 
 impl DesiredGuest {
@@ -194,7 +197,9 @@ fn present<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 
 fn guest(v: &Value, path: &str) -> Result<DesiredGuest, Invalid> {
     let o = object(v, path)?;
-    only_keys(o, path, &["vmid", "run", "spec", "description"])?;
+    let mut known = vec!["vmid", "run", "spec", "description"];
+    known.extend(super::source::KEYS);
+    only_keys(o, path, &known)?;
     let vmid_path = format!("{path}.vmid");
     let vmid = present(o, "vmid")
         .ok_or_else(|| invalid(&vmid_path, "is required"))?
@@ -233,11 +238,14 @@ fn guest(v: &Value, path: &str) -> Result<DesiredGuest, Invalid> {
         }
         Some(_) => return Err(invalid(&format!("{path}.description"), "must be a string")),
     };
+    let provision =
+        super::source::parse(o, path).map_err(|(path, reason)| Invalid { path, reason })?;
     Ok(DesiredGuest {
         vmid,
         run,
         spec,
         description,
+        provision,
     })
 }
 

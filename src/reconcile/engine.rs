@@ -704,7 +704,7 @@ impl Engine {
         let now: BTreeMap<u32, String> = planned
             .skipped
             .iter()
-            .map(|s| (s.vmid, s.why.clone()))
+            .map(|s| (s.vmid, format!("{}: {}", s.code, s.why)))
             .collect();
         for (vmid, why) in &now {
             if last.get(vmid) != Some(why) {

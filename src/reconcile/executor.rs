@@ -18,7 +18,8 @@ use crate::reconcile::jobs::{DestructiveExecutor, OnTask};
 
 /// Executes the signed ops of the catalogue it carries through the Proxmox API and
 /// waits for their tasks: `guest_destroy` (`purge`), `snapshot_rollback` (`snapshot`,
-/// optional `start`) and `backup_delete` (`volid`). Every other class is refused.
+/// optional `start`), `backup_delete` (`volid`) and `restore_overwrite` (`backup`, after
+/// the `stop` step when the signed params ask for it). Every other class is refused.
 pub struct ProxmoxExecutor {
     client: Arc<Client>,
     wait: WaitOptions,
@@ -184,22 +185,36 @@ impl ProxmoxExecutor {
 
 impl DestructiveExecutor for ProxmoxExecutor {
     fn carries(&self, class: &OpClass) -> bool {
-        // `restore_overwrite` and `rotate_signers` join here with their own functions.
+        // `rotate_signers` has its own executor (`super::rotation`).
         matches!(
             class,
-            OpClass::GuestDestroy | OpClass::SnapshotRollback | OpClass::BackupDelete
+            OpClass::GuestDestroy
+                | OpClass::SnapshotRollback
+                | OpClass::BackupDelete
+                | OpClass::RestoreOverwrite
         )
     }
 
     fn guest_now(&self, vmid: u32) -> GuestNow {
-        match self.client.guest_config(vmid) {
-            Ok(cfg) => GuestNow::Present {
-                protected: cfg.protected(),
-                digest: cfg.digest,
-            },
-            Err(e) if e.api().is_some_and(|a| a.guest_missing()) => GuestNow::Gone,
-            Err(e) => GuestNow::Unreadable(e.to_string()),
+        let cfg = match self.client.guest_config(vmid) {
+            Ok(cfg) => cfg,
+            Err(e) if e.api().is_some_and(|a| a.guest_missing()) => return GuestNow::Gone,
+            Err(e) => return GuestNow::Unreadable(e.to_string()),
+        };
+        // A guest whose run state cannot be read counts as running: fail closed.
+        let running = self
+            .client
+            .guest_status(vmid)
+            .map_or(true, |g| g.status != crate::proxmox::RunState::Stopped);
+        GuestNow::Present {
+            protected: cfg.protected(),
+            digest: cfg.digest,
+            running,
         }
+    }
+
+    fn stop_guest(&self, vmid: u32, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        super::restore_overwrite::stop(&self.client, &self.wait, &self.shutdown, vmid, on_task)
     }
 
     fn check_target(&self, intent: &Intent) -> Result<(), (Refusal, String)> {
@@ -241,7 +256,13 @@ impl DestructiveExecutor for ProxmoxExecutor {
             OpClass::GuestDestroy => self.guest_destroy(vmid, intent, on_task),
             OpClass::SnapshotRollback => self.snapshot_rollback(vmid, intent, on_task),
             OpClass::BackupDelete => self.backup_delete(vmid, intent, on_task),
-            // `restore_overwrite` and `rotate_signers`: their arms go here.
+            OpClass::RestoreOverwrite => super::restore_overwrite::execute(
+                &self.client,
+                &self.wait,
+                &self.shutdown,
+                intent,
+                on_task,
+            ),
             ref other => Err(format!("no executor for {other}")),
         }
     }

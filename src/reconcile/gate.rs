@@ -101,6 +101,9 @@ pub enum GuestNow {
         digest: Option<String>,
         /// `protection: 1`: Proxmox refuses to remove it, and so does the gate.
         protected: bool,
+        /// Whether it runs now: an op that overwrites it (`restore_overwrite`) is
+        /// refused on a running guest unless the signed params say `stop`.
+        running: bool,
     },
 }
 
@@ -128,6 +131,9 @@ pub enum Refusal {
     GuestChanged,
     /// The guest has `protection: 1` and the signed params do not say `unprotect`.
     Protected,
+    /// The op overwrites the guest (`restore_overwrite`), the guest runs, and the
+    /// signed params do not say `stop`.
+    GuestRunning,
     /// No executor here carries this kind of op.
     UnknownOp,
     /// The signature verified but its signer's role does not cover this op.
@@ -161,6 +167,7 @@ impl Refusal {
             Refusal::PendingSignature => "pending_signature",
             Refusal::GuestChanged => "guest_changed",
             Refusal::Protected => "protected",
+            Refusal::GuestRunning => "guest_running",
             Refusal::UnknownOp => "unknown_op",
             Refusal::RoleDenied => "role_denied",
             Refusal::BindingMismatch => "binding_mismatch",
@@ -384,6 +391,15 @@ impl Gate {
             return refuse(
                 Refusal::Protected,
                 "the guest has protection: 1 and the signed params do not say unprotect".into(),
+            );
+        }
+        if intent.class == OpClass::RestoreOverwrite
+            && matches!(guest, GuestNow::Present { running: true, .. })
+            && v.blob.params.get("stop").map(String::as_str) != Some("1")
+        {
+            return refuse(
+                Refusal::GuestRunning,
+                "the guest runs and the signed params do not say stop".into(),
             );
         }
         if let Err((r, why)) = target() {

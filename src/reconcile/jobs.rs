@@ -48,6 +48,14 @@ pub trait DestructiveExecutor: Send + Sync {
     /// [`DestructiveExecutor::execute`], when the write runs as a task.
     fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String>;
 
+    /// Stops the guest at once (a `restore_overwrite` whose signed params say `stop`,
+    /// on a running guest). `on_task` as for [`DestructiveExecutor::execute`]. An
+    /// executor that cannot stop guests says so.
+    fn stop_guest(&self, vmid: u32, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        let _ = on_task;
+        Err(format!("this executor cannot stop guest {vmid}"))
+    }
+
     /// Executes `intent`. Call `on_task` with the task's UPID as soon as Proxmox accepted
     /// it (before waiting), so a crash mid-task leaves the UPID in the journal; if it
     /// fails, stop and return the error. `Err` is a sentence saying what failed.
@@ -252,6 +260,7 @@ impl SignedRun {
         if let GuestNow::Present {
             protected: true,
             digest: Some(digest),
+            ..
         } = &guest
         {
             let mut rec = JournalRecord::started(
@@ -270,6 +279,22 @@ impl SignedRun {
                     detail,
                 });
             }
+        }
+        // A restore over a running guest was allowed only because the signed params say
+        // `stop`: stopping it is its own journaled op.
+        if let Some(rec) =
+            super::restore_overwrite::stop_step(intent, &guest, &journal, self.clock.now())
+        {
+            let res = self.step(&journal, &rec, |on_task| {
+                self.executor.stop_guest(vmid, on_task)
+            })?;
+            if let Err(detail) = res {
+                return Ok(JobOutcome::Failed {
+                    op_id: rec.op_id,
+                    detail,
+                });
+            }
+            crate::store::faultpoint::reached("restore:after-stop");
         }
         let mut rec = JournalRecord::started(
             journal.new_op_id(&format!("{}-{vmid}", intent.class)),

@@ -144,7 +144,9 @@ impl JournalRecord {
 enum Line {
     /// A lifecycle step.
     Op(JournalRecord),
-    /// The agent created `vmid` in transaction `txn` (written after the create succeeded).
+    /// `created_by_agent`: the agent creates `vmid` in transaction `txn` (durable before
+    /// the create is dispatched; the transaction ends once the create is settled).
+    #[serde(rename = "created_by_agent", alias = "guest_created")]
     GuestCreated {
         vmid: u32,
         txn: String,
@@ -527,9 +529,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Records that the agent created `vmid` in transaction `txn` (call after the create
-    /// succeeded). Until [`Journal::end_transaction`], destroying that guest with the
-    /// same `txn` is agent-internal.
+    /// Records `created_by_agent`: the agent creates `vmid` in transaction `txn` (call
+    /// before the create is dispatched). Until [`Journal::end_transaction`], destroying
+    /// that guest with the same `txn` is agent-internal.
     pub fn record_guest_created(
         &self,
         vmid: u32,

@@ -21,8 +21,11 @@ pub(crate) mod journal;
 pub(crate) mod normalize;
 pub(crate) mod op_results;
 pub(crate) mod plan;
+pub(crate) mod provision;
 pub(crate) mod queue;
 pub(crate) mod recover;
+pub(crate) mod restore_overwrite;
+pub(crate) mod source;
 
 pub use action::{Outcome, shutdown_params};
 pub use audit::{
@@ -46,8 +49,9 @@ pub use op_results::{
     OpResult, OpResults, OpResultsError, Recorded, ResultOutcome,
 };
 pub use plan::{
-    Action, ActionKind, ActualGuest, ActualState, ShrinkRefused, desired_memory_mib,
-    desired_rootfs_bytes, plan,
+    Action, ActionKind, ActualGuest, ActualState, Plan, ShrinkRefused, Skip,
+    desired_memory_mib, desired_rootfs_bytes, plan,
 };
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
+pub use source::{Provision, Source};

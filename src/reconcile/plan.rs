@@ -1,18 +1,20 @@
 //! The plan: a pure function from desired and actual state to the minimal benign
 //! actions (set config, start, stop) that converge them.
 //!
-//! Rules: only guests both desired and present are touched (provisioning and destroy
-//! are not planned here); actions are sorted by vmid, config before resize before run
-//! state; a config is never written unless it was read first; memory is compared in
-//! MiB with the desired size rounded up, so a size that is not MiB-aligned converges in
-//! one pass; the root disk (`spec.rootfs_bytes`, rounded up to MiB) only ever grows: a
-//! smaller size is reported in [`Plan::shrink_refused`] and never attempted. This module does no I/O and never decides whether an
+//! Rules: guests both desired and present are converged; a desired guest that is
+//! absent is created when it names a `source` (`super::provision`), and otherwise
+//! skipped as `unprovisionable`; destroy is never planned. Actions are sorted by vmid,
+//! config before resize before run state; a config is never written unless it was read
+//! first; memory is compared in MiB with the desired size rounded up, so a size that is
+//! not MiB-aligned converges in one pass; the root disk (`spec.rootfs_bytes`, rounded up
+//! to MiB) only ever grows: a smaller size is reported in [`Plan::shrink_refused`] and
+//! never attempted. This module does no I/O and never decides whether an
 //! action is allowed — that is the gate's.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::desired::{DesiredState, Run};
+use super::desired::{DesiredGuest, DesiredState, Run};
 use super::normalize::Normalizers;
 use crate::proxmox::{GuestConfig, RunState};
 
@@ -36,16 +38,19 @@ pub enum ActionKind {
     Start,
     /// Stop the guest.
     Stop,
+    /// Create the absent guest from its desired `source` (provisioning).
+    Create,
 }
 
 impl ActionKind {
-    /// `set_config`, `start` or `stop`: the op class names the gate uses.
+    /// `set_config`, `start`, `stop` or `guest_create`: the op class names the gate uses.
     pub fn as_str(self) -> &'static str {
         match self {
             ActionKind::SetConfig => "set_config",
             ActionKind::Resize => "resize",
             ActionKind::Start => "start",
             ActionKind::Stop => "stop",
+            ActionKind::Create => "guest_create",
         }
     }
 }
@@ -77,7 +82,10 @@ pub struct Action {
 pub struct Skip {
     /// The guest.
     pub vmid: u32,
-    /// Why nothing was planned for it.
+    /// Why, as a stable code: `unprovisionable` (absent, no `source`), `template`,
+    /// `locked`, `config_unreadable`, `run_state_other`.
+    pub code: &'static str,
+    /// Why nothing was planned for it, for people.
     pub why: String,
 }
 
@@ -139,23 +147,31 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, norm: &Normalizers) ->
     let mut out = Plan::default();
     // BTreeMap iteration is vmid order; within a guest, config is pushed first.
     for (vmid, want) in &desired.guests {
-        let skip = |why: &str| Skip {
+        let skip = |code: &'static str, why: &str| Skip {
             vmid: *vmid,
+            code,
             why: why.to_owned(),
         };
         let Some(have) = actual.guests.get(vmid) else {
-            out.skipped
-                .push(skip("not on this host: provisioning is not planned here"));
+            match create_action(want) {
+                Some(create) => out.actions.push(create),
+                None => out.skipped.push(skip(
+                    "unprovisionable",
+                    "not on this host and no source to create it from",
+                )),
+            }
             continue;
         };
         if have.template {
             out.skipped
-                .push(skip("a template: never started or resized"));
+                .push(skip("template", "a template: never started or resized"));
             continue;
         }
         if let Some(lock) = &have.lock {
-            out.skipped
-                .push(skip(&format!("locked ({lock}): retried next pass")));
+            out.skipped.push(skip(
+                "locked",
+                &format!("locked ({lock}): retried next pass"),
+            ));
             continue;
         }
 
@@ -166,9 +182,10 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, norm: &Normalizers) ->
                     out.actions.push(a);
                 }
             }
-            (None, true) => out
-                .skipped
-                .push(skip("config unreadable: spec and description not compared")),
+            (None, true) => out.skipped.push(skip(
+                "config_unreadable",
+                "config unreadable: spec and description not compared",
+            )),
             (_, false) => {}
         }
         if let (Some(cfg), Some(want_bytes)) =
@@ -191,14 +208,59 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, norm: &Normalizers) ->
                     out.actions
                         .push(simple(*vmid, ActionKind::Stop, "running->stopped"))
                 }
-                (RunState::Other(s), _) => out.skipped.push(skip(&format!(
-                    "run state {s:?} is neither running nor stopped: not changed"
-                ))),
+                (RunState::Other(s), _) => out.skipped.push(skip(
+                    "run_state_other",
+                    &format!("run state {s:?} is neither running nor stopped: not changed"),
+                )),
                 _ => {}
             }
         }
     }
     out
+}
+
+/// The create action for an absent desired guest, or `None` when it has no source.
+/// Its params are what the create sends, as journaled (Recover reads `source`).
+pub(crate) fn create_action(want: &DesiredGuest) -> Option<Action> {
+    let p = &want.provision;
+    let source = p.source.as_ref()?;
+    let storage = p.storage.as_ref()?;
+    let mut params = BTreeMap::from([
+        ("source".to_owned(), source.kind().to_owned()),
+        ("volid".to_owned(), source.volid().to_owned()),
+        ("storage".to_owned(), storage.clone()),
+    ]);
+    if let Some(h) = &p.hostname {
+        params.insert("hostname".to_owned(), h.clone());
+    }
+    if let Some(bytes) = p.rootfs_bytes {
+        params.insert(
+            "rootfs_gib".to_owned(),
+            bytes.div_ceil(super::source::GIB).to_string(),
+        );
+    }
+    if let Some(spec) = &want.spec {
+        if let Some(c) = spec.cores {
+            params.insert("cores".to_owned(), c.to_string());
+        }
+        if let Some(m) = spec.memory_bytes {
+            params.insert("memory".to_owned(), desired_memory_mib(m).to_string());
+        }
+    }
+    if let Some(d) = &want.description {
+        params.insert("description".to_owned(), d.clone());
+    }
+    if want.run == Some(Run::Running) {
+        // Started by the create's own task (`start=1`), so one pass converges it.
+        params.insert("start".to_owned(), "1".to_owned());
+    }
+    Some(Action {
+        vmid: want.vmid,
+        kind: ActionKind::Create,
+        params,
+        digest: None,
+        reason: format!("provision from {} {}", source.kind(), source.volid()),
+    })
 }
 
 fn simple(vmid: u32, kind: ActionKind, reason: &str) -> Action {

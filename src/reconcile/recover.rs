@@ -89,6 +89,10 @@ pub(crate) fn task_type(class: &OpClass) -> Option<&'static str> {
 pub(crate) fn task_type_of(rec: &JournalRecord) -> Option<&'static str> {
     match rec.class {
         OpClass::Stop if rec.params.contains_key("timeout") => Some("vzshutdown"),
+        OpClass::GuestCreate if rec.params.get("source").map(String::as_str) == Some("backup") => {
+            Some("vzrestore")
+        }
+        OpClass::GuestCreate => Some("vzcreate"),
         ref class => task_type(class),
     }
 }
@@ -180,7 +184,40 @@ pub fn recover(
             }
         }
     }
+    settle_creates(journal, client, clock, &report)?;
     Ok(report)
+}
+
+/// Settles the provenance of every create Recover resolved (see
+/// `super::provision::settle`): one with a task is judged by it, one without never
+/// reached Proxmox.
+fn settle_creates(
+    journal: &Journal,
+    client: &Client,
+    clock: &dyn Clock,
+    report: &RecoverReport,
+) -> Result<(), RecoverError> {
+    use crate::reconcile::provision::{Settled, settle};
+    let resolved = report
+        .succeeded
+        .iter()
+        .map(|id| (id, true))
+        .chain(report.failed.iter().map(|id| (id, false)));
+    for (op_id, ok) in resolved {
+        let Some(rec) = journal.latest(op_id) else {
+            continue;
+        };
+        if rec.class != OpClass::GuestCreate {
+            continue;
+        }
+        let settled = match (ok, rec.upid.is_some()) {
+            (true, _) => Settled::Succeeded,
+            (false, true) => Settled::TaskFailed,
+            (false, false) => Settled::NeverSent,
+        };
+        settle(journal, client, rec.vmid, op_id, settled, clock.now())?;
+    }
+    Ok(())
 }
 
 fn finish(

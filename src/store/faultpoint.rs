@@ -18,6 +18,8 @@
 //! | `audit:rotate-before-rename` | a rotation's new file is written and fsync'd as `audit.log.rotate.tmp`; `audit.log` is not renamed yet |
 //! | `audit:rotate-between-renames` | `audit.log` is durably renamed to `audit.log.1`; the new file is not in place yet |
 //! | `recover:after-found` | Recover found the task of an op that had no UPID and journaled it |
+//! | `restore:after-stop` | a `restore_overwrite`'s stop step succeeded and is journaled; the restore's `started` is not written yet |
+//! | `provision:after-provenance` | a create's `started` and its `created_by_agent` provenance are durable; nothing sent yet (the create then passes the `benign:*` points) |
 //!
 //! With the feature, and only when the test's environment asks for it:
 //! * [`PAUSE_AT_ENV`] equal to a point's name: the process writes that name to the file

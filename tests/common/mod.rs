@@ -81,6 +81,9 @@ impl DestructiveExecutor for CountingExecutor {
     fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String> {
         self.inner.unprotect(vmid, digest, on_task)
     }
+    fn stop_guest(&self, vmid: u32, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        self.inner.stop_guest(vmid, on_task)
+    }
     fn execute(&self, intent: &Intent, on_task: &mut OnTask<'_>) -> Result<(), String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.execute(intent, on_task)

@@ -134,3 +134,28 @@ pub fn authz_json() -> serde_json::Value {
         {"key_id": "ops-2026", "role": "operational", "public_key": PUBLIC_KEY.trim()}
     ]})
 }
+
+/// Any op's blob, by `ops-2026`, with a fresh nonce, valid from a minute before `now`
+/// (Unix seconds) to half an hour after: `params` as given, in that order.
+pub fn op_blob(
+    op: &str,
+    host: &str,
+    guest: &str,
+    digest: &str,
+    params: &[(&str, &str)],
+    now: i64,
+) -> (Vec<u8>, String) {
+    let nonce = nonce();
+    let params: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+        .collect();
+    let blob = format!(
+        "{{\"op\":\"{op}\",\"host_id\":\"{host}\",\"guest_id\":\"{guest}\",\"guest_digest\":\"{digest}\",\"params\":{{{}}},\"key_id\":\"ops-2026\",\"nonce\":\"{nonce}\",\"not_before\":\"{}\",\"expires_at\":\"{}\"}}\n",
+        params.join(","),
+        Timestamp(now - 60),
+        Timestamp(now + 1800)
+    )
+    .into_bytes();
+    (blob, nonce)
+}

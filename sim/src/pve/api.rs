@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::RecordedRequest;
 use super::model::{
     Backup, Effect, Failure, Guest, HOST_CPUS, HOST_ROOTFS, PVE_REPOID, PVE_VERSION, State,
-    TaskSpec, config_key_kind, config_key_priv, parse_size,
+    TaskSpec, config_key_kind, config_key_priv,
 };
 use super::params::{ApiError, Kind, Params, parse_json_body, parse_urlencoded, percent_decode};
 use super::perms;
@@ -20,7 +20,7 @@ use crate::clock;
 use crate::fault::{Dress, FaultAnswer, recorded_status};
 use crate::http::{Delivery, Request, Response};
 
-const VMID: (&str, Kind) = ("vmid", Kind::Int(Some(100), Some(999_999_999)));
+pub(super) const VMID: (&str, Kind) = ("vmid", Kind::Int(Some(100), Some(999_999_999)));
 const NODE: (&str, Kind) = ("node", Kind::Str);
 const GIB: u64 = 1 << 30;
 
@@ -31,7 +31,7 @@ pub(super) struct Answer {
 }
 
 impl Answer {
-    fn data(data: Value) -> Answer {
+    pub(super) fn data(data: Value) -> Answer {
         Answer { data, total: None }
     }
 }
@@ -322,7 +322,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
         AccessPermissions => super::access::permissions(st, p).map(Answer::data),
         NodeStatus => node_status(st, p),
         LxcList => lxc_list(st, p),
-        LxcCreate => lxc_create(st, p),
+        LxcCreate => super::create::lxc_create(st, p),
         LxcIndex(v) => {
             let vmid = vmid_param(p, v, &[])?;
             guest(st, vmid)?;
@@ -788,148 +788,6 @@ fn lxc_destroy(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
     upid(st.spawn(spec))
 }
 
-fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
-    p.check(
-        |k| match k {
-            "node" | "ostemplate" | "storage" | "pool" | "password" | "ssh-public-keys" => {
-                Some(Kind::Str)
-            }
-            "vmid" => Some(VMID.1),
-            "restore" | "force" | "unique" | "start" | "ignore-unpack-errors" => Some(Kind::Bool),
-            "bwlimit" => Some(Kind::Number(0.0, f64::MAX)),
-            "lock" | "parent" | "snaptime" => None,
-            k => config_key_kind(k),
-        },
-        &["vmid", "ostemplate"],
-    )?;
-    let vmid = p
-        .int("vmid")
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0);
-    let storage = p.get("storage").unwrap_or("local").to_string();
-    let restore = p.flag("restore");
-    let ostemplate = p.get("ostemplate").unwrap_or_default().to_string();
-    let existing = st.guests.get(&vmid);
-    let privilege = if existing.is_some() && restore {
-        "VM.Backup"
-    } else {
-        "VM.Allocate"
-    };
-    st.check_sync(&vms(vmid), &[privilege])?;
-    st.check_sync(&format!("/storage/{storage}"), perms::DATASTORE_SPACE)?;
-    if st.storage(&storage).is_none() {
-        return Err(ApiError::die(format!("storage '{storage}' does not exist")));
-    }
-    if let Some(g) = existing {
-        if !(restore && p.flag("force")) {
-            return Err(ApiError::die(format!(
-                "CT {vmid} already exists on node '{}'",
-                st.node
-            )));
-        }
-        if g.running {
-            return Err(ApiError::die("can't overwrite running container"));
-        }
-        if g.protected() {
-            return Err(ApiError::die(format!(
-                "unable to restore CT {vmid} - protection mode enabled"
-            )));
-        }
-        if let Some(lock) = g.lock() {
-            return Err(ApiError::die(format!("CT is locked ({lock})")));
-        }
-    }
-    let fresh = existing.is_none();
-    let (kind, mut new_guest, log) = if restore {
-        let backup = st
-            .backups
-            .iter()
-            .find(|b| b.volid == ostemplate)
-            .ok_or_else(|| ApiError::die(format!("volume '{ostemplate}' does not exist")))?;
-        let mut g = Guest::from_seed(&super::GuestSeed::new(vmid, "restored"), st.clock.now());
-        g.conf = backup.conf.clone();
-        g.description = backup.description.clone();
-        let size = g.disk_bytes() >> 30;
-        g.conf.insert(
-            "rootfs".into(),
-            format!("{storage}:vm-{vmid}-disk-0,size={size}G"),
-        );
-        let log = vec![
-            format!("recovering backed-up configuration from '{ostemplate}'"),
-            format!("restoring '{ostemplate}' now.."),
-            format!(
-                "extracting archive '/var/lib/vz/dump/{}'",
-                backup.file_name()
-            ),
-            format!(
-                "Total bytes read: {} ({} MiB, 120 MiB/s)",
-                backup.size * 3,
-                (backup.size * 3) >> 20
-            ),
-            "Detected container architecture: amd64".to_string(),
-            "merging backed-up configuration into the new one..".to_string(),
-        ];
-        ("vzrestore", g, log)
-    } else {
-        let hostname = p
-            .get("hostname")
-            .map_or(format!("CT{vmid}"), str::to_string);
-        let mut g = Guest::from_seed(&super::GuestSeed::new(vmid, &hostname), st.clock.now());
-        g.conf.insert("cores".into(), "1".into());
-        let log = vec![
-            format!(
-                "extracting archive '/var/lib/vz/template/cache/{}'",
-                ostemplate.rsplit('/').next().unwrap_or_default()
-            ),
-            "Total bytes read: 524288000 (500MiB, 200MiB/s)".to_string(),
-            "Detected container architecture: amd64".to_string(),
-        ];
-        ("vzcreate", g, log)
-    };
-    // Given config keys override the archive's (or the defaults).
-    let given: Vec<(String, String)> = p
-        .keys()
-        .into_iter()
-        .filter(|k| config_key_kind(k).is_some() && *k != "rootfs")
-        .map(|k| (k.to_string(), p.get(k).unwrap_or_default().to_string()))
-        .collect();
-    new_guest.apply_config(&given, &[]);
-    if let Some(rootfs) = p.get("rootfs") {
-        // `STORAGE:SIZE_GIB` allocates a new volume, as `pct create` does.
-        let value = match rootfs.split_once(':') {
-            Some((s, size)) if parse_size(size).is_some() && !size.contains(',') => {
-                format!("{s}:vm-{vmid}-disk-0,size={size}G")
-            }
-            _ => rootfs.to_string(),
-        };
-        new_guest.conf.insert("rootfs".into(), value);
-    }
-    new_guest.running = false;
-    new_guest.started = None;
-    let mut spec = TaskSpec::new(
-        kind,
-        vmid.to_string(),
-        Effect::Restore {
-            guest: Box::new(new_guest),
-            fresh,
-            start: p.flag("start"),
-        },
-    );
-    spec.lock = vec![(vmid, "create")];
-    spec.log = log;
-    spec.failure = st
-        .check_in_task(&vms(vmid), &[privilege])
-        .or_else(|| st.check_in_task(&format!("/storage/{storage}"), perms::DATASTORE_SPACE));
-    if fresh && spec.failure.is_none() {
-        // PVE writes a config holding only `lock: create` before the worker starts.
-        let mut placeholder = Guest::from_seed(&super::GuestSeed::new(vmid, ""), st.clock.now());
-        placeholder.conf.clear();
-        placeholder.description.clear();
-        st.guests.insert(vmid, placeholder);
-    }
-    upid(st.spawn(spec))
-}
-
 fn snapshot_list(st: &State, p: &mut Params, v: &str) -> ApiResult {
     let vmid = vmid_param(p, v, &[])?;
     st.check_sync(&vms(vmid), perms::VM_AUDIT)?;
@@ -1368,6 +1226,29 @@ fn storage_content(st: &State, p: &mut Params, name: &str) -> ApiResult {
             obj.insert("notes".into(), Value::String(first.to_string()));
         }
         rows.push(row);
+    }
+    for t in &st.templates {
+        if !t.starts_with(&format!("{}:", storage.name))
+            || want.is_some_and(|c| c != "vztmpl")
+            || vmid.is_some()
+        {
+            continue;
+        }
+        // pve-storage names a template's format by its extension (`tzst`, `tgz`, `txz`).
+        let format = if t.ends_with(".tar.zst") {
+            "tzst"
+        } else if t.ends_with(".tar.xz") {
+            "txz"
+        } else {
+            "tgz"
+        };
+        rows.push(json!({
+            "volid": t,
+            "content": "vztmpl",
+            "format": format,
+            "size": 130_023_424,
+            "ctime": 1_714_557_600,
+        }));
     }
     for g in st.guests.values() {
         let Some(rootfs) = g.conf.get("rootfs") else {

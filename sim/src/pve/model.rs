@@ -477,6 +477,8 @@ pub(crate) struct Backup {
     pub description: Vec<String>,
     /// Protected from removal (`protected: 1` in the listing): an `imgdel` fails.
     pub protected: bool,
+    /// How a restore from it fails, when it is damaged.
+    pub broken: Option<super::Broken>,
 }
 
 impl Backup {
@@ -503,6 +505,7 @@ impl Backup {
             conf,
             description: guest.description.clone(),
             protected: false,
+            broken: None,
         }
     }
 
@@ -558,10 +561,13 @@ pub(crate) enum Effect {
         name: String,
     },
     /// Restore (or create) the guest as `guest`; `fresh` when it did not exist before,
-    /// so a failed task removes the placeholder again.
+    /// so a failed task removes the placeholder again. `lose_on_failure`: the worker
+    /// fails after it replaced the old volumes, so the guest's config goes as well
+    /// (pve-container's `destroy_config_on_error`).
     Restore {
         guest: Box<Guest>,
         fresh: bool,
+        lose_on_failure: bool,
         start: bool,
     },
     Backup(Vec<Backup>),
@@ -599,6 +605,9 @@ pub(crate) struct TaskSpec {
     pub effect: Effect,
     /// Set when the worker fails at its first check.
     pub failure: Option<Failure>,
+    /// Set when the worker fails after it got going: its locks are held for the run,
+    /// and a `Restore` effect's failure rule applies at the end.
+    pub late_failure: Option<Failure>,
     /// Log lines the worker prints on its way.
     pub log: Vec<String>,
     /// How long it runs, when not the simulator's task duration.
@@ -613,6 +622,7 @@ impl TaskSpec {
             lock: Vec::new(),
             effect,
             failure: None,
+            late_failure: None,
             log: Vec::new(),
             duration: None,
         }
@@ -719,6 +729,8 @@ pub(crate) struct State {
     pub guests: BTreeMap<u32, Guest>,
     pub storages: Vec<Storage>,
     pub backups: Vec<Backup>,
+    /// OS template volids (`local:vztmpl/NAME.tar.zst`) a create can use.
+    pub templates: Vec<String>,
     pub tasks: Vec<Task>,
     pub faults: Vec<Fault>,
     pub denied: Vec<(String, String)>,
@@ -791,6 +803,7 @@ impl State {
                 },
             ],
             backups: Vec::new(),
+            templates: Vec::new(),
             tasks: Vec::new(),
             faults: Vec::new(),
             denied: Vec::new(),
@@ -901,6 +914,13 @@ impl State {
         let (exitstatus, lock, effect) = if let Some(f) = spec.failure {
             log = f.log;
             (f.exitstatus, Vec::new(), Effect::None)
+        } else if let Some(f) = spec.late_failure {
+            log.extend(f.log);
+            let effect = match spec.effect {
+                restore @ Effect::Restore { .. } => restore,
+                _ => Effect::None,
+            };
+            (f.exitstatus, spec.lock, effect)
         } else if let Some(status) = injected_failure {
             // Fails mid-way: the lock was taken, the effect never lands.
             log.push(format!(
@@ -908,7 +928,7 @@ impl State {
                 status.lines().next().unwrap_or_default()
             ));
             let effect = match spec.effect {
-                restore @ Effect::Restore { fresh: true, .. } => restore,
+                restore @ Effect::Restore { .. } => restore,
                 _ => Effect::None,
             };
             (status, spec.lock, effect)
@@ -991,8 +1011,12 @@ impl State {
         if ok {
             self.apply(effect);
         } else if let Effect::Restore {
-            guest, fresh: true, ..
+            guest,
+            fresh,
+            lose_on_failure,
+            ..
         } = effect
+            && (fresh || lose_on_failure)
         {
             self.guests.remove(&guest.vmid);
         }
