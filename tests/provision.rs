@@ -71,6 +71,7 @@ fn from_backup(vmid: u32, volid: &str) -> DesiredGuest {
             cores: Some(3),
             memory_bytes: Some(768 << 20),
             disk_bytes: None,
+            rootfs_bytes: None,
         }),
         description: Some("provisioned".into()),
         provision: Provision {
