@@ -22,6 +22,7 @@ pub(crate) mod op_results;
 pub(crate) mod plan;
 pub(crate) mod queue;
 pub(crate) mod recover;
+pub(crate) mod rotation;
 
 pub use action::{Outcome, shutdown_params};
 pub use audit::{
@@ -44,3 +45,4 @@ pub use op_results::{
 pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
+pub use rotation::{ROTATED, RotationExecutor, recover_rotations};
