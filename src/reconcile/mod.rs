@@ -45,4 +45,6 @@ pub use op_results::{
 pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
-pub use rotation::{ROTATED, RotationExecutor, recover_rotations};
+pub use rotation::{
+    ROTATED, RotationExecutor, SIGNER_ADDED, SIGNER_KEPT, SIGNER_REMOVED, recover_rotations,
+};

@@ -21,8 +21,15 @@ use crate::reconcile::gate::GuestNow;
 use crate::reconcile::jobs::{DestructiveExecutor, OnTask};
 use crate::reconcile::journal::{Journal, JournalError, OpState};
 
-/// The audit decision word of an applied rotation.
+/// The audit decision word of an applied rotation (its summary record).
 pub const ROTATED: &str = "rotated";
+/// The audit decision words of one signer in a rotation: in the old set only, in the
+/// new set only, in both.
+pub const SIGNER_REMOVED: &str = "signer_removed";
+/// See [`SIGNER_REMOVED`].
+pub const SIGNER_ADDED: &str = "signer_added";
+/// See [`SIGNER_REMOVED`].
+pub const SIGNER_KEPT: &str = "signer_kept";
 
 /// Executes `rotate_signers` ops on one signer set.
 pub struct RotationExecutor {
@@ -56,12 +63,42 @@ impl RotationExecutor {
     }
 }
 
-fn fingerprints(p: &SignerPolicy) -> String {
-    p.signers
-        .iter()
-        .map(|s| format!("{}:{}", s.role.as_str(), s.fingerprint))
-        .collect::<Vec<_>>()
-        .join(",")
+/// One audit record per signer of the old and the new set (an audit field holds 256
+/// characters, a set up to 32 keys), then the summary: every fingerprint, old and new,
+/// is in the audit log before the set changes.
+fn audit_records(old: &SignerPolicy, new: &SignerPolicy) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let word = |v: u64, s: &crate::authz::Signer| {
+        format!(
+            "version {v}: {} {} {}",
+            s.role.as_str(),
+            s.key_id,
+            s.fingerprint
+        )
+    };
+    for s in &old.signers {
+        let kept = new.signers.iter().any(|n| n.fingerprint == s.fingerprint);
+        if !kept {
+            out.push((SIGNER_REMOVED, word(old.version, s)));
+        }
+    }
+    for s in &new.signers {
+        let kept = old.signers.iter().any(|o| o.fingerprint == s.fingerprint);
+        let w = if kept { SIGNER_KEPT } else { SIGNER_ADDED };
+        out.push((w, word(new.version, s)));
+    }
+    out.push((
+        ROTATED,
+        format!(
+            "signer policy version {} -> {}: {} signers ({} recovery) replace {}",
+            old.version,
+            new.version,
+            new.signers.len(),
+            new.recovery_count(),
+            old.signers.len()
+        ),
+    ));
+    out
 }
 
 impl DestructiveExecutor for RotationExecutor {
@@ -84,24 +121,19 @@ impl DestructiveExecutor for RotationExecutor {
         let held = self.set.policy();
         let next = plan_rotation(&intent.params, &held, &self.set.revoked())
             .map_err(|e| format!("rotation refused at execution: {e}"))?;
-        let reason = format!(
-            "signer policy version {} -> {}; old [{}]; new [{}]",
-            held.version,
-            next.version,
-            fingerprints(&held),
-            fingerprints(&next)
-        );
         // Audited before it is applied: no rotation without its record.
-        self.audit
-            .record(&AuditRecord::new(
-                self.clock.now(),
-                OpClass::RotateSigners.as_str(),
-                None,
-                ROTATED,
-                reason,
-                None,
-            ))
-            .map_err(|e| format!("rotation not audited, not applied: {e}"))?;
+        for (decision, reason) in audit_records(&held, &next) {
+            self.audit
+                .record(&AuditRecord::new(
+                    self.clock.now(),
+                    OpClass::RotateSigners.as_str(),
+                    None,
+                    decision,
+                    reason,
+                    None,
+                ))
+                .map_err(|e| format!("rotation not audited, not applied: {e}"))?;
+        }
         let version = next.version;
         let old = self
             .set
