@@ -39,12 +39,14 @@ pub enum Command {
         /// Config file.
         config: PathBuf,
     },
-    /// `verify --blob FILE --sig FILE`.
+    /// `verify --blob FILE --sig FILE [--sig FILE ...]`.
     Verify {
         /// The signed op blob.
         blob: PathBuf,
         /// The armored signature.
         sig: PathBuf,
+        /// Further signatures over the same blob (`--sig` repeated).
+        more_sigs: Vec<PathBuf>,
         /// Config file.
         config: PathBuf,
     },
@@ -99,8 +101,9 @@ Usage:
                description marker write and restore); needs --vmid
       hub      one host report to the hub; prints the report and the hub's answer
       offline  no network: signature known-answer tests, config, state files
-  felhom-agent verify --blob FILE --sig FILE [--config PATH]
-      Check a signed op against the configured signers and host; burns no nonce.
+  felhom-agent verify --blob FILE --sig FILE [--sig FILE ...] [--config PATH]
+      Check a signed op against the effective signers and host; burns no nonce.
+      --sig repeats for an op signed by several keys (an emergency rotation).
   felhom-agent plan [--config PATH]
       Dry run: what the next reconcile pass would do, and the gate's word on it;
       read-only (safe while the daemon runs).
@@ -170,6 +173,7 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
     let mut vmid: Option<u32> = None;
     let mut blob: Option<PathBuf> = None;
     let mut sig: Option<PathBuf> = None;
+    let mut more_sigs: Vec<PathBuf> = Vec::new();
     let mut in_flight = false;
     let mut rate_limit = false;
     let mut tail: Option<usize> = None;
@@ -245,10 +249,14 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
                 dup(blob.is_some())?;
                 blob = Some(PathBuf::from(value));
             }
-            "--sig" => {
-                dup(sig.is_some())?;
-                sig = Some(PathBuf::from(value));
+            "--sig" if sig.is_none() => sig = Some(PathBuf::from(value)),
+            "--sig" if more_sigs.len() + 1 >= crate::authz::MAX_SIGNATURES => {
+                return Err(usage(format!(
+                    "--sig given more than {} times",
+                    crate::authz::MAX_SIGNATURES
+                )));
             }
+            "--sig" => more_sigs.push(PathBuf::from(value)),
             "--tail" => {
                 dup(tail.is_some())?;
                 tail =
@@ -285,6 +293,7 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
         "verify" => Ok(Command::Verify {
             blob: blob.ok_or_else(|| usage("`verify` needs --blob FILE"))?,
             sig: sig.ok_or_else(|| usage("`verify` needs --sig FILE"))?,
+            more_sigs,
             config,
         }),
         "plan" => Ok(Command::Plan { config }),
@@ -340,7 +349,15 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             }
         }
         Command::Selftest { kind, vmid, config } => selftest(kind, vmid, &config, out, err),
-        Command::Verify { blob, sig, config } => verify(&blob, &sig, &config, out, err),
+        Command::Verify {
+            blob,
+            sig,
+            more_sigs,
+            config,
+        } => {
+            let sigs: Vec<PathBuf> = std::iter::once(sig).chain(more_sigs).collect();
+            verify(&blob, &sigs, &config, out, err)
+        }
         Command::Plan { config } => {
             let cfg = match load_config(&config, Mode::Plan, err) {
                 Ok(c) => c,
@@ -474,6 +491,16 @@ mod tests {
             Command::Verify {
                 blob: cfg("b.json"),
                 sig: cfg("b.sig"),
+                more_sigs: Vec::new(),
+                config: cfg(crate::config::DEFAULT_CONFIG_PATH)
+            }
+        );
+        assert_eq!(
+            p(&["verify", "--blob", "b", "--sig", "s1", "--sig", "s2"]).unwrap(),
+            Command::Verify {
+                blob: cfg("b"),
+                sig: cfg("s1"),
+                more_sigs: vec![cfg("s2")],
                 config: cfg(crate::config::DEFAULT_CONFIG_PATH)
             }
         );

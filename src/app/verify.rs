@@ -1,6 +1,9 @@
-//! `felhom-agent verify`: checks a signed op against the configured signers and host
-//! offline. It never burns a nonce, never touches the state directory, and reads no
-//! more than one byte past the verifier's own caps of either file.
+//! `felhom-agent verify`: checks a signed op (one or several signatures over one blob)
+//! against the effective signer set and host offline, as the gate would (roles, the
+//! recovery threshold, a rotation's version and new set), and prints that set: its
+//! source, version, each key's role, fingerprint and expiry, and the revoked keys. It
+//! never burns a nonce, only reads the state directory (`signers.json`, the rotated
+//! set), and reads no more than one byte past the verifier's own caps of any file.
 
 use std::io::Write;
 use std::path::Path;
@@ -45,7 +48,7 @@ fn read_input(
 /// Runs `verify`; returns the exit code.
 pub(crate) fn verify(
     blob: &Path,
-    sig: &Path,
+    sigs: &[std::path::PathBuf],
     config: &Path,
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -67,20 +70,33 @@ pub(crate) fn verify(
         Ok(b) => b,
         Err(code) => return code,
     };
-    let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, out, err) {
-        Ok(b) => b,
-        Err(code) => return code,
+    let mut texts = Vec::with_capacity(sigs.len());
+    for sig in sigs {
+        let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, out, err) {
+            Ok(b) => b,
+            Err(code) => return code,
+        };
+        let Ok(sig) = String::from_utf8(sig) else {
+            let _ = writeln!(out, "refused: malformed");
+            let _ = writeln!(out, "detail: the signature file is not UTF-8 text");
+            return EXIT_FAILED;
+        };
+        texts.push(sig);
+    }
+    let set = match crate::authz::load_signer_set_os(authz, Some(&cfg.state_dir)) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            let _ = writeln!(err, "felhom-agent: configuration error: {e}");
+            return EXIT_USAGE;
+        }
     };
-    let Ok(sig) = String::from_utf8(sig) else {
-        let _ = writeln!(out, "refused: malformed");
-        let _ = writeln!(out, "detail: the signature file is not UTF-8 text");
-        return EXIT_FAILED;
-    };
-    match crate::authz::verify_offline(
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let code = match crate::authz::verify_offline_set(
+        std::sync::Arc::clone(&set),
         authz,
         &cfg.host_id,
         &blob,
-        &sig,
+        &refs,
         &crate::base::time::SystemClock,
     ) {
         Ok(op) => {
@@ -93,5 +109,9 @@ pub(crate) fn verify(
             let _ = writeln!(out, "detail: {}", e.detail().escape_debug());
             EXIT_FAILED
         }
+    };
+    for line in set.policy().describe(&set.revoked()) {
+        let _ = writeln!(out, "{line}");
     }
+    code
 }

@@ -166,6 +166,18 @@ pub fn expiry_warnings(policy: &SignerPolicy, now: Timestamp) -> Vec<ExpiryWarni
         .collect()
 }
 
+/// The expiry warnings of the effective signer set of `cfg` (the rotated one when
+/// `state_dir` holds `signers.json`) at `now`: what `status` shows beside `selftest
+/// offline`. Reads files only; an unusable set is the error naming why.
+pub fn signer_expiry_warnings(
+    cfg: &AuthzConfig,
+    state_dir: Option<&Path>,
+    now: Timestamp,
+) -> Result<Vec<ExpiryWarning>, SignersConfigError> {
+    let set = load_signer_set_os(cfg, state_dir)?;
+    Ok(expiry_warnings(&set.policy(), now))
+}
+
 /// The live signer set: the policy, the revoked keys, and where to persist a rotation.
 pub struct SignerSet {
     policy: RwLock<Arc<SignerPolicy>>,
