@@ -317,11 +317,13 @@ fn serve_locked(
         .map_err(DaemonError::Setup)?;
     let audit = Arc::new(AuditFeed::default());
     let results = Arc::new(ResultsFeed::default());
+    let signer_feed = Arc::new(super::executors::SignerFeed::default());
     let round = wiring::hub_round_with(
         cfg,
         proxmox.clone(),
         Arc::clone(&audit) as Arc<dyn AuditTail>,
         Arc::clone(&results) as Arc<dyn OpResultsSource>,
+        Arc::clone(&signer_feed) as Arc<dyn crate::hub::SignerPolicySource>,
     )
     .map_err(DaemonError::Setup)?;
     let announcement = Announcement::new();
@@ -368,6 +370,9 @@ fn serve_locked(
             return Err(DaemonError::Reconcile(e));
         }
     };
+    if let Some(set) = reconciler.gate.signer_set() {
+        signer_feed.bind(Arc::clone(set));
+    }
     if let (Some(set), Some(path)) = (
         reconciler.gate.signer_set(),
         cfg.authz.as_ref().and_then(|a| a.revoked_keys_file.clone()),

@@ -1,9 +1,14 @@
 //! The destructive executor the daemon hands to signed ops: `rotate_signers` goes to
 //! reconcile's [`RotationExecutor`] on the gate's own signer set, every other class to
-//! the Proxmox executor. It only routes: it never decides and never executes itself.
+//! the Proxmox executor; and the report's view of that signer set ([`SignerFeed`]),
+//! bound once the reconciler has built it. It only routes: it never decides and never
+//! executes itself.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use crate::authz::SignerSet;
+use crate::hub::{SignerPolicyReport, SignerPolicySource};
 
 use crate::reconcile::{
     AuditLog, DestructiveExecutor, Gate, GuestNow, Intent, OnTask, OpClass, RotationExecutor,
@@ -61,5 +66,23 @@ impl DestructiveExecutor for RoutedExecutor {
             (None, OpClass::RotateSigners) => Err("no signer set to rotate".into()),
             _ => self.ops.execute(intent, on_task),
         }
+    }
+}
+
+/// The report's `signer_policy`, bound to the gate's signer set once the reconciler is
+/// open (the poller reports before that, without it).
+#[derive(Debug, Default)]
+pub struct SignerFeed(OnceLock<Arc<SignerSet>>);
+
+impl SignerFeed {
+    /// Binds the feed to `set`; `false` (and the first kept) if already bound.
+    pub fn bind(&self, set: Arc<SignerSet>) -> bool {
+        self.0.set(set).is_ok()
+    }
+}
+
+impl SignerPolicySource for SignerFeed {
+    fn signer_policy(&self) -> Option<SignerPolicyReport> {
+        self.0.get().and_then(|s| s.signer_policy())
     }
 }

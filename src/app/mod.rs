@@ -24,7 +24,7 @@ pub(crate) mod wiring;
 pub use bridge::wire_entry;
 pub use daemon::{DaemonError, serve};
 pub use desired_feed::{FetchBackoff, HubDesired};
-pub use executors::{RoutedExecutor, with_rotation};
+pub use executors::{RoutedExecutor, SignerFeed, with_rotation};
 pub use plan::plan_report;
 pub use reconciler::Reconciler;
 pub use results::{AckingRound, ResultsFeed, apply_acks, wire_result};

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
     GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot,
-    SIGNED_OP_RESULTS_MAX, SignedOpResult, StorageTarget,
+    SIGNED_OP_RESULTS_MAX, SignedOpResult, SignerPolicyReport, StorageTarget,
 };
 use crate::base::time::{Clock, Timestamp};
 use crate::proxmox::{Guest, GuestConfig, StorageStatus, Volume};
@@ -104,6 +104,32 @@ impl OpResultsSource for NoOpResults {
     }
 }
 
+/// The source of the report's `signer_policy`: the policy version and fingerprints.
+pub trait SignerPolicySource: Send + Sync {
+    /// The policy held now; `None` when no signer is configured (or not known yet).
+    fn signer_policy(&self) -> Option<SignerPolicyReport>;
+}
+
+/// No signer policy to report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSignerPolicy;
+
+impl SignerPolicySource for NoSignerPolicy {
+    fn signer_policy(&self) -> Option<SignerPolicyReport> {
+        None
+    }
+}
+
+impl SignerPolicySource for crate::authz::SignerSet {
+    fn signer_policy(&self) -> Option<SignerPolicyReport> {
+        let p = self.policy();
+        Some(SignerPolicyReport {
+            version: p.version,
+            fingerprints: p.fingerprints(),
+        })
+    }
+}
+
 /// Why no report can be built this round.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -149,6 +175,7 @@ pub struct Collector<R, P> {
     probe: P,
     audit: Arc<dyn AuditTail>,
     results: Arc<dyn OpResultsSource>,
+    signers: Arc<dyn SignerPolicySource>,
     clock: Arc<dyn Clock>,
     host_id: String,
     agent_version: String,
@@ -178,6 +205,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             probe,
             audit,
             results: Arc::new(NoOpResults),
+            signers: Arc::new(NoSignerPolicy),
             clock,
             host_id: host_id.into(),
             agent_version: agent_version.into(),
@@ -187,6 +215,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
     /// Reads the report's `signed_op_results` from `results` (none without it).
     pub fn with_op_results(mut self, results: Arc<dyn OpResultsSource>) -> Self {
         self.results = results;
+        self
+    }
+
+    /// Reads the report's `signer_policy` from `signers` (none without it).
+    pub fn with_signer_policy(mut self, signers: Arc<dyn SignerPolicySource>) -> Self {
+        self.signers = signers;
         self
     }
 
@@ -266,6 +300,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             audit_tail,
             pending_signatures,
             signed_op_results,
+            signer_policy: self.signers.signer_policy(),
         })
     }
 

@@ -49,6 +49,21 @@ pub struct HostReport {
     /// (`ack_signed_op_results` in the envelope), one entry per hub op id, oldest
     /// first, at most [`SIGNED_OP_RESULTS_MAX`].
     pub signed_op_results: Vec<SignedOpResult>,
+    /// The signer policy this host enforces: its version and the signers' fingerprints,
+    /// nothing more, so the hub sees that a rotation landed. Absent when no signer is
+    /// configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_policy: Option<SignerPolicyReport>,
+}
+
+/// The signer policy as the report carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerPolicyReport {
+    /// 0 for the configured set; one more for each rotation applied.
+    pub version: u64,
+    /// The signers' `SHA256:` fingerprints, in policy order.
+    pub fingerprints: Vec<String>,
 }
 
 /// Host metrics.
