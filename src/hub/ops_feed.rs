@@ -448,6 +448,31 @@ mod tests {
     }
 
     #[test]
+    fn signatures_beside_signature_are_kept_once_each_and_capped() {
+        let b = base64_encode(b"blob");
+        let body = serde_json::json!({"ops": [
+            {"id": "a", "blob_b64": b, "signature": "S1", "signatures": ["S1", "S2", "S2", "S3"]},
+            {"id": "b", "blob_b64": b, "signature": null, "signatures": ["S1", "S2"]},
+            {"id": "c", "blob_b64": b, "signatures": vec!["S"; MAX_SIGNATURES + 1]},
+            {"id": "d", "blob_b64": b, "signatures": ["S1", 7]},
+            {"id": "e", "blob_b64": b, "signatures": "S1"},
+            {"id": "f", "blob_b64": b, "signatures": ["x".repeat(MAX_SIGNATURE_BYTES + 1)]},
+        ]})
+        .to_string();
+        let p = parse_ops(body.as_bytes()).unwrap();
+        assert_eq!(p.ops.len(), 2, "{:?}", p.skipped);
+        assert_eq!(p.ops[0].signature.as_deref(), Some("S1"));
+        assert_eq!(p.ops[0].cosignatures, ["S2", "S3"]);
+        assert_eq!(p.ops[1].signature.as_deref(), Some("S1"));
+        assert_eq!(p.ops[1].cosignatures, ["S2"]);
+        let why: Vec<&str> = p.skipped.iter().map(|s| s.why.as_str()).collect();
+        assert!(why[0].contains("at most"), "{why:?}");
+        assert!(why[1].contains("signatures[1]"), "{why:?}");
+        assert!(why[2].contains("array of strings"), "{why:?}");
+        assert!(why[3].contains("longer than"), "{why:?}");
+    }
+
+    #[test]
     fn unusable_answers_are_typed() {
         assert!(matches!(parse_ops(b"<html>"), Err(FetchError::Syntax(_))));
         assert!(matches!(parse_ops(b"[]"), Err(FetchError::Shape { .. })));

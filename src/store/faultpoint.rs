@@ -18,6 +18,7 @@
 //! | `audit:rotate-before-rename` | a rotation's new file is written and fsync'd as `audit.log.rotate.tmp`; `audit.log` is not renamed yet |
 //! | `audit:rotate-between-renames` | `audit.log` is durably renamed to `audit.log.1`; the new file is not in place yet |
 //! | `recover:after-found` | Recover found the task of an op that had no UPID and journaled it |
+//! | `rotation:after-rename` | a signer rotation's `signers.json` is renamed into place and the directory fsync'd; the live set not swapped yet, the step not journaled as ended |
 //!
 //! With the feature, and only when the test's environment asks for it:
 //! * [`PAUSE_AT_ENV`] equal to a point's name: the process writes that name to the file
