@@ -4,7 +4,8 @@
 //! the pause while the hub delivers the same op again. Whatever the point, the host holds
 //! exactly the old set or exactly the new one (never a mix), the journal settles the op
 //! as the file says, nothing is left in flight, the replay does not rotate twice, and
-//! `selftest offline` passes on the state left behind.
+//! `selftest offline` passes on the state left behind. Also: the running daemon re-reads
+//! `authz.revoked_keys_file` on SIGHUP and keeps the last good list when it breaks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -157,4 +158,36 @@ fn a_kill_at_every_point_of_a_rotation_leaves_the_old_set_or_the_new() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+#[test]
+fn sighup_rereads_the_revoked_keys_and_a_broken_file_keeps_the_last_good_list() {
+    let dir = common::tempdir("rotation-crash", "sighup");
+    let pve = ProxmoxSim::builder().start();
+    let hub = fast_hub();
+    fs::write(dir.join("desired.json"), r#"{"generation":1,"guests":[]}"#).unwrap();
+    let revoked = dir.join("revoked_keys");
+    fs::write(&revoked, "# nothing revoked yet\n").unwrap();
+    let cfg = write_agent_config(&dir, &pve, &hub, |c| {
+        c["hub"]["poll_seconds"] = json!(60);
+        let mut a = authz();
+        a["revoked_keys_file"] = json!(revoked);
+        c["authz"] = a;
+        c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
+    });
+    let mut agent = Agent::spawn(
+        &["run"],
+        &cfg,
+        &dir.join("stderr.log"),
+        &[(SECOND_MS_ENV, "10")],
+    );
+    agent.wait_for_event("signer_policy_loaded", |e| e.is("revoked", "0"));
+    agent.wait_for_event("daemon_running", |_| true);
+    fs::write(&revoked, format!("{}\n", pubkey(OPS))).unwrap();
+    agent.signal("HUP");
+    agent.wait_for_event("revoked_keys_reloaded", |e| e.is("revoked", "1"));
+    fs::write(&revoked, "ssh-ed25519 this-is-not-base64\n").unwrap();
+    agent.signal("HUP");
+    agent.wait_for_event("revoked_keys_reload_failed", |e| e.is("kept", "1"));
+    agent.stop();
 }

@@ -362,6 +362,17 @@ impl Reconciler {
                 signers = policy.signers.len(),
                 revoked = set.revoked().len()
             );
+            for w in crate::authz::expiry_warnings(&policy, clock.now()) {
+                crate::warn!(
+                    signer_expiring,
+                    "signer expires soon or has expired",
+                    key_id = w.key_id,
+                    role = w.role.as_str(),
+                    fingerprint = w.fingerprint,
+                    valid_before = w.valid_before,
+                    expired = w.expired
+                );
+            }
             crate::reconcile::recover_rotations(&journal, set, clock.as_ref())
                 .map_err(StartupError::Journal)?;
         }
