@@ -9,10 +9,11 @@
 //! signed with a freshly minted key executed once, its replay refused, and a kill -9
 //! while a guest that ignores its shutdown waits out the timeout, recovered on restart
 //! without re-sending it; the hub as the source of intent; a guest provisioned from a
-//! backup and a signed `restore_overwrite` of it (stopped first); the operator's
-//! `op new`; both selftests under exactly the Proxmox role the agent's calls need, and
-//! one privilege less; a root disk grown, another's shrink refused, and a signed
-//! `backup_delete`. Each step prints a
+//! backup and a signed `restore_overwrite` of it (stopped first); an emergency signer
+//! rotation signed by two recovery keys, after which the old operational key is refused
+//! and the new one's destroy runs; the operator's `op new`; both selftests under exactly
+//! the Proxmox role the agent's calls need, and one privilege less; a root disk grown,
+//! another's shrink refused, and a signed `backup_delete`. Each step prints a
 //! plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -651,7 +652,24 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     if let Err(e) = guests_from_birth(bin, dir, &pve, &config, &cfg_path, &mut logs) {
         return fail(e);
     }
-    if logs.contains(DEFAULT_TOKEN_SECRET) || logs.contains(&hub_key) {
+    // 15. Signer rotation: after a leak, two recovery keys rotate the signers.
+    let rotation = Rotation {
+        bin,
+        dir,
+        pve: &pve,
+        cfg_path: &cfg_path,
+        base: &hub_config,
+        key_file: &key,
+    };
+    let new_hub_key = match rotation.run() {
+        Ok((log, key)) => {
+            logs.push_str(&log);
+            key
+        }
+        Err(e) => return fail(e),
+    };
+    if logs.contains(DEFAULT_TOKEN_SECRET) || logs.contains(&hub_key) || logs.contains(&new_hub_key)
+    {
         return fail("a secret appeared in the daemon's log");
     }
     say("daemon: SIGTERM → exit 0 each time; no secret in its log");
@@ -888,6 +906,215 @@ fn guests_from_birth(
         took.as_secs_f64()
     ));
     Ok(())
+}
+
+/// Step 15: an emergency `rotate_signers` signed by two recovery keys (threshold 2),
+/// delivered by the hub with both signatures; then a destroy signed by the old
+/// operational key is refused and the same destroy signed by the new key runs.
+struct Rotation<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
+    pve: &'a ProxmoxSim,
+    cfg_path: &'a Path,
+    base: &'a serde_json::Value,
+    key_file: &'a Path,
+}
+
+impl Rotation<'_> {
+    /// Mints an ed25519 key `name` in the lab directory; returns its public line.
+    fn mint(&self, name: &str) -> Result<String, String> {
+        let path = self.dir.join(name);
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .stderr(Stdio::null())
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            return Err(format!("ssh-keygen could not mint {name}"));
+        }
+        std::fs::read_to_string(self.dir.join(format!("{name}.pub")))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Signs the file `blob` with key `name`; returns the signature file's path.
+    fn sign(&self, name: &str, blob: &Path) -> Result<PathBuf, String> {
+        let out = self.dir.join(format!("{}.{name}.sig", blob.display()));
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+            .arg(self.dir.join(name))
+            .stdin(std::fs::File::open(blob).map_err(|e| e.to_string())?)
+            .stdout(std::fs::File::create(&out).map_err(|e| e.to_string())?)
+            .stderr(Stdio::null())
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            return Err(format!("ssh-keygen -Y sign with {name} failed"));
+        }
+        Ok(out)
+    }
+
+    fn run(&self) -> Result<(String, String), String> {
+        let (bin, dir, pve) = (self.bin, self.dir, self.pve);
+        // The hub of step 12 is gone: a new one, its key in the same 0600 file.
+        let hub = HubSim::start();
+        std::fs::write(self.key_file, hub.key()).map_err(|e| e.to_string())?;
+        let rec_a = self.mint("recovery-a")?;
+        let rec_b = self.mint("recovery-b")?;
+        let next = self.mint("operator-2027")?;
+        let mut config = self.base.clone();
+        config["hub"]["url"] = json!(hub.url());
+        config["authz"] = json!({"recovery_threshold": 2, "signers": [
+            config["authz"]["signers"][0], config["authz"]["signers"][1],
+            {"key_id": "recovery-a", "role": "recovery", "public_key": rec_a},
+            {"key_id": "recovery-b", "role": "recovery", "public_key": rec_b}
+        ]});
+        let cfg = self.cfg_path.to_str().ok_or("config path is not UTF-8")?;
+        std::fs::write(self.cfg_path, serde_json::to_vec_pretty(&config).unwrap())
+            .map_err(|e| e.to_string())?;
+
+        // The operator writes the new set (lab-fresh and ops-2026 gone) and signs it twice.
+        let now = SystemClock.now().unix();
+        let set = json!([
+            {"key_id": "operator-2027", "role": "operational", "public_key": next},
+            {"key_id": "recovery-a", "role": "recovery", "public_key": rec_a},
+            {"key_id": "recovery-b", "role": "recovery", "public_key": rec_b}
+        ]);
+        let blob = json!({
+            "op": "rotate_signers", "host_id": "pve-a",
+            "params": {"mode": "emergency", "version": "1", "signers": set.to_string()},
+            "key_id": "recovery-a", "nonce": "9d3c2b1a0f9e8d7c6b5a49382716f5e4",
+            "not_before": Timestamp(now - 60).to_string(),
+            "expires_at": Timestamp(now + 1800).to_string()
+        })
+        .to_string();
+        let blob_path = dir.join("rotate-signers-v1.json");
+        std::fs::write(&blob_path, &blob).map_err(|e| e.to_string())?;
+        let sig_a = self.sign("recovery-a", &blob_path)?;
+        let sig_b = self.sign("recovery-b", &blob_path)?;
+        let (b, a, bb) = (
+            blob_path.to_str().unwrap(),
+            sig_a.to_str().unwrap(),
+            sig_b.to_str().unwrap(),
+        );
+        let one = run(bin, &["verify", "--blob", b, "--sig", a, "--config", cfg]);
+        if !String::from_utf8_lossy(&one.stdout).starts_with("refused: below_threshold") {
+            print!("{}", indent(&one.stdout));
+            return Err("one recovery signature was not refused below_threshold".into());
+        }
+        let two = run(
+            bin,
+            &[
+                "verify", "--blob", b, "--sig", a, "--sig", bb, "--config", cfg,
+            ],
+        );
+        if two.status.code() != Some(0) {
+            print!("{}", indent(&two.stdout));
+            return Err("the rotation signed by two recovery keys did not verify".into());
+        }
+        say(
+            "rotation: verify refuses the rotation with one recovery signature (below_threshold) and accepts it with two",
+        );
+
+        let read = |f: &str| std::fs::read_to_string(dir.join("state").join(f)).unwrap_or_default();
+        let audited = |w: &str| {
+            read("audit.log")
+                .matches(&format!("\"decision\":\"{w}\""))
+                .count()
+        };
+        let signed_policy = || {
+            hub.reports()
+                .last()
+                .and_then(|r| r["signer_policy"]["version"].as_u64())
+        };
+        let sigs = [
+            std::fs::read_to_string(&sig_a).unwrap(),
+            std::fs::read_to_string(&sig_b).unwrap(),
+        ];
+        let rotation_id = hub.queue_signed_op_cosigned(blob.as_bytes(), &[&sigs[0], &sigs[1]]);
+        let mut logs = String::new();
+        let mut daemon = Daemon::start(bin, cfg)?;
+        // Audited before it is applied; durable once signers.json holds the new set.
+        if !daemon.wait("the rotation applied", || {
+            audited("rotated") == 1 && read("signers.json").contains("operator-2027")
+        }) {
+            return Err(daemon.stop_with_log("the emergency rotation did not land"));
+        }
+        let held = read("signers.json");
+        if !held.contains("operator-2027") || held.contains("lab-fresh") {
+            return Err(daemon.stop_with_log("state/signers.json does not hold the new set"));
+        }
+        logs.push_str(&daemon.stop()?);
+        say(format!(
+            "rotation: {rotation_id} (emergency, 2 of 2 recovery signatures) applied; state/signers.json holds version 1 without the old operational keys"
+        ));
+
+        // The old operational key (lab-fresh) signs a destroy of guest 102: refused.
+        let digest = hub
+            .reports()
+            .last()
+            .and_then(|r| {
+                r["guests"]
+                    .as_array()?
+                    .iter()
+                    .find(|g| g["vmid"] == 102)?
+                    .get("digest")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .ok_or("the report does not show guest 102's digest")?;
+        let destroy = |nonce: &str, key_id: &str| {
+            json!({
+                "op": "guest_destroy", "host_id": "pve-a", "guest_id": "102",
+                "guest_digest": digest, "params": {"purge": "1"}, "key_id": key_id,
+                "nonce": nonce, "not_before": Timestamp(now - 60).to_string(),
+                "expires_at": Timestamp(now + 1800).to_string()
+            })
+            .to_string()
+        };
+        let old_blob = destroy("0a1b2c3d4e5f60718293a4b5c6d7e8f9", "lab-fresh");
+        let old_path = dir.join("destroy-102-old-key.json");
+        std::fs::write(&old_path, &old_blob).map_err(|e| e.to_string())?;
+        let old_sig = std::fs::read_to_string(self.sign("fresh-operator", &old_path)?).unwrap();
+        hub.queue_signed_op(old_blob.as_bytes(), Some(&old_sig));
+        let deletes = || {
+            pve.mutations()
+                .iter()
+                .filter(|m| m.method == "DELETE" && m.path.ends_with("/lxc/102"))
+                .count()
+        };
+        let deletes_before = deletes();
+        let mut daemon = Daemon::start(bin, cfg)?;
+        if !daemon.wait("the old key refused, version 1 reported", || {
+            audited("unknown_signer") == 1 && signed_policy() == Some(1)
+        }) {
+            return Err(daemon.stop_with_log("the old operational key was not refused"));
+        }
+        if deletes() != deletes_before {
+            return Err(daemon.stop_with_log("the old key's destroy reached Proxmox"));
+        }
+        logs.push_str(&daemon.stop()?);
+        say(
+            "rotation: the restarted daemon reports signer_policy version 1; a destroy of guest 102 signed by the removed key lab-fresh is refused unknown_signer, no DELETE",
+        );
+
+        // The same destroy signed by the new operational key runs.
+        let new_blob = destroy("1b2c3d4e5f60718293a4b5c6d7e8f90a", "operator-2027");
+        let new_path = dir.join("destroy-102-new-key.json");
+        std::fs::write(&new_path, &new_blob).map_err(|e| e.to_string())?;
+        let new_sig = std::fs::read_to_string(self.sign("operator-2027", &new_path)?).unwrap();
+        hub.queue_signed_op(new_blob.as_bytes(), Some(&new_sig));
+        let mut daemon = Daemon::start(bin, cfg)?;
+        if !daemon.wait("the new key's destroy executed", || {
+            deletes() == deletes_before + 1 && !pve.guest_ids().contains(&102)
+        }) {
+            return Err(daemon.stop_with_log("the new operational key's destroy did not run"));
+        }
+        logs.push_str(&daemon.stop()?);
+        say(
+            "rotation: the same destroy signed by the new key operator-2027 is executed (one DELETE, guest 102 gone)",
+        );
+        Ok((logs, hub.key()))
+    }
 }
 
 /// The daemon as a child process.

@@ -179,6 +179,7 @@ fn a_hostile_hub_flood_of_24_simulated_hours_stays_under_twice_the_cap() {
         id: "held".into(),
         blob: destroy_blob("pve-a", "105", DIGEST, a.clock.now().unix()),
         signature: None,
+        cosignatures: Vec::new(),
     };
     assert_eq!(
         a.runner.handle(&held).unwrap(),
@@ -214,6 +215,7 @@ fn a_hostile_hub_flood_of_24_simulated_hours_stays_under_twice_the_cap() {
                 id: format!("flood-{round}-{i}"),
                 blob: destroy_blob("pve-a", &guest, DIGEST, a.clock.now().unix()),
                 signature: Some(signature.clone()),
+                cosignatures: Vec::new(),
             };
             match a.runner.handle(&op).unwrap() {
                 OpOutcome::Job(JobOutcome::Refused(Refusal::Rejected(AuthzError::Namespace(

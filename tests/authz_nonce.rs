@@ -36,6 +36,7 @@ fn config() -> AuthzConfig {
             key_id: "ops-2026".into(),
             role: Role::Operational,
             public_key: fs::read_to_string(format!("{V}/keys/ed25519.pub")).unwrap(),
+            valid_before: None,
         }],
         ..AuthzConfig::default()
     }
@@ -186,6 +187,7 @@ fn config_errors_name_the_entry() {
         key_id: id.into(),
         role: Role::Operational,
         public_key: k.into(),
+        valid_before: None,
     };
     let cases = [
         (

@@ -68,6 +68,7 @@ fn config() -> AuthzConfig {
                     Role::Operational
                 },
                 public_key: pubkey(k),
+                valid_before: None,
             })
             .collect(),
         ..AuthzConfig::default()
@@ -789,10 +790,7 @@ fn a_hardware_key_counter_that_does_not_increase_is_in_the_audit_log() {
         let run = |blob: &[u8], signature: &str| {
             gate.authorize(
                 &intent,
-                Some(&SignedOp {
-                    blob: blob.to_vec(),
-                    signature: signature.to_string(),
-                }),
+                Some(&SignedOp::new(blob.to_vec(), signature.to_string())),
                 &GuestNow::Present {
                     digest: Some(VECTOR_DIGEST.into()),
                     protected: false,
@@ -921,6 +919,7 @@ fn printable_form_is_stable_lines() {
             "op: guest_destroy\nhost_id: pve-a\nguest_id: 105\nguest_digest: {VECTOR_DIGEST}\n\
              param.purge: 1\nkey_id: ops-2026\n\
              signer: ops-2026\nsigner_role: operational\nsigner_fingerprint: {fp}\n\
+             signer_policy_version: 0\n\
              nonce: 6f1c0e5a9b3d47e28c1f0a9d3b5e7c21\nnot_before: 2030-01-01T00:00:00Z\n\
              expires_at: 2030-01-01T01:00:00Z\n"
         )

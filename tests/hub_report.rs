@@ -15,7 +15,7 @@ use felhom_agent::hub::{
 };
 use felhom_agent::hub::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HealthProbe, HostReader, NoAudit,
-    OpResultsSource, ReadError,
+    OpResultsSource, ReadError, SignerPolicyReport, SignerPolicySource,
 };
 use felhom_agent::proxmox::{
     DiskHealth, Guest, GuestConfig, RunState, SensorReading, StorageStatus, Volume,
@@ -379,10 +379,26 @@ fn one_audit_entry() -> Arc<dyn AuditTail> {
     })
 }
 
+/// The golden signer policy: version 1, an operational and a recovery key.
+struct GoldenPolicy;
+
+impl SignerPolicySource for GoldenPolicy {
+    fn signer_policy(&self) -> Option<SignerPolicyReport> {
+        Some(SignerPolicyReport {
+            version: 1,
+            fingerprints: vec![
+                "SHA256:bMUPVGM/1xrjcyYJDtTpG2qW15E6RFYyMIaj2Mgk6eo".into(),
+                "SHA256:pGuOpgfhBD/qphQ0acV51sGwQIbn0O9MXMzmjSMzpmA".into(),
+            ],
+        })
+    }
+}
+
 fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
     collector(node, Probe(Ok("active")), one_audit_entry())
         .with_op_results(Arc::new(FixedResults(Ok(vec![op_result()]))))
         .with_health(Arc::new(golden_health()))
+        .with_signer_policy(Arc::new(GoldenPolicy))
 }
 
 /// Collects from the golden node after `edit` changed it.
@@ -453,6 +469,7 @@ fn the_contract_field_names_are_frozen() {
         "host",
         "cloudflared",
         "health",
+        "signer_policy",
     ]);
     assert_eq!(
         keys(&golden["health"]),
@@ -500,6 +517,10 @@ fn the_contract_field_names_are_frozen() {
     assert_eq!(
         keys(&golden["signed_op_results"][0]),
         set(&["id", "nonce", "outcome", "code", "at"])
+    );
+    assert_eq!(
+        keys(&golden["signer_policy"]),
+        set(&["version", "fingerprints"])
     );
     assert_eq!(
         keys(&golden["host"]),

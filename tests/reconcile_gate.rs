@@ -114,7 +114,7 @@ impl<'a> Op<'a> {
     fn signed_by(&self, key: &str) -> SignedOp {
         let blob = self.blob();
         let signature = sign(key, &blob);
-        SignedOp { blob, signature }
+        SignedOp::new(blob, signature)
     }
 }
 
@@ -156,11 +156,13 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
                 key_id: "ops-2026".into(),
                 role: Role::Operational,
                 public_key: pubkey("ed25519"),
+                valid_before: None,
             },
             SignerEntry {
                 key_id: "break-glass".into(),
                 role: Role::Recovery,
                 public_key: pubkey("ecdsa-p256"),
+                valid_before: None,
             },
         ],
         ..AuthzConfig::default()
@@ -227,6 +229,7 @@ impl Agent {
             id: "hub-op-1".into(),
             blob: blob.to_vec(),
             signature: signature.map(|s| s.signature.clone()),
+            cosignatures: Vec::new(),
         };
         self.runner.handle(&op).unwrap()
     }

@@ -282,7 +282,8 @@ fn a_wrong_key_gets_401_and_the_queue_is_kept() {
         vec![DeliveredOp {
             id: got.ops[0].id.clone(),
             blob,
-            signature: None
+            signature: None,
+            cosignatures: Vec::new(),
         }]
     );
     assert_eq!(l.hub.pending_signed_ops(), 0);

@@ -307,7 +307,7 @@ fn destroy_op(sim: &ProxmoxSim, dir: &Path, guest: u32) -> (Intent, SignedOp) {
     );
     let signature = ssh_keygen_sign(dir, &blob);
     let intent = felhom_agent::app::unverified_intent(&blob).unwrap();
-    (intent, SignedOp { blob, signature })
+    (intent, SignedOp::new(blob, signature))
 }
 
 fn fast_wait() -> WaitOptions {

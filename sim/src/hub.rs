@@ -374,6 +374,25 @@ impl HubSim {
         id
     }
 
+    /// Queues a signed op carrying several signatures over `blob` (an emergency
+    /// `rotate_signers`): the first as `signature`, the rest as `signatures`, as the
+    /// protocol says; returns its id.
+    pub fn queue_signed_op_cosigned(&self, blob: &[u8], signatures: &[&str]) -> String {
+        let mut st = self.inner.lock();
+        let id = format!("op-{}", st.next_op);
+        st.next_op += 1;
+        st.signed_ops.push(json!({
+            "id": id,
+            "blob_b64": base64(blob),
+            "signature": signatures.first(),
+            "signatures": signatures.get(1..).unwrap_or_default(),
+        }));
+        st.bump();
+        drop(st);
+        self.inner.changed.notify_all();
+        id
+    }
+
     /// Queues one raw entry of the `ops` array as is, so tests can send malformed ones.
     pub fn queue_signed_op_raw(&self, entry: Value) {
         self.change(|st| {

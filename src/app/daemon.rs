@@ -39,7 +39,7 @@ use crate::app::reconciler::{
     Reconciler, StartupError, journal_compact_threshold, prepare_state_dir,
 };
 use crate::app::results::{AckingRound, ResultsFeed};
-use crate::app::signals::SignalWatcher;
+use crate::app::signals::{HupHooks, SignalWatcher};
 use crate::app::signed_ops::{self, SignedOpsRunner};
 use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::NonceStoreError;
@@ -275,9 +275,10 @@ fn schedule_second() -> Duration {
 pub(crate) fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
     let lock = StateLock::acquire(&cfg.state_dir).map_err(DaemonError::StateLock)?;
     let shutdown = Shutdown::new();
-    let signals = SignalWatcher::install(shutdown.clone(), config_path.to_owned())
+    let hooks = HupHooks::default();
+    let signals = SignalWatcher::install(shutdown.clone(), config_path.to_owned(), hooks.clone())
         .map_err(DaemonError::Signals)?;
-    let result = serve_locked(cfg, &shutdown, &lock);
+    let result = serve_locked(cfg, &shutdown, &lock, &hooks);
     shutdown.trigger();
     signals.close();
     lock.hold_until_exit();
@@ -297,11 +298,16 @@ fn report_failure(slot: &Failure, e: DaemonError) {
 /// released when this returns.
 pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     let lock = StateLock::acquire(&cfg.state_dir).map_err(DaemonError::StateLock)?;
-    serve_locked(cfg, shutdown, &lock)
+    serve_locked(cfg, shutdown, &lock, &HupHooks::default())
 }
 
 /// [`serve`] once the state directory is locked: `_lock` is the proof.
-fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<(), DaemonError> {
+fn serve_locked(
+    cfg: &Config,
+    shutdown: &Shutdown,
+    _lock: &StateLock,
+    hooks: &HupHooks,
+) -> Result<(), DaemonError> {
     crate::info!(
         daemon_starting,
         "felhom-agent starting",
@@ -318,11 +324,13 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         .map_err(DaemonError::Setup)?;
     let audit = Arc::new(AuditFeed::default());
     let results = Arc::new(ResultsFeed::default());
+    let signer_feed = Arc::new(super::executors::SignerFeed::default());
     let round = wiring::hub_round_with(
         cfg,
         proxmox.clone(),
         Arc::clone(&audit) as Arc<dyn AuditTail>,
         Arc::clone(&results) as Arc<dyn OpResultsSource>,
+        Arc::clone(&signer_feed) as Arc<dyn crate::hub::SignerPolicySource>,
     )
     .map_err(DaemonError::Setup)?;
     let announcement = Announcement::new();
@@ -369,6 +377,18 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
             return Err(DaemonError::Reconcile(e));
         }
     };
+    if let Some(set) = reconciler.gate.signer_set() {
+        signer_feed.bind(Arc::clone(set));
+    }
+    if let (Some(set), Some(path)) = (
+        reconciler.gate.signer_set(),
+        cfg.authz.as_ref().and_then(|a| a.revoked_keys_file.clone()),
+    ) {
+        let set = Arc::clone(set);
+        hooks.add(Box::new(move || {
+            set.reload_revoked(&path);
+        }));
+    }
     let recovered = &reconciler.recovered;
     crate::info!(
         recover_finished,
@@ -437,6 +457,8 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
             WaitOptions::default(),
             shutdown.clone(),
         ));
+        let executor =
+            super::executors::with_rotation(executor, &reconciler.gate, &reconciler.audit);
         let runner = SignedOpsRunner::new(
             reconciler.jobs.clone(),
             Arc::clone(&reconciler.gate),

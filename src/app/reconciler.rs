@@ -299,7 +299,7 @@ impl Reconciler {
 
         let mut nonces: Option<Arc<crate::authz::FileNonceStore>> = None;
         let verifier = match &cfg.authz {
-            Some(authz) if !authz.signers.is_empty() => {
+            Some(authz) if authz.has_signers() => {
                 // A store that cannot be opened refuses every op (logged by the call);
                 // its health below keeps the gate refusing destructive actions too.
                 let store = Arc::new(crate::authz::FileNonceStore::open_fail_safe(
@@ -308,9 +308,10 @@ impl Reconciler {
                 ));
                 nonces = Some(Arc::clone(&store));
                 Some(
-                    crate::authz::Verifier::from_config(
+                    crate::authz::Verifier::from_config_in(
                         authz,
                         &cfg.host_id,
+                        Some(dir),
                         Arc::clone(&clock),
                         store,
                     )
@@ -344,6 +345,31 @@ impl Reconciler {
         opts.max_disruptive_per_hour = cfg.reconcile.max_disruptive_per_hour;
         if let Some(hub) = &cfg.hub {
             opts.default_interval = Duration::from_secs(hub.poll_seconds);
+        }
+        // A rotation cut short by a crash is settled from signers.json before Recover.
+        if let Some(set) = gate.signer_set() {
+            let policy = set.policy();
+            crate::info!(
+                signer_policy_loaded,
+                "signer policy loaded",
+                source = policy.source.as_str(),
+                version = policy.version,
+                signers = policy.signers.len(),
+                revoked = set.revoked().len()
+            );
+            for w in crate::authz::expiry_warnings(&policy, clock.now()) {
+                crate::warn!(
+                    signer_expiring,
+                    "signer expires soon or has expired",
+                    key_id = w.key_id,
+                    role = w.role.as_str(),
+                    fingerprint = w.fingerprint,
+                    valid_before = w.valid_before,
+                    expired = w.expired
+                );
+            }
+            crate::reconcile::recover_rotations(&journal, set, clock.as_ref())
+                .map_err(StartupError::Journal)?;
         }
         let recovered =
             // Recover may wait the full hour a restore or backup can take: nothing else

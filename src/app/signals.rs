@@ -1,6 +1,7 @@
 //! The daemon's signals: SIGTERM and SIGINT trigger the shared shutdown (a second one
 //! while stopping exits at once with code 1), SIGHUP re-reads the log level from the
-//! configuration file (on error the old level stays and the reason is logged).
+//! configuration file (on error the old level stays and the reason is logged) and runs
+//! the [`HupHooks`] the daemon registered (the revoked keys file is re-read there).
 //!
 //! Signals arrive through `signal-hook`'s self-pipe and are acted on by a thread of
 //! their own, so no code of ours runs in a signal handler and none of it is `unsafe`.
@@ -9,8 +10,8 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use signal_hook::SigId;
@@ -18,6 +19,27 @@ use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::base::shutdown::Shutdown;
 use crate::config::{self, Config, Mode};
+
+/// What else SIGHUP re-reads: closures the daemon registers once it has built what they
+/// reload, run in order on the signal thread.
+#[derive(Clone, Default)]
+pub(crate) struct HupHooks(Arc<Mutex<Vec<HupHook>>>);
+
+/// One thing SIGHUP re-reads.
+pub(crate) type HupHook = Box<dyn Fn() + Send>;
+
+impl HupHooks {
+    /// Runs `f` on every later SIGHUP.
+    pub(crate) fn add(&self, f: HupHook) {
+        crate::base::sync::lock(&self.0).push(f);
+    }
+
+    fn run(&self) {
+        for f in crate::base::sync::lock(&self.0).iter() {
+            f();
+        }
+    }
+}
 
 /// Watches SIGTERM, SIGINT and SIGHUP on a thread of its own, woken through a
 /// self-pipe that `signal-hook` writes from the handler.
@@ -29,7 +51,11 @@ pub(crate) struct SignalWatcher {
 }
 
 impl SignalWatcher {
-    pub(crate) fn install(shutdown: Shutdown, config_path: PathBuf) -> io::Result<SignalWatcher> {
+    pub(crate) fn install(
+        shutdown: Shutdown,
+        config_path: PathBuf,
+        hooks: HupHooks,
+    ) -> io::Result<SignalWatcher> {
         let (mut reader, writer) = UnixStream::pair()?;
         let term = Arc::new(AtomicBool::new(false));
         let hup = Arc::new(AtomicBool::new(false));
@@ -94,6 +120,7 @@ impl SignalWatcher {
                     }
                     if hup.swap(false, Ordering::SeqCst) {
                         reload_log_level(&config_path);
+                        hooks.run();
                     }
                 }
             });

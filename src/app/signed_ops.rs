@@ -297,6 +297,7 @@ impl SignedOpsRunner {
                 let signed = SignedOp {
                     blob: op.blob.clone(),
                     signature: signature.clone(),
+                    cosignatures: op.cosignatures.clone(),
                 };
                 OpOutcome::Job(self.jobs.run_delivered_job(
                     &intent,

@@ -1,6 +1,9 @@
-//! `felhom-agent verify`: checks a signed op against the configured signers and host
-//! offline. It never burns a nonce, never touches the state directory, and reads no
-//! more than one byte past the verifier's own caps of either file.
+//! `felhom-agent verify`: checks a signed op (one or several signatures over one blob)
+//! against the effective signer set and host offline, as the gate would (roles, the
+//! recovery threshold, a rotation's version and new set), and prints that set: its
+//! source, version, each key's role, fingerprint and expiry, and the revoked keys. It
+//! never burns a nonce, only reads the state directory (`signers.json`, the rotated
+//! set), and reads no more than one byte past the verifier's own caps of any file.
 
 use std::io::Write;
 use std::path::Path;
@@ -49,7 +52,7 @@ fn read_input(
 /// Runs `verify`; returns the exit code.
 pub(crate) fn verify(
     blob: &Path,
-    sig: &Path,
+    sigs: &[std::path::PathBuf],
     config: &Path,
     format: Format,
     out: &mut dyn Write,
@@ -66,19 +69,39 @@ pub(crate) fn verify(
         );
         return EXIT_USAGE;
     };
-    let verdict = match judge(authz, &cfg.host_id, blob, sig, err) {
+    let set = match crate::authz::load_signer_set_os(authz, Some(&cfg.state_dir)) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            let _ = writeln!(err, "felhom-agent: configuration error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let verdict = match judge(std::sync::Arc::clone(&set), authz, &cfg.host_id, blob, sigs, err) {
         Ok(v) => v,
         Err(code) => return code,
     };
+    let effective = set.policy().describe(&set.revoked());
     let printed = match (format, &verdict) {
-        (Format::Json, v) => write_json(out, &verdict_json(v)),
+        (Format::Json, v) => {
+            let mut doc = verdict_json(v);
+            doc["signer_set"] = serde_json::json!(effective);
+            write_json(out, &doc)
+        }
         (Format::Text, Ok(op)) => out
             .write_all(b"verified (no nonce burned)\n")
             .and_then(|()| out.write_all(op.to_lines().as_bytes())),
         (Format::Text, Err((code, detail))) => {
             writeln!(out, "refused: {code}\ndetail: {}", visible(detail))
         }
-    };
+    }
+    .and_then(|()| {
+        if format == Format::Text {
+            for line in &effective {
+                writeln!(out, "{}", visible(line))?;
+            }
+        }
+        Ok(())
+    });
     match (printed, verdict) {
         (Err(e), _) => {
             let _ = writeln!(err, "felhom-agent: verify: cannot write the result: {e}");
@@ -93,29 +116,41 @@ pub(crate) fn verify(
 /// refused the same way here, before more than one byte past the cap is read) and runs
 /// the pipeline. `Err(exit code)` when a file cannot be read.
 fn judge(
+    set: std::sync::Arc<crate::authz::SignerSet>,
     authz: &crate::authz::AuthzConfig,
     host_id: &str,
     blob: &Path,
-    sig: &Path,
+    sigs: &[std::path::PathBuf],
     err: &mut dyn Write,
 ) -> Result<Verdict, u8> {
     let blob = match read_input(blob, "--blob", MAX_BLOB_BYTES, err)? {
         Ok(b) => b,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, err)? {
-        Ok(b) => b,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let Ok(sig) = String::from_utf8(sig) else {
-        return Ok(Err((
-            "malformed",
-            "the signature file is not UTF-8 text".to_owned(),
-        )));
-    };
-    let verdict =
-        crate::authz::verify_offline(authz, host_id, &blob, &sig, &crate::base::time::SystemClock)
-            .map_err(|e| (e.code(), e.detail().to_owned()));
+    let mut texts = Vec::with_capacity(sigs.len());
+    for sig in sigs {
+        let sig = match read_input(sig, "--sig", MAX_ARMOR_BYTES, err)? {
+            Ok(b) => b,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let Ok(sig) = String::from_utf8(sig) else {
+            return Ok(Err((
+                "malformed",
+                "the signature file is not UTF-8 text".to_owned(),
+            )));
+        };
+        texts.push(sig);
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let verdict = crate::authz::verify_offline_set(
+        set,
+        authz,
+        host_id,
+        &blob,
+        &refs,
+        &crate::base::time::SystemClock,
+    )
+    .map_err(|e| (e.code(), e.detail().to_owned()));
     // A verified op the agent would never execute is refused here already, not at
     // delivery: `unknown_op`, as the daemon's gate says it.
     Ok(verdict.and_then(|op| {

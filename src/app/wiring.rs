@@ -205,7 +205,13 @@ pub fn hub_round(cfg: &Config, audit: Arc<dyn AuditTail>) -> Result<LiveRound, L
         .proxmox
         .as_ref()
         .ok_or(LiveSetupError::NoProxmoxSection)?;
-    hub_round_with(cfg, proxmox_client(proxmox)?, audit, Arc::new(NoOpResults))
+    hub_round_with(
+        cfg,
+        proxmox_client(proxmox)?,
+        audit,
+        Arc::new(NoOpResults),
+        Arc::new(crate::hub::NoSignerPolicy),
+    )
 }
 
 /// [`hub_round`] reading through `proxmox`, a client the caller already has (the
@@ -216,6 +222,7 @@ pub(crate) fn hub_round_with(
     proxmox: Client,
     audit: Arc<dyn AuditTail>,
     results: Arc<dyn OpResultsSource>,
+    signers: Arc<dyn crate::hub::SignerPolicySource>,
 ) -> Result<LiveRound, LiveSetupError> {
     let hub = cfg
         .hub
@@ -232,7 +239,8 @@ pub(crate) fn hub_round_with(
         Arc::new(SystemClock),
     )
     .with_op_results(results)
-    .with_health(Arc::new(super::health::HostHealth::new()));
+    .with_health(Arc::new(super::health::HostHealth::new()))
+    .with_signer_policy(signers);
     Ok(HubRound::new(collector, client))
 }
 

@@ -7,9 +7,17 @@
 //! 1. parse the armor and the SSHSIG blob (strict; see [`sshsig`]) — `Malformed`
 //! 2. namespace is exactly [`NAMESPACE`] — `Namespace`
 //! 3. parse the public key: key type and signature algorithm policy — `Malformed`
-//! 4. allow-list by **key material**, never by `key_id` — `UnknownSigner`
+//! 4. a revoked key is refused whatever lists it — `Revoked`; allow-list by **key
+//!    material**, never by `key_id` — `UnknownSigner`; the signer's own validity
+//!    (`valid_before`, `valid-after`) — `SignerExpired`
 //! 5. crypto verify with the **trusted** key over the **raw received bytes**, and user
 //!    presence for hardware keys — `BadSignature`
+//!
+//! Steps 1–5 run for **each** signature when an op carries several (`signatures: [...]`
+//! beside `signature`): any one refused refuses the op; a key that signs twice counts
+//! once. Which roles and how many recovery keys an op needs is [`check_authority`]; a
+//! rotation's new set is checked against the held one by [`plan_rotation`] — both run
+//! by the gate before the nonce is burned.
 //! 6. parse the blob (only now) — `Malformed`
 //! 7. target: `host_id` byte-equal to this host's — `Target`
 //! 8. time window with bounded skew — `Expired`, `NotYetValid`
@@ -24,18 +32,28 @@
 //! re-serializes a blob, never trusts the key embedded in a signature and never writes
 //! durable state itself (the [`FileNonceStore`] does, through [`crate::store`]).
 
+pub mod allowed_signers;
 pub(crate) mod blob;
 pub(crate) mod config;
 pub(crate) mod nonce;
+pub(crate) mod policy;
+pub mod revoked;
 pub(crate) mod selftest;
 pub mod sshsig;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use allowed_signers::parse_allowed_signers;
 pub use blob::{MAX_BLOB_BYTES, OpBlob};
-pub use config::{AuthzConfig, Role, Signer, SignerEntry, SignersConfigError};
+pub use config::{AuthzConfig, MAX_SIGNERS, Role, Signer, SignerEntry, SignersConfigError};
 pub use nonce::{FileNonceStore, Freshness, MemoryNonceStore, NonceStore, NonceStoreError};
+pub use policy::{
+    EXPIRY_WARNING_DAYS, ExpiryWarning, ROTATION_PARAMS, RotationError, SIGNERS_FILE, SignerPolicy,
+    SignerSet, SignerSource, expiry_warnings, load_signer_set, load_signer_set_os, plan_rotation,
+    read_signers_file, signer_expiry_warnings,
+};
+pub use revoked::RevokedKeys;
 pub use selftest::{Check, offline_selftest};
 pub use sshsig::{MAX_ARMOR_BYTES, SkAssertion};
 
@@ -72,6 +90,22 @@ pub enum AuthzError {
     /// The nonce was already used; or the nonce store cannot answer (fail safe); or, in
     /// `sk_counter_strict` mode, the hardware key's counter did not increase.
     Replay(String),
+    /// The signing key is listed in `authz.revoked_keys_file`.
+    Revoked(String),
+    /// The signer is outside its own validity (`valid_before` past, or `valid-after`
+    /// ahead).
+    SignerExpired(String),
+    /// The signers' roles do not cover the op (a recovery key on anything but a rotation,
+    /// an operational key on an emergency rotation).
+    RoleDenied(String),
+    /// An emergency rotation carries fewer distinct recovery signatures than
+    /// `authz.recovery_threshold`.
+    BelowThreshold(String),
+    /// A rotation's `version` is not exactly the held version + 1 (rollback or skip).
+    PolicyVersion(String),
+    /// A rotation's new signer set is unusable: bad params, a bad entry, a revoked key,
+    /// or fewer recovery keys than the threshold.
+    PolicyInvalid(String),
 }
 
 impl AuthzError {
@@ -86,6 +120,12 @@ impl AuthzError {
             AuthzError::Expired(_) => "expired",
             AuthzError::NotYetValid(_) => "not_yet_valid",
             AuthzError::Replay(_) => "replay",
+            AuthzError::Revoked(_) => "revoked",
+            AuthzError::SignerExpired(_) => "signer_expired",
+            AuthzError::RoleDenied(_) => "role_denied",
+            AuthzError::BelowThreshold(_) => "below_threshold",
+            AuthzError::PolicyVersion(_) => "policy_version",
+            AuthzError::PolicyInvalid(_) => "policy_invalid",
         }
     }
 
@@ -99,7 +139,13 @@ impl AuthzError {
             | AuthzError::Target(d)
             | AuthzError::Expired(d)
             | AuthzError::NotYetValid(d)
-            | AuthzError::Replay(d) => d,
+            | AuthzError::Replay(d)
+            | AuthzError::Revoked(d)
+            | AuthzError::SignerExpired(d)
+            | AuthzError::RoleDenied(d)
+            | AuthzError::BelowThreshold(d)
+            | AuthzError::PolicyVersion(d)
+            | AuthzError::PolicyInvalid(d) => d,
         }
     }
 }
@@ -143,13 +189,22 @@ pub struct SkCheck {
 pub struct VerifiedOp {
     /// The blob as signed; every field of it passed its check.
     pub blob: OpBlob,
-    /// The allow-listed signer that verified.
+    /// The allow-listed signer of the first signature.
     pub signer: MatchedSigner,
-    /// Present for hardware-key (`sk-*`) signatures.
+    /// The other distinct signers whose signatures over the same bytes verified.
+    pub cosigners: Vec<MatchedSigner>,
+    /// The signer policy version the signatures verified under.
+    pub policy_version: u64,
+    /// Present for hardware-key (`sk-*`) signatures (of the first signature).
     pub sk: Option<SkCheck>,
 }
 
 impl VerifiedOp {
+    /// Every distinct signer: the first signature's, then the cosigners.
+    pub fn all_signers(&self) -> impl Iterator<Item = &MatchedSigner> {
+        std::iter::once(&self.signer).chain(self.cosigners.iter())
+    }
+
     /// A stable, readable `name: value` form, one field per line, control characters
     /// escaped (the blob is operator-controlled but still outside input).
     pub fn to_lines(&self) -> String {
@@ -174,6 +229,13 @@ impl VerifiedOp {
         line("signer", &self.signer.key_id);
         line("signer_role", self.signer.role.as_str());
         line("signer_fingerprint", &self.signer.fingerprint);
+        for c in &self.cosigners {
+            line(
+                "cosigner",
+                &format!("{} {} {}", c.key_id, c.role.as_str(), c.fingerprint),
+            );
+        }
+        line("signer_policy_version", &self.policy_version.to_string());
         line("nonce", &self.blob.nonce);
         line("not_before", &self.blob.not_before.to_rfc3339());
         line("expires_at", &self.blob.expires_at.to_rfc3339());
@@ -236,7 +298,7 @@ impl Default for Policy {
 
 /// The locked verification pipeline for one host.
 pub struct Verifier {
-    signers: Vec<Signer>,
+    set: Arc<SignerSet>,
     host_id: String,
     policy: Policy,
     clock: Arc<dyn Clock>,
@@ -247,14 +309,15 @@ impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
             .field("host_id", &self.host_id)
-            .field("signers", &self.signers.len())
+            .field("signers", &self.set)
             .field("policy", &self.policy)
             .finish()
     }
 }
 
 impl Verifier {
-    /// A verifier for `host_id` with validated signers.
+    /// A verifier for `host_id` with validated signers (policy version 0, threshold 1,
+    /// nothing revoked, no rotation possible).
     pub fn new(
         signers: Vec<Signer>,
         host_id: impl Into<String>,
@@ -262,8 +325,31 @@ impl Verifier {
         clock: Arc<dyn Clock>,
         nonces: Arc<dyn NonceStore>,
     ) -> Verifier {
+        let set = SignerSet::new(
+            SignerPolicy {
+                version: 0,
+                source: SignerSource::Config,
+                signers,
+                recovery_threshold: 1,
+            },
+            RevokedKeys::none(),
+            None,
+            Arc::new(crate::store::OsIo),
+        );
+        Verifier::with_set(Arc::new(set), host_id, policy, clock, nonces)
+    }
+
+    /// A verifier for `host_id` over the live signer `set` (shared with whoever applies
+    /// rotations and reloads revoked keys).
+    pub fn with_set(
+        set: Arc<SignerSet>,
+        host_id: impl Into<String>,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        nonces: Arc<dyn NonceStore>,
+    ) -> Verifier {
         Verifier {
-            signers,
+            set,
             host_id: host_id.into(),
             policy,
             clock,
@@ -271,10 +357,23 @@ impl Verifier {
         }
     }
 
-    /// Validates `cfg` and builds the verifier for `host_id`.
+    /// Validates `cfg` and builds the verifier for `host_id` (no state directory: the
+    /// config's own set, never rotated).
     pub fn from_config(
         cfg: &AuthzConfig,
         host_id: &str,
+        clock: Arc<dyn Clock>,
+        nonces: Arc<dyn NonceStore>,
+    ) -> Result<Verifier, SignersConfigError> {
+        Verifier::from_config_in(cfg, host_id, None, clock, nonces)
+    }
+
+    /// Validates `cfg` and builds the verifier for `host_id`, holding the rotated set of
+    /// `state_dir/signers.json` when there is one (see [`load_signer_set`]).
+    pub fn from_config_in(
+        cfg: &AuthzConfig,
+        host_id: &str,
+        state_dir: Option<&std::path::Path>,
         clock: Arc<dyn Clock>,
         nonces: Arc<dyn NonceStore>,
     ) -> Result<Verifier, SignersConfigError> {
@@ -284,17 +383,41 @@ impl Verifier {
                 reason: "empty: the verifier needs this host's id".into(),
             });
         }
-        let signers = cfg.validate()?;
+        let set = load_signer_set_os(cfg, state_dir)?;
         let policy = Policy {
             max_clock_skew_seconds: cfg.max_clock_skew_seconds,
             sk_counter_strict: cfg.sk_counter_strict,
         };
-        Ok(Verifier::new(signers, host_id, policy, clock, nonces))
+        Ok(Verifier::with_set(
+            Arc::new(set),
+            host_id,
+            policy,
+            clock,
+            nonces,
+        ))
     }
 
-    /// The allow-list.
-    pub fn signers(&self) -> &[Signer] {
-        &self.signers
+    /// The allow-list held now.
+    pub fn signers(&self) -> Vec<Signer> {
+        self.set.policy().signers.clone()
+    }
+
+    /// The live signer set (shared: a rotation applied through it is seen by the next
+    /// check).
+    pub fn signer_set(&self) -> &Arc<SignerSet> {
+        &self.set
+    }
+
+    /// The roles and the recovery threshold `op` needs ([`check_authority`]) under the
+    /// held policy.
+    pub fn check_authority(&self, op: &VerifiedOp) -> Result<(), AuthzError> {
+        check_authority(op, self.set.policy().recovery_threshold)
+    }
+
+    /// The policy a verified `rotate_signers` op would install ([`plan_rotation`] against
+    /// the held policy and revoked keys).
+    pub fn plan_rotation(&self, op: &VerifiedOp) -> Result<SignerPolicy, AuthzError> {
+        plan_rotation(&op.blob.params, &self.set.policy(), &self.set.revoked())
     }
 
     /// Runs the whole pipeline (see the module doc) over the exact received `blob`
@@ -309,6 +432,13 @@ impl Verifier {
     /// Steps 0–9 of the pipeline: everything but recording the nonce. Burns nothing; a
     /// nonce that is already recorded is refused here as `Replay` (a read, no write).
     pub fn check(&self, blob: &[u8], armored: &str) -> Result<VerifiedOp, AuthzError> {
+        self.check_all(blob, &[armored])
+    }
+
+    /// [`Verifier::check`] for an op carrying several signatures over the same bytes:
+    /// steps 1–5 run for each, in order, and any refusal refuses the op; a key that
+    /// signs twice counts once. The first signature's signer is [`VerifiedOp::signer`].
+    pub fn check_all(&self, blob: &[u8], signatures: &[&str]) -> Result<VerifiedOp, AuthzError> {
         if blob.len() > blob::MAX_BLOB_BYTES {
             return Err(AuthzError::Malformed(format!(
                 "blob is {} bytes, over the {}-byte cap",
@@ -316,21 +446,55 @@ impl Verifier {
                 blob::MAX_BLOB_BYTES
             )));
         }
-        // 1–3: armor, namespace, key and algorithm policy.
-        let sig = sshsig::parse(armored, NAMESPACE)?;
-        // 4: allow-list by key material.
-        let signer = self
-            .signers
+        if signatures.is_empty() || signatures.len() > MAX_SIGNATURES {
+            return Err(AuthzError::Malformed(format!(
+                "{} signatures: want 1 to {MAX_SIGNATURES}",
+                signatures.len()
+            )));
+        }
+        let held = self.set.policy();
+        let revoked = self.set.revoked();
+        let now = self.clock.now();
+        let mut matched: Vec<(&Signer, Option<SkAssertion>)> = Vec::new();
+        for armored in signatures {
+            // 1–3: armor, namespace, key and algorithm policy.
+            let sig = sshsig::parse(armored, NAMESPACE)?;
+            // 4: revoked, allow-list by key material, the signer's validity.
+            if let Some(fp) = revoked.find(sig.public_key()) {
+                return Err(AuthzError::Revoked(format!("key {fp} is revoked")));
+            }
+            let signer = held
+                .signers
+                .iter()
+                .find(|s| s.public_key.key_data() == sig.public_key())
+                .ok_or_else(|| {
+                    AuthzError::UnknownSigner(format!(
+                        "key {} is not an allow-listed signer (policy version {})",
+                        sig.public_key().fingerprint(ssh_key::HashAlg::Sha256),
+                        held.version
+                    ))
+                })?;
+            if let Some(why) = signer.outside_validity(now) {
+                return Err(AuthzError::SignerExpired(why));
+            }
+            // 5: crypto with the trusted key over the raw bytes.
+            let sk = sshsig::verify_with(&signer.public_key, NAMESPACE, blob, &sig)?;
+            if !matched
+                .iter()
+                .any(|(s, _)| s.fingerprint == signer.fingerprint)
+            {
+                matched.push((signer, sk));
+            }
+        }
+        let (signer, sk) = matched[0];
+        let cosigners = matched[1..]
             .iter()
-            .find(|s| s.public_key.key_data() == sig.public_key())
-            .ok_or_else(|| {
-                AuthzError::UnknownSigner(format!(
-                    "key {} is not an allow-listed signer",
-                    sig.public_key().fingerprint(ssh_key::HashAlg::Sha256)
-                ))
-            })?;
-        // 5: crypto with the trusted key over the raw bytes.
-        let sk = sshsig::verify_with(&signer.public_key, NAMESPACE, blob, &sig)?;
+            .map(|(s, _)| MatchedSigner {
+                key_id: s.key_id.clone(),
+                role: s.role,
+                fingerprint: s.fingerprint.clone(),
+            })
+            .collect();
         // 6: only now parse what was verified.
         let op = OpBlob::parse(blob)?;
         // 7: target.
@@ -341,7 +505,6 @@ impl Verifier {
             )));
         }
         // 8: time window.
-        let now = self.clock.now();
         let skew = i64::try_from(self.policy.max_clock_skew_seconds).unwrap_or(i64::MAX);
         if now.0 < op.not_before.0.saturating_sub(skew) {
             return Err(AuthzError::NotYetValid(format!(
@@ -411,6 +574,8 @@ impl Verifier {
                 role: signer.role,
                 fingerprint: signer.fingerprint.clone(),
             },
+            cosigners,
+            policy_version: held.version,
             sk,
         })
     }
@@ -432,6 +597,46 @@ impl Verifier {
     }
 }
 
+/// Most signatures one op may carry.
+pub const MAX_SIGNATURES: usize = 8;
+
+/// The roles an op needs: a rotation is allowed to an operational signer when `planned`,
+/// and to at least `threshold` distinct recovery signers in either mode; every other op
+/// needs an operational signer. A signature by a key of another role does not count.
+pub fn check_authority(op: &VerifiedOp, threshold: u32) -> Result<(), AuthzError> {
+    let operational = op.all_signers().any(|s| s.role == Role::Operational);
+    let recovery = op
+        .all_signers()
+        .filter(|s| s.role == Role::Recovery)
+        .count();
+    if op.blob.op != "rotate_signers" {
+        return if operational {
+            Ok(())
+        } else {
+            Err(AuthzError::RoleDenied(format!(
+                "a recovery signer may not authorize {}",
+                op.blob.op.escape_debug()
+            )))
+        };
+    }
+    let planned = op.blob.params.get("mode").map(String::as_str) == Some("planned");
+    if planned && operational {
+        return Ok(());
+    }
+    let need = threshold.max(1) as usize;
+    if recovery >= need {
+        return Ok(());
+    }
+    if recovery == 0 {
+        return Err(AuthzError::RoleDenied(
+            "an operational signer may authorize only a planned rotation".into(),
+        ));
+    }
+    Err(AuthzError::BelowThreshold(format!(
+        "{recovery} distinct recovery signatures, the threshold is {need}"
+    )))
+}
+
 fn replayed(nonce: &str) -> AuthzError {
     AuthzError::Replay(format!("nonce {nonce:?} was already used"))
 }
@@ -446,18 +651,44 @@ pub fn verify_offline(
     armored: &str,
     clock: &dyn Clock,
 ) -> Result<VerifiedOp, AuthzError> {
+    let set = load_signer_set_os(cfg, None)
+        .map_err(|e| AuthzError::UnknownSigner(format!("signer configuration invalid: {e}")))?;
+    verify_offline_set(Arc::new(set), cfg, host_id, blob, &[armored], clock)
+}
+
+/// [`verify_offline`] over a loaded signer `set` (the rotated one, when the state
+/// directory holds it) and every signature of the op; also checks the roles and, for a
+/// rotation, its new set against the held one, as the gate would. Burns nothing.
+pub fn verify_offline_set(
+    set: Arc<SignerSet>,
+    cfg: &AuthzConfig,
+    host_id: &str,
+    blob: &[u8],
+    signatures: &[&str],
+    clock: &dyn Clock,
+) -> Result<VerifiedOp, AuthzError> {
     struct At(Timestamp);
     impl Clock for At {
         fn now(&self) -> Timestamp {
             self.0
         }
     }
-    let v = Verifier::from_config(
-        cfg,
+    let policy = Policy {
+        max_clock_skew_seconds: cfg.max_clock_skew_seconds,
+        sk_counter_strict: cfg.sk_counter_strict,
+    };
+    let v = Verifier::with_set(
+        set,
         host_id,
+        policy,
         Arc::new(At(clock.now())),
         Arc::new(MemoryNonceStore::new()),
-    )
-    .map_err(|e| AuthzError::UnknownSigner(format!("signer configuration invalid: {e}")))?;
-    v.verify(blob, armored)
+    );
+    let op = v.check_all(blob, signatures)?;
+    v.check_authority(&op)?;
+    if op.blob.op == "rotate_signers" {
+        v.plan_rotation(&op)?;
+    }
+    v.consume(&op)?;
+    Ok(op)
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{AuthzConfig, AuthzError, MemoryNonceStore, Policy, Role, Signer, Verifier};
-use crate::base::time::{ManualClock, Timestamp};
+use crate::base::time::{Clock as _, ManualClock, Timestamp};
 use crate::store::{StoreError, verify_file};
 
 const KAT_PUB: &str = include_str!("../../vectors/sshsig/keys/ed25519.pub");
@@ -172,6 +172,48 @@ fn store_file_check(path: &Path) -> Check {
     }
 }
 
+/// The `authz` config and the effective signer set (the rotated one when `state_dir`
+/// holds `signers.json`): one check for the config, one line per fact of the set
+/// (source, version, threshold, each signer's role, fingerprint and expiry, each revoked
+/// key), and a warning line for each signer expiring within
+/// [`super::EXPIRY_WARNING_DAYS`] days (a warning passes: the other signers still work;
+/// it is also logged as `signer_expiring`).
+fn signer_checks(cfg: &AuthzConfig, state_dir: Option<&Path>, now: Timestamp) -> Vec<Check> {
+    let set = match super::load_signer_set_os(cfg, state_dir) {
+        Ok(s) => s,
+        Err(e) => return vec![check("config: authz", false, e.to_string())],
+    };
+    let policy = set.policy();
+    let mut out = vec![check(
+        "config: authz",
+        true,
+        format!(
+            "{} signers ({} recovery), version {} from {}",
+            policy.signers.len(),
+            policy.recovery_count(),
+            policy.version,
+            policy.source.as_str()
+        ),
+    )];
+    for line in policy.describe(&set.revoked()) {
+        let (name, detail) = line.split_once(": ").unwrap_or((line.as_str(), ""));
+        out.push(check(&format!("signers: {name}"), true, detail));
+    }
+    for w in super::expiry_warnings(&policy, now) {
+        crate::warn!(
+            signer_expiring,
+            "signer expires soon or has expired",
+            key_id = w.key_id,
+            role = w.role.as_str(),
+            fingerprint = w.fingerprint,
+            valid_before = w.valid_before,
+            expired = w.expired
+        );
+        out.push(check("signers: expiry", true, format!("warning: {w}")));
+    }
+    out
+}
+
 /// Runs the offline checks: the known-answer tests always; the `authz` config when
 /// given; the state directory (0700, owned by this process's uid) when given; and a
 /// read-only replay of each store file (missing files pass: nothing recorded yet).
@@ -182,10 +224,11 @@ pub fn offline_selftest(
 ) -> Vec<Check> {
     let mut out = known_answer_tests();
     if let Some(cfg) = cfg {
-        out.push(match cfg.validate() {
-            Ok(s) => check("config: authz", true, format!("{} signers", s.len())),
-            Err(e) => check("config: authz", false, e.to_string()),
-        });
+        out.extend(signer_checks(
+            cfg,
+            state_dir,
+            crate::base::time::SystemClock.now(),
+        ));
     }
     if let Some(d) = state_dir {
         out.push(state_dir_check(d));

@@ -77,10 +77,10 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Selftest { kind, vmid, config } => selftest(kind, vmid, &config, out, err),
         Command::Verify {
             blob,
-            sig,
+            sigs,
             format,
             config,
-        } => verify(&blob, &sig, &config, format, out, err),
+        } => verify(&blob, &sigs, &config, format, out, err),
         Command::Plan { format, config } => {
             let cfg = match load_config(&config, Mode::Plan, err) {
                 Ok(c) => c,

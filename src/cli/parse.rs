@@ -28,12 +28,12 @@ pub enum Command {
         /// Config file.
         config: PathBuf,
     },
-    /// `verify --blob FILE --sig FILE`.
+    /// `verify --blob FILE --sig FILE [--sig FILE]...`.
     Verify {
         /// The signed op blob.
         blob: PathBuf,
-        /// The armored signature.
-        sig: PathBuf,
+        /// The armored signatures over it (one, or several for an emergency rotation).
+        sigs: Vec<PathBuf>,
         /// Text or JSON.
         format: Format,
         /// Config file.
@@ -313,10 +313,23 @@ fn build(w: Words) -> Result<Command, UsageError> {
                 w.one("--blob")
                     .ok_or_else(|| usage("`verify` needs --blob FILE"))?,
             ),
-            sig: PathBuf::from(
-                w.one("--sig")
-                    .ok_or_else(|| usage("`verify` needs --sig FILE"))?,
-            ),
+            sigs: {
+                let sigs: Vec<PathBuf> = w
+                    .values
+                    .get("--sig")
+                    .map(|v| v.iter().map(PathBuf::from).collect())
+                    .unwrap_or_default();
+                if sigs.is_empty() {
+                    return Err(usage("`verify` needs --sig FILE"));
+                }
+                if sigs.len() > crate::authz::MAX_SIGNATURES {
+                    return Err(usage(format!(
+                        "--sig given more than {} times",
+                        crate::authz::MAX_SIGNATURES
+                    )));
+                }
+                sigs
+            },
             format: w.format(),
             config,
         }),

@@ -87,12 +87,14 @@ offline  no network: signature known-answer tests, config, state files\n\
     CommandSpec {
         name: "verify",
         positionals: &[],
-        synopsis: "verify --blob FILE --sig FILE [--json] [--config PATH]",
-        summary: "check a signed op against the configured signers and host; burns no nonce",
+        synopsis: "verify --blob FILE --sig FILE [--sig FILE]... [--json] [--config PATH]",
+        summary: "check a signed op against the effective signers and host; burns no nonce",
         help: "Runs the whole signature pipeline on a signed op (the blob and its \
 `ssh-keygen -Y sign -n felhom-op-v1` signature) against the configured signers and \
 host_id, with an in-memory nonce store: nothing is written and no nonce is burned. Prints \
-the op, or `refused: CODE` (exit 1) with the reason in snake_case.",
+the op, or `refused: CODE` (exit 1) with the reason in snake_case, then the effective \
+signer set (its source, version, each key's role, fingerprint and expiry, the revoked \
+keys). `--sig` repeats for an op signed by several keys (an emergency rotation).",
         flags: &[
             Flag {
                 name: "--blob",
@@ -103,8 +105,8 @@ the op, or `refused: CODE` (exit 1) with the reason in snake_case.",
             Flag {
                 name: "--sig",
                 value: Some("FILE"),
-                repeats: false,
-                help: "the armored SSH signature",
+                repeats: true,
+                help: "an armored SSH signature over the blob (repeat for several signers)",
             },
             JSON,
             CONFIG,

@@ -84,11 +84,25 @@ fn verify_plan_journal() {
         p(&["verify", "--blob", "b.json", "--sig", "b.sig"]).unwrap(),
         Command::Verify {
             blob: cfg("b.json"),
-            sig: cfg("b.sig"),
+            sigs: vec![cfg("b.sig")],
             format: Format::Text,
             config: cfg(crate::config::DEFAULT_CONFIG_PATH)
         }
     );
+    assert_eq!(
+        p(&["verify", "--blob", "b", "--sig", "s1", "--sig", "s2"]).unwrap(),
+        Command::Verify {
+            blob: cfg("b"),
+            sigs: vec![cfg("s1"), cfg("s2")],
+            format: Format::Text,
+            config: cfg(crate::config::DEFAULT_CONFIG_PATH)
+        }
+    );
+    let nine: Vec<&str> = ["verify", "--blob", "b"]
+        .into_iter()
+        .chain(std::iter::repeat_n(["--sig", "s"], 9).flatten())
+        .collect();
+    assert!(p(&nine).unwrap_err().0.contains("more than 8 times"));
     assert!(
         p(&["verify", "--blob", "b.json"])
             .unwrap_err()

@@ -299,6 +299,10 @@ pub(super) fn signers(r: &Reader<'_>) -> Result<Vec<SignerEntry>, ConfigError> {
             key_id,
             role,
             public_key: get("public_key")?,
+            valid_before: match obj.get("valid_before") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(get("valid_before")?),
+            },
         });
     }
     Ok(out)

@@ -515,6 +515,21 @@ impl Config {
                 max_clock_skew_seconds: r.int("authz.max_clock_skew_seconds", 120, 0, 3600)?,
                 sk_counter_strict: r.bool("authz.sk_counter_strict")?,
                 signers: signers(&r)?,
+                recovery_threshold: u32::try_from(r.int(
+                    "authz.recovery_threshold",
+                    1,
+                    1,
+                    crate::authz::MAX_SIGNERS as u64,
+                )?)
+                .unwrap_or(1),
+                allowed_signers_file: r
+                    .string("authz.allowed_signers_file")?
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+                revoked_keys_file: r
+                    .string("authz.revoked_keys_file")?
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
             };
             // The authz module owns what a valid signer is (key types, sizes, duplicates).
             // `selftest offline` is the operator's tool for finding a bad signer: it
@@ -529,7 +544,7 @@ impl Config {
         } else {
             None
         };
-        if mode == Mode::Verify && authz.as_ref().is_none_or(|a| a.signers.is_empty()) {
+        if mode == Mode::Verify && authz.as_ref().is_none_or(|a| !a.has_signers()) {
             return Err(field_err(
                 "authz.signers",
                 "`verify` needs at least one signer",
@@ -640,7 +655,11 @@ impl Config {
                 "sk_counter_strict": a.sk_counter_strict,
                 "signers": a.signers.iter().map(|s| json!({
                     "key_id": s.key_id, "role": s.role.as_str(), "public_key": s.public_key,
+                    "valid_before": s.valid_before,
                 })).collect::<Vec<_>>(),
+                "recovery_threshold": a.recovery_threshold,
+                "allowed_signers_file": a.allowed_signers_file.as_ref().map(|f| f.display().to_string()),
+                "revoked_keys_file": a.revoked_keys_file.as_ref().map(|f| f.display().to_string()),
             })),
             "reconcile": {
                 "source": self.reconcile.source.as_str(),

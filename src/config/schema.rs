@@ -50,6 +50,9 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("authz.max_clock_skew_seconds", Kind::Int),
     ("authz.sk_counter_strict", Kind::Bool),
     ("authz.signers", Kind::Json),
+    ("authz.recovery_threshold", Kind::Int),
+    ("authz.allowed_signers_file", Kind::OptStr),
+    ("authz.revoked_keys_file", Kind::OptStr),
     ("reconcile.source", Kind::OptStr),
     ("reconcile.desired_file", Kind::OptStr),
     ("reconcile.max_parallel", Kind::Int),
@@ -59,7 +62,7 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
 ];
 
 /// The fields of one `authz.signers[]` entry.
-pub const SIGNER_FIELDS: &[&str] = &["key_id", "role", "public_key"];
+pub const SIGNER_FIELDS: &[&str] = &["key_id", "role", "public_key", "valid_before"];
 
 /// Every leaf the config knows, as a dotted path (`hub.tls.ca_file`), in schema order;
 /// `authz.signers` is one leaf whose entries have [`SIGNER_FIELDS`]. The example config

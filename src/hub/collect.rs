@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
     GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot,
-    SIGNED_OP_RESULTS_MAX, SignedOpResult, StorageTarget,
+    SIGNED_OP_RESULTS_MAX, SignedOpResult, SignerPolicyReport, StorageTarget,
 };
 use super::report::{DiskReport, Health, PROBE_OK, SensorReport};
 use crate::base::time::{Clock, Timestamp};
@@ -115,6 +115,32 @@ impl OpResultsSource for NoOpResults {
     }
 }
 
+/// The source of the report's `signer_policy`: the policy version and fingerprints.
+pub trait SignerPolicySource: Send + Sync {
+    /// The policy held now; `None` when no signer is configured (or not known yet).
+    fn signer_policy(&self) -> Option<SignerPolicyReport>;
+}
+
+/// No signer policy to report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSignerPolicy;
+
+impl SignerPolicySource for NoSignerPolicy {
+    fn signer_policy(&self) -> Option<SignerPolicyReport> {
+        None
+    }
+}
+
+impl SignerPolicySource for crate::authz::SignerSet {
+    fn signer_policy(&self) -> Option<SignerPolicyReport> {
+        let p = self.policy();
+        Some(SignerPolicyReport {
+            version: p.version,
+            fingerprints: p.fingerprints(),
+        })
+    }
+}
+
 /// Why no report can be built this round.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -161,6 +187,7 @@ pub struct Collector<R, P> {
     audit: Arc<dyn AuditTail>,
     results: Arc<dyn OpResultsSource>,
     health: Option<Arc<dyn HealthProbe>>,
+    signers: Arc<dyn SignerPolicySource>,
     clock: Arc<dyn Clock>,
     host_id: String,
     agent_version: String,
@@ -191,6 +218,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             audit,
             results: Arc::new(NoOpResults),
             health: None,
+            signers: Arc::new(NoSignerPolicy),
             clock,
             host_id: host_id.into(),
             agent_version: agent_version.into(),
@@ -206,6 +234,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
     /// Reads the report's `health` from `probe` (both halves `unknown` without it).
     pub fn with_health(mut self, probe: Arc<dyn HealthProbe>) -> Self {
         self.health = Some(probe);
+        self
+    }
+
+    /// Reads the report's `signer_policy` from `signers` (none without it).
+    pub fn with_signer_policy(mut self, signers: Arc<dyn SignerPolicySource>) -> Self {
+        self.signers = signers;
         self
     }
 
@@ -286,6 +320,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             pending_signatures,
             signed_op_results,
             health: self.health(),
+            signer_policy: self.signers.signer_policy(),
         })
     }
 

@@ -22,7 +22,7 @@ pub(crate) mod round;
 pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HealthProbe, HostReader, NoAudit,
-    NoOpResults, OpResultsSource, ReadError,
+    NoOpResults, NoSignerPolicy, OpResultsSource, ReadError, SignerPolicySource,
 };
 pub use desired_feed::{DesiredFetch, DesiredFetchError, DesiredStateClient, generation_etag};
 pub use envelope::{
@@ -37,6 +37,6 @@ pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::{
     AuditEntry, CpuMetrics, DiskReport, GuestSpec, GuestStatus, Health, HostMetrics, HostReport,
     LoadAverage, PENDING_SIGNATURES_MAX, PROBE_OK, PROBE_UNKNOWN, SIGNED_OP_RESULTS_MAX,
-    SensorReport, SignedOpResult, Usage,
+    SensorReport, SignedOpResult, SignerPolicyReport, Usage,
 };
 pub use round::{HubRound, HubRoundError};

@@ -4,7 +4,9 @@
 //! When a control envelope says `has_signed_ops: true`, the report loop raises an
 //! [`Announcement`] once that envelope is the shared one, and the app's worker fetches `GET {hub}/api/v1/signed-ops` with
 //! the same bearer key and TLS trust as the report. The answer is
-//! `{"ops":[{"id":"…","blob_b64":"…","signature":"<armored SSHSIG>"|null}]}`. The blob
+//! `{"ops":[{"id":"…","blob_b64":"…","signature":"<armored SSHSIG>"|null,
+//! "signatures":["…"]?}]}` (`signatures`, optional, carries further signatures over the
+//! same blob: an emergency rotation's recovery keys; at most [`MAX_SIGNATURES`]). The blob
 //! travels as base64 of the **exact signed bytes**, so no JSON layer between the
 //! operator and the verifier can re-serialize what was signed. Unknown fields are
 //! tolerated; an entry that is not usable is returned as a [`SkippedEntry`] naming its
@@ -42,6 +44,9 @@ pub(crate) const MAX_BLOB_BYTES: usize = 8 * 1024;
 /// The largest armored signature accepted, in bytes (an RSA-8192 SSHSIG is under 2 KiB).
 pub(crate) const MAX_SIGNATURE_BYTES: usize = 16 * 1024;
 
+/// The most signatures one op may carry (`signature` and `signatures` together).
+pub(crate) const MAX_SIGNATURES: usize = 8;
+
 /// The longest op id accepted, in bytes.
 pub(crate) const MAX_ID_BYTES: usize = 128;
 
@@ -57,6 +62,8 @@ pub struct DeliveredOp {
     pub blob: Vec<u8>,
     /// The armored SSHSIG, or `None` when the hub has no signature yet.
     pub signature: Option<String>,
+    /// Further signatures over the same blob (distinct texts; empty for most ops).
+    pub cosignatures: Vec<String>,
 }
 
 impl fmt::Debug for DeliveredOp {
@@ -65,6 +72,7 @@ impl fmt::Debug for DeliveredOp {
             .field("id", &self.id)
             .field("blob", &excerpt(&self.blob, EXCERPT_LIMIT))
             .field("signed", &self.signature.is_some())
+            .field("cosignatures", &self.cosignatures.len())
             .finish()
     }
 }
@@ -229,10 +237,50 @@ fn parse_entry(entry: &Value, digest: &mut Option<(String, u64)>) -> Result<Deli
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(format!("op {id}: signature must be a string or null")),
     };
+    let mut more: Vec<String> = match e.get("signatures") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) if a.len() > MAX_SIGNATURES => {
+            return Err(format!(
+                "op {id}: signatures holds {} entries, at most {MAX_SIGNATURES}",
+                a.len()
+            ));
+        }
+        Some(Value::Array(a)) => {
+            let mut out = Vec::with_capacity(a.len());
+            for (i, v) in a.iter().enumerate() {
+                match v {
+                    Value::String(s) if s.len() <= MAX_SIGNATURE_BYTES => out.push(s.clone()),
+                    Value::String(_) => {
+                        return Err(format!(
+                            "op {id}: signatures[{i}] longer than {MAX_SIGNATURE_BYTES} bytes"
+                        ));
+                    }
+                    _ => return Err(format!("op {id}: signatures[{i}] must be a string")),
+                }
+            }
+            out
+        }
+        Some(_) => return Err(format!("op {id}: signatures must be an array of strings")),
+    };
+    // `signature` first; the same text twice is one signature.
+    let mut signature = signature;
+    if signature.is_none() && !more.is_empty() {
+        signature = Some(more.remove(0));
+    }
+    let mut cosignatures: Vec<String> = Vec::with_capacity(more.len());
+    for s in more {
+        if signature.as_ref() != Some(&s) && !cosignatures.contains(&s) {
+            cosignatures.push(s);
+        }
+    }
+    if cosignatures.len() >= MAX_SIGNATURES {
+        return Err(format!("op {id}: more than {MAX_SIGNATURES} signatures"));
+    }
     Ok(DeliveredOp {
         id,
         blob,
         signature,
+        cosignatures,
     })
 }
 
@@ -333,12 +381,14 @@ mod tests {
                 DeliveredOp {
                     id: "a".into(),
                     blob: b"{\"x\":1}\n".to_vec(),
-                    signature: Some("SIG".into())
+                    signature: Some("SIG".into()),
+                    cosignatures: Vec::new(),
                 },
                 DeliveredOp {
                     id: "d".into(),
                     blob: b"z".to_vec(),
-                    signature: None
+                    signature: None,
+                    cosignatures: Vec::new(),
                 },
             ]
         );
@@ -395,6 +445,31 @@ mod tests {
         );
         assert_eq!(p.skipped[2].hub_id, None);
         assert!(p.skipped.iter().all(|s| !s.over_limit));
+    }
+
+    #[test]
+    fn signatures_beside_signature_are_kept_once_each_and_capped() {
+        let b = base64_encode(b"blob");
+        let body = serde_json::json!({"ops": [
+            {"id": "a", "blob_b64": b, "signature": "S1", "signatures": ["S1", "S2", "S2", "S3"]},
+            {"id": "b", "blob_b64": b, "signature": null, "signatures": ["S1", "S2"]},
+            {"id": "c", "blob_b64": b, "signatures": vec!["S"; MAX_SIGNATURES + 1]},
+            {"id": "d", "blob_b64": b, "signatures": ["S1", 7]},
+            {"id": "e", "blob_b64": b, "signatures": "S1"},
+            {"id": "f", "blob_b64": b, "signatures": ["x".repeat(MAX_SIGNATURE_BYTES + 1)]},
+        ]})
+        .to_string();
+        let p = parse_ops(body.as_bytes()).unwrap();
+        assert_eq!(p.ops.len(), 2, "{:?}", p.skipped);
+        assert_eq!(p.ops[0].signature.as_deref(), Some("S1"));
+        assert_eq!(p.ops[0].cosignatures, ["S2", "S3"]);
+        assert_eq!(p.ops[1].signature.as_deref(), Some("S1"));
+        assert_eq!(p.ops[1].cosignatures, ["S2"]);
+        let why: Vec<&str> = p.skipped.iter().map(|s| s.why.as_str()).collect();
+        assert!(why[0].contains("at most"), "{why:?}");
+        assert!(why[1].contains("signatures[1]"), "{why:?}");
+        assert!(why[2].contains("array of strings"), "{why:?}");
+        assert!(why[3].contains("longer than"), "{why:?}");
     }
 
     #[test]

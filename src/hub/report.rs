@@ -52,6 +52,11 @@ pub struct HostReport {
     /// The host's disks (SMART) and temperature sensors; a probe that failed reads
     /// `unknown` and never holds the report back.
     pub health: Health,
+    /// The signer policy this host enforces: its version and the signers' fingerprints,
+    /// nothing more, so the hub sees that a rotation landed. Absent when no signer is
+    /// configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_policy: Option<SignerPolicyReport>,
 }
 
 /// `ok` when a health probe answered, `unknown` when it failed (its list is then
@@ -110,6 +115,16 @@ pub struct SensorReport {
     pub name: String,
     /// °C.
     pub celsius: f64,
+}
+
+/// The signer policy as the report carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerPolicyReport {
+    /// 0 for the configured set; one more for each rotation applied.
+    pub version: u64,
+    /// The signers' `SHA256:` fingerprints, in policy order.
+    pub fingerprints: Vec<String>,
 }
 
 /// Host metrics.

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::authz::{self, Role};
+use crate::authz;
 use crate::base::time::{Clock, SystemClock};
 use crate::reconcile::audit::{AuditDelivery, AuditLog, AuditRecord};
 use crate::reconcile::classify::{Class, Intent, OpClass, Provenance, classify};
@@ -27,6 +27,26 @@ pub struct SignedOp {
     pub blob: Vec<u8>,
     /// The `-----BEGIN SSH SIGNATURE-----` armor.
     pub signature: String,
+    /// Further signatures over the same bytes (an emergency rotation's recovery keys).
+    pub cosignatures: Vec<String>,
+}
+
+impl SignedOp {
+    /// An op with one signature.
+    pub fn new(blob: Vec<u8>, signature: String) -> SignedOp {
+        SignedOp {
+            blob,
+            signature,
+            cosignatures: Vec::new(),
+        }
+    }
+
+    /// Every signature, the first one first.
+    pub fn signatures(&self) -> Vec<&str> {
+        std::iter::once(self.signature.as_str())
+            .chain(self.cosignatures.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 /// The gate's word on one intent.
@@ -261,6 +281,12 @@ impl Gate {
         &self.host_id
     }
 
+    /// The live signer set of the verifier, if signers are configured (a rotation is
+    /// applied through it).
+    pub fn signer_set(&self) -> Option<&Arc<authz::SignerSet>> {
+        self.verifier.as_ref().map(authz::Verifier::signer_set)
+    }
+
     /// The journal the gate reads provenance from.
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
@@ -361,12 +387,16 @@ impl Gate {
             };
             return refuse(Refusal::PendingSignature, why.into());
         };
-        let v = match verifier.check(&signed.blob, &signed.signature) {
-            Ok(v) => v,
-            Err(e) => {
-                let why = e.detail().to_string();
-                return refuse(Refusal::Rejected(e), why);
+        let rejected = |e: authz::AuthzError| {
+            let why = e.detail().to_string();
+            match e {
+                authz::AuthzError::RoleDenied(_) => refuse(Refusal::RoleDenied, why),
+                e => refuse(Refusal::Rejected(e), why),
             }
+        };
+        let v = match verifier.check_all(&signed.blob, &signed.signatures()) {
+            Ok(v) => v,
+            Err(e) => return rejected(e),
         };
         if let Some(field) = binding_mismatch(intent, &v) {
             return refuse(
@@ -374,15 +404,13 @@ impl Gate {
                 format!("signed op differs from the action in {field}"),
             );
         }
-        if !role_allows(v.signer.role, intent) {
-            return refuse(
-                Refusal::RoleDenied,
-                format!(
-                    "a {} signer may not authorize {}",
-                    v.signer.role.as_str(),
-                    intent.class
-                ),
-            );
+        if let Err(e) = verifier.check_authority(&v) {
+            return rejected(e);
+        }
+        if intent.class == OpClass::RotateSigners
+            && let Err(e) = verifier.plan_rotation(&v)
+        {
+            return rejected(e);
         }
         if let Some(why) = guest_changed(&v, guest) {
             return refuse(Refusal::GuestChanged, why);
@@ -624,42 +652,9 @@ fn binding_mismatch(intent: &Intent, v: &authz::VerifiedOp) -> Option<&'static s
     }
 }
 
-/// Recovery keys rotate signers and nothing else; operational keys do everything else
-/// and only a planned rotation.
-fn role_allows(role: Role, intent: &Intent) -> bool {
-    let rotation = intent.class == OpClass::RotateSigners;
-    match role {
-        Role::Recovery => rotation,
-        Role::Operational => {
-            !rotation || intent.params.get("mode").map(String::as_str) == Some("planned")
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn intent(class: OpClass, params: &[(&str, &str)]) -> Intent {
-        let mut i = Intent::new(class, "pve-a", Some("105".into()));
-        for (k, v) in params {
-            i.params.insert((*k).into(), (*v).into());
-        }
-        i
-    }
-
-    #[test]
-    fn roles_scope_what_a_signer_may_authorize() {
-        let destroy = intent(OpClass::GuestDestroy, &[]);
-        let planned = intent(OpClass::RotateSigners, &[("mode", "planned")]);
-        let emergency = intent(OpClass::RotateSigners, &[("mode", "emergency")]);
-        assert!(role_allows(Role::Operational, &destroy));
-        assert!(role_allows(Role::Operational, &planned));
-        assert!(!role_allows(Role::Operational, &emergency));
-        assert!(!role_allows(Role::Recovery, &destroy));
-        assert!(role_allows(Role::Recovery, &emergency));
-        assert!(role_allows(Role::Recovery, &planned));
-    }
 
     #[test]
     fn refusal_codes_are_snake_case_words() {

@@ -25,6 +25,7 @@ pub(crate) mod provision;
 pub(crate) mod queue;
 pub(crate) mod recover;
 pub(crate) mod restore_overwrite;
+pub(crate) mod rotation;
 pub(crate) mod source;
 
 pub use action::{Outcome, shutdown_params};
@@ -54,4 +55,7 @@ pub use plan::{
 };
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
+pub use rotation::{
+    ROTATED, RotationExecutor, SIGNER_ADDED, SIGNER_KEPT, SIGNER_REMOVED, recover_rotations,
+};
 pub use source::{Provision, Source};

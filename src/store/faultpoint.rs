@@ -20,6 +20,7 @@
 //! | `recover:after-found` | Recover found the task of an op that had no UPID and journaled it |
 //! | `restore:after-stop` | a `restore_overwrite`'s stop step succeeded and is journaled; the restore's `started` is not written yet |
 //! | `provision:after-provenance` | a create's `started` and its `created_by_agent` provenance are durable; nothing sent yet (the create then passes the `benign:*` points) |
+//! | `rotation:after-rename` | a signer rotation's `signers.json` is renamed into place and the directory fsync'd; the live set not swapped yet, the step not journaled as ended |
 //!
 //! With the feature, and only when the test's environment asks for it:
 //! * [`PAUSE_AT_ENV`] equal to a point's name: the process writes that name to the file

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod logfmt;
+pub mod rotate;
 pub mod sign;
 
 use std::os::unix::fs::PermissionsExt as _;

@@ -114,6 +114,7 @@ pub fn signer() -> SignerEntry {
         key_id: "ops-2026".into(),
         role: Role::Operational,
         public_key: PUBLIC_KEY.into(),
+        valid_before: None,
     }
 }
 

@@ -189,7 +189,7 @@ fn mint_destroy(sim: &ProxmoxSim, vmid: u32) -> (Intent, SignedOp) {
     let signature = ssh_keygen_sign(&dir, &blob);
     let _ = fs::remove_dir_all(&dir);
     let intent = felhom_agent::app::unverified_intent(&blob).unwrap();
-    (intent, SignedOp { blob, signature })
+    (intent, SignedOp::new(blob, signature))
 }
 
 fn digest(sim: &ProxmoxSim) -> String {
