@@ -101,7 +101,7 @@ impl Lab {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        (intent, SignedOp { blob, signature })
+        (intent, SignedOp::new(blob, signature))
     }
 
     fn run(&self, job: &(Intent, SignedOp)) -> JobOutcome {

@@ -95,7 +95,7 @@ impl Op {
     fn signed(&self) -> SignedOp {
         let blob = self.blob();
         let signature = sign(&blob);
-        SignedOp { blob, signature }
+        SignedOp::new(blob, signature)
     }
 
     /// The action this op asks for, as the hub channel reads it from the blob.
@@ -150,6 +150,7 @@ fn open(dir: &Path, sim: ProxmoxSim) -> Agent {
             key_id: "ops-2026".into(),
             role: Role::Operational,
             public_key: fs::read_to_string(format!("{KEYS}/ed25519.pub")).unwrap(),
+            valid_before: None,
         }],
         ..AuthzConfig::default()
     };
@@ -212,6 +213,7 @@ impl Agent {
             id: format!("hub-{}", op.nonce),
             blob: s.blob,
             signature: Some(s.signature),
+            cosignatures: Vec::new(),
         };
         self.runner.handle(&delivered).unwrap()
     }

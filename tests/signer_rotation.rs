@@ -168,6 +168,7 @@ impl Rig {
             &GuestNow::Present {
                 digest: Some(DIGEST.into()),
                 protected: false,
+                running: false,
             },
         )
     }

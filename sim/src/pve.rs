@@ -16,8 +16,8 @@
 mod access;
 mod acl;
 mod api;
-mod disk;
 mod create;
+mod disk;
 mod model;
 mod params;
 mod perms;

@@ -76,7 +76,14 @@ pub(crate) fn verify(
             return EXIT_USAGE;
         }
     };
-    let verdict = match judge(std::sync::Arc::clone(&set), authz, &cfg.host_id, blob, sigs, err) {
+    let verdict = match judge(
+        std::sync::Arc::clone(&set),
+        authz,
+        &cfg.host_id,
+        blob,
+        sigs,
+        err,
+    ) {
         Ok(v) => v,
         Err(code) => return code,
     };

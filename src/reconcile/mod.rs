@@ -50,8 +50,8 @@ pub use op_results::{
     OpResult, OpResults, OpResultsError, Recorded, ResultOutcome,
 };
 pub use plan::{
-    Action, ActionKind, ActualGuest, ActualState, Plan, ShrinkRefused, Skip,
-    desired_memory_mib, desired_rootfs_bytes, plan,
+    Action, ActionKind, ActualGuest, ActualState, Plan, ShrinkRefused, Skip, desired_memory_mib,
+    desired_rootfs_bytes, plan,
 };
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
