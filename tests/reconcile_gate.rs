@@ -616,9 +616,12 @@ fn journal_scratch_record_makes_the_same_destroy_benign_but_the_hub_path_still_r
         Decision::Allowed { reason, .. } => assert_eq!(reason, AllowReason::AgentProvenance),
         other => panic!("{other:?}"),
     }
-    // The hub's channel executes signed ops only, so even a benign-by-provenance
-    // destroy delivered unsigned runs nothing.
-    assert_eq!(a.deliver(&op.blob(), None), OpOutcome::UnsignedNotRun);
+    // Provenance is the agent's for its own intents only: the same destroy delivered
+    // unsigned through the hub's channel needs a signature, and runs nothing.
+    assert_eq!(
+        a.deliver(&op.blob(), None),
+        OpOutcome::Job(JobOutcome::Refused(Refusal::PendingSignature))
+    );
     assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
     assert_eq!(a.exec.calls(), 0);
     // And a guest the desired state drops reads as allowed, yet is never planned.
@@ -767,4 +770,39 @@ fn dry_run_never_verifies_or_audits() {
             .is_allowed()
     );
     assert!(a.audit.tail(10).is_empty());
+}
+
+#[test]
+fn provenance_is_never_read_from_an_operators_op_however_it_is_signed() {
+    let (sim, a) = fresh_agent("provclaim");
+    // The agent's own records: an open create transaction on 105, scratch on 106.
+    a.journal
+        .record_guest_created(105, "txn-open", Timestamp(NOW))
+        .unwrap();
+    a.journal.tag_scratch(106, Timestamp(NOW)).unwrap();
+    // The agent's own intents read them: benign by provenance.
+    let mut own = destroy_intent("105");
+    own.params.insert("txn".into(), "txn-open".into());
+    match a.gate.authorize(&own, None, &GuestNow::NotRead) {
+        Decision::Allowed { reason, .. } => assert_eq!(reason, AllowReason::AgentProvenance),
+        other => panic!("{other:?}"),
+    }
+    // An operator's op naming that transaction in its params, signed by a key whose
+    // role may not destroy: the signature is checked as for any destroy, so refused.
+    let mut claim = Op::destroy("105");
+    claim.params = &[("purge", "1"), ("txn", "txn-open")];
+    let r = refused(a.run(&own, &claim.signed_by("ecdsa-p256")));
+    assert_eq!(r.code(), "role_denied");
+    // A destroy of the agent's scratch guest with a signature that is no signature.
+    let scratch = Op::destroy("106");
+    let forged = SignedOp::new(
+        scratch.blob(),
+        "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n".into(),
+    );
+    let r = refused(a.run(&destroy_intent("106"), &forged));
+    assert_eq!(r.code(), "malformed");
+    assert_eq!(a.exec.calls(), 0, "executor called");
+    assert!(a.nonces.is_empty(), "a refusal burned a nonce");
+    assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
+    assert_eq!(sim.guest_ids(), vec![105, 106]);
 }

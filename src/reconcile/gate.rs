@@ -311,7 +311,7 @@ impl Gate {
         signed: Option<&SignedOp>,
         guest: &GuestNow,
     ) -> Decision {
-        self.authorize_delivered(intent, signed, guest, None)
+        self.decide(intent, signed, guest, &|| Ok(()), None, Origin::Agent)
     }
 
     /// [`Gate::authorize`] for an op the hub delivered: the audit entry of the decision
@@ -324,7 +324,14 @@ impl Gate {
         guest: &GuestNow,
         delivery: Option<&AuditDelivery>,
     ) -> Decision {
-        self.authorize_target(intent, signed, guest, &|| Ok(()), delivery)
+        self.decide(
+            intent,
+            signed,
+            guest,
+            &|| Ok(()),
+            delivery,
+            Origin::Operator,
+        )
     }
 
     /// [`Gate::authorize_delivered`] that also asks `target` about the op's own target
@@ -338,7 +345,28 @@ impl Gate {
         target: TargetCheck<'_>,
         delivery: Option<&AuditDelivery>,
     ) -> Decision {
-        let (decision, why) = match self.pre(intent) {
+        self.decide(intent, signed, guest, target, delivery, Origin::Operator)
+    }
+
+    fn decide(
+        &self,
+        intent: &Intent,
+        signed: Option<&SignedOp>,
+        guest: &GuestNow,
+        target: TargetCheck<'_>,
+        delivery: Option<&AuditDelivery>,
+        origin: Origin,
+    ) -> Decision {
+        let pre = match self.pre(intent) {
+            // An operator's op (a signed job, a delivery) carries params the agent did
+            // not write: a `txn` there is a claim, never provenance. Only the agent's
+            // own intents are benign by provenance; everything else is checked signed.
+            Pre::Allow(AllowReason::AgentProvenance) if origin == Origin::Operator => {
+                Pre::NeedsSignature
+            }
+            other => other,
+        };
+        let (decision, why) = match pre {
             Pre::Allow(AllowReason::AgentProvenance) if guest.is_protected() => (
                 Decision::Refused {
                     reason: Refusal::Protected,
@@ -563,6 +591,14 @@ impl History for JournalView {
     fn damaged(&self) -> Option<String> {
         JournalView::damaged(self).map(str::to_owned)
     }
+}
+
+/// Who made an intent: the agent itself (reconcile, Recover, restore tests), or an
+/// operator through the signed-op channel (the params are the blob's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Agent,
+    Operator,
 }
 
 /// The classifier and the state checks, before any signature is looked at.
