@@ -677,6 +677,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn created_by_agent_is_written_under_its_name_and_the_old_name_still_reads() {
+        let line = Line::GuestCreated {
+            vmid: 120,
+            txn: "guest_create-120-1".into(),
+            at: Timestamp(1_800_000_000),
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.contains("\"kind\":\"created_by_agent\""), "{text}");
+        let old = text.replace("created_by_agent", "guest_created");
+        let mut ix = Index::default();
+        ix.apply(decode(old.as_bytes()).unwrap());
+        assert_eq!(
+            ix.provenance(120, Some("guest_create-120-1")),
+            Some(Provenance::CreatedInTransaction)
+        );
+        assert_eq!(ix.provenance(120, Some("another")), None);
+    }
+
+    #[test]
     fn compacts_at_start_only_over_the_threshold_and_keeps_what_is_in_flight() {
         let dir = std::env::temp_dir().join(format!("felhom-journal-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -99,7 +99,7 @@ pub(crate) fn settle(
         Settled::TaskFailed => {}
     }
     match client.guest_status(vmid) {
-        Err(ProxmoxError::Api(e)) if e.status == 500 && e.message.contains("does not exist") => {
+        Err(e) if e.api().is_some_and(|a| a.guest_missing()) => {
             crate::info!(
                 provision_failed_clean,
                 "provisioning failed and left no guest; its creation transaction ends",
