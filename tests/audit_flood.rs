@@ -102,8 +102,14 @@ impl DestructiveExecutor for Unreachable {
     fn guest_now(&self, _vmid: u32) -> GuestNow {
         GuestNow::Unreadable("the flood test reads no guest".into())
     }
+    fn check_target(&self, _: &Intent) -> Result<(), (Refusal, String)> {
+        Ok(())
+    }
     fn unprotect(&self, _: u32, _: &str, _: &mut OnTask<'_>) -> Result<(), String> {
         Err("the flood test unprotects nothing".into())
+    }
+    fn stop_guest(&self, _: u32, _: &mut OnTask<'_>) -> Result<(), String> {
+        Err("the flood test stops nothing".into())
     }
     fn execute(&self, _: &Intent, _: &mut OnTask<'_>) -> Result<(), String> {
         Err("the flood test executes nothing".into())

@@ -370,7 +370,7 @@ fn json_output_of_plan_journal_and_verify_carries_the_documented_fields() {
     let out = verify(true);
     assert_eq!(out.status.code(), Some(1));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(keys(&doc), ["code", "detail", "result"]);
+    assert_eq!(keys(&doc), ["code", "detail", "result", "signer_set"]);
     assert_eq!(
         (doc["result"].as_str(), doc["code"].as_str()),
         (Some("refused"), Some("target"))

@@ -11,7 +11,8 @@ use crate::authz::SignerSet;
 use crate::hub::{SignerPolicyReport, SignerPolicySource};
 
 use crate::reconcile::{
-    AuditLog, DestructiveExecutor, Gate, GuestNow, Intent, OnTask, OpClass, RotationExecutor,
+    AuditLog, DestructiveExecutor, Gate, GuestNow, Intent, OnTask, OpClass, Refusal,
+    RotationExecutor,
 };
 
 /// Routes each op class to the executor that carries it.
@@ -56,8 +57,19 @@ impl DestructiveExecutor for RoutedExecutor {
         self.ops.guest_now(vmid)
     }
 
+    fn check_target(&self, intent: &Intent) -> Result<(), (Refusal, String)> {
+        match (&self.rotation, &intent.class) {
+            (Some(r), OpClass::RotateSigners) => r.check_target(intent),
+            _ => self.ops.check_target(intent),
+        }
+    }
+
     fn unprotect(&self, vmid: u32, digest: &str, on_task: &mut OnTask<'_>) -> Result<(), String> {
         self.ops.unprotect(vmid, digest, on_task)
+    }
+
+    fn stop_guest(&self, vmid: u32, on_task: &mut OnTask<'_>) -> Result<(), String> {
+        self.ops.stop_guest(vmid, on_task)
     }
 
     fn execute(&self, intent: &Intent, on_task: &mut OnTask<'_>) -> Result<(), String> {
@@ -84,5 +96,66 @@ impl SignerFeed {
 impl SignerPolicySource for SignerFeed {
     fn signer_policy(&self) -> Option<SignerPolicyReport> {
         self.0.get().and_then(|s| s.signer_policy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records which method the router passed on, and refuses every target.
+    #[derive(Default)]
+    struct Inner(Mutex<Vec<&'static str>>);
+
+    impl DestructiveExecutor for Inner {
+        fn carries(&self, _: &OpClass) -> bool {
+            true
+        }
+        fn guest_now(&self, _: u32) -> GuestNow {
+            GuestNow::Gone
+        }
+        fn check_target(&self, _: &Intent) -> Result<(), (Refusal, String)> {
+            self.0.lock().unwrap().push("check_target");
+            Err((Refusal::ForeignVolume, "not this guest's".into()))
+        }
+        fn unprotect(&self, _: u32, _: &str, _: &mut OnTask<'_>) -> Result<(), String> {
+            self.0.lock().unwrap().push("unprotect");
+            Ok(())
+        }
+        fn stop_guest(&self, _: u32, _: &mut OnTask<'_>) -> Result<(), String> {
+            self.0.lock().unwrap().push("stop_guest");
+            Ok(())
+        }
+        fn execute(&self, _: &Intent, _: &mut OnTask<'_>) -> Result<(), String> {
+            self.0.lock().unwrap().push("execute");
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_guest_op_step_reaches_the_proxmox_executor() {
+        let inner = Arc::new(Inner::default());
+        let routed = RoutedExecutor {
+            ops: inner.clone(),
+            rotation: None,
+        };
+        let intent = Intent::new(OpClass::BackupDelete, "pve-a", Some("105".into()));
+        // The target check is the catalogue's refusal: a router that dropped it would
+        // let a backup of another guest be deleted.
+        assert_eq!(
+            routed.check_target(&intent).unwrap_err().0,
+            Refusal::ForeignVolume
+        );
+        let mut on_task = |_: &str| Ok(());
+        routed.stop_guest(105, &mut on_task).unwrap();
+        routed.unprotect(105, "d", &mut on_task).unwrap();
+        routed.execute(&intent, &mut on_task).unwrap();
+        assert_eq!(
+            *inner.0.lock().unwrap(),
+            ["check_target", "stop_guest", "unprotect", "execute"]
+        );
+        // Without a signer set, a rotation is carried by nobody.
+        assert!(!routed.carries(&OpClass::RotateSigners));
     }
 }

@@ -38,10 +38,8 @@ pub trait DestructiveExecutor: Send + Sync {
     /// volume a deletion names): `Err` refuses the op with that refusal and why. The
     /// gate asks only once the signature, binding, role, digest and protection checks
     /// passed, and before the nonce is burned. Ops without a target of their own pass.
-    fn check_target(&self, intent: &Intent) -> Result<(), (Refusal, String)> {
-        let _ = intent;
-        Ok(())
-    }
+    /// No default: a wrapper that forgot to pass it on would skip the check.
+    fn check_target(&self, intent: &Intent) -> Result<(), (Refusal, String)>;
 
     /// Clears the guest's `protection` flag, on the condition that its config still has
     /// `digest` (Proxmox refuses the write otherwise). `on_task` as for
@@ -50,11 +48,9 @@ pub trait DestructiveExecutor: Send + Sync {
 
     /// Stops the guest at once (a `restore_overwrite` whose signed params say `stop`,
     /// on a running guest). `on_task` as for [`DestructiveExecutor::execute`]. An
-    /// executor that cannot stop guests says so.
-    fn stop_guest(&self, vmid: u32, on_task: &mut OnTask<'_>) -> Result<(), String> {
-        let _ = on_task;
-        Err(format!("this executor cannot stop guest {vmid}"))
-    }
+    /// executor that cannot stop guests says so (`Err`). No default, as for
+    /// [`DestructiveExecutor::check_target`].
+    fn stop_guest(&self, vmid: u32, on_task: &mut OnTask<'_>) -> Result<(), String>;
 
     /// Executes `intent`. Call `on_task` with the task's UPID as soon as Proxmox accepted
     /// it (before waiting), so a crash mid-task leaves the UPID in the journal; if it

@@ -17,7 +17,7 @@ use crate::authz::{SignerPolicy, SignerSet, plan_rotation};
 use crate::base::time::{Clock, SystemClock};
 use crate::reconcile::audit::{AuditLog, AuditRecord};
 use crate::reconcile::classify::{Intent, OpClass};
-use crate::reconcile::gate::GuestNow;
+use crate::reconcile::gate::{GuestNow, Refusal};
 use crate::reconcile::jobs::{DestructiveExecutor, OnTask};
 use crate::reconcile::journal::{Journal, JournalError, OpState};
 
@@ -110,7 +110,17 @@ impl DestructiveExecutor for RotationExecutor {
         GuestNow::NotRead
     }
 
+    fn check_target(&self, _intent: &Intent) -> Result<(), (Refusal, String)> {
+        // The new set and its version are the gate's checks (before the nonce); the
+        // rotation has no target of its own.
+        Ok(())
+    }
+
     fn unprotect(&self, _vmid: u32, _digest: &str, _on: &mut OnTask<'_>) -> Result<(), String> {
+        Err("a signer rotation names no guest".into())
+    }
+
+    fn stop_guest(&self, _vmid: u32, _on: &mut OnTask<'_>) -> Result<(), String> {
         Err("a signer rotation names no guest".into())
     }
 
