@@ -67,6 +67,25 @@ pub enum Command {
         /// Config file.
         config: PathBuf,
     },
+    /// `pause --reason TEXT`: hold every mutation until `resume`.
+    Pause {
+        /// Why, for the audit, the report and `status`.
+        reason: String,
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `resume`: lift an operator's pause.
+    Resume {
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `status [--json]`: what the daemon is doing, read-only.
+    Status {
+        /// Print the status document as JSON.
+        json: bool,
+        /// Config file.
+        config: PathBuf,
+    },
     /// `version` / `--version`.
     Version,
     /// `help` / `--help`.
@@ -110,6 +129,13 @@ Usage:
       Let the stops and reductions the blast-radius limit holds (rate_limited) through
       once, at the daemon's next pass. Writes only a marker in the state directory;
       safe while the daemon runs.
+  felhom-agent pause --reason TEXT [--config PATH]
+      Hold every mutation (reconcile and signed ops) until `resume`; reports go on.
+      Writes a marker in the state directory; safe while the daemon runs. Audited.
+  felhom-agent resume [--config PATH]
+      Lift the pause. Audited.
+  felhom-agent status [--json] [--config PATH]
+      What the daemon is doing, read-only. Exit 0 healthy, 1 degraded, 3 not running.
   felhom-agent version | --version
   felhom-agent help | --help
 
@@ -173,6 +199,8 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
     let mut in_flight = false;
     let mut rate_limit = false;
     let mut tail: Option<usize> = None;
+    let mut reason: Option<String> = None;
+    let mut json = false;
 
     while let Some(word) = it.next() {
         let (flag, inline) = match word.split_once('=') {
@@ -185,6 +213,8 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
             "verify" => &["--config", "--blob", "--sig"],
             "journal" => &["--config", "--in-flight", "--tail"],
             "resume" => &["--config", "--rate-limit"],
+            "pause" => &["--config", "--reason"],
+            "status" => &["--config", "--json"],
             _ => &[],
         };
         if !flag.starts_with('-') {
@@ -195,14 +225,14 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
         if !allowed.contains(&flag.as_str()) {
             return Err(usage(format!("`{command}` does not take {flag}")));
         }
-        if flag == "--in-flight" || flag == "--rate-limit" {
+        if matches!(flag.as_str(), "--in-flight" | "--rate-limit" | "--json") {
             if inline.is_some() {
                 return Err(usage(format!("{flag} takes no value")));
             }
-            if flag == "--in-flight" {
-                in_flight = true;
-            } else {
-                rate_limit = true;
+            match flag.as_str() {
+                "--in-flight" => in_flight = true,
+                "--rate-limit" => rate_limit = true,
+                _ => json = true,
             }
             continue;
         }
@@ -249,6 +279,11 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
                 dup(sig.is_some())?;
                 sig = Some(PathBuf::from(value));
             }
+            "--reason" => {
+                dup(reason.is_some())?;
+                crate::app::pause::check_reason(&value).map_err(usage)?;
+                reason = Some(value);
+            }
             "--tail" => {
                 dup(tail.is_some())?;
                 tail =
@@ -294,9 +329,12 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
             config,
         }),
         "resume" if rate_limit => Ok(Command::ResumeRateLimit { config }),
-        "resume" => Err(usage(
-            "`resume` needs --rate-limit (the only hold it lifts: the blast-radius limit's)",
-        )),
+        "resume" => Ok(Command::Resume { config }),
+        "pause" => Ok(Command::Pause {
+            reason: reason.ok_or_else(|| usage("`pause` needs --reason TEXT (say why)"))?,
+            config,
+        }),
+        "status" => Ok(Command::Status { json, config }),
         "version" => Ok(Command::Version),
         "help" => Ok(Command::Help),
         other => Err(usage(format!("unknown command {other:?}"))),
@@ -378,6 +416,25 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             };
             resume_rate_limit(&cfg.state_dir, out, err)
         }
+        Command::Pause { reason, config } => match load_config(&config, Mode::Resume, err) {
+            Ok(cfg) => crate::app::pause::pause(&cfg, &reason, out, err),
+            Err(code) => code,
+        },
+        Command::Resume { config } => match load_config(&config, Mode::Resume, err) {
+            Ok(cfg) => crate::app::pause::resume(&cfg, out, err),
+            Err(code) => code,
+        },
+        Command::Status { json, config } => match load_config(&config, Mode::Resume, err) {
+            Ok(cfg) => {
+                let _ = (cfg, json, out);
+                let _ = writeln!(
+                    err,
+                    "felhom-agent: status is not available in this build yet"
+                );
+                EXIT_FAILED
+            }
+            Err(code) => code,
+        },
     }
 }
 
@@ -492,6 +549,24 @@ mod tests {
             Command::ResumeRateLimit { config: cfg("/c") }
         );
         assert_eq!(
+            p(&["pause", "--reason", "disk swap"]).unwrap(),
+            Command::Pause {
+                reason: "disk swap".into(),
+                config: cfg(crate::config::DEFAULT_CONFIG_PATH)
+            }
+        );
+        assert_eq!(
+            p(&["resume", "--config", "/c"]).unwrap(),
+            Command::Resume { config: cfg("/c") }
+        );
+        assert_eq!(
+            p(&["status", "--json"]).unwrap(),
+            Command::Status {
+                json: true,
+                config: cfg(crate::config::DEFAULT_CONFIG_PATH)
+            }
+        );
+        assert_eq!(
             p(&["journal", "--in-flight", "--tail", "20"]).unwrap(),
             Command::Journal {
                 in_flight: true,
@@ -517,7 +592,9 @@ mod tests {
                 &["journal", "--in-flight=yes"],
                 "--in-flight takes no value",
             ),
-            (&["resume"], "`resume` needs --rate-limit"),
+            (&["pause"], "`pause` needs --reason"),
+            (&["pause", "--reason", "a\nb"], "control character"),
+            (&["status", "--json=1"], "--json takes no value"),
             (&["resume", "--rate-limit=1"], "--rate-limit takes no value"),
             (&["resume", "--tail", "1"], "`resume` does not take --tail"),
             (

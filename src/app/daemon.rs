@@ -35,6 +35,7 @@ use crate::app::bridge::AuditFeed;
 use crate::app::compaction::{
     JOURNAL_COMPACT_EVERY, NONCE_COMPACT_EVERY, compact_journal_every, compact_nonces,
 };
+use crate::app::pause::{PauseWatch, PausedPacing};
 use crate::app::reconciler::{
     Reconciler, StartupError, journal_compact_threshold, prepare_state_dir,
 };
@@ -46,7 +47,7 @@ use crate::authz::NonceStoreError;
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::Config;
-use crate::hub::collect::{AuditTail, OpResultsSource};
+use crate::hub::collect::{AuditTail, OpResultsSource, PauseSource};
 use crate::hub::ops_feed::{Announcement, SignedOpsClient};
 use crate::hub::poller::Poller;
 use crate::proxmox::WaitOptions;
@@ -311,11 +312,13 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         .map_err(DaemonError::Setup)?;
     let audit = Arc::new(AuditFeed::default());
     let results = Arc::new(ResultsFeed::default());
+    let pause = Arc::new(PauseWatch::new(&cfg.state_dir));
     let round = wiring::hub_round_with(
         cfg,
         proxmox.clone(),
         Arc::clone(&audit) as Arc<dyn AuditTail>,
         Arc::clone(&results) as Arc<dyn OpResultsSource>,
+        Arc::clone(&pause) as Arc<dyn PauseSource>,
     )
     .map_err(DaemonError::Setup)?;
     let announcement = Announcement::new();
@@ -352,7 +355,8 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         "opening reconcile state and recovering ops left in flight",
         state_dir = cfg.state_dir.display()
     );
-    let hold: Arc<dyn Pacing> = Arc::new(envelope);
+    // The operator's pause holds exactly as the hub's `blocked` does.
+    let hold: Arc<dyn Pacing> = Arc::new(PausedPacing::new(Arc::new(envelope), Arc::clone(&pause)));
     let reconciler = match Reconciler::open(cfg, proxmox.clone(), shutdown, Some(Arc::clone(&hold)))
     {
         Ok(r) => r,
@@ -462,6 +466,8 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     let audit_log = Arc::clone(&reconciler.audit);
     let audit_path = cfg.state_dir.join("audit.log");
     let health = move || {
+        // The pause marker is audited (and logged) here, once per change.
+        pause.observe(&audit_log);
         if audit_log.is_poisoned() {
             return Some(DaemonError::AuditPoisoned {
                 path: audit_path.clone(),

@@ -21,8 +21,8 @@ use crate::base::time::SystemClock;
 use crate::config::{Config, ProxmoxConfig};
 use crate::hub::client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 use crate::hub::collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoOpResults, OpResultsSource,
-    ReadError,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoOpResults, NoPause,
+    OpResultsSource, PauseSource, ReadError,
 };
 use crate::hub::events::{EventStream, EventsClient};
 use crate::hub::ops_feed::Announcement;
@@ -205,7 +205,13 @@ pub fn hub_round(cfg: &Config, audit: Arc<dyn AuditTail>) -> Result<LiveRound, L
         .proxmox
         .as_ref()
         .ok_or(LiveSetupError::NoProxmoxSection)?;
-    hub_round_with(cfg, proxmox_client(proxmox)?, audit, Arc::new(NoOpResults))
+    hub_round_with(
+        cfg,
+        proxmox_client(proxmox)?,
+        audit,
+        Arc::new(NoOpResults),
+        Arc::new(NoPause),
+    )
 }
 
 /// [`hub_round`] reading through `proxmox`, a client the caller already has (the
@@ -216,6 +222,7 @@ pub(crate) fn hub_round_with(
     proxmox: Client,
     audit: Arc<dyn AuditTail>,
     results: Arc<dyn OpResultsSource>,
+    pause: Arc<dyn PauseSource>,
 ) -> Result<LiveRound, LiveSetupError> {
     let hub = cfg
         .hub
@@ -231,7 +238,8 @@ pub(crate) fn hub_round_with(
         audit,
         Arc::new(SystemClock),
     )
-    .with_op_results(results);
+    .with_op_results(results)
+    .with_pause(pause);
     Ok(HubRound::new(collector, client))
 }
 

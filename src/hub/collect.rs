@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
-    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot,
+    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PauseReport, PbsSnapshot,
     SIGNED_OP_RESULTS_MAX, SignedOpResult, StorageTarget,
 };
 use crate::base::time::{Clock, Timestamp};
@@ -104,6 +104,22 @@ impl OpResultsSource for NoOpResults {
     }
 }
 
+/// The source of the report's `paused`: the operator's local pause, if set.
+pub trait PauseSource: Send + Sync {
+    /// The pause in force now, if any.
+    fn paused(&self) -> Option<PauseReport>;
+}
+
+/// A pause source that is never paused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPause;
+
+impl PauseSource for NoPause {
+    fn paused(&self) -> Option<PauseReport> {
+        None
+    }
+}
+
 /// Why no report can be built this round.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -149,6 +165,7 @@ pub struct Collector<R, P> {
     probe: P,
     audit: Arc<dyn AuditTail>,
     results: Arc<dyn OpResultsSource>,
+    pause: Arc<dyn PauseSource>,
     clock: Arc<dyn Clock>,
     host_id: String,
     agent_version: String,
@@ -178,6 +195,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             probe,
             audit,
             results: Arc::new(NoOpResults),
+            pause: Arc::new(NoPause),
             clock,
             host_id: host_id.into(),
             agent_version: agent_version.into(),
@@ -187,6 +205,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
     /// Reads the report's `signed_op_results` from `results` (none without it).
     pub fn with_op_results(mut self, results: Arc<dyn OpResultsSource>) -> Self {
         self.results = results;
+        self
+    }
+
+    /// Reads the report's `paused` from `pause` (never paused without it).
+    pub fn with_pause(mut self, pause: Arc<dyn PauseSource>) -> Self {
+        self.pause = pause;
         self
     }
 
@@ -266,6 +290,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             audit_tail,
             pending_signatures,
             signed_op_results,
+            paused: self.pause.paused(),
         })
     }
 

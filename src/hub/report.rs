@@ -49,6 +49,22 @@ pub struct HostReport {
     /// (`ack_signed_op_results` in the envelope), one entry per hub op id, oldest
     /// first, at most [`SIGNED_OP_RESULTS_MAX`].
     pub signed_op_results: Vec<SignedOpResult>,
+    /// The operator's local pause (`felhom-agent pause`), `null` when not paused. While
+    /// it is set the agent holds every mutation, reconcile's and signed ops', and keeps
+    /// reporting.
+    pub paused: Option<PauseReport>,
+}
+
+/// An operator's pause as the report carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PauseReport {
+    /// The operator's reason, as given to `pause --reason` (at most 200 bytes).
+    pub reason: String,
+    /// When the pause was set; `null` when the marker cannot be read (held fail-safe).
+    #[serde(with = "crate::base::time::opt_rfc3339")]
+    pub since: Option<Timestamp>,
+    /// The uid that set it; `null` when the marker cannot be read.
+    pub by_uid: Option<u32>,
 }
 
 /// Host metrics.

@@ -209,6 +209,11 @@ pub trait Pacing: Send + Sync {
     fn generation(&self) -> u64;
     /// Whether every mutation is held (passes still read and plan).
     fn held(&self) -> bool;
+    /// Why mutations are held, in a sentence, when the source has more to say than the
+    /// hub's `blocked`.
+    fn hold_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The reconcile engine. Share it behind an `Arc`; passes do not overlap.
@@ -436,7 +441,12 @@ impl Engine {
                     .and_then(|g| g.config.as_ref()),
             );
             let why = if held {
-                Some("the hub asked to hold mutations".to_owned())
+                Some(
+                    self.pacing
+                        .as_ref()
+                        .and_then(|p| p.hold_reason())
+                        .unwrap_or_else(|| "the hub asked to hold mutations".to_owned()),
+                )
             } else if let Some(op) = in_flight.get(&action.vmid) {
                 Some(format!("op {op} is still in flight"))
             } else {
