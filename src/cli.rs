@@ -425,14 +425,7 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             Err(code) => code,
         },
         Command::Status { json, config } => match load_config(&config, Mode::Resume, err) {
-            Ok(cfg) => {
-                let _ = (cfg, json, out);
-                let _ = writeln!(
-                    err,
-                    "felhom-agent: status is not available in this build yet"
-                );
-                EXIT_FAILED
-            }
+            Ok(cfg) => crate::app::status_cmd::status(&cfg, &config, json, out, err),
             Err(code) => code,
         },
     }

@@ -42,6 +42,7 @@ use crate::app::reconciler::{
 use crate::app::results::{AckingRound, ResultsFeed};
 use crate::app::signals::SignalWatcher;
 use crate::app::signed_ops::{self, SignedOpsRunner};
+use crate::app::status::{StatusBoard, StatusRound};
 use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::NonceStoreError;
 use crate::base::shutdown::Shutdown;
@@ -51,7 +52,7 @@ use crate::hub::collect::{AuditTail, OpResultsSource, PauseSource};
 use crate::hub::ops_feed::{Announcement, SignedOpsClient};
 use crate::hub::poller::Poller;
 use crate::proxmox::WaitOptions;
-use crate::reconcile::engine::{EngineError, Pacing};
+use crate::reconcile::engine::{EngineError, Pacing, PassObserver};
 use crate::reconcile::jobs::{DestructiveExecutor, ProxmoxExecutor};
 use crate::reconcile::journal::JournalError;
 use crate::store::statelock::{StateLock, StateLockError};
@@ -271,7 +272,7 @@ pub(crate) fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
     let shutdown = Shutdown::new();
     let signals = SignalWatcher::install(shutdown.clone(), config_path.to_owned())
         .map_err(DaemonError::Signals)?;
-    let result = serve_locked(cfg, &shutdown, &lock);
+    let result = serve_locked(cfg, config_path, &shutdown, &lock);
     shutdown.trigger();
     signals.close();
     lock.hold_until_exit();
@@ -291,11 +292,16 @@ fn report_failure(slot: &Failure, e: DaemonError) {
 /// released when this returns.
 pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     let lock = StateLock::acquire(&cfg.state_dir).map_err(DaemonError::StateLock)?;
-    serve_locked(cfg, shutdown, &lock)
+    serve_locked(cfg, Path::new("(given by the caller)"), shutdown, &lock)
 }
 
 /// [`serve`] once the state directory is locked: `_lock` is the proof.
-fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<(), DaemonError> {
+fn serve_locked(
+    cfg: &Config,
+    config_path: &Path,
+    shutdown: &Shutdown,
+    _lock: &StateLock,
+) -> Result<(), DaemonError> {
     crate::info!(
         daemon_starting,
         "felhom-agent starting",
@@ -313,6 +319,14 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     let audit = Arc::new(AuditFeed::default());
     let results = Arc::new(ResultsFeed::default());
     let pause = Arc::new(PauseWatch::new(&cfg.state_dir));
+    let signers = cfg.authz.as_ref().map_or(0, |a| a.signers.len());
+    let board = Arc::new(StatusBoard::new(
+        &cfg.state_dir,
+        &cfg.host_id,
+        config_path,
+        signers,
+        Arc::clone(&pause),
+    ));
     let round = wiring::hub_round_with(
         cfg,
         proxmox.clone(),
@@ -324,6 +338,7 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     let announcement = Announcement::new();
     let poll_seconds = cfg.hub.as_ref().map_or(300, |h| h.poll_seconds);
     let round = AckingRound::new(round, Arc::clone(&results));
+    let round = StatusRound::new(round, Arc::clone(&board));
     let mut poller = Poller::new(round, shutdown.clone(), poll_seconds)
         .with_second(schedule_second())
         .announcing(announcement.clone());
@@ -337,6 +352,7 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     let mut workers = Workers::new();
     let mut names = vec!["hub-poller", "reconcile"];
     let envelope = poller.envelope();
+    board.with_envelope(envelope.clone());
     workers.spawn("hub-poller", move || poller.run())?;
     let events = wiring::event_stream(
         cfg,
@@ -382,6 +398,15 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         );
     }
 
+    board.bind(
+        Arc::clone(&reconciler.journal),
+        Arc::clone(&reconciler.audit),
+        reconciler.nonces.clone(),
+    );
+    reconciler
+        .engine
+        .observe_passes(Arc::clone(&board) as Arc<dyn PassObserver>);
+    board.write();
     let engine = Arc::clone(&reconciler.engine);
     let slot = Arc::clone(&failure);
     workers.spawn("reconcile", move || {
@@ -468,6 +493,7 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
     let health = move || {
         // The pause marker is audited (and logged) here, once per change.
         pause.observe(&audit_log);
+        board.heartbeat();
         if audit_log.is_poisoned() {
             return Some(DaemonError::AuditPoisoned {
                 path: audit_path.clone(),

@@ -18,6 +18,8 @@ pub(crate) mod resume;
 pub(crate) mod selftest;
 pub(crate) mod signals;
 pub(crate) mod signed_ops;
+pub(crate) mod status;
+pub(crate) mod status_cmd;
 pub(crate) mod verify;
 pub(crate) mod wiring;
 
@@ -31,4 +33,5 @@ pub use results::{AckingRound, ResultsFeed, apply_acks, wire_result};
 pub use signed_ops::{
     OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent, unverified_nonce,
 };
+pub use status::{StatusBoard, StatusDoc};
 pub use wiring::{ProxmoxReader, hub_round, selftest_hub};

@@ -216,6 +216,13 @@ pub trait Pacing: Send + Sync {
     }
 }
 
+/// Told how every pass of [`Engine::run`] ended (for the daemon's status file and
+/// metrics); called on the engine's thread after the pass, so it must be quick.
+pub trait PassObserver: Send + Sync {
+    /// One pass ended with `result`.
+    fn pass_done(&self, result: &Result<PassReport, EngineError>);
+}
+
 /// The reconcile engine. Share it behind an `Arc`; passes do not overlap.
 pub struct Engine {
     client: Client,
@@ -238,6 +245,7 @@ pub struct Engine {
     gated_deltas: Mutex<BTreeSet<u32>>,
     skips: Mutex<BTreeMap<u32, String>>,
     blast: Limiter,
+    observer: std::sync::OnceLock<Arc<dyn PassObserver>>,
 }
 
 /// The monotonic time back-off deadlines are measured on.
@@ -333,8 +341,15 @@ impl Engine {
             gated_deltas: Mutex::new(BTreeSet::new()),
             skips: Mutex::new(BTreeMap::new()),
             blast: Limiter::new(opts.max_disruptive_per_hour),
+            observer: std::sync::OnceLock::new(),
             opts,
         }
+    }
+
+    /// Tells `observer` how every pass of [`Engine::run`] ends; `false` (and nothing
+    /// changes) when one is already set.
+    pub fn observe_passes(&self, observer: Arc<dyn PassObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// Uses `norm` instead of the default normalizers.
@@ -763,7 +778,11 @@ impl Engine {
     pub fn run(&self) -> Result<(), EngineError> {
         let mut generation = self.hub_generation();
         while !self.shutdown.is_triggered() {
-            match self.pass() {
+            let result = self.pass();
+            if let Some(observer) = self.observer.get() {
+                observer.pass_done(&result);
+            }
+            match result {
                 Ok(_) => {}
                 Err(e @ EngineError::Journal { .. }) => {
                     crate::error!(

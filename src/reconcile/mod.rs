@@ -32,7 +32,9 @@ pub use blast::{RESUME_MARKER, is_disruptive, request_resume, resume_marker_path
 pub use classify::{Intent, OpClass, Provenance};
 pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
 pub use desired_cache::{DesiredCache, DesiredOfferError, Offered};
-pub use engine::{Engine, EngineError, EngineOptions, PASS_TASK_WAIT, Pacing, PassReport};
+pub use engine::{
+    Engine, EngineError, EngineOptions, PASS_TASK_WAIT, Pacing, PassObserver, PassReport,
+};
 pub use gate::{AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp};
 pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, ProxmoxExecutor, SignedJobs};
 pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState};
