@@ -433,6 +433,8 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 
 /// The binary's entry point: runs `args` against the process's stdout and stderr.
 pub fn main(args: Vec<OsString>) -> ExitCode {
+    // Under systemd with stderr on the journal, each line carries its priority.
+    crate::base::log::set_priority_prefix(crate::app::notify::stderr_is_journal());
     // Unlocked handles: holding the stderr lock for the whole run would block every
     // other thread's log line while the daemon runs.
     let code = run(&args, &mut std::io::stdout(), &mut std::io::stderr());

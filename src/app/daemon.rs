@@ -35,6 +35,7 @@ use crate::app::bridge::AuditFeed;
 use crate::app::compaction::{
     JOURNAL_COMPACT_EVERY, NONCE_COMPACT_EVERY, compact_journal_every, compact_nonces,
 };
+use crate::app::notify::Notifier;
 use crate::app::pause::{PauseWatch, PausedPacing};
 use crate::app::reconciler::{
     Reconciler, StartupError, journal_compact_threshold, prepare_state_dir,
@@ -407,6 +408,10 @@ fn serve_locked(
         .engine
         .observe_passes(Arc::clone(&board) as Arc<dyn PassObserver>);
     board.write();
+    let notifier = Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        board.with_notifier(Arc::clone(n));
+    }
     let engine = Arc::clone(&reconciler.engine);
     let slot = Arc::clone(&failure);
     workers.spawn("reconcile", move || {
@@ -480,6 +485,15 @@ fn serve_locked(
         "felhom-agent running",
         workers = names.join(",")
     );
+    // Recover is done and every worker runs: systemd may consider the start finished.
+    if let Some(n) = &notifier {
+        n.ready(&board.summary());
+        crate::info!(
+            notify_ready,
+            "told systemd the daemon is ready",
+            watchdog_ms = n.watchdog_every().map_or(0, |d| d.as_millis())
+        );
+    }
 
     // An audit log, or a nonce store that worked at start, that stops working was
     // poisoned by a failed write or fsync: exit so the restart replays it from disk (one that could not be
@@ -490,10 +504,14 @@ fn serve_locked(
         .filter(|store| store.unavailable().is_none());
     let audit_log = Arc::clone(&reconciler.audit);
     let audit_path = cfg.state_dir.join("audit.log");
+    let watchdog = notifier.clone();
     let health = move || {
         // The pause marker is audited (and logged) here, once per change.
         pause.observe(&audit_log);
         board.heartbeat();
+        if let Some(n) = &watchdog {
+            n.watchdog_tick();
+        }
         if audit_log.is_poisoned() {
             return Some(DaemonError::AuditPoisoned {
                 path: audit_path.clone(),
@@ -504,6 +522,9 @@ fn serve_locked(
     };
     let outcome = watch(&workers, shutdown, &failure, &health);
     crate::info!(daemon_stopping, "felhom-agent stopping");
+    if let Some(n) = &notifier {
+        n.stopping();
+    }
     let deadline = Instant::now() + STOP_GRACE;
     let stuck = workers.join_until(deadline);
     if !stuck.is_empty() {

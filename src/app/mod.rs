@@ -10,6 +10,7 @@ pub(crate) mod compaction;
 pub(crate) mod daemon;
 pub(crate) mod desired_feed;
 pub(crate) mod journal;
+pub(crate) mod notify;
 pub(crate) mod pause;
 pub(crate) mod plan;
 pub(crate) mod reconciler;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::notify::Notifier;
 use super::pause::PauseWatch;
 use crate::authz::FileNonceStore;
 use crate::base::sync::lock;
@@ -214,6 +215,7 @@ pub struct StatusBoard {
     envelope: Mutex<Option<SharedEnvelope>>,
     pause: Arc<PauseWatch>,
     last_write: Mutex<Option<Instant>>,
+    notifier: Mutex<Option<Arc<Notifier>>>,
 }
 
 impl std::fmt::Debug for StatusBoard {
@@ -298,7 +300,18 @@ impl StatusBoard {
             envelope: Mutex::new(None),
             pause,
             last_write: Mutex::new(None),
+            notifier: Mutex::new(None),
         }
+    }
+
+    /// Sends systemd a `STATUS=` line whenever the summary changes.
+    pub(crate) fn with_notifier(&self, notifier: Arc<Notifier>) {
+        *lock(&self.notifier) = Some(notifier);
+    }
+
+    /// The one-line summary systemd shows (`systemctl status`).
+    pub fn summary(&self) -> String {
+        summary(&lock(&self.doc))
     }
 
     /// Reads the hub's hold from `envelope`.
@@ -382,6 +395,11 @@ impl StatusBoard {
             return;
         }
         *lock(&self.last_write) = Some(Instant::now());
+        let line = summary(&doc);
+        drop(doc);
+        if let Some(n) = lock(&self.notifier).as_ref() {
+            n.status(&line);
+        }
     }
 
     fn refresh(&self, doc: &mut StatusDoc) {
@@ -436,6 +454,30 @@ impl StatusBoard {
         }
         doc.damage = damage;
     }
+}
+
+/// `running; report ok; pass ok (2 actions); 0 in flight; 1 pending signature(s)`.
+fn summary(doc: &StatusDoc) -> String {
+    let hold = match (&doc.hold.paused, doc.hold.blocked) {
+        (Some(p), _) => format!("paused: {}", p.reason),
+        (None, true) => "blocked by the hub".to_owned(),
+        (None, false) => "running".to_owned(),
+    };
+    let report = match &doc.last_report {
+        Some(r) if r.ok => "report ok",
+        Some(_) => "report failing",
+        None => "no report yet",
+    };
+    let pass = match &doc.last_pass {
+        Some(p) if p.ok => format!("pass ok ({} actions)", p.actions.len()),
+        Some(_) => "pass failing".to_owned(),
+        None => "no pass yet".to_owned(),
+    };
+    format!(
+        "{hold}; {report}; {pass}; {} in flight; {} pending signature(s)",
+        doc.ops_in_flight.len(),
+        doc.pending_signatures.len()
+    )
 }
 
 impl PassObserver for StatusBoard {
