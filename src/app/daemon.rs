@@ -35,6 +35,7 @@ use crate::app::bridge::AuditFeed;
 use crate::app::compaction::{
     JOURNAL_COMPACT_EVERY, NONCE_COMPACT_EVERY, compact_journal_every, compact_nonces,
 };
+use crate::app::metrics::Metrics;
 use crate::app::notify::Notifier;
 use crate::app::pause::{PauseWatch, PausedPacing};
 use crate::app::reconciler::{
@@ -407,6 +408,16 @@ fn serve_locked(
     reconciler
         .engine
         .observe_passes(Arc::clone(&board) as Arc<dyn PassObserver>);
+    let metrics = Arc::new(Metrics::new(&cfg.state_dir));
+    let m = Arc::clone(&metrics);
+    reconciler
+        .journal
+        .watch_records(Arc::new(move |r| m.record_journal(r)));
+    let m = Arc::clone(&metrics);
+    reconciler
+        .audit
+        .watch_records(Arc::new(move |r| m.record_decision(r)));
+    board.with_metrics(metrics);
     board.write();
     let notifier = Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {

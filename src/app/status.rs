@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::metrics::Metrics;
 use super::notify::Notifier;
 use super::pause::PauseWatch;
 use crate::authz::FileNonceStore;
@@ -86,6 +87,9 @@ pub struct StatusDoc {
     pub signers: SignersStatus,
     /// The last restore tests, where configured (`null`: none configured).
     pub restore_tests: Option<serde_json::Value>,
+    /// Guests Proxmox listed at the last pass, by run state.
+    #[serde(default)]
+    pub guest_states: std::collections::BTreeMap<String, usize>,
 }
 
 /// The last hub round.
@@ -216,6 +220,7 @@ pub struct StatusBoard {
     pause: Arc<PauseWatch>,
     last_write: Mutex<Option<Instant>>,
     notifier: Mutex<Option<Arc<Notifier>>>,
+    metrics: Mutex<Option<Arc<Metrics>>>,
 }
 
 impl std::fmt::Debug for StatusBoard {
@@ -295,18 +300,25 @@ impl StatusBoard {
                     expiry_warnings: Vec::new(),
                 },
                 restore_tests: None,
+                guest_states: std::collections::BTreeMap::new(),
             }),
             sources: Mutex::new(None),
             envelope: Mutex::new(None),
             pause,
             last_write: Mutex::new(None),
             notifier: Mutex::new(None),
+            metrics: Mutex::new(None),
         }
     }
 
     /// Sends systemd a `STATUS=` line whenever the summary changes.
     pub(crate) fn with_notifier(&self, notifier: Arc<Notifier>) {
         *lock(&self.notifier) = Some(notifier);
+    }
+
+    /// Counts rounds and passes in `metrics` and writes its textfile with every status.
+    pub(crate) fn with_metrics(&self, metrics: Arc<Metrics>) {
+        *lock(&self.metrics) = Some(metrics);
     }
 
     /// The one-line summary systemd shows (`systemctl status`).
@@ -341,6 +353,9 @@ impl StatusBoard {
     /// Records a hub round and writes the file.
     pub fn report_done(&self, result: Result<&ControlEnvelope, String>) {
         let at = SystemClock.now();
+        if let Some(m) = lock(&self.metrics).as_ref() {
+            m.record_round(result.is_ok());
+        }
         {
             let mut doc = lock(&self.doc);
             let before = doc.last_report.as_ref().and_then(|r| r.last_success);
@@ -395,6 +410,9 @@ impl StatusBoard {
             return;
         }
         *lock(&self.last_write) = Some(Instant::now());
+        if let Some(m) = lock(&self.metrics).as_ref() {
+            m.write(&doc);
+        }
         let line = summary(&doc);
         drop(doc);
         if let Some(n) = lock(&self.notifier).as_ref() {
@@ -483,12 +501,20 @@ fn summary(doc: &StatusDoc) -> String {
 impl PassObserver for StatusBoard {
     fn pass_done(&self, result: &Result<PassReport, EngineError>) {
         let at = SystemClock.now();
+        if let Some(m) = lock(&self.metrics).as_ref() {
+            m.record_pass(result);
+        }
         {
             let mut doc = lock(&self.doc);
             let before = doc.last_pass.as_ref().and_then(|p| p.last_success);
             let status = match result {
                 Ok(r) => {
                     doc.hold.rate_limited = r.rate_limited();
+                    doc.guest_states = r
+                        .guest_states
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), *v))
+                        .collect();
                     PassStatus {
                         at,
                         ok: true,

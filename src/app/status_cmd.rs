@@ -431,6 +431,7 @@ mod tests {
                 expiry_warnings: Vec::new(),
             },
             restore_tests: None,
+            guest_states: Default::default(),
         }
     }
 

@@ -31,7 +31,7 @@ use super::plan::{Action, ActualGuest, ActualState, Plan, plan};
 use super::queue::{Queue, SubmitError};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
-use crate::proxmox::{self, Client, WaitOptions};
+use crate::proxmox::{self, Client, RunState, WaitOptions};
 
 /// How long one pass waits for a task it sent (start and config tasks take seconds; a
 /// lock wait can take minutes) before leaving it in flight for the next pass. A stop
@@ -160,6 +160,9 @@ pub struct PassReport {
     /// `guest_destroy` and is never executed by reconcile; the code is the gate's word
     /// (`pending_signature` unless the journal shows the guest is the agent's own).
     pub destroy_deltas: Vec<(u32, String)>,
+    /// How many guests Proxmox listed in each run state this pass (`running`,
+    /// `stopped`, `other`).
+    pub guest_states: BTreeMap<&'static str, usize>,
 }
 
 impl PassReport {
@@ -569,8 +572,18 @@ impl Engine {
         if let Some(e) = fatal {
             return Err(e.into());
         }
+        let mut guest_states = BTreeMap::new();
+        for g in actual.guests.values() {
+            let word = match g.status {
+                RunState::Running => "running",
+                RunState::Stopped => "stopped",
+                RunState::Other(_) => "other",
+            };
+            *guest_states.entry(word).or_insert(0) += 1;
+        }
         let report = PassReport {
             generation: desired.generation,
+            guest_states,
             plan: planned,
             results,
             unreadable,

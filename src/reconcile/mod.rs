@@ -25,7 +25,7 @@ pub(crate) mod recover;
 
 pub use action::{Outcome, shutdown_params};
 pub use audit::{
-    AUDIT_STRING_MAX, AuditDelivery, AuditError, AuditField, AuditLog, AuditRecord,
+    AUDIT_STRING_MAX, AuditDelivery, AuditError, AuditField, AuditLog, AuditRecord, AuditWatcher,
     DEFAULT_MAX_BYTES, MIN_MAX_BYTES, PENDING_SIGNATURE, cap,
 };
 pub use blast::{RESUME_MARKER, is_disruptive, request_resume, resume_marker_path};
@@ -37,7 +37,7 @@ pub use engine::{
 };
 pub use gate::{AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp};
 pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, ProxmoxExecutor, SignedJobs};
-pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState};
+pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState, RecordWatcher};
 pub use normalize::Normalizers;
 pub use op_results::{
     OP_RESULT_CODE_MAX, OP_RESULT_ID_MAX, OP_RESULT_NONCE_MAX, OP_RESULTS_FILE_MAX, OP_RESULTS_MAX,
