@@ -86,6 +86,14 @@ pub enum Command {
         /// Config file.
         config: PathBuf,
     },
+    /// `audit [--tail N] [--pending] [--guest N] [--code C] [--json]`: the gate's
+    /// decisions, read-only.
+    Audit {
+        /// What to show.
+        query: crate::app::AuditQuery,
+        /// Config file.
+        config: PathBuf,
+    },
     /// `version` / `--version`.
     Version,
     /// `help` / `--help`.
@@ -136,6 +144,9 @@ Usage:
       Lift the pause. Audited.
   felhom-agent status [--json] [--config PATH]
       What the daemon is doing, read-only. Exit 0 healthy, 1 degraded, 3 not running.
+  felhom-agent audit [--tail N] [--pending] [--guest N] [--code C] [--json] [--config PATH]
+      The gate's decisions from audit.log (and audit.log.1), read-only; --pending: ops
+      still waiting for a signature.
   felhom-agent version | --version
   felhom-agent help | --help
 
@@ -201,6 +212,9 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
     let mut tail: Option<usize> = None;
     let mut reason: Option<String> = None;
     let mut json = false;
+    let mut pending = false;
+    let mut guest: Option<u32> = None;
+    let mut code: Option<String> = None;
 
     while let Some(word) = it.next() {
         let (flag, inline) = match word.split_once('=') {
@@ -215,6 +229,14 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
             "resume" => &["--config", "--rate-limit"],
             "pause" => &["--config", "--reason"],
             "status" => &["--config", "--json"],
+            "audit" => &[
+                "--config",
+                "--tail",
+                "--pending",
+                "--guest",
+                "--code",
+                "--json",
+            ],
             _ => &[],
         };
         if !flag.starts_with('-') {
@@ -225,13 +247,17 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
         if !allowed.contains(&flag.as_str()) {
             return Err(usage(format!("`{command}` does not take {flag}")));
         }
-        if matches!(flag.as_str(), "--in-flight" | "--rate-limit" | "--json") {
+        if matches!(
+            flag.as_str(),
+            "--in-flight" | "--rate-limit" | "--json" | "--pending"
+        ) {
             if inline.is_some() {
                 return Err(usage(format!("{flag} takes no value")));
             }
             match flag.as_str() {
                 "--in-flight" => in_flight = true,
                 "--rate-limit" => rate_limit = true,
+                "--pending" => pending = true,
                 _ => json = true,
             }
             continue;
@@ -278,6 +304,24 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
             "--sig" => {
                 dup(sig.is_some())?;
                 sig = Some(PathBuf::from(value));
+            }
+            "--guest" => {
+                dup(guest.is_some())?;
+                let n: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (100..=999_999_999).contains(n))
+                    .ok_or_else(|| {
+                        usage(format!(
+                            "--guest must be a guest id (100-999999999), got {value:?}"
+                        ))
+                    })?;
+                guest = Some(n);
+            }
+            "--code" => {
+                dup(code.is_some())?;
+                crate::app::audit_cmd::check_code(&value).map_err(usage)?;
+                code = Some(value);
             }
             "--reason" => {
                 dup(reason.is_some())?;
@@ -335,6 +379,16 @@ pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
             config,
         }),
         "status" => Ok(Command::Status { json, config }),
+        "audit" => Ok(Command::Audit {
+            query: crate::app::AuditQuery {
+                tail,
+                pending,
+                guest,
+                code,
+                json,
+            },
+            config,
+        }),
         "version" => Ok(Command::Version),
         "help" => Ok(Command::Help),
         other => Err(usage(format!("unknown command {other:?}"))),
@@ -422,6 +476,10 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         },
         Command::Resume { config } => match load_config(&config, Mode::Resume, err) {
             Ok(cfg) => crate::app::pause::resume(&cfg, out, err),
+            Err(code) => code,
+        },
+        Command::Audit { query, config } => match load_config(&config, Mode::Resume, err) {
+            Ok(cfg) => crate::app::audit_cmd::audit(&cfg.state_dir, &query, out, err),
             Err(code) => code,
         },
         Command::Status { json, config } => match load_config(&config, Mode::Resume, err) {
@@ -555,6 +613,29 @@ mod tests {
             Command::Resume { config: cfg("/c") }
         );
         assert_eq!(
+            p(&[
+                "audit",
+                "--pending",
+                "--guest",
+                "105",
+                "--code",
+                "held",
+                "--tail",
+                "5"
+            ])
+            .unwrap(),
+            Command::Audit {
+                query: crate::app::AuditQuery {
+                    tail: Some(5),
+                    pending: true,
+                    guest: Some(105),
+                    code: Some("held".into()),
+                    json: false,
+                },
+                config: cfg(crate::config::DEFAULT_CONFIG_PATH)
+            }
+        );
+        assert_eq!(
             p(&["status", "--json"]).unwrap(),
             Command::Status {
                 json: true,
@@ -590,6 +671,12 @@ mod tests {
             (&["pause"], "`pause` needs --reason"),
             (&["pause", "--reason", "a\nb"], "control character"),
             (&["status", "--json=1"], "--json takes no value"),
+            (&["audit", "--guest", "7"], "--guest must be a guest id"),
+            (&["audit", "--code", "Bad Code"], "--code must be"),
+            (
+                &["audit", "--reason", "x"],
+                "`audit` does not take --reason",
+            ),
             (&["resume", "--rate-limit=1"], "--rate-limit takes no value"),
             (&["resume", "--tail", "1"], "`resume` does not take --tail"),
             (

@@ -4,6 +4,7 @@
 //! this layer imports it, and it never holds policy of its own: the gate decides, the
 //! journal records, the store writes.
 
+pub(crate) mod audit_cmd;
 pub(crate) mod bridge;
 pub(crate) mod command;
 pub(crate) mod compaction;
@@ -25,6 +26,7 @@ pub(crate) mod status_cmd;
 pub(crate) mod verify;
 pub(crate) mod wiring;
 
+pub use audit_cmd::AuditQuery;
 pub use bridge::wire_entry;
 pub use daemon::{DaemonError, serve};
 pub use desired_feed::{FetchBackoff, HubDesired};
