@@ -571,6 +571,11 @@ fn watch(
         }
         if let Some(name) = workers.first_finished() {
             let reported = lock(failure).take();
+            // A worker that ended because a stop was asked for meanwhile (the checks
+            // above take a moment) has not died.
+            if reported.is_none() && shutdown.is_triggered() {
+                return Ok(());
+            }
             let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
                 name: name.to_owned(),
             });
@@ -709,6 +714,23 @@ mod tests {
                 .is_empty()
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_worker_that_ends_because_of_a_stop_is_not_a_death() {
+        let shutdown = Shutdown::new();
+        let mut w = Workers::new();
+        w.spawn("hub-poller", || {}).unwrap();
+        while w.first_finished().is_none() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        // The stop arrives while the watch is busy with its checks.
+        let s = shutdown.clone();
+        let health = move || {
+            s.trigger();
+            None
+        };
+        assert!(watch(&w, &shutdown, &Arc::new(Mutex::new(None)), &health).is_ok());
     }
 
     #[test]
