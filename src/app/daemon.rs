@@ -417,7 +417,7 @@ fn serve_locked(
     reconciler
         .audit
         .watch_records(Arc::new(move |r| m.record_decision(r)));
-    board.with_metrics(metrics);
+    board.with_listener(metrics);
     board.write();
     let notifier = Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::status::StatusDoc;
+use super::status::{StatusDoc, StatusListener};
 use crate::base::sync::lock;
 use crate::base::time::Timestamp;
 use crate::reconcile::audit::AuditRecord;
@@ -278,6 +278,20 @@ impl Metrics {
                 error = e
             );
         }
+    }
+}
+
+impl StatusListener for Metrics {
+    fn round_done(&self, ok: bool) {
+        self.record_round(ok);
+    }
+
+    fn pass_done(&self, result: &Result<PassReport, EngineError>) {
+        self.record_pass(result);
+    }
+
+    fn written(&self, doc: &StatusDoc) {
+        self.write(doc);
     }
 }
 

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::Metrics;
 use super::notify::Notifier;
 use super::pause::PauseWatch;
 use crate::authz::FileNonceStore;
@@ -220,7 +219,17 @@ pub struct StatusBoard {
     pause: Arc<PauseWatch>,
     last_write: Mutex<Option<Instant>>,
     notifier: Mutex<Option<Arc<Notifier>>>,
-    metrics: Mutex<Option<Arc<Metrics>>>,
+    listener: Mutex<Option<Arc<dyn StatusListener>>>,
+}
+
+/// Told what the board learns and each document it writes (the metrics textfile).
+pub(crate) trait StatusListener: Send + Sync {
+    /// A hub round ended.
+    fn round_done(&self, ok: bool);
+    /// A reconcile pass ended.
+    fn pass_done(&self, result: &Result<PassReport, EngineError>);
+    /// The status file was written with `doc`.
+    fn written(&self, doc: &StatusDoc);
 }
 
 impl std::fmt::Debug for StatusBoard {
@@ -307,7 +316,7 @@ impl StatusBoard {
             pause,
             last_write: Mutex::new(None),
             notifier: Mutex::new(None),
-            metrics: Mutex::new(None),
+            listener: Mutex::new(None),
         }
     }
 
@@ -316,9 +325,9 @@ impl StatusBoard {
         *lock(&self.notifier) = Some(notifier);
     }
 
-    /// Counts rounds and passes in `metrics` and writes its textfile with every status.
-    pub(crate) fn with_metrics(&self, metrics: Arc<Metrics>) {
-        *lock(&self.metrics) = Some(metrics);
+    /// Tells `listener` every round, pass and write (the metrics textfile).
+    pub(crate) fn with_listener(&self, listener: Arc<dyn StatusListener>) {
+        *lock(&self.listener) = Some(listener);
     }
 
     /// The one-line summary systemd shows (`systemctl status`).
@@ -353,8 +362,8 @@ impl StatusBoard {
     /// Records a hub round and writes the file.
     pub fn report_done(&self, result: Result<&ControlEnvelope, String>) {
         let at = SystemClock.now();
-        if let Some(m) = lock(&self.metrics).as_ref() {
-            m.record_round(result.is_ok());
+        if let Some(l) = lock(&self.listener).as_ref() {
+            l.round_done(result.is_ok());
         }
         {
             let mut doc = lock(&self.doc);
@@ -410,8 +419,8 @@ impl StatusBoard {
             return;
         }
         *lock(&self.last_write) = Some(Instant::now());
-        if let Some(m) = lock(&self.metrics).as_ref() {
-            m.write(&doc);
+        if let Some(l) = lock(&self.listener).as_ref() {
+            l.written(&doc);
         }
         let line = summary(&doc);
         drop(doc);
@@ -501,8 +510,8 @@ fn summary(doc: &StatusDoc) -> String {
 impl PassObserver for StatusBoard {
     fn pass_done(&self, result: &Result<PassReport, EngineError>) {
         let at = SystemClock.now();
-        if let Some(m) = lock(&self.metrics).as_ref() {
-            m.record_pass(result);
+        if let Some(l) = lock(&self.listener).as_ref() {
+            l.pass_done(result);
         }
         {
             let mut doc = lock(&self.doc);
