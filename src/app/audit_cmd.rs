@@ -28,7 +28,7 @@ pub(crate) const MAX_TAIL: usize = 100_000;
 /// What to show.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
-    /// The last N matching entries (default [`DEFAULT_TAIL`]).
+    /// The last N matching entries (default 50).
     pub tail: Option<usize>,
     /// Only operations still waiting for a signature.
     pub pending: bool,

@@ -51,7 +51,7 @@ const MAX_ERROR_BYTES: usize = 512;
 /// What `status.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusDoc {
-    /// [`STATUS_FORMAT`].
+    /// The document format, 1; a reader refuses another.
     pub format: u32,
     /// The daemon's PID.
     pub pid: u32,
@@ -388,7 +388,7 @@ impl StatusBoard {
         self.write();
     }
 
-    /// Writes the file if the last write is [`HEARTBEAT`] old or more.
+    /// Writes the file if the last write is 30 s old or more.
     pub fn heartbeat(&self) {
         let due = lock(&self.last_write).is_none_or(|t| t.elapsed() >= HEARTBEAT);
         if due {
