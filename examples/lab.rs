@@ -8,12 +8,14 @@
 //! with a desired-state file: drift fixed, an unsigned destroy held, the same destroy
 //! signed with a freshly minted key executed once, its replay refused, and a kill -9
 //! while a guest that ignores its shutdown waits out the timeout, recovered on restart
-//! without re-sending it; the hub as the source of intent; a guest provisioned from a
-//! backup and a signed `restore_overwrite` of it (stopped first); an emergency signer
-//! rotation signed by two recovery keys, after which the old operational key is refused
-//! and the new one's destroy runs; the operator's `op new`; both selftests under exactly
-//! the Proxmox role the agent's calls need, and one privilege less; a root disk grown,
-//! another's shrink refused, and a signed `backup_delete`. Each step prints a
+//! without re-sending it; the hub as the source of intent; the operator's kit
+//! (`status`, `pause`/`resume`, `audit` and the metrics textfile); a guest provisioned
+//! from a backup and a signed `restore_overwrite` of it (stopped first); the operator's
+//! `op new`; both selftests under exactly the Proxmox role the agent's calls need, and
+//! one privilege less; a root disk grown, another's shrink refused, and a signed
+//! `backup_delete`; last, an emergency signer rotation signed by two recovery keys,
+//! after which the old operational key is refused and the new one's destroy runs. Each
+//! step prints a
 //! plain line; any surprise exits non-zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -648,6 +650,85 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         took.as_secs_f64(),
         pve.guest_ids()
     ));
+    // 13. The operator's kit: status, pause/resume, audit and the metrics textfile, on
+    // the daemon running with the hub still down.
+    let mut daemon = match Daemon::start(bin, cfg) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let status_json = |bin: &Path| {
+        let out = run(bin, &["status", "--json", "--config", cfg]);
+        let v = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default();
+        (out.status.code(), v)
+    };
+    if !daemon.wait("status says the hub report failed", || {
+        let (code, v) = status_json(bin);
+        code == Some(1) && v["reasons"].to_string().contains("hub report failed")
+    }) {
+        return fail(daemon.stop_with_log("status did not turn degraded with the hub down"));
+    }
+    say("kit: with the hub down, `status` exits 1 (degraded) naming the failed report");
+    let out = run(
+        bin,
+        &["pause", "--reason", "lab maintenance", "--config", cfg],
+    );
+    if out.status.code() != Some(0) {
+        return fail(daemon.stop_with_log(format!("pause: {}", indent(&out.stderr))));
+    }
+    let (_, v) = status_json(bin);
+    if v["status"]["hold"]["paused"]["reason"] != "lab maintenance" {
+        return fail(daemon.stop_with_log(format!("status does not show the pause: {v}")));
+    }
+    let audited_code = |code: &str| {
+        let out = run(bin, &["audit", "--json", "--code", code, "--config", cfg]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    if !daemon.wait("the daemon audited the pause", || {
+        audited_code("paused") == 1
+    }) {
+        return fail(daemon.stop_with_log("the pause was not audited"));
+    }
+    let out = run(bin, &["resume", "--config", cfg]);
+    if out.status.code() != Some(0)
+        || !daemon.wait("the daemon audited the resume", || {
+            audited_code("resumed") == 1
+        })
+    {
+        return fail(daemon.stop_with_log("the resume was not taken or not audited"));
+    }
+    say(
+        "kit: `pause --reason` showed in `status` at once; the running daemon audited the pause and the `resume` (`audit --code paused|resumed`)",
+    );
+    let metrics = dir.join("state").join("metrics.textfile");
+    let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+    if !text.contains("# TYPE felhom_agent_hub_rounds_total counter")
+        || !text.contains("felhom_agent_hub_rounds_total{result=\"failed\"}")
+    {
+        return fail(daemon.stop_with_log(format!("metrics.textfile: {text}")));
+    }
+    let status_file =
+        std::fs::read_to_string(dir.join("state").join("status.json")).unwrap_or_default();
+    for (what, t) in [("metrics.textfile", &text), ("status.json", &status_file)] {
+        if t.contains(DEFAULT_TOKEN_SECRET) || t.contains(&hub_key) {
+            return fail(daemon.stop_with_log(format!("a secret appeared in {what}")));
+        }
+    }
+    say(format!(
+        "kit: state/metrics.textfile has {} lines (failed hub rounds counted); no secret in it or in status.json",
+        text.lines().count()
+    ));
+    match daemon.stop() {
+        Ok(log) => logs.push_str(&log),
+        Err(e) => return fail(e),
+    }
+    let (code, _) = status_json(bin);
+    if code != Some(3) {
+        return fail(format!("status after the stop exited {code:?}, not 3"));
+    }
+    say("kit: after SIGTERM `status` exits 3 (not running)");
     // 13–14. Provisioning from a backup, then a signed restore_overwrite.
     if let Err(e) = guests_from_birth(bin, dir, &pve, &config, &cfg_path, &mut logs) {
         return fail(e);

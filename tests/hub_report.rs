@@ -399,6 +399,20 @@ fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
         .with_op_results(Arc::new(FixedResults(Ok(vec![op_result()]))))
         .with_health(Arc::new(golden_health()))
         .with_signer_policy(Arc::new(GoldenPolicy))
+        .with_pause(Arc::new(GoldenPause))
+}
+
+/// The golden pause: an operator paused the host for a disk swap.
+struct GoldenPause;
+
+impl felhom_agent::hub::PauseSource for GoldenPause {
+    fn paused(&self) -> Option<felhom_agent::hub::PauseReport> {
+        Some(felhom_agent::hub::PauseReport {
+            reason: "disk swap in rack 3".into(),
+            since: Some(ts("2026-11-22T09:00:00Z")),
+            by_uid: Some(0),
+        })
+    }
 }
 
 /// Collects from the golden node after `edit` changed it.
@@ -470,6 +484,7 @@ fn the_contract_field_names_are_frozen() {
         "cloudflared",
         "health",
         "signer_policy",
+        "paused",
     ]);
     assert_eq!(
         keys(&golden["health"]),
@@ -619,7 +634,10 @@ fn empty_collections_are_arrays_never_null() {
     for field in COLLECTIONS {
         assert_eq!(v[field], Value::Array(Vec::new()), "{field}");
     }
-    let text = serde_json::to_string(&report).unwrap();
+    assert_eq!(v["paused"], Value::Null, "not paused: null, never absent");
+    let mut v = v;
+    v.as_object_mut().unwrap().remove("paused");
+    let text = serde_json::to_string(&v).unwrap();
     assert!(!text.contains("null"), "{text}");
 }
 
@@ -907,4 +925,45 @@ fn signed_op_results_are_reported_bounded_to_the_newest_and_empty_when_unreadabl
     let v = serde_json::to_value(&report).unwrap();
     assert_eq!(v["signed_op_results"], Value::Array(Vec::new()));
     assert_eq!(report.audit_tail.len(), 1, "the rest is still reported");
+}
+
+/// The operator's pause reaches the report from the marker in the state directory,
+/// fail-safe when the marker is unreadable, and both shapes validate against the
+/// published schema (the one the hub simulator checks every report with).
+#[test]
+fn the_operator_pause_is_reported_and_validates() {
+    use felhom_agent::app::PauseWatch;
+    let dir = std::env::temp_dir().join(format!("felhom-report-pause-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = |dir: &std::path::Path| {
+        let r = golden_collector()
+            .with_pause(Arc::new(PauseWatch::new(dir)))
+            .collect()
+            .unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        let problems = felhom_sim::schema::validate(felhom_sim::schema::HOST_REPORT, &v);
+        assert!(problems.is_empty(), "{problems:#?}");
+        r
+    };
+    assert_eq!(report(&dir).paused, None, "no marker: not paused");
+    std::fs::write(
+        dir.join("pause.json"),
+        r#"{"paused":true,"reason":"disk swap","by_uid":0,"at":"2026-11-22T09:00:00Z","audited":false}"#,
+    )
+    .unwrap();
+    let paused = report(&dir).paused.expect("paused");
+    assert_eq!(paused.reason, "disk swap");
+    assert_eq!(paused.by_uid, Some(0));
+    assert_eq!(paused.since, Some(ts("2026-11-22T09:00:00Z")));
+    std::fs::write(dir.join("pause.json"), b"{not json").unwrap();
+    let unreadable = report(&dir).paused.expect("an unreadable marker holds");
+    assert_eq!((unreadable.since, unreadable.by_uid), (None, None));
+    std::fs::write(
+        dir.join("pause.json"),
+        r#"{"paused":false,"reason":null,"by_uid":0,"at":"2026-11-22T09:30:00Z","audited":true}"#,
+    )
+    .unwrap();
+    assert_eq!(report(&dir).paused, None, "resumed: not paused");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -155,7 +155,8 @@ impl Lab {
     }
 
     /// Every file under the state directory, by path relative to it: its length,
-    /// SHA-256, inode and mtime.
+    /// SHA-256, inode and mtime; except the running daemon's reports (`status.json`,
+    /// `metrics.textfile`), which it rewrites on its own schedule.
     fn snapshot(&self) -> BTreeMap<String, String> {
         use sha2::{Digest as _, Sha256};
         let mut out = BTreeMap::new();
@@ -163,6 +164,13 @@ impl Lab {
         while let Some(d) = dirs.pop() {
             for e in fs::read_dir(&d).unwrap() {
                 let p = e.unwrap().path();
+                // The running daemon's own reports, replaced whenever it likes (after a
+                // round, a pass, a heartbeat): not the commands' doing, and a temp file
+                // may vanish between listing and reading.
+                let file = p.file_name().unwrap().to_string_lossy().into_owned();
+                if file.starts_with("status.json") || file.starts_with("metrics.textfile") {
+                    continue;
+                }
                 let m = fs::symlink_metadata(&p).unwrap();
                 if m.is_dir() {
                     dirs.push(p.clone());

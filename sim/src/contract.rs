@@ -17,7 +17,7 @@ pub const OPTIONAL_FIELDS: &[&str] = &["guests[].spec", "guests[].digest", "sign
 
 /// Fields the contract allows to be `null` (what Proxmox may not say, or what does not
 /// apply: an inactive storage's sizes, a never-verified PBS snapshot, a host-wide audit
-/// entry's guest, the delivery of a decision the hub did not deliver). Every other
+/// entry's guest, a host no operator paused (or an unreadable pause marker's author), the delivery of a decision the hub did not deliver). Every other
 /// field must be present with the contract's type; a nullable object, when present,
 /// must have the contract's shape.
 pub const NULLABLE_FIELDS: &[&str] = &[
@@ -52,6 +52,9 @@ pub const NULLABLE_FIELDS: &[&str] = &[
     "health.disks[].smart_ok",
     "health.disks[].temperature_c",
     "health.disks[].reallocated_sectors",
+    "paused",
+    "paused.since",
+    "paused.by_uid",
 ];
 
 /// Collections whose elements have the shape of another collection's: the contract's

@@ -35,22 +35,26 @@ use crate::app::bridge::AuditFeed;
 use crate::app::compaction::{
     JOURNAL_COMPACT_EVERY, NONCE_COMPACT_EVERY, compact_journal_every, compact_nonces,
 };
+use crate::app::metrics::Metrics;
+use crate::app::notify::Notifier;
+use crate::app::pause::{PauseWatch, PausedPacing};
 use crate::app::reconciler::{
     Reconciler, StartupError, journal_compact_threshold, prepare_state_dir,
 };
 use crate::app::results::{AckingRound, ResultsFeed};
 use crate::app::signals::{HupHooks, SignalWatcher};
 use crate::app::signed_ops::{self, SignedOpsRunner};
+use crate::app::status::{StatusBoard, StatusRound};
 use crate::app::wiring::{self, LiveSetupError};
 use crate::authz::NonceStoreError;
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::Config;
-use crate::hub::collect::{AuditTail, OpResultsSource};
+use crate::hub::collect::{AuditTail, OpResultsSource, PauseSource};
 use crate::hub::ops_feed::{Announcement, SignedOpsClient};
 use crate::hub::poller::Poller;
 use crate::proxmox::WaitOptions;
-use crate::reconcile::engine::{EngineError, Pacing};
+use crate::reconcile::engine::{EngineError, Pacing, PassObserver};
 use crate::reconcile::executor::ProxmoxExecutor;
 use crate::reconcile::jobs::DestructiveExecutor;
 use crate::reconcile::journal::JournalError;
@@ -278,7 +282,7 @@ pub(crate) fn run(cfg: &Config, config_path: &Path) -> Result<(), DaemonError> {
     let hooks = HupHooks::default();
     let signals = SignalWatcher::install(shutdown.clone(), config_path.to_owned(), hooks.clone())
         .map_err(DaemonError::Signals)?;
-    let result = serve_locked(cfg, &shutdown, &lock, &hooks);
+    let result = serve_locked(cfg, config_path, &shutdown, &lock, &hooks);
     shutdown.trigger();
     signals.close();
     lock.hold_until_exit();
@@ -298,12 +302,13 @@ fn report_failure(slot: &Failure, e: DaemonError) {
 /// released when this returns.
 pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     let lock = StateLock::acquire(&cfg.state_dir).map_err(DaemonError::StateLock)?;
-    serve_locked(cfg, shutdown, &lock, &HupHooks::default())
+    serve_locked(cfg, Path::new("(given by the caller)"), shutdown, &lock, &HupHooks::default())
 }
 
 /// [`serve`] once the state directory is locked: `_lock` is the proof.
 fn serve_locked(
     cfg: &Config,
+    config_path: &Path,
     shutdown: &Shutdown,
     _lock: &StateLock,
     hooks: &HupHooks,
@@ -325,17 +330,28 @@ fn serve_locked(
     let audit = Arc::new(AuditFeed::default());
     let results = Arc::new(ResultsFeed::default());
     let signer_feed = Arc::new(super::executors::SignerFeed::default());
+    let pause = Arc::new(PauseWatch::new(&cfg.state_dir));
+    let signers = cfg.authz.as_ref().map_or(0, |a| a.signers.len());
+    let board = Arc::new(StatusBoard::new(
+        &cfg.state_dir,
+        &cfg.host_id,
+        config_path,
+        signers,
+        Arc::clone(&pause),
+    ));
     let round = wiring::hub_round_with(
         cfg,
         proxmox.clone(),
         Arc::clone(&audit) as Arc<dyn AuditTail>,
         Arc::clone(&results) as Arc<dyn OpResultsSource>,
         Arc::clone(&signer_feed) as Arc<dyn crate::hub::SignerPolicySource>,
+        Arc::clone(&pause) as Arc<dyn PauseSource>,
     )
     .map_err(DaemonError::Setup)?;
     let announcement = Announcement::new();
     let poll_seconds = cfg.hub.as_ref().map_or(300, |h| h.poll_seconds);
     let round = AckingRound::new(round, Arc::clone(&results));
+    let round = StatusRound::new(round, Arc::clone(&board));
     let mut poller = Poller::new(round, shutdown.clone(), poll_seconds)
         .with_second(schedule_second())
         .announcing(announcement.clone());
@@ -349,6 +365,7 @@ fn serve_locked(
     let mut workers = Workers::new();
     let mut names = vec!["hub-poller", "reconcile"];
     let envelope = poller.envelope();
+    board.with_envelope(envelope.clone());
     workers.spawn("hub-poller", move || poller.run())?;
     let events = wiring::event_stream(
         cfg,
@@ -367,7 +384,8 @@ fn serve_locked(
         "opening reconcile state and recovering ops left in flight",
         state_dir = cfg.state_dir.display()
     );
-    let hold: Arc<dyn Pacing> = Arc::new(envelope);
+    // The operator's pause holds exactly as the hub's `blocked` does.
+    let hold: Arc<dyn Pacing> = Arc::new(PausedPacing::new(Arc::new(envelope), Arc::clone(&pause)));
     let reconciler = match Reconciler::open(cfg, proxmox.clone(), shutdown, Some(Arc::clone(&hold)))
     {
         Ok(r) => r,
@@ -405,6 +423,29 @@ fn serve_locked(
         );
     }
 
+    board.bind(
+        Arc::clone(&reconciler.journal),
+        Arc::clone(&reconciler.audit),
+        reconciler.nonces.clone(),
+    );
+    reconciler
+        .engine
+        .observe_passes(Arc::clone(&board) as Arc<dyn PassObserver>);
+    let metrics = Arc::new(Metrics::new(&cfg.state_dir));
+    let m = Arc::clone(&metrics);
+    reconciler
+        .journal
+        .watch_records(Arc::new(move |r| m.record_journal(r)));
+    let m = Arc::clone(&metrics);
+    reconciler
+        .audit
+        .watch_records(Arc::new(move |r| m.record_decision(r)));
+    board.with_listener(metrics);
+    board.write();
+    let notifier = Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        board.with_notifier(Arc::clone(n));
+    }
     let engine = Arc::clone(&reconciler.engine);
     let slot = Arc::clone(&failure);
     workers.spawn("reconcile", move || {
@@ -480,6 +521,15 @@ fn serve_locked(
         "felhom-agent running",
         workers = names.join(",")
     );
+    // Recover is done and every worker runs: systemd may consider the start finished.
+    if let Some(n) = &notifier {
+        n.ready(&board.summary());
+        crate::info!(
+            notify_ready,
+            "told systemd the daemon is ready",
+            watchdog_ms = n.watchdog_every().map_or(0, |d| d.as_millis())
+        );
+    }
 
     // An audit log, or a nonce store that worked at start, that stops working was
     // poisoned by a failed write or fsync: exit so the restart replays it from disk (one that could not be
@@ -490,7 +540,14 @@ fn serve_locked(
         .filter(|store| store.unavailable().is_none());
     let audit_log = Arc::clone(&reconciler.audit);
     let audit_path = cfg.state_dir.join("audit.log");
+    let watchdog = notifier.clone();
     let health = move || {
+        // The pause marker is audited (and logged) here, once per change.
+        pause.observe(&audit_log);
+        board.heartbeat();
+        if let Some(n) = &watchdog {
+            n.watchdog_tick();
+        }
         if audit_log.is_poisoned() {
             return Some(DaemonError::AuditPoisoned {
                 path: audit_path.clone(),
@@ -501,6 +558,9 @@ fn serve_locked(
     };
     let outcome = watch(&workers, shutdown, &failure, &health);
     crate::info!(daemon_stopping, "felhom-agent stopping");
+    if let Some(n) = &notifier {
+        n.stopping();
+    }
     let deadline = Instant::now() + STOP_GRACE;
     let stuck = workers.join_until(deadline);
     if !stuck.is_empty() {
@@ -536,6 +596,11 @@ fn watch(
         }
         if let Some(name) = workers.first_finished() {
             let reported = lock(failure).take();
+            // A worker that ended because a stop was asked for meanwhile (the checks
+            // above take a moment) has not died.
+            if reported.is_none() && shutdown.is_triggered() {
+                return Ok(());
+            }
             let e = reported.unwrap_or_else(|| DaemonError::WorkerDied {
                 name: name.to_owned(),
             });
@@ -674,6 +739,23 @@ mod tests {
                 .is_empty()
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_worker_that_ends_because_of_a_stop_is_not_a_death() {
+        let shutdown = Shutdown::new();
+        let mut w = Workers::new();
+        w.spawn("hub-poller", || {}).unwrap();
+        while w.first_finished().is_none() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        // The stop arrives while the watch is busy with its checks.
+        let s = shutdown.clone();
+        let health = move || {
+            s.trigger();
+            None
+        };
+        assert!(watch(&w, &shutdown, &Arc::new(Mutex::new(None)), &health).is_ok());
     }
 
     #[test]

@@ -335,7 +335,12 @@ impl SignedOpsRunner {
         let class = intent.as_ref().map_or(UNREADABLE_OP, |i| i.class.as_str());
         let guest_id = intent.as_ref().and_then(|i| i.guest_id.clone());
         let guest = guest_id.as_deref().unwrap_or("-");
-        handled(op, class, guest, &OpOutcome::Held, HELD_REASON);
+        let reason = self
+            .hold
+            .as_ref()
+            .and_then(|h| h.hold_reason())
+            .unwrap_or_else(|| HELD_REASON.to_owned());
+        handled(op, class, guest, &OpOutcome::Held, &reason);
         let key = (
             op.id.clone(),
             delivery.blob_sha256.clone().unwrap_or_default(),
@@ -356,7 +361,7 @@ impl SignedOpsRunner {
             guest_id,
             delivery,
         };
-        self.audit_delivered(delivered, OpOutcome::Held.code(), HELD_REASON.to_string());
+        self.audit_delivered(delivered, OpOutcome::Held.code(), reason);
     }
 
     /// Logs the outcome and audits what the gate did not already audit.

@@ -21,8 +21,8 @@ use crate::base::time::SystemClock;
 use crate::config::{Config, ProxmoxConfig};
 use crate::hub::client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 use crate::hub::collect::{
-    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoOpResults, OpResultsSource,
-    ReadError,
+    AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoOpResults, NoPause,
+    OpResultsSource, PauseSource, ReadError,
 };
 use crate::hub::events::{EventStream, EventsClient};
 use crate::hub::ops_feed::Announcement;
@@ -211,6 +211,7 @@ pub fn hub_round(cfg: &Config, audit: Arc<dyn AuditTail>) -> Result<LiveRound, L
         audit,
         Arc::new(NoOpResults),
         Arc::new(crate::hub::NoSignerPolicy),
+        Arc::new(NoPause),
     )
 }
 
@@ -223,6 +224,7 @@ pub(crate) fn hub_round_with(
     audit: Arc<dyn AuditTail>,
     results: Arc<dyn OpResultsSource>,
     signers: Arc<dyn crate::hub::SignerPolicySource>,
+    pause: Arc<dyn PauseSource>,
 ) -> Result<LiveRound, LiveSetupError> {
     let hub = cfg
         .hub
@@ -240,7 +242,8 @@ pub(crate) fn hub_round_with(
     )
     .with_op_results(results)
     .with_health(Arc::new(super::health::HostHealth::new()))
-    .with_signer_policy(signers);
+    .with_signer_policy(signers)
+    .with_pause(pause);
     Ok(HubRound::new(collector, client))
 }
 

@@ -62,11 +62,30 @@ impl fmt::Display for Level {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+/// Whether stderr lines start with a syslog priority (`<3>`…`<7>`) for journald.
+static PRIORITY_PREFIX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static TAPS: Mutex<Vec<Arc<Mutex<Vec<u8>>>>> = Mutex::new(Vec::new());
 
 /// Sets the most verbose level that is written.
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Starts (or stops) every stderr line with its syslog priority, `<3>` error, `<4>`
+/// warn, `<6>` info, `<7>` debug, which journald strips and keeps as the priority (so
+/// `journalctl -p warning` works). For when stderr is the journal; taps never get it.
+pub fn set_priority_prefix(on: bool) {
+    PRIORITY_PREFIX.store(on, Ordering::Relaxed);
+}
+
+/// The syslog priority journald reads from a line's `<N>` prefix.
+pub fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug => 7,
+    }
 }
 
 /// Whether a line at `level` would be written.
@@ -181,7 +200,12 @@ pub fn emit(level: Level, event: &'static str, msg: &str, fields: &[(&str, &dyn 
     }
     let line = format_line(SystemClock.now(), level, event, msg, fields);
     // A failed write to stderr has nowhere to be reported; the line is dropped.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    if PRIORITY_PREFIX.load(Ordering::Relaxed) {
+        let prefixed = format!("<{}>{line}", syslog_priority(level));
+        let _ = std::io::stderr().lock().write_all(prefixed.as_bytes());
+    } else {
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
     if let Ok(taps) = TAPS.lock() {
         for t in taps.iter() {
             if let Ok(mut b) = t.lock() {

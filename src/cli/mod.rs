@@ -120,6 +120,28 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             };
             resume_rate_limit(&cfg.state_dir, out, err)
         }
+        Command::Pause { reason, config } => match load_config(&config, Mode::Resume, err) {
+            Ok(cfg) => crate::app::pause::pause(&cfg, &reason, out, err),
+            Err(code) => code,
+        },
+        Command::Resume { config } => match load_config(&config, Mode::Resume, err) {
+            Ok(cfg) => crate::app::pause::resume(&cfg, out, err),
+            Err(code) => code,
+        },
+        Command::Audit { query, config } => match load_config(&config, Mode::Resume, err) {
+            Ok(cfg) => crate::app::audit_cmd::audit(&cfg.state_dir, &query, out, err),
+            Err(code) => code,
+        },
+        Command::Status { format, config } => match load_config(&config, Mode::Resume, err) {
+            Ok(cfg) => crate::app::status_cmd::status(
+                &cfg,
+                &config,
+                format == crate::app::command::Format::Json,
+                out,
+                err,
+            ),
+            Err(code) => code,
+        },
         Command::OpNew { request, config } => {
             crate::app::op_new::op_new(&request, &config, out, err)
         }
@@ -135,6 +157,8 @@ pub fn run(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 
 /// The binary's entry point: runs `args` against the process's stdout and stderr.
 pub fn main(args: Vec<OsString>) -> ExitCode {
+    // Under systemd with stderr on the journal, each line carries its priority.
+    crate::base::log::set_priority_prefix(crate::app::notify::stderr_is_journal());
     // Unlocked handles: holding the stderr lock for the whole run would block every
     // other thread's log line while the daemon runs.
     let code = run(&args, &mut std::io::stdout(), &mut std::io::stderr());

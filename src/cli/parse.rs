@@ -62,6 +62,33 @@ pub enum Command {
         /// Config file.
         config: PathBuf,
     },
+    /// `pause --reason TEXT`: hold every mutation until `resume`.
+    Pause {
+        /// Why, for the audit, the report and `status`.
+        reason: String,
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `resume`: lift an operator's pause.
+    Resume {
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `status [--json]`: what the daemon is doing, read-only.
+    Status {
+        /// Text or JSON.
+        format: Format,
+        /// Config file.
+        config: PathBuf,
+    },
+    /// `audit [--tail N] [--pending] [--guest N] [--code C] [--json]`: the gate's
+    /// decisions, read-only.
+    Audit {
+        /// What to show.
+        query: crate::app::AuditQuery,
+        /// Config file.
+        config: PathBuf,
+    },
     /// `op new OP …`: print an op blob to sign.
     OpNew {
         /// What to print.
@@ -353,9 +380,48 @@ fn build(w: Words) -> Result<Command, UsageError> {
             })
         }
         "resume" if w.switch("--rate-limit") => Ok(Command::ResumeRateLimit { config }),
-        "resume" => Err(usage(
-            "`resume` needs --rate-limit (the only hold it lifts: the blast-radius limit's)",
-        )),
+        "resume" => Ok(Command::Resume { config }),
+        "pause" => {
+            let reason = w
+                .one("--reason")
+                .ok_or_else(|| usage("`pause` needs --reason TEXT (say why)"))?;
+            crate::app::pause::check_reason(reason).map_err(usage)?;
+            Ok(Command::Pause {
+                reason: reason.to_owned(),
+                config,
+            })
+        }
+        "status" => Ok(Command::Status {
+            format: w.format(),
+            config,
+        }),
+        "audit" => {
+            let tail = w
+                .one("--tail")
+                .map(|v| {
+                    v.parse::<usize>()
+                        .map_err(|_| usage(format!("--tail must be a whole number, got {v:?}")))
+                })
+                .transpose()?;
+            let guest = w
+                .one("--guest")
+                .map(|v| vmid_arg("--guest", v))
+                .transpose()?;
+            let code = w.one("--code").map(str::to_owned);
+            if let Some(c) = &code {
+                crate::app::audit_cmd::check_code(c).map_err(usage)?;
+            }
+            Ok(Command::Audit {
+                query: crate::app::AuditQuery {
+                    tail,
+                    pending: w.switch("--pending"),
+                    guest,
+                    code,
+                    json: w.format() == Format::Json,
+                },
+                config,
+            })
+        }
         "op new" => {
             let op = w
                 .positionals

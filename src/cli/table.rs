@@ -148,11 +148,80 @@ verify.",
         ],
     },
     CommandSpec {
+        name: "status",
+        positionals: &[],
+        synopsis: "status [--json] [--config PATH]",
+        summary: "what the daemon is doing; exit 0 healthy, 1 degraded, 3 not running",
+        help: "Reads the status file the daemon replaces after each report and each pass \
+(state_dir/status.json): up since, version, the last report and pass, ops in flight, \
+pending signatures, held, rate-limited or paused state, damage and the command that \
+clears it, the signer policy, the last restore tests. Read-only; safe while the daemon \
+runs. Exit 0 healthy, 1 degraded (the reasons are printed), 3 not running.",
+        flags: &[JSON, CONFIG],
+    },
+    CommandSpec {
+        name: "audit",
+        positionals: &[],
+        synopsis: "audit [--tail N] [--pending] [--guest N] [--code C] [--json] [--config PATH]",
+        summary: "the gate's decisions from audit.log, read-only",
+        help: "Prints the gate's decisions from audit.log (and its rotated audit.log.1) as a \
+table, or as JSON: when, the op, the guest, the decision code, the signer, the reason. \
+Read-only; safe while the daemon runs.",
+        flags: &[
+            Flag {
+                name: "--tail",
+                value: Some("N"),
+                repeats: false,
+                help: "only the last N matching entries (default 50)",
+            },
+            Flag {
+                name: "--pending",
+                value: None,
+                repeats: false,
+                help: "only ops still waiting for a signature",
+            },
+            Flag {
+                name: "--guest",
+                value: Some("N"),
+                repeats: false,
+                help: "only this guest",
+            },
+            Flag {
+                name: "--code",
+                value: Some("C"),
+                repeats: false,
+                help: "only this decision code (allowed, pending_signature, guest_changed …)",
+            },
+            JSON,
+            CONFIG,
+        ],
+    },
+    CommandSpec {
+        name: "pause",
+        positionals: &[],
+        synopsis: "pause --reason TEXT [--config PATH]",
+        summary: "hold every mutation (reconcile and signed ops) until `resume`",
+        help: "A local operator veto: writes a durable marker in the state directory that \
+holds every mutation, reconcile's and signed ops' (a held signed op burns no nonce), until \
+`resume`. Reports go on and carry the reason, as `status` does. Audited with the uid and \
+time. Safe while the daemon runs: it reads the marker before every pass and signed op.",
+        flags: &[
+            Flag {
+                name: "--reason",
+                value: Some("TEXT"),
+                repeats: false,
+                help: "why (required; at most 200 bytes, no control characters)",
+            },
+            CONFIG,
+        ],
+    },
+    CommandSpec {
         name: "resume",
         positionals: &[],
-        synopsis: "resume --rate-limit [--config PATH]",
-        summary: "let the actions the blast-radius limit holds (rate_limited) through once",
-        help: "Lets the stops and reductions the blast-radius limit holds (rate_limited) \
+        synopsis: "resume [--rate-limit] [--config PATH]",
+        summary: "lift the operator's pause, or (--rate-limit) the blast-radius hold once",
+        help: "Without --rate-limit: lifts the operator's pause (`pause`); audited. With \
+--rate-limit: lets the stops and reductions the blast-radius limit holds (rate_limited) \
 through once, at the daemon's next pass. Writes only a marker in the state directory; safe \
 while the daemon runs.",
         flags: &[
@@ -160,7 +229,7 @@ while the daemon runs.",
                 name: "--rate-limit",
                 value: None,
                 repeats: false,
-                help: "lift the blast-radius limit's hold (required)",
+                help: "lift the blast-radius limit's hold instead of the pause",
             },
             CONFIG,
         ],

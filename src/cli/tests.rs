@@ -121,6 +121,47 @@ fn verify_plan_journal() {
         Command::ResumeRateLimit { config: cfg("/c") }
     );
     assert_eq!(
+        p(&["pause", "--reason", "disk swap"]).unwrap(),
+        Command::Pause {
+            reason: "disk swap".into(),
+            config: cfg(crate::config::DEFAULT_CONFIG_PATH)
+        }
+    );
+    assert_eq!(
+        p(&["resume", "--config", "/c"]).unwrap(),
+        Command::Resume { config: cfg("/c") }
+    );
+    assert_eq!(
+        p(&[
+            "audit",
+            "--pending",
+            "--guest",
+            "105",
+            "--code",
+            "held",
+            "--tail",
+            "5"
+        ])
+        .unwrap(),
+        Command::Audit {
+            query: crate::app::AuditQuery {
+                tail: Some(5),
+                pending: true,
+                guest: Some(105),
+                code: Some("held".into()),
+                json: false,
+            },
+            config: cfg(crate::config::DEFAULT_CONFIG_PATH)
+        }
+    );
+    assert_eq!(
+        p(&["status", "--json"]).unwrap(),
+        Command::Status {
+            format: Format::Json,
+            config: cfg(crate::config::DEFAULT_CONFIG_PATH)
+        }
+    );
+    assert_eq!(
         p(&["journal", "--in-flight", "--tail", "20"]).unwrap(),
         Command::Journal {
             in_flight: true,
@@ -147,7 +188,15 @@ fn usage_errors_say_what_is_wrong() {
             &["journal", "--in-flight=yes"],
             "--in-flight takes no value",
         ),
-        (&["resume"], "`resume` needs --rate-limit"),
+        (&["pause"], "`pause` needs --reason"),
+        (&["pause", "--reason", "a\nb"], "control character"),
+        (&["status", "--json=1"], "--json takes no value"),
+        (&["audit", "--guest", "7"], "--guest must be a guest id"),
+        (&["audit", "--code", "Bad Code"], "--code must be"),
+        (
+            &["audit", "--reason", "x"],
+            "`audit` does not take --reason",
+        ),
         (&["resume", "--rate-limit=1"], "--rate-limit takes no value"),
         (&["resume", "--tail", "1"], "`resume` does not take --tail"),
         (
@@ -176,7 +225,8 @@ fn version_and_help_print_to_out_and_exit_0() {
     assert_eq!(run(&[OsString::from("help")], &mut out, &mut err), EXIT_OK);
     let help = String::from_utf8(out).unwrap();
     for cmd in [
-        "run", "selftest", "verify", "plan", "journal", "resume", "version", "help",
+        "run", "selftest", "verify", "plan", "journal", "status", "audit", "pause", "resume",
+        "version", "help",
     ] {
         assert!(
             help.contains(&format!("felhom-agent {cmd}")) || help.contains(&format!("[{cmd}]")),

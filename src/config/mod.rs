@@ -81,7 +81,7 @@ pub enum Mode {
     Plan,
     /// `journal`: the state directory only.
     Journal,
-    /// `resume --rate-limit`: the state directory only.
+    /// `resume [--rate-limit]`, `pause`, `status`: the state directory only.
     Resume,
     /// `op new` with `--digest` or for a host-wide op: host_id; authz if present.
     OpNew,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
-    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot,
+    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PauseReport, PbsSnapshot,
     SIGNED_OP_RESULTS_MAX, SignedOpResult, SignerPolicyReport, StorageTarget,
 };
 use super::report::{DiskReport, Health, PROBE_OK, SensorReport};
@@ -131,6 +131,22 @@ impl SignerPolicySource for NoSignerPolicy {
     }
 }
 
+/// The source of the report's `paused`: the operator's local pause, if set.
+pub trait PauseSource: Send + Sync {
+    /// The pause in force now, if any.
+    fn paused(&self) -> Option<PauseReport>;
+}
+
+/// A pause source that is never paused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPause;
+
+impl PauseSource for NoPause {
+    fn paused(&self) -> Option<PauseReport> {
+        None
+    }
+}
+
 impl SignerPolicySource for crate::authz::SignerSet {
     fn signer_policy(&self) -> Option<SignerPolicyReport> {
         let p = self.policy();
@@ -188,6 +204,7 @@ pub struct Collector<R, P> {
     results: Arc<dyn OpResultsSource>,
     health: Option<Arc<dyn HealthProbe>>,
     signers: Arc<dyn SignerPolicySource>,
+    pause: Arc<dyn PauseSource>,
     clock: Arc<dyn Clock>,
     host_id: String,
     agent_version: String,
@@ -219,6 +236,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             results: Arc::new(NoOpResults),
             health: None,
             signers: Arc::new(NoSignerPolicy),
+            pause: Arc::new(NoPause),
             clock,
             host_id: host_id.into(),
             agent_version: agent_version.into(),
@@ -240,6 +258,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
     /// Reads the report's `signer_policy` from `signers` (none without it).
     pub fn with_signer_policy(mut self, signers: Arc<dyn SignerPolicySource>) -> Self {
         self.signers = signers;
+        self
+    }
+
+    /// Reads the report's `paused` from `pause` (never paused without it).
+    pub fn with_pause(mut self, pause: Arc<dyn PauseSource>) -> Self {
+        self.pause = pause;
         self
     }
 
@@ -321,6 +345,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             signed_op_results,
             health: self.health(),
             signer_policy: self.signers.signer_policy(),
+            paused: self.pause.paused(),
         })
     }
 

@@ -57,6 +57,10 @@ pub struct HostReport {
     /// configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer_policy: Option<SignerPolicyReport>,
+    /// The operator's local pause (`felhom-agent pause`), `null` when not paused. While
+    /// it is set the agent holds every mutation, reconcile's and signed ops', and keeps
+    /// reporting.
+    pub paused: Option<PauseReport>,
 }
 
 /// `ok` when a health probe answered, `unknown` when it failed (its list is then
@@ -125,6 +129,18 @@ pub struct SignerPolicyReport {
     pub version: u64,
     /// The signers' `SHA256:` fingerprints, in policy order.
     pub fingerprints: Vec<String>,
+}
+
+/// An operator's pause as the report carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PauseReport {
+    /// The operator's reason, as given to `pause --reason` (at most 200 bytes).
+    pub reason: String,
+    /// When the pause was set; `null` when the marker cannot be read (held fail-safe).
+    #[serde(with = "crate::base::time::opt_rfc3339")]
+    pub since: Option<Timestamp>,
+    /// The uid that set it; `null` when the marker cannot be read.
+    pub by_uid: Option<u32>,
 }
 
 /// Host metrics.

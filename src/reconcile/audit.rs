@@ -366,7 +366,12 @@ pub struct AuditLog {
     store: Store,
     max_bytes: u64,
     kept: Mutex<Kept>,
+    /// Told every record once it is durable (metrics).
+    watcher: std::sync::OnceLock<AuditWatcher>,
 }
+
+/// A hook told every decision the audit log made durable; must be quick.
+pub type AuditWatcher = Arc<dyn Fn(&AuditRecord) + Send + Sync>;
 
 impl fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -425,6 +430,7 @@ impl AuditLog {
             store,
             max_bytes,
             kept: Mutex::new(kept),
+            watcher: std::sync::OnceLock::new(),
         };
         if log.store.file_len() > max_bytes {
             let mut kept = lock(&log.kept);
@@ -473,10 +479,18 @@ impl AuditLog {
             }
         }
         self.store.append(&entry).map_err(AuditError::Store)?;
+        if let Some(w) = self.watcher.get() {
+            w(&entry);
+        }
         if let Some(gone) = kept.apply(entry) {
             warn_dropped(&gone);
         }
         Ok(())
+    }
+
+    /// Tells `watcher` every record appended from now on; `false` when one is set.
+    pub fn watch_records(&self, watcher: AuditWatcher) -> bool {
+        self.watcher.set(watcher).is_ok()
     }
 
     /// Rotates now, whatever the file's size (see the module doc).

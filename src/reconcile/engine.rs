@@ -31,7 +31,7 @@ use super::plan::{Action, ActualGuest, ActualState, Plan, plan};
 use super::queue::{Queue, SubmitError};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
-use crate::proxmox::{self, Client, WaitOptions};
+use crate::proxmox::{self, Client, RunState, WaitOptions};
 
 /// How long one pass waits for a task it sent (start and config tasks take seconds; a
 /// lock wait can take minutes) before leaving it in flight for the next pass. A stop
@@ -160,6 +160,9 @@ pub struct PassReport {
     /// `guest_destroy` and is never executed by reconcile; the code is the gate's word
     /// (`pending_signature` unless the journal shows the guest is the agent's own).
     pub destroy_deltas: Vec<(u32, String)>,
+    /// How many guests Proxmox listed in each run state this pass (`running`,
+    /// `stopped`, `other`).
+    pub guest_states: BTreeMap<&'static str, usize>,
 }
 
 impl PassReport {
@@ -209,6 +212,18 @@ pub trait Pacing: Send + Sync {
     fn generation(&self) -> u64;
     /// Whether every mutation is held (passes still read and plan).
     fn held(&self) -> bool;
+    /// Why mutations are held, in a sentence, when the source has more to say than the
+    /// hub's `blocked`.
+    fn hold_reason(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Told how every pass of [`Engine::run`] ended (for the daemon's status file and
+/// metrics); called on the engine's thread after the pass, so it must be quick.
+pub trait PassObserver: Send + Sync {
+    /// One pass ended with `result`.
+    fn pass_done(&self, result: &Result<PassReport, EngineError>);
 }
 
 /// The reconcile engine. Share it behind an `Arc`; passes do not overlap.
@@ -236,6 +251,7 @@ pub struct Engine {
     /// once, not every pass.
     shrinks: Mutex<BTreeMap<u32, u64>>,
     blast: Limiter,
+    observer: std::sync::OnceLock<Arc<dyn PassObserver>>,
 }
 
 /// The monotonic time back-off deadlines are measured on.
@@ -332,8 +348,15 @@ impl Engine {
             skips: Mutex::new(BTreeMap::new()),
             shrinks: Mutex::new(BTreeMap::new()),
             blast: Limiter::new(opts.max_disruptive_per_hour),
+            observer: std::sync::OnceLock::new(),
             opts,
         }
+    }
+
+    /// Tells `observer` how every pass of [`Engine::run`] ends; `false` (and nothing
+    /// changes) when one is already set.
+    pub fn observe_passes(&self, observer: Arc<dyn PassObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// Uses `norm` instead of the default normalizers.
@@ -441,7 +464,12 @@ impl Engine {
                     .and_then(|g| g.config.as_ref()),
             );
             let why = if held {
-                Some("the hub asked to hold mutations".to_owned())
+                Some(
+                    self.pacing
+                        .as_ref()
+                        .and_then(|p| p.hold_reason())
+                        .unwrap_or_else(|| "the hub asked to hold mutations".to_owned()),
+                )
             } else if let Some(op) = in_flight.get(&action.vmid) {
                 Some(format!("op {op} is still in flight"))
             } else {
@@ -549,8 +577,18 @@ impl Engine {
         if let Some(e) = fatal {
             return Err(e.into());
         }
+        let mut guest_states = BTreeMap::new();
+        for g in actual.guests.values() {
+            let word = match g.status {
+                RunState::Running => "running",
+                RunState::Stopped => "stopped",
+                RunState::Other(_) => "other",
+            };
+            *guest_states.entry(word).or_insert(0) += 1;
+        }
         let report = PassReport {
             generation: desired.generation,
+            guest_states,
             plan: planned,
             results,
             unreadable,
@@ -794,7 +832,11 @@ impl Engine {
     pub fn run(&self) -> Result<(), EngineError> {
         let mut generation = self.hub_generation();
         while !self.shutdown.is_triggered() {
-            match self.pass() {
+            let result = self.pass();
+            if let Some(observer) = self.observer.get() {
+                observer.pass_done(&result);
+            }
+            match result {
                 Ok(_) => {}
                 Err(e @ EngineError::Journal { .. }) => {
                     crate::error!(

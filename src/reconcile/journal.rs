@@ -391,7 +391,12 @@ pub struct Journal {
     gate: RwLock<()>,
     seq: AtomicU64,
     damaged: Option<String>,
+    /// Told every op record once it is durable (metrics).
+    watcher: std::sync::OnceLock<RecordWatcher>,
 }
+
+/// A hook told every op record the journal made durable; must be quick.
+pub type RecordWatcher = Arc<dyn Fn(&JournalRecord) + Send + Sync>;
 
 impl fmt::Debug for Journal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -478,6 +483,7 @@ impl Journal {
             gate: RwLock::new(()),
             seq: AtomicU64::new(next),
             damaged,
+            watcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -519,7 +525,16 @@ impl Journal {
     /// Appends `rec`; `Ok` once it is durable. A write or fsync failure poisons the
     /// journal ([`StoreError::Fatal`]): the caller must stop mutating and exit non-zero.
     pub fn append(&self, rec: &JournalRecord) -> Result<(), JournalError> {
-        self.append_line(Line::Op(rec.clone()))
+        self.append_line(Line::Op(rec.clone()))?;
+        if let Some(w) = self.watcher.get() {
+            w(rec);
+        }
+        Ok(())
+    }
+
+    /// Tells `watcher` every op record appended from now on; `false` when one is set.
+    pub fn watch_records(&self, watcher: RecordWatcher) -> bool {
+        self.watcher.set(watcher).is_ok()
     }
 
     fn append_line(&self, line: Line) -> Result<(), JournalError> {

@@ -30,20 +30,22 @@ pub(crate) mod source;
 
 pub use action::{Outcome, shutdown_params};
 pub use audit::{
-    AUDIT_STRING_MAX, AuditDelivery, AuditError, AuditField, AuditLog, AuditRecord,
+    AUDIT_STRING_MAX, AuditDelivery, AuditError, AuditField, AuditLog, AuditRecord, AuditWatcher,
     DEFAULT_MAX_BYTES, MIN_MAX_BYTES, PENDING_SIGNATURE, cap,
 };
 pub use blast::{RESUME_MARKER, is_disruptive, request_resume, resume_marker_path};
 pub use classify::{Intent, OpClass, Provenance, SIGNED_CATALOGUE};
 pub use desired::{DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider};
 pub use desired_cache::{DesiredCache, DesiredOfferError, Offered};
-pub use engine::{Engine, EngineError, EngineOptions, PASS_TASK_WAIT, Pacing, PassReport};
+pub use engine::{
+    Engine, EngineError, EngineOptions, PASS_TASK_WAIT, Pacing, PassObserver, PassReport,
+};
 pub use executor::ProxmoxExecutor;
 pub use gate::{
     AllowReason, Decision, Gate, GuestNow, HealthProbe, History, Refusal, SignedOp, TargetCheck,
 };
 pub use jobs::{DestructiveExecutor, JobError, JobOutcome, OnTask, SignedJobs};
-pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState};
+pub use journal::{Journal, JournalError, JournalRecord, JournalView, OpState, RecordWatcher};
 pub use normalize::Normalizers;
 pub use op_results::{
     OP_RESULT_CODE_MAX, OP_RESULT_ID_MAX, OP_RESULT_NONCE_MAX, OP_RESULTS_FILE_MAX, OP_RESULTS_MAX,

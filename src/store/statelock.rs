@@ -132,7 +132,9 @@ impl StateLock {
         }
     }
 
-    fn try_acquire(dir: &Path) -> Result<StateLock, StateLockError> {
+    /// [`StateLock::acquire`] without its log lines: for a command that asks whether a
+    /// daemon runs and does something else when one does.
+    pub(crate) fn try_acquire(dir: &Path) -> Result<StateLock, StateLockError> {
         let io_err = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| StateLockError::Io { op, path, source }

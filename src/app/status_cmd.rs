@@ -1,0 +1,478 @@
+//! `felhom-agent status [--json]`: what the daemon is doing, read from the status file
+//! it replaces atomically (`super::status`), the state lock's PID and `/proc`.
+//!
+//! Exit codes: 0 healthy; 1 degraded (each reason printed); 3 not running. "Running"
+//! means: the state lock file names a PID, that process exists, the status file was
+//! written by that PID, and it is fresh (written within three heartbeats). A daemon that
+//! stopped leaves its PID in the lock file, but its status file then goes stale, and a
+//! reused PID does not match the file's.
+//!
+//! This command takes no lock and never writes, renames or truncates anything: it only
+//! reads two small files (each bounded) and `/proc`, so it is safe while the daemon runs.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::command::{EXIT_FAILED, EXIT_OK};
+use super::status::{STATUS_FILE, STATUS_FORMAT, StatusDoc};
+use crate::base::time::{Clock, SystemClock, Timestamp};
+use crate::config::Config;
+use crate::hub::collect::PauseSource;
+use crate::store::statelock::LOCK_FILE;
+
+/// Exit code: the daemon is not running.
+pub(crate) const EXIT_NOT_RUNNING: u8 = 3;
+/// The largest status file read.
+const MAX_STATUS_BYTES: u64 = 1 << 20;
+/// The longest PID text read from the lock file.
+const MAX_PID_BYTES: u64 = 32;
+/// A status file older than this many heartbeats is stale.
+const STALE_HEARTBEATS: i64 = 3;
+
+/// The verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Health {
+    /// Running, nothing wrong.
+    Healthy,
+    /// Running, with reasons.
+    Degraded,
+    /// Not running (or not answering).
+    NotRunning,
+}
+
+/// What `status --json` prints.
+#[derive(Debug, Serialize)]
+struct Verdict<'a> {
+    state: Health,
+    reasons: Vec<String>,
+    status: Option<&'a StatusDoc>,
+}
+
+/// Reads at most `cap` bytes of `path`; `None` when it does not exist.
+fn read_bounded(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        return Err(format!("{}: more than {cap} bytes", path.display()));
+    }
+    Ok(Some(bytes))
+}
+
+/// Why the daemon does not count as running, if it does not.
+fn not_running(state_dir: &Path, doc: &StatusDoc, now: Timestamp) -> Option<String> {
+    let lock = state_dir.join(LOCK_FILE);
+    let pid: Option<u32> = read_bounded(&lock, MAX_PID_BYTES)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .filter(|p| *p > 0);
+    let Some(pid) = pid else {
+        return Some(format!("no daemon holds {}", lock.display()));
+    };
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Some(format!("PID {pid} named in {} is gone", lock.display()));
+    }
+    if doc.pid != pid {
+        return Some(format!(
+            "the status file is from PID {}, the state lock names PID {pid}",
+            doc.pid
+        ));
+    }
+    let age = now.unix() - doc.written_at.unix();
+    let limit = STALE_HEARTBEATS * i64::try_from(doc.heartbeat_seconds.max(1)).unwrap_or(30);
+    if age > limit {
+        return Some(format!(
+            "the status file is {age} s old (written at least every {} s): the daemon is stuck",
+            doc.heartbeat_seconds
+        ));
+    }
+    None
+}
+
+/// Why a running daemon is degraded; empty when healthy.
+pub(crate) fn degraded(doc: &StatusDoc) -> Vec<String> {
+    let mut why = Vec::new();
+    match &doc.last_report {
+        None => why.push("no hub round has finished yet".to_owned()),
+        Some(r) if !r.ok => why.push(format!(
+            "the last hub report failed: {}",
+            r.error.as_deref().unwrap_or("unknown error")
+        )),
+        Some(_) => {}
+    }
+    match &doc.last_pass {
+        Some(p) if !p.ok => why.push(format!(
+            "the last reconcile pass failed: {}",
+            p.error.as_deref().unwrap_or("unknown error")
+        )),
+        Some(p) => {
+            let failed = p
+                .actions
+                .iter()
+                .filter(|a| a.outcome == "failed" || a.outcome == "unresolved")
+                .count();
+            if failed > 0 {
+                why.push(format!("{failed} action(s) of the last pass failed"));
+            }
+        }
+        None => why.push("no reconcile pass has finished yet".to_owned()),
+    }
+    if let Some(p) = &doc.hold.paused {
+        why.push(format!(
+            "paused by an operator{}: {}",
+            p.by_uid.map(|u| format!(" (uid {u})")).unwrap_or_default(),
+            p.reason
+        ));
+    }
+    if doc.hold.blocked {
+        why.push("the hub marks this host blocked".to_owned());
+    }
+    if doc.hold.rate_limited > 0 {
+        why.push(format!(
+            "{} disruptive action(s) held rate_limited (felhom-agent resume --rate-limit)",
+            doc.hold.rate_limited
+        ));
+    }
+    for d in &doc.damage {
+        why.push(format!(
+            "{} is damaged ({}); clear: {}",
+            d.file, d.problem, d.clear
+        ));
+    }
+    for w in &doc.signers.expiry_warnings {
+        why.push(format!("signer: {w}"));
+    }
+    why
+}
+
+/// Text for a terminal: control characters made visible, the rest as is.
+fn visible(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let shown: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            shown
+        })
+        .collect()
+}
+
+fn print_human(out: &mut dyn Write, state: &Health, reasons: &[String], doc: Option<&StatusDoc>) {
+    let word = match state {
+        Health::Healthy => "healthy",
+        Health::Degraded => "degraded",
+        Health::NotRunning => "not running",
+    };
+    let _ = writeln!(out, "state: {word}");
+    for r in reasons {
+        let _ = writeln!(out, "  - {}", visible(r));
+    }
+    let Some(doc) = doc else { return };
+    let _ = writeln!(
+        out,
+        "daemon: PID {}, version {}, host {}, up since {}, config {}",
+        doc.pid,
+        visible(&doc.version),
+        visible(&doc.host_id),
+        doc.up_since.to_rfc3339(),
+        visible(&doc.config_path)
+    );
+    let _ = writeln!(out, "status written: {}", doc.written_at.to_rfc3339());
+    match &doc.last_report {
+        Some(r) if r.ok => {
+            let _ = writeln!(
+                out,
+                "last report: {} ok, hub answered {}",
+                r.at.to_rfc3339(),
+                r.answer
+                    .as_ref()
+                    .map(|a| visible(&a.to_string()))
+                    .unwrap_or_default()
+            );
+        }
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "last report: {} FAILED: {} (last success {})",
+                r.at.to_rfc3339(),
+                visible(r.error.as_deref().unwrap_or("")),
+                r.last_success
+                    .map_or("never".to_owned(), |t| t.to_rfc3339())
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last report: none yet");
+        }
+    }
+    match &doc.last_pass {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "last pass: {} {}{}, {} action(s)",
+                p.at.to_rfc3339(),
+                if p.ok { "ok" } else { "FAILED" },
+                p.generation
+                    .map(|g| format!(" (generation {g})"))
+                    .unwrap_or_default(),
+                p.actions.len()
+            );
+            if let Some(e) = &p.error {
+                let _ = writeln!(out, "  error: {}", visible(e));
+            }
+            for a in &p.actions {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: {}{}",
+                    a.kind,
+                    a.vmid,
+                    a.outcome,
+                    a.detail
+                        .as_deref()
+                        .map(|d| format!(" ({})", visible(d)))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(out, "last pass: none yet");
+        }
+    }
+    let _ = writeln!(out, "ops in flight: {}", doc.ops_in_flight.len());
+    for o in &doc.ops_in_flight {
+        let _ = writeln!(
+            out,
+            "  {} {} guest {} {} since {}",
+            visible(&o.op_id),
+            visible(&o.op),
+            o.vmid,
+            o.state,
+            o.since.to_rfc3339()
+        );
+    }
+    let _ = writeln!(out, "pending signatures: {}", doc.pending_signatures.len());
+    for p in &doc.pending_signatures {
+        let _ = writeln!(
+            out,
+            "  {} guest {} since {}: {}",
+            visible(&p.op),
+            visible(p.guest_id.as_deref().unwrap_or("-")),
+            p.at.to_rfc3339(),
+            visible(&p.reason)
+        );
+    }
+    let paused = doc.hold.paused.as_ref().map_or("no".to_owned(), |p| {
+        format!(
+            "yes, since {}: {}",
+            p.since.map_or("?".to_owned(), |t| t.to_rfc3339()),
+            visible(&p.reason)
+        )
+    });
+    let _ = writeln!(
+        out,
+        "hold: paused {paused}; hub blocked {}; rate_limited {}",
+        if doc.hold.blocked { "yes" } else { "no" },
+        doc.hold.rate_limited
+    );
+    let _ = writeln!(
+        out,
+        "signers: {} configured{}",
+        doc.signers.configured,
+        doc.signers
+            .policy_version
+            .map(|v| format!(", policy version {v}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "restore tests: {}",
+        doc.restore_tests
+            .as_ref()
+            .map_or("not configured".to_owned(), |v| visible(&v.to_string()))
+    );
+}
+
+/// Runs `status`; returns the exit code.
+pub(crate) fn status(
+    cfg: &Config,
+    _config_path: &Path,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let path = cfg.state_dir.join(STATUS_FILE);
+    let doc = match read_bounded(&path, MAX_STATUS_BYTES) {
+        Ok(Some(bytes)) => match serde_json::from_slice::<StatusDoc>(&bytes) {
+            Ok(d) if d.format == STATUS_FORMAT => Ok(Some(d)),
+            Ok(d) => Err(format!(
+                "{}: format {} (this agent reads {STATUS_FORMAT})",
+                path.display(),
+                d.format
+            )),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        },
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let doc = match doc {
+        // The pause marker is read live: a pause shows before the daemon's next write.
+        Ok(d) => d.map(|mut d| {
+            d.hold.paused = super::pause::PauseWatch::new(&cfg.state_dir).paused();
+            d
+        }),
+        Err(e) => {
+            let _ = writeln!(err, "felhom-agent: status file unreadable: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let (state, reasons) = match &doc {
+        None => (
+            Health::NotRunning,
+            vec![format!(
+                "no status file {}: no daemon has run with this state directory",
+                path.display()
+            )],
+        ),
+        Some(d) => match not_running(&cfg.state_dir, d, SystemClock.now()) {
+            Some(why) => (Health::NotRunning, vec![why]),
+            None => {
+                let why = degraded(d);
+                if why.is_empty() {
+                    (Health::Healthy, why)
+                } else {
+                    (Health::Degraded, why)
+                }
+            }
+        },
+    };
+    if json {
+        let verdict = Verdict {
+            state: state.clone(),
+            reasons,
+            status: doc.as_ref(),
+        };
+        match serde_json::to_string_pretty(&verdict) {
+            Ok(text) => {
+                let _ = writeln!(out, "{text}");
+            }
+            Err(e) => {
+                let _ = writeln!(err, "felhom-agent: {e}");
+                return EXIT_FAILED;
+            }
+        }
+    } else {
+        print_human(out, &state, &reasons, doc.as_ref());
+    }
+    match state {
+        Health::Healthy => EXIT_OK,
+        Health::Degraded => EXIT_FAILED,
+        Health::NotRunning => EXIT_NOT_RUNNING,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::status::{HoldStatus, PassStatus, ReportStatus, SignersStatus};
+
+    fn doc() -> StatusDoc {
+        let t = Timestamp(1_800_000_000);
+        StatusDoc {
+            format: STATUS_FORMAT,
+            pid: std::process::id(),
+            version: "0.1.0".into(),
+            host_id: "pve-a".into(),
+            config_path: "/etc/felhom-agent/agent.json".into(),
+            up_since: t,
+            written_at: t,
+            heartbeat_seconds: 30,
+            last_report: Some(ReportStatus {
+                at: t,
+                ok: true,
+                answer: None,
+                error: None,
+                last_success: Some(t),
+            }),
+            last_pass: Some(PassStatus {
+                at: t,
+                ok: true,
+                generation: Some(1),
+                actions: Vec::new(),
+                error: None,
+                last_success: Some(t),
+            }),
+            ops_in_flight: Vec::new(),
+            pending_signatures: Vec::new(),
+            hold: HoldStatus {
+                blocked: false,
+                paused: None,
+                rate_limited: 0,
+            },
+            damage: Vec::new(),
+            signers: SignersStatus {
+                configured: 1,
+                policy_version: None,
+                expiry_warnings: Vec::new(),
+            },
+            restore_tests: None,
+            guest_states: Default::default(),
+        }
+    }
+
+    #[test]
+    fn each_degradation_is_named() {
+        assert!(degraded(&doc()).is_empty(), "healthy");
+        let mut d = doc();
+        d.last_report = None;
+        d.hold.blocked = true;
+        d.hold.rate_limited = 2;
+        assert_eq!(degraded(&d).len(), 3, "{:?}", degraded(&d));
+        let mut d = doc();
+        if let Some(r) = d.last_report.as_mut() {
+            r.ok = false;
+            r.error = Some("hub unreachable".into());
+        }
+        assert!(degraded(&d)[0].contains("hub unreachable"));
+    }
+
+    #[test]
+    fn running_needs_the_lock_pid_alive_matching_and_a_fresh_file() {
+        let dir = std::env::temp_dir().join(format!("felhom-status-cmd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = doc();
+        let now = Timestamp(d.written_at.unix() + 10);
+        assert!(not_running(&dir, &d, now).is_some(), "no lock file");
+        std::fs::write(dir.join(LOCK_FILE), format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(not_running(&dir, &d, now), None);
+        let stale = Timestamp(d.written_at.unix() + 91);
+        assert!(not_running(&dir, &d, stale).unwrap().contains("stuck"));
+        let other = StatusDoc { pid: 1, ..doc() };
+        assert!(not_running(&dir, &other, now).unwrap().contains("PID 1"));
+        std::fs::write(dir.join(LOCK_FILE), "4000000000\n").unwrap();
+        assert!(not_running(&dir, &d, now).unwrap().contains("gone"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(visible("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        assert_eq!(visible("ünïcode ok"), "ünïcode ok");
+    }
+}
