@@ -11,6 +11,7 @@
 //! reads the sources of both to hold that line.
 
 mod answer;
+mod capacity;
 mod client;
 mod create;
 mod decode;
@@ -23,12 +24,14 @@ mod validate;
 mod wait;
 
 pub use answer::{Answer, decode_answer};
+pub use capacity::StorageCapacity;
 pub use client::{Client, ClientOptions};
 pub use create::{CreateLxc, LxcSource, MAX_CORES, MAX_MEMORY_MIB, MAX_ROOTFS_GIB, MIN_MEMORY_MIB};
 pub use decode::DecodeError;
 pub use error::{ApiError, Privilege, ProxmoxError, is_transient_text};
 pub use privileged::{
-    GoldenLxc, Output, Privileged, PrivilegedError, Programs, RunError, Runner, SystemRunner,
+    BOOT_CHECK_PROGRAM, GoldenLxc, Output, Privileged, PrivilegedError, Programs, RunError, Runner,
+    SystemRunner,
 };
 pub use task::{
     BackupMode, Compression, TaskExit, TaskFilter, TaskLog, TaskLogLine, TaskSource, TaskState,
