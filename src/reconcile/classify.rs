@@ -32,6 +32,9 @@ pub enum OpClass {
     Decommission,
     /// Replace the allow-listed signers.
     RotateSigners,
+    /// Restore a backup into a new scratch guest for a restore test (never with
+    /// `force`: Proxmox refuses a vmid that exists, so it cannot overwrite anything).
+    ScratchRestore,
     /// Any other word: treated as destructive.
     #[serde(untagged)]
     Unknown(String),
@@ -49,6 +52,7 @@ impl OpClass {
             "restore_overwrite" => OpClass::RestoreOverwrite,
             "decommission" => OpClass::Decommission,
             "rotate_signers" => OpClass::RotateSigners,
+            "scratch_restore" => OpClass::ScratchRestore,
             other => OpClass::Unknown(other.to_string()),
         }
     }
@@ -64,13 +68,18 @@ impl OpClass {
             OpClass::RestoreOverwrite => "restore_overwrite",
             OpClass::Decommission => "decommission",
             OpClass::RotateSigners => "rotate_signers",
+            OpClass::ScratchRestore => "scratch_restore",
             OpClass::Unknown(s) => s,
         }
     }
 
-    /// Whether the class can never lose data by itself (start, stop, set config).
+    /// Whether the class can never lose data by itself (start, stop, set config, and a
+    /// restore into a vmid that must not exist).
     pub fn is_benign_by_class(&self) -> bool {
-        matches!(self, OpClass::Start | OpClass::Stop | OpClass::SetConfig)
+        matches!(
+            self,
+            OpClass::Start | OpClass::Stop | OpClass::SetConfig | OpClass::ScratchRestore
+        )
     }
 }
 
@@ -160,6 +169,7 @@ mod tests {
             "restore_overwrite",
             "decommission",
             "rotate_signers",
+            "scratch_restore",
         ] {
             let c = OpClass::parse(w);
             assert!(!matches!(c, OpClass::Unknown(_)), "{w}");

@@ -22,6 +22,8 @@ pub(crate) mod op_results;
 pub(crate) mod plan;
 pub(crate) mod queue;
 pub(crate) mod recover;
+pub(crate) mod restore_results;
+pub(crate) mod restore_test;
 
 pub use action::{Outcome, shutdown_params};
 pub use audit::{
@@ -44,3 +46,8 @@ pub use op_results::{
 pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib, plan};
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
+pub use restore_results::{
+    KEPT_RESULTS, RESTORE_TESTS_FILE, RestoreResults, RestoreTestResult, RestoreTestsState,
+    ResultsWriteError, TestOutcome, TestStage, read_results,
+};
+pub use restore_test::{BootCheck, RestoreTestError, RestoreTester};

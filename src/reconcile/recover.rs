@@ -75,7 +75,7 @@ pub(crate) fn task_type(class: &OpClass) -> Option<&'static str> {
         OpClass::Stop => Some("vzstop"),
         OpClass::SetConfig => Some("vzconfig"),
         OpClass::GuestDestroy => Some("vzdestroy"),
-        OpClass::RestoreOverwrite => Some("vzrestore"),
+        OpClass::RestoreOverwrite | OpClass::ScratchRestore => Some("vzrestore"),
         _ => None,
     }
 }
