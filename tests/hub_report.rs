@@ -11,11 +11,11 @@ use felhom_agent::app::wire_entry;
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::{
     AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
-    PENDING_SIGNATURES_MAX, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
+    PENDING_SIGNATURES_MAX, RestoreTest, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
 };
 use felhom_agent::hub::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, OpResultsSource,
-    ReadError,
+    ReadError, RestoreTestsSource,
 };
 use felhom_agent::proxmox::{Guest, GuestConfig, RunState, StorageStatus, Volume};
 use felhom_agent::reconcile::{AuditDelivery, AuditRecord, cap};
@@ -319,6 +319,29 @@ impl OpResultsSource for FixedResults {
     }
 }
 
+struct FixedRestoreTests(Vec<RestoreTest>);
+
+impl RestoreTestsSource for FixedRestoreTests {
+    fn restore_tests(&self) -> Vec<RestoreTest> {
+        self.0.clone()
+    }
+}
+
+/// The golden file's restore test: a boot check that failed.
+fn restore_test() -> RestoreTest {
+    RestoreTest {
+        vmid: 100,
+        backup_volid: "local:backup/vzdump-lxc-100-2026_11_21-02_00_00.tar.zst".into(),
+        scratch_vmid: Some(9900),
+        started_at: Timestamp::parse_rfc3339("2026-11-22T04:00:00Z").unwrap(),
+        duration_seconds: 94,
+        outcome: "failed".into(),
+        stage: Some("boot_check".into()),
+        detail: Some("/usr/sbin/pct: exit code 255".into()),
+        size_bytes: Some(1_073_741_824),
+    }
+}
+
 fn collector(
     node: FakeNode,
     probe: Probe,
@@ -338,6 +361,7 @@ fn one_audit_entry() -> Arc<dyn AuditTail> {
 fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
     collector(node, Probe(Ok("active")), one_audit_entry())
         .with_op_results(Arc::new(FixedResults(Ok(vec![op_result()]))))
+        .with_restore_tests(Arc::new(FixedRestoreTests(vec![restore_test()])))
 }
 
 /// Collects from the golden node after `edit` changed it.
@@ -436,6 +460,20 @@ fn the_contract_field_names_are_frozen() {
     assert_eq!(
         keys(&golden["signed_op_results"][0]),
         set(&["id", "nonce", "outcome", "code", "at"])
+    );
+    assert_eq!(
+        keys(&golden["restore_tests"][0]),
+        set(&[
+            "vmid",
+            "backup_volid",
+            "scratch_vmid",
+            "started_at",
+            "duration_seconds",
+            "outcome",
+            "stage",
+            "detail",
+            "size_bytes"
+        ])
     );
     assert_eq!(
         keys(&golden["host"]),

@@ -12,6 +12,7 @@ pub(crate) mod desired_feed;
 pub(crate) mod journal;
 pub(crate) mod plan;
 pub(crate) mod reconciler;
+pub(crate) mod restore_tests;
 pub(crate) mod results;
 pub(crate) mod resume;
 pub(crate) mod selftest;
@@ -25,6 +26,7 @@ pub use daemon::{DaemonError, serve};
 pub use desired_feed::{FetchBackoff, HubDesired};
 pub use plan::plan_report;
 pub use reconciler::Reconciler;
+pub use restore_tests::{RestoreTestsFeed, wire_restore_test};
 pub use results::{AckingRound, ResultsFeed, apply_acks, wire_result};
 pub use signed_ops::{
     OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent, unverified_nonce,

@@ -231,7 +231,10 @@ pub(crate) fn hub_round_with(
         audit,
         Arc::new(SystemClock),
     )
-    .with_op_results(results);
+    .with_op_results(results)
+    .with_restore_tests(Arc::new(super::restore_tests::RestoreTestsFeed::new(
+        cfg.state_dir.clone(),
+    )));
     Ok(HubRound::new(collector, client))
 }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
-    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot,
+    GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PbsSnapshot, RestoreTest,
     SIGNED_OP_RESULTS_MAX, SignedOpResult, StorageTarget,
 };
 use crate::base::time::{Clock, Timestamp};
@@ -104,6 +104,22 @@ impl OpResultsSource for NoOpResults {
     }
 }
 
+/// The source of the report's `restore_tests`: the newest results, oldest first.
+pub trait RestoreTestsSource: Send + Sync {
+    /// The results to report (at most [`super::report::RESTORE_TESTS_MAX`] are sent).
+    fn restore_tests(&self) -> Vec<RestoreTest>;
+}
+
+/// No restore tests (none configured).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRestoreTests;
+
+impl RestoreTestsSource for NoRestoreTests {
+    fn restore_tests(&self) -> Vec<RestoreTest> {
+        Vec::new()
+    }
+}
+
 /// Why no report can be built this round.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -149,6 +165,7 @@ pub struct Collector<R, P> {
     probe: P,
     audit: Arc<dyn AuditTail>,
     results: Arc<dyn OpResultsSource>,
+    restore_tests: Arc<dyn RestoreTestsSource>,
     clock: Arc<dyn Clock>,
     host_id: String,
     agent_version: String,
@@ -178,6 +195,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             probe,
             audit,
             results: Arc::new(NoOpResults),
+            restore_tests: Arc::new(NoRestoreTests),
             clock,
             host_id: host_id.into(),
             agent_version: agent_version.into(),
@@ -187,6 +205,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
     /// Reads the report's `signed_op_results` from `results` (none without it).
     pub fn with_op_results(mut self, results: Arc<dyn OpResultsSource>) -> Self {
         self.results = results;
+        self
+    }
+
+    /// Reads the report's `restore_tests` from `source` (none without it).
+    pub fn with_restore_tests(mut self, source: Arc<dyn RestoreTestsSource>) -> Self {
+        self.restore_tests = source;
         self
     }
 
@@ -261,7 +285,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             cloudflared,
             storage_targets,
             backups,
-            restore_tests: Vec::new(),
+            restore_tests: {
+                let mut all = self.restore_tests.restore_tests();
+                let excess = all.len().saturating_sub(super::report::RESTORE_TESTS_MAX);
+                all.drain(..excess);
+                all
+            },
             pbs_snapshots,
             audit_tail,
             pending_signatures,

@@ -22,7 +22,7 @@ pub(crate) mod round;
 pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HostReader, NoAudit, NoOpResults,
-    OpResultsSource, ReadError,
+    NoRestoreTests, OpResultsSource, ReadError, RestoreTestsSource,
 };
 pub use desired_feed::{DesiredFetch, DesiredFetchError, DesiredStateClient, generation_etag};
 pub use envelope::{
@@ -36,6 +36,7 @@ pub use ops_feed::{Announcement, DeliveredOp, FetchError, SignedOpsClient};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::{
     AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
-    PENDING_SIGNATURES_MAX, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
+    PENDING_SIGNATURES_MAX, RESTORE_TESTS_MAX, RestoreTest, SIGNED_OP_RESULTS_MAX, SignedOpResult,
+    Usage,
 };
 pub use round::{HubRound, HubRoundError};
