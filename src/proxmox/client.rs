@@ -826,7 +826,7 @@ mod tests {
                 c.restore_lxc(100, "/etc/passwd", "local", false)
                     .unwrap_err()
             ),
-            "archive"
+            "ostemplate"
         );
         assert_eq!(
             name(c.storage_content("local/../x", None).unwrap_err()),
