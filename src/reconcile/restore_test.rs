@@ -695,8 +695,11 @@ impl RestoreTester {
         if let Some(r) = self.gate.authorize(&intent, None, &now).refusal() {
             return Ok(Err(format!("gate: {}", r.code())));
         }
+        crate::store::faultpoint::reached("restore_test:before-destroy");
         let end = self.step(OpClass::GuestDestroy, vmid, params, || {
-            self.client.destroy(vmid, true, true).map(Some)
+            let sent = self.client.destroy(vmid, true, true).map(Some);
+            crate::store::faultpoint::reached("restore_test:after-destroy-post");
+            sent
         })?;
         Ok(end.error().map_or(Ok(()), Err))
     }
