@@ -169,3 +169,35 @@ fn sigkill_after_the_destroy_was_sent() {
     // The destroy task runs on: gone by the restart, resolved by Recover, not re-sent.
     crash_at("restore_test:after-destroy-post", None);
 }
+
+#[test]
+fn the_daemon_runs_a_round_on_its_schedule_and_reports_it_to_the_hub() {
+    let lab = Lab::new("daemon");
+    let mut agent = lab.start("daemon.log", &[]);
+    let round = agent.wait_for_event("restore_test_round", |_| true);
+    assert_eq!(round.field("ok"), "1", "{round:?}");
+    // The next report carries it, shaped as the schema says (the hub sim validates).
+    agent.wait_until("a report with the restore test", |_| {
+        lab._hub.reports().iter().any(|r| {
+            r["restore_tests"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["outcome"] == "ok"))
+        })
+    });
+    let report = lab
+        ._hub
+        .reports()
+        .into_iter()
+        .rev()
+        .find(|r| r["restore_tests"].as_array().is_some_and(|t| !t.is_empty()))
+        .unwrap();
+    let t = &report["restore_tests"][0];
+    assert_eq!(t["vmid"], 100);
+    assert_eq!(t["scratch_vmid"], SCRATCH);
+    assert_eq!(t["stage"], serde_json::Value::Null);
+    // Only one round: the next is every_hours (24 h) after this one.
+    assert_eq!(agent.events("restore_test_round").len(), 1);
+    agent.stop();
+    assert!(!lab.pve.guest_ids().contains(&SCRATCH));
+    assert_eq!(lab.deletes_of(100), 0);
+}
