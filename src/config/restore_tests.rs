@@ -44,7 +44,7 @@ pub struct RestoreTestsConfig {
 }
 
 /// Parses `"FIRST-LAST"` into a vmid range inside Proxmox's vmid range, at most
-/// [`MAX_SCRATCH_VMIDS`] long; the error says why.
+/// 1000 vmids long; the error says why.
 pub fn parse_vmid_range(s: &str) -> Result<RangeInclusive<u32>, String> {
     let Some((a, b)) = s.split_once('-') else {
         return Err(format!("must be FIRST-LAST (e.g. 9900-9999), got {s:?}"));
