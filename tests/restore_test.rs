@@ -364,3 +364,78 @@ fn rounds_go_round_robin_from_the_durable_cursor() {
         [101, 100]
     );
 }
+
+/// The hub's `blocked`, as the engine reads it.
+struct Held(bool);
+
+impl felhom_agent::reconcile::Pacing for Held {
+    fn interval(&self) -> Option<Duration> {
+        None
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+    fn held(&self) -> bool {
+        self.0
+    }
+}
+
+#[test]
+fn a_host_the_hub_blocks_runs_no_restore_test_and_cleans_nothing_up() {
+    let sim = sim_with(good_backup());
+    sim.add_guest(GuestSeed::new(9903, "scratch-left-behind"));
+    let dir = common::tempdir("restore-test", "held");
+    let r = rig_in(&dir, sim, cfg(), FakeBoot::default());
+    r.journal.tag_scratch(9903, SystemClock.now()).unwrap();
+    let held = Arc::new(
+        RestoreTester::new(
+            "pve-a".into(),
+            common::pinned_client(&r.sim),
+            Arc::clone(&r.journal),
+            Arc::clone(&r.gate),
+            Queue::new(1),
+            Arc::new(RestoreResults::open(&dir, Arc::new(OsIo))),
+            Arc::new(FakeBoot::default()),
+            cfg(),
+            Shutdown::new(),
+            Arc::new(SystemClock),
+        )
+        .with_hold(Arc::new(Held(true))),
+    );
+    assert!(held.clean_up().unwrap().is_empty());
+    assert!(held.run_round().unwrap().is_empty());
+    assert!(r.sim.mutations().is_empty(), "{:?}", r.sim.mutations());
+    assert_eq!(r.journal.scratch_vmids(), [9903]);
+}
+
+#[test]
+fn max_parallel_tests_run_side_by_side_in_distinct_scratch_vmids() {
+    let seed = |vmid: u32, name: &str| GuestSeed::new(vmid, name).disk_gib(4);
+    let sim = ProxmoxSim::builder()
+        .guest(seed(100, "a"))
+        .guest(seed(101, "b"))
+        .guest(seed(102, "c"))
+        .backup_seed(good_backup().of_guest(seed(100, "a")))
+        .backup_seed(BackupSeed::vzdump(101, "2024_05_01-11_00_00").of_guest(seed(101, "b")))
+        .backup_seed(BackupSeed::vzdump(102, "2024_05_01-12_00_00").of_guest(seed(102, "c")))
+        .task_duration(Duration::from_millis(30))
+        .start();
+    let mut c = cfg();
+    c.max_parallel = 2;
+    let r = rig_with("parallel", sim, c, FakeBoot::default());
+    let results = r.tester.run_round().unwrap();
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert!(
+        results.iter().all(|t| t.outcome == TestOutcome::Ok),
+        "{results:?}"
+    );
+    // The first batch of two took two scratch vmids; the third reused the first.
+    let scratch: Vec<_> = results.iter().map(|t| t.scratch_vmid.unwrap()).collect();
+    assert_ne!(scratch[0], scratch[1]);
+    assert!(
+        scratch.iter().all(|v| (9900..=9901).contains(v)),
+        "{scratch:?}"
+    );
+    assert!(r.sim.guest_ids().iter().all(|v| *v < 9900));
+    assert!(r.journal.scratch_vmids().is_empty());
+}

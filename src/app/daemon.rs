@@ -422,8 +422,13 @@ fn serve_locked(cfg: &Config, shutdown: &Shutdown, _lock: &StateLock) -> Result<
         })?;
         names.push("nonce-compact");
     }
-    if let Some(tester) = super::restore_tests::tester(cfg, proxmox.clone(), &reconciler, shutdown)
-    {
+    if let Some(tester) = super::restore_tests::tester(
+        cfg,
+        proxmox.clone(),
+        &reconciler,
+        shutdown,
+        Arc::clone(&hold),
+    ) {
         let (s, slot, dir) = (
             shutdown.clone(),
             Arc::clone(&failure),

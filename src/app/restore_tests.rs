@@ -17,8 +17,8 @@ use crate::config::Config;
 use crate::hub::{RestoreTest, RestoreTestsSource};
 use crate::proxmox::{Client, Privileged, Programs, SystemRunner};
 use crate::reconcile::{
-    BootCheck, RestoreResults, RestoreTestError, RestoreTestResult, RestoreTester, TestOutcome,
-    read_results,
+    BootCheck, Pacing, RestoreResults, RestoreTestError, RestoreTestResult, RestoreTester,
+    TestOutcome, read_results,
 };
 use crate::store::OsIo;
 
@@ -76,6 +76,7 @@ pub(crate) fn tester(
     client: Client,
     reconciler: &Reconciler,
     shutdown: &Shutdown,
+    hold: Arc<dyn Pacing>,
 ) -> Option<Arc<RestoreTester>> {
     let rt = cfg.restore_tests.clone()?;
     let mut programs = Programs::detect();
@@ -83,18 +84,21 @@ pub(crate) fn tester(
     let boot: Arc<dyn BootCheck> =
         Arc::new(Privileged::with_programs(SystemRunner::default(), programs));
     let results = Arc::new(RestoreResults::open(&cfg.state_dir, Arc::new(OsIo)));
-    Some(Arc::new(RestoreTester::new(
-        cfg.host_id.clone(),
-        client,
-        Arc::clone(&reconciler.journal),
-        Arc::clone(&reconciler.gate),
-        reconciler.queue.clone(),
-        results,
-        boot,
-        rt,
-        shutdown.clone(),
-        Arc::new(SystemClock),
-    )))
+    Some(Arc::new(
+        RestoreTester::new(
+            cfg.host_id.clone(),
+            client,
+            Arc::clone(&reconciler.journal),
+            Arc::clone(&reconciler.gate),
+            reconciler.queue.clone(),
+            results,
+            boot,
+            rt,
+            shutdown.clone(),
+            Arc::new(SystemClock),
+        )
+        .with_hold(hold),
+    ))
 }
 
 /// When the last round started, as far as the results file knows.
@@ -109,7 +113,7 @@ fn last_started(state_dir: &std::path::Path) -> Option<Timestamp> {
 
 /// Cleans up what a crash left, then runs a round every `every_hours` (counted from
 /// the last test the results file shows, so a restart does not start a round early)
-/// until the shutdown. `second` is one schedule second (shortened in test builds). A
+/// until the shutdown, each after another cleanup; the hub's `blocked` holds both. `second` is one schedule second (shortened in test builds). A
 /// journal write that failed is returned: the daemon exits and the restart cleans up.
 pub(crate) fn run_worker(
     tester: &Arc<RestoreTester>,
@@ -141,6 +145,12 @@ pub(crate) fn run_worker(
             return Ok(());
         }
         round_started = Some(SystemClock.now());
+        // Scratch guests a failed cleanup (or a hold at start) left go first.
+        match tester.clean_up() {
+            Ok(_) => {}
+            Err(RestoreTestError::QueueClosed) => return Ok(()),
+            Err(e) => return Err(e),
+        }
         match tester.run_round() {
             Ok(results) => crate::info!(
                 restore_test_round,
