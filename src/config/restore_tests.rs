@@ -133,7 +133,65 @@ pub(super) fn restore_tests(r: &Reader<'_>) -> Result<Option<RestoreTestsConfig>
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Config, Mode};
     use super::*;
+    use serde_json::{Value, json};
+
+    fn with(section: Value) -> Value {
+        json!({"host_id": "pve-a", "restore_tests": section})
+    }
+
+    #[test]
+    fn absent_means_off_and_a_section_gets_its_defaults() {
+        let off = Config::from_value(&json!({"host_id": "pve-a"}), Mode::SelftestOffline);
+        assert!(off.unwrap().restore_tests.is_none());
+        let c = Config::from_value(
+            &with(json!({"vmid_range": "9900-9999", "storage": "local-lvm"})),
+            Mode::SelftestOffline,
+        )
+        .unwrap();
+        let t = c.restore_tests.unwrap();
+        assert_eq!(t.every_hours, DEFAULT_EVERY_HOURS);
+        assert_eq!(t.vmid_range, 9900..=9999);
+        assert_eq!(t.max_parallel, 1);
+        assert_eq!(t.min_free_memory_mib, DEFAULT_MIN_FREE_MEMORY_MIB);
+        assert_eq!(t.min_free_storage_gib, DEFAULT_MIN_FREE_STORAGE_GIB);
+    }
+
+    #[test]
+    fn each_bad_field_names_itself() {
+        let ok = json!({"vmid_range": "9900-9901", "storage": "local-lvm"});
+        let cases: &[(&str, Value, &str)] = &[
+            ("vmid_range", json!(null), "restore_tests.vmid_range"),
+            ("vmid_range", json!("9999-9900"), "restore_tests.vmid_range"),
+            ("vmid_range", json!(9900), "restore_tests.vmid_range"),
+            ("storage", json!(null), "restore_tests.storage"),
+            ("storage", json!("bad storage"), "restore_tests.storage"),
+            ("every_hours", json!(0), "restore_tests.every_hours"),
+            ("every_hours", json!(8761), "restore_tests.every_hours"),
+            ("max_parallel", json!(0), "restore_tests.max_parallel"),
+            ("max_parallel", json!(3), "restore_tests.max_parallel"),
+            (
+                "min_free_memory_mib",
+                json!(-1),
+                "restore_tests.min_free_memory_mib",
+            ),
+            (
+                "min_free_storage_gib",
+                json!("x"),
+                "restore_tests.min_free_storage_gib",
+            ),
+            ("scratch", json!(true), "restore_tests.scratch"),
+        ];
+        for (key, value, field) in cases {
+            let mut section = ok.clone();
+            section[*key] = value.clone();
+            let e = Config::from_value(&with(section), Mode::SelftestOffline)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(field), "{key}={value}: {e}");
+        }
+    }
 
     #[test]
     fn vmid_ranges_are_checked_and_name_why() {
