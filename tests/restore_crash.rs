@@ -201,3 +201,31 @@ fn the_daemon_runs_a_round_on_its_schedule_and_reports_it_to_the_hub() {
     assert!(!lab.pve.guest_ids().contains(&SCRATCH));
     assert_eq!(lab.deletes_of(100), 0);
 }
+
+#[test]
+fn sigterm_mid_restore_exits_0_and_the_next_start_records_it_interrupted_not_failed() {
+    let lab = Lab::new("sigterm");
+    lab.pve.set_task_duration(Duration::from_secs(3));
+    let mut agent = lab.start("first.log", &[]);
+    agent.wait_until("the restore in flight", |_| {
+        lab.pve.guest_ids().contains(&SCRATCH)
+    });
+    agent.stop();
+    let state = lab.dir.join("state");
+    let on_file = read_results(&state);
+    assert!(
+        on_file.results.is_empty(),
+        "no verdict: {:?}",
+        on_file.results
+    );
+    assert_eq!(on_file.running.len(), 1, "{on_file:?}");
+
+    lab.pve.set_task_duration(Duration::from_millis(50));
+    let mut again = lab.start("second.log", &[]);
+    again.wait_for_event("restore_tests_ready", |_| true);
+    again.stop();
+    assert!(!lab.pve.guest_ids().contains(&SCRATCH));
+    let results = read_results(&state).results;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].stage, Some(TestStage::Interrupted));
+}

@@ -515,13 +515,23 @@ impl RestoreTester {
         self.journal.tag_scratch(scratch, self.clock.now())?;
         crate::store::faultpoint::reached("restore_test:after-tag");
         let ex = self.exercise(scratch, &backup.volid)?;
+        if self.shutdown.is_triggered() {
+            // A wait the shutdown cut short is no verdict on the backup: the test stays
+            // `running` on file, and the next start cleans up and records it interrupted.
+            crate::info!(
+                restore_test_interrupted,
+                "restore test left to the next start's cleanup",
+                vmid = vmid,
+                scratch_vmid = scratch
+            );
+            r.detail = Some("the agent stopped while the test ran".into());
+            r.duration_seconds = t0.elapsed().as_secs();
+            return Ok(r);
+        }
         let mut detail = ex.detail;
         let mut stage = ex.stage;
         if ex.created {
-            if self.shutdown.is_triggered() {
-                stage = stage.or(Some(TestStage::Cleanup));
-                detail.get_or_insert_with(|| "stopping: cleaned up at the next start".into());
-            } else if let Err(e) = self.destroy_scratch(scratch)? {
+            if let Err(e) = self.destroy_scratch(scratch)? {
                 stage = stage.or(Some(TestStage::Cleanup));
                 let text = format!("cleanup: {e}");
                 detail = Some(match detail {
