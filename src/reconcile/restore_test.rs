@@ -530,15 +530,18 @@ impl RestoreTester {
         }
         let mut detail = ex.detail;
         let mut stage = ex.stage;
-        if ex.created {
-            if let Err(e) = self.destroy_scratch(scratch)? {
-                stage = stage.or(Some(TestStage::Cleanup));
-                let text = format!("cleanup: {e}");
-                detail = Some(match detail {
-                    Some(d) => format!("{d}; {text}"),
-                    None => text,
-                });
-            }
+        let cleaned = if ex.created {
+            self.destroy_scratch(scratch)?
+        } else {
+            Ok(())
+        };
+        if let Err(e) = cleaned {
+            stage = stage.or(Some(TestStage::Cleanup));
+            let text = format!("cleanup: {e}");
+            detail = Some(match detail {
+                Some(d) => format!("{d}; {text}"),
+                None => text,
+            });
         }
         r.outcome = if stage.is_none() {
             TestOutcome::Ok
