@@ -1,9 +1,10 @@
 //! A daemon running a restore test, SIGKILLed at each stage — provenance journaled,
-//! backup restored, scratch guest started, just before and just after its destroy is
-//! sent — and restarted on the same state directory: Recover and the start-up cleanup
-//! leave no scratch guest and no scratch provenance behind, record the test as
-//! interrupted, destroy only the scratch vmid (at most once), and never touch the
-//! customer's guest.
+//! restore sent (its UPID not yet journaled), backup restored, scratch guest started,
+//! just before and just after its destroy is sent — and restarted on the same state
+//! directory: Recover and the start-up cleanup leave no scratch guest and no scratch
+//! provenance behind, record the test as interrupted, destroy only the scratch vmid (at
+//! most once), and never touch the customer's guest. Also: a SIGTERM mid-restore, and a
+//! round run by the daemon on its schedule and received by the hub.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -147,6 +148,13 @@ fn crash_at(point: &str, scratch_at_kill: Option<bool>) {
 #[test]
 fn sigkill_after_the_scratch_tag_is_durable() {
     crash_at("restore_test:after-tag", Some(false));
+}
+
+#[test]
+fn sigkill_after_the_restore_was_sent_before_its_upid_was_journaled() {
+    // Recover finds the restore in the node's task list, waits for it; the cleanup then
+    // destroys what it made.
+    crash_at("restore_test:after-restore-post", Some(true));
 }
 
 #[test]

@@ -599,7 +599,9 @@ impl RestoreTester {
             ..CreateLxc::restore(scratch, volid, &self.cfg.storage)
         };
         match self.step(OpClass::ScratchRestore, scratch, params, || {
-            self.client.create_lxc(&create).map(Some)
+            let sent = self.client.create_lxc(&create).map(Some);
+            crate::store::faultpoint::reached("restore_test:after-restore-post");
+            sent
         })? {
             StepEnd::Applied => {}
             StepEnd::RequestFailed {
