@@ -759,6 +759,9 @@ fn restore_tests_lab(bin: &Path, dir: &Path) -> Result<(), String> {
     use felhom_sim::{BackupSeed, Broken, DEFAULT_TOKEN_ID};
     use std::sync::Arc;
 
+    // The in-process tester logs to this process's stderr: keep the lab's lines readable.
+    felhom_agent::base::log::set_level(felhom_agent::base::log::Level::Warn);
+
     let web = || GuestSeed::new(200, "shop").disk_gib(4);
     let pve = ProxmoxSim::builder()
         .guest(web().running(true))

@@ -47,7 +47,7 @@ pub use plan::{Action, ActionKind, ActualGuest, ActualState, desired_memory_mib,
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
 pub use restore_results::{
-    KEPT_RESULTS, RESTORE_TESTS_FILE, RestoreResults, RestoreTestResult, RestoreTestsState,
-    ResultsWriteError, TestOutcome, TestStage, read_results,
+    KEPT_RESULTS, RESTORE_TESTS_FILE, RESULT_DETAIL_MAX, RestoreResults, RestoreTestResult,
+    RestoreTestsState, ResultsWriteError, TestOutcome, TestStage, read_results,
 };
 pub use restore_test::{BootCheck, RestoreTestError, RestoreTester};

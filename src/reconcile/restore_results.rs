@@ -20,6 +20,8 @@ use crate::store::{Io, replace_file};
 pub const RESTORE_TESTS_FILE: &str = "restore-tests.json";
 /// Results kept (the newest); older ones are dropped.
 pub const KEPT_RESULTS: usize = 64;
+/// The longest `detail` kept on file, bytes (a task's error text can be long).
+pub const RESULT_DETAIL_MAX: usize = 1024;
 /// The largest file read back; a bigger one is treated as damaged.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -208,8 +210,18 @@ impl RestoreResults {
         })
     }
 
-    /// Records a finished (or skipped) test and moves the cursor to its guest.
+    /// Records a finished (or skipped) test and moves the cursor to its guest; a
+    /// `detail` over [`RESULT_DETAIL_MAX`] bytes is cut at a character boundary.
     pub fn finished(&self, test: &RestoreTestResult) -> Result<(), ResultsWriteError> {
+        let mut test = test.clone();
+        if let Some(d) = test.detail.as_mut() {
+            let mut end = d.len().min(RESULT_DETAIL_MAX);
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d.truncate(end);
+        }
+        let test = &test;
         self.change(|st| {
             if test.scratch_vmid.is_some() {
                 st.running.retain(|r| r.scratch_vmid != test.scratch_vmid);
@@ -301,6 +313,23 @@ mod tests {
             live.finished(&r).unwrap();
         }
         assert_eq!(read_results(&dir).results.len(), KEPT_RESULTS);
+        let long = RestoreTestResult {
+            detail: Some("é".repeat(1000)),
+            ..r.clone()
+        };
+        live.finished(&long).unwrap();
+        let kept = read_results(&dir)
+            .results
+            .last()
+            .unwrap()
+            .detail
+            .clone()
+            .unwrap();
+        assert!(
+            kept.len() <= RESULT_DETAIL_MAX && kept.starts_with('é'),
+            "{}",
+            kept.len()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
