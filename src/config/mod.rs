@@ -558,6 +558,19 @@ impl Config {
             )?,
         };
 
+        let restore_tests = restore_tests::restore_tests(&r)?;
+        if let Some(t) = &restore_tests
+            && t.max_parallel >= reconcile.max_parallel
+        {
+            return Err(field_err(
+                "restore_tests.max_parallel",
+                format!(
+                    "is {}: each running test holds one of reconcile.max_parallel's {} mutation slots, so it must be below it",
+                    t.max_parallel, reconcile.max_parallel
+                ),
+            ));
+        }
+
         Ok(Config {
             host_id,
             state_dir,
@@ -567,7 +580,7 @@ impl Config {
             authz,
             reconcile,
             audit,
-            restore_tests: restore_tests::restore_tests(&r)?,
+            restore_tests,
             warnings,
         })
     }

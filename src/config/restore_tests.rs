@@ -159,6 +159,19 @@ mod tests {
     }
 
     #[test]
+    fn restore_tests_leave_reconcile_a_mutation_slot() {
+        let mut v = with(json!({"vmid_range": "9900-9999", "storage": "local-lvm",
+            "max_parallel": 2}));
+        v["reconcile"] = json!({"max_parallel": 2});
+        let e = Config::from_value(&v, Mode::SelftestOffline)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("restore_tests.max_parallel"), "{e}");
+        v["reconcile"] = json!({"max_parallel": 3});
+        assert!(Config::from_value(&v, Mode::SelftestOffline).is_ok());
+    }
+
+    #[test]
     fn each_bad_field_names_itself() {
         let ok = json!({"vmid_range": "9900-9901", "storage": "local-lvm"});
         let cases: &[(&str, Value, &str)] = &[

@@ -210,7 +210,8 @@ impl RestoreResults {
         })
     }
 
-    /// Records a finished (or skipped) test and moves the cursor to its guest; a
+    /// Records a finished (or skipped) test and moves the cursor to its guest (not for
+    /// a skipped one); a
     /// `detail` over [`RESULT_DETAIL_MAX`] bytes is cut at a character boundary.
     pub fn finished(&self, test: &RestoreTestResult) -> Result<(), ResultsWriteError> {
         let mut test = test.clone();
@@ -227,7 +228,8 @@ impl RestoreResults {
                 st.running.retain(|r| r.scratch_vmid != test.scratch_vmid);
             }
             st.results.push(test.clone());
-            if test.outcome != TestOutcome::Skipped || test.stage == Some(TestStage::ScratchVmid) {
+            // A skipped guest was not tested: the next round starts with it again.
+            if test.outcome != TestOutcome::Skipped {
                 st.cursor = Some(test.vmid);
             }
         })
