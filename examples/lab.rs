@@ -857,7 +857,8 @@ fn restore_tests_lab(bin: &Path, dir: &Path) -> Result<(), String> {
     }
 
     // The real daemon, killed with -9 while its restore runs, then restarted.
-    pve.set_task_duration(Duration::from_secs(3));
+    // Long enough to kill the daemon while the restore runs.
+    pve.set_task_duration(Duration::from_secs(1));
     let hub = HubSim::start();
     let ca = dir.join("hub-ca.pem");
     let daemon_state = dir.join("restore-daemon-state");
