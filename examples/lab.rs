@@ -826,6 +826,11 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     if let Err(e) = catalogue_step(bin, dir, &pve, &config, &fresh_key) {
         return fail(e);
     }
+    // Restore tests: a backup proven by restoring and booting it, one that fails, and a
+    // scratch guest cleaned up after kill -9 (simulators of their own).
+    if let Err(e) = restore_tests_lab(bin, dir) {
+        return fail(e);
+    }
     // Last, since it changes who may sign: signer rotation. After a leak, two recovery
     // keys rotate the signers.
     let rotation = Rotation {
@@ -1477,5 +1482,188 @@ fn catalogue_step(
     };
     say(format!("catalogue: `plan` shows it: {}", line.trim()));
     hub.shutdown();
+    Ok(())
+}
+
+/// A boot check for the lab's in-process restore tests: the simulator has no `pct`, so
+/// this stands in for `pct exec VMID -- /bin/true` and says yes.
+struct LabBoot;
+
+impl felhom_agent::reconcile::BootCheck for LabBoot {
+    fn boot_check(&self, _vmid: u32) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// 13–15. Restore tests, the proof of backup, on their own simulators and state dir:
+/// one passing, one failing on a broken backup (both in process, with a stand-in boot
+/// check), then the real daemon SIGKILLed while a restore runs and restarted: the scratch
+/// guest is cleaned up, benign by the journal's own provenance.
+fn restore_tests_lab(bin: &Path, dir: &Path) -> Result<(), String> {
+    use felhom_agent::config::{RestoreTestsConfig, parse_vmid_range};
+    use felhom_agent::net::{Sha256Pin, TlsTrust};
+    use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
+    use felhom_agent::reconcile::{
+        AuditLog, Gate, Queue, RestoreResults, RestoreTester, TestOutcome, read_results,
+    };
+    use felhom_sim::{BackupSeed, Broken, DEFAULT_TOKEN_ID};
+    use std::sync::Arc;
+
+    // The in-process tester logs to this process's stderr: keep the lab's lines readable.
+    felhom_agent::base::log::set_level(felhom_agent::base::log::Level::Warn);
+
+    let web = || GuestSeed::new(200, "shop").disk_gib(4);
+    let pve = ProxmoxSim::builder()
+        .guest(web().running(true))
+        .guest(GuestSeed::new(201, "wiki").disk_gib(4))
+        .backup_seed(BackupSeed::vzdump(200, "2026_11_21-03_00_00").of_guest(web()))
+        .backup_seed(
+            BackupSeed::vzdump(201, "2026_11_21-03_10_00")
+                .of_guest(GuestSeed::new(201, "wiki").disk_gib(4))
+                .broken(Broken::Truncated),
+        )
+        .task_duration(Duration::from_millis(100))
+        .start();
+    let state = dir.join("restore-state");
+    std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    let rt = RestoreTestsConfig {
+        every_hours: 24,
+        vmid_range: parse_vmid_range("9900-9909")?,
+        storage: "local-lvm".into(),
+        max_parallel: 1,
+        min_free_memory_mib: 64,
+        min_free_storage_gib: 1,
+    };
+    let client = {
+        let pin = Sha256Pin::parse(&pve.fingerprint()).map_err(|e| e.to_string())?;
+        let o = ClientOptions::new(
+            pve.url(),
+            pve.node(),
+            DEFAULT_TOKEN_ID,
+            felhom_agent::base::Secret::new(DEFAULT_TOKEN_SECRET),
+            TlsTrust::Pin(pin),
+        );
+        Client::new(o).map_err(|e| e.to_string())?
+    };
+    {
+        let journal =
+            Arc::new(Journal::open(&state.join("journal.log")).map_err(|e| e.to_string())?);
+        let audit = Arc::new(AuditLog::open(&state.join("audit.log")).map_err(|e| e.to_string())?);
+        let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+        let tester = Arc::new(
+            RestoreTester::new(
+                "pve-a".into(),
+                client,
+                Arc::clone(&journal),
+                gate,
+                Queue::new(1),
+                Arc::new(RestoreResults::open(
+                    &state,
+                    Arc::new(felhom_agent::store::OsIo),
+                )),
+                Arc::new(LabBoot),
+                rt,
+                felhom_agent::base::Shutdown::new(),
+                Arc::new(SystemClock),
+            )
+            .with_wait(WaitOptions {
+                initial: Duration::from_millis(20),
+                cap: Duration::from_millis(100),
+                timeout: Duration::from_secs(20),
+            }),
+        );
+        let results = tester.run_round().map_err(|e| e.to_string())?;
+        let by = |vmid: u32| results.iter().find(|r| r.vmid == vmid).cloned();
+        let (Some(ok), Some(broken)) = (by(200), by(201)) else {
+            return Err(format!(
+                "restore tests: expected two results, got {results:?}"
+            ));
+        };
+        if ok.outcome != TestOutcome::Ok {
+            return Err(format!("restore test of 200 did not pass: {ok:?}"));
+        }
+        say(format!(
+            "restore test: 200's newest backup ({} bytes) restored into scratch {}, started without net0, booted; destroyed unsigned (agent_provenance)",
+            ok.size_bytes.unwrap_or(0),
+            ok.scratch_vmid.unwrap_or(0)
+        ));
+        if broken.outcome != TestOutcome::Failed
+            || broken.stage.map(|s| s.as_str()) != Some("restore")
+        {
+            return Err(format!(
+                "the broken backup did not fail at restore: {broken:?}"
+            ));
+        }
+        say(format!(
+            "restore test: 201's truncated backup failed at stage restore ({}); nothing left behind (guests {:?})",
+            broken.detail.as_deref().unwrap_or("-"),
+            pve.guest_ids()
+        ));
+        if !journal.scratch_vmids().is_empty() || pve.guest_ids().iter().any(|v| *v >= 9900) {
+            return Err("a scratch guest or its provenance was left behind".into());
+        }
+    }
+
+    // The real daemon, killed with -9 while its restore runs, then restarted.
+    // Long enough to kill the daemon while the restore runs.
+    pve.set_task_duration(Duration::from_secs(1));
+    let hub = HubSim::start();
+    let ca = dir.join("hub-ca.pem");
+    let daemon_state = dir.join("restore-daemon-state");
+    let config = json!({
+        "host_id": "pve-a",
+        "state_dir": daemon_state.display().to_string(),
+        "proxmox": {
+            "url": pve.url(), "node": pve.node(), "token_id": DEFAULT_TOKEN_ID,
+            "token_secret": DEFAULT_TOKEN_SECRET,
+            "tls": {"fingerprint_sha256": pve.fingerprint()}, "timeout_seconds": 10
+        },
+        "hub": {"url": hub.url(), "api_key": hub.key(), "tls": {"ca_file": ca.display().to_string()}},
+        "restore_tests": {"vmid_range": "9900-9909", "storage": "local-lvm",
+            "min_free_memory_mib": 64, "min_free_storage_gib": 1}
+    });
+    let cfg_path = dir.join("restore-agent.json");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap())
+        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    let cfg = cfg_path.to_str().unwrap_or_default();
+    let mut daemon = Daemon::start(bin, cfg)?;
+    if !daemon.wait("a restore in flight", || {
+        pve.guest_ids().iter().any(|v| *v >= 9900)
+    }) {
+        return Err(daemon.stop_with_log("the daemon started no restore test"));
+    }
+    daemon.kill_9();
+    let scratch: Vec<u32> = pve.guest_ids().into_iter().filter(|v| *v >= 9900).collect();
+    let tagged = Journal::open_read_only(&daemon_state.join("journal.log"))
+        .ok()
+        .is_some_and(|j| scratch.iter().all(|v| j.provenance(*v, None).is_some()));
+    if !tagged {
+        return Err("the scratch guest's provenance was not durable before its restore".into());
+    }
+    say(format!(
+        "restore test: daemon killed -9 while restoring into scratch {scratch:?} (provenance journaled first)"
+    ));
+    pve.set_task_duration(Duration::from_millis(100));
+    let mut daemon = Daemon::start(bin, cfg)?;
+    if !daemon.wait("the scratch guest cleaned up", || {
+        !pve.guest_ids().iter().any(|v| *v >= 9900)
+            && read_results(&daemon_state).running.is_empty()
+    }) {
+        return Err(daemon.stop_with_log("the scratch guest was not cleaned up"));
+    }
+    daemon.stop()?;
+    let last = read_results(&daemon_state).results.last().cloned();
+    let stage = last.as_ref().and_then(|r| r.stage).map(|s| s.as_str());
+    if stage != Some("interrupted") {
+        return Err(format!("the interrupted test was not recorded: {last:?}"));
+    }
+    say(format!(
+        "restore test: restarted, Recover and the start-up cleanup destroyed it unsigned; recorded interrupted; guests {:?}",
+        pve.guest_ids()
+    ));
     Ok(())
 }

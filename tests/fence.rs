@@ -19,6 +19,7 @@ const API_FILES: &[&str] = &[
     "src/net/tls.rs",
     "src/proxmox/mod.rs",
     "src/proxmox/answer.rs",
+    "src/proxmox/capacity.rs",
     "src/proxmox/client.rs",
     "src/proxmox/create.rs",
     "src/proxmox/decode.rs",
@@ -32,7 +33,11 @@ const API_FILES: &[&str] = &[
 ];
 
 /// The privileged side: may spawn, must never open a socket.
-const PRIVILEGED_FILES: &[&str] = &["src/proxmox/privileged.rs", "src/proxmox/health.rs"];
+const PRIVILEGED_FILES: &[&str] = &[
+    "src/proxmox/privileged.rs",
+    "src/proxmox/privileged/exec.rs",
+    "src/proxmox/health.rs",
+];
 
 /// What starting a process looks like in Rust source.
 const SPAWN_TOKENS: &[&str] = &[

@@ -11,11 +11,11 @@ use felhom_agent::app::wire_entry;
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::{
     AuditEntry, CpuMetrics, GuestSpec, GuestStatus, HostMetrics, HostReport, LoadAverage,
-    PENDING_SIGNATURES_MAX, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
+    PENDING_SIGNATURES_MAX, RestoreTest, SIGNED_OP_RESULTS_MAX, SignedOpResult, Usage,
 };
 use felhom_agent::hub::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HealthProbe, HostReader, NoAudit,
-    OpResultsSource, ReadError, SignerPolicyReport, SignerPolicySource,
+    OpResultsSource, ReadError, RestoreTestsSource, SignerPolicyReport, SignerPolicySource,
 };
 use felhom_agent::proxmox::{
     DiskHealth, Guest, GuestConfig, RunState, SensorReading, StorageStatus, Volume,
@@ -363,6 +363,29 @@ impl OpResultsSource for FixedResults {
     }
 }
 
+struct FixedRestoreTests(Vec<RestoreTest>);
+
+impl RestoreTestsSource for FixedRestoreTests {
+    fn restore_tests(&self) -> Vec<RestoreTest> {
+        self.0.clone()
+    }
+}
+
+/// The golden file's restore test: a boot check that failed.
+fn restore_test() -> RestoreTest {
+    RestoreTest {
+        vmid: 100,
+        backup_volid: "local:backup/vzdump-lxc-100-2026_11_21-02_00_00.tar.zst".into(),
+        scratch_vmid: Some(9900),
+        started_at: Timestamp::parse_rfc3339("2026-11-22T04:00:00Z").unwrap(),
+        duration_seconds: 94,
+        outcome: "failed".into(),
+        stage: Some("boot_check".into()),
+        detail: Some("/usr/sbin/pct: exit code 255".into()),
+        size_bytes: Some(1_073_741_824),
+    }
+}
+
 fn collector(
     node: FakeNode,
     probe: Probe,
@@ -400,6 +423,7 @@ fn golden_collector_with(node: FakeNode) -> Collector<FakeNode, Probe> {
         .with_health(Arc::new(golden_health()))
         .with_signer_policy(Arc::new(GoldenPolicy))
         .with_pause(Arc::new(GoldenPause))
+        .with_restore_tests(Arc::new(FixedRestoreTests(vec![restore_test()])))
 }
 
 /// The golden pause: an operator paused the host for a disk swap.
@@ -536,6 +560,20 @@ fn the_contract_field_names_are_frozen() {
     assert_eq!(
         keys(&golden["signer_policy"]),
         set(&["version", "fingerprints"])
+    );
+    assert_eq!(
+        keys(&golden["restore_tests"][0]),
+        set(&[
+            "vmid",
+            "backup_volid",
+            "scratch_vmid",
+            "started_at",
+            "duration_seconds",
+            "outcome",
+            "stage",
+            "detail",
+            "size_bytes"
+        ])
     );
     assert_eq!(
         keys(&golden["host"]),

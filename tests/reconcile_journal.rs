@@ -219,6 +219,30 @@ fn provenance_comes_from_journal_records_and_ends_with_the_guest_or_transaction(
 }
 
 #[test]
+fn a_released_scratch_tag_is_gone_across_restarts_and_compaction() {
+    let p = tempdir("scratch-release").join("journal.log");
+    let j = Journal::open(&p).unwrap();
+    j.tag_scratch(9900, T0).unwrap();
+    j.tag_scratch(9901, T0).unwrap();
+    assert_eq!(j.scratch_vmids(), [9900, 9901]);
+    j.release_scratch(9900, T0).unwrap();
+    assert_eq!(j.provenance(9900, None), None);
+    assert_eq!(j.scratch_vmids(), [9901]);
+    drop(j);
+
+    let j = Journal::open(&p).unwrap();
+    assert_eq!(j.provenance(9900, None), None, "replayed");
+    assert_eq!(j.provenance(9901, None), Some(Provenance::AgentScratch));
+    j.compact(T0).unwrap();
+    drop(j);
+    let j = Journal::open(&p).unwrap();
+    assert_eq!(j.scratch_vmids(), [9901], "compaction keeps live tags only");
+    let v = Journal::open_read_only(&p).unwrap();
+    assert_eq!(v.provenance(9900, None), None);
+    assert_eq!(v.provenance(9901, None), Some(Provenance::AgentScratch));
+}
+
+#[test]
 fn read_only_view_writes_nothing_and_shows_history() {
     let dir = tempdir("view");
     let p = dir.join("journal.log");

@@ -490,6 +490,27 @@ fn serve_locked(
         })?;
         names.push("nonce-compact");
     }
+    if let Some(tester) = super::restore_tests::tester(
+        cfg,
+        proxmox.clone(),
+        &reconciler,
+        shutdown,
+        Arc::clone(&hold),
+    ) {
+        let (s, slot, dir) = (
+            shutdown.clone(),
+            Arc::clone(&failure),
+            cfg.state_dir.clone(),
+        );
+        let second = schedule_second();
+        workers.spawn("restore-tests", move || {
+            let r = super::restore_tests::run_worker(&tester, &dir, &s, second);
+            if let Err(crate::reconcile::RestoreTestError::Journal(e)) = r {
+                report_failure(&slot, DaemonError::Journal(e));
+            }
+        })?;
+        names.push("restore-tests");
+    }
     if let Some(hub) = &cfg.hub {
         let client = SignedOpsClient::from_config(hub)
             .map_err(|e| DaemonError::Setup(LiveSetupError::Hub(e)))?;

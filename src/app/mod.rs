@@ -20,6 +20,7 @@ pub(crate) mod op_new;
 pub(crate) mod pause;
 pub(crate) mod plan;
 pub(crate) mod reconciler;
+pub(crate) mod restore_tests;
 pub(crate) mod results;
 pub(crate) mod resume;
 pub(crate) mod selftest;
@@ -40,6 +41,7 @@ pub use metrics::Metrics;
 pub use pause::{PauseMarker, PauseState, PauseWatch, PausedPacing, read_pause};
 pub use plan::{plan_report, plan_report_as};
 pub use reconciler::Reconciler;
+pub use restore_tests::{RestoreTestsFeed, wire_restore_test};
 pub use results::{AckingRound, ResultsFeed, apply_acks, wire_result};
 pub use signed_ops::{
     OpOutcome, SignedOpsError, SignedOpsRunner, run_worker, unverified_intent, unverified_nonce,

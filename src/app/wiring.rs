@@ -243,7 +243,10 @@ pub(crate) fn hub_round_with(
     .with_op_results(results)
     .with_health(Arc::new(super::health::HostHealth::new()))
     .with_signer_policy(signers)
-    .with_pause(pause);
+    .with_pause(pause)
+    .with_restore_tests(Arc::new(super::restore_tests::RestoreTestsFeed::new(
+        cfg.state_dir.clone(),
+    )));
     Ok(HubRound::new(collector, client))
 }
 

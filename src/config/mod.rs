@@ -26,9 +26,11 @@ use crate::base::secret::Secret;
 use crate::net::TlsTrust;
 
 mod check;
+mod restore_tests;
 mod schema;
 
 use check::{check_https_url, check_name, check_token_id, load_secret, signers, tls_choice};
+pub use restore_tests::{RestoreTestsConfig, parse_vmid_range};
 use schema::{Reader, apply_env, check_known_fields, mode_bits, read_capped};
 pub use schema::{SIGNER_FIELDS, field_paths};
 
@@ -326,6 +328,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// The audit section (defaults when absent).
     pub audit: AuditConfig,
+    /// The restore-test section: restore tests run only when it is present.
+    pub restore_tests: Option<RestoreTestsConfig>,
     /// Problems worth a warning that do not stop the agent (e.g. a readable secret file).
     pub warnings: Vec<String>,
 }
@@ -604,6 +608,19 @@ impl Config {
             )?,
         };
 
+        let restore_tests = restore_tests::restore_tests(&r)?;
+        if let Some(t) = &restore_tests
+            && t.max_parallel >= reconcile.max_parallel
+        {
+            return Err(field_err(
+                "restore_tests.max_parallel",
+                format!(
+                    "is {}: each running test holds one of reconcile.max_parallel's {} mutation slots, so it must be below it",
+                    t.max_parallel, reconcile.max_parallel
+                ),
+            ));
+        }
+
         Ok(Config {
             host_id,
             state_dir,
@@ -613,6 +630,7 @@ impl Config {
             authz,
             reconcile,
             audit,
+            restore_tests,
             warnings,
         })
     }
@@ -669,6 +687,14 @@ impl Config {
                 "max_disruptive_per_hour": self.reconcile.max_disruptive_per_hour,
             },
             "audit": {"max_bytes": self.audit.max_bytes},
+            "restore_tests": self.restore_tests.as_ref().map(|t| json!({
+                "every_hours": t.every_hours,
+                "vmid_range": format!("{}-{}", t.vmid_range.start(), t.vmid_range.end()),
+                "storage": t.storage,
+                "max_parallel": t.max_parallel,
+                "min_free_memory_mib": t.min_free_memory_mib,
+                "min_free_storage_gib": t.min_free_storage_gib,
+            })),
         });
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }

@@ -59,6 +59,12 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("audit.max_bytes", Kind::Int),
     ("reconcile.shutdown_timeout_seconds", Kind::Int),
     ("reconcile.max_disruptive_per_hour", Kind::Int),
+    ("restore_tests.every_hours", Kind::Int),
+    ("restore_tests.vmid_range", Kind::Str),
+    ("restore_tests.storage", Kind::Str),
+    ("restore_tests.max_parallel", Kind::Int),
+    ("restore_tests.min_free_memory_mib", Kind::Int),
+    ("restore_tests.min_free_storage_gib", Kind::Int),
 ];
 
 /// The fields of one `authz.signers[]` entry.

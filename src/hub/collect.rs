@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::report::{
     AUDIT_TAIL_LEN, AuditEntry, BackupVolume, CloudflaredStatus, GuestReport, GuestSpec,
     GuestStatus, HostMetrics, HostReport, PENDING_SIGNATURES_MAX, PauseReport, PbsSnapshot,
-    SIGNED_OP_RESULTS_MAX, SignedOpResult, SignerPolicyReport, StorageTarget,
+    RestoreTest, SIGNED_OP_RESULTS_MAX, SignedOpResult, SignerPolicyReport, StorageTarget,
 };
 use super::report::{DiskReport, Health, PROBE_OK, SensorReport};
 use crate::base::time::{Clock, Timestamp};
@@ -157,6 +157,22 @@ impl SignerPolicySource for crate::authz::SignerSet {
     }
 }
 
+/// The source of the report's `restore_tests`: the newest results, oldest first.
+pub trait RestoreTestsSource: Send + Sync {
+    /// The results to report (at most [`super::report::RESTORE_TESTS_MAX`] are sent).
+    fn restore_tests(&self) -> Vec<RestoreTest>;
+}
+
+/// No restore tests (none configured).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRestoreTests;
+
+impl RestoreTestsSource for NoRestoreTests {
+    fn restore_tests(&self) -> Vec<RestoreTest> {
+        Vec::new()
+    }
+}
+
 /// Why no report can be built this round.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -205,6 +221,7 @@ pub struct Collector<R, P> {
     health: Option<Arc<dyn HealthProbe>>,
     signers: Arc<dyn SignerPolicySource>,
     pause: Arc<dyn PauseSource>,
+    restore_tests: Arc<dyn RestoreTestsSource>,
     clock: Arc<dyn Clock>,
     host_id: String,
     agent_version: String,
@@ -237,6 +254,7 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             health: None,
             signers: Arc::new(NoSignerPolicy),
             pause: Arc::new(NoPause),
+            restore_tests: Arc::new(NoRestoreTests),
             clock,
             host_id: host_id.into(),
             agent_version: agent_version.into(),
@@ -264,6 +282,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
     /// Reads the report's `paused` from `pause` (never paused without it).
     pub fn with_pause(mut self, pause: Arc<dyn PauseSource>) -> Self {
         self.pause = pause;
+        self
+    }
+
+    /// Reads the report's `restore_tests` from `source` (none without it).
+    pub fn with_restore_tests(mut self, source: Arc<dyn RestoreTestsSource>) -> Self {
+        self.restore_tests = source;
         self
     }
 
@@ -338,7 +362,12 @@ impl<R: HostReader, P: CloudflaredProbe> Collector<R, P> {
             cloudflared,
             storage_targets,
             backups,
-            restore_tests: Vec::new(),
+            restore_tests: {
+                let mut all = self.restore_tests.restore_tests();
+                let excess = all.len().saturating_sub(super::report::RESTORE_TESTS_MAX);
+                all.drain(..excess);
+                all
+            },
             pbs_snapshots,
             audit_tail,
             pending_signatures,

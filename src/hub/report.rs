@@ -320,10 +320,34 @@ pub struct PbsSnapshot {
     pub notes: Option<String>,
 }
 
-/// A restore test result. The agent runs no restore tests yet, so this type has no
-/// values and `restore_tests` is always `[]`; the shape is defined with the feature.
+/// One restore test: a guest's backup restored into a scratch vmid, started without
+/// network, checked to have booted, and destroyed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RestoreTest {}
+pub struct RestoreTest {
+    /// The guest whose backup was tested.
+    pub vmid: u32,
+    /// The backup volume restored.
+    pub backup_volid: String,
+    /// The scratch vmid it was restored into; `null` when none was free.
+    pub scratch_vmid: Option<u32>,
+    /// When the test started, RFC 3339 UTC.
+    #[serde(with = "crate::base::time::rfc3339")]
+    pub started_at: Timestamp,
+    /// Restore to cleanup, seconds.
+    pub duration_seconds: u64,
+    /// `ok`, `failed` or `skipped`.
+    pub outcome: String,
+    /// Where it failed or was skipped (`guard`, `scratch_vmid`, `restore`, `network`,
+    /// `start`, `boot_check`, `cleanup`, `interrupted`); `null` when ok.
+    pub stage: Option<String>,
+    /// What failed, at most 256 bytes; `null` when ok.
+    pub detail: Option<String>,
+    /// The backup volume's size, bytes; `null` when unknown.
+    pub size_bytes: Option<u64>,
+}
+
+/// How many restore tests a report carries at most (the newest).
+pub const RESTORE_TESTS_MAX: usize = 64;
 
 /// One gate decision from the audit log.
 ///

@@ -322,7 +322,7 @@ impl Client {
         })
     }
 
-    fn get_one<T>(
+    pub(super) fn get_one<T>(
         &self,
         path: ApiPath,
         params: Vec<(String, String)>,

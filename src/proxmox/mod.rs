@@ -16,6 +16,7 @@
 //! reads the sources of both to hold that line.
 
 mod answer;
+mod capacity;
 mod client;
 mod create;
 mod decode;
@@ -30,6 +31,7 @@ mod validate;
 mod wait;
 
 pub use answer::{Answer, decode_answer};
+pub use capacity::StorageCapacity;
 pub use client::{Client, ClientOptions};
 pub use create::{CreateLxc, LxcSource, MAX_CORES, MAX_MEMORY_MIB, MAX_ROOTFS_GIB, MIN_MEMORY_MIB};
 pub use decode::DecodeError;
@@ -39,7 +41,8 @@ pub use health::{
     is_probed_disk, parse_sensors, parse_smart, probe_disks, probe_sensors,
 };
 pub use privileged::{
-    GoldenLxc, Output, Privileged, PrivilegedError, Programs, RunError, Runner, SystemRunner,
+    BOOT_CHECK_PROGRAM, GoldenLxc, Output, Privileged, PrivilegedError, Programs, RunError, Runner,
+    SystemRunner,
 };
 pub use privileges::{
     API_CALLS, AclPath, ApiCall, Feature, ROLE_NAME, ROLE_TOKEN, ROLE_USER, Requirement,

@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::validate::{self, InvalidArgument, check};
+
+mod exec;
 #[cfg(test)]
 use crate::base::sync::lock;
+pub use exec::BOOT_CHECK_PROGRAM;
 
 /// What a finished program left behind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -46,6 +46,9 @@ pub enum OpClass {
     BackupDelete,
     /// Replace the allow-listed signers.
     RotateSigners,
+    /// Restore a backup into a new scratch guest for a restore test (never with
+    /// `force`: Proxmox refuses a vmid that exists, so it cannot overwrite anything).
+    ScratchRestore,
     /// Any other word: destructive, and refused `unknown_op` (not in the catalogue).
     #[serde(untagged)]
     Unknown(String),
@@ -65,6 +68,7 @@ impl OpClass {
             "snapshot_rollback" => OpClass::SnapshotRollback,
             "backup_delete" => OpClass::BackupDelete,
             "rotate_signers" => OpClass::RotateSigners,
+            "scratch_restore" => OpClass::ScratchRestore,
             other => OpClass::Unknown(other.to_string()),
         }
     }
@@ -82,12 +86,14 @@ impl OpClass {
             OpClass::SnapshotRollback => "snapshot_rollback",
             OpClass::BackupDelete => "backup_delete",
             OpClass::RotateSigners => "rotate_signers",
+            OpClass::ScratchRestore => "scratch_restore",
             OpClass::Unknown(s) => s,
         }
     }
 
     /// Whether the class can never lose data by itself (start, stop, set config, a disk
-    /// grown, and a create, which Proxmox refuses over a taken vmid without `force`).
+    /// grown, a create, which Proxmox refuses over a taken vmid without `force`, and a
+    /// restore into a scratch vmid that must not exist).
     pub fn is_benign_by_class(&self) -> bool {
         matches!(
             self,
@@ -96,6 +102,7 @@ impl OpClass {
                 | OpClass::SetConfig
                 | OpClass::Resize
                 | OpClass::GuestCreate
+                | OpClass::ScratchRestore
         )
     }
 
@@ -206,6 +213,7 @@ mod tests {
             "snapshot_rollback",
             "backup_delete",
             "rotate_signers",
+            "scratch_restore",
         ] {
             let c = OpClass::parse(w);
             assert!(!matches!(c, OpClass::Unknown(_)), "{w}");

@@ -159,6 +159,13 @@ enum Line {
         #[serde(with = "crate::base::time::rfc3339")]
         at: Timestamp,
     },
+    /// `vmid` is no longer the agent's scratch guest: the agent found it gone, or its
+    /// restore never created it (the vmid was someone else's).
+    ScratchReleased {
+        vmid: u32,
+        #[serde(with = "crate::base::time::rfc3339")]
+        at: Timestamp,
+    },
     /// Transaction `txn` is over: guests it created no longer carry its provenance.
     TxnEnded {
         txn: String,
@@ -247,6 +254,9 @@ impl Index {
             }
             Line::ScratchTagged { vmid, at } => {
                 self.scratch.insert(vmid, at);
+            }
+            Line::ScratchReleased { vmid, .. } => {
+                self.scratch.remove(&vmid);
             }
             Line::TxnEnded { txn, .. } => {
                 self.created.retain(|_, (t, _)| *t != txn);
@@ -563,6 +573,19 @@ impl Journal {
     /// Records that the agent tagged `vmid` as its own scratch guest.
     pub fn tag_scratch(&self, vmid: u32, at: Timestamp) -> Result<(), JournalError> {
         self.append_line(Line::ScratchTagged { vmid, at })
+    }
+
+    /// Records that `vmid` is no longer the agent's scratch guest (it is gone, or the
+    /// agent never created it): from now on its destroy needs a signature again.
+    pub fn release_scratch(&self, vmid: u32, at: Timestamp) -> Result<(), JournalError> {
+        self.append_line(Line::ScratchReleased { vmid, at })
+    }
+
+    /// The vmids tagged as the agent's scratch guests, ascending.
+    pub fn scratch_vmids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = lock(&self.index).scratch.keys().copied().collect();
+        v.sort_unstable();
+        v
     }
 
     /// Ends transaction `txn`: guests it created lose their provenance.

@@ -25,6 +25,8 @@ pub(crate) mod provision;
 pub(crate) mod queue;
 pub(crate) mod recover;
 pub(crate) mod restore_overwrite;
+pub(crate) mod restore_results;
+pub(crate) mod restore_test;
 pub(crate) mod rotation;
 pub(crate) mod source;
 
@@ -57,6 +59,11 @@ pub use plan::{
 };
 pub use queue::{DEFAULT_IDLE, JobHandle, JobPanicked, Queue, SubmitError};
 pub use recover::{RecoverReport, recover};
+pub use restore_results::{
+    KEPT_RESULTS, RESTORE_TESTS_FILE, RESULT_DETAIL_MAX, RestoreResults, RestoreTestResult,
+    RestoreTestsState, ResultsWriteError, TestOutcome, TestStage, read_results,
+};
+pub use restore_test::{BootCheck, RestoreTestError, RestoreTester};
 pub use rotation::{
     ROTATED, RotationExecutor, SIGNER_ADDED, SIGNER_KEPT, SIGNER_REMOVED, recover_rotations,
 };

@@ -76,7 +76,7 @@ pub(crate) fn task_type(class: &OpClass) -> Option<&'static str> {
         OpClass::SetConfig => Some("vzconfig"),
         OpClass::Resize => Some("resize"),
         OpClass::GuestDestroy => Some("vzdestroy"),
-        OpClass::RestoreOverwrite => Some("vzrestore"),
+        OpClass::RestoreOverwrite | OpClass::ScratchRestore => Some("vzrestore"),
         OpClass::SnapshotRollback => Some("vzrollback"),
         OpClass::BackupDelete => Some("imgdel"),
         _ => None,

@@ -59,6 +59,10 @@ pub const FAIL_SYNC_AT_ENV: &str = "FELHOM_FAULT_FAIL_SYNC_AT";
 /// (feature `fault-points` only).
 pub const JOURNAL_COMPACT_AT_ENV: &str = "FELHOM_FAULT_JOURNAL_COMPACT_AT";
 
+/// The `pct` the restore tests' boot check runs instead of `/usr/sbin/pct` (feature
+/// `fault-points` only): a stand-in script for process tests and the simulator.
+pub const PCT_ENV: &str = "FELHOM_FAULT_PCT";
+
 /// `N` > 0: one second of the poll schedule lasts `N` ms (feature `fault-points` only).
 pub const SECOND_MS_ENV: &str = "FELHOM_FAULT_SECOND_MS";
 
@@ -117,6 +121,22 @@ pub(crate) fn reached_in(store: &Path, what: &str) {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     reached(&format!("{stem}:{what}"));
+}
+
+/// The `pct` program: `default`. Without the feature there is no override.
+#[cfg(not(feature = "fault-points"))]
+#[inline(always)]
+pub(crate) fn pct_program(default: std::path::PathBuf) -> std::path::PathBuf {
+    default
+}
+
+/// The `pct` program: the absolute path in [`PCT_ENV`] when set, else `default`.
+#[cfg(feature = "fault-points")]
+pub(crate) fn pct_program(default: std::path::PathBuf) -> std::path::PathBuf {
+    match std::env::var_os(PCT_ENV).map(std::path::PathBuf::from) {
+        Some(p) if p.is_absolute() => p,
+        _ => default,
+    }
 }
 
 /// The journal's compaction threshold at start: `default`, or the test's override.

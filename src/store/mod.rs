@@ -78,7 +78,8 @@ pub(crate) mod statelock;
 mod take;
 
 pub use faultpoint::{
-    FAIL_SYNC_AT_ENV, JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
+    FAIL_SYNC_AT_ENV, JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, PCT_ENV,
+    SECOND_MS_ENV,
 };
 pub use file_io::{DurableFile, FaultOp, FaultyIo, Io, OsIo};
 pub use line::{

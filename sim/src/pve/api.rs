@@ -251,6 +251,7 @@ enum Ep<'a> {
     /// The volume may come with raw `/` (more segments) or `%2F`, as Proxmox takes it.
     ContentDelete(&'a str, String),
     Resize(&'a str),
+    StorageStatus(&'a str),
     Tasks,
     TaskStatus(&'a str),
     TaskLog(&'a str),
@@ -296,6 +297,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
                     ContentDelete(s, vol.join("/"))
                 }
                 ("PUT", ["lxc", v, "resize"]) => Resize(v),
+                ("GET", ["storage", s, "status"]) => StorageStatus(s),
                 ("GET", ["tasks"]) => Tasks,
                 ("GET", ["tasks", u, "status"]) => TaskStatus(u),
                 ("GET", ["tasks", u, "log"]) => TaskLog(u),
@@ -359,6 +361,7 @@ fn route(st: &mut State, method: &str, segs: &[&str], path: &str, p: &mut Params
         StorageContent(s) => storage_content(st, p, s),
         ContentDelete(s, vol) => super::disk::content_delete(st, p, s, &vol),
         Resize(v) => super::disk::resize(st, p, v),
+        StorageStatus(s) => storage_status(st, p, s),
         Tasks => task_list(st, p),
         TaskStatus(u) => task_status(st, p, u),
         TaskLog(u) => task_log(st, p, u),
@@ -1177,6 +1180,32 @@ fn node_storage(st: &State, p: &Params) -> ApiResult {
         })
         .collect();
     Ok(Answer::data(Value::Array(rows)))
+}
+
+/// pve-storage `API2/Storage/Status.pm` `read_status`: the storage's entry of
+/// `storage_info` (no `storage` key: the path names it); an unknown one is a parameter
+/// error, `No such storage.`
+fn storage_status(st: &State, p: &mut Params, name: &str) -> ApiResult {
+    p.push("storage", name);
+    check(p, &[("storage", Kind::Str)], &[])?;
+    st.check_sync(
+        &format!("/storage/{name}"),
+        &["Datastore.Audit", "Datastore.AllocateSpace"],
+    )?;
+    let Some(s) = st.storage(name) else {
+        return Err(ApiError::param("storage", "No such storage."));
+    };
+    let used = st.storage_used(s);
+    Ok(Answer::data(json!({
+        "type": s.kind,
+        "content": s.content,
+        "active": 1,
+        "enabled": 1,
+        "shared": 0,
+        "total": s.total,
+        "used": used,
+        "avail": s.total - used,
+    })))
 }
 
 fn storage_content(st: &State, p: &mut Params, name: &str) -> ApiResult {

@@ -225,7 +225,9 @@ fn the_golden_report_validates() {
         "{problems:?}"
     );
     assert!(
-        problems.iter().any(|p| p.starts_with("$.restore_tests:")),
+        problems
+            .iter()
+            .any(|p| p.starts_with("$.restore_tests[0].vmid: is required")),
         "{problems:?}"
     );
 }
