@@ -315,6 +315,7 @@ fn a_scratch_claim_from_outside_changes_nothing() {
         &GuestNow::Present {
             digest: r.sim.guest_digest(9902),
             protected: false,
+            running: false,
         },
     );
     assert_eq!(d.refusal(), Some(&Refusal::PendingSignature));

@@ -302,7 +302,13 @@ fn report_failure(slot: &Failure, e: DaemonError) {
 /// released when this returns.
 pub fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(), DaemonError> {
     let lock = StateLock::acquire(&cfg.state_dir).map_err(DaemonError::StateLock)?;
-    serve_locked(cfg, Path::new("(given by the caller)"), shutdown, &lock, &HupHooks::default())
+    serve_locked(
+        cfg,
+        Path::new("(given by the caller)"),
+        shutdown,
+        &lock,
+        &HupHooks::default(),
+    )
 }
 
 /// [`serve`] once the state directory is locked: `_lock` is the proof.

@@ -22,8 +22,8 @@ pub(crate) mod round;
 pub use client::{HubClient, HubClientError, HubClientOptions, HubSetupError};
 pub use collect::{
     AuditTail, CloudflaredProbe, CollectError, Collector, HealthProbe, HostReader, NoAudit,
-    NoOpResults, NoPause, NoRestoreTests, NoSignerPolicy, OpResultsSource, PauseSource,
-    ReadError, RestoreTestsSource, SignerPolicySource,
+    NoOpResults, NoPause, NoRestoreTests, NoSignerPolicy, OpResultsSource, PauseSource, ReadError,
+    RestoreTestsSource, SignerPolicySource,
 };
 pub use desired_feed::{DesiredFetch, DesiredFetchError, DesiredStateClient, generation_etag};
 pub use envelope::{
@@ -37,8 +37,7 @@ pub use ops_feed::{Announcement, DeliveredOp, FetchError, SignedOpsClient};
 pub use poller::{Poller, Reporter, SharedEnvelope, Sleeper};
 pub use report::{
     AuditEntry, CpuMetrics, DiskReport, GuestSpec, GuestStatus, Health, HostMetrics, HostReport,
-    LoadAverage, PENDING_SIGNATURES_MAX, PROBE_OK, PROBE_UNKNOWN, PauseReport,
-    RESTORE_TESTS_MAX, RestoreTest, SIGNED_OP_RESULTS_MAX, SensorReport, SignedOpResult,
-    SignerPolicyReport, Usage,
+    LoadAverage, PENDING_SIGNATURES_MAX, PROBE_OK, PROBE_UNKNOWN, PauseReport, RESTORE_TESTS_MAX,
+    RestoreTest, SIGNED_OP_RESULTS_MAX, SensorReport, SignedOpResult, SignerPolicyReport, Usage,
 };
 pub use round::{HubRound, HubRoundError};

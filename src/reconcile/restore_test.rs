@@ -725,9 +725,11 @@ impl RestoreTester {
             }
         }
         let now = match self.client.guest_config(vmid) {
+            // Counted as running (it was started): the destroy's `force` stops it.
             Ok(c) => GuestNow::Present {
                 protected: c.protected(),
                 digest: c.digest,
+                running: true,
             },
             Err(e) => GuestNow::Unreadable(e.to_string()),
         };
