@@ -729,7 +729,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         return fail(format!("status after the stop exited {code:?}, not 3"));
     }
     say("kit: after SIGTERM `status` exits 3 (not running)");
-    // 13–14. Provisioning from a backup, then a signed restore_overwrite.
+    // 14–15. Provisioning from a backup, then a signed restore_overwrite.
     if let Err(e) = guests_from_birth(bin, dir, &pve, &config, &cfg_path, &mut logs) {
         return fail(e);
     }
@@ -738,7 +738,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     }
     say("daemon: SIGTERM → exit 0 each time; no secret in its log");
 
-    // 13. The operator's kit: `op new` prints the blob to sign (the guest's digest read
+    // 16. The operator's kit: `op new` prints the blob to sign (the guest's digest read
     // from Proxmox now, a fresh nonce), the fresh key signs it as printed, `verify`
     // accepts it; every command answers `--help`.
     let out = run(
@@ -815,23 +815,23 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         "help: all {} commands answer COMMAND --help",
         felhom_agent::cli::table::COMMANDS.len()
     ));
-    // 14. The Proxmox role, on a simulator of its own.
+    // 17. The Proxmox role, on a simulator of its own.
     if let Err(e) = role_step(bin, dir, &secret) {
         return fail(e);
     }
-    // 15. The catalogue and the root disk, self-contained: a new hub publishes a
+    // 18. The catalogue and the root disk, self-contained: a new hub publishes a
     // document that grows guest 101's root disk and asks to shrink guest 100's (refused
     // shrink_refused, audited once, never sent), and delivers a signed backup_delete of
     // guest 100's backup (executed once); `plan` then shows the refused shrink.
     if let Err(e) = catalogue_step(bin, dir, &pve, &config, &fresh_key) {
         return fail(e);
     }
-    // Restore tests: a backup proven by restoring and booting it, one that fails, and a
+    // 19–21. Restore tests: a backup proven by restoring and booting it, one that fails, and a
     // scratch guest cleaned up after kill -9 (simulators of their own).
     if let Err(e) = restore_tests_lab(bin, dir) {
         return fail(e);
     }
-    // Last, since it changes who may sign: signer rotation. After a leak, two recovery
+    // 22, last, since it changes who may sign: signer rotation. After a leak, two recovery
     // keys rotate the signers.
     let rotation = Rotation {
         bin,
@@ -856,7 +856,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Steps 13 and 14, on a hub of their own (the lab's first hub is down by now) and a
+/// Steps 14 and 15, on a hub of their own (the lab's first hub is down by now) and a
 /// desired-state file: guest 120 is provisioned from guest 100's backup (a restore the
 /// agent journals as its own `created_by_agent` transaction), then an operator signs a
 /// `restore_overwrite` of guest 120 with `stop`, and the daemon stops it and restores
@@ -912,7 +912,7 @@ fn guests_from_birth(
         view.latest(&id)
     };
 
-    // 13. Provisioned from a backup.
+    // 14. Provisioned from a backup.
     let started = Instant::now();
     let mut daemon = Daemon::start(bin, cfg)?;
     if !daemon.wait("guest 120 provisioned and running", || {
@@ -941,7 +941,7 @@ fn guests_from_birth(
         create.state.as_str()
     ));
 
-    // 14. A signed restore_overwrite of the running guest 120, with stop.
+    // 15. A signed restore_overwrite of the running guest 120, with stop.
     pve.set_config_value(120, "cores", Some("5"));
     let digest = pve.guest_digest(120).ok_or("guest 120 has no digest")?;
     let now = SystemClock.now().unix();
@@ -998,7 +998,7 @@ fn guests_from_birth(
     Ok(())
 }
 
-/// Step 15: an emergency `rotate_signers` signed by two recovery keys (threshold 2),
+/// Step 22: an emergency `rotate_signers` signed by two recovery keys (threshold 2),
 /// delivered by the hub with both signatures; then a destroy signed by the old
 /// operational key is refused and the same destroy signed by the new key runs.
 struct Rotation<'a> {
@@ -1288,7 +1288,7 @@ impl Daemon {
     }
 }
 
-/// Step 13: the `FelhomAgent` role from the agent's table of its API calls. A fresh
+/// Step 17: the `FelhomAgent` role from the agent's table of its API calls. A fresh
 /// simulator grants exactly that role (to the user and the privilege-separated token,
 /// on the recipe's ACL paths); both selftests pass under it; without `VM.Snapshot`
 /// `selftest task` fails at its first mutation, naming the privilege.
@@ -1363,7 +1363,7 @@ fn role_step(bin: &Path, dir: &Path, secret: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Step 15 (see its comment in [`lab`]); `Err` says what went wrong.
+/// Step 18 (see its comment in [`lab`]); `Err` says what went wrong.
 fn catalogue_step(
     bin: &Path,
     dir: &Path,
@@ -1495,7 +1495,7 @@ impl felhom_agent::reconcile::BootCheck for LabBoot {
     }
 }
 
-/// 13–15. Restore tests, the proof of backup, on their own simulators and state dir:
+/// Steps 19–21. Restore tests, the proof of backup, on their own simulators and state dir:
 /// one passing, one failing on a broken backup (both in process, with a stand-in boot
 /// check), then the real daemon SIGKILLed while a restore runs and restarted: the scratch
 /// guest is cleaned up, benign by the journal's own provenance.
