@@ -433,6 +433,8 @@ fn serve_locked(
         Arc::clone(&reconciler.journal),
         Arc::clone(&reconciler.audit),
         reconciler.nonces.clone(),
+        reconciler.gate.signer_set().cloned(),
+        cfg.restore_tests.as_ref().map(|_| cfg.state_dir.clone()),
     );
     reconciler
         .engine

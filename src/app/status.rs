@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::notify::Notifier;
 use super::pause::PauseWatch;
-use crate::authz::FileNonceStore;
+use crate::authz::{FileNonceStore, SignerSet, expiry_warnings};
 use crate::base::sync::lock;
 use crate::base::time::{Clock, SystemClock, Timestamp};
 use crate::hub::collect::PauseSource;
@@ -33,6 +33,7 @@ use crate::reconcile::action::Outcome;
 use crate::reconcile::audit::AuditLog;
 use crate::reconcile::engine::{EngineError, PassObserver, PassReport};
 use crate::reconcile::journal::Journal;
+use crate::reconcile::restore_results::{RestoreTestResult, RestoreTestsState, read_results};
 use crate::store::{OsIo, replace_file};
 
 /// The status file's name inside the state directory.
@@ -208,7 +209,15 @@ struct Sources {
     journal: Arc<Journal>,
     audit: Arc<AuditLog>,
     nonces: Option<Arc<FileNonceStore>>,
+    /// The gate's live signer set (version, expiry), when signers are configured.
+    signers: Option<Arc<SignerSet>>,
+    /// The state directory whose `restore-tests.json` holds the results, when restore
+    /// tests are configured.
+    restore_tests: Option<PathBuf>,
 }
+
+/// How many restore-test results `status` shows (the newest).
+const RESTORE_TESTS_SHOWN: usize = 8;
 
 /// The daemon's status: updated by the workers, written to `status.json`.
 pub struct StatusBoard {
@@ -346,11 +355,15 @@ impl StatusBoard {
         journal: Arc<Journal>,
         audit: Arc<AuditLog>,
         nonces: Option<Arc<FileNonceStore>>,
+        signers: Option<Arc<SignerSet>>,
+        restore_tests: Option<PathBuf>,
     ) {
         *lock(&self.sources) = Some(Sources {
             journal,
             audit,
             nonces,
+            signers,
+            restore_tests,
         });
     }
 
@@ -480,7 +493,26 @@ impl StatusBoard {
             });
         }
         doc.damage = damage;
+        if let Some(set) = &src.signers {
+            let policy = set.policy();
+            doc.signers.policy_version = Some(policy.version);
+            doc.signers.expiry_warnings = expiry_warnings(&policy, SystemClock.now())
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        }
+        if let Some(dir) = &src.restore_tests {
+            doc.restore_tests = Some(restore_tests_status(&read_results(dir)));
+        }
     }
+}
+
+/// The newest restore-test results and the ones running, as `status` shows them:
+/// `{"last": [...], "running": [...]}`, each as the report carries it.
+fn restore_tests_status(state: &RestoreTestsState) -> serde_json::Value {
+    let skip = state.results.len().saturating_sub(RESTORE_TESTS_SHOWN);
+    let last: Vec<&RestoreTestResult> = state.results.iter().skip(skip).collect();
+    serde_json::json!({ "last": last, "running": state.running })
 }
 
 /// `running; report ok; pass ok (2 actions); 0 in flight; 1 pending signature(s)`.

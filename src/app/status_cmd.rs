@@ -157,7 +157,40 @@ pub(crate) fn degraded(doc: &StatusDoc) -> Vec<String> {
     for w in &doc.signers.expiry_warnings {
         why.push(format!("signer: {w}"));
     }
+    why.extend(failed_restore_tests(doc));
     why
+}
+
+/// The guests whose newest restore test failed: a backup that did not come back is a
+/// degraded host.
+fn failed_restore_tests(doc: &StatusDoc) -> Vec<String> {
+    let Some(last) = doc
+        .restore_tests
+        .as_ref()
+        .and_then(|v| v.get("last"))
+        .and_then(serde_json::Value::as_array)
+    else {
+        return Vec::new();
+    };
+    let mut newest: std::collections::BTreeMap<u64, &serde_json::Value> = Default::default();
+    for r in last {
+        if let Some(vmid) = r.get("vmid").and_then(serde_json::Value::as_u64) {
+            newest.insert(vmid, r);
+        }
+    }
+    newest
+        .into_iter()
+        .filter(|(_, r)| r.get("outcome").and_then(serde_json::Value::as_str) == Some("failed"))
+        .map(|(vmid, r)| {
+            let field = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or("?");
+            format!(
+                "restore test of guest {vmid} failed at stage {} (backup {}): {}",
+                field("stage"),
+                field("backup_volid"),
+                field("detail")
+            )
+        })
+        .collect()
 }
 
 /// Text for a terminal: control characters made visible, the rest as is.
@@ -449,6 +482,30 @@ mod tests {
             r.error = Some("hub unreachable".into());
         }
         assert!(degraded(&d)[0].contains("hub unreachable"));
+    }
+
+    #[test]
+    fn a_guest_whose_newest_restore_test_failed_degrades_the_host() {
+        let mut d = doc();
+        let r = |vmid: u32, outcome: &str, stage: Option<&str>| {
+            serde_json::json!({"vmid": vmid, "backup_volid": format!("local:backup/{vmid}"),
+                "outcome": outcome, "stage": stage, "detail": "x"})
+        };
+        // Newest last: 100 failed, then passed; 101 passed, then failed at restore.
+        d.restore_tests = Some(serde_json::json!({"last": [
+            r(100, "failed", Some("boot_check")),
+            r(101, "ok", None),
+            r(100, "ok", None),
+            r(101, "failed", Some("restore")),
+        ], "running": []}));
+        let why = degraded(&d);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].starts_with("restore test of guest 101 failed at stage restore"),
+            "{why:?}"
+        );
+        d.restore_tests = Some(serde_json::json!({"last": [r(101, "ok", None)], "running": []}));
+        assert!(degraded(&d).is_empty());
     }
 
     #[test]
