@@ -826,6 +826,13 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     if let Err(e) = catalogue_step(bin, dir, &pve, &config, &fresh_key) {
         return fail(e);
     }
+    // 18b. The role covers what was wired after it: on a simulator of its own, under
+    // exactly the role, guest 200 is provisioned from 100's backup with a host name and
+    // a 10 GiB root disk, then grown to 12 GiB; without VM.Config.Network the same
+    // create is refused naming it, and nothing is made.
+    if let Err(e) = role_wired_step() {
+        return fail(e);
+    }
     // 19–21. Restore tests: a backup proven by restoring and booting it, one that fails, and a
     // scratch guest cleaned up after kill -9 (simulators of their own).
     if let Err(e) = restore_tests_lab(bin, dir) {
@@ -1482,6 +1489,85 @@ fn catalogue_step(
     };
     say(format!("catalogue: `plan` shows it: {}", line.trim()));
     hub.shutdown();
+    Ok(())
+}
+
+/// Step 18b (see its comment in [`lab`]); `Err` says what went wrong.
+fn role_wired_step() -> Result<(), String> {
+    use felhom_agent::base::{Secret, Shutdown};
+    use felhom_agent::net::{Sha256Pin, TlsTrust};
+    use felhom_agent::proxmox::{
+        Client, ClientOptions, CreateLxc, ROLE_NAME, WaitOptions, role_acl_paths, role_privileges,
+    };
+    use felhom_sim::AclSubject;
+
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web"))
+        .backup(100, "2026_11_20-03_00_00")
+        .task_duration(Duration::from_millis(30))
+        .start();
+    let role = role_privileges();
+    pve.set_role(ROLE_NAME, &role);
+    for path in role_acl_paths() {
+        for who in [AclSubject::User, AclSubject::Token] {
+            pve.acl_modify(&path.grant_path(&pve.node()), who, ROLE_NAME, true);
+        }
+    }
+    let pin = Sha256Pin::parse(&pve.fingerprint()).map_err(|e| e.to_string())?;
+    let client = Client::new(ClientOptions::new(
+        pve.url(),
+        pve.node(),
+        felhom_sim::DEFAULT_TOKEN_ID,
+        Secret::new(DEFAULT_TOKEN_SECRET),
+        TlsTrust::Pin(pin),
+    ))
+    .map_err(|e| e.to_string())?;
+    let wait = WaitOptions::default();
+    let backup = "local:backup/vzdump-lxc-100-2026_11_20-03_00_00.tar.zst";
+    let mut create = CreateLxc::restore(200, backup, "local-lvm");
+    create.hostname = Some("web-copy".into());
+    create.rootfs_gib = Some(10);
+    let run = |upid: Result<felhom_agent::proxmox::Upid, _>, what: &str| {
+        let upid = upid.map_err(|e| format!("{what} under the role: {e}"))?;
+        client
+            .wait_task(&upid, &wait, &Shutdown::new())
+            .map(|_| ())
+            .map_err(|e| format!("{what} under the role: {e}"))
+    };
+    run(client.create_lxc(&create), "provision 200")?;
+    run(client.resize_rootfs(200, 12 << 30), "resize 200")?;
+    let rootfs = pve
+        .guest_config(200)
+        .and_then(|c| c.get("rootfs").and_then(|v| v.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    if !rootfs.contains("size=12G") {
+        return Err(format!("200's root disk is {rootfs:?}, not 12G"));
+    }
+    say(format!(
+        "role: under exactly {} privileges, 200 provisioned from 100's backup as web-copy and its root disk grown ({rootfs})",
+        role.len()
+    ));
+    let without: Vec<&str> = role
+        .iter()
+        .copied()
+        .filter(|p| *p != "VM.Config.Network")
+        .collect();
+    pve.set_role(ROLE_NAME, &without);
+    create.vmid = 201;
+    match client.create_lxc(&create) {
+        Err(e) if e.to_string().contains("VM.Config.Network") => {}
+        other => {
+            return Err(format!(
+                "a create with a hostname without VM.Config.Network: {other:?}"
+            ));
+        }
+    }
+    if pve.guest_ids().contains(&201) {
+        return Err("201 was made without VM.Config.Network".into());
+    }
+    say(
+        "role: without VM.Config.Network, provisioning with a host name is refused: Permission check failed (/vms/201, VM.Config.Network)",
+    );
     Ok(())
 }
 

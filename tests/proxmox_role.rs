@@ -5,8 +5,11 @@
 //!
 //! - under exactly that role, every selftest and the daemon (the real binary) do all
 //!   they do today: report (node, guests, storages, backups), reconcile config writes,
-//!   a start and a stop, a signed `guest_destroy` of a protected guest (`unprotect`),
-//!   with no refusal anywhere;
+//!   a start and a stop, provision a guest from another guest's backup (desired
+//!   `source`, with host name, root disk size, cores, memory, description), grow a root
+//!   disk, and execute the signed ops `guest_destroy` of a protected guest
+//!   (`unprotect`), `snapshot_rollback`, `backup_delete` and `restore_overwrite` of a
+//!   running guest (`stop`), with no refusal anywhere;
 //! - for each privilege of the role, the same run under the role without it breaks the
 //!   feature the table names for it (an `event=` key, an exit code, or what the report
 //!   or the simulator holds), so the list is complete and minimal.
@@ -18,15 +21,16 @@
 
 mod common;
 use common::agent::{Agent, fast_hub, write_agent_config};
-use common::sign::{authz_json, nonce, ssh_keygen_sign};
+use common::sign::{authz_json, nonce, op_blob, ssh_keygen_sign};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
+use felhom_agent::base::Shutdown;
 use felhom_agent::base::{Clock as _, SystemClock, Timestamp};
 use felhom_agent::proxmox::{
-    API_CALLS, Feature, ROLE_NAME, features_needing, pveum_recipe, role_privileges,
+    API_CALLS, Feature, ROLE_NAME, WaitOptions, features_needing, pveum_recipe, role_privileges,
     role_table_markdown,
 };
 use felhom_agent::store::SECOND_MS_ENV;
@@ -98,9 +102,24 @@ fn shell_words(line: &str) -> Vec<String> {
     out
 }
 
+/// The backup of 100 that 200 is provisioned from.
+const BACKUP_100: &str = "local:backup/vzdump-lxc-100-2026_11_20-03_00_00.tar.zst";
+/// The backup of 102 a signed `backup_delete` removes.
+const BACKUP_102: &str = "local:backup/vzdump-lxc-102-2026_11_19-03_00_00.tar.zst";
+/// The backup of 104 a signed `restore_overwrite` restores over it.
+const BACKUP_104: &str = "local:backup/vzdump-lxc-104-2026_11_18-03_00_00.tar.zst";
+/// The snapshot of 105 a signed `snapshot_rollback` goes back to.
+const SNAPSHOT_105: &str = "before_upgrade";
+/// The guest the desired state provisions.
+const NEW_VMID: u32 = 200;
+/// 101's root disk: 8 GiB seeded, 12 GiB desired.
+const GROWN_ROOTFS_GIB: u64 = 12;
+
 /// The host every run starts from: 100 running (2 cores, 512 MiB, "web") with a backup
-/// on `local`, 101 stopped, 102 running, 103 stopped and protected (the one a signed op
-/// destroys, with `unprotect`).
+/// on `local`, 101 stopped (8 GiB root disk), 102 running with a backup, 103 stopped and
+/// protected (the one a signed op destroys, with `unprotect`), 104 running with a backup
+/// (restored over, with `stop`), 105 stopped with the snapshot `before_upgrade` taken
+/// and then 4 cores set (rolled back).
 fn pve_sim() -> ProxmoxSim {
     let pve = ProxmoxSim::builder()
         .guest(
@@ -113,10 +132,21 @@ fn pve_sim() -> ProxmoxSim {
         .guest(GuestSeed::new(101, "db"))
         .guest(GuestSeed::new(102, "cache").running(true))
         .guest(GuestSeed::new(103, "old"))
+        .guest(GuestSeed::new(104, "shop").running(true).cores(2))
+        .guest(GuestSeed::new(105, "app").cores(2))
         .backup(100, "2026_11_20-03_00_00")
+        .backup(102, "2026_11_19-03_00_00")
+        .backup(104, "2026_11_18-03_00_00")
         .task_duration(std::time::Duration::from_millis(30))
         .start();
     pve.set_config_value(103, "protection", Some("1"));
+    // Set up before the recipe narrows the token: the simulator allows all until then.
+    let client = common::pinned_client(&pve);
+    let wait = WaitOptions::default();
+    let up = client.snapshot(105, SNAPSHOT_105, None).unwrap();
+    client.wait_task(&up, &wait, &Shutdown::new()).unwrap();
+    pve.set_config_value(105, "cores", Some("4"));
+    pve.set_config_value(104, "cores", Some("3"));
     pve
 }
 
@@ -142,14 +172,17 @@ impl Drop for Dir {
 
 /// The daemon's config: signed ops allowed for the test key, reconciling toward a
 /// desired file that raises 100's cores and memory, changes its description, starts
-/// 101 and stops 102.
+/// 101 and grows its root disk, stops 102, and provisions 200 from 100's backup.
 fn config(dir: &Path, pve: &ProxmoxSim, hub: &HubSim) -> PathBuf {
     std::fs::create_dir_all(dir.join("state")).unwrap();
     let desired = json!({"generation": 1, "guests": [
         {"vmid": 100, "run": "running", "spec": {"cores": 4, "memory_bytes": 1u64 << 30},
             "description": "web v2"},
-        {"vmid": 101, "run": "running"},
-        {"vmid": 102, "run": "stopped"}
+        {"vmid": 101, "run": "running", "spec": {"rootfs_bytes": GROWN_ROOTFS_GIB << 30}},
+        {"vmid": 102, "run": "stopped"},
+        {"vmid": NEW_VMID, "run": "stopped", "source": {"backup": BACKUP_100},
+            "storage": "local-lvm", "hostname": "web-copy", "rootfs_bytes": 10u64 << 30,
+            "spec": {"cores": 1, "memory_bytes": 256u64 << 20}, "description": "copy"}
     ]});
     std::fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
     write_agent_config(dir, pve, hub, |v| {
@@ -183,12 +216,62 @@ fn destroy_unprotect_blob(digest: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Queues on the hub a signed `op` of `vmid` (bound to its digest now) with `params`.
+fn queue_op(
+    dir: &Path,
+    pve: &ProxmoxSim,
+    hub: &HubSim,
+    op: &str,
+    vmid: u32,
+    params: &[(&str, &str)],
+) {
+    let digest = pve.guest_digest(vmid).unwrap();
+    let now = SystemClock.now().unix();
+    let (blob, _) = op_blob(op, "pve-a", &vmid.to_string(), &digest, params, now);
+    let sig = ssh_keygen_sign(dir, &blob);
+    hub.queue_signed_op(&blob, Some(&sig));
+}
+
+/// The catalogue's other signed ops, queued behind the destroy: a rollback of 105, the
+/// deletion of 102's backup, and a restore of 104's backup over the running 104.
+fn queue_catalogue(dir: &Path, pve: &ProxmoxSim, hub: &HubSim) {
+    queue_op(
+        dir,
+        pve,
+        hub,
+        "snapshot_rollback",
+        105,
+        &[("snapshot", SNAPSHOT_105)],
+    );
+    queue_op(
+        dir,
+        pve,
+        hub,
+        "backup_delete",
+        102,
+        &[("volid", BACKUP_102)],
+    );
+    queue_op(
+        dir,
+        pve,
+        hub,
+        "restore_overwrite",
+        104,
+        &[("backup", BACKUP_104), ("stop", "1")],
+    );
+}
+
 /// The daemon on `cfg`, with the hub holding a signed destroy of guest 103.
 fn daemon(dir: &Path, cfg: &Path, pve: &ProxmoxSim, hub: &HubSim) -> Agent {
     let digest = pve.guest_digest(103).unwrap();
     let blob = destroy_unprotect_blob(&digest);
     let sig = ssh_keygen_sign(dir, &blob);
     hub.queue_signed_op(&blob, Some(&sig));
+    spawn(dir, cfg)
+}
+
+/// The daemon on `cfg`, whatever the hub holds.
+fn spawn(dir: &Path, cfg: &Path) -> Agent {
     Agent::spawn(
         &["run"],
         cfg,
@@ -209,6 +292,12 @@ fn cores(pve: &ProxmoxSim, vmid: u32) -> Option<Value> {
     pve.guest_config(vmid).and_then(|c| c.get("cores").cloned())
 }
 
+fn rootfs(pve: &ProxmoxSim, vmid: u32) -> String {
+    pve.guest_config(vmid)
+        .and_then(|c| c.get("rootfs").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
 #[test]
 fn under_exactly_the_role_every_selftest_and_every_op_works() {
     let started = Instant::now();
@@ -221,26 +310,45 @@ fn under_exactly_the_role_every_selftest_and_every_op_works() {
     assert_eq!(read.status.code(), Some(0), "{}", out_text(&read));
     let stdout = String::from_utf8_lossy(&read.stdout).into_owned();
     assert!(
-        stdout.contains("4 LXC guests"),
+        stdout.contains("6 LXC guests"),
         "every guest visible: {stdout}"
     );
     let task = selftest(&cfg, &["task", "--vmid", "100"]);
     assert_eq!(task.status.code(), Some(0), "{}", out_text(&task));
 
+    queue_catalogue(&dir.0, &pve, &hub);
     let mut agent = daemon(&dir.0, &cfg, &pve, &hub);
-    agent.wait_until("every op of the pass and the signed destroy done", |_| {
+    agent.wait_until("every op of the pass and every signed op done", |a| {
         cores(&pve, 100) == Some(json!(4))
             && pve.guest_config(100).and_then(|c| c.get("memory").cloned()) == Some(json!(1024))
             && pve.guest_status(101).as_deref() == Some("running")
             && pve.guest_status(102).as_deref() == Some("stopped")
             && !pve.guest_ids().contains(&103)
+            && a.events("signed_op_handled").len() == 4
+            && !a.events("provision_done").is_empty()
+            && rootfs(&pve, 101).contains(&format!("size={GROWN_ROOTFS_GIB}G"))
     });
+    for handled in agent.events("signed_op_handled") {
+        assert_eq!(handled.field("outcome"), "executed", "{handled:?}");
+    }
+    // Provisioned from 100's backup with what the desired state says.
+    let new = pve.guest_config(NEW_VMID).expect("200 exists");
+    assert_eq!(new.get("hostname"), Some(&json!("web-copy")), "{new:?}");
+    assert_eq!(new.get("cores"), Some(&json!(1)), "{new:?}");
+    assert!(rootfs(&pve, NEW_VMID).contains("size=10G"), "{new:?}");
+    // Rolled back: 105 has its snapshot's 2 cores again.
+    assert_eq!(cores(&pve, 105), Some(json!(2)));
+    // Deleted: 102's backup is gone, 100's and 104's stay.
+    let backups = pve.backups();
+    assert!(!backups.iter().any(|b| b == BACKUP_102), "{backups:?}");
+    assert!(backups.iter().any(|b| b == BACKUP_100), "{backups:?}");
+    // Restored over: 104 was stopped first, then has its backup's 2 cores again.
+    assert_eq!(cores(&pve, 104), Some(json!(2)));
+    assert_eq!(pve.guest_status(104).as_deref(), Some("stopped"));
     let description = pve
         .guest_config(100)
         .and_then(|c| c.get("description").cloned());
     assert_eq!(description, Some(json!("web v2\n")));
-    let handled = agent.wait_for_event("signed_op_handled", |_| true);
-    assert_eq!(handled.field("outcome"), "executed", "{handled:?}");
     let node = pve.node();
     assert!(
         pve.mutations().iter().any(|m| m.method == "PUT"
@@ -250,9 +358,10 @@ fn under_exactly_the_role_every_selftest_and_every_op_works() {
     );
 
     let mut report = Value::Null;
+    // 100, 101, 102, 104, 105 and the new 200; 103 is gone.
     agent.wait_until("a report made after the destroy", |_| {
         report = hub.reports().last().cloned().unwrap_or(Value::Null);
-        report["guests"].as_array().is_some_and(|g| g.len() == 3)
+        report["guests"].as_array().is_some_and(|g| g.len() == 6)
     });
     assert!(report["host"]["memory"]["total_bytes"].as_u64().unwrap() > 0);
     assert!(
@@ -296,6 +405,10 @@ enum Probe {
     ActionFails(&'static str, u32),
     /// The signed destroy of 103 ends `failed` and 103 survives.
     DestroyFails,
+    /// The catalogue op (`snapshot_rollback` of 105, `backup_delete` of 102's backup,
+    /// `restore_overwrite` of 104 with `stop`), the only one queued, ends with this
+    /// outcome code and changes nothing.
+    SignedOpFails(&'static str, &'static str),
 }
 
 /// Each privilege of the role, the feature that breaks without it, and how that shows.
@@ -329,6 +442,16 @@ const CASES: &[(&str, Feature, Probe)] = &[
         Probe::ActionFails("start", 101),
     ),
     ("VM.Allocate", Feature::GuestDestroy, Probe::DestroyFails),
+    (
+        "VM.Config.Disk",
+        Feature::Resize,
+        Probe::ActionFails("resize", 101),
+    ),
+    (
+        "VM.Config.Network",
+        Feature::Provision,
+        Probe::ActionFails("guest_create", NEW_VMID),
+    ),
     ("VM.Snapshot", Feature::SelftestTask, Probe::SelftestTask),
 ];
 
@@ -391,8 +514,41 @@ fn assert_breaks(privilege: &str, probe: Probe) {
             assert_eq!(agent.stop_with("TERM").code(), Some(0));
             match action {
                 "start" => assert_eq!(pve.guest_status(vmid).as_deref(), Some("stopped")),
+                "guest_create" => assert!(!pve.guest_ids().contains(&vmid), "no guest made"),
                 _ => assert_eq!(pve.guest_config(vmid), before, "the config is unchanged"),
             }
+        }
+        Probe::SignedOpFails(op, outcome) => {
+            match op {
+                "snapshot_rollback" => {
+                    queue_op(&dir.0, &pve, &hub, op, 105, &[("snapshot", SNAPSHOT_105)]);
+                }
+                "backup_delete" => queue_op(&dir.0, &pve, &hub, op, 102, &[("volid", BACKUP_102)]),
+                _ => queue_op(
+                    &dir.0,
+                    &pve,
+                    &hub,
+                    op,
+                    104,
+                    &[("backup", BACKUP_104), ("stop", "1")],
+                ),
+            }
+            let mut agent = spawn(&dir.0, &cfg);
+            let handled = agent.wait_for_event("signed_op_handled", |_| true);
+            assert_eq!(handled.field("op"), op, "{handled:?}");
+            assert_eq!(handled.field("outcome"), outcome, "{handled:?}");
+            assert_eq!(agent.stop_with("TERM").code(), Some(0));
+            assert_eq!(cores(&pve, 105), Some(json!(4)), "105 not rolled back");
+            assert!(
+                pve.backups().iter().any(|b| b == BACKUP_102),
+                "the backup stays"
+            );
+            assert_eq!(cores(&pve, 104), Some(json!(3)), "104 not restored over");
+            assert_eq!(
+                pve.guest_status(104).as_deref(),
+                Some("running"),
+                "nor stopped"
+            );
         }
         Probe::DestroyFails => {
             let mut agent = daemon(&dir.0, &cfg, &pve, &hub);
@@ -429,13 +585,72 @@ fn without_any_one_privilege_of_the_role_a_named_feature_breaks() {
     eprintln!("matrix of {} cases: {:?}", CASES.len(), started.elapsed());
 }
 
+/// Each feature wired after the first role, a privilege it needs, and how it breaks
+/// without it (the privilege's own row in [`CASES`] may name another feature).
+const WIRED_LATER: &[(&str, Feature, Probe)] = &[
+    (
+        "VM.Allocate",
+        Feature::Provision,
+        Probe::ActionFails("guest_create", NEW_VMID),
+    ),
+    (
+        "Datastore.AllocateSpace",
+        Feature::Resize,
+        Probe::ActionFails("resize", 101),
+    ),
+    (
+        "VM.Snapshot",
+        Feature::SnapshotRollback,
+        Probe::SignedOpFails("snapshot_rollback", "failed"),
+    ),
+    // Without VM.Backup the backup is not even listed: refused before the nonce burns.
+    (
+        "VM.Backup",
+        Feature::BackupDelete,
+        Probe::SignedOpFails("backup_delete", "target_missing"),
+    ),
+    (
+        "VM.PowerMgmt",
+        Feature::RestoreOverwrite,
+        Probe::SignedOpFails("restore_overwrite", "failed"),
+    ),
+];
+
+#[test]
+fn each_feature_wired_later_breaks_without_a_privilege_it_needs() {
+    let started = Instant::now();
+    for (privilege, feature, probe) in WIRED_LATER {
+        assert!(
+            features_needing(privilege).contains(feature),
+            "the table says {privilege} is needed by {}",
+            feature.name()
+        );
+        let case = Instant::now();
+        assert_breaks(privilege, *probe);
+        eprintln!(
+            "without {privilege}: {} broke in {:?}",
+            feature.name(),
+            case.elapsed()
+        );
+    }
+    eprintln!(
+        "{} later features: {:?}",
+        WIRED_LATER.len(),
+        started.elapsed()
+    );
+}
+
 #[test]
 fn every_api_call_of_the_client_has_a_row_and_every_row_a_call_or_a_pending_feature() {
-    let src = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/src/proxmox/client.rs"
-    ))
-    .unwrap();
+    // The client's calls live in client.rs and, for creates and restores, create.rs.
+    let src = ["client.rs", "create.rs"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(format!("{}/src/proxmox/{f}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     // A method whose doc opens with "`GET …", "`POST …" etc. makes one API call.
     let mut calls = Vec::new();
     let mut doc_opens_with_call = false;
@@ -522,11 +737,24 @@ fn the_agents_table_and_the_simulators_table_agree_on_every_wired_call() {
             row.method,
             row.path
         );
-        if !row.case.is_empty() && row.method == "PUT" {
-            // Per-key config checks: the simulator keeps them in config_key_priv.
-            continue;
-        }
         for r in row.requires {
+            if r.any_of.iter().all(|p| p.starts_with("VM.Config."))
+                && !row.path.ends_with("/resize")
+            {
+                // A per-key config check: the simulator takes it from config_key_priv,
+                // its row names each kind of key.
+                let suffix = r.any_of[0].trim_start_matches("VM.Config.");
+                assert!(
+                    sim_rows.iter().any(|s| s
+                        .any_of
+                        .iter()
+                        .any(|t| t.contains("per") && t.contains(suffix))),
+                    "{} {}: no per-key row of the simulator names {suffix}",
+                    row.method,
+                    row.path
+                );
+                continue;
+            }
             let found = sim_rows.iter().any(|s| {
                 s.when != When::None
                     && s.acl == r.acl.pattern()

@@ -123,3 +123,97 @@ fn a_token_reads_its_own_effective_privileges() {
     let r = get(&sim, "/access/permissions?userid=root@pam");
     assert_eq!(r.status, 403, "another user's need Sys.Audit on /access");
 }
+
+/// Grants role `R` (`privs`) on each of `paths` to the user and the token.
+fn grant_on(sim: &ProxmoxSim, paths: &[&str], privs: &[&str]) {
+    sim.set_role("R", privs);
+    for path in paths {
+        for s in [AclSubject::User, AclSubject::Token] {
+            sim.acl_modify(path, s, "R", true);
+        }
+    }
+}
+
+const BACKUP_100: &str = "local:backup/vzdump-lxc-100-2026_11_20-03_00_00.tar.zst";
+
+#[test]
+fn a_create_checks_each_config_key_and_the_backup_of_another_guest() {
+    let base = ["VM.Allocate", "Datastore.AllocateSpace", "VM.Backup"];
+    let create = format!(
+        "vmid=200&restore=1&storage=local-lvm&start=0&ostemplate={}",
+        BACKUP_100.replace(':', "%3A").replace('/', "%2F")
+    );
+    // Each config key passed needs its own privilege on the new guest.
+    for (key, value, privilege) in [
+        ("hostname", "copy", "VM.Config.Network"),
+        ("cores", "1", "VM.Config.CPU"),
+        ("memory", "256", "VM.Config.Memory"),
+        ("rootfs", "local-lvm%3A10", "VM.Config.Disk"),
+        ("description", "x", "VM.Config.Options"),
+    ] {
+        let sim = sim_with_backup();
+        grant_on(&sim, &["/vms", "/storage"], &base);
+        let r = call(
+            &sim,
+            "POST",
+            "/nodes/pve/lxc",
+            Some(&format!("{create}&{key}={value}")),
+        );
+        assert_eq!(r.status, 403, "{key}");
+        assert_eq!(
+            r.reason,
+            format!("Permission check failed (/vms/200, {privilege})")
+        );
+        assert!(
+            sim.tasks().is_empty() && !sim.guest_ids().contains(&200),
+            "{key}"
+        );
+    }
+    // Another guest's backup needs VM.Backup on that guest, not on the new one.
+    let sim = sim_with_backup();
+    grant_on(
+        &sim,
+        &["/vms/200", "/storage"],
+        &["VM.Allocate", "Datastore.AllocateSpace", "VM.Backup"],
+    );
+    let r = call(&sim, "POST", "/nodes/pve/lxc", Some(&create));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.reason, "Permission check failed (/vms/100, VM.Backup)");
+    // With it (and nothing else), the restore runs.
+    let sim = sim_with_backup();
+    grant_on(&sim, &["/vms", "/storage"], &base);
+    let r = call(&sim, "POST", "/nodes/pve/lxc", Some(&create));
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let upid = r.data().as_str().unwrap().to_owned();
+    assert_eq!(wait_task(&sim, &upid)["exitstatus"], "OK");
+    assert!(sim.guest_ids().contains(&200));
+}
+
+#[test]
+fn a_backup_is_deleted_with_allocate_space_and_its_guests_backup_privilege() {
+    let path = format!(
+        "/nodes/pve/storage/local/content/{}",
+        BACKUP_100.replace(':', "%3A").replace('/', "%2F")
+    );
+    let sim = sim_with_backup();
+    grant_on(
+        &sim,
+        &["/vms/101", "/storage"],
+        &["Datastore.AllocateSpace", "VM.Backup"],
+    );
+    let r = call(&sim, "DELETE", &path, None);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.reason, "Permission check failed (/vms/100, VM.Backup)");
+    assert_eq!(sim.backups(), [BACKUP_100], "the backup stays");
+    let sim = sim_with_backup();
+    grant_on(
+        &sim,
+        &["/vms", "/storage"],
+        &["Datastore.AllocateSpace", "VM.Backup"],
+    );
+    let r = call(&sim, "DELETE", &path, None);
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let upid = r.data().as_str().unwrap().to_owned();
+    assert_eq!(wait_task(&sim, &upid)["exitstatus"], "OK");
+    assert!(sim.backups().is_empty());
+}

@@ -97,7 +97,8 @@ impl Feature {
         }
     }
 
-    /// Does the agent have this feature today? Rows of the others wait for their code.
+    /// Does the agent have this feature today? Rows of the others wait for their code
+    /// (restore tests: their rows are here, the flag flips when their code lands).
     pub fn wired(self) -> bool {
         matches!(
             self,
@@ -110,6 +111,11 @@ impl Feature {
                 | Feature::GuestDestroy
                 | Feature::SelftestRead
                 | Feature::SelftestTask
+                | Feature::Provision
+                | Feature::Resize
+                | Feature::SnapshotRollback
+                | Feature::RestoreOverwrite
+                | Feature::BackupDelete
         )
     }
 }
@@ -225,7 +231,7 @@ pub const API_CALLS: &[ApiCall] = &[
         path: "/nodes/{node}/status",
         case: "",
         requires: &[need(Node, &["Sys.Audit"])],
-        source: "pve-manager API2/Nodes.pm status: ['perm', '/nodes/{node}', ['Sys.Audit']]",
+        source: "pve-manager API2/Nodes.pm status: ['perm', '/nodes/{node}', ['Sys.Audit']]; the free-memory guard of a restore test",
         features: &[Report, SelftestRead, RestoreTest],
     },
     ApiCall {
@@ -241,6 +247,8 @@ pub const API_CALLS: &[ApiCall] = &[
             ReconcileStart,
             ReconcileStop,
             SelftestRead,
+            Provision,
+            Resize,
         ],
     },
     ApiCall {
@@ -249,8 +257,16 @@ pub const API_CALLS: &[ApiCall] = &[
         path: "/nodes/{node}/lxc/{vmid}/status/current",
         case: "",
         requires: &[need(Vm, &["VM.Audit"])],
-        source: "pve-container API2/LXC/Status.pm vm_status: ['perm', '/vms/{vmid}', ['VM.Audit']]",
-        features: &[SelftestTask],
+        source: "pve-container API2/LXC/Status.pm vm_status: ['perm', '/vms/{vmid}', ['VM.Audit']]; the gate's running check of every signed op, and a failed create's settling",
+        features: &[
+            SelftestTask,
+            GuestDestroy,
+            SnapshotRollback,
+            BackupDelete,
+            RestoreOverwrite,
+            Provision,
+            RestoreTest,
+        ],
     },
     ApiCall {
         client_fn: "guest_config",
@@ -259,7 +275,17 @@ pub const API_CALLS: &[ApiCall] = &[
         case: "",
         requires: &[need(Vm, &["VM.Audit"])],
         source: "pve-container API2/LXC/Config.pm vm_config: ['perm', '/vms/{vmid}', ['VM.Audit']]",
-        features: &[Report, ReconcileConfig, Recover, GuestDestroy, SelftestTask],
+        features: &[
+            Report,
+            ReconcileConfig,
+            Recover,
+            GuestDestroy,
+            SelftestTask,
+            Resize,
+            SnapshotRollback,
+            BackupDelete,
+            RestoreOverwrite,
+        ],
     },
     ApiCall {
         client_fn: "list_snapshots",
@@ -306,8 +332,21 @@ pub const API_CALLS: &[ApiCall] = &[
             need(Storage, &["Datastore.AllocateSpace"]),
             need(Vm, &["VM.Backup"]),
         ],
-        source: "pve-storage API2/Storage/Content.pm index (any => 1), rows filtered by Storage.pm check_volume_access",
-        features: &[Report, RestoreTest, Provision],
+        source: "pve-storage API2/Storage/Content.pm index (any => 1), rows filtered by Storage.pm check_volume_access; backup_delete reads it to find the volume, its owner and its protection",
+        features: &[Report, BackupDelete],
+    },
+    ApiCall {
+        client_fn: "backup_volumes",
+        method: "GET",
+        path: "/nodes/{node}/storage/{storage}/content",
+        case: "content=backup",
+        requires: &[
+            need(Storage, &["Datastore.Audit", "Datastore.AllocateSpace"]),
+            need(Storage, &["Datastore.AllocateSpace"]),
+            need(Vm, &["VM.Backup"]),
+        ],
+        source: "pve-storage API2/Storage/Content.pm index, as storage_content: the backups a restore test picks from",
+        features: &[RestoreTest],
     },
     ApiCall {
         client_fn: "task_status",
@@ -340,14 +379,100 @@ pub const API_CALLS: &[ApiCall] = &[
         client_fn: "restore_lxc",
         method: "POST",
         path: "/nodes/{node}/lxc",
-        case: "restore=1",
+        case: "restore=1, a scratch vmid",
         requires: &[
             need(Vm, &["VM.Allocate"]),
             need(Storage, &["Datastore.AllocateSpace"]),
             need(Vm, &["VM.Backup"]),
         ],
-        source: "pve-container API2/LXC.pm create_vm: VM.Allocate on the new vmid, Datastore.AllocateSpace on the target storage, check_volume_access on the archive (AllocateSpace on its storage and VM.Backup on its guest, unless restoring onto that guest); each config key passed adds its check_ct_modify_config_perm privilege (rootfs: VM.Config.Disk, hostname/net*: VM.Config.Network, …); a privileged CT needs Sys.Modify on /, so the agent restores unprivileged ones only",
-        features: &[Provision, RestoreTest, RestoreOverwrite],
+        source: "pve-container API2/LXC.pm create_vm: VM.Allocate on the new vmid; Storage.pm check_volume_access on the archive of another guest: Datastore.AllocateSpace on its storage and VM.Backup on its guest (or Datastore.Allocate); Datastore.AllocateSpace on the target storage. No config key is passed, so check_ct_modify_config_perm asks nothing",
+        features: &[RestoreTest],
+    },
+    ApiCall {
+        client_fn: "create_lxc",
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        case: "restore=1, a new vmid",
+        requires: &[
+            need(Vm, &["VM.Allocate"]),
+            need(Storage, &["Datastore.AllocateSpace"]),
+            need(Vm, &["VM.Backup"]),
+        ],
+        source: "pve-container API2/LXC.pm create_vm: VM.Allocate on the new vmid; Storage.pm check_volume_access on the backup of another guest: Datastore.AllocateSpace on its storage and VM.Backup on its guest (or Datastore.Allocate, which the role avoids); Datastore.AllocateSpace on the target storage. A privileged CT needs Sys.Modify on /: the agent never asks for one",
+        features: &[Provision],
+    },
+    ApiCall {
+        client_fn: "create_lxc",
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        case: "ostemplate, a template",
+        requires: &[
+            need(Vm, &["VM.Allocate"]),
+            need(Storage, &["Datastore.AllocateSpace"]),
+            need(Storage, &["Datastore.Audit", "Datastore.AllocateSpace"]),
+        ],
+        source: "pve-container API2/LXC.pm create_vm: VM.Allocate; Storage.pm check_volume_access on a vztmpl volume: Datastore.AllocateSpace or Datastore.Audit on its storage; Datastore.AllocateSpace on the target storage",
+        features: &[Provision],
+    },
+    ApiCall {
+        client_fn: "create_lxc",
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        case: "restore=1 force=1, over the guest",
+        requires: &[
+            need(Vm, &["VM.Allocate", "VM.Backup"]),
+            need(Storage, &["Datastore.AllocateSpace"]),
+        ],
+        source: "pve-container API2/LXC.pm create_vm: VM.Allocate, or VM.Backup to restore over an existing CT; check_volume_access passes the guest's own backup without a check (another guest's backup: AllocateSpace and VM.Backup as for a new vmid); Datastore.AllocateSpace on the target storage",
+        features: &[RestoreOverwrite],
+    },
+    ApiCall {
+        client_fn: "create_lxc",
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        case: "hostname",
+        requires: &[need(Vm, &["VM.Config.Network"])],
+        source: "pve-container API2/LXC.pm create_vm → PVE/LXC.pm check_ct_modify_config_perm: hostname, nameserver, searchdomain, net* → VM.Config.Network",
+        features: &[Provision],
+    },
+    ApiCall {
+        client_fn: "create_lxc",
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        case: "rootfs",
+        requires: &[
+            need(Vm, &["VM.Config.Disk"]),
+            need(Storage, &["Datastore.AllocateSpace"]),
+        ],
+        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm: rootfs, mp* → VM.Config.Disk; a new volume STORAGE:SIZE → Datastore.AllocateSpace on STORAGE",
+        features: &[Provision],
+    },
+    ApiCall {
+        client_fn: "create_lxc",
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        case: "cores",
+        requires: &[need(Vm, &["VM.Config.CPU"])],
+        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm: cores → VM.Config.CPU",
+        features: &[Provision],
+    },
+    ApiCall {
+        client_fn: "create_lxc",
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        case: "memory",
+        requires: &[need(Vm, &["VM.Config.Memory"])],
+        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm: memory, swap → VM.Config.Memory",
+        features: &[Provision],
+    },
+    ApiCall {
+        client_fn: "create_lxc",
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        case: "description",
+        requires: &[need(Vm, &["VM.Config.Options"])],
+        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm: other keys → VM.Config.Options (start, storage, restore, force, unique are taken out before the check)",
+        features: &[Provision],
     },
     ApiCall {
         client_fn: "vzdump",
@@ -421,8 +546,13 @@ pub const API_CALLS: &[ApiCall] = &[
         path: "/nodes/{node}/lxc/{vmid}/config",
         case: "protection",
         requires: &[need(Vm, &["VM.Config.Options"])],
-        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm: other keys → VM.Config.Options",
-        features: &[GuestDestroy],
+        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm: other keys → VM.Config.Options; a signed op's `unprotect`",
+        features: &[
+            GuestDestroy,
+            SnapshotRollback,
+            BackupDelete,
+            RestoreOverwrite,
+        ],
     },
     ApiCall {
         client_fn: "resize_rootfs",
@@ -445,8 +575,8 @@ pub const API_CALLS: &[ApiCall] = &[
             need(Storage, &["Datastore.AllocateSpace"]),
             need(Vm, &["VM.Backup"]),
         ],
-        source: "pve-storage API2/Storage/Content.pm delete: Datastore.Allocate, or for a backup AllocateSpace and VM.Backup on its guest",
-        features: &[BackupDelete, RestoreTest],
+        source: "pve-storage API2/Storage/Content.pm delete (user => 'all'): a backup volume with an owner needs Datastore.AllocateSpace on its storage and VM.Backup on its guest; any other volume Datastore.Allocate",
+        features: &[BackupDelete],
     },
     ApiCall {
         client_fn: "storage_status",
@@ -457,7 +587,7 @@ pub const API_CALLS: &[ApiCall] = &[
             Storage,
             &["Datastore.Audit", "Datastore.AllocateSpace"],
         )],
-        source: "pve-storage API2/Storage/Status.pm read_status (any => 1)",
+        source: "pve-storage API2/Storage/Status.pm read_status: ['perm', '/storage/{storage}', ['Datastore.Audit', 'Datastore.AllocateSpace'], any => 1]: the free-storage guard of a restore test",
         features: &[RestoreTest],
     },
     ApiCall {
@@ -475,8 +605,8 @@ pub const API_CALLS: &[ApiCall] = &[
         path: "/nodes/{node}/lxc/{vmid}/status/stop",
         case: "",
         requires: &[need(Vm, &["VM.PowerMgmt"])],
-        source: "pve-container API2/LXC/Status.pm vm_stop: ['perm', '/vms/{vmid}', ['VM.PowerMgmt']]",
-        features: &[RestoreTest],
+        source: "pve-container API2/LXC/Status.pm vm_stop: ['perm', '/vms/{vmid}', ['VM.PowerMgmt']]; restore_overwrite's `stop`",
+        features: &[RestoreOverwrite, RestoreTest],
     },
     ApiCall {
         client_fn: "shutdown",
@@ -661,7 +791,9 @@ mod tests {
                 "VM.Audit",
                 "VM.Backup",
                 "VM.Config.CPU",
+                "VM.Config.Disk",
                 "VM.Config.Memory",
+                "VM.Config.Network",
                 "VM.Config.Options",
                 "VM.PowerMgmt",
                 "VM.Snapshot",
@@ -684,12 +816,53 @@ mod tests {
     }
 
     #[test]
-    fn unwired_features_add_nothing_to_the_role() {
-        assert!(
-            !role_privileges().contains(&"VM.Config.Disk"),
-            "resize awaits its code"
+    fn only_restore_tests_await_their_code_and_no_privilege_is_kept_for_them() {
+        let pending: Vec<Feature> = Feature::ALL
+            .iter()
+            .copied()
+            .filter(|f| !f.wired())
+            .collect();
+        assert_eq!(pending, [Feature::RestoreTest]);
+        for p in role_privileges() {
+            assert!(
+                !features_needing(p).contains(&Feature::RestoreTest),
+                "{p} is charged to a feature that is not wired"
+            );
+        }
+        // Its rows are there for the lead to flip it on.
+        for f in [
+            "node_status",
+            "storage_status",
+            "restore_lxc",
+            "start",
+            "destroy",
+        ] {
+            assert!(
+                API_CALLS
+                    .iter()
+                    .any(|c| c.client_fn == f && c.features.contains(&Feature::RestoreTest)),
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_new_privileges_are_charged_to_the_features_that_need_them() {
+        assert_eq!(
+            features_needing("VM.Config.Disk"),
+            [Feature::Provision, Feature::Resize]
         );
-        assert!(features_needing("VM.Config.Disk").is_empty());
+        assert_eq!(features_needing("VM.Config.Network"), [Feature::Provision]);
+        // A rollback is allowed by VM.Snapshot, which the selftest needs anyway.
+        assert!(!role_privileges().contains(&"VM.Snapshot.Rollback"));
+        assert!(features_needing("VM.Snapshot").contains(&Feature::SnapshotRollback));
+        // Backup deletion takes the narrow branch: never Datastore.Allocate.
+        assert!(!role_privileges().contains(&"Datastore.Allocate"));
+        assert!(features_needing("VM.Backup").contains(&Feature::BackupDelete));
+        // Restoring over a guest is allowed by VM.Allocate or by VM.Backup: neither
+        // alone is needed by restore_overwrite.
+        assert!(!features_needing("VM.Allocate").contains(&Feature::RestoreOverwrite));
+        assert!(features_needing("VM.PowerMgmt").contains(&Feature::RestoreOverwrite));
     }
 
     #[test]

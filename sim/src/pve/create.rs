@@ -4,7 +4,10 @@
 //!
 //! The request-time checks run in `create_vm`'s order: the vmid is unused unless
 //! `restore` and `force` overwrite an existing container (never a running one, never a
-//! protected one); the permission; the volume's content type; the target storage holds
+//! protected one); the permission; each config key's privilege
+//! (`check_ct_modify_config_perm`); the volume's content type and access
+//! (`check_volume_access`: another guest's backup needs `VM.Backup` on it); the target
+//! storage holds
 //! container directories; the config lock (`create_and_lock_config`). The rest happens
 //! in the worker: a backup whose configuration cannot be read fails before anything was
 //! changed (an existing container keeps its config, a new one's placeholder goes); one
@@ -14,8 +17,11 @@
 //! It never touches the real filesystem: archives are records in the simulated storage.
 
 use super::api::{ApiResult, VMID, upid, vms};
-use super::model::{Backup, Effect, Failure, Guest, State, TaskSpec, config_key_kind, parse_size};
+use super::model::{
+    Backup, Effect, Failure, Guest, State, TaskSpec, config_key_kind, config_key_priv, parse_size,
+};
 use super::params::{ApiError, Kind, Params};
+use super::perms;
 use super::{GuestSeed, ProxmoxSim};
 use crate::clock;
 
@@ -198,6 +204,70 @@ fn volume_type(volid: &str) -> Option<&str> {
     Some(name.split_once('/')?.0)
 }
 
+/// The parameters `create_vm` takes out before `check_ct_modify_config_perm` looks at
+/// the rest as config keys.
+const CREATE_ONLY: &[&str] = &[
+    "node",
+    "vmid",
+    "ostemplate",
+    "storage",
+    "pool",
+    "password",
+    "ssh-public-keys",
+    "restore",
+    "force",
+    "unique",
+    "start",
+    "ignore-unpack-errors",
+    "bwlimit",
+    "unprivileged",
+];
+
+/// pve-storage's `check_volume_access` for the archive or template `volid` of a create
+/// of `vmid`: `Datastore.Allocate` on its storage passes anything; a template needs
+/// `Datastore.AllocateSpace` or `Datastore.Audit` there; the guest's own backup passes;
+/// another guest's backup needs `Datastore.AllocateSpace` there and `VM.Backup` on that
+/// guest.
+fn check_volume_access(st: &State, vmid: u32, volid: &str) -> Result<(), ApiError> {
+    let Some((storage, name)) = volid.split_once(':') else {
+        return Ok(());
+    };
+    let at = format!("/storage/{storage}");
+    if st.allowed(&at, perms::DATASTORE_ALLOCATE) {
+        return Ok(());
+    }
+    if volume_type(volid) == Some("vztmpl") {
+        return st.check_sync(&at, perms::DATASTORE_SEE);
+    }
+    let owner = st
+        .backups
+        .iter()
+        .find(|b| b.volid == volid)
+        .map(|b| b.vmid)
+        .or_else(|| backup_owner(name));
+    match owner {
+        Some(owner) if owner == vmid => Ok(()),
+        Some(owner) => {
+            st.check_sync(&at, perms::DATASTORE_SPACE)?;
+            st.check_sync(&vms(owner), perms::VM_BACKUP)
+        }
+        None => Err(ApiError::die(format!(
+            "missing privileges to access {volid}"
+        ))),
+    }
+}
+
+/// The guest a backup volume name belongs to, as `parse_volname` reads it:
+/// `backup/vzdump-lxc-100-….tar.zst` or `backup/ct/100/…`.
+fn backup_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("backup/")?;
+    let id = match rest.strip_prefix("ct/") {
+        Some(pbs) => pbs.split('/').next()?,
+        None => rest.strip_prefix("vzdump-")?.split('-').nth(1)?,
+    };
+    id.parse().ok()
+}
+
 /// `POST /nodes/{node}/lxc`.
 pub(super) fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
     p.check(
@@ -242,12 +312,18 @@ pub(super) fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
         }
     }
     // VM.Allocate, or VM.Backup to restore over an existing container.
-    let privilege = if exists && restore && force && !st.allowed(&vms(vmid), &["VM.Allocate"]) {
+    let privilege = if exists && restore && force && !st.allowed(&vms(vmid), perms::VM_ALLOCATE) {
         "VM.Backup"
     } else {
         "VM.Allocate"
     };
     st.check_sync(&vms(vmid), &[privilege])?;
+    // PVE::LXC::check_ct_modify_config_perm over the config keys left in the request.
+    for key in p.keys() {
+        if !CREATE_ONLY.contains(&key) {
+            st.check_sync(&vms(vmid), &[config_key_priv(key)])?;
+        }
+    }
     // PVE::Storage::check_volume_access with the content type create_vm asks for.
     let want = if restore { "backup" } else { "vztmpl" };
     if volume_type(&ostemplate) != Some(want) {
@@ -255,6 +331,7 @@ pub(super) fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
             "unable to use volume {ostemplate} - content type needs to be '{want}'"
         )));
     }
+    check_volume_access(st, vmid, &ostemplate)?;
     // The rootfs storage: the one in `rootfs=STORAGE:…`, else `storage`.
     let rootfs_storage = p
         .get("rootfs")

@@ -6,6 +6,7 @@
 use super::api::{ApiResult, check, guest, upid, vmid_param, vms};
 use super::model::{Effect, Failure, State, TaskSpec, parse_size};
 use super::params::{ApiError, Kind, Params};
+use super::perms;
 
 /// `\+?\d+(\.\d+)?[KMGT]?`, the pattern of `resize`'s `size`.
 fn valid_size(s: &str) -> bool {
@@ -71,7 +72,7 @@ pub(super) fn resize(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
             "value does not match the regex pattern",
         ));
     }
-    st.check_sync(&vms(vmid), &["VM.Config.Disk"])?;
+    st.check_sync(&vms(vmid), perms::VM_CONFIG_DISK)?;
     let g = guest(st, vmid)?;
     if let Some(lock) = g.lock() {
         return Err(ApiError::die(format!("CT is locked ({lock})")));
@@ -88,7 +89,7 @@ pub(super) fn resize(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
     };
     let volume = line.split(',').next().unwrap_or_default().to_string();
     let storage = volume.split(':').next().unwrap_or_default().to_string();
-    st.check_sync(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
+    st.check_sync(&format!("/storage/{storage}"), perms::DATASTORE_SPACE)?;
     let current = line
         .split(',')
         .find_map(|o| o.strip_prefix("size="))
@@ -116,7 +117,7 @@ pub(super) fn resize(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
         .map(str::to_string)
         .collect();
     opts.push(format!("size={}", format_size(new)));
-    let failure = st.check_in_task(&vms(vmid), &["VM.Config.Disk"]);
+    let failure = st.check_in_task(&vms(vmid), perms::VM_CONFIG_DISK);
     let mut spec = TaskSpec::new(
         "resize",
         vmid.to_string(),
@@ -168,11 +169,11 @@ pub(super) fn content_delete(
         // Only backup volumes are modelled: anything else is not there to remove.
         return Err(ApiError::die(format!("volume '{volid}' does not exist")));
     };
-    st.check_sync(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
-    st.check_sync(&vms(backup.vmid), &["VM.Backup"])?;
+    st.check_sync(&format!("/storage/{storage}"), perms::DATASTORE_SPACE)?;
+    st.check_sync(&vms(backup.vmid), perms::VM_BACKUP)?;
     let volname = volid.split_once(':').map_or("", |(_, n)| n).to_string();
     let failure = st
-        .check_in_task(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])
+        .check_in_task(&format!("/storage/{storage}"), perms::DATASTORE_SPACE)
         .or_else(|| {
             backup.protected.then(|| {
                 Failure::new(format!(

@@ -13,6 +13,8 @@ pub(crate) const VM_AUDIT: &[&str] = &["VM.Audit"];
 pub(crate) const VM_POWER: &[&str] = &["VM.PowerMgmt"];
 /// `VM.Allocate` on `/vms/{vmid}`.
 pub(crate) const VM_ALLOCATE: &[&str] = &["VM.Allocate"];
+/// Any of these on `/vms/{vmid}` to restore over an existing container.
+pub(crate) const VM_ALLOCATE_OR_BACKUP: &[&str] = &["VM.Allocate", "VM.Backup"];
 /// `VM.Snapshot` on `/vms/{vmid}`.
 pub(crate) const VM_SNAPSHOT: &[&str] = &["VM.Snapshot"];
 /// Any of these on `/vms/{vmid}` for a rollback.
@@ -27,6 +29,8 @@ pub(crate) const VM_CONFIG_ANY: &[&str] = &[
     "VM.Config.Network",
     "VM.Config.Options",
 ];
+/// `VM.Config.Disk` on `/vms/{vmid}`: a disk resize.
+pub(crate) const VM_CONFIG_DISK: &[&str] = &["VM.Config.Disk"];
 /// `Sys.Audit` on `/nodes/{node}`.
 pub(crate) const SYS_AUDIT: &[&str] = &["Sys.Audit"];
 /// Any of these on `/storage/{storage}` to see a storage or list its content.
@@ -187,8 +191,16 @@ pub const ENDPOINT_CHECKS: &[EndpointCheck] = &[
         "/nodes/{node}/lxc",
         When::Request,
         "/vms/{vmid}",
-        &["VM.Allocate (create) | VM.Backup (restore over an existing CT)"],
-        "pve-container API2/LXC.pm create_vm",
+        VM_ALLOCATE,
+        "pve-container API2/LXC.pm create_vm: VM.Allocate on a new vmid",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc",
+        When::Request,
+        "/vms/{vmid}",
+        VM_ALLOCATE_OR_BACKUP,
+        "pve-container API2/LXC.pm create_vm: restore=1 force=1 over an existing CT, VM.Allocate or VM.Backup",
     ),
     row(
         "POST",
@@ -197,6 +209,62 @@ pub const ENDPOINT_CHECKS: &[EndpointCheck] = &[
         "/storage/{storage}",
         DATASTORE_SPACE,
         "pve-container API2/LXC.pm create_vm",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc",
+        When::Request,
+        "/vms/{vmid}",
+        &["VM.Config.CPU|Memory|Network|Disk|Options, per config key passed"],
+        "pve-container API2/LXC.pm create_vm → PVE/LXC.pm check_ct_modify_config_perm (start, storage, restore, force, unique are not config keys)",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc",
+        When::Request,
+        "/storage/{storage}",
+        DATASTORE_SEE,
+        "pve-storage PVE/Storage.pm check_volume_access: an ostemplate (vztmpl) needs Datastore.Audit|AllocateSpace on its storage (or Datastore.Allocate)",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc",
+        When::Request,
+        "/vms/{vmid}",
+        VM_BACKUP,
+        "pve-storage PVE/Storage.pm check_volume_access: another guest's backup needs Datastore.AllocateSpace on its storage and VM.Backup on that guest (the guest's own backup passes)",
+    ),
+    row(
+        "PUT",
+        "/nodes/{node}/lxc/{vmid}/resize",
+        When::Request,
+        "/vms/{vmid}",
+        VM_CONFIG_DISK,
+        "pve-container API2/LXC.pm resize_vm: ['perm', '/vms/{vmid}', ['VM.Config.Disk']]",
+    ),
+    row(
+        "PUT",
+        "/nodes/{node}/lxc/{vmid}/resize",
+        When::Request,
+        "/storage/{storage}",
+        DATASTORE_SPACE,
+        "pve-container API2/LXC.pm resize_vm: Datastore.AllocateSpace on the disk's storage",
+    ),
+    row(
+        "DELETE",
+        "/nodes/{node}/storage/{storage}/content/{volume}",
+        When::Request,
+        "/storage/{storage}",
+        DATASTORE_SPACE,
+        "pve-storage API2/Storage/Content.pm delete: a backup volume with an owner needs Datastore.AllocateSpace (any other volume Datastore.Allocate)",
+    ),
+    row(
+        "DELETE",
+        "/nodes/{node}/storage/{storage}/content/{volume}",
+        When::Request,
+        "/vms/{vmid}",
+        VM_BACKUP,
+        "pve-storage API2/Storage/Content.pm delete: … and VM.Backup on the backup's guest",
     ),
     row(
         "GET",
