@@ -33,7 +33,9 @@ use crate::reconcile::action::Outcome;
 use crate::reconcile::audit::AuditLog;
 use crate::reconcile::engine::{EngineError, PassObserver, PassReport};
 use crate::reconcile::journal::Journal;
-use crate::reconcile::restore_results::{RestoreTestResult, RestoreTestsState, read_results};
+use crate::reconcile::restore_results::{
+    RestoreTestResult, RestoreTestsState, TestOutcome, read_results,
+};
 use crate::store::{OsIo, replace_file};
 
 /// The status file's name inside the state directory.
@@ -508,11 +510,23 @@ impl StatusBoard {
 }
 
 /// The newest restore-test results and the ones running, as `status` shows them:
-/// `{"last": [...], "running": [...]}`, each as the report carries it.
+/// `{"last": [...], "running": [...], "last_success": RFC 3339 or null}`, each result as
+/// the report carries it.
 fn restore_tests_status(state: &RestoreTestsState) -> serde_json::Value {
     let skip = state.results.len().saturating_sub(RESTORE_TESTS_SHOWN);
     let last: Vec<&RestoreTestResult> = state.results.iter().skip(skip).collect();
-    serde_json::json!({ "last": last, "running": state.running })
+    // When a restore test last passed (its end), for the metrics' last-success gauge.
+    let last_success = state
+        .results
+        .iter()
+        .filter(|r| r.outcome == TestOutcome::Ok)
+        .map(|r| {
+            let secs = i64::try_from(r.duration_seconds).unwrap_or(i64::MAX);
+            Timestamp(r.started_at.0.saturating_add(secs))
+        })
+        .max()
+        .map(Timestamp::to_rfc3339);
+    serde_json::json!({ "last": last, "running": state.running, "last_success": last_success })
 }
 
 /// `running; report ok; pass ok (2 actions); 0 in flight; 1 pending signature(s)`.
@@ -606,5 +620,51 @@ impl<R: Reporter> Reporter for StatusRound<R> {
         self.board
             .report_done(result.as_ref().map_err(ToString::to_string));
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(vmid: u32, at: i64, secs: u64, outcome: TestOutcome) -> RestoreTestResult {
+        RestoreTestResult {
+            vmid,
+            backup_volid: format!("local:backup/vzdump-lxc-{vmid}.tar.zst"),
+            scratch_vmid: Some(9900),
+            started_at: Timestamp(at),
+            duration_seconds: secs,
+            outcome,
+            stage: None,
+            detail: None,
+            size_bytes: None,
+        }
+    }
+
+    #[test]
+    fn restore_tests_show_the_newest_and_when_one_last_passed() {
+        let mut state = RestoreTestsState::default();
+        for i in 0..10 {
+            state.results.push(result(
+                100 + i,
+                1_800_000_000 + i64::from(i) * 100,
+                7,
+                TestOutcome::Ok,
+            ));
+        }
+        state
+            .results
+            .push(result(200, 1_800_005_000, 3, TestOutcome::Failed));
+        let v = restore_tests_status(&state);
+        let last = v["last"].as_array().unwrap();
+        assert_eq!(last.len(), RESTORE_TESTS_SHOWN);
+        assert_eq!(last.last().unwrap()["vmid"], 200, "newest last");
+        // The last pass is guest 109's, ending 7 s after its start; the failure later
+        // does not count.
+        assert_eq!(
+            v["last_success"],
+            Timestamp(1_800_000_900 + 7).to_rfc3339().as_str()
+        );
+        assert!(restore_tests_status(&RestoreTestsState::default())["last_success"].is_null());
     }
 }
