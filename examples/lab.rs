@@ -13,7 +13,8 @@
 //! from a backup and a signed `restore_overwrite` of it (stopped first); the operator's
 //! `op new`; both selftests under exactly the Proxmox role the agent's calls need, and
 //! one privilege less; a root disk grown, another's shrink refused, and a signed
-//! `backup_delete`; last, an emergency signer rotation signed by two recovery keys,
+//! `backup_delete`; restore tests, passing under exactly the role and failing at stage
+//! `restore` without `VM.Allocate`; last, an emergency signer rotation signed by two recovery keys,
 //! after which the old operational key is refused and the new one's destroy runs. Each
 //! step prints a
 //! plain line; any surprise exits non-zero.
@@ -838,6 +839,11 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
     if let Err(e) = restore_tests_lab(bin, dir) {
         return fail(e);
     }
+    // 21b. Restore tests under exactly the role (a simulator of its own): a round passes;
+    // without VM.Allocate it fails at stage restore and leaves nothing behind.
+    if let Err(e) = role_restore_tests_step(dir) {
+        return fail(e);
+    }
     // 22, last, since it changes who may sign: signer rotation. After a leak, two recovery
     // keys rotate the signers.
     let rotation = Rotation {
@@ -1568,6 +1574,119 @@ fn role_wired_step() -> Result<(), String> {
     say(
         "role: without VM.Config.Network, provisioning with a host name is refused: Permission check failed (/vms/201, VM.Config.Network)",
     );
+    Ok(())
+}
+
+/// Step 21b (see its comment in [`lab`]); `Err` says what went wrong.
+fn role_restore_tests_step(dir: &Path) -> Result<(), String> {
+    use felhom_agent::base::{Secret, Shutdown};
+    use felhom_agent::config::{RestoreTestsConfig, parse_vmid_range};
+    use felhom_agent::net::{Sha256Pin, TlsTrust};
+    use felhom_agent::proxmox::{
+        Client, ClientOptions, ROLE_NAME, WaitOptions, role_acl_paths, role_privileges,
+    };
+    use felhom_agent::reconcile::{
+        AuditLog, Gate, Queue, RestoreResults, RestoreTester, TestOutcome, TestStage,
+    };
+    use felhom_sim::AclSubject;
+    use std::sync::Arc;
+
+    let round = |without: Option<&str>| -> Result<(Vec<_>, Vec<u32>, Vec<u32>), String> {
+        let pve = ProxmoxSim::builder()
+            .guest(GuestSeed::new(100, "web").running(true))
+            .backup(100, "2026_11_20-03_00_00")
+            .task_duration(Duration::from_millis(10))
+            .start();
+        let role: Vec<&str> = role_privileges()
+            .into_iter()
+            .filter(|p| Some(*p) != without)
+            .collect();
+        pve.set_role(ROLE_NAME, &role);
+        for path in role_acl_paths() {
+            for who in [AclSubject::User, AclSubject::Token] {
+                pve.acl_modify(&path.grant_path(&pve.node()), who, ROLE_NAME, true);
+            }
+        }
+        let pin = Sha256Pin::parse(&pve.fingerprint()).map_err(|e| e.to_string())?;
+        let client = Client::new(ClientOptions::new(
+            pve.url(),
+            pve.node(),
+            felhom_sim::DEFAULT_TOKEN_ID,
+            Secret::new(DEFAULT_TOKEN_SECRET),
+            TlsTrust::Pin(pin),
+        ))
+        .map_err(|e| e.to_string())?;
+        let state = dir.join(format!("role-restore-{}", without.unwrap_or("all")));
+        std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
+        let journal =
+            Arc::new(Journal::open(&state.join("journal.log")).map_err(|e| e.to_string())?);
+        let audit = Arc::new(AuditLog::open(&state.join("audit.log")).map_err(|e| e.to_string())?);
+        let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+        let tester = Arc::new(
+            RestoreTester::new(
+                "pve-a".into(),
+                client,
+                Arc::clone(&journal),
+                gate,
+                Queue::new(1),
+                Arc::new(RestoreResults::open(
+                    &state,
+                    Arc::new(felhom_agent::store::OsIo),
+                )),
+                Arc::new(LabBoot),
+                RestoreTestsConfig {
+                    every_hours: 24,
+                    vmid_range: parse_vmid_range("9900-9901")?,
+                    storage: "local-lvm".into(),
+                    max_parallel: 1,
+                    min_free_memory_mib: 64,
+                    min_free_storage_gib: 1,
+                },
+                Shutdown::new(),
+                Arc::new(SystemClock),
+            )
+            .with_wait(WaitOptions {
+                initial: Duration::from_millis(5),
+                cap: Duration::from_millis(50),
+                timeout: Duration::from_secs(20),
+            }),
+        );
+        let results = tester.run_round().map_err(|e| e.to_string())?;
+        Ok((results, pve.guest_ids(), journal.scratch_vmids()))
+    };
+    let (results, guests, tags) = round(None)?;
+    match results.as_slice() {
+        [r] if r.outcome == TestOutcome::Ok && guests == [100] && tags.is_empty() => {}
+        _ => {
+            return Err(format!(
+                "restore test under the role: {results:?}, guests {guests:?}"
+            ));
+        }
+    }
+    say(format!(
+        "role: under exactly {} privileges, a restore test of 100 passed; scratch destroyed",
+        role_privileges().len()
+    ));
+    let (results, guests, tags) = round(Some("VM.Allocate"))?;
+    match results.as_slice() {
+        [r] if r.outcome == TestOutcome::Failed
+            && r.stage == Some(TestStage::Restore)
+            && guests == [100]
+            && tags.is_empty() =>
+        {
+            say(format!(
+                "role: without VM.Allocate, the restore test failed at stage restore ({}); nothing left behind",
+                r.detail.as_deref().unwrap_or("-")
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "restore test without VM.Allocate: {results:?}, guests {guests:?}"
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -10,6 +10,9 @@
 //!   disk, and execute the signed ops `guest_destroy` of a protected guest
 //!   (`unprotect`), `snapshot_rollback`, `backup_delete` and `restore_overwrite` of a
 //!   running guest (`stop`), with no refusal anywhere;
+//! - a restore test round (in process, with a stand-in boot check) passes under exactly
+//!   the role and fails at a named stage, nothing left behind, without a privilege it
+//!   needs;
 //! - for each privilege of the role, the same run under the role without it breaks the
 //!   feature the table names for it (an `event=` key, an exit code, or what the report
 //!   or the simulator holds), so the list is complete and minimal.
@@ -642,8 +645,9 @@ fn each_feature_wired_later_breaks_without_a_privilege_it_needs() {
 
 #[test]
 fn every_api_call_of_the_client_has_a_row_and_every_row_a_call_or_a_pending_feature() {
-    // The client's calls live in client.rs and, for creates and restores, create.rs.
-    let src = ["client.rs", "create.rs"]
+    // The client's calls live in client.rs and, for creates and restores, create.rs;
+    // storage capacity in capacity.rs and the task log in wait.rs.
+    let src = ["client.rs", "create.rs", "capacity.rs", "wait.rs"]
         .iter()
         .map(|f| {
             std::fs::read_to_string(format!("{}/src/proxmox/{f}", env!("CARGO_MANIFEST_DIR")))
@@ -803,4 +807,115 @@ fn readme_block(name: &str) -> String {
 fn the_readme_recipe_and_table_are_the_tables_output() {
     assert_eq!(readme_block("pveum-recipe"), pveum_recipe("NODE"));
     assert_eq!(readme_block("role-table"), role_table_markdown());
+}
+
+/// A boot check that passes: the real one runs `pct exec` as root, which the token's
+/// role has nothing to do with.
+struct BootsFine;
+
+impl felhom_agent::reconcile::BootCheck for BootsFine {
+    fn boot_check(&self, _vmid: u32) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One restore test round, in process, under the recipe's role without `without` (if
+/// any): guest 100 (with `net0`) and its backup, scratch vmids 9900–9901. The results
+/// of the round, the guests left, and the scratch tags left in the journal.
+fn restore_round_under_role(
+    without: Option<&str>,
+) -> (
+    Vec<felhom_agent::reconcile::RestoreTestResult>,
+    Vec<u32>,
+    Vec<u32>,
+) {
+    use felhom_agent::config::{RestoreTestsConfig, parse_vmid_range};
+    use felhom_agent::reconcile::{AuditLog, Gate, Journal, Queue, RestoreResults, RestoreTester};
+    use std::sync::Arc;
+
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(true))
+        .backup(100, "2026_11_20-03_00_00")
+        .task_duration(std::time::Duration::from_millis(10))
+        .start();
+    apply_recipe(&pve, &pveum_recipe(&pve.node()));
+    if let Some(p) = without {
+        let rest: Vec<&str> = role_privileges().into_iter().filter(|r| *r != p).collect();
+        pve.set_role(ROLE_NAME, &rest);
+    }
+    let dir = Dir(common::tempdir(
+        "role-rt",
+        &without.unwrap_or("all").replace('.', "-"),
+    ));
+    let journal = Arc::new(Journal::open(&dir.0.join("journal.log")).unwrap());
+    let audit = Arc::new(AuditLog::open(&dir.0.join("audit.log")).unwrap());
+    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let tester = Arc::new(
+        RestoreTester::new(
+            "pve-a".into(),
+            common::pinned_client(&pve),
+            Arc::clone(&journal),
+            gate,
+            Queue::new(1),
+            Arc::new(RestoreResults::open(
+                &dir.0,
+                Arc::new(felhom_agent::store::OsIo),
+            )),
+            Arc::new(BootsFine),
+            RestoreTestsConfig {
+                every_hours: 24,
+                vmid_range: parse_vmid_range("9900-9901").unwrap(),
+                storage: "local-lvm".into(),
+                max_parallel: 1,
+                min_free_memory_mib: 64,
+                min_free_storage_gib: 1,
+            },
+            Shutdown::new(),
+            Arc::new(SystemClock),
+        )
+        .with_wait(WaitOptions {
+            initial: std::time::Duration::from_millis(5),
+            cap: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_secs(20),
+        }),
+    );
+    let results = tester.run_round().unwrap();
+    (results, pve.guest_ids(), journal.scratch_vmids())
+}
+
+#[test]
+fn restore_tests_pass_under_the_role_and_fail_at_a_named_stage_without_its_privileges() {
+    use felhom_agent::reconcile::{TestOutcome, TestStage};
+    // Under exactly the role: restored, taken off the network, started, destroyed.
+    let (results, guests, tags) = restore_round_under_role(None);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].outcome, TestOutcome::Ok, "{results:?}");
+    assert_eq!(results[0].scratch_vmid, Some(9900), "{results:?}");
+    assert_eq!(guests, [100], "the scratch guest was destroyed");
+    assert!(tags.is_empty(), "its provenance was released: {tags:?}");
+
+    // Each privilege a restore test needs, and the stage it fails at without it.
+    const CASES: &[(&str, TestStage)] = &[
+        // Refused at request time: no guest made, nothing to destroy.
+        ("VM.Allocate", TestStage::Restore),
+        // Restored, but its net0 cannot be deleted: it is never started, and destroyed.
+        ("VM.Config.Network", TestStage::Network),
+        ("VM.PowerMgmt", TestStage::Start),
+    ];
+    for (privilege, stage) in CASES {
+        assert!(
+            features_needing(privilege).contains(&Feature::RestoreTest),
+            "the table says restore tests need {privilege}"
+        );
+        let (results, guests, tags) = restore_round_under_role(Some(privilege));
+        assert_eq!(results.len(), 1, "without {privilege}: {results:?}");
+        let r = &results[0];
+        assert_eq!(r.outcome, TestOutcome::Failed, "without {privilege}: {r:?}");
+        assert_eq!(r.stage, Some(*stage), "without {privilege}: {r:?}");
+        assert_eq!(guests, [100], "without {privilege}: nothing left behind");
+        assert!(
+            tags.is_empty(),
+            "without {privilege}: no tag left: {tags:?}"
+        );
+    }
 }

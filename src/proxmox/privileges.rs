@@ -97,8 +97,8 @@ impl Feature {
         }
     }
 
-    /// Does the agent have this feature today? Rows of the others wait for their code
-    /// (restore tests: their rows are here, the flag flips when their code lands).
+    /// Does the agent have this feature today? Rows of the others wait for their code;
+    /// their privileges stay out of the role until the flag flips.
     pub fn wired(self) -> bool {
         matches!(
             self,
@@ -112,6 +112,7 @@ impl Feature {
                 | Feature::SelftestRead
                 | Feature::SelftestTask
                 | Feature::Provision
+                | Feature::RestoreTest
                 | Feature::Resize
                 | Feature::SnapshotRollback
                 | Feature::RestoreOverwrite
@@ -240,7 +241,7 @@ pub const API_CALLS: &[ApiCall] = &[
         path: "/nodes/{node}/lxc",
         case: "",
         requires: &[need(Vm, &["VM.Audit"])],
-        source: "pve-container API2/LXC.pm vmlist: only CTs with VM.Audit on /vms/<vmid>",
+        source: "pve-container API2/LXC.pm vmlist: only CTs with VM.Audit on /vms/<vmid>; a restore test's guests, free scratch vmids and cleanup",
         features: &[
             Report,
             ReconcileConfig,
@@ -249,6 +250,7 @@ pub const API_CALLS: &[ApiCall] = &[
             SelftestRead,
             Provision,
             Resize,
+            RestoreTest,
         ],
     },
     ApiCall {
@@ -274,7 +276,7 @@ pub const API_CALLS: &[ApiCall] = &[
         path: "/nodes/{node}/lxc/{vmid}/config",
         case: "",
         requires: &[need(Vm, &["VM.Audit"])],
-        source: "pve-container API2/LXC/Config.pm vm_config: ['perm', '/vms/{vmid}', ['VM.Audit']]",
+        source: "pve-container API2/LXC/Config.pm vm_config: ['perm', '/vms/{vmid}', ['VM.Audit']]; a restore test reads the scratch guest's keys to strip and its protection",
         features: &[
             Report,
             ReconcileConfig,
@@ -285,6 +287,7 @@ pub const API_CALLS: &[ApiCall] = &[
             SnapshotRollback,
             BackupDelete,
             RestoreOverwrite,
+            RestoreTest,
         ],
     },
     ApiCall {
@@ -355,7 +358,7 @@ pub const API_CALLS: &[ApiCall] = &[
         case: "",
         requires: NOTHING,
         source: "pve-manager API2/Tasks.pm read_task_status: the task's owner needs nothing",
-        features: &[TaskWait, Recover],
+        features: &[TaskWait, Recover, RestoreTest],
     },
     ApiCall {
         client_fn: "task_log",
@@ -364,7 +367,7 @@ pub const API_CALLS: &[ApiCall] = &[
         case: "",
         requires: NOTHING,
         source: "pve-manager API2/Tasks.pm read_task_log: the task's owner needs nothing",
-        features: &[TaskWait],
+        features: &[TaskWait, RestoreTest],
     },
     ApiCall {
         client_fn: "list_tasks",
@@ -385,8 +388,8 @@ pub const API_CALLS: &[ApiCall] = &[
             need(Storage, &["Datastore.AllocateSpace"]),
             need(Vm, &["VM.Backup"]),
         ],
-        source: "pve-container API2/LXC.pm create_vm: VM.Allocate on the new vmid; Storage.pm check_volume_access on the archive of another guest: Datastore.AllocateSpace on its storage and VM.Backup on its guest (or Datastore.Allocate); Datastore.AllocateSpace on the target storage. No config key is passed, so check_ct_modify_config_perm asks nothing",
-        features: &[RestoreTest],
+        source: "pve-container API2/LXC.pm create_vm: VM.Allocate on the new vmid; Storage.pm check_volume_access on the archive of another guest: Datastore.AllocateSpace on its storage and VM.Backup on its guest (or Datastore.Allocate); Datastore.AllocateSpace on the target storage. No feature calls it: restore tests and restore_overwrite build their create_lxc request themselves",
+        features: &[],
     },
     ApiCall {
         client_fn: "create_lxc",
@@ -398,8 +401,8 @@ pub const API_CALLS: &[ApiCall] = &[
             need(Storage, &["Datastore.AllocateSpace"]),
             need(Vm, &["VM.Backup"]),
         ],
-        source: "pve-container API2/LXC.pm create_vm: VM.Allocate on the new vmid; Storage.pm check_volume_access on the backup of another guest: Datastore.AllocateSpace on its storage and VM.Backup on its guest (or Datastore.Allocate, which the role avoids); Datastore.AllocateSpace on the target storage. A privileged CT needs Sys.Modify on /: the agent never asks for one",
-        features: &[Provision],
+        source: "pve-container API2/LXC.pm create_vm: VM.Allocate on the new vmid; Storage.pm check_volume_access on the backup of another guest: Datastore.AllocateSpace on its storage and VM.Backup on its guest (or Datastore.Allocate, which the role avoids); Datastore.AllocateSpace on the target storage. A privileged CT needs Sys.Modify on /: the agent never asks for one. A restore test passes only restore, unique and storage, which are taken out before check_ct_modify_config_perm, and never force",
+        features: &[Provision, RestoreTest],
     },
     ApiCall {
         client_fn: "create_lxc",
@@ -555,6 +558,33 @@ pub const API_CALLS: &[ApiCall] = &[
         ],
     },
     ApiCall {
+        client_fn: "set_config",
+        method: "PUT",
+        path: "/nodes/{node}/lxc/{vmid}/config",
+        case: "delete net*",
+        requires: &[need(Vm, &["VM.Config.Network"])],
+        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm checks each deleted key as a set one: net\\d+ → VM.Config.Network; a restore test takes the scratch guest off the network",
+        features: &[RestoreTest],
+    },
+    ApiCall {
+        client_fn: "set_config",
+        method: "PUT",
+        path: "/nodes/{node}/lxc/{vmid}/config",
+        case: "delete onboot",
+        requires: &[need(Vm, &["VM.Config.Options"])],
+        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm: a deleted other key → VM.Config.Options; a scratch guest must not start with the host",
+        features: &[RestoreTest],
+    },
+    ApiCall {
+        client_fn: "set_config",
+        method: "PUT",
+        path: "/nodes/{node}/lxc/{vmid}/config",
+        case: "delete protection",
+        requires: &[need(Vm, &["VM.Config.Options"])],
+        source: "pve-container PVE/LXC.pm check_ct_modify_config_perm: a deleted other key → VM.Config.Options; so that the scratch guest's destroy is not refused",
+        features: &[RestoreTest],
+    },
+    ApiCall {
         client_fn: "resize_rootfs",
         method: "PUT",
         path: "/nodes/{node}/lxc/{vmid}/resize",
@@ -606,7 +636,7 @@ pub const API_CALLS: &[ApiCall] = &[
         case: "",
         requires: &[need(Vm, &["VM.PowerMgmt"])],
         source: "pve-container API2/LXC/Status.pm vm_stop: ['perm', '/vms/{vmid}', ['VM.PowerMgmt']]; restore_overwrite's `stop`",
-        features: &[RestoreOverwrite, RestoreTest],
+        features: &[RestoreOverwrite],
     },
     ApiCall {
         client_fn: "shutdown",
@@ -623,7 +653,7 @@ pub const API_CALLS: &[ApiCall] = &[
         path: "/nodes/{node}/lxc/{vmid}",
         case: "",
         requires: &[need(Vm, &["VM.Allocate"])],
-        source: "pve-container API2/LXC.pm destroy_vm: ['perm', '/vms/{vmid}', ['VM.Allocate']]",
+        source: "pve-container API2/LXC.pm destroy_vm: ['perm', '/vms/{vmid}', ['VM.Allocate']]; purge and force (which stops a running CT in the worker) ask nothing more",
         features: &[GuestDestroy, RestoreTest],
     },
 ];
@@ -816,34 +846,63 @@ mod tests {
     }
 
     #[test]
-    fn only_restore_tests_await_their_code_and_no_privilege_is_kept_for_them() {
-        let pending: Vec<Feature> = Feature::ALL
-            .iter()
-            .copied()
-            .filter(|f| !f.wired())
-            .collect();
-        assert_eq!(pending, [Feature::RestoreTest]);
-        for p in role_privileges() {
-            assert!(
-                !features_needing(p).contains(&Feature::RestoreTest),
-                "{p} is charged to a feature that is not wired"
-            );
-        }
-        // Its rows are there for the lead to flip it on.
-        for f in [
-            "node_status",
-            "storage_status",
-            "restore_lxc",
-            "start",
-            "destroy",
+    fn every_feature_is_wired_and_restore_tests_add_no_privilege() {
+        assert!(Feature::ALL.iter().all(|f| f.wired()));
+        // Restore tests need nothing the role did not hold for the features before them.
+        assert_eq!(role_privileges().len(), 12);
+        for p in [
+            "VM.Allocate",
+            "VM.Audit",
+            "VM.Backup",
+            "Datastore.AllocateSpace",
+            "Sys.Audit",
+            "VM.PowerMgmt",
+            "VM.Config.Network",
+            "VM.Config.Options",
         ] {
             assert!(
-                API_CALLS
-                    .iter()
-                    .any(|c| c.client_fn == f && c.features.contains(&Feature::RestoreTest)),
-                "{f}"
+                features_needing(p).contains(&Feature::RestoreTest),
+                "restore tests break without {p}"
             );
         }
+        for p in [
+            "VM.Config.CPU",
+            "VM.Config.Memory",
+            "VM.Config.Disk",
+            "VM.Snapshot",
+        ] {
+            assert!(!features_needing(p).contains(&Feature::RestoreTest), "{p}");
+        }
+    }
+
+    #[test]
+    fn restore_test_rows_are_exactly_the_calls_it_makes() {
+        let mut calls: Vec<(&str, &str)> = API_CALLS
+            .iter()
+            .filter(|c| c.features.contains(&Feature::RestoreTest))
+            .map(|c| (c.client_fn, c.case))
+            .collect();
+        calls.sort_unstable();
+        assert_eq!(
+            calls,
+            [
+                ("backup_volumes", "content=backup"),
+                ("create_lxc", "restore=1, a new vmid"),
+                ("destroy", ""),
+                ("guest_config", ""),
+                ("guest_status", ""),
+                ("list_lxc", ""),
+                ("node_status", ""),
+                ("node_storage", ""),
+                ("set_config", "delete net*"),
+                ("set_config", "delete onboot"),
+                ("set_config", "delete protection"),
+                ("start", ""),
+                ("storage_status", ""),
+                ("task_log", ""),
+                ("task_status", ""),
+            ]
+        );
     }
 
     #[test]
@@ -852,7 +911,10 @@ mod tests {
             features_needing("VM.Config.Disk"),
             [Feature::Provision, Feature::Resize]
         );
-        assert_eq!(features_needing("VM.Config.Network"), [Feature::Provision]);
+        assert_eq!(
+            features_needing("VM.Config.Network"),
+            [Feature::Provision, Feature::RestoreTest]
+        );
         // A rollback is allowed by VM.Snapshot, which the selftest needs anyway.
         assert!(!role_privileges().contains(&"VM.Snapshot.Rollback"));
         assert!(features_needing("VM.Snapshot").contains(&Feature::SnapshotRollback));

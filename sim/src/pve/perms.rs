@@ -167,7 +167,7 @@ pub const ENDPOINT_CHECKS: &[EndpointCheck] = &[
         "/nodes/{node}/lxc/{vmid}/config",
         When::Request,
         "/vms/{vmid}",
-        &["VM.Config.CPU|Memory|Options|…, per key"],
+        &["VM.Config.CPU|Memory|Network|Options|…, per key, set or deleted"],
         "pve-container PVE/LXC.pm check_ct_modify_config_perm",
     ),
     row(
@@ -321,6 +321,14 @@ pub const ENDPOINT_CHECKS: &[EndpointCheck] = &[
         "/storage/{storage}",
         DATASTORE_SEE,
         "pve-storage API2/Storage/Status.pm index",
+    ),
+    row(
+        "GET",
+        "/nodes/{node}/storage/{storage}/status",
+        When::Request,
+        "/storage/{storage}",
+        DATASTORE_SEE,
+        "pve-storage API2/Storage/Status.pm read_status (any => 1)",
     ),
     row(
         "GET",
