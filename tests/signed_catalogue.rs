@@ -23,9 +23,9 @@ use felhom_agent::authz::{AuthzConfig, FileNonceStore, NAMESPACE, Role, SignerEn
 use felhom_agent::base::Shutdown;
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::DeliveredOp;
-use felhom_agent::proxmox::{ConfigChange, WaitOptions};
+use felhom_agent::proxmox::ConfigChange;
 use felhom_agent::reconcile::{AuditLog, Journal, OpState, Queue};
-use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
+use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, SignedJobs};
 use felhom_agent::reconcile::{Gate, Intent, OpClass, Refusal, SignedOp};
 use felhom_sim::{GuestSeed, ProxmoxSim};
 use ssh_key::{HashAlg, LineEnding, PrivateKey};
@@ -43,14 +43,6 @@ fn sign(blob: &[u8]) -> String {
         .unwrap()
         .to_pem(LineEnding::LF)
         .unwrap()
-}
-
-fn wait() -> WaitOptions {
-    WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(20),
-        timeout: Duration::from_secs(10),
-    }
 }
 
 /// An operator's op: `op` on `guest` with `params`, bound to `digest`.
@@ -130,14 +122,18 @@ fn agent(name: &str) -> Agent {
         .start();
     let client = Arc::new(pinned_client(&sim));
     let up = client.snapshot(105, "before_upgrade", None).unwrap();
-    client.wait_task(&up, &wait(), &Shutdown::new()).unwrap();
+    client
+        .wait_task(&up, &common::op_wait(), &Shutdown::new())
+        .unwrap();
     let change = ConfigChange {
         set: vec![("cores".into(), "4".into())],
         delete: Vec::new(),
         digest: None,
     };
     if let Some(up) = client.set_config(105, &change).unwrap() {
-        client.wait_task(&up, &wait(), &Shutdown::new()).unwrap();
+        client
+            .wait_task(&up, &common::op_wait(), &Shutdown::new())
+            .unwrap();
     }
     sim.clear_requests();
     open(&common::tempdir("catalogue", name), sim)
@@ -170,11 +166,7 @@ fn open(dir: &Path, sim: ProxmoxSim) -> Agent {
     );
     let queue = Arc::new(Queue::new(4));
     let jobs = SignedJobs::new(gate.clone(), queue).with_clock(Arc::new(clock.clone()));
-    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
-        Arc::new(pinned_client(&sim)),
-        wait(),
-        Shutdown::new(),
-    )));
+    let exec = common::counting_executor(&sim);
     let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
     let runner = SignedOpsRunner::new(jobs.clone(), gate, audit.clone(), as_exec)
         .with_clock(Arc::new(clock.clone()));

@@ -303,3 +303,17 @@ pub fn kill_at_pause(point: &str, marker: &Path, start: impl FnOnce(&[(&str, &st
     });
     agent.kill();
 }
+
+/// Writes the smallest config an offline command reads, `dir/agent.json` naming host
+/// `pve-a` and `dir/state` (created); returns (config, state directory).
+pub fn offline_config(dir: &Path) -> (PathBuf, PathBuf) {
+    let state = dir.join("state");
+    fs::create_dir_all(&state).unwrap();
+    let config = dir.join("agent.json");
+    fs::write(
+        &config,
+        json!({"host_id": "pve-a", "state_dir": state}).to_string(),
+    )
+    .unwrap();
+    (config, state)
+}
