@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::pinned_client as client;
 
 use std::time::Duration;
 
@@ -26,10 +27,6 @@ fn options(sim: &ProxmoxSim) -> ClientOptions {
     let mut o = common::pinned_options(sim);
     o.timeout = Duration::from_secs(10);
     o
-}
-
-fn client(sim: &ProxmoxSim) -> Client {
-    common::pinned_client(sim)
 }
 
 fn fast() -> WaitOptions {

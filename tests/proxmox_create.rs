@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::pinned_client as client;
 
 use std::time::Duration;
 
@@ -17,10 +18,6 @@ use felhom_sim::{BackupSeed, Broken, GuestSeed, ProxmoxSim};
 
 const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
 const BACKUP: &str = "local:backup/vzdump-lxc-100-2024_05_01-10_00_00.tar.zst";
-
-fn client(sim: &ProxmoxSim) -> Client {
-    common::pinned_client(sim)
-}
 
 fn fast() -> WaitOptions {
     common::fast_wait(Duration::from_secs(20))
