@@ -139,6 +139,32 @@ fn agent(name: &str) -> Agent {
     open(&common::tempdir("catalogue", name), sim)
 }
 
+/// Runs `op` on `a`, then the same signed op on a restarted agent whose fresh state
+/// directory `name` holds only `a`'s burnt nonces: asserts the verifier refuses it as a
+/// replay and nothing is executed. Returns the restarted agent.
+fn replayed_after_restart(a: Agent, op: &Op, name: &str) -> Agent {
+    let signed = op.signed();
+    assert!(matches!(
+        a.run_as(&op.intent(), &signed),
+        JobOutcome::Executed { .. }
+    ));
+    let dir = common::tempdir("catalogue", name);
+    fs::copy(a.dir.join("nonces.log"), dir.join("nonces.log")).unwrap();
+    let b = open(&dir, a.sim);
+    let out = b.run_as(&op.intent(), &signed);
+    assert!(
+        matches!(
+            out,
+            JobOutcome::Refused(Refusal::Rejected(felhom_agent::authz::AuthzError::Replay(
+                _
+            )))
+        ),
+        "{out:?}"
+    );
+    assert_eq!(b.exec.calls(), 0);
+    b
+}
+
 fn open(dir: &Path, sim: ProxmoxSim) -> Agent {
     let clock = ManualClock::new(Timestamp(NOW));
     let cfg = AuthzConfig {
@@ -343,27 +369,7 @@ fn a_rollback_signed_for_another_snapshot_is_binding_mismatch() {
 fn a_replayed_rollback_after_a_restart_is_refused_and_not_run_again() {
     let a = agent("rollback-replay");
     let op = rollback(&a, "before_upgrade");
-    let signed = op.signed();
-    assert!(matches!(
-        a.run_as(&op.intent(), &signed),
-        JobOutcome::Executed { .. }
-    ));
-    // A fresh state dir holding only the burnt nonce: the verifier says replay.
-    let dir = common::tempdir("catalogue", "rollback-replay-2");
-    fs::copy(a.dir.join("nonces.log"), dir.join("nonces.log")).unwrap();
-    let sim = a.sim;
-    let b = open(&dir, sim);
-    let out = b.run_as(&op.intent(), &signed);
-    assert!(
-        matches!(
-            out,
-            JobOutcome::Refused(Refusal::Rejected(felhom_agent::authz::AuthzError::Replay(
-                _
-            )))
-        ),
-        "{out:?}"
-    );
-    assert_eq!(b.exec.calls(), 0);
+    replayed_after_restart(a, &op, "rollback-replay-2");
 }
 
 // ---- backup_delete ----------------------------------------------------------------
@@ -399,25 +405,7 @@ fn a_backup_delete_of_a_protected_guest_is_refused_unless_signed_unprotect() {
 fn a_replayed_backup_delete_after_a_restart_is_refused_and_not_run_again() {
     let a = agent("backup-replay");
     let op = backup_delete(&a, "105", BACKUP_105);
-    let signed = op.signed();
-    assert!(matches!(
-        a.run_as(&op.intent(), &signed),
-        JobOutcome::Executed { .. }
-    ));
-    let dir = common::tempdir("catalogue", "backup-replay-2");
-    fs::copy(a.dir.join("nonces.log"), dir.join("nonces.log")).unwrap();
-    let b = open(&dir, a.sim);
-    let out = b.run_as(&op.intent(), &signed);
-    assert!(
-        matches!(
-            out,
-            JobOutcome::Refused(Refusal::Rejected(felhom_agent::authz::AuthzError::Replay(
-                _
-            )))
-        ),
-        "{out:?}"
-    );
-    assert_eq!(b.exec.calls(), 0);
+    let b = replayed_after_restart(a, &op, "backup-replay-2");
     assert_eq!(
         b.sim
             .mutations()
