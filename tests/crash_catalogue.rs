@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, fast_hub, write_signed_agent_config};
+use common::agent::{Agent, fast_hub, kill_at_pause, run_fast, write_signed_agent_config};
 use common::sign::{nonce, ssh_keygen_sign};
 
 use std::fs;
@@ -21,7 +21,6 @@ use std::time::Duration;
 use felhom_agent::base::{Clock, Shutdown, SystemClock, Timestamp};
 use felhom_agent::proxmox::{ConfigChange, WaitOptions};
 use felhom_agent::reconcile::{Journal, JournalView, OpClass, OpState};
-use felhom_agent::store::{PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV};
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
@@ -110,24 +109,11 @@ impl Lab {
     }
 
     fn start(&self, env: &[(&str, &str)]) -> Agent {
-        let mut all = vec![(SECOND_MS_ENV, "10")];
-        all.extend_from_slice(env);
-        Agent::spawn(
-            &["run"],
-            &self.dir.join("agent.json"),
-            &self.dir.join("stderr.log"),
-            &all,
-        )
+        run_fast(&self.dir, env)
     }
 
     fn kill_at(&self, point: &str) {
-        let marker = self.dir.join("paused");
-        let marker_env = marker.display().to_string();
-        let mut agent = self.start(&[(PAUSE_AT_ENV, point), (PAUSE_MARKER_ENV, &marker_env)]);
-        agent.wait_until(&format!("the pause at {point}"), |_| {
-            fs::read_to_string(&marker).is_ok_and(|m| m == point)
-        });
-        agent.kill();
+        kill_at_pause(point, &self.dir.join("paused"), |env| self.start(env));
     }
 
     fn audit_decisions(&self) -> Vec<String> {

@@ -20,7 +20,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, fast_hub, write_signed_agent_config};
+use common::agent::{Agent, fast_hub, kill_at_pause, run_fast, write_signed_agent_config};
 use common::sign::{Destroy, ssh_keygen_sign};
 
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ use felhom_agent::base::{Clock, SystemClock, Timestamp};
 use felhom_agent::reconcile::AuditLog;
 use felhom_agent::reconcile::OpClass;
 use felhom_agent::reconcile::{Journal, JournalRecord, JournalView, OpState};
-use felhom_agent::store::{JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV};
+use felhom_agent::store::JOURNAL_COMPACT_AT_ENV;
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
@@ -150,31 +150,18 @@ impl Lab {
 
     /// Starts the agent with `env` added, its stderr appended to the lab's log.
     fn start(&self, env: &[(&str, &str)]) -> Agent {
-        let mut all = vec![(SECOND_MS_ENV, "10")];
-        all.extend_from_slice(env);
-        Agent::spawn(
-            &["run"],
-            &self.dir.join("agent.json"),
-            &self.dir.join("stderr.log"),
-            &all,
-        )
+        run_fast(&self.dir, env)
     }
 
     /// Runs the agent until it pauses at `point`, then SIGKILLs it there.
     fn kill_at(&self, point: &str, env: &[(&str, &str)]) {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         let marker = self.dir.join(format!("paused-{n}"));
-        let marker_env = marker.display().to_string();
-        let mut all = vec![
-            (PAUSE_AT_ENV, point),
-            (PAUSE_MARKER_ENV, marker_env.as_str()),
-        ];
-        all.extend_from_slice(env);
-        let mut agent = self.start(&all);
-        agent.wait_until(&format!("the pause at {point}"), |_| {
-            fs::read_to_string(&marker).is_ok_and(|m| m == point)
+        kill_at_pause(point, &marker, |pause| {
+            let mut all = pause.to_vec();
+            all.extend_from_slice(env);
+            self.start(&all)
         });
-        agent.kill();
     }
 
     /// The one op of this flow's guest in flight now.

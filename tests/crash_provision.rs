@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, fast_hub, write_signed_agent_config};
+use common::agent::{Agent, fast_hub, kill_at_pause, run_fast, write_signed_agent_config};
 
 use std::fs;
 use std::path::PathBuf;
@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::reconcile::{Journal, JournalRecord, JournalView, OpClass, OpState, Provenance};
-use felhom_agent::store::{PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV};
 use felhom_sim::{BackupSeed, Broken, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 
@@ -80,29 +79,14 @@ impl Lab {
     }
 
     fn start(&self, env: &[(&str, &str)]) -> Agent {
-        let mut all = vec![(SECOND_MS_ENV, "10")];
-        all.extend_from_slice(env);
-        Agent::spawn(
-            &["run"],
-            &self.dir.join("agent.json"),
-            &self.dir.join("stderr.log"),
-            &all,
-        )
+        run_fast(&self.dir, env)
     }
 
     /// Runs the agent until it pauses at `point`, then SIGKILLs it there.
     fn kill_at(&self, point: &str) {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         let marker = self.dir.join(format!("paused-{n}"));
-        let marker_env = marker.display().to_string();
-        let mut agent = self.start(&[
-            (PAUSE_AT_ENV, point),
-            (PAUSE_MARKER_ENV, marker_env.as_str()),
-        ]);
-        agent.wait_until(&format!("the pause at {point}"), |_| {
-            fs::read_to_string(&marker).is_ok_and(|m| m == point)
-        });
-        agent.kill();
+        kill_at_pause(point, &marker, |env| self.start(env));
     }
 
     /// The create op in flight now (exactly one).

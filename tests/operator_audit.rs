@@ -12,7 +12,7 @@ use std::process::Command;
 
 use felhom_agent::base::Timestamp;
 use felhom_agent::reconcile::{AuditLog, AuditRecord};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn audit(config: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
@@ -43,14 +43,7 @@ fn rec(at: i64, op: &str, guest: &str, decision: &str, reason: &str) -> AuditRec
 #[test]
 fn audit_filters_across_the_rotation_and_reports_damage_read_only() {
     let dir = common::tempdir("audit", "cmd");
-    let state = dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let config = dir.join("agent.json");
-    std::fs::write(
-        &config,
-        json!({"host_id": "pve-a", "state_dir": state}).to_string(),
-    )
-    .unwrap();
+    let (config, state) = common::agent::offline_config(&dir);
     {
         let log = AuditLog::open(&state.join("audit.log")).unwrap();
         log.record(&rec(

@@ -141,14 +141,7 @@ fn a_pause_holds_reconcile_and_signed_ops_is_reported_and_resume_lets_them_run()
 #[test]
 fn pause_refuses_a_bad_reason_and_resume_without_a_pause_changes_nothing() {
     let dir = common::tempdir("pause", "usage");
-    let state = dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let config = dir.join("agent.json");
-    std::fs::write(
-        &config,
-        json!({"host_id": "pve-a", "state_dir": state}).to_string(),
-    )
-    .unwrap();
+    let (config, state) = common::agent::offline_config(&dir);
     for args in [
         &["pause"][..],
         &["pause", "--reason", ""],

@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::pinned_client as client;
+
 use std::time::Duration;
 
 use felhom_agent::base::Secret;
 use felhom_agent::base::Shutdown;
-use felhom_agent::net::{Sha256Pin, TimeoutPhase, TlsTrust, TransportError};
+use felhom_agent::net::{TimeoutPhase, TlsTrust, TransportError};
 use felhom_agent::proxmox::{
     BackupMode, Client, ClientOptions, Compression, ConfigChange, ProxmoxError, RunState, TaskExit,
     TaskFilter, TaskOutcome, TaskSource, TaskState, Upid, VzdumpOutcome, WaitError, WaitOptions,
@@ -18,29 +21,16 @@ use felhom_sim::{
     RecordedRequest,
 };
 
+/// The shared pinned options with the 10 s call timeout [`common::pinned_client`] uses:
+/// the faults below adjust a copy.
 fn options(sim: &ProxmoxSim) -> ClientOptions {
-    let pin = Sha256Pin::parse(&sim.fingerprint()).unwrap();
-    let mut o = ClientOptions::new(
-        sim.url(),
-        sim.node(),
-        DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(pin),
-    );
+    let mut o = common::pinned_options(sim);
     o.timeout = Duration::from_secs(10);
     o
 }
 
-fn client(sim: &ProxmoxSim) -> Client {
-    Client::new(options(sim)).unwrap()
-}
-
 fn fast() -> WaitOptions {
-    WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(40),
-        timeout: Duration::from_secs(20),
-    }
+    common::fast_wait(Duration::from_secs(20))
 }
 
 fn sim() -> ProxmoxSim {

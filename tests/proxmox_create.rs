@@ -5,40 +5,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::pinned_client as client;
+
 use std::time::Duration;
 
-use felhom_agent::base::{Secret, Shutdown};
-use felhom_agent::net::{Sha256Pin, TlsTrust};
+use felhom_agent::base::Shutdown;
 use felhom_agent::proxmox::{
-    Client, ClientOptions, CreateLxc, LxcSource, ProxmoxError, TaskOutcome, Upid, WaitError,
-    WaitOptions,
+    Client, CreateLxc, LxcSource, ProxmoxError, TaskOutcome, Upid, WaitError, WaitOptions,
 };
-use felhom_sim::{
-    BackupSeed, Broken, DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim,
-};
+use felhom_sim::{BackupSeed, Broken, GuestSeed, ProxmoxSim};
 
 const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
 const BACKUP: &str = "local:backup/vzdump-lxc-100-2024_05_01-10_00_00.tar.zst";
 
-fn client(sim: &ProxmoxSim) -> Client {
-    let pin = Sha256Pin::parse(&sim.fingerprint()).unwrap();
-    let mut o = ClientOptions::new(
-        sim.url(),
-        sim.node(),
-        DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(pin),
-    );
-    o.timeout = Duration::from_secs(10);
-    Client::new(o).unwrap()
-}
-
 fn fast() -> WaitOptions {
-    WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(40),
-        timeout: Duration::from_secs(20),
-    }
+    common::fast_wait(Duration::from_secs(20))
 }
 
 fn sim() -> ProxmoxSim {

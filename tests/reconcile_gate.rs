@@ -22,12 +22,12 @@ use felhom_agent::authz::{
 use felhom_agent::base::Shutdown;
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::DeliveredOp;
-use felhom_agent::proxmox::{ConfigChange, WaitOptions};
+use felhom_agent::proxmox::ConfigChange;
 use felhom_agent::reconcile::AuditLog;
 use felhom_agent::reconcile::Queue;
 use felhom_agent::reconcile::{AllowReason, Decision, Gate, GuestNow, Refusal, SignedOp};
 use felhom_agent::reconcile::{DesiredGuest, DesiredProvider, DesiredState, StaticProvider};
-use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
+use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, SignedJobs};
 use felhom_agent::reconcile::{Engine, EngineOptions};
 use felhom_agent::reconcile::{Intent, OpClass};
 use felhom_agent::reconcile::{Journal, OpState};
@@ -140,14 +140,6 @@ struct Agent {
     desired: Arc<StaticProvider>,
 }
 
-fn wait_options() -> WaitOptions {
-    WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(20),
-        timeout: Duration::from_secs(10),
-    }
-}
-
 fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
     let clock = ManualClock::new(Timestamp(NOW));
     let cfg = AuthzConfig {
@@ -183,11 +175,7 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
     );
     let queue = Arc::new(Queue::new(4));
     let jobs = SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone()));
-    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
-        Arc::new(proxmox_client(sim)),
-        wait_options(),
-        Shutdown::new(),
-    )));
+    let exec = common::counting_executor(sim);
     let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
     let runner = SignedOpsRunner::new(
         SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone())),
@@ -242,7 +230,7 @@ impl Agent {
             vmids.iter().map(|v| DesiredGuest::new(*v)),
         ));
         let mut opts = EngineOptions::new("pve-a");
-        opts.wait = wait_options();
+        opts.wait = common::op_wait();
         Engine::new(
             proxmox_client(sim),
             Queue::clone(&self.queue),

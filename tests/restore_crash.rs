@@ -9,13 +9,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, write_agent_config};
+use common::agent::{Agent, kill_at_pause, write_agent_config};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use felhom_agent::reconcile::{Journal, TestStage, read_results};
-use felhom_agent::store::{PAUSE_AT_ENV, PAUSE_MARKER_ENV, PCT_ENV, SECOND_MS_ENV};
+use felhom_agent::store::{PCT_ENV, SECOND_MS_ENV};
 use felhom_sim::{BackupSeed, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 
@@ -84,19 +84,9 @@ impl Lab {
 /// either, a task may end meanwhile).
 fn crash_at(point: &str, scratch_at_kill: Option<bool>) {
     let lab = Lab::new(point.rsplit(':').next().unwrap());
-    let marker = lab.dir.join("paused");
-    let marker_env = marker.display().to_string();
-    let mut agent = lab.start(
-        "first.log",
-        &[
-            (PAUSE_AT_ENV, point),
-            (PAUSE_MARKER_ENV, marker_env.as_str()),
-        ],
-    );
-    agent.wait_until(&format!("the pause at {point}"), |_| {
-        std::fs::read_to_string(&marker).is_ok_and(|m| m == point)
+    kill_at_pause(point, &lab.dir.join("paused"), |env| {
+        lab.start("first.log", env)
     });
-    agent.kill();
     if let Some(want) = scratch_at_kill {
         assert_eq!(
             lab.pve.guest_ids().contains(&SCRATCH),

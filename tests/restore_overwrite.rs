@@ -15,11 +15,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use felhom_agent::base::{Clock, ManualClock, Shutdown, SystemClock};
-use felhom_agent::proxmox::WaitOptions;
+use felhom_agent::base::{Clock, ManualClock, SystemClock};
 use felhom_agent::reconcile::{
-    AuditLog, DestructiveExecutor, Gate, Intent, JobOutcome, Journal, OpClass, OpState,
-    ProxmoxExecutor, Queue, Refusal, SignedJobs, SignedOp,
+    AuditLog, DestructiveExecutor, Gate, Intent, JobOutcome, Journal, OpClass, OpState, Queue,
+    Refusal, SignedJobs, SignedOp,
 };
 use felhom_sim::{BackupSeed, Broken, GuestSeed, ProxmoxSim};
 
@@ -60,16 +59,7 @@ fn lab(name: &str, running: bool) -> Lab {
         .with_clock(Arc::new(clock.clone())),
     );
     let jobs = SignedJobs::new(gate, Arc::new(Queue::new(2))).with_clock(Arc::new(clock));
-    let wait = WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(20),
-        timeout: Duration::from_secs(10),
-    };
-    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
-        Arc::new(common::pinned_client(&pve)),
-        wait,
-        Shutdown::new(),
-    )));
+    let exec = common::counting_executor(&pve);
     Lab {
         dir,
         pve,

@@ -23,9 +23,9 @@ use felhom_agent::authz::{AuthzConfig, FileNonceStore, NAMESPACE, Role, SignerEn
 use felhom_agent::base::Shutdown;
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::DeliveredOp;
-use felhom_agent::proxmox::{ConfigChange, WaitOptions};
+use felhom_agent::proxmox::ConfigChange;
 use felhom_agent::reconcile::{AuditLog, Journal, OpState, Queue};
-use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
+use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, SignedJobs};
 use felhom_agent::reconcile::{Gate, Intent, OpClass, Refusal, SignedOp};
 use felhom_sim::{GuestSeed, ProxmoxSim};
 use ssh_key::{HashAlg, LineEnding, PrivateKey};
@@ -43,14 +43,6 @@ fn sign(blob: &[u8]) -> String {
         .unwrap()
         .to_pem(LineEnding::LF)
         .unwrap()
-}
-
-fn wait() -> WaitOptions {
-    WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(20),
-        timeout: Duration::from_secs(10),
-    }
 }
 
 /// An operator's op: `op` on `guest` with `params`, bound to `digest`.
@@ -130,17 +122,47 @@ fn agent(name: &str) -> Agent {
         .start();
     let client = Arc::new(pinned_client(&sim));
     let up = client.snapshot(105, "before_upgrade", None).unwrap();
-    client.wait_task(&up, &wait(), &Shutdown::new()).unwrap();
+    client
+        .wait_task(&up, &common::op_wait(), &Shutdown::new())
+        .unwrap();
     let change = ConfigChange {
         set: vec![("cores".into(), "4".into())],
         delete: Vec::new(),
         digest: None,
     };
     if let Some(up) = client.set_config(105, &change).unwrap() {
-        client.wait_task(&up, &wait(), &Shutdown::new()).unwrap();
+        client
+            .wait_task(&up, &common::op_wait(), &Shutdown::new())
+            .unwrap();
     }
     sim.clear_requests();
     open(&common::tempdir("catalogue", name), sim)
+}
+
+/// Runs `op` on `a`, then the same signed op on a restarted agent whose fresh state
+/// directory `name` holds only `a`'s burnt nonces: asserts the verifier refuses it as a
+/// replay and nothing is executed. Returns the restarted agent.
+fn replayed_after_restart(a: Agent, op: &Op, name: &str) -> Agent {
+    let signed = op.signed();
+    assert!(matches!(
+        a.run_as(&op.intent(), &signed),
+        JobOutcome::Executed { .. }
+    ));
+    let dir = common::tempdir("catalogue", name);
+    fs::copy(a.dir.join("nonces.log"), dir.join("nonces.log")).unwrap();
+    let b = open(&dir, a.sim);
+    let out = b.run_as(&op.intent(), &signed);
+    assert!(
+        matches!(
+            out,
+            JobOutcome::Refused(Refusal::Rejected(felhom_agent::authz::AuthzError::Replay(
+                _
+            )))
+        ),
+        "{out:?}"
+    );
+    assert_eq!(b.exec.calls(), 0);
+    b
 }
 
 fn open(dir: &Path, sim: ProxmoxSim) -> Agent {
@@ -170,11 +192,7 @@ fn open(dir: &Path, sim: ProxmoxSim) -> Agent {
     );
     let queue = Arc::new(Queue::new(4));
     let jobs = SignedJobs::new(gate.clone(), queue).with_clock(Arc::new(clock.clone()));
-    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
-        Arc::new(pinned_client(&sim)),
-        wait(),
-        Shutdown::new(),
-    )));
+    let exec = common::counting_executor(&sim);
     let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
     let runner = SignedOpsRunner::new(jobs.clone(), gate, audit.clone(), as_exec)
         .with_clock(Arc::new(clock.clone()));
@@ -351,27 +369,7 @@ fn a_rollback_signed_for_another_snapshot_is_binding_mismatch() {
 fn a_replayed_rollback_after_a_restart_is_refused_and_not_run_again() {
     let a = agent("rollback-replay");
     let op = rollback(&a, "before_upgrade");
-    let signed = op.signed();
-    assert!(matches!(
-        a.run_as(&op.intent(), &signed),
-        JobOutcome::Executed { .. }
-    ));
-    // A fresh state dir holding only the burnt nonce: the verifier says replay.
-    let dir = common::tempdir("catalogue", "rollback-replay-2");
-    fs::copy(a.dir.join("nonces.log"), dir.join("nonces.log")).unwrap();
-    let sim = a.sim;
-    let b = open(&dir, sim);
-    let out = b.run_as(&op.intent(), &signed);
-    assert!(
-        matches!(
-            out,
-            JobOutcome::Refused(Refusal::Rejected(felhom_agent::authz::AuthzError::Replay(
-                _
-            )))
-        ),
-        "{out:?}"
-    );
-    assert_eq!(b.exec.calls(), 0);
+    replayed_after_restart(a, &op, "rollback-replay-2");
 }
 
 // ---- backup_delete ----------------------------------------------------------------
@@ -407,25 +405,7 @@ fn a_backup_delete_of_a_protected_guest_is_refused_unless_signed_unprotect() {
 fn a_replayed_backup_delete_after_a_restart_is_refused_and_not_run_again() {
     let a = agent("backup-replay");
     let op = backup_delete(&a, "105", BACKUP_105);
-    let signed = op.signed();
-    assert!(matches!(
-        a.run_as(&op.intent(), &signed),
-        JobOutcome::Executed { .. }
-    ));
-    let dir = common::tempdir("catalogue", "backup-replay-2");
-    fs::copy(a.dir.join("nonces.log"), dir.join("nonces.log")).unwrap();
-    let b = open(&dir, a.sim);
-    let out = b.run_as(&op.intent(), &signed);
-    assert!(
-        matches!(
-            out,
-            JobOutcome::Refused(Refusal::Rejected(felhom_agent::authz::AuthzError::Replay(
-                _
-            )))
-        ),
-        "{out:?}"
-    );
-    assert_eq!(b.exec.calls(), 0);
+    let b = replayed_after_restart(a, &op, "backup-replay-2");
     assert_eq!(
         b.sim
             .mutations()

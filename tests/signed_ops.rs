@@ -23,10 +23,9 @@ use felhom_agent::hub::ControlEnvelope;
 use felhom_agent::hub::HubClientOptions;
 use felhom_agent::hub::{Announcement, DeliveredOp, FetchError, Poller, SignedOpsClient};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
-use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::AuditLog;
 use felhom_agent::reconcile::Queue;
-use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, ProxmoxExecutor, SignedJobs};
+use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, SignedJobs};
 use felhom_agent::reconcile::{Gate, Refusal};
 use felhom_agent::reconcile::{Journal, Pacing};
 use felhom_agent::reconcile::{OpResults, ResultOutcome};
@@ -95,16 +94,7 @@ fn lab_held_by(name: &str, hold: Option<Arc<Blocked>>) -> Lab {
     );
     let jobs =
         SignedJobs::new(gate.clone(), Arc::new(Queue::new(4))).with_clock(Arc::new(clock.clone()));
-    let wait = WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(20),
-        timeout: Duration::from_secs(10),
-    };
-    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
-        Arc::new(common::pinned_client(&pve)),
-        wait,
-        Shutdown::new(),
-    )));
+    let exec = common::counting_executor(&pve);
     let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
     let results = Arc::new(OpResults::open(dir.join("op_results.json"), Arc::new(OsIo)));
     let mut runner = SignedOpsRunner::new(jobs, gate, audit.clone(), as_exec)

@@ -34,14 +34,11 @@ use felhom_agent::authz::{
 };
 use felhom_agent::base::Shutdown;
 use felhom_agent::base::{Clock, SystemClock, Timestamp};
-use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::AuditRecord as AuditEntry;
 use felhom_agent::reconcile::Queue;
 use felhom_agent::reconcile::recover;
 use felhom_agent::reconcile::{AuditError, AuditLog};
-use felhom_agent::reconcile::{
-    DestructiveExecutor, JobError, JobOutcome, ProxmoxExecutor, SignedJobs,
-};
+use felhom_agent::reconcile::{DestructiveExecutor, JobError, JobOutcome, SignedJobs};
 use felhom_agent::reconcile::{Gate, Refusal, SignedOp};
 use felhom_agent::reconcile::{Intent, OpClass};
 use felhom_agent::reconcile::{Journal, JournalError, JournalRecord, OpState};
@@ -310,14 +307,6 @@ fn destroy_op(sim: &ProxmoxSim, dir: &Path, guest: u32) -> (Intent, SignedOp) {
     (intent, SignedOp::new(blob, signature))
 }
 
-fn fast_wait() -> WaitOptions {
-    WaitOptions {
-        initial: Duration::from_millis(10),
-        cap: Duration::from_millis(20),
-        timeout: Duration::from_secs(10),
-    }
-}
-
 /// A gate and signed jobs on the files in `dir`, the journal and audit log on the
 /// given I/O, the nonce store on the real file system.
 struct Rig {
@@ -337,11 +326,7 @@ fn rig(sim: &ProxmoxSim, dir: &Path, journal_io: Arc<dyn Io>, audit_io: Arc<dyn 
     let audit = Arc::new(AuditLog::open_with(&dir.join("audit.log"), audit_io).unwrap());
     let gate = Arc::new(Gate::new("pve-a".into(), Some(verifier), journal, audit));
     let jobs = SignedJobs::new(Arc::clone(&gate), Arc::new(Queue::new(2)));
-    let exec = Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
-        Arc::new(client(sim)),
-        fast_wait(),
-        Shutdown::new(),
-    )));
+    let exec = common::counting_executor(sim);
     Rig { gate, jobs, exec }
 }
 
@@ -410,7 +395,7 @@ fn signed_destroy_on_a_failing_journal(fault: JournalFault) {
     let report = recover(
         &journal,
         &client(&sim),
-        &fast_wait(),
+        &common::op_wait(),
         &shutdown,
         &SystemClock,
     )

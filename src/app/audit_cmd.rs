@@ -14,10 +14,8 @@ use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-use super::command::{EXIT_FAILED, EXIT_OK};
-use crate::reconcile::audit::{AuditRecord, PENDING_SIGNATURE};
+use super::command::{EXIT_FAILED, EXIT_OK, visible};
+use crate::reconcile::audit::{AuditRecord, PENDING_SIGNATURE, decode_stored};
 use crate::store::{ReplayError, replay_reader};
 
 /// Entries shown when no `--tail` is given.
@@ -56,14 +54,6 @@ pub(crate) fn check_code(code: &str) -> Result<(), String> {
     }
 }
 
-#[derive(Deserialize)]
-struct Stored {
-    #[serde(flatten)]
-    entry: AuditRecord,
-    #[serde(default)]
-    carried: bool,
-}
-
 /// Every entry of `path` in order (with its carried mark); a damage stops the read and
 /// is returned beside what came before it.
 fn read_file(path: &Path) -> (Vec<(AuditRecord, bool)>, Option<String>) {
@@ -75,9 +65,7 @@ fn read_file(path: &Path) -> (Vec<(AuditRecord, bool)>, Option<String>) {
     };
     let mut reader = BufReader::new(file);
     let result = replay_reader(&mut reader, &mut |_, data| {
-        let s: Stored =
-            serde_json::from_slice(data).map_err(|e| format!("not an audit entry: {e}"))?;
-        out.push((s.entry, s.carried));
+        out.push(decode_stored(data)?);
         Ok(())
     });
     let damage = match result {
@@ -137,20 +125,6 @@ pub(crate) fn select(entries: &[(AuditRecord, bool)], query: &AuditQuery) -> Vec
     picked.into_iter().skip(skip).collect()
 }
 
-/// Text for a table cell: control characters made visible.
-fn cell(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let shown: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            shown
-        })
-        .collect()
-}
-
 /// Runs `audit` over `state_dir/audit.log` (and `.1`); returns the exit code.
 pub(crate) fn audit(
     state_dir: &Path,
@@ -190,11 +164,11 @@ pub(crate) fn audit(
                 out,
                 "{:<20}  {:<17}  {:>9}  {:<20}  {:<12}  {}",
                 e.at.to_rfc3339(),
-                cell(&e.op),
-                cell(e.guest_id.as_deref().unwrap_or("-")),
-                cell(&e.decision),
-                cell(e.key_id.as_deref().unwrap_or("-")),
-                cell(&e.reason)
+                visible(&e.op),
+                visible(e.guest_id.as_deref().unwrap_or("-")),
+                visible(&e.decision),
+                visible(e.key_id.as_deref().unwrap_or("-")),
+                visible(&e.reason)
             );
         }
         let _ = writeln!(

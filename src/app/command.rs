@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::config::{self, Config, Mode};
+use crate::store::{StateLock, StateLockError};
 
 /// Exit code: success.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -50,6 +51,19 @@ pub(crate) fn write_json(out: &mut dyn Write, doc: &serde_json::Value) -> std::i
     let mut line = serde_json::to_string(doc).map_err(std::io::Error::other)?;
     line.push('\n');
     out.write_all(line.as_bytes())
+}
+
+/// Takes the state directory's lock for a command that must not run beside the daemon
+/// (or another such command). A failure is printed to `err` and turned into exit code 2
+/// when another process holds the lock, 1 otherwise.
+pub(crate) fn lock_state(dir: &Path, err: &mut dyn Write) -> Result<StateLock, u8> {
+    StateLock::acquire(dir).map_err(|e| {
+        let _ = writeln!(err, "felhom-agent: {e}");
+        match e {
+            StateLockError::Held { .. } => EXIT_USAGE,
+            _ => EXIT_FAILED,
+        }
+    })
 }
 
 /// `s` for a person to read: quotes and other printable text as they are, control

@@ -11,11 +11,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, visible};
+use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, lock_state, visible};
 use crate::base::time::{Clock, SystemClock, Timestamp};
 use crate::config::Config;
 use crate::reconcile::{AuditLog, AuditRecord};
-use crate::store::{OsIo, StateLock, StateLockError, set_aside};
+use crate::store::{OsIo, set_aside};
 
 /// The suffix every damaged file the agent sets aside carries.
 const DAMAGED_SUFFIX: &str = ".damaged";
@@ -88,15 +88,9 @@ pub(crate) fn acknowledge_damage(
             return EXIT_USAGE;
         }
     };
-    let _lock = match StateLock::acquire(&cfg.state_dir) {
+    let _lock = match lock_state(&cfg.state_dir, err) {
         Ok(l) => l,
-        Err(e) => {
-            let _ = writeln!(err, "felhom-agent: {e}");
-            return match e {
-                StateLockError::Held { .. } => EXIT_USAGE,
-                _ => EXIT_FAILED,
-            };
-        }
+        Err(code) => return code,
     };
     let now = SystemClock.now();
     let (uid, login) = who();

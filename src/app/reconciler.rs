@@ -357,17 +357,7 @@ impl Reconciler {
                 signers = policy.signers.len(),
                 revoked = set.revoked().len()
             );
-            for w in crate::authz::expiry_warnings(&policy, clock.now()) {
-                crate::warn!(
-                    signer_expiring,
-                    "signer expires soon or has expired",
-                    key_id = w.key_id,
-                    role = w.role.as_str(),
-                    fingerprint = w.fingerprint,
-                    valid_before = w.valid_before,
-                    expired = w.expired
-                );
-            }
+            crate::authz::warn_expiring(&policy, clock.now());
             crate::reconcile::recover_rotations(&journal, set, clock.as_ref())
                 .map_err(StartupError::Journal)?;
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
-use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config, visible};
+use super::command::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config, lock_state, visible};
 use crate::base::shutdown::Shutdown;
 use crate::base::time::{Clock, SystemClock};
 use crate::config::Mode;
@@ -21,7 +21,6 @@ use crate::proxmox::{
     AclPath, Client, ConfigChange, ROLE_NAME, RunState, TaskOutcome, Upid, WaitError, WaitOptions,
     pveum_recipe, role_privileges, role_privileges_on,
 };
-use crate::store::statelock::{StateLock, StateLockError};
 
 /// The prefix of the description marker `selftest task` writes.
 pub(crate) const MARKER_PREFIX: &str = "felhom-selftest";
@@ -542,15 +541,9 @@ pub(crate) fn selftest(
                 (SelftestKind::Task, Some(vmid)) => {
                     // A round trip beside a running daemon could race its reconcile of
                     // the same guest: the same lock as `run`.
-                    let _lock = match StateLock::acquire(&cfg.state_dir) {
+                    let _lock = match lock_state(&cfg.state_dir, err) {
                         Ok(l) => l,
-                        Err(e) => {
-                            let _ = writeln!(err, "felhom-agent: {e}");
-                            return match e {
-                                StateLockError::Held { .. } => EXIT_USAGE,
-                                _ => EXIT_FAILED,
-                            };
-                        }
+                        Err(code) => return code,
                     };
                     crate::app::selftest::task(
                         &client,

@@ -51,7 +51,7 @@ pub use nonce::{FileNonceStore, Freshness, MemoryNonceStore, NonceStore, NonceSt
 pub use policy::{
     EXPIRY_WARNING_DAYS, ExpiryWarning, ROTATION_PARAMS, RotationError, SIGNERS_FILE, SignerPolicy,
     SignerSet, SignerSource, expiry_warnings, load_signer_set, load_signer_set_os, plan_rotation,
-    read_signers_file, signer_expiry_warnings,
+    read_signers_file, signer_expiry_warnings, warn_expiring,
 };
 pub use revoked::RevokedKeys;
 pub use selftest::{Check, offline_selftest};

@@ -166,6 +166,24 @@ pub fn expiry_warnings(policy: &SignerPolicy, now: Timestamp) -> Vec<ExpiryWarni
         .collect()
 }
 
+/// [`expiry_warnings`], each also logged as an `event=signer_expiring` warning: what
+/// the daemon's start and `selftest offline` do with them.
+pub fn warn_expiring(policy: &SignerPolicy, now: Timestamp) -> Vec<ExpiryWarning> {
+    let warnings = expiry_warnings(policy, now);
+    for w in &warnings {
+        crate::warn!(
+            signer_expiring,
+            "signer expires soon or has expired",
+            key_id = w.key_id,
+            role = w.role.as_str(),
+            fingerprint = w.fingerprint,
+            valid_before = w.valid_before,
+            expired = w.expired
+        );
+    }
+    warnings
+}
+
 /// The expiry warnings of the effective signer set of `cfg` (the rotated one when
 /// `state_dir` holds `signers.json`) at `now`: what `status` shows beside `selftest
 /// offline`. Reads files only; an unusable set is the error naming why.

@@ -199,16 +199,7 @@ fn signer_checks(cfg: &AuthzConfig, state_dir: Option<&Path>, now: Timestamp) ->
         let (name, detail) = line.split_once(": ").unwrap_or((line.as_str(), ""));
         out.push(check(&format!("signers: {name}"), true, detail));
     }
-    for w in super::expiry_warnings(&policy, now) {
-        crate::warn!(
-            signer_expiring,
-            "signer expires soon or has expired",
-            key_id = w.key_id,
-            role = w.role.as_str(),
-            fingerprint = w.fingerprint,
-            valid_before = w.valid_before,
-            expired = w.expired
-        );
+    for w in super::warn_expiring(&policy, now) {
         out.push(check("signers: expiry", true, format!("warning: {w}")));
     }
     out

@@ -146,6 +146,15 @@ impl Words {
             .and_then(|v| v.first())
             .map(String::as_str)
     }
+    /// `--tail N` when given: a whole number, or the usage error naming it.
+    fn tail(&self) -> Result<Option<usize>, UsageError> {
+        self.one("--tail")
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| usage(format!("--tail must be a whole number, got {v:?}")))
+            })
+            .transpose()
+    }
     fn config(&self) -> PathBuf {
         PathBuf::from(
             self.one("--config")
@@ -365,13 +374,7 @@ fn build(w: Words) -> Result<Command, UsageError> {
             config,
         }),
         "journal" => {
-            let tail = w
-                .one("--tail")
-                .map(|v| {
-                    v.parse::<usize>()
-                        .map_err(|_| usage(format!("--tail must be a whole number, got {v:?}")))
-                })
-                .transpose()?;
+            let tail = w.tail()?;
             Ok(Command::Journal {
                 in_flight: w.switch("--in-flight"),
                 tail,
@@ -396,13 +399,7 @@ fn build(w: Words) -> Result<Command, UsageError> {
             config,
         }),
         "audit" => {
-            let tail = w
-                .one("--tail")
-                .map(|v| {
-                    v.parse::<usize>()
-                        .map_err(|_| usage(format!("--tail must be a whole number, got {v:?}")))
-                })
-                .transpose()?;
+            let tail = w.tail()?;
             let guest = w
                 .one("--guest")
                 .map(|v| vmid_arg("--guest", v))

@@ -232,6 +232,14 @@ struct Stored {
     carried: bool,
 }
 
+/// One stored line of an audit log, as its record and whether a rotation carried it
+/// (the only reader of the on-disk shape besides [`AuditLog`]'s own replay is the
+/// `audit` command, which reads the files without opening the log).
+pub(crate) fn decode_stored(data: &[u8]) -> Result<(AuditRecord, bool), String> {
+    let s: Stored = serde_json::from_slice(data).map_err(|e| format!("not an audit entry: {e}"))?;
+    Ok((s.entry, s.carried))
+}
+
 #[derive(Serialize)]
 struct CarriedRef<'a> {
     #[serde(flatten)]
@@ -406,13 +414,12 @@ impl AuditLog {
         let mut kept = Kept::default();
         let mut dropped = 0u64;
         let store = Store::open_with(path, io, SyncMode::GroupCommit, |_, data| {
-            let s: Stored =
-                serde_json::from_slice(data).map_err(|e| format!("not an audit entry: {e}"))?;
-            let gone = if s.carried {
+            let (entry, carried) = decode_stored(data)?;
+            let gone = if carried {
                 kept.carried_in_file += 1;
-                kept.hold(s.entry)
+                kept.hold(entry)
             } else {
-                kept.apply(s.entry)
+                kept.apply(entry)
             };
             dropped += u64::from(gone.is_some());
             Ok(())
@@ -633,11 +640,11 @@ mod tests {
     #[test]
     fn entries_written_before_the_cap_still_replay() {
         let old = br#"{"at":"2026-11-22T09:58:12Z","op":"guest_destroy","guest_id":"105","decision":"pending_signature","reason":"r","key_id":null}"#;
-        let s: Stored = serde_json::from_slice(old).unwrap();
-        assert!(!s.carried);
-        assert_eq!(s.entry.delivery, None);
-        assert!(s.entry.truncated.is_empty());
-        assert_eq!(s.entry.guest_id.as_deref(), Some("105"));
+        let (entry, carried) = decode_stored(old).unwrap();
+        assert!(!carried);
+        assert_eq!(entry.delivery, None);
+        assert!(entry.truncated.is_empty());
+        assert_eq!(entry.guest_id.as_deref(), Some("105"));
     }
 
     #[test]

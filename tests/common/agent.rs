@@ -275,3 +275,45 @@ impl Agent {
         }
     }
 }
+
+/// Starts `felhom-agent run` on `dir/agent.json` (as [`write_signed_agent_config`]
+/// writes it), its stderr appended to `dir/stderr.log`, a second lasting 10 ms, and `env`.
+pub fn run_fast(dir: &Path, env: &[(&str, &str)]) -> Agent {
+    let mut all = vec![(SECOND_MS_ENV, "10")];
+    all.extend_from_slice(env);
+    Agent::spawn(
+        &["run"],
+        &dir.join("agent.json"),
+        &dir.join("stderr.log"),
+        &all,
+    )
+}
+
+/// Starts a run through `start` with the fault point `point` armed (and `marker` as its
+/// marker file), waits until the run has paused there, and SIGKILLs it: the crash lands
+/// at exactly `point`. `marker` must not hold `point` already (a fresh name per run).
+pub fn kill_at_pause(point: &str, marker: &Path, start: impl FnOnce(&[(&str, &str)]) -> Agent) {
+    let marker_env = marker.display().to_string();
+    let mut agent = start(&[
+        (PAUSE_AT_ENV, point),
+        (PAUSE_MARKER_ENV, marker_env.as_str()),
+    ]);
+    agent.wait_until(&format!("the pause at {point}"), |_| {
+        fs::read_to_string(marker).is_ok_and(|m| m == point)
+    });
+    agent.kill();
+}
+
+/// Writes the smallest config an offline command reads, `dir/agent.json` naming host
+/// `pve-a` and `dir/state` (created); returns (config, state directory).
+pub fn offline_config(dir: &Path) -> (PathBuf, PathBuf) {
+    let state = dir.join("state");
+    fs::create_dir_all(&state).unwrap();
+    let config = dir.join("agent.json");
+    fs::write(
+        &config,
+        json!({"host_id": "pve-a", "state_dir": state}).to_string(),
+    )
+    .unwrap();
+    (config, state)
+}

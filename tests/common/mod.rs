@@ -160,6 +160,26 @@ pub fn fast_wait(timeout: Duration) -> WaitOptions {
     }
 }
 
+/// The task wait the signed-op tests execute with: polls after 10 ms, gaps up to
+/// 20 ms, gives up after 10 s.
+pub fn op_wait() -> WaitOptions {
+    WaitOptions {
+        initial: Duration::from_millis(10),
+        cap: Duration::from_millis(20),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// The real Proxmox executor on [`pinned_client`] of `sim`, waiting with [`op_wait`],
+/// counting the ops it is asked to execute.
+pub fn counting_executor(sim: &ProxmoxSim) -> Arc<CountingExecutor> {
+    Arc::new(CountingExecutor::new(ProxmoxExecutor::new(
+        Arc::new(pinned_client(sim)),
+        op_wait(),
+        Shutdown::new(),
+    )))
+}
+
 /// The engine options the reconcile tests start from: host `pve-a`, task waits from
 /// [`fast_wait`] for up to 20 s.
 pub fn engine_options() -> felhom_agent::reconcile::EngineOptions {

@@ -401,6 +401,28 @@ pub(super) fn guest(st: &State, vmid: u32) -> Result<&Guest, ApiError> {
     st.guests.get(&vmid).ok_or_else(|| missing_conf(st, vmid))
 }
 
+/// The guest a synchronous config change (`PUT config`, `PUT resize`) edits, checked
+/// as the real handlers do before they touch it: not locked, and still at the `digest`
+/// the caller read (when it sent one).
+pub(super) fn unlocked_at_digest<'a>(
+    st: &'a State,
+    vmid: u32,
+    p: &Params,
+) -> Result<&'a Guest, ApiError> {
+    let g = guest(st, vmid)?;
+    if let Some(lock) = g.lock() {
+        return Err(ApiError::die(format!("CT is locked ({lock})")));
+    }
+    if let Some(digest) = p.get("digest").filter(|d| !d.is_empty())
+        && digest != g.digest()
+    {
+        return Err(ApiError::die(
+            "detected modified configuration - file changed by other user? Try again.",
+        ));
+    }
+    Ok(g)
+}
+
 fn missing_conf(st: &State, vmid: u32) -> ApiError {
     ApiError::die(format!(
         "Configuration file 'nodes/{}/lxc/{vmid}.conf' does not exist",
@@ -589,17 +611,7 @@ fn config_put(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
     for k in set.iter().map(|(k, _)| k).chain(&delete) {
         st.check_sync(&vms(vmid), &[config_key_priv(k)])?;
     }
-    let g = guest(st, vmid)?;
-    if let Some(lock) = g.lock() {
-        return Err(ApiError::die(format!("CT is locked ({lock})")));
-    }
-    if let Some(digest) = p.get("digest").filter(|d| !d.is_empty())
-        && digest != g.digest()
-    {
-        return Err(ApiError::die(
-            "detected modified configuration - file changed by other user? Try again.",
-        ));
-    }
+    unlocked_at_digest(st, vmid, p)?;
     if let Some(k) = delete
         .iter()
         .find(|k| matches!(k.as_str(), "memory" | "rootfs" | "ostype"))

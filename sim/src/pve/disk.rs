@@ -3,7 +3,7 @@
 //! Proxmox's order and its texts: pve-container `src/PVE/API2/LXC.pm` (`resize_vm`)
 //! and pve-storage `src/PVE/API2/Storage/Content.pm` (`delete`).
 
-use super::api::{ApiResult, check, guest, upid, vmid_param, vms};
+use super::api::{ApiResult, check, unlocked_at_digest, upid, vmid_param, vms};
 use super::model::{Effect, Failure, State, TaskSpec, parse_size};
 use super::params::{ApiError, Kind, Params};
 use super::perms;
@@ -73,17 +73,7 @@ pub(super) fn resize(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
         ));
     }
     st.check_sync(&vms(vmid), perms::VM_CONFIG_DISK)?;
-    let g = guest(st, vmid)?;
-    if let Some(lock) = g.lock() {
-        return Err(ApiError::die(format!("CT is locked ({lock})")));
-    }
-    if let Some(digest) = p.get("digest").filter(|d| !d.is_empty())
-        && digest != g.digest()
-    {
-        return Err(ApiError::die(
-            "detected modified configuration - file changed by other user? Try again.",
-        ));
-    }
+    let g = unlocked_at_digest(st, vmid, p)?;
     let Some(line) = g.conf.get(&disk).cloned() else {
         return Err(ApiError::die(format!("invalid disk '{disk}'")));
     };
