@@ -704,12 +704,17 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
         "kit: `pause --reason` showed in `status` at once; the running daemon audited the pause and the `resume` (`audit --code paused|resumed`)",
     );
     let metrics = dir.join("state").join("metrics.textfile");
-    let text = std::fs::read_to_string(&metrics).unwrap_or_default();
-    if !text.contains("# TYPE felhom_agent_hub_rounds_total counter")
-        || !text.contains("felhom_agent_hub_rounds_total{result=\"failed\"}")
-    {
+    let counted = |t: &str| {
+        t.contains("# TYPE felhom_agent_hub_rounds_total counter")
+            && t.contains("felhom_agent_hub_rounds_total{result=\"failed\"}")
+    };
+    if !daemon.wait("the metrics count the failed hub rounds", || {
+        counted(&std::fs::read_to_string(&metrics).unwrap_or_default())
+    }) {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
         return fail(daemon.stop_with_log(format!("metrics.textfile: {text}")));
     }
+    let text = std::fs::read_to_string(&metrics).unwrap_or_default();
     let status_file =
         std::fs::read_to_string(dir.join("state").join("status.json")).unwrap_or_default();
     for (what, t) in [("metrics.textfile", &text), ("status.json", &status_file)] {

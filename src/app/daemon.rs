@@ -372,6 +372,9 @@ fn serve_locked(
     let mut names = vec!["hub-poller", "reconcile"];
     let envelope = poller.envelope();
     board.with_envelope(envelope.clone());
+    // Counted from the first round on: the poller reports while Recover runs.
+    let metrics = Arc::new(Metrics::new(&cfg.state_dir));
+    board.with_listener(Arc::clone(&metrics) as Arc<dyn super::status::StatusListener>);
     workers.spawn("hub-poller", move || poller.run())?;
     let events = wiring::event_stream(
         cfg,
@@ -439,7 +442,6 @@ fn serve_locked(
     reconciler
         .engine
         .observe_passes(Arc::clone(&board) as Arc<dyn PassObserver>);
-    let metrics = Arc::new(Metrics::new(&cfg.state_dir));
     let m = Arc::clone(&metrics);
     reconciler
         .journal
@@ -448,7 +450,6 @@ fn serve_locked(
     reconciler
         .audit
         .watch_records(Arc::new(move |r| m.record_decision(r)));
-    board.with_listener(metrics);
     board.write();
     let notifier = Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {
