@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, fast_hub, write_agent_config};
+use common::agent::{Agent, fast_hub};
 use common::sign::destroy_blob;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use felhom_agent::base::{Clock as _, SystemClock};
 use felhom_agent::store::SECOND_MS_ENV;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
-use serde_json::json;
 
 /// One sample: metric name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
@@ -265,18 +264,9 @@ fn the_daemon_writes_a_valid_textfile_with_what_it_did() {
         .start();
     let hub = fast_hub();
     let dir = common::tempdir("metrics", "daemon");
-    let desired_file = dir.join("desired.json");
-    std::fs::write(
-        &desired_file,
-        json!({"generation": 1, "guests": [{"vmid": 101, "run": "running"}]}).to_string(),
-    )
-    .unwrap();
-    let config = write_agent_config(&dir, &pve, &hub, |v| {
-        v["hub"]["poll_seconds"] = json!(60);
+    let (_, config) = common::agent::operator_setup(&dir, &pve, &hub, |v| {
         v["authz"] = common::sign::authz_json();
-        v["reconcile"] = json!({"desired_file": desired_file});
     });
-    std::fs::create_dir_all(dir.join("state")).unwrap();
     // An unsigned destroy: held pending_signature, a decision about a delivered op.
     let digest = pve.guest_digest(102).unwrap();
     hub.queue_signed_op(

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, BIN, fast_hub, write_agent_config};
+use common::agent::{Agent, BIN, fast_hub};
 use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
 
 use std::path::Path;
@@ -57,18 +57,13 @@ fn a_pause_holds_reconcile_and_signed_ops_is_reported_and_resume_lets_them_run()
         .start();
     let hub = fast_hub();
     let dir = common::tempdir("pause", "flow");
-    let desired_file = dir.join("desired.json");
     let desired = |generation: u64| {
         json!({"generation": generation, "guests": [{"vmid": 101, "run": "running"}]}).to_string()
     };
-    std::fs::write(&desired_file, desired(1)).unwrap();
-    let config = write_agent_config(&dir, &pve, &hub, |v| {
-        v["hub"]["poll_seconds"] = json!(60);
+    let (desired_file, config) = common::agent::operator_setup(&dir, &pve, &hub, |v| {
         v["authz"] = authz_json();
-        v["reconcile"] = json!({"desired_file": desired_file});
     });
     let state = dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
 
     // Paused before the daemon starts: the command holds the state lock and audits.
     let (code, out) = cli(&["pause", "--reason", "disk swap in rack 3"], &config);

@@ -5,14 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, BIN, fast_hub, write_agent_config};
+use common::agent::{Agent, BIN, fast_hub};
 
 use std::path::Path;
 use std::process::Command;
 
 use felhom_agent::store::SECOND_MS_ENV;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// `status --json`: the exit code and the verdict.
 fn status(config: &Path) -> (i32, Value) {
@@ -39,18 +39,8 @@ fn status_exit_codes_follow_the_daemon_and_the_file_holds_no_secret() {
         .start();
     let hub = fast_hub();
     let dir = common::tempdir("status", "codes");
-    let desired_file = dir.join("desired.json");
-    std::fs::write(
-        &desired_file,
-        json!({"generation": 1, "guests": [{"vmid": 101, "run": "running"}]}).to_string(),
-    )
-    .unwrap();
-    let config = write_agent_config(&dir, &pve, &hub, |v| {
-        v["hub"]["poll_seconds"] = json!(60);
-        v["reconcile"] = json!({"desired_file": desired_file});
-    });
+    let (_, config) = common::agent::operator_setup(&dir, &pve, &hub, |_| {});
     let state = dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
 
     let (code, v) = status(&config);
     assert_eq!((code, v["state"].as_str()), (3, Some("not_running")), "{v}");

@@ -79,6 +79,31 @@ pub fn fast_envelope() -> Value {
 }
 
 /// A hub simulator answering every round with [`fast_envelope`].
+/// A daemon's directory for the operator-kit tests: `dir/desired.json` desiring guest
+/// 101 running (generation 1), `dir/agent.json` on `pve` and `hub` polling every 60 s
+/// from that file (`edit` adds what the test needs), and the state directory made.
+/// Returns the desired file and the config.
+pub fn operator_setup(
+    dir: &Path,
+    pve: &ProxmoxSim,
+    hub: &HubSim,
+    edit: impl FnOnce(&mut Value),
+) -> (PathBuf, PathBuf) {
+    let desired_file = dir.join("desired.json");
+    fs::write(
+        &desired_file,
+        json!({"generation": 1, "guests": [{"vmid": 101, "run": "running"}]}).to_string(),
+    )
+    .unwrap();
+    let config = write_agent_config(dir, pve, hub, |v| {
+        v["hub"]["poll_seconds"] = json!(60);
+        v["reconcile"] = json!({"desired_file": desired_file});
+        edit(v);
+    });
+    fs::create_dir_all(dir.join("state")).unwrap();
+    (desired_file, config)
+}
+
 pub fn fast_hub() -> HubSim {
     HubSim::builder().default_envelope(fast_envelope()).start()
 }
