@@ -412,6 +412,10 @@ enum Probe {
     /// `restore_overwrite` of 104 with `stop`), the only one queued, ends with this
     /// outcome code and changes nothing.
     SignedOpFails(&'static str, &'static str),
+    /// The signed `restore_overwrite` of 104 with `stop` ends `failed`: 104 was stopped,
+    /// then the restore task was refused, so 104 is stopped but not restored over, and
+    /// unlocked.
+    RestoreFailsAfterStop,
 }
 
 /// Each privilege of the role, the feature that breaks without it, and how that shows.
@@ -456,6 +460,13 @@ const CASES: &[(&str, Feature, Probe)] = &[
         Probe::ActionFails("guest_create", NEW_VMID),
     ),
     ("VM.Snapshot", Feature::SelftestTask, Probe::SelftestTask),
+    // 200 is provisioned from 100's backup, whose net0 is on vmbr0: the restore task is
+    // refused before any disk is made, and the new guest's config is removed.
+    (
+        "SDN.Use",
+        Feature::Provision,
+        Probe::ActionFails("guest_create", NEW_VMID),
+    ),
 ];
 
 /// Runs `probe` on a fresh simulator whose role lacks `privilege`; panics unless the
@@ -553,6 +564,36 @@ fn assert_breaks(privilege: &str, probe: Probe) {
                 "nor stopped"
             );
         }
+        Probe::RestoreFailsAfterStop => {
+            queue_op(
+                &dir.0,
+                &pve,
+                &hub,
+                "restore_overwrite",
+                104,
+                &[("backup", BACKUP_104), ("stop", "1")],
+            );
+            let mut agent = spawn(&dir.0, &cfg);
+            let handled = agent.wait_for_event("signed_op_handled", |_| true);
+            assert_eq!(handled.field("op"), "restore_overwrite", "{handled:?}");
+            assert_eq!(handled.field("outcome"), "failed", "{handled:?}");
+            assert_eq!(agent.stop_with("TERM").code(), Some(0));
+            assert_eq!(cores(&pve, 104), Some(json!(3)), "104 not restored over");
+            assert_eq!(pve.guest_status(104).as_deref(), Some("stopped"));
+            let config = pve.guest_config(104).expect("104 stays");
+            assert_eq!(config.get("lock"), None, "no lock left: {config:?}");
+            let refused = pve
+                .tasks()
+                .into_iter()
+                .find(|t| t["type"] == "vzrestore" && t["id"] == "104")
+                .expect("the restore task ran");
+            assert_eq!(
+                refused["exitstatus"],
+                "unable to restore CT 104 - Permission check failed \
+                 (/sdn/zones/localnetwork/vmbr0, SDN.Use)",
+                "{refused}"
+            );
+        }
         Probe::DestroyFails => {
             let mut agent = daemon(&dir.0, &cfg, &pve, &hub);
             let handled = agent.wait_for_event("signed_op_handled", |_| true);
@@ -616,6 +657,11 @@ const WIRED_LATER: &[(&str, Feature, Probe)] = &[
         "VM.PowerMgmt",
         Feature::RestoreOverwrite,
         Probe::SignedOpFails("restore_overwrite", "failed"),
+    ),
+    (
+        "SDN.Use",
+        Feature::RestoreOverwrite,
+        Probe::RestoreFailsAfterStop,
     ),
 ];
 
@@ -685,7 +731,7 @@ fn every_api_call_of_the_client_has_a_row_and_every_row_a_call_or_a_pending_feat
     for c in &calls {
         assert!(
             API_CALLS.iter().any(|r| r.client_fn == *c),
-            "Client::{c} calls the API but has no row in src/proxmox/privileges.rs"
+            "Client::{c} calls the API but has no row in src/proxmox/privileges/calls.rs"
         );
     }
     for row in API_CALLS {
@@ -901,6 +947,9 @@ fn restore_tests_pass_under_the_role_and_fail_at_a_named_stage_without_its_privi
         // Restored, but its net0 cannot be deleted: it is never started, and destroyed.
         ("VM.Config.Network", TestStage::Network),
         ("VM.PowerMgmt", TestStage::Start),
+        // Refused in the restore task (100's backup has net0 on vmbr0): the new guest's
+        // config is removed with it.
+        ("SDN.Use", TestStage::Restore),
     ];
     for (privilege, stage) in CASES {
         assert!(

@@ -179,9 +179,13 @@ fn a_create_checks_each_config_key_and_the_backup_of_another_guest() {
     let r = call(&sim, "POST", "/nodes/pve/lxc", Some(&create));
     assert_eq!(r.status, 403);
     assert_eq!(r.reason, "Permission check failed (/vms/100, VM.Backup)");
-    // With it (and nothing else), the restore runs.
+    // With it (and SDN.Use on the bridge of the backup's net0), the restore runs.
     let sim = sim_with_backup();
-    grant_on(&sim, &["/vms", "/storage"], &base);
+    grant_on(
+        &sim,
+        &["/vms", "/storage", "/sdn/zones/localnetwork"],
+        &[&base[..], &["SDN.Use"]].concat(),
+    );
     let r = call(&sim, "POST", "/nodes/pve/lxc", Some(&create));
     assert_eq!(r.status, 200, "{}", r.reason);
     let upid = r.data().as_str().unwrap().to_owned();
@@ -216,4 +220,103 @@ fn a_backup_is_deleted_with_allocate_space_and_its_guests_backup_privilege() {
     let upid = r.data().as_str().unwrap().to_owned();
     assert_eq!(wait_task(&sim, &upid)["exitstatus"], "OK");
     assert!(sim.backups().is_empty());
+}
+
+#[test]
+fn a_network_device_needs_sdn_use_on_its_bridge_or_its_vlan() {
+    let base = [
+        "VM.Allocate",
+        "Datastore.AllocateSpace",
+        "VM.Backup",
+        "VM.Config.Network",
+        "SDN.Use",
+    ];
+    let create = format!(
+        "vmid=200&restore=1&storage=local-lvm&ostemplate={}",
+        BACKUP_100.replace(':', "%3A").replace('/', "%2F")
+    );
+    // The backup's net0 is on vmbr0: checked in the worker, before any disk is made.
+    let sim = sim_with_backup();
+    grant_on(
+        &sim,
+        &["/vms", "/storage", "/sdn/zones/localnetwork/vmbr1"],
+        &base,
+    );
+    let r = call(&sim, "POST", "/nodes/pve/lxc", Some(&create));
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let upid = r.data().as_str().unwrap().to_owned();
+    assert_eq!(
+        wait_task(&sim, &upid)["exitstatus"],
+        "unable to restore CT 200 - Permission check failed (/sdn/zones/localnetwork/vmbr0, SDN.Use)"
+    );
+    assert!(!sim.guest_ids().contains(&200), "the new config is removed");
+    let log = sim.task_log(&upid).unwrap();
+    assert!(
+        log[0].starts_with("recovering backed-up configuration"),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("extracting")), "{log:?}");
+    // Restored over an existing guest, the same refusal leaves it as it was, unlocked.
+    let before = sim.guest_config(100);
+    let over = create.replace("vmid=200", "vmid=100") + "&force=1";
+    let r = call(&sim, "POST", "/nodes/pve/lxc", Some(&over));
+    let upid = r.data().as_str().unwrap().to_owned();
+    assert!(
+        wait_task(&sim, &upid)["exitstatus"]
+            .as_str()
+            .unwrap()
+            .contains("SDN.Use")
+    );
+    assert_eq!(sim.guest_config(100), before);
+    // A net* given in the request is checked at the request, on its own bridge.
+    let r = call(
+        &sim,
+        "POST",
+        "/nodes/pve/lxc",
+        Some(&format!("{create}&net0=name%3Deth0%2Cbridge%3Dvmbr2")),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.reason,
+        "Permission check failed (/sdn/zones/localnetwork/vmbr2, SDN.Use)"
+    );
+    // Given on vmbr1 (granted), it replaces the backup's: the restore runs.
+    let r = call(
+        &sim,
+        "POST",
+        "/nodes/pve/lxc",
+        Some(&format!("{create}&net0=name%3Deth0%2Cbridge%3Dvmbr1")),
+    );
+    let upid = r.data().as_str().unwrap().to_owned();
+    assert_eq!(wait_task(&sim, &upid)["exitstatus"], "OK");
+
+    // Deleting a tagged device checks its VLAN: a grant on another VLAN is not enough,
+    // one on the whole bridge propagates to it.
+    let sim = sim_with_backup();
+    sim.set_config_value(101, "net0", Some("name=eth0,bridge=vmbr1,tag=20"));
+    grant_on(&sim, &["/vms", "/sdn/zones/localnetwork/vmbr1/30"], &base);
+    let r = call(
+        &sim,
+        "PUT",
+        "/nodes/pve/lxc/101/config",
+        Some("delete=net0"),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.reason,
+        "Permission check failed (/sdn/zones/localnetwork/vmbr1/20, SDN.Use)"
+    );
+    assert!(sim.guest_config(101).unwrap().get("net0").is_some());
+    grant_on(&sim, &["/sdn/zones/localnetwork/vmbr1"], &base);
+    let r = call(
+        &sim,
+        "PUT",
+        "/nodes/pve/lxc/101/config",
+        Some("delete=net0"),
+    );
+    assert_eq!(r.status, 200, "{}", r.reason);
+    if let Some(upid) = r.data().as_str() {
+        assert_eq!(wait_task(&sim, upid)["exitstatus"], "OK");
+    }
+    assert!(sim.guest_config(101).unwrap().get("net0").is_none());
 }

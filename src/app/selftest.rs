@@ -19,7 +19,7 @@ use crate::base::time::{Clock, SystemClock};
 use crate::config::Mode;
 use crate::proxmox::{
     AclPath, Client, ConfigChange, ROLE_NAME, RunState, TaskOutcome, Upid, WaitError, WaitOptions,
-    pveum_recipe, role_privileges, role_privileges_on,
+    bridge_acl_paths, pveum_recipe, role_privileges, role_privileges_on,
 };
 
 /// The prefix of the description marker `selftest task` writes.
@@ -149,9 +149,10 @@ pub(crate) fn read(client: &Client, out: &mut dyn Write) -> bool {
 const PRIVILEGE_PATHS_MAX: usize = 32;
 
 /// The token's own privileges (`GET /access/permissions`) against the `FelhomAgent`
-/// role, on the node, each guest seen (or `/vms`) and each storage seen (or
-/// `/storage`): a missing one fails the step naming the path and the privilege; more
-/// than the role is said, not failed.
+/// role, on the node, each guest seen (or `/vms`), each storage seen (or `/storage`)
+/// and each bridge or VLAN the guests' `net*` use (or `/sdn/zones/localnetwork`): a
+/// missing one fails the step naming the path and the privilege; more than the role is
+/// said, not failed.
 fn privileges(client: &Client, guests: &[u32], storages: &[String], r: &mut Report<'_>) {
     let mut vms: Vec<String> = guests.iter().map(|v| format!("/vms/{v}")).collect();
     if vms.is_empty() {
@@ -160,6 +161,10 @@ fn privileges(client: &Client, guests: &[u32], storages: &[String], r: &mut Repo
     let mut stores: Vec<String> = storages.iter().map(|s| format!("/storage/{s}")).collect();
     if stores.is_empty() {
         stores.push("/storage".to_owned());
+    }
+    let mut bridges: Vec<String> = guest_bridges(client, guests).into_iter().collect();
+    if bridges.is_empty() {
+        bridges.push(AclPath::Bridge.grant_path(client.node()));
     }
     let node = vec![format!("/nodes/{}", client.node())];
     let role = role_privileges();
@@ -170,6 +175,7 @@ fn privileges(client: &Client, guests: &[u32], storages: &[String], r: &mut Repo
         (AclPath::Node, node),
         (AclPath::Vm, vms),
         (AclPath::Storage, stores),
+        (AclPath::Bridge, bridges),
     ] {
         let needed = role_privileges_on(kind);
         for path in paths.iter().take(PRIVILEGE_PATHS_MAX) {
@@ -219,6 +225,22 @@ fn privileges(client: &Client, guests: &[u32], storages: &[String], r: &mut Repo
             role.len()
         ),
     );
+}
+
+/// The SDN paths Proxmox checks `SDN.Use` on when a backup of one of `guests` is
+/// restored: each bridge (or VLAN) their `net*` name, from the first guests' configs. A
+/// config that cannot be read (the guest is gone) adds nothing.
+fn guest_bridges(client: &Client, guests: &[u32]) -> BTreeSet<String> {
+    let mut paths = BTreeSet::new();
+    for vmid in guests.iter().take(PRIVILEGE_PATHS_MAX) {
+        let Ok(config) = client.guest_config(*vmid) else {
+            continue;
+        };
+        for net in config.nets().filter_map(|(_, v)| v.as_str()) {
+            paths.extend(bridge_acl_paths(net));
+        }
+    }
+    paths
 }
 
 /// How `task` waits for each Proxmox task.

@@ -45,9 +45,9 @@ pub use privileged::{
     SystemRunner,
 };
 pub use privileges::{
-    API_CALLS, AclPath, ApiCall, Feature, ROLE_NAME, ROLE_TOKEN, ROLE_USER, Requirement,
-    features_needing, pveum_recipe, role_acl_paths, role_privileges, role_privileges_on,
-    role_table_markdown,
+    API_CALLS, AclPath, ApiCall, Feature, LOCAL_ZONE, ROLE_NAME, ROLE_TOKEN, ROLE_USER,
+    Requirement, bridge_acl_paths, features_needing, pveum_recipe, role_acl_paths, role_privileges,
+    role_privileges_on, role_table_markdown,
 };
 pub use task::{
     BackupMode, Compression, TaskExit, TaskFilter, TaskLog, TaskLogLine, TaskSource, TaskState,

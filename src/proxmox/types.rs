@@ -363,6 +363,15 @@ impl GuestConfig {
         }
     }
 
+    /// The network devices: each `net{N}` key with its value (`name=eth0,bridge=vmbr0,…`).
+    pub fn nets(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.other.iter().filter_map(|(k, v)| {
+            let digits = k.strip_prefix("net")?;
+            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then_some((k.as_str(), v))
+        })
+    }
+
     /// The root disk size in bytes, from `size=` in `rootfs` (e.g.
     /// `local-lvm:vm-100-disk-0,size=8G`).
     pub fn rootfs_bytes(&self) -> Option<u64> {

@@ -808,15 +808,14 @@ impl RestoreTester {
 /// start it), and `protection` (its destroy must not be refused).
 fn keys_to_strip(cfg: &GuestConfig) -> Vec<String> {
     let mut keys: Vec<String> = cfg
-        .other
-        .keys()
-        .filter(|k| {
-            let digits = k.strip_prefix("net").unwrap_or("");
-            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-                || *k == "onboot"
-                || *k == "protection"
-        })
-        .cloned()
+        .nets()
+        .map(|(k, _)| k)
+        .chain(
+            ["onboot", "protection"]
+                .into_iter()
+                .filter(|k| cfg.other.contains_key(*k)),
+        )
+        .map(str::to_owned)
         .collect();
     keys.sort();
     keys

@@ -611,6 +611,19 @@ fn config_put(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
     for k in set.iter().map(|(k, _)| k).chain(&delete) {
         st.check_sync(&vms(vmid), &[config_key_priv(k)])?;
     }
+    // check_bridge_access on a net* key's old value and, when set, its new one.
+    for k in set.iter().map(|(k, _)| k).chain(&delete) {
+        if !k.starts_with("net") {
+            continue;
+        }
+        let old = st.guests.get(&vmid).and_then(|g| g.conf.get(k));
+        let new = set.iter().find(|(s, _)| s == k).map(|(_, v)| v);
+        for net in old.into_iter().chain(new) {
+            for path in perms::vnet_paths(net) {
+                st.check_sync(&path, perms::SDN_USE)?;
+            }
+        }
+    }
     unlocked_at_digest(st, vmid, p)?;
     if let Some(k) = delete
         .iter()

@@ -323,6 +323,12 @@ pub(super) fn lxc_create(st: &mut State, p: &mut Params) -> ApiResult {
         if !CREATE_ONLY.contains(&key) {
             st.check_sync(&vms(vmid), &[config_key_priv(key)])?;
         }
+        // … and check_bridge_access on each net* passed.
+        if key.starts_with("net") {
+            for path in perms::vnet_paths(p.get(key).unwrap_or_default()) {
+                st.check_sync(&path, perms::SDN_USE)?;
+            }
+        }
     }
     // PVE::Storage::check_volume_access with the content type create_vm asks for.
     let want = if restore { "backup" } else { "vztmpl" };
@@ -428,6 +434,18 @@ fn restore_worker(st: &State, p: &Params, vmid: u32, volid: &str, storage: &str)
             "ERROR: archive contains no configuration file".to_string(),
             false,
         );
+        return ("vzrestore", placeholder, log, late);
+    }
+    // The early check_bridge_access, before any disk is made: a net* of the backup that
+    // the request does not replace needs SDN.Use on its bridge.
+    let denied = backup
+        .conf
+        .iter()
+        .filter(|(k, _)| k.starts_with("net") && p.get(k).is_none())
+        .flat_map(|(_, net)| perms::vnet_paths(net))
+        .find_map(|path| st.check_in_task(&path, perms::SDN_USE));
+    if let Some(denied) = denied {
+        let late = fail(&mut log, denied.exitstatus, false);
         return ("vzrestore", placeholder, log, late);
     }
     let mut g = Guest::from_seed(&GuestSeed::new(vmid, "restored"), now);

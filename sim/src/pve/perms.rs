@@ -40,6 +40,45 @@ pub(crate) const DATASTORE_SPACE: &[&str] = &["Datastore.AllocateSpace"];
 /// `Datastore.Allocate` on `/storage/{storage}`: any volume on it.
 pub(crate) const DATASTORE_ALLOCATE: &[&str] = &["Datastore.Allocate"];
 
+/// `SDN.Use` on a bridge (or one of its VLANs) in its SDN zone.
+pub(crate) const SDN_USE: &[&str] = &["SDN.Use"];
+
+/// The ACL paths pve-guest-common's `check_vnet_access` checks `SDN.Use` on for one
+/// `net*` value (`PVE/LXC.pm` `check_bridge_access` parses it first): the VLAN `tag`,
+/// each VLAN of `trunks` (`a-b` is every id from a to b), and the whole bridge only when
+/// neither is given. No `bridge=`, no check. Every bridge is a plain Linux bridge in the
+/// `localnetwork` zone: the simulator has no SDN VNets.
+pub(crate) fn vnet_paths(net: &str) -> Vec<String> {
+    let opts: std::collections::BTreeMap<&str, &str> =
+        net.split(',').filter_map(|kv| kv.split_once('=')).collect();
+    let Some(vnet) = opts.get("bridge") else {
+        return Vec::new();
+    };
+    let zone_path = format!("/sdn/zones/localnetwork/{vnet}");
+    let mut checked = Vec::new();
+    if let Some(tag) = opts.get("tag").filter(|t| !t.is_empty() && **t != "0") {
+        checked.push(format!("{zone_path}/{tag}"));
+    }
+    if let Some(trunks) = opts.get("trunks").filter(|t| !t.is_empty()) {
+        let mut ids = std::collections::BTreeSet::new();
+        for trunk in trunks.split(';') {
+            let mut ends = trunk.splitn(2, '-').map(str::parse::<u32>);
+            match (ends.next(), ends.next()) {
+                (Some(Ok(from)), Some(Ok(to))) if to > from => ids.extend(from..=to),
+                (Some(Ok(id)), _) => {
+                    ids.insert(id);
+                }
+                _ => {}
+            }
+        }
+        checked.extend(ids.into_iter().map(|id| format!("{zone_path}/{id}")));
+    }
+    if checked.is_empty() {
+        checked.push(zone_path);
+    }
+    checked
+}
+
 /// When Proxmox makes a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum When {
@@ -171,6 +210,14 @@ pub const ENDPOINT_CHECKS: &[EndpointCheck] = &[
         "pve-container PVE/LXC.pm check_ct_modify_config_perm",
     ),
     row(
+        "PUT",
+        "/nodes/{node}/lxc/{vmid}/config",
+        When::Request,
+        "/sdn/zones/localnetwork/{bridge}",
+        SDN_USE,
+        "pve-container PVE/LXC.pm check_ct_modify_config_perm → check_bridge_access on a net* key's old value and new one (a deleted key: its old value); pve-guest-common check_vnet_access: …/{bridge}, or …/{bridge}/{tag} per VLAN",
+    ),
+    row(
         "POST",
         "/nodes/{node}/lxc/{vmid}/status/{start|stop|shutdown|reboot}",
         When::Request,
@@ -233,6 +280,22 @@ pub const ENDPOINT_CHECKS: &[EndpointCheck] = &[
         "/vms/{vmid}",
         VM_BACKUP,
         "pve-storage PVE/Storage.pm check_volume_access: another guest's backup needs Datastore.AllocateSpace on its storage and VM.Backup on that guest (the guest's own backup passes)",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc",
+        When::Request,
+        "/sdn/zones/localnetwork/{bridge}",
+        SDN_USE,
+        "pve-container API2/LXC.pm create_vm → PVE/LXC.pm check_ct_modify_config_perm: check_bridge_access on each net* passed",
+    ),
+    row(
+        "POST",
+        "/nodes/{node}/lxc",
+        When::Task,
+        "/sdn/zones/localnetwork/{bridge}",
+        SDN_USE,
+        "pve-container API2/LXC.pm create_vm, restore: in the worker, before any disk is made, check_bridge_access on each net* of the backup's config not passed in the request",
     ),
     row(
         "PUT",
@@ -405,6 +468,27 @@ pub(crate) fn backup_volume_visible(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vnet_paths_follow_check_vnet_access() {
+        assert_eq!(
+            vnet_paths("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:64,ip=dhcp,type=veth"),
+            ["/sdn/zones/localnetwork/vmbr0"]
+        );
+        assert_eq!(
+            vnet_paths("bridge=vmbr1,tag=7"),
+            ["/sdn/zones/localnetwork/vmbr1/7"]
+        );
+        assert_eq!(
+            vnet_paths("bridge=vmbr1,trunks=3;1-2"),
+            [
+                "/sdn/zones/localnetwork/vmbr1/1",
+                "/sdn/zones/localnetwork/vmbr1/2",
+                "/sdn/zones/localnetwork/vmbr1/3"
+            ]
+        );
+        assert!(vnet_paths("name=eth0,ip=dhcp").is_empty());
+    }
 
     #[test]
     fn every_row_names_its_source_and_a_check_has_an_acl_path() {
