@@ -18,8 +18,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use felhom_agent::base::{Clock, Shutdown, SystemClock, Timestamp};
-use felhom_agent::proxmox::{ConfigChange, WaitOptions};
+use felhom_agent::base::{Clock, SystemClock, Timestamp};
 use felhom_agent::reconcile::{Journal, JournalView, OpClass, OpState};
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
@@ -54,23 +53,7 @@ impl Lab {
             .backup(VMID, "2026_11_21-02_00_00")
             .task_duration(Duration::from_millis(150))
             .start();
-        let client = common::pinned_client(&pve);
-        let wait = WaitOptions {
-            initial: Duration::from_millis(10),
-            cap: Duration::from_millis(50),
-            timeout: Duration::from_secs(10),
-        };
-        let up = client.snapshot(VMID, "before_upgrade", None).unwrap();
-        client.wait_task(&up, &wait, &Shutdown::new()).unwrap();
-        let change = ConfigChange {
-            set: vec![("cores".into(), "4".into())],
-            delete: Vec::new(),
-            digest: None,
-        };
-        if let Some(up) = client.set_config(VMID, &change).unwrap() {
-            client.wait_task(&up, &wait, &Shutdown::new()).unwrap();
-        }
-        pve.clear_requests();
+        common::snapshot_then_four_cores(&pve, VMID);
         let hub = fast_hub();
         write_signed_agent_config(&dir, &pve, &hub);
         fs::write(

@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::CountingExecutor;
 use common::pinned_client as proxmox_client;
 use common::sign::nonce;
+use common::{CountingExecutor, SignedPath};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use felhom_agent::app::{OpOutcome, SignedOpsRunner};
 use felhom_agent::authz::{
-    AuthzConfig, AuthzError, FileNonceStore, NAMESPACE, NonceStore, Role, SignerEntry, Verifier,
+    AuthzConfig, AuthzError, FileNonceStore, NAMESPACE, NonceStore, Role, SignerEntry,
 };
 use felhom_agent::base::Shutdown;
 use felhom_agent::base::{ManualClock, Timestamp};
@@ -144,12 +144,7 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
     let clock = ManualClock::new(Timestamp(NOW));
     let cfg = AuthzConfig {
         signers: vec![
-            SignerEntry {
-                key_id: "ops-2026".into(),
-                role: Role::Operational,
-                public_key: pubkey("ed25519"),
-                valid_before: None,
-            },
+            common::sign::signer(),
             SignerEntry {
                 key_id: "break-glass".into(),
                 role: Role::Recovery,
@@ -159,31 +154,16 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
         ],
         ..AuthzConfig::default()
     };
-    let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
-    let verifier =
-        Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces.clone()).unwrap();
-    let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
-    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
-    let gate = Arc::new(
-        Gate::new(
-            "pve-a".into(),
-            Some(verifier),
-            journal.clone(),
-            audit.clone(),
-        )
-        .with_clock(Arc::new(clock.clone())),
-    );
-    let queue = Arc::new(Queue::new(4));
-    let jobs = SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone()));
-    let exec = common::counting_executor(sim);
-    let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
-    let runner = SignedOpsRunner::new(
-        SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone())),
-        gate.clone(),
-        audit.clone(),
-        as_exec,
-    )
-    .with_clock(Arc::new(clock.clone()));
+    let SignedPath {
+        nonces,
+        journal,
+        audit,
+        gate,
+        queue,
+        jobs,
+        runner,
+        exec,
+    } = SignedPath::open(dir, &cfg, &clock, sim);
     Agent {
         dir: dir.to_path_buf(),
         clock,

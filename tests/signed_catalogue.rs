@@ -9,9 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::CountingExecutor;
-use common::pinned_client;
 use common::sign::nonce;
+use common::{CountingExecutor, SignedPath};
 
 use std::fs;
 use std::path::Path;
@@ -19,14 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use felhom_agent::app::{OpOutcome, SignedOpsRunner};
-use felhom_agent::authz::{AuthzConfig, FileNonceStore, NAMESPACE, Role, SignerEntry, Verifier};
-use felhom_agent::base::Shutdown;
+use felhom_agent::authz::{AuthzConfig, FileNonceStore, NAMESPACE};
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::DeliveredOp;
-use felhom_agent::proxmox::ConfigChange;
-use felhom_agent::reconcile::{AuditLog, Journal, OpState, Queue};
+use felhom_agent::reconcile::{AuditLog, Journal, OpState};
 use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, SignedJobs};
-use felhom_agent::reconcile::{Gate, Intent, OpClass, Refusal, SignedOp};
+use felhom_agent::reconcile::{Intent, OpClass, Refusal, SignedOp};
 use felhom_sim::{GuestSeed, ProxmoxSim};
 use ssh_key::{HashAlg, LineEnding, PrivateKey};
 
@@ -120,22 +117,7 @@ fn agent(name: &str) -> Agent {
         .backup(106, "2026_11_20-02_00_00")
         .task_duration(Duration::from_millis(20))
         .start();
-    let client = Arc::new(pinned_client(&sim));
-    let up = client.snapshot(105, "before_upgrade", None).unwrap();
-    client
-        .wait_task(&up, &common::op_wait(), &Shutdown::new())
-        .unwrap();
-    let change = ConfigChange {
-        set: vec![("cores".into(), "4".into())],
-        delete: Vec::new(),
-        digest: None,
-    };
-    if let Some(up) = client.set_config(105, &change).unwrap() {
-        client
-            .wait_task(&up, &common::op_wait(), &Shutdown::new())
-            .unwrap();
-    }
-    sim.clear_requests();
+    common::snapshot_then_four_cores(&sim, 105);
     open(&common::tempdir("catalogue", name), sim)
 }
 
@@ -168,34 +150,18 @@ fn replayed_after_restart(a: Agent, op: &Op, name: &str) -> Agent {
 fn open(dir: &Path, sim: ProxmoxSim) -> Agent {
     let clock = ManualClock::new(Timestamp(NOW));
     let cfg = AuthzConfig {
-        signers: vec![SignerEntry {
-            key_id: "ops-2026".into(),
-            role: Role::Operational,
-            public_key: fs::read_to_string(format!("{KEYS}/ed25519.pub")).unwrap(),
-            valid_before: None,
-        }],
+        signers: vec![common::sign::signer()],
         ..AuthzConfig::default()
     };
-    let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
-    let verifier =
-        Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces.clone()).unwrap();
-    let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
-    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
-    let gate = Arc::new(
-        Gate::new(
-            "pve-a".into(),
-            Some(verifier),
-            journal.clone(),
-            audit.clone(),
-        )
-        .with_clock(Arc::new(clock.clone())),
-    );
-    let queue = Arc::new(Queue::new(4));
-    let jobs = SignedJobs::new(gate.clone(), queue).with_clock(Arc::new(clock.clone()));
-    let exec = common::counting_executor(&sim);
-    let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
-    let runner = SignedOpsRunner::new(jobs.clone(), gate, audit.clone(), as_exec)
-        .with_clock(Arc::new(clock.clone()));
+    let SignedPath {
+        nonces,
+        journal,
+        audit,
+        jobs,
+        runner,
+        exec,
+        ..
+    } = SignedPath::open(dir, &cfg, &clock, &sim);
     Agent {
         dir: dir.to_path_buf(),
         sim,
