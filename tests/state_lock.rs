@@ -66,16 +66,12 @@ impl Lab {
             .task_duration(Duration::from_millis(50))
             .start();
         let hub = fast_hub();
-        write_signed_agent_config(&dir, &pve, &hub);
         let guests: Vec<Value> = running
             .iter()
             .map(|v| json!({"vmid": v, "run": "running"}))
             .collect();
-        fs::write(
-            dir.join("desired.json"),
-            json!({"generation": 1, "guests": guests}).to_string(),
-        )
-        .unwrap();
+        let desired = json!({"generation": 1, "guests": guests});
+        write_signed_agent_config(&dir, &pve, &hub, &desired);
         Lab {
             dir,
             pve,

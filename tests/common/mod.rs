@@ -29,7 +29,7 @@ use felhom_agent::reconcile::{Gate, GuestNow, Refusal};
 use felhom_agent::reconcile::{Intent, OpClass};
 use felhom_agent::reconcile::{Queue, SignedJobs};
 use felhom_agent::reconcile::{RecoverReport, recover};
-use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
+use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
 
 /// Client options for `sim`: its default token, its certificate pinned, the defaults
 /// for the rest.
@@ -251,6 +251,31 @@ pub fn snapshot_then_four_cores(sim: &ProxmoxSim, vmid: u32) {
         client.wait_task(&up, &op_wait(), &Shutdown::new()).unwrap();
     }
     sim.clear_requests();
+}
+
+/// The backup of guest 105 that [`restore_sim`] seeds.
+pub const RESTORE_BACKUP: &str = "local:backup/vzdump-lxc-105-2024_05_01-10_00_00.tar.zst";
+
+/// A simulator for restoring guest 105 (`customer-db`, running or not, tasks lasting
+/// `task`): backed up at 2 cores to [`RESTORE_BACKUP`], then set to 6 cores, so a
+/// restore brings 2 cores back.
+pub fn restore_sim(running: bool, task: Duration) -> ProxmoxSim {
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(105, "customer-db").cores(2).running(running))
+        .backup(105, "2024_05_01-10_00_00")
+        .task_duration(task)
+        .start();
+    pve.set_config_value(105, "cores", Some("6"));
+    pve
+}
+
+/// How many creates and restores (`POST /nodes/NODE/lxc`) `sim` was sent.
+pub fn lxc_posts(sim: &ProxmoxSim) -> usize {
+    let path = format!("/nodes/{}/lxc", sim.node());
+    sim.mutations()
+        .iter()
+        .filter(|m| m.method == "POST" && m.path == path)
+        .count()
 }
 
 /// The engine options the reconcile tests start from: host `pve-a`, task waits from
