@@ -68,7 +68,7 @@ impl Lab {
     }
 
     fn creates(&self) -> usize {
-        common::lxc_posts(&self.pve)
+        common::sent(&self.pve, "POST", "/lxc")
     }
 
     /// Restarts without a pause and waits until `op` is resolved, nothing is in flight

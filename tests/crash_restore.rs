@@ -85,7 +85,7 @@ impl Lab {
     }
 
     fn restores(&self) -> usize {
-        common::lxc_posts(&self.pve)
+        common::sent(&self.pve, "POST", "/lxc")
     }
 
     /// Restarts (the op delivered again), waits until nothing is in flight and the

@@ -90,7 +90,7 @@ impl Lab {
     }
 
     fn restores(&self) -> usize {
-        common::lxc_posts(&self.pve)
+        common::sent(&self.pve, "POST", "/lxc")
     }
 
     fn cores(&self) -> String {

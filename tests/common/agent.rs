@@ -118,13 +118,20 @@ impl RunDir {
 
     /// The audit log's decisions about guest `guest`, oldest first.
     pub fn audit_decisions(&self, guest: u32) -> Vec<String> {
-        let text = fs::read_to_string(self.state().join("audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["data"]["guest_id"] == json!(guest.to_string()))
-            .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
-            .collect()
+        audit_decisions(&self.state(), "guest_id", &guest.to_string())
     }
+}
+
+/// The decisions of the audit records in `state/audit.log` whose `key` is `value`
+/// (`"guest_id", "105"`; `"op", "rotate_signers"`), oldest first; read from the file
+/// without opening it as a store, so a daemon may be running.
+pub fn audit_decisions(state: &Path, key: &str, value: &str) -> Vec<String> {
+    let text = fs::read_to_string(state.join("audit.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["data"][key] == value)
+        .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
+        .collect()
 }
 
 impl Drop for RunDir {

@@ -184,23 +184,25 @@ pub fn counting_executor(sim: &ProxmoxSim) -> Arc<CountingExecutor> {
     )))
 }
 
-/// The signed-op path of host `pve-a` on the state directory `dir`, every part on one
+/// The signed-op rig of host `pve-a` on the state directory `dir`, every part on one
 /// clock: the verifier of an `authz` section burning nonces in `dir/nonces.log` (300 s
 /// skew), the journal and audit log in `dir`, the gate, a 4-lane queue, the signed jobs
 /// on it, and the hub's runner over them executing with a [`counting_executor`].
-pub struct SignedPath {
+pub struct SignedRig {
     pub nonces: Arc<FileNonceStore>,
     pub journal: Arc<Journal>,
     pub audit: Arc<AuditLog>,
     pub gate: Arc<Gate>,
     pub queue: Arc<Queue>,
     pub jobs: SignedJobs,
+    /// The hub's path: what `SignedOpsRunner` does with a delivered op.
     pub runner: SignedOpsRunner,
+    /// What the runner and the jobs execute with.
     pub exec: Arc<CountingExecutor>,
 }
 
-impl SignedPath {
-    /// Opens (or reopens) the path in `dir` on `clock`, executing against `sim`.
+impl SignedRig {
+    /// Opens (or reopens) the rig in `dir` on `clock`, executing against `sim`.
     pub fn open(dir: &Path, authz: &AuthzConfig, clock: &ManualClock, sim: &ProxmoxSim) -> Self {
         let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
         let verifier =
@@ -222,7 +224,7 @@ impl SignedPath {
         let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
         let runner = SignedOpsRunner::new(jobs.clone(), gate.clone(), audit.clone(), as_exec)
             .with_clock(Arc::new(clock.clone()));
-        SignedPath {
+        SignedRig {
             nonces,
             journal,
             audit,
@@ -269,12 +271,13 @@ pub fn restore_sim(running: bool, task: Duration) -> ProxmoxSim {
     pve
 }
 
-/// How many creates and restores (`POST /nodes/NODE/lxc`) `sim` was sent.
-pub fn lxc_posts(sim: &ProxmoxSim) -> usize {
-    let path = format!("/nodes/{}/lxc", sim.node());
+/// How many `METHOD /nodes/NODE{path}` requests `sim` was sent (`sent(&sim, "POST",
+/// "/lxc")`: the creates and restores).
+pub fn sent(sim: &ProxmoxSim, method: &str, path: &str) -> usize {
+    let path = format!("/nodes/{}{path}", sim.node());
     sim.mutations()
         .iter()
-        .filter(|m| m.method == "POST" && m.path == path)
+        .filter(|m| m.method == method && m.path == path)
         .count()
 }
 
