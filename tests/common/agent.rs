@@ -6,7 +6,7 @@
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use felhom_agent::reconcile::{Journal, JournalView};
 use felhom_agent::store::{
     FAIL_SYNC_AT_ENV, JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
 };
-use felhom_sim::{DEFAULT_TOKEN_SECRET, HubSim, ProxmoxSim};
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
 use super::logfmt::{self, Event};
@@ -153,11 +153,31 @@ pub fn agent_command(args: &[&str], config: &Path, stderr: File) -> Command {
     cmd
 }
 
+/// Runs `felhom-agent ARGS --config CONFIG` to its end; its output.
+pub fn run_command(args: &[&str], config: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// The envelope of a hub that asks for the shortest poll interval the agent adopts
 /// (60 s), so the next round, and its announcement of signed ops, comes soon.
 pub fn fast_envelope() -> Value {
     json!({"poll_interval_seconds": 60, "blocked": false,
         "desired_generation": 0, "has_signed_ops": false})
+}
+
+/// The node of the operator-kit daemon tests: guest 100 (`web`) running, 101 (`db`,
+/// desired running by [`operator_setup`]) and 102 (`old`) stopped.
+pub fn operator_pve() -> ProxmoxSim {
+    ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(true))
+        .guest(GuestSeed::new(101, "db"))
+        .guest(GuestSeed::new(102, "old"))
+        .start()
 }
 
 /// A daemon's directory for the operator-kit tests: `dir/desired.json` desiring guest
