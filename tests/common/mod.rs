@@ -281,6 +281,18 @@ pub fn sent(sim: &ProxmoxSim, method: &str, path: &str) -> usize {
         .count()
 }
 
+/// A desired size of `cores` and `memory_bytes`, the disk left alone.
+pub fn spec(
+    cores: Option<u32>,
+    memory_bytes: Option<u64>,
+) -> Option<felhom_agent::reconcile::Spec> {
+    Some(felhom_agent::reconcile::Spec {
+        cores,
+        memory_bytes,
+        ..Default::default()
+    })
+}
+
 /// The engine options the reconcile tests start from: host `pve-a`, task waits from
 /// [`fast_wait`] for up to 20 s.
 pub fn engine_options() -> felhom_agent::reconcile::EngineOptions {
