@@ -73,6 +73,20 @@ fn run(bin: &Path, args: &[&str]) -> Output {
         .expect("the agent binary runs")
 }
 
+/// The config digest of guest `vmid` in the last report `hub` received: what an
+/// operator signs for.
+fn reported_digest(hub: &HubSim, vmid: u32) -> Option<String> {
+    hub.reports().last().and_then(|r| {
+        r["guests"]
+            .as_array()?
+            .iter()
+            .find(|g| g["vmid"] == vmid)?
+            .get("digest")?
+            .as_str()
+            .map(str::to_owned)
+    })
+}
+
 fn indent(b: &[u8]) -> String {
     String::from_utf8_lossy(b)
         .lines()
@@ -343,15 +357,7 @@ fn lab(bin: &Path, dir: &Path) -> ExitCode {
 
     // 6. The same destroy signed with the freshly minted key: executed once. The operator
     // signs for the digest the host report shows for guest 102.
-    let reported_digest = hub.reports().last().and_then(|r| {
-        r["guests"]
-            .as_array()?
-            .iter()
-            .find(|g| g["vmid"] == 102)?
-            .get("digest")?
-            .as_str()
-            .map(str::to_owned)
-    });
+    let reported_digest = reported_digest(&hub, 102);
     if reported_digest.as_deref() != Some(digest_102.as_str()) {
         return fail(format!(
             "the report shows guest 102's digest as {reported_digest:?}, not {digest_102}"
@@ -1158,19 +1164,8 @@ impl Rotation<'_> {
         ));
 
         // The old operational key (lab-fresh) signs a destroy of guest 102: refused.
-        let digest = hub
-            .reports()
-            .last()
-            .and_then(|r| {
-                r["guests"]
-                    .as_array()?
-                    .iter()
-                    .find(|g| g["vmid"] == 102)?
-                    .get("digest")?
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .ok_or("the report does not show guest 102's digest")?;
+        let digest =
+            reported_digest(&hub, 102).ok_or("the report does not show guest 102's digest")?;
         let destroy = |nonce: &str, key_id: &str| {
             json!({
                 "op": "guest_destroy", "host_id": "pve-a", "guest_id": "102",

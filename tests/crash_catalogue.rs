@@ -11,16 +11,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, fast_hub, kill_at_pause, run_fast, write_signed_agent_config};
+use common::agent::{RunDir, fast_hub, write_signed_agent_config};
 use common::sign::{nonce, ssh_keygen_sign};
 
-use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use felhom_agent::base::{Clock, Shutdown, SystemClock, Timestamp};
-use felhom_agent::proxmox::{ConfigChange, WaitOptions};
-use felhom_agent::reconcile::{Journal, JournalView, OpClass, OpState};
+use felhom_agent::base::{Clock, SystemClock, Timestamp};
+use felhom_agent::reconcile::{OpClass, OpState};
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
@@ -29,18 +26,12 @@ const BACKUP: &str = "local:backup/vzdump-lxc-105-2026_11_20-02_00_00.tar.zst";
 const OTHER_BACKUP: &str = "local:backup/vzdump-lxc-105-2026_11_21-02_00_00.tar.zst";
 
 struct Lab {
-    dir: PathBuf,
+    run: RunDir,
     pve: ProxmoxSim,
     hub: HubSim,
     blob: Vec<u8>,
     sig: String,
     class: OpClass,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Lab {
@@ -54,30 +45,9 @@ impl Lab {
             .backup(VMID, "2026_11_21-02_00_00")
             .task_duration(Duration::from_millis(150))
             .start();
-        let client = common::pinned_client(&pve);
-        let wait = WaitOptions {
-            initial: Duration::from_millis(10),
-            cap: Duration::from_millis(50),
-            timeout: Duration::from_secs(10),
-        };
-        let up = client.snapshot(VMID, "before_upgrade", None).unwrap();
-        client.wait_task(&up, &wait, &Shutdown::new()).unwrap();
-        let change = ConfigChange {
-            set: vec![("cores".into(), "4".into())],
-            delete: Vec::new(),
-            digest: None,
-        };
-        if let Some(up) = client.set_config(VMID, &change).unwrap() {
-            client.wait_task(&up, &wait, &Shutdown::new()).unwrap();
-        }
-        pve.clear_requests();
+        common::snapshot_then_four_cores(&pve, VMID);
         let hub = fast_hub();
-        write_signed_agent_config(&dir, &pve, &hub);
-        fs::write(
-            dir.join("desired.json"),
-            json!({"generation": 1, "guests": []}).to_string(),
-        )
-        .unwrap();
+        write_signed_agent_config(&dir, &pve, &hub, &json!({"generation": 1, "guests": []}));
         let now = SystemClock.now().unix();
         let blob = serde_json::to_vec(&json!({
             "op": op, "host_id": "pve-a", "guest_id": VMID.to_string(),
@@ -89,7 +59,7 @@ impl Lab {
         .unwrap();
         let sig = ssh_keygen_sign(&dir, &blob);
         let lab = Lab {
-            dir,
+            run: RunDir::new(dir),
             pve,
             hub,
             blob,
@@ -100,29 +70,8 @@ impl Lab {
         lab
     }
 
-    fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn journal(&self) -> Option<JournalView> {
-        Journal::open_read_only(&self.state().join("journal.log")).ok()
-    }
-
-    fn start(&self, env: &[(&str, &str)]) -> Agent {
-        run_fast(&self.dir, env)
-    }
-
-    fn kill_at(&self, point: &str) {
-        kill_at_pause(point, &self.dir.join("paused"), |env| self.start(env));
-    }
-
     fn audit_decisions(&self) -> Vec<String> {
-        let text = fs::read_to_string(self.state().join("audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["data"]["guest_id"] == json!(VMID.to_string()))
-            .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
-            .collect()
+        self.run.audit_decisions(VMID)
     }
 
     /// The requests that carried the op (the rollback POST or the volume DELETE).
@@ -137,8 +86,8 @@ impl Lab {
     /// Kills the op at `signed:{point}`, restarts with the op delivered again, and
     /// checks the matrix's promises.
     fn run(&self, point: &str) {
-        self.kill_at(&format!("signed:{point}"));
-        let view = self.journal().unwrap();
+        self.run.kill_at(&format!("signed:{point}"), &[]);
+        let view = self.run.journal().unwrap();
         let flight = view.in_flight();
         assert_eq!(flight.len(), 1, "{flight:?}");
         let op = flight[0].clone();
@@ -151,16 +100,16 @@ impl Lab {
         assert_eq!(self.op_requests(), 1, "dispatched once before the kill");
 
         self.hub.queue_signed_op(&self.blob, Some(&self.sig));
-        let mut agent = self.start(&[]);
+        let mut agent = self.run.start(&[]);
         agent.wait_until("the op resolved and the replay skipped", |_| {
-            self.journal().is_some_and(|j| {
+            self.run.journal().is_some_and(|j| {
                 j.in_flight().is_empty()
                     && j.latest(&op.op_id).is_some_and(|r| r.state.is_terminal())
             }) && self.audit_decisions().last().map(String::as_str) == Some("skipped")
         });
         agent.stop();
 
-        let view = self.journal().unwrap();
+        let view = self.run.journal().unwrap();
         let done = view.latest(&op.op_id).unwrap();
         assert_eq!(done.state, OpState::Succeeded, "{done:?}");
         assert!(done.upid.is_some(), "resolved through its task: {done:?}");

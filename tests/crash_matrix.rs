@@ -20,14 +20,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, fast_hub, kill_at_pause, run_fast, write_signed_agent_config};
+use common::agent::{RunDir, fast_hub, write_signed_agent_config};
 use common::sign::{Destroy, ssh_keygen_sign};
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use felhom_agent::authz::FileNonceStore;
@@ -38,7 +35,7 @@ use felhom_agent::reconcile::OpClass;
 use felhom_agent::reconcile::{Journal, JournalRecord, JournalView, OpState};
 use felhom_agent::store::JOURNAL_COMPACT_AT_ENV;
 use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The guest the benign path starts.
 const BENIGN_VMID: u32 = 100;
@@ -75,19 +72,12 @@ impl Flow {
 }
 
 struct Lab {
-    dir: PathBuf,
+    run: RunDir,
     pve: ProxmoxSim,
     hub: HubSim,
     flow: Flow,
-    runs: AtomicU64,
     /// The signed op's exact bytes, signature and nonce (signed flow only).
     signed: Option<(Vec<u8>, String, String)>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Lab {
@@ -99,14 +89,13 @@ impl Lab {
             .task_duration(Duration::from_millis(150))
             .start();
         let hub = fast_hub();
-        write_signed_agent_config(&dir, &pve, &hub);
         let desired = match flow {
             Flow::Benign => json!({"generation": 1, "guests": [
                 {"vmid": BENIGN_VMID, "run": "running"}
             ]}),
             Flow::Signed => json!({"generation": 1, "guests": []}),
         };
-        fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
+        write_signed_agent_config(&dir, &pve, &hub, &desired);
         let signed = (flow == Flow::Signed).then(|| {
             let digest = pve
                 .guest_digest(SIGNED_VMID)
@@ -118,11 +107,10 @@ impl Lab {
             (blob, sig, op.nonce)
         });
         let lab = Lab {
-            dir,
+            run: RunDir::new(dir),
             pve,
             hub,
             flow,
-            runs: AtomicU64::new(0),
             signed,
         };
         lab.queue_signed_op();
@@ -136,55 +124,27 @@ impl Lab {
         }
     }
 
-    fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn journal(&self) -> Option<JournalView> {
-        Journal::open_read_only(&self.state().join("journal.log")).ok()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    /// Starts the agent with `env` added, its stderr appended to the lab's log.
-    fn start(&self, env: &[(&str, &str)]) -> Agent {
-        run_fast(&self.dir, env)
-    }
-
-    /// Runs the agent until it pauses at `point`, then SIGKILLs it there.
-    fn kill_at(&self, point: &str, env: &[(&str, &str)]) {
-        let n = self.runs.fetch_add(1, Ordering::SeqCst);
-        let marker = self.dir.join(format!("paused-{n}"));
-        kill_at_pause(point, &marker, |pause| {
-            let mut all = pause.to_vec();
-            all.extend_from_slice(env);
-            self.start(&all)
-        });
-    }
-
     /// The one op of this flow's guest in flight now.
     fn in_flight_op(&self) -> JournalRecord {
-        let view = self.journal().expect("the journal reads");
+        let view = self.run.journal().expect("the journal reads");
         let ops: Vec<JournalRecord> = view
             .in_flight()
             .into_iter()
             .filter(|r| r.vmid == self.flow.vmid())
             .collect();
-        assert_eq!(ops.len(), 1, "one op in flight: {ops:?}\n{}", self.log());
+        assert_eq!(
+            ops.len(),
+            1,
+            "one op in flight: {ops:?}\n{}",
+            self.run.log()
+        );
         assert_eq!(ops[0].class, self.flow.class());
         ops[0].clone()
     }
 
     /// Audit decisions for the flow's guest, oldest first.
     fn audit_decisions(&self) -> Vec<String> {
-        let text = fs::read_to_string(self.state().join("audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["data"]["guest_id"] == json!(self.flow.vmid().to_string()))
-            .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
-            .collect()
+        self.run.audit_decisions(self.flow.vmid())
     }
 
     fn mutation_counts(&self) -> HashMap<(String, String), usize> {
@@ -217,9 +177,9 @@ impl Lab {
     /// whether the interrupted op had reached Proxmox.
     fn finish(&self, op: &JournalRecord, reached: bool, env: &[(&str, &str)]) {
         self.queue_signed_op();
-        let mut agent = self.start(env);
+        let mut agent = self.run.start(env);
         agent.wait_until("the op resolved and nothing in flight", |_| {
-            self.journal().is_some_and(|j| {
+            self.run.journal().is_some_and(|j| {
                 j.in_flight().is_empty()
                     && j.latest(&op.op_id).is_some_and(|r| r.state.is_terminal())
             })
@@ -228,7 +188,7 @@ impl Lab {
         match self.flow {
             Flow::Benign => agent.wait_until("the guest running", |_| {
                 self.pve.guest_status(BENIGN_VMID).as_deref() == Some("running")
-                    && self.journal().is_some_and(|j| j.in_flight().is_empty())
+                    && self.run.journal().is_some_and(|j| j.in_flight().is_empty())
             }),
             Flow::Signed => agent.wait_until("the replay handled", |_| {
                 self.audit_decisions().last().map(String::as_str) == Some(replay_word)
@@ -237,7 +197,7 @@ impl Lab {
         agent.stop();
 
         // Recover left nothing in flight; the op ended as its point implies.
-        let view = self.journal().expect("the journal reads");
+        let view = self.run.journal().expect("the journal reads");
         assert_eq!(view.damaged(), None);
         assert!(view.in_flight().is_empty(), "{:?}", view.in_flight());
         let done = view.latest(&op.op_id).unwrap();
@@ -246,7 +206,7 @@ impl Lab {
         } else {
             OpState::Failed
         };
-        assert_eq!(done.state, want, "{done:?}\n{}", self.log());
+        assert_eq!(done.state, want, "{done:?}\n{}", self.run.log());
         if reached {
             assert!(done.upid.is_some(), "resolved through its task: {done:?}");
         }
@@ -297,14 +257,14 @@ impl Lab {
         };
         let before = skipped(self);
         self.queue_signed_op();
-        let mut agent = self.start(&[(JOURNAL_COMPACT_AT_ENV, "0")]);
+        let mut agent = self.run.start(&[(JOURNAL_COMPACT_AT_ENV, "0")]);
         agent.wait_until("the replay skipped again", |_| skipped(self) == before + 1);
         let compacted = agent.events("journal_compacted");
         agent.stop();
         assert!(
             compacted.iter().any(|e| e.is("at", "start")),
             "{compacted:?}\n{}",
-            self.log()
+            self.run.log()
         );
         assert_eq!(self.destroys(), 1, "still one destroy");
         self.check_files_replay_clean();
@@ -314,7 +274,7 @@ impl Lab {
     fn check_files_replay_clean(&self) {
         let out = Command::new(env!("CARGO_BIN_EXE_felhom-agent"))
             .args(["selftest", "offline", "--config"])
-            .arg(self.dir.join("agent.json"))
+            .arg(self.run.dir.join("agent.json"))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -326,15 +286,15 @@ impl Lab {
                 .unwrap_or_default();
             assert!(line.contains("chain verified"), "{f}: {text}");
             assert!(
-                !self.state().join(format!("{f}.compact.tmp")).exists(),
+                !self.run.state().join(format!("{f}.compact.tmp")).exists(),
                 "a compaction temp file was left: {f}"
             );
         }
-        let journal = Journal::open(&self.state().join("journal.log")).unwrap();
+        let journal = Journal::open(&self.run.state().join("journal.log")).unwrap();
         assert_eq!(journal.damaged(), None);
         assert!(journal.in_flight().is_empty());
-        AuditLog::open(&self.state().join("audit.log")).unwrap();
-        let nonces = FileNonceStore::open(self.state().join("nonces.log"), 120).unwrap();
+        AuditLog::open(&self.run.state().join("audit.log")).unwrap();
+        let nonces = FileNonceStore::open(self.run.state().join("nonces.log"), 120).unwrap();
         if let Some((_, _, n)) = &self.signed {
             assert_eq!(
                 nonces
@@ -363,7 +323,8 @@ fn ops_for(view: &JournalView, vmid: u32) -> usize {
 
 /// Kills the flow's op at `{flow}:{point}`; checks what the journal holds then.
 fn kill_in_lifecycle(lab: &Lab, point: &str) -> JournalRecord {
-    lab.kill_at(&format!("{}:{point}", lab.flow.prefix()), &[]);
+    lab.run
+        .kill_at(&format!("{}:{point}", lab.flow.prefix()), &[]);
     let op = lab.in_flight_op();
     let (state, upid) = match point {
         "after-started" | "after-post" => (OpState::Started, false),
@@ -398,10 +359,12 @@ fn compaction_case(name: &str, flow: Flow, store: &str) {
         "journal" => &[(JOURNAL_COMPACT_AT_ENV, "0")],
         _ => &[],
     };
-    lab.kill_at(&format!("{store}:compact-before-rename"), compact_always);
-    let file = lab.state().join(format!("{store}.log"));
+    lab.run
+        .kill_at(&format!("{store}:compact-before-rename"), compact_always);
+    let file = lab.run.state().join(format!("{store}.log"));
     assert!(
-        lab.state()
+        lab.run
+            .state()
             .join(format!("{store}.log.compact.tmp"))
             .exists(),
         "the kill came after the temp file was written"
@@ -424,7 +387,7 @@ fn compaction_case(name: &str, flow: Flow, store: &str) {
 fn recover_case(name: &str, flow: Flow) {
     let lab = Lab::new(name, flow);
     let op = kill_in_lifecycle(&lab, "after-post");
-    lab.kill_at("recover:after-found", &[]);
+    lab.run.kill_at("recover:after-found", &[]);
     let found = lab.in_flight_op();
     assert_eq!(found.op_id, op.op_id);
     assert_eq!(found.state, OpState::TaskRunning);

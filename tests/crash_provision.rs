@@ -14,14 +14,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, fast_hub, kill_at_pause, run_fast, write_signed_agent_config};
+use common::agent::{RunDir, fast_hub, write_signed_agent_config};
 
-use std::fs;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use felhom_agent::reconcile::{Journal, JournalRecord, JournalView, OpClass, OpState, Provenance};
+use felhom_agent::reconcile::{JournalRecord, OpClass, OpState, Provenance};
 use felhom_sim::{BackupSeed, Broken, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::json;
 
@@ -29,17 +26,10 @@ use serde_json::json;
 const VMID: u32 = 240;
 
 struct Lab {
-    dir: PathBuf,
+    run: RunDir,
     pve: ProxmoxSim,
     _hub: HubSim,
-    runs: AtomicU64,
     volid: String,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Lab {
@@ -55,80 +45,57 @@ impl Lab {
             None => seed,
         });
         let hub = fast_hub();
-        write_signed_agent_config(&dir, &pve, &hub);
         let desired = json!({"generation": 1, "guests": [{
             "vmid": VMID, "source": {"backup": volid}, "storage": "local-lvm",
             "hostname": "restored", "rootfs_bytes": 4294967296u64
         }]});
-        fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
+        write_signed_agent_config(&dir, &pve, &hub, &desired);
         Lab {
-            dir,
+            run: RunDir::new(dir),
             pve,
             _hub: hub,
-            runs: AtomicU64::new(0),
             volid,
         }
     }
 
-    fn journal(&self) -> Option<JournalView> {
-        Journal::open_read_only(&self.dir.join("state").join("journal.log")).ok()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn start(&self, env: &[(&str, &str)]) -> Agent {
-        run_fast(&self.dir, env)
-    }
-
-    /// Runs the agent until it pauses at `point`, then SIGKILLs it there.
-    fn kill_at(&self, point: &str) {
-        let n = self.runs.fetch_add(1, Ordering::SeqCst);
-        let marker = self.dir.join(format!("paused-{n}"));
-        kill_at_pause(point, &marker, |env| self.start(env));
-    }
-
     /// The create op in flight now (exactly one).
     fn in_flight_create(&self) -> JournalRecord {
-        let ops = self.journal().expect("the journal reads").in_flight();
-        assert_eq!(ops.len(), 1, "{ops:?}\n{}", self.log());
+        let ops = self.run.journal().expect("the journal reads").in_flight();
+        assert_eq!(ops.len(), 1, "{ops:?}\n{}", self.run.log());
         assert_eq!(ops[0].class, OpClass::GuestCreate);
         assert_eq!(ops[0].vmid, VMID);
         ops[0].clone()
     }
 
     fn creates(&self) -> usize {
-        let path = format!("/nodes/{}/lxc", self.pve.node());
-        self.pve
-            .mutations()
-            .iter()
-            .filter(|m| m.method == "POST" && m.path == path)
-            .count()
+        common::sent(&self.pve, "POST", "/lxc")
     }
 
     /// Restarts without a pause and waits until `op` is resolved, nothing is in flight
     /// and `settled` holds; stops the agent (SIGTERM, exit 0) and returns its events.
     fn restart_until(&self, op: &JournalRecord, what: &str, settled: impl Fn(&Lab) -> bool) {
-        let mut agent = self.start(&[]);
+        let mut agent = self.run.start(&[]);
         agent.wait_until(what, |_| {
-            self.journal().is_some_and(|j| {
+            self.run.journal().is_some_and(|j| {
                 j.in_flight().is_empty()
                     && j.latest(&op.op_id).is_some_and(|r| r.state.is_terminal())
             }) && settled(self)
         });
         agent.stop();
-        let view = self.journal().expect("the journal reads");
+        let view = self.run.journal().expect("the journal reads");
         assert_eq!(view.damaged(), None);
         assert!(view.in_flight().is_empty(), "{:?}", view.in_flight());
     }
 
     fn state_of(&self, op: &JournalRecord) -> JournalRecord {
-        self.journal().unwrap().latest(&op.op_id).unwrap()
+        self.run.journal().unwrap().latest(&op.op_id).unwrap()
     }
 
     fn provenance(&self, op: &JournalRecord) -> Option<Provenance> {
-        self.journal().unwrap().provenance(VMID, Some(&op.op_id))
+        self.run
+            .journal()
+            .unwrap()
+            .provenance(VMID, Some(&op.op_id))
     }
 
     fn guest_provisioned(&self) -> bool {
@@ -143,7 +110,7 @@ impl Lab {
 #[test]
 fn killed_after_the_provenance_before_the_post() {
     let lab = Lab::new("provenance", None);
-    lab.kill_at("provision:after-provenance");
+    lab.run.kill_at("provision:after-provenance", &[]);
     let op = lab.in_flight_create();
     // Durable before anything was sent.
     assert_eq!(lab.provenance(&op), Some(Provenance::CreatedInTransaction));
@@ -160,7 +127,7 @@ fn killed_after_the_provenance_before_the_post() {
 #[test]
 fn killed_after_the_post_before_the_upid() {
     let lab = Lab::new("post", None);
-    lab.kill_at("benign:after-post");
+    lab.run.kill_at("benign:after-post", &[]);
     let op = lab.in_flight_create();
     assert_eq!(op.upid, None);
     assert_eq!(lab.creates(), 1);
@@ -176,7 +143,7 @@ fn killed_after_the_post_before_the_upid() {
 #[test]
 fn killed_while_the_task_fails_on_a_broken_backup() {
     let lab = Lab::new("broken", Some(Broken::Truncated));
-    lab.kill_at("benign:after-upid");
+    lab.run.kill_at("benign:after-upid", &[]);
     let op = lab.in_flight_create();
     assert!(op.upid.is_some());
     // Repaired while the agent is down: the next pass may create it.
@@ -196,7 +163,7 @@ fn killed_while_the_task_fails_on_a_broken_backup() {
 #[test]
 fn killed_while_the_node_dies_under_the_create_leaves_a_partial_guest() {
     let lab = Lab::new("partial", None);
-    lab.kill_at("benign:after-upid");
+    lab.run.kill_at("benign:after-upid", &[]);
     let op = lab.in_flight_create();
     assert!(
         lab.pve.interrupt_create(VMID),
@@ -204,7 +171,7 @@ fn killed_while_the_node_dies_under_the_create_leaves_a_partial_guest() {
     );
 
     lab.restart_until(&op, "the partial guest seen", |l| {
-        common::logfmt::events(&l.log(), "provision_partial_guest")
+        common::logfmt::events(&l.run.log(), "provision_partial_guest")
             .iter()
             .any(|e| e.is("vmid", &VMID.to_string()))
     });

@@ -83,12 +83,7 @@ impl Lab {
 
     /// The start POSTs the simulator saw for `vmid`.
     fn start_posts(&self, vmid: u32) -> usize {
-        let path = format!("/nodes/{}/lxc/{vmid}/status/start", self.pve.node());
-        self.pve
-            .mutations()
-            .iter()
-            .filter(|m| m.method == "POST" && m.path == path)
-            .count()
+        common::sent(&self.pve, "POST", &format!("/lxc/{vmid}/status/start"))
     }
 
     /// The one op the journal holds in flight, once its UPID is journaled.

@@ -14,56 +14,34 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, fast_hub, kill_at_pause, run_fast, write_signed_agent_config};
+use common::RESTORE_BACKUP as BACKUP;
+use common::agent::{RunDir, fast_hub, write_signed_agent_config};
 use common::sign::{op_blob, ssh_keygen_sign};
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use felhom_agent::base::{Clock, SystemClock};
-use felhom_agent::reconcile::{Journal, JournalView, OpClass, OpState};
-use felhom_sim::{GuestSeed, HubSim, ProxmoxSim};
-use serde_json::{Value, json};
+use felhom_agent::reconcile::{OpClass, OpState};
+use felhom_sim::{HubSim, ProxmoxSim};
+use serde_json::json;
 
 const VMID: u32 = 105;
-const BACKUP: &str = "local:backup/vzdump-lxc-105-2024_05_01-10_00_00.tar.zst";
 
 struct Lab {
-    dir: PathBuf,
+    run: RunDir,
     pve: ProxmoxSim,
     hub: HubSim,
     blob: Vec<u8>,
     sig: String,
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 impl Lab {
     fn new(name: &str, running: bool) -> Lab {
         let dir = common::tempdir("crest", name);
-        let pve = ProxmoxSim::builder()
-            .guest(
-                GuestSeed::new(VMID, "customer-db")
-                    .cores(2)
-                    .running(running),
-            )
-            .backup(VMID, "2024_05_01-10_00_00")
-            .task_duration(Duration::from_millis(150))
-            .start();
-        pve.set_config_value(VMID, "cores", Some("6"));
+        let pve = common::restore_sim(running, Duration::from_millis(150));
         let hub = fast_hub();
-        write_signed_agent_config(&dir, &pve, &hub);
-        fs::write(
-            dir.join("desired.json"),
-            json!({"generation": 1, "guests": []}).to_string(),
-        )
-        .unwrap();
+        write_signed_agent_config(&dir, &pve, &hub, &json!({"generation": 1, "guests": []}));
         let mut params = vec![("backup", BACKUP)];
         if running {
             params.push(("stop", "1"));
@@ -79,7 +57,7 @@ impl Lab {
         );
         let sig = ssh_keygen_sign(&dir, &blob);
         let lab = Lab {
-            dir,
+            run: RunDir::new(dir),
             pve,
             hub,
             blob,
@@ -93,30 +71,9 @@ impl Lab {
         self.hub.queue_signed_op(&self.blob, Some(&self.sig));
     }
 
-    fn journal(&self) -> Option<JournalView> {
-        Journal::open_read_only(&self.dir.join("state").join("journal.log")).ok()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn start(&self, env: &[(&str, &str)]) -> Agent {
-        run_fast(&self.dir, env)
-    }
-
-    fn kill_at(&self, point: &str) {
-        kill_at_pause(point, &self.dir.join("paused"), |env| self.start(env));
-    }
-
     /// The audit decisions about the guest, oldest first.
     fn decisions(&self) -> Vec<String> {
-        let text = fs::read_to_string(self.dir.join("state").join("audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["data"]["guest_id"] == json!(VMID.to_string()))
-            .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
-            .collect()
+        self.run.audit_decisions(VMID)
     }
 
     fn mutations(&self) -> HashMap<(String, String), usize> {
@@ -128,11 +85,7 @@ impl Lab {
     }
 
     fn restores(&self) -> usize {
-        let key = (
-            "POST".to_string(),
-            format!("/nodes/{}/lxc", self.pve.node()),
-        );
-        self.mutations().get(&key).copied().unwrap_or(0)
+        common::sent(&self.pve, "POST", "/lxc")
     }
 
     /// Restarts (the op delivered again), waits until nothing is in flight and the
@@ -141,17 +94,17 @@ impl Lab {
     fn finish(&self, word: &str) -> HashMap<String, OpState> {
         self.deliver();
         let before = self.decisions().iter().filter(|d| *d == word).count();
-        let mut agent = self.start(&[]);
+        let mut agent = self.run.start(&[]);
         agent.wait_until(&format!("the redelivery {word}"), |_| {
-            self.journal().is_some_and(|j| j.in_flight().is_empty())
+            self.run.journal().is_some_and(|j| j.in_flight().is_empty())
                 && self.decisions().iter().filter(|d| *d == word).count() > before
         });
         agent.stop();
-        let view = self.journal().expect("the journal reads");
+        let view = self.run.journal().expect("the journal reads");
         assert_eq!(view.damaged(), None);
         assert!(view.in_flight().is_empty(), "{:?}", view.in_flight());
         for (k, n) in self.mutations() {
-            assert_eq!(n, 1, "{k:?} sent {n} times\n{}", self.log());
+            assert_eq!(n, 1, "{k:?} sent {n} times\n{}", self.run.log());
         }
         assert_eq!(
             self.decisions().iter().filter(|d| *d == "allowed").count(),
@@ -177,7 +130,7 @@ impl Lab {
 /// Proxmox before the kill.
 fn restore_killed_at(name: &str, point: &str, reached: bool) {
     let lab = Lab::new(name, false);
-    lab.kill_at(point);
+    lab.run.kill_at(point, &[]);
     let word = if reached { "skipped" } else { "replay" };
     let states = lab.finish(word);
     let want = if reached {
@@ -189,7 +142,7 @@ fn restore_killed_at(name: &str, point: &str, reached: bool) {
         states.get(OpClass::RestoreOverwrite.as_str()),
         Some(&want),
         "{states:?}\n{}",
-        lab.log()
+        lab.run.log()
     );
     assert_eq!(lab.restores(), usize::from(reached));
     assert_eq!(lab.cores(), if reached { "2" } else { "6" });
@@ -219,7 +172,7 @@ fn restore_killed_after_wait() {
 /// started and never starts (its nonce is burned).
 fn stop_killed_at(name: &str, point: &str, stopped: bool) {
     let lab = Lab::new(name, true);
-    lab.kill_at(point);
+    lab.run.kill_at(point, &[]);
     let states = lab.finish("replay");
     let want = if stopped {
         OpState::Succeeded
@@ -230,7 +183,7 @@ fn stop_killed_at(name: &str, point: &str, stopped: bool) {
         states.get(OpClass::Stop.as_str()),
         Some(&want),
         "{states:?}\n{}",
-        lab.log()
+        lab.run.log()
     );
     assert_eq!(states.get(OpClass::RestoreOverwrite.as_str()), None);
     assert_eq!(lab.restores(), 0, "never restored");

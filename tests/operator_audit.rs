@@ -5,23 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::BIN;
+use common::agent::run_command;
 
 use std::path::Path;
-use std::process::Command;
 
 use felhom_agent::base::Timestamp;
 use felhom_agent::reconcile::{AuditLog, AuditRecord};
 use serde_json::Value;
 
 fn audit(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .arg("audit")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
+    let out = run_command(&[&["audit"], args].concat(), config);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use felhom_agent::base::{Clock as _, SystemClock};
 use felhom_agent::store::SECOND_MS_ENV;
-use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
+use felhom_sim::DEFAULT_TOKEN_SECRET;
 
 /// One sample: metric name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
@@ -257,11 +257,7 @@ fn the_parser_refuses_what_prometheus_would() {
 
 #[test]
 fn the_daemon_writes_a_valid_textfile_with_what_it_did() {
-    let pve = ProxmoxSim::builder()
-        .guest(GuestSeed::new(100, "web").running(true))
-        .guest(GuestSeed::new(101, "db"))
-        .guest(GuestSeed::new(102, "old"))
-        .start();
+    let pve = common::agent::operator_pve();
     let hub = fast_hub();
     let dir = common::tempdir("metrics", "daemon");
     let (_, config) = common::agent::operator_setup(&dir, &pve, &hub, |v| {

@@ -8,25 +8,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, BIN, fast_hub};
+use common::agent::{Agent, fast_hub, run_command};
 use common::sign::{authz_json, destroy_blob, ssh_keygen_sign};
 
 use std::path::Path;
-use std::process::Command;
 
 use felhom_agent::base::{Clock as _, SystemClock};
 use felhom_agent::store::SECOND_MS_ENV;
-use felhom_sim::{GuestSeed, ProxmoxSim};
 use serde_json::{Value, json};
 
 /// Runs a short command of the binary; its exit code and stdout.
 fn cli(args: &[&str], config: &Path) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
+    let out = run_command(args, config);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -50,11 +43,7 @@ fn pause_audit(state: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn a_pause_holds_reconcile_and_signed_ops_is_reported_and_resume_lets_them_run() {
-    let pve = ProxmoxSim::builder()
-        .guest(GuestSeed::new(100, "web").running(true))
-        .guest(GuestSeed::new(101, "db"))
-        .guest(GuestSeed::new(102, "old"))
-        .start();
+    let pve = common::agent::operator_pve();
     let hub = fast_hub();
     let dir = common::tempdir("pause", "flow");
     let desired = |generation: u64| {

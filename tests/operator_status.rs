@@ -5,10 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::agent::{Agent, BIN, fast_hub};
+use common::agent::{Agent, fast_hub, run_command};
 
 use std::path::Path;
-use std::process::Command;
 
 use felhom_agent::store::SECOND_MS_ENV;
 use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
@@ -16,11 +15,7 @@ use serde_json::Value;
 
 /// `status --json`: the exit code and the verdict.
 fn status(config: &Path) -> (i32, Value) {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
+    let out = run_command(&["status", "--json"], config);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let v = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
@@ -85,20 +80,12 @@ fn status_exit_codes_follow_the_daemon_and_the_file_holds_no_secret() {
     }
 
     // Paused: degraded, naming the pause, at once (the marker is read live).
-    let out = Command::new(BIN)
-        .args(["pause", "--reason", "kernel update", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = run_command(&["pause", "--reason", "kernel update"], &config);
     assert_eq!(out.status.code(), Some(0));
     let (code, v) = status(&config);
     assert_eq!(code, 1, "{v}");
     assert!(reasons(&v).contains("kernel update"), "{v}");
-    let out = Command::new(BIN)
-        .args(["resume", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = run_command(&["resume"], &config);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(status(&config).0, 0, "resumed: healthy again");
 

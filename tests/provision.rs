@@ -85,11 +85,7 @@ fn from_backup(vmid: u32, volid: &str) -> DesiredGuest {
 }
 
 fn creates(sim: &ProxmoxSim) -> usize {
-    let path = format!("/nodes/{}/lxc", sim.node());
-    sim.mutations()
-        .iter()
-        .filter(|m| m.method == "POST" && m.path == path)
-        .count()
+    common::sent(sim, "POST", "/lxc")
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 mod common;
 use common::pinned_client as client;
+use common::spec;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,9 +16,7 @@ use felhom_agent::config::{Config, Mode};
 use felhom_agent::proxmox::WaitOptions;
 use felhom_agent::reconcile::ActionKind;
 use felhom_agent::reconcile::Queue;
-use felhom_agent::reconcile::{
-    DesiredGuest, DesiredProvider, DesiredState, Run, Spec, StaticProvider,
-};
+use felhom_agent::reconcile::{DesiredGuest, DesiredProvider, DesiredState, Run, StaticProvider};
 use felhom_agent::reconcile::{Engine, EngineError, EngineOptions, Outcome};
 use felhom_agent::reconcile::{Journal, OpState};
 use felhom_agent::store::{FaultOp, FaultyIo, Io};
@@ -77,15 +76,6 @@ fn rig_tuned(
         shutdown,
         queue,
     }
-}
-
-fn spec(cores: Option<u32>, memory_bytes: Option<u64>) -> Option<Spec> {
-    Some(Spec {
-        cores,
-        memory_bytes,
-        disk_bytes: None,
-        rootfs_bytes: None,
-    })
 }
 
 fn lab_sim(sync_config: bool) -> ProxmoxSim {

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::CountingExecutor;
+use common::SignedRig;
 use common::pinned_client as proxmox_client;
 use common::sign::nonce;
 
@@ -15,19 +15,16 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use felhom_agent::app::{OpOutcome, SignedOpsRunner};
-use felhom_agent::authz::{
-    AuthzConfig, AuthzError, FileNonceStore, NAMESPACE, NonceStore, Role, SignerEntry, Verifier,
-};
+use felhom_agent::app::OpOutcome;
+use felhom_agent::authz::{AuthzConfig, AuthzError, NAMESPACE, NonceStore, Role, SignerEntry};
 use felhom_agent::base::Shutdown;
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::DeliveredOp;
 use felhom_agent::proxmox::ConfigChange;
-use felhom_agent::reconcile::AuditLog;
 use felhom_agent::reconcile::Queue;
 use felhom_agent::reconcile::{AllowReason, Decision, Gate, GuestNow, Refusal, SignedOp};
 use felhom_agent::reconcile::{DesiredGuest, DesiredProvider, DesiredState, StaticProvider};
-use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, SignedJobs};
+use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome};
 use felhom_agent::reconcile::{Engine, EngineOptions};
 use felhom_agent::reconcile::{Intent, OpClass};
 use felhom_agent::reconcile::{Journal, OpState};
@@ -128,15 +125,7 @@ fn destroy_intent(guest: &str) -> Intent {
 struct Agent {
     dir: PathBuf,
     clock: ManualClock,
-    journal: Arc<Journal>,
-    audit: Arc<AuditLog>,
-    gate: Arc<Gate>,
-    jobs: SignedJobs,
-    /// The hub's path: what `SignedOpsRunner` does with a delivered op.
-    runner: SignedOpsRunner,
-    queue: Arc<Queue>,
-    exec: Arc<CountingExecutor>,
-    nonces: Arc<FileNonceStore>,
+    rig: SignedRig,
     desired: Arc<StaticProvider>,
 }
 
@@ -144,12 +133,7 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
     let clock = ManualClock::new(Timestamp(NOW));
     let cfg = AuthzConfig {
         signers: vec![
-            SignerEntry {
-                key_id: "ops-2026".into(),
-                role: Role::Operational,
-                public_key: pubkey("ed25519"),
-                valid_before: None,
-            },
+            common::sign::signer(),
             SignerEntry {
                 key_id: "break-glass".into(),
                 role: Role::Recovery,
@@ -159,50 +143,19 @@ fn open_agent(dir: &Path, sim: &ProxmoxSim) -> Agent {
         ],
         ..AuthzConfig::default()
     };
-    let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
-    let verifier =
-        Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces.clone()).unwrap();
-    let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
-    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
-    let gate = Arc::new(
-        Gate::new(
-            "pve-a".into(),
-            Some(verifier),
-            journal.clone(),
-            audit.clone(),
-        )
-        .with_clock(Arc::new(clock.clone())),
-    );
-    let queue = Arc::new(Queue::new(4));
-    let jobs = SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone()));
-    let exec = common::counting_executor(sim);
-    let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
-    let runner = SignedOpsRunner::new(
-        SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone())),
-        gate.clone(),
-        audit.clone(),
-        as_exec,
-    )
-    .with_clock(Arc::new(clock.clone()));
+    let rig = SignedRig::open(dir, &cfg, &clock, sim);
     Agent {
         dir: dir.to_path_buf(),
         clock,
-        journal,
-        audit,
-        gate,
-        jobs,
-        runner,
-        queue,
-        exec,
-        nonces,
+        rig,
         desired: Arc::new(StaticProvider::new(DesiredState::default())),
     }
 }
 
 impl Agent {
     fn run(&self, intent: &Intent, signed: &SignedOp) -> JobOutcome {
-        let exec: Arc<dyn DestructiveExecutor> = self.exec.clone();
-        self.jobs.run_signed_job(intent, signed, exec).unwrap()
+        let exec: Arc<dyn DestructiveExecutor> = self.rig.exec.clone();
+        self.rig.jobs.run_signed_job(intent, signed, exec).unwrap()
     }
 
     /// Runs `signed` as the intent to destroy `guest`.
@@ -219,7 +172,7 @@ impl Agent {
             signature: signature.map(|s| s.signature.clone()),
             cosignatures: Vec::new(),
         };
-        self.runner.handle(&op).unwrap()
+        self.rig.runner.handle(&op).unwrap()
     }
 
     /// A reconcile engine on this agent's gate, journal and queue, desiring `vmids`
@@ -233,9 +186,9 @@ impl Agent {
         opts.wait = common::op_wait();
         Engine::new(
             proxmox_client(sim),
-            Queue::clone(&self.queue),
-            self.gate.clone(),
-            self.journal.clone(),
+            Queue::clone(&self.rig.queue),
+            self.rig.gate.clone(),
+            self.rig.journal.clone(),
             self.desired.clone() as Arc<dyn DesiredProvider>,
             Shutdown::new(),
             opts,
@@ -244,7 +197,7 @@ impl Agent {
 
     /// Whether the verifier burned `nonce`.
     fn burned(&self, nonce: &str) -> bool {
-        self.nonces.is_recorded(nonce).unwrap()
+        self.rig.nonces.is_recorded(nonce).unwrap()
     }
 
     fn restart(self, sim: &ProxmoxSim) -> Agent {
@@ -282,13 +235,13 @@ fn refused(outcome: JobOutcome) -> Refusal {
 /// journaled, no nonce was burned, and the last audited decision is the refusal's
 /// code (the report's tail).
 fn assert_nothing_ran(a: &Agent, sim: &ProxmoxSim, r: &Refusal) {
-    assert_eq!(a.exec.calls(), 0, "executor called");
-    assert!(a.nonces.is_empty(), "a refusal burned a nonce");
+    assert_eq!(a.rig.exec.calls(), 0, "executor called");
+    assert!(a.rig.nonces.is_empty(), "a refusal burned a nonce");
     assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
     assert_eq!(sim.guest_ids(), vec![105, 106]);
-    assert!(a.journal.in_flight().is_empty());
-    assert_eq!(a.journal.records(), 0, "refusals journal nothing");
-    let tail = a.audit.tail(1);
+    assert!(a.rig.journal.in_flight().is_empty());
+    assert_eq!(a.rig.journal.records(), 0, "refusals journal nothing");
+    let tail = a.rig.audit.tail(1);
     assert_eq!(tail.len(), 1, "the decision was audited");
     assert_eq!(tail[0].decision, r.code());
 }
@@ -424,7 +377,7 @@ fn a_reused_vmid_is_guest_changed_and_the_held_signature_destroys_nothing() {
         sim.guest_config(105).is_some(),
         "the new guest is still there"
     );
-    let audited = a.audit.tail(1);
+    let audited = a.rig.audit.tail(1);
     assert!(audited[0].reason.contains(&held.digest), "{audited:?}");
     // Only a signature over the new guest's digest removes the new guest.
     let mut fresh = Op::destroy("105");
@@ -454,10 +407,10 @@ fn a_guest_gone_before_delivery_is_guest_changed() {
     assert!(sim.remove_guest(105));
     let r = refused(a.destroy("105", &signed));
     assert_eq!(r, Refusal::GuestChanged);
-    assert_eq!(a.exec.calls(), 0);
+    assert_eq!(a.rig.exec.calls(), 0);
     assert!(sim.mutations().is_empty());
-    assert!(a.nonces.is_empty());
-    assert!(a.audit.tail(1)[0].reason.contains("no longer exists"));
+    assert!(a.rig.nonces.is_empty());
+    assert!(a.rig.audit.tail(1)[0].reason.contains("no longer exists"));
 }
 
 #[test]
@@ -524,7 +477,7 @@ fn unprotect_signed_clears_the_flag_as_its_own_journaled_step_then_destroys() {
         Some("0")
     );
     assert_eq!(
-        a.journal.latest(&destroy_id).unwrap().state,
+        a.rig.journal.latest(&destroy_id).unwrap().state,
         OpState::Succeeded
     );
 }
@@ -586,7 +539,7 @@ fn matrix_hub_supplied_scratch_tag_is_pending_signature() {
         drop_105_from_desired(&a, &sim),
         vec![(105, "pending_signature".to_string())]
     );
-    assert_eq!(a.exec.calls(), 0);
+    assert_eq!(a.rig.exec.calls(), 0);
 }
 
 #[test]
@@ -599,8 +552,8 @@ fn journal_scratch_record_makes_the_same_destroy_benign_but_the_hub_path_still_r
     intent.params.insert("scratch".into(), "1".into());
     intent.params.insert("tags".into(), HUB_SCRATCH_TAG.into());
     // The agent's own journaled record is what counts.
-    a.journal.tag_scratch(105, Timestamp(NOW)).unwrap();
-    match a.gate.authorize(&intent, None, &GuestNow::NotRead) {
+    a.rig.journal.tag_scratch(105, Timestamp(NOW)).unwrap();
+    match a.rig.gate.authorize(&intent, None, &GuestNow::NotRead) {
         Decision::Allowed { reason, .. } => assert_eq!(reason, AllowReason::AgentProvenance),
         other => panic!("{other:?}"),
     }
@@ -611,7 +564,7 @@ fn journal_scratch_record_makes_the_same_destroy_benign_but_the_hub_path_still_r
         OpOutcome::Job(JobOutcome::Refused(Refusal::PendingSignature))
     );
     assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
-    assert_eq!(a.exec.calls(), 0);
+    assert_eq!(a.rig.exec.calls(), 0);
     // And a guest the desired state drops reads as allowed, yet is never planned.
     assert_eq!(
         drop_105_from_desired(&a, &sim),
@@ -631,23 +584,25 @@ fn valid_op_executes_once_and_its_replay_is_refused_across_restart() {
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].method, "DELETE");
     assert_eq!(m[0].path, "/nodes/pve/lxc/105");
-    let rec = a.journal.latest(&op_id).unwrap();
+    let rec = a.rig.journal.latest(&op_id).unwrap();
     assert_eq!(rec.state, OpState::Succeeded);
     assert!(rec.upid.is_some(), "the UPID was journaled");
 
     assert_eq!(a.run(&intent, &signed), JobOutcome::Skipped);
     let a = a.restart(&sim);
     assert_eq!(a.run(&intent, &signed), JobOutcome::Skipped);
-    assert_eq!(a.exec.calls(), 0, "not after restart");
+    assert_eq!(a.rig.exec.calls(), 0, "not after restart");
     assert_eq!(sim.mutations().len(), 1, "executed exactly once");
     assert!(
-        a.audit
+        a.rig
+            .audit
             .tail(50)
             .iter()
             .any(|e| e.decision == "allowed" && e.key_id.as_deref() == Some("ops-2026"))
     );
     assert!(
-        a.audit
+        a.rig
+            .audit
             .tail(50)
             .iter()
             .all(|e| e.key_id.as_deref() != Some("claimed-in-blob")),
@@ -664,8 +619,8 @@ fn a_failed_execution_is_journaled_failed_and_not_applied() {
     let JobOutcome::Failed { op_id, .. } = out else {
         panic!("{out:?}")
     };
-    assert_eq!(a.journal.latest(&op_id).unwrap().state, OpState::Failed);
-    assert!(!a.journal.already_applied(&op.nonce));
+    assert_eq!(a.rig.journal.latest(&op_id).unwrap().state, OpState::Failed);
+    assert!(!a.rig.journal.already_applied(&op.nonce));
     assert_eq!(sim.guest_ids(), vec![105, 106]);
     // The nonce was burned before the dispatch: the same signature cannot try again.
     assert!(a.burned(&op.nonce));
@@ -683,7 +638,8 @@ fn damaged_journal_refuses_destructive_but_allows_benign() {
     let dir = tempdir("damaged");
     let a = open_agent(&dir, &sim);
     for i in 0..3 {
-        a.journal
+        a.rig
+            .journal
             .append(&felhom_agent::reconcile::JournalRecord::started(
                 format!("start-1-{i}"),
                 1,
@@ -700,21 +656,22 @@ fn damaged_journal_refuses_destructive_but_allows_benign() {
         .replace("start-1-1", "start-1-7");
     fs::write(&p, text).unwrap();
     let a = open_agent(&dir, &sim);
-    assert!(a.journal.damaged().is_some());
+    assert!(a.rig.journal.damaged().is_some());
     // Even the agent's own scratch tag is not trusted from a damaged journal.
-    a.journal.tag_scratch(105, Timestamp(NOW)).unwrap();
+    a.rig.journal.tag_scratch(105, Timestamp(NOW)).unwrap();
     let op = Op::destroy("105");
     assert_eq!(
         refused(a.destroy("105", &op.signed_by("ed25519"))),
         Refusal::StateDamaged
     );
     assert_eq!(
-        a.gate.dry_run(&destroy_intent("105")).refusal(),
+        a.rig.gate.dry_run(&destroy_intent("105")).refusal(),
         Some(&Refusal::StateDamaged)
     );
     let start = Intent::new(OpClass::Start, "pve-a", Some("105".into()));
     assert!(
-        a.gate
+        a.rig
+            .gate
             .authorize(&start, None, &GuestNow::NotRead)
             .is_allowed()
     );
@@ -730,8 +687,9 @@ fn damaged_nonce_store_refuses_destructive() {
     let (_sim, a) = fresh_agent("nonce");
     let probe: felhom_agent::reconcile::HealthProbe =
         Arc::new(|| Some("line 2: hash mismatch".to_string()));
-    let journal = a.journal.clone();
-    let gate = Gate::new("pve-a".into(), None, journal, a.audit.clone()).with_nonce_health(probe);
+    let journal = a.rig.journal.clone();
+    let gate =
+        Gate::new("pve-a".into(), None, journal, a.rig.audit.clone()).with_nonce_health(probe);
     assert_eq!(
         gate.authorize(&destroy_intent("105"), None, &GuestNow::NotRead)
             .refusal(),
@@ -745,11 +703,12 @@ fn damaged_nonce_store_refuses_destructive() {
 fn dry_run_never_verifies_or_audits() {
     let (_sim, a) = fresh_agent("dry");
     assert_eq!(
-        a.gate.dry_run(&destroy_intent("105")).refusal(),
+        a.rig.gate.dry_run(&destroy_intent("105")).refusal(),
         Some(&Refusal::PendingSignature)
     );
     assert!(
-        a.gate
+        a.rig
+            .gate
             .dry_run(&Intent::new(
                 OpClass::SetConfig,
                 "pve-a",
@@ -757,21 +716,22 @@ fn dry_run_never_verifies_or_audits() {
             ))
             .is_allowed()
     );
-    assert!(a.audit.tail(10).is_empty());
+    assert!(a.rig.audit.tail(10).is_empty());
 }
 
 #[test]
 fn provenance_is_never_read_from_an_operators_op_however_it_is_signed() {
     let (sim, a) = fresh_agent("provclaim");
     // The agent's own records: an open create transaction on 105, scratch on 106.
-    a.journal
+    a.rig
+        .journal
         .record_guest_created(105, "txn-open", Timestamp(NOW))
         .unwrap();
-    a.journal.tag_scratch(106, Timestamp(NOW)).unwrap();
+    a.rig.journal.tag_scratch(106, Timestamp(NOW)).unwrap();
     // The agent's own intents read them: benign by provenance.
     let mut own = destroy_intent("105");
     own.params.insert("txn".into(), "txn-open".into());
-    match a.gate.authorize(&own, None, &GuestNow::NotRead) {
+    match a.rig.gate.authorize(&own, None, &GuestNow::NotRead) {
         Decision::Allowed { reason, .. } => assert_eq!(reason, AllowReason::AgentProvenance),
         other => panic!("{other:?}"),
     }
@@ -789,8 +749,8 @@ fn provenance_is_never_read_from_an_operators_op_however_it_is_signed() {
     );
     let r = refused(a.run(&destroy_intent("106"), &forged));
     assert_eq!(r.code(), "malformed");
-    assert_eq!(a.exec.calls(), 0, "executor called");
-    assert!(a.nonces.is_empty(), "a refusal burned a nonce");
+    assert_eq!(a.rig.exec.calls(), 0, "executor called");
+    assert!(a.rig.nonces.is_empty(), "a refusal burned a nonce");
     assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
     assert_eq!(sim.guest_ids(), vec![105, 106]);
 }

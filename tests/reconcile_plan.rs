@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The plan's rules, one fixture each.
 
+mod common;
+use common::spec;
+
 use std::collections::BTreeMap;
 
 use felhom_agent::proxmox::{GuestConfig, RunState};
@@ -38,15 +41,6 @@ fn actual(guests: impl IntoIterator<Item = ActualGuest>) -> ActualState {
 
 fn want(vmid: u32) -> DesiredGuest {
     DesiredGuest::new(vmid)
-}
-
-fn spec(cores: Option<u32>, memory_bytes: Option<u64>) -> Option<Spec> {
-    Some(Spec {
-        cores,
-        memory_bytes,
-        disk_bytes: None,
-        rootfs_bytes: None,
-    })
 }
 
 fn desired(guests: impl IntoIterator<Item = DesiredGuest>) -> DesiredState {

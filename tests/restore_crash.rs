@@ -71,12 +71,7 @@ impl Lab {
     }
 
     fn deletes_of(&self, vmid: u32) -> usize {
-        let path = format!("/nodes/{}/lxc/{vmid}", self.pve.node());
-        self.pve
-            .mutations()
-            .iter()
-            .filter(|m| m.method == "DELETE" && m.path == path)
-            .count()
+        common::sent(&self.pve, "DELETE", &format!("/lxc/{vmid}"))
     }
 }
 

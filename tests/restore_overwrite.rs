@@ -9,6 +9,7 @@
 
 mod common;
 use common::CountingExecutor;
+use common::RESTORE_BACKUP as BACKUP;
 use common::sign::{op_blob, ssh_keygen_sign, verifier};
 
 use std::path::PathBuf;
@@ -20,10 +21,9 @@ use felhom_agent::reconcile::{
     AuditLog, DestructiveExecutor, Gate, Intent, JobOutcome, Journal, OpClass, OpState, Queue,
     Refusal, SignedJobs, SignedOp,
 };
-use felhom_sim::{BackupSeed, Broken, GuestSeed, ProxmoxSim};
+use felhom_sim::{BackupSeed, Broken, ProxmoxSim};
 
 const VMID: u32 = 105;
-const BACKUP: &str = "local:backup/vzdump-lxc-105-2024_05_01-10_00_00.tar.zst";
 
 struct Lab {
     dir: PathBuf,
@@ -35,17 +35,7 @@ struct Lab {
 
 fn lab(name: &str, running: bool) -> Lab {
     let dir = common::tempdir("restore", name);
-    let pve = ProxmoxSim::builder()
-        .guest(
-            GuestSeed::new(VMID, "customer-db")
-                .cores(2)
-                .running(running),
-        )
-        .backup(VMID, "2024_05_01-10_00_00")
-        .task_duration(Duration::from_millis(20))
-        .start();
-    // Drift since the backup: the restore brings 2 cores back.
-    pve.set_config_value(VMID, "cores", Some("6"));
+    let pve = common::restore_sim(running, Duration::from_millis(20));
     let clock = ManualClock::new(SystemClock.now());
     let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
     let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
@@ -100,12 +90,7 @@ impl Lab {
     }
 
     fn restores(&self) -> usize {
-        let path = format!("/nodes/{}/lxc", self.pve.node());
-        self.pve
-            .mutations()
-            .iter()
-            .filter(|m| m.method == "POST" && m.path == path)
-            .count()
+        common::sent(&self.pve, "POST", "/lxc")
     }
 
     fn cores(&self) -> String {

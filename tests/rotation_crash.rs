@@ -32,13 +32,7 @@ fn authz() -> Value {
 }
 
 fn rotation_decisions(state: &Path) -> Vec<String> {
-    fs::read_to_string(state.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["data"]["op"] == "rotate_signers")
-        .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
-        .collect()
+    common::agent::audit_decisions(state, "op", "rotate_signers")
 }
 
 #[test]

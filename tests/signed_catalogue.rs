@@ -9,8 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::CountingExecutor;
-use common::pinned_client;
+use common::SignedRig;
 use common::sign::nonce;
 
 use std::fs;
@@ -18,15 +17,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use felhom_agent::app::{OpOutcome, SignedOpsRunner};
-use felhom_agent::authz::{AuthzConfig, FileNonceStore, NAMESPACE, Role, SignerEntry, Verifier};
-use felhom_agent::base::Shutdown;
+use felhom_agent::app::OpOutcome;
+use felhom_agent::authz::{AuthzConfig, NAMESPACE};
 use felhom_agent::base::{ManualClock, Timestamp};
 use felhom_agent::hub::DeliveredOp;
-use felhom_agent::proxmox::ConfigChange;
-use felhom_agent::reconcile::{AuditLog, Journal, OpState, Queue};
-use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome, SignedJobs};
-use felhom_agent::reconcile::{Gate, Intent, OpClass, Refusal, SignedOp};
+use felhom_agent::reconcile::{DestructiveExecutor, JobOutcome};
+use felhom_agent::reconcile::{Intent, OpClass, Refusal, SignedOp};
+use felhom_agent::reconcile::{Journal, OpState};
 use felhom_sim::{GuestSeed, ProxmoxSim};
 use ssh_key::{HashAlg, LineEnding, PrivateKey};
 
@@ -101,12 +98,7 @@ impl Op {
 struct Agent {
     dir: std::path::PathBuf,
     sim: ProxmoxSim,
-    journal: Arc<Journal>,
-    audit: Arc<AuditLog>,
-    jobs: SignedJobs,
-    runner: SignedOpsRunner,
-    exec: Arc<CountingExecutor>,
-    nonces: Arc<FileNonceStore>,
+    rig: SignedRig,
 }
 
 /// Guests 105 and 106 (stopped), each with one backup in `local`, 105 with 2 cores, the
@@ -120,22 +112,7 @@ fn agent(name: &str) -> Agent {
         .backup(106, "2026_11_20-02_00_00")
         .task_duration(Duration::from_millis(20))
         .start();
-    let client = Arc::new(pinned_client(&sim));
-    let up = client.snapshot(105, "before_upgrade", None).unwrap();
-    client
-        .wait_task(&up, &common::op_wait(), &Shutdown::new())
-        .unwrap();
-    let change = ConfigChange {
-        set: vec![("cores".into(), "4".into())],
-        delete: Vec::new(),
-        digest: None,
-    };
-    if let Some(up) = client.set_config(105, &change).unwrap() {
-        client
-            .wait_task(&up, &common::op_wait(), &Shutdown::new())
-            .unwrap();
-    }
-    sim.clear_requests();
+    common::snapshot_then_four_cores(&sim, 105);
     open(&common::tempdir("catalogue", name), sim)
 }
 
@@ -161,50 +138,21 @@ fn replayed_after_restart(a: Agent, op: &Op, name: &str) -> Agent {
         ),
         "{out:?}"
     );
-    assert_eq!(b.exec.calls(), 0);
+    assert_eq!(b.rig.exec.calls(), 0);
     b
 }
 
 fn open(dir: &Path, sim: ProxmoxSim) -> Agent {
     let clock = ManualClock::new(Timestamp(NOW));
     let cfg = AuthzConfig {
-        signers: vec![SignerEntry {
-            key_id: "ops-2026".into(),
-            role: Role::Operational,
-            public_key: fs::read_to_string(format!("{KEYS}/ed25519.pub")).unwrap(),
-            valid_before: None,
-        }],
+        signers: vec![common::sign::signer()],
         ..AuthzConfig::default()
     };
-    let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
-    let verifier =
-        Verifier::from_config(&cfg, "pve-a", Arc::new(clock.clone()), nonces.clone()).unwrap();
-    let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
-    let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
-    let gate = Arc::new(
-        Gate::new(
-            "pve-a".into(),
-            Some(verifier),
-            journal.clone(),
-            audit.clone(),
-        )
-        .with_clock(Arc::new(clock.clone())),
-    );
-    let queue = Arc::new(Queue::new(4));
-    let jobs = SignedJobs::new(gate.clone(), queue).with_clock(Arc::new(clock.clone()));
-    let exec = common::counting_executor(&sim);
-    let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
-    let runner = SignedOpsRunner::new(jobs.clone(), gate, audit.clone(), as_exec)
-        .with_clock(Arc::new(clock.clone()));
+    let rig = SignedRig::open(dir, &cfg, &clock, &sim);
     Agent {
         dir: dir.to_path_buf(),
         sim,
-        journal,
-        audit,
-        jobs,
-        runner,
-        exec,
-        nonces,
+        rig,
     }
 }
 
@@ -215,8 +163,8 @@ impl Agent {
 
     /// Runs `signed` as the action `intent`.
     fn run_as(&self, intent: &Intent, signed: &SignedOp) -> JobOutcome {
-        let exec: Arc<dyn DestructiveExecutor> = self.exec.clone();
-        self.jobs.run_signed_job(intent, signed, exec).unwrap()
+        let exec: Arc<dyn DestructiveExecutor> = self.rig.exec.clone();
+        self.rig.jobs.run_signed_job(intent, signed, exec).unwrap()
     }
 
     /// Runs `op` signed, as the action it names.
@@ -233,7 +181,7 @@ impl Agent {
             signature: Some(s.signature),
             cosignatures: Vec::new(),
         };
-        self.runner.handle(&delivered).unwrap()
+        self.rig.runner.handle(&delivered).unwrap()
     }
 
     /// Asserts `outcome` is `want`, and that nothing ran: no executor call, no
@@ -241,15 +189,15 @@ impl Agent {
     /// audited with the refusal's code.
     fn refused_cleanly(&self, outcome: JobOutcome, want: Refusal) {
         assert_eq!(outcome, JobOutcome::Refused(want.clone()));
-        assert_eq!(self.exec.calls(), 0, "executor called");
-        assert!(self.nonces.is_empty(), "a refusal burned a nonce");
+        assert_eq!(self.rig.exec.calls(), 0, "executor called");
+        assert!(self.rig.nonces.is_empty(), "a refusal burned a nonce");
         assert!(
             self.sim.mutations().is_empty(),
             "{:?}",
             self.sim.mutations()
         );
-        assert_eq!(self.journal.records(), 0, "refusals journal nothing");
-        let tail = self.audit.tail(1);
+        assert_eq!(self.rig.journal.records(), 0, "refusals journal nothing");
+        let tail = self.rig.audit.tail(1);
         assert_eq!(tail.len(), 1, "the decision was audited");
         assert_eq!(tail[0].decision, want.code());
     }
@@ -296,8 +244,8 @@ fn a_signed_rollback_runs_once_journaled_and_brings_the_snapshot_back() {
     assert_eq!(a.cores(105), Some(2), "rolled back");
     assert_eq!(a.mutations_to("/rollback"), 1);
     // Journaled step by step, the UPID before the terminal record.
-    assert!(a.journal.in_flight().is_empty());
-    assert!(a.journal.already_applied(&op.nonce));
+    assert!(a.rig.journal.in_flight().is_empty());
+    assert!(a.rig.journal.already_applied(&op.nonce));
     let view = Journal::open_read_only(&a.dir.join("journal.log")).unwrap();
     let steps: Vec<_> = view
         .history()
@@ -478,7 +426,7 @@ fn a_backup_delete_delivered_by_the_hub_runs_through_the_same_checks() {
         a.deliver(&foreign),
         OpOutcome::Job(JobOutcome::Refused(Refusal::ForeignVolume))
     );
-    assert!(a.nonces.is_empty());
+    assert!(a.rig.nonces.is_empty());
     let own = backup_delete(&a, "105", BACKUP_105);
     assert!(matches!(
         a.deliver(&own),
@@ -506,12 +454,13 @@ fn every_op_outside_the_catalogue_is_unknown_op_on_the_hub_channel_and_burns_not
             "{word}"
         );
     }
-    assert_eq!(a.exec.calls(), 0);
-    assert!(a.nonces.is_empty(), "no nonce burned");
+    assert_eq!(a.rig.exec.calls(), 0);
+    assert!(a.rig.nonces.is_empty(), "no nonce burned");
     assert!(a.sim.mutations().is_empty());
-    assert_eq!(a.journal.records(), 0);
+    assert_eq!(a.rig.journal.records(), 0);
     assert!(
-        a.audit
+        a.rig
+            .audit
             .tail(5)
             .iter()
             .all(|r| r.decision == Refusal::UnknownOp.code())

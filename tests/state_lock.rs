@@ -66,16 +66,12 @@ impl Lab {
             .task_duration(Duration::from_millis(50))
             .start();
         let hub = fast_hub();
-        write_signed_agent_config(&dir, &pve, &hub);
         let guests: Vec<Value> = running
             .iter()
             .map(|v| json!({"vmid": v, "run": "running"}))
             .collect();
-        fs::write(
-            dir.join("desired.json"),
-            json!({"generation": 1, "guests": guests}).to_string(),
-        )
-        .unwrap();
+        let desired = json!({"generation": 1, "guests": guests});
+        write_signed_agent_config(&dir, &pve, &hub, &desired);
         Lab {
             dir,
             pve,
@@ -114,32 +110,17 @@ impl Lab {
     }
 
     fn deletes(&self) -> usize {
-        let path = format!("/nodes/{}/lxc/{DOOMED}", self.pve.node());
-        self.pve
-            .mutations()
-            .iter()
-            .filter(|m| m.method == "DELETE" && m.path == path)
-            .count()
+        common::sent(&self.pve, "DELETE", &format!("/lxc/{DOOMED}"))
     }
 
     fn starts(&self) -> usize {
-        let path = format!("/nodes/{}/lxc/{WEB}/status/start", self.pve.node());
-        self.pve
-            .mutations()
-            .iter()
-            .filter(|m| m.method == "POST" && m.path == path)
-            .count()
+        common::sent(&self.pve, "POST", &format!("/lxc/{WEB}/status/start"))
     }
 
     /// The audit log's decisions about the doomed guest, oldest first, read from the
     /// file without opening it as a store (a daemon may be running).
     fn decisions(&self) -> Vec<String> {
-        let text = fs::read_to_string(self.state().join("audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["data"]["guest_id"] == json!(DOOMED.to_string()))
-            .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
-            .collect()
+        common::agent::audit_decisions(&self.state(), "guest_id", &DOOMED.to_string())
     }
 
     /// A signed destroy of the doomed guest, valid around now, signed by the real

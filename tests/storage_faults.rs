@@ -693,12 +693,7 @@ mod binary {
         }
 
         fn starts(&self) -> usize {
-            let path = format!("/nodes/{}/lxc/100/status/start", self.pve.node());
-            self.pve
-                .mutations()
-                .iter()
-                .filter(|m| m.method == "POST" && m.path == path)
-                .count()
+            crate::common::sent(&self.pve, "POST", "/lxc/100/status/start")
         }
 
         /// Restarts without the fault: the guest ends up running (or, with the

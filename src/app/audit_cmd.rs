@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use super::command::{EXIT_FAILED, EXIT_OK, visible};
+use super::command::{EXIT_FAILED, EXIT_OK, visible, write_pretty_json};
 use crate::reconcile::audit::{AuditRecord, PENDING_SIGNATURE, decode_stored};
 use crate::store::{ReplayError, replay_reader};
 
@@ -144,14 +144,8 @@ pub(crate) fn audit(
     };
     let picked = select(&entries, query);
     if query.json {
-        match serde_json::to_string_pretty(&picked) {
-            Ok(text) => {
-                let _ = writeln!(out, "{text}");
-            }
-            Err(e) => {
-                let _ = writeln!(err, "felhom-agent: {e}");
-                return EXIT_FAILED;
-            }
+        if let Err(code) = write_pretty_json(out, err, &picked) {
+            return code;
         }
     } else {
         let _ = writeln!(

@@ -53,6 +53,25 @@ pub(crate) fn write_json(out: &mut dyn Write, doc: &serde_json::Value) -> std::i
     out.write_all(line.as_bytes())
 }
 
+/// Writes `doc` as indented JSON and a newline to `out`; a document that does not
+/// serialize is printed to `err` and turned into exit code 1.
+pub(crate) fn write_pretty_json(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    doc: &impl serde::Serialize,
+) -> Result<(), u8> {
+    match serde_json::to_string_pretty(doc) {
+        Ok(text) => {
+            let _ = writeln!(out, "{text}");
+            Ok(())
+        }
+        Err(e) => {
+            let _ = writeln!(err, "felhom-agent: {e}");
+            Err(EXIT_FAILED)
+        }
+    }
+}
+
 /// Takes the state directory's lock for a command that must not run beside the daemon
 /// (or another such command). A failure is printed to `err` and turned into exit code 2
 /// when another process holds the lock, 1 otherwise.

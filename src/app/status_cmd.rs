@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::command::{EXIT_FAILED, EXIT_OK, visible};
+use super::command::{EXIT_FAILED, EXIT_OK, visible, write_pretty_json};
 use super::status::{STATUS_FILE, STATUS_FORMAT, StatusDoc};
 use crate::base::time::{Clock, SystemClock, Timestamp};
 use crate::config::Config;
@@ -386,14 +386,8 @@ pub(crate) fn status(
             reasons,
             status: doc.as_ref(),
         };
-        match serde_json::to_string_pretty(&verdict) {
-            Ok(text) => {
-                let _ = writeln!(out, "{text}");
-            }
-            Err(e) => {
-                let _ = writeln!(err, "felhom-agent: {e}");
-                return EXIT_FAILED;
-            }
+        if let Err(code) = write_pretty_json(out, err, &verdict) {
+            return code;
         }
     } else {
         print_human(out, &state, &reasons, doc.as_ref());

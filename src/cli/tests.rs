@@ -12,6 +12,12 @@ fn cfg(s: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Asserts that `args` are refused with a usage error that says `want`.
+fn refused(args: &[&str], want: &str) {
+    let e = p(args).unwrap_err().0;
+    assert!(e.contains(want), "{args:?}: {e}");
+}
+
 #[test]
 fn default_is_run_with_the_default_config() {
     assert_eq!(
@@ -70,12 +76,7 @@ fn selftest_task_refuses_to_run_without_vmid() {
     assert!(p(&["selftest", "read", "--vmid", "100"]).is_err());
     assert!(p(&["selftest", "task", "--vmid", "99"]).is_err());
     assert!(p(&["selftest", "task", "--vmid", "abc"]).is_err());
-    assert!(
-        p(&["selftest", "bogus"])
-            .unwrap_err()
-            .0
-            .contains("unknown selftest")
-    );
+    refused(&["selftest", "bogus"], "unknown selftest");
 }
 
 #[test]
@@ -102,13 +103,8 @@ fn verify_plan_journal() {
         .into_iter()
         .chain(std::iter::repeat_n(["--sig", "s"], 9).flatten())
         .collect();
-    assert!(p(&nine).unwrap_err().0.contains("more than 8 times"));
-    assert!(
-        p(&["verify", "--blob", "b.json"])
-            .unwrap_err()
-            .0
-            .contains("--sig")
-    );
+    refused(&nine, "more than 8 times");
+    refused(&["verify", "--blob", "b.json"], "--sig");
     assert_eq!(
         p(&["plan", "--config", "/c"]).unwrap(),
         Command::Plan {
@@ -205,8 +201,7 @@ fn usage_errors_say_what_is_wrong() {
         ),
     ];
     for (args, want) in cases {
-        let e = p(args).unwrap_err().0;
-        assert!(e.contains(want), "{args:?}: {e}");
+        refused(args, want);
     }
 }
 
@@ -293,12 +288,7 @@ fn every_command_has_help_in_both_spellings_and_as_a_flag() {
             topic: Some("op new")
         }
     );
-    assert!(
-        p(&["help", "nope"])
-            .unwrap_err()
-            .0
-            .contains("not a command")
-    );
+    refused(&["help", "nope"], "not a command");
     for (w, topic) in [
         (&["op", "--help"], "op new"),
         (&["state", "-h"], "state acknowledge-damage"),
@@ -318,18 +308,8 @@ fn dash_v_is_the_version_and_json_is_a_switch() {
             config: cfg(crate::config::DEFAULT_CONFIG_PATH)
         }
     );
-    assert!(
-        p(&["plan", "--json=yes"])
-            .unwrap_err()
-            .0
-            .contains("takes no value")
-    );
-    assert!(
-        p(&["run", "--json"])
-            .unwrap_err()
-            .0
-            .contains("does not take --json")
-    );
+    refused(&["plan", "--json=yes"], "takes no value");
+    refused(&["run", "--json"], "does not take --json");
 }
 
 #[test]
@@ -413,8 +393,7 @@ fn op_new_and_acknowledge_damage_parse() {
         ),
     ];
     for (args, want) in cases {
-        let e = p(args).unwrap_err().0;
-        assert!(e.contains(want), "{args:?}: {e}");
+        refused(args, want);
     }
     assert_eq!(
         p(&["state", "acknowledge-damage", "journal.log.damaged"]).unwrap(),

@@ -6,13 +6,15 @@
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use felhom_agent::reconcile::{Journal, JournalView};
 use felhom_agent::store::{
     FAIL_SYNC_AT_ENV, JOURNAL_COMPACT_AT_ENV, PAUSE_AT_ENV, PAUSE_MARKER_ENV, SECOND_MS_ENV,
 };
-use felhom_sim::{DEFAULT_TOKEN_SECRET, HubSim, ProxmoxSim};
+use felhom_sim::{DEFAULT_TOKEN_SECRET, GuestSeed, HubSim, ProxmoxSim};
 use serde_json::{Value, json};
 
 use super::logfmt::{self, Event};
@@ -49,13 +51,93 @@ pub fn write_agent_config(
 }
 
 /// [`write_agent_config`] for a daemon that polls the hub every 60 s, trusts the test
-/// signer and reconciles toward `dir/desired.json`.
-pub fn write_signed_agent_config(dir: &Path, pve: &ProxmoxSim, hub: &HubSim) -> PathBuf {
+/// signer and reconciles toward `dir/desired.json`, written here with `desired`.
+pub fn write_signed_agent_config(
+    dir: &Path,
+    pve: &ProxmoxSim,
+    hub: &HubSim,
+    desired: &Value,
+) -> PathBuf {
+    fs::write(dir.join("desired.json"), desired.to_string()).unwrap();
     write_agent_config(dir, pve, hub, |c| {
         c["hub"]["poll_seconds"] = json!(60);
         c["authz"] = super::sign::authz_json();
         c["reconcile"] = json!({"desired_file": dir.join("desired.json")});
     })
+}
+
+/// A daemon's directory across its runs, laid out as [`write_signed_agent_config`] and
+/// [`run_fast`] use it (`agent.json`, `desired.json`, `state/`, `stderr.log`): each run
+/// started, or killed at a fault point, and the journal, the audit log and stderr read
+/// in between. Removed on drop.
+pub struct RunDir {
+    pub dir: PathBuf,
+    runs: AtomicU64,
+}
+
+impl RunDir {
+    /// Takes over `dir` (removed when the `RunDir` drops).
+    pub fn new(dir: PathBuf) -> RunDir {
+        RunDir {
+            dir,
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The journal, read-only; `None` while it does not open.
+    pub fn journal(&self) -> Option<JournalView> {
+        Journal::open_read_only(&self.state().join("journal.log")).ok()
+    }
+
+    /// What every run so far wrote to stderr.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Starts a run with `env` added (see [`run_fast`]).
+    pub fn start(&self, env: &[(&str, &str)]) -> Agent {
+        run_fast(&self.dir, env)
+    }
+
+    /// Runs the agent with `env` added until it pauses at `point`, then SIGKILLs it
+    /// there (see [`kill_at_pause`]; a fresh marker file per run).
+    pub fn kill_at(&self, point: &str, env: &[(&str, &str)]) {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let marker = self.dir.join(format!("paused-{n}"));
+        kill_at_pause(point, &marker, |pause| {
+            let mut all = pause.to_vec();
+            all.extend_from_slice(env);
+            self.start(&all)
+        });
+    }
+
+    /// The audit log's decisions about guest `guest`, oldest first.
+    pub fn audit_decisions(&self, guest: u32) -> Vec<String> {
+        audit_decisions(&self.state(), "guest_id", &guest.to_string())
+    }
+}
+
+/// The decisions of the audit records in `state/audit.log` whose `key` is `value`
+/// (`"guest_id", "105"`; `"op", "rotate_signers"`), oldest first; read from the file
+/// without opening it as a store, so a daemon may be running.
+pub fn audit_decisions(state: &Path, key: &str, value: &str) -> Vec<String> {
+    let text = fs::read_to_string(state.join("audit.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["data"][key] == value)
+        .filter_map(|l| l["data"]["decision"].as_str().map(str::to_owned))
+        .collect()
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// `felhom-agent ARGS --config CONFIG` with stdin and stdout closed and stderr into
@@ -71,6 +153,16 @@ pub fn agent_command(args: &[&str], config: &Path, stderr: File) -> Command {
     cmd
 }
 
+/// Runs `felhom-agent ARGS --config CONFIG` to its end; its output.
+pub fn run_command(args: &[&str], config: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// The envelope of a hub that asks for the shortest poll interval the agent adopts
 /// (60 s), so the next round, and its announcement of signed ops, comes soon.
 pub fn fast_envelope() -> Value {
@@ -78,7 +170,16 @@ pub fn fast_envelope() -> Value {
         "desired_generation": 0, "has_signed_ops": false})
 }
 
-/// A hub simulator answering every round with [`fast_envelope`].
+/// The node of the operator-kit daemon tests: guest 100 (`web`) running, 101 (`db`,
+/// desired running by [`operator_setup`]) and 102 (`old`) stopped.
+pub fn operator_pve() -> ProxmoxSim {
+    ProxmoxSim::builder()
+        .guest(GuestSeed::new(100, "web").running(true))
+        .guest(GuestSeed::new(101, "db"))
+        .guest(GuestSeed::new(102, "old"))
+        .start()
+}
+
 /// A daemon's directory for the operator-kit tests: `dir/desired.json` desiring guest
 /// 101 running (generation 1), `dir/agent.json` on `pve` and `hub` polling every 60 s
 /// from that file (`edit` adds what the test needs), and the state directory made.
@@ -104,6 +205,7 @@ pub fn operator_setup(
     (desired_file, config)
 }
 
+/// A hub simulator answering every round with [`fast_envelope`].
 pub fn fast_hub() -> HubSim {
     HubSim::builder().default_envelope(fast_envelope()).start()
 }

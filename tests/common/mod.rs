@@ -14,18 +14,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use felhom_agent::app::SignedOpsRunner;
+use felhom_agent::authz::{AuthzConfig, FileNonceStore, Verifier};
 use felhom_agent::base::Secret;
 use felhom_agent::base::Shutdown;
-use felhom_agent::base::SystemClock;
+use felhom_agent::base::{ManualClock, SystemClock};
 use felhom_agent::net::{Sha256Pin, TlsTrust};
+use felhom_agent::proxmox::ConfigChange;
 use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
 use felhom_agent::reconcile::AuditLog;
 use felhom_agent::reconcile::Journal;
 use felhom_agent::reconcile::{DestructiveExecutor, OnTask, ProxmoxExecutor};
 use felhom_agent::reconcile::{Gate, GuestNow, Refusal};
 use felhom_agent::reconcile::{Intent, OpClass};
+use felhom_agent::reconcile::{Queue, SignedJobs};
 use felhom_agent::reconcile::{RecoverReport, recover};
-use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, ProxmoxSim};
+use felhom_sim::{DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET, GuestSeed, ProxmoxSim};
 
 /// Client options for `sim`: its default token, its certificate pinned, the defaults
 /// for the rest.
@@ -178,6 +182,115 @@ pub fn counting_executor(sim: &ProxmoxSim) -> Arc<CountingExecutor> {
         op_wait(),
         Shutdown::new(),
     )))
+}
+
+/// The signed-op rig of host `pve-a` on the state directory `dir`, every part on one
+/// clock: the verifier of an `authz` section burning nonces in `dir/nonces.log` (300 s
+/// skew), the journal and audit log in `dir`, the gate, a 4-lane queue, the signed jobs
+/// on it, and the hub's runner over them executing with a [`counting_executor`].
+pub struct SignedRig {
+    pub nonces: Arc<FileNonceStore>,
+    pub journal: Arc<Journal>,
+    pub audit: Arc<AuditLog>,
+    pub gate: Arc<Gate>,
+    pub queue: Arc<Queue>,
+    pub jobs: SignedJobs,
+    /// The hub's path: what `SignedOpsRunner` does with a delivered op.
+    pub runner: SignedOpsRunner,
+    /// What the runner and the jobs execute with.
+    pub exec: Arc<CountingExecutor>,
+}
+
+impl SignedRig {
+    /// Opens (or reopens) the rig in `dir` on `clock`, executing against `sim`.
+    pub fn open(dir: &Path, authz: &AuthzConfig, clock: &ManualClock, sim: &ProxmoxSim) -> Self {
+        let nonces = Arc::new(FileNonceStore::open(dir.join("nonces.log"), 300).unwrap());
+        let verifier =
+            Verifier::from_config(authz, "pve-a", Arc::new(clock.clone()), nonces.clone()).unwrap();
+        let journal = Arc::new(Journal::open(&dir.join("journal.log")).unwrap());
+        let audit = Arc::new(AuditLog::open(&dir.join("audit.log")).unwrap());
+        let gate = Arc::new(
+            Gate::new(
+                "pve-a".into(),
+                Some(verifier),
+                journal.clone(),
+                audit.clone(),
+            )
+            .with_clock(Arc::new(clock.clone())),
+        );
+        let queue = Arc::new(Queue::new(4));
+        let jobs = SignedJobs::new(gate.clone(), queue.clone()).with_clock(Arc::new(clock.clone()));
+        let exec = counting_executor(sim);
+        let as_exec: Arc<dyn DestructiveExecutor> = exec.clone();
+        let runner = SignedOpsRunner::new(jobs.clone(), gate.clone(), audit.clone(), as_exec)
+            .with_clock(Arc::new(clock.clone()));
+        SignedRig {
+            nonces,
+            journal,
+            audit,
+            gate,
+            queue,
+            jobs,
+            runner,
+            exec,
+        }
+    }
+}
+
+/// Takes the snapshot `before_upgrade` of guest `vmid` on `sim`, then sets 4 cores, each
+/// task waited for with [`op_wait`]; the simulator's request log is cleared afterwards.
+/// A rollback to the snapshot thus changes the guest.
+pub fn snapshot_then_four_cores(sim: &ProxmoxSim, vmid: u32) {
+    let client = pinned_client(sim);
+    let up = client.snapshot(vmid, "before_upgrade", None).unwrap();
+    client.wait_task(&up, &op_wait(), &Shutdown::new()).unwrap();
+    let change = ConfigChange {
+        set: vec![("cores".into(), "4".into())],
+        delete: Vec::new(),
+        digest: None,
+    };
+    if let Some(up) = client.set_config(vmid, &change).unwrap() {
+        client.wait_task(&up, &op_wait(), &Shutdown::new()).unwrap();
+    }
+    sim.clear_requests();
+}
+
+/// The backup of guest 105 that [`restore_sim`] seeds.
+pub const RESTORE_BACKUP: &str = "local:backup/vzdump-lxc-105-2024_05_01-10_00_00.tar.zst";
+
+/// A simulator for restoring guest 105 (`customer-db`, running or not, tasks lasting
+/// `task`): backed up at 2 cores to [`RESTORE_BACKUP`], then set to 6 cores, so a
+/// restore brings 2 cores back.
+pub fn restore_sim(running: bool, task: Duration) -> ProxmoxSim {
+    let pve = ProxmoxSim::builder()
+        .guest(GuestSeed::new(105, "customer-db").cores(2).running(running))
+        .backup(105, "2024_05_01-10_00_00")
+        .task_duration(task)
+        .start();
+    pve.set_config_value(105, "cores", Some("6"));
+    pve
+}
+
+/// How many `METHOD /nodes/NODE{path}` requests `sim` was sent (`sent(&sim, "POST",
+/// "/lxc")`: the creates and restores).
+pub fn sent(sim: &ProxmoxSim, method: &str, path: &str) -> usize {
+    let path = format!("/nodes/{}{path}", sim.node());
+    sim.mutations()
+        .iter()
+        .filter(|m| m.method == method && m.path == path)
+        .count()
+}
+
+/// A desired size of `cores` and `memory_bytes`, the disk left alone.
+pub fn spec(
+    cores: Option<u32>,
+    memory_bytes: Option<u64>,
+) -> Option<felhom_agent::reconcile::Spec> {
+    Some(felhom_agent::reconcile::Spec {
+        cores,
+        memory_bytes,
+        ..Default::default()
+    })
 }
 
 /// The engine options the reconcile tests start from: host `pve-a`, task waits from

@@ -4,13 +4,12 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use felhom_agent::base::Timestamp;
 
 use super::sign::nonce;
+pub use super::sign::sign_ns;
 
 /// The test keys a rotation test uses, by role in the story.
 pub const OPS: &str = "ed25519";
@@ -42,30 +41,6 @@ pub fn bare_key(name: &str) -> String {
 /// (from a 0600 copy in `dir`); returns the armor.
 pub fn sign_as(dir: &Path, name: &str, blob: &[u8]) -> String {
     sign_ns(dir, name, blob, "felhom-op-v1")
-}
-
-/// [`sign_as`] in namespace `ns`.
-pub fn sign_ns(dir: &Path, name: &str, blob: &[u8], ns: &str) -> String {
-    let key = dir.join(format!("key-{name}"));
-    if !key.exists() {
-        fs::copy(
-            format!("{}/vectors/sshsig/keys/{name}", env!("CARGO_MANIFEST_DIR")),
-            &key,
-        )
-        .unwrap();
-        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let msg = dir.join(format!("blob-{}.json", nonce()));
-    fs::write(&msg, blob).unwrap();
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", ns, "-f"])
-        .arg(&key)
-        .arg(&msg)
-        .stderr(Stdio::null())
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(st.success(), "ssh-keygen -Y sign failed");
-    fs::read_to_string(format!("{}.sig", msg.display())).unwrap()
 }
 
 /// One entry of a rotation's new set.

@@ -80,10 +80,16 @@ pub fn destroy_blob(host: &str, guest: &str, digest: &str, now: i64) -> Vec<u8> 
 /// Signs `blob` with the real `ssh-keygen -Y sign`, from a 0600 copy of the test key in
 /// `dir` (a 0700 directory the test owns); returns the armored signature.
 pub fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
-    let key = dir.join("operator-key");
+    sign_ns(dir, "ed25519", blob, "felhom-op-v1")
+}
+
+/// Signs `blob` with test key `name` of `vectors/sshsig/keys/` by the real `ssh-keygen
+/// -Y sign -n NS` (from a 0600 copy in `dir`); returns the armor.
+pub fn sign_ns(dir: &Path, name: &str, blob: &[u8], ns: &str) -> String {
+    let key = dir.join(format!("key-{name}"));
     if !key.exists() {
         fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sshsig/keys/ed25519"),
+            format!("{}/vectors/sshsig/keys/{name}", env!("CARGO_MANIFEST_DIR")),
             &key,
         )
         .unwrap();
@@ -92,7 +98,7 @@ pub fn ssh_keygen_sign(dir: &Path, blob: &[u8]) -> String {
     let msg = dir.join(format!("blob-{}.json", nonce()));
     fs::write(&msg, blob).unwrap();
     let st = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "felhom-op-v1", "-f"])
+        .args(["-q", "-Y", "sign", "-n", ns, "-f"])
         .arg(&key)
         .arg(&msg)
         .stderr(Stdio::null())
