@@ -582,6 +582,9 @@ fn selftest_offline_passes_on_a_clean_state_dir_and_fails_on_a_loose_one() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("selftest offline: passed"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
+    // A clean pass warns about nothing (the known-answer tests included).
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("level=warn"), "{stderr}");
 
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = agent_with(&cfg, &["selftest", "offline"], &mut seen);
