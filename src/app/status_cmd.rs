@@ -164,21 +164,10 @@ pub(crate) fn degraded(doc: &StatusDoc) -> Vec<String> {
 /// The guests whose newest restore test failed: a backup that did not come back is a
 /// degraded host.
 fn failed_restore_tests(doc: &StatusDoc) -> Vec<String> {
-    let Some(last) = doc
-        .restore_tests
-        .as_ref()
-        .and_then(|v| v.get("last"))
-        .and_then(serde_json::Value::as_array)
-    else {
+    let Some(tests) = doc.restore_tests.as_ref() else {
         return Vec::new();
     };
-    let mut newest: std::collections::BTreeMap<u64, &serde_json::Value> = Default::default();
-    for r in last {
-        if let Some(vmid) = r.get("vmid").and_then(serde_json::Value::as_u64) {
-            newest.insert(vmid, r);
-        }
-    }
-    newest
+    newest_per_guest(tests)
         .into_iter()
         .filter(|(_, r)| r.get("outcome").and_then(serde_json::Value::as_str) == Some("failed"))
         .map(|(vmid, r)| {
@@ -318,13 +307,75 @@ fn print_human(out: &mut dyn Write, state: &Health, reasons: &[String], doc: Opt
             .map(|v| format!(", policy version {v}"))
             .unwrap_or_default()
     );
+    print_restore_tests(out, doc.restore_tests.as_ref());
+}
+
+/// The newest result of each guest in `status.json`'s `restore_tests.last` (oldest
+/// first there), by vmid.
+fn newest_per_guest(
+    tests: &serde_json::Value,
+) -> std::collections::BTreeMap<u64, &serde_json::Value> {
+    let mut newest = std::collections::BTreeMap::new();
+    let last = tests.get("last").and_then(serde_json::Value::as_array);
+    for r in last.into_iter().flatten() {
+        if let Some(vmid) = r.get("vmid").and_then(serde_json::Value::as_u64) {
+            newest.insert(vmid, r);
+        }
+    }
+    newest
+}
+
+/// `restore tests: last success T; running 9900`, then the newest test of each guest, one
+/// line each: `guest 100: ok, backup VOLID, started T` or `… failed at stage S …: DETAIL`.
+fn print_restore_tests(out: &mut dyn Write, tests: Option<&serde_json::Value>) {
+    use serde_json::Value;
+    let Some(tests) = tests else {
+        let _ = writeln!(out, "restore tests: not configured");
+        return;
+    };
+    let text = |v: &Value, k: &str| visible(v.get(k).and_then(Value::as_str).unwrap_or("?"));
+    let running: Vec<String> = tests
+        .get("running")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|r| match r.get("scratch_vmid").and_then(Value::as_u64) {
+            Some(scratch) => format!("{} (guest {})", scratch, r["vmid"]),
+            None => format!("guest {}", r["vmid"]),
+        })
+        .collect();
     let _ = writeln!(
         out,
-        "restore tests: {}",
-        doc.restore_tests
-            .as_ref()
-            .map_or("not configured".to_owned(), |v| visible(&v.to_string()))
+        "restore tests: last success {}; running {}",
+        tests
+            .get("last_success")
+            .and_then(Value::as_str)
+            .map_or("never".to_owned(), visible),
+        if running.is_empty() {
+            "none".to_owned()
+        } else {
+            running.join(", ")
+        }
     );
+    for (vmid, r) in newest_per_guest(tests) {
+        let outcome = text(r, "outcome");
+        let stage = r
+            .get("stage")
+            .and_then(Value::as_str)
+            .map(|s| format!(" at stage {}", visible(s)))
+            .unwrap_or_default();
+        let detail = r
+            .get("detail")
+            .and_then(Value::as_str)
+            .map(|d| format!(": {}", visible(d)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  guest {vmid}: {outcome}{stage}, backup {}, started {}{detail}",
+            text(r, "backup_volid"),
+            text(r, "started_at"),
+        );
+    }
 }
 
 /// Runs `status`; returns the exit code.
@@ -486,6 +537,41 @@ mod tests {
         );
         d.restore_tests = Some(serde_json::json!({"last": [r(101, "ok", None)], "running": []}));
         assert!(degraded(&d).is_empty());
+    }
+
+    #[test]
+    fn restore_tests_read_as_one_line_per_guest_never_as_json() {
+        let mut out = Vec::new();
+        print_restore_tests(&mut out, None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "restore tests: not configured\n"
+        );
+        let tests = serde_json::json!({
+            "last": [
+                {"vmid": 101, "backup_volid": "local:backup/a", "started_at": "2026-12-01T03:00:00Z",
+                 "outcome": "ok", "stage": null, "detail": null},
+                {"vmid": 100, "backup_volid": "local:backup/b", "started_at": "2026-12-02T03:00:00Z",
+                 "outcome": "failed", "stage": "restore", "detail": "task failed:\u{1b}[31m x"},
+                {"vmid": 101, "backup_volid": "local:backup/c", "started_at": "2026-12-03T03:00:00Z",
+                 "outcome": "ok", "stage": null, "detail": null}
+            ],
+            "running": [{"vmid": 102, "scratch_vmid": 9900}],
+            "last_success": "2026-12-03T03:00:05Z"
+        });
+        let mut out = Vec::new();
+        print_restore_tests(&mut out, Some(&tests));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "restore tests: last success 2026-12-03T03:00:05Z; running 9900 (guest 102)",
+                "  guest 100: failed at stage restore, backup local:backup/b, started \
+                 2026-12-02T03:00:00Z: task failed:\\u{1b}[31m x",
+                "  guest 101: ok, backup local:backup/c, started 2026-12-03T03:00:00Z",
+            ]
+        );
+        assert!(!text.contains("\"vmid\""), "no JSON: {text}");
     }
 
     #[test]

@@ -619,13 +619,17 @@ fn a_unit_credential_path_is_looked_for_outside_the_unit_too() {
         "from-credentials"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+    // A name no installed agent has, so that a host with the package installed (and
+    // its /etc/felhom-agent/credentials/pve-token) runs this test the same.
+    let name = format!("pve-token-missing-{}", std::process::id());
+    v["proxmox"]["token_secret_file"] = json!(unit.with_file_name(&name).display().to_string());
     let e = Config::from_value_with(&v, Mode::SelftestRead, Some(&dir))
         .unwrap_err()
         .to_string();
     assert!(
         e.starts_with("proxmox.token_secret_file: ")
-            && e.contains(&dir.join("pve-token").display().to_string())
-            && e.contains(CREDENTIALS_FALLBACK_DIR),
+            && e.contains(&dir.join(&name).display().to_string())
+            && e.contains(&format!("{CREDENTIALS_FALLBACK_DIR}/{name}")),
         "{e}"
     );
 }
