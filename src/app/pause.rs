@@ -61,6 +61,23 @@ pub struct PauseMarker {
     /// Whether the command already recorded it in the audit log.
     #[serde(default)]
     pub audited: bool,
+    /// On a `resume`: the pause it lifted, so that the resume's audit record names it
+    /// (a pause lifted before the running daemon audited it is still on record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted: Option<LiftedPause>,
+}
+
+/// The pause a `resume` lifted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiftedPause {
+    /// Its reason.
+    pub reason: Option<String>,
+    /// Who paused.
+    pub by_uid: u32,
+    /// When.
+    #[serde(with = "crate::base::time::rfc3339")]
+    pub at: Timestamp,
 }
 
 /// What the marker says now.
@@ -153,7 +170,18 @@ fn audit_record(m: &PauseMarker) -> AuditRecord {
             ),
         )
     } else {
-        ("resumed", format!("operator resume by uid {}", m.by_uid))
+        let lifted = m.lifted.as_ref().map_or(String::new(), |p| {
+            format!(
+                ", lifting the pause by uid {} of {}: {}",
+                p.by_uid,
+                p.at.to_rfc3339(),
+                p.reason.as_deref().unwrap_or("")
+            )
+        });
+        (
+            "resumed",
+            format!("operator resume by uid {}{lifted}", m.by_uid),
+        )
     };
     AuditRecord::new(m.at, PAUSE_AUDIT_OP, None, decision, reason, None)
 }
@@ -223,25 +251,32 @@ pub(crate) fn pause(cfg: &Config, reason: &str, out: &mut dyn Write, err: &mut d
         by_uid: current_uid(),
         at: SystemClock.now(),
         audited: false,
+        lifted: None,
     };
     finish(cfg, &marker, "paused", out, err)
 }
 
 /// `felhom-agent resume`: lifts the pause; 0 once durable (or when not paused).
 pub(crate) fn resume(cfg: &Config, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    match read_pause(&cfg.state_dir) {
+    let lifted = match read_pause(&cfg.state_dir) {
         PauseState::Running(_) => {
             let _ = writeln!(out, "not paused: nothing to resume");
             return EXIT_OK;
         }
-        PauseState::Paused(_) | PauseState::Unreadable(_) => {}
-    }
+        PauseState::Paused(p) => Some(LiftedPause {
+            reason: p.reason,
+            by_uid: p.by_uid,
+            at: p.at,
+        }),
+        PauseState::Unreadable(_) => None,
+    };
     let marker = PauseMarker {
         paused: false,
         reason: None,
         by_uid: current_uid(),
         at: SystemClock.now(),
         audited: false,
+        lifted,
     };
     finish(cfg, &marker, "resumed", out, err)
 }
@@ -443,6 +478,7 @@ mod tests {
             by_uid: 0,
             at: Timestamp(1_800_000_000),
             audited: false,
+            lifted: None,
         };
         write_marker(&d, &m).unwrap();
         assert_eq!(read_pause(&d), PauseState::Paused(m.clone()));
@@ -461,6 +497,45 @@ mod tests {
                 String::from_utf8_lossy(&bad[..bad.len().min(30)])
             );
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_resume_names_the_pause_it_lifted_in_its_audit_record() {
+        let pause = PauseMarker {
+            paused: true,
+            reason: Some("kernel update".into()),
+            by_uid: 1000,
+            at: Timestamp(1_800_000_000),
+            audited: false,
+            lifted: None,
+        };
+        let resume = PauseMarker {
+            paused: false,
+            reason: None,
+            by_uid: 0,
+            at: Timestamp(1_800_000_001),
+            audited: false,
+            lifted: Some(LiftedPause {
+                reason: pause.reason.clone(),
+                by_uid: pause.by_uid,
+                at: pause.at,
+            }),
+        };
+        let record = serde_json::to_value(audit_record(&resume)).unwrap();
+        let reason = record["reason"].as_str().unwrap();
+        assert!(reason.starts_with("operator resume by uid 0, lifting the pause by uid 1000 of "));
+        assert!(reason.ends_with(": kernel update"), "{reason}");
+        // The marker round-trips, and one written without `lifted` still reads.
+        let d = dir("lifted");
+        write_marker(&d, &resume).unwrap();
+        assert_eq!(read_pause(&d), PauseState::Running(Some(resume)));
+        std::fs::write(
+            pause_path(&d),
+            br#"{"paused":false,"reason":null,"by_uid":0,"at":"2027-01-15T08:00:00Z"}"#,
+        )
+        .unwrap();
+        assert!(matches!(read_pause(&d), PauseState::Running(Some(m)) if m.lifted.is_none()));
         let _ = std::fs::remove_dir_all(&d);
     }
 }
