@@ -1302,13 +1302,90 @@ impl Daemon {
     }
 }
 
+/// Grants `privs` as the `FelhomAgent` role, as the README's recipe does: on each of its
+/// ACL paths, to the user and to the privilege-separated token.
+fn grant_role(pve: &ProxmoxSim, privs: &[&str]) {
+    use felhom_agent::proxmox::{ROLE_NAME, role_acl_paths};
+    use felhom_sim::AclSubject;
+    pve.set_role(ROLE_NAME, privs);
+    for path in role_acl_paths() {
+        for who in [AclSubject::User, AclSubject::Token] {
+            pve.acl_modify(&path.grant_path(&pve.node()), who, ROLE_NAME, true);
+        }
+    }
+}
+
+/// A client of `pve` with its token, pinned to its certificate.
+fn lab_client(pve: &ProxmoxSim) -> Result<felhom_agent::proxmox::Client, String> {
+    use felhom_agent::net::{Sha256Pin, TlsTrust};
+    use felhom_agent::proxmox::{Client, ClientOptions};
+    let pin = Sha256Pin::parse(&pve.fingerprint()).map_err(|e| e.to_string())?;
+    Client::new(ClientOptions::new(
+        pve.url(),
+        pve.node(),
+        felhom_sim::DEFAULT_TOKEN_ID,
+        felhom_agent::base::Secret::new(DEFAULT_TOKEN_SECRET),
+        TlsTrust::Pin(pin),
+    ))
+    .map_err(|e| e.to_string())
+}
+
+/// An in-process restore tester over `client`, with its journal, audit log and results in
+/// `state` (made 0700), scratch vmids `vmid_range`, and the lab's stand-in boot check;
+/// tasks waited for with `wait`.
+fn lab_tester(
+    client: felhom_agent::proxmox::Client,
+    state: &Path,
+    vmid_range: &str,
+    wait: felhom_agent::proxmox::WaitOptions,
+) -> Result<
+    (
+        std::sync::Arc<felhom_agent::reconcile::RestoreTester>,
+        std::sync::Arc<Journal>,
+    ),
+    String,
+> {
+    use felhom_agent::config::{RestoreTestsConfig, parse_vmid_range};
+    use felhom_agent::reconcile::{AuditLog, Gate, Queue, RestoreResults, RestoreTester};
+    use std::sync::Arc;
+    std::fs::create_dir_all(state).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    let journal = Arc::new(Journal::open(&state.join("journal.log")).map_err(|e| e.to_string())?);
+    let audit = Arc::new(AuditLog::open(&state.join("audit.log")).map_err(|e| e.to_string())?);
+    let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
+    let tester = RestoreTester::new(
+        "pve-a".into(),
+        client,
+        Arc::clone(&journal),
+        gate,
+        Queue::new(1),
+        Arc::new(RestoreResults::open(
+            state,
+            Arc::new(felhom_agent::store::OsIo),
+        )),
+        Arc::new(LabBoot),
+        RestoreTestsConfig {
+            every_hours: 24,
+            vmid_range: parse_vmid_range(vmid_range)?,
+            storage: "local-lvm".into(),
+            max_parallel: 1,
+            min_free_memory_mib: 64,
+            min_free_storage_gib: 1,
+        },
+        felhom_agent::base::Shutdown::new(),
+        Arc::new(SystemClock),
+    )
+    .with_wait(wait);
+    Ok((Arc::new(tester), journal))
+}
+
 /// Step 17: the `FelhomAgent` role from the agent's table of its API calls. A fresh
 /// simulator grants exactly that role (to the user and the privilege-separated token,
 /// on the recipe's ACL paths); both selftests pass under it; without `VM.Snapshot`
 /// `selftest task` fails at its first mutation, naming the privilege.
 fn role_step(bin: &Path, dir: &Path, secret: &Path) -> Result<(), String> {
-    use felhom_agent::proxmox::{ROLE_NAME, pveum_recipe, role_acl_paths, role_privileges};
-    use felhom_sim::AclSubject;
+    use felhom_agent::proxmox::{ROLE_NAME, pveum_recipe, role_privileges};
 
     let pve = ProxmoxSim::builder()
         .guest(GuestSeed::new(100, "web").running(true))
@@ -1317,12 +1394,7 @@ fn role_step(bin: &Path, dir: &Path, secret: &Path) -> Result<(), String> {
     say("the Proxmox role, as the README's recipe grants it:");
     print!("{}", indent(pveum_recipe(&pve.node()).as_bytes()));
     let role = role_privileges();
-    pve.set_role(ROLE_NAME, &role);
-    for path in role_acl_paths() {
-        for who in [AclSubject::User, AclSubject::Token] {
-            pve.acl_modify(&path.grant_path(&pve.node()), who, ROLE_NAME, true);
-        }
-    }
+    grant_role(&pve, &role);
     let cfg_path = dir.join("role.json");
     std::fs::create_dir_all(dir.join("role-state")).unwrap();
     std::fs::set_permissions(
@@ -1501,12 +1573,8 @@ fn catalogue_step(
 
 /// Step 18b (see its comment in [`lab`]); `Err` says what went wrong.
 fn role_wired_step() -> Result<(), String> {
-    use felhom_agent::base::{Secret, Shutdown};
-    use felhom_agent::net::{Sha256Pin, TlsTrust};
-    use felhom_agent::proxmox::{
-        Client, ClientOptions, CreateLxc, ROLE_NAME, WaitOptions, role_acl_paths, role_privileges,
-    };
-    use felhom_sim::AclSubject;
+    use felhom_agent::base::Shutdown;
+    use felhom_agent::proxmox::{CreateLxc, ROLE_NAME, WaitOptions, role_privileges};
 
     let pve = ProxmoxSim::builder()
         .guest(GuestSeed::new(100, "web"))
@@ -1514,21 +1582,8 @@ fn role_wired_step() -> Result<(), String> {
         .task_duration(Duration::from_millis(30))
         .start();
     let role = role_privileges();
-    pve.set_role(ROLE_NAME, &role);
-    for path in role_acl_paths() {
-        for who in [AclSubject::User, AclSubject::Token] {
-            pve.acl_modify(&path.grant_path(&pve.node()), who, ROLE_NAME, true);
-        }
-    }
-    let pin = Sha256Pin::parse(&pve.fingerprint()).map_err(|e| e.to_string())?;
-    let client = Client::new(ClientOptions::new(
-        pve.url(),
-        pve.node(),
-        felhom_sim::DEFAULT_TOKEN_ID,
-        Secret::new(DEFAULT_TOKEN_SECRET),
-        TlsTrust::Pin(pin),
-    ))
-    .map_err(|e| e.to_string())?;
+    grant_role(&pve, &role);
+    let client = lab_client(&pve)?;
     let wait = WaitOptions::default();
     let backup = "local:backup/vzdump-lxc-100-2026_11_20-03_00_00.tar.zst";
     let mut create = CreateLxc::restore(200, backup, "local-lvm");
@@ -1580,17 +1635,8 @@ fn role_wired_step() -> Result<(), String> {
 
 /// Step 21b (see its comment in [`lab`]); `Err` says what went wrong.
 fn role_restore_tests_step(dir: &Path) -> Result<(), String> {
-    use felhom_agent::base::{Secret, Shutdown};
-    use felhom_agent::config::{RestoreTestsConfig, parse_vmid_range};
-    use felhom_agent::net::{Sha256Pin, TlsTrust};
-    use felhom_agent::proxmox::{
-        Client, ClientOptions, ROLE_NAME, WaitOptions, role_acl_paths, role_privileges,
-    };
-    use felhom_agent::reconcile::{
-        AuditLog, Gate, Queue, RestoreResults, RestoreTester, TestOutcome, TestStage,
-    };
-    use felhom_sim::AclSubject;
-    use std::sync::Arc;
+    use felhom_agent::proxmox::{WaitOptions, role_privileges};
+    use felhom_agent::reconcile::{TestOutcome, TestStage};
 
     let round = |without: Option<&str>| -> Result<(Vec<_>, Vec<u32>, Vec<u32>), String> {
         let pve = ProxmoxSim::builder()
@@ -1602,58 +1648,14 @@ fn role_restore_tests_step(dir: &Path) -> Result<(), String> {
             .into_iter()
             .filter(|p| Some(*p) != without)
             .collect();
-        pve.set_role(ROLE_NAME, &role);
-        for path in role_acl_paths() {
-            for who in [AclSubject::User, AclSubject::Token] {
-                pve.acl_modify(&path.grant_path(&pve.node()), who, ROLE_NAME, true);
-            }
-        }
-        let pin = Sha256Pin::parse(&pve.fingerprint()).map_err(|e| e.to_string())?;
-        let client = Client::new(ClientOptions::new(
-            pve.url(),
-            pve.node(),
-            felhom_sim::DEFAULT_TOKEN_ID,
-            Secret::new(DEFAULT_TOKEN_SECRET),
-            TlsTrust::Pin(pin),
-        ))
-        .map_err(|e| e.to_string())?;
+        grant_role(&pve, &role);
         let state = dir.join(format!("role-restore-{}", without.unwrap_or("all")));
-        std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| e.to_string())?;
-        let journal =
-            Arc::new(Journal::open(&state.join("journal.log")).map_err(|e| e.to_string())?);
-        let audit = Arc::new(AuditLog::open(&state.join("audit.log")).map_err(|e| e.to_string())?);
-        let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
-        let tester = Arc::new(
-            RestoreTester::new(
-                "pve-a".into(),
-                client,
-                Arc::clone(&journal),
-                gate,
-                Queue::new(1),
-                Arc::new(RestoreResults::open(
-                    &state,
-                    Arc::new(felhom_agent::store::OsIo),
-                )),
-                Arc::new(LabBoot),
-                RestoreTestsConfig {
-                    every_hours: 24,
-                    vmid_range: parse_vmid_range("9900-9901")?,
-                    storage: "local-lvm".into(),
-                    max_parallel: 1,
-                    min_free_memory_mib: 64,
-                    min_free_storage_gib: 1,
-                },
-                Shutdown::new(),
-                Arc::new(SystemClock),
-            )
-            .with_wait(WaitOptions {
-                initial: Duration::from_millis(5),
-                cap: Duration::from_millis(50),
-                timeout: Duration::from_secs(20),
-            }),
-        );
+        let wait = WaitOptions {
+            initial: Duration::from_millis(5),
+            cap: Duration::from_millis(50),
+            timeout: Duration::from_secs(20),
+        };
+        let (tester, journal) = lab_tester(lab_client(&pve)?, &state, "9900-9901", wait)?;
         let results = tester.run_round().map_err(|e| e.to_string())?;
         Ok((results, pve.guest_ids(), journal.scratch_vmids()))
     };
@@ -1711,14 +1713,9 @@ impl felhom_agent::reconcile::BootCheck for LabBoot {
 /// check), then the real daemon SIGKILLed while a restore runs and restarted: the scratch
 /// guest is cleaned up, benign by the journal's own provenance.
 fn restore_tests_lab(bin: &Path, dir: &Path) -> Result<(), String> {
-    use felhom_agent::config::{RestoreTestsConfig, parse_vmid_range};
-    use felhom_agent::net::{Sha256Pin, TlsTrust};
-    use felhom_agent::proxmox::{Client, ClientOptions, WaitOptions};
-    use felhom_agent::reconcile::{
-        AuditLog, Gate, Queue, RestoreResults, RestoreTester, TestOutcome, read_results,
-    };
+    use felhom_agent::proxmox::WaitOptions;
+    use felhom_agent::reconcile::{TestOutcome, read_results};
     use felhom_sim::{BackupSeed, Broken, DEFAULT_TOKEN_ID};
-    use std::sync::Arc;
 
     // The in-process tester logs to this process's stderr: keep the lab's lines readable.
     felhom_agent::base::log::set_level(felhom_agent::base::log::Level::Warn);
@@ -1736,55 +1733,13 @@ fn restore_tests_lab(bin: &Path, dir: &Path) -> Result<(), String> {
         .task_duration(Duration::from_millis(100))
         .start();
     let state = dir.join("restore-state");
-    std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| e.to_string())?;
-    let rt = RestoreTestsConfig {
-        every_hours: 24,
-        vmid_range: parse_vmid_range("9900-9909")?,
-        storage: "local-lvm".into(),
-        max_parallel: 1,
-        min_free_memory_mib: 64,
-        min_free_storage_gib: 1,
-    };
-    let client = {
-        let pin = Sha256Pin::parse(&pve.fingerprint()).map_err(|e| e.to_string())?;
-        let o = ClientOptions::new(
-            pve.url(),
-            pve.node(),
-            DEFAULT_TOKEN_ID,
-            felhom_agent::base::Secret::new(DEFAULT_TOKEN_SECRET),
-            TlsTrust::Pin(pin),
-        );
-        Client::new(o).map_err(|e| e.to_string())?
-    };
     {
-        let journal =
-            Arc::new(Journal::open(&state.join("journal.log")).map_err(|e| e.to_string())?);
-        let audit = Arc::new(AuditLog::open(&state.join("audit.log")).map_err(|e| e.to_string())?);
-        let gate = Arc::new(Gate::new("pve-a".into(), None, Arc::clone(&journal), audit));
-        let tester = Arc::new(
-            RestoreTester::new(
-                "pve-a".into(),
-                client,
-                Arc::clone(&journal),
-                gate,
-                Queue::new(1),
-                Arc::new(RestoreResults::open(
-                    &state,
-                    Arc::new(felhom_agent::store::OsIo),
-                )),
-                Arc::new(LabBoot),
-                rt,
-                felhom_agent::base::Shutdown::new(),
-                Arc::new(SystemClock),
-            )
-            .with_wait(WaitOptions {
-                initial: Duration::from_millis(20),
-                cap: Duration::from_millis(100),
-                timeout: Duration::from_secs(20),
-            }),
-        );
+        let wait = WaitOptions {
+            initial: Duration::from_millis(20),
+            cap: Duration::from_millis(100),
+            timeout: Duration::from_secs(20),
+        };
+        let (tester, journal) = lab_tester(lab_client(&pve)?, &state, "9900-9909", wait)?;
         let results = tester.run_round().map_err(|e| e.to_string())?;
         let by = |vmid: u32| results.iter().find(|r| r.vmid == vmid).cloned();
         let (Some(ok), Some(broken)) = (by(200), by(201)) else {

@@ -611,8 +611,15 @@ fn without_any_one_privilege_of_the_role_a_named_feature_breaks() {
     let mut sorted = covered.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, role, "one case per privilege of the role, no other");
+    let took = assert_each_breaks(CASES);
+    eprintln!("matrix of {} cases: {took:?}", CASES.len());
+}
+
+/// For each case: the table charges the privilege to the feature, and without it the
+/// feature breaks as the probe says. Returns how long all took.
+fn assert_each_breaks(cases: &[(&str, Feature, Probe)]) -> std::time::Duration {
     let started = Instant::now();
-    for (privilege, feature, probe) in CASES {
+    for (privilege, feature, probe) in cases {
         assert!(
             features_needing(privilege).contains(feature),
             "the table says {privilege} is needed by {}",
@@ -626,7 +633,7 @@ fn without_any_one_privilege_of_the_role_a_named_feature_breaks() {
             case.elapsed()
         );
     }
-    eprintln!("matrix of {} cases: {:?}", CASES.len(), started.elapsed());
+    started.elapsed()
 }
 
 /// Each feature wired after the first role, a privilege it needs, and how it breaks
@@ -667,26 +674,8 @@ const WIRED_LATER: &[(&str, Feature, Probe)] = &[
 
 #[test]
 fn each_feature_wired_later_breaks_without_a_privilege_it_needs() {
-    let started = Instant::now();
-    for (privilege, feature, probe) in WIRED_LATER {
-        assert!(
-            features_needing(privilege).contains(feature),
-            "the table says {privilege} is needed by {}",
-            feature.name()
-        );
-        let case = Instant::now();
-        assert_breaks(privilege, *probe);
-        eprintln!(
-            "without {privilege}: {} broke in {:?}",
-            feature.name(),
-            case.elapsed()
-        );
-    }
-    eprintln!(
-        "{} later features: {:?}",
-        WIRED_LATER.len(),
-        started.elapsed()
-    );
+    let took = assert_each_breaks(WIRED_LATER);
+    eprintln!("{} later features: {took:?}", WIRED_LATER.len());
 }
 
 #[test]

@@ -610,9 +610,7 @@ fn config_put(st: &mut State, p: &mut Params, v: &str) -> ApiResult {
     }
     for k in set.iter().map(|(k, _)| k).chain(&delete) {
         st.check_sync(&vms(vmid), &[config_key_priv(k)])?;
-    }
-    // check_bridge_access on a net* key's old value and, when set, its new one.
-    for k in set.iter().map(|(k, _)| k).chain(&delete) {
+        // … and for a net* key, check_bridge_access on its old value and its new one.
         if !k.starts_with("net") {
             continue;
         }
